@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Moksori needs, only when they are missing.
+#   espeak-ng              Korean TTS (run as a subprocess)
+#   libportaudio2          microphone/speakers for `moksori chat`
+#   chromium               headless browser tests
+#   pocketsphinx-testdata  extra real English speech for tests
+set -euo pipefail
+need=()
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
+[ -d /usr/share/pocketsphinx/test/data/librivox ] || need+=(pocketsphinx-testdata)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+echo "moksori: installing system packages: ${need[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "moksori: need root (or sudo) to install: ${need[*]}" >&2; exit 1; fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${need[@]}"

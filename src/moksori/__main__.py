@@ -1,0 +1,3 @@
+from moksori.cli.main import main
+
+main()

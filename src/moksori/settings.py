@@ -1,0 +1,220 @@
+"""Settings: environment (`MOKSORI_` prefix) over an optional TOML file over defaults.
+
+Groups are small option objects; a group's field is reached from the environment as
+`MOKSORI_<GROUP>_<FIELD>`, e.g. `MOKSORI_LLM_MODEL=/models/qwen.gguf`, `MOKSORI_TTS_SPEED=1.1`.
+The TOML file is `$MOKSORI_CONFIG`, else `./moksori.toml` if it exists, with one table per group:
+
+    [llm]
+    provider = "openai"
+    base_url = "http://127.0.0.1:8080/v1"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Language = Literal["auto", "en", "ko"]
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            import json
+
+            return json.loads(value)
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class VADSettings(BaseModel):
+    provider: Literal["silero"] = "silero"
+    model: str | None = None  # path to a silero .onnx; default: the packaged one
+
+
+class TurnSettings(BaseModel):
+    """End-of-turn and barge-in. Field names follow OpenAI Realtime `server_vad`."""
+
+    provider: Literal["smart-turn", "none"] = "smart-turn"
+    model: str | None = None  # path to a smart-turn .onnx; default: the packaged one
+    threshold: float = Field(0.5, ge=0.0, le=1.0)  # VAD speech probability
+    prefix_padding_ms: int = Field(300, ge=0, le=2000)
+    silence_duration_ms: int = Field(400, ge=0, le=10000)
+    create_response: bool = True
+    interrupt_response: bool = True
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    # speech shorter than this while the agent talks is a cough, not an interruption
+    interrupt_min_speech_ms: int = Field(160, ge=0, le=2000)
+    # start transcribing speculatively after this much silence
+    speculate_after_ms: int = Field(96, ge=0, le=2000)
+
+
+class STTSettings(BaseModel):
+    provider: Literal["whisper", "openai"] = "whisper"
+    model: str | None = None  # a CTranslate2 Whisper folder; default: packaged Whisper base
+    base_url: str | None = None  # for provider=openai (an OpenAI-compatible /v1)
+    api_key: SecretStr | None = None
+    remote_model: str = "whisper-1"
+    threads: int = Field(2, ge=1, le=64)
+    beam_size: int = Field(1, ge=1, le=10)
+    partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
+
+
+class LLMSettings(BaseModel):
+    provider: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str | None = None  # GGUF path (llamacpp) or model name (openai); default: SmolLM2-135M
+    base_url: str | None = None  # e.g. http://127.0.0.1:8080/v1
+    api_key: SecretStr | None = None
+    threads: int = Field(2, ge=1, le=64)
+    context_tokens: int = Field(4096, ge=512)
+    temperature: float = Field(0.5, ge=0.0, le=2.0)
+    max_tokens: int = Field(160, ge=1, le=8192)
+    timeout_s: float = Field(30.0, gt=0)
+    first_token_timeout_s: float = Field(15.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    fallback: list[str] = Field(default_factory=list)  # extra base URLs tried in order
+
+
+class TTSSettings(BaseModel):
+    provider: Literal["local", "openai"] = "local"
+    voice_en: str | None = None  # Piper .onnx path; default: the packaged en_US joe voice
+    voice_ko: str | None = None  # Piper .onnx path for Korean; default: espeak-ng
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    remote_model: str = "tts-1"
+    speed: float = Field(1.0, gt=0.25, le=4.0)
+    threads: int = Field(1, ge=1, le=64)
+
+
+class AgentSettings(BaseModel):
+    instructions: str | None = None  # system prompt; default: a short-spoken-answers prompt
+    greeting: str | None = None
+    max_history_messages: int = Field(24, ge=2)
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_input_buffer_s: float = Field(120.0, gt=0)
+    max_sessions_per_key: int = Field(16, ge=1)
+    max_sessions: int = Field(500, ge=1)
+
+
+class TwilioSettings(BaseModel):
+    account_sid: str | None = None
+    auth_token: SecretStr | None = None
+    api_base: str = "https://api.twilio.com"
+
+
+class TelnyxSettings(BaseModel):
+    api_key: SecretStr | None = None
+    api_base: str = "https://api.telnyx.com"
+
+
+class PlivoSettings(BaseModel):
+    auth_id: str | None = None
+    auth_token: SecretStr | None = None
+    api_base: str = "https://api.plivo.com"
+
+
+class VonageSettings(BaseModel):
+    application_id: str | None = None
+    private_key: SecretStr | None = None  # PEM text, or a path to it
+    api_base: str = "https://api.nexmo.com"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOKSORI_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "moksori")
+    language: Language = "auto"
+    log_level: str = "INFO"
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    public_url: str | None = None
+
+    vad: VADSettings = VADSettings()
+    turn: TurnSettings = TurnSettings()
+    stt: STTSettings = STTSettings()
+    llm: LLMSettings = LLMSettings()
+    tts: TTSSettings = TTSSettings()
+    agent: AgentSettings = AgentSettings()
+    server: ServerSettings = ServerSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    telnyx: TelnyxSettings = TelnyxSettings()
+    plivo: PlivoSettings = PlivoSettings()
+    vonage: VonageSettings = VonageSettings()
+
+    _validate_keys = field_validator("api_keys", mode="before")(_split_csv)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = config_file()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from `api_keys` plus one key per non-comment line of `api_keys_file`."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            from moksori.errors import ConfigError
+
+            try:
+                text = Path(self.api_keys_file).read_text(encoding="utf-8")
+            except OSError as e:
+                raise ConfigError(f"cannot read API keys file {self.api_keys_file}: {e.strerror}") from None
+            keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        return keys
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get("MOKSORI_CONFIG")
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            from moksori.errors import ConfigError
+
+            raise ConfigError(f"MOKSORI_CONFIG points to {p}, which is not a file")
+        return p
+    local = Path("moksori.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; a bad value becomes one `ConfigError` line, not a pydantic dump."""
+    from pydantic import ValidationError
+
+    from moksori.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ConfigError(f"invalid setting {where or '?'}: {first.get('msg')}") from None
