@@ -1,0 +1,227 @@
+"""Tests for the streaming clause chunker."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from moksori.text.chunker import ClauseChunker
+
+
+def chunk_all(text: str, sizes: list[int] | None = None, **kwargs: int) -> list[str]:
+    """Feed text in deltas of the given sizes (cycled), or as one delta; then flush."""
+    chunker = ClauseChunker(**kwargs)
+    out: list[str] = []
+    if sizes is None:
+        out += chunker.push(text)
+    else:
+        pos, k = 0, 0
+        while pos < len(text):
+            size = sizes[k % len(sizes)]
+            out += chunker.push(text[pos : pos + size])
+            pos += size
+            k += 1
+    return out + chunker.flush()
+
+
+def by_char(text: str, **kwargs: int) -> list[str]:
+    return chunk_all(text, [1], **kwargs)
+
+
+def test_whole_short_sentence_is_first_chunk() -> None:
+    assert by_char("Sure, I can help with that. What do you need?") == [
+        "Sure, I can help with that.",
+        "What do you need?",
+    ]
+
+
+def test_first_chunk_splits_at_comma_once_long_enough() -> None:
+    chunks = by_char("Well, the answer, in short, is yes")
+    assert chunks == ["Well, the answer,", "in short, is yes"]
+
+
+def test_later_chunks_use_min_chars() -> None:
+    text = (
+        "Okay, here we go. First, a short one, then a much longer clause follows here, and the end."
+    )
+    assert by_char(text, min_chars=40) == [
+        "Okay, here we go.",
+        "First, a short one, then a much longer clause follows here,",
+        "and the end.",
+    ]
+
+
+def test_boundary_waits_for_the_next_character() -> None:
+    chunker = ClauseChunker()
+    assert chunker.push("The value of pi is 3.") == []
+    assert chunker.push("14 and that is all") == []
+    assert chunker.push(". Next") == ["The value of pi is 3.14 and that is all."]
+    assert chunker.flush() == ["Next"]
+
+
+def test_sentence_end_emitted_once_whitespace_arrives() -> None:
+    chunker = ClauseChunker()
+    assert chunker.push("Hello there!") == []
+    assert chunker.push(" ") == ["Hello there!"]
+    assert chunker.flush() == []
+
+
+def test_flush_returns_remainder_and_resets() -> None:
+    chunker = ClauseChunker()
+    assert chunker.push("  unfinished thought  ") == []
+    assert chunker.flush() == ["unfinished thought"]
+    assert chunker.flush() == []
+    # After a reset the next stream uses first_min_chars again.
+    assert chunker.push("Right, so this is it, ") == ["Right, so this is it,"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Pi is 3.14 and the total is 1,000,000 or 2.5% more at 3:30 today.",
+        "Mr. Smith met Mrs. Jones and Dr. Who at St. Paul vs. the rest etc. every day.",
+        "Use e.g. this or i.e. that in the U.S. and the U.K. at 9 a.m. or 5 p.m. sharp.",
+        "J. K. Rowling and Acme Inc. and Foo Ltd. and Bob Jr. and Al Sr. agreed.",
+        "See http://example.com/a.b?x=1.2 or www.example.com/path?x=1.2 and me@ex.org now.",
+        "Well... maybe we should wait.",
+        "무게는 3.5킬로그램이고 가격은 1,000원입니다.",
+        "Item No. 5 is the one we want.",
+    ],
+)
+def test_never_splits_inside_protected_tokens(text: str) -> None:
+    assert by_char(text, first_min_chars=1, min_chars=1) == [text]
+
+
+def test_ellipsis_before_capital_is_sentence_end() -> None:
+    assert by_char("I don't know... Let me think.") == ["I don't know...", "Let me think."]
+    assert by_char("글쎄요… 잘 모르겠어요.") == ["글쎄요…", "잘 모르겠어요."]
+
+
+def test_no_is_a_word_unless_a_number_follows() -> None:
+    assert by_char("No. I refuse to do it.") == ["No.", "I refuse to do it."]
+
+
+def test_closing_quote_stays_with_its_sentence() -> None:
+    assert by_char('He said "Stop." Then he left.') == ['He said "Stop."', "Then he left."]
+
+
+def test_question_exclamation_runs() -> None:
+    assert by_char("Really?! That is great!!! Yes.") == ["Really?!", "That is great!!!", "Yes."]
+
+
+def test_newlines_are_hard_boundaries() -> None:
+    text = "Here is the list:\n1. Eggs\n2. Milk\n\nThat is all"
+    assert by_char(text) == ["Here is the list:", "1. Eggs", "2. Milk", "That is all"]
+
+
+def test_lone_number_is_not_a_chunk() -> None:
+    assert by_char("1. Buy eggs. 2. Buy milk.") == ["1. Buy eggs.", "2. Buy milk."]
+
+
+def test_korean_sentence_endings() -> None:
+    text = "네, 알겠습니다. 정말요? 그렇죠. 좋네요! 할까요?"
+    assert by_char(text) == ["네, 알겠습니다.", "정말요?", "그렇죠.", "좋네요!", "할까요?"]
+
+
+def test_korean_without_space_after_period() -> None:
+    assert by_char("비가 옵니다.우산을 챙기세요.") == ["비가 옵니다.", "우산을 챙기세요."]
+
+
+def test_korean_connective_comma_is_a_clause_boundary() -> None:
+    text = "오늘은 날씨가 맑고, 기온은 25도입니다. 내일은 비가 오는데, 우산을 챙기세요."
+    assert by_char(text, first_min_chars=5, min_chars=5) == [
+        "오늘은 날씨가 맑고,",
+        "기온은 25도입니다.",
+        "내일은 비가 오는데,",
+        "우산을 챙기세요.",
+    ]
+
+
+def test_korean_noun_list_comma_is_not_a_boundary() -> None:
+    text = "시장에서 사과, 배, 포도를 샀어요."
+    assert by_char(text, first_min_chars=1, min_chars=1) == [text]
+
+
+def test_korean_comma_respects_min_chars() -> None:
+    assert by_char("맑고, 좋아요.") == ["맑고, 좋아요."]
+
+
+def test_full_width_punctuation() -> None:
+    assert by_char("好的。我们走吧！") == ["好的。", "我们走吧！"]
+
+
+def test_em_dash_is_a_soft_boundary() -> None:
+    assert by_char("The answer to your question—as always—is yes.", first_min_chars=12) == [
+        "The answer to your question—",
+        "as always—is yes.",
+    ]
+
+
+def test_max_chars_cuts_at_whitespace_never_mid_word() -> None:
+    text = " ".join(f"word{i}" for i in range(60))
+    chunks = by_char(text, max_chars=50)
+    assert len(chunks) > 1
+    assert all(len(c) <= 50 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_token_longer_than_max_chars_is_kept_whole() -> None:
+    long_word = "x" * 80
+    assert by_char(f"see {long_word} then more", max_chars=30) == ["see", long_word, "then more"]
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        ClauseChunker(min_chars=-1)
+    with pytest.raises(ValueError):
+        ClauseChunker(max_chars=1)
+
+
+_PIECES = [
+    "Sure, I can help with that.",
+    "Well, the answer, in short, is yes",
+    "Pi is 3.14, roughly; the total was 1,000,000 dollars at 3:30 p.m. today!",
+    "Mr. Smith and Dr. J. K. Rowling met in the U.S. at No. 10.",
+    "Visit www.example.com/path?x=1.2 or write to me@example.org.",
+    "Well... maybe. Hmm... Let me think.",
+    "네, 알겠습니다. 오늘은 날씨가 맑고, 기온은 25도예요.",
+    "무게는 3.5킬로그램이에요.가격은 3,000원입니다!",
+    "사과, 배, 포도를 샀는데, 정말 맛있었죠?",
+    "The answer—as always—is yes: really?! \"Quoted.\" (Bracketed.)",
+    "\n- item one\n- item two\n\n",
+    "an extremely long run of words without any punctuation that just keeps going and going "
+    "and going well past the maximum number of characters that a chunk may hold",
+    "1. First",
+    "… 그리고",
+]
+
+
+def _random_text(rng: random.Random) -> str:
+    parts = [rng.choice(_PIECES) for _ in range(rng.randint(1, 8))]
+    return "".join(p + rng.choice([" ", "  ", "\n", "", " \n "]) for p in parts)
+
+
+def _random_sizes(rng: random.Random) -> list[int]:
+    return [rng.choice([1, 1, 2, 3, 5, 8, 13, 40]) for _ in range(rng.randint(1, 20))]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_chunks_do_not_depend_on_delta_splitting(seed: int) -> None:
+    rng = random.Random(seed)
+    text = _random_text(rng)
+    kwargs = {
+        "first_min_chars": rng.choice([1, 12]),
+        "min_chars": rng.choice([5, 40]),
+        "max_chars": rng.choice([60, 220]),
+    }
+    expected = chunk_all(text, None, **kwargs)
+    assert chunk_all(text, [1], **kwargs) == expected
+    for _ in range(5):
+        assert chunk_all(text, _random_sizes(rng), **kwargs) == expected
+    # Every chunk is stripped and non-empty, and no character is lost or reordered.
+    assert all(c and c == c.strip() for c in expected)
+    assert re.sub(r"\s+", "", "".join(expected)) == re.sub(r"\s+", "", text)
+    # Chunks that contain whitespace always respect max_chars.
+    assert all(len(c) <= kwargs["max_chars"] for c in expected if re.search(r"\s", c))
