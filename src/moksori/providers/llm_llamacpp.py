@@ -1,0 +1,190 @@
+"""llama.cpp (llama-cpp-python) running any GGUF: chat template from the file, streaming, tools.
+
+The prompt is rendered with the model's own chat template (read from the GGUF). When tools are
+given and the template has no tool support, tool descriptions go into the system message and
+the model is asked for a `<tool_call>{json}</tool_call>` reply. Tool calls are recognised in
+the common formats (Hermes/Qwen `<tool_call>`, Llama 3 JSON, Mistral `[TOOL_CALLS]`).
+llama.cpp reuses the KV cache for the longest common token prefix, so the system prompt and
+earlier turns are not re-evaluated: only the new user message costs prompt time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from moksori.errors import ModelError, ProviderError
+from moksori.providers.base import (
+    LLM,
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    LLMCaps,
+    Message,
+    TextDelta,
+    ToolCallEvent,
+    Usage,
+)
+from moksori.providers.threads import iterate_blocking, run_blocking
+from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
+
+_STOP_STRINGS = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end|>"]
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """llama.cpp logs to fd 2 from C; silence it while loading."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+class LlamaCppLLM(LLM):
+    name = "llamacpp"
+
+    def __init__(self, model_path: str | Path, *, threads: int = 2, context_tokens: int = 4096,
+                 languages: tuple[str, ...] = ("en",)) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise ModelError(f"LLM model file not found: {self.path}", hint="set MOKSORI_LLM_MODEL to a .gguf file")
+        try:
+            with _quiet_stderr():
+                self._llm = Llama(model_path=str(self.path), n_ctx=context_tokens, n_threads=threads,
+                                  n_threads_batch=threads, n_batch=256, verbose=False)
+        except Exception as e:  # llama-cpp raises ValueError("Failed to load model from file")
+            raise ModelError(f"cannot load LLM {self.path}: the file is corrupt or not a GGUF model",
+                             hint="check the file, or run `moksori models verify` for the packaged one") from e
+        meta = self._llm.metadata or {}
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            template = _CHATML
+        self._template_has_tools = "tools" in template
+        tok = self._llm._model  # noqa: SLF001 - token text lookup
+        bos = tok.token_get_text(self._llm.token_bos()) if self._llm.token_bos() >= 0 else ""
+        eos = tok.token_get_text(self._llm.token_eos()) if self._llm.token_eos() >= 0 else ""
+        self._bos_text = bos
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._lock = threading.Lock()
+        self.caps = LLMCaps(tools=True, context_tokens=context_tokens, languages=languages)
+        self.name = f"llamacpp:{self.path.name}"
+
+    # ------------------------------------------------------------------ prompt
+
+    def render(self, request: ChatRequest) -> str:
+        messages = [m.to_openai() for m in request.messages]
+        tools = [t.to_openai() for t in request.tools] if request.tools and request.tool_choice != "none" else None
+        if tools and not self._template_has_tools:
+            block = tools_system_block(request.tools, request.tool_choice)
+            if messages and messages[0]["role"] == "system":
+                messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{block}"}
+            else:
+                messages.insert(0, {"role": "system", "content": block})
+            tools = None
+        # templates without tool roles: show tool results as user-visible context
+        if not self._template_has_tools:
+            messages = [_flatten_tool_message(m) for m in messages]
+        try:
+            out = self._formatter(messages=messages, tools=tools)
+        except Exception as e:  # a template raising (e.g. role order rules) is a request problem
+            raise ProviderError(f"chat template rejected the conversation: {e}", retryable=False,
+                                provider=self.name) from e
+        return out.prompt
+
+    def _tokens(self, prompt: str) -> list[int]:
+        add_bos = not (self._bos_text and prompt.startswith(self._bos_text))
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    # ------------------------------------------------------------------ generation
+
+    def _generate(self, request: ChatRequest, stop: threading.Event) -> Iterator[Any]:
+        prompt = self.render(request)
+        with self._lock:
+            tokens = self._tokens(prompt)
+            budget = self.caps.context_tokens - request.max_tokens
+            if len(tokens) > budget:
+                raise ProviderError(f"conversation is {len(tokens)} tokens, over the {budget}-token budget",
+                                    retryable=False, provider=self.name)
+            prev = list(self._llm._input_ids)  # noqa: SLF001 - KV cache reuse accounting
+            cached = 0
+            for a, b in zip(prev, tokens):
+                if a != b:
+                    break
+                cached += 1
+            produced = 0
+            stream = self._llm.create_completion(
+                prompt=tokens, max_tokens=request.max_tokens, temperature=request.temperature,
+                top_p=0.95, repeat_penalty=1.1, stop=_STOP_STRINGS, stream=True)
+            finish = "stop"
+            try:
+                for chunk in stream:
+                    if stop.is_set():
+                        finish = "cancelled"
+                        break
+                    choice = chunk["choices"][0]
+                    text = choice.get("text") or ""
+                    if text:
+                        produced += 1
+                        yield text
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            finally:
+                stream.close()
+            yield Usage(input_tokens=len(tokens), output_tokens=produced, cached_tokens=min(cached, len(tokens)))
+            yield ChatDone(finish_reason=finish)
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        scanner = ToolCallScanner(enabled=bool(request.tools) and request.tool_choice != "none")
+        done: ChatDone | None = None
+        async for item in iterate_blocking(lambda stop: self._generate(request, stop)):
+            if isinstance(item, str):
+                for ev in scanner.feed(item):
+                    yield ev
+            elif isinstance(item, ChatDone):
+                done = item
+            else:
+                yield item
+        calls = scanner.finish()
+        for ev in calls:
+            yield ev
+        has_calls = any(isinstance(e, ToolCallEvent) for e in calls)
+        yield ChatDone("tool_calls" if has_calls else (done.finish_reason if done else "stop"))
+
+    async def warm(self, system_prompt: str) -> None:
+        """Evaluate the system prompt once so the first real turn reuses it from the KV cache."""
+        req = ChatRequest(messages=(Message("system", system_prompt), Message("user", "Hi")), max_tokens=1)
+        async for _ in self.chat(req):
+            pass
+
+    async def close(self) -> None:
+        await run_blocking(self._llm.close) if hasattr(self._llm, "close") else None
+
+
+def _flatten_tool_message(m: dict[str, Any]) -> dict[str, Any]:
+    if m.get("role") == "tool":
+        return {"role": "user", "content": f"[tool result for {m.get('name') or m.get('tool_call_id')}]: {m.get('content')}"}
+    if m.get("tool_calls"):
+        calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"])
+        return {"role": "assistant", "content": (m.get("content") or "") + f"<tool_call>{calls}</tool_call>"}
+    return m
+
+
+_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
