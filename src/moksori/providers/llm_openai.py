@@ -1,0 +1,433 @@
+"""LLM provider for any OpenAI-compatible chat server: vLLM, Ollama, llama.cpp, Azure OpenAI.
+
+Talks to `POST {base_url}/chat/completions` with `stream: true` over plain httpx streaming (no
+SDK: retries belong to `moksori.providers.resilience` alone). Every failure is translated here
+into `ProviderError` / `ProviderTimeout`; no httpx exception leaves this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from moksori.errors import ConfigError, ProviderError, ProviderTimeout, is_retryable_status
+from moksori.providers._sse import SSEError, aiter_sse
+from moksori.providers.base import (
+    LLM,
+    ChatDone,
+    ChatEvent,
+    ChatRequest,
+    LLMCaps,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from moksori.providers.resilience import ResilientLLM
+    from moksori.settings import LLMSettings
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "openai"
+_MAX_ERROR_CHARS = 300
+_RETRYABLE_ERROR_TYPES = ("server_error", "internal_server_error", "overloaded_error", "rate_limit_error", "timeout")
+
+
+def _truncate(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_message(raw: bytes) -> str:
+    """The human part of an error body: OpenAI `error.message`, FastAPI `detail`, or the text."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return _truncate(text) or "(empty body)"
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return _truncate(err["message"])
+        if isinstance(err, str):
+            return _truncate(err)
+        for key in ("message", "detail"):
+            if isinstance(body.get(key), str):
+                return _truncate(body[key])
+    return _truncate(text)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare for APIs; the backoff policy decides instead
+
+
+def _message(m: Message) -> dict[str, Any]:
+    d = m.to_openai()
+    # An assistant turn that only calls tools: send "" rather than null. OpenAI accepts both;
+    # llama-cpp-python's server rejects null (HTTP 500), and many local chat templates read
+    # `message['content']` unconditionally, so omitting the key breaks them too.
+    if "content" in d and d["content"] is None:
+        d["content"] = ""
+    return d
+
+
+def _tool_choice(choice: str) -> str | dict[str, Any]:
+    if choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class _ToolCallAccumulator:
+    """Merges streamed `tool_calls` fragments by index.
+
+    Servers differ: OpenAI sends id/name once and arguments in pieces; llama.cpp's Python
+    server repeats id and the full name on every fragment; some send arguments as an object.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _PartialCall] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add(self, fragments: list[Any]) -> None:
+        for pos, frag in enumerate(fragments):
+            if not isinstance(frag, dict):
+                continue
+            index = frag.get("index")
+            if not isinstance(index, int):
+                index = pos
+            call = self._calls.setdefault(index, _PartialCall())
+            if isinstance(frag.get("id"), str) and frag["id"] and not call.id:
+                call.id = frag["id"]
+            fn = frag.get("function")
+            if not isinstance(fn, dict):
+                continue
+            name = fn.get("name")
+            if isinstance(name, str) and name and name != call.name:
+                call.name += name
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                call.arguments.append(args)
+            elif isinstance(args, dict):
+                call.arguments = [json.dumps(args, ensure_ascii=False)]
+
+    def drain(self) -> list[ToolCall]:
+        out: list[ToolCall] = []
+        for index in sorted(self._calls):
+            c = self._calls[index]
+            if not c.name:
+                log.warning("dropping a streamed tool call without a function name (index %d)", index)
+                continue
+            out.append(ToolCall(id=c.id or f"call_{uuid.uuid4().hex[:24]}", name=c.name,
+                                arguments="".join(c.arguments) or "{}"))
+        self._calls.clear()
+        return out
+
+
+def _stream_error(obj: dict[str, Any], host: str) -> ProviderError:
+    err = obj.get("error")
+    message = err.get("message") if isinstance(err, dict) else err
+    code = err.get("code") if isinstance(err, dict) else None
+    etype = err.get("type") if isinstance(err, dict) else None
+    status = code if isinstance(code, int) else None
+    if status is not None:
+        retryable = is_retryable_status(status)
+    else:
+        retryable = isinstance(etype, str) and etype in _RETRYABLE_ERROR_TYPES
+    return ProviderError(
+        f"{host} reported an error mid-stream: {_truncate(str(message or err))}",
+        retryable=retryable, status=status, provider=PROVIDER,
+    )
+
+
+class OpenAICompatLLM(LLM):
+    """Streams chat completions from an OpenAI-compatible server."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str | None,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        caps: LLMCaps | None = None,
+        extra_headers: dict[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+        include_usage: bool = True,
+    ) -> None:
+        if not base_url:
+            raise ConfigError("an OpenAI-compatible LLM needs a base_url", hint="e.g. http://127.0.0.1:8080/v1")
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as e:
+            raise ConfigError(f"invalid LLM base_url: {e}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(f"LLM base_url must be an http(s) URL, got {url.scheme or 'no'} scheme")
+        self._base = url
+        self.base_url = str(url.copy_with(path=url.path.rstrip("/") or "/")).rstrip("/")
+        self.model = model
+        self._api_key = api_key or None
+        self.timeout_s = timeout_s
+        self.caps = caps or LLMCaps()
+        self._extra_headers = dict(extra_headers or {})
+        self._client = client
+        self._owns_client = client is None
+        self.include_usage = include_usage
+        self.azure = ".openai.azure.com" in (url.host or "")
+        self._host = url.host + (f":{url.port}" if url.port else "")
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAICompatLLM(base_url={self._host!r}, model={self.model!r})"
+
+    @classmethod
+    def from_settings(cls, settings: LLMSettings, *, base_url: str | None = None) -> OpenAICompatLLM:
+        url = base_url or settings.base_url
+        if not url:
+            raise ConfigError("llm.base_url is required for the openai LLM provider",
+                              hint="set MOKSORI_LLM_BASE_URL, e.g. http://127.0.0.1:8080/v1")
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        return cls(base_url=url, model=settings.model, api_key=key, timeout_s=settings.timeout_s,
+                   caps=LLMCaps(context_tokens=settings.context_tokens))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _url(self, suffix: str) -> httpx.URL:
+        # keeps any query string of base_url (Azure's `?api-version=...`)
+        return self._base.copy_with(path=self._base.path.rstrip("/") + suffix)
+
+    def _headers(self, *, stream: bool) -> dict[str, str]:
+        h = {"Accept": "text/event-stream" if stream else "application/json"}
+        h.update(self._extra_headers)
+        if self._api_key:
+            h["Authorization"] = f"Bearer {self._api_key}"
+            if self.azure:
+                h["api-key"] = self._api_key
+        return h
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+                follow_redirects=False,
+            )
+            self._owns_client = True
+        return self._client
+
+    async def load(self) -> None:
+        self._http()
+        if self.model is None:
+            self.model = await self._first_model()
+            log.info("LLM at %s: using model %s", self._host, self.model)
+
+    async def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _first_model(self) -> str:
+        try:
+            resp = await self._http().get(self._url("/models"), headers=self._headers(stream=False))
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from None
+        if resp.status_code >= 400:
+            raise self._status_error(resp, resp.content)
+        try:
+            data = resp.json()["data"]
+            return str(data[0]["id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ProviderError(f"{self._host}/models listed no usable model", retryable=False,
+                                provider=PROVIDER, hint="set llm.model explicitly") from None
+
+    # ------------------------------------------------------------------ errors
+
+    def _status_error(self, resp: httpx.Response, raw: bytes) -> ProviderError:
+        status = resp.status_code
+        hint = "check llm.api_key" if status in (401, 403) else None
+        err = ProviderError(
+            f"LLM server {self._host} returned HTTP {status}: {_error_message(raw)}",
+            retryable=is_retryable_status(status), status=status, provider=PROVIDER, hint=hint,
+        )
+        retry_after = _retry_after(resp)
+        if retry_after is not None:
+            err.retry_after = retry_after  # type: ignore[attr-defined]  # honoured by resilience
+        return err
+
+    def _transport_error(self, e: Exception) -> ProviderError:
+        kind = type(e).__name__
+        if isinstance(e, httpx.TimeoutException):
+            return ProviderTimeout(f"LLM server {self._host} timed out ({kind})", provider=PROVIDER)
+        if isinstance(e, httpx.TransportError) and not isinstance(e, httpx.UnsupportedProtocol):
+            return ProviderError(f"cannot reach LLM server {self._host} ({kind}: {_truncate(str(e), 120)})",
+                                 retryable=True, provider=PROVIDER)
+        return ProviderError(f"request to LLM server {self._host} failed ({kind}: {_truncate(str(e), 120)})",
+                             retryable=False, provider=PROVIDER)
+
+    # ------------------------------------------------------------------ chat
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": [_message(m) for m in request.messages],
+            "stream": True,
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if self.model is not None:
+            body["model"] = self.model
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if request.tools:
+            body["tools"] = [t.to_openai() for t in request.tools]
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+        return body
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:  # type: ignore[override]
+        if self.model is None:
+            await self.load()
+        client = self._http()
+        try:
+            async with client.stream("POST", self._url("/chat/completions"), json=self._body(request),
+                                     headers=self._headers(stream=True)) as resp:
+                if resp.status_code >= 400:
+                    raise self._status_error(resp, await resp.aread())
+                ctype = resp.headers.get("content-type", "")
+                if "text/event-stream" not in ctype and "json" in ctype:
+                    # the server ignored `stream: true` and sent one complete answer
+                    for ev in self._whole_response(await resp.aread()):
+                        yield ev
+                    return
+                async with aclosing(self._events(resp)) as events:
+                    async for ev in events:
+                        yield ev
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from None
+        except httpx.InvalidURL as e:
+            raise ProviderError(f"invalid LLM URL: {e}", retryable=False, provider=PROVIDER) from None
+
+    async def _events(self, resp: httpx.Response) -> AsyncIterator[ChatEvent]:
+        calls = _ToolCallAccumulator()
+        usage: dict[str, Any] | None = None
+        finish: str | None = None
+        done = False
+
+        events = aiter_sse(resp.aiter_bytes())
+        try:
+            async for sse_event in events:
+                data = sse_event.data.strip()
+                if done:
+                    continue  # read to the end so the connection can be reused
+                if data == "[DONE]":
+                    done = True
+                    continue
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise ProviderError(f"LLM server {self._host} sent a malformed stream chunk: {_truncate(data, 120)}",
+                                        retryable=False, provider=PROVIDER) from None
+                if not isinstance(obj, dict):
+                    raise ProviderError(f"LLM server {self._host} sent a stream chunk that is not an object",
+                                        retryable=False, provider=PROVIDER)
+                if obj.get("error") is not None or sse_event.event == "error":
+                    raise _stream_error(obj, self._host)
+                if isinstance(obj.get("usage"), dict):
+                    usage = obj["usage"]  # some servers repeat cumulative usage: keep the last
+                for choice in obj.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(text, str) and text:
+                        yield TextDelta(text)
+                    fragments = delta.get("tool_calls") if isinstance(delta, dict) else None
+                    if isinstance(fragments, list):
+                        calls.add(fragments)
+                    reason = choice.get("finish_reason")
+                    if isinstance(reason, str) and reason:
+                        finish = reason
+                        if reason == "tool_calls":
+                            for call in calls.drain():
+                                yield ToolCallEvent(call)
+        except SSEError as e:
+            raise ProviderError(f"LLM server {self._host} sent a broken event stream: {e}",
+                                retryable=False, provider=PROVIDER) from None
+        finally:
+            await events.aclose()
+
+        if not done and finish is None:
+            raise ProviderError(f"LLM server {self._host} closed the stream before finishing",
+                                retryable=True, provider=PROVIDER)
+        emitted_calls = False
+        for call in calls.drain():
+            emitted_calls = True
+            yield ToolCallEvent(call)
+        if usage is not None:
+            yield _usage(usage)
+        if finish is None or (emitted_calls and finish == "stop"):
+            finish = "tool_calls" if emitted_calls else "stop"
+        yield ChatDone(finish)
+
+    def _whole_response(self, raw: bytes) -> list[ChatEvent]:
+        try:
+            obj = json.loads(raw)
+            choice = obj["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise ProviderError(f"LLM server {self._host} sent an unreadable response",
+                                retryable=False, provider=PROVIDER) from None
+        out: list[ChatEvent] = []
+        if isinstance(message.get("content"), str) and message["content"]:
+            out.append(TextDelta(message["content"]))
+        calls = _ToolCallAccumulator()
+        if isinstance(message.get("tool_calls"), list):
+            calls.add(message["tool_calls"])
+        out.extend(ToolCallEvent(c) for c in calls.drain())
+        if isinstance(obj.get("usage"), dict):
+            out.append(_usage(obj["usage"]))
+        out.append(ChatDone(choice.get("finish_reason") or "stop"))
+        return out
+
+
+def _usage(u: dict[str, Any]) -> Usage:
+    def num(v: Any) -> int:
+        return int(v) if isinstance(v, int | float) else 0
+
+    details = u.get("prompt_tokens_details")
+    cached = num(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(input_tokens=num(u.get("prompt_tokens")), output_tokens=num(u.get("completion_tokens")),
+                 cached_tokens=cached)
+
+
+def resilient_openai_llm(settings: LLMSettings) -> ResilientLLM:
+    """The configured server plus each `settings.fallback` URL, wrapped in retries/timeouts."""
+    from moksori.providers.resilience import ResilientLLM, RetryPolicy, Timeouts
+
+    urls = [settings.base_url, *settings.fallback]
+    providers = [OpenAICompatLLM.from_settings(settings, base_url=u) for u in urls if u]
+    if not providers:
+        OpenAICompatLLM.from_settings(settings)  # raises the ConfigError explaining what is missing
+    return ResilientLLM(providers, policy=RetryPolicy.from_settings(settings), timeouts=Timeouts.from_settings(settings))

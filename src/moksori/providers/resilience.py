@@ -1,0 +1,275 @@
+"""Retries, timeouts and fallbacks for streaming providers, in one place.
+
+Providers translate their failures into `ProviderError(retryable=...)` and never retry on their
+own. This module decides what happens next:
+
+* a retryable failure *before the first item* is retried with full-jitter exponential backoff;
+* once an item has been handed to the caller, any failure propagates (retrying would repeat
+  output the caller has already spoken);
+* `Timeouts` bound the wait for the first item, the gap between items and the whole call;
+* `ResilientLLM` chains providers: primary first, then each fallback, each with its own retries.
+
+Any other exception escaping a provider is a bug in that provider; it is reported as a
+permanent `ProviderError` naming the original exception type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from moksori.errors import ProviderError, ProviderTimeout
+from moksori.providers.base import LLM, ChatEvent, ChatRequest
+
+if TYPE_CHECKING:
+    from moksori.settings import LLMSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[Any]]
+
+_END: Any = object()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`max_attempts` counts the first try: 3 means one try plus up to two retries."""
+
+    max_attempts: int = 3
+    base_delay_s: float = 0.25
+    max_delay_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("delays must not be negative")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based).
+
+        Full jitter: uniform in [0, min(max_delay_s, base_delay_s * 2**(attempt-1))).
+        """
+        exp = self.base_delay_s * math.pow(2.0, max(0, attempt - 1))
+        cap = min(self.max_delay_s, exp)
+        draw = (rng.random if rng is not None else random.random)()
+        return cap * draw
+
+    @classmethod
+    def from_settings(cls, s: LLMSettings) -> RetryPolicy:
+        return cls(max_attempts=s.max_retries + 1)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """`None` disables a bound.
+
+    first_item_s: from the start of an attempt to its first item (covers connect + prefill).
+    idle_s: the longest wait for any later item.
+    total_s: the whole `resilient_stream` call, retries and backoff included.
+    """
+
+    first_item_s: float | None = None
+    idle_s: float | None = None
+    total_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, s: LLMSettings) -> Timeouts:
+        return cls(first_item_s=s.first_token_timeout_s, idle_s=s.timeout_s, total_s=None)
+
+
+def _as_provider_error(exc: BaseException, provider: str) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    text = str(exc).strip()
+    detail = f": {text}" if text else ""
+    return ProviderError(
+        f"{provider} failed with unexpected {type(exc).__name__}{detail}",
+        retryable=False,
+        provider=provider,
+        hint="this is a bug in the provider; it should raise ProviderError",
+    )
+
+
+async def _aclose(it: Any) -> None:
+    close = getattr(it, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # closing must never mask the real outcome
+        log.debug("error while closing a provider stream", exc_info=True)
+
+
+async def _next_item(
+    it: AsyncIterator[T],
+    *,
+    limit_s: float | None,
+    total_deadline: float | None,
+    first: bool,
+    provider: str,
+) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = None if limit_s is None else loop.time() + limit_s
+    if total_deadline is not None and (deadline is None or total_deadline < deadline):
+        deadline = total_deadline
+    if deadline is None:
+        return await anext(it, _END)
+    cm = asyncio.timeout_at(deadline)
+    try:
+        async with cm:
+            return await anext(it, _END)
+    except TimeoutError:
+        if not cm.expired():
+            raise  # the provider's own TimeoutError: a bug, wrapped by the caller
+        if total_deadline is not None and deadline >= total_deadline:
+            what = "did not finish within the total time limit"
+        elif first:
+            what = f"sent nothing within {limit_s:g} s"
+        else:
+            what = f"went silent for more than {limit_s:g} s"
+        raise ProviderTimeout(f"{provider} {what}", provider=provider) from None
+
+
+async def resilient_stream(
+    make: Callable[[], AsyncIterator[T]],
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    timeouts: Timeouts = Timeouts(),
+    provider: str = "provider",
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> AsyncIterator[T]:
+    """Re-yield the items of `make()`, retrying failures that happen before the first item.
+
+    `make` is called once per attempt and must return a fresh iterator. The iterator of the
+    current attempt is always closed (`aclose`) before this generator finishes, whether it
+    ended, failed, timed out or the consumer stopped early. Consumers should close this
+    generator promptly, e.g. `async with contextlib.aclosing(resilient_stream(...)) as s`.
+    """
+    loop = asyncio.get_running_loop()
+    total_deadline = None if timeouts.total_s is None else loop.time() + timeouts.total_s
+    attempt = 0
+    while True:
+        attempt += 1
+        started = False
+        it: AsyncIterator[T] | None = None
+        try:
+            try:
+                it = aiter(make())
+                while True:
+                    item = await _next_item(
+                        it,
+                        limit_s=timeouts.idle_s if started else timeouts.first_item_s,
+                        total_deadline=total_deadline,
+                        first=not started,
+                        provider=provider,
+                    )
+                    if item is _END:
+                        return
+                    started = True
+                    yield item
+            finally:
+                if it is not None:
+                    await _aclose(it)
+        except Exception as exc:
+            err = _as_provider_error(exc, provider)
+            out_of_time = total_deadline is not None and loop.time() >= total_deadline
+            if started or not err.retryable or attempt >= policy.max_attempts or out_of_time:
+                if err is exc:
+                    raise
+                raise err from exc
+            wait = policy.delay(attempt, rng)
+            retry_after = getattr(err, "retry_after", None)
+            if isinstance(retry_after, int | float) and retry_after > wait:
+                wait = min(float(retry_after), policy.max_delay_s)
+            if total_deadline is not None and loop.time() + wait >= total_deadline:
+                raise err from (None if err is exc else exc)
+            log.warning(
+                "%s attempt %d/%d failed (%s); retrying in %.2f s",
+                provider, attempt, policy.max_attempts, err, wait,
+            )
+            await sleep(wait)
+
+
+class ResilientLLM(LLM):
+    """An `LLM` that tries `providers` in order, each with `policy` retries and `timeouts`.
+
+    A provider is abandoned for the next one when it fails before producing any output, with
+    a permanent error or after its retries are used up. Once output has started, a failure is
+    raised to the caller as is. If every provider fails, the last error is raised.
+    """
+
+    def __init__(
+        self,
+        providers: Sequence[LLM],
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        timeouts: Timeouts = Timeouts(),
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not providers:
+            raise ValueError("ResilientLLM needs at least one provider")
+        self.providers: tuple[LLM, ...] = tuple(providers)
+        self.policy = policy
+        self.timeouts = timeouts
+        self._sleep = sleep
+        self._rng = rng
+        self.caps = self.providers[0].caps
+        self.name = "→".join(p.name for p in self.providers)
+
+    async def load(self) -> None:
+        """Load the primary (errors propagate) and every fallback (errors are only logged:
+        a fallback that is down at startup may be back by the time it is needed)."""
+        await self.providers[0].load()
+        for p in self.providers[1:]:
+            try:
+                await p.load()
+            except ProviderError as e:
+                log.warning("fallback LLM %s failed to load: %s", p.name, e)
+
+    async def close(self) -> None:
+        first: BaseException | None = None
+        for p in self.providers:
+            try:
+                await p.close()
+            except Exception as e:
+                log.warning("closing LLM %s failed: %s", p.name, e)
+                first = first or e
+        if first is not None:
+            raise first
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:  # type: ignore[override]
+        last: ProviderError | None = None
+        for i, p in enumerate(self.providers):
+            stream = resilient_stream(
+                lambda p=p: p.chat(request),  # type: ignore[misc]
+                policy=self.policy,
+                timeouts=self.timeouts,
+                provider=p.name,
+                sleep=self._sleep,
+                rng=self._rng,
+            )
+            produced = False
+            try:
+                async for event in stream:
+                    produced = True
+                    yield event
+                return
+            except ProviderError as e:
+                if produced:
+                    raise
+                last = e
+                if i + 1 < len(self.providers):
+                    log.warning("LLM %s failed (%s); falling back to %s", p.name, e, self.providers[i + 1].name)
+            finally:
+                await stream.aclose()
+        assert last is not None
+        raise last
