@@ -1,0 +1,54 @@
+"""Per-session options: what a transport (or a Realtime `session.update`) may change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from moksori.engine.turns import TurnConfig
+from moksori.providers.base import ToolSpec
+from moksori.settings import Settings
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    instructions: str | None = None
+    language: Literal["auto", "en", "ko"] = "auto"
+    languages: tuple[str, ...] = ("en", "ko")
+    voice: str | None = None
+    speed: float = 1.0
+    modalities: tuple[str, ...] = ("audio", "text")
+    output_rate: int = 24000
+    output_chunk_ms: int = 40
+    output_lead_ms: int = 200
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    transcribe_input: bool = True
+    partial_interval_ms: int = 1200
+    tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
+    tool_choice: str = "auto"
+    temperature: float = 0.5
+    max_output_tokens: int = 160
+
+    def with_(self, **changes) -> "SessionConfig":
+        return replace(self, **changes)
+
+    @property
+    def audio_out(self) -> bool:
+        return "audio" in self.modalities
+
+
+def config_from_settings(s: Settings, **overrides) -> SessionConfig:
+    t = s.turn
+    turn = TurnConfig(
+        mode="semantic" if t.provider == "smart-turn" else "silence",
+        threshold=t.threshold, prefix_padding_ms=t.prefix_padding_ms,
+        silence_duration_ms=t.silence_duration_ms, create_response=t.create_response,
+        interrupt_response=t.interrupt_response, eagerness=t.eagerness,
+        interrupt_min_speech_ms=t.interrupt_min_speech_ms, speculate_after_ms=t.speculate_after_ms,
+    )
+    cfg = SessionConfig(
+        instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
+        partial_interval_ms=s.stt.partial_interval_ms, temperature=s.llm.temperature,
+        max_output_tokens=s.llm.max_tokens,
+    )
+    return replace(cfg, **overrides) if overrides else cfg

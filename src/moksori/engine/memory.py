@@ -1,0 +1,161 @@
+"""Conversation memory: an ordered list of items, shaped like OpenAI Realtime conversation items.
+
+Items are what the Realtime API shows clients (create / retrieve / truncate / delete), and they
+turn into chat messages for the LLM. An assistant message interrupted by the user keeps only
+the words that were actually played out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from moksori.providers.base import Message, ToolCall
+
+ItemType = Literal["message", "function_call", "function_call_output"]
+_seq = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+@dataclass
+class Item:
+    id: str
+    type: ItemType = "message"
+    role: Literal["user", "assistant", "system"] = "user"
+    text: str = ""  # the transcript or text content
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+    audio: bool = False  # content came in / went out as audio
+    language: str | None = None
+    # function calls
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+    # audio bookkeeping
+    audio_ms: int = 0  # for assistant audio: how much was generated
+    truncated_at_ms: int | None = None
+    seq: int = field(default_factory=lambda: next(_seq))
+
+
+class Memory:
+    def __init__(self, *, max_messages: int = 24) -> None:
+        self.items: list[Item] = []
+        self.max_messages = max_messages
+
+    # -------------------------------------------------------------- edits
+
+    def add(self, item: Item, *, after: str | None = None) -> Item:
+        if after is None:
+            self.items.append(item)
+        else:
+            idx = self.index(after)
+            self.items.insert(idx + 1 if idx >= 0 else len(self.items), item)
+        return item
+
+    def get(self, item_id: str) -> Item | None:
+        return next((i for i in self.items if i.id == item_id), None)
+
+    def index(self, item_id: str) -> int:
+        return next((n for n, i in enumerate(self.items) if i.id == item_id), -1)
+
+    def previous_id(self, item_id: str) -> str | None:
+        idx = self.index(item_id)
+        return self.items[idx - 1].id if idx > 0 else None
+
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def delete(self, item_id: str) -> bool:
+        idx = self.index(item_id)
+        if idx < 0:
+            return False
+        del self.items[idx]
+        return True
+
+    def truncate(self, item_id: str, heard_text: str, audio_end_ms: int | None = None) -> Item | None:
+        item = self.get(item_id)
+        if item is None:
+            return None
+        item.text = heard_text
+        item.status = "incomplete"
+        item.truncated_at_ms = audio_end_ms
+        return item
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    # -------------------------------------------------------------- LLM view
+
+    def messages(self, system_prompt: str | None) -> list[Message]:
+        """Chat messages for the LLM: the system prompt, then the most recent items.
+
+        Context management: only the last `max_messages` items are sent, and the window never
+        starts inside a tool exchange (a tool result without its call confuses models).
+        """
+        out: list[Message] = []
+        pending_calls: list[ToolCall] = []
+        for item in self.items:
+            if item.type == "message":
+                if pending_calls:
+                    out.append(Message("assistant", "", tool_calls=tuple(pending_calls)))
+                    pending_calls = []
+                if item.text.strip() or item.role == "assistant":
+                    out.append(Message(item.role, item.text))
+            elif item.type == "function_call":
+                pending_calls.append(ToolCall(item.call_id or item.id, item.name or "", item.arguments or "{}"))
+            elif item.type == "function_call_output":
+                if pending_calls:
+                    out.append(Message("assistant", "", tool_calls=tuple(pending_calls)))
+                    pending_calls = []
+                out.append(Message("tool", item.output or "", tool_call_id=item.call_id, name=self._call_name(item.call_id)))
+        if pending_calls:
+            out.append(Message("assistant", "", tool_calls=tuple(pending_calls)))
+        # drop empty assistant messages (e.g. a reply interrupted before any word was heard)
+        out = [m for m in out if not (m.role == "assistant" and not m.content.strip() and not m.tool_calls)]
+        if len(out) > self.max_messages:
+            out = out[-self.max_messages:]
+            while out and (out[0].role == "tool" or (out[0].role == "assistant" and out[0].tool_calls)):
+                out = out[1:]
+        system = [Message("system", system_prompt)] if system_prompt else []
+        return system + _merge_same_role(out)
+
+    def _call_name(self, call_id: str | None) -> str | None:
+        for item in self.items:
+            if item.type == "function_call" and item.call_id == call_id:
+                return item.name
+        return None
+
+
+def _merge_same_role(msgs: list[Message]) -> list[Message]:
+    """Two user messages in a row (a turn that was split by a pause) become one."""
+    out: list[Message] = []
+    for m in msgs:
+        if out and m.role == "user" and out[-1].role == "user":
+            out[-1] = replace(out[-1], content=f"{out[-1].content} {m.content}".strip())
+        else:
+            out.append(m)
+    return out
+
+
+def heard_text(segments: list[tuple[str, int]], played: int) -> str:
+    """Text of what was played: whole clauses, then the share of words of the cut clause.
+
+    `segments` is [(clause text, samples)], in playback order; `played` is samples played.
+    """
+    words: list[str] = []
+    remaining = played
+    for text, n in segments:
+        if remaining <= 0:
+            break
+        parts = text.split()
+        if remaining >= n:
+            words += parts
+        else:
+            words += parts[: int(len(parts) * remaining / max(1, n))]
+        remaining -= n
+    return " ".join(words)

@@ -1,0 +1,238 @@
+"""Paced audio output, and knowing what the listener has actually heard.
+
+Reply audio leaves the engine in small chunks at real-time pace, at most `lead_ms` ahead of
+the listener, so a barge-in never has seconds of audio queued at the client. The speaker keeps
+a model of the listener's playback (each chunk starts playing when it arrives or when the
+previous one ends, whichever is later), which gives "samples heard" at any moment. Transports
+that can confirm playback (Twilio marks) override the model with acknowledgements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moksori.audio.frames import Frame
+from moksori.engine.clock import Clock
+
+
+@dataclass
+class Playback:
+    """One response's audio on its way out."""
+
+    response_id: str
+    item_id: str
+    rate: int
+    queue: asyncio.Queue[Frame | None] = field(default_factory=asyncio.Queue)
+    segments: list[tuple[str, int]] = field(default_factory=list)  # (clause text, samples)
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (playout start, samples)
+    sent: int = 0
+    acked: int | None = None  # samples confirmed played by the transport
+    started_at: float | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: bool = False
+
+    def add(self, frame: Frame, text: str) -> None:
+        """Queue a clause's audio (already at the output rate)."""
+        self.segments.append((text, len(frame)))
+        self.queue.put_nowait(frame)
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    def played(self, now: float) -> int:
+        total = 0
+        for start, n in self.chunks:
+            if now <= start:
+                break
+            total += min(n, int(round((now - start) * self.rate)))
+        return total
+
+    @property
+    def play_end(self) -> float:
+        """When the listener finishes hearing what was sent so far."""
+        if not self.chunks:
+            return 0.0
+        start, n = self.chunks[-1]
+        return start + n / self.rate
+
+    def heard(self, now: float) -> int:
+        return self.acked if self.acked is not None else self.played(now)
+
+    @property
+    def generated(self) -> int:
+        return sum(n for _, n in self.segments)
+
+
+Publish = Callable[[str, dict], None]
+
+
+class Speaker:
+    def __init__(self, clock: Clock, publish: Publish, *, rate: int, chunk_ms: int = 40, lead_ms: int = 200,
+                 on_audible: Callable[[bool], None] | None = None) -> None:
+        self.clock = clock
+        self.publish = publish
+        self.rate = rate
+        self.chunk = max(1, rate * chunk_ms // 1000)
+        self.lead = lead_ms / 1000
+        self.on_audible = on_audible or (lambda _: None)
+        self._order: deque[Playback] = deque()
+        self._wake = asyncio.Event()
+        self.current: Playback | None = None
+        self._playout_end = 0.0
+        self._audible = False
+        self._task: asyncio.Task | None = None
+        self._quiet_task: asyncio.Task | None = None
+        self._hold = False
+
+    # -------------------------------------------------------------- control
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="speaker")
+
+    async def close(self) -> None:
+        for t in (self._task, self._quiet_task):
+            if t:
+                t.cancel()
+        for t in (self._task, self._quiet_task):
+            if t:
+                try:
+                    await t
+                except asyncio.CancelledError:
+                    pass
+        self._task = None
+
+    def enqueue(self, pb: Playback) -> None:
+        self._order.append(pb)
+        self._wake.set()
+
+    def interrupt(self) -> list[tuple[Playback, int]]:
+        """Stop now: drop everything queued. Returns [(playback, samples heard)]."""
+        now = self.clock.now()
+        out: list[tuple[Playback, int]] = []
+        victims = ([self.current] if self.current else []) + list(self._order)
+        self._order.clear()
+        for pb in victims:
+            pb.cancelled = True
+            heard = min(pb.heard(now), pb.sent)
+            out.append((pb, heard))
+            pb.finished.set()
+        self.current = None
+        self._playout_end = now
+        if victims:
+            self.publish("agent.audio_cleared", {"response_ids": [pb.response_id for pb, _ in out]})
+        self._wake.set()
+        self._set_audible(False)
+        return out
+
+    def cancel(self, response_id: str) -> tuple[Playback, int] | None:
+        for pb, heard in self.interrupt_where(lambda pb: pb.response_id == response_id):
+            return pb, heard
+        return None
+
+    def interrupt_where(self, pred: Callable[[Playback], bool]) -> list[tuple[Playback, int]]:
+        if self.current and pred(self.current):
+            return self.interrupt()
+        now = self.clock.now()
+        out = []
+        for pb in [p for p in self._order if pred(p)]:
+            self._order.remove(pb)
+            pb.cancelled = True
+            pb.finished.set()
+            out.append((pb, min(pb.heard(now), pb.sent)))
+        return out
+
+    def ack(self, response_id: str, samples: int) -> None:
+        for pb in ([self.current] if self.current else []) + list(self._order):
+            if pb.response_id == response_id:
+                pb.acked = max(pb.acked or 0, samples)
+
+    @property
+    def hold(self) -> bool:
+        """While held, no new playback starts (one already playing continues)."""
+        return self._hold
+
+    @hold.setter
+    def hold(self, value: bool) -> None:
+        self._hold = value
+        self._wake.set()
+
+    @property
+    def audible(self) -> bool:
+        return self._audible
+
+    def busy(self) -> bool:
+        return self.current is not None or bool(self._order)
+
+    # -------------------------------------------------------------- loop
+
+    def _set_audible(self, value: bool) -> None:
+        if value != self._audible:
+            self._audible = value
+            self.on_audible(value)
+
+    async def _run(self) -> None:
+        while True:
+            while not self._order or self._hold:
+                self._wake.clear()
+                await self._wake.wait()
+            pb = self._order.popleft()
+            self.current = pb
+            try:
+                await self._play(pb)
+            finally:
+                if self.current is pb:
+                    self.current = None
+                pb.finished.set()
+            if not self._order and not pb.cancelled:
+                self._schedule_quiet()
+
+    def _schedule_quiet(self) -> None:
+        if self._quiet_task and not self._quiet_task.done():
+            self._quiet_task.cancel()
+
+        async def quiet() -> None:
+            await self.clock.sleep(self._playout_end - self.clock.now())
+            if self.current is None and not self._order:
+                self._set_audible(False)
+
+        self._quiet_task = asyncio.create_task(quiet(), name="speaker-quiet")
+
+    async def _play(self, pb: Playback) -> None:
+        offset = 0
+        while True:
+            frame = await pb.queue.get()
+            if frame is None or pb.cancelled:
+                break
+            samples = frame.samples
+            for i in range(0, len(samples), self.chunk):
+                if pb.cancelled:
+                    return
+                piece = samples[i:i + self.chunk]
+                now = self.clock.now()
+                wait = self._playout_end - self.lead - now
+                if wait > 0:
+                    await self.clock.sleep(wait)
+                    if pb.cancelled:
+                        return
+                    now = self.clock.now()
+                start = max(now, self._playout_end)
+                self._playout_end = start + len(piece) / self.rate
+                pb.chunks.append((start, len(piece)))
+                if pb.started_at is None:
+                    pb.started_at = now
+                    self._set_audible(True)
+                    self.publish("agent.audio_started", {"response_id": pb.response_id, "item_id": pb.item_id})
+                self.publish("agent.audio", {"response_id": pb.response_id, "item_id": pb.item_id,
+                                             "frame": Frame(np.ascontiguousarray(piece), self.rate),
+                                             "offset": offset, "play_at": start})
+                offset += len(piece)
+                pb.sent = offset
+        if not pb.cancelled:
+            self.publish("agent.audio_done", {"response_id": pb.response_id, "item_id": pb.item_id,
+                                              "samples": pb.sent})

@@ -1,0 +1,153 @@
+"""Build the provider stack (VAD, end of turn, STT, LLM, TTS) from settings, once per process.
+
+Sessions share one stack: models load once, and each model serialises its own use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moksori.errors import ConfigError
+from moksori.providers.base import LLM, STT, TTS, VAD, TurnDetector
+from moksori.settings import Settings
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class Stack:
+    vad: VAD
+    stt: STT
+    llm: LLM
+    tts: TTS
+    turn: TurnDetector | None = None
+    settings: Settings = field(default_factory=Settings)
+
+    def describe(self) -> dict[str, str]:
+        return {k: getattr(self, k).name for k in ("vad", "turn", "stt", "llm", "tts") if getattr(self, k)}
+
+    async def warm(self, system_prompt: str | None = None) -> None:
+        """Pay one-time costs (first inference allocations, prompt cache) before the first user."""
+        import numpy as np
+
+        from moksori.providers.base import STTOptions, TTSOptions, one_chunk
+
+        stream = self.vad.stream()
+        stream(np.zeros(self.vad.caps.frame_samples, dtype=np.float32))
+        if self.turn is not None:
+            await self.turn.complete_probability(np.zeros(16000, dtype=np.float32))
+        tone = (0.1 * np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+        async for _ in self.stt.transcribe(one_chunk(tone), STTOptions(language="en")):
+            pass
+        warm = getattr(self.llm, "warm", None)
+        if warm is not None and system_prompt:
+            await warm(system_prompt)
+        for lang in self.tts.caps.languages:
+            async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
+                pass
+
+    async def close(self) -> None:
+        for p in (self.vad, self.turn, self.stt, self.llm, self.tts):
+            if p is not None:
+                await p.close()
+
+
+def build_stack(settings: Settings, *, step: Step | None = None) -> Stack:
+    """Load every provider the settings ask for. Raises ModelError/ConfigError with one line."""
+    say = step or (lambda _: None)
+    say("voice activity detection (Silero)")
+    vad = build_vad(settings)
+    turn = None
+    if settings.turn.provider == "smart-turn":
+        say("end-of-turn model (smart-turn v3.2)")
+        turn = build_turn(settings)
+    say(f"speech recognition ({settings.stt.provider})")
+    stt = build_stt(settings, step=say)
+    say(f"language model ({settings.llm.provider})")
+    llm = build_llm(settings)
+    say(f"speech synthesis ({settings.tts.provider})")
+    tts = build_tts(settings)
+    return Stack(vad=vad, stt=stt, llm=llm, tts=tts, turn=turn, settings=settings)
+
+
+def build_vad(settings: Settings) -> VAD:
+    from moksori.providers.vad_silero import SileroVAD
+
+    return SileroVAD(settings.vad.model)
+
+
+def build_turn(settings: Settings) -> TurnDetector:
+    from moksori.providers.turn_smart import SmartTurn
+
+    return SmartTurn(settings.turn.model)
+
+
+def build_stt(settings: Settings, *, step: Step | None = None) -> STT:
+    s = settings.stt
+    if s.provider == "openai":
+        from moksori.providers.stt_remote import RemoteSTT
+
+        if not s.base_url:
+            raise ConfigError("MOKSORI_STT_BASE_URL is required with MOKSORI_STT_PROVIDER=openai")
+        return RemoteSTT(base_url=s.base_url, model=s.remote_model,
+                         api_key=s.api_key.get_secret_value() if s.api_key else None)
+    from moksori.providers.models import prepare_whisper
+    from moksori.providers.stt_whisper import WhisperSTT
+
+    model_dir = Path(s.model) if s.model else prepare_whisper(settings.data_dir, _bytes_progress(step))
+    return WhisperSTT(model_dir, threads=s.threads, beam_size=s.beam_size)
+
+
+def build_llm(settings: Settings) -> LLM:
+    s = settings.llm
+    from moksori.providers.resilience import ResilientLLM, RetryPolicy, Timeouts
+
+    timeouts = Timeouts.from_settings(s)
+    if s.provider == "openai":
+        from moksori.providers.llm_openai import resilient_openai_llm
+
+        if not s.base_url:
+            raise ConfigError("MOKSORI_LLM_BASE_URL is required with MOKSORI_LLM_PROVIDER=openai",
+                              hint="e.g. http://127.0.0.1:8080/v1 for a llama.cpp server")
+        return resilient_openai_llm(s)
+    from moksori.providers.llm_llamacpp import LlamaCppLLM
+    from moksori.providers.models import path_of
+
+    path = Path(s.model) if s.model else path_of("smollm2-135m")
+    languages = ("en",) if not s.model else ("en", "ko")
+    local = LlamaCppLLM(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages)
+    return ResilientLLM([local], policy=RetryPolicy(max_attempts=1), timeouts=timeouts)
+
+
+def build_tts(settings: Settings) -> TTS:
+    s = settings.tts
+    if s.provider == "openai":
+        from moksori.providers.tts_remote import RemoteTTS
+
+        if not s.base_url:
+            raise ConfigError("MOKSORI_TTS_BASE_URL is required with MOKSORI_TTS_PROVIDER=openai")
+        return RemoteTTS(base_url=s.base_url, model=s.remote_model,
+                         api_key=s.api_key.get_secret_value() if s.api_key else None)
+    from moksori.providers.tts_espeak import EspeakTTS
+    from moksori.providers.tts_piper import PiperTTS
+    from moksori.providers.tts_router import LanguageRouterTTS
+
+    en = PiperTTS(s.voice_en, threads=s.threads, language="en")
+    ko: TTS = PiperTTS(s.voice_ko, threads=s.threads, language="ko") if s.voice_ko else EspeakTTS(voice="ko")
+    return LanguageRouterTTS({"en": en, "ko": ko}, default_language="en")
+
+
+def _bytes_progress(step: Step | None):
+    if step is None:
+        return None
+    last = [-1]
+
+    def progress(label: str, done: int, total: int) -> None:
+        pct = int(100 * done / max(1, total))
+        if pct // 10 != last[0] // 10:
+            last[0] = pct
+            step(f"{label} {pct}%")
+
+    return progress

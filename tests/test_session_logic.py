@@ -1,0 +1,350 @@
+"""Session logic in virtual time with scripted fakes: races, barge-in, truncation, tools.
+
+Fakes here stand in for models only to control timing; tests/test_conversation.py runs the
+same scenarios with the real models on real recorded speech.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moksori.audio.frames import Frame
+from moksori.engine.config import SessionConfig
+from moksori.engine.session import Session
+from moksori.engine.tools import Tool, ToolBox
+from moksori.engine.turns import TurnConfig
+from moksori.errors import AudioFormatError, ProviderError
+from moksori.providers.base import ToolCall, ToolSpec
+from moksori.testing.fakes import FixedTurn, ScriptedLLM, ScriptedSTT, ToneTTS, fake_stack, quiet, tone
+from moksori.testing.harness import Recording, play_into_session, settle
+from moksori.testing.virtual_time import run_virtual
+
+CFG = SessionConfig(output_rate=16000, partial_interval_ms=0)
+
+
+def run(coro):
+    return run_virtual(coro)
+
+
+def replies(rec: Recording) -> list:
+    return [e for e in rec.of("agent.response_done") if e["status"] == "completed"]
+
+
+def test_two_turns_two_replies_in_milliseconds_of_real_time() -> None:
+    import time
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["hello there.", "what time is it?"])), CFG)
+        rec = await play_into_session(s, [quiet(0.5), tone(1.5), quiet(4.0), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec, s
+
+    t0 = time.perf_counter()
+    rec, s = run(main())
+    assert time.perf_counter() - t0 < 5.0  # 11 s of conversation in virtual time
+    assert len(rec.of("user.turn_ended")) == 2
+    assert len(replies(rec)) == 2
+    texts = [(i.role, i.text) for i in s.memory.items]
+    assert [r for r, _ in texts] == ["user", "assistant", "user", "assistant"]
+    assert texts[0][1] == "hello there." and texts[2][1] == "what time is it?"
+    # the reply follows the end of speech well under a second with instant fakes
+    for stop, started in zip(rec.of("user.speech_stopped"), rec.of("agent.audio_started")):
+        assert 0.0 < started.t - stop.t < 0.6
+
+
+def test_barge_in_interrupts_clears_and_truncates_memory() -> None:
+    long_reply = "This is a long answer that goes on and on, with many words, so that it takes several seconds to say."
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["tell me a story.", "stop please."]),
+                               llm=ScriptedLLM(long_reply)), CFG)
+        # speak, wait ~1.4 s into the reply, then talk over it
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(2.0), tone(0.8), quiet(3.0)])
+        await settle(s)
+        await s.close()
+        return rec, s
+
+    rec, s = run(main())
+    interrupted = rec.of("agent.interrupted")
+    assert len(interrupted) == 1
+    ev = interrupted[0]
+    assert rec.of("agent.audio_cleared"), "the transport must be told to drop queued audio"
+    heard = ev["text"]
+    assert heard and long_reply.startswith(heard.rstrip(".,")[:10])
+    assert len(heard.split()) < len(long_reply.split())
+    first_assistant = [i for i in s.memory.items if i.role == "assistant"][0]
+    assert first_assistant.text == heard and first_assistant.status == "incomplete"
+    # reaction: onset of the user's speech -> audio cleared
+    assert ev["reaction_ms"] is not None and ev["reaction_ms"] <= 200
+    done = [e for e in rec.of("agent.response_done") if e["response_id"] == ev["response_id"]]
+    assert len(done) == 1 and done[0]["interrupted"] and done[0]["text"] == heard
+    # and the interruption became the next turn, which got its own reply
+    assert [i.text for i in s.memory.items if i.role == "user"] == ["tell me a story.", "stop please."]
+    assert len(replies(rec)) == 1
+
+
+def test_heard_text_reaches_the_next_llm_request() -> None:
+    llm = ScriptedLLM("One two three four five six seven eight nine ten eleven twelve thirteen fourteen.")
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["count.", "wait."]), llm=llm), CFG)
+        await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.6), tone(0.8), quiet(3.0)])
+        await settle(s)
+        await s.close()
+
+    run(main())
+    second = llm.requests[-1]
+    assistant = [m for m in second.messages if m.role == "assistant"]
+    assert assistant and 0 < len(assistant[0].content.split()) < 14
+
+
+def test_300ms_pause_mid_sentence_keeps_one_turn() -> None:
+    async def main():
+        stt = ScriptedSTT(by_duration=lambda s: "I would like to book a table for two.")
+        s = Session(fake_stack(stt=stt), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(0.9), quiet(0.3), tone(0.9), quiet(3.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(rec.of("user.speech_started")) == 1
+    assert len(rec.of("user.turn_ended")) == 1
+    assert len(replies(rec)) == 1
+
+
+def test_cough_during_reply_does_not_interrupt() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["hi."]), llm=ScriptedLLM("A fairly long reply that keeps talking for a while now.")), CFG)
+        # 100 ms burst: with 32 ms frames it can touch 4 frames (128 ms), under the 160 ms rule
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.8), tone(0.1), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert rec.of("agent.interrupted") == []
+    assert len(replies(rec)) == 1
+
+
+def test_late_stt_result_after_user_resumes_makes_no_second_reply() -> None:
+    # STT takes 0.5 s: the speculative transcript of the first pause arrives after the user resumed.
+    stt = ScriptedSTT(["first half", "first half and second half."], delay_s=0.5)
+    llm = ScriptedLLM("Got it.")
+
+    async def main():
+        s = Session(fake_stack(stt=stt, llm=llm, turn=FixedTurn(0.05)), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(0.35), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec, s
+
+    rec, s = run(main())
+    assert len(rec.of("user.turn_ended")) == 1
+    assert len(rec.of("agent.response_started")) == 1
+    assert len(replies(rec)) == 1
+    assert [i.text for i in s.memory.items if i.role == "user"] == ["first half and second half."]
+
+
+def test_late_llm_tokens_after_barge_in_are_dropped() -> None:
+    llm = ScriptedLLM("word " * 60, token_delay_s=0.08)  # slow: still generating when interrupted
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["go.", "stop."]), llm=llm), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.5), tone(0.6), quiet(6.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    first = rec.of("agent.interrupted")[0]["response_id"]
+    cleared_t = rec.of("agent.audio_cleared")[0].t
+    late = [e for e in rec.events if e.get("response_id") == first and e.t > cleared_t
+            and e.type not in ("agent.response_done", "agent.interrupted")]
+    assert late == []
+    assert llm.cancelled >= 1
+    assert len([e for e in rec.of("agent.response_done") if e["response_id"] == first]) == 1
+
+
+def test_commit_twice_and_speculation_race_give_one_reply() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["hello."], delay_s=0.3)), CFG)
+        rec = Recording(16000)
+        s.bus.listen(rec)
+        await play_into_session(s, [quiet(0.3), tone(1.0), quiet(0.2)], recording=rec)
+        s.commit()
+        s.commit()
+        await play_into_session(s, [quiet(3.0)], recording=rec)
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(rec.of("user.turn_ended")) == 1
+    assert len(replies(rec)) == 1
+
+
+def test_noise_interruption_with_no_words_reoffers_the_rest() -> None:
+    reply = "First part of the answer is here. And the second part continues after that with more words."
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["question?", ""]), llm=ScriptedLLM(reply)), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.5), tone(0.4), quiet(8.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(rec.of("agent.interrupted")) == 1
+    offers = rec.of("agent.reoffer")
+    assert len(offers) == 1 and reply.endswith(offers[0]["text"].strip()) and offers[0]["text"]
+
+
+def test_speech_while_thinking_waits_and_noise_does_not_cancel() -> None:
+    # the reply is slow to start (LLM 0.8 s); a short vocal noise arrives while thinking
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["hi.", ""]), llm=ScriptedLLM("Hello!", first_token_s=0.8)), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(0.5), tone(0.2), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(replies(rec)) == 1
+    assert rec.of("agent.interrupted") == []
+
+
+def test_local_tool_runs_and_result_goes_back_to_the_llm() -> None:
+    calls: list[dict] = []
+
+    async def weather(args: dict) -> dict:
+        calls.append(args)
+        return {"city": args["city"], "sky": "clear"}
+
+    def tool_call(req):
+        if not any(m.role == "tool" for m in req.messages):
+            return ToolCall("call_1", "get_weather", json.dumps({"city": "Seoul"}))
+        return None
+
+    llm = ScriptedLLM(lambda req: "It is clear in Seoul.", tool_call=tool_call)
+    box = ToolBox([Tool(ToolSpec("get_weather", "weather", {"type": "object"}), weather)])
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["weather in seoul?"]), llm=llm), CFG, toolbox=box)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert calls == [{"city": "Seoul"}]
+    assert rec.of("agent.tool_call") and rec.of("agent.tool_result")
+    assert replies(rec)[0]["text"] == "It is clear in Seoul."
+
+
+def test_client_tool_ends_the_response_with_a_function_call() -> None:
+    llm = ScriptedLLM(tool_call=lambda req: ToolCall("call_9", "lookup", "{}"))
+
+    async def main():
+        cfg = CFG.with_(tools=(ToolSpec("lookup", "client side", {"type": "object"}),))
+        s = Session(fake_stack(stt=ScriptedSTT(["look it up."]), llm=llm), cfg)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(3.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    fc = rec.of("agent.function_call")
+    assert len(fc) == 1 and fc[0]["name"] == "lookup" and fc[0]["call_id"] == "call_9"
+    assert replies(rec)[0]["function_calls"][0]["name"] == "lookup"
+
+
+def test_manual_mode_commit_then_response_create() -> None:
+    async def main():
+        cfg = CFG.with_(turn=TurnConfig(mode="manual"))
+        s = Session(fake_stack(stt=ScriptedSTT(["typed by voice."])), cfg)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.0)])
+        assert rec.of("user.turn_ended") == []
+        s.commit()
+        await play_into_session(s, [quiet(0.5)], recording=rec)
+        assert rec.of("agent.response_started") == []  # manual: the client asks for a reply
+        s.create_response()
+        await play_into_session(s, [quiet(3.0)], recording=rec)
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert rec.of("user.transcript")[0]["text"] == "typed by voice."
+    assert len(replies(rec)) == 1
+
+
+# ------------------------------------------------------------------ bad input
+
+
+class BoomLLM(ScriptedLLM):
+    async def chat(self, request):
+        raise ProviderError("model server exploded", retryable=False)
+        yield  # pragma: no cover
+
+
+def test_provider_failure_reports_error_and_the_session_goes_on() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["one.", "two."]), llm=BoomLLM()), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(2.0), tone(1.0), quiet(2.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    errors = rec.of("error")
+    assert len(errors) == 2 and "exploded" in errors[0]["message"]
+    assert len(rec.of("user.turn_ended")) == 2  # still listening after the failure
+    assert all(e["status"] == "failed" for e in rec.of("agent.response_done"))
+
+
+def test_bad_audio_input_is_rejected_cleanly() -> None:
+    async def main():
+        s = Session(fake_stack(), CFG)
+        with pytest.raises(AudioFormatError):
+            s.push_audio(b"\x00\x01\x02")  # type: ignore[arg-type]
+        with pytest.raises(AudioFormatError):
+            Frame.from_bytes(b"\x00\x01\x02", 16000)
+        s.push_audio(Frame(np.zeros(0, dtype=np.int16), 16000))  # empty: a no-op
+        s.push_audio(Frame(np.zeros(16000 * 600, dtype=np.int16), 8000))  # 20 min at 8 kHz, silent
+        rec = await play_into_session(s, [tone(1.0, rate=44100), quiet(3.0, rate=44100)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(replies(rec)) == 1  # odd sample rates are resampled, and the session still works
+
+
+def test_close_mid_reply_leaves_no_tasks() -> None:
+    import asyncio
+
+    async def main():
+        s = Session(fake_stack(llm=ScriptedLLM("word " * 80, token_delay_s=0.05)), CFG)
+        await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.2)])
+        await s.close()
+        await asyncio.sleep(0)
+        mine = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return mine
+
+    assert run(main()) == []
+
+
+def test_tone_tts_shape_is_used() -> None:
+    # guard: the fakes really produce audio at the configured rate
+    async def main():
+        tts = ToneTTS(rate=16000)
+        frames = [f async for f in tts.synthesize("hello", __import__("moksori.providers.base", fromlist=["TTSOptions"]).TTSOptions())]
+        return frames
+
+    frames = run(main())
+    assert frames[0].rate == 16000 and len(frames[0]) == int(5 * 0.06 * 16000)
