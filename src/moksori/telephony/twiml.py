@@ -1,0 +1,71 @@
+"""Call-flow XML documents: Twilio TwiML (and the one Plivo XML document transfers need).
+
+Built with `xml.etree`, so every attribute and text is escaped correctly; characters XML 1.0
+cannot carry (most control characters) raise `ValueError` rather than produce a broken document.
+
+    connect_stream_twiml("wss://host/twilio/stream", {"token": tok, "from": "+1555..."})
+    -> <?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://...">
+       <Parameter name="token" value="..."/>...</Stream></Connect></Response>
+
+`<Connect><Stream>` is Twilio's bidirectional stream; parameters arrive in the stream's `start`
+message as `start.customParameters`.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+
+XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+_XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def connect_stream_twiml(stream_url: str, params: Mapping[str, str] | None = None, *, declaration: bool = True) -> str:
+    """TwiML that connects the call to a bidirectional media stream at `stream_url` (wss://)."""
+    if not stream_url:
+        raise ValueError("the stream URL is empty")
+    response = ET.Element("Response")
+    stream = ET.SubElement(ET.SubElement(response, "Connect"), "Stream", {"url": _check(stream_url)})
+    for name, value in (params or {}).items():
+        ET.SubElement(stream, "Parameter", {"name": _check(str(name)), "value": _check(str(value))})
+    return _render(response, declaration)
+
+
+def dial_twiml(number: str, *, caller_id: str | None = None, declaration: bool = True) -> str:
+    """TwiML that dials `number` (a transfer: the current call is bridged to it)."""
+    if not number or not number.strip():
+        raise ValueError("the number to dial is empty")
+    response = ET.Element("Response")
+    dial = ET.SubElement(response, "Dial", {"callerId": _check(caller_id)} if caller_id else {})
+    dial.text = _check(number.strip())
+    return _render(response, declaration)
+
+
+def hangup_twiml(*, declaration: bool = True) -> str:
+    """TwiML that ends the call."""
+    response = ET.Element("Response")
+    ET.SubElement(response, "Hangup")
+    return _render(response, declaration)
+
+
+def plivo_dial_xml(number: str, *, caller_id: str | None = None, declaration: bool = True) -> str:
+    """Plivo XML that dials `number`: serve it at the `aleg_url` a Plivo transfer points to."""
+    if not number or not number.strip():
+        raise ValueError("the number to dial is empty")
+    response = ET.Element("Response")
+    dial = ET.SubElement(response, "Dial", {"callerId": _check(caller_id)} if caller_id else {})
+    ET.SubElement(dial, "Number").text = _check(number.strip())
+    return _render(response, declaration)
+
+
+def _check(value: str) -> str:
+    bad = _XML_INVALID.search(value)
+    if bad:
+        raise ValueError(f"character U+{ord(bad.group()):04X} cannot appear in XML")
+    return value
+
+
+def _render(root: ET.Element, declaration: bool) -> str:
+    body = ET.tostring(root, encoding="unicode", short_empty_elements=True)
+    return XML_DECLARATION + body if declaration else body
