@@ -225,3 +225,39 @@ def test_chunks_do_not_depend_on_delta_splitting(seed: int) -> None:
     assert re.sub(r"\s+", "", "".join(expected)) == re.sub(r"\s+", "", text)
     # Chunks that contain whitespace always respect max_chars.
     assert all(len(c) <= kwargs["max_chars"] for c in expected if re.search(r"\s", c))
+
+
+# --- first_max_chars: a hard cap on the first chunk (added for time-to-first-audio) ---
+
+
+def test_first_chunk_cap_prefers_a_break_before_a_function_word() -> None:
+    text = ("And Mr. John Dashwood had then leisure to consider how much there might be prudently "
+            "in his power to do for them.")
+    c = ClauseChunker(first_min_chars=4, first_max_chars=50)
+    chunks = c.push(text) + c.flush()
+    assert chunks[0] == "And Mr. John Dashwood had then leisure"
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_first_chunk_cap_only_applies_to_the_first_chunk() -> None:
+    text = "Yes, " + "word " * 30 + "end."
+    c = ClauseChunker(first_min_chars=2, first_max_chars=20, max_chars=220)
+    chunks = c.push(text) + c.flush()
+    assert chunks[0] == "Yes,"
+    assert len(chunks) == 2  # the rest is not capped at 20
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_chunk_cap_is_independent_of_delta_splitting(seed: int) -> None:
+    rng = random.Random(seed)
+    text = "So the thing is that we went to the market on Sunday and bought apples, pears and bread. Then home."
+    whole = ClauseChunker(first_min_chars=4, first_max_chars=40)
+    expected = whole.push(text) + whole.flush()
+    c = ClauseChunker(first_min_chars=4, first_max_chars=40)
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 6)
+        out += c.push(text[i:i + n])
+        i += n
+    out += c.flush()
+    assert out == expected

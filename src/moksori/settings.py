@@ -57,7 +57,7 @@ class TurnSettings(BaseModel):
     # speech shorter than this while the agent talks is a cough, not an interruption
     interrupt_min_speech_ms: int = Field(160, ge=0, le=2000)
     # start transcribing speculatively after this much silence
-    speculate_after_ms: int = Field(96, ge=0, le=2000)
+    speculate_after_ms: int = Field(48, ge=0, le=2000)
 
 
 class STTSettings(BaseModel):
@@ -94,7 +94,7 @@ class TTSSettings(BaseModel):
     api_key: SecretStr | None = None
     remote_model: str = "tts-1"
     speed: float = Field(1.0, gt=0.25, le=4.0)
-    threads: int = Field(1, ge=1, le=64)
+    threads: int = Field(2, ge=1, le=64)
 
 
 class AgentSettings(BaseModel):

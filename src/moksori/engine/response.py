@@ -72,6 +72,8 @@ class Response:
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     on_finished: Callable[["Response"], None] | None = None
+    _clauses_queued: int = 0
+    _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     heard: str | None = None
 
@@ -207,19 +209,25 @@ class Response:
         if self.on_finished:
             self.on_finished(self)
 
-    def _add_text(self, delta: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> None:
+    def _add_text(self, delta: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> bool:
+        """Returns True when this delta completed the reply's first clause."""
         if not self.text:
             self.emit("llm.first_token")
         self.text += delta
         if self.item is not None:
             self.item.text = self.text
         self.emit("agent.text_delta", {"delta": delta})
+        first = False
         if self.audio:
             for clause in chunker.push(delta):
+                first = first or self._clauses_queued == 0
+                self._clauses_queued += 1
                 clauses.put_nowait(clause)
             if self.opts.fixed_text is not None:
                 for clause in chunker.flush():
+                    self._clauses_queued += 1
                     clauses.put_nowait(clause)
+        return first
 
     async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
         s = self.session
@@ -232,15 +240,17 @@ class Response:
             base = s.memory.messages(system) if self.opts.in_conversation else [Message("system", system)]
             base += list(self.opts.extra_input)
         for _round in range(MAX_TOOL_ROUNDS):
-            chunker = ClauseChunker()
+            chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
             req = ChatRequest(messages=tuple(base + convo), tools=tools, tool_choice=self.opts.tool_choice,
                               temperature=self.opts.temperature, max_tokens=self.opts.max_output_tokens)
             self.emit("llm.started", {"messages": len(req.messages)})
             calls: list[ToolCall] = []
             async for ev in s.stack.llm.chat(req):
                 if isinstance(ev, TextDelta):
-                    if ev.text:
-                        self._add_text(ev.text, clauses, chunker)
+                    if ev.text and self._add_text(ev.text, clauses, chunker):
+                        # The first clause is the critical path: stop pulling tokens (the local
+                        # model pauses) until its audio exists, so TTS gets the CPU to itself.
+                        await self._first_audio.wait()
                 elif isinstance(ev, ToolCallEvent):
                     calls.append(ev.call)
                 elif isinstance(ev, Usage):
@@ -297,6 +307,7 @@ class Response:
         while True:
             clause = await clauses.get()
             if clause is None:
+                self._first_audio.set()
                 return
             spoken = normalize_for_tts(speakable(clause), self.language).strip()
             if not spoken or not any(ch.isalnum() for ch in spoken):
@@ -309,7 +320,9 @@ class Response:
                     if first:
                         self.emit("tts.first_audio", {"samples": len(out)})
                         first = False
+                        self._first_audio.set()
                     if self.playback is not None and not self.playback.cancelled:
                         self.playback.add(out, clause)
             except ProviderError as e:
                 s.publish_error(e, response_id=self.id)
+            self._first_audio.set()  # even if that clause produced no audio

@@ -107,7 +107,8 @@ class Session:
         self.publish("error", {"code": code, "message": msg, "retryable": getattr(err, "retryable", False), **extra})
 
     def system_prompt(self, instructions: str | None = None) -> str:
-        return system_prompt(instructions if instructions is not None else self.cfg.instructions)
+        return system_prompt(instructions if instructions is not None else self.cfg.instructions,
+                             self.stack.llm.caps.languages)
 
     @property
     def state(self) -> str:

@@ -31,8 +31,8 @@ TextCue = Literal["complete", "incomplete", "unknown"]
 # eagerness -> (model threshold, extra wait when only the transcript says complete, max pause)
 _EAGERNESS = {
     "high": (0.3, 150, 900),
-    "auto": (0.5, 300, 1500),
-    "medium": (0.5, 300, 1500),
+    "auto": (0.5, 200, 1500),
+    "medium": (0.5, 200, 1500),
     "low": (0.7, 600, 3000),
 }
 
@@ -48,7 +48,7 @@ class TurnConfig:
     eagerness: Eagerness = "auto"
     interrupt_min_speech_ms: int = 160
     min_speech_ms: int = 90
-    speculate_after_ms: int = 96
+    speculate_after_ms: int = 48
     max_turn_s: float = 30.0
     idle_timeout_ms: int | None = None
 

@@ -151,7 +151,7 @@ class LlamaCppLLM(LLM):
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         scanner = ToolCallScanner(enabled=bool(request.tools) and request.tool_choice != "none")
         done: ChatDone | None = None
-        async for item in iterate_blocking(lambda stop: self._generate(request, stop)):
+        async for item in iterate_blocking(lambda stop: self._generate(request, stop), max_ahead=3):
             if isinstance(item, str):
                 for ev in scanner.feed(item):
                     yield ev

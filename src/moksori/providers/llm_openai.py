@@ -213,7 +213,7 @@ class OpenAICompatLLM(LLM):
                               hint="set MOKSORI_LLM_BASE_URL, e.g. http://127.0.0.1:8080/v1")
         key = settings.api_key.get_secret_value() if settings.api_key is not None else None
         return cls(base_url=url, model=settings.model, api_key=key, timeout_s=settings.timeout_s,
-                   caps=LLMCaps(context_tokens=settings.context_tokens))
+                   caps=LLMCaps(context_tokens=settings.context_tokens, languages=("en", "ko")))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -14,6 +14,7 @@ from moksori.providers.base import LLM, STT, TTS, VAD, TurnDetector
 from moksori.settings import Settings
 
 Step = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Stack:
                 await p.close()
 
 
-def build_stack(settings: Settings, *, step: Step | None = None) -> Stack:
+def build_stack(settings: Settings, *, step: Step | None = None, progress: Progress | None = None) -> Stack:
     """Load every provider the settings ask for. Raises ModelError/ConfigError with one line."""
     say = step or (lambda _: None)
     say("voice activity detection (Silero)")
@@ -64,7 +65,7 @@ def build_stack(settings: Settings, *, step: Step | None = None) -> Stack:
         say("end-of-turn model (smart-turn v3.2)")
         turn = build_turn(settings)
     say(f"speech recognition ({settings.stt.provider})")
-    stt = build_stt(settings, step=say)
+    stt = build_stt(settings, progress=progress)
     say(f"language model ({settings.llm.provider})")
     llm = build_llm(settings)
     say(f"speech synthesis ({settings.tts.provider})")
@@ -84,7 +85,7 @@ def build_turn(settings: Settings) -> TurnDetector:
     return SmartTurn(settings.turn.model)
 
 
-def build_stt(settings: Settings, *, step: Step | None = None) -> STT:
+def build_stt(settings: Settings, *, progress: Progress | None = None) -> STT:
     s = settings.stt
     if s.provider == "openai":
         from moksori.providers.stt_remote import RemoteSTT
@@ -96,7 +97,7 @@ def build_stt(settings: Settings, *, step: Step | None = None) -> STT:
     from moksori.providers.models import prepare_whisper
     from moksori.providers.stt_whisper import WhisperSTT
 
-    model_dir = Path(s.model) if s.model else prepare_whisper(settings.data_dir, _bytes_progress(step))
+    model_dir = Path(s.model) if s.model else prepare_whisper(settings.data_dir, progress)
     return WhisperSTT(model_dir, threads=s.threads, beam_size=s.beam_size)
 
 
@@ -137,17 +138,3 @@ def build_tts(settings: Settings) -> TTS:
     en = PiperTTS(s.voice_en, threads=s.threads, language="en")
     ko: TTS = PiperTTS(s.voice_ko, threads=s.threads, language="ko") if s.voice_ko else EspeakTTS(voice="ko")
     return LanguageRouterTTS({"en": en, "ko": ko}, default_language="en")
-
-
-def _bytes_progress(step: Step | None):
-    if step is None:
-        return None
-    last = [-1]
-
-    def progress(label: str, done: int, total: int) -> None:
-        pct = int(100 * done / max(1, total))
-        if pct // 10 != last[0] // 10:
-            last[0] = pct
-            step(f"{label} {pct}%")
-
-    return progress

@@ -235,6 +235,12 @@ class ResilientLLM(LLM):
             except ProviderError as e:
                 log.warning("fallback LLM %s failed to load: %s", p.name, e)
 
+    async def warm(self, system_prompt: str) -> None:
+        """Warm the primary (e.g. put the system prompt in a local model's KV cache)."""
+        warm = getattr(self.providers[0], "warm", None)
+        if warm is not None:
+            await warm(system_prompt)
+
     async def close(self) -> None:
         first: BaseException | None = None
         for p in self.providers:

@@ -119,8 +119,9 @@ class WhisperSTT(STT):
         n_frames = max(1, len(audio) // 160)
         if float(np.max(np.abs(audio))) < SILENCE_PEAK:  # digital silence: Whisper would invent "you"
             return Transcript("", opts.language or "en", True, len(audio) / RATE, no_speech_prob=1.0)
-        feats = fe(audio, padding=160 * FULL_FRAMES)  # padded with silence up to 30 s
         window = min(FULL_FRAMES, n_frames + PAD_FRAMES)
+        # features only for the window we encode (silence-padded), not a full 30 s
+        feats = fe(audio, padding=160 * (window - n_frames) + 160)
         with self._lock:
             enc = self._encode(feats[:, :window])
             allowed = tuple(lang for lang in (opts.languages or LANGUAGES) if lang in self.caps.languages) or ("en",)
@@ -130,6 +131,7 @@ class WhisperSTT(STT):
                 lang, lang_p = self._detect(enc, allowed)
             text, no_speech, avg_lp = self._decode(enc, lang, n_frames, opts.prompt)
             if text and window < FULL_FRAMES and _looks_looped(text):
+                feats = fe(audio, padding=160 * FULL_FRAMES)
                 enc = self._encode(feats[:, :FULL_FRAMES])
                 text, no_speech, avg_lp = self._decode(enc, lang, n_frames, opts.prompt)
         if (no_speech > 0.6 and avg_lp < -1.0) or no_speech > 0.9:

@@ -37,16 +37,28 @@ async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 _END = object()
 
 
-async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]], *,
+                           max_ahead: int | None = None) -> AsyncIterator[T]:
     """Drive a blocking generator in the pool and yield its items on the loop.
 
     `make(stop)` builds the generator; it should check `stop.is_set()` between steps. When the
     consumer stops early (break, cancel, aclose), `stop` is set and the generator is closed in
     its thread at the next step, so a cancelled reply stops burning CPU within one token.
+
+    With `max_ahead`, the thread runs at most that many items ahead of the consumer and then
+    waits: a consumer that stops pulling (e.g. while the first clause is being synthesised)
+    pauses the model and frees the CPU for whatever is on the critical path.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
+    credits = threading.Semaphore(max_ahead) if max_ahead else None
+
+    def wait_credit() -> bool:
+        while not credits.acquire(timeout=0.05):
+            if stop.is_set():
+                return False
+        return True
 
     def post(kind: str, value: Any) -> None:
         try:
@@ -60,6 +72,8 @@ async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]]) -> As
             gen = make(stop)
             for item in gen:
                 if stop.is_set():
+                    break
+                if credits is not None and not wait_credit():
                     break
                 post("item", item)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
@@ -78,6 +92,8 @@ async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]]) -> As
         while True:
             kind, value = await queue.get()
             if kind == "item":
+                if credits is not None:
+                    credits.release()
                 yield value
             elif kind == "error":
                 raise value

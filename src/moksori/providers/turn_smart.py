@@ -20,7 +20,7 @@ class SmartTurn(TurnDetector):
     name = "smart-turn-v3.2"
     caps = TurnCaps(sample_rate=16000, max_seconds=8.0, languages=None)
 
-    def __init__(self, model_path: str | Path | None = None, *, threads: int = 2) -> None:
+    def __init__(self, model_path: str | Path | None = None, *, threads: int = 1) -> None:
         self.path = Path(model_path) if model_path else models.path_of("smart-turn-v3.2")
         self.session = open_session(self.path, threads=threads, what="smart-turn model")
         self._lock = threading.Lock()

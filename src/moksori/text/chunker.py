@@ -58,6 +58,12 @@ class _Verdict(Enum):
     WAIT = "wait"
 
 
+_BREAK_WORDS = frozenset(
+    "and but or so because that which who when while if to with for of in on at as than then where "
+    "though although until unless since".split())
+_BREAK_BEFORE = re.compile(r"\s+([A-Za-z']+)(?=\s)")
+
+
 def _is_hangul(ch: str) -> bool:
     return "가" <= ch <= "힣"
 
@@ -66,7 +72,8 @@ class ClauseChunker:
     """Accumulates streamed text and returns complete clauses as soon as they are certain."""
 
     def __init__(
-        self, *, first_min_chars: int = 12, min_chars: int = 40, max_chars: int = 220
+        self, *, first_min_chars: int = 12, min_chars: int = 40, max_chars: int = 220,
+        first_max_chars: int | None = None,
     ) -> None:
         if first_min_chars < 0 or min_chars < 0:
             raise ValueError("first_min_chars and min_chars must be >= 0")
@@ -75,6 +82,8 @@ class ClauseChunker:
         self._first_min = first_min_chars
         self._min = min_chars
         self._max = max_chars
+        # The first chunk is what the listener waits for: cap it harder if asked.
+        self._first_max = min(first_max_chars, max_chars) if first_max_chars else None
         self._buf = ""
         self._emitted = False
 
@@ -110,9 +119,10 @@ class ClauseChunker:
     def _scan(self, final: bool) -> tuple[int, int] | None:
         """Next certain cut in the buffer as (chunk end, resume index), or None to wait."""
         buf = self._buf
+        limit = self._limit()
         i = 0
         while i < len(buf):
-            if i >= self._max:
+            if i >= limit:
                 return self._forced_cut(final)
             ch = buf[i]
             if ch == "\n":
@@ -122,19 +132,35 @@ class ClauseChunker:
                 if verdict is _Verdict.WAIT:
                     return None
                 if verdict is _Verdict.SPLIT:
-                    return (end, end) if end <= self._max else self._forced_cut(final)
+                    return (end, end) if end <= limit else self._forced_cut(final)
                 i = end
                 continue
             i += 1
         return None
 
+    def _limit(self) -> int:
+        return self._first_max if (self._first_max and not self._emitted) else self._max
+
     def _forced_cut(self, final: bool) -> tuple[int, int] | None:
-        """Cut at the last whitespace within max_chars, else the first one after it."""
+        """Cut at the last whitespace within the limit, else the first one after it.
+
+        For a capped first chunk, prefer the last break before a conjunction or preposition
+        ("... had then leisure | to consider ..."), so the cut falls between phrases. Only
+        words wholly inside the first limit+1 characters count, so the result never depends
+        on how the text was split into deltas.
+        """
         buf = self._buf
-        last = max((m.start() for m in _WHITESPACE.finditer(buf, 1, self._max + 1)), default=-1)
+        limit = self._limit()
+        if limit != self._max:
+            head = buf[: limit + 1]
+            breaks = [m.start() for m in _BREAK_BEFORE.finditer(head)
+                      if m.start() >= max(1, self._first_min) and m.group(1).lower() in _BREAK_WORDS]
+            if breaks:
+                return breaks[-1], breaks[-1]
+        last = max((m.start() for m in _WHITESPACE.finditer(buf, 1, limit + 1)), default=-1)
         if last > 0:
             return last, last
-        later = _WHITESPACE.search(buf, self._max)
+        later = _WHITESPACE.search(buf, limit)
         if later is not None:
             return later.start(), later.start()
         return None  # wait for whitespace; on flush the remainder goes out whole

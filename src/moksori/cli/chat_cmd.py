@@ -1,0 +1,221 @@
+"""`moksori chat`: talk with the agent through the microphone and speakers, or type (--text)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections import deque
+
+import numpy as np
+import typer
+
+from moksori.cli.main import app, friendly
+from moksori.cli.ui import err_console, load_stack, out_console
+from moksori.errors import ConfigError, MoksoriError
+from moksori.settings import load_settings
+
+
+class NoAudioDevice(MoksoriError):
+    code = "no_audio_device"
+
+
+def _sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError:  # PortAudio library missing
+        raise NoAudioDevice("PortAudio is not installed, so there is no microphone access",
+                            hint="install libportaudio2, or use `moksori chat --text` / `moksori converse FILE`") from None
+    return sd
+
+
+def _devices(sd) -> list[dict]:
+    try:
+        return list(sd.query_devices())
+    except Exception:  # noqa: BLE001 - PortAudio errors when no sound system exists
+        return []
+
+
+@app.command()
+@friendly
+def chat(
+    text: bool = typer.Option(False, "--text", help="Type instead of speaking; replies are printed."),
+    speak: bool = typer.Option(False, "--speak", help="With --text: also play the replies aloud."),
+    list_devices: bool = typer.Option(False, "--list-devices", help="List audio devices and exit."),
+    input_device: str | None = typer.Option(None, "--input-device", help="Microphone (index or name)."),
+    output_device: str | None = typer.Option(None, "--output-device", help="Speakers (index or name)."),
+    lang: str | None = typer.Option(None, "--lang", help="ko or en (default: detect per turn)."),
+    no_barge_in: bool = typer.Option(False, "--no-barge-in", help="Do not let speech interrupt the agent "
+                                     "(use this without headphones, or the agent hears itself)."),
+) -> None:
+    """A live conversation with the agent."""
+    if lang is not None and lang not in ("en", "ko"):
+        raise ConfigError(f"unsupported language '{lang}': use en or ko")
+    if list_devices:
+        sd = _sounddevice()
+        devs = _devices(sd)
+        if not devs:
+            raise NoAudioDevice("no audio devices found on this machine")
+        for i, d in enumerate(devs):
+            kind = "/".join(k for k, n in (("in", d["max_input_channels"]), ("out", d["max_output_channels"])) if n)
+            out_console.print(f"{i:3d}  {d['name']}  [dim]({kind}, {int(d['default_samplerate'])} Hz)[/]")
+        return
+    settings = load_settings(**({"language": lang} if lang else {}))
+    if text:
+        stack = load_stack(settings)
+        asyncio.run(_text_chat(stack, settings, speak=speak, output_device=output_device))
+        return
+    sd = _sounddevice()
+    devs = _devices(sd)
+    if not any(d["max_input_channels"] > 0 for d in devs):
+        raise NoAudioDevice("no microphone found on this machine (is this a server?)",
+                            hint="try `moksori chat --text`, `moksori converse FILE`, or the browser app of `moksori serve`")
+    if not any(d["max_output_channels"] > 0 for d in devs):
+        raise NoAudioDevice("no speakers found on this machine", hint="try `moksori chat --text`")
+    stack = load_stack(settings)
+    asyncio.run(_voice_chat(stack, settings, sd, _pick(input_device), _pick(output_device), no_barge_in))
+
+
+def _pick(dev: str | None):
+    if dev is None:
+        return None
+    return int(dev) if dev.isdigit() else dev
+
+
+class _Player:
+    """Speaker output: a FIFO the audio callback drains; `clear()` flushes it on barge-in."""
+
+    def __init__(self) -> None:
+        self._q: deque[np.ndarray] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, samples: np.ndarray) -> None:
+        with self._lock:
+            self._q.append(samples)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._q.clear()
+
+    def fill(self, out: np.ndarray) -> None:
+        need, pos = len(out), 0
+        with self._lock:
+            while pos < need and self._q:
+                head = self._q[0]
+                take = min(need - pos, len(head))
+                out[pos:pos + take, 0] = head[:take]
+                pos += take
+                if take == len(head):
+                    self._q.popleft()
+                else:
+                    self._q[0] = head[take:]
+        out[pos:, 0] = 0
+
+
+async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -> None:
+    from dataclasses import replace
+
+    from moksori.audio.frames import Frame
+    from moksori.engine.config import config_from_settings
+    from moksori.engine.session import Session
+
+    loop = asyncio.get_running_loop()
+    try:
+        in_info = sd.query_devices(in_dev, "input")
+        out_info = sd.query_devices(out_dev, "output")
+    except Exception as e:  # noqa: BLE001 - PortAudio raises ValueError/PortAudioError
+        raise NoAudioDevice(f"cannot open the audio device: {e}", hint="see `moksori chat --list-devices`") from None
+    in_rate, out_rate = int(in_info["default_samplerate"]), int(out_info["default_samplerate"])
+    cfg = config_from_settings(settings, output_rate=out_rate, output_lead_ms=150)
+    if no_barge_in:
+        cfg = cfg.with_(turn=replace(cfg.turn, interrupt_response=False))
+    session = Session(stack, cfg)
+    player = _Player()
+
+    def on_event(ev) -> None:
+        if ev.type == "agent.audio":
+            player.add(ev["frame"].samples.astype(np.float32) / 32768.0)
+        elif ev.type == "agent.audio_cleared":
+            player.clear()
+        elif ev.type == "user.transcript" and ev["text"]:
+            out_console.print(f"[cyan]you[/]   {ev['text']}", highlight=False)
+        elif ev.type == "agent.response_done" and ev["text"]:
+            tag = " [yellow](interrupted)[/]" if ev["interrupted"] else ""
+            out_console.print(f"[magenta]agent[/] {ev['text']}{tag}", highlight=False)
+        elif ev.type == "error":
+            err_console.print(f"[red]error:[/] {ev['message']}", highlight=False)
+
+    session.bus.listen(on_event)
+
+    def mic(indata, frames, t, status) -> None:  # PortAudio thread
+        loop.call_soon_threadsafe(session.push_audio, Frame(indata[:, 0].copy(), in_rate))
+
+    def speakers(outdata, frames, t, status) -> None:
+        player.fill(outdata)
+
+    try:
+        with sd.InputStream(device=in_dev, channels=1, samplerate=in_rate, dtype="int16",
+                            blocksize=in_rate // 50, callback=mic), \
+             sd.OutputStream(device=out_dev, channels=1, samplerate=out_rate, dtype="float32",
+                             blocksize=out_rate // 50, callback=speakers):
+            err_console.print("[bold green]Listening.[/] Speak any time; Ctrl-C to stop."
+                              + ("" if no_barge_in else " Use headphones, or the agent may hear itself."))
+            while True:
+                await asyncio.sleep(3600)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except Exception as e:  # noqa: BLE001 - PortAudio errors on open
+        raise NoAudioDevice(f"audio device error: {e}") from None
+    finally:
+        await session.close()
+
+
+async def _text_chat(stack, settings, *, speak: bool, output_device) -> None:
+    from moksori.engine.config import config_from_settings
+    from moksori.engine.session import Session
+
+    modalities = ("audio", "text") if speak else ("text",)
+    session = Session(stack, config_from_settings(settings, modalities=modalities))
+    player = None
+    if speak:
+        sd = _sounddevice()
+        player = _Player()
+        out_rate = session.cfg.output_rate
+        stream = sd.OutputStream(device=_pick(output_device), channels=1, samplerate=out_rate, dtype="float32",
+                                 callback=lambda o, f, t, s: player.fill(o))
+        stream.start()
+    done = asyncio.Event()
+
+    def on_event(ev) -> None:
+        if ev.type == "agent.text_delta":
+            sys.stdout.write(ev["delta"])
+            sys.stdout.flush()
+        elif ev.type == "agent.audio" and player is not None:
+            player.add(ev["frame"].samples.astype(np.float32) / 32768.0)
+        elif ev.type == "agent.response_done":
+            sys.stdout.write("\n")
+            done.set()
+        elif ev.type == "error":
+            err_console.print(f"[red]error:[/] {ev['message']}", highlight=False)
+
+    session.bus.listen(on_event)
+    loop = asyncio.get_running_loop()
+    err_console.print("[bold green]Type a message[/] (empty line or Ctrl-D to quit).")
+    try:
+        while True:
+            line = await loop.run_in_executor(None, _read_line)
+            if line is None or not line.strip() or line.strip() in ("/quit", "/exit"):
+                break
+            done.clear()
+            sys.stdout.write("agent: ")
+            session.add_user_text(line.strip())
+            await done.wait()
+    finally:
+        await session.close()
+
+
+def _read_line() -> str | None:
+    try:
+        return input("you: ")
+    except EOFError:
+        return None

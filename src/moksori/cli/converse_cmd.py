@@ -1,0 +1,97 @@
+"""`moksori converse IN.wav`: play a recording into a live session, keep what the agent said."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from moksori.cli.main import app, friendly
+from moksori.cli.ui import err_console, load_stack
+from moksori.errors import AudioFormatError, ConfigError
+from moksori.settings import load_settings
+
+
+@app.command()
+@friendly
+def converse(
+    input: Path = typer.Argument(..., help="The caller's audio (any WAV; other formats via PyAV)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Write everything the agent said here (WAV), time-aligned with the input."),
+    timeline: Path | None = typer.Option(None, "--timeline", help="Write the session timeline here (JSON lines)."),
+    lang: str | None = typer.Option(None, "--lang", help="ko or en (default: detect per turn)."),
+    fast: bool = typer.Option(False, "--fast", help="Run on virtual time: as fast as the models allow. "
+                              "Model time then counts as zero, so latencies in the timeline are not real."),
+    max_tail_s: float = typer.Option(30.0, "--max-tail", help="After the input ends, wait at most this long for the agent."),
+) -> None:
+    """Talk to the agent with a recording instead of a microphone."""
+    from moksori.audio.wav import load_audio, write_wav
+
+    if lang is not None and lang not in ("en", "ko"):
+        raise ConfigError(f"unsupported language '{lang}': use en or ko")
+    frame = load_audio(input)
+    if len(frame) == 0:
+        raise AudioFormatError(f"{input} contains no audio samples")
+    for p in (out, timeline):
+        if p is not None and not p.parent.exists():
+            raise ConfigError(f"output folder does not exist: {p.parent}")
+    settings = load_settings(**({"language": lang} if lang else {}))
+    stack = load_stack(settings)
+    rec = run_conversation(stack, settings, frame, fast=fast, max_tail_s=max_tail_s, timeline=timeline)
+    reply = rec.reply_audio(min_seconds=frame.duration)
+    write_wav(out, reply)
+    _summary(rec, out, reply.duration, fast)
+
+
+def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 30.0, timeline: Path | None = None,
+                     output_rate: int = 24000):
+    """Feed `frame` into a new session at real-time pace (virtual time with fast=True)."""
+    from moksori.engine.config import config_from_settings
+    from moksori.engine.events import TimelineWriter
+    from moksori.engine.session import Session
+    from moksori.testing.harness import Recording, play_into_session
+    from moksori.testing.virtual_time import run_virtual
+    from moksori.audio.frames import Frame
+
+    cfg = config_from_settings(settings, output_rate=output_rate, output_lead_ms=0)
+
+    async def main() -> Recording:
+        session = Session(stack, cfg)
+        rec = Recording(cfg.output_rate)
+        session.bus.listen(rec)
+        fh = open(timeline, "w", encoding="utf-8") if timeline else None
+        if fh:
+            session.bus.listen(TimelineWriter(fh))
+        try:
+            await play_into_session(session, frame, recording=rec)
+            waited = 0.0
+            while waited < max_tail_s:  # keep the line open (silence) until the agent is done
+                await play_into_session(session, Frame.silence(0.5, frame.rate), recording=rec)
+                waited += 0.5
+                if session.state == "idle" and not session.speaker.busy() and not session._responses \
+                        and not any(s.task and not s.task.done() for s in session._specs.values()):
+                    break
+            await session.close()
+        finally:
+            if fh:
+                fh.close()
+        return rec
+
+    return run_virtual(main()) if fast else asyncio.run(main())
+
+
+def _summary(rec, out: Path, seconds: float, fast: bool) -> None:
+    stops = {e["turn_id"]: e.t for e in rec.of("user.speech_stopped")}
+    started = {}
+    for e in rec.of("agent.response_started"):
+        started[e["response_id"]] = e.get("turn_id")
+    for e in rec.of("user.transcript"):
+        err_console.print(f"[cyan]user[/]  {e['text']}", highlight=False)
+    for e in rec.of("agent.audio_started"):
+        turn = started.get(e["response_id"])
+        lat = f"{1000 * (e.t - stops[turn]):.0f} ms after end of speech" if turn in stops and not fast else ""
+        done = next((d for d in rec.of("agent.response_done") if d["response_id"] == e["response_id"]), None)
+        text = done["text"] if done else ""
+        flag = " [yellow](interrupted)[/]" if done and done["interrupted"] else ""
+        err_console.print(f"[magenta]agent[/] {text}{flag} [dim]{lat}[/]", highlight=False)
+    err_console.print(f"[green]✓[/] {seconds:.1f} s of reply audio -> {out}", highlight=False)

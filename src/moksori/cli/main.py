@@ -1,0 +1,73 @@
+"""`moksori` command line. User mistakes are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from moksori import __version__
+from moksori.cli.ui import err_console
+from moksori.errors import MoksoriError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Moksori (목소리): a self-hosted real-time voice agent. Korean and English, offline by default.")
+models_app = typer.Typer(no_args_is_help=True, help="Embedded models: list, prepare, verify.")
+app.add_typer(models_app, name="models")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn errors into one line and an exit code; tracebacks only with MOKSORI_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except MoksoriError as e:
+            if os.environ.get("MOKSORI_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001
+            if os.environ.get("MOKSORI_DEBUG"):
+                raise
+            err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+                              "(set MOKSORI_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def _register() -> None:
+    from moksori.cli import (  # noqa: F401 - registering commands
+        chat_cmd,
+        converse_cmd,
+        models_cmd,
+        speech_cmd,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        app(args=argv, prog_name="moksori", standalone_mode=True)
+    except SystemExit as e:
+        sys.exit(e.code)

@@ -1,0 +1,69 @@
+"""Console output and the model-loading progress display."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from rich.console import Console
+
+from moksori.errors import MoksoriError
+from moksori.settings import Settings
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+class _Loading:
+    def __init__(self, status, title: str) -> None:
+        self.status, self.title = status, title
+        self.current: str | None = None
+        self.started = time.perf_counter()
+
+    def step(self, label: str) -> None:
+        """A new loading step: the previous one is printed as done, with its time."""
+        self.done()
+        self.current, self.started = label, time.perf_counter()
+        self.status.update(f"[bold]{self.title}:[/] {label}")
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        self.status.update(f"[bold]{self.title}:[/] {label} {100 * done // max(1, total)}%")
+
+    def done(self) -> None:
+        if self.current is not None:
+            err_console.print(f"  [green]✓[/] {self.current} [dim]({time.perf_counter() - self.started:.1f} s)[/]",
+                              highlight=False)
+            self.current = None
+
+
+@contextmanager
+def loading(title: str = "Loading models") -> Iterator[_Loading]:
+    """A live status line on stderr; each finished step is printed with its time."""
+    start = time.perf_counter()
+    with err_console.status(f"[bold]{title}…", spinner="dots") as status:
+        ui = _Loading(status, title)
+        yield ui
+        ui.done()
+    err_console.print(f"[dim]{title} took {time.perf_counter() - start:.1f} s[/]", highlight=False)
+
+
+def load_stack(settings: Settings, *, warm: bool = True):
+    """Build the whole provider stack with a progress display (used by converse/chat/serve)."""
+    from moksori.engine.prompts import system_prompt
+    from moksori.providers.registry import build_stack
+
+    with loading() as ui:
+        stack = build_stack(settings, step=ui.step, progress=ui.progress)
+        if warm:
+            ui.step("warming up (first inference, prompt cache)")
+            asyncio.run(stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages)))
+    return stack
+
+
+def check_file(path: str) -> None:
+    import os
+
+    if not os.path.exists(path):
+        raise MoksoriError(f"no such file: {path}")
