@@ -73,6 +73,7 @@ class Response:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     on_finished: Callable[["Response"], None] | None = None
     _clauses_queued: int = 0
+    _pending_items: list[Item] = field(default_factory=list)
     _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     heard: str | None = None
@@ -100,6 +101,9 @@ class Response:
             self.item = s.memory.add(Item(id=self.item_id, role="assistant", status="in_progress",
                                           audio=self.audio, language=self.language))
             self.item.text = self.text
+            for item in self._pending_items:
+                s.memory.add(item)
+        self._pending_items = []
         held, self._held = self._held, []
         for typ, t, data in held:
             s.publish(typ, data, t=t)
@@ -267,7 +271,10 @@ class Response:
             remote = [c for c in calls if s.toolbox.get(c.name) is None]
             for call in remote:  # the client runs these; the response ends here
                 self.function_calls.append(call)
-                self.emit("agent.function_call", {"call_id": call.id, "name": call.name, "arguments": call.arguments})
+                item_id = self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
+                                              call_id=call.id, name=call.name, arguments=call.arguments))
+                self.emit("agent.function_call", {"call_id": call.id, "name": call.name, "arguments": call.arguments,
+                                                  "call_item_id": item_id})
             if remote or not local:
                 break
             stop_after = False
@@ -281,6 +288,10 @@ class Response:
                         await clauses.put(clause)
                     await self._drain_audio(clauses)
                 output = await s.toolbox.run(call.name, call.arguments)
+                self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
+                                    call_id=call.id, name=call.name, arguments=call.arguments))
+                self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
+                                    call_id=call.id, output=output))
                 self.emit("agent.tool_result", {"call_id": call.id, "name": call.name, "output": output})
                 convo += [Message("assistant", "", tool_calls=(call,)),
                           Message("tool", output, tool_call_id=call.id, name=call.name)]
@@ -288,6 +299,16 @@ class Response:
             if stop_after:
                 break
         await clauses.put(None)
+
+    def _remember(self, item: Item) -> str:
+        """Store a tool item in memory (once this response is public; it may still be speculative)."""
+        if not self.opts.in_conversation:
+            return item.id
+        if self.released:
+            self.session.memory.add(item)
+        else:
+            self._pending_items.append(item)
+        return item.id
 
     async def _drain_audio(self, clauses: asyncio.Queue[str | None]) -> None:
         """Wait until everything said so far has been played (used before e.g. hanging up)."""

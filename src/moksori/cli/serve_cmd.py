@@ -1,0 +1,46 @@
+"""`moksori serve`: the Realtime API, the audio endpoints and the browser app."""
+
+from __future__ import annotations
+
+import typer
+
+from moksori.cli.main import app, friendly
+from moksori.cli.ui import err_console, load_stack
+from moksori.errors import ConfigError
+from moksori.settings import load_settings
+
+
+@app.command()
+@friendly
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default 8000)."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the OpenAI-Realtime-compatible API and the browser app."""
+    import uvicorn
+
+    from moksori.server.app import create_app
+    from moksori.server.auth import is_loopback
+
+    settings = load_settings()
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    keys = settings.all_api_keys()
+    if not is_loopback(host) and not keys:
+        raise ConfigError(f"refusing to listen on {host} without API keys",
+                          hint="set MOKSORI_API_KEYS (comma-separated) or MOKSORI_API_KEYS_FILE, or bind 127.0.0.1")
+    stack = load_stack(settings)
+    application = create_app(settings, stack)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    err_console.print(f"[bold green]Moksori is listening[/] on http://{shown}:{port}  "
+                      f"(browser app: http://{shown}:{port}/ , Realtime: ws://{shown}:{port}/v1/realtime)"
+                      + ("" if keys else "  [yellow]no API keys: loopback only[/]"), highlight=False)
+    config = uvicorn.Config(application, host=host, port=port, log_level=log_level, ws="websockets-sansio",
+                            ws_max_size=max(16 * 1024 * 1024, 2 * settings.server.max_message_bytes),
+                            ws_ping_interval=20, ws_ping_timeout=30, lifespan="on")
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None

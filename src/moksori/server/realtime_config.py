@@ -1,0 +1,80 @@
+"""From a Realtime session (what the client asked for) to an engine session config.
+
+    server_vad                          -> silence-only end of turn (what OpenAI clients expect)
+    semantic_vad, azure_semantic_vad*   -> the end-of-turn model + eagerness
+    turn_detection: null                -> manual commit
+    OpenAI voice names ("alloy"...)      -> our voice for the reply language
+    Azure "en-US-*" / "ko-KR-*" names    -> the English / Korean voice (and that language)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from moksori.engine.config import SessionConfig as EngineConfig
+from moksori.engine.turns import TurnConfig
+from moksori.protocols import realtime as rt
+from moksori.providers.base import ToolSpec
+from moksori.settings import Settings
+
+# the packaged voices, by language
+LOCAL_VOICES = {"en": "en_US-joe-medium", "ko": "espeak-ko"}
+
+
+def initial_session(settings: Settings) -> rt.SessionConfig:
+    """What `session.created` reports: our defaults, in protocol terms."""
+    t = settings.turn
+    td = rt.TurnDetection(
+        type="semantic_vad" if t.provider == "smart-turn" else "server_vad",
+        threshold=t.threshold, prefix_padding_ms=t.prefix_padding_ms, silence_duration_ms=t.silence_duration_ms,
+        create_response=t.create_response, interrupt_response=t.interrupt_response, eagerness=t.eagerness)
+    return rt.SessionConfig(instructions=settings.agent.instructions or "", turn_detection=td,
+                            temperature=settings.llm.temperature)
+
+
+def voice_and_language(cfg: rt.SessionConfig, available: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(local voice name or None for 'by language', pinned language or None)."""
+    name = cfg.voice or ""
+    if cfg.voice_config and isinstance(cfg.voice_config.get("name"), str):
+        name = cfg.voice_config["name"]
+    if name in available:
+        return name, ("ko" if name == LOCAL_VOICES["ko"] else None)
+    low = name.lower()
+    if low.startswith("ko-kr") or low.startswith("ko_"):
+        return None, "ko"
+    if low.startswith("en-") or low.startswith("en_"):
+        return None, "en"
+    return None, None  # OpenAI voice names: our voice for whatever language the user speaks
+
+
+def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings, *,
+                  voices: tuple[str, ...], transcription_only: bool = False) -> EngineConfig:
+    td = cfg.turn_detection
+    if td is None:
+        turn = replace(base.turn, mode="manual")
+    else:
+        semantic = td.type != "server_vad" and settings.turn.provider == "smart-turn"
+        turn = TurnConfig(
+            mode="semantic" if semantic else "silence", threshold=td.threshold,
+            prefix_padding_ms=td.prefix_padding_ms, silence_duration_ms=td.silence_duration_ms,
+            create_response=td.create_response and not transcription_only,
+            interrupt_response=td.interrupt_response, eagerness=td.eagerness,
+            interrupt_min_speech_ms=settings.turn.interrupt_min_speech_ms,
+            speculate_after_ms=settings.turn.speculate_after_ms, idle_timeout_ms=td.idle_timeout_ms)
+    voice, voice_lang = voice_and_language(cfg, voices)
+    lang = base.language
+    if cfg.input_transcription and cfg.input_transcription.language in ("en", "ko"):
+        lang = cfg.input_transcription.language
+    elif voice_lang:
+        lang = voice_lang
+    modalities = ("audio", "text") if "audio" in cfg.output_modalities else ("text",)
+    max_tokens = settings.llm.max_tokens if cfg.max_output_tokens == "inf" else int(cfg.max_output_tokens)
+    tools = tuple(ToolSpec(t.get("name", ""), t.get("description", "") or "",
+                           t.get("parameters") or {"type": "object", "properties": {}})
+                  for t in cfg.tools if t.get("name"))
+    tool_choice = cfg.tool_choice if isinstance(cfg.tool_choice, str) else \
+        (cfg.tool_choice.get("name") or cfg.tool_choice.get("function", {}).get("name") or "auto")
+    return replace(
+        base, instructions=cfg.instructions or None, language=lang, voice=voice, modalities=modalities,
+        output_rate=cfg.output_format.rate, turn=turn, tools=tools, tool_choice=tool_choice,
+        temperature=cfg.temperature, max_output_tokens=max_tokens, speed=cfg.speed or 1.0)

@@ -1,0 +1,477 @@
+"""One Realtime connection: client events -> engine calls, engine events -> server events.
+
+No sockets here: the route hands in raw messages and a `send` coroutine. Every client mistake
+becomes an `error` event and the session stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from moksori.audio.frames import Frame
+from moksori.audio.resample import resample
+from moksori.engine.config import SessionConfig as EngineConfig, config_from_settings
+from moksori.engine.events import Event
+from moksori.engine.memory import Item as MemItem, new_id
+from moksori.engine.session import Session
+from moksori.errors import MoksoriError, ProtocolError
+from moksori.protocols import realtime as rt
+from moksori.providers.base import Message
+from moksori.providers.registry import Stack
+from moksori.server.realtime_config import engine_config, initial_session
+from moksori.settings import Settings
+
+log = logging.getLogger("moksori.realtime")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _Out:
+    """Bookkeeping for one response's output item while it streams."""
+
+    def __init__(self, response_id: str, item_id: str, audio: bool) -> None:
+        self.response_id, self.item_id, self.audio = response_id, item_id, audio
+        self.started = False
+        self.text = ""
+        self.output: list[dict[str, Any]] = []
+        self.index = 0
+
+
+class RealtimeConnection:
+    def __init__(self, stack: Stack, settings: Settings, flavor: rt.Flavor, send: Send, *, model: str = "moksori",
+                 timeline: bool = False, transcription_only: bool = False, session_id: str | None = None) -> None:
+        self.stack, self.settings, self.flavor, self._send = stack, settings, flavor, send
+        self.model = model
+        self.timeline = timeline
+        self.transcription_only = transcription_only
+        self.ev = rt.ServerEvents(flavor)
+        self.cfg = initial_session(settings)
+        if transcription_only and self.cfg.turn_detection is not None:
+            self.cfg = replace(self.cfg, turn_detection=replace(self.cfg.turn_detection, create_response=False))
+        self.session_id = session_id or new_id("sess")
+        self._base = config_from_settings(settings, output_lead_ms=200)
+        self.session = Session(stack, self._engine_cfg(), session_id=self.session_id)
+        self.session.bus.listen(self._on_engine_event)
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._sender = asyncio.create_task(self._pump(), name=f"rt-send-{self.session_id}")
+        self._outs: dict[str, _Out] = {}
+        self._audio_ms = 0.0  # audio received so far (ms)
+        self._audio_marks: deque[tuple[float, float]] = deque(maxlen=512)  # (session t, audio ms)
+        self._manual_ms = 0.0
+        self._buffer_full_reported = False
+        self._metadata: dict[str, dict[str, str] | None] = {}
+        self._oob: set[str] = set()
+        self.closed = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _engine_cfg(self) -> EngineConfig:
+        return engine_config(self.cfg, self._base, self.settings, voices=self.stack.tts.caps.voices,
+                             transcription_only=self.transcription_only)
+
+    def send(self, event: dict[str, Any] | None) -> None:
+        if event is not None and not self.closed:
+            self._queue.put_nowait(event)
+
+    async def _pump(self) -> None:
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            try:
+                await self._send(event)
+            except Exception:  # noqa: BLE001 - the socket went away; the route will close us
+                self.closed = True
+                return
+
+    async def start(self) -> None:
+        self.send(self.ev.session_created(self._wire_session()))
+
+    def _wire_session(self) -> dict[str, Any]:
+        return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model)
+
+    async def close(self) -> None:
+        if self.closed and self._sender.done():
+            return
+        await self.session.close()
+        self.closed = True
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(self._sender, 2.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._sender.cancel()
+
+    def error(self, message: str, *, code: str = "invalid_request_error", param: str | None = None,
+              event_id: str | None = None, kind: str = "invalid_request_error") -> None:
+        self.send(self.ev.error(message, code=code, param=param, event_id=event_id, type=kind))
+
+    # ------------------------------------------------------------------ client -> engine
+
+    async def on_message(self, raw: str | bytes) -> None:
+        try:
+            event = rt.parse_client_event(raw, max_bytes=self.settings.server.max_message_bytes)
+        except ProtocolError as e:
+            self.send(self.ev.error_from(e))
+            return
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        try:
+            if handler is None:
+                raise ProtocolError(f"{event.TYPE} is not supported by this server", code="unsupported_event",
+                                    event_id=event.event_id)
+            result = handler(event)
+            if asyncio.iscoroutine(result):
+                await result
+        except ProtocolError as e:
+            if e.event_id is None:
+                e.event_id = event.event_id
+            self.send(self.ev.error_from(e))
+        except MoksoriError as e:
+            self.error(str(e), code=e.code, event_id=event.event_id)
+        except Exception as e:  # noqa: BLE001 - a bug must cost one event, not the session
+            log.exception("realtime handler failed")
+            self.error(f"internal error handling {event.TYPE}: {type(e).__name__}", code="server_error",
+                       event_id=event.event_id, kind="server_error")
+
+    def _on_SessionUpdate(self, ev: rt.SessionUpdate) -> None:
+        cfg, warnings = rt.apply_session_update(self.cfg, ev.session, self.flavor)
+        self._apply(cfg, warnings, ev.event_id)
+
+    def _on_TranscriptionSessionUpdate(self, ev: rt.TranscriptionSessionUpdate) -> None:
+        cfg, warnings = rt.apply_session_update(self.cfg, ev.session, self.flavor)
+        self.transcription_only = True
+        self._apply(cfg, warnings, ev.event_id)
+
+    def _apply(self, cfg: rt.SessionConfig, warnings: list[str], event_id: str | None) -> None:
+        self.cfg = cfg
+        self.session.update(self._engine_cfg())
+        self.send(self.ev.session_updated(self._wire_session()))
+        for w in warnings:
+            self.send(self.ev.warning(w, event_id=event_id))
+
+    def _on_InputAudioBufferAppend(self, ev: rt.InputAudioBufferAppend) -> None:
+        frame = self.cfg.input_format.decode(ev.audio, param="audio")
+        ms = 1000 * len(frame) / frame.rate
+        if self.cfg.turn_detection is None:
+            if self._manual_ms + ms > 1000 * self.settings.server.max_input_buffer_s:
+                if not self._buffer_full_reported:
+                    self._buffer_full_reported = True
+                    raise ProtocolError(f"input audio buffer is full ({self.settings.server.max_input_buffer_s:.0f} s): "
+                                        "commit or clear it", code="input_audio_buffer_full")
+                return
+            self._manual_ms += ms
+        self._audio_ms += ms
+        self._audio_marks.append((self.session.clock.now(), self._audio_ms))
+        self.session.push_audio(frame)
+
+    def _on_InputAudioBufferCommit(self, ev: rt.InputAudioBufferCommit) -> None:
+        if self.cfg.turn_detection is None and self._manual_ms < 100:
+            raise ProtocolError(f"buffer too small: expected at least 100 ms of audio, have {self._manual_ms:.0f} ms",
+                                code="input_audio_buffer_commit_empty")
+        item_id = self.session.commit()
+        if item_id is None:
+            raise ProtocolError("nothing to commit: no speech in the input audio buffer",
+                                code="input_audio_buffer_commit_empty")
+        self._manual_ms, self._buffer_full_reported = 0.0, False
+
+    def _on_InputAudioBufferClear(self, ev: rt.InputAudioBufferClear) -> None:
+        self.session.clear_input()
+        self._manual_ms, self._buffer_full_reported = 0.0, False
+        self.send(self.ev.input_audio_buffer_cleared())
+
+    def _on_OutputAudioBufferClear(self, ev: rt.OutputAudioBufferClear) -> None:
+        self.session.interrupt("client_cancelled")
+
+    async def _on_ConversationItemCreate(self, ev: rt.ConversationItemCreate) -> None:
+        mem = self.session.memory
+        after = ev.previous_item_id
+        if after not in (None, "root") and mem.get(after) is None:
+            raise ProtocolError(f"previous_item_id {after} does not exist", code="item_not_found",
+                                param="previous_item_id")
+        item = await self._to_memory_item(ev.item)
+        if after == "root":
+            mem.items.insert(0, item)
+        else:
+            mem.add(item, after=after)
+        wire = self._item_wire(item)
+        prev = mem.previous_id(item.id)
+        self.send(self.ev.conversation_item_added(wire, prev))
+        self.send(self.ev.conversation_item_done(wire, prev))
+
+    async def _to_memory_item(self, item: rt.Item) -> MemItem:
+        item_id = getattr(item, "id", None) or new_id("item")
+        if self.session.memory.get(item_id) is not None:
+            raise ProtocolError(f"an item with id {item_id} already exists", code="item_exists", param="item.id")
+        if isinstance(item, rt.FunctionCallItem):
+            return MemItem(id=item_id, type="function_call", role="assistant", call_id=item.call_id, name=item.name,
+                           arguments=item.arguments)
+        if isinstance(item, rt.FunctionCallOutputItem):
+            return MemItem(id=item_id, type="function_call_output", role="user", call_id=item.call_id,
+                           output=item.output)
+        texts: list[str] = []
+        audio = False
+        for part in item.content:
+            if part.type in ("input_text", "output_text") and part.text:
+                texts.append(part.text)
+            elif part.type in ("input_audio", "output_audio"):
+                audio = True
+                if part.transcript:
+                    texts.append(part.transcript)
+                elif part.audio:
+                    frame = self.cfg.input_format.decode(part.audio, param="item.content.audio")
+                    tr = await self.session.transcribe_item_audio(resample(frame, 16000).to_float())
+                    texts.append(tr.text)
+            elif part.type == "input_image":
+                raise ProtocolError("image input is not supported", code="unsupported_content_type",
+                                    param="item.content.type")
+        return MemItem(id=item_id, role=item.role, text=" ".join(t for t in texts if t), audio=audio)
+
+    def _item_wire(self, item: MemItem, *, status: str | None = None) -> dict[str, Any]:
+        f = self.flavor
+        if item.type == "function_call":
+            return rt.function_call_item(item.id, item.call_id or "", item.name or "", item.arguments or "{}", f)
+        if item.type == "function_call_output":
+            return rt.function_call_output_item(item.id, item.call_id or "", item.output or "", f)
+        if item.role == "user":
+            part = rt.ContentPart("input_audio", transcript=item.text) if item.audio else \
+                rt.ContentPart("input_text", text=item.text)
+        elif item.role == "assistant":
+            part = rt.ContentPart("output_audio", transcript=item.text) if item.audio else \
+                rt.ContentPart("output_text", text=item.text)
+        else:
+            part = rt.ContentPart("input_text", text=item.text)
+        return rt.message_item(item.id, item.role, [part], f, status=status or item.status)
+
+    def _on_ConversationItemRetrieve(self, ev: rt.ConversationItemRetrieve) -> None:
+        item = self.session.memory.get(ev.item_id)
+        if item is None:
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        self.send(self.ev.conversation_item_retrieved(self._item_wire(item)))
+
+    def _on_ConversationItemTruncate(self, ev: rt.ConversationItemTruncate) -> None:
+        item = self.session.memory.get(ev.item_id)
+        if item is None:
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        if item.role != "assistant" or item.type != "message":
+            raise ProtocolError("only assistant messages can be truncated", code="invalid_item", param="item_id")
+        if ev.content_index != 0:
+            raise ProtocolError("content_index must be 0", code="invalid_value", param="content_index")
+        if item.audio_ms and ev.audio_end_ms > item.audio_ms:
+            raise ProtocolError(f"audio_end_ms {ev.audio_end_ms} is past the end of the audio ({item.audio_ms} ms)",
+                                code="invalid_value", param="audio_end_ms")
+        self.session.truncate(ev.item_id, ev.audio_end_ms)
+        self.send(self.ev.conversation_item_truncated(ev.item_id, 0, ev.audio_end_ms))
+
+    def _on_ConversationItemDelete(self, ev: rt.ConversationItemDelete) -> None:
+        if not self.session.memory.delete(ev.item_id):
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        self.send(self.ev.conversation_item_deleted(ev.item_id))
+
+    async def _on_ResponseCreate(self, ev: rt.ResponseCreate) -> None:
+        o = ev.response
+        kw: dict[str, Any] = {}
+        if o is not None:
+            for w in o.warnings:
+                self.send(self.ev.warning(w, event_id=ev.event_id))
+            if o.instructions is not None:
+                kw["instructions"] = o.instructions
+            if o.output_modalities is not None:
+                kw["modalities"] = ("audio", "text") if "audio" in o.output_modalities else ("text",)
+            if o.voice is not None and o.voice in self.stack.tts.caps.voices:
+                kw["voice"] = o.voice
+            if o.temperature is not None:
+                kw["temperature"] = o.temperature
+            if o.max_output_tokens is not None:
+                kw["max_output_tokens"] = self.settings.llm.max_tokens if o.max_output_tokens == "inf" \
+                    else int(o.max_output_tokens)
+            if o.tools is not None:
+                from moksori.providers.base import ToolSpec
+
+                kw["tools"] = tuple(ToolSpec(t.get("name", ""), t.get("description", "") or "",
+                                             t.get("parameters") or {"type": "object", "properties": {}})
+                                    for t in o.tools if t.get("name"))
+            if o.tool_choice is not None:
+                kw["tool_choice"] = o.tool_choice if isinstance(o.tool_choice, str) else \
+                    (o.tool_choice.get("name") or o.tool_choice.get("function", {}).get("name") or "auto")
+            if o.conversation == "none":
+                kw["in_conversation"] = False
+            if o.input is not None:
+                kw["replace_input"] = tuple(await self._messages_for(o.input))
+        if self.transcription_only:
+            raise ProtocolError("this is a transcription session: it does not create responses",
+                                code="invalid_request_error")
+        resp = self.session.create_response(**kw)
+        if o is not None:
+            self._metadata[resp.id] = o.metadata
+        if not resp.opts.in_conversation:
+            self._oob.add(resp.id)
+
+    async def _messages_for(self, items: tuple[rt.Item | rt.ItemReference, ...]) -> list[Message]:
+        out: list[Message] = []
+        for it in items:
+            if isinstance(it, rt.ItemReference):
+                found = self.session.memory.get(it.id)
+                if found is None:
+                    raise ProtocolError(f"item {it.id} does not exist", code="item_not_found", param="response.input")
+                mem = found
+            else:
+                mem = await self._to_memory_item(it)
+            if mem.type == "message" and mem.text:
+                out.append(Message(mem.role, mem.text))
+        return out
+
+    def _on_ResponseCancel(self, ev: rt.ResponseCancel) -> None:
+        if not self.session.cancel_response(ev.response_id):
+            raise ProtocolError("there is no active response to cancel", code="response_cancel_not_active")
+
+    # ------------------------------------------------------------------ engine -> client
+
+    def _audio_ms_at(self, t: float) -> int:
+        """Session time -> position in the client's input audio (ms)."""
+        marks = self._audio_marks
+        if not marks:
+            return 0
+        for (t0, a0), (t1, a1) in zip(marks, list(marks)[1:]):
+            if t0 <= t <= t1:
+                return int(a0 + (a1 - a0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0))
+        t_last, a_last = marks[-1]
+        if t >= t_last:
+            return int(a_last)
+        return int(max(0.0, marks[0][1] - 1000 * (marks[0][0] - t)))
+
+    def _on_engine_event(self, e: Event) -> None:
+        try:
+            self._translate(e)
+        except Exception:  # noqa: BLE001
+            log.exception("realtime: cannot translate %s", e.type)
+        if self.timeline and e.type != "agent.audio":
+            self.send({"type": "moksori.event", "event_id": new_id("event"), "event": e.to_json()})
+
+    def _translate(self, e: Event) -> None:
+        typ, d, ev = e.type, e.data, self.ev
+        if typ == "user.speech_started" and self.cfg.turn_detection is not None:
+            self.send(ev.input_audio_buffer_speech_started(self._audio_ms_at(e.t), d["item_id"]))
+        elif typ == "user.speech_stopped" and self.cfg.turn_detection is not None:
+            self.send(ev.input_audio_buffer_speech_stopped(self._audio_ms_at(e.t), d["item_id"]))
+        elif typ == "user.turn_ended":
+            prev = self.session.memory.last_id()
+            self.send(ev.input_audio_buffer_committed(d["item_id"], prev))
+            wire = rt.message_item(d["item_id"], "user", [rt.ContentPart("input_audio", transcript=None)],
+                                   self.flavor, status="completed")
+            self.send(ev.conversation_item_added(wire, prev))
+        elif typ == "user.transcript" and d.get("final") and not d.get("typed"):
+            if self.cfg.input_transcription is not None or self.transcription_only:
+                if d["text"]:
+                    self.send(ev.input_audio_transcription_delta(d["item_id"], 0, d["text"]))
+                self.send(ev.input_audio_transcription_completed(d["item_id"], 0, d["text"]))
+            item = self.session.memory.get(d["item_id"])
+            if item is not None:
+                self.send(ev.conversation_item_done(self._item_wire(item), self.session.memory.previous_id(item.id)))
+        elif typ == "agent.response_started":
+            self._outs[d["response_id"]] = _Out(d["response_id"], d["item_id"], "audio" in d.get("modalities", ()))
+            self.send(ev.response_created(self._response(d["response_id"], "in_progress", d.get("modalities"))))
+        elif typ == "agent.text_delta":
+            out = self._outs.get(d["response_id"])
+            if out is not None:
+                self._open_message(out)
+                out.text += d["delta"]
+                if out.audio:
+                    self.send(ev.output_audio_transcript_delta(out.response_id, out.item_id, out.index, 0, d["delta"]))
+                else:
+                    self.send(ev.output_text_delta(out.response_id, out.item_id, out.index, 0, d["delta"]))
+        elif typ == "agent.audio":
+            out = self._outs.get(d["response_id"])
+            if out is not None:
+                self._open_message(out)
+                frame: Frame = d["frame"]
+                self.send(ev.output_audio_delta(out.response_id, out.item_id, out.index, 0,
+                                                self.cfg.output_format.encode(frame)))
+        elif typ == "agent.function_call":
+            out = self._outs.get(d["response_id"])
+            if out is not None:
+                self._close_message(out)
+                item = rt.function_call_item(d["call_item_id"], d["call_id"], d["name"], d["arguments"], self.flavor,
+                                             status="in_progress")
+                idx = len(out.output)
+                self.send(ev.response_output_item_added(out.response_id, idx, {**item, "arguments": ""}))
+                self.send(ev.conversation_item_added({**item, "arguments": ""}, None))
+                self.send(ev.function_call_arguments_delta(out.response_id, d["call_item_id"], idx, d["call_id"],
+                                                           d["arguments"]))
+                self.send(ev.function_call_arguments_done(out.response_id, d["call_item_id"], idx, d["call_id"],
+                                                          d["name"], d["arguments"]))
+                done = rt.function_call_item(d["call_item_id"], d["call_id"], d["name"], d["arguments"], self.flavor)
+                self.send(ev.response_output_item_done(out.response_id, idx, done))
+                self.send(ev.conversation_item_done(done, None))
+                out.output.append(done)
+                out.index = len(out.output)
+        elif typ == "agent.interrupted":
+            if d.get("heard_ms") is not None and self.session.memory.get(d["item_id"]) is not None:
+                self.send(ev.conversation_item_truncated(d["item_id"], 0, int(d["heard_ms"])))
+        elif typ == "agent.audio_cleared":
+            for rid in d.get("response_ids", []):
+                self.send(ev.output_audio_buffer_cleared(rid))
+        elif typ == "agent.response_done":
+            out = self._outs.pop(d["response_id"], None)
+            if out is None:
+                return
+            self._close_message(out, text=d.get("text"), status="incomplete" if d["interrupted"] else "completed")
+            status = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}.get(d["status"], "completed")
+            reason = "turn_detected" if d.get("reason") == "turn_detected" else "client_cancelled"
+            details = rt.status_details(status, reason=reason) if status != "completed" else None
+            u = d.get("usage") or {}
+            usage = rt.Usage(input_text_tokens=u.get("input_tokens", 0), output_text_tokens=u.get("output_tokens", 0),
+                             cached_text_tokens=u.get("cached_tokens", 0))
+            self.send(ev.response_done(self._response(out.response_id, status, d.get("modalities"), details=details,
+                                                      output=out.output, usage=usage)))
+            self._metadata.pop(out.response_id, None)
+            self._oob.discard(out.response_id)
+        elif typ == "error":
+            self.error(d.get("message", "error"), code=d.get("code") or "server_error", kind="server_error")
+
+    def _open_message(self, out: _Out) -> None:
+        if out.started:
+            return
+        out.started = True
+        out.index = len(out.output)
+        part = "output_audio" if out.audio else "output_text"
+        item = rt.message_item(out.item_id, "assistant", [], self.flavor, status="in_progress")
+        self.send(self.ev.response_output_item_added(out.response_id, out.index, item))
+        if out.response_id not in self._oob:
+            self.send(self.ev.conversation_item_added(item, self.session.memory.previous_id(out.item_id)))
+        self.send(self.ev.response_content_part_added(out.response_id, out.item_id, out.index, 0,
+                                                      rt.event_part("audio" if part == "output_audio" else "text")))
+
+    def _close_message(self, out: _Out, *, text: str | None = None, status: str = "completed") -> None:
+        if not out.started:
+            return
+        out.started = False
+        ev, text = self.ev, out.text if text is None else text
+        if out.audio:
+            self.send(ev.output_audio_done(out.response_id, out.item_id, out.index, 0))
+            self.send(ev.output_audio_transcript_done(out.response_id, out.item_id, out.index, 0, text))
+            part = rt.event_part("audio", transcript=text)
+            content = [rt.ContentPart("output_audio", transcript=text)]
+        else:
+            self.send(ev.output_text_done(out.response_id, out.item_id, out.index, 0, text))
+            part = rt.event_part("text", text=text)
+            content = [rt.ContentPart("output_text", text=text)]
+        self.send(ev.response_content_part_done(out.response_id, out.item_id, out.index, 0, part))
+        item = rt.message_item(out.item_id, "assistant", content, self.flavor, status=status)
+        self.send(ev.response_output_item_done(out.response_id, out.index, item))
+        if out.response_id not in self._oob:
+            self.send(ev.conversation_item_done(item, self.session.memory.previous_id(out.item_id)))
+        out.output.append(item)
+
+    def _response(self, response_id: str, status: str, modalities: Any, *, details: dict | None = None,
+                  output: list | None = None, usage: rt.Usage | None = None) -> dict[str, Any]:
+        mods = ["audio"] if modalities and "audio" in modalities else ["text"]
+        return rt.response_object(
+            response_id, self.flavor, status=status, status_details=details, output=output or [], usage=usage,
+            conversation_id=None if response_id in self._oob else self.session_id, output_modalities=mods,
+            voice=self.cfg.voice_config or self.cfg.voice, output_format=self.cfg.output_format,
+            max_output_tokens=self.cfg.max_output_tokens, temperature=self.cfg.temperature,
+            metadata=self._metadata.get(response_id))

@@ -1,0 +1,1 @@
+"""The browser voice app (static files served at /)."""
