@@ -72,6 +72,10 @@ def create_app(settings: Settings, stack: Stack) -> FastAPI:
 
     app.include_router(audio_router)
 
+    from moksori.server import telephony_routes
+
+    telephony_routes.install(app, state)
+
     static = resources.files("moksori.web") / "static"
     if static.is_dir():
         @app.get("/")
