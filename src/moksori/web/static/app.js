@@ -1,0 +1,511 @@
+// Moksori browser app: an OpenAI Realtime (GA) client plus the Moksori engine timeline.
+import { AudioEngine } from "./audio.js";
+import { LatencyTracker } from "./latency.js";
+import { RealtimeClient, fromBase64, realtimeUrl, toBase64 } from "./realtime.js";
+
+const $ = (sel) => document.querySelector(sel);
+const OUT_RATE = 24000;
+const query = new URLSearchParams(location.search);
+
+// ------------------------------------------------------------------ settings (localStorage)
+
+const store = {
+  get(name, fallback) {
+    try {
+      const v = localStorage.getItem(`moksori.${name}`);
+      return v === null ? fallback : v;
+    } catch {
+      return fallback;
+    }
+  },
+  set(name, value) {
+    try {
+      localStorage.setItem(`moksori.${name}`, value);
+    } catch {
+      /* private mode */
+    }
+  },
+};
+
+const ui = {
+  start: $("#start"),
+  stop: $("#stop"),
+  state: $('[data-testid="state"]'),
+  stateText: $('[data-testid="state"] .state-text'),
+  level: $('[data-testid="level"]'),
+  levelFill: $(".level-fill"),
+  language: $("#language"),
+  voice: $("#voice"),
+  key: $("#api-key"),
+  raw: $("#raw"),
+  user: $('[data-testid="transcript-user"]'),
+  agent: $('[data-testid="transcript-agent"]'),
+  form: $("#text-form"),
+  text: $("#text"),
+  toast: $('[data-testid="error"]'),
+};
+
+ui.language.value = store.get("language", "auto");
+ui.voice.value = store.get("voice", "auto");
+ui.key.value = store.get("key", "");
+ui.raw.checked = query.get("raw") === "1" || store.get("raw", "0") === "1";
+if (!ui.language.value) ui.language.value = "auto";
+if (!ui.voice.value) ui.voice.value = "auto";
+
+// ------------------------------------------------------------------ counters for tests
+
+const M = {
+  state: "off",
+  stateHistory: ["off"],
+  connected: false,
+  sampleRate: 0,
+  sentAudioSamples: 0,
+  receivedAudioSamples: 0,
+  playedSamples: 0,
+  flushes: 0,
+  flushRequests: 0,
+  truncates: [],
+  turns: [],
+  errors: [],
+  level: 0,
+  levelMax: 0,
+  events: {},
+  timeline: [], // the last few hundred engine timeline events
+};
+window.moksori = M;
+
+// ------------------------------------------------------------------ state indicator
+
+const STATE_NAMES = { idle: "ready", user_speaking: "listening", user_paused: "listening", thinking: "thinking",
+                      speaking: "speaking" };
+
+function setState(name) {
+  if (M.state === name) return;
+  M.state = name;
+  M.stateHistory.push(name);
+  if (M.stateHistory.length > 200) M.stateHistory.splice(0, 100);
+  ui.state.dataset.state = name;
+  ui.stateText.textContent = name;
+}
+
+// ------------------------------------------------------------------ toast
+
+let toastTimer = 0;
+function toast(message, { warning = false } = {}) {
+  M.errors.push(message);
+  if (M.errors.length > 50) M.errors.shift();
+  ui.toast.textContent = message;
+  ui.toast.classList.toggle("warning", warning);
+  ui.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    ui.toast.hidden = true;
+  }, 7000);
+}
+ui.toast.addEventListener("click", () => {
+  ui.toast.hidden = true;
+});
+
+// ------------------------------------------------------------------ transcript
+
+const userLines = new Map(); // item_id -> element
+const agentLines = new Map(); // response_id -> {el, text}
+
+function scrollDown(box) {
+  box.scrollTop = box.scrollHeight;
+}
+
+function trim(map, limit = 100) {
+  while (map.size > limit) map.delete(map.keys().next().value);
+}
+
+function userLine(itemId) {
+  let el = userLines.get(itemId);
+  if (!el) {
+    el = document.createElement("p");
+    el.className = "line";
+    el.dataset.item = itemId || "";
+    ui.user.appendChild(el);
+    userLines.set(itemId, el);
+    trim(userLines);
+  }
+  return el;
+}
+
+function userPartial(itemId, text) {
+  const el = userLine(itemId);
+  if (el.classList.contains("final")) return; // a late hypothesis after the final one
+  el.classList.add("partial");
+  el.textContent = text;
+  scrollDown(ui.user);
+}
+
+function userFinal(itemId, text, language) {
+  if (!text || !text.trim()) {
+    const el = userLines.get(itemId);
+    if (el && !el.classList.contains("final")) el.remove();
+    return;
+  }
+  const el = userLine(itemId);
+  el.classList.remove("partial");
+  el.classList.add("final");
+  el.textContent = text;
+  if (language) el.lang = language;
+  scrollDown(ui.user);
+}
+
+function typedLine(text) {
+  const el = document.createElement("p");
+  el.className = "line final typed";
+  el.textContent = text;
+  ui.user.appendChild(el);
+  scrollDown(ui.user);
+}
+
+function agentLine(responseId) {
+  let line = agentLines.get(responseId);
+  if (!line) {
+    const el = document.createElement("p");
+    el.className = "line";
+    el.dataset.response = responseId || "";
+    ui.agent.appendChild(el);
+    line = { el, text: "", done: false };
+    agentLines.set(responseId, line);
+    trim(agentLines);
+  }
+  return line;
+}
+
+function agentDelta(responseId, delta) {
+  const line = agentLine(responseId);
+  if (line.done) return;
+  line.text += delta;
+  line.el.textContent = line.text;
+  scrollDown(ui.agent);
+}
+
+function agentDone(responseId, text, interrupted, language) {
+  const existing = agentLines.get(responseId);
+  if (!existing && !text && !interrupted) return;
+  const line = agentLine(responseId);
+  line.done = true;
+  if (language) line.el.lang = language;
+  if (interrupted) {
+    line.text = text || "";
+    line.el.textContent = line.text ? `${line.text} ` : "";
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = "(interrupted)";
+    line.el.appendChild(tag);
+    line.el.classList.add("interrupted");
+  } else if (text && text !== line.text) {
+    line.text = text;
+    line.el.textContent = text;
+  }
+  if (!line.text && !interrupted) line.el.remove();
+  scrollDown(ui.agent);
+}
+
+// ------------------------------------------------------------------ latency
+
+const latency = new LatencyTracker($('[data-testid="latency"]'), $("#p50"), {
+  keep: 8,
+  onTurn(row) {
+    M.turns.push(row);
+    if (M.turns.length > 50) M.turns.shift();
+  },
+});
+
+// ------------------------------------------------------------------ audio + playback bookkeeping
+
+const items = {
+  assistant: new Set(), // assistant item ids we received audio for
+  done: new Set(), // items whose audio stream ended (response.output_audio.done)
+  pending: new Set(), // items queued or playing right now
+  discarded: new Set(), // items cut by a barge-in: later audio for them is dropped
+  truncated: new Set(),
+};
+
+function resetItems() {
+  for (const set of Object.values(items)) set.clear();
+}
+
+function remember(set, id, limit = 200) {
+  set.add(id);
+  if (set.size > limit) set.delete(set.values().next().value);
+}
+
+let levelShown = 0;
+let playedBase = 0;
+let lastPlayed = 0;
+const audio = new AudioEngine({
+  onChunk(pcm, level) {
+    M.level = level;
+    if (level > M.levelMax) M.levelMax = level;
+    // dBFS -> 0..1 over -60..0 dB, with a quick attack and slow release
+    const db = level > 0 ? 20 * Math.log10(level) : -100;
+    const v = Math.max(0, Math.min(1, (db + 60) / 60));
+    levelShown = v > levelShown ? v : levelShown * 0.8 + v * 0.2;
+    ui.levelFill.style.transform = `scaleX(${levelShown.toFixed(3)})`;
+    ui.level.dataset.level = levelShown.toFixed(3);
+    ui.level.setAttribute("aria-valuenow", levelShown.toFixed(2));
+    sendAudio(pcm);
+  },
+  onProgress(m) {
+    // the worklet counts per AudioContext; keep the page's counter growing across Stop/Start
+    lastPlayed = m.played;
+    M.playedSamples = playedBase + m.played;
+    if (!m.active && m.queued === 0) {
+      for (const id of items.pending) if (items.done.has(id)) items.pending.delete(id);
+    }
+  },
+});
+
+const preOpen = []; // mic chunks captured before the socket opened
+function sendAudio(pcm) {
+  const bytes = new Uint8Array(pcm);
+  if (!rt.open) {
+    if (conn.running) {
+      preOpen.push(bytes);
+      if (preOpen.length > 100) preOpen.shift();
+    }
+    return;
+  }
+  while (preOpen.length) sendBytes(preOpen.shift());
+  sendBytes(bytes);
+}
+
+function sendBytes(bytes) {
+  if (rt.send({ type: "input_audio_buffer.append", audio: toBase64(bytes) })) M.sentAudioSamples += bytes.length / 2;
+}
+
+/** Barge-in: drop queued reply audio now and tell the server how much was heard. */
+function flushPlayback(reason) {
+  M.flushRequests++;
+  for (const id of items.pending) remember(items.discarded, id);
+  items.pending.clear();
+  audio.flush().then((r) => {
+    if (r.dropped > 0 || r.itemId) M.flushes++;
+    const id = r.itemId;
+    if (!id || !items.assistant.has(id) || items.truncated.has(id)) return;
+    if (r.dropped === 0 && items.done.has(id)) return; // it had finished: nothing cut
+    const ms = Math.floor((1000 * r.itemPlayed) / OUT_RATE);
+    remember(items.truncated, id);
+    M.truncates.push({ item_id: id, audio_end_ms: ms, reason });
+    rt.send({ type: "conversation.item.truncate", item_id: id, content_index: 0, audio_end_ms: ms });
+  });
+}
+
+// ------------------------------------------------------------------ server events -> UI
+
+function onTimeline(e) {
+  M.events[`timeline:${e.type}`] = (M.events[`timeline:${e.type}`] || 0) + 1;
+  if (e.type !== "agent.text_delta" && e.type !== "user.transcript_delta") {
+    M.timeline.push(e);
+    if (M.timeline.length > 400) M.timeline.splice(0, 200);
+  }
+  latency.onTimeline(e);
+  switch (e.type) {
+    case "session.state":
+      if (conn.running || rt.open) setState(STATE_NAMES[e.state] || e.state);
+      break;
+    case "user.transcript_delta":
+      userPartial(e.item_id, e.text);
+      break;
+    case "user.transcript":
+      if (e.final && !e.typed) userFinal(e.item_id, e.text, e.language);
+      break;
+    case "agent.interrupted":
+    case "agent.audio_cleared":
+      flushPlayback(e.type);
+      break;
+    case "agent.response_done":
+      agentDone(e.response_id, e.text, !!e.interrupted, e.language);
+      break;
+    default:
+  }
+}
+
+function onServerEvent(ev) {
+  M.events[ev.type] = (M.events[ev.type] || 0) + 1;
+  switch (ev.type) {
+    case "moksori.event":
+      if (ev.event) onTimeline(ev.event);
+      break;
+    case "session.created":
+      M.connected = true;
+      if (M.state === "connecting" || M.state === "off") setState("ready");
+      break;
+    case "input_audio_buffer.speech_started":
+    case "output_audio_buffer.cleared":
+      flushPlayback(ev.type);
+      break;
+    case "response.output_audio.delta": {
+      if (items.discarded.has(ev.item_id)) break;
+      const bytes = fromBase64(ev.delta);
+      const n = bytes.length >> 1;
+      M.receivedAudioSamples += n;
+      remember(items.assistant, ev.item_id);
+      items.pending.add(ev.item_id);
+      audio.play(bytes.buffer, ev.item_id);
+      break;
+    }
+    case "response.output_audio.done":
+      remember(items.done, ev.item_id);
+      audio.endItem(ev.item_id);
+      break;
+    case "response.output_audio_transcript.delta":
+    case "response.output_text.delta":
+      agentDelta(ev.response_id, ev.delta || "");
+      break;
+    case "conversation.item.input_audio_transcription.completed":
+      userFinal(ev.item_id, ev.transcript, null);
+      break;
+    case "error": {
+      const err = ev.error || {};
+      const warning = err.code === "unsupported_feature";
+      toast(err.message || "server error", { warning });
+      break;
+    }
+    default:
+  }
+}
+
+// ------------------------------------------------------------------ connection
+
+const rt = new RealtimeClient({
+  onEvent: onServerEvent,
+  onClose({ code, reason }) {
+    toast(`Connection closed (${code}${reason ? `: ${reason}` : ""})`);
+    stop();
+  },
+});
+
+const conn = { running: false, mic: false, opening: null };
+
+function sessionConfig() {
+  const lang = ui.language.value;
+  const transcription = { model: "whisper-1" };
+  if (lang === "en" || lang === "ko") transcription.language = lang;
+  const voice = ui.voice.value === "auto" ? "alloy" : ui.voice.value;
+  return {
+    type: "realtime",
+    audio: {
+      input: { format: { type: "audio/pcm", rate: OUT_RATE }, transcription },
+      output: { format: { type: "audio/pcm", rate: OUT_RATE }, voice },
+    },
+  };
+}
+
+function sendSessionUpdate() {
+  rt.send({ type: "session.update", session: sessionConfig() });
+}
+
+/** Audio output + socket; the mic only when asked. Safe to call again while running. */
+async function connect({ mic }) {
+  if (!conn.running) {
+    conn.running = true;
+    setState("connecting");
+    setButtons();
+    resetItems();
+    latency.newSession();
+    preOpen.length = 0;
+  }
+  try {
+    await audio.init();
+    M.sampleRate = audio.sampleRate;
+    if (mic && !audio.micOn) {
+      conn.mic = true;
+      setButtons();
+      await audio.startMic({ raw: ui.raw.checked });
+    }
+    if (!rt.open) {
+      if (!conn.opening) {
+        conn.opening = rt.connect(realtimeUrl(), ui.key.value.trim()).then(() => {
+          sendSessionUpdate();
+        }).finally(() => {
+          conn.opening = null;
+        });
+      }
+      await conn.opening;
+    }
+    if (!conn.running) return false; // stopped meanwhile
+    M.connected = true;
+    if (M.state === "connecting") setState("ready");
+    return true;
+  } catch (e) {
+    const msg = e && e.name === "NotAllowedError" ? "Microphone permission was denied"
+      : e && e.name === "NotFoundError" ? "No microphone found" : (e && e.message) || String(e);
+    toast(msg);
+    await stop();
+    return false;
+  }
+}
+
+async function stop() {
+  const wasRunning = conn.running;
+  conn.running = false;
+  conn.mic = false;
+  rt.close();
+  preOpen.length = 0;
+  await audio.close();
+  playedBase += lastPlayed;
+  lastPlayed = 0;
+  M.connected = false;
+  resetItems();
+  levelShown = 0;
+  ui.levelFill.style.transform = "scaleX(0)";
+  ui.level.dataset.level = "0";
+  if (wasRunning || M.state !== "off") setState("off");
+  setButtons();
+}
+
+function setButtons() {
+  ui.start.hidden = conn.mic;
+  ui.start.textContent = conn.running ? "Start mic" : "Start";
+  ui.stop.hidden = !conn.running;
+}
+
+// ------------------------------------------------------------------ UI wiring
+
+ui.start.addEventListener("click", () => {
+  connect({ mic: true });
+});
+ui.stop.addEventListener("click", () => {
+  stop();
+});
+
+ui.form.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  ui.text.value = "";
+  if (!(await connect({ mic: conn.mic }))) return;
+  if (M.state === "speaking" || M.state === "thinking") rt.send({ type: "output_audio_buffer.clear" });
+  typedLine(text);
+  rt.send({ type: "conversation.item.create",
+            item: { type: "message", role: "user", content: [{ type: "input_text", text }] } });
+  rt.send({ type: "response.create" });
+});
+
+ui.language.addEventListener("change", () => {
+  store.set("language", ui.language.value);
+  sendSessionUpdate();
+});
+ui.voice.addEventListener("change", () => {
+  store.set("voice", ui.voice.value);
+  sendSessionUpdate();
+});
+$("#settings-form").addEventListener("submit", (ev) => ev.preventDefault());
+ui.key.addEventListener("change", () => store.set("key", ui.key.value.trim()));
+ui.raw.addEventListener("change", () => store.set("raw", ui.raw.checked ? "1" : "0"));
+
+window.addEventListener("pagehide", () => {
+  rt.close();
+});
+
+/** For tests and the console: send a raw client event on the open connection. */
+M.send = (event) => rt.send(event);
+
+setButtons();
+document.documentElement.dataset.ready = "1";
