@@ -55,7 +55,7 @@ class TurnSettings(BaseModel):
     interrupt_response: bool = True
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     # speech shorter than this while the agent talks is a cough, not an interruption
-    interrupt_min_speech_ms: int = Field(160, ge=0, le=2000)
+    interrupt_min_speech_ms: int = Field(128, ge=0, le=2000)
     # start transcribing speculatively after this much silence
     speculate_after_ms: int = Field(48, ge=0, le=2000)
 
@@ -135,6 +135,25 @@ class VonageSettings(BaseModel):
     api_base: str = "https://api.nexmo.com"
 
 
+class TelephonySettings(BaseModel):
+    """Phone calls through carrier media streams (see `moksori.server.telephony_routes`)."""
+
+    # HMAC key of the per-call stream tokens. Unset: a random key per process, which is fine for
+    # one server process; set it when webhooks and streams may reach different processes, or
+    # when your own webhook code mints tokens (`moksori.telephony.make_stream_token`).
+    stream_secret: SecretStr | None = None
+    stream_token_ttl_s: int = Field(600, ge=10, le=86400)
+    # E.164 numbers the agent may transfer a caller to; empty: no `transfer_call` tool.
+    transfer_numbers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    goodbye: str = "Goodbye!"  # said before `end_call` hangs up
+    # the agent's end_call/transfer_call tools; auto: on, except with the packaged SmolLM2-135M
+    tools: Literal["auto", "on", "off"] = "auto"
+    # /telephony/debug/* (call timelines, task and memory counters): for tests, never in production
+    debug: bool = False
+
+    _split = field_validator("transfer_numbers", mode="before")(_split_csv)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOKSORI_",
@@ -161,6 +180,7 @@ class Settings(BaseSettings):
     telnyx: TelnyxSettings = TelnyxSettings()
     plivo: PlivoSettings = PlivoSettings()
     vonage: VonageSettings = VonageSettings()
+    telephony: TelephonySettings = TelephonySettings()
 
     _validate_keys = field_validator("api_keys", mode="before")(_split_csv)
 

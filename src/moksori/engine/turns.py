@@ -46,7 +46,7 @@ class TurnConfig:
     create_response: bool = True
     interrupt_response: bool = True
     eagerness: Eagerness = "auto"
-    interrupt_min_speech_ms: int = 160
+    interrupt_min_speech_ms: int = 128
     min_speech_ms: int = 90
     speculate_after_ms: int = 48
     max_turn_s: float = 30.0
