@@ -120,8 +120,8 @@ def test_300ms_pause_mid_sentence_keeps_one_turn() -> None:
 def test_cough_during_reply_does_not_interrupt() -> None:
     async def main():
         s = Session(fake_stack(stt=ScriptedSTT(["hi."]), llm=ScriptedLLM("A fairly long reply that keeps talking for a while now.")), CFG)
-        # a 70 ms burst touches at most 3 frames of 32 ms (96 ms): under the 128 ms default
-        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.8), tone(0.07), quiet(4.0)])
+        # a 50 ms burst (800 samples) touches at most 3 frames of 32 ms (96 ms): under the 128 ms default
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.8), tone(0.05), quiet(4.0)])
         await settle(s)
         await s.close()
         return rec
