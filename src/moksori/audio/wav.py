@@ -49,7 +49,8 @@ def read_wav_bytes(data: bytes, *, name: str = "audio") -> Frame:
     usable = len(samples) - len(samples) % channels
     samples = samples[:usable]
     if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1)
+        mixed = samples.reshape(-1, channels).astype(np.float32).mean(axis=1)
+        samples = np.round(mixed).astype(np.int16) if samples.dtype == np.int16 else mixed
     if samples.dtype != np.int16:
         samples = float_to_pcm16(samples)
     return Frame(np.ascontiguousarray(samples), rate)

@@ -33,9 +33,8 @@ def transcribe(
 ) -> None:
     """Print what is said in an audio file."""
     from moksori.audio.wav import load_audio
-    from moksori.providers.base import STTOptions
+    from moksori.providers.long_form import transcribe_long
     from moksori.providers.registry import build_stt, build_vad
-    from moksori.providers.vad_segments import speech_regions
 
     _check_lang(lang)
     settings = load_settings()
@@ -49,18 +48,9 @@ def transcribe(
         ui.step("speech recognition")
         stt = build_stt(settings, progress=ui.progress)
     t0 = time.perf_counter()
-    regions = speech_regions(vad, audio)
-    segments = []
-    language = lang
-    for start, end in regions:
-        piece = audio[int(start * 16000):int(end * 16000)]
-        tr = stt.transcribe_array(piece, STTOptions(language=language)) if hasattr(stt, "transcribe_array") \
-            else asyncio.run(_one(stt, piece, STTOptions(language=language)))
-        language = language or tr.language  # the first region decides for the rest
-        if tr.text.strip():
-            segments.append({"start": round(start, 2), "end": round(end, 2), "text": tr.text.strip()})
+    result = asyncio.run(transcribe_long(stt, vad, audio, language=lang))
     elapsed = time.perf_counter() - t0
-    text = _join([s["text"] for s in segments])
+    text, language, segments = result.text, result.language, result.segments
     duration = len(audio) / 16000
     if as_json:
         typer.echo(json.dumps({
@@ -70,19 +60,6 @@ def transcribe(
         }, ensure_ascii=False, indent=2))
     else:
         typer.echo(text)
-
-
-async def _one(stt, audio, opts):
-    from moksori.providers.base import one_chunk
-
-    final = None
-    async for tr in stt.transcribe(one_chunk(audio), opts):
-        final = tr
-    return final
-
-
-def _join(texts: list[str]) -> str:
-    return re.sub(r"\s+", " ", " ".join(texts)).strip()
 
 
 def guess_language(text: str) -> str:
@@ -109,6 +86,8 @@ def say(
     if not text.strip():
         raise ConfigError("nothing to say: the text is empty")
     language = _check_lang(lang) or guess_language(text)
+    if not out.parent.exists():
+        raise ConfigError(f"output folder does not exist: {out.parent}")
     settings = load_settings()
     if voice and voice.endswith(".onnx"):
         key = "voice_ko" if language == "ko" else "voice_en"
@@ -129,8 +108,6 @@ def say(
     if not frames:
         raise ConfigError("the voice produced no audio for this text")
     audio = concat(frames)
-    if out.parent and not out.parent.exists():
-        raise ConfigError(f"output folder does not exist: {out.parent}")
     write_wav(out, audio)
     err_console.print(f"[green]✓[/] {audio.duration:.2f} s of speech at {audio.rate} Hz -> {out} "
                       f"[dim]({time.perf_counter() - t0:.2f} s)[/]", highlight=False)

@@ -82,7 +82,7 @@ class WhisperSTT(STT):
         lang, p = max(scored, key=lambda kv: kv[1])
         return lang, p / total
 
-    def _decode(self, enc, language: str, n_frames: int, prompt_text: str | None) -> tuple[str, float, float]:
+    def _decode(self, enc, language: str, n_frames: int, prompt_text: str | None) -> "_Decoded":
         tok = self._tokenizer(language)
         prompt = list(tok.sot_sequence)
         if prompt_text:
@@ -94,7 +94,7 @@ class WhisperSTT(STT):
             max_initial_timestamp_index=50)[0]
         ids = res.sequences_ids[0]
         duration = n_frames / 100.0
-        kept: list[int] = []
+        segments: list[str] = []  # text of each timestamped segment that starts inside the audio
         segment: list[int] = []
         seg_start: float | None = None
         for i in ids:
@@ -103,16 +103,15 @@ class WhisperSTT(STT):
                 if seg_start is None:
                     seg_start = t
                 else:
-                    if seg_start < duration - 0.15:
-                        kept.extend(segment)
+                    if seg_start < duration - 0.15 and segment:
+                        segments.append(tok.decode(segment).strip())
                     segment, seg_start = [], None
             elif i < tok.eot:
                 segment.append(i)
         if segment and (seg_start is None or seg_start < duration - 0.15):
-            kept.extend(segment)
-        text = tok.decode(kept).strip()
+            segments.append(tok.decode(segment).strip())
         avg_logprob = res.scores[0] * (len(ids) or 1) / ((len(ids) or 1) + 1) if res.scores else 0.0
-        return text, float(res.no_speech_prob), float(avg_logprob)
+        return _Decoded([s for s in segments if s], float(res.no_speech_prob), float(avg_logprob))
 
     def _transcribe_window(self, audio: np.ndarray, opts: STTOptions) -> Transcript:
         fe = self._wm.feature_extractor
@@ -129,13 +128,15 @@ class WhisperSTT(STT):
                 lang, lang_p = opts.language, 1.0
             else:
                 lang, lang_p = self._detect(enc, allowed)
-            text, no_speech, avg_lp = self._decode(enc, lang, n_frames, opts.prompt)
-            if text and window < FULL_FRAMES and _looks_looped(text):
+            out = self._decode(enc, lang, n_frames, opts.prompt)
+            if out.degenerate and window < FULL_FRAMES:
+                # a short window can make Whisper repeat itself: decode the standard 30 s window
                 feats = fe(audio, padding=160 * FULL_FRAMES)
                 enc = self._encode(feats[:, :FULL_FRAMES])
-                text, no_speech, avg_lp = self._decode(enc, lang, n_frames, opts.prompt)
-        if (no_speech > 0.6 and avg_lp < -1.0) or no_speech > 0.9:
-            text = ""
+                out = self._decode(enc, lang, n_frames, opts.prompt)
+        text, no_speech, avg_lp = out.text(), out.no_speech, out.avg_logprob
+        if (no_speech > 0.6 and avg_lp < -1.0) or no_speech > 0.9 or _looks_looped(text):
+            text = ""  # silence, noise, or a loop that survived the retry: nothing reliable was said
         return Transcript(text=text, language=lang, final=True, audio_seconds=len(audio) / RATE,
                           no_speech_prob=no_speech, language_prob=lang_p)
 
@@ -166,6 +167,35 @@ class WhisperSTT(STT):
         except (RuntimeError, ValueError) as e:
             raise ProviderError(f"whisper failed: {e}", retryable=False, provider=self.name) from e
         yield result
+
+
+class _Decoded:
+    def __init__(self, segments: list[str], no_speech: float, avg_logprob: float) -> None:
+        self.segments, self.no_speech, self.avg_logprob = segments, no_speech, avg_logprob
+
+    @property
+    def repeated(self) -> bool:
+        """A segment that says exactly what an earlier one said: Whisper looping, not the speaker."""
+        seen = set()
+        for seg in self.segments:
+            key = "".join(ch for ch in seg.lower() if ch.isalnum())
+            if key and key in seen:
+                return True
+            seen.add(key)
+        return False
+
+    @property
+    def degenerate(self) -> bool:
+        return self.repeated or _looks_looped(" ".join(self.segments))
+
+    def text(self) -> str:
+        kept, seen = [], set()
+        for seg in self.segments:  # keep the first of any repeated segment
+            key = "".join(ch for ch in seg.lower() if ch.isalnum())
+            if key not in seen:
+                kept.append(seg)
+                seen.add(key)
+        return " ".join(kept).strip()
 
 
 def _looks_looped(text: str) -> bool:

@@ -12,7 +12,8 @@ from moksori.audio.frames import concat
 from moksori.audio.resample import resample
 from moksori.audio.wav import read_wav_bytes, wav_bytes
 from moksori.errors import AudioFormatError, MoksoriError
-from moksori.providers.base import STTOptions, TTSOptions, one_chunk
+from moksori.providers.base import TTSOptions
+from moksori.providers.long_form import transcribe_long
 from moksori.server.auth import extract_key, key_ok
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
@@ -63,13 +64,10 @@ async def transcriptions(request: Request) -> Response:
     audio = resample(frame, 16000).to_float()
     t0 = time.perf_counter()
     try:
-        final = None
-        async for tr in stack.stt.transcribe(one_chunk(audio), STTOptions(language=language)):
-            final = tr
+        result = await transcribe_long(stack.stt, stack.vad, audio, language=language)
     except MoksoriError as e:
         return _err(502, str(e), "transcription_failed")
-    text = final.text if final else ""
-    lang = final.language if final else (language or "en")
+    text, lang = result.text, result.language or language or "en"
     if fmt == "text":
         return PlainTextResponse(text)
     body: dict[str, Any] = {"text": text}
@@ -94,7 +92,10 @@ def _decode_upload(data: bytes, name: str):
     with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".bin") as fh:
         fh.write(data)
         fh.flush()
-        return load_audio(fh.name)
+        try:
+            return load_audio(fh.name)
+        except AudioFormatError as e:  # name the client's file, not our temporary path
+            raise AudioFormatError(str(e).replace(fh.name, name)) from None
 
 
 @router.post("/v1/audio/speech")
