@@ -1,9 +1,296 @@
-"""Telephony routes (Twilio, Telnyx, Plivo, Vonage): being written; see issue 5."""
+"""Telephony routes: phone calls through Twilio, Telnyx, Plivo and Vonage media streams.
+
+    POST /telephony/twilio/voice       Twilio voice webhook -> TwiML <Connect><Stream> (signed)
+    WS   /telephony/twilio/stream      Twilio Media Streams (μ-law 8 kHz)
+    WS   /telephony/telnyx/stream      Telnyx media streaming (PCMU/PCMA 8 kHz, rtp bidirectional mode)
+    WS   /telephony/plivo/stream       Plivo audio streams (bidirectional, μ-law 8 kHz)
+    WS   /telephony/vonage/stream      Vonage Voice API WebSocket (L16 16 kHz)
+    GET|POST /telephony/plivo/transfer Plivo XML dialing a transfer target (the aleg_url of a transfer)
+    GET  /telephony/debug/calls|stats  only with MOKSORI_TELEPHONY_DEBUG=1 (tests)
+
+Every stream must present a stream token made for its call id (`make_stream_token`): the
+Twilio webhook puts it in a `<Parameter name="token">`. For the other carriers, the webhook
+that sets up the stream (your own code) passes it as `token` in Telnyx `custom_parameters`,
+Plivo `extraHeaders` or the Vonage endpoint `headers` (with `call_uuid`), or as `?token=` on
+the stream URL; set `MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import sys
+import time
+from collections import deque
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from moksori.protocols.telephony import codec_for
+from moksori.telephony.call import PhoneCall, normalize_number
+from moksori.telephony.phrases import stack_for_calls, warm_phrases
+from moksori.telephony.signatures import make_stream_token, verify_plivo_v3, verify_twilio
+from moksori.telephony.twiml import connect_stream_twiml, plivo_dial_xml
+
+log = logging.getLogger("moksori.telephony")
+
+CARRIERS = ("twilio", "telnyx", "plivo", "vonage")
+MAX_WEBHOOK_BYTES = 64 * 1024
+RECENT_CALLS = 16
 
 
-def install(app: Any, state: Any) -> None:
-    """Add the telephony routes to the app (none yet)."""
+def _secret_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return text or None
+
+
+class Telephony:
+    """Server-wide telephony state: the stream-token key, the phrase cache, the open calls."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.settings = state.settings
+        configured = _secret_text(self.settings.telephony.stream_secret)
+        self.secret = configured.encode("utf-8") if configured else os.urandom(32)
+        self.stack, self.tts = stack_for_calls(state.stack)
+        self.calls: dict[int, PhoneCall] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
+        self._warm_task: asyncio.Task | None = None
+
+    def warm(self) -> asyncio.Task:
+        if self._warm_task is None:
+            self._warm_task = asyncio.create_task(warm_phrases(self.state.stack, self.settings, self.tts),
+                                                  name="telephony-warm")
+        return self._warm_task
+
+    def public_base(self) -> str | None:
+        url = self.settings.public_url
+        return url.rstrip("/") if url else None
+
+    def stream_url(self, carrier: str) -> str | None:
+        base = self.public_base()
+        if base is None:
+            return None
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://"):]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://"):]
+        return f"{base}/telephony/{carrier}/stream"
+
+    def token(self, call_id: str) -> str:
+        return make_stream_token(self.secret, call_id, now=int(time.time()),
+                                 ttl_s=self.settings.telephony.stream_token_ttl_s)
+
+
+def install(app: FastAPI, state: Any) -> None:
+    """Add the telephony routes to the app."""
+    tel = Telephony(state)
+    app.state.telephony = tel
+
+    original = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any):
+        async with original(a) as value:
+            task = tel.warm()  # the greeting is ready before the first call
+            try:
+                yield value
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    app.router.lifespan_context = lifespan
+
+    # ------------------------------------------------------------------ Twilio webhook
+
+    @app.post("/telephony/twilio/voice")
+    async def twilio_voice(request: Request) -> Response:
+        settings = state.settings
+        auth_token = _secret_text(settings.twilio.auth_token)
+        base = tel.public_base()
+        if not auth_token or base is None:
+            log.error("twilio webhook refused: set MOKSORI_TWILIO_AUTH_TOKEN and MOKSORI_PUBLIC_URL")
+            return PlainTextResponse("telephony is not configured", 503)
+        body = await _body(request)
+        if body is None:
+            return PlainTextResponse("request too large", 413)
+        try:
+            params = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
+        except (UnicodeDecodeError, ValueError):
+            params = None
+        # Host lies behind proxies: the signed URL is the public one, plus our own path and query
+        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signature = request.headers.get("x-twilio-signature")
+        if params is None or not verify_twilio(auth_token, url, params, signature):
+            state.metrics.auth_failures += 1
+            log.warning("twilio webhook: %s signature", "missing" if not signature else "bad")
+            return PlainTextResponse("forbidden", 403)
+        form = dict(params)
+        call_sid = form.get("CallSid", "")
+        if not call_sid:
+            return PlainTextResponse("CallSid is missing", 400)
+        stream_params = {"token": tel.token(call_sid)}
+        for key, name in (("From", "from"), ("To", "to"), ("CallSid", "call_sid")):
+            if form.get(key):
+                stream_params[name] = form[key][:128]
+        try:
+            twiml = connect_stream_twiml(tel.stream_url("twilio") or "", stream_params)
+        except ValueError:  # a number with characters XML cannot carry
+            twiml = connect_stream_twiml(tel.stream_url("twilio") or "", {"token": stream_params["token"]})
+        tel.warm()
+        return Response(twiml, media_type="application/xml")
+
+    # ------------------------------------------------------------------ Plivo transfer XML
+
+    @app.api_route("/telephony/plivo/transfer", methods=["GET", "POST"])
+    async def plivo_transfer(request: Request) -> Response:
+        auth_token = _secret_text(state.settings.plivo.auth_token)
+        base = tel.public_base()
+        if not auth_token or base is None:
+            return PlainTextResponse("telephony is not configured", 503)
+        body = await _body(request)
+        if body is None:
+            return PlainTextResponse("request too large", 413)
+        params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=200) \
+            if request.method == "POST" else []
+        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        ok = verify_plivo_v3(auth_token, url, request.headers.get("x-plivo-signature-v3-nonce"),
+                             request.headers.get("x-plivo-signature-v3"), params, method=request.method)
+        if not ok:
+            state.metrics.auth_failures += 1
+            return PlainTextResponse("forbidden", 403)
+        number = normalize_number(request.query_params.get("to"))
+        allowed = {normalize_number(n) for n in state.settings.telephony.transfer_numbers}
+        if number not in allowed:
+            return PlainTextResponse("not an allowed transfer number", 403)
+        return Response(plivo_dial_xml(number), media_type="application/xml")
+
+    # ------------------------------------------------------------------ media streams
+
+    for carrier in CARRIERS:
+        _add_stream_route(app, state, tel, carrier)
+
+    # ------------------------------------------------------------------ debug (tests only)
+
+    @app.get("/telephony/debug/calls")
+    async def debug_calls() -> JSONResponse:
+        if not state.settings.telephony.debug:
+            return JSONResponse({"error": "not found"}, 404)
+        return JSONResponse({"active": [c.summary() for c in tel.calls.values()], "recent": list(tel.recent)})
+
+    @app.get("/telephony/debug/stats")
+    async def debug_stats() -> JSONResponse:
+        if not state.settings.telephony.debug:
+            return JSONResponse({"error": "not found"}, 404)
+        from moksori.engine.session import Session
+
+        await asyncio.sleep(0)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, (Session, PhoneCall))]
+        return JSONResponse({
+            "tasks": len(asyncio.all_tasks()), "rss_kb": _rss_kb(), "active_calls": len(tel.calls),
+            "sessions": state.sessions, "warm": tel._warm_task is not None and tel._warm_task.done(),
+            "live_sessions": sum(isinstance(o, Session) for o in alive),
+            "live_calls": sum(isinstance(o, PhoneCall) for o in alive),
+            "py_blocks": sys.getallocatedblocks(),
+        })
+
+
+def _add_stream_route(app: FastAPI, state: Any, tel: Telephony, carrier: str) -> None:
+    @app.websocket(f"/telephony/{carrier}/stream")
+    async def stream(ws: WebSocket) -> None:
+        await serve_stream(ws, state, tel, carrier)
+
+
+async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) -> None:
+    if state.sessions >= state.settings.server.max_sessions:
+        await ws.close(code=1013, reason="too many sessions")
+        return
+    await ws.accept()
+    codec = codec_for(carrier)
+    counted = False
+
+    async def send(wire: str | bytes) -> None:
+        if isinstance(wire, bytes):
+            await ws.send_bytes(wire)
+        else:
+            await ws.send_text(wire)
+
+    def on_session(call: PhoneCall) -> None:
+        nonlocal counted
+        counted = True
+        state.sessions += 1
+        state.metrics.sessions_total += 1
+        tel.calls[id(call)] = call
+        if call.session is not None:
+            call.session.bus.listen(state.metrics.observe_session())
+        tel.warm()
+
+    call = PhoneCall(carrier, codec, stack=tel.stack, settings=state.settings, send=send, secret=tel.secret,
+                     url_token=ws.query_params.get("token"), on_session=on_session)
+    reader = asyncio.create_task(_read(ws, call), name=f"{carrier}-call-read")
+    ended = asyncio.create_task(call.ended.wait(), name=f"{carrier}-call-ended")
+    try:
+        await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (reader, ended):
+            t.cancel()
+        await asyncio.gather(reader, ended, return_exceptions=True)
+        if counted and state.settings.telephony.debug:
+            tel.recent.append(call.summary())
+        await call.close()
+        tel.calls.pop(id(call), None)
+        if counted:
+            state.sessions -= 1
+        if call.info is not None:
+            log.info("%s call %s ended: %s", carrier, call.info.call_id[:64], call.end_reason)
+        with contextlib.suppress(Exception):
+            await ws.close(code=call.close_code)
+
+
+async def _read(ws: WebSocket, call: PhoneCall) -> None:
+    try:
+        while not call.ended.is_set():
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                call.end("carrier_hung_up")
+                return
+            data = msg.get("text")
+            if data is None:
+                data = msg.get("bytes") or b""
+            await call.feed(data)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken socket ends the call, never the server
+        log.info("%s stream read failed: %s", call.carrier, type(e).__name__)
+        call.end("socket_error")
+
+
+async def _body(request: Request) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_WEBHOOK_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
