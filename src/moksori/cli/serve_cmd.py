@@ -44,3 +44,7 @@ def serve(
         server.run()
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    except SystemExit:
+        pass
+    if not server.started:
+        raise ConfigError(f"cannot listen on {host}:{port} (is the address in use?)")

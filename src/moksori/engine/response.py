@@ -278,6 +278,9 @@ class Response:
             if remote or not local:
                 break
             stop_after = False
+            # Tools can have effects (hang up, transfer, book...): never run one for a reply
+            # that is still speculative. If the user goes on talking, this reply is cancelled here.
+            await self._wait_release()
             for call in local:
                 tool = s.toolbox.get(call.name)
                 self.function_calls.append(call)
