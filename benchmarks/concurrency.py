@@ -40,7 +40,7 @@ from pathlib import Path
 
 PROBE_ENV = "MOKSORI_BENCH_LAG_PROBE"
 RATE = 24000
-CHUNK_MS = 40
+CHUNK_MS = int(os.environ.get("MOKSORI_BENCH_CHUNK_MS", "40"))  # --chunk-ms sets it
 LAG_LIMIT_MS = 20.0
 SLOTS = 8  # send phases per 40 ms period (5 ms apart)
 
@@ -246,7 +246,7 @@ async def ramp(args, port: int, server_pid: int) -> dict:
         await clients.close()
     return {"summary": {"max_sessions_p99_lag_under_20ms": best, "idle_lag": idle, "window_s": args.window,
                         "levels": args.levels, "cpu_count": os.cpu_count(),
-                        "what": "idle-listening sessions (silence, 40 ms appends at real time), fake models, "
+                        "what": f"idle-listening sessions (silence, {CHUNK_MS} ms appends at real time), fake models, "
                                 "one uvicorn process (websockets-sansio); clients in a separate process, one loop"},
             "rows": rows}
 
@@ -269,9 +269,12 @@ def free_port() -> int:
 
 
 def main() -> None:
+    global CHUNK_MS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--chunk-ms", type=int, default=CHUNK_MS, help="audio per append (40 ms like the browser app; "
+                    "the OpenAI SDK examples send ~100 ms)")
     ap.add_argument("--levels", default="50,100,200,300,400,500,600,800",
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--window", type=float, default=10.0, help="seconds of lag sampling per level")
@@ -279,6 +282,7 @@ def main() -> None:
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first level over the limit")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    CHUNK_MS = args.chunk_ms
     if args.serve:
         serve(args.port)
         return

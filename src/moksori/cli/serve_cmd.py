@@ -48,3 +48,4 @@ def serve(
         pass
     if not server.started:
         raise ConfigError(f"cannot listen on {host}:{port} (is the address in use?)")
+

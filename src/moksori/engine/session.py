@@ -38,7 +38,8 @@ from moksori.providers.registry import Stack
 log = logging.getLogger("moksori.session")
 
 VAD_RATE = 16000
-RING_SECONDS = 40.0
+RING_SECONDS = 40.0  # audio kept while a turn is in progress (max turn + prefix padding)
+IDLE_KEEP_SECONDS = 1.0  # while nobody speaks: enough for the prefix padding of the next turn
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Session:
         rs = self._resamplers.get(frame.rate)
         if rs is None:
             rs = self._resamplers[frame.rate] = StreamResampler(frame.rate, VAD_RATE)
-        x = rs.process(frame.samples).astype(np.float32) / 32768.0
+        x = np.multiply(rs.process(frame.samples), 1.0 / 32768.0, dtype=np.float32)
         if len(x) == 0:
             return
         now = self.clock.now()
@@ -181,7 +182,10 @@ class Session:
     def _remember(self, t0: float, t1: float, chunk: np.ndarray) -> None:
         self._ring.append((t0, t1, chunk))
         self._ring_samples += len(chunk)
-        while self._ring_samples > RING_SECONDS * VAD_RATE:
+        # An idle session keeps ~1 s, not 40 s: with hundreds of listening sessions the full ring
+        # cost 2.5 MB each and gave the garbage collector ~1,000 objects per session to walk.
+        keep = RING_SECONDS if self.taker.state != "idle" else IDLE_KEEP_SECONDS
+        while self._ring_samples > keep * VAD_RATE:
             self._ring_samples -= len(self._ring.popleft()[2])
 
     def audio_between(self, t0: float, t1: float) -> np.ndarray:
@@ -199,7 +203,7 @@ class Session:
             turn_id = self.taker.turn_id
             self.taker.turn_id += 1
             spec = self._new_spec(turn_id, 0, now - len(audio) / VAD_RATE, now)
-            spec.audio = audio
+            spec.audio = audio  # manual mode: the whole buffer since the last commit
             self.publish("user.turn_ended", {"turn_id": turn_id, "item_id": spec.item_id, "reason": "commit"})
             self._release(spec)
             self._start_spec(spec)
@@ -221,6 +225,8 @@ class Session:
     # ================================================================== turn actions
 
     def _handle(self, actions: list[T.Action]) -> None:
+        if not actions:
+            return
         for a in actions:
             if isinstance(a, T.SpeechStarted):
                 item_id = self._user_item_ids.setdefault(a.turn_id, new_id("item"))
@@ -262,6 +268,8 @@ class Session:
     def _new_spec(self, turn_id: int, spec_id: int, onset: float, voice_end: float) -> Speculation:
         item_id = self._user_item_ids.setdefault(turn_id, new_id("item"))
         spec = Speculation(turn_id, spec_id, onset, voice_end, item_id)
+        # take the turn's audio now: the ring is trimmed once the turn is over
+        spec.audio = self.audio_between(onset - self.cfg.turn.prefix_padding_ms / 1000, self.clock.now())
         self._specs[(turn_id, spec_id)] = spec
         return spec
 
@@ -284,9 +292,7 @@ class Session:
     async def _speculate(self, spec: Speculation) -> None:
         key = (spec.turn_id, spec.spec_id)
         try:
-            audio = spec.audio if spec.audio is not None else self.audio_between(
-                spec.onset - self.cfg.turn.prefix_padding_ms / 1000, self.clock.now())
-            spec.audio = audio
+            audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
             self._spec_emit(spec, "stt.started", {"audio_s": round(len(audio) / VAD_RATE, 3)})
             lang = None if self.cfg.language == "auto" else self.cfg.language
             final: Transcript | None = None

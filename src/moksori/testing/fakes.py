@@ -52,7 +52,8 @@ class EnergyVAD(VAD):
 
         class _S:
             def __call__(self, frame: np.ndarray) -> float:
-                rms = float(np.sqrt(np.mean(frame.astype(np.float32) ** 2))) if len(frame) else 0.0
+                f = frame.astype(np.float32, copy=False)
+                rms = (float(np.dot(f, f)) / len(f)) ** 0.5 if len(f) else 0.0
                 return 0.95 if rms >= threshold else 0.02
 
             def reset(self) -> None:

@@ -89,7 +89,7 @@ class AudioFormat:
         if len(raw) % 2:
             raise ProtocolError(f"pcm16 audio must have an even number of bytes, got {len(raw)}",
                                 code="invalid_value", param=param)
-        return Frame(np.frombuffer(raw, dtype="<i2").astype(np.int16), self.rate)
+        return Frame(np.frombuffer(raw, dtype="<i2").astype(np.int16, copy=False), self.rate)
 
     def encode(self, frame: Frame) -> str:
         """A :class:`Frame` already at ``self.rate`` -> base64 in this format."""
