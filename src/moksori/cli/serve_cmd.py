@@ -30,8 +30,9 @@ def serve(
     if not is_loopback(host) and not keys:
         raise ConfigError(f"refusing to listen on {host} without API keys",
                           hint="set MOKSORI_API_KEYS (comma-separated) or MOKSORI_API_KEYS_FILE, or bind 127.0.0.1")
-    stack = load_stack(settings)
-    application = create_app(settings, stack)
+    stack = load_stack(settings, warm=False)
+    err_console.print("[dim]warming up the models…[/]")
+    application = create_app(settings, stack, warm=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     err_console.print(f"[bold green]Moksori is listening[/] on http://{shown}:{port}  "
                       f"(browser app: http://{shown}:{port}/ , Realtime: ws://{shown}:{port}/v1/realtime)"

@@ -358,7 +358,8 @@ class Session:
             self.last_language = tr.language
         self.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language))
         self.publish("user.transcript", {"turn_id": spec.turn_id, "item_id": spec.item_id, "text": tr.text,
-                                         "language": tr.language, "final": True})
+                                         "language": tr.language, "final": True,
+                                         "audio_s": round(len(spec.audio) / VAD_RATE, 3) if spec.audio is not None else 0.0})
         self.publish("user.committed", {"turn_id": spec.turn_id, "item_id": spec.item_id,
                                         "previous_item_id": self.memory.previous_id(spec.item_id)})
         self._settle_after_user_turn(spec)

@@ -39,12 +39,19 @@ class ServerState:
         return bool(self.keys)
 
 
-def create_app(settings: Settings, stack: Stack) -> FastAPI:
-    """Models are loaded by the caller (once per process) and shared by every session."""
+def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastAPI:
+    """Models are loaded by the caller (once per process) and shared by every session.
+
+    `warm=True` pays the first-inference costs at startup, inside the server's own event loop
+    (a remote provider's HTTP client then belongs to the loop that will use it)."""
     state = ServerState(settings, stack)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if warm:
+            from moksori.engine.prompts import system_prompt
+
+            await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
         tune_gc()
         yield
         await asyncio.sleep(0)

@@ -367,7 +367,8 @@ class RealtimeConnection:
             if self.cfg.input_transcription is not None or self.transcription_only:
                 if d["text"]:
                     self.send(ev.input_audio_transcription_delta(d["item_id"], 0, d["text"]))
-                self.send(ev.input_audio_transcription_completed(d["item_id"], 0, d["text"]))
+                self.send(ev.input_audio_transcription_completed(d["item_id"], 0, d["text"],
+                                                                 audio_seconds=float(d.get("audio_s") or 0.0)))
             item = self.session.memory.get(d["item_id"])
             if item is not None:
                 self.send(ev.conversation_item_done(self._item_wire(item), self.session.memory.previous_id(item.id)))
