@@ -132,6 +132,7 @@ class PlivoSettings(BaseModel):
 class VonageSettings(BaseModel):
     application_id: str | None = None
     private_key: SecretStr | None = None  # PEM text, or a path to it
+    signature_secret: SecretStr | None = None  # signed webhooks (HS256): required by the answer URL
     api_base: str = "https://api.nexmo.com"
 
 

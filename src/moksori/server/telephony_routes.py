@@ -1,6 +1,8 @@
 """Telephony routes: phone calls through Twilio, Telnyx, Plivo and Vonage media streams.
 
     POST /telephony/twilio/voice       Twilio voice webhook -> TwiML <Connect><Stream> (signed)
+    GET|POST /telephony/plivo/answer   Plivo answer URL -> <Stream> XML (signed; telephony_answer.py)
+    GET|POST /telephony/vonage/answer  Vonage answer URL -> NCCO websocket connect (signed)
     WS   /telephony/twilio/stream      Twilio Media Streams (μ-law 8 kHz)
     WS   /telephony/telnyx/stream      Telnyx media streaming (PCMU/PCMA 8 kHz, rtp bidirectional mode)
     WS   /telephony/plivo/stream       Plivo audio streams (bidirectional, μ-law 8 kHz)
@@ -9,10 +11,10 @@
     GET  /telephony/debug/calls|stats  only with MOKSORI_TELEPHONY_DEBUG=1 (tests)
 
 Every stream must present a stream token made for its call id (`make_stream_token`): the
-Twilio webhook puts it in a `<Parameter name="token">`. For the other carriers, the webhook
-that sets up the stream (your own code) passes it as `token` in Telnyx `custom_parameters`,
-Plivo `extraHeaders` or the Vonage endpoint `headers` (with `call_uuid`), or as `?token=` on
-the stream URL; set `MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key.
+Twilio webhook puts it in a `<Parameter name="token">`, the Plivo and Vonage answer URLs in
+`extraHeaders` / the NCCO endpoint `headers`. For Telnyx, the code that starts the stream passes
+it as `token` in `custom_parameters` or as `?token=` on the stream URL; set
+`MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key.
 """
 
 from __future__ import annotations
@@ -172,6 +174,12 @@ def install(app: FastAPI, state: Any) -> None:
         if number not in allowed:
             return PlainTextResponse("not an allowed transfer number", 403)
         return Response(plivo_dial_xml(number), media_type="application/xml")
+
+    # ------------------------------------------------------------------ Plivo / Vonage answer URLs
+
+    from moksori.server.telephony_answer import install_answers
+
+    install_answers(app, state, tel)
 
     # ------------------------------------------------------------------ media streams
 

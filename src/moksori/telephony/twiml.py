@@ -59,6 +59,35 @@ def plivo_dial_xml(number: str, *, caller_id: str | None = None, declaration: bo
     return _render(response, declaration)
 
 
+def plivo_stream_xml(stream_url: str, extra_headers: Mapping[str, str] | None = None, *,
+                     declaration: bool = True) -> str:
+    """Plivo XML for an answer URL: a bidirectional μ-law 8 kHz audio stream to `stream_url`.
+
+    `extra_headers` reach the stream's `start` event (Plivo's "k=v,k=v" attribute)."""
+    if not stream_url:
+        raise ValueError("the stream URL is empty")
+    attrs = {"bidirectional": "true", "keepCallAlive": "true", "contentType": "audio/x-mulaw;rate=8000"}
+    if extra_headers:
+        for k, v in extra_headers.items():
+            if any(ch in f"{k}{v}" for ch in ",;="):
+                raise ValueError("extra header names and values cannot contain ',', ';' or '='")
+        attrs["extraHeaders"] = _check(",".join(f"{k}={v}" for k, v in extra_headers.items()))
+    response = ET.Element("Response")
+    ET.SubElement(response, "Stream", attrs).text = _check(stream_url)
+    return _render(response, declaration)
+
+
+def vonage_stream_ncco(stream_url: str, headers: Mapping[str, str] | None = None, *, rate: int = 16000) -> list[dict]:
+    """A Vonage NCCO for an answer URL: connect the call to a WebSocket (L16 at `rate`).
+
+    `headers` arrive in the stream's first `websocket:connected` message."""
+    if not stream_url:
+        raise ValueError("the stream URL is empty")
+    endpoint = {"type": "websocket", "uri": stream_url, "content-type": f"audio/l16;rate={rate}",
+                "headers": dict(headers or {})}
+    return [{"action": "connect", "endpoint": [endpoint]}]
+
+
 def _check(value: str) -> str:
     bad = _XML_INVALID.search(value)
     if bad:
