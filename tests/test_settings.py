@@ -1,0 +1,53 @@
+"""Settings: environment over TOML over defaults, grouped names, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from moksori.errors import ConfigError
+from moksori.settings import load_settings
+
+
+def test_environment_names_reach_the_groups(monkeypatch) -> None:
+    monkeypatch.setenv("MOKSORI_LLM_MODEL", "/models/big.gguf")
+    monkeypatch.setenv("MOKSORI_TURN_SILENCE_DURATION_MS", "650")
+    monkeypatch.setenv("MOKSORI_TWILIO_AUTH_TOKEN", "tok")
+    monkeypatch.setenv("MOKSORI_API_KEYS", "k1, k2")
+    monkeypatch.setenv("MOKSORI_PUBLIC_URL", "https://voice.example.com")
+    s = load_settings()
+    assert s.llm.model == "/models/big.gguf"
+    assert s.turn.silence_duration_ms == 650
+    assert s.twilio.auth_token.get_secret_value() == "tok"
+    assert s.api_keys == ["k1", "k2"]
+    assert s.public_url == "https://voice.example.com"
+
+
+def test_toml_file_and_environment_precedence(tmp_path, monkeypatch) -> None:
+    cfg = tmp_path / "moksori.toml"
+    cfg.write_text('language = "ko"\n[llm]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                   '[turn]\neagerness = "low"\n', encoding="utf-8")
+    monkeypatch.setenv("MOKSORI_CONFIG", str(cfg))
+    monkeypatch.setenv("MOKSORI_TURN_EAGERNESS", "high")  # the environment wins over the file
+    s = load_settings()
+    assert s.language == "ko" and s.llm.provider == "openai" and s.llm.base_url == "http://127.0.0.1:9/v1"
+    assert s.turn.eagerness == "high"
+
+
+def test_bad_values_are_one_line_errors(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("MOKSORI_TURN_THRESHOLD", "1.7")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "turn.threshold" in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.delenv("MOKSORI_TURN_THRESHOLD")
+    monkeypatch.setenv("MOKSORI_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="not a file"):
+        load_settings()
+
+
+def test_api_keys_file(tmp_path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# comment\nalpha\n\n beta \n", encoding="utf-8")
+    s = load_settings(api_keys=["gamma"], api_keys_file=keys)
+    assert s.all_api_keys() == ["gamma", "alpha", "beta"]
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(api_keys_file=tmp_path / "nope.txt").all_api_keys()
