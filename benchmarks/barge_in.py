@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
-MIN_SPEECH_MS = int(__import__("os").environ.get("MOKSORI_TURN_INTERRUPT_MIN_SPEECH_MS", "160"))
 INTERRUPTERS = ["en/en_002.wav", "en/en_005.wav", "en/en_007.wav", "en/en_028.wav", "tel/tel_005.wav"]
 
 
@@ -71,7 +70,8 @@ async def run(reps: int) -> dict:
     from moksori.providers.registry import build_stack
     from moksori.settings import load_settings
 
-    settings = load_settings(llm={"max_tokens": 200}, turn={"interrupt_min_speech_ms": MIN_SPEECH_MS},
+    # long replies, so that there is a reply to talk over; the barge-in rule is the configured one
+    settings = load_settings(llm={"max_tokens": 200},
                              agent={"instructions": "Answer with a long, detailed paragraph of at least five sentences."})
     stack = build_stack(settings)
     await stack.warm(system_prompt(None, stack.llm.caps.languages))

@@ -129,6 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="ENV=VALUE", help="extra server environment")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     env = {"MOKSORI_LANGUAGE": "en", "MOKSORI_TELEPHONY_STREAM_SECRET": SECRET, "MOKSORI_TELEPHONY_DEBUG": "1",
            "MOKSORI_CONFIG": "", "PYTHONUNBUFFERED": "1"}
@@ -166,6 +167,14 @@ def main() -> None:
           f"max {1000 * max(greet):.0f} ms")
     print(f"reference: Pipecat 1.14, same models and protocol, p50 {PIPECAT_P50_S:.2f} s "
           f"-> Moksori p50 is {PIPECAT_P50_S / statistics.median(lat):.1f}x faster")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "what": "Twilio media stream, simulated carrier: end of caller speech -> first reply media frame",
+            "p50_s": round(pct(lat, 0.5), 3), "p95_s": round(pct(lat, 0.95), 3), "n": len(lat),
+            "server_p50_s": round(pct(server, 0.5), 3) if server else None,
+            "server_p95_s": round(pct(server, 0.95), 3) if server else None,
+            "greeting_p50_ms": round(1000 * pct(greet, 0.5)), "greeting_max_ms": round(1000 * max(greet)),
+            "pipecat_p50_s": PIPECAT_P50_S, "rows": rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":

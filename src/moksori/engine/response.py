@@ -75,6 +75,7 @@ class Response:
     _clauses_queued: int = 0
     _pending_items: list[Item] = field(default_factory=list)
     _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     heard: str | None = None
 
@@ -94,6 +95,7 @@ class Response:
         if self.released or self.status in ("cancelled", "failed"):
             return
         self.released = True
+        self._released.set()
         if self.status == "pending":
             self.status = "in_progress"
         s = self.session
@@ -197,8 +199,7 @@ class Response:
                 tts_task.cancel()
 
     async def _wait_release(self) -> None:
-        while not self.released:
-            await asyncio.sleep(0.01)
+        await self._released.wait()
 
     def _finish_public(self, reason: str | None = None) -> None:
         if self.done.is_set():

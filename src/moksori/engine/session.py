@@ -56,6 +56,7 @@ class Speculation:
     held: list[tuple[str, float, dict]] = field(default_factory=list)
     committed: bool = False
     audio: np.ndarray | None = None
+    audio_s: float = 0.0
 
 
 class Session:
@@ -117,9 +118,9 @@ class Session:
 
     def _update_state(self) -> None:
         user = self.taker.state
-        if user == "speaking" and self.taker._confirmed:  # noqa: SLF001
+        if user == "speaking" and self.taker.confirmed:
             new = "user_speaking"
-        elif user == "paused" and self.taker._confirmed:  # noqa: SLF001
+        elif user == "paused" and self.taker.confirmed:
             new = "user_paused"
         elif self.speaker.audible:
             new = "speaking"
@@ -219,7 +220,7 @@ class Session:
         self.speaker.hold = False
         if self.taker.state != "idle":
             self._cancel_specs(self.taker.turn_id)
-            self.taker._reset()  # noqa: SLF001
+            self.taker.reset()
         self._update_state()
 
     # ================================================================== turn actions
@@ -262,6 +263,16 @@ class Session:
             self._release(spec)
         for key in [k for k in self._specs if k[0] == a.turn_id and k != (spec.turn_id, spec.spec_id)]:
             self._cancel_spec(key)
+        self._forget_old_turns(a.turn_id)
+
+    def _forget_old_turns(self, turn_id: int) -> None:
+        """Finished speculations and item ids of earlier turns are no longer needed."""
+        for key in [k for k in self._specs if k[0] < turn_id]:
+            spec = self._specs[key]
+            if spec.task is None or spec.task.done():
+                del self._specs[key]
+        for old in [t for t in self._user_item_ids if t < turn_id - 1]:
+            del self._user_item_ids[old]
 
     # ================================================================== speculation
 
@@ -325,6 +336,9 @@ class Session:
             if spec.released:
                 spec.transcript = spec.transcript or Transcript("", self.last_language, True)
                 self._commit_user(spec)
+        finally:
+            spec.audio_s = len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0
+            spec.audio = None  # transcribed and judged: let the turn's audio go
 
     def _start_spec_response(self, spec: Speculation) -> None:
         assert spec.transcript is not None
@@ -359,7 +373,8 @@ class Session:
         self.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language))
         self.publish("user.transcript", {"turn_id": spec.turn_id, "item_id": spec.item_id, "text": tr.text,
                                          "language": tr.language, "final": True,
-                                         "audio_s": round(len(spec.audio) / VAD_RATE, 3) if spec.audio is not None else 0.0})
+                                         "audio_s": round(spec.audio_s or (len(spec.audio) / VAD_RATE
+                                                                           if spec.audio is not None else 0.0), 3)})
         self.publish("user.committed", {"turn_id": spec.turn_id, "item_id": spec.item_id,
                                         "previous_item_id": self.memory.previous_id(spec.item_id)})
         self._settle_after_user_turn(spec)

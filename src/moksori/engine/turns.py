@@ -144,6 +144,11 @@ class TurnTaker:
     _text_cue: TextCue | None = None
     _candidate_agent_speaking: bool = False
 
+    @property
+    def confirmed(self) -> bool:
+        """The current candidate has lasted long enough to be speech."""
+        return self._confirmed
+
     # -------------------------------------------------------------- inputs
 
     def on_frame(self, t_start: float, t_end: float, prob: float) -> list[Action]:
@@ -248,6 +253,10 @@ class TurnTaker:
                 return [TurnEnded(tid, self.spec_id, t, t, t, "commit")]
             return []
         return self._end(t, "commit")
+
+    def reset(self) -> None:
+        """Drop whatever speech is in progress (the client cleared its input buffer)."""
+        self._reset()
 
     def set_agent_speaking(self, speaking: bool) -> None:
         self.agent_speaking = speaking
