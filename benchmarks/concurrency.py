@@ -38,20 +38,14 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+
 PROBE_ENV = "MOKSORI_BENCH_LAG_PROBE"
 RATE = 24000
 CHUNK_MS = int(os.environ.get("MOKSORI_BENCH_CHUNK_MS", "40"))  # --chunk-ms sets it
 LAG_LIMIT_MS = 20.0
 SLOTS = 8  # send phases per 40 ms period (5 ms apart)
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 # --------------------------------------------------------------------------- server side (--serve)

@@ -19,18 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def overrides(pairs: list[str]) -> dict:

@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+
 HERE = Path(__file__).resolve().parent
 SPEECH = Path(os.environ.get("MOKSORI_SPEECH_DIR") or HERE.parent.parent / "shared" / "speech")
 NAMES = [f"en_00{i}" for i in range(1, 6)]
@@ -46,14 +48,6 @@ EVENT_STAGE = {
     "response.output_audio.delta": "first_audio",
 }
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def manifest() -> dict[str, dict]:

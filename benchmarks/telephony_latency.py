@@ -39,18 +39,12 @@ from carrier_sim import CarrierSim  # noqa: E402
 from servers import ServerProcess, free_port  # noqa: E402
 from speech import utt  # noqa: E402
 
+from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+
 PIPECAT_P50_S = 3.38
 SECRET = "benchmark-stream-secret"
 UTTERANCES = [f"en_{i:03d}" for i in range(1, 6)] + [f"tel_{i:03d}" for i in range(1, 11)]
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def get_json(base: str, path: str) -> dict:

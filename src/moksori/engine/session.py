@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler
 from moksori.engine import turns as T
+from moksori.engine.audio_ring import AudioRing
 from moksori.engine.clock import Clock, LoopClock
 from moksori.engine.config import SessionConfig
 from moksori.engine.endpointing import text_cue
@@ -40,6 +40,9 @@ log = logging.getLogger("moksori.session")
 VAD_RATE = 16000
 RING_SECONDS = 40.0  # audio kept while a turn is in progress (max turn + prefix padding)
 IDLE_KEEP_SECONDS = 1.0  # while nobody speaks: enough for the prefix padding of the next turn
+# Manual mode keeps everything since the last commit, up to this; transports set a lower limit
+# and tell the client (Realtime: input_audio_buffer_full) before this one is ever reached.
+MANUAL_MAX_SECONDS = 300.0
 
 
 @dataclass
@@ -77,9 +80,9 @@ class Session:
         self._frame_len = stack.vad.caps.frame_samples
         self._resamplers: dict[int, StreamResampler] = {}
         self._pending = np.zeros(0, dtype=np.float32)
-        self._ring: deque[tuple[float, float, np.ndarray]] = deque()
-        self._ring_samples = 0
+        self._ring = AudioRing()
         self._manual: list[np.ndarray] = []
+        self._manual_samples = 0
         self._specs: dict[tuple[int, int], Speculation] = {}
         self._responses: dict[str, Response] = {}
         self._user_item_ids: dict[int, str] = {}
@@ -172,26 +175,22 @@ class Session:
             t_start = t_end - n / VAD_RATE
             self._remember(t_start, t_end, chunk)
             if self.cfg.turn.mode == "manual":
-                self._manual.append(chunk)
-                if sum(len(c) for c in self._manual) > RING_SECONDS * VAD_RATE:
-                    self._manual.pop(0)
+                if self._manual_samples + len(chunk) <= MANUAL_MAX_SECONDS * VAD_RATE:
+                    self._manual.append(chunk)
+                    self._manual_samples += len(chunk)
                 continue
             prob = self._vad(chunk)
             self._handle(self.taker.on_frame(t_start, t_end, prob))
         self._arm_deadline()
 
     def _remember(self, t0: float, t1: float, chunk: np.ndarray) -> None:
-        self._ring.append((t0, t1, chunk))
-        self._ring_samples += len(chunk)
         # An idle session keeps ~1 s, not 40 s: with hundreds of listening sessions the full ring
         # cost 2.5 MB each and gave the garbage collector ~1,000 objects per session to walk.
         keep = RING_SECONDS if self.taker.state != "idle" else IDLE_KEEP_SECONDS
-        while self._ring_samples > keep * VAD_RATE:
-            self._ring_samples -= len(self._ring.popleft()[2])
+        self._ring.append(t0, t1, chunk, keep_s=keep)
 
     def audio_between(self, t0: float, t1: float) -> np.ndarray:
-        parts = [c for (a, b, c) in self._ring if b > t0 and a < t1]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return self._ring.between(t0, t1)
 
     def commit(self) -> str | None:
         """End the user's turn now (manual mode, or Realtime `input_audio_buffer.commit`)."""
@@ -200,7 +199,7 @@ class Session:
             if not self._manual:
                 return None
             audio = np.concatenate(self._manual)
-            self._manual = []
+            self._manual, self._manual_samples = [], 0
             turn_id = self.taker.turn_id
             self.taker.turn_id += 1
             spec = self._new_spec(turn_id, 0, now - len(audio) / VAD_RATE, now)
@@ -215,7 +214,7 @@ class Session:
         return self._user_item_ids.get(ended[0].turn_id) if ended else None
 
     def clear_input(self) -> None:
-        self._manual = []
+        self._manual, self._manual_samples = [], 0
         self._pending = np.zeros(0, dtype=np.float32)
         self.speaker.hold = False
         if self.taker.state != "idle":

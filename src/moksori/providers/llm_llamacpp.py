@@ -25,7 +25,6 @@ from moksori.providers.base import (
     ChatRequest,
     LLMCaps,
     Message,
-    TextDelta,
     ToolCallEvent,
     Usage,
 )

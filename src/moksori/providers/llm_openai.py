@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from moksori.errors import ConfigError, ProviderError, ProviderTimeout, is_retryable_status
+from moksori.errors import ConfigError, ProviderError, is_retryable_status
 from moksori.providers._sse import SSEError, aiter_sse
+from moksori.providers.http import check_base_url, host_of, status_error, transport_error, truncate
 from moksori.providers.base import (
     LLM,
     ChatDone,
@@ -39,42 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROVIDER = "openai"
-_MAX_ERROR_CHARS = 300
 _RETRYABLE_ERROR_TYPES = ("server_error", "internal_server_error", "overloaded_error", "rate_limit_error", "timeout")
-
-
-def _truncate(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _error_message(raw: bytes) -> str:
-    """The human part of an error body: OpenAI `error.message`, FastAPI `detail`, or the text."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return _truncate(text) or "(empty body)"
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return _truncate(err["message"])
-        if isinstance(err, str):
-            return _truncate(err)
-        for key in ("message", "detail"):
-            if isinstance(body.get(key), str):
-                return _truncate(body[key])
-    return _truncate(text)
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare for APIs; the backoff policy decides instead
 
 
 def _message(m: Message) -> dict[str, Any]:
@@ -159,7 +125,7 @@ def _stream_error(obj: dict[str, Any], host: str) -> ProviderError:
     else:
         retryable = isinstance(etype, str) and etype in _RETRYABLE_ERROR_TYPES
     return ProviderError(
-        f"{host} reported an error mid-stream: {_truncate(str(message or err))}",
+        f"{host} reported an error mid-stream: {truncate(str(message or err))}",
         retryable=retryable, status=status, provider=PROVIDER,
     )
 
@@ -181,14 +147,7 @@ class OpenAICompatLLM(LLM):
         client: httpx.AsyncClient | None = None,
         include_usage: bool = True,
     ) -> None:
-        if not base_url:
-            raise ConfigError("an OpenAI-compatible LLM needs a base_url", hint="e.g. http://127.0.0.1:8080/v1")
-        try:
-            url = httpx.URL(base_url)
-        except httpx.InvalidURL as e:
-            raise ConfigError(f"invalid LLM base_url: {e}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"LLM base_url must be an http(s) URL, got {url.scheme or 'no'} scheme")
+        url = check_base_url(base_url, "LLM")
         self._base = url
         self.base_url = str(url.copy_with(path=url.path.rstrip("/") or "/")).rstrip("/")
         self.model = model
@@ -200,7 +159,7 @@ class OpenAICompatLLM(LLM):
         self._owns_client = client is None
         self.include_usage = include_usage
         self.azure = ".openai.azure.com" in (url.host or "")
-        self._host = url.host + (f":{url.port}" if url.port else "")
+        self._host = host_of(url)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAICompatLLM(base_url={self._host!r}, model={self.model!r})"
@@ -267,26 +226,10 @@ class OpenAICompatLLM(LLM):
     # ------------------------------------------------------------------ errors
 
     def _status_error(self, resp: httpx.Response, raw: bytes) -> ProviderError:
-        status = resp.status_code
-        hint = "check llm.api_key" if status in (401, 403) else None
-        err = ProviderError(
-            f"LLM server {self._host} returned HTTP {status}: {_error_message(raw)}",
-            retryable=is_retryable_status(status), status=status, provider=PROVIDER, hint=hint,
-        )
-        retry_after = _retry_after(resp)
-        if retry_after is not None:
-            err.retry_after = retry_after  # type: ignore[attr-defined]  # honoured by resilience
-        return err
+        return status_error("LLM", self._host, resp, raw, PROVIDER, key_hint="check llm.api_key")
 
     def _transport_error(self, e: Exception) -> ProviderError:
-        kind = type(e).__name__
-        if isinstance(e, httpx.TimeoutException):
-            return ProviderTimeout(f"LLM server {self._host} timed out ({kind})", provider=PROVIDER)
-        if isinstance(e, httpx.TransportError) and not isinstance(e, httpx.UnsupportedProtocol):
-            return ProviderError(f"cannot reach LLM server {self._host} ({kind}: {_truncate(str(e), 120)})",
-                                 retryable=True, provider=PROVIDER)
-        return ProviderError(f"request to LLM server {self._host} failed ({kind}: {_truncate(str(e), 120)})",
-                             retryable=False, provider=PROVIDER)
+        return transport_error("LLM", self._host, e, PROVIDER)
 
     # ------------------------------------------------------------------ chat
 
@@ -347,7 +290,7 @@ class OpenAICompatLLM(LLM):
                 try:
                     obj = json.loads(data)
                 except ValueError:
-                    raise ProviderError(f"LLM server {self._host} sent a malformed stream chunk: {_truncate(data, 120)}",
+                    raise ProviderError(f"LLM server {self._host} sent a malformed stream chunk: {truncate(data, 120)}",
                                         retryable=False, provider=PROVIDER) from None
                 if not isinstance(obj, dict):
                     raise ProviderError(f"LLM server {self._host} sent a stream chunk that is not an object",

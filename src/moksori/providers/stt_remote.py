@@ -8,7 +8,6 @@ translated here into `ProviderError` / `ProviderTimeout`; no httpx exception lea
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterable, AsyncIterator
 
 import httpx
@@ -16,8 +15,9 @@ import numpy as np
 
 from moksori.audio.frames import Frame
 from moksori.audio.wav import wav_bytes
-from moksori.errors import ConfigError, ProviderError, ProviderTimeout, is_retryable_status
+from moksori.errors import ProviderError
 from moksori.providers.base import STT, STTCaps, STTOptions, Transcript
+from moksori.providers.http import check_base_url, close_client, host_of, loop_client, status_error, transport_error
 
 PROVIDER = "openai-stt"
 RATE = 16000
@@ -33,67 +33,6 @@ def language_code(value: object, fallback: str) -> str:
     return _LANGUAGE_CODES.get(v, v[:2] if len(v) > 2 and v[2] in "-_" else v)
 
 
-def error_message(resp: httpx.Response) -> str:
-    """The human part of an OpenAI-style error body (`error.message`), else the text, shortened."""
-    text = resp.text.strip()
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            text = err["message"]
-        elif isinstance(err, str):
-            text = err
-        elif isinstance(body.get("detail"), str):
-            text = body["detail"]
-    text = " ".join(text.split())
-    return (text[:199] + "…" if len(text) > 200 else text) or "(empty body)"
-
-
-def http_error(what: str, host: str, resp: httpx.Response, provider: str) -> ProviderError:
-    status = resp.status_code
-    return ProviderError(f"{what} server {host} returned HTTP {status}: {error_message(resp)}",
-                         retryable=is_retryable_status(status), status=status, provider=provider,
-                         hint="check the API key" if status in (401, 403) else None)
-
-
-def transport_error(what: str, host: str, e: httpx.HTTPError, provider: str) -> ProviderError:
-    kind = type(e).__name__
-    if isinstance(e, httpx.TimeoutException):
-        return ProviderTimeout(f"{what} server {host} timed out ({kind})", provider=provider)
-    if isinstance(e, httpx.TransportError) and not isinstance(e, httpx.UnsupportedProtocol):
-        return ProviderError(f"cannot reach {what} server {host} ({kind})", retryable=True, provider=provider)
-    return ProviderError(f"request to {what} server {host} failed ({kind}: {e})", retryable=False,
-                         provider=provider)
-
-
-def check_base_url(base_url: str, what: str) -> httpx.URL:
-    try:
-        url = httpx.URL(base_url)
-    except httpx.InvalidURL as e:
-        raise ConfigError(f"invalid {what} base_url: {e}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"{what} base_url must be an http(s) URL like http://127.0.0.1:8001/v1, got {base_url!r}")
-    return url
-
-
-def loop_client(provider) -> httpx.AsyncClient:
-    """The provider's httpx client for the running event loop.
-
-    A client's pooled connections belong to the loop that opened them, and a server warms its
-    models in one loop (`asyncio.run`) before serving in another, so a client made elsewhere is
-    dropped (its loop is gone or busy) and a fresh one is made here.
-    """
-    loop = asyncio.get_running_loop()
-    if provider._client is None or provider._loop is not loop:
-        provider._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(provider.timeout_s, connect=min(10.0, provider.timeout_s)))
-        provider._loop = loop
-    return provider._client
-
-
 class RemoteSTT(STT):
     name = "openai-stt"
 
@@ -101,7 +40,7 @@ class RemoteSTT(STT):
                  timeout_s: float = 30.0, languages: tuple[str, ...] = ("en", "ko")) -> None:
         url = check_base_url(base_url, "STT")
         self.url = url.copy_with(path=url.path.rstrip("/") + "/audio/transcriptions")
-        self.host = url.host + (f":{url.port}" if url.port else "")
+        self.host = host_of(url)
         self.model = model
         self._api_key = api_key or None
         self.timeout_s = timeout_s
@@ -116,9 +55,7 @@ class RemoteSTT(STT):
         return loop_client(self)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        await close_client(self)
 
     async def transcribe(self, audio: AsyncIterable[np.ndarray], opts: STTOptions) -> AsyncIterator[Transcript]:
         chunks = [np.asarray(a, dtype=np.float32) for a in [c async for c in audio]]
@@ -140,7 +77,7 @@ class RemoteSTT(STT):
         except httpx.HTTPError as e:
             raise transport_error("STT", self.host, e, PROVIDER) from None
         if resp.status_code >= 400:
-            raise http_error("STT", self.host, resp, PROVIDER)
+            raise status_error("STT", self.host, resp, resp.content, PROVIDER)
         try:
             body = resp.json()
             text = body["text"]

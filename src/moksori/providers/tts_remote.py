@@ -16,7 +16,7 @@ from moksori.audio.frames import Frame
 from moksori.audio.wav import read_wav_bytes
 from moksori.errors import AudioFormatError, ProviderError
 from moksori.providers.base import TTS, TTSCaps, TTSOptions
-from moksori.providers.stt_remote import check_base_url, http_error, loop_client, transport_error
+from moksori.providers.http import check_base_url, close_client, host_of, loop_client, status_error, transport_error
 
 PROVIDER = "openai-tts"
 PCM_RATE = 24000  # OpenAI's `pcm`: 24 kHz, 16-bit little-endian, mono
@@ -34,7 +34,7 @@ class RemoteTTS(TTS):
             raise ValueError("response_format must be 'pcm' or 'wav'")
         url = check_base_url(base_url, "TTS")
         self.url = url.copy_with(path=url.path.rstrip("/") + "/audio/speech")
-        self.host = url.host + (f":{url.port}" if url.port else "")
+        self.host = host_of(url)
         self.model = model
         self.voice = voice
         self.response_format = response_format
@@ -51,9 +51,7 @@ class RemoteTTS(TTS):
         return loop_client(self)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        await close_client(self)
 
     async def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:
         if not text.strip():
@@ -65,7 +63,7 @@ class RemoteTTS(TTS):
             async with self._http().stream("POST", self.url, json=body, headers=headers) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
-                    raise http_error("TTS", self.host, resp, PROVIDER)
+                    raise status_error("TTS", self.host, resp, resp.content, PROVIDER)
                 if self.response_format == "wav":
                     data = await resp.aread()
                     try:
