@@ -27,6 +27,7 @@ from moksori.engine.config import SessionConfig
 from moksori.engine.endpointing import text_cue
 from moksori.engine.events import Event, EventBus
 from moksori.engine.memory import Item, Memory, heard_text, new_id
+from moksori.engine.partials import PartialTranscripts
 from moksori.engine.prompts import system_prompt
 from moksori.engine.response import Response, ResponseOptions
 from moksori.engine.speaker import Speaker
@@ -89,7 +90,7 @@ class Session:
         self._state = "idle"
         self._closed = False
         self._deadline_task: asyncio.Task | None = None
-        self._partial_task: asyncio.Task | None = None
+        self._partials = PartialTranscripts(self)
         self._tasks: set[asyncio.Task] = set()
         self._segments_by_item: dict[str, list[tuple[str, int]]] = {}
         self._reoffer: tuple[int, str, str] | None = None  # (turn id, unheard text, language)
@@ -233,7 +234,7 @@ class Session:
                 self.publish("user.speech_started", {"turn_id": a.turn_id, "item_id": item_id}, t=a.onset)
                 if self.cfg.turn.interrupt_response:
                     self.speaker.hold = True  # no new reply starts while the user talks
-                self._start_partials(a.turn_id)
+                self._partials.start(a.turn_id)
             elif isinstance(a, T.BargeIn):
                 self.interrupt("turn_detected", onset=a.onset)
             elif isinstance(a, T.Speculate):
@@ -252,7 +253,7 @@ class Session:
         self.publish("user.speech_stopped", {"turn_id": a.turn_id, "item_id": item_id}, t=a.voice_end)
         self.publish("user.turn_ended", {"turn_id": a.turn_id, "item_id": item_id, "reason": a.reason,
                                          "silence_ms": round(1000 * (a.t - a.voice_end))})
-        self._stop_partials()
+        self._partials.stop()
         spec = self._specs.get((a.turn_id, a.spec_id))
         if spec is None or spec.task is None or (spec.task.done() and spec.transcript is None):
             spec = self._new_spec(a.turn_id, a.spec_id, a.onset, a.voice_end)
@@ -397,39 +398,6 @@ class Session:
         if self.cfg.language != "auto":
             return self.cfg.language
         return tr.language if tr.language in self.stack.tts.caps.languages else self.last_language
-
-    # ================================================================== partial transcripts
-
-    def _start_partials(self, turn_id: int) -> None:
-        if self.cfg.partial_interval_ms <= 0 or not self.cfg.transcribe_input:
-            return
-        self._stop_partials()
-        self._partial_task = self._spawn(self._partials(turn_id), f"partials-{turn_id}")
-
-    def _stop_partials(self) -> None:
-        if self._partial_task and not self._partial_task.done():
-            self._partial_task.cancel()
-        self._partial_task = None
-
-    async def _partials(self, turn_id: int) -> None:
-        interval = self.cfg.partial_interval_ms / 1000
-        item_id = self._user_item_ids.get(turn_id)
-        onset = self.clock.now()
-        last = ""
-        while True:
-            await self.clock.sleep(interval)
-            if self.taker.turn_id != turn_id:
-                return
-            if self.taker.state != "speaking":
-                continue
-            audio = self.audio_between(onset - 2.0, self.clock.now())
-            lang = None if self.cfg.language == "auto" else self.cfg.language
-            async for tr in self.stack.stt.transcribe(one_chunk(audio), STTOptions(language=lang,
-                                                                                      languages=self.cfg.languages)):
-                if self.taker.turn_id == turn_id and self.taker.state == "speaking" and tr.text and tr.text != last:
-                    last = tr.text
-                    self.publish("user.transcript_delta", {"turn_id": turn_id, "item_id": item_id, "text": tr.text,
-                                                           "language": tr.language, "final": False})
 
     # ================================================================== responses
 
