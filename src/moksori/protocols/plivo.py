@@ -25,7 +25,6 @@ from moksori.audio.frames import Frame
 from moksori.errors import ProtocolError
 from moksori.protocols.telephony import (
     ByteOrder,
-    CallAudio,
     CallStarted,
     CallStopped,
     Dtmf,
@@ -35,7 +34,6 @@ from moksori.protocols.telephony import (
     MarkAck,
     TelephonyCodec,
     WireMessage,
-    b64decode_payload,
     b64encode,
     check_format,
     dumps,
@@ -46,7 +44,6 @@ from moksori.protocols.telephony import (
     parse_digit,
     parse_encoding,
     parse_json_object,
-    pcm_from_wire,
     pcm_to_wire,
     string_params,
 )
@@ -67,7 +64,7 @@ class PlivoCodec(TelephonyCodec):
         data = parse_json_object(message, self.carrier)
         event = event_name(data, self.carrier)
         if event == "media":
-            return self._media(data)
+            return self._json_media(data)
         if event == "start":
             return self._start(self._parse_start(data))
         if event == "dtmf":
@@ -103,17 +100,6 @@ class PlivoCodec(TelephonyCodec):
             encoding=encoding,
             rate=rate,
         )
-
-    def _media(self, data: dict[str, Any]) -> list[InboundEvent]:
-        started = self._require_started("accept media")
-        media = get_obj(data, "media", self.carrier)
-        track = media.get("track", "inbound")
-        if track not in ("inbound", "inbound_track"):
-            return [Ignored(f"media on track {str(track)[:32]!r}")]
-        audio = b64decode_payload(media.get("payload"), self.carrier)
-        if not audio:
-            return [Ignored("empty media payload")]
-        return [CallAudio(pcm_from_wire(audio, started.encoding, started.rate, self.carrier, self.l16_byteorder))]
 
     def _encode_audio(self, frame: Frame) -> list[WireMessage]:
         started = self._require_started("play audio")

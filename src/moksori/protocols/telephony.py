@@ -137,6 +137,7 @@ class TelephonyCodec(abc.ABC):
     """One media stream's translator. Holds per-stream state only; make one per WebSocket."""
 
     carrier: ClassVar[str]
+    l16_byteorder: ByteOrder = "little"  # only used for L16 audio; codecs override per carrier
 
     def __init__(self) -> None:
         self.started: CallStarted | None = None
@@ -193,6 +194,18 @@ class TelephonyCodec(abc.ABC):
         if self.started is None:
             raise ProtocolError(f"{self.carrier}: cannot {what} before the stream has started", code="stream_not_started")
         return self.started
+
+    def _json_media(self, data: dict[str, Any]) -> list[InboundEvent]:
+        """The JSON `media` event shared by Twilio, Telnyx and Plivo: base64 audio on a track."""
+        started = self._require_started("accept media")
+        media = get_obj(data, "media", self.carrier)
+        track = media.get("track", "inbound")
+        if track not in ("inbound", "inbound_track"):
+            return [Ignored(f"media on track {str(track)[:32]!r}")]
+        audio = b64decode_payload(media.get("payload"), self.carrier)
+        if not audio:
+            return [Ignored("empty media payload")]
+        return [CallAudio(pcm_from_wire(audio, started.encoding, started.rate, self.carrier, self.l16_byteorder))]
 
     def _start(self, event: CallStarted) -> list[InboundEvent]:
         if self.started is not None:

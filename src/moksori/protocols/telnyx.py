@@ -22,7 +22,6 @@ from moksori.audio.frames import Frame
 from moksori.errors import ProtocolError
 from moksori.protocols.telephony import (
     ByteOrder,
-    CallAudio,
     CallStarted,
     CallStopped,
     Dtmf,
@@ -32,7 +31,6 @@ from moksori.protocols.telephony import (
     StreamError,
     TelephonyCodec,
     WireMessage,
-    b64decode_payload,
     b64encode,
     check_format,
     dumps,
@@ -44,7 +42,6 @@ from moksori.protocols.telephony import (
     parse_digit,
     parse_encoding,
     parse_json_object,
-    pcm_from_wire,
     pcm_to_wire,
     string_params,
 )
@@ -61,7 +58,7 @@ class TelnyxCodec(TelephonyCodec):
         data = parse_json_object(message, self.carrier)
         event = event_name(data, self.carrier)
         if event == "media":
-            return self._media(data)
+            return self._json_media(data)
         if event == "start":
             return self._start(self._parse_start(data))
         if event == "connected":
@@ -101,17 +98,6 @@ class TelnyxCodec(TelephonyCodec):
             encoding=encoding,
             rate=rate,
         )
-
-    def _media(self, data: dict[str, Any]) -> list[InboundEvent]:
-        started = self._require_started("accept media")
-        media = get_obj(data, "media", self.carrier)
-        track = media.get("track", "inbound")
-        if track not in ("inbound", "inbound_track"):
-            return [Ignored(f"media on track {str(track)[:32]!r}")]
-        audio = b64decode_payload(media.get("payload"), self.carrier)
-        if not audio:
-            return [Ignored("empty media payload")]
-        return [CallAudio(pcm_from_wire(audio, started.encoding, started.rate, self.carrier, self.l16_byteorder))]
 
     def _error(self, data: dict[str, Any]) -> StreamError:
         err = get_obj(data, "error", self.carrier, required=False)

@@ -18,7 +18,6 @@ from typing import Any
 from moksori.audio.frames import Frame
 from moksori.errors import ProtocolError
 from moksori.protocols.telephony import (
-    CallAudio,
     CallStarted,
     CallStopped,
     Dtmf,
@@ -27,7 +26,6 @@ from moksori.protocols.telephony import (
     MarkAck,
     TelephonyCodec,
     WireMessage,
-    b64decode_payload,
     b64encode,
     check_format,
     dumps,
@@ -38,7 +36,6 @@ from moksori.protocols.telephony import (
     parse_digit,
     parse_encoding,
     parse_json_object,
-    pcm_from_wire,
     pcm_to_wire,
     string_params,
 )
@@ -54,7 +51,7 @@ class TwilioCodec(TelephonyCodec):
         data = parse_json_object(message, self.carrier)
         event = event_name(data, self.carrier)
         if event == "media":
-            return self._media(data)
+            return self._json_media(data)
         if event == "start":
             return self._start(self._parse_start(data))
         if event == "connected":
@@ -87,17 +84,6 @@ class TwilioCodec(TelephonyCodec):
             encoding=encoding,
             rate=rate,
         )
-
-    def _media(self, data: dict[str, Any]) -> list[InboundEvent]:
-        started = self._require_started("accept media")
-        media = get_obj(data, "media", self.carrier)
-        track = media.get("track", "inbound")
-        if track not in ("inbound", "inbound_track"):
-            return [Ignored(f"media on track {str(track)[:32]!r}")]
-        audio = b64decode_payload(media.get("payload"), self.carrier)
-        if not audio:
-            return [Ignored("empty media payload")]
-        return [CallAudio(pcm_from_wire(audio, started.encoding, started.rate, self.carrier))]
 
     def _encode_audio(self, frame: Frame) -> list[WireMessage]:
         started = self._require_started("play audio")
