@@ -155,6 +155,30 @@ class TelephonySettings(BaseModel):
     _split = field_validator("transfer_numbers", mode="before")(_split_csv)
 
 
+class WebRTCSettings(BaseModel):
+    """WebRTC calls (`POST /v1/realtime/calls`) and ephemeral keys (`POST /v1/realtime/client_secrets`)."""
+
+    enabled: bool = True
+    # ICE host candidates offered to peers. Empty: the address the call's HTTP request arrived
+    # on when it is a loopback one, else every non-loopback interface. Set it behind NAT/Docker.
+    ice_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    connect_timeout_s: float = Field(15.0, gt=0, le=300)  # offer answered, peer never connected
+    # nothing (media or data) from a connected peer for this long: it vanished, the call ends
+    idle_timeout_s: float = Field(20.0, gt=0, le=3600)
+    # how far the engine's speaker runs ahead of the outbound track (the track's buffer is
+    # dropped at once on barge-in, so this only trades underrun safety for "heard" accuracy)
+    output_lead_ms: int = Field(200, ge=20, le=2000)
+    max_offer_bytes: int = Field(64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    max_ephemeral_keys: int = Field(100_000, ge=1)
+    # The browser app's same-origin `POST /session` mints an ephemeral key. When the server has
+    # API keys it asks for one (the page's key field), unless this is on: then anyone who can
+    # load the page can start sessions (put your own login in front of it).
+    open_web_sessions: bool = False
+    debug: bool = False  # GET /webrtc/debug/stats (calls, peers, loop tasks): for tests
+
+    _split = field_validator("ice_addresses", mode="before")(_split_csv)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOKSORI_",
@@ -182,6 +206,7 @@ class Settings(BaseSettings):
     plivo: PlivoSettings = PlivoSettings()
     vonage: VonageSettings = VonageSettings()
     telephony: TelephonySettings = TelephonySettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
 
     _validate_keys = field_validator("api_keys", mode="before")(_split_csv)
 

@@ -18,6 +18,7 @@ from moksori import __version__
 from moksori.protocols import realtime as rt
 from moksori.providers.registry import Stack
 from moksori.server.auth import extract_key, key_label, key_ok
+from moksori.server.ephemeral_keys import MemoryKeyStore, is_ephemeral
 from moksori.server.metrics import Metrics
 from moksori.server.realtime_conn import RealtimeConnection
 from moksori.settings import Settings
@@ -33,6 +34,8 @@ class ServerState:
         self.sessions_by_key: Counter[str] = Counter()
         self.sessions = 0
         self.metrics = Metrics()
+        self.ephemeral = MemoryKeyStore(settings.webrtc.max_ephemeral_keys)  # ek_ keys (server/ephemeral_keys.py)
+        self.webrtc = None  # server/webrtc/routes.py installs it
 
     @property
     def auth_required(self) -> bool:
@@ -84,6 +87,10 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
 
     telephony_routes.install(app, state)
 
+    from moksori.server.webrtc import routes as webrtc_routes
+
+    webrtc_routes.install(app, state)
+
     static = resources.files("moksori.web") / "static"
     if static.is_dir():
         @app.get("/")
@@ -99,11 +106,17 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
     offered = list(ws.scope.get("subprotocols") or [])
     query = dict(ws.query_params)
     key = extract_key(headers, offered, query)
-    if state.auth_required and not key_ok(key, state.keys):
+    if query.get("call_id") is not None:  # the sideband of a WebRTC call
+        from moksori.server.webrtc.routes import serve_sideband
+
+        await serve_sideband(ws, state, key, query["call_id"])
+        return
+    grant = await state.ephemeral.get(key) if is_ephemeral(key) else None  # an ek_ key starts sessions
+    if (is_ephemeral(key) and grant is None) or (state.auth_required and grant is None and not key_ok(key, state.keys)):
         state.metrics.auth_failures += 1
         await ws.close(code=1008, reason="invalid or missing API key")  # before accept: HTTP 403
         return
-    label = key_label(key if state.auth_required else None)
+    label = grant.owner if grant is not None else key_label(key if state.auth_required else None)
     limits = state.settings.server
     if state.sessions >= limits.max_sessions or state.sessions_by_key[label] >= limits.max_sessions_per_key:
         await ws.close(code=1013, reason="too many sessions")
@@ -124,6 +137,8 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         transcription_only=query.get("intent") == "transcription")
     conn.session.bus.listen(state.metrics.observe_session())
     try:
+        if grant is not None:
+            conn.preset(grant.session, transcription_only=grant.transcription)
         await conn.start()
         while True:
             msg = await ws.receive()

@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
@@ -31,6 +31,28 @@ log = logging.getLogger("moksori.realtime")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class AudioSink(Protocol):
+    """Where reply audio goes when it does not travel as `response.output_audio.delta` events.
+
+    Over WebRTC it is the outbound media track: it paces the audio itself, knows when playback
+    starts, drains and is cleared (and sends the `output_audio_buffer.*` events), and input
+    audio arrives on the inbound track through `RealtimeConnection.push_audio` instead of
+    `input_audio_buffer.append`. Without a sink, audio is base64 in events (the WebSocket).
+    """
+
+    rate: int  # the engine produces reply audio at this rate
+
+    def play(self, response_id: str, item_id: str, frame: Frame) -> None: ...
+
+    def end(self, response_id: str) -> None:
+        """No more audio will come for this response (it drains, then playback stops)."""
+        ...
+
+    def clear(self, response_ids: list[str]) -> None:
+        """Barge-in or `output_audio_buffer.clear`: drop everything not yet played, now."""
+        ...
+
+
 class _Out:
     """Bookkeeping for one response's output item while it streams."""
 
@@ -44,8 +66,10 @@ class _Out:
 
 class RealtimeConnection:
     def __init__(self, stack: Stack, settings: Settings, flavor: rt.Flavor, send: Send, *, model: str = "moksori",
-                 timeline: bool = False, transcription_only: bool = False, session_id: str | None = None) -> None:
+                 timeline: bool = False, transcription_only: bool = False, session_id: str | None = None,
+                 audio_sink: AudioSink | None = None, output_lead_ms: int = 200) -> None:
         self.stack, self.settings, self.flavor, self._send = stack, settings, flavor, send
+        self.audio_sink = audio_sink
         self.model = model
         self.timeline = timeline
         self.transcription_only = transcription_only
@@ -54,7 +78,7 @@ class RealtimeConnection:
         if transcription_only and self.cfg.turn_detection is not None:
             self.cfg = replace(self.cfg, turn_detection=replace(self.cfg.turn_detection, create_response=False))
         self.session_id = session_id or new_id("sess")
-        self._base = config_from_settings(settings, output_lead_ms=200)
+        self._base = config_from_settings(settings, output_lead_ms=output_lead_ms)
         self.session = Session(stack, self._engine_cfg(), session_id=self.session_id)
         self.session.bus.listen(self._on_engine_event)
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -66,13 +90,15 @@ class RealtimeConnection:
         self._buffer_full_reported = False
         self._metadata: dict[str, dict[str, str] | None] = {}
         self._oob: set[str] = set()
+        self._preset_warnings: list[str] = []
         self.closed = False
 
     # ------------------------------------------------------------------ plumbing
 
     def _engine_cfg(self) -> EngineConfig:
-        return engine_config(self.cfg, self._base, self.settings, voices=self.stack.tts.caps.voices,
-                             transcription_only=self.transcription_only)
+        cfg = engine_config(self.cfg, self._base, self.settings, voices=self.stack.tts.caps.voices,
+                            transcription_only=self.transcription_only)
+        return replace(cfg, output_rate=self.audio_sink.rate) if self.audio_sink is not None else cfg
 
     def send(self, event: dict[str, Any] | None) -> None:
         if event is not None and not self.closed:
@@ -89,8 +115,24 @@ class RealtimeConnection:
                 self.closed = True
                 return
 
+    def preset(self, session: dict[str, Any], *, transcription_only: bool = False) -> None:
+        """Start from a session config given out of band (an ephemeral key's, a WebRTC call's
+        `session` part) instead of the defaults. Call before `start()`; raises ProtocolError."""
+        cfg, warnings = rt.apply_session_update(self.cfg, session, self.flavor)
+        if transcription_only:
+            self.transcription_only = True
+        self.cfg = cfg
+        self.session.update(self._engine_cfg())
+        self._preset_warnings += warnings
+
+    def wire_session(self) -> dict[str, Any]:
+        return self._wire_session()
+
     async def start(self) -> None:
         self.send(self.ev.session_created(self._wire_session()))
+        for w in self._preset_warnings:
+            self.send(self.ev.warning(w))
+        self._preset_warnings = []
 
     def _wire_session(self) -> dict[str, Any]:
         return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model)
@@ -154,7 +196,13 @@ class RealtimeConnection:
             self.send(self.ev.warning(w, event_id=event_id))
 
     def _on_InputAudioBufferAppend(self, ev: rt.InputAudioBufferAppend) -> None:
-        frame = self.cfg.input_format.decode(ev.audio, param="audio")
+        if self.audio_sink is not None:
+            raise ProtocolError("on this connection input audio travels on the media track, not in events",
+                                code="invalid_request_error")
+        self.push_audio(self.cfg.input_format.decode(ev.audio, param="audio"))
+
+    def push_audio(self, frame: Frame) -> None:
+        """Client audio at any rate (from an append event, or from a WebRTC inbound track)."""
         ms = 1000 * len(frame) / frame.rate
         if self.cfg.turn_detection is None:
             if self._manual_ms + ms > 1000 * self.settings.server.max_input_buffer_s:
@@ -185,6 +233,8 @@ class RealtimeConnection:
 
     def _on_OutputAudioBufferClear(self, ev: rt.OutputAudioBufferClear) -> None:
         self.session.interrupt("client_cancelled")
+        if self.audio_sink is not None:
+            self.audio_sink.clear([])  # also the tail the speaker already handed over
 
     async def _on_ConversationItemCreate(self, ev: rt.ConversationItemCreate) -> None:
         mem = self.session.memory
@@ -389,8 +439,13 @@ class RealtimeConnection:
             if out is not None:
                 self._open_message(out)
                 frame: Frame = d["frame"]
-                self.send(ev.output_audio_delta(out.response_id, out.item_id, out.index, 0,
-                                                self.cfg.output_format.encode(frame)))
+                if self.audio_sink is not None:
+                    self.audio_sink.play(out.response_id, out.item_id, frame)
+                else:
+                    self.send(ev.output_audio_delta(out.response_id, out.item_id, out.index, 0,
+                                                    self.cfg.output_format.encode(frame)))
+        elif typ == "agent.audio_done" and self.audio_sink is not None:
+            self.audio_sink.end(d["response_id"])
         elif typ == "agent.function_call":
             out = self._outs.get(d["response_id"])
             if out is not None:
@@ -410,9 +465,14 @@ class RealtimeConnection:
                 out.output.append(done)
                 out.index = len(out.output)
         elif typ == "agent.interrupted":
+            if self.audio_sink is not None:  # the speaker may have handed over its last chunk already
+                self.audio_sink.clear([d["response_id"]])
             if d.get("heard_ms") is not None and self.session.memory.get(d["item_id"]) is not None:
                 self.send(ev.conversation_item_truncated(d["item_id"], 0, int(d["heard_ms"])))
         elif typ == "agent.audio_cleared":
+            if self.audio_sink is not None:
+                self.audio_sink.clear(list(d.get("response_ids", [])))
+                return
             for rid in d.get("response_ids", []):
                 self.send(ev.output_audio_buffer_cleared(rid))
         elif typ == "agent.response_done":

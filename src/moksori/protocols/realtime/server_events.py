@@ -85,6 +85,14 @@ class ServerEvents:
         return self._ev("input_audio_buffer.timeout_triggered", audio_start_ms=audio_start_ms,
                         audio_end_ms=audio_end_ms, item_id=item_id)
 
+    def output_audio_buffer_started(self, response_id: str) -> Event:
+        """WebRTC: the server's outbound audio track began playing this response."""
+        return self._ev("output_audio_buffer.started", response_id=response_id)  # type: ignore[return-value]
+
+    def output_audio_buffer_stopped(self, response_id: str) -> Event:
+        """WebRTC: the response's audio has all been sent and the outbound buffer is empty."""
+        return self._ev("output_audio_buffer.stopped", response_id=response_id)  # type: ignore[return-value]
+
     def output_audio_buffer_cleared(self, response_id: str) -> Event:
         """Azure's event carries no ``response_id``."""
         if self.flavor is Flavor.AZURE:

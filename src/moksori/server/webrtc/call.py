@@ -1,0 +1,268 @@
+"""One WebRTC call: a peer connection feeding one `RealtimeConnection`.
+
+    offer ─▶ RTCPeerConnection ─▶ answer
+    inbound audio track ──(mono PCM at the codec's rate)──▶ conn.push_audio
+    data channel `oai-events` ◀──▶ conn (client events in, server events out)
+    sideband WebSockets (`/v1/realtime?call_id=`) ◀──▶ the same conn, the same events
+    engine speaker ──▶ OutboundAudio (AudioSink) ──▶ outbound track (paced, flushable)
+
+The call ends on hang-up, when the peer closes, when it never connects (`connect_timeout_s`),
+or when a connected peer goes silent: no media for `idle_timeout_s` means it vanished without
+closing (a browser always sends audio frames, silence included). A call without an inbound
+audio track is ended by ICE consent freshness instead (aioice: about 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from moksori.audio.frames import Frame
+from moksori.errors import ProtocolError
+from moksori.server.realtime_conn import RealtimeConnection
+from moksori.server.webrtc import ice
+from moksori.server.webrtc.tracks import OutboundAudio, pump_inbound
+
+log = logging.getLogger("moksori.webrtc")
+
+EVENTS_CHANNEL = "oai-events"
+MAX_PENDING_EVENTS = 2000  # server events kept until the data channel opens
+MAX_INBOX = 512  # client events waiting to be handled
+SIDEBAND_QUEUE = 10_000
+
+
+class Sideband:
+    """A server-side WebSocket attached to a call: it gets every server event."""
+
+    def __init__(self, send_text: Callable[[str], Any]) -> None:
+        self._send_text = send_text
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(SIDEBAND_QUEUE)
+        self.overflowed = False
+        self.task = asyncio.create_task(self._pump(), name="webrtc-sideband")
+
+    def push(self, text: str | None) -> None:
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflowed = True  # a reader this slow loses the stream; the route closes it
+
+    async def _pump(self) -> None:
+        while True:
+            text = await self.queue.get()
+            if text is None or self.overflowed:
+                return
+            try:
+                await self._send_text(text)
+            except Exception:  # noqa: BLE001 - the socket went away; its route detaches it
+                return
+
+
+class Call:
+    def __init__(self, call_id: str, *, owner: str, connect_timeout_s: float, idle_timeout_s: float,
+                 on_closed: Callable[["Call"], None]) -> None:
+        self.id = call_id
+        self.owner = owner
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN/TURN: host candidates only
+        self.track = OutboundAudio(notify=self._notify, played=self._played)
+        self.conn: RealtimeConnection | None = None
+        self.channel: Any = None
+        self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(MAX_INBOX)
+        self.sidebands: set[Sideband] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.created = time.monotonic()
+        self.last_media = self.created
+        self.has_media = False
+        self.connected = False
+        self.closed = False
+        self.close_reason: str | None = None
+        self.ended = asyncio.Event()
+        self._closing: asyncio.Task | None = None
+        self._inbox_full_reported = False
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # ------------------------------------------------------------------ setup
+
+    def attach_connection(self, conn: RealtimeConnection) -> None:
+        self.conn = conn
+
+    async def answer(self, offer_sdp: str, addresses: list[str] | None) -> str:
+        """Apply the offer, add our outbound track, gather our candidates, return the answer."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        if any(t.kind == "audio" for t in self.pc.getTransceivers()):
+            self.pc.addTrack(self.track)  # takes the offered audio transceiver's sender
+        with ice.offering(addresses):
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    def start(self) -> None:
+        assert self.conn is not None
+        self._spawn(self.conn.start(), "webrtc-start")
+        self._spawn(self._read_inbox(), "webrtc-inbox")
+        self._spawn(self._watch(), "webrtc-watch")
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ server events out
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """The connection's `send`: the data channel and every sideband get the event."""
+        text = json.dumps(event, ensure_ascii=False)
+        for sb in list(self.sidebands):
+            sb.push(text)
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            ch.send(text)
+        elif not self.closed:
+            self._pending.append(text)
+
+    def _notify(self, kind: str, response_id: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        make = {"started": conn.ev.output_audio_buffer_started, "stopped": conn.ev.output_audio_buffer_stopped,
+                "cleared": conn.ev.output_audio_buffer_cleared}[kind]
+        conn.send(make(response_id))
+
+    def _played(self, response_id: str, ms: int) -> None:
+        if self.conn is not None:
+            self.conn.session.ack_playback(response_id, ms)
+
+    # ------------------------------------------------------------------ peer events
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != EVENTS_CHANNEL or self.channel is not None:
+            log.info("call %s: ignoring data channel %r", self.id, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self.deliver)
+        channel.on("close", lambda: self.end("the data channel closed"))
+
+        def flush() -> None:
+            while self._pending and channel.readyState == "open":
+                channel.send(self._pending.popleft())
+
+        if channel.readyState == "open":
+            flush()
+        else:
+            channel.on("open", flush)
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind != "audio":
+            return
+        self.has_media = True
+
+        def on_frame(frame: Frame) -> None:
+            self.last_media = time.monotonic()
+            conn = self.conn
+            if conn is None or conn.closed:
+                return
+            try:
+                conn.push_audio(frame)
+            except ProtocolError as e:  # e.g. the manual-mode buffer is full
+                conn.send(conn.ev.error_from(e))
+
+        self._spawn(pump_inbound(track, on_frame), "webrtc-inbound")
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self.connected = True
+        elif state in ("failed", "closed"):
+            self.end(f"the peer connection {state}")
+
+    # ------------------------------------------------------------------ client events in
+
+    def deliver(self, message: str | bytes) -> None:
+        """A client event from the data channel or a sideband, handled in arrival order."""
+        try:
+            self._inbox.put_nowait(message)
+        except asyncio.QueueFull:
+            if not self._inbox_full_reported and self.conn is not None:
+                self._inbox_full_reported = True
+                self.conn.error("too many client events waiting: slow down", code="rate_limit_exceeded")
+
+    async def _read_inbox(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            if message is None or self.conn is None:
+                return
+            await self.conn.on_message(message)
+            self._inbox_full_reported = False
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def _watch(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            if not self.connected:
+                if now - self.created > self.connect_timeout_s:
+                    self.end(f"the peer did not connect within {self.connect_timeout_s:g} s")
+                    return
+                continue
+            if self.has_media and now - self.last_media > self.idle_timeout_s:
+                self.end(f"no media from the peer for {self.idle_timeout_s:g} s")
+                return
+
+    def end(self, reason: str) -> None:
+        """Close soon (from a callback or from inside one of the call's own tasks)."""
+        if self._closing is None and not self.closed:
+            self._closing = asyncio.ensure_future(self.close(reason))
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        log.info("call %s ended: %s", self.id, reason)
+        me = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not me:
+                task.cancel()
+        await asyncio.gather(*[t for t in self._tasks if t is not me], return_exceptions=True)
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+        self.track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for sb in list(self.sidebands):
+            sb.push(None)
+        self._pending.clear()
+        self.ended.set()
+        self._on_closed(self)
+
+    # ------------------------------------------------------------------ sidebands
+
+    def attach(self, send_text: Callable[[str], Any]) -> Sideband:
+        sb = Sideband(send_text)
+        self.sidebands.add(sb)
+        return sb
+
+    def detach(self, sb: Sideband) -> None:
+        self.sidebands.discard(sb)
+        sb.push(None)
+
+    def summary(self) -> dict[str, Any]:
+        return {"call_id": self.id, "connected": self.connected, "state": self.pc.connectionState,
+                "has_media": self.has_media, "sidebands": len(self.sidebands),
+                "buffered_ms": 1000 * self.track.buffered // self.track.rate,
+                "frames_sent": self.track.frames_sent, "speech_frames_sent": self.track.speech_frames_sent}

@@ -1,0 +1,398 @@
+"""HTTP routes of the Realtime API over WebRTC, ephemeral keys, and the call sideband.
+
+    POST /v1/realtime/client_secrets        real key -> {"value": "ek_...", "expires_at", "session"}
+    POST /v1/realtime/calls                 SDP offer (application/sdp, or multipart sdp + session)
+                                            -> 201 application/sdp answer, Location: /v1/realtime/calls/rtc_...
+    POST /v1/realtime/calls/{id}/hangup     real key -> 200
+    POST /session                           the browser app's own minting endpoint (same origin)
+    WS   /v1/realtime?call_id=rtc_...       sideband (real key): the call's events, both ways
+    GET  /webrtc/debug/stats                only with MOKSORI_WEBRTC_DEBUG=1 (tests)
+
+Ephemeral keys start sessions (these calls and the Realtime WebSocket) and nothing else: every
+other route checks the real keys only. Errors are OpenAI-shaped JSON
+(`{"error": {"message", "type", "code", "param"}}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import weakref
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from moksori.engine.memory import new_id
+from moksori.errors import ProtocolError
+from moksori.protocols import realtime as rt
+from moksori.server.auth import extract_key, key_label, key_ok
+from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, is_ephemeral, new_key,
+                                           parse_expires_after)
+from moksori.server.realtime_config import initial_session
+
+log = logging.getLogger("moksori.webrtc")
+
+WEB_SESSION_TTL_S = 60  # the page uses its key at once
+
+
+def error(status: int, message: str, code: str, *, param: str | None = None,
+          kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}}, status)
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None if it is longer than `limit` (checked before and while reading)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class WebRTC:
+    """Server-wide WebRTC state: the live calls and the peers they own."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.calls: dict[str, Any] = {}
+        self.peers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    # ------------------------------------------------------------------ auth and limits
+
+    async def grant_for(self, token: str | None, *, ephemeral_ok: bool) -> tuple[EphemeralKey | None, str, JSONResponse | None]:
+        """(ephemeral grant or None, owner label, refusal or None)."""
+        state = self.state
+        if is_ephemeral(token):
+            if not ephemeral_ok:
+                state.metrics.auth_failures += 1
+                return None, "", error(403, "an ephemeral key can only start a session", "invalid_api_key")
+            grant = await state.ephemeral.get(token)
+            if grant is None:
+                state.metrics.auth_failures += 1
+                return None, "", error(401, "the ephemeral key is invalid or has expired", "invalid_api_key")
+            return grant, grant.owner, None
+        if state.auth_required and not key_ok(token, state.keys):
+            state.metrics.auth_failures += 1
+            return None, "", error(401, "invalid or missing API key", "invalid_api_key")
+        return None, key_label(token if state.auth_required else None), None
+
+    def admit(self, label: str) -> bool:
+        state, limits = self.state, self.settings.server
+        if state.sessions >= limits.max_sessions or state.sessions_by_key[label] >= limits.max_sessions_per_key:
+            return False
+        state.sessions += 1
+        state.sessions_by_key[label] += 1
+        state.metrics.sessions_total += 1
+        return True
+
+    def release(self, label: str) -> None:
+        state = self.state
+        state.sessions -= 1
+        state.sessions_by_key[label] -= 1
+        if state.sessions_by_key[label] <= 0:
+            del state.sessions_by_key[label]
+
+    # ------------------------------------------------------------------ ephemeral keys
+
+    async def mint(self, body: Any, owner: str, *, default_ttl: int | None = None) -> JSONResponse:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            return error(400, "the request body must be a JSON object", "invalid_request_error")
+        try:
+            if body.get("expires_after") is None and default_ttl is not None:
+                ttl = default_ttl
+            else:
+                ttl = parse_expires_after(body.get("expires_after"))
+        except ValueError as e:
+            return error(400, str(e), "invalid_value", param="expires_after")
+        session = body.get("session") or {}
+        if not isinstance(session, dict):
+            return error(400, "session must be an object", "invalid_type", param="session")
+        kind = session.get("type", "realtime")
+        if kind not in ("realtime", "transcription"):
+            return error(400, "session.type must be 'realtime' or 'transcription'", "invalid_value",
+                         param="session.type")
+        payload = {k: v for k, v in session.items() if k != "type"}
+        try:
+            cfg, _ = rt.apply_session_update(initial_session(self.settings), payload, rt.Flavor.GA)
+        except ProtocolError as e:
+            return error(400, e.message, e.code, param=e.param)
+        key = new_key(ttl, payload, transcription=kind == "transcription", owner=owner)
+        try:
+            await self.state.ephemeral.put(key)
+        except StoreFull as e:
+            return error(429, f"too many live ephemeral keys ({e}); mint shorter-lived ones", "rate_limit_exceeded")
+        wire = rt.session_to_wire(cfg, rt.Flavor.GA, session_id=new_id("sess"),
+                                  model=str(session.get("model") or "moksori"))
+        if kind == "transcription":
+            wire = {"type": "transcription", "object": "realtime.transcription_session", "id": wire["id"],
+                    "audio": {"input": wire["audio"]["input"]}}
+        return JSONResponse({"value": key.value, "expires_at": key.expires_at, "session": wire})
+
+    # ------------------------------------------------------------------ calls
+
+    async def create_call(self, request: Request) -> Response:
+        from moksori.server.realtime_conn import RealtimeConnection
+        from moksori.server.webrtc import ice
+        from moksori.server.webrtc.call import Call
+        from moksori.server.webrtc.sdp import OfferError, check_offer, keep_candidates
+
+        cfg = self.settings.webrtc
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        grant, label, refused = await self.grant_for(extract_key(headers), ephemeral_ok=True)
+        if refused is not None:
+            return refused
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("application/sdp", "multipart/form-data"):
+            return error(415, "send the SDP offer as application/sdp, or as multipart/form-data with an 'sdp' "
+                              "part (and an optional 'session' part)", "unsupported_content_type")
+        limit = cfg.max_offer_bytes if ctype == "application/sdp" else cfg.max_offer_bytes + \
+            self.settings.server.max_message_bytes
+        body = await read_limited(request, limit)
+        if body is None:
+            return error(413, f"the request is larger than {limit} bytes", "request_too_large")
+        session_part: Any = None
+        try:
+            if ctype == "application/sdp":
+                offer_text = body.decode("utf-8")
+            else:
+                offer_text, session_part = await _multipart(request, body)
+        except UnicodeDecodeError:
+            return error(400, "the SDP offer is not UTF-8 text", "invalid_offer", param="sdp")
+        except ProtocolError as e:
+            return error(400, e.message, e.code, param=e.param)
+        try:
+            offer = check_offer(offer_text)
+        except OfferError as e:
+            return error(400, str(e), "invalid_offer", param="sdp")
+        if not self.admit(label):
+            return error(429, "too many sessions", "session_limit_reached")
+
+        call_id = "rtc_" + secrets.token_hex(12)
+        call = Call(call_id, owner=label, connect_timeout_s=cfg.connect_timeout_s,
+                    idle_timeout_s=cfg.idle_timeout_s, on_closed=self._closed)
+        self.peers.add(call.pc)
+        query = request.query_params
+        model = (session_part or {}).get("model") if isinstance(session_part, dict) else None
+        conn = RealtimeConnection(
+            self.state.stack, self.settings, rt.Flavor.GA, call.send, model=str(model or query.get("model") or "moksori"),
+            timeline=query.get("moksori_timeline") in ("1", "true"), audio_sink=call.track,
+            output_lead_ms=cfg.output_lead_ms)
+        conn.session.bus.listen(self.state.metrics.observe_session())
+        call.attach_connection(conn)
+        self.calls[call_id] = call
+        try:
+            if grant is not None:
+                conn.preset(grant.session, transcription_only=grant.transcription)
+            if session_part is not None:
+                conn.preset({k: v for k, v in session_part.items() if k != "type"},
+                            transcription_only=session_part.get("type") == "transcription")
+        except ProtocolError as e:
+            await call.close("invalid session")
+            return error(400, e.message, e.code, param=("session." + e.param.removeprefix("session.")) if e.param else None)
+        addresses = ice.addresses_for(cfg.ice_addresses, (request.scope.get("server") or (None,))[0])
+        try:
+            answer = await asyncio.wait_for(call.answer(keep_candidates(offer.sdp, ice.remote_filter(addresses)),
+                                                        addresses), 15)
+        except asyncio.TimeoutError:
+            await call.close("answering timed out")
+            return error(500, "could not answer the offer in time", "server_error", kind="server_error")
+        except Exception as e:  # noqa: BLE001 - aiortc's parser and negotiation errors: the offer's fault
+            await call.close("unusable offer")
+            log.info("call %s: unusable offer: %s", call_id, e)
+            return error(400, f"the SDP offer could not be used: {type(e).__name__}: {e}"[:300], "invalid_offer",
+                         param="sdp")
+        call.start()
+        log.info("call %s started (%s)", call_id, "ephemeral key" if grant else "API key")
+        return Response(answer, 201, media_type="application/sdp",
+                        headers={"Location": f"/v1/realtime/calls/{call_id}"})
+
+    def _closed(self, call: Any) -> None:
+        if self.calls.pop(call.id, None) is not None:
+            self.release(call.owner)
+
+    def find(self, call_id: str, owner: str) -> Any:
+        call = self.calls.get(call_id)
+        if call is None or call.closed:
+            return None
+        if self.state.auth_required and call.owner != owner:
+            return None  # another key's call: as if it did not exist
+        return call
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*[c.close("server shutting down") for c in list(self.calls.values())],
+                             return_exceptions=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": len(self.calls), "peers": sum(1 for pc in list(self.peers) if pc.connectionState != "closed"),
+                "tasks": len(asyncio.all_tasks()), "ephemeral_keys": len(self.state.ephemeral)
+                if hasattr(self.state.ephemeral, "__len__") else None,
+                "detail": [c.summary() for c in self.calls.values()]}
+
+
+async def _multipart(request: Request, body: bytes) -> tuple[str, dict[str, Any] | None]:
+    """The `sdp` and `session` parts of a multipart body (already read, within the limit)."""
+    request._body = body  # noqa: SLF001 - Starlette reads a cached body instead of the (consumed) stream
+    try:
+        form = await request.form(max_files=4, max_fields=8)
+    except Exception as e:  # noqa: BLE001 - python-multipart's errors: the body's fault
+        raise ProtocolError(f"malformed multipart body: {e}"[:200], code="invalid_request_error") from None
+    try:
+        sdp = await _part_text(form.get("sdp"))
+        if sdp is None:
+            raise ProtocolError("the multipart body has no 'sdp' part", code="missing_required_parameter", param="sdp")
+        raw = await _part_text(form.get("session"))
+    finally:
+        await form.close()
+    if raw is None:
+        return sdp, None
+    try:
+        session = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ProtocolError("the 'session' part is not valid JSON", code="invalid_json", param="session") from None
+    if not isinstance(session, dict):
+        raise ProtocolError("the 'session' part must be a JSON object", code="invalid_type", param="session")
+    return sdp, session
+
+
+async def _part_text(part: Any) -> str | None:
+    if part is None:
+        return None
+    if isinstance(part, str):
+        return part
+    data = await part.read()  # an UploadFile (a part sent with a filename)
+    return data.decode("utf-8")
+
+
+def install(app: FastAPI, state: Any) -> None:
+    if not state.settings.webrtc.enabled:
+        return
+    from moksori.server.webrtc import call as _call  # noqa: F401 - aiortc + PyAV load now, not on the first call
+
+    webrtc = WebRTC(state)
+    state.webrtc = webrtc
+
+    original = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any):
+        async with original(a) as value:
+            try:
+                yield value
+            finally:
+                await webrtc.close_all()
+
+    app.router.lifespan_context = lifespan
+
+    @app.post("/v1/realtime/client_secrets")
+    async def client_secrets(request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        _, label, refused = await webrtc.grant_for(extract_key(headers), ephemeral_ok=False)
+        if refused is not None:
+            return refused
+        body, bad = await _json_body(request)
+        return bad or await webrtc.mint(body, label)
+
+    @app.post("/session")
+    async def web_session(request: Request) -> Response:
+        """The browser app's server side: mint a short-lived key for the page."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if state.settings.webrtc.open_web_sessions:
+            label = key_label(None)
+        else:
+            _, label, refused = await webrtc.grant_for(extract_key(headers), ephemeral_ok=False)
+            if refused is not None:
+                return refused
+        body, bad = await _json_body(request)
+        return bad or await webrtc.mint(body, label, default_ttl=WEB_SESSION_TTL_S)
+
+    @app.post("/v1/realtime/calls")
+    async def create_call(request: Request) -> Response:
+        return await webrtc.create_call(request)
+
+    @app.post("/v1/realtime/calls/{call_id}/hangup")
+    async def hangup(call_id: str, request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        _, label, refused = await webrtc.grant_for(extract_key(headers), ephemeral_ok=False)
+        if refused is not None:
+            return refused
+        call = webrtc.find(call_id, label)
+        if call is None:
+            return error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found", param="call_id")
+        await call.close("hung up")
+        return Response(status_code=200)
+
+    @app.get("/webrtc/debug/stats")
+    async def debug_stats() -> JSONResponse:
+        if not state.settings.webrtc.debug:
+            return JSONResponse({"error": "not found"}, 404)
+        return JSONResponse(webrtc.stats())
+
+
+async def _json_body(request: Request, limit: int = 1024 * 1024) -> tuple[Any, JSONResponse | None]:
+    body = await read_limited(request, limit)
+    if body is None:
+        return None, error(413, f"the request is larger than {limit} bytes", "request_too_large")
+    if not body.strip():
+        return {}, None
+    try:
+        return json.loads(body), None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, error(400, "the request body is not valid JSON", "invalid_json")
+
+
+async def serve_sideband(ws: WebSocket, state: Any, key: str | None, call_id: str) -> None:
+    """`/v1/realtime?call_id=...`: join a running call with a real key."""
+    webrtc: WebRTC | None = getattr(state, "webrtc", None)
+    if webrtc is None:
+        await ws.send_denial_response(error(404, "WebRTC is disabled on this server", "call_not_found"))
+        return
+    _, label, refused = await webrtc.grant_for(key, ephemeral_ok=False)
+    if refused is not None:
+        await ws.send_denial_response(refused)
+        return
+    call = webrtc.find(call_id, label)
+    if call is None or call.conn is None:
+        await ws.send_denial_response(error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found",
+                                            param="call_id"))
+        return
+    offered = list(ws.scope.get("subprotocols") or [])
+    await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
+    conn = call.conn
+    sb = call.attach(ws.send_text)
+    sb.push(json.dumps(conn.ev.session_created(conn.wire_session()), ensure_ascii=False))
+
+    async def receive() -> None:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("text")
+            call.deliver(data if data is not None else (msg.get("bytes") or b""))
+
+    reader = asyncio.create_task(receive(), name=f"sideband-{call_id}")
+    ended = asyncio.create_task(call.ended.wait(), name=f"sideband-end-{call_id}")
+    try:
+        await asyncio.wait({reader, ended, sb.task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        call.detach(sb)
+        for t in (reader, ended):
+            t.cancel()
+        await asyncio.gather(reader, ended, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sb.task, 2)
+        with contextlib.suppress(Exception):
+            await ws.close(1000 if call.closed else (1011 if sb.overflowed else 1000),
+                           "call ended" if call.closed else ("sideband too slow" if sb.overflowed else ""))

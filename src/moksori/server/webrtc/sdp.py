@@ -1,0 +1,68 @@
+"""SDP offers: a quick sanity check before aiortc parses them, and ICE candidate filtering.
+
+Pure functions on text; no aiortc import. aiortc's own parser still has the last word (its
+errors become HTTP 400 in the route).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class OfferError(ValueError):
+    """The body is not a usable SDP offer; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str  # normalised to CRLF line endings
+    audio: bool  # an m=audio section
+    data_channel: bool  # an m=application ... webrtc-datachannel section
+
+
+def check_offer(text: str) -> Offer:
+    if not text.strip():
+        raise OfferError("the SDP offer is empty")
+    lines = [ln.rstrip("\r") for ln in text.strip().split("\n")]
+    if lines[0] != "v=0":
+        raise OfferError("not an SDP offer (it must start with v=0)")
+    for ln in lines:
+        if len(ln) < 2 or ln[1] != "=" or not ln[0].isalpha():
+            raise OfferError(f"malformed SDP line: {ln[:60]!r}")
+    media = [ln for ln in lines if ln.startswith("m=")]
+    audio = any(ln.startswith("m=audio ") for ln in media)
+    data = any(ln.startswith("m=application ") and "webrtc-datachannel" in ln for ln in media)
+    if not audio and not data:
+        raise OfferError("the offer has neither an audio track nor a data channel")
+    if not any(ln.startswith("a=ice-ufrag:") for ln in lines) or not any(ln.startswith("a=ice-pwd:") for ln in lines):
+        raise OfferError("the offer has no ICE credentials (a=ice-ufrag / a=ice-pwd)")
+    if not any(ln.startswith("a=fingerprint:") for ln in lines):
+        raise OfferError("the offer has no DTLS fingerprint")
+    return Offer("\r\n".join(lines) + "\r\n", audio, data)
+
+
+def candidate_address(line: str) -> str | None:
+    """The connection address of an `a=candidate:` line (RFC 8839: the fifth field)."""
+    parts = line.split()
+    return parts[4] if len(parts) >= 8 else None
+
+
+def is_loopback_address(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False  # a hostname (mDNS .local) or garbage
+
+
+def keep_candidates(sdp: str, keep: Callable[[str], bool]) -> str:
+    """Drop `a=candidate` lines whose address `keep` refuses."""
+    out = []
+    for ln in sdp.split("\r\n"):
+        if ln.startswith("a=candidate:"):
+            addr = candidate_address(ln)
+            if addr is None or not keep(addr):
+                continue
+        out.append(ln)
+    return "\r\n".join(out)
