@@ -62,6 +62,8 @@ def chromium_args(mic_wav: Path | None) -> list[str]:
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         "--autoplay-policy=no-user-gesture-required",
+        # WebRTC over loopback: the server offers 127.0.0.1 candidates only (nothing leaves the machine)
+        "--allow-loopback-in-peer-connection",
     ]
     if mic_wav is not None:
         args.append(f"--use-file-for-fake-audio-capture={Path(mic_wav).resolve()}%noloop")

@@ -11,7 +11,12 @@ and Playwright 1.65, beyond the recipe:
   capture worklet resamples 44.1 kHz -> 24 kHz and the playback worklet 24 kHz -> 44.1 kHz;
   neither rate is hard-coded in the app.
 * With `%noloop` and 6 s of silence after the speech, the agent answers while the fake mic is
-  silent, so nothing barges in; the reply is played through the playback worklet to its end.
+  silent, so nothing barges in; the reply is played to its end.
+* The app talks WebRTC by default (the fake mic is its audio track, the reply plays from the
+  remote track through an <audio> element and a measuring tap); `?webrtc=fail` makes that fail
+  for real (a broken offer, refused with 400) and the app falls back to the WebSocket, where the
+  reply goes through the playback worklet. Chromium needs `--allow-loopback-in-peer-connection`
+  to use the server's 127.0.0.1 candidate.
 """
 
 from __future__ import annotations
@@ -107,7 +112,12 @@ def test_spoken_turn_transcript_reply_audio_and_latency(server, tmp_path):
         expect(page.get_by_test_id("transcript-agent").locator(".line").first).not_to_be_empty(timeout=TIMEOUT_MS)
         m = page.evaluate("""() => { const m = window.moksori; return {
             receivedAudioSamples: m.receivedAudioSamples, playedSamples: m.playedSamples, sampleRate: m.sampleRate,
-            sentAudioSamples: m.sentAudioSamples, levelMax: m.levelMax, turns: m.turns }; }""")
+            sentAudioSamples: m.sentAudioSamples, levelMax: m.levelMax, turns: m.turns, transport: m.transport,
+            events: m.events, webrtcError: m.webrtcError }; }""")
+        # over WebRTC: the reply came on the track, its playback reported by the server's outbound track
+        assert m["transport"] == "webrtc", m["webrtcError"]
+        assert m["events"].get("output_audio_buffer.started", 0) >= 1
+        assert m["events"].get("response.output_audio.delta", 0) == 0
         assert m["receivedAudioSamples"] > 0 and m["playedSamples"] > 0
         assert m["playedSamples"] <= m["receivedAudioSamples"]
         assert m["sampleRate"] > 0 and m["sentAudioSamples"] > 24_000 * 3  # > 3 s of mic audio sent
@@ -130,6 +140,30 @@ def test_spoken_turn_transcript_reply_audio_and_latency(server, tmp_path):
         page.get_by_test_id("stop").click()
         _wait_sessions(server, 0)
     assert not problems, problems
+
+
+def test_webrtc_failure_falls_back_to_the_websocket(server, tmp_path):
+    """`?webrtc=fail` posts a broken offer: the server says 400, the app says so and speaks WebSocket."""
+    from playwright.sync_api import expect
+
+    wav = write_mic_wav(tmp_path / "mic.wav", utt("en_028").path, lead_s=1.0, tail_s=6.0)
+    problems: list[str] = []
+    with chromium(wav) as ctx:
+        page = _page(ctx, problems)
+        page.goto(server.url + "/?raw=1&webrtc=fail")
+        page.get_by_test_id("start").click()
+        expect(page.get_by_test_id("error")).to_contain_text("WebSocket", timeout=TIMEOUT_MS)
+        final_user = page.locator('[data-testid="transcript-user"] .line.final')
+        expect(final_user.first).to_contain_text("thousand", ignore_case=True, timeout=TIMEOUT_MS)
+        page.wait_for_function("() => window.moksori.playedSamples >= 12000", timeout=TIMEOUT_MS)
+        m = page.evaluate("() => ({transport: window.moksori.transport, err: window.moksori.webrtcError, "
+                          "deltas: window.moksori.events['response.output_audio.delta'] || 0})")
+        assert m["transport"] == "websocket" and "400" in m["err"], m
+        assert m["deltas"] > 0
+        page.get_by_test_id("stop").click()
+        _wait_sessions(server, 0)
+    # the refused offer is the only failed request, and it was the one we forced
+    assert [p for p in problems if "/v1/realtime/calls" not in p] == [], problems
 
 
 def test_phone_viewport_and_text_fallback(server):

@@ -7,9 +7,10 @@
     engine speaker ──▶ OutboundAudio (AudioSink) ──▶ outbound track (paced, flushable)
 
 The call ends on hang-up, when the peer closes, when it never connects (`connect_timeout_s`),
-or when a connected peer goes silent: no media for `idle_timeout_s` means it vanished without
-closing (a browser always sends audio frames, silence included). A call without an inbound
-audio track is ended by ICE consent freshness instead (aioice: about 30 s).
+or when a connected peer goes silent: no media for `idle_timeout_s` after media has flowed means
+it vanished without closing (a browser's mic track always sends frames, silence included). A
+call that never sent media (data channel only, or a mic not started yet) is ended by ICE
+consent freshness instead (aioice: about 30 s).
 """
 
 from __future__ import annotations
@@ -167,9 +168,9 @@ class Call:
     def _on_track(self, track: Any) -> None:
         if track.kind != "audio":
             return
-        self.has_media = True
 
         def on_frame(frame: Frame) -> None:
+            self.has_media = True  # a sender with no track yet (text first, mic later) sends nothing
             self.last_media = time.monotonic()
             conn = self.conn
             if conn is None or conn.closed:

@@ -1,7 +1,11 @@
 // Moksori browser app: an OpenAI Realtime (GA) client plus the Moksori engine timeline.
+// Transport: WebRTC by default (Opus, the browser's echo cancellation and jitter buffer), with
+// a key minted by the page's server side; the WebSocket when WebRTC fails or `?transport=websocket`.
+// `?webrtc=fail` makes the WebRTC attempt fail for real (a broken offer) to exercise the fallback.
 import { AudioEngine } from "./audio.js";
 import { LatencyTracker } from "./latency.js";
 import { RealtimeClient, fromBase64, realtimeUrl, toBase64 } from "./realtime.js";
+import { WebRTCClient } from "./webrtc.js";
 
 const $ = (sel) => document.querySelector(sel);
 const OUT_RATE = 24000;
@@ -71,6 +75,9 @@ const M = {
   levelMax: 0,
   events: {},
   timeline: [], // the last few hundred engine timeline events
+  transport: null, // "webrtc" | "websocket" once connected
+  webrtcError: null, // why the last WebRTC attempt failed, if it did
+  callId: null,
 };
 window.moksori = M;
 
@@ -249,7 +256,18 @@ const audio = new AudioEngine({
     ui.levelFill.style.transform = `scaleX(${levelShown.toFixed(3)})`;
     ui.level.dataset.level = levelShown.toFixed(3);
     ui.level.setAttribute("aria-valuenow", levelShown.toFixed(2));
-    sendAudio(pcm);
+    if (rt === rtc) {
+      if (rtc.open) M.sentAudioSamples += pcm.byteLength / 2; // the mic track itself carries it
+    } else {
+      sendAudio(pcm);
+    }
+  },
+  onRemoteChunk(pcm, level) {
+    // WebRTC reply audio as rendered, in 24 kHz samples like the WebSocket path's counters
+    if (level < 0.002) return;
+    const n = pcm.byteLength / 2;
+    M.receivedAudioSamples += n;
+    M.playedSamples += n;
   },
   onProgress(m) {
     // the worklet counts per AudioContext; keep the page's counter growing across Stop/Start
@@ -282,6 +300,12 @@ function sendBytes(bytes) {
 /** Barge-in: drop queued reply audio now and tell the server how much was heard. */
 function flushPlayback(reason) {
   M.flushRequests++;
+  if (rt === rtc) {
+    // over WebRTC the server holds the unplayed audio and drops it itself (output_audio_buffer.cleared);
+    // it also knows what was sent, so there is nothing to truncate from here
+    if (reason === "output_audio_buffer.cleared") M.flushes++;
+    return;
+  }
   for (const id of items.pending) remember(items.discarded, id);
   items.pending.clear();
   audio.flush().then((r) => {
@@ -373,13 +397,46 @@ function onServerEvent(ev) {
 
 // ------------------------------------------------------------------ connection
 
-const rt = new RealtimeClient({
+function onTransportClose({ code, reason }) {
+  toast(`Connection closed (${code}${reason ? `: ${reason}` : ""})`);
+  stop();
+}
+
+const ws = new RealtimeClient({ onEvent: onServerEvent, onClose: onTransportClose });
+const rtc = new WebRTCClient({
   onEvent: onServerEvent,
-  onClose({ code, reason }) {
-    toast(`Connection closed (${code}${reason ? `: ${reason}` : ""})`);
-    stop();
+  onClose: onTransportClose,
+  onRemoteStream(stream) {
+    audio.playRemote(stream);
   },
 });
+let rt = ws; // the transport in use
+
+function wantWebRTC() {
+  return query.get("transport") !== "websocket" && typeof RTCPeerConnection === "function";
+}
+
+/** WebRTC first; the WebSocket if it fails. */
+async function openTransport() {
+  if (wantWebRTC()) {
+    try {
+      await rtc.connect({ key: ui.key.value.trim(), session: sessionConfig(), micTrack: audio.micTrack,
+                          fail: query.get("webrtc") === "fail" });
+      rt = rtc;
+      preOpen.length = 0; // the mic track carries the audio from here
+      M.transport = "webrtc";
+      M.callId = rtc.callId;
+      return;
+    } catch (e) {
+      rtc.close();
+      M.webrtcError = (e && e.message) || String(e);
+      toast(`WebRTC failed (${M.webrtcError}); using the WebSocket`, { warning: true });
+    }
+  }
+  await ws.connect(realtimeUrl(), ui.key.value.trim());
+  rt = ws;
+  M.transport = "websocket";
+}
 
 const conn = { running: false, mic: false, opening: null };
 
@@ -418,10 +475,11 @@ async function connect({ mic }) {
       conn.mic = true;
       setButtons();
       await audio.startMic({ raw: ui.raw.checked });
+      if (rt === rtc && rtc.open) await rtc.setMic(audio.micTrack);
     }
     if (!rt.open) {
       if (!conn.opening) {
-        conn.opening = rt.connect(realtimeUrl(), ui.key.value.trim()).then(() => {
+        conn.opening = openTransport().then(() => {
           sendSessionUpdate();
         }).finally(() => {
           conn.opening = null;
@@ -446,7 +504,9 @@ async function stop() {
   const wasRunning = conn.running;
   conn.running = false;
   conn.mic = false;
-  rt.close();
+  ws.close();
+  rtc.close();
+  rt = ws;
   preOpen.length = 0;
   await audio.close();
   playedBase += lastPlayed;
@@ -501,7 +561,8 @@ ui.key.addEventListener("change", () => store.set("key", ui.key.value.trim()));
 ui.raw.addEventListener("change", () => store.set("raw", ui.raw.checked ? "1" : "0"));
 
 window.addEventListener("pagehide", () => {
-  rt.close();
+  ws.close();
+  rtc.close();
 });
 
 /** For tests and the console: send a raw client event on the open connection. */

@@ -3,7 +3,7 @@
 const BASE = new URL(".", import.meta.url);
 
 export class AudioEngine {
-  /** hooks: {onChunk(ArrayBuffer pcm16 24 kHz, level), onProgress(msg)} */
+  /** hooks: {onChunk(ArrayBuffer pcm16 24 kHz, level), onProgress(msg), onRemoteChunk(pcm, level)} */
   constructor(hooks) {
     this.hooks = hooks;
     this.ctx = null;
@@ -15,6 +15,62 @@ export class AudioEngine {
     this.flushWaiters = new Map();
     this.ready = null; // promise: context + worklets loaded
     this.micReady = null; // promise: microphone open
+    this.remoteEl = null; // <audio> playing the WebRTC reply track
+    this.remoteTap = null;
+    this.remoteSource = null;
+  }
+
+  /** The microphone's track (WebRTC sends it as is), or null. */
+  get micTrack() {
+    return this.stream ? this.stream.getAudioTracks()[0] || null : null;
+  }
+
+  /** WebRTC reply audio: an <audio> element plays it (the browser's echo canceller uses it as the
+   *  reference; Chromium renders remote WebRTC audio only through a media element), and a tap
+   *  in the AudioContext measures what is rendered (level, samples) for the page's counters. */
+  playRemote(stream) {
+    if (!this.remoteEl) {
+      this.remoteEl = document.createElement("audio");
+      this.remoteEl.autoplay = true;
+      this.remoteEl.dataset.testid = "remote-audio";
+      document.body.appendChild(this.remoteEl);
+    }
+    this.remoteEl.srcObject = stream;
+    this.remoteEl.play().catch(() => {});
+    this.stopTap();
+    if (!this.ctx) return;
+    this.remoteSource = this.ctx.createMediaStreamSource(stream);
+    this.remoteTap = new AudioWorkletNode(this.ctx, "moksori-capture", {
+      numberOfInputs: 1, numberOfOutputs: 0, processorOptions: { chunkMs: 40 },
+    });
+    this.remoteTap.port.onmessage = (e) => {
+      const m = e.data;
+      if (m.type === "chunk" && this.hooks.onRemoteChunk) this.hooks.onRemoteChunk(m.pcm, m.level);
+    };
+    this.remoteSource.connect(this.remoteTap);
+  }
+
+  stopTap() {
+    if (this.remoteTap) {
+      this.remoteTap.port.postMessage({ type: "stop" });
+      this.remoteTap.port.onmessage = null;
+      try {
+        this.remoteSource.disconnect();
+      } catch {
+        /* gone */
+      }
+    }
+    this.remoteTap = null;
+    this.remoteSource = null;
+  }
+
+  stopRemote() {
+    this.stopTap();
+    if (this.remoteEl) {
+      this.remoteEl.srcObject = null;
+      this.remoteEl.remove();
+      this.remoteEl = null;
+    }
   }
 
   get sampleRate() {
@@ -133,6 +189,7 @@ export class AudioEngine {
 
   async close() {
     this.stopMic();
+    this.stopRemote();
     for (const resolve of this.flushWaiters.values()) resolve({ itemId: null, itemPlayed: 0, dropped: 0, items: [] });
     this.flushWaiters.clear();
     const ctx = this.ctx;
