@@ -1,6 +1,6 @@
 """The Realtime API over WebRTC, against a real `moksori serve` on 127.0.0.1.
 
-The client is aiortc (`tests/webrtc_client.py`), following the browser flow: mint an ephemeral
+The client is aiortc (`moksori.testing.webrtc_client`), following the browser flow: mint an ephemeral
 key with the official `openai` SDK (`client.realtime.client_secrets.create`), post the SDP offer
 with `client.realtime.calls.create`, stream real recorded speech on the audio track in 20 ms
 Opus frames at real time, read the events on `oai-events`, record the reply from the track.
@@ -23,7 +23,6 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,14 +32,13 @@ from servers import ServerProcess, ThreadedASGIServer, free_port
 from speech import prepared_data_dir, requires_speech, utt
 
 aiortc = pytest.importorskip("aiortc")
-from webrtc_client import RtcClient  # noqa: E402 - needs aiortc
+from moksori.testing.webrtc_client import RtcClient  # noqa: E402 - needs aiortc
 
 pytestmark = [pytest.mark.models, requires_speech]
 
 KEY = "sk-moksori-webrtc-1"
 OTHER_KEY = "sk-moksori-webrtc-2"
 IDLE_TIMEOUT_S = 3
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +197,32 @@ async def test_browser_flow_real_speech_in_reply_audio_out(server):
         assert len(loud) * 0.02 > 0.8, "less than 0.8 s of audible reply arrived"
         text = await asyncio.to_thread(transcribe, server, heard)
         assert "sounds good" in text.lower(), text  # scripted reply: "Sure, that sounds good."
+    finally:
+        await client.close()
+    await wait_calls(server, 0)
+
+
+@pytest.mark.parametrize("codec,rate", [("PCMU", 8000), ("PCMA", 8000)])
+async def test_g711_peers_get_g711(server, codec, rate):
+    """A peer that offers only G.711 gets it both ways: speech in, the reply heard at 8 kHz."""
+    client = RtcClient(codecs=[codec])
+    await client.connect_sdk(server.url, KEY, {"type": "realtime", "instructions": "g711"})
+    try:
+        await asyncio.wait_for(client.opened.wait(), 15)
+        n0 = len(client.events)
+        client.mic.say(speech48("en_028"))
+        started = await client.wait_event("output_audio_buffer.started", after=n0, timeout=30)
+        await client.wait_event("output_audio_buffer.stopped", after=n0, timeout=30)
+        await asyncio.sleep(0.3)
+        assert client.codec_rate == rate
+        s = await asyncio.to_thread(stats, server)
+        assert s["detail"][0]["codec"] == codec
+        heard = client.received(since=client.time_of(started) - 0.2)
+        from moksori.audio.frames import Frame
+        from moksori.audio.resample import resample
+
+        text = await asyncio.to_thread(transcribe, server, resample(Frame(heard, rate), 48000).samples)
+        assert "sounds good" in text.lower(), text
     finally:
         await client.close()
     await wait_calls(server, 0)
@@ -363,13 +387,13 @@ async def test_vanished_peer_is_cleaned_up(server):
     """A client killed with SIGKILL (no DTLS alert, no SCTP abort): the call, its session, its peer
     connection and its tasks are gone within the idle timeout."""
     before = await asyncio.to_thread(stats, server)
-    proc = subprocess.Popen([sys.executable, str(HERE / "webrtc_client.py"), server.url, KEY],
+    proc = subprocess.Popen([sys.executable, "-m", "moksori.testing.webrtc_client", server.url, KEY],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     try:
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
         call_id = json.loads(line)["call_id"]
         s = await wait_calls(server, 1)
-        assert s["detail"][0]["call_id"] == call_id and s["detail"][0]["connected"]
+        assert s["detail"][0]["call_id"] == call_id and s["detail"][0]["connected"] and s["detail"][0]["has_media"]
     finally:
         proc.kill()
         proc.wait(10)

@@ -29,8 +29,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from moksori.audio.frames import Frame
 from moksori.errors import ProtocolError
 from moksori.server.realtime_conn import RealtimeConnection
-from moksori.server.webrtc import ice
+from moksori.server.webrtc import aiortc_fixes, ice
+from moksori.server.webrtc.sdp import first_audio_codec
 from moksori.server.webrtc.tracks import OutboundAudio, pump_inbound
+
+aiortc_fixes.install()
 
 log = logging.getLogger("moksori.webrtc")
 
@@ -88,6 +91,7 @@ class Call:
         self.connected = False
         self.closed = False
         self.close_reason: str | None = None
+        self.codec: str | None = None  # the audio codec negotiated (opus, PCMU, PCMA)
         self.ended = asyncio.Event()
         self._closing: asyncio.Task | None = None
         self._inbox_full_reported = False
@@ -107,7 +111,11 @@ class Call:
             self.pc.addTrack(self.track)  # takes the offered audio transceiver's sender
         with ice.offering(addresses):
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription.sdp
+        answer = self.pc.localDescription.sdp
+        self.codec = first_audio_codec(answer)
+        if self.codec == "opus":
+            self.track.silence_packet = aiortc_fixes.opus_silence()
+        return answer
 
     def start(self) -> None:
         assert self.conn is not None
@@ -263,7 +271,7 @@ class Call:
         sb.push(None)
 
     def summary(self) -> dict[str, Any]:
-        return {"call_id": self.id, "connected": self.connected, "state": self.pc.connectionState,
+        return {"call_id": self.id, "connected": self.connected, "state": self.pc.connectionState, "codec": self.codec,
                 "has_media": self.has_media, "sidebands": len(self.sidebands),
                 "buffered_ms": 1000 * self.track.buffered // self.track.rate,
                 "frames_sent": self.track.frames_sent, "speech_frames_sent": self.track.speech_frames_sent}

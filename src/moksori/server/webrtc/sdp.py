@@ -66,3 +66,21 @@ def keep_candidates(sdp: str, keep: Callable[[str], bool]) -> str:
                 continue
         out.append(ln)
     return "\r\n".join(out)
+
+
+def first_audio_codec(sdp: str) -> str | None:
+    """The codec an answer's audio section lists first (the one that will be sent), e.g. "opus"."""
+    lines = [ln.rstrip("\r") for ln in sdp.split("\n")]
+    for i, ln in enumerate(lines):
+        if ln.startswith("m=audio "):
+            fields = ln.split()
+            if len(fields) < 4:
+                return None
+            pt = fields[3]
+            for other in lines[i + 1:]:
+                if other.startswith("m="):
+                    break
+                if other.startswith(f"a=rtpmap:{pt} "):
+                    return other.split(" ", 1)[1].split("/")[0]
+            return None
+    return None

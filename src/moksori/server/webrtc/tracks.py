@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
+from av.packet import Packet
 
 from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
@@ -32,6 +33,7 @@ FRAME_SAMPLES = RATE // 50  # 20 ms, Opus's packet time in WebRTC
 TIME_BASE = fractions.Fraction(1, RATE)
 ACK_EVERY = 5  # frames (100 ms) between "sent so far" reports
 RESYNC_S = 0.2  # a stalled loop does not burst more than this much audio to catch up
+FLUSH_FRAMES = 2  # silent frames still encoded after audio, to empty the encoder's lookahead
 
 Notify = Callable[[str, str], None]  # (event: started|stopped|cleared, response_id)
 Played = Callable[[str, int], None]  # (response_id, ms sent)
@@ -39,13 +41,14 @@ Played = Callable[[str, int], None]  # (response_id, ms sent)
 
 def to_mono_pcm(frame: AudioFrame) -> Frame:
     """A decoded frame (packed s16, any channel count) as mono PCM16 at its own rate."""
-    pcm = frame.to_ndarray()
-    channels = len(frame.layout.channels)
     if frame.format.name != "s16":
         raise ValueError(f"unexpected decoded sample format {frame.format.name}")
-    x = pcm.reshape(-1)
-    if channels > 1:
-        x = x.reshape(-1, channels).astype(np.int32).sum(axis=1) // channels
+    x = frame.to_ndarray().reshape(-1)
+    channels = len(frame.layout.channels)
+    if channels == 2:  # Opus decodes to stereo: average the pair (cheaper than a strided reduce)
+        x = ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)
+    elif channels > 2:
+        x = (x.reshape(-1, channels).astype(np.int32).sum(axis=1) // channels).astype(np.int16)
     return Frame(np.ascontiguousarray(x, dtype=np.int16), frame.sample_rate)
 
 
@@ -80,6 +83,10 @@ class OutboundAudio(MediaStreamTrack):
         self.frames_sent = 0
         self.speech_frames_sent = 0
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._quiet = 0  # silent frames in a row
+        # Set by the call once Opus is negotiated: while there is nothing to play, this packet
+        # goes out as is (no encoder, no level computation): idle calls cost much less CPU.
+        self.silence_packet: bytes | None = None
         self.clock: Callable[[], float] = time.monotonic
 
     # ------------------------------------------------------------------ AudioSink
@@ -113,7 +120,7 @@ class OutboundAudio(MediaStreamTrack):
 
     # ------------------------------------------------------------------ aiortc
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | Packet:
         if self.readyState != "live":
             raise MediaStreamError
         now = self.clock()
@@ -127,11 +134,22 @@ class OutboundAudio(MediaStreamTrack):
             elif wait < -RESYNC_S:
                 self._t0 = now - self._pts / RATE  # the loop stalled: resume pacing from now
         samples = self._take()
+        self.frames_sent += 1
+        if samples is self._silence:
+            self._quiet += 1
+            # the first frame (pts 0) and a few after audio go through the encoder: it anchors the
+            # RTP timestamps and empties its lookahead, so speech never comes out late or cut
+            if self.silence_packet is not None and self._quiet > FLUSH_FRAMES and self._pts > 0:
+                packet = Packet(self.silence_packet)
+                packet.pts = self._pts
+                packet.time_base = TIME_BASE
+                return packet
+        else:
+            self._quiet = 0
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._pts
         frame.time_base = TIME_BASE
-        self.frames_sent += 1
         return frame
 
     # ------------------------------------------------------------------ internals

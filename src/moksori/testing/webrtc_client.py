@@ -8,8 +8,10 @@
 * the reply audio recorded from the remote track with the arrival time of every frame.
 
 Only loopback ICE candidates are offered (`moksori.server.webrtc.ice.offering`), so nothing
-leaves the machine. Run as a script (`python tests/webrtc_client.py URL KEY`), it connects,
-streams silence and waits to be killed: the "peer that vanishes without closing" test.
+leaves the machine. Run as a module (`python -m moksori.testing.webrtc_client URL KEY`), it
+connects, streams silence and waits to be killed: the "peer that vanishes without closing" test.
+
+Shipped in `moksori.testing` so you can test your own agent over WebRTC the same way.
 """
 
 from __future__ import annotations
@@ -90,10 +92,17 @@ class MicTrack(MediaStreamTrack):
 
 
 class RtcClient:
-    def __init__(self) -> None:
+    def __init__(self, *, codecs: list[str] | None = None) -> None:
+        """`codecs`: offer only these audio codecs, e.g. ["PCMU"] (default: aiortc's, Opus first)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = MicTrack()
         self.pc.addTrack(self.mic)
+        if codecs:
+            from aiortc import RTCRtpSender
+
+            wanted = {c.lower() for c in codecs}
+            self.pc.getTransceivers()[0].setCodecPreferences(
+                [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.split("/")[1].lower() in wanted])
         self.channel = self.pc.createDataChannel("oai-events")
         self.events: list[dict[str, Any]] = []
         self.event_times: list[float] = []
@@ -221,6 +230,8 @@ async def _vanish_main(url: str, key: str) -> None:
     client = RtcClient()
     await client.connect_sdk(url, key)
     await asyncio.wait_for(client.opened.wait(), 20)
+    while len(client.frames) < 25:  # media flows both ways (0.5 s), as in a real call
+        await asyncio.sleep(0.05)
     print(json.dumps({"call_id": client.call_id}), flush=True)
     await asyncio.sleep(3600)  # killed by the test (SIGKILL): no DTLS alert, no SCTP abort, nothing
 

@@ -1,0 +1,192 @@
+"""The pure parts of the WebRTC transport: SDP checks, the key store, the outbound track's
+bookkeeping (what it plays, when it says started/stopped/cleared), and the aiortc speed fix."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiortc")
+
+from moksori.audio.frames import Frame  # noqa: E402
+from moksori.server.ephemeral_keys import (MemoryKeyStore, StoreFull, is_ephemeral, new_key,  # noqa: E402
+                                           parse_expires_after)
+from moksori.server.webrtc import ice  # noqa: E402
+from moksori.server.webrtc.sdp import (OfferError, check_offer, first_audio_codec,  # noqa: E402
+                                       keep_candidates)
+from moksori.server.webrtc.tracks import FRAME_SAMPLES, OutboundAudio, to_mono_pcm  # noqa: E402
+
+OFFER = "\r\n".join([
+    "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0", "c=IN IP4 0.0.0.0", "a=rtpmap:111 opus/48000/2", "a=rtpmap:0 PCMU/8000",
+    "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+    "a=candidate:2 1 udp 2130706431 192.0.2.2 5001 typ host",
+    "a=candidate:3 1 udp 2130706431 abcd.local 5002 typ host",
+    "a=ice-ufrag:abcd", "a=ice-pwd:efghijklmnopqrstuvwxyz12", "a=fingerprint:sha-256 AA:BB",
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "a=sctp-port:5000", ""])
+
+
+# --------------------------------------------------------------------------- SDP
+
+
+def test_offer_checks():
+    offer = check_offer(OFFER.replace("\r\n", "\n"))  # LF-only offers are normalised
+    assert offer.audio and offer.data_channel and offer.sdp.endswith("\r\n") and "\r\n" in offer.sdp
+    for bad, why in [("", "empty"), ("hello", "v=0"), ("v=0\r\nnot a line\r\n", "malformed"),
+                     ("v=0\r\ns=-\r\n", "neither"),
+                     (OFFER.replace("a=ice-pwd", "a=x-pwd"), "ICE"), (OFFER.replace("a=fingerprint", "a=x"), "DTLS")]:
+        with pytest.raises(OfferError, match=why):
+            check_offer(bad)
+
+
+def test_candidates_are_filtered_for_loopback_calls():
+    loop = ice.remote_filter(["127.0.0.1"])
+    kept = keep_candidates(OFFER, loop)
+    assert "127.0.0.1 5000" in kept and "192.0.2.2" not in kept and ".local" not in kept
+    assert keep_candidates(OFFER, ice.remote_filter(None)) == OFFER  # default interfaces: keep all
+    assert ice.addresses_for([], "127.0.0.1") == ["127.0.0.1"]
+    assert ice.addresses_for([], "192.0.2.2") is None
+    assert ice.addresses_for(["10.1.2.3"], "127.0.0.1") == ["10.1.2.3"]
+
+
+def test_first_audio_codec():
+    assert first_audio_codec(OFFER) == "opus"
+    assert first_audio_codec(OFFER.replace("SAVPF 111 0", "SAVPF 0 111")) == "PCMU"
+    assert first_audio_codec("v=0\r\nm=application 9 x\r\n") is None
+
+
+async def test_ice_addresses_are_per_context():
+    import aioice.ice
+
+    with ice.offering(["127.0.0.1"]):
+        assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
+
+        async def other() -> list[str]:
+            with ice.offering(["127.0.0.2"]):
+                await asyncio.sleep(0)
+                return aioice.ice.get_host_addresses(True, False)
+
+        assert await asyncio.create_task(other()) == ["127.0.0.2"]
+        assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
+    assert "127.0.0.1" not in aioice.ice.get_host_addresses(True, False)  # aioice's default again
+
+
+# --------------------------------------------------------------------------- ephemeral keys
+
+
+async def test_key_store_expiry_and_capacity():
+    now = [1000.0]
+    store = MemoryKeyStore(max_keys=2, clock=lambda: now[0])
+    a = new_key(10, {"instructions": "a"}, now=now[0])
+    b = new_key(600, {}, now=now[0])
+    await store.put(a)
+    await store.put(b)
+    assert is_ephemeral(a.value) and not is_ephemeral("sk-x") and not is_ephemeral(None)
+    assert (await store.get(a.value)).session == {"instructions": "a"}
+    assert await store.get("ek_unknown") is None
+    with pytest.raises(StoreFull):
+        await store.put(new_key(10, {}, now=now[0]))
+    now[0] += 10  # a expires exactly now
+    assert await store.get(a.value) is None
+    assert await store.get(b.value) is not None
+    await store.put(new_key(10, {}, now=now[0]))  # room again: the expired key was dropped
+    assert len(store) == 2
+
+
+def test_expires_after():
+    assert parse_expires_after(None) == 600
+    assert parse_expires_after({"anchor": "created_at", "seconds": 10}) == 10
+    assert parse_expires_after({"seconds": 7200}) == 7200
+    for bad in ({"seconds": 9}, {"seconds": 7201}, {"seconds": "60"}, {"seconds": True}, {"anchor": "x"}, []):
+        with pytest.raises(ValueError):
+            parse_expires_after(bad)
+
+
+# --------------------------------------------------------------------------- the outbound track
+
+
+def tone(ms: int, rate: int = 48000) -> Frame:
+    n = rate * ms // 1000
+    return Frame((8000 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.int16), rate)
+
+
+async def test_outbound_track_plays_then_stops_and_reports():
+    events: list[tuple[str, str]] = []
+    played: list[tuple[str, int]] = []
+    track = OutboundAudio(lambda e, r: events.append((e, r)), lambda r, ms: played.append((r, ms)))
+    track.clock = lambda: 0.0  # never sleep: pacing is the clock's business, not this test's
+    first = await track.recv()  # idle: silence, encoded (pts 0 anchors the timestamps)
+    assert first.pts == 0 and not np.any(first.to_ndarray())
+    track.play("resp_1", "item_1", tone(50))
+    track.play("resp_1", "item_1", tone(50))
+    track.end("resp_1")  # more queued: it stops once drained
+    frames = [await track.recv() for _ in range(5)]  # 100 ms = 5 frames
+    assert all(np.any(f.to_ndarray()) for f in frames)
+    assert events == [("started", "resp_1"), ("stopped", "resp_1")]
+    assert played[-1] == ("resp_1", 100)
+    assert [f.pts for f in frames] == [FRAME_SAMPLES * i for i in range(1, 6)]
+
+
+async def test_outbound_track_clear_and_next_response():
+    events: list[tuple[str, str]] = []
+    track = OutboundAudio(lambda e, r: events.append((e, r)))
+    track.clock = lambda: 0.0
+    track.play("resp_1", "item_1", tone(200))
+    await track.recv()
+    track.clear(["resp_1"])
+    assert events == [("started", "resp_1"), ("cleared", "resp_1")] and track.buffered == 0
+    assert not np.any((await track.recv()).to_ndarray())  # silence at once
+    track.clear([])  # nothing to cut: no event
+    assert events[-1] == ("cleared", "resp_1") and len(events) == 2
+    # a response resampled from 24 kHz, then the next one right behind it
+    track.play("resp_2", "item_2", tone(30, 24000))
+    track.play("resp_3", "item_3", tone(20))
+    track.end("resp_2")
+    track.end("resp_3")
+    for _ in range(3):
+        await track.recv()
+    assert events[2:] == [("started", "resp_2"), ("stopped", "resp_2"), ("started", "resp_3"), ("stopped", "resp_3")]
+
+
+async def test_idle_track_sends_preencoded_silence():
+    from av.packet import Packet
+
+    track = OutboundAudio()
+    track.clock = lambda: 0.0
+    track.silence_packet = b"\xf8\xff\xfe"
+    out = [await track.recv() for _ in range(5)]
+    assert not isinstance(out[0], Packet)  # the first frame goes through the encoder
+    assert isinstance(out[-1], Packet) and bytes(out[-1]) == b"\xf8\xff\xfe" and out[-1].pts == 4 * FRAME_SAMPLES
+    track.play("r", "i", tone(20))
+    speech = await track.recv()
+    assert not isinstance(speech, Packet) and np.any(speech.to_ndarray())
+    after = [await track.recv() for _ in range(3)]  # the encoder is flushed with real silence first
+    assert [isinstance(x, Packet) for x in after] == [False, False, True]
+
+
+def test_decoded_frames_become_mono_pcm():
+    from av import AudioFrame
+
+    stereo = np.zeros((1, 960 * 2), np.int16)
+    stereo[0, 0::2], stereo[0, 1::2] = 1000, 3000
+    f = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+    f.sample_rate = 48000
+    pcm = to_mono_pcm(f)
+    assert pcm.rate == 48000 and len(pcm) == 960 and np.all(pcm.samples == 2000)
+
+
+def test_audio_level_matches_aiortc():
+    from av import AudioFrame
+
+    from moksori.server.webrtc import aiortc_fixes
+
+    original = aiortc_fixes.original_audio_level
+    rng = np.random.default_rng(1)
+    for scale in (0, 1, 30, 3000, 32767):
+        x = np.clip(rng.normal(0, scale, (1, 960)), -32768, 32767).astype(np.int16)
+        f = AudioFrame.from_ndarray(x, format="s16", layout="mono")
+        f.sample_rate, f.pts, f.time_base = 48000, 0, fractions.Fraction(1, 48000)
+        assert aiortc_fixes.audio_level_dbov(f) == original(f), scale
