@@ -22,6 +22,7 @@ RUNS = [
     ("telephony_latency", ["telephony_latency.py", "--reps", "2"]),
     ("concurrency_40ms", ["concurrency.py", "--chunk-ms", "40", "--levels", "100,150,200,250,300", "--window", "8"]),
     ("concurrency_100ms", ["concurrency.py", "--chunk-ms", "100", "--levels", "200,300,400,500,600", "--window", "8"]),
+    ("webrtc", ["webrtc.py", "--reps", "2"]),
 ]
 
 

@@ -190,3 +190,17 @@ def test_audio_level_matches_aiortc():
         f = AudioFrame.from_ndarray(x, format="s16", layout="mono")
         f.sample_rate, f.pts, f.time_base = 48000, 0, fractions.Fraction(1, 48000)
         assert aiortc_fixes.audio_level_dbov(f) == original(f), scale
+
+
+async def test_server_receivers_keep_one_frame():
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from moksori.server.webrtc import aiortc_fixes
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        t = pc.addTransceiver("audio")
+        assert aiortc_fixes.low_latency_receiver(t.receiver)
+        assert t.receiver._RTCRtpReceiver__jitter_buffer._prefetch == aiortc_fixes.INBOUND_PREFETCH
+    finally:
+        await pc.close()

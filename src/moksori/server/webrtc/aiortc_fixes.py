@@ -1,4 +1,10 @@
-"""Two per-frame costs of aiortc, removed without changing what goes on the wire.
+"""Per-frame costs and a fixed delay of aiortc, removed without changing what goes on the wire.
+
+* aiortc's audio receiver holds 4 frames (80 ms) in its jitter buffer before it hands the first
+  one on (`JitterBuffer(capacity=16, prefetch=4)`): every word the user says reaches the VAD
+  80 ms late, which delays both the end of the turn and barge-in. The server does not play this
+  audio, it only listens to it, so `low_latency_receiver` keeps one frame (a frame is complete
+  when the next one arrives); reordering is still handled (the buffer orders by sequence number).
 
 * `aiortc.rtp.compute_audio_level_dbov` (the RFC 6465 audio level of every outbound frame, for
   the `ssrc-audio-level` header extension) walks the 960 samples in a Python loop: ~0.1 ms per
@@ -32,6 +38,22 @@ def audio_level_dbov(frame) -> int:  # noqa: ANN001 - an av.AudioFrame
     if rms <= 0:
         return -127
     return round(min(0.0, max(-127.0, 20 * math.log10(rms))))
+
+
+INBOUND_PREFETCH = 1
+
+
+def low_latency_receiver(receiver) -> bool:  # noqa: ANN001 - an aiortc RTCRtpReceiver
+    """Before any packet arrives: a 1-frame jitter buffer for an audio receiver. False if this
+    aiortc does not have the (private) attribute any more; aiortc's default then applies."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    name = "_RTCRtpReceiver__jitter_buffer"
+    current = getattr(receiver, name, None)
+    if not isinstance(current, JitterBuffer) or getattr(current, "_is_video", True):
+        return False
+    setattr(receiver, name, JitterBuffer(capacity=current.capacity, prefetch=INBOUND_PREFETCH))
+    return True
 
 
 def install() -> None:

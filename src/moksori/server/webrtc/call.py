@@ -107,6 +107,9 @@ class Call:
     async def answer(self, offer_sdp: str, addresses: list[str] | None) -> str:
         """Apply the offer, add our outbound track, gather our candidates, return the answer."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio" and not aiortc_fixes.low_latency_receiver(t.receiver):
+                log.warning("call %s: aiortc's jitter buffer could not be shortened (+60 ms on input)", self.id)
         if any(t.kind == "audio" for t in self.pc.getTransceivers()):
             self.pc.addTrack(self.track)  # takes the offered audio transceiver's sender
         with ice.offering(addresses):
