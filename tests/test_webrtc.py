@@ -179,9 +179,10 @@ async def test_browser_flow_real_speech_in_reply_audio_out(server):
         assert "thousand" in done["transcript"].lower(), done
         started = await client.wait_event("output_audio_buffer.started", after=n0, timeout=30)
         t_started = client.time_of(started)
-        await client.wait_event("response.done", after=n0, timeout=30)
+        done = await client.wait_event("response.done", after=n0, timeout=30)
         stopped = await client.wait_event("output_audio_buffer.stopped", after=n0, timeout=30)
-        assert stopped["response_id"] == started["response_id"]
+        assert stopped["response_id"] == started["response_id"] == done["response"]["id"]
+        assert client.events.index(done) < client.events.index(stopped)  # OpenAI's order
         # no base64 audio on the data channel: it travels on the track
         assert "response.output_audio.delta" not in client.types()
         order = client.types()[n0:]

@@ -91,6 +91,7 @@ class RealtimeConnection:
         self._metadata: dict[str, dict[str, str] | None] = {}
         self._oob: set[str] = set()
         self._preset_warnings: list[str] = []
+        self._after_done: dict[str, list[dict[str, Any]]] = {}
         self.closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -124,6 +125,13 @@ class RealtimeConnection:
         self.cfg = cfg
         self.session.update(self._engine_cfg())
         self._preset_warnings += warnings
+
+    def send_after_done(self, response_id: str, event: dict[str, Any]) -> None:
+        """Send `event` once `response.done` for this response has gone out (now, if it has)."""
+        if response_id in self._outs:
+            self._after_done.setdefault(response_id, []).append(event)
+        else:
+            self.send(event)
 
     def wire_session(self) -> dict[str, Any]:
         return self._wire_session()
@@ -490,6 +498,8 @@ class RealtimeConnection:
                                                       output=out.output, usage=usage)))
             self._metadata.pop(out.response_id, None)
             self._oob.discard(out.response_id)
+            for later in self._after_done.pop(out.response_id, []):
+                self.send(later)
         elif typ == "error":
             self.error(d.get("message", "error"), code=d.get("code") or "server_error", kind="server_error")
 

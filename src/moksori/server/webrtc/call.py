@@ -149,8 +149,10 @@ class Call:
         conn = self.conn
         if conn is None:
             return
-        make = {"started": conn.ev.output_audio_buffer_started, "stopped": conn.ev.output_audio_buffer_stopped,
-                "cleared": conn.ev.output_audio_buffer_cleared}[kind]
+        if kind == "stopped":  # OpenAI's order: stopped comes after response.done
+            conn.send_after_done(response_id, conn.ev.output_audio_buffer_stopped(response_id))
+            return
+        make = {"started": conn.ev.output_audio_buffer_started, "cleared": conn.ev.output_audio_buffer_cleared}[kind]
         conn.send(make(response_id))
 
     def _played(self, response_id: str, ms: int) -> None:
