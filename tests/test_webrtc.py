@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.models, requires_speech]
 KEY = "sk-moksori-webrtc-1"
 OTHER_KEY = "sk-moksori-webrtc-2"
 IDLE_TIMEOUT_S = 3
+PER_KEY = 3
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def server(tmp_path_factory, scripted_llm):
     env = {"MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_API_KEYS": f"{KEY},{OTHER_KEY}",
            "MOKSORI_LLM_PROVIDER": "openai", "MOKSORI_LLM_BASE_URL": scripted_llm.url, "MOKSORI_LLM_MODEL": "scripted",
            "MOKSORI_WEBRTC_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S), "MOKSORI_WEBRTC_CONNECT_TIMEOUT_S": "5",
-           "MOKSORI_WEBRTC_DEBUG": "1", "MOKSORI_WEBRTC_MAX_OFFER_BYTES": "16384", "PYTHONUNBUFFERED": "1"}
+           "MOKSORI_WEBRTC_DEBUG": "1", "MOKSORI_WEBRTC_MAX_OFFER_BYTES": "16384",
+           "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": str(PER_KEY), "PYTHONUNBUFFERED": "1"}
     with ServerProcess(argv, port=port, ready_path="/health", ready_timeout_s=180, env=env,
                        cwd=tmp_path_factory.mktemp("serve")) as srv:
         yield srv
@@ -378,6 +380,35 @@ async def test_sideband_and_hangup_refuse_other_keys(server):
         assert (await asyncio.to_thread(stats, server))["calls"] == 1  # still up
     finally:
         await client.close()
+    await wait_calls(server, 0)
+
+
+async def test_session_limits_count_calls_and_the_keys_they_came_from(server):
+    """Calls share the per-key session limit with WebSocket sessions; an ephemeral key's calls count
+    against the key that minted it."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    clients = [await open_call(server) for _ in range(PER_KEY - 1)]  # minted by KEY
+    try:
+        clients.append(await open_call(server, key=KEY))
+        sdp = await _one_offer()
+        got, body, _ = await asyncio.to_thread(http, server, "POST", "/v1/realtime/calls", raw=sdp.encode(),
+                                               content_type="application/sdp")
+        assert got == 429 and body["error"]["code"] == "session_limit_reached"
+        ek = (await mint(server)).value
+        got, _, _ = await asyncio.to_thread(http, server, "POST", "/v1/realtime/calls", raw=sdp.encode(),
+                                            content_type="application/sdp", key=ek)
+        assert got == 429
+        with pytest.raises(InvalidStatus):  # the WebSocket counts the same sessions
+            async with connect(f"ws://127.0.0.1:{server.port}/v1/realtime?model=x",
+                               additional_headers={"Authorization": f"Bearer {KEY}"}):
+                pass
+        other = await open_call(server, key=OTHER_KEY)  # another key still gets in
+        clients.append(other)
+    finally:
+        for c in clients:
+            await c.close()
     await wait_calls(server, 0)
 
 
