@@ -204,3 +204,23 @@ async def test_server_receivers_keep_one_frame():
         assert t.receiver._RTCRtpReceiver__jitter_buffer._prefetch == aiortc_fixes.INBOUND_PREFETCH
     finally:
         await pc.close()
+
+
+async def test_clearing_one_response_leaves_the_playing_one_alone():
+    """A stale reply that never played is dropped without cutting the one being heard."""
+    events: list[tuple[str, str]] = []
+    track = OutboundAudio(lambda e, r: events.append((e, r)))
+    track.clock = lambda: 0.0
+    track.play("playing", "i1", tone(100))
+    await track.recv()
+    track.play("stale", "i2", tone(100))
+    track.clear(["stale"])
+    assert events == [("started", "playing"), ("cleared", "stale")]
+    assert track.buffered == 48 * 80  # the 80 ms of "playing" not yet sent
+    frames = [await track.recv() for _ in range(4)]
+    assert all(np.any(f.to_ndarray()) for f in frames)
+    track.clear(["nothing-like-this"])
+    assert len(events) == 2
+    track.play("playing", "i1", tone(40))
+    track.clear(["playing"])  # barge-in on the one being heard
+    assert events[-1] == ("cleared", "playing") and track.buffered == 0

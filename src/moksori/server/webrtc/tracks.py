@@ -105,16 +105,25 @@ class OutboundAudio(MediaStreamTrack):
             self._stop_playing()
 
     def clear(self, response_ids: list[str]) -> None:
-        """Drop all audio not sent yet. Says `cleared` once, for what was actually cut."""
-        cut = self._playing or (self._chunks[0][0] if self._chunks else None)
-        self._chunks.clear()
-        self._head = 0
-        self.buffered = 0
-        if self._playing is not None:
-            self.played(self._playing, self._ms(self._playing))
-        self._playing = None
-        self._ended.clear()
-        self._sent.clear()
+        """Drop the audio not sent yet of these responses (all of it if the list is empty).
+        Says `cleared` once, for the response actually cut (the one playing, else the first dropped)."""
+        def hit(rid: str) -> bool:
+            return not response_ids or rid in response_ids
+
+        dropped = [rid for rid, _ in self._chunks if hit(rid)]
+        if dropped:
+            if hit(self._chunks[0][0]):
+                self._head = 0
+            self._chunks = deque((rid, c) for rid, c in self._chunks if not hit(rid))
+            self.buffered = sum(len(c) for _, c in self._chunks) - self._head
+        playing = self._playing if self._playing is not None and hit(self._playing) else None
+        if playing is not None:
+            self.played(playing, self._ms(playing))
+            self._playing = None
+            self._sent.pop(playing, None)
+        for rid in set(dropped) | ({playing} if playing else set()):
+            self._ended.discard(rid)
+        cut = playing or (dropped[0] if dropped else None)
         if cut is not None:
             self.notify("cleared", cut)
 
