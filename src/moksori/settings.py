@@ -84,6 +84,13 @@ class LLMSettings(BaseModel):
     first_token_timeout_s: float = Field(15.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     fallback: list[str] = Field(default_factory=list)  # extra base URLs tried in order
+    # a file holding the API key (first line); used when api_key is not set
+    api_key_file: Path | None = None
+    # Azure OpenAI: "auto" = azure when the host ends in .openai.azure.com / .cognitiveservices.azure.com.
+    # Azure sends the key in an `api-key` header, adds `?api-version=` and addresses a deployment.
+    api_flavor: Literal["auto", "openai", "azure"] = "auto"
+    api_version: str | None = None  # Azure `api-version`, e.g. 2024-10-21
+    deployment: str | None = None  # Azure deployment name (the URL becomes .../openai/deployments/<name>)
 
 
 class TTSSettings(BaseModel):
@@ -101,6 +108,30 @@ class AgentSettings(BaseModel):
     instructions: str | None = None  # system prompt; default: a short-spoken-answers prompt
     greeting: str | None = None
     max_history_messages: int = Field(24, ge=2)
+    # token budget of the LLM's prompt (system prompt + history); 0 = the model's context size
+    # minus the reply cap
+    context_tokens: int = Field(0, ge=0)
+    # over budget: drop the oldest turns, or fold them into a running summary written by the LLM
+    context_strategy: Literal["drop", "summarize"] = "drop"
+    # reply cap of the text chat (`moksori chat --text`); voice keeps llm.max_tokens (short replies)
+    text_max_tokens: int = Field(800, ge=1, le=32768)
+
+
+class StoreSettings(BaseModel):
+    """Conversation history and usage (`moksori.store`)."""
+
+    # SQLAlchemy async URL: sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db;
+    # unset = SQLite in data_dir; "none" = storage off
+    url: str | None = None
+    retention_days: int = Field(0, ge=0)  # 0 = keep forever; otherwise purge older conversations
+    # HMAC key for phone numbers stored as user ids; unset = a random key kept in data_dir
+    hash_secret: SecretStr | None = None
+    max_pending: int = Field(50_000, ge=100)  # records buffered while the database is slow or down
+    flush_interval_ms: int = Field(50, ge=0, le=10_000)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.url or "").strip().lower() not in ("none", "off", "false", "0")
 
 
 class ServerSettings(BaseModel):
@@ -193,6 +224,8 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
     public_url: str | None = None
+    # TOML price table (see moksori/data/prices.example.toml); unset = every model costs 0
+    prices_file: Path | None = None
 
     vad: VADSettings = VADSettings()
     turn: TurnSettings = TurnSettings()
@@ -207,6 +240,7 @@ class Settings(BaseSettings):
     vonage: VonageSettings = VonageSettings()
     telephony: TelephonySettings = TelephonySettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    store: StoreSettings = StoreSettings()
 
     _validate_keys = field_validator("api_keys", mode="before")(_split_csv)
 
@@ -237,6 +271,33 @@ class Settings(BaseSettings):
                 raise ConfigError(f"cannot read API keys file {self.api_keys_file}: {e.strerror}") from None
             keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         return keys
+
+
+def store_url(settings: Settings) -> str | None:
+    """The store's database URL, or None when storage is off (`MOKSORI_STORE_URL=none`)."""
+    if not settings.store.enabled:
+        return None
+    if settings.store.url:
+        return settings.store.url.strip()
+    return f"sqlite+aiosqlite:///{Path(settings.data_dir).expanduser() / 'moksori.db'}"
+
+
+def llm_api_key(s: LLMSettings) -> str | None:
+    """The LLM key from `api_key`, else the first line of `api_key_file`; never from code."""
+    if s.api_key is not None and s.api_key.get_secret_value():
+        return s.api_key.get_secret_value()
+    if s.api_key_file is not None:
+        from moksori.errors import ConfigError
+
+        try:
+            text = Path(s.api_key_file).expanduser().read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read LLM API key file {s.api_key_file}: {e.strerror}") from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        if not first:
+            raise ConfigError(f"LLM API key file {s.api_key_file} is empty")
+        return first
+    return None
 
 
 def config_file() -> Path | None:

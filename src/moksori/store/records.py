@@ -1,0 +1,130 @@
+"""What the engine side hands the store's writer: small typed records, one per thing that happened.
+
+Every record is final when it is submitted (an agent reply is recorded when it ends, completed or
+interrupted), so the writer only ever inserts, apart from `ReplyHeard` (a client told us later how
+much of a reply was heard) and `SummaryUpdated`. Times are wall-clock seconds since the epoch
+(`time.time()`), not the session clock. Records name their conversation; `ConversationStarted`
+must come first for a conversation (the writer keeps submission order).
+
+Nothing here imports the engine: callers map their events onto these records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from moksori.accounting import TurnUsage
+
+__all__ = [
+    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard",
+    "UsageRecord", "SummaryUpdated", "Record",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationStarted:
+    """A new conversation of `tenant` (see `tenant_id`), for `user` (None: anonymous).
+
+    `user` is the caller-facing user id (`?user=`, `X-Moksori-User`, `--user`); phone numbers
+    must already be hashed (`Store.phone_user_id`). `channel` says where it came from:
+    realtime | voice-live | browser | phone | cli | text."""
+
+    conversation_id: str
+    tenant: str
+    user: str | None
+    channel: str
+    at: float
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """What the user said (final transcript) or typed."""
+
+    conversation_id: str
+    item_id: str
+    text: str
+    at: float  # when the turn ended (final transcript)
+    language: str | None = None
+    started_at: float | None = None  # when the user started speaking
+    audio: bool = True  # spoken (transcript) or typed
+    latency: dict[str, float] | None = None  # stage -> ms, e.g. {"stt_ms": 310}
+    usage: TurnUsage | None = None  # e.g. the STT seconds of this turn
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    """A finished reply. `text` is everything generated; `heard_text` what was actually played
+    to the user (None: all of it). An interrupted reply has `interrupted=True`."""
+
+    conversation_id: str
+    item_id: str
+    text: str
+    at: float  # when the reply ended
+    heard_text: str | None = None
+    interrupted: bool = False
+    status: str = "completed"  # completed | incomplete | cancelled | failed
+    response_id: str | None = None
+    language: str | None = None
+    started_at: float | None = None  # when the reply started (first audio or text)
+    audio: bool = True
+    latency: dict[str, float] | None = None  # stage -> ms, e.g. {"llm_first_token_ms": 210, ...}
+    usage: TurnUsage | None = None  # LLM tokens, TTS characters/seconds of this reply
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    conversation_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text as the model wrote it
+    at: float
+    response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultRecord:
+    conversation_id: str
+    item_id: str
+    call_id: str
+    output: str
+    at: float
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyHeard:
+    """A reply already recorded turned out to be heard only in part (late truncation)."""
+
+    conversation_id: str
+    item_id: str
+    heard_text: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Usage not tied to a stored item (e.g. a summary written by the LLM)."""
+
+    conversation_id: str
+    usage: TurnUsage
+    at: float
+    item_id: str | None = None
+    kind: str = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryUpdated:
+    """The running summary of a conversation now covers everything up to `upto_item_id`."""
+
+    conversation_id: str
+    summary: str
+    upto_item_id: str | None
+    at: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolResultRecord | ReplyHeard
+          | UsageRecord | SummaryUpdated)

@@ -1,0 +1,282 @@
+"""The store's writer: records in from any thread or event loop, batched transactions out.
+
+`submit()` never blocks and never awaits: it appends to a bounded buffer and wakes a background
+thread that runs its own event loop and its own database engine, so no SQL is compiled, sent or
+waited for on the audio loop. The thread gathers what arrived within `flush_interval_s` (many
+small records per turn become one transaction) and writes up to `max_batch` records at a time.
+
+A dead or slow database: the batch stays at the head of the buffer and is retried with
+exponential backoff (0.1 s → 5 s) for as long as the outage lasts; new records keep queueing up
+to `max_pending`. Past that, new records are dropped with a warning that says how many (never
+silently). A record the database rejects for its own content (a constraint) is isolated by
+writing the batch one record at a time, and only that one is dropped, with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DataError, IntegrityError
+
+from moksori.store import db as dbmod
+from moksori.store.records import Record
+from moksori.store.writes import write_batch
+
+log = logging.getLogger("moksori.store")
+
+Pricer = Callable[..., float]
+
+
+@dataclass
+class WriterStats:
+    submitted: int = 0
+    written: int = 0
+    dropped_full: int = 0  # rejected because the buffer was full
+    dropped_bad: int = 0  # rejected by the database (constraint, bad data)
+    batches: int = 0
+    failures: int = 0  # failed write attempts (each is retried)
+    pending: int = 0
+
+
+class StoreWriter:
+    def __init__(self, url: str, *, max_pending: int = 50_000, flush_interval_s: float = 0.05,
+                 max_batch: int = 500, write_timeout_s: float = 15.0, pricer: Pricer | None = None,
+                 retry_base_s: float = 0.1, retry_max_s: float = 5.0) -> None:
+        self.url = dbmod.normalise_url(url)
+        self.max_pending = max_pending
+        self.flush_interval_s = flush_interval_s
+        self.max_batch = max_batch
+        self.write_timeout_s = write_timeout_s
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.pricer = pricer
+        self.stats = WriterStats()
+        self._buf: deque[Record] = deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._wake_pending = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._done = 0  # records finished (written or dropped as bad), for barriers
+        self._barriers: list[tuple[int, concurrent.futures.Future[bool]]] = []
+        self._last_drop_log = 0.0
+        self._drops_since_log = 0
+        self._outage_since: float | None = None
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self) -> StoreWriter:
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._thread_main, name="moksori-store-writer", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def submit(self, record: Record) -> bool:
+        """Queue a record. Never blocks. False if the buffer is full (the record is dropped)."""
+        with self._lock:
+            if self._stopping:
+                self._note_drop_locked("the store is closing")
+                return False
+            if len(self._buf) >= self.max_pending:
+                self._note_drop_locked("the buffer is full (database down or too slow)")
+                return False
+            self._buf.append(record)
+            self.stats.submitted += 1
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake_set)
+            except RuntimeError:  # the writer loop is gone
+                pass
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def barrier(self) -> concurrent.futures.Future[bool]:
+        """A future that is done (True) once every record submitted so far is written or dropped."""
+        fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        with self._lock:
+            target = self.stats.submitted
+            if self._done >= target:
+                fut.set_result(True)
+                return fut
+            self._barriers.append((target, fut))
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake_set)
+            except RuntimeError:
+                pass
+        return fut
+
+    async def flush(self, timeout_s: float | None = 10.0) -> bool:
+        """Wait until everything submitted so far is written. False on timeout."""
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.barrier()), timeout_s)
+        except TimeoutError:
+            return False
+
+    def flush_sync(self, timeout_s: float | None = 10.0) -> bool:
+        try:
+            return self.barrier().result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is pending (for up to `timeout_s`), then stop the thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        self.flush_sync(timeout_s)
+        with self._lock:
+            self._stopping = True
+            lost = len(self._buf)
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake_set)
+            except RuntimeError:
+                pass
+        thread.join(timeout_s + 5)
+        self._thread = None
+        if lost:
+            log.error("store: %d records were not written before shutdown (database unavailable)", lost)
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        await asyncio.to_thread(self.close, timeout_s)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _note_drop_locked(self, why: str) -> None:
+        self.stats.dropped_full += 1
+        self._drops_since_log += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 5.0:
+            log.warning("store: dropped %d record(s): %s (%d pending, limit %d)",
+                        self._drops_since_log, why, len(self._buf), self.max_pending)
+            self._last_drop_log = now
+            self._drops_since_log = 0
+
+    def _wake_set(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:  # noqa: BLE001 - the thread must say why it died
+            log.exception("store: writer thread failed")
+        finally:
+            self._release_barriers(force=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        engine = dbmod.make_engine(self.url)
+        self._started.set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                with self._lock:
+                    self._wake_pending = False
+                if self.flush_interval_s > 0 and not self._stopping and not self._barriers:
+                    await asyncio.sleep(self.flush_interval_s)  # let a turn's records gather
+                await self._drain(engine)
+                if self._stopping:
+                    break
+        finally:
+            await engine.dispose()
+
+    async def _drain(self, engine) -> None:  # noqa: ANN001 - AsyncEngine
+        delay = self.retry_base_s
+        while True:
+            with self._lock:
+                batch = [self._buf[i] for i in range(min(self.max_batch, len(self._buf)))]
+            if not batch:
+                self._release_barriers()
+                return
+            try:
+                async with asyncio.timeout(self.write_timeout_s):
+                    await write_batch(engine, batch, pricer=self.pricer)
+            except (IntegrityError, DataError):
+                await self._write_one_by_one(engine, batch)
+            except Exception as e:  # noqa: BLE001 - connection refused, timeouts, server gone: retry
+                self.stats.failures += 1
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.warning("store: write failed (%s: %s); retrying, %d records buffered",
+                                type(e).__name__, _short(e), len(self._buf))
+                if self._stopping:
+                    self._release_barriers(force=True)
+                    return
+                await self._sleep_or_stop(delay)
+                delay = min(self.retry_max_s, delay * 2)
+                continue
+            else:
+                self._finish(len(batch), written=len(batch))
+            if self._outage_since is not None:
+                log.warning("store: database back after %.1f s; writing %d buffered records",
+                            time.monotonic() - self._outage_since, len(self._buf))
+                self._outage_since = None
+            delay = self.retry_base_s
+
+    async def _write_one_by_one(self, engine, batch: list[Record]) -> None:  # noqa: ANN001
+        written = 0
+        for rec in batch:
+            try:
+                async with asyncio.timeout(self.write_timeout_s):
+                    await write_batch(engine, [rec], pricer=self.pricer)
+                written += 1
+            except (IntegrityError, DataError) as e:
+                self.stats.dropped_bad += 1
+                log.error("store: dropped a %s record for conversation %s: the database rejected it (%s)",
+                          type(rec).__name__, getattr(rec, "conversation_id", "?"), _short(e))
+        self._finish(len(batch), written=written)
+
+    def _finish(self, n: int, *, written: int) -> None:
+        with self._lock:
+            for _ in range(n):
+                self._buf.popleft()
+            self._done += n
+            self.stats.written += written
+            self.stats.batches += 1
+            self.stats.pending = len(self._buf)
+        self._release_barriers()
+
+    def _release_barriers(self, *, force: bool = False) -> None:
+        with self._lock:
+            keep = []
+            for target, fut in self._barriers:
+                if self._done >= target:
+                    if not fut.done():
+                        fut.set_result(True)
+                elif force:
+                    if not fut.done():
+                        fut.set_result(False)
+                else:
+                    keep.append((target, fut))
+            self._barriers = keep
+
+    async def _sleep_or_stop(self, delay: float) -> None:
+        """Back off for `delay`; new records do not cut it short (that would hammer a dead
+        database once per record), only closing does."""
+        end = time.monotonic() + delay
+        while not self._stopping and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] + ("…" if len(text) > 200 else "")

@@ -1,0 +1,160 @@
+"""One batch of records → one transaction. Inserts are idempotent (a batch retried after a lost
+commit acknowledgement changes nothing): conflicts on natural keys are ignored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from moksori.accounting import TurnUsage
+from moksori.store.models import conversations, items, tenants, usage, users
+from moksori.store.records import (
+    AgentReply,
+    ConversationStarted,
+    Record,
+    ReplyHeard,
+    SummaryUpdated,
+    ToolCallRecord,
+    ToolResultRecord,
+    UsageRecord,
+    UserTurn,
+)
+
+Pricer = Callable[[TurnUsage], float]
+
+
+def insert_ignore(dialect: str, table, keys: Sequence[str]):  # noqa: ANN001, ANN201 - SQLAlchemy types
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+def utc_day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
+_ITEM_DEFAULTS: dict[str, Any] = {
+    "role": None, "status": "completed", "text": "", "heard_text": None, "interrupted": False, "audio": False,
+    "language": None, "call_id": None, "name": None, "arguments": None, "output": None, "response_id": None,
+    "started_at": None, "latency": None,
+}
+
+
+def item_row(rec: Record) -> dict[str, Any] | None:
+    row: dict[str, Any]
+    if isinstance(rec, UserTurn):
+        row = {"type": "message", "role": "user", "text": rec.text, "language": rec.language, "audio": rec.audio,
+               "started_at": rec.started_at, "latency": rec.latency}
+    elif isinstance(rec, AgentReply):
+        status = "completed" if rec.status == "completed" and not rec.interrupted else "incomplete"
+        row = {"type": "message", "role": "assistant", "text": rec.text, "heard_text": rec.heard_text,
+               "interrupted": rec.interrupted, "status": status, "response_id": rec.response_id,
+               "language": rec.language, "audio": rec.audio, "started_at": rec.started_at, "latency": rec.latency}
+    elif isinstance(rec, ToolCallRecord):
+        row = {"type": "function_call", "call_id": rec.call_id, "name": rec.name, "arguments": rec.arguments,
+               "response_id": rec.response_id}
+    elif isinstance(rec, ToolResultRecord):
+        row = {"type": "function_call_output", "call_id": rec.call_id, "output": rec.output, "name": rec.name}
+    else:
+        return None
+    return {**_ITEM_DEFAULTS, **row, "conversation_id": rec.conversation_id, "id": rec.item_id, "created_at": rec.at}
+
+
+def _usage_of(rec: Record) -> tuple[TurnUsage, str, str | None] | None:
+    if isinstance(rec, UserTurn) and rec.usage is not None:
+        return rec.usage, "user", rec.item_id
+    if isinstance(rec, AgentReply) and rec.usage is not None:
+        return rec.usage, "reply", rec.item_id
+    if isinstance(rec, UsageRecord):
+        return rec.usage, rec.kind[:16], rec.item_id
+    return None
+
+
+async def write_batch(engine: AsyncEngine, records: Sequence[Record], *, pricer: Pricer | None = None) -> None:
+    dialect = engine.dialect.name
+    async with engine.begin() as conn:
+        await _write(conn, dialect, records, pricer)
+
+
+async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record], pricer: Pricer | None) -> None:
+    starts = [r for r in records if isinstance(r, ConversationStarted)]
+    if starts:
+        await _start_conversations(conn, dialect, starts)
+
+    rows = [row for row in (item_row(r) for r in records) if row is not None]
+    if rows:
+        await conn.execute(insert_ignore(dialect, items, ("conversation_id", "id")), rows)
+
+    for rec in records:
+        if isinstance(rec, ReplyHeard):
+            await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
+                                                   items.c.id == rec.item_id)
+                               .values(heard_text=rec.heard_text, interrupted=True, status="incomplete"))
+        elif isinstance(rec, SummaryUpdated):
+            await conn.execute(update(conversations).where(conversations.c.id == rec.conversation_id)
+                               .values(summary=rec.summary, summary_upto=rec.upto_item_id))
+
+    used = [(r, u) for r in records if (u := _usage_of(r)) is not None]
+    if used:
+        conv_ids = sorted({r.conversation_id for r, _ in used})
+        owners = {row.id: (row.tenant_id, row.user_pk) for row in (await conn.execute(
+            select(conversations.c.id, conversations.c.tenant_id, conversations.c.user_pk)
+            .where(conversations.c.id.in_(conv_ids)))).all()}
+        usage_rows = []
+        for rec, (u, kind, item_id) in used:
+            owner = owners.get(rec.conversation_id)
+            if owner is None:
+                continue  # the conversation is gone (deleted or erased meanwhile)
+            usage_rows.append({
+                "tenant_id": owner[0], "user_pk": owner[1], "conversation_id": rec.conversation_id,
+                "item_id": item_id, "kind": kind, "created_at": rec.at, "day": utc_day(rec.at),
+                "llm_model": u.llm_model, "stt_model": u.stt_model, "tts_model": u.tts_model,
+                "input_tokens": u.input_tokens, "cached_tokens": u.cached_tokens, "output_tokens": u.output_tokens,
+                "input_audio_tokens": u.input_audio_tokens, "cached_audio_tokens": u.cached_audio_tokens,
+                "output_audio_tokens": u.output_audio_tokens, "stt_seconds": float(u.stt_seconds),
+                "tts_characters": u.tts_characters, "tts_seconds": float(u.tts_seconds),
+                "cost_usd": float(pricer(u)) if pricer is not None else 0.0,
+            })
+        if usage_rows:
+            await conn.execute(usage.insert(), usage_rows)
+
+    touched: dict[str, float] = {}
+    for rec in records:
+        if not isinstance(rec, ConversationStarted):
+            touched[rec.conversation_id] = max(touched.get(rec.conversation_id, 0.0), rec.at)
+    for conv_id, at in sorted(touched.items()):
+        await conn.execute(update(conversations).where(conversations.c.id == conv_id,
+                                                       conversations.c.updated_at < at).values(updated_at=at))
+
+
+async def _start_conversations(conn: AsyncConnection, dialect: str, starts: list[ConversationStarted]) -> None:
+    tenant_rows = {r.tenant: {"id": r.tenant, "created_at": r.at} for r in starts}
+    await conn.execute(insert_ignore(dialect, tenants, ("id",)), sorted(tenant_rows.values(), key=lambda r: r["id"]))
+    seen: dict[tuple[str, str], float] = {}
+    for r in starts:
+        if r.user:
+            key = (r.tenant, r.user)
+            seen[key] = max(seen.get(key, 0.0), r.at)
+    pks: dict[tuple[str, str], int] = {}
+    if seen:
+        keys = sorted(seen)
+        await conn.execute(insert_ignore(dialect, users, ("tenant_id", "external_id")),
+                           [{"tenant_id": t, "external_id": u, "created_at": seen[(t, u)],
+                             "last_seen_at": seen[(t, u)]} for t, u in keys])
+        cond = or_(*[and_(users.c.tenant_id == t, users.c.external_id == u) for t, u in keys])
+        for row in (await conn.execute(select(users.c.pk, users.c.tenant_id, users.c.external_id).where(cond))).all():
+            pks[(row.tenant_id, row.external_id)] = row.pk
+        for (t, u), at in seen.items():
+            await conn.execute(update(users).where(users.c.pk == pks[(t, u)], users.c.last_seen_at < at)
+                               .values(last_seen_at=at))
+    await conn.execute(insert_ignore(dialect, conversations, ("id",)), [
+        {"id": r.conversation_id, "tenant_id": r.tenant, "user_pk": pks.get((r.tenant, r.user)) if r.user else None,
+         "channel": r.channel[:32], "created_at": r.at, "updated_at": r.at, "metadata": r.metadata,
+         "summary": None, "summary_upto": None}
+        for r in starts])
