@@ -91,6 +91,10 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
 
     webrtc_routes.install(app, state)
 
+    from moksori.server import conversations_api  # the store opens and closes with the app
+
+    conversations_api.install(app, state)
+
     static = resources.files("moksori.web") / "static"
     if static.is_dir():
         @app.get("/")

@@ -1,0 +1,314 @@
+"""OpenAI-compatible Conversations API over the store, plus Moksori's extensions.
+
+OpenAI-compatible (the official `openai` SDK reads it unchanged):
+  GET    /v1/conversations/{id}                   client.conversations.retrieve(id)
+  DELETE /v1/conversations/{id}                   client.conversations.delete(id)
+  GET    /v1/conversations/{id}/items             client.conversations.items.list(id, after=, limit=, order=)
+  GET    /v1/conversations/{id}/items/{item_id}   client.conversations.items.retrieve(item_id, conversation_id=id)
+Extensions:
+  GET    /v1/conversations?user=ID                a user's conversations (all of the key's without `user`)
+  GET    /v1/conversations/{id}/usage             per-turn usage and the conversation's total
+  DELETE /v1/users/{id}                           erase a user: conversations, items; usage stays, anonymous
+  GET    /v1/usage?user=&from=&to=                usage per user and UTC day (dates YYYY-MM-DD or unix seconds)
+
+Everything is scoped to the caller's API key: another key's conversation is 404, never 403.
+User items come back as `input_text`, agent items as `output_text` holding what the user heard
+(an interrupted reply is `incomplete`), tool calls as `function_call` / `function_call_output`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from moksori.accounting import TurnUsage, format_cost
+from moksori.server.auth import extract_key, key_ok
+from moksori.store import ConversationInfo, Store, StoredItem, tenant_id, valid_user_id
+
+log = logging.getLogger("moksori.server")
+router = APIRouter()
+
+RETENTION_EVERY_S = 3600.0
+
+
+class _Fail(Exception):
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.response = JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}},
+                                     status)
+
+
+def install(app: FastAPI, state: Any) -> None:
+    """Mount the routes and open/close the store with the app (around its own lifespan)."""
+    state.store = None
+    state.store_error = None
+    app.include_router(router)
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: FastAPI):
+        store: Store | None = None
+        retention: asyncio.Task[None] | None = None
+        try:
+            store = Store.from_settings(state.settings)
+            if store is not None:
+                await store.start()
+        except Exception as e:  # noqa: BLE001 - a dead database must not take the voice server down
+            state.store_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            log.error("store: unavailable, conversations are not being stored (%s)", state.store_error)
+            store = None
+        state.store = store
+        if store is not None and store.retention_days > 0:
+            retention = asyncio.create_task(_retention_loop(store), name="store-retention")
+        try:
+            async with inner(a) as st:
+                yield st
+        finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
+            if store is not None:
+                await store.close()
+
+    app.router.lifespan_context = lifespan
+
+
+async def _retention_loop(store: Store) -> None:
+    while True:
+        try:
+            await store.purge()
+        except Exception as e:  # noqa: BLE001 - try again next time
+            log.warning("store: retention purge failed: %s", e)
+        await asyncio.sleep(RETENTION_EVERY_S)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _scope(request: Request) -> tuple[Store, str]:
+    state = request.app.state.moksori
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    key = extract_key(headers)
+    if state.auth_required and not key_ok(key, state.keys):
+        state.metrics.auth_failures += 1
+        raise _Fail(401, "invalid or missing API key", "invalid_api_key")
+    store: Store | None = getattr(state, "store", None)
+    if store is None:
+        if getattr(state, "store_error", None):
+            raise _Fail(503, f"the conversation store is unavailable ({state.store_error})", "store_unavailable",
+                        "server_error")
+        raise _Fail(501, "conversation storage is off on this server (MOKSORI_STORE_URL=none)", "store_disabled")
+    return store, tenant_id(key if state.auth_required else None)
+
+
+def _limit(request: Request, default: int = 20) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise _Fail(400, f"limit must be an integer between 1 and 100, got {raw!r}", "invalid_value") from None
+    if not 1 <= n <= 100:
+        raise _Fail(400, f"limit must be between 1 and 100, got {n}", "invalid_value")
+    return n
+
+
+def _order(request: Request) -> str:
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise _Fail(400, f"order must be asc or desc, got {order!r}", "invalid_value")
+    return order
+
+
+def _user(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not valid_user_id(raw):
+        raise _Fail(400, "user ids are 1-255 letters, digits and _ . @ : + - = /", "invalid_user")
+    return raw
+
+
+def _not_found(what: str, ident: str) -> _Fail:
+    return _Fail(404, f"{what} with id '{ident}' not found", "not_found")
+
+
+async def _guard(coro):  # noqa: ANN001, ANN202
+    """A dead database is a 503 with the reason, never a traceback."""
+    try:
+        return await coro
+    except _Fail:
+        raise
+    except Exception as e:  # noqa: BLE001
+        log.warning("store: read failed: %s: %s", type(e).__name__, e)
+        raise _Fail(503, f"the conversation store is unavailable ({type(e).__name__})", "store_unavailable",
+                    "server_error") from None
+
+
+def _handled(fn):  # noqa: ANN001, ANN202
+    import functools
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except _Fail as f:
+            return f.response
+
+    return wrapper
+
+
+def conversation_object(c: ConversationInfo) -> dict[str, Any]:
+    """The OpenAI `conversation` object. Moksori's own facts (user, channel) ride in metadata."""
+    meta: dict[str, str] = {str(k): str(v) for k, v in (c.metadata or {}).items()}
+    meta.setdefault("channel", c.channel)
+    if c.user is not None:
+        meta.setdefault("user", c.user)
+    return {"id": c.id, "object": "conversation", "created_at": int(c.created_at), "metadata": meta}
+
+
+def item_object(it: StoredItem) -> dict[str, Any]:
+    if it.type == "function_call":
+        return {"type": "function_call", "id": it.id, "call_id": it.call_id or it.id, "name": it.name or "",
+                "arguments": it.arguments or "", "status": "completed"}
+    if it.type == "function_call_output":
+        return {"type": "function_call_output", "id": it.id, "call_id": it.call_id or "", "output": it.output or "",
+                "status": "completed"}
+    if it.role == "assistant":
+        part: dict[str, Any] = {"type": "output_text", "text": it.spoken_text, "annotations": []}
+    else:
+        part = {"type": "input_text", "text": it.text}
+    status = it.status if it.status in ("completed", "incomplete", "in_progress") else "completed"
+    return {"type": "message", "id": it.id, "status": status, "role": it.role or "user", "content": [part]}
+
+
+def _usage_fields(u: TurnUsage) -> dict[str, Any]:
+    return {"input_tokens": u.input_tokens, "cached_tokens": u.cached_tokens, "output_tokens": u.output_tokens,
+            "input_audio_tokens": u.input_audio_tokens, "output_audio_tokens": u.output_audio_tokens,
+            "total_tokens": u.total_tokens, "stt_seconds": round(u.stt_seconds, 3),
+            "tts_characters": u.tts_characters, "tts_seconds": round(u.tts_seconds, 3)}
+
+
+def _day(raw: str | None, name: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        if raw.replace(".", "", 1).isdigit():
+            return dt.datetime.fromtimestamp(float(raw), dt.UTC).strftime("%Y-%m-%d")
+        return dt.date.fromisoformat(raw).isoformat()
+    except (ValueError, OverflowError, OSError):
+        raise _Fail(400, f"{name} must be a date (YYYY-MM-DD) or unix seconds, got {raw!r}", "invalid_value") from None
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.get("/v1/conversations")
+@_handled
+async def list_conversations(request: Request) -> Any:
+    store, tenant = _scope(request)
+    user = _user(request.query_params.get("user"))
+    found = await _guard(store.list_conversations(tenant, user, limit=_limit(request),
+                                                  after=request.query_params.get("after"), order=_order(request)))
+    if found is None:
+        raise _not_found("User", user or "")
+    convs, more = found
+    data = [conversation_object(c) for c in convs]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else "",
+            "last_id": data[-1]["id"] if data else "", "has_more": more}
+
+
+@router.get("/v1/conversations/{conversation_id}")
+@_handled
+async def retrieve_conversation(conversation_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    conv = await _guard(store.get_conversation(tenant, conversation_id))
+    if conv is None:
+        raise _not_found("Conversation", conversation_id)
+    return conversation_object(conv)
+
+
+@router.delete("/v1/conversations/{conversation_id}")
+@_handled
+async def delete_conversation(conversation_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    if not await _guard(store.delete_conversation(tenant, conversation_id)):
+        raise _not_found("Conversation", conversation_id)
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+@router.get("/v1/conversations/{conversation_id}/items")
+@_handled
+async def list_items(conversation_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    found = await _guard(store.list_items(tenant, conversation_id, after=request.query_params.get("after"),
+                                          limit=_limit(request), order=_order(request)))
+    if found is None:
+        raise _not_found("Conversation", conversation_id)
+    its, more = found
+    data = [item_object(i) for i in its]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else "",
+            "last_id": data[-1]["id"] if data else "", "has_more": more}
+
+
+@router.get("/v1/conversations/{conversation_id}/items/{item_id}")
+@_handled
+async def retrieve_item(conversation_id: str, item_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    it = await _guard(store.get_item(tenant, conversation_id, item_id))
+    if it is None:
+        raise _not_found("Item", item_id)
+    return item_object(it)
+
+
+@router.get("/v1/conversations/{conversation_id}/usage")
+@_handled
+async def conversation_usage(conversation_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    found = await _guard(store.conversation_usage(tenant, conversation_id))
+    if found is None:
+        raise _not_found("Conversation", conversation_id)
+    total, cost, turns = found
+    return {"object": "conversation.usage", "conversation_id": conversation_id,
+            "total": {**_usage_fields(total), "cost_usd": round(cost, 8), "cost": format_cost(cost)},
+            "turns": [{"item_id": t["item_id"], "kind": t["kind"], "created_at": int(t["created_at"]),
+                       "cost_usd": round(t["cost_usd"], 8), **_usage_fields(TurnUsage.from_dict(t))}
+                      for t in turns]}
+
+
+@router.delete("/v1/users/{user_id}")
+@_handled
+async def erase_user(user_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    _user(user_id)
+    counts = await _guard(store.erase_user(tenant, user_id))
+    if counts is None:
+        raise _not_found("User", user_id)
+    return {"id": user_id, "object": "user.deleted", "deleted": True, **counts}
+
+
+@router.get("/v1/usage")
+@_handled
+async def usage(request: Request) -> Any:
+    store, tenant = _scope(request)
+    q = request.query_params
+    user = _user(q.get("user"))
+    day_from, day_to = _day(q.get("from"), "from"), _day(q.get("to"), "to")
+    buckets = await _guard(store.usage(tenant, user=user, day_from=day_from, day_to=day_to))
+    if buckets is None:
+        raise _not_found("User", user or "")
+    total, cost, turns = TurnUsage(), 0.0, 0
+    data = []
+    for b in buckets:
+        total, cost, turns = total + b.usage, cost + b.cost_usd, turns + b.turns
+        data.append({"object": "usage.bucket", "user": b.user, "day": b.day, "turns": b.turns,
+                     **_usage_fields(b.usage), "cost_usd": round(b.cost_usd, 8)})
+    return {"object": "list", "data": data, "from": day_from, "to": day_to,
+            "total": {"turns": turns, **_usage_fields(total), "cost_usd": round(cost, 8), "cost": format_cost(cost)}}
