@@ -32,15 +32,23 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+def _admin_sync(sql: str) -> None:
+    """Run on a thread of its own, so it also works inside an async test's running loop."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(_admin(sql))).result()
+
+
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A new, empty PostgreSQL database; yields its SQLAlchemy URL and drops it afterwards."""
     name = f"moksori_test_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    _admin_sync(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+asyncpg://{PG_DSN.split('://', 1)[1]}/{name}"
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _admin_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager

@@ -60,6 +60,7 @@ def _register() -> None:
     from moksori.cli import (  # noqa: F401 - registering commands
         chat_cmd,
         converse_cmd,
+        db_cmd,
         models_cmd,
         serve_cmd,
         speech_cmd,

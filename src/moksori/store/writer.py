@@ -226,11 +226,11 @@ class StoreWriter:
                 delay = min(self.retry_max_s, delay * 2)
                 continue
             else:
+                if self._outage_since is not None:
+                    log.warning("store: database back after %.1f s; writing %d buffered records",
+                                time.monotonic() - self._outage_since, len(self._buf))
+                    self._outage_since = None
                 self._finish(len(batch), written=len(batch))
-            if self._outage_since is not None:
-                log.warning("store: database back after %.1f s; writing %d buffered records",
-                            time.monotonic() - self._outage_since, len(self._buf))
-                self._outage_since = None
             delay = self.retry_base_s
 
     async def _write_one_by_one(self, engine, batch: list[Record]) -> None:  # noqa: ANN001
