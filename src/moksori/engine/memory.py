@@ -46,6 +46,7 @@ class Memory:
     def __init__(self, *, max_messages: int = 24) -> None:
         self.items: list[Item] = []
         self.max_messages = max_messages
+        self.window = None  # a moksori.engine.context.ContextWindow: token budget instead of max_messages
 
     # -------------------------------------------------------------- edits
 
@@ -97,6 +98,8 @@ class Memory:
         Context management: only the last `max_messages` items are sent, and the window never
         starts inside a tool exchange (a tool result without its call confuses models).
         """
+        if self.window is not None:
+            return self.window.messages(self.items, system_prompt)
         out: list[Message] = []
         pending_calls: list[ToolCall] = []
         for item in self.items:

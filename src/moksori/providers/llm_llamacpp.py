@@ -105,6 +105,12 @@ class LlamaCppLLM(LLM):
                                 provider=self.name) from e
         return out.prompt
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in this model's vocabulary (for context budgets)."""
+        if not text:
+            return 0
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _tokens(self, prompt: str) -> list[int]:
         add_bos = not (self._bos_text and prompt.startswith(self._bos_text))
         return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)

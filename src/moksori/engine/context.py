@@ -1,0 +1,344 @@
+"""Context management: memory items → the LLM's messages, within a token budget.
+
+The system prompt and the newest turn are always kept. Older turns go, whole (a turn is a user
+message and everything after it up to the next one, so a window never starts inside a tool
+exchange). Two strategies:
+
+* `drop` (default): over budget, the oldest turns are left out.
+* `summarize`: the same, and the turns left out are folded into a running summary written by
+  the LLM *after* a reply (`after_reply`), never during one; a new turn cancels a fold still
+  running (`cancel_background`). The summary rides in the system message.
+
+When the window has to cut, it cuts down to `low_water` of the room (not just enough for this
+turn) and keeps that start for the turns that follow: the prompt's prefix stays the same from
+turn to turn, so llama.cpp's KV cache is reused instead of re-reading the whole history.
+
+Token counts come from an injected counter: the model's own tokenizer for local models
+(`token_counter(llm)`), a cheap estimate otherwise (`moksori.text.tokens.estimate_tokens`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from moksori.engine.memory import Item
+from moksori.providers.base import LLM, ChatRequest, Message, TextDelta, ToolCall, Usage
+from moksori.text.tokens import TokenCounter, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["drop", "summarize"]
+SUMMARY_HEADER = "Earlier in this conversation (a summary):"
+
+
+@dataclass(frozen=True)
+class ContextPolicy:
+    budget_tokens: int  # everything sent as the prompt: system prompt, summary, history
+    strategy: Strategy = "drop"
+    overhead_tokens: int = 8  # per message: role markers and separators of a chat template
+    low_water: float = 0.6  # after a cut, history fills at most this share of the room
+    summary_share: float = 0.25  # the running summary's share of the budget, at most
+    max_messages: int | None = None  # also cap the number of history messages (agent.max_history_messages)
+
+
+def default_budget(configured: int, model_context: int, reply_cap: int, reserve: int = 0) -> int:
+    """`MOKSORI_AGENT_CONTEXT_TOKENS` if set (> 0), else the model's context minus the reply cap
+    and `reserve` (e.g. tool definitions)."""
+    if configured > 0:
+        return configured
+    return max(64, model_context - reply_cap - reserve)
+
+
+def token_counter(llm: LLM) -> TokenCounter:
+    """The model's own tokenizer when it has one (llama.cpp), else the estimate."""
+    for candidate in (llm, *getattr(llm, "providers", ())):
+        count = getattr(candidate, "count_tokens", None)
+        if callable(count):
+            return count
+    return estimate_tokens
+
+
+def to_messages(items: Sequence[Item]) -> list[Message]:
+    """Items as chat messages: tool calls grouped into one assistant message, results as `tool`
+    messages, empty replies (interrupted before a word was heard) left out."""
+    out: list[Message] = []
+    pending: list[ToolCall] = []
+    names: dict[str, str] = {}
+    for item in items:
+        if item.type == "function_call":
+            cid = item.call_id or item.id
+            names[cid] = item.name or ""
+            pending.append(ToolCall(cid, item.name or "", item.arguments or "{}"))
+            continue
+        if pending:
+            out.append(Message("assistant", "", tool_calls=tuple(pending)))
+            pending = []
+        if item.type == "function_call_output":
+            out.append(Message("tool", item.output or "", tool_call_id=item.call_id,
+                               name=names.get(item.call_id or "")))
+        elif item.text.strip():
+            role = item.role if item.role in ("user", "assistant", "system") else "user"
+            out.append(Message(role, item.text))
+    if pending:
+        out.append(Message("assistant", "", tool_calls=tuple(pending)))
+    return out
+
+
+def merge_same_role(msgs: list[Message]) -> list[Message]:
+    """Two user messages in a row (a turn split by a pause, a failed reply) become one."""
+    out: list[Message] = []
+    for m in msgs:
+        if out and m.role == "user" and out[-1].role == "user" and not m.tool_calls:
+            out[-1] = Message("user", f"{out[-1].content} {m.content}".strip())
+        else:
+            out.append(m)
+    return out
+
+
+def _turns(items: Sequence[Item]) -> list[list[Item]]:
+    turns: list[list[Item]] = []
+    for item in items:
+        if not turns or (item.type == "message" and item.role == "user" and item.text.strip()):
+            turns.append([item])
+        else:
+            turns[-1].append(item)
+    return turns
+
+
+class Counter:
+    """Message → tokens, cached (the same history is counted every turn)."""
+
+    def __init__(self, count: TokenCounter, overhead: int) -> None:
+        self.count = count
+        self.overhead = overhead
+        self._cache: dict[tuple, int] = {}
+
+    def text(self, s: str) -> int:
+        return self.count(s) if s else 0
+
+    def message(self, m: Message) -> int:
+        key = (m.role, m.content, m.tool_calls, m.tool_call_id)
+        n = self._cache.get(key)
+        if n is None:
+            n = self.overhead + self.text(m.content)
+            for c in m.tool_calls:
+                n += self.text(c.name) + self.text(c.arguments) + 4
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = n
+        return n
+
+    def messages(self, msgs: Sequence[Message]) -> int:
+        return sum(self.message(m) for m in msgs)
+
+
+def shrink_text(text: str, tokens: int, count: TokenCounter, *, keep: Literal["head", "tail"]) -> str:
+    """The longest head or tail of `text` that fits in `tokens`, marked with "…" where cut."""
+    if count(text) <= tokens:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # binary search on the number of characters kept
+        mid = (lo + hi + 1) // 2
+        part = text[:mid] + "…" if keep == "head" else "…" + text[len(text) - mid:]
+        if count(part) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        return ""
+    return text[:lo] + "…" if keep == "head" else "…" + text[len(text) - lo:]
+
+
+class ContextWindow:
+    """Per-session state of the window (its start, the running summary) and the summarizer."""
+
+    def __init__(self, policy: ContextPolicy, *, count: TokenCounter = estimate_tokens,
+                 llm: LLM | None = None, on_summary: Callable[[str, str | None], None] | None = None,
+                 on_usage: Callable[[Usage], None] | None = None) -> None:
+        self.policy = policy
+        self.counter = Counter(count, policy.overhead_tokens)
+        self.llm = llm
+        self.on_summary = on_summary  # (summary, upto item id): e.g. the store's SummaryUpdated
+        self.on_usage = on_usage  # the summary calls' usage, for accounting
+        self.summary: str | None = None
+        self.summary_upto: str | None = None  # the last item the summary covers
+        self._start: str | None = None  # first item of the first kept turn, once the window has cut
+        self._task: asyncio.Task[None] | None = None
+        self.folds = 0  # summaries written
+        self.last_tokens = 0  # prompt tokens of the last window (estimate)
+        self.last_dropped = 0  # items left out of the last window
+
+    # ------------------------------------------------------------------ the window
+
+    def system_text(self, system_prompt: str | None) -> str:
+        base = system_prompt or ""
+        if self.summary:
+            return f"{base}\n\n{SUMMARY_HEADER} {self.summary}".strip()
+        return base
+
+    def messages(self, items: Sequence[Item], system_prompt: str | None, *, extra_tokens: int = 0) -> list[Message]:
+        """The system prompt (with the summary), then as many of the newest turns as fit.
+
+        `extra_tokens` is room to keep free for what the caller appends (a speculative user
+        turn, tool rounds of the current reply)."""
+        p, c = self.policy, self.counter
+        system = self.system_text(system_prompt)
+        sys_msgs = [Message("system", system)] if system else []
+        room = p.budget_tokens - c.messages(sys_msgs) - p.overhead_tokens - extra_tokens  # + the reply's prompt
+        turns = _turns(items)
+        msgs_per_turn = [to_messages(t) for t in turns]
+        costs = [c.messages(m) for m in msgs_per_turn]
+        start = self._choose_start(turns, msgs_per_turn, costs, room)
+        kept = [m for ms in msgs_per_turn[start:] for m in ms]
+        kept = merge_same_role(kept)
+        if c.messages(kept) > room:  # the newest turn alone is too big: trim it
+            kept = self._trim_newest(kept, max(0, room))
+        self.last_dropped = sum(len(t) for t in turns[:start])
+        self.last_tokens = c.messages(sys_msgs) + c.messages(kept)
+        return sys_msgs + kept
+
+    def _choose_start(self, turns: list[list[Item]], msgs: list[list[Message]], costs: list[int], room: int) -> int:
+        p = self.policy
+        n = len(turns)
+        if n == 0:
+            return 0
+
+        def fits(s: int) -> bool:
+            if sum(costs[s:]) > room:
+                return False
+            return p.max_messages is None or sum(len(m) for m in msgs[s:]) <= p.max_messages
+
+        if self._start is None and fits(0):
+            return 0
+        if self._start is not None:
+            s = next((i for i, t in enumerate(turns) if t[0].id == self._start), None)
+            if s is not None and fits(s):
+                return s
+        # cut: keep the newest turns within low_water of the room (the newest one always)
+        target = int(room * p.low_water)
+        s, used, count = n - 1, costs[-1], len(msgs[-1])
+        while s > 0:
+            nxt = costs[s - 1]
+            if used + nxt > target or (p.max_messages is not None and count + len(msgs[s - 1]) > p.max_messages):
+                break
+            s -= 1
+            used += nxt
+            count += len(msgs[s])
+        self._start = turns[s][0].id
+        return s
+
+    def _trim_newest(self, kept: list[Message], room: int) -> list[Message]:
+        c = self.counter
+        while len(kept) > 1 and c.messages(kept) > room:
+            kept = kept[1:]
+            while len(kept) > 1 and (kept[0].role == "tool" or kept[0].tool_calls):
+                kept = kept[1:]
+        if kept and c.messages(kept) > room:
+            m = kept[0]
+            text = shrink_text(m.content, max(0, room - c.overhead), c.count, keep="tail")
+            kept = [Message(m.role, text, m.tool_calls, m.tool_call_id, m.name)]
+        return kept
+
+    # ------------------------------------------------------------------ summary (off the critical path)
+
+    def pending_fold(self, items: Sequence[Item]) -> list[Item]:
+        """Items outside the window that the summary does not cover yet."""
+        if self._start is None:
+            return []
+        idx = next((i for i, it in enumerate(items) if it.id == self._start), None)
+        if idx is None:
+            return []
+        begin = 0
+        if self.summary_upto is not None:
+            done = next((i for i, it in enumerate(items) if it.id == self.summary_upto), None)
+            begin = 0 if done is None else done + 1
+        return list(items[begin:idx])
+
+    @property
+    def folding(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def after_reply(self, items: Sequence[Item]) -> asyncio.Task[None] | None:
+        """Call when a reply has finished: with the summarize strategy, start folding the turns
+        that left the window into the summary, in the background."""
+        if self.policy.strategy != "summarize" or self.llm is None or self.folding:
+            return None
+        todo = self.pending_fold(items)
+        if not todo:
+            return None
+        self._task = asyncio.get_running_loop().create_task(self._fold(todo), name="context-summary")
+        return self._task
+
+    def cancel_background(self) -> None:
+        """A new turn is starting: the LLM is needed for the reply, not for the summary."""
+        if self.folding:
+            assert self._task is not None
+            self._task.cancel()
+
+    async def wait_background(self) -> None:
+        if self._task is not None:
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _fold(self, todo: list[Item]) -> None:
+        assert self.llm is not None
+        p, c = self.policy, self.counter
+        cap = max(16, int(p.budget_tokens * p.summary_share))
+        words = max(10, cap * 3 // 5)
+        prompt = (f"You keep a short running summary of a conversation between a user and an assistant. "
+                  f"Update the summary with the new part. Keep what the assistant will need later: names, "
+                  f"facts about the user, preferences, decisions, open questions. Write at most {words} words, "
+                  f"in the language of the conversation, as plain sentences.")
+        frame = f"Summary so far: {self.summary or '(none)'}\n\nNew part of the conversation:\n\n\nUpdated summary:"
+        # fold no more than the model can read in one go; the rest waits for the next reply
+        room = p.budget_tokens - cap - c.text(prompt) - c.text(frame) - 3 * c.overhead
+        chosen: list[Item] = []
+        used = 0
+        for it in todo:
+            n = c.text(it.output or it.arguments or it.text) + c.overhead
+            if chosen and used + n > room:
+                break
+            chosen.append(it)
+            used += n
+        transcript = "\n".join(_line(it) for it in chosen if _line(it))
+        transcript = shrink_text(transcript, max(16, room), c.count, keep="tail")
+        user = (f"Summary so far: {self.summary or '(none)'}\n\nNew part of the conversation:\n{transcript}\n\n"
+                f"Updated summary:")
+        req = ChatRequest(messages=(Message("system", prompt), Message("user", user)), temperature=0.2,
+                          max_tokens=cap)
+        parts: list[str] = []
+        try:
+            async for ev in self.llm.chat(req):
+                if isinstance(ev, TextDelta):
+                    parts.append(ev.text)
+                elif isinstance(ev, Usage) and self.on_usage is not None:
+                    self.on_usage(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed summary leaves the window as it was
+            log.warning("context summary failed: %s", e)
+            return
+        text = " ".join("".join(parts).split())
+        if not text:
+            return
+        self.summary = shrink_text(text, cap, c.count, keep="head")
+        self.summary_upto = chosen[-1].id
+        self.folds += 1
+        if self.on_summary is not None:
+            self.on_summary(self.summary, self.summary_upto)
+
+
+def _line(it: Item) -> str:
+    if it.type == "function_call":
+        return f"(the assistant called {it.name}({it.arguments}))"
+    if it.type == "function_call_output":
+        return f"(the tool answered: {it.output})"
+    if not it.text.strip():
+        return ""
+    return f"{'User' if it.role == 'user' else 'Assistant'}: {it.text.strip()}"
