@@ -12,6 +12,8 @@ What it answers (`POST /v1/chat/completions`, streamed as SSE):
 * the system prompt contains `scripted:long` -> LONG_REPLY (about 15 s of speech);
 * otherwise SHORT_REPLY.
 
+Streamed unless the request says `"stream": false` (then one `chat.completion` object).
+
 Every request is recorded in `ScriptedLLM.requests`.
 """
 
@@ -82,12 +84,23 @@ class ScriptedLLM:
             return LONG_REPLY, None
         return SHORT_REPLY, None
 
-    async def chat(self, request: Request) -> StreamingResponse:
+    async def chat(self, request: Request) -> StreamingResponse | JSONResponse:
         body = await request.json()
         self.requests.append(body)
         text, call = self.decide(body)
         rid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
+        usage = {"prompt_tokens": 10 * len(body.get("messages") or []), "completion_tokens": len(text.split()) + 1}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if body.get("stream") is False:  # one whole answer
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if call is not None:
+                message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                                          "function": {"name": call["name"], "arguments": call["arguments"]}}]
+            return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": MODEL,
+                                 "choices": [{"index": 0, "message": message,
+                                              "finish_reason": "tool_calls" if call else "stop"}],
+                                 "usage": usage})
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": MODEL,
@@ -107,8 +120,6 @@ class ScriptedLLM:
                     yield chunk({"content": w if i == 0 else " " + w})
                     await asyncio.sleep(self.token_delay_s)
                 yield chunk({}, "stop")
-            usage = {"prompt_tokens": 10 * len(body.get("messages") or []), "completion_tokens": len(text.split()) + 1}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             yield f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk', 'created': created, 'model': MODEL, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 

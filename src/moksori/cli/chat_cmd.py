@@ -1,9 +1,9 @@
-"""`moksori chat`: talk with the agent through the microphone and speakers, or type (--text)."""
+"""`moksori chat`: talk with the agent through the microphone and speakers, or type (--text,
+in `moksori.cli.text_chat`)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections import deque
 
@@ -39,8 +39,12 @@ def _devices(sd) -> list[dict]:
 @app.command()
 @friendly
 def chat(
-    text: bool = typer.Option(False, "--text", help="Type instead of speaking; replies are printed."),
-    speak: bool = typer.Option(False, "--speak", help="With --text: also play the replies aloud."),
+    text: bool = typer.Option(False, "--text", help="Type instead of speaking (loads no speech models)."),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="With --text: print the reply as it comes."),
+    user: str | None = typer.Option(None, "--user", help="With --text: your user id; your history is "
+                                    "kept in the store and resumed next time."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="With --text: reply cap "
+                                          "(default agent.text_max_tokens, 800)."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List audio devices and exit."),
     input_device: str | None = typer.Option(None, "--input-device", help="Microphone (index or name)."),
     output_device: str | None = typer.Option(None, "--output-device", help="Speakers (index or name)."),
@@ -62,8 +66,15 @@ def chat(
         return
     settings = load_settings(**({"language": lang} if lang else {}))
     if text:
-        stack = load_stack(settings)
-        asyncio.run(_text_chat(stack, settings, speak=speak, output_device=output_device))
+        from moksori.cli.text_chat import TextChatOptions, run_text_chat
+        from moksori.store import valid_user_id
+
+        if user is not None and not valid_user_id(user):
+            raise ConfigError(f"invalid user id {user!r}: use 1-255 letters, digits and _ . @ : + - = /")
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigError("--max-tokens must be at least 1")
+        opts = TextChatOptions(stream=stream, user=user, max_tokens=max_tokens or settings.agent.text_max_tokens)
+        asyncio.run(run_text_chat(settings, opts))
         return
     sd = _sounddevice()
     devs = _devices(sd)
@@ -168,54 +179,3 @@ async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -
         raise NoAudioDevice(f"audio device error: {e}") from None
     finally:
         await session.close()
-
-
-async def _text_chat(stack, settings, *, speak: bool, output_device) -> None:
-    from moksori.engine.config import config_from_settings
-    from moksori.engine.session import Session
-
-    modalities = ("audio", "text") if speak else ("text",)
-    session = Session(stack, config_from_settings(settings, modalities=modalities))
-    player = None
-    if speak:
-        sd = _sounddevice()
-        player = _Player()
-        out_rate = session.cfg.output_rate
-        stream = sd.OutputStream(device=_pick(output_device), channels=1, samplerate=out_rate, dtype="float32",
-                                 callback=lambda o, f, t, s: player.fill(o))
-        stream.start()
-    done = asyncio.Event()
-
-    def on_event(ev) -> None:
-        if ev.type == "agent.text_delta":
-            sys.stdout.write(ev["delta"])
-            sys.stdout.flush()
-        elif ev.type == "agent.audio" and player is not None:
-            player.add(ev["frame"].samples.astype(np.float32) / 32768.0)
-        elif ev.type == "agent.response_done":
-            sys.stdout.write("\n")
-            done.set()
-        elif ev.type == "error":
-            err_console.print(f"[red]error:[/] {ev['message']}", highlight=False)
-
-    session.bus.listen(on_event)
-    loop = asyncio.get_running_loop()
-    err_console.print("[bold green]Type a message[/] (empty line or Ctrl-D to quit).")
-    try:
-        while True:
-            line = await loop.run_in_executor(None, _read_line)
-            if line is None or not line.strip() or line.strip() in ("/quit", "/exit"):
-                break
-            done.clear()
-            sys.stdout.write("agent: ")
-            session.add_user_text(line.strip())
-            await done.wait()
-    finally:
-        await session.close()
-
-
-def _read_line() -> str | None:
-    try:
-        return input("you: ")
-    except EOFError:
-        return None

@@ -114,6 +114,26 @@ class _ToolCallAccumulator:
         return out
 
 
+def is_azure_host(host: str) -> bool:
+    return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
+
+
+def azure_url(base_url: str, deployment: str | None, api_version: str | None) -> str:
+    """Azure OpenAI: `https://RESOURCE.openai.azure.com` + deployment + `?api-version=` →
+    `…/openai/deployments/DEPLOYMENT?api-version=…` (the provider appends /chat/completions).
+    A URL that already names a deployment, or Azure's `/openai/v1` path, is kept as it is."""
+    url = httpx.URL(base_url)
+    path = url.path.rstrip("/")
+    if deployment and "/deployments/" not in path and not path.endswith("/openai/v1"):
+        if not path.endswith("/openai"):
+            path += "/openai"
+        path += f"/deployments/{deployment}"
+    url = url.copy_with(path=path or "/")
+    if api_version and "api-version" not in url.params:
+        url = url.copy_merge_params({"api-version": api_version})
+    return str(url)
+
+
 def _stream_error(obj: dict[str, Any], host: str) -> ProviderError:
     err = obj.get("error")
     message = err.get("message") if isinstance(err, dict) else err
@@ -146,6 +166,8 @@ class OpenAICompatLLM(LLM):
         extra_headers: dict[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
         include_usage: bool = True,
+        azure: bool | None = None,
+        stream: bool = True,
     ) -> None:
         url = check_base_url(base_url, "LLM")
         self._base = url
@@ -158,7 +180,8 @@ class OpenAICompatLLM(LLM):
         self._client = client
         self._owns_client = client is None
         self.include_usage = include_usage
-        self.azure = ".openai.azure.com" in (url.host or "")
+        self.azure = is_azure_host(url.host or "") if azure is None else azure
+        self.stream = stream  # False: ask for one whole answer (`stream: false`)
         self._host = host_of(url)
 
     def __repr__(self) -> str:  # never shows the key
@@ -166,13 +189,22 @@ class OpenAICompatLLM(LLM):
 
     @classmethod
     def from_settings(cls, settings: LLMSettings, *, base_url: str | None = None) -> OpenAICompatLLM:
+        from moksori.settings import llm_api_key
+
         url = base_url or settings.base_url
         if not url:
             raise ConfigError("llm.base_url is required for the openai LLM provider",
                               hint="set MOKSORI_LLM_BASE_URL, e.g. http://127.0.0.1:8080/v1")
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-        return cls(base_url=url, model=settings.model, api_key=key, timeout_s=settings.timeout_s,
-                   caps=LLMCaps(context_tokens=settings.context_tokens, languages=("en", "ko")))
+        key = llm_api_key(settings)
+        host = httpx.URL(url).host if "://" in url else ""
+        azure = settings.api_flavor == "azure" or (settings.api_flavor == "auto" and is_azure_host(host or ""))
+        model = settings.model
+        if azure:
+            url = azure_url(url, settings.deployment, settings.api_version)
+            model = model or settings.deployment
+        return cls(base_url=url, model=model, api_key=key, timeout_s=settings.timeout_s,
+                   caps=LLMCaps(context_tokens=settings.context_tokens, languages=("en", "ko")),
+                   azure=True if azure else None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -236,13 +268,13 @@ class OpenAICompatLLM(LLM):
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": [_message(m) for m in request.messages],
-            "stream": True,
+            "stream": self.stream,
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
         }
         if self.model is not None:
             body["model"] = self.model
-        if self.include_usage:
+        if self.include_usage and self.stream:
             body["stream_options"] = {"include_usage": True}
         if request.tools:
             body["tools"] = [t.to_openai() for t in request.tools]
@@ -255,7 +287,7 @@ class OpenAICompatLLM(LLM):
         client = self._http()
         try:
             async with client.stream("POST", self._url("/chat/completions"), json=self._body(request),
-                                     headers=self._headers(stream=True)) as resp:
+                                     headers=self._headers(stream=self.stream)) as resp:
                 if resp.status_code >= 400:
                     raise self._status_error(resp, await resp.aread())
                 ctype = resp.headers.get("content-type", "")

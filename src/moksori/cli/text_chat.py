@@ -1,0 +1,365 @@
+"""`moksori chat --text`: the text chat of a chat app. Loads the LLM only, no speech models.
+
+After each reply: `[Tokens used: N | Estimated cost: $X]`. Commands, never sent to the model:
+`quit`/`exit`, `clear` (a fresh conversation), `tokens`, `cost`, `history` (a leading `/` is
+accepted too). On exit, the session total. `--user ID` resumes that user's history from the
+store (and keeps adding to it); without it the conversation is stored as anonymous.
+
+Works with the embedded llama.cpp model and any OpenAI-compatible server, Azure OpenAI included
+(settings `llm.api_flavor`, `llm.api_version`, `llm.deployment`). Keys come from
+MOKSORI_LLM_API_KEY or MOKSORI_LLM_API_KEY_FILE. A rate-limited (429) or failing server is
+retried with backoff (`providers/resilience.py`), then reported in one line; the chat goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from moksori.accounting import PriceTable, TurnUsage, format_cost
+from moksori.engine.context import ContextPolicy, ContextWindow, default_budget, token_counter
+from moksori.engine.memory import Item, new_id
+from moksori.engine.prompts import text_system_prompt
+from moksori.errors import ProviderError
+from moksori.providers.base import LLM, ChatRequest, TextDelta, Usage
+from moksori.settings import Settings
+
+COMMANDS = ("quit", "exit", "clear", "tokens", "cost", "history")
+
+
+@dataclass(frozen=True)
+class TextChatOptions:
+    stream: bool = True
+    user: str | None = None
+    max_tokens: int = 800
+
+
+@dataclass
+class _Totals:
+    usage: TurnUsage = field(default_factory=TurnUsage)
+    cost: float = 0.0
+    replies: int = 0
+    estimated: bool = False  # some counts are estimates (the server reported no usage)
+
+
+class _Lines:
+    """stdin lines on a daemon thread, so quitting never waits for a pending `input()`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: TextIO) -> None:
+        self.q: asyncio.Queue[str | None] = asyncio.Queue()
+        self._loop, self._stream = loop, stream
+        threading.Thread(target=self._run, name="stdin", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                line = self._stream.readline()
+            except (OSError, ValueError):
+                line = ""
+            self._loop.call_soon_threadsafe(self.q.put_nowait, line.rstrip("\r\n") if line else None)
+            if not line:
+                return
+
+
+def friendly_error(e: ProviderError) -> str:
+    """One line a person can act on, from the error the provider raised after its retries."""
+    status = e.status
+    if status == 429:
+        return ("the model server is rate-limiting requests (HTTP 429) and still was after retrying with "
+                f"backoff; wait a moment and send your message again. ({e.message})")
+    if status in (401, 403):
+        return f"the model server refused the API key (HTTP {status}); check MOKSORI_LLM_API_KEY. ({e.message})"
+    if status == 404:
+        return f"the model server does not know this model or deployment (HTTP 404). ({e.message})"
+    if status is not None and status >= 500:
+        return (f"the model server failed (HTTP {status}) and still did after retrying; "
+                f"try again in a moment. ({e.message})")
+    return f"the model could not answer: {e}"
+
+
+class TextChat:
+    def __init__(self, settings: Settings, llm: LLM, opts: TextChatOptions, *, store=None,  # noqa: ANN001
+                 prices: PriceTable | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.settings, self.llm, self.opts, self.store = settings, llm, opts, store
+        self.prices = prices or PriceTable()
+        self.out, self.err = out, err
+        self.system = text_system_prompt(settings.agent.instructions, llm.caps.languages)
+        self.count = token_counter(llm)
+        self.budget = default_budget(settings.agent.context_tokens, llm.caps.context_tokens, opts.max_tokens)
+        self.model = _model_name(llm)
+        self.totals = _Totals()
+        self.items: list[Item] = []
+        self.conversation_id = ""
+        self.window = self._new_window()
+        self._reply: asyncio.Task[None] | None = None
+
+    def _new_window(self) -> ContextWindow:
+        policy = ContextPolicy(budget_tokens=self.budget, strategy=self.settings.agent.context_strategy)
+        return ContextWindow(policy, count=self.count, llm=self.llm, on_summary=self._on_summary,
+                             on_usage=self._on_summary_usage)
+
+    # ------------------------------------------------------------------ output
+
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def warn(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    # ------------------------------------------------------------------ store
+
+    def _submit(self, record) -> None:  # noqa: ANN001
+        if self.store is not None:
+            self.store.submit(record)
+
+    def _start_conversation(self) -> None:
+        from moksori.store import DEFAULT_TENANT, ConversationStarted
+
+        self.conversation_id = f"conv_{uuid.uuid4().hex[:24]}"
+        self._submit(ConversationStarted(self.conversation_id, DEFAULT_TENANT, self.opts.user, "text", time.time()))
+
+    async def _load_history(self) -> None:
+        if self.store is None or self.opts.user is None:
+            return
+        from moksori.store import DEFAULT_TENANT
+
+        try:
+            await self.store.flush(5.0)
+            h = await self.store.load_history(DEFAULT_TENANT, self.opts.user, max_tokens=int(self.budget * 0.7),
+                                              count=self.count)
+        except Exception as e:  # noqa: BLE001 - no history is better than no chat
+            self.warn(f"warning: cannot load the history of {self.opts.user}: {type(e).__name__}: {e}")
+            return
+        for it in h.items:
+            self.items.append(Item(id=f"h{it.seq}", type=it.type, role=it.role or "user",  # type: ignore[arg-type]
+                                   text=it.spoken_text if it.type == "message" else "", call_id=it.call_id,
+                                   name=it.name, arguments=it.arguments, output=it.output, language=it.language))
+        if h.summary:
+            self.window.summary = h.summary
+        if h.items:
+            self.warn(f"(resumed {len(h.items)} earlier messages of {self.opts.user})")
+
+    def _on_summary(self, summary: str, upto: str | None) -> None:
+        from moksori.store import SummaryUpdated
+
+        self._submit(SummaryUpdated(self.conversation_id, summary, upto if upto and not upto.startswith("h") else None,
+                                    time.time()))
+
+    def _on_summary_usage(self, u: Usage) -> None:
+        from moksori.store import UsageRecord
+
+        usage = TurnUsage(llm_model=self.model, input_tokens=u.input_tokens, cached_tokens=u.cached_tokens,
+                          output_tokens=u.output_tokens)
+        self._add_totals(usage)
+        self._submit(UsageRecord(self.conversation_id, usage, time.time(), kind="summary"))
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stdin: TextIO = sys.stdin) -> None:
+        loop = asyncio.get_running_loop()
+        self._start_conversation()
+        await self._load_history()
+        lines = _Lines(loop, stdin)
+        quitting = asyncio.Event()
+
+        def on_sigint() -> None:
+            if self._reply is not None and not self._reply.done():
+                self._reply.cancel()  # Ctrl-C during a reply stops the reply
+            else:
+                quitting.set()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        self.warn("Type a message. Commands: quit, clear, tokens, cost, history.")
+        try:
+            while True:
+                self.out.write("you: ")
+                self.out.flush()
+                get = asyncio.ensure_future(lines.q.get())
+                stop = asyncio.ensure_future(quitting.wait())
+                await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not get.done():
+                    get.cancel()
+                    self.say()
+                    break
+                line = get.result()
+                if line is None:  # end of input (Ctrl-D)
+                    self.say()
+                    break
+                text = line.strip()
+                if not text:
+                    continue
+                command = text.lower().lstrip("/")
+                if command in COMMANDS:
+                    if command in ("quit", "exit"):
+                        break
+                    self._command(command)
+                    continue
+                self._reply = asyncio.ensure_future(self._turn(text))
+                try:
+                    await self._reply
+                except asyncio.CancelledError:
+                    if quitting.is_set():
+                        break
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+            self.window.cancel_background()
+            await self.window.wait_background()
+            self.say(self._total_line())
+
+    def _command(self, command: str) -> None:
+        t = self.totals
+        if command == "clear":
+            self.window.cancel_background()
+            self.items = []
+            self.window = self._new_window()
+            self._start_conversation()
+            self.say("(a fresh conversation: earlier messages are no longer in the context)")
+        elif command == "tokens":
+            u = t.usage
+            approx = " (some counts estimated)" if t.estimated else ""
+            self.say(f"Session tokens: {u.input_tokens + u.output_tokens} (input {u.input_tokens}, of which "
+                     f"cached {u.cached_tokens}; output {u.output_tokens}) over {t.replies} replies{approx}")
+        elif command == "cost":
+            note = ""
+            unpriced = self.prices.cost(t.usage).unpriced
+            if unpriced and self.settings.llm.provider != "llamacpp":  # local models are free unless priced
+                note = f" (no price for {', '.join(unpriced)}: see MOKSORI_PRICES_FILE)"
+            self.say(f"Session cost: {format_cost(t.cost)} estimated{note}")
+        elif command == "history":
+            if self.window.summary:
+                self.say(f"(summary of earlier turns) {self.window.summary}")
+            shown = 0
+            for it in self.items:
+                if it.type == "message" and it.text.strip():
+                    self.say(f"{'you' if it.role == 'user' else 'agent'}: {it.text}")
+                    shown += 1
+                elif it.type == "function_call":
+                    self.say(f"(tool call) {it.name}({it.arguments})")
+            if not shown:
+                self.say("(no messages yet)")
+
+    def _add_totals(self, u: TurnUsage) -> float:
+        cost = self.prices.cost(u).usd
+        self.totals.usage = self.totals.usage + u
+        self.totals.cost += cost
+        return cost
+
+    def _total_line(self) -> str:
+        u = self.totals.usage
+        return (f"[Session total: Tokens used: {u.input_tokens + u.output_tokens} | "
+                f"Estimated cost: {format_cost(self.totals.cost)}]")
+
+    async def _turn(self, text: str) -> None:
+        from moksori.store import AgentReply, UserTurn
+
+        user_item = Item(id=new_id("item"), role="user", text=text)
+        self.items.append(user_item)
+        self._submit(UserTurn(self.conversation_id, user_item.id, text, time.time(), audio=False))
+        self.window.cancel_background()
+        messages = self.window.messages(self.items, self.system)
+        req = ChatRequest(messages=tuple(messages), temperature=self.settings.llm.temperature,
+                          max_tokens=self.opts.max_tokens)
+        parts: list[str] = []
+        usage: Usage | None = None
+        started = time.time()
+        first_token: float | None = None
+        interrupted = False
+        self.out.write("agent: ")
+        self.out.flush()
+        try:
+            async for ev in self.llm.chat(req):
+                if isinstance(ev, TextDelta) and ev.text:
+                    if first_token is None:
+                        first_token = time.time()
+                    parts.append(ev.text)
+                    if self.opts.stream:
+                        self.out.write(ev.text)
+                        self.out.flush()
+                elif isinstance(ev, Usage):
+                    usage = ev
+        except asyncio.CancelledError:
+            interrupted = True
+        except ProviderError as e:
+            self.say()
+            self.warn(f"error: {friendly_error(e)}")
+            self.items.remove(user_item)  # unanswered: out of the context (the store keeps it)
+            return
+        reply = "".join(parts).strip()
+        if not self.opts.stream:
+            self.out.write(reply)
+        self.say(" [interrupted]" if interrupted else "")
+        estimated = usage is None
+        if usage is None:  # the server reported no usage: count with the tokenizer / estimate
+            usage = Usage(input_tokens=sum(self.count(m.content) + 4 for m in messages),
+                          output_tokens=self.count(reply))
+            self.totals.estimated = True
+        turn = TurnUsage(llm_model=self.model, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,
+                         output_tokens=usage.output_tokens)
+        cost = self._add_totals(turn)
+        if reply:
+            self.totals.replies += 1
+            self.items.append(Item(id=new_id("item"), role="assistant", text=reply,
+                                   status="incomplete" if interrupted else "completed"))
+        latency = {"first_token_ms": round((first_token - started) * 1000, 1)} if first_token else None
+        self._submit(AgentReply(self.conversation_id, self.items[-1].id if reply else new_id("item"), reply,
+                                time.time(), interrupted=interrupted,
+                                status="incomplete" if interrupted else "completed", started_at=started,
+                                audio=False, latency=latency, usage=turn))
+        approx = "~" if estimated else ""
+        self.say(f"[Tokens used: {approx}{turn.input_tokens + turn.output_tokens} | Estimated cost: {format_cost(cost)}]")
+        if not interrupted:
+            self.window.after_reply(self.items)
+
+
+def _model_name(llm: LLM) -> str:
+    inner = getattr(llm, "providers", (llm,))[0]
+    model = getattr(inner, "model", None)
+    if isinstance(model, str) and model:
+        return model
+    path = getattr(inner, "path", None)
+    return getattr(path, "name", None) or inner.name
+
+
+async def run_text_chat(settings: Settings, opts: TextChatOptions, *, llm: LLM | None = None,
+                        stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> TextChat:
+    """Build the LLM (only), open the store, chat until quit or end of input."""
+    from moksori.providers.registry import build_llm
+    from moksori.store import Store
+
+    if llm is None:
+        llm = build_llm(settings)
+        if not opts.stream:
+            for p in getattr(llm, "providers", (llm,)):
+                if hasattr(p, "stream"):
+                    p.stream = False
+    await llm.load()
+    store = None
+    try:
+        store = Store.from_settings(settings)
+        if store is not None:
+            await store.start()
+    except Exception as e:  # noqa: BLE001 - chat without history rather than not at all
+        err.write(f"warning: conversations are not saved: the store is unavailable ({type(e).__name__}: "
+                  f"{' '.join(str(e).split())[:200]})\n")
+        store = None
+    chat = TextChat(settings, llm, opts, store=store, prices=store.prices if store else
+                    PriceTable.load(settings.prices_file), out=out, err=err)
+    try:
+        await chat.run(stdin)
+    finally:
+        if store is not None:
+            await store.close()
+        await llm.close()
+    return chat
