@@ -23,6 +23,7 @@ RUNS = [
     ("concurrency_40ms", ["concurrency.py", "--chunk-ms", "40", "--levels", "100,150,200,250,300", "--window", "8"]),
     ("concurrency_100ms", ["concurrency.py", "--chunk-ms", "100", "--levels", "200,300,400,500,600", "--window", "8"]),
     ("webrtc", ["webrtc.py", "--reps", "2"]),
+    ("store_throughput", ["store_throughput.py"]),
 ]
 
 

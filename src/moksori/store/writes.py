@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moksori.accounting import TurnUsage
@@ -128,9 +128,11 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
     for rec in records:
         if not isinstance(rec, ConversationStarted):
             touched[rec.conversation_id] = max(touched.get(rec.conversation_id, 0.0), rec.at)
-    for conv_id, at in sorted(touched.items()):
-        await conn.execute(update(conversations).where(conversations.c.id == conv_id,
-                                                       conversations.c.updated_at < at).values(updated_at=at))
+    if touched:  # one executemany, not one round trip per conversation
+        await conn.execute(update(conversations).where(conversations.c.id == bindparam("b_id"),
+                                                       conversations.c.updated_at < bindparam("b_at"))
+                           .values(updated_at=bindparam("b_at")),
+                           [{"b_id": c, "b_at": at} for c, at in sorted(touched.items())])
 
 
 async def _start_conversations(conn: AsyncConnection, dialect: str, starts: list[ConversationStarted]) -> None:
@@ -150,9 +152,9 @@ async def _start_conversations(conn: AsyncConnection, dialect: str, starts: list
         cond = or_(*[and_(users.c.tenant_id == t, users.c.external_id == u) for t, u in keys])
         for row in (await conn.execute(select(users.c.pk, users.c.tenant_id, users.c.external_id).where(cond))).all():
             pks[(row.tenant_id, row.external_id)] = row.pk
-        for (t, u), at in seen.items():
-            await conn.execute(update(users).where(users.c.pk == pks[(t, u)], users.c.last_seen_at < at)
-                               .values(last_seen_at=at))
+        await conn.execute(update(users).where(users.c.pk == bindparam("b_pk"), users.c.last_seen_at < bindparam("b_at"))
+                           .values(last_seen_at=bindparam("b_at")),
+                           [{"b_pk": pks[key], "b_at": at} for key, at in sorted(seen.items())])
     await conn.execute(insert_ignore(dialect, conversations, ("id",)), [
         {"id": r.conversation_id, "tenant_id": r.tenant, "user_pk": pks.get((r.tenant, r.user)) if r.user else None,
          "channel": r.channel[:32], "created_at": r.at, "updated_at": r.at, "metadata": r.metadata,
