@@ -299,3 +299,22 @@ def test_kill_9_loses_at_most_the_turn_in_flight(url) -> None:
 
     n = asyncio.run(check())
     assert last + 1 <= n <= last + 2  # everything acknowledged is there; at most one turn more
+
+
+def test_urls_and_secrets(tmp_path) -> None:
+    from moksori.errors import ConfigError
+    from moksori.store.db import normalise_url, redacted
+    from moksori.store.identity import hash_secret
+
+    assert normalise_url(f"sqlite:///{tmp_path}/a/b.db").startswith("sqlite+aiosqlite:///")
+    assert (tmp_path / "a").is_dir()  # the folder of a SQLite file is made
+    assert normalise_url("postgresql://u:pw@h/db").startswith("postgresql+asyncpg://u:pw@h/db")
+    assert "pw" not in redacted("postgresql://u:pw@h/db")
+    for bad in ("mysql://h/db", "not a url"):
+        with pytest.raises(ConfigError) as e:
+            normalise_url(bad)
+        assert "\n" not in str(e.value)
+    a = hash_secret(None, tmp_path)
+    assert len(a) == 32 and hash_secret(None, tmp_path) == a  # made once, then read back
+    assert (tmp_path / "store-secret").stat().st_mode & 0o077 == 0
+    assert hash_secret("configured", tmp_path) == b"configured"
