@@ -255,3 +255,12 @@ def test_summarize_on_a_small_context_with_the_real_model(small_llm) -> None:
     assert max(sizes) <= 512 - reply_cap
     assert window.folds >= 1 and window.summary
     print(f"\nsummary after 30 turns ({window.folds} folds): {window.summary!r}")
+
+
+def test_a_deleted_start_item_does_not_cut_needlessly() -> None:
+    items = convo(60)
+    w = ContextWindow(ContextPolicy(budget_tokens=300))
+    w.messages(items, SYSTEM)
+    assert w.last_dropped > 0
+    short = convo(3)  # e.g. a client deleted most items
+    assert len(w.messages(short, SYSTEM)) == 7 and w.last_dropped == 0

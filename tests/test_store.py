@@ -318,3 +318,15 @@ def test_urls_and_secrets(tmp_path) -> None:
     assert len(a) == 32 and hash_secret(None, tmp_path) == a  # made once, then read back
     assert (tmp_path / "store-secret").stat().st_mode & 0o077 == 0
     assert hash_secret("configured", tmp_path) == b"configured"
+
+
+async def test_records_submitted_before_start_are_written(tmp_path) -> None:
+    store = make_store(f"sqlite:///{tmp_path / 'early.db'}")
+    now = time.time()
+    store.submit(ConversationStarted("c", "default", "u", "cli", now))
+    store.submit(UserTurn("c", "x", "early bird", now))
+    await store.start()
+    assert await store.flush(20) and store.writer.stats.written == 2
+    await store.close()
+    assert not store.submit(UserTurn("c", "y", "after close", now))  # refused, and said so
+    assert store.writer.stats.dropped_full == 1

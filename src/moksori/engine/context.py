@@ -212,12 +212,14 @@ class ContextWindow:
                 return False
             return p.max_messages is None or sum(len(m) for m in msgs[s:]) <= p.max_messages
 
-        if self._start is None and fits(0):
-            return 0
+        found = None
         if self._start is not None:
-            s = next((i for i, t in enumerate(turns) if t[0].id == self._start), None)
-            if s is not None and fits(s):
-                return s
+            found = next((i for i, t in enumerate(turns) if t[0].id == self._start), None)
+            if found is not None and fits(found):
+                return found
+        if found is None and fits(0):  # never cut, or the old start was deleted and all fits now
+            self._start = None
+            return 0
         # cut: keep the newest turns within low_water of the room (the newest one always)
         target = int(room * p.low_water)
         s, used, count = n - 1, costs[-1], len(msgs[-1])

@@ -186,6 +186,8 @@ class StoreWriter:
         self._wake = asyncio.Event()
         engine = dbmod.make_engine(self.url)
         self._started.set()
+        if self._buf:  # records submitted before the thread started
+            self._wake.set()
         try:
             while True:
                 await self._wake.wait()
