@@ -210,3 +210,16 @@ def test_with_the_real_packaged_model(tmp_path) -> None:
     items = asyncio.run(stored())
     assert items[0] == "user:Hello, who are you?" and len(items) == 2 and items[1].startswith("assistant:")
     json.dumps(items)
+
+
+def test_azure_urls() -> None:
+    from moksori.providers.llm_openai import azure_url, is_azure_host
+
+    assert azure_url("https://r.openai.azure.com", "dep", "2024-10-21") == \
+        "https://r.openai.azure.com/openai/deployments/dep?api-version=2024-10-21"
+    assert azure_url("https://r.openai.azure.com/openai/", "dep", None) == "https://r.openai.azure.com/openai/deployments/dep"
+    kept = "https://r.openai.azure.com/openai/deployments/x?api-version=2025-01-01"
+    assert azure_url(kept, "dep", "2024-10-21") == kept  # a URL that names its deployment and version wins
+    assert azure_url("https://r.openai.azure.com/openai/v1", "dep", None) == "https://r.openai.azure.com/openai/v1"
+    assert is_azure_host("r.openai.azure.com") and is_azure_host("r.cognitiveservices.azure.com")
+    assert not is_azure_host("azure.com.evil.example")
