@@ -189,6 +189,7 @@ def test_ctrl_c_stops_a_reply_not_the_chat(tmp_path) -> None:
 
 
 @pytest.mark.models
+@pytest.mark.slow
 def test_with_the_real_packaged_model(tmp_path) -> None:
     env = {"MOKSORI_DATA_DIR": str(tmp_path), "MOKSORI_LLM_TEMPERATURE": "0"}
     r = chat(["--user", "kim"], "Hello, who are you?\ntokens\nquit\n", env, timeout=300)
