@@ -463,7 +463,8 @@ class Session:
                     if pb is not None:
                         self.speaker.cancel(resp.id)
                     self.publish("agent.interrupted", {"response_id": resp.id, "item_id": resp.item_id,
-                                                       "reason": "turn_detected", "heard_ms": 0, "text": ""})
+                                                       "reason": "turn_detected", "heard_ms": 0, "text": "",
+                                                       "onset": None, "reaction_ms": None})
                     resp.cancel("turn_detected", heard="")
                     self._responses.pop(resp.id, None)
         elif not words and self._reoffer and self._reoffer[0] == spec.turn_id and self._reoffer[1].strip():
