@@ -62,7 +62,7 @@ async def one(stack, settings, interrupter: str, wait_s: float) -> dict:
         return {"file": interrupter, "interrupted": False}
     ev = hits[0]
     return {"file": interrupter, "interrupted": True, "reaction_ms": round(1000 * (ev.t - onset)),
-            "engine_reaction_ms": ev["reaction_ms"], "heard_ms": ev["heard_ms"]}
+            "engine_reaction_ms": ev.reaction_ms, "heard_ms": ev.heard_ms}
 
 
 async def run(reps: int) -> dict:

@@ -59,8 +59,7 @@ async def one(stack, settings, path: Path) -> dict:
     rec = await play_into_session(session, audio)
     await settle(session, 10)
     await session.close()
-    ev = {e.type: e for e in reversed(rec.events)}  # first of each type
-    first = {}
+    first = {}  # the first event of each type
     for e in rec.events:
         first.setdefault(e.type, e)
     stop = first.get("user.speech_stopped")
@@ -73,10 +72,9 @@ async def one(stack, settings, path: Path) -> dict:
                           ("tts_first_audio", "tts.first_audio")):
             if typ in first:
                 row[name] = round(1000 * (first[typ].t - stop.t))
-        row["turn_reason"] = first["user.turn_ended"]["reason"] if "user.turn_ended" in first else None
-        row["transcript"] = first["user.transcript"]["text"] if "user.transcript" in first else ""
-        row["first_clause"] = first["tts.started"]["text"] if "tts.started" in first else ""
-    del ev
+        row["turn_reason"] = getattr(first.get("user.turn_ended"), "reason", None)
+        row["transcript"] = getattr(first.get("user.transcript"), "text", "")
+        row["first_clause"] = getattr(first.get("tts.started"), "text", "")
     return row
 
 

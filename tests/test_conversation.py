@@ -14,6 +14,7 @@ import pytest
 
 from moksori.audio.frames import Frame, concat
 from moksori.audio.wav import load_audio
+from moksori.engine import events as E
 from moksori.engine.config import config_from_settings
 from moksori.engine.session import Session
 from moksori.settings import load_settings
@@ -59,15 +60,15 @@ def converse(stack, audio: list[Frame], **cfg) -> tuple[Recording, Session]:
 
 
 def completed(rec: Recording) -> list:
-    return [e for e in rec.of("agent.response_done") if e["status"] == "completed"]
+    return [e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]
 
 
 def test_two_user_turns_get_two_replies(stack) -> None:
     # short replies and a long gap, so the first reply is over before the second turn
     rec, session = converse(stack, [silence(0.5), speech("en/en_002.wav"), silence(9.0),
                                     speech("en/en_028.wav"), silence(9.0)], max_output_tokens=40)
-    assert rec.of("agent.interrupted") == []
-    transcripts = [e["text"].lower() for e in rec.of("user.transcript")]
+    assert rec.of(E.AgentInterrupted) == []
+    transcripts = [e.text.lower() for e in rec.of(E.UserTranscript)]
     assert len(transcripts) == 2
     assert "young man" in transcripts[0] and "thousand" in transcripts[1]
     assert len(completed(rec)) == 2
@@ -81,19 +82,19 @@ def test_speaking_over_a_reply_interrupts_and_truncates(stack) -> None:
     # the reply to en_028 starts ~0.5 s after it ends; en_002 starts 1.6 s later, mid-reply
     rec, session = converse(stack, [silence(0.5), speech("en/en_028.wav"), silence(1.6),
                                     speech("en/en_002.wav"), silence(5.0)], max_output_tokens=120)
-    interrupted = rec.of("agent.interrupted")
+    interrupted = rec.of(E.AgentInterrupted)
     assert len(interrupted) == 1, rec.types()
     ev = interrupted[0]
-    first = next(e for e in rec.of("agent.response_done") if e["response_id"] == ev["response_id"])
-    assert first["interrupted"] and first["status"] == "cancelled"
-    heard, full = first["text"].split(), first["generated_text"].split()
+    first = next(e for e in rec.of(E.AgentResponseDone) if e.response_id == ev.response_id)
+    assert first.interrupted and first.status == "cancelled"
+    heard, full = first.text.split(), first.generated_text.split()
     assert len(heard) < len(full), "the stored reply must be cut to what was heard"
     assert full[:len(heard)] == heard
-    stored = session.memory.get(ev["item_id"])
-    assert stored is not None and stored.text == first["text"] and stored.status == "incomplete"
-    assert rec.of("agent.audio_cleared")
+    stored = session.memory.get(ev.item_id)
+    assert stored is not None and stored.text == first.text and stored.status == "incomplete"
+    assert rec.of(E.AgentAudioCleared)
     # the interruption is itself a user turn, and it is answered
-    assert "young man" in rec.of("user.transcript")[-1]["text"].lower()
+    assert "young man" in rec.of(E.UserTranscript)[-1].text.lower()
     assert completed(rec)
 
 
@@ -112,9 +113,9 @@ def _with_pause(frame: Frame, pause_s: float) -> Frame:
 def test_a_300ms_thinking_pause_keeps_one_turn(stack) -> None:
     utterance = _with_pause(speech("en/en_001.wav"), 0.3)
     rec, _ = converse(stack, [silence(0.5), utterance, silence(5.0)])
-    assert len(rec.of("user.turn_ended")) == 1
-    assert len(rec.of("user.transcript")) == 1
-    text = rec.of("user.transcript")[0]["text"].lower()
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert len(rec.of(E.UserTranscript)) == 1
+    text = rec.of(E.UserTranscript)[0].text.lower()
     assert "dashwood" in text and "them" in text  # both halves in the one turn
     assert len(completed(rec)) == 1
 
@@ -126,8 +127,8 @@ def test_cough_length_bursts_during_a_reply_do_not_interrupt(stack) -> None:
     noise = Frame.from_float(rng.normal(0, 0.3, 2400) * np.hanning(2400), 16000)  # 150 ms broadband burst
     rec, _ = converse(stack, [silence(0.5), speech("en/en_028.wav"), silence(1.8), burst, silence(0.7), noise,
                               silence(6.0)])
-    assert rec.of("agent.interrupted") == []
-    assert len(rec.of("user.turn_ended")) == 1
+    assert rec.of(E.AgentInterrupted) == []
+    assert len(rec.of(E.UserTurnEnded)) == 1
     assert len(completed(rec)) == 1
 
 
@@ -136,24 +137,24 @@ def test_resuming_after_speculation_started_gives_one_reply(stack) -> None:
     # speculatively, short enough that it is not the end of the turn
     utterance = _with_pause(speech("en/en_004.wav"), 0.25)
     rec, _ = converse(stack, [silence(0.5), utterance, silence(5.0)])
-    assert len(rec.of("user.turn_ended")) == 1
-    assert len(rec.of("agent.response_started")) == 1
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert len(rec.of(E.AgentResponseStarted)) == 1
     assert len(completed(rec)) == 1
     assert len(rec.of("stt.started")) == 1  # the abandoned speculation left no public trace
 
 
 def test_korean_turn_is_transcribed_as_korean(stack) -> None:
     rec, _ = converse(stack, [silence(0.5), speech("ko/ko_001.wav"), silence(4.0)])
-    tr = rec.of("user.transcript")
-    assert tr and tr[0]["language"] == "ko"
-    assert "걸어갔다" in tr[0]["text"]
+    tr = rec.of(E.UserTranscript)
+    assert tr and tr[0].language == "ko"
+    assert "걸어갔다" in tr[0].text
 
 
 def test_converse_reply_audio_is_time_aligned(stack) -> None:
     audio = [silence(0.5), speech("en/en_006.wav"), silence(4.0)]
     rec, _ = converse(stack, audio)
     reply = rec.reply_audio(min_seconds=sum(f.duration for f in audio))
-    started = rec.of("agent.audio_started")[0].t
+    started = rec.of(E.AgentAudioStarted)[0].t
     first_loud = int(np.argmax(np.abs(reply.samples) > 500)) / reply.rate
     assert abs(first_loud - started) < 0.15  # the reply sits where the agent spoke
     assert reply.duration >= sum(f.duration for f in audio) - 0.01

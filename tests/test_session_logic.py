@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from moksori.audio.frames import Frame
+from moksori.engine import events as E
 from moksori.engine.config import SessionConfig
 from moksori.engine.session import Session
 from moksori.engine.tools import Tool, ToolBox
@@ -30,7 +31,7 @@ def run(coro):
 
 
 def replies(rec: Recording) -> list:
-    return [e for e in rec.of("agent.response_done") if e["status"] == "completed"]
+    return [e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]
 
 
 def test_two_turns_two_replies_in_milliseconds_of_real_time() -> None:
@@ -46,13 +47,13 @@ def test_two_turns_two_replies_in_milliseconds_of_real_time() -> None:
     t0 = time.perf_counter()
     rec, s = run(main())
     assert time.perf_counter() - t0 < 5.0  # 11 s of conversation in virtual time
-    assert len(rec.of("user.turn_ended")) == 2
+    assert len(rec.of(E.UserTurnEnded)) == 2
     assert len(replies(rec)) == 2
     texts = [(i.role, i.text) for i in s.memory.items]
     assert [r for r, _ in texts] == ["user", "assistant", "user", "assistant"]
     assert texts[0][1] == "hello there." and texts[2][1] == "what time is it?"
     # the reply follows the end of speech well under a second with instant fakes
-    for stop, started in zip(rec.of("user.speech_stopped"), rec.of("agent.audio_started")):
+    for stop, started in zip(rec.of(E.UserSpeechStopped), rec.of(E.AgentAudioStarted)):
         assert 0.0 < started.t - stop.t < 0.6
 
 
@@ -69,19 +70,19 @@ def test_barge_in_interrupts_clears_and_truncates_memory() -> None:
         return rec, s
 
     rec, s = run(main())
-    interrupted = rec.of("agent.interrupted")
+    interrupted = rec.of(E.AgentInterrupted)
     assert len(interrupted) == 1
     ev = interrupted[0]
-    assert rec.of("agent.audio_cleared"), "the transport must be told to drop queued audio"
-    heard = ev["text"]
+    assert rec.of(E.AgentAudioCleared), "the transport must be told to drop queued audio"
+    heard = ev.text
     assert heard and long_reply.startswith(heard.rstrip(".,")[:10])
     assert len(heard.split()) < len(long_reply.split())
     first_assistant = [i for i in s.memory.items if i.role == "assistant"][0]
     assert first_assistant.text == heard and first_assistant.status == "incomplete"
     # reaction: onset of the user's speech -> audio cleared
-    assert ev["reaction_ms"] is not None and ev["reaction_ms"] <= 200
-    done = [e for e in rec.of("agent.response_done") if e["response_id"] == ev["response_id"]]
-    assert len(done) == 1 and done[0]["interrupted"] and done[0]["text"] == heard
+    assert ev.reaction_ms is not None and ev.reaction_ms <= 200
+    done = [e for e in rec.of(E.AgentResponseDone) if e.response_id == ev.response_id]
+    assert len(done) == 1 and done[0].interrupted and done[0].text == heard
     # and the interruption became the next turn, which got its own reply
     assert [i.text for i in s.memory.items if i.role == "user"] == ["tell me a story.", "stop please."]
     assert len(replies(rec)) == 1
@@ -112,8 +113,8 @@ def test_300ms_pause_mid_sentence_keeps_one_turn() -> None:
         return rec
 
     rec = run(main())
-    assert len(rec.of("user.speech_started")) == 1
-    assert len(rec.of("user.turn_ended")) == 1
+    assert len(rec.of(E.UserSpeechStarted)) == 1
+    assert len(rec.of(E.UserTurnEnded)) == 1
     assert len(replies(rec)) == 1
 
 
@@ -127,7 +128,7 @@ def test_cough_during_reply_does_not_interrupt() -> None:
         return rec
 
     rec = run(main())
-    assert rec.of("agent.interrupted") == []
+    assert rec.of(E.AgentInterrupted) == []
     assert len(replies(rec)) == 1
 
 
@@ -144,8 +145,8 @@ def test_late_stt_result_after_user_resumes_makes_no_second_reply() -> None:
         return rec, s
 
     rec, s = run(main())
-    assert len(rec.of("user.turn_ended")) == 1
-    assert len(rec.of("agent.response_started")) == 1
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert len(rec.of(E.AgentResponseStarted)) == 1
     assert len(replies(rec)) == 1
     assert [i.text for i in s.memory.items if i.role == "user"] == ["first half and second half."]
 
@@ -161,13 +162,13 @@ def test_late_llm_tokens_after_barge_in_are_dropped() -> None:
         return rec
 
     rec = run(main())
-    first = rec.of("agent.interrupted")[0]["response_id"]
-    cleared_t = rec.of("agent.audio_cleared")[0].t
-    late = [e for e in rec.events if e.get("response_id") == first and e.t > cleared_t
+    first = rec.of(E.AgentInterrupted)[0].response_id
+    cleared_t = rec.of(E.AgentAudioCleared)[0].t
+    late = [e for e in rec.events if getattr(e, "response_id", None) == first and e.t > cleared_t
             and e.type not in ("agent.response_done", "agent.interrupted")]
     assert late == []
     assert llm.cancelled >= 1
-    assert len([e for e in rec.of("agent.response_done") if e["response_id"] == first]) == 1
+    assert len([e for e in rec.of(E.AgentResponseDone) if e.response_id == first]) == 1
 
 
 def test_commit_twice_and_speculation_race_give_one_reply() -> None:
@@ -184,7 +185,7 @@ def test_commit_twice_and_speculation_race_give_one_reply() -> None:
         return rec
 
     rec = run(main())
-    assert len(rec.of("user.turn_ended")) == 1
+    assert len(rec.of(E.UserTurnEnded)) == 1
     assert len(replies(rec)) == 1
 
 
@@ -199,9 +200,9 @@ def test_noise_interruption_with_no_words_reoffers_the_rest() -> None:
         return rec
 
     rec = run(main())
-    assert len(rec.of("agent.interrupted")) == 1
-    offers = rec.of("agent.reoffer")
-    assert len(offers) == 1 and reply.endswith(offers[0]["text"].strip()) and offers[0]["text"]
+    assert len(rec.of(E.AgentInterrupted)) == 1
+    offers = rec.of(E.AgentReoffer)
+    assert len(offers) == 1 and reply.endswith(offers[0].text.strip()) and offers[0].text
 
 
 def test_speech_while_thinking_waits_and_noise_does_not_cancel() -> None:
@@ -215,7 +216,7 @@ def test_speech_while_thinking_waits_and_noise_does_not_cancel() -> None:
 
     rec = run(main())
     assert len(replies(rec)) == 1
-    assert rec.of("agent.interrupted") == []
+    assert rec.of(E.AgentInterrupted) == []
 
 
 def test_local_tool_runs_and_result_goes_back_to_the_llm() -> None:
@@ -242,8 +243,8 @@ def test_local_tool_runs_and_result_goes_back_to_the_llm() -> None:
 
     rec = run(main())
     assert calls == [{"city": "Seoul"}]
-    assert rec.of("agent.tool_call") and rec.of("agent.tool_result")
-    assert replies(rec)[0]["text"] == "It is clear in Seoul."
+    assert rec.of(E.AgentToolCall) and rec.of(E.AgentToolResult)
+    assert replies(rec)[0].text == "It is clear in Seoul."
 
 
 def test_client_tool_ends_the_response_with_a_function_call() -> None:
@@ -258,9 +259,9 @@ def test_client_tool_ends_the_response_with_a_function_call() -> None:
         return rec
 
     rec = run(main())
-    fc = rec.of("agent.function_call")
-    assert len(fc) == 1 and fc[0]["name"] == "lookup" and fc[0]["call_id"] == "call_9"
-    assert replies(rec)[0]["function_calls"][0]["name"] == "lookup"
+    fc = rec.of(E.AgentFunctionCall)
+    assert len(fc) == 1 and fc[0].name == "lookup" and fc[0].call_id == "call_9"
+    assert replies(rec)[0].function_calls[0].name == "lookup"
 
 
 def test_manual_mode_commit_then_response_create() -> None:
@@ -268,10 +269,10 @@ def test_manual_mode_commit_then_response_create() -> None:
         cfg = CFG.with_(turn=TurnConfig(mode="manual"))
         s = Session(fake_stack(stt=ScriptedSTT(["typed by voice."])), cfg)
         rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.0)])
-        assert rec.of("user.turn_ended") == []
+        assert rec.of(E.UserTurnEnded) == []
         s.commit()
         await play_into_session(s, [quiet(0.5)], recording=rec)
-        assert rec.of("agent.response_started") == []  # manual: the client asks for a reply
+        assert rec.of(E.AgentResponseStarted) == []  # manual: the client asks for a reply
         s.create_response()
         await play_into_session(s, [quiet(3.0)], recording=rec)
         await settle(s)
@@ -279,7 +280,7 @@ def test_manual_mode_commit_then_response_create() -> None:
         return rec
 
     rec = run(main())
-    assert rec.of("user.transcript")[0]["text"] == "typed by voice."
+    assert rec.of(E.UserTranscript)[0].text == "typed by voice."
     assert len(replies(rec)) == 1
 
 
@@ -301,10 +302,10 @@ def test_provider_failure_reports_error_and_the_session_goes_on() -> None:
         return rec
 
     rec = run(main())
-    errors = rec.of("error")
-    assert len(errors) == 2 and "exploded" in errors[0]["message"]
-    assert len(rec.of("user.turn_ended")) == 2  # still listening after the failure
-    assert all(e["status"] == "failed" for e in rec.of("agent.response_done"))
+    errors = rec.of(E.ErrorEvent)
+    assert len(errors) == 2 and "exploded" in errors[0].message
+    assert len(rec.of(E.UserTurnEnded)) == 2  # still listening after the failure
+    assert all(e.status == "failed" for e in rec.of(E.AgentResponseDone))
 
 
 def test_bad_audio_input_is_rejected_cleanly() -> None:

@@ -58,6 +58,9 @@ class TurnSettings(BaseModel):
     interrupt_min_speech_ms: int = Field(128, ge=0, le=2000)
     # start transcribing speculatively after this much silence
     speculate_after_ms: int = Field(48, ge=0, le=2000)
+    # after the agent's audio ends, this much silence from the user commits an empty turn and
+    # asks for a reply ("are you still there?"), like OpenAI's idle_timeout_ms; unset: never
+    idle_timeout_ms: int | None = Field(None, ge=1000, le=3_600_000)
 
 
 class STTSettings(BaseModel):

@@ -12,6 +12,7 @@ import typer
 
 from moksori.cli.main import app, friendly
 from moksori.cli.ui import err_console, load_stack, out_console
+from moksori.engine import events as E
 from moksori.errors import ConfigError, MoksoriError
 from moksori.settings import load_settings
 
@@ -143,18 +144,19 @@ async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -
     session = Session(stack, cfg)
     player = _Player()
 
-    def on_event(ev) -> None:
-        if ev.type == "agent.audio":
-            player.add(ev["frame"].samples.astype(np.float32) / 32768.0)
-        elif ev.type == "agent.audio_cleared":
-            player.clear()
-        elif ev.type == "user.transcript" and ev["text"]:
-            out_console.print(f"[cyan]you[/]   {ev['text']}", highlight=False)
-        elif ev.type == "agent.response_done" and ev["text"]:
-            tag = " [yellow](interrupted)[/]" if ev["interrupted"] else ""
-            out_console.print(f"[magenta]agent[/] {ev['text']}{tag}", highlight=False)
-        elif ev.type == "error":
-            err_console.print(f"[red]error:[/] {ev['message']}", highlight=False)
+    def on_event(ev: E.Event) -> None:
+        match ev:
+            case E.AgentAudio(frame=frame):
+                player.add(frame.samples.astype(np.float32) / 32768.0)
+            case E.AgentAudioCleared():
+                player.clear()
+            case E.UserTranscript(text=text) if text:
+                out_console.print(f"[cyan]you[/]   {text}", highlight=False)
+            case E.AgentResponseDone(text=text, interrupted=interrupted) if text:
+                tag = " [yellow](interrupted)[/]" if interrupted else ""
+                out_console.print(f"[magenta]agent[/] {text}{tag}", highlight=False)
+            case E.ErrorEvent(message=message):
+                err_console.print(f"[red]error:[/] {message}", highlight=False)
 
     session.bus.listen(on_event)
 

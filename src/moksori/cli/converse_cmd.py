@@ -47,7 +47,7 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
                      output_rate: int = 24000):
     """Feed `frame` into a new session at real-time pace (virtual time with fast=True)."""
     from moksori.engine.config import config_from_settings
-    from moksori.engine.events import TimelineWriter
+    from moksori.engine.bus import TimelineWriter
     from moksori.engine.session import Session
     from moksori.testing.harness import Recording, play_into_session
     from moksori.testing.virtual_time import run_virtual
@@ -68,8 +68,7 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
             while waited < max_tail_s:  # keep the line open (silence) until the agent is done
                 await play_into_session(session, Frame.silence(0.5, frame.rate), recording=rec)
                 waited += 0.5
-                if session.state == "idle" and not session.speaker.busy() and not session._responses \
-                        and not any(s.task and not s.task.done() for s in session._specs.values()):
+                if session.state == "idle" and not session.busy():
                     break
             await session.close()
         finally:
@@ -81,17 +80,17 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
 
 
 def _summary(rec, out: Path, seconds: float, fast: bool) -> None:
-    stops = {e["turn_id"]: e.t for e in rec.of("user.speech_stopped")}
-    started = {}
-    for e in rec.of("agent.response_started"):
-        started[e["response_id"]] = e.get("turn_id")
-    for e in rec.of("user.transcript"):
-        err_console.print(f"[cyan]user[/]  {e['text']}", highlight=False)
-    for e in rec.of("agent.audio_started"):
-        turn = started.get(e["response_id"])
+    from moksori.engine import events as E
+
+    stops = {e.turn_id: e.t for e in rec.of(E.UserSpeechStopped)}
+    started = {e.response_id: e.turn_id for e in rec.of(E.AgentResponseStarted)}
+    for e in rec.of(E.UserTranscript):
+        err_console.print(f"[cyan]user[/]  {e.text}", highlight=False)
+    for e in rec.of(E.AgentAudioStarted):
+        turn = started.get(e.response_id)
         lat = f"{1000 * (e.t - stops[turn]):.0f} ms after end of speech" if turn in stops and not fast else ""
-        done = next((d for d in rec.of("agent.response_done") if d["response_id"] == e["response_id"]), None)
-        text = done["text"] if done else ""
-        flag = " [yellow](interrupted)[/]" if done and done["interrupted"] else ""
+        done = next((d for d in rec.of(E.AgentResponseDone) if d.response_id == e.response_id), None)
+        text = done.text if done else ""
+        flag = " [yellow](interrupted)[/]" if done and done.interrupted else ""
         err_console.print(f"[magenta]agent[/] {text}{flag} [dim]{lat}[/]", highlight=False)
     err_console.print(f"[green]✓[/] {seconds:.1f} s of reply audio -> {out}", highlight=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from moksori.engine.turns import TurnConfig
 from moksori.providers.base import ToolSpec
@@ -28,16 +28,13 @@ class SessionConfig:
     tool_choice: str = "auto"
     temperature: float = 0.5
     max_output_tokens: int = 160
+    max_history_messages: int = 24  # chat messages of memory sent to the LLM
 
-    def with_(self, **changes) -> "SessionConfig":
+    def with_(self, **changes: Any) -> SessionConfig:
         return replace(self, **changes)
 
-    @property
-    def audio_out(self) -> bool:
-        return "audio" in self.modalities
 
-
-def config_from_settings(s: Settings, **overrides) -> SessionConfig:
+def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
     t = s.turn
     turn = TurnConfig(
         mode="semantic" if t.provider == "smart-turn" else "silence",
@@ -45,10 +42,11 @@ def config_from_settings(s: Settings, **overrides) -> SessionConfig:
         silence_duration_ms=t.silence_duration_ms, create_response=t.create_response,
         interrupt_response=t.interrupt_response, eagerness=t.eagerness,
         interrupt_min_speech_ms=t.interrupt_min_speech_ms, speculate_after_ms=t.speculate_after_ms,
+        idle_timeout_ms=t.idle_timeout_ms,
     )
     cfg = SessionConfig(
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
         partial_interval_ms=s.stt.partial_interval_ms, temperature=s.llm.temperature,
-        max_output_tokens=s.llm.max_tokens,
+        max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
     )
     return replace(cfg, **overrides) if overrides else cfg

@@ -7,25 +7,56 @@ Every `interval` of speech, the turn so far is transcribed and published as
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from moksori.providers.base import STTOptions, one_chunk
+import numpy as np
 
-if TYPE_CHECKING:
-    from moksori.engine.session import Session
+from moksori.engine import events as E
+from moksori.engine.clock import Clock
+from moksori.engine.config import SessionConfig
+from moksori.providers.base import STT, STTOptions, one_chunk
+
+
+class PartialsHost(Protocol):
+    """The port partial transcripts use (the session's context implements it)."""
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def cfg(self) -> SessionConfig: ...
+    @property
+    def stt(self) -> STT: ...
+
+    def publish(self, ev: E.Event) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+    def stt_language(self) -> str | None: ...
+
+
+class UserTurn(Protocol):
+    """Where the user's turn is: the TurnTaker's `turn_id` and `state`."""
+
+    @property
+    def turn_id(self) -> int: ...
+    @property
+    def state(self) -> str: ...
 
 
 class PartialTranscripts:
-    def __init__(self, session: "Session") -> None:
-        self.session = session
-        self._task: asyncio.Task | None = None
+    def __init__(self, host: PartialsHost, turn: UserTurn, audio_between: Callable[[float, float], np.ndarray],
+                 item_id_of: Callable[[int], str | None]) -> None:
+        self._host = host
+        self._turn = turn
+        self._audio_between = audio_between
+        self._item_id_of = item_id_of
+        self._task: asyncio.Task[Any] | None = None
 
     def start(self, turn_id: int) -> None:
-        cfg = self.session.cfg
+        cfg = self._host.cfg
         if cfg.partial_interval_ms <= 0 or not cfg.transcribe_input:
             return
         self.stop()
-        self._task = self.session._spawn(self._run(turn_id), f"partials-{turn_id}")  # noqa: SLF001
+        self._task = self._host.spawn(self._run(turn_id), f"partials-{turn_id}")
 
     def stop(self) -> None:
         if self._task and not self._task.done():
@@ -33,22 +64,21 @@ class PartialTranscripts:
         self._task = None
 
     async def _run(self, turn_id: int) -> None:
-        s = self.session
-        interval = s.cfg.partial_interval_ms / 1000
-        item_id = s._user_item_ids.get(turn_id)  # noqa: SLF001
-        onset = s.clock.now()
+        host, turn = self._host, self._turn
+        interval = host.cfg.partial_interval_ms / 1000
+        item_id = self._item_id_of(turn_id)
+        onset = host.clock.now()
         last = ""
         while True:
-            await s.clock.sleep(interval)
-            if s.taker.turn_id != turn_id:
+            await host.clock.sleep(interval)
+            if turn.turn_id != turn_id:
                 return
-            if s.taker.state != "speaking":
+            if turn.state != "speaking":
                 continue
-            audio = s.audio_between(onset - 2.0, s.clock.now())
-            opts = STTOptions(language=None if s.cfg.language == "auto" else s.cfg.language,
-                              languages=s.cfg.languages)
-            async for tr in s.stack.stt.transcribe(one_chunk(audio), opts):
-                if s.taker.turn_id == turn_id and s.taker.state == "speaking" and tr.text and tr.text != last:
+            audio = self._audio_between(onset - 2.0, host.clock.now())
+            opts = STTOptions(language=host.stt_language(), languages=host.cfg.languages)
+            async for tr in host.stt.transcribe(one_chunk(audio), opts):
+                if turn.turn_id == turn_id and turn.state == "speaking" and tr.text and tr.text != last:
                     last = tr.text
-                    s.publish("user.transcript_delta", {"turn_id": turn_id, "item_id": item_id, "text": tr.text,
-                                                        "language": tr.language, "final": False})
+                    host.publish(E.UserTranscriptDelta(t=host.clock.now(), turn_id=turn_id, item_id=item_id,
+                                                       text=tr.text, language=tr.language, final=False))

@@ -11,13 +11,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from moksori.audio.resample import resample
-from moksori.engine.memory import Item, new_id
+from moksori.engine import events as E
+from moksori.engine.clock import Clock
+from moksori.engine.memory import Item, Memory, new_id
 from moksori.engine.speaker import Playback
+from moksori.engine.tools import ToolBox
 from moksori.errors import MoksoriError, ProviderError
 from moksori.providers.base import (
+    LLM,
+    TTS,
     ChatRequest,
     Message,
     TextDelta,
@@ -31,10 +36,39 @@ from moksori.text.chunker import ClauseChunker
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
 
-if TYPE_CHECKING:
-    from moksori.engine.session import Session
-
 MAX_TOOL_ROUNDS = 3
+
+
+class ResponseHost(Protocol):
+    """The port a response uses; its session's context implements it. Nothing else of the
+    session is within reach of a response."""
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def memory(self) -> Memory: ...
+    @property
+    def toolbox(self) -> ToolBox: ...
+    @property
+    def llm(self) -> LLM: ...
+    @property
+    def tts(self) -> TTS: ...
+    @property
+    def output_rate(self) -> int: ...
+    @property
+    def voice(self) -> str | None: ...
+    @property
+    def speed(self) -> float: ...
+
+    def publish(self, ev: E.Event) -> None: ...
+    def publish_error(self, err: BaseException, *, turn_id: int | None = None,
+                      response_id: str | None = None) -> None: ...
+    def system_prompt(self, instructions: str | None) -> str: ...
+    def play(self, pb: Playback) -> None:
+        """Queue this reply's audio on the speaker."""
+    def playout_end(self) -> float:
+        """When the listener will have heard everything sent so far."""
+        ...
 
 
 @dataclass
@@ -55,7 +89,7 @@ class ResponseOptions:
 
 @dataclass
 class Response:
-    session: "Session"
+    host: ResponseHost
     opts: ResponseOptions
     turn_id: int | None
     language: str
@@ -68,10 +102,10 @@ class Response:
     playback: Playback | None = None
     function_calls: list[ToolCall] = field(default_factory=list)
     item: Item | None = None
-    _held: list[tuple[str, float, dict]] = field(default_factory=list)
+    _held: list[E.Event] = field(default_factory=list)
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    on_finished: Callable[["Response"], None] | None = None
+    on_finished: Callable[[Response], None] | None = None
     _clauses_queued: int = 0
     _pending_items: list[Item] = field(default_factory=list)
     _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,7 +121,7 @@ class Response:
 
     def start(self) -> None:
         if self.audio:
-            self.playback = Playback(self.id, self.item_id, self.session.cfg.output_rate)
+            self.playback = Playback(self.id, self.item_id, self.host.output_rate)
         self.task = asyncio.create_task(self._run(), name=f"response-{self.id}")
 
     def release(self) -> None:
@@ -98,19 +132,19 @@ class Response:
         self._released.set()
         if self.status == "pending":
             self.status = "in_progress"
-        s = self.session
+        host = self.host
         if self.opts.in_conversation:
-            self.item = s.memory.add(Item(id=self.item_id, role="assistant", status="in_progress",
-                                          audio=self.audio, language=self.language))
+            self.item = host.memory.add(Item(id=self.item_id, role="assistant", status="in_progress",
+                                             audio=self.audio, language=self.language))
             self.item.text = self.text
             for item in self._pending_items:
-                s.memory.add(item)
+                host.memory.add(item)
         self._pending_items = []
         held, self._held = self._held, []
-        for typ, t, data in held:
-            s.publish(typ, data, t=t)
+        for ev in held:
+            host.publish(ev)
         if self.playback is not None:
-            s.speaker.enqueue(self.playback)
+            host.play(self.playback)
         if self.status in ("completed", "incomplete") and not self.audio:
             self._finish_public()
 
@@ -130,40 +164,40 @@ class Response:
             if self.item is not None:
                 self.item.text = heard if heard is not None else self.text
                 self.item.status = "incomplete"
-            self.session.publish("agent.response_done", self._done_payload(reason))
+            self.host.publish(self._done_event(reason))
         self.done.set()
         if self.on_finished:
             self.on_finished(self)
 
     # -------------------------------------------------------------- events
 
-    def emit(self, typ: str, data: dict | None = None) -> None:
-        payload = {"response_id": self.id, "item_id": self.item_id, **(data or {})}
-        if self.released:
-            self.session.publish(typ, payload)
-        else:
-            self._held.append((typ, self.session.clock.now(), payload))
+    def now(self) -> float:
+        return self.host.clock.now()
 
-    def _done_payload(self, reason: str | None = None) -> dict:
-        text = self.heard if self.heard is not None else self.text
-        return {
-            "response_id": self.id, "item_id": self.item_id, "turn_id": self.turn_id,
-            "text": text, "generated_text": self.text, "interrupted": self.interrupted,
-            "status": self.status, "reason": reason, "language": self.language,
-            "function_calls": [c.__dict__ for c in self.function_calls],
-            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens,
-                      "cached_tokens": self.usage.cached_tokens},
-            "modalities": list(self.opts.modalities), "in_conversation": self.opts.in_conversation,
-        }
+    def emit(self, ev: E.Event) -> None:
+        """Publish, or hold back with its timestamp until `release()` (a speculative reply)."""
+        if self.released:
+            self.host.publish(ev)
+        else:
+            self._held.append(ev)
+
+    def _done_event(self, reason: str | None = None) -> E.AgentResponseDone:
+        return E.AgentResponseDone(
+            t=self.now(), response_id=self.id, item_id=self.item_id, turn_id=self.turn_id,
+            text=self.heard if self.heard is not None else self.text, generated_text=self.text,
+            interrupted=self.interrupted, status=self.status, reason=reason, language=self.language,
+            function_calls=tuple(self.function_calls), usage=self.usage, modalities=tuple(self.opts.modalities),
+            in_conversation=self.opts.in_conversation)
 
     # -------------------------------------------------------------- pipeline
 
     async def _run(self) -> None:
-        s = self.session
+        host = self.host
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         tts_task = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") if self.audio else None
         try:
-            self.emit("agent.response_started", {"turn_id": self.turn_id, "modalities": list(self.opts.modalities)})
+            self.emit(E.AgentResponseStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                             turn_id=self.turn_id, modalities=tuple(self.opts.modalities)))
             if self.opts.fixed_text is not None:
                 self._add_text(self.opts.fixed_text, clauses, ClauseChunker(first_min_chars=1))
                 await clauses.put(None)
@@ -177,7 +211,7 @@ class Response:
                         await self._wait_release()
                     await self.playback.finished.wait()
                     # still "speaking" until the listener has heard the last chunk
-                    await s.clock.sleep(self.playback.play_end - s.clock.now())
+                    await host.clock.sleep(self.playback.play_end - host.clock.now())
             self.status = "completed"
             if self.released:
                 self._finish_public()
@@ -189,7 +223,7 @@ class Response:
             if tts_task:
                 tts_task.cancel()
             self.status = "failed"
-            s.publish_error(e, response_id=self.id)
+            host.publish_error(e, response_id=self.id)
             if self.released:
                 self._finish_public(reason="error")
             else:
@@ -209,7 +243,7 @@ class Response:
             self.item.status = "completed" if self.status == "completed" else "incomplete"
             if self.playback is not None:
                 self.item.audio_ms = int(1000 * self.playback.sent / self.playback.rate)
-        self.session.publish("agent.response_done", self._done_payload(reason))
+        self.host.publish(self._done_event(reason))
         self.done.set()
         if self.on_finished:
             self.on_finished(self)
@@ -217,11 +251,11 @@ class Response:
     def _add_text(self, delta: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> bool:
         """Returns True when this delta completed the reply's first clause."""
         if not self.text:
-            self.emit("llm.first_token")
+            self.emit(E.LlmFirstToken(t=self.now(), response_id=self.id, item_id=self.item_id))
         self.text += delta
         if self.item is not None:
             self.item.text = self.text
-        self.emit("agent.text_delta", {"delta": delta})
+        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
         first = False
         if self.audio:
             for clause in chunker.push(delta):
@@ -235,22 +269,23 @@ class Response:
         return first
 
     async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
-        s = self.session
-        tools = tuple(self.opts.tools) + s.toolbox.specs()
+        host = self.host
+        tools = tuple(self.opts.tools) + host.toolbox.specs()
         convo: list[Message] = []
-        system = s.system_prompt(self.opts.instructions)
+        system = host.system_prompt(self.opts.instructions)
         if self.opts.replace_input is not None:
             base = [Message("system", system), *self.opts.replace_input]
         else:
-            base = s.memory.messages(system) if self.opts.in_conversation else [Message("system", system)]
+            base = host.memory.messages(system) if self.opts.in_conversation else [Message("system", system)]
             base += list(self.opts.extra_input)
         for _round in range(MAX_TOOL_ROUNDS):
             chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
             req = ChatRequest(messages=tuple(base + convo), tools=tools, tool_choice=self.opts.tool_choice,
                               temperature=self.opts.temperature, max_tokens=self.opts.max_output_tokens)
-            self.emit("llm.started", {"messages": len(req.messages)})
+            self.emit(E.LlmStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                   messages=len(req.messages)))
             calls: list[ToolCall] = []
-            async for ev in s.stack.llm.chat(req):
+            async for ev in host.llm.chat(req):
                 if isinstance(ev, TextDelta):
                     if ev.text and self._add_text(ev.text, clauses, chunker):
                         # The first clause is the critical path: stop pulling tokens (the local
@@ -264,18 +299,19 @@ class Response:
                                        self.usage.cached_tokens + ev.cached_tokens)
             for clause in chunker.flush():
                 await clauses.put(clause)
-            self.emit("llm.finished", {"input_tokens": self.usage.input_tokens,
-                                       "output_tokens": self.usage.output_tokens})
+            self.emit(E.LlmFinished(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                    input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens))
             if not calls:
                 break
-            local = [c for c in calls if s.toolbox.get(c.name) is not None]
-            remote = [c for c in calls if s.toolbox.get(c.name) is None]
+            local = [c for c in calls if host.toolbox.get(c.name) is not None]
+            remote = [c for c in calls if host.toolbox.get(c.name) is None]
             for call in remote:  # the client runs these; the response ends here
                 self.function_calls.append(call)
                 item_id = self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
                                               call_id=call.id, name=call.name, arguments=call.arguments))
-                self.emit("agent.function_call", {"call_id": call.id, "name": call.name, "arguments": call.arguments,
-                                                  "call_item_id": item_id})
+                self.emit(E.AgentFunctionCall(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                              call_id=call.id, name=call.name, arguments=call.arguments,
+                                              call_item_id=item_id))
             if remote or not local:
                 break
             stop_after = False
@@ -283,20 +319,23 @@ class Response:
             # that is still speculative. If the user goes on talking, this reply is cancelled here.
             await self._wait_release()
             for call in local:
-                tool = s.toolbox.get(call.name)
+                tool = host.toolbox.get(call.name)
+                assert tool is not None  # `local` holds only calls of known tools
                 self.function_calls.append(call)
-                self.emit("agent.tool_call", {"call_id": call.id, "name": call.name, "arguments": call.arguments})
+                self.emit(E.AgentToolCall(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                          call_id=call.id, name=call.name, arguments=call.arguments))
                 if tool.say_first:
                     self._add_text(("" if not self.text else " ") + tool.say_first, clauses, chunker)
                     for clause in chunker.flush():
                         await clauses.put(clause)
                     await self._drain_audio(clauses)
-                output = await s.toolbox.run(call.name, call.arguments)
+                output = await host.toolbox.run(call.name, call.arguments)
                 self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
                                     call_id=call.id, name=call.name, arguments=call.arguments))
                 self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
                                     call_id=call.id, output=output))
-                self.emit("agent.tool_result", {"call_id": call.id, "name": call.name, "output": output})
+                self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                            call_id=call.id, name=call.name, output=output))
                 convo += [Message("assistant", "", tool_calls=(call,)),
                           Message("tool", output, tool_call_id=call.id, name=call.name)]
                 stop_after = stop_after or tool.final
@@ -309,7 +348,7 @@ class Response:
         if not self.opts.in_conversation:
             return item.id
         if self.released:
-            self.session.memory.add(item)
+            self.host.memory.add(item)
         else:
             self._pending_items.append(item)
         return item.id
@@ -323,11 +362,11 @@ class Response:
             return
         while pb.sent < pb.generated and not pb.cancelled:
             await asyncio.sleep(0.02)
-        await self.session.clock.sleep(max(0.0, self.session.speaker._playout_end - self.session.clock.now()))
+        await self.host.clock.sleep(max(0.0, self.host.playout_end() - self.host.clock.now()))
 
     async def _speak(self, clauses: asyncio.Queue[str | None]) -> None:
-        s = self.session
-        opts = TTSOptions(voice=self.opts.voice or s.cfg.voice, language=self.language, speed=s.cfg.speed)
+        host = self.host
+        opts = TTSOptions(voice=self.opts.voice or host.voice, language=self.language, speed=host.speed)
         first = True
         while True:
             clause = await clauses.get()
@@ -338,16 +377,17 @@ class Response:
             if not spoken or not any(ch.isalnum() for ch in spoken):
                 continue
             if first:
-                self.emit("tts.started", {"text": spoken})
+                self.emit(E.TtsStarted(t=self.now(), response_id=self.id, item_id=self.item_id, text=spoken))
             try:
-                async for frame in s.stack.tts.synthesize(spoken, opts):
-                    out = resample(frame, s.cfg.output_rate)
+                async for frame in host.tts.synthesize(spoken, opts):
+                    out = resample(frame, host.output_rate)
                     if first:
-                        self.emit("tts.first_audio", {"samples": len(out)})
+                        self.emit(E.TtsFirstAudio(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                                  samples=len(out)))
                         first = False
                         self._first_audio.set()
                     if self.playback is not None and not self.playback.cancelled:
                         self.playback.add(out, clause)
             except ProviderError as e:
-                s.publish_error(e, response_id=self.id)
+                host.publish_error(e, response_id=self.id)
             self._first_audio.set()  # even if that clause produced no audio

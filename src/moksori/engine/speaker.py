@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moksori.audio.frames import Frame
+from moksori.engine import events as E
 from moksori.engine.clock import Clock
 
 
@@ -68,7 +69,7 @@ class Playback:
         return sum(n for _, n in self.segments)
 
 
-Publish = Callable[[str, dict], None]
+Publish = Callable[[E.Event], None]
 
 
 class Speaker:
@@ -125,7 +126,7 @@ class Speaker:
         self.current = None
         self._playout_end = now
         if victims:
-            self.publish("agent.audio_cleared", {"response_ids": [pb.response_id for pb, _ in out]})
+            self.publish(E.AgentAudioCleared(t=now, response_ids=tuple(pb.response_id for pb, _ in out)))
         self._wake.set()
         self._set_audible(False)
         return out
@@ -161,6 +162,11 @@ class Speaker:
     def hold(self, value: bool) -> None:
         self._hold = value
         self._wake.set()
+
+    @property
+    def playout_end(self) -> float:
+        """When the listener will have heard everything sent so far (session time)."""
+        return self._playout_end
 
     @property
     def audible(self) -> bool:
@@ -227,12 +233,12 @@ class Speaker:
                 if pb.started_at is None:
                     pb.started_at = now
                     self._set_audible(True)
-                    self.publish("agent.audio_started", {"response_id": pb.response_id, "item_id": pb.item_id})
-                self.publish("agent.audio", {"response_id": pb.response_id, "item_id": pb.item_id,
-                                             "frame": Frame(np.ascontiguousarray(piece), self.rate),
-                                             "offset": offset, "play_at": start})
+                    self.publish(E.AgentAudioStarted(t=now, response_id=pb.response_id, item_id=pb.item_id))
+                self.publish(E.AgentAudio(t=now, response_id=pb.response_id, item_id=pb.item_id,
+                                          frame=Frame(np.ascontiguousarray(piece), self.rate),
+                                          offset=offset, play_at=start))
                 offset += len(piece)
                 pb.sent = offset
         if not pb.cancelled:
-            self.publish("agent.audio_done", {"response_id": pb.response_id, "item_id": pb.item_id,
-                                              "samples": pb.sent})
+            self.publish(E.AgentAudioDone(t=self.clock.now(), response_id=pb.response_id, item_id=pb.item_id,
+                                          samples=pb.sent))

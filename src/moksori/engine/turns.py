@@ -50,6 +50,7 @@ class TurnConfig:
     min_speech_ms: int = 90
     speculate_after_ms: int = 48
     max_turn_s: float = 30.0
+    # after the agent's audio ends, this much silence commits an empty turn and asks for a reply
     idle_timeout_ms: int | None = None
 
     @property
@@ -86,6 +87,8 @@ class BargeIn:
 
 @dataclass(frozen=True)
 class Paused:
+    """Confirmed speech fell silent (the session state becomes user_paused)."""
+
     turn_id: int
     voice_end: float
 
@@ -253,6 +256,13 @@ class TurnTaker:
                 return [TurnEnded(tid, self.spec_id, t, t, t, "commit")]
             return []
         return self._end(t, "commit")
+
+    def idle_timeout(self, t: float) -> TurnEnded | None:
+        """Nobody spoke for the idle timeout: an empty turn ends now (only while idle)."""
+        if self.state != "idle" or self.cfg.mode == "manual":
+            return None
+        tid, self.turn_id = self.turn_id, self.turn_id + 1
+        return TurnEnded(tid, self.spec_id, t, t, t, "idle_timeout")
 
     def reset(self) -> None:
         """Drop whatever speech is in progress (the client cleared its input buffer)."""

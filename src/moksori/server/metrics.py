@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from moksori.engine.events import Event
+from moksori.engine import events as E
 
 # seconds; end of speech -> first reply audio, and barge-in reaction
 _BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -42,34 +42,34 @@ class Metrics:
         self.latency = Histogram()
         self.barge_in = Histogram((0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
 
-    def observe_session(self) -> Callable[[Event], None]:
+    def observe_session(self) -> Callable[[E.Event], None]:
         """A listener for one session's events."""
         stopped: dict[int, float] = {}
         turn_of: dict[str, int] = {}
 
-        def listen(e: Event) -> None:
-            t = e.type
-            if t == "user.speech_stopped":
-                stopped[e.data["turn_id"]] = e.t
-            elif t == "user.turn_ended":
-                self.counters["turns"] += 1
-            elif t == "agent.response_started" and e.data.get("turn_id") is not None:
-                turn_of[e.data["response_id"]] = e.data["turn_id"]
-            elif t == "agent.audio_started":
-                turn = turn_of.pop(e.data["response_id"], None)
-                if turn in stopped:
-                    self.latency.observe(max(0.0, e.t - stopped.pop(turn)))
-            elif t == "agent.response_done":
-                self.counters[f"responses_{e.data.get('status', 'completed')}"] += 1
-                usage = e.data.get("usage") or {}
-                for k in ("input_tokens", "output_tokens", "cached_tokens"):
-                    self.tokens[k] += int(usage.get(k) or 0)
-            elif t == "agent.interrupted":
-                self.counters["interruptions"] += 1
-                if e.data.get("reaction_ms") is not None:
-                    self.barge_in.observe(e.data["reaction_ms"] / 1000)
-            elif t == "error":
-                self.counters["errors"] += 1
+        def listen(e: E.Event) -> None:
+            match e:
+                case E.UserSpeechStopped(turn_id=turn_id):
+                    stopped[turn_id] = e.t
+                case E.UserTurnEnded():
+                    self.counters["turns"] += 1
+                case E.AgentResponseStarted(turn_id=int(turn_id), response_id=rid):
+                    turn_of[rid] = turn_id
+                case E.AgentAudioStarted(response_id=rid):
+                    turn = turn_of.pop(rid, None)
+                    if turn in stopped:
+                        self.latency.observe(max(0.0, e.t - stopped.pop(turn)))
+                case E.AgentResponseDone(status=status, usage=usage):
+                    self.counters[f"responses_{status}"] += 1
+                    self.tokens["input_tokens"] += usage.input_tokens
+                    self.tokens["output_tokens"] += usage.output_tokens
+                    self.tokens["cached_tokens"] += usage.cached_tokens
+                case E.AgentInterrupted(reaction_ms=reaction_ms):
+                    self.counters["interruptions"] += 1
+                    if reaction_ms is not None:
+                        self.barge_in.observe(reaction_ms / 1000)
+                case E.ErrorEvent():
+                    self.counters["errors"] += 1
 
         return listen
 

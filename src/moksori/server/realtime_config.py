@@ -27,7 +27,8 @@ def initial_session(settings: Settings) -> rt.SessionConfig:
     td = rt.TurnDetection(
         type="semantic_vad" if t.provider == "smart-turn" else "server_vad",
         threshold=t.threshold, prefix_padding_ms=t.prefix_padding_ms, silence_duration_ms=t.silence_duration_ms,
-        create_response=t.create_response, interrupt_response=t.interrupt_response, eagerness=t.eagerness)
+        create_response=t.create_response, interrupt_response=t.interrupt_response, eagerness=t.eagerness,
+        idle_timeout_ms=t.idle_timeout_ms if t.provider != "smart-turn" else None)
     return rt.SessionConfig(instructions=settings.agent.instructions or "", turn_detection=td,
                             temperature=settings.llm.temperature)
 
@@ -60,7 +61,9 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
             create_response=td.create_response and not transcription_only,
             interrupt_response=td.interrupt_response, eagerness=td.eagerness,
             interrupt_min_speech_ms=settings.turn.interrupt_min_speech_ms,
-            speculate_after_ms=settings.turn.speculate_after_ms, idle_timeout_ms=td.idle_timeout_ms)
+            speculate_after_ms=settings.turn.speculate_after_ms,
+            # OpenAI: "idle timeout is currently only supported for server_vad mode"
+            idle_timeout_ms=td.idle_timeout_ms if td.type == "server_vad" and not transcription_only else None)
     voice, voice_lang = voice_and_language(cfg, voices)
     lang = base.language
     if cfg.input_transcription and cfg.input_transcription.language in ("en", "ko"):

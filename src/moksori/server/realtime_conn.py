@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
+from moksori.engine import events as E
 from moksori.engine.config import SessionConfig as EngineConfig, config_from_settings
-from moksori.engine.events import Event
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.engine.session import Session
 from moksori.errors import MoksoriError, ProtocolError
@@ -401,107 +401,115 @@ class RealtimeConnection:
             return int(a_last)
         return int(max(0.0, marks[0][1] - 1000 * (marks[0][0] - t)))
 
-    def _on_engine_event(self, e: Event) -> None:
+    def _on_engine_event(self, e: E.Event) -> None:
         try:
             self._translate(e)
         except Exception:  # noqa: BLE001
             log.exception("realtime: cannot translate %s", e.type)
-        if self.timeline and e.type != "agent.audio":
+        if self.timeline and not isinstance(e, E.AgentAudio):
             self.send({"type": "moksori.event", "event_id": new_id("event"), "event": e.to_json()})
 
-    def _translate(self, e: Event) -> None:
-        typ, d, ev = e.type, e.data, self.ev
-        if typ == "user.speech_started" and self.cfg.turn_detection is not None:
-            self.send(ev.input_audio_buffer_speech_started(self._audio_ms_at(e.t), d["item_id"]))
-        elif typ == "user.speech_stopped" and self.cfg.turn_detection is not None:
-            self.send(ev.input_audio_buffer_speech_stopped(self._audio_ms_at(e.t), d["item_id"]))
-        elif typ == "user.turn_ended":
-            prev = self.session.memory.last_id()
-            self.send(ev.input_audio_buffer_committed(d["item_id"], prev))
-            wire = rt.message_item(d["item_id"], "user", [rt.ContentPart("input_audio", transcript=None)],
-                                   self.flavor, status="completed")
-            self.send(ev.conversation_item_added(wire, prev))
-        elif typ == "user.transcript" and d.get("final") and not d.get("typed"):
-            if self.cfg.input_transcription is not None or self.transcription_only:
-                if d["text"]:
-                    self.send(ev.input_audio_transcription_delta(d["item_id"], 0, d["text"]))
-                self.send(ev.input_audio_transcription_completed(d["item_id"], 0, d["text"],
-                                                                 audio_seconds=float(d.get("audio_s") or 0.0)))
-            item = self.session.memory.get(d["item_id"])
-            if item is not None:
-                self.send(ev.conversation_item_done(self._item_wire(item), self.session.memory.previous_id(item.id)))
-        elif typ == "agent.response_started":
-            self._outs[d["response_id"]] = _Out(d["response_id"], d["item_id"], "audio" in d.get("modalities", ()))
-            self.send(ev.response_created(self._response(d["response_id"], "in_progress", d.get("modalities"))))
-        elif typ == "agent.text_delta":
-            out = self._outs.get(d["response_id"])
-            if out is not None:
-                self._open_message(out)
-                out.text += d["delta"]
-                if out.audio:
-                    self.send(ev.output_audio_transcript_delta(out.response_id, out.item_id, out.index, 0, d["delta"]))
-                else:
-                    self.send(ev.output_text_delta(out.response_id, out.item_id, out.index, 0, d["delta"]))
-        elif typ == "agent.audio":
-            out = self._outs.get(d["response_id"])
-            if out is not None:
-                self._open_message(out)
-                frame: Frame = d["frame"]
+    def _translate(self, e: E.Event) -> None:
+        ev, vad = self.ev, self.cfg.turn_detection is not None
+        match e:
+            case E.UserSpeechStarted(item_id=item_id) if vad:
+                self.send(ev.input_audio_buffer_speech_started(self._audio_ms_at(e.t), item_id))
+            case E.UserSpeechStopped(item_id=item_id) if vad:
+                self.send(ev.input_audio_buffer_speech_stopped(self._audio_ms_at(e.t), item_id))
+            case E.UserIdleTimeout(item_id=item_id, idle_since=since):
+                self.send(ev.input_audio_buffer_timeout_triggered(self._audio_ms_at(since), self._audio_ms_at(e.t),
+                                                                  item_id))
+            case E.UserTurnEnded(item_id=item_id):
+                prev = self.session.memory.last_id()
+                self.send(ev.input_audio_buffer_committed(item_id, prev))
+                wire = rt.message_item(item_id, "user", [rt.ContentPart("input_audio", transcript=None)],
+                                       self.flavor, status="completed")
+                self.send(ev.conversation_item_added(wire, prev))
+            case E.UserTranscript(final=True, typed=False, item_id=item_id, text=text, audio_s=audio_s):
+                if self.cfg.input_transcription is not None or self.transcription_only:
+                    if text:
+                        self.send(ev.input_audio_transcription_delta(item_id, 0, text))
+                    self.send(ev.input_audio_transcription_completed(item_id, 0, text,
+                                                                     audio_seconds=float(audio_s or 0.0)))
+                item = self.session.memory.get(item_id)
+                if item is not None:
+                    self.send(ev.conversation_item_done(self._item_wire(item), self.session.memory.previous_id(item.id)))
+            case E.AgentResponseStarted(response_id=rid, item_id=item_id, modalities=modalities):
+                self._outs[rid] = _Out(rid, item_id, "audio" in modalities)
+                self.send(ev.response_created(self._response(rid, "in_progress", modalities)))
+            case E.AgentTextDelta(response_id=rid, delta=delta):
+                out = self._outs.get(rid)
+                if out is not None:
+                    self._open_message(out)
+                    out.text += delta
+                    if out.audio:
+                        self.send(ev.output_audio_transcript_delta(out.response_id, out.item_id, out.index, 0, delta))
+                    else:
+                        self.send(ev.output_text_delta(out.response_id, out.item_id, out.index, 0, delta))
+            case E.AgentAudio(response_id=rid, frame=frame):
+                out = self._outs.get(rid)
+                if out is not None:
+                    self._open_message(out)
+                    if self.audio_sink is not None:
+                        self.audio_sink.play(out.response_id, out.item_id, frame)
+                    else:
+                        self.send(ev.output_audio_delta(out.response_id, out.item_id, out.index, 0,
+                                                        self.cfg.output_format.encode(frame)))
+            case E.AgentAudioDone(response_id=rid) if self.audio_sink is not None:
+                self.audio_sink.end(rid)
+            case E.AgentFunctionCall():
+                self._function_call(e)
+            case E.AgentInterrupted(response_id=rid, item_id=item_id, heard_ms=heard_ms):
+                if self.audio_sink is not None:  # the speaker may have handed over its last chunk already
+                    self.audio_sink.clear([rid])
+                if self.session.memory.get(item_id) is not None:
+                    self.send(ev.conversation_item_truncated(item_id, 0, heard_ms))
+            case E.AgentAudioCleared(response_ids=rids):
                 if self.audio_sink is not None:
-                    self.audio_sink.play(out.response_id, out.item_id, frame)
+                    self.audio_sink.clear(list(rids))
                 else:
-                    self.send(ev.output_audio_delta(out.response_id, out.item_id, out.index, 0,
-                                                    self.cfg.output_format.encode(frame)))
-        elif typ == "agent.audio_done" and self.audio_sink is not None:
-            self.audio_sink.end(d["response_id"])
-        elif typ == "agent.function_call":
-            out = self._outs.get(d["response_id"])
-            if out is not None:
-                self._close_message(out)
-                item = rt.function_call_item(d["call_item_id"], d["call_id"], d["name"], d["arguments"], self.flavor,
-                                             status="in_progress")
-                idx = len(out.output)
-                self.send(ev.response_output_item_added(out.response_id, idx, {**item, "arguments": ""}))
-                self.send(ev.conversation_item_added({**item, "arguments": ""}, None))
-                self.send(ev.function_call_arguments_delta(out.response_id, d["call_item_id"], idx, d["call_id"],
-                                                           d["arguments"]))
-                self.send(ev.function_call_arguments_done(out.response_id, d["call_item_id"], idx, d["call_id"],
-                                                          d["name"], d["arguments"]))
-                done = rt.function_call_item(d["call_item_id"], d["call_id"], d["name"], d["arguments"], self.flavor)
-                self.send(ev.response_output_item_done(out.response_id, idx, done))
-                self.send(ev.conversation_item_done(done, None))
-                out.output.append(done)
-                out.index = len(out.output)
-        elif typ == "agent.interrupted":
-            if self.audio_sink is not None:  # the speaker may have handed over its last chunk already
-                self.audio_sink.clear([d["response_id"]])
-            if d.get("heard_ms") is not None and self.session.memory.get(d["item_id"]) is not None:
-                self.send(ev.conversation_item_truncated(d["item_id"], 0, int(d["heard_ms"])))
-        elif typ == "agent.audio_cleared":
-            if self.audio_sink is not None:
-                self.audio_sink.clear(list(d.get("response_ids", [])))
-                return
-            for rid in d.get("response_ids", []):
-                self.send(ev.output_audio_buffer_cleared(rid))
-        elif typ == "agent.response_done":
-            out = self._outs.pop(d["response_id"], None)
-            if out is None:
-                return
-            self._close_message(out, text=d.get("text"), status="incomplete" if d["interrupted"] else "completed")
-            status = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}.get(d["status"], "completed")
-            reason = "turn_detected" if d.get("reason") == "turn_detected" else "client_cancelled"
-            details = rt.status_details(status, reason=reason) if status != "completed" else None
-            u = d.get("usage") or {}
-            usage = rt.Usage(input_text_tokens=u.get("input_tokens", 0), output_text_tokens=u.get("output_tokens", 0),
-                             cached_text_tokens=u.get("cached_tokens", 0))
-            self.send(ev.response_done(self._response(out.response_id, status, d.get("modalities"), details=details,
-                                                      output=out.output, usage=usage)))
-            self._metadata.pop(out.response_id, None)
-            self._oob.discard(out.response_id)
-            for later in self._after_done.pop(out.response_id, []):
-                self.send(later)
-        elif typ == "error":
-            self.error(d.get("message", "error"), code=d.get("code") or "server_error", kind="server_error")
+                    for rid in rids:
+                        self.send(ev.output_audio_buffer_cleared(rid))
+            case E.AgentResponseDone():
+                self._response_done(e)
+            case E.ErrorEvent(message=message, code=code):
+                self.error(message, code=code or "server_error", kind="server_error")
+
+    def _function_call(self, e: E.AgentFunctionCall) -> None:
+        ev = self.ev
+        out = self._outs.get(e.response_id)
+        if out is None:
+            return
+        self._close_message(out)
+        item = rt.function_call_item(e.call_item_id, e.call_id, e.name, e.arguments, self.flavor, status="in_progress")
+        idx = len(out.output)
+        self.send(ev.response_output_item_added(out.response_id, idx, {**item, "arguments": ""}))
+        self.send(ev.conversation_item_added({**item, "arguments": ""}, None))
+        self.send(ev.function_call_arguments_delta(out.response_id, e.call_item_id, idx, e.call_id, e.arguments))
+        self.send(ev.function_call_arguments_done(out.response_id, e.call_item_id, idx, e.call_id, e.name, e.arguments))
+        done = rt.function_call_item(e.call_item_id, e.call_id, e.name, e.arguments, self.flavor)
+        self.send(ev.response_output_item_done(out.response_id, idx, done))
+        self.send(ev.conversation_item_done(done, None))
+        out.output.append(done)
+        out.index = len(out.output)
+
+    def _response_done(self, e: E.AgentResponseDone) -> None:
+        out = self._outs.pop(e.response_id, None)
+        if out is None:
+            return
+        self._close_message(out, text=e.text, status="incomplete" if e.interrupted else "completed")
+        status = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}.get(e.status, "completed")
+        reason = "turn_detected" if e.reason == "turn_detected" else "client_cancelled"
+        details = rt.status_details(status, reason=reason) if status != "completed" else None
+        u = e.usage
+        usage = rt.Usage(input_text_tokens=u.input_tokens, output_text_tokens=u.output_tokens,
+                         cached_text_tokens=u.cached_tokens)
+        self.send(self.ev.response_done(self._response(out.response_id, status, e.modalities, details=details,
+                                                       output=out.output, usage=usage)))
+        self._metadata.pop(out.response_id, None)
+        self._oob.discard(out.response_id)
+        for later in self._after_done.pop(out.response_id, []):
+            self.send(later)
 
     def _open_message(self, out: _Out) -> None:
         if out.started:

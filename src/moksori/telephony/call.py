@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from moksori.engine import events as E
 from moksori.engine.config import config_from_settings
-from moksori.engine.events import Event
 from moksori.engine.session import Session
 from moksori.engine.tools import Tool, ToolBox
 from moksori.errors import MoksoriError, ProtocolError
@@ -186,7 +186,8 @@ class PhoneCall:
         if self.bad_messages <= 5 or self.bad_messages % 100 == 0:
             log.warning("%s stream: ignored a bad message (%d so far): %s", self.carrier, self.bad_messages, why[:200])
         if self.session is not None and self.bad_messages <= 20:  # the timeline is not a flood log
-            self.session.publish("call.bad_message", {"reason": why[:200], "count": self.bad_messages})
+            self.session.publish(E.CallBadMessage(t=self.session.clock.now(), reason=why[:200],
+                                                  count=self.bad_messages))
         if self._bad_in_a_row >= MAX_BAD_MESSAGES:
             self.end("too_many_bad_messages", CLOSE_PROTOCOL)
 
@@ -201,13 +202,14 @@ class PhoneCall:
         elif isinstance(ev, Dtmf):
             self.digits = (self.digits + ev.digit)[-64:]
             if self.session is not None:
-                self.session.publish("call.dtmf", {"digit": ev.digit, "digits": self.digits})
+                self.session.publish(E.CallDtmf(t=self.session.clock.now(), digit=ev.digit, digits=self.digits))
         elif isinstance(ev, CallStopped):
             self.end(f"carrier_{ev.reason}")
         elif isinstance(ev, StreamError):
             log.warning("%s reported a stream error %s: %s", self.carrier, ev.code, ev.message[:200])
             if self.session is not None:
-                self.session.publish("call.carrier_error", {"code": ev.code, "message": ev.message[:300]})
+                self.session.publish(E.CallCarrierError(t=self.session.clock.now(), code=ev.code,
+                                                        message=ev.message[:300]))
         elif isinstance(ev, Ignored):
             pass
 
@@ -223,13 +225,12 @@ class PhoneCall:
         self.started_at = asyncio.get_running_loop().time()
         cfg = config_from_settings(self.settings, output_rate=ev.rate, output_chunk_ms=OUTPUT_CHUNK_MS,
                                    output_lead_ms=OUTPUT_LEAD_MS, partial_interval_ms=0)
-        self.session = Session(self.stack, cfg, toolbox=self._toolbox(),
-                               max_history=self.settings.agent.max_history_messages)
+        self.session = Session(self.stack, cfg, toolbox=self._toolbox())
         self.session.bus.listen(self._on_engine_event)
         self._sender = asyncio.create_task(self._pump(), name=f"{self.carrier}-call-send")
-        self.session.publish("call.started", {"carrier": self.carrier, "call_id": ev.call_id,
-                                              "stream_id": ev.stream_id, "from": ev.from_number,
-                                              "to": ev.to_number, "encoding": ev.encoding, "rate": ev.rate})
+        self.session.publish(E.CallStarted(t=self.session.clock.now(), carrier=self.carrier, call_id=ev.call_id,
+                                           stream_id=ev.stream_id, from_number=ev.from_number,
+                                           to_number=ev.to_number, encoding=ev.encoding, rate=ev.rate))
         if self._on_session is not None:
             self._on_session(self)
         greeting = self.settings.agent.greeting
@@ -240,35 +241,32 @@ class PhoneCall:
 
     # ------------------------------------------------------------------ engine -> carrier
 
-    def _on_engine_event(self, e: Event) -> None:
+    def _on_engine_event(self, e: E.Event) -> None:
         try:
             self._translate(e)
         except Exception:  # noqa: BLE001
             log.exception("%s call: cannot translate %s", self.carrier, e.type)
 
-    def _translate(self, e: Event) -> None:
-        typ, d = e.type, e.data
-        if typ == "agent.audio":
-            rid, frame = d["response_id"], d["frame"]
-            end = d["offset"] + len(frame)
-            self._queue("audio", rid, PlayAudio(frame))
-            self._sent[rid] = end
-            every = self._rate * MARK_EVERY_MS // 1000
-            if end - self._last_mark.get(rid, 0) >= every:
-                self._mark(rid, end)
-        elif typ == "agent.audio_done":
-            rid = d["response_id"]
-            if self._sent.get(rid, 0) > self._last_mark.get(rid, 0):
-                self._mark(rid, self._sent[rid])
-        elif typ == "agent.audio_cleared":
-            self._clear(set(d.get("response_ids") or ()))
-        elif typ == "agent.tool_call":
-            self._published_calls.append((d["name"], d["response_id"]))
-            self._progress.set()
-        elif typ == "agent.response_done":
-            rid = d["response_id"]
-            for table in (self._last_mark, self._sent, self.acked):
-                table.pop(rid, None)
+    def _translate(self, e: E.Event) -> None:
+        match e:
+            case E.AgentAudio(response_id=rid, frame=frame, offset=offset):
+                end = offset + len(frame)
+                self._queue("audio", rid, PlayAudio(frame))
+                self._sent[rid] = end
+                every = self._rate * MARK_EVERY_MS // 1000
+                if end - self._last_mark.get(rid, 0) >= every:
+                    self._mark(rid, end)
+            case E.AgentAudioDone(response_id=rid):
+                if self._sent.get(rid, 0) > self._last_mark.get(rid, 0):
+                    self._mark(rid, self._sent[rid])
+            case E.AgentAudioCleared(response_ids=rids):
+                self._clear(set(rids))
+            case E.AgentToolCall(name=name, response_id=rid):
+                self._published_calls.append((name, rid))
+                self._progress.set()
+            case E.AgentResponseDone(response_id=rid):
+                for table in (self._last_mark, self._sent, self.acked):
+                    table.pop(rid, None)
 
     def _mark(self, rid: str, samples: int) -> None:
         self._mark_seq += 1
@@ -320,8 +318,8 @@ class PhoneCall:
             if kind == "audio" and self.first_audio_at is None:
                 self.first_audio_at = loop.time()
                 if self.session is not None and self.started_at is not None:
-                    self.session.publish("call.first_audio", {"after_start_ms": round(
-                        1000 * (self.first_audio_at - self.started_at))})
+                    self.session.publish(E.CallFirstAudio(t=self.session.clock.now(), after_start_ms=round(
+                        1000 * (self.first_audio_at - self.started_at))))
             try:
                 await self._send(wire)
             except Exception as e:  # noqa: BLE001 - the socket is gone: the call is over
@@ -367,7 +365,7 @@ class PhoneCall:
         else:
             result["hung_up_via"] = "stream"
         if self.session is not None:
-            self.session.publish("call.hangup", {"by": "agent", "via": result["hung_up_via"]})
+            self.session.publish(E.CallHangup(t=self.session.clock.now(), by="agent", via=result["hung_up_via"]))
         self.end("agent_hung_up")
         return result
 
@@ -389,7 +387,7 @@ class PhoneCall:
         finally:
             await control.aclose()
         if self.session is not None:
-            self.session.publish("call.transferred", {"to": number})
+            self.session.publish(E.CallTransferred(t=self.session.clock.now(), to=number))
         self.end("transferred")
         return {"ok": True, "transferred_to": number}
 
@@ -475,7 +473,7 @@ class PhoneCall:
         self.end_reason = reason
         self.close_code = code
         if self.session is not None:
-            self.session.publish("call.ended", {"reason": reason})
+            self.session.publish(E.CallEnded(t=self.session.clock.now(), reason=reason))
         self.ended.set()
 
     async def close(self) -> None:

@@ -1,19 +1,22 @@
 """Driving a session with audio the way a microphone would, and looking at what came out.
 
     result = await play_into_session(session, [speech, silence, speech2], chunk_ms=20)
-    result.events, result.reply_audio()
+    result.events, result.of(AgentInterrupted), result.reply_audio()
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
 from moksori.audio.frames import Frame
-from moksori.engine.events import Event
+from moksori.engine.events import AgentAudio, AgentAudioCleared, Event
 from moksori.engine.session import Session
+
+E = TypeVar("E", bound=Event)
 
 
 @dataclass
@@ -26,15 +29,24 @@ class Recording:
     _cleared_at: list[float] = field(default_factory=list)
 
     def __call__(self, ev: Event) -> None:
-        if ev.type == "agent.audio":
-            self._audio.append(((ev.t, ev.data.get("play_at", ev.t)), ev.data["frame"].samples))
-        elif ev.type == "agent.audio_cleared":
-            self._cleared_at.append(ev.t)
-        if ev.is_timeline:
+        match ev:
+            case AgentAudio(frame=frame, play_at=play_at):
+                self._audio.append(((ev.t, play_at), frame.samples))
+            case AgentAudioCleared():
+                self._cleared_at.append(ev.t)
+        if ev.timeline:
             self.events.append(ev)
 
-    def of(self, typ: str) -> list[Event]:
-        return [e for e in self.events if e.type == typ]
+    @overload
+    def of(self, kind: type[E]) -> list[E]: ...
+    @overload
+    def of(self, kind: str) -> list[Event]: ...
+
+    def of(self, kind: type[Event] | str) -> list[Any]:
+        """The timeline events of one kind: a class of `moksori.engine.events`, or its wire name."""
+        if isinstance(kind, str):
+            return [e for e in self.events if e.type == kind]
+        return [e for e in self.events if isinstance(e, kind)]
 
     def types(self) -> list[str]:
         return [e.type for e in self.events]

@@ -1,0 +1,243 @@
+"""The speculation lifecycle: the reply is computed before the turn is certain.
+
+    pause (TurnTaker `Speculate`) -> new + start: STT, end-of-turn model, a held-back Response
+    user resumes (`Resumed`)      -> cancel: nobody ever sees it
+    turn ended (`TurnEnded`)      -> release: held events go public with their real timestamps,
+                                     the user item is committed, the reply's audio is queued
+
+A speculation's results carry its (turn id, speculation id); anything that arrives for a
+speculation no longer in the table is dropped, so a late transcript of a cancelled pause can
+never start a second reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moksori.engine import events as E
+from moksori.engine.session_context import SessionContext
+from moksori.engine.endpointing import text_cue
+from moksori.engine.input_audio import VAD_RATE, InputAudio
+from moksori.engine.memory import Item, new_id
+from moksori.engine.response import Response
+from moksori.engine.responses import Responses
+from moksori.engine.turns import TextCue, TurnEnded
+from moksori.providers.base import Message, STTOptions, Transcript, one_chunk
+
+Key = tuple[int, int]  # (turn id, speculation id)
+
+
+@dataclass
+class Speculation:
+    turn_id: int
+    spec_id: int
+    onset: float
+    voice_end: float
+    item_id: str
+    released: bool = False
+    transcript: Transcript | None = None
+    response: Response | None = None
+    task: asyncio.Task[None] | None = None
+    held: list[E.Event] = field(default_factory=list)
+    committed: bool = False
+    audio: np.ndarray | None = None
+    audio_s: float = 0.0
+
+    @property
+    def key(self) -> Key:
+        return (self.turn_id, self.spec_id)
+
+
+# (speculation, end-of-turn probability or None, transcript cue) -> the session asks the TurnTaker
+OnAnalysis = Callable[[Speculation, float | None, TextCue], None]
+OnCommitted = Callable[[Speculation], None]
+
+
+class Speculations:
+    def __init__(self, ctx: SessionContext, audio: InputAudio, responses: Responses, *,
+                 on_analysis: OnAnalysis, on_committed: OnCommitted) -> None:
+        self._ctx = ctx
+        self._audio = audio
+        self._responses = responses
+        self._on_analysis = on_analysis
+        self._on_committed = on_committed
+        self._specs: dict[Key, Speculation] = {}
+        self._item_ids: dict[int, str] = {}  # turn id -> the user item it becomes
+
+    # -------------------------------------------------------------- turns and items
+
+    def item_id(self, turn_id: int) -> str:
+        """The user item id of a turn (made on first use)."""
+        return self._item_ids.setdefault(turn_id, new_id("item"))
+
+    def known_item_id(self, turn_id: int) -> str | None:
+        return self._item_ids.get(turn_id)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def new(self, turn_id: int, spec_id: int, onset: float, voice_end: float) -> Speculation:
+        ctx = self._ctx
+        spec = Speculation(turn_id, spec_id, onset, voice_end, self.item_id(turn_id))
+        # take the turn's audio now: the ring is trimmed once the turn is over
+        spec.audio = self._audio.between(onset - ctx.cfg.turn.prefix_padding_ms / 1000, ctx.clock.now())
+        self._specs[spec.key] = spec
+        return spec
+
+    def new_from_audio(self, turn_id: int, audio: np.ndarray) -> Speculation:
+        """Manual mode: the whole buffer since the last commit is the turn."""
+        now = self._ctx.clock.now()
+        spec = Speculation(turn_id, 0, now - len(audio) / VAD_RATE, now, self.item_id(turn_id))
+        spec.audio = audio
+        self._specs[spec.key] = spec
+        return spec
+
+    def start(self, spec: Speculation) -> None:
+        spec.task = self._ctx.spawn(self._run(spec), f"spec-{spec.turn_id}.{spec.spec_id}")
+
+    def release(self, spec: Speculation) -> None:
+        """The turn is certain: go public."""
+        spec.released = True
+        held, spec.held = spec.held, []
+        for ev in held:
+            self._ctx.publish(ev)
+        if spec.transcript is not None:
+            self._commit_user(spec)
+        if spec.response is not None:
+            spec.response.release()
+        self._ctx.on_change()
+
+    def cancel(self, key: Key) -> None:
+        spec = self._specs.pop(key, None)
+        if spec is None:
+            return
+        if spec.task and not spec.task.done():
+            spec.task.cancel()
+        if spec.response is not None:
+            spec.response.cancel("turn_continued")
+            self._responses.forget(spec.response.id)
+
+    def cancel_unreleased(self, turn_id: int) -> None:
+        for key in [k for k in self._specs if k[0] == turn_id]:
+            if not self._specs[key].released:
+                self.cancel(key)
+
+    def end_turn(self, a: TurnEnded) -> None:
+        """Release the speculation of the pause that ended the turn (or start one now)."""
+        spec = self._specs.get((a.turn_id, a.spec_id))
+        if spec is None or spec.task is None or (spec.task.done() and spec.transcript is None):
+            spec = self.new(a.turn_id, a.spec_id, a.onset, a.voice_end)
+            self.release(spec)
+            self.start(spec)
+        else:
+            self.release(spec)
+        for key in [k for k in self._specs if k[0] == a.turn_id and k != spec.key]:
+            self.cancel(key)
+        self._forget_old_turns(a.turn_id)
+
+    def _forget_old_turns(self, turn_id: int) -> None:
+        """Finished speculations and item ids of earlier turns are no longer needed."""
+        for key in [k for k in self._specs if k[0] < turn_id]:
+            spec = self._specs[key]
+            if spec.task is None or spec.task.done():
+                del self._specs[key]
+        for old in [t for t in self._item_ids if t < turn_id - 1]:
+            del self._item_ids[old]
+
+    # -------------------------------------------------------------- queries
+
+    def is_current(self, spec: Speculation) -> bool:
+        return self._specs.get(spec.key) is spec
+
+    def thinking(self) -> bool:
+        """A released turn whose words are not known yet."""
+        return any(s.released and not s.committed for s in self._specs.values())
+
+    def busy(self) -> bool:
+        return any(s.task and not s.task.done() for s in self._specs.values())
+
+    def close(self) -> None:
+        for spec in list(self._specs.values()):
+            if spec.task and not spec.task.done():
+                spec.task.cancel()
+
+    # -------------------------------------------------------------- the work
+
+    def _emit(self, spec: Speculation, ev: E.Event) -> None:
+        if spec.released:
+            self._ctx.publish(ev)
+        else:
+            spec.held.append(ev)
+
+    async def _run(self, spec: Speculation) -> None:
+        ctx = self._ctx
+        try:
+            audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
+            self._emit(spec, E.SttStarted(t=ctx.clock.now(), turn_id=spec.turn_id, item_id=spec.item_id,
+                                          audio_s=round(len(audio) / VAD_RATE, 3)))
+            lang = ctx.stt_language()
+            final: Transcript | None = None
+            async for tr in ctx.stt.transcribe(one_chunk(audio), STTOptions(language=lang,
+                                                                             languages=ctx.cfg.languages)):
+                if tr.final:
+                    final = tr
+            if not self.is_current(spec):
+                return  # cancelled meanwhile
+            spec.transcript = final or Transcript("", lang or ctx.last_language, True)
+            self._emit(spec, E.SttFinished(t=ctx.clock.now(), turn_id=spec.turn_id, item_id=spec.item_id,
+                                           text=spec.transcript.text, language=spec.transcript.language))
+            if spec.released:
+                self._commit_user(spec)
+            turn = ctx.cfg.turn
+            if spec.transcript.text.strip() and turn.create_response and turn.mode != "manual":
+                self._start_response(spec)
+            cue = text_cue(spec.transcript.text, spec.transcript.language)
+            eot = None
+            if turn.mode == "semantic" and ctx.stack.turn is not None and not spec.released:
+                eot = await ctx.stack.turn.complete_probability(audio, language=spec.transcript.language)
+                self._emit(spec, E.EotFinished(t=ctx.clock.now(), turn_id=spec.turn_id, item_id=spec.item_id,
+                                               probability=round(eot, 3), text_cue=cue))
+            if self.is_current(spec) and not spec.released:
+                self._on_analysis(spec, eot, cue)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed turn must not end the session
+            ctx.publish_error(e, turn_id=spec.turn_id)
+            if spec.released:
+                spec.transcript = spec.transcript or Transcript("", ctx.last_language, True)
+                self._commit_user(spec)
+        finally:
+            spec.audio_s = len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0
+            spec.audio = None  # transcribed and judged: let the turn's audio go
+
+    def _start_response(self, spec: Speculation) -> None:
+        assert spec.transcript is not None
+        extra = () if spec.committed else (Message("user", spec.transcript.text),)
+        spec.response = self._responses.start(self._responses.options(extra_input=extra), spec.turn_id,
+                                              self._reply_language(spec.transcript), release=spec.released)
+
+    def _reply_language(self, tr: Transcript) -> str:
+        ctx = self._ctx
+        if ctx.cfg.language != "auto":
+            return ctx.cfg.language
+        return tr.language if tr.language in ctx.tts.caps.languages else ctx.last_language
+
+    def _commit_user(self, spec: Speculation) -> None:
+        if spec.committed or spec.transcript is None:
+            return
+        ctx = self._ctx
+        spec.committed = True
+        tr = spec.transcript
+        if tr.text.strip():
+            ctx.last_language = tr.language
+        ctx.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language))
+        audio_s = spec.audio_s or (len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0)
+        now = ctx.clock.now()
+        ctx.publish(E.UserTranscript(t=now, turn_id=spec.turn_id, item_id=spec.item_id, text=tr.text,
+                                     language=tr.language, final=True, audio_s=round(audio_s, 3)))
+        ctx.publish(E.UserCommitted(t=now, turn_id=spec.turn_id, item_id=spec.item_id,
+                                    previous_item_id=ctx.memory.previous_id(spec.item_id)))
+        self._on_committed(spec)
