@@ -21,7 +21,9 @@ from collections.abc import Callable
 from moksori.engine import events as E
 from moksori.engine.session_context import SessionContext
 from moksori.engine.memory import Item, heard_text
+from moksori.engine.response import Response
 from moksori.engine.responses import Responses
+from moksori.engine.speaker import Playback
 
 
 class Interruptions:
@@ -47,28 +49,51 @@ class Interruptions:
         """Stop audio now, cancel LLM and TTS, keep only what was heard. Returns the replies cut."""
         ctx = self._ctx
         now = ctx.clock.now()
-        stopped: list[str] = []
         played = {pb.response_id: (pb, n) for pb, n in ctx.speaker.interrupt()}
-        for resp in self._responses.active():
-            if not resp.released or resp.status not in ("in_progress", "pending"):
-                continue
-            pb, n = played.get(resp.id, (resp.playback, 0))
-            heard = heard_text(pb.segments, n) if pb is not None else resp.text
-            heard_ms = int(1000 * n / pb.rate) if pb is not None else 0
-            if reason == "turn_detected" and pb is not None:
-                rest = resp.text.split()[len(heard.split()):]
-                self._reoffer = (self._current_turn(), " ".join(rest), resp.language)
-            ctx.publish(E.AgentInterrupted(
-                t=now, response_id=resp.id, item_id=resp.item_id, reason=reason, heard_ms=heard_ms, text=heard,
-                onset=None if onset is None else round(onset, 4),
-                reaction_ms=None if onset is None else round(1000 * (now - onset))))
-            resp.cancel(reason, heard=heard)
-            if resp.item is not None:
-                resp.item.truncated_at_ms = heard_ms
-            self._responses.forget(resp.id)
-            stopped.append(resp.id)
+        stopped = [resp.id for resp in self._responses.active() if self._cuttable(resp)]
+        for rid in stopped:
+            resp = self._responses.get(rid)
+            assert resp is not None
+            self._cut(resp, played.get(rid), reason, onset, now)
         ctx.on_change()
         return stopped
+
+    def cancel(self, response_id: str) -> list[str]:
+        """A client cancels one reply by id (Realtime `response.cancel`); others go on."""
+        resp = self._responses.get(response_id)
+        if resp is None or not self._cuttable(resp):
+            return []
+        ctx = self._ctx
+        now = ctx.clock.now()
+        self._cut(resp, ctx.speaker.cancel(response_id), "client_cancelled", None, now)
+        ctx.on_change()
+        return [response_id]
+
+    @staticmethod
+    def _cuttable(resp: Response) -> bool:
+        return resp.released and resp.status in ("in_progress", "pending")
+
+    def _cut(self, resp: Response, played: tuple[Playback, int] | None, reason: str, onset: float | None,
+             now: float) -> None:
+        """Publish what was heard of `resp` (`agent.interrupted`), then cancel it (`agent.response_done`)."""
+        pb, n = resp.playback, 0
+        if played is not None:
+            pb, n = played
+        elif pb is not None:  # all of it was sent; the listener may still be hearing the end
+            n = min(pb.heard(now), pb.sent)
+        heard = heard_text(pb.segments, n) if pb is not None else resp.text
+        heard_ms = int(1000 * n / pb.rate) if pb is not None else 0
+        if reason == "turn_detected" and pb is not None:
+            rest = resp.text.split()[len(heard.split()):]
+            self._reoffer = (self._current_turn(), " ".join(rest), resp.language)
+        self._ctx.publish(E.AgentInterrupted(
+            t=now, response_id=resp.id, item_id=resp.item_id, reason=reason, heard_ms=heard_ms, text=heard,
+            onset=None if onset is None else round(onset, 4),
+            reaction_ms=None if onset is None else round(1000 * (now - onset))))
+        resp.cancel(reason, heard=heard)
+        if resp.item is not None:
+            resp.item.truncated_at_ms = heard_ms
+        self._responses.forget(resp.id)
 
     # -------------------------------------------------------------- 3. settle
 

@@ -228,6 +228,8 @@ class Response:
                 self._finish_public(reason="error")
             else:
                 self.done.set()
+                if self.on_finished:
+                    self.on_finished(self)  # a failed speculative reply is forgotten too
         finally:
             if tts_task and not tts_task.done():
                 tts_task.cancel()

@@ -283,9 +283,10 @@ class Session:
         return self._interruptions.interrupt(reason, onset=onset)
 
     def cancel_response(self, response_id: str | None = None) -> list[str]:
-        if response_id is not None and self._responses.get(response_id) is None:
-            return []
-        return self.interrupt("client_cancelled")
+        """Cancel one reply (by id) or every reply in flight; returns the ids cancelled."""
+        if response_id is None:
+            return self.interrupt("client_cancelled")
+        return self._interruptions.cancel(response_id)
 
     def truncate(self, item_id: str, audio_end_ms: int) -> Item | None:
         """The client reports it played only `audio_end_ms` of an assistant item."""

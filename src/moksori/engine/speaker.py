@@ -115,14 +115,9 @@ class Speaker:
     def interrupt(self) -> list[tuple[Playback, int]]:
         """Stop now: drop everything queued. Returns [(playback, samples heard)]."""
         now = self.clock.now()
-        out: list[tuple[Playback, int]] = []
         victims = ([self.current] if self.current else []) + list(self._order)
         self._order.clear()
-        for pb in victims:
-            pb.cancelled = True
-            heard = min(pb.heard(now), pb.sent)
-            out.append((pb, heard))
-            pb.finished.set()
+        out = [self._stop(pb, now) for pb in victims]
         self.current = None
         self._playout_end = now
         if victims:
@@ -132,21 +127,29 @@ class Speaker:
         return out
 
     def cancel(self, response_id: str) -> tuple[Playback, int] | None:
-        for pb, heard in self.interrupt_where(lambda pb: pb.response_id == response_id):
-            return pb, heard
+        """Stop one reply's audio, playing or queued; the other replies keep their place."""
+        now = self.clock.now()
+        if self.current is not None and self.current.response_id == response_id:
+            pb = self.current
+            self.current = None
+            self._playout_end = now
+            cut = self._stop(pb, now)
+            self.publish(E.AgentAudioCleared(t=now, response_ids=(response_id,)))
+            self._wake.set()
+            self._set_audible(False)
+            return cut
+        for pb in self._order:
+            if pb.response_id == response_id:
+                self._order.remove(pb)
+                return self._stop(pb, now)
         return None
 
-    def interrupt_where(self, pred: Callable[[Playback], bool]) -> list[tuple[Playback, int]]:
-        if self.current and pred(self.current):
-            return self.interrupt()
-        now = self.clock.now()
-        out = []
-        for pb in [p for p in self._order if pred(p)]:
-            self._order.remove(pb)
-            pb.cancelled = True
-            pb.finished.set()
-            out.append((pb, min(pb.heard(now), pb.sent)))
-        return out
+    @staticmethod
+    def _stop(pb: Playback, now: float) -> tuple[Playback, int]:
+        pb.cancelled = True
+        pb.finished.set()
+        pb.queue.put_nowait(None)  # the player may be waiting for this reply's next clause
+        return pb, min(pb.heard(now), pb.sent)
 
     def ack(self, response_id: str, samples: int) -> None:
         for pb in ([self.current] if self.current else []) + list(self._order):
@@ -155,7 +158,7 @@ class Speaker:
 
     @property
     def hold(self) -> bool:
-        """While held, no new playback starts (one already playing continues)."""
+        """While held, no reply starts being heard (one already audible continues)."""
         return self._hold
 
     @hold.setter
@@ -209,6 +212,11 @@ class Speaker:
 
         self._quiet_task = asyncio.create_task(quiet(), name="speaker-quiet")
 
+    async def _wait_unheld(self, pb: Playback) -> None:
+        while self._hold and not pb.cancelled:
+            self._wake.clear()
+            await self._wake.wait()
+
     async def _play(self, pb: Playback) -> None:
         offset = 0
         while True:
@@ -219,6 +227,10 @@ class Speaker:
             for i in range(0, len(samples), self.chunk):
                 if pb.cancelled:
                     return
+                if pb.started_at is None and self._hold:
+                    await self._wait_unheld(pb)  # a reply nobody has heard yet never starts over the user
+                    if pb.cancelled:
+                        return
                 piece = samples[i:i + self.chunk]
                 now = self.clock.now()
                 wait = self._playout_end - self.lead - now
