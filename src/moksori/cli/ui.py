@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 from rich.console import Console
 
-from moksori.errors import MoksoriError
 from moksori.settings import Settings
 
 err_console = Console(stderr=True)
@@ -60,10 +59,3 @@ def load_stack(settings: Settings, *, warm: bool = True):
             ui.step("warming up (first inference, prompt cache)")
             asyncio.run(stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages)))
     return stack
-
-
-def check_file(path: str) -> None:
-    import os
-
-    if not os.path.exists(path):
-        raise MoksoriError(f"no such file: {path}")
