@@ -302,6 +302,132 @@ async def test_remote_provider_status_translation():
             await tts.close()
 
 
+# --------------------------------------------------------------------------- retries, timeouts, fallbacks
+
+
+class AudioFaultProxy:
+    """Reverse proxy in front of the real server. `faults` are consumed one per request: an int
+    is answered as that HTTP status (429 with Retry-After: 0), ("stall", s) waits s seconds
+    first, ("cut", n) relays n bytes of the real answer and then drops the connection."""
+
+    def __init__(self, upstream: str) -> None:
+        from starlette.responses import StreamingResponse
+
+        self.upstream = upstream
+        self.faults: list = []
+        self.requests = 0
+        self._streaming = StreamingResponse
+        self.app = Starlette(routes=[Route("/v1/{path:path}", self.handle, methods=["POST"])])
+
+    async def handle(self, request):
+        body = await request.body()
+        self.requests += 1
+        fault = self.faults.pop(0) if self.faults else None
+        if isinstance(fault, int):
+            return JSONResponse({"error": {"message": f"injected {fault}"}}, fault,
+                                headers={"Retry-After": "0"} if fault == 429 else None)
+        if isinstance(fault, tuple) and fault[0] == "stall":
+            await asyncio.sleep(fault[1])
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        client = httpx.AsyncClient(timeout=60)
+        upstream = await client.send(client.build_request("POST", self.upstream + request.url.path, content=body,
+                                                          headers=headers), stream=True)
+        limit = fault[1] if isinstance(fault, tuple) and fault[0] == "cut" else None
+
+        async def relay():
+            sent = 0
+            try:
+                async for chunk in upstream.aiter_raw():
+                    if limit is not None and sent + len(chunk) > limit:
+                        yield chunk[: limit - sent]
+                        await asyncio.sleep(0.05)
+                        raise ConnectionResetError("injected: connection dropped mid-answer")
+                    sent += len(chunk)
+                    yield chunk
+            finally:
+                await upstream.aclose()
+                await client.aclose()
+
+        return self._streaming(relay(), status_code=upstream.status_code,
+                               media_type=upstream.headers.get("content-type"))
+
+
+@pytest.fixture
+def fault_proxy(server):
+    proxy = AudioFaultProxy(server.url)
+    with ThreadedASGIServer(proxy.app) as srv:
+        proxy.url = srv.url + "/v1"
+        yield proxy
+
+
+def remote_settings(what: str, base_url: str, **extra):
+    from moksori.settings import Settings
+
+    return Settings(**{what: {"provider": "openai", "base_url": base_url, "api_key": KEY, **extra}})
+
+
+async def test_remote_stt_retries_and_falls_back(fault_proxy):
+    """The registry's STT: retried on 503/429 (Retry-After honoured), then the next base URL."""
+    from moksori.providers.registry import build_stt
+
+    audio = load_audio(EN.path, rate=16000).to_float()
+    stt = build_stt(remote_settings("stt", fault_proxy.url, max_retries=2))
+    try:
+        fault_proxy.faults = [503, 429]
+        out = [t async for t in stt.transcribe(one_chunk(audio), STTOptions())]
+        assert "thousand" in out[0].text.lower() and fault_proxy.requests == 3
+        fault_proxy.requests, fault_proxy.faults = 0, [401]  # permanent: no retry
+        with pytest.raises(ProviderError) as e:
+            [t async for t in stt.transcribe(one_chunk(audio), STTOptions())]
+        assert e.value.status == 401 and fault_proxy.requests == 1
+    finally:
+        await stt.close()
+    # an attempt that stalls past MOKSORI_STT_TIMEOUT_S is abandoned for the fallback URL
+    stalling = build_stt(remote_settings("stt", fault_proxy.url, max_retries=0, timeout_s=1.0,
+                                         fallback=[fault_proxy.url]))
+    try:
+        fault_proxy.requests, fault_proxy.faults = 0, [("stall", 3.0)]
+        t0 = time.monotonic()
+        out = [t async for t in stalling.transcribe(one_chunk(audio), STTOptions())]
+        assert "thousand" in out[0].text.lower() and time.monotonic() - t0 < 8 and fault_proxy.requests == 2
+    finally:
+        await stalling.close()
+    # the primary is down (nothing listens there): MOKSORI_STT_FALLBACK takes over
+    chained = build_stt(remote_settings("stt", f"http://127.0.0.1:{closed_port()}/v1", max_retries=1,
+                                        fallback=[fault_proxy.url]))
+    try:
+        out = [t async for t in chained.transcribe(one_chunk(audio), STTOptions())]
+        assert "thousand" in out[0].text.lower() and chained.name == "openai-stt→openai-stt"
+    finally:
+        await chained.close()
+
+
+async def test_remote_tts_retries_before_audio_and_never_after(fault_proxy, server):
+    from moksori.providers.registry import build_tts
+
+    tts = build_tts(remote_settings("tts", fault_proxy.url, max_retries=2, first_audio_timeout_s=1.0))
+    try:
+        fault_proxy.faults = [503, ("stall", 3.0)]
+        frames = [f async for f in tts.synthesize("Good morning to you.", TTSOptions(language="en"))]
+        assert sum(len(f) for f in frames) / 24000 > 0.6 and fault_proxy.requests == 3
+        # audio had started when the connection dropped: no second attempt (it would repeat words)
+        fault_proxy.requests, fault_proxy.faults = 0, [("cut", 9600)]
+        got = []
+        with pytest.raises(ProviderError) as e:
+            async for f in tts.synthesize("Good morning to you, and a very good day.", TTSOptions(language="en")):
+                got.append(f)
+        assert got and e.value.retryable and fault_proxy.requests == 1
+    finally:
+        await tts.close()
+    chained = build_tts(remote_settings("tts", f"http://127.0.0.1:{closed_port()}/v1", max_retries=0,
+                                        fallback=[f"{server.url}/v1"]))
+    try:
+        frames = [f async for f in chained.synthesize("Hello.", TTSOptions(language="en"))]
+        assert frames and chained.caps.sample_rate == 24000
+    finally:
+        await chained.close()
+
+
 # --------------------------------------------------------------------------- through a second server
 
 

@@ -1,4 +1,5 @@
-"""Retry / timeout / fallback logic of `moksori.providers.resilience`, with in-test fake streams."""
+"""Retry / timeout / fallback logic of `moksori.providers.resilience`, with in-test fake streams
+(the remote STT/TTS against a fault-injecting proxy on loopback: tests/test_audio_api.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from typing import Any
 import pytest
 
 from moksori.errors import ProviderError, ProviderTimeout
-from moksori.providers.base import LLM, ChatDone, ChatRequest, LLMCaps, Message, TextDelta
-from moksori.providers.resilience import ResilientLLM, RetryPolicy, Timeouts, resilient_stream
+from moksori.providers.base import LLM, STT, TTS, ChatDone, ChatRequest, LLMCaps, Message, TextDelta, Transcript
+from moksori.providers.resilience import (
+    ResilientLLM,
+    ResilientSTT,
+    ResilientTTS,
+    RetryPolicy,
+    Timeouts,
+    resilient_stream,
+)
 
 
 def transient(msg: str = "busy") -> ProviderError:
@@ -389,3 +397,72 @@ async def test_load_and_close_delegate_to_all():
         await ResilientLLM([a, b]).load()
     with pytest.raises(ValueError):
         ResilientLLM([])
+
+
+# --------------------------------------------------------------------------- ResilientSTT / ResilientTTS
+
+
+class FlakySTT(STT):
+    """Fails `fail` times (retryable), then answers with the number of samples it received."""
+
+    def __init__(self, name: str, fail: int, log: list[str]) -> None:
+        self.name, self.fail, self.log = name, fail, log
+
+    async def transcribe(self, audio, opts):
+        got = sum([len(a) async for a in audio])
+        self.log.append(f"{self.name}:{got}")
+        if self.fail > 0:
+            self.fail -= 1
+            raise transient()
+        yield Transcript(f"{got} samples", "en", True)
+
+
+class FlakyTTS(TTS):
+    """Plays `script` per call: Frame counts to yield, exceptions to raise."""
+
+    def __init__(self, name: str, *attempts: list[Any]) -> None:
+        self.name = name
+        self.script = Script(*attempts)
+
+    def synthesize(self, text, opts):
+        return self.script.make()
+
+
+async def test_resilient_stt_replays_the_audio_on_every_attempt_and_falls_back():
+    import numpy as np
+
+    from moksori.providers.base import STTOptions, one_chunk
+
+    log: list[str] = []
+    stt = ResilientSTT([FlakySTT("a", 5, log), FlakySTT("b", 1, log)], policy=RetryPolicy(max_attempts=2),
+                       sleep=Sleeps())
+    assert stt.name == "a→b" and stt.caps == stt.providers[0].caps
+    out = await collect(stt.transcribe(one_chunk(np.zeros(1600, np.float32)), STTOptions()))
+    assert [t.text for t in out] == ["1600 samples"]
+    assert log == ["a:1600", "a:1600", "b:1600", "b:1600"]  # the same audio every time
+
+
+async def test_resilient_tts_retries_before_audio_never_after_and_falls_back():
+    from moksori.audio.frames import Frame
+    from moksori.providers.base import TTSOptions
+
+    f = Frame.silence(0.1, 24000)
+    a = FlakyTTS("a", [transient()], [f, f])
+    tts = ResilientTTS([a], policy=FAST, sleep=Sleeps())
+    assert len(await collect(tts.synthesize("hi", TTSOptions()))) == 2 and a.script.started == 2
+
+    broken = FlakyTTS("broken", [f, transient("cut")], [f, f])
+    spare = FlakyTTS("spare", [f])
+    tts = ResilientTTS([broken, spare], policy=FAST, sleep=Sleeps())
+    got = []
+    with pytest.raises(ProviderError, match="cut"):
+        async with aclosing(tts.synthesize("hi", TTSOptions())) as s:
+            async for frame in s:
+                got.append(frame)
+    assert len(got) == 1 and broken.script.started == 1 and spare.script.started == 0
+
+    down = FlakyTTS("down", [permanent()])
+    tts = ResilientTTS([down, spare], policy=FAST, sleep=Sleeps())
+    assert len(await collect(tts.synthesize("hi", TTSOptions()))) == 1 and spare.script.started == 1
+    with pytest.raises(ValueError):
+        ResilientTTS([])

@@ -51,3 +51,38 @@ def test_api_keys_file(tmp_path) -> None:
     assert s.all_api_keys() == ["gamma", "alpha", "beta"]
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(api_keys_file=tmp_path / "nope.txt").all_api_keys()
+
+
+def test_fallback_urls_take_a_plain_url_a_comma_list_or_json(monkeypatch) -> None:
+    monkeypatch.setenv("MOKSORI_LLM_FALLBACK", "http://x")  # crashed with an internal SettingsError
+    monkeypatch.setenv("MOKSORI_STT_FALLBACK", "http://a:1/v1, http://b:2/v1")
+    monkeypatch.setenv("MOKSORI_TTS_FALLBACK", '["http://c:3/v1"]')
+    s = load_settings()
+    assert s.llm.fallback == ["http://x"]
+    assert s.stt.fallback == ["http://a:1/v1", "http://b:2/v1"]
+    assert s.tts.fallback == ["http://c:3/v1"]
+
+
+def test_unparseable_environment_and_config_file_are_one_line_errors(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("MOKSORI_LLM", "{not json")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "MOKSORI_LLM" in str(e.value) and "\n" not in str(e.value) and "MOKSORI_LLM_BASE_URL" in str(e.value)
+    monkeypatch.delenv("MOKSORI_LLM")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[llm\nprovider = "openai"\n', encoding="utf-8")
+    monkeypatch.setenv("MOKSORI_CONFIG", str(bad))
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_settings()
+
+
+def test_the_cli_reports_an_unparseable_variable_in_one_line(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MOKSORI_LLM": "{oops", "MOKSORI_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "moksori", "models", "list"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error: cannot read MOKSORI_LLM")

@@ -12,6 +12,7 @@ The TOML file is `$MOKSORI_CONFIG`, else `./moksori.toml` if it exists, with one
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -72,6 +73,12 @@ class STTSettings(BaseModel):
     threads: int = Field(2, ge=1, le=64)
     beam_size: int = Field(1, ge=1, le=10)
     partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
+    # provider=openai: one attempt's limit, retries, and extra base URLs tried in order
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("fallback", mode="before")(_split_csv)
 
 
 class LLMSettings(BaseModel):
@@ -86,7 +93,7 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0)
     first_token_timeout_s: float = Field(15.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
-    fallback: list[str] = Field(default_factory=list)  # extra base URLs tried in order
+    fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
     # a file holding the API key (first line); used when api_key is not set
     api_key_file: Path | None = None
     # Azure OpenAI: "auto" = azure when the host ends in .openai.azure.com / .cognitiveservices.azure.com.
@@ -94,6 +101,8 @@ class LLMSettings(BaseModel):
     api_flavor: Literal["auto", "openai", "azure"] = "auto"
     api_version: str | None = None  # Azure `api-version`, e.g. 2024-10-21
     deployment: str | None = None  # Azure deployment name (the URL becomes .../openai/deployments/<name>)
+
+    _split = field_validator("fallback", mode="before")(_split_csv)
 
 
 class TTSSettings(BaseModel):
@@ -105,6 +114,13 @@ class TTSSettings(BaseModel):
     remote_model: str = "tts-1"
     speed: float = Field(1.0, gt=0.25, le=4.0)
     threads: int = Field(2, ge=1, le=64)
+    # provider=openai: time to a clause's first audio, longest gap after it, retries, extra base URLs
+    first_audio_timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("fallback", mode="before")(_split_csv)
 
 
 class AgentSettings(BaseModel):
@@ -318,7 +334,10 @@ def config_file() -> Path | None:
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings; a bad value becomes one `ConfigError` line, not a pydantic dump."""
+    import tomllib
+
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from moksori.errors import ConfigError
 
@@ -328,3 +347,13 @@ def load_settings(**overrides: Any) -> Settings:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise ConfigError(f"invalid setting {where or '?'}: {first.get('msg')}") from None
+    except SettingsError as e:
+        # pydantic-settings could not even parse a value, e.g. MOKSORI_LLM='{...' (not JSON)
+        field = re.search(r'field "([^"]+)"', str(e))
+        name = f"MOKSORI_{field.group(1).upper()}" if field else "a MOKSORI_* variable"
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise ConfigError(f"cannot read {name} from the environment{cause}",
+                          hint="set one field per variable, e.g. MOKSORI_LLM_BASE_URL=http://127.0.0.1:8080/v1; "
+                               "lists are comma-separated") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"cannot read the config file {config_file()}: {e}") from None

@@ -88,12 +88,15 @@ def build_turn(settings: Settings) -> TurnDetector:
 def build_stt(settings: Settings, *, progress: Progress | None = None) -> STT:
     s = settings.stt
     if s.provider == "openai":
+        from moksori.providers.resilience import ResilientSTT, RetryPolicy, Timeouts
         from moksori.providers.stt_remote import RemoteSTT
 
         if not s.base_url:
             raise ConfigError("MOKSORI_STT_BASE_URL is required with MOKSORI_STT_PROVIDER=openai")
-        return RemoteSTT(base_url=s.base_url, model=s.remote_model,
-                         api_key=s.api_key.get_secret_value() if s.api_key else None)
+        key = s.api_key.get_secret_value() if s.api_key else None
+        stts = [RemoteSTT(base_url=u, model=s.remote_model, api_key=key, timeout_s=s.timeout_s)
+                for u in [s.base_url, *s.fallback]]
+        return ResilientSTT(stts, policy=RetryPolicy.from_settings(s), timeouts=Timeouts.for_stt(s))
     from moksori.providers.models import prepare_whisper
     from moksori.providers.stt_whisper import WhisperSTT
 
@@ -125,12 +128,15 @@ def build_llm(settings: Settings) -> LLM:
 def build_tts(settings: Settings) -> TTS:
     s = settings.tts
     if s.provider == "openai":
+        from moksori.providers.resilience import ResilientTTS, RetryPolicy, Timeouts
         from moksori.providers.tts_remote import RemoteTTS
 
         if not s.base_url:
             raise ConfigError("MOKSORI_TTS_BASE_URL is required with MOKSORI_TTS_PROVIDER=openai")
-        return RemoteTTS(base_url=s.base_url, model=s.remote_model,
-                         api_key=s.api_key.get_secret_value() if s.api_key else None)
+        key = s.api_key.get_secret_value() if s.api_key else None
+        ttss = [RemoteTTS(base_url=u, model=s.remote_model, api_key=key, timeout_s=s.timeout_s)
+                for u in [s.base_url, *s.fallback]]
+        return ResilientTTS(ttss, policy=RetryPolicy.from_settings(s), timeouts=Timeouts.for_tts(s))
     from moksori.providers.tts_espeak import EspeakTTS
     from moksori.providers.tts_piper import PiperTTS
     from moksori.providers.tts_router import LanguageRouterTTS

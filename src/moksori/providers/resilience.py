@@ -7,7 +7,8 @@ own. This module decides what happens next:
 * once an item has been handed to the caller, any failure propagates (retrying would repeat
   output the caller has already spoken);
 * `Timeouts` bound the wait for the first item, the gap between items and the whole call;
-* `ResilientLLM` chains providers: primary first, then each fallback, each with its own retries.
+* `ResilientLLM`, `ResilientSTT` and `ResilientTTS` chain providers: primary first, then each
+  fallback, each with its own retries (`_Chain`: one implementation for the three kinds).
 
 Any other exception escaping a provider is a bug in that provider; it is reported as a
 permanent `ProviderError` naming the original exception type.
@@ -19,19 +20,24 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import numpy as np
+
+from moksori.audio.frames import Frame
 from moksori.errors import ProviderError, ProviderTimeout
-from moksori.providers.base import LLM, ChatEvent, ChatRequest
+from moksori.providers.base import LLM, STT, TTS, ChatEvent, ChatRequest, Provider, STTOptions, Transcript, TTSOptions
 
 if TYPE_CHECKING:
-    from moksori.settings import LLMSettings
+    from moksori.settings import LLMSettings, STTSettings, TTSSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = TypeVar("P", bound=Provider)
 Sleep = Callable[[float], Awaitable[Any]]
 
 _END: Any = object()
@@ -62,7 +68,7 @@ class RetryPolicy:
         return cap * draw
 
     @classmethod
-    def from_settings(cls, s: LLMSettings) -> RetryPolicy:
+    def from_settings(cls, s: LLMSettings | STTSettings | TTSSettings) -> RetryPolicy:
         return cls(max_attempts=s.max_retries + 1)
 
 
@@ -82,6 +88,15 @@ class Timeouts:
     @classmethod
     def from_settings(cls, s: LLMSettings) -> Timeouts:
         return cls(first_item_s=s.first_token_timeout_s, idle_s=s.timeout_s, total_s=None)
+
+    @classmethod
+    def for_stt(cls, s: STTSettings) -> Timeouts:
+        """A batch recogniser answers with one final transcript: its first item is the whole call."""
+        return cls(first_item_s=s.timeout_s, idle_s=s.timeout_s, total_s=None)
+
+    @classmethod
+    def for_tts(cls, s: TTSSettings) -> Timeouts:
+        return cls(first_item_s=s.first_audio_timeout_s, idle_s=s.timeout_s, total_s=None)
 
 
 def _as_provider_error(exc: BaseException, provider: str) -> ProviderError:
@@ -145,7 +160,7 @@ async def resilient_stream(
     provider: str = "provider",
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Re-yield the items of `make()`, retrying failures that happen before the first item.
 
     `make` is called once per attempt and must return a fresh iterator. The iterator of the
@@ -198,17 +213,20 @@ async def resilient_stream(
             await sleep(wait)
 
 
-class ResilientLLM(LLM):
-    """An `LLM` that tries `providers` in order, each with `policy` retries and `timeouts`.
+class _Chain(Generic[P]):
+    """Providers of one kind tried in order, each with `policy` retries and `timeouts`.
 
     A provider is abandoned for the next one when it fails before producing any output, with
     a permanent error or after its retries are used up. Once output has started, a failure is
-    raised to the caller as is. If every provider fails, the last error is raised.
+    raised to the caller as is (a fallback would repeat what was already said). If every
+    provider fails, the last error is raised.
     """
+
+    what = "provider"
 
     def __init__(
         self,
-        providers: Sequence[LLM],
+        providers: Sequence[P],
         *,
         policy: RetryPolicy = RetryPolicy(),
         timeouts: Timeouts = Timeouts(),
@@ -216,13 +234,12 @@ class ResilientLLM(LLM):
         rng: random.Random | None = None,
     ) -> None:
         if not providers:
-            raise ValueError("ResilientLLM needs at least one provider")
-        self.providers: tuple[LLM, ...] = tuple(providers)
+            raise ValueError(f"{type(self).__name__} needs at least one provider")
+        self.providers: tuple[P, ...] = tuple(providers)
         self.policy = policy
         self.timeouts = timeouts
         self._sleep = sleep
         self._rng = rng
-        self.caps = self.providers[0].caps
         self.name = "→".join(p.name for p in self.providers)
 
     async def load(self) -> None:
@@ -233,13 +250,7 @@ class ResilientLLM(LLM):
             try:
                 await p.load()
             except ProviderError as e:
-                log.warning("fallback LLM %s failed to load: %s", p.name, e)
-
-    async def warm(self, system_prompt: str) -> None:
-        """Warm the primary (e.g. put the system prompt in a local model's KV cache)."""
-        warm = getattr(self.providers[0], "warm", None)
-        if warm is not None:
-            await warm(system_prompt)
+                log.warning("fallback %s %s failed to load: %s", self.what, p.name, e)
 
     async def close(self) -> None:
         first: BaseException | None = None
@@ -247,16 +258,16 @@ class ResilientLLM(LLM):
             try:
                 await p.close()
             except Exception as e:
-                log.warning("closing LLM %s failed: %s", p.name, e)
+                log.warning("closing %s %s failed: %s", self.what, p.name, e)
                 first = first or e
         if first is not None:
             raise first
 
-    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:  # type: ignore[override]
+    async def _stream(self, make: Callable[[P], AsyncIterator[T]]) -> AsyncGenerator[T, None]:
         last: ProviderError | None = None
         for i, p in enumerate(self.providers):
             stream = resilient_stream(
-                lambda p=p: p.chat(request),  # type: ignore[misc]
+                lambda p=p: make(p),  # type: ignore[misc]  # bind this provider, not the loop's last
                 policy=self.policy,
                 timeouts=self.timeouts,
                 provider=p.name,
@@ -265,17 +276,82 @@ class ResilientLLM(LLM):
             )
             produced = False
             try:
-                async for event in stream:
+                async for item in stream:
                     produced = True
-                    yield event
+                    yield item
                 return
             except ProviderError as e:
                 if produced:
                     raise
                 last = e
                 if i + 1 < len(self.providers):
-                    log.warning("LLM %s failed (%s); falling back to %s", p.name, e, self.providers[i + 1].name)
+                    log.warning("%s %s failed (%s); falling back to %s", self.what, p.name, e,
+                                self.providers[i + 1].name)
             finally:
                 await stream.aclose()
         assert last is not None
         raise last
+
+
+class ResilientLLM(_Chain[LLM], LLM):
+    """An `LLM` that tries `providers` in order (see `_Chain`)."""
+
+    what = "LLM"
+
+    def __init__(self, providers: Sequence[LLM], **kw: Any) -> None:
+        super().__init__(providers, **kw)
+        self.caps = self.providers[0].caps
+
+    async def warm(self, system_prompt: str) -> None:
+        """Warm the primary (e.g. put the system prompt in a local model's KV cache)."""
+        warm = getattr(self.providers[0], "warm", None)
+        if warm is not None:
+            await warm(system_prompt)
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        async with aclosing(self._stream(lambda p: p.chat(request))) as events:
+            async for event in events:
+                yield event
+
+
+class ResilientSTT(_Chain[STT], STT):
+    """An `STT` that tries `providers` in order (see `_Chain`).
+
+    The audio is collected before the first attempt so that a retry or a fallback can send it
+    again: fine for batch recognisers (every one we have); a streaming one would lose its
+    partial results' head start behind this wrapper.
+    """
+
+    what = "STT"
+
+    def __init__(self, providers: Sequence[STT], **kw: Any) -> None:
+        super().__init__(providers, **kw)
+        self.caps = self.providers[0].caps
+
+    async def transcribe(self, audio: AsyncIterable[np.ndarray],
+                         opts: STTOptions) -> AsyncIterator[Transcript]:
+        chunks = [a async for a in audio]
+
+        async def replay() -> AsyncIterator[np.ndarray]:
+            for chunk in chunks:
+                yield chunk
+
+        async with aclosing(self._stream(lambda p: p.transcribe(replay(), opts))) as results:
+            async for tr in results:
+                yield tr
+
+
+class ResilientTTS(_Chain[TTS], TTS):
+    """A `TTS` that tries `providers` in order (see `_Chain`). A clause whose audio has begun
+    is never restarted: a failure after the first frame is raised (the speaker skips it)."""
+
+    what = "TTS"
+
+    def __init__(self, providers: Sequence[TTS], **kw: Any) -> None:
+        super().__init__(providers, **kw)
+        self.caps = self.providers[0].caps
+
+    async def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:
+        async with aclosing(self._stream(lambda p: p.synthesize(text, opts))) as frames:
+            async for frame in frames:
+                yield frame
