@@ -144,3 +144,20 @@ def test_optional_and_renamed_fields_on_the_wire() -> None:
     call = E.CallStarted(t=0, carrier="twilio", call_id="c", stream_id="s", from_number="+1", to_number=None,
                          encoding="mulaw", rate=8000)
     assert call.to_json()["from"] == "+1" and call.to_json()["to"] is None and "from_number" not in call.to_json()
+
+
+def test_one_barge_in_is_one_chain() -> None:
+    """user.speech_started -> agent.audio_cleared -> agent.interrupted -> agent.response_done,
+    back to back, then the new session state (docs/ARCHITECTURE.md, "One barge-in")."""
+    import json
+
+    lines = [json.loads(x) for x in record("barge_in")]
+    types = [e["type"] for e in lines if e["type"] not in ("agent.text_delta",)]
+    i = types.index("agent.audio_cleared")
+    assert types[i - 1:i + 4] == ["user.speech_started", "agent.audio_cleared", "agent.interrupted",
+                                  "agent.response_done", "session.state"]
+    cleared, cut, done, state = [e for e in lines if e["type"] != "agent.text_delta"][i:i + 4]
+    assert cleared["response_ids"] == [cut["response_id"]] == [done["response_id"]]
+    assert done["interrupted"] and done["status"] == "cancelled" and done["text"] == cut["text"]
+    assert cut["onset"] is not None and cut["reaction_ms"] == round(1000 * (cut["t"] - cut["onset"]))
+    assert state["state"] == "user_speaking"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,7 @@ class Session:
         self._deadline = TurnDeadline(ctx.clock, self.taker, ctx.spawn, self._handle)
         self._idle = IdleTimer(ctx.clock, ctx.spawn, self._on_idle_timeout)
         self._state = "idle"
+        self._state_deferred = False
         ctx.on_change = self._update_state
         self.speaker.start()
         ctx.publish(E.SessionStarted(t=ctx.clock.now(), session_id=ctx.id, stack=stack.describe()))
@@ -123,6 +126,8 @@ class Session:
         return self._responses.busy() or self.speaker.busy() or self._specs.busy()
 
     def _update_state(self) -> None:
+        if self._state_deferred:
+            return
         user = self.taker.state
         if user == "speaking" and self.taker.confirmed:
             new = "user_speaking"
@@ -280,13 +285,26 @@ class Session:
 
     def interrupt(self, reason: str = "turn_detected", *, onset: float | None = None) -> list[str]:
         """Barge-in / cancel: stop audio now, cancel LLM and TTS, keep only what was heard."""
-        return self._interruptions.interrupt(reason, onset=onset)
+        with self._one_state_change():
+            return self._interruptions.interrupt(reason, onset=onset)
 
     def cancel_response(self, response_id: str | None = None) -> list[str]:
         """Cancel one reply (by id) or every reply in flight; returns the ids cancelled."""
         if response_id is None:
             return self.interrupt("client_cancelled")
-        return self._interruptions.cancel(response_id)
+        with self._one_state_change():
+            return self._interruptions.cancel(response_id)
+
+    @contextmanager
+    def _one_state_change(self) -> Iterator[None]:
+        """An interruption's events form one chain (cleared, interrupted, done); the session's
+        new state follows it instead of landing in the middle."""
+        self._state_deferred = True
+        try:
+            yield
+        finally:
+            self._state_deferred = False
+            self._update_state()
 
     def truncate(self, item_id: str, audio_end_ms: int) -> Item | None:
         """The client reports it played only `audio_end_ms` of an assistant item."""
