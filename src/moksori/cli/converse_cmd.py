@@ -46,12 +46,12 @@ def converse(
 def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 30.0, timeline: Path | None = None,
                      output_rate: int = 24000):
     """Feed `frame` into a new session at real-time pace (virtual time with fast=True)."""
-    from moksori.engine.config import config_from_settings
+    from moksori.audio.frames import Frame
     from moksori.engine.bus import TimelineWriter
+    from moksori.engine.config import config_from_settings
     from moksori.engine.session import Session
     from moksori.testing.harness import Recording, play_into_session
     from moksori.testing.virtual_time import run_virtual
-    from moksori.audio.frames import Frame
 
     cfg = config_from_settings(settings, output_rate=output_rate, output_lead_ms=0)
 
