@@ -408,7 +408,7 @@ def test_azure_session_update_from_sdk_models():
 def test_avatar_and_unknown_fields_warn():
     cfg, warnings = apply_session_update(SessionConfig(), {
         "avatar": {"character": "lisa"}, "animation": {"outputs": ["blendshapes"]}, "frobnicate": 1,
-        "prompt": {"id": "p1"}, "tools": [{"type": "mcp", "server_label": "x"}],
+        "prompt": {"id": "p1"}, "tools": [{"type": "mcp", "server_label": "x", "server_url": "http://127.0.0.1:9/mcp"}],
         "audio": {"input": {"turn_detection": {"type": "server_vad", "mystery": 2}}}}, Flavor.AZURE)
     assert cfg.avatar == {"character": "lisa"} and cfg.animation == {"outputs": ["blendshapes"]}
     assert cfg.tools == ()

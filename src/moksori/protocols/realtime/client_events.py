@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from moksori.errors import ProtocolError
 
+from . import mcp
 from ._checks import as_dict, as_int, as_list, as_opt_str, as_str, fail
 from .audio_formats import AudioFormat, parse_audio_format
 from .items import (ContentPart, FunctionCallItem, FunctionCallOutputItem, Item, ItemReference, MessageItem)
@@ -104,6 +105,7 @@ class ResponseOverrides:
     voice_config: dict[str, Any] | None = None
     output_format: AudioFormat | None = None
     tools: tuple[dict[str, Any], ...] | None = None
+    mcp_tools: tuple[mcp.MCPToolConfig, ...] | None = None
     tool_choice: str | dict[str, Any] | None = None
     temperature: float | None = None
     max_output_tokens: int | Literal["inf"] | None = None
@@ -202,6 +204,11 @@ def parse_item(raw: Any, param: str = "item", *, allow_reference: bool = False) 
                                 name=as_str(obj.get("name"), f"{param}.name", nonempty=True),
                                 arguments=as_str(args, f"{param}.arguments"), id=item_id,
                                 status=_status(obj, param))
+    if kind == "mcp_approval_response":
+        if not mcp.SERVED:
+            fail(f"{param}.type 'mcp_approval_response' is not supported: this server does not run MCP tools yet",
+                 f"{param}.type")
+        return mcp.parse_mcp_approval_response(obj, param, item_id)  # type: ignore[return-value]
     if kind == "function_call_output":
         return FunctionCallOutputItem(call_id=as_str(obj.get("call_id"), f"{param}.call_id", nonempty=True),
                                       output=as_str(obj.get("output"), f"{param}.output"), id=item_id)
@@ -255,6 +262,7 @@ def _response_overrides(raw: Any, param: str) -> ResponseOverrides:
                     f["voice"], f["voice_config"] = parse_voice(out["voice"], f"{p}.output.voice")
         elif key == "tools":
             f["tools"] = None if v is None else parse_tools(v, p, warnings)
+            f["mcp_tools"] = None if v is None else mcp.parse_mcp_tools(v, p, warnings)
         elif key == "tool_choice":
             f["tool_choice"] = None if v is None else parse_tool_choice(v, p, warnings)
         elif key == "temperature":

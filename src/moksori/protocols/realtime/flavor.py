@@ -44,6 +44,13 @@ _BETA_NAMES: dict[str, str | None] = {
     "input_audio_buffer.timeout_triggered": None,
 }
 
+# GA events that the OpenAI beta does not have (Azure Voice Live does).
+_NOT_IN_BETA = frozenset({
+    "mcp_list_tools.in_progress", "mcp_list_tools.completed", "mcp_list_tools.failed",
+    "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+    "response.mcp_call.in_progress", "response.mcp_call.completed", "response.mcp_call.failed",
+})
+
 # Events that Azure Voice Live does not define although the OpenAI beta does.
 _AZURE_MISSING = frozenset({"rate_limits.updated"})
 
@@ -53,6 +60,8 @@ def event_name(ga_name: str, flavor: Flavor) -> str | None:
     if flavor is Flavor.GA:
         return ga_name
     if flavor is Flavor.AZURE and ga_name in _AZURE_MISSING:
+        return None
+    if flavor is Flavor.BETA and ga_name in _NOT_IN_BETA:
         return None
     return _BETA_NAMES.get(ga_name, ga_name)
 

@@ -216,3 +216,32 @@ class ServerEvents:
         if self.flavor is not Flavor.BETA:
             ev["name"] = name
         return ev
+
+    # ------------------------------------------------------------------ MCP (GA and Azure; None in beta)
+    def mcp_list_tools_in_progress(self, item_id: str) -> Event | None:
+        return self._ev("mcp_list_tools.in_progress", item_id=item_id)
+
+    def mcp_list_tools_completed(self, item_id: str) -> Event | None:
+        return self._ev("mcp_list_tools.completed", item_id=item_id)
+
+    def mcp_list_tools_failed(self, item_id: str) -> Event | None:
+        return self._ev("mcp_list_tools.failed", item_id=item_id)
+
+    def mcp_call_arguments_delta(self, response_id: str, item_id: str, output_index: int,
+                                 delta: str) -> Event | None:
+        return self._ev("response.mcp_call_arguments.delta", response_id=response_id, item_id=item_id,
+                        output_index=output_index, delta=delta)
+
+    def mcp_call_arguments_done(self, response_id: str, item_id: str, output_index: int,
+                                arguments: str) -> Event | None:
+        return self._ev("response.mcp_call_arguments.done", response_id=response_id, item_id=item_id,
+                        output_index=output_index, arguments=arguments)
+
+    def mcp_call_in_progress(self, item_id: str, output_index: int) -> Event | None:
+        return self._ev("response.mcp_call.in_progress", item_id=item_id, output_index=output_index)
+
+    def mcp_call_completed(self, item_id: str, output_index: int) -> Event | None:
+        return self._ev("response.mcp_call.completed", item_id=item_id, output_index=output_index)
+
+    def mcp_call_failed(self, item_id: str, output_index: int) -> Event | None:
+        return self._ev("response.mcp_call.failed", item_id=item_id, output_index=output_index)

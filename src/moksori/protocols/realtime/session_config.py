@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from . import mcp
 from ._checks import as_dict, as_int, as_number, as_str, fail
 from .audio_formats import PCM16_24K, AudioFormat, parse_audio_format
 from .flavor import Flavor
@@ -46,6 +47,7 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     input_transcription: InputTranscription | None = None
     tools: tuple[dict[str, Any], ...] = ()
+    mcp_tools: tuple[mcp.MCPToolConfig, ...] = ()
     tool_choice: str | dict[str, Any] = "auto"
     temperature: float = 0.8
     max_output_tokens: int | Literal["inf"] = "inf"
@@ -162,6 +164,7 @@ class _Merger:
                 self.warnings.append(f"{p} is recorded but not supported: no {key} output will be produced")
         elif key == "tools":
             self.changes["tools"] = parse_tools(v, p, self.warnings)
+            self.changes["mcp_tools"] = mcp.parse_mcp_tools(v, p, self.warnings)
         elif key == "tool_choice":
             self.changes["tool_choice"] = parse_tool_choice(v, p, self.warnings)
         elif key == "temperature":
@@ -217,7 +220,10 @@ def _noise_reduction_wire(cfg: SessionConfig) -> dict[str, Any] | None:
 
 
 def _tools_wire(cfg: SessionConfig) -> list[dict[str, Any]]:
-    return [{"type": "function", **t} for t in cfg.tools]
+    out = [{"type": "function", **t} for t in cfg.tools]
+    if mcp.SERVED:  # recorded MCP tools are echoed only once the server runs them
+        out += [mcp.mcp_tool_to_wire(t) for t in cfg.mcp_tools]
+    return out
 
 
 def session_to_wire(cfg: SessionConfig, flavor: Flavor, *, session_id: str, model: str) -> dict[str, Any]:

@@ -116,14 +116,16 @@ def parse_transcription(value: Any, param: str, warnings: list[str]) -> InputTra
 
 
 def parse_tools(value: Any, param: str, warnings: list[str]) -> tuple[dict[str, Any], ...]:
-    """Function tools as ``{"name", "description", "parameters"}``; other tool kinds are
-    dropped with a warning."""
+    """Function tools as ``{"name", "description", "parameters"}``; MCP tools are left to
+    :func:`mcp.parse_mcp_tools`; other tool kinds are dropped with a warning."""
     tools: list[dict[str, Any]] = []
     names: set[str] = set()
     for i, raw in enumerate(as_list(value if value is not None else [], param)):
         p = f"{param}[{i}]"
         obj = as_dict(raw, p)
         kind = obj.get("type", "function")
+        if kind == "mcp":
+            continue  # parsed by mcp.parse_mcp_tools
         if kind != "function":
             shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
             warnings.append(f"{p}: tools of type {shown!r} are not supported; the tool was ignored")
@@ -149,7 +151,11 @@ def parse_tool_choice(value: Any, param: str, warnings: list[str]) -> str | dict
     if kind == "function":
         return {"type": "function", "name": as_str(obj.get("name"), f"{param}.name", nonempty=True)}
     if kind == "mcp":
-        warnings.append(f"{param}: MCP tools are not supported; tool_choice stays 'auto'")
+        from . import mcp
+
+        if mcp.SERVED:
+            return mcp.parse_mcp_tool_choice(obj, param)
+        warnings.append(f"{param}: MCP tools are not connected by this server yet; tool_choice stays 'auto'")
         return "auto"
     fail(f"{param}.type must be 'function'", f"{param}.type")
 
