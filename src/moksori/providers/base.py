@@ -250,3 +250,33 @@ class TTS(Provider):
     @abc.abstractmethod
     def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:
         """Text in, PCM16 frames (at `caps.sample_rate`) out."""
+
+
+# --------------------------------------------------------------------------- noise suppression
+
+
+@dataclass(frozen=True)
+class DenoiserCaps:
+    model_rate: int = 48000  # the rate the model runs at; other input rates are resampled
+    frame_samples: int = 480  # model hop at `model_rate`
+    delay_ms: float = 0.0  # what a stream adds to the audio (model look-ahead + buffering)
+    input_rates: tuple[int, ...] = (8000, 16000, 24000, 48000)
+    realtime_factor: float | None = None  # measured compute per second of audio, if known
+
+
+class DenoiseStream(Protocol):
+    async def process(self, samples: np.ndarray) -> np.ndarray:
+        """float32 mono samples at the stream's rate in; as many denoised samples out, delayed by
+        `caps.delay_ms` (the first call returns mostly the zeros of that delay)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Denoiser(Provider):
+    kind = "denoise"
+    caps: DenoiserCaps = DenoiserCaps()
+
+    @abc.abstractmethod
+    async def stream(self, rate: int) -> DenoiseStream:
+        """A fresh stream with its own model state, for one session's audio at `rate` Hz."""
