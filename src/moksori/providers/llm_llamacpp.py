@@ -11,6 +11,7 @@ earlier turns are not re-evaluated: only the new user message costs prompt time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,7 @@ from moksori.providers.base import (
 from moksori.providers.threads import iterate_blocking, run_blocking
 from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
 
-_STOP_STRINGS = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end|>"]
+_STOP_STRINGS = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end|>"]
 
 
 @contextlib.contextmanager
@@ -98,6 +99,8 @@ class LlamaCppLLM(LLM):
         # templates without tool roles: show tool results as user-visible context
         if not self._template_has_tools:
             messages = [_flatten_tool_message(m) for m in messages]
+        else:
+            messages = [_arguments_as_objects(m) for m in messages]
         try:
             out = self._formatter(messages=messages, tools=tools)
         except Exception as e:  # a template raising (e.g. role order rules) is a request problem
@@ -178,6 +181,28 @@ class LlamaCppLLM(LLM):
 
     async def close(self) -> None:
         await run_blocking(self._llm.close) if hasattr(self._llm, "close") else None
+
+
+def _arguments_as_objects(m: dict[str, Any]) -> dict[str, Any]:
+    """Tool-calling templates (Qwen2.5/Hermes, Llama 3.1, Mistral) write `arguments | tojson`:
+    they expect an object, as in Hugging Face's chat-template convention. OpenAI-style messages
+    carry a JSON string, which would be encoded a second time ("{\"city\": ...}") and teach
+    the model a wrong format from its own earlier calls."""
+    if not m.get("tool_calls"):
+        return m
+    calls = []
+    for c in m["tool_calls"]:
+        fn = dict(c.get("function") or {})
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                parsed = json.loads(args or "{}")
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                fn["arguments"] = parsed
+        calls.append({**c, "function": fn})
+    return {**m, "tool_calls": calls, "content": m.get("content") or ""}
 
 
 def _flatten_tool_message(m: dict[str, Any]) -> dict[str, Any]:
