@@ -10,7 +10,10 @@ One run, every condition on the same files with the same noise:
 * each noisy file is transcribed by Whisper base (Moksori's short-window WhisperSTT, beam 1,
   language pinned) as it is ("raw") and after the streaming denoiser ("dn": 20 ms chunks, as a
   session would feed it, delay trimmed);
-* plus the denoiser's real-time factor and delay per rate, and the SNR gain on white noise.
+* plus the denoiser's real-time factor and delay per rate, and the SNR gain on white noise;
+* and what a voice agent also cares about: Silero VAD on the same audio (16 kHz set): the share
+  of frames the clean recording calls speech that are still speech (recall), and the share of
+  frames the clean recording calls silence that became "speech" (false alarms: false barge-ins).
 
     python benchmarks/denoise.py [--quick] [--json out.json]
 
@@ -101,6 +104,18 @@ def delay_samples(rate: int) -> int:
     return DELAY_SAMPLES[rate]
 
 
+def vad_frames(x: np.ndarray) -> np.ndarray:
+    """Silero P(speech) >= 0.5 per 32 ms frame of 16 kHz audio."""
+    from moksori.providers.vad_silero import SileroVAD
+
+    global _VAD
+    if "_VAD" not in globals():
+        _VAD = SileroVAD()
+    stream = _VAD.stream()
+    n = 512
+    return np.array([stream(x[i:i + n]) >= 0.5 for i in range(0, len(x) - n + 1, n)], dtype=bool)
+
+
 def si_snr(ref: np.ndarray, est: np.ndarray) -> float:
     m = min(len(ref), len(est))
     ref, est = ref[:m].astype(np.float64), est[:m].astype(np.float64)
@@ -134,11 +149,13 @@ def main() -> None:
     errs: dict[tuple[str, str, str], list[int]] = {}
     rtfs: dict[int, list[float]] = {16000: [], 8000: []}
     snr_gain: dict[int, list[tuple[float, float]]] = {16000: [], 8000: []}
+    vad: dict[tuple[str, str], list[int]] = {}  # (cond, variant) -> [hits, voiced, false, unvoiced]
     t0 = time.perf_counter()
     for set_name, names, rate in sets:
         for name in names:
             clean = load(name, rate)
             ref = utt(name).transcript
+            truth = vad_frames(clean) if rate == 16000 else None
             for cond, spec in conditions:
                 noisy = clean if spec is None else add_noise(clean, rate, spec[0], spec[1],
                                                              np.random.default_rng(rng.integers(1 << 31)))
@@ -147,6 +164,14 @@ def main() -> None:
                 if spec is not None and spec[0] == "white":
                     snr_gain[rate].append((si_snr(clean, noisy), si_snr(clean, dn)))
                 for variant, audio in (("raw", noisy), ("dn", dn)):
+                    if truth is not None:
+                        got = vad_frames(audio)[: len(truth)]
+                        t = truth[: len(got)]
+                        acc = vad.setdefault((cond, variant), [0, 0, 0, 0])
+                        acc[0] += int((got & t).sum())
+                        acc[1] += int(t.sum())
+                        acc[2] += int((got & ~t).sum())
+                        acc[3] += int((~t).sum())
                     a16 = audio if rate == 16000 else soxr.resample(audio, rate, 16000).astype(np.float32)
                     hyp = stt.transcribe_array(a16, opts).text
                     e, n = word_errors(ref, hyp)
@@ -167,6 +192,14 @@ def main() -> None:
                 results[f"{set_name}|{cond}|{variant}"] = e / max(1, n)
                 row += f"{100 * e / max(1, n):>12.1f}%" if variant == "raw" else f"{100 * e / max(1, n):>11.1f}%"
         print(row)
+    print("\nSilero VAD on the 16 kHz set (truth: the clean recording): speech recall / false alarms")
+    print(f"{'condition':<16}{'raw recall':>12}{'dn recall':>11}{'raw false':>11}{'dn false':>10}")
+    for cond, _ in conditions:
+        r, d = vad[(cond, "raw")], vad[(cond, "dn")]
+        print(f"{cond:<16}{100 * r[0] / max(1, r[1]):>11.1f}%{100 * d[0] / max(1, d[1]):>10.1f}%"
+              f"{100 * r[2] / max(1, r[3]):>10.1f}%{100 * d[2] / max(1, d[3]):>9.1f}%")
+        results[f"vad|{cond}"] = {"raw_recall": r[0] / max(1, r[1]), "dn_recall": d[0] / max(1, d[1]),
+                                  "raw_false": r[2] / max(1, r[3]), "dn_false": d[2] / max(1, d[3])}
     for rate in (16000, 8000):
         gains = snr_gain[rate]
         print(f"{rate} Hz: denoiser RTF median {np.median(rtfs[rate]):.3f} (20 ms chunks, one stream), "

@@ -380,3 +380,22 @@ def test_realtime_mcp_allow_list_defaults_to_none() -> None:
     assert not empty and "allow" in empty.check("http://127.0.0.1:8765/mcp")
     with pytest.raises(ConfigError):
         URLAllowList(["ftp://x"])
+
+
+async def test_a_cancelled_call_leaves_the_connection_usable() -> None:
+    """A barge-in cancels the response while a tool runs: the call is cancelled, the server
+    stays connected and answers the next call."""
+    conn = MCPConnection(stdio_target())
+    try:
+        assert (await conn.call("add", {"a": 1, "b": 1}, timeout_s=10)).ok
+        task = asyncio.create_task(conn.call("slow", {"seconds": 5}, timeout_s=10))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        t0 = time.monotonic()
+        after = await conn.call("add", {"a": 2, "b": 3}, timeout_s=10)
+        assert after.ok and after.text == "5" and time.monotonic() - t0 < 3
+        assert conn.connects == 1
+    finally:
+        await conn.close()
