@@ -399,3 +399,20 @@ async def test_a_cancelled_call_leaves_the_connection_usable() -> None:
         assert conn.connects == 1
     finally:
         await conn.close()
+
+
+async def test_a_server_that_died_while_idle_is_replaced_before_the_next_call() -> None:
+    import signal
+
+    conn = MCPConnection(stdio_target(), ping_after_s=0.0)
+    try:
+        first = int((await conn.call("pid", {}, timeout_s=10)).text)
+        os.kill(first, signal.SIGKILL)
+        assert gone(first)
+        out = await conn.call("add", {"a": 20, "b": 22}, timeout_s=10)  # the ping finds it dead
+        assert out.ok and out.text == "42" and conn.connects == 2
+        second = int((await conn.call("pid", {}, timeout_s=10)).text)
+        assert second != first
+    finally:
+        await conn.close()
+    assert gone(second)

@@ -76,9 +76,14 @@ class MCPUnavailable(Exception):
 
 
 class MCPConnection:
-    def __init__(self, target: MCPTarget, *, backoff_s: tuple[float, float] = (1.0, 30.0)) -> None:
+    def __init__(self, target: MCPTarget, *, backoff_s: tuple[float, float] = (1.0, 30.0),
+                 ping_after_s: float = 20.0) -> None:
         self.target = target
         self._backoff = backoff_s
+        # after this long without an answer, check the server before a call: one that died
+        # while idle is then replaced before the call instead of failing it
+        self.ping_after_s = ping_after_s
+        self._last_ok = 0.0
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: asyncio.Task[None] | None = None
@@ -161,6 +166,7 @@ class MCPConnection:
             self._failures = 0
             self._retry_at = 0.0
             self.connects += 1
+            self._last_ok = time.monotonic()
             return self._client
 
     def _note_failure(self, message: str) -> None:
@@ -190,6 +196,26 @@ class MCPConnection:
         assert self._lock is not None
         async with self._lock:
             await self._stop_owner()
+
+    async def _alive(self, client: Any) -> bool:
+        """A cheap round trip (`ping` is gone from the 2026-07-28 protocol; `tools/list` is not)."""
+        from mcp import MCPError
+
+        try:
+            async with asyncio.timeout(min(2.0, self.target.connect_timeout_s)):
+                await client.list_tools(cache_mode="refresh")
+        except asyncio.CancelledError:
+            raise
+        except MCPError as e:
+            if e.code not in _CONNECTION_CODES:
+                return True  # it answered, if only with an error
+            await self._mark_dead(f"no answer to a check ({_describe_exc(e)})")
+            return False
+        except Exception as e:  # noqa: BLE001 - dead or stuck: either way, reconnect
+            await self._mark_dead(f"no answer to a check ({_describe_exc(e)})")
+            return False
+        self._last_ok = time.monotonic()
+        return True
 
     async def close(self) -> None:
         """Close the session and end a stdio child (idempotent; call from the loop that used it)."""
@@ -221,6 +247,7 @@ class MCPConnection:
         except Exception as e:  # noqa: BLE001 - the SDK raises several types; one message for a person
             await self._mark_dead(_describe_exc(e))
             raise MCPUnavailable(self._last_error) from None
+        self._last_ok = time.monotonic()
         if allowed is not None:
             keep = set(allowed)
             tools = [t for t in tools if t.name in keep]
@@ -236,11 +263,14 @@ class MCPConnection:
 
         try:
             client = await self._ensure()
+            if time.monotonic() - self._last_ok > self.ping_after_s and not await self._alive(client):
+                client = await self._ensure()
         except MCPUnavailable as e:
             return ToolOutcome.failure("unavailable", str(e), elapsed_s=elapsed())
         try:
             async with asyncio.timeout(timeout_s):
                 result = await client.call_tool(name, arguments, read_timeout_seconds=timeout_s)
+            self._last_ok = time.monotonic()
         except TimeoutError:
             return ToolOutcome.failure("timeout", f"the tool {name} did not answer within {timeout_s:g} s",
                                        elapsed_s=elapsed())
