@@ -416,3 +416,26 @@ async def test_a_server_that_died_while_idle_is_replaced_before_the_next_call() 
     finally:
         await conn.close()
     assert gone(second)
+
+
+def test_the_tools_command_lists_and_calls_for_real(tmp_path) -> None:
+    import subprocess
+
+    cfg = tmp_path / "moksori.toml"
+    cfg.write_text(
+        '[tools]\ntimezone = "Asia/Seoul"\n'
+        f'[[tools.mcp]]\nname = "test"\ncommand = {json.dumps(sys.executable)}\nargs = [{json.dumps(SERVER)}, "stdio"]\n'
+        f'env = {{ PYTHONPATH = {json.dumps(ENV["PYTHONPATH"])} }}\nallowed_tools = ["add", "weather"]\n'
+        '[[tools.mcp]]\nname = "ghost"\ncommand = "/nonexistent/server"\nconnect_timeout_s = 3\n',
+        encoding="utf-8")
+    env = {**os.environ, "MOKSORI_CONFIG": str(cfg)}
+    cmd = [sys.executable, "-m", "moksori", "tools", "--json", "--call", "add", "--args", '{"a": 5, "b": 6}']
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [t["name"] for t in out["tools"]] == ["current_time", "add", "weather"]
+    assert out["call"]["ok"] and out["call"]["text"] == "11"
+    assert any("ghost" in w for w in out["warnings"])
+    bad = subprocess.run([sys.executable, "-m", "moksori", "tools", "--call", "add", "--args", "[1]"], env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert bad.returncode == 2 and "--args must be a JSON object" in bad.stderr

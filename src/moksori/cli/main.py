@@ -64,6 +64,7 @@ def _register() -> None:
         models_cmd,
         serve_cmd,
         speech_cmd,
+        tools_cmd,
     )
 
 
