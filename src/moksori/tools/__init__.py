@@ -9,9 +9,9 @@ from moksori.tools.allowlist import URLAllowList
 from moksori.tools.http_tool import HTTPTool
 from moksori.tools.mcp_client import MCPConnection, MCPTarget, MCPToolInfo, MCPUnavailable
 from moksori.tools.results import FAILURE_APOLOGIES, SLOW_FILLERS, ToolOutcome
-from moksori.tools.toolset import ServerTools, ToolInfo, tool_name
+from moksori.tools.toolset import ServerTools, ToolInfo, build_server_tools, tool_name
 
 __all__ = [
     "FAILURE_APOLOGIES", "HTTPTool", "MCPConnection", "MCPTarget", "MCPToolInfo", "MCPUnavailable",
-    "SLOW_FILLERS", "ServerTools", "ToolInfo", "ToolOutcome", "URLAllowList", "tool_name",
+    "SLOW_FILLERS", "ServerTools", "ToolInfo", "ToolOutcome", "URLAllowList", "build_server_tools", "tool_name",
 ]

@@ -275,3 +275,11 @@ def _schema_problem(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
         return None
     where = "/".join(str(p) for p in first.absolute_path)
     return f"bad arguments{' at ' + where if where else ''}: {first.message}"[:200]
+
+
+async def build_server_tools(tools_settings: ToolsSettings, *,
+                             reserved: Iterable[str] = ()) -> tuple[ServerTools, list[str]]:
+    """Build the set from `settings.tools` and list the MCP servers' tools: (set, warnings).
+    Call once at server start; `engine_tools()` then goes into every session's `ToolBox`."""
+    tools = ServerTools.from_settings(tools_settings, reserved=reserved)
+    return tools, await tools.start()
