@@ -329,6 +329,9 @@ class AudioSettings(BaseModel):
     # hurts transcription under babble (competing speech); see the README's measurements.
     noise_reduction: Literal["off", "near_field", "far_field"] = "off"
     noise_reduction_model: str | None = None  # a DeepFilterNet .tar.gz; default: the packaged DFN3
+    # the most it may attenuate (dB); default per mode: near_field 12, far_field 6 (measured gentlest
+    # on Whisper; 100 removes all the noise it can and hurt transcription most)
+    noise_reduction_atten_db: float | None = Field(None, ge=1, le=100)
 
 
 class Settings(BaseSettings):

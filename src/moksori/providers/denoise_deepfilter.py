@@ -39,9 +39,11 @@ PRIME_MS = {8000: 90, 16000: 52, 24000: 53, 48000: 13}
 # look-ahead. Measured by cross-correlation; tests/test_denoise.py checks them to the sample.
 DELAY_SAMPLES = {8000: 960, 16000: 1312, 24000: 1992, 48000: 2064}
 DELAY_MS = {r: 1000 * n / r for r, n in DELAY_SAMPLES.items()}
-# the attenuation limit per mode: near-field speech is strong, so suppress fully; far-field
-# speech is weak and reverberant, so keep some background rather than eat into the voice
-ATTEN_LIMIT_DB = {"near_field": 100.0, "far_field": 18.0}
+# The attenuation limit per mode (dB). DeepFilterNet's own default (100: remove all the noise it
+# can) made Whisper's transcripts worst in benchmarks/denoise.py; limits of 6-12 dB kept them
+# closest to the noisy input's, or better under white noise. Far-field speech is weaker and
+# more reverberant, so it gets the gentler limit. `audio.noise_reduction_atten_db` overrides.
+ATTEN_LIMIT_DB = {"near_field": 12.0, "far_field": 6.0}
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
@@ -179,33 +181,38 @@ class DeepFilterStream:
 class DeepFilterDenoiser(Denoiser):
     name = "deepfilternet3"
 
-    def __init__(self, *, mode: str = "near_field", model: str | Path | None = None) -> None:
+    def __init__(self, *, mode: str = "near_field", model: str | Path | None = None,
+                 atten_db: float | None = None) -> None:
         if mode not in ATTEN_LIMIT_DB:
             raise ModelError(f"unknown noise reduction mode {mode!r}", hint="near_field or far_field")
         self.mode = mode
         self.model = Path(model) if model else None
+        self.atten_db = float(atten_db) if atten_db is not None else ATTEN_LIMIT_DB[mode]
         self.caps = DenoiserCaps(model_rate=MODEL_RATE, frame_samples=480, delay_ms=DELAY_MS[16000],
                                  input_rates=tuple(DELAY_MS), realtime_factor=0.09)
 
     async def load(self) -> None:
         """Check that the runtime and model load (one throw-away state)."""
-        core = await run_blocking(DeepFilterCore, 16000, model=self.model, atten_lim_db=ATTEN_LIMIT_DB[self.mode])
+        core = await run_blocking(DeepFilterCore, 16000, model=self.model, atten_lim_db=self.atten_db)
         core.close()
 
     async def stream(self, rate: int) -> DeepFilterStream:
         if rate not in self.caps.input_rates:
             raise ModelError(f"noise suppression takes {self.caps.input_rates} Hz audio, not {rate}")
-        core = await run_blocking(DeepFilterCore, rate, model=self.model, atten_lim_db=ATTEN_LIMIT_DB[self.mode])
+        core = await run_blocking(DeepFilterCore, rate, model=self.model, atten_lim_db=self.atten_db)
         return DeepFilterStream(core)
 
 
-def build_denoiser(mode: str, model: str | None = None) -> tuple[DeepFilterDenoiser | None, str | None]:
+def build_denoiser(mode: str, model: str | None = None,
+                   atten_db: float | None = None) -> tuple[DeepFilterDenoiser | None, str | None]:
     """(denoiser, None), or (None, warning) when noise reduction is asked for but unavailable.
-    `mode` is `off`, `near_field` or `far_field` (the Realtime `noise_reduction.type`)."""
+    `mode` is `off`, `near_field` or `far_field` (the Realtime `noise_reduction.type`); from
+    settings: `build_denoiser(s.audio.noise_reduction, s.audio.noise_reduction_model,
+    s.audio.noise_reduction_atten_db)`."""
     if mode in ("off", "", None):
         return None, None
     try:
-        d = DeepFilterDenoiser(mode=mode, model=model)
+        d = DeepFilterDenoiser(mode=mode, model=model, atten_db=atten_db)
         _library()
         return d, None
     except ModelError as e:
