@@ -22,7 +22,7 @@ def tools_cmd(
     args: str = typer.Option("{}", "--args", help="The call's arguments, as a JSON object."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """List the server-side tools ([tools] in the config), connecting to each MCP server."""
+    """List the server-side tools (the tools table of the config), connecting to each MCP server."""
     from moksori.tools import ServerTools
 
     try:
