@@ -1,0 +1,551 @@
+"""The upstream client's state machine, sans I/O: server messages in, typed events out; client
+calls in, wire messages out. The I/O layer (`client.py`) owns sockets, timers and reconnects.
+
+Per connection it knows what was sent and asked for (to clamp truncates, tie errors to their
+cause and see a response that never comes); across connections it keeps the conversation
+(`Conversation`) for re-seeding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from moksori.audio.frames import Frame
+from moksori.errors import ProtocolError
+
+from . import events as ev
+from .conversation import Conversation, InputRing, ItemRecord
+from .options import UpstreamOptions
+from .wire import ClientWire, parse_server_event, usage_from_wire
+
+log = logging.getLogger("moksori.brains.realtime")
+
+__all__ = ["UpstreamProtocol", "TruncateResult", "ReseedPlan"]
+
+_PENDING_MAX = 512
+_SESSION_EXPIRED = ("session_expired", "session_expired_error")
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateResult:
+    """What `truncate()` did. `audio_end_ms` is the clamped value (what counts as heard).
+    `sent`: a truncate went upstream. `reason`: sent | clamped | already_truncated | no_audio
+    (nothing of this item's audio is on the current connection, e.g. it was re-seeded as text) |
+    unknown_item | not_assistant | disconnected."""
+
+    item_id: str
+    requested_ms: int
+    audio_end_ms: int
+    sent: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReseedPlan:
+    messages: list[dict[str, Any]]
+    items: int
+    chars: int
+
+
+@dataclass
+class _Response:
+    id: str
+    t0: float
+    item_ids: list[str]
+
+
+class UpstreamProtocol:
+    def __init__(self, options: UpstreamOptions) -> None:
+        self.opts = options
+        self.session = options.session
+        self.wire = ClientWire(options.endpoint.flavor)
+        self.conv = Conversation()
+        self.conn = 0
+        self.model = options.endpoint.model
+        self._begin(0.0)
+        self.unanswered = False  # a committed user turn (upstream VAD) not answered yet
+        self.reseeding: set[str] = set()
+        self.own: set[str] = set()  # items this client created (their echo is not news)
+        self.reseed_errors = 0
+
+    # ------------------------------------------------------------------ connection lifecycle
+    def _begin(self, now: float) -> None:
+        self.t_open = now
+        self.last_rx = now
+        self.session_created = False
+        self.configured = False
+        self.configure_id: str | None = None
+        self.config_error: str | None = None
+        self.ring = InputRing(self.session.input_format.rate, max(30.0, self.opts.reseed.keep_user_audio_s))
+        self.last_commit_ms = 0.0
+        self.open_speech: dict[str, float] = {}  # item_id -> audio_start_ms, speech not committed yet
+        self.commit_ranges: list[tuple[float, float]] = []  # manual commits awaiting `committed`
+        self.responses: dict[str, _Response] = {}
+        self.awaiting_response_since: float | None = None
+        self.pending: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        self.drop_hint: tuple[str, str] | None = None
+
+    def begin_connection(self, now: float) -> None:
+        self.conn += 1
+        self._begin(now)
+        for rec in self.conv.items.values():
+            rec.live_audio_ms = 0.0
+
+    @property
+    def in_response(self) -> bool:
+        return bool(self.responses) or self.awaiting_response_since is not None
+
+    @property
+    def busy(self) -> bool:
+        """A reply is pending or the user is speaking: not a moment for a planned reconnect."""
+        return self.in_response or bool(self.open_speech) or self.unanswered
+
+    def deadline(self, now: float) -> tuple[float, str] | None:
+        """When the current connection must be given up if nothing changes, and why."""
+        t = self.opts.timeouts
+        cands: list[tuple[float, str]] = []
+        if not self.session_created or not self.configured:
+            cands.append((self.t_open + t.first_event_s if not self.session_created else self.last_rx + t.first_event_s,
+                          "first_event_timeout"))
+        if self.awaiting_response_since is not None:
+            cands.append((self.awaiting_response_since + t.response_s, "response_timeout"))
+        if self.responses:
+            cands.append((self.last_rx + t.idle_s, "idle_timeout"))
+        rotate = self.opts.reconnect.rotate_after_s
+        if rotate is not None and self.configured:
+            due = self.t_open + rotate
+            cands.append((max(due, now + 0.5) if self.busy and due <= now else due, "rotation"))
+        return min(cands) if cands else None
+
+    # ------------------------------------------------------------------ client -> upstream
+    def _track(self, msg: dict[str, Any], info: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.pending[msg["event_id"]] = (msg["type"], info or {})
+        while len(self.pending) > _PENDING_MAX:
+            self.pending.popitem(last=False)
+        return msg
+
+    def configure(self) -> dict[str, Any]:
+        msg = self.wire.session_update(self.session)
+        self.configure_id = msg["event_id"]
+        return self._track(msg)
+
+    def append(self, frame: Frame) -> dict[str, Any]:
+        """`frame` must be PCM16 at the input format's rate."""
+        self.ring.add(frame)
+        return self.wire.append(self.session.input_format.encode(frame))
+
+    def commit(self, now: float) -> dict[str, Any]:
+        self.commit_ranges.append((self.last_commit_ms, self.ring.sent_ms))
+        self.last_commit_ms = self.ring.sent_ms
+        return self._track(self.wire.commit())
+
+    def clear(self) -> dict[str, Any]:
+        self.last_commit_ms = self.ring.sent_ms
+        self.open_speech.clear()
+        return self._track(self.wire.clear())
+
+    def response_create(self, now: float, **kw: Any) -> dict[str, Any]:
+        self.awaiting_response_since = now
+        return self._track(self.wire.response_create(**kw))
+
+    def response_cancel(self) -> dict[str, Any] | None:
+        """`response.cancel` for the response in progress, or None when there is none."""
+        if not self.responses:
+            if self.awaiting_response_since is None:
+                return None
+            self.awaiting_response_since = None  # it may still start: cancel whatever comes
+            return self._track(self.wire.response_cancel())
+        rid = next(reversed(self.responses))
+        return self._track(self.wire.response_cancel(rid), {"response_id": rid})
+
+    def truncate(self, item_id: str, audio_end_ms: float, *, live: bool = True) -> tuple[dict[str, Any] | None,
+                                                                                           TruncateResult]:
+        """Clamp to the audio this item generated on this connection (and to an earlier cut),
+        so the upstream has no reason to reject it. Records the cut as heard either way."""
+        req = max(0, int(audio_end_ms))
+        rec = self.conv.get(item_id)
+        if rec is None:
+            return None, TruncateResult(item_id, req, req, False, "unknown_item")
+        if rec.role != "assistant" or rec.kind != "message":
+            return None, TruncateResult(item_id, req, req, False, "not_assistant")
+        ceiling = int(rec.audio_ms) if rec.audio_ms else req
+        if rec.truncated_ms is not None:
+            ceiling = min(ceiling, rec.truncated_ms)
+        clamped = min(req, ceiling)
+        if not live:
+            rec.truncated_ms = clamped
+            return None, TruncateResult(item_id, req, clamped, False, "disconnected")
+        if rec.live_audio_ms <= 0:
+            rec.truncated_ms = clamped
+            return None, TruncateResult(item_id, req, clamped, False, "no_audio")
+        if rec.truncated_ms is not None and clamped >= rec.truncated_ms:
+            return None, TruncateResult(item_id, req, clamped, False, "already_truncated")
+        clamped = min(clamped, int(rec.live_audio_ms))
+        rec.truncated_ms = clamped
+        msg = self._track(self.wire.truncate(item_id, clamped, rec.content_index),
+                          {"item_id": item_id, "audio_end_ms": clamped})
+        return msg, TruncateResult(item_id, req, clamped, True, "clamped" if clamped < req else "sent")
+
+    def add_message(self, role: str, text: str, *, item_id: str, previous_item_id: str | None = None) -> dict[str, Any]:
+        self.conv.ensure(item_id, kind="message", role=role, text=text, final=True)
+        self.own.add(item_id)
+        self.conv.place(item_id, previous_item_id)
+        return self._track(self.wire.message(role, text=text, item_id=item_id, previous_item_id=previous_item_id),
+                           {"item_id": item_id})
+
+    def add_function_output(self, call_id: str, output: str, *, item_id: str) -> dict[str, Any]:
+        self.conv.ensure(item_id, kind="function_call_output", output=output, call_id=call_id, final=True)
+        self.own.add(item_id)
+        return self._track(self.wire.function_output(call_id, output, item_id=item_id), {"item_id": item_id})
+
+    def retrieve(self, item_id: str) -> dict[str, Any]:
+        return self._track(self.wire.retrieve(item_id), {"item_id": item_id})
+
+    # ------------------------------------------------------------------ reconnect
+    def reseed(self) -> ReseedPlan:
+        """Items for a fresh connection (text; audio for a user turn never transcribed)."""
+        w = self.wire
+        msgs: list[dict[str, Any]] = []
+        chars = 0
+        self.reseeding = set()
+        self.reseed_errors = 0
+        for r in self.conv.reseed_plan(self.opts.reseed):
+            if r.kind == "function_call":
+                m = w.function_call(r.call_id or "", r.name or "", r.arguments, item_id=r.id)
+                chars += len(r.arguments)
+            elif r.kind == "function_call_output":
+                m = w.function_output(r.call_id or "", r.output or "", item_id=r.id)
+                chars += len(r.output or "")
+            elif r.role == "user" and not r.text and r.user_audio is not None:
+                m = w.message("user", audio_b64=self.session.input_format.encode(r.user_audio), item_id=r.id)
+            else:
+                text = r.reseed_text()
+                m = w.message(r.role or "user", text=text, item_id=r.id)
+                chars += len(text)
+            msgs.append(self._track(m, {"item_id": r.id, "reseed": True}))
+            self.reseeding.add(r.id)
+        return ReseedPlan(msgs, len(msgs), chars)
+
+    def replay_start_ms(self) -> float | None:
+        """Where the input audio that the drop left unfinished starts (on the old connection's
+        axis): speech the upstream heard start but never committed, or (manual turns) everything
+        since the last commit. None when nothing is pending."""
+        if self.session.turn == "manual":
+            return self.last_commit_ms if self.ring.sent_ms - self.last_commit_ms >= 100 else None
+        if self.open_speech:
+            return max(0.0, min(self.open_speech.values()) - self.session.prefix_padding_ms)
+        return None
+
+    def connection_lost(self, now: float) -> tuple[list[ev.UpstreamEvent], str | None]:
+        """Synthetic `ResponseDone` for every response the drop cut, and whether a response
+        should be asked for on the next connection: "cut" (a reply was being generated),
+        "unanswered" (a turn was waiting for its reply) or None."""
+        out: list[ev.UpstreamEvent] = []
+        cut = bool(self.responses)
+        for r in self.responses.values():
+            for iid in r.item_ids:
+                rec = self.conv.get(iid)
+                if rec is not None and rec.kind == "message":
+                    rec.final = True
+            out.append(ev.ResponseDone(t=now, conn=self.conn, response_id=r.id, status="failed",
+                                       reason="upstream_lost", item_ids=tuple(r.item_ids), usage=None, synthetic=True))
+        awaiting = self.awaiting_response_since is not None
+        self.responses.clear()
+        self.awaiting_response_since = None
+        resume = "cut" if cut else "unanswered" if awaiting or self.unanswered else None
+        self.unanswered = False
+        return out, resume
+
+    # ------------------------------------------------------------------ upstream -> client
+    def receive(self, raw: str | bytes, now: float) -> list[ev.UpstreamEvent]:
+        self.last_rx = now
+        try:
+            kind, obj = parse_server_event(raw, max_bytes=self.opts.max_message_bytes)
+        except ProtocolError as e:
+            log.warning("upstream sent an unreadable message: %s", e)
+            return []
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            return []
+        try:
+            return handler(self, obj, now)
+        except (KeyError, TypeError, ValueError, AttributeError, ProtocolError) as e:
+            log.warning("upstream event %s could not be used: %s: %s", kind, type(e).__name__, e)
+            return []
+
+    def _h_session_created(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        self.session_created = True
+        return []
+
+    def _h_session_updated(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        if self.configured or self.configure_id is None:
+            return []
+        self.configured = True
+        return [ev.SessionReady(t=now, conn=self.conn, session=o.get("session") or {}, reconnected=self.conn > 1)]
+
+    def _h_error(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        err = o.get("error") if isinstance(o.get("error"), dict) else {}
+        code, message = err.get("code"), str(err.get("message") or "error")
+        param, eid = err.get("param"), err.get("event_id")
+        cause = self.pending.get(eid) if isinstance(eid, str) else None
+        kind, info = cause if cause is not None else (None, {})
+        if code in _SESSION_EXPIRED or "maximum duration" in message.lower():
+            self.drop_hint = ("time_limit", message)
+        if kind == "conversation.item.truncate":
+            log.warning("upstream rejected a truncate of %s at %s ms (%s: %s); going on", info.get("item_id"),
+                        info.get("audio_end_ms"), code, message)
+            return [ev.TruncateRejected(t=now, conn=self.conn, item_id=str(info.get("item_id")),
+                                        audio_end_ms=int(info.get("audio_end_ms", 0)), code=code, message=message)]
+        if info.get("reseed"):
+            self.reseed_errors += 1
+            self.reseeding.discard(str(info.get("item_id")))
+        if kind == "response.cancel" or code == "response_cancel_not_active":
+            log.debug("upstream: nothing to cancel (%s)", message)
+            return []
+        if kind == "response.create":
+            self.awaiting_response_since = None
+        if kind == "session.update" and not self.configured:
+            self.config_error = f"{code}: {message}"
+        log.warning("upstream error %s (%s): %s", code, kind or "-", message)
+        return [ev.UpstreamError(t=now, conn=self.conn, code=code, message=message,
+                                 param=param if isinstance(param, str) else None, client_event=kind)]
+
+    def _h_speech_started(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid, ms = str(o.get("item_id") or ""), int(o.get("audio_start_ms") or 0)
+        self.open_speech[iid] = ms
+        return [ev.SpeechStarted(t=now, conn=self.conn, item_id=iid, audio_start_ms=ms)]
+
+    def _h_speech_stopped(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid, ms = str(o.get("item_id") or ""), int(o.get("audio_end_ms") or 0)
+        return [ev.SpeechStopped(t=now, conn=self.conn, item_id=iid, audio_end_ms=ms)]
+
+    def _h_committed(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid = str(o["item_id"])
+        prev = o.get("previous_item_id")
+        rec = self.conv.ensure(iid, kind="message", role="user")
+        self.conv.place(iid, prev)
+        start = self.open_speech.pop(iid, None)
+        if self.commit_ranges:
+            a, b = self.commit_ranges.pop(0)
+        elif start is not None:
+            a, b = max(0.0, start - self.session.prefix_padding_ms), self.ring.sent_ms
+        else:
+            a, b = self.last_commit_ms, self.ring.sent_ms
+        if self.session.turn != "manual":
+            self.last_commit_ms = self.ring.sent_ms
+            self.open_speech.clear()
+            if self.session.create_response:
+                self.unanswered = True
+                self.awaiting_response_since = self.awaiting_response_since or now
+        if not rec.final and b - a <= 1000.0 * self.opts.reseed.keep_user_audio_s:
+            rec.user_audio = self.ring.slice(a, b)
+        return [ev.InputCommitted(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid))]
+
+    def _h_item_added(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        item = o.get("item") or {}
+        iid = str(item["id"])
+        kind = str(item.get("type") or "message")
+        rec = self.conv.ensure(iid, kind=kind, role=item.get("role"), call_id=item.get("call_id"),
+                               name=item.get("name"))
+        if kind == "function_call_output" and rec.output is None:
+            rec.output = item.get("output")
+        if kind == "message" and not rec.text:
+            text = _content_text(item)
+            if text:
+                rec.text = text
+        self.conv.place(iid, o.get("previous_item_id"))
+        if iid in self.reseeding:
+            self.reseeding.discard(iid)
+            return []
+        if iid in self.own:
+            self.own.discard(iid)
+            return []
+        return [ev.ItemAdded(t=now, conn=self.conn, item_id=iid, role=rec.role, kind=kind,
+                             previous_item_id=self.conv.previous(iid))]
+
+    def _h_item_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        item = o.get("item") or {}
+        rec = self.conv.get(item.get("id"))
+        if rec is not None and rec.kind == "message" and not rec.text:
+            rec.text = _content_text(item)
+        return []
+
+    def _h_item_deleted(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        self.conv.delete(str(o.get("item_id")))
+        return []
+
+    def _h_item_retrieved(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        return [ev.ItemRetrieved(t=now, conn=self.conn, item=o.get("item") or {})]
+
+    def _h_item_truncated(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        return [ev.ItemTruncated(t=now, conn=self.conn, item_id=str(o.get("item_id")),
+                                 audio_end_ms=int(o.get("audio_end_ms") or 0))]
+
+    def _h_tr_delta(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        return [ev.UserTranscriptDelta(t=now, conn=self.conn, item_id=str(o["item_id"]), delta=str(o.get("delta") or ""))]
+
+    def _h_tr_completed(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid = str(o["item_id"])
+        rec = self.conv.ensure(iid, kind="message", role="user")
+        rec.text, rec.final, rec.user_audio, rec.transcription_failed = str(o.get("transcript") or ""), True, None, False
+        usage = o.get("usage") if isinstance(o.get("usage"), dict) else None
+        return [ev.UserTranscript(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid),
+                                  text=rec.text, usage=usage)]
+
+    def _h_tr_failed(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid = str(o["item_id"])
+        rec = self.conv.ensure(iid, kind="message", role="user")
+        rec.transcription_failed = True
+        err = o.get("error") if isinstance(o.get("error"), dict) else {}
+        return [ev.UserTranscript(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid),
+                                  text="", failed=True, error=str(err.get("message") or "transcription failed"))]
+
+    def _h_response_created(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        rid = str((o.get("response") or {})["id"])
+        self.responses[rid] = _Response(rid, now, [])
+        self.awaiting_response_since = None
+        self.unanswered = False
+        return [ev.ResponseStarted(t=now, conn=self.conn, response_id=rid)]
+
+    def _h_output_item_added(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        item = o.get("item") or {}
+        rid = str(o.get("response_id") or "")
+        iid = str(item["id"])
+        kind = str(item.get("type") or "message")
+        self.conv.ensure(iid, kind=kind, role=item.get("role") or ("assistant" if kind == "message" else None),
+                         response_id=rid, call_id=item.get("call_id"), name=item.get("name"))
+        r = self.responses.get(rid)
+        if r is not None and iid not in r.item_ids:
+            r.item_ids.append(iid)
+        return []
+
+    def _h_content_part_added(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        part = o.get("part") or {}
+        rec = self.conv.get(o.get("item_id"))
+        if rec is not None and part.get("type") in ("audio", "output_audio"):
+            rec.content_index = int(o.get("content_index") or 0)
+        return []
+
+    def _h_audio_delta(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        frame = self.session.output_format.decode(o.get("delta"), param="delta")
+        rec = self.conv.ensure(iid, kind="message", role="assistant", response_id=rid or None)
+        ms = 1000.0 * len(frame) / frame.rate
+        rec.audio_ms += ms
+        rec.live_audio_ms += ms
+        r = self.responses.get(rid)
+        if r is not None and iid not in r.item_ids:
+            r.item_ids.append(iid)
+        return [ev.AudioDelta(t=now, conn=self.conn, response_id=rid, item_id=iid, frame=frame,
+                              item_audio_ms=rec.audio_ms)]
+
+    def _h_text_delta(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        delta = str(o.get("delta") or "")
+        rec = self.conv.ensure(iid, kind="message", role="assistant", response_id=rid or None)
+        rec.text += delta
+        return [ev.AssistantTranscriptDelta(t=now, conn=self.conn, response_id=rid, item_id=iid, delta=delta)]
+
+    def _h_text_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        text = o.get("transcript") if "transcript" in o else o.get("text")
+        rec = self.conv.ensure(iid, kind="message", role="assistant", response_id=rid or None)
+        if isinstance(text, str):
+            rec.text = text
+        rec.final = True
+        return [ev.AssistantTranscript(t=now, conn=self.conn, response_id=rid, item_id=iid,
+                                       previous_item_id=self.conv.previous(iid), text=rec.text)]
+
+    def _h_args_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        rec = self.conv.ensure(iid, kind="function_call", response_id=rid or None, call_id=o.get("call_id"),
+                               name=o.get("name"))
+        rec.arguments = str(o.get("arguments") or "")
+        return self._call(rec, now)
+
+    def _h_output_item_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        item = o.get("item") or {}
+        rec = self.conv.get(item.get("id"))
+        if rec is None:
+            return []
+        if rec.kind == "function_call":
+            rec.call_id = rec.call_id or item.get("call_id")
+            rec.name = rec.name or item.get("name")
+            if not rec.arguments and isinstance(item.get("arguments"), str):
+                rec.arguments = item["arguments"]
+            return self._call(rec, now)
+        if rec.kind == "message" and not rec.text:
+            rec.text = _content_text(item)
+        return []
+
+    def _call(self, rec: ItemRecord, now: float) -> list[ev.UpstreamEvent]:
+        if rec.call_reported or not rec.call_id or not rec.name:
+            return []
+        rec.call_reported = True
+        rec.final = True
+        return [ev.FunctionCall(t=now, conn=self.conn, response_id=rec.response_id or "", item_id=rec.id,
+                                previous_item_id=self.conv.previous(rec.id), call_id=rec.call_id, name=rec.name,
+                                arguments=rec.arguments)]
+
+    def _h_response_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        resp = o.get("response") or {}
+        rid = str(resp["id"])
+        r = self.responses.pop(rid, None)
+        ids = list(r.item_ids) if r is not None else []
+        for item in resp.get("output") or []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                if item["id"] not in ids:
+                    ids.append(item["id"])
+                rec = self.conv.get(item["id"])
+                if rec is not None and rec.kind == "message":
+                    if not rec.text:
+                        rec.text = _content_text(item)
+                    rec.final = True
+        details = resp.get("status_details") if isinstance(resp.get("status_details"), dict) else {}
+        reason = details.get("reason") or ((details.get("error") or {}).get("code")
+                                           if isinstance(details.get("error"), dict) else None)
+        return [ev.ResponseDone(t=now, conn=self.conn, response_id=rid, status=str(resp.get("status") or "completed"),
+                                reason=reason, item_ids=tuple(ids),
+                                usage=usage_from_wire(resp.get("usage"), model=self.model))]
+
+
+def _content_text(item: dict[str, Any]) -> str:
+    texts = []
+    for part in item.get("content") or []:
+        if isinstance(part, dict):
+            t = part.get("transcript") if part.get("transcript") is not None else part.get("text")
+            if isinstance(t, str) and t:
+                texts.append(t)
+    return " ".join(texts)
+
+
+_HANDLERS = {
+    "session.created": UpstreamProtocol._h_session_created,
+    "session.updated": UpstreamProtocol._h_session_updated,
+    "error": UpstreamProtocol._h_error,
+    "input_audio_buffer.speech_started": UpstreamProtocol._h_speech_started,
+    "input_audio_buffer.speech_stopped": UpstreamProtocol._h_speech_stopped,
+    "input_audio_buffer.committed": UpstreamProtocol._h_committed,
+    "conversation.item.added": UpstreamProtocol._h_item_added,
+    "conversation.item.done": UpstreamProtocol._h_item_done,
+    "conversation.item.deleted": UpstreamProtocol._h_item_deleted,
+    "conversation.item.retrieved": UpstreamProtocol._h_item_retrieved,
+    "conversation.item.truncated": UpstreamProtocol._h_item_truncated,
+    "conversation.item.input_audio_transcription.delta": UpstreamProtocol._h_tr_delta,
+    "conversation.item.input_audio_transcription.completed": UpstreamProtocol._h_tr_completed,
+    "conversation.item.input_audio_transcription.failed": UpstreamProtocol._h_tr_failed,
+    "response.created": UpstreamProtocol._h_response_created,
+    "response.output_item.added": UpstreamProtocol._h_output_item_added,
+    "response.output_item.done": UpstreamProtocol._h_output_item_done,
+    "response.content_part.added": UpstreamProtocol._h_content_part_added,
+    "response.output_audio.delta": UpstreamProtocol._h_audio_delta,
+    "response.output_audio_transcript.delta": UpstreamProtocol._h_text_delta,
+    "response.output_text.delta": UpstreamProtocol._h_text_delta,
+    "response.output_audio_transcript.done": UpstreamProtocol._h_text_done,
+    "response.output_text.done": UpstreamProtocol._h_text_done,
+    "response.function_call_arguments.done": UpstreamProtocol._h_args_done,
+    "response.done": UpstreamProtocol._h_response_done,
+}
