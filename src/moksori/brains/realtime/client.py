@@ -317,7 +317,8 @@ class RealtimeUpstream:
 
     # ------------------------------------------------------------------ the connection loop
     async def _run(self) -> None:
-        attempt = 0
+        attempt = 0  # the try after a drop (1 = the first); 0 = the very first connection
+        failures = 0  # failed tries in a row
         dropped_at: float | None = None
         resume: str | None = None
         try:
@@ -330,16 +331,17 @@ class RealtimeUpstream:
                 try:
                     conn = await self._open(attempt, dropped_at, resume)
                 except ProviderError as e:
-                    attempt += 1
-                    log.warning("upstream connection failed (try %d): %s", attempt, e)
+                    failures += 1
+                    log.warning("upstream connection failed (try %d): %s", failures, e)
                     if self._conn is not None:
                         self._conn.abort()
                         self._conn = None
-                    if not e.retryable or attempt >= self.options.reconnect.max_attempts:
+                    if not e.retryable or failures >= self.options.reconnect.max_attempts:
                         self._fail("connect_failed" if not e.retryable else "gave_up", str(e))
                         return
+                    attempt += 1
                     continue
-                attempt, resume = 0, None
+                attempt, failures, resume = 0, 0, None
                 drop = await self._serve(conn)
                 dropped_at = self.now()
                 self._live = False
@@ -480,7 +482,10 @@ class RealtimeUpstream:
                 await self._kick.wait()
                 continue
             left = dl[0] - self.now()
-            if left <= 0:
+            if left <= 1e-3:  # a millisecond early is due (and float rounding cannot spin us)
+                if dl[1] == "rotation" and self.proto.busy:
+                    await asyncio.sleep(0.5)  # a reply or the user's speech first
+                    continue
                 reason = dl[1]
                 planned = reason == "rotation"
                 detail = "planned reconnect before the upstream's time limit" if planned else \

@@ -117,7 +117,7 @@ class UpstreamProtocol:
         rotate = self.opts.reconnect.rotate_after_s
         if rotate is not None and self.configured:
             due = self.t_open + rotate
-            cands.append((max(due, now + 0.5) if self.busy and due <= now else due, "rotation"))
+            cands.append((max(due, now + 0.5) if self.busy and due <= now + 1e-3 else due, "rotation"))
         return min(cands) if cands else None
 
     # ------------------------------------------------------------------ client -> upstream

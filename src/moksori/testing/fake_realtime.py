@@ -1,0 +1,347 @@
+"""A scripted, in-memory Realtime (GA) upstream for logic tests in virtual time.
+
+Not a model: it "transcribes" a committed turn by taking the next text from `transcripts` (or
+"(speech)"), and answers every response with `reply_ms` of a tone and the text
+`reply_text(session)`, paced in real (or virtual) time. Enough to test a client's bookkeeping,
+timeouts and reconnects over a 20-minute conversation in milliseconds:
+
+    server = FakeRealtimeServer(max_session_s=600)
+    up = RealtimeUpstream(options, connector=server.connector)
+    run_virtual(main())          # moksori.testing.virtual_time
+
+Faults: `drop()` (the connection vanishes), `stall()` (it stays open but says nothing),
+`refuse_next`/`hang_next` (the next connects fail / never send `session.created`), and
+`max_session_s` (the session ends with `session_expired`, as OpenAI's do at 60 minutes).
+For real network faults against a real server use `moksori.testing.ws_fault_proxy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moksori.brains.realtime.options import Endpoint, Timeouts
+from moksori.brains.realtime.transport import TransportClosed
+from moksori.errors import ProviderError
+from moksori.protocols import realtime as rt
+
+__all__ = ["FakeRealtimeServer", "FakeSession"]
+
+RATE = 24000
+_CLOSED = object()
+
+
+@dataclass
+class FakeSession:
+    """One connection's server-side state (inspect it in tests)."""
+
+    number: int
+    t_open: float
+    session: dict[str, Any] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)  # the conversation, in order
+    received: list[dict[str, Any]] = field(default_factory=list)  # client events (audio elided)
+    audio_ms: float = 0.0  # input audio received
+    generated_ms: dict[str, float] = field(default_factory=dict)  # assistant item -> audio sent
+    responses: int = 0
+    truncates: list[tuple[str, int]] = field(default_factory=list)
+    closed: bool = False
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        return next((i for i in self.items if i["id"] == item_id), None)
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(role, text) of every message, in order."""
+        out = []
+        for it in self.items:
+            if it.get("type") == "message":
+                parts = it.get("content") or []
+                text = " ".join(str(p.get("text") or p.get("transcript") or "") for p in parts)
+                out.append((it["role"], text))
+        return out
+
+
+class _Conn:
+    """The client's end of an in-memory connection."""
+
+    def __init__(self, server: FakeRealtimeServer, sess: FakeSession) -> None:
+        self.server, self.sess = server, sess
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed: tuple[int | None, str] | None = None
+
+    async def send(self, text: str) -> None:
+        if self.closed is not None:
+            raise TransportClosed(*self.closed)
+        await asyncio.sleep(0)
+        self.server._on_client(self, json.loads(text))
+
+    async def recv(self) -> str:
+        if self.closed is not None and self.inbox.empty():
+            raise TransportClosed(*self.closed)
+        msg = await self.inbox.get()
+        if msg is _CLOSED:
+            self.inbox.put_nowait(_CLOSED)
+            raise TransportClosed(*(self.closed or (None, "closed")))
+        return msg
+
+    def _close(self, code: int | None, reason: str) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self.sess.closed = True
+            self.inbox.put_nowait(_CLOSED)
+            self.server._stop_tasks(self)
+
+    async def close(self) -> None:
+        self._close(1000, "client closed")
+
+    def abort(self) -> None:
+        self._close(None, "aborted")
+
+
+class FakeRealtimeServer:
+    def __init__(self, *, reply_ms: int = 2000, chunk_ms: int = 100, max_session_s: float | None = None,
+                 reply_text: Callable[[FakeSession], str] | None = None, vad_threshold: float = 0.02,
+                 silence_ms: int = 500) -> None:
+        self.reply_ms, self.chunk_ms = reply_ms, chunk_ms
+        self.max_session_s = max_session_s
+        self.reply_text = reply_text or _default_reply
+        self.vad_threshold, self.silence_ms = vad_threshold, silence_ms
+        self.transcripts: deque[str] = deque()
+        self.sessions: list[FakeSession] = []
+        self.refuse_next = 0
+        self.refuse_status = 503
+        self.hang_next = 0
+        self.reject_truncates = 0  # reject the next N truncates even when valid
+        self._ids = itertools.count(1)
+        self._conn: _Conn | None = None
+        self._tasks: dict[_Conn, set[asyncio.Task[Any]]] = {}
+        self._stalled: set[_Conn] = set()
+        self._vad: dict[_Conn, dict[str, Any]] = {}
+        self._responding: dict[_Conn, set[asyncio.Task[Any]]] = {}
+
+    # ------------------------------------------------------------------ faults
+    def drop(self) -> None:
+        """The current connection vanishes (no close frame)."""
+        if self._conn is not None:
+            self._conn.abort()
+
+    def stall(self) -> None:
+        """The current connection stays open but the server says nothing more."""
+        if self._conn is not None:
+            self._stalled.add(self._conn)
+
+    @property
+    def current(self) -> FakeSession | None:
+        return self._conn.sess if self._conn is not None else None
+
+    # ------------------------------------------------------------------ connector
+    async def connector(self, endpoint: Endpoint, timeouts: Timeouts, *, max_message_bytes: int) -> _Conn:
+        await asyncio.sleep(0.02)  # a connect takes a little time
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            raise ProviderError(f"upstream refused the connection: HTTP {self.refuse_status}",
+                                retryable=self.refuse_status >= 500 or self.refuse_status == 429,
+                                status=self.refuse_status, provider="realtime")
+        loop = asyncio.get_running_loop()
+        sess = FakeSession(len(self.sessions) + 1, loop.time())
+        self.sessions.append(sess)
+        conn = _Conn(self, sess)
+        self._conn = conn
+        self._tasks[conn] = set()
+        self._vad[conn] = {"speaking": False, "start": 0.0, "quiet": 0.0, "item": None}
+        if self.hang_next > 0:
+            self.hang_next -= 1
+            self._stalled.add(conn)
+        self._emit(conn, self._ev(conn).session_created(rt.session_to_wire(
+            rt.SessionConfig(), rt.Flavor.GA, session_id=f"sess_{sess.number}", model="fake")))
+        if self.max_session_s is not None:
+            self._spawn(conn, self._expire(conn, self.max_session_s))
+        return conn
+
+    # ------------------------------------------------------------------ plumbing
+    def _ev(self, conn: _Conn) -> rt.ServerEvents:
+        return rt.ServerEvents(rt.Flavor.GA, ids=self._ids)
+
+    def _emit(self, conn: _Conn, event: dict[str, Any] | None) -> None:
+        if event is None or conn.closed is not None or conn in self._stalled:
+            return
+        conn.inbox.put_nowait(json.dumps(event))
+
+    def _spawn(self, conn: _Conn, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.setdefault(conn, set()).add(task)
+        task.add_done_callback(lambda t: self._tasks.get(conn, set()).discard(t))
+        return task
+
+    def _spawn_response(self, conn: _Conn, instructions: str | None) -> None:
+        task = self._spawn(conn, self._respond(conn, instructions))
+        self._responding.setdefault(conn, set()).add(task)
+        task.add_done_callback(lambda t: self._responding.get(conn, set()).discard(t))
+
+    def _stop_tasks(self, conn: _Conn) -> None:
+        for t in self._tasks.pop(conn, set()):
+            t.cancel()
+        if self._conn is conn:
+            self._conn = None
+
+    async def _expire(self, conn: _Conn, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self._emit(conn, self._ev(conn).error("Your session hit the maximum duration of "
+                                              f"{after_s / 60:g} minutes.", code="session_expired"))
+        await asyncio.sleep(0.01)
+        conn._close(1000, "session expired")
+
+    def _error(self, conn: _Conn, message: str, code: str, event_id: str | None, param: str | None = None) -> None:
+        self._emit(conn, self._ev(conn).error(message, code=code, event_id=event_id, param=param))
+
+    # ------------------------------------------------------------------ client events
+    def _on_client(self, conn: _Conn, e: dict[str, Any]) -> None:
+        sess, ev, kind, eid = conn.sess, self._ev(conn), e.get("type"), e.get("event_id")
+        logged = dict(e)
+        if kind == "input_audio_buffer.append":
+            logged["audio"] = f"<{len(e.get('audio') or '')} b64 chars>"
+        sess.received.append(logged)
+        if kind == "session.update":
+            sess.session.update(e.get("session") or {})
+            self._emit(conn, ev.session_updated({"type": "realtime", **sess.session}))
+        elif kind == "input_audio_buffer.append":
+            pcm = np.frombuffer(base64.b64decode(e["audio"]), dtype="<i2")
+            ms = 1000.0 * len(pcm) / RATE
+            self._vad_step(conn, pcm, ms)
+            sess.audio_ms += ms
+        elif kind == "input_audio_buffer.commit":
+            self._commit(conn)
+        elif kind == "input_audio_buffer.clear":
+            self._emit(conn, ev.input_audio_buffer_cleared())
+        elif kind == "conversation.item.create":
+            item = dict(e["item"])
+            item.setdefault("id", f"item_f{next(self._ids)}")
+            if sess.item(item["id"]) is not None:
+                self._error(conn, f"item {item['id']} already exists", "item_exists", eid)
+                return
+            if item.get("type") == "message" and any(p.get("type") == "input_audio" for p in item["content"]):
+                item["content"] = [{"type": "input_audio", "transcript": self._transcript()}]
+            prev = sess.items[-1]["id"] if sess.items else None
+            sess.items.append(item)
+            self._emit(conn, ev.conversation_item_added(item, prev))
+            self._emit(conn, ev.conversation_item_done(item, prev))
+        elif kind == "conversation.item.retrieve":
+            item = sess.item(e["item_id"])
+            if item is None:
+                self._error(conn, "no such item", "item_not_found", eid)
+            else:
+                self._emit(conn, ev.conversation_item_retrieved(item))
+        elif kind == "conversation.item.truncate":
+            self._truncate(conn, e)
+        elif kind == "response.create":
+            self._spawn_response(conn, (e.get("response") or {}).get("instructions"))
+        elif kind == "response.cancel":
+            active = [t for t in self._responding.get(conn, set()) if not t.done()]
+            if not active:
+                self._error(conn, "no active response", "response_cancel_not_active", eid)
+            for t in active:
+                t.cancel()
+
+    def _transcript(self) -> str:
+        return self.transcripts.popleft() if self.transcripts else "(speech)"
+
+    def _vad_step(self, conn: _Conn, pcm: np.ndarray, ms: float) -> None:
+        td = ((conn.sess.session.get("audio") or {}).get("input") or {}).get("turn_detection")
+        if not td:
+            return
+        v = self._vad[conn]
+        loud = len(pcm) > 0 and float(np.sqrt(np.mean((pcm / 32768.0) ** 2))) > self.vad_threshold
+        now_ms = conn.sess.audio_ms
+        if loud and not v["speaking"]:
+            v.update(speaking=True, start=now_ms, quiet=0.0, item=f"item_f{next(self._ids)}")
+            self._emit(conn, self._ev(conn).input_audio_buffer_speech_started(int(now_ms), v["item"]))
+        elif v["speaking"]:
+            v["quiet"] = 0.0 if loud else v["quiet"] + ms
+            if v["quiet"] >= self.silence_ms:
+                v["speaking"] = False
+                self._emit(conn, self._ev(conn).input_audio_buffer_speech_stopped(int(now_ms + ms), v["item"]))
+                self._commit(conn, v["item"])
+                if td.get("create_response", True):
+                    self._spawn_response(conn, None)
+
+    def _commit(self, conn: _Conn, item_id: str | None = None) -> None:
+        sess, ev = conn.sess, self._ev(conn)
+        iid = item_id or f"item_f{next(self._ids)}"
+        prev = sess.items[-1]["id"] if sess.items else None
+        item = {"id": iid, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
+                "content": [{"type": "input_audio", "transcript": None}]}
+        sess.items.append(item)
+        self._emit(conn, ev.input_audio_buffer_committed(iid, prev))
+        self._emit(conn, ev.conversation_item_added(item, prev))
+        text = self._transcript()
+        item["content"] = [{"type": "input_audio", "transcript": text}]
+        self._emit(conn, ev.input_audio_transcription_completed(iid, 0, text, audio_seconds=1.0))
+
+    def _truncate(self, conn: _Conn, e: dict[str, Any]) -> None:
+        sess, iid, ms, eid = conn.sess, e.get("item_id"), int(e.get("audio_end_ms") or 0), e.get("event_id")
+        if self.reject_truncates > 0:
+            self.reject_truncates -= 1
+            self._error(conn, "injected rejection", "invalid_value", eid, "audio_end_ms")
+            return
+        have = sess.generated_ms.get(str(iid))
+        if have is None:
+            self._error(conn, f"item {iid} has no audio", "invalid_value", eid, "item_id")
+            return
+        if ms > have:
+            self._error(conn, f"Audio content of {int(have)}ms is already shorter than {ms}ms", "invalid_value", eid,
+                         "audio_end_ms")
+            return
+        sess.generated_ms[str(iid)] = ms
+        sess.truncates.append((str(iid), ms))
+        self._emit(conn, self._ev(conn).conversation_item_truncated(str(iid), 0, ms))
+
+    async def _respond(self, conn: _Conn, instructions: str | None) -> None:
+        sess, ev = conn.sess, self._ev(conn)
+        sess.responses += 1
+        rid, iid = f"resp_f{next(self._ids)}", f"item_f{next(self._ids)}"
+        text = self.reply_text(sess) if instructions is None else self.reply_text(sess) + " [" + instructions + "]"
+        self._emit(conn, ev.response_created(rt.response_object(rid, rt.Flavor.GA)))
+        item = rt.message_item(iid, "assistant", [], rt.Flavor.GA, status="in_progress")
+        prev = sess.items[-1]["id"] if sess.items else None
+        sess.items.append({**item, "content": [{"type": "output_audio", "transcript": text}]})
+        sess.generated_ms[iid] = 0.0
+        self._emit(conn, ev.response_output_item_added(rid, 0, item))
+        self._emit(conn, ev.conversation_item_added(item, prev))
+        self._emit(conn, ev.response_content_part_added(rid, iid, 0, 0, rt.event_part("audio")))
+        words = text.split()
+        n_chunks = max(1, self.reply_ms // self.chunk_ms)
+        status = "completed"
+        try:
+            for k in range(n_chunks):
+                t = np.arange(RATE * self.chunk_ms // 1000) / RATE
+                tone = (3000 * np.sin(2 * np.pi * 220 * t)).astype("<i2")
+                self._emit(conn, ev.output_audio_delta(rid, iid, 0, 0, base64.b64encode(tone.tobytes()).decode()))
+                sess.generated_ms[iid] += self.chunk_ms
+                lo, hi = len(words) * k // n_chunks, len(words) * (k + 1) // n_chunks
+                if hi > lo:
+                    self._emit(conn, ev.output_audio_transcript_delta(rid, iid, 0, 0, " ".join(words[lo:hi]) + " "))
+                await asyncio.sleep(self.chunk_ms / 1000)
+        except asyncio.CancelledError:
+            status = "cancelled"
+        self._emit(conn, ev.output_audio_done(rid, iid, 0, 0))
+        self._emit(conn, ev.output_audio_transcript_done(rid, iid, 0, 0, text))
+        done = rt.message_item(iid, "assistant", [rt.ContentPart("output_audio", transcript=text)], rt.Flavor.GA,
+                               status="completed" if status == "completed" else "incomplete")
+        self._emit(conn, ev.response_output_item_done(rid, 0, done))
+        usage = rt.Usage(input_text_tokens=10 * len(sess.items), input_audio_tokens=50, cached_text_tokens=8,
+                         output_text_tokens=len(words), output_audio_tokens=self.reply_ms // 50)
+        self._emit(conn, ev.response_done(rt.response_object(
+            rid, rt.Flavor.GA, status=status, output=[done], usage=usage,
+            status_details=rt.status_details(status) if status != "completed" else None)))
+
+
+def _default_reply(sess: FakeSession) -> str:
+    users = [t for r, t in sess.texts() if r == "user"]
+    return f"Reply {sess.responses} in a conversation of {len(sess.items)} items; you said: {users[-1] if users else '-'}"
