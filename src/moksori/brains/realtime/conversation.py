@@ -33,6 +33,7 @@ class ItemRecord:
     live_audio_ms: float = 0.0  # ... on the current connection (0 after a re-seed as text)
     content_index: int = 0  # of the audio part
     truncated_ms: int | None = None  # what was heard, when cut (sent upstream or only recorded)
+    upstream_cut_ms: int | None = None  # where the upstream says its copy ends (a later truncate must not pass it)
     heard_text: str | None = None  # set by the engine when it knows better than the estimate
     call_id: str | None = None
     name: str | None = None

@@ -174,6 +174,8 @@ class UpstreamProtocol:
         ceiling = int(rec.audio_ms) if rec.audio_ms else req
         if rec.truncated_ms is not None:
             ceiling = min(ceiling, rec.truncated_ms)
+        if rec.upstream_cut_ms is not None and live and rec.live_audio_ms > 0:
+            ceiling = min(ceiling, rec.upstream_cut_ms)
         clamped = min(req, ceiling)
         if not live:
             rec.truncated_ms = clamped
@@ -381,8 +383,11 @@ class UpstreamProtocol:
         return [ev.ItemRetrieved(t=now, conn=self.conn, item=o.get("item") or {})]
 
     def _h_item_truncated(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
-        return [ev.ItemTruncated(t=now, conn=self.conn, item_id=str(o.get("item_id")),
-                                 audio_end_ms=int(o.get("audio_end_ms") or 0))]
+        iid, ms = str(o.get("item_id")), int(o.get("audio_end_ms") or 0)
+        rec = self.conv.get(iid)
+        if rec is not None:  # ours, or the upstream's own cut (e.g. after a server-VAD barge-in)
+            rec.upstream_cut_ms = ms
+        return [ev.ItemTruncated(t=now, conn=self.conn, item_id=iid, audio_end_ms=ms)]
 
     def _h_tr_delta(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         return [ev.UserTranscriptDelta(t=now, conn=self.conn, item_id=str(o["item_id"]), delta=str(o.get("delta") or ""))]
