@@ -343,6 +343,8 @@ class RealtimeUpstream:
                     continue
                 attempt, failures, resume = 0, 0, None
                 drop = await self._serve(conn)
+                if self._closing:  # our own close(): not a drop
+                    return
                 dropped_at = self.now()
                 self._live = False
                 self._conn = None
