@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from scripted_llm_server import LONG_REPLY, SHORT_REPLY, ScriptedLLM
+from scripted_llm_server import SHORT_REPLY, ScriptedLLM
 from servers import ServerProcess, ThreadedASGIServer, free_port
 from speech import prepared_data_dir, requires_speech, utt
 

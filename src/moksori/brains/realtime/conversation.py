@@ -8,7 +8,7 @@ what of it was heard, so a truncate can be clamped and a new connection can be r
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
