@@ -588,8 +588,11 @@ async def test_response_cancel(scripted_server):
         r = done["response"]
         assert r["id"] == created["response"]["id"]
         assert r["status"] == "cancelled" and r["status_details"]["reason"] == "client_cancelled"
-        said = "".join(e["delta"] for e in log.of("response.output_audio_transcript.delta"))
-        assert len(said) < len(LONG_REPLY)
+        # The transcript deltas follow the LLM, which may finish the text before the cancel lands on
+        # a loaded machine; what the item keeps is what was heard, and that must be cut short.
+        heard = [c.get("transcript") or "" for item in r["output"] if item.get("type") == "message"
+                 for c in item.get("content", [])]
+        assert heard and len(heard[0]) < len(LONG_REPLY)
         n = len(log.events)
         await conn.response.cancel()  # nothing left to cancel
         assert (await log.wait("error", start=n))["error"]["code"] == "response_cancel_not_active"
