@@ -61,6 +61,7 @@ def _register() -> None:
         chat_cmd,
         converse_cmd,
         db_cmd,
+        doctor_cmd,
         models_cmd,
         serve_cmd,
         speech_cmd,

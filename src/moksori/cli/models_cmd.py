@@ -56,7 +56,7 @@ def prepare_cmd() -> None:
 @models_app.command("verify")
 @friendly
 def verify_cmd() -> None:
-    """Re-hash every embedded model file against the checksums recorded in Moksori."""
+    """Re-hash every embedded model file against the checksums recorded in Moksori, and report the CPU."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     s = load_settings()
@@ -67,5 +67,19 @@ def verify_cmd() -> None:
                              progress=lambda label, done, total: prog.update(task, description=label,
                                                                              completed=done, total=total))
     out_console.print(_table(rows, show_hash=True))
+    _numerics_summary(s)
     if any(not r.ok for r in rows):
         raise typer.Exit(1)
+
+
+def _numerics_summary(settings) -> None:  # noqa: ANN001
+    """The CPU and any model on a path known to differ (`moksori doctor` has the details)."""
+    from moksori.cli.doctor_cmd import print_findings, report
+
+    info, _, findings = report(settings)
+    out_console.print(f"CPU: {info.summary()}", highlight=False, soft_wrap=True)
+    warnings = [f for f in findings if f.level == "warning"]
+    print_findings(warnings)
+    if not warnings:
+        out_console.print("numeric paths: every embedded model on its reference path (details: `moksori doctor`)",
+                          highlight=False)

@@ -36,7 +36,7 @@ class WhisperSTT(STT):
     name = "whisper"
 
     def __init__(self, model_dir: str | Path, *, threads: int = 2, beam_size: int = 1,
-                 compute_type: str = "int8") -> None:
+                 compute_type: str = "float32") -> None:
         from faster_whisper import WhisperModel  # heavy import, only when used
         from faster_whisper.tokenizer import Tokenizer
 

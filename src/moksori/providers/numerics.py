@@ -1,0 +1,199 @@
+"""Which numeric path each embedded engine takes on a CPU, and which paths are known to differ.
+
+What was measured (tests/test_model_references.py, benchmarks/models.py; AMD EPYC with
+AVX-512 VNNI natively, and the same machine emulating an AVX2-only CPU with qemu-user):
+
+* ONNX Runtime (smart-turn, Silero, Piper) runs at graph optimisation BASIC (providers/onnx.py):
+  the int8 smart-turn model runs on the float QDQ path and matches its float reference on both
+  CPUs; at ALL, the fused u8s8 kernels of an AVX2 CPU without VNNI saturate (a cut sentence:
+  0.84 instead of 0.07).
+* CTranslate2 (Whisper) at float32 gives the same tokens on every oneDNN ISA tried (AVX-512
+  VNNI, AVX-512, AVX2, AVX, SSE4.1; scores within 2e-6). At int8 every ISA class gives a slightly
+  different result: same words on 44 clips, but 10 of 44 token sequences, 2 punctuation marks,
+  and no-speech probabilities by up to 0.24 changed between AVX-512 VNNI and AVX2.
+* llama.cpp is compiled for the machine that built it. Its AVX-512 and AVX2 builds give top
+  logits up to 0.53 apart on SmolLM2 Q4_1; greedy text agreed except after a near-tie token.
+  A build for instructions the CPU lacks dies with "Illegal instruction".
+
+`assess()` is pure (a CPU description and the engines' configuration in, findings out), so the
+rules are tested with given flag sets; `probe()` gathers the real configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from moksori.providers.cpu import FEATURES, CpuInfo
+
+# llama.cpp's system-info names -> canonical feature names (providers/cpu.py)
+_LLAMA_FEATURES = {"AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "AVX512": "avx512f", "AVX512_VNNI": "avx512_vnni",
+                   "AVX_VNNI": "avx_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8"}
+_LABEL = dict(FEATURES)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the embedded engines are set up (None: that engine is not used locally)."""
+
+    onnx_graph: str | None = "basic"  # ONNX Runtime graph optimisation level for the embedded ONNX models
+    whisper_compute_type: str | None = "float32"
+    llama_build: frozenset[str] | None = None  # features llama.cpp was compiled for
+    llama_probe_error: str | None = None  # loading llama.cpp failed (e.g. SIGILL)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnginePath:
+    engine: str
+    models: str
+    path: str
+    same_everywhere: bool
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["warning", "note"]
+    model: str
+    text: str
+
+
+def _labels(names: set[str] | frozenset[str]) -> str:
+    order = [n for n, _ in FEATURES if n in names]
+    return ", ".join(_LABEL.get(n, n) for n in order)
+
+
+def parse_llama_system_info(text: str) -> frozenset[str]:
+    """`llama_print_system_info()` ("CPU : AVX2 = 1 | AVX512 = 1 | ...") -> canonical feature names."""
+    found = set()
+    for name, value in re.findall(r"([A-Z0-9_]+)\s*=\s*(\d+)", text):
+        if value != "0" and name in _LLAMA_FEATURES:
+            found.add(_LLAMA_FEATURES[name])
+    return frozenset(found)
+
+
+def assess(cpu: CpuInfo, cfg: EngineConfig) -> tuple[list[EnginePath], list[Finding]]:
+    paths: list[EnginePath] = []
+    findings: list[Finding] = []
+    v = cfg.versions
+
+    if cpu.x86 and not cpu.has("avx2", "fma"):
+        findings.append(Finding("warning", "all", "no AVX2/FMA: every engine falls back to SSE kernels, several times "
+                                "slower, on numeric paths Moksori has not measured"))
+    elif not cpu.x86:
+        findings.append(Finding("note", "all", f"{cpu.arch}: the numeric paths were measured on x86 only; run "
+                                "`pytest -m models tests/test_model_references.py` to compare with the references"))
+    if cpu.unusable:
+        findings.append(Finding("note", "all", f"the OS lists {_labels(cpu.unusable)} but this process cannot use "
+                                "them (an emulator, or a register state the OS disabled)"))
+
+    # ONNX Runtime: smart-turn (int8 QDQ), Silero and Piper (float)
+    if cfg.onnx_graph is not None:
+        onnx = f"ONNX Runtime {v.get('onnxruntime', '')}".strip()
+        graph = cfg.onnx_graph.lower()
+        if graph in ("disable", "basic"):
+            paths.append(EnginePath(onnx, "smart-turn v3.2 (int8)", f"graph {graph}: QDQ int8 run in float (reference)",
+                                    True))
+        else:
+            exact = cpu.int8_dot in ("AMX", "AVX-512 VNNI", "AVX-VNNI")
+            paths.append(EnginePath(onnx, "smart-turn v3.2 (int8)", f"graph {graph}: fused int8 kernels "
+                                    f"({cpu.int8_dot})", False))
+            findings.append(Finding("warning" if not exact else "note", "smart-turn",
+                                    f"graph optimisation '{graph}' fuses the int8 model into {cpu.int8_dot} kernels"
+                                    + ("" if exact else ", which saturate: cut sentences score as complete")
+                                    + "; results differ from the float reference (use 'basic')"))
+        sgemm = "AVX-512F" if cpu.has("avx512f") else "AVX2+FMA" if cpu.has("avx2", "fma") else "SSE"
+        paths.append(EnginePath(onnx, "Silero VAD, Piper (float)", f"float kernels ({sgemm}): differ only by rounding",
+                                True))
+
+    # CTranslate2: Whisper
+    if cfg.whisper_compute_type is not None:
+        ct2 = f"CTranslate2 {v.get('ctranslate2', '')}".strip()
+        if cfg.whisper_compute_type == "int8":
+            paths.append(EnginePath(ct2, "Whisper (int8)", f"int8 kernels for {cpu.int8_dot}", False))
+            findings.append(Finding("warning", "whisper",
+                                    f"int8 (MOKSORI_STT_COMPUTE_TYPE=int8): CTranslate2's int8 kernels for "
+                                    f"{cpu.int8_dot} round differently from other CPUs' (measured: same words, but "
+                                    "punctuation and no-speech scores change); float32 gives the same transcript "
+                                    "everywhere"))
+        else:
+            paths.append(EnginePath(ct2, f"Whisper ({cfg.whisper_compute_type})",
+                                    "float kernels: same tokens on every ISA measured", True))
+
+    # llama.cpp
+    if cfg.llama_probe_error:
+        findings.append(Finding("warning", "llm", f"llama.cpp cannot load on this CPU: {cfg.llama_probe_error}; rebuild "
+                                "it here: pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
+                                "llama-cpp-python"))
+    elif cfg.llama_build is not None:
+        lcpp = f"llama.cpp (llama-cpp-python {v.get('llama_cpp', '')})".strip()
+        built = cfg.llama_build
+        isa = "AVX-512" if "avx512f" in built else "AVX2" if "avx2" in built else "SSE"
+        paths.append(EnginePath(lcpp, "LLM (GGUF)", f"compiled for {_labels(built) or 'no SIMD extensions'}", False))
+        missing = built - cpu.flags if cpu.x86 else frozenset()
+        unused = {f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in cpu.flags} - built
+        if missing:
+            findings.append(Finding("warning", "llm", f"llama.cpp was compiled for {_labels(missing)}, which this CPU "
+                                    "lacks: the LLM will die with 'Illegal instruction'; rebuild it on this machine "
+                                    "(pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
+                                    "llama-cpp-python)"))
+        elif unused:
+            findings.append(Finding("note", "llm", f"llama.cpp was compiled without {_labels(unused)}, which this CPU "
+                                    "has: slower than it could be"))
+        findings.append(Finding("note", "llm", f"llama.cpp's {isa} kernels round differently from other builds "
+                                "(measured: top logits within 0.6 between AVX-512 and AVX2): greedy replies can part "
+                                "after a near-tie token; sampled replies differ anyway"))
+    return paths, findings
+
+
+# --------------------------------------------------------------------------- probing the real setup
+
+
+def probe_llama(timeout: float = 60.0) -> tuple[frozenset[str] | None, str | None]:
+    """llama.cpp's compiled features, read in a child process: a build for a newer CPU kills the
+    process that loads it (SIGILL), and the doctor must survive to say so."""
+    code = "import llama_cpp, sys; sys.stdout.write(llama_cpp.llama_print_system_info().decode())"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, "loading llama_cpp timed out"
+    except OSError as e:
+        return None, f"cannot start Python: {e}"
+    if proc.returncode == -4:  # SIGILL
+        return None, "it died with 'Illegal instruction' (compiled for a newer CPU)"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if "No module named" in last:
+            return None, None
+        return None, f"import failed: {last}"
+    return parse_llama_system_info(proc.stdout), None
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for key, dist in (("onnxruntime", "onnxruntime"), ("ctranslate2", "ctranslate2"), ("llama_cpp", "llama-cpp-python")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def probe(settings) -> EngineConfig:  # noqa: ANN001 - moksori.settings.Settings
+    from moksori.providers.onnx import GRAPH_OPTIMIZATION_NAME
+
+    local_llm = settings.llm.provider == "llamacpp"
+    build, error = probe_llama() if local_llm else (None, None)
+    return EngineConfig(
+        onnx_graph=GRAPH_OPTIMIZATION_NAME,
+        whisper_compute_type=settings.stt.compute_type if settings.stt.provider == "whisper" else None,
+        llama_build=build if local_llm else None,
+        llama_probe_error=error,
+        versions=versions(),
+    )
