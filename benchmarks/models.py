@@ -7,7 +7,9 @@
 * LLM: the packaged SmolLM2, time to first token and generation tokens/s, with a cold prompt
   (nothing cached) and with the system prompt already in the KV cache.
 * TTS: time to first audio and real-time factor, Piper (en) and espeak-ng (ko), 3 sentences each.
-* VAD: Silero cost per 32 ms frame; smart-turn: cost per call on 8 s of audio.
+* VAD: Silero cost per 32 ms frame; smart-turn: cost per call on 8 s of audio, on Moksori's
+  graph level (BASIC: the float path, same on every CPU) and on the fused int8 path it used before.
+* Whisper compute type: float32 (default, same transcript on every CPU) against int8.
 * Memory: peak RSS of the whole embedded stack (build_stack + warm + one STT+LLM+TTS pass),
   measured with getrusage in a fresh subprocess started before this process loads any model
   (a child's ru_maxrss starts at its parent's RSS), cross-checked with /proc VmHWM.
@@ -99,7 +101,7 @@ def bench_stt(settings, quick: bool) -> dict:
            "wer_moksori": totals["err_s"] / totals["words"], "wer_30s_window": totals["err_f"] / totals["words"]}
     rows.append(["ALL", round(totals["audio"], 2), agg["rtf_moksori"], agg["rtf_30s_window"],
                  f"{agg['wer_moksori']:.1%}", f"{agg['wer_30s_window']:.1%}"])
-    table("STT: Whisper base, beam 1, 2 threads (RTF = processing time / audio time)",
+    table(f"STT: Whisper base {settings.stt.compute_type}, beam 1, 2 threads (RTF = processing time / audio time)",
           ["file", "audio s", "RTF moksori", "RTF 30s-window", "errors moksori", "errors 30s"], rows)
     return {"files": out, "aggregate": agg}
 
@@ -224,22 +226,84 @@ def bench_vad_turn(settings) -> dict:
     vad_ms = 1000 * (time.perf_counter() - t0) / len(frames)
 
     turn = build_turn(settings)
+    fused = build_turn(settings)  # the setting before issue 8, for the cost of the fix in the same run
+    fused.session = _fused_session(fused.path)
     clip = audio[-8 * 16000:]
     turn._predict(clip)
-    feats, calls = [], []
-    for _ in range(15):
+    fused._predict(clip)
+    feats, calls, fused_calls = [], [], []
+    for _ in range(15):  # interleaved, so load changes hit both alike
         t0 = time.perf_counter()
         turn.features(clip)
         feats.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         turn._predict(clip)
         calls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fused._predict(clip)
+        fused_calls.append(time.perf_counter() - t0)
     res = {"vad_ms_per_frame": vad_ms, "vad_frames": len(frames), "vad_share_of_realtime": vad_ms / 32.0,
-           "turn_ms_per_call": 1000 * median(calls), "turn_features_ms": 1000 * median(feats)}
+           "turn_ms_per_call": 1000 * median(calls), "turn_features_ms": 1000 * median(feats),
+           "turn_fused_int8_ms_per_call": 1000 * median(fused_calls)}
     table("VAD and end of turn", ["model", "cost", "note"], [
         ["Silero VAD", f"{vad_ms:.3f} ms/frame", f"{len(frames)} frames of 32 ms, {100 * vad_ms / 32:.2f}% of real time"],
-        ["smart-turn v3.2", f"{res['turn_ms_per_call']:.1f} ms/call", f"8 s of audio; log-mel {res['turn_features_ms']:.1f} ms of it"],
+        ["smart-turn v3.2", f"{res['turn_ms_per_call']:.1f} ms/call", f"8 s of audio; log-mel {res['turn_features_ms']:.1f} ms of it; "
+         "graph BASIC (the float QDQ path, same on every CPU)"],
+        ["  same, fused int8", f"{res['turn_fused_int8_ms_per_call']:.1f} ms/call",
+         "ORT_ENABLE_ALL, before issue 8: results depend on the CPU (saturates on AVX2 without VNNI)"],
     ])
+    return res
+
+
+def _fused_session(path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------- Whisper compute type
+
+
+def bench_compute_type(settings, quick: bool) -> dict:
+    """Whisper float32 (the default: the same transcript on every CPU) against int8 (faster, but
+    CTranslate2's int8 kernels round differently per instruction set), interleaved on the same files."""
+    from speech import load16k, utt
+
+    from moksori.providers.base import STTOptions
+    from moksori.providers.stt_whisper import WhisperSTT
+
+    model_dir = settings.stt.model or str(Path(settings.data_dir) / "models" / "whisper-base-ct2")
+    models = {ct: WhisperSTT(model_dir, threads=settings.stt.threads, compute_type=ct) for ct in ("float32", "int8")}
+    names = ["en_001", "en_002", "en_004", "tel_006", "tel_011"] if quick else \
+        ["en_001", "en_002", "en_003", "en_004", "en_005", "tel_001", "tel_003", "tel_006", "tel_011", "tel_015"]
+    clips = [load16k(utt(n).path) for n in names]
+    audio_s = sum(len(c) for c in clips) / 16000
+    for m in models.values():
+        m.transcribe_array(clips[1], STTOptions(language="en"))  # warm
+    spent = {ct: [] for ct in models}
+    per_call = {ct: [] for ct in models}
+    for _ in range(2 if quick else 3):
+        for ct, m in models.items():
+            t0 = time.perf_counter()
+            for c in clips:
+                t1 = time.perf_counter()
+                m.transcribe_array(c, STTOptions(language="en"))
+                per_call[ct].append(time.perf_counter() - t1)
+            spent[ct].append(time.perf_counter() - t0)
+    res = {ct: {"rtf": median(spent[ct]) / audio_s, "ms_per_call": 1000 * median(per_call[ct])} for ct in models}
+    res["audio_s"] = audio_s
+    res["float32_over_int8"] = res["float32"]["rtf"] / res["int8"]["rtf"]
+    table(f"Whisper base compute type ({len(names)} clips, {audio_s:.1f} s of audio, median of passes)",
+          ["compute type", "RTF", "median ms per clip", "note"], [
+              ["float32 (default)", res["float32"]["rtf"], round(res["float32"]["ms_per_call"], 1), "same tokens on every CPU"],
+              ["int8", res["int8"]["rtf"], round(res["int8"]["ms_per_call"], 1), "differs per instruction set"],
+          ])
     return res
 
 
@@ -337,7 +401,9 @@ def main() -> None:
     prepare_whisper(Path(data_dir))
     settings = load_settings(data_dir=data_dir)
     started = time.perf_counter()
-    result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+    from moksori.providers.cpu import detect
+
+    result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "cpu": detect().summary(),
                           "load_avg_at_start": os.getloadavg()}}
     try:
         # First, while this process is still small: on Linux a child's ru_maxrss starts from the
@@ -347,6 +413,7 @@ def main() -> None:
         result["llm"] = bench_llm(settings, args.quick)
         result["tts"] = bench_tts(settings)
         result["vad_turn"] = bench_vad_turn(settings)
+        result["stt_compute_type"] = bench_compute_type(settings, args.quick)
     finally:
         if tmp is not None:
             tmp.cleanup()

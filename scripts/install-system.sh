@@ -4,12 +4,14 @@
 #   libportaudio2          microphone/speakers for `moksori chat`
 #   chromium               headless browser tests
 #   pocketsphinx-testdata  extra real English speech for tests
+#   qemu-user              tests only: runs the models on an emulated AVX2-only CPU (x86_64 hosts)
 set -euo pipefail
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || need+=(pocketsphinx-testdata)
+if [ "$(uname -m)" = x86_64 ]; then command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user); fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "moksori: installing system packages: ${need[*]}"
 sudo=""

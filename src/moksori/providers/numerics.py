@@ -11,8 +11,9 @@ AVX-512 VNNI natively, and the same machine emulating an AVX2-only CPU with qemu
   VNNI, AVX-512, AVX2, AVX, SSE4.1; scores within 2e-6). At int8 every ISA class gives a slightly
   different result: same words on 44 clips, but 10 of 44 token sequences, 2 punctuation marks,
   and no-speech probabilities by up to 0.24 changed between AVX-512 VNNI and AVX2.
-* llama.cpp is compiled for the machine that built it. Its AVX-512 and AVX2 builds give top
-  logits up to 0.53 apart on SmolLM2 Q4_1; greedy text agreed except after a near-tie token.
+* llama.cpp is compiled for the machine that built it. Its AVX-512 and AVX2 builds moved
+  SmolLM2 Q4_1's token log-probabilities by up to 0.36 (the margin between the two best tokens by
+  0.51); greedy text agreed except after a near-tie token (margin 0.0007).
   A build for instructions the CPU lacks dies with "Illegal instruction".
 
 `assess()` is pure (a CPU description and the engines' configuration in, findings out), so the
@@ -144,20 +145,20 @@ def assess(cpu: CpuInfo, cfg: EngineConfig) -> tuple[list[EnginePath], list[Find
             findings.append(Finding("note", "llm", f"llama.cpp was compiled without {_labels(unused)}, which this CPU "
                                     "has: slower than it could be"))
         findings.append(Finding("note", "llm", f"llama.cpp's {isa} kernels round differently from other builds "
-                                "(measured: top logits within 0.6 between AVX-512 and AVX2): greedy replies can part "
-                                "after a near-tie token; sampled replies differ anyway"))
+                                "(measured between AVX-512 and AVX2: token log-probabilities within 0.4): greedy "
+                                "replies can part after a near-tie token; sampled replies differ anyway"))
     return paths, findings
 
 
 # --------------------------------------------------------------------------- probing the real setup
 
 
-def probe_llama(timeout: float = 60.0) -> tuple[frozenset[str] | None, str | None]:
+def probe_llama(timeout: float = 60.0, python: str = sys.executable) -> tuple[frozenset[str] | None, str | None]:
     """llama.cpp's compiled features, read in a child process: a build for a newer CPU kills the
     process that loads it (SIGILL), and the doctor must survive to say so."""
     code = "import llama_cpp, sys; sys.stdout.write(llama_cpp.llama_print_system_info().decode())"
     try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return None, "loading llama_cpp timed out"
