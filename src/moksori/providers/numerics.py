@@ -7,10 +7,12 @@ AVX-512 VNNI natively, and the same machine emulating an AVX2-only CPU with qemu
   the int8 smart-turn model runs on the float QDQ path and matches its float reference on both
   CPUs; at ALL, the fused u8s8 kernels of an AVX2 CPU without VNNI saturate (a cut sentence:
   0.84 instead of 0.07).
-* CTranslate2 (Whisper) at float32 gives the same tokens on every oneDNN ISA tried (AVX-512
-  VNNI, AVX-512, AVX2, AVX, SSE4.1; scores within 2e-6). At int8 every ISA class gives a slightly
-  different result: same words on 44 clips, but 10 of 44 token sequences, 2 punctuation marks,
-  and no-speech probabilities by up to 0.24 changed between AVX-512 VNNI and AVX2.
+* CTranslate2 (Whisper) at int8, the default, gives a slightly different result per ISA class
+  (oneDNN on AMD, MKL on Intel): the same words on all 44 clips tried, but between AVX-512 VNNI
+  and AVX2 10 token sequences (mostly timestamps), 2 punctuation marks and no-speech
+  probabilities (by up to 0.24) changed. At float32 every oneDNN ISA tried (AVX-512 VNNI,
+  AVX-512, AVX2, AVX, SSE4.1) and MKL gave the same tokens (scores within 2e-6), at 1.4-2x the
+  time. The references tolerate int8's differences in punctuation, not in words.
 * llama.cpp is compiled for the machine that built it. Its AVX-512 and AVX2 builds moved
   SmolLM2 Q4_1's token log-probabilities by up to 0.36 (the margin between the two best tokens by
   0.51); greedy text agreed except after a near-tie token (margin 0.0007).
@@ -41,7 +43,7 @@ class EngineConfig:
     """How the embedded engines are set up (None: that engine is not used locally)."""
 
     onnx_graph: str | None = "basic"  # ONNX Runtime graph optimisation level for the embedded ONNX models
-    whisper_compute_type: str | None = "float32"
+    whisper_compute_type: str | None = "int8"
     llama_build: frozenset[str] | None = None  # features llama.cpp was compiled for
     llama_probe_error: str | None = None  # loading llama.cpp failed (e.g. SIGILL)
     versions: dict[str, str] = field(default_factory=dict)
@@ -115,20 +117,21 @@ def assess(cpu: CpuInfo, cfg: EngineConfig) -> tuple[list[EnginePath], list[Find
         ct2 = f"CTranslate2 {v.get('ctranslate2', '')}".strip()
         if cfg.whisper_compute_type == "int8":
             paths.append(EnginePath(ct2, "Whisper (int8)", f"int8 kernels for {cpu.int8_dot}", False))
-            findings.append(Finding("warning", "whisper",
-                                    f"int8 (MOKSORI_STT_COMPUTE_TYPE=int8): CTranslate2's int8 kernels for "
-                                    f"{cpu.int8_dot} round differently from other CPUs' (measured: same words, but "
-                                    "punctuation and no-speech scores change); float32 gives the same transcript "
-                                    "everywhere"))
+            findings.append(Finding("note", "whisper",
+                                    f"int8: CTranslate2's kernels for {cpu.int8_dot} round differently from other "
+                                    "CPUs' (measured: the same words, but punctuation, which the end-of-turn cue "
+                                    "reads, and no-speech scores can change); MOKSORI_STT_COMPUTE_TYPE=float32 gives "
+                                    "the same transcript on every CPU at 1.4-2x Whisper's time"))
         else:
             paths.append(EnginePath(ct2, f"Whisper ({cfg.whisper_compute_type})",
                                     "float kernels: same tokens on every ISA measured", True))
 
     # llama.cpp
+    pin = f"llama-cpp-python=={v['llama_cpp']}" if v.get("llama_cpp") else "llama-cpp-python"
+    rebuild = f"pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python {pin}"
     if cfg.llama_probe_error:
-        findings.append(Finding("warning", "llm", f"llama.cpp cannot load on this CPU: {cfg.llama_probe_error}; rebuild "
-                                "it here: pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
-                                "llama-cpp-python"))
+        findings.append(Finding("warning", "llm", f"llama.cpp cannot load on this CPU: {cfg.llama_probe_error}; "
+                                f"rebuild it here: {rebuild}"))
     elif cfg.llama_build is not None:
         lcpp = f"llama.cpp (llama-cpp-python {v.get('llama_cpp', '')})".strip()
         built = cfg.llama_build
@@ -138,9 +141,8 @@ def assess(cpu: CpuInfo, cfg: EngineConfig) -> tuple[list[EnginePath], list[Find
         unused = {f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in cpu.flags} - built
         if missing:
             findings.append(Finding("warning", "llm", f"llama.cpp was compiled for {_labels(missing)}, which this CPU "
-                                    "lacks: the LLM will die with 'Illegal instruction'; rebuild it on this machine "
-                                    "(pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
-                                    "llama-cpp-python)"))
+                                    f"lacks: the LLM will die with 'Illegal instruction'; rebuild it on this machine "
+                                    f"({rebuild})"))
         elif unused:
             findings.append(Finding("note", "llm", f"llama.cpp was compiled without {_labels(unused)}, which this CPU "
                                     "has: slower than it could be"))

@@ -12,6 +12,7 @@ WER as the 30 s window.
 
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator
@@ -36,7 +37,13 @@ class WhisperSTT(STT):
     name = "whisper"
 
     def __init__(self, model_dir: str | Path, *, threads: int = 2, beam_size: int = 1,
-                 compute_type: str = "float32") -> None:
+                 compute_type: str = "int8") -> None:
+        if compute_type == "float32":
+            # CTranslate2 uses oneDNN, not MKL, on AMD CPUs. oneDNN's float32 GEMMs on 2 threads
+            # were 5-20x slower on a loaded 2-core VM (its OpenMP barriers against other busy
+            # threads); MKL's were not (and MKL int8 on AMD is 15x slower, so only for float32).
+            # Read once per process, when CTranslate2 is first imported; an explicit setting wins.
+            os.environ.setdefault("CT2_USE_MKL", "1")
         from faster_whisper import WhisperModel  # heavy import, only when used
         from faster_whisper.tokenizer import Tokenizer
 
