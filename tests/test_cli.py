@@ -119,6 +119,7 @@ def test_models_verify(cli, data_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = "".join(proc.stdout.split())  # hashes may be folded across lines
     assert WHISPER_JOINED_SHA256 in out
+    assert "CPU:" in proc.stdout and "AVX2" in proc.stdout and "numeric paths: no warnings" in proc.stdout
     for spec in CATALOGUE.values():
         if spec.key != "whisper-base":
             for f in spec.files:

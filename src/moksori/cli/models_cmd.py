@@ -81,5 +81,5 @@ def _numerics_summary(settings) -> None:  # noqa: ANN001
     warnings = [f for f in findings if f.level == "warning"]
     print_findings(warnings)
     if not warnings:
-        out_console.print("numeric paths: every embedded model on its reference path (details: `moksori doctor`)",
-                          highlight=False)
+        out_console.print("numeric paths: no warnings; each model matches its reference within the tested "
+                          "tolerance (details: `moksori doctor`)", highlight=False)
