@@ -99,9 +99,9 @@ def test_fused_int8_onnx_warns_where_the_kernel_saturates():
     for flags in (EPYC_ROME, SKYLAKE_SP, NEHALEM):
         found = [f for f in warnings(machine(flags), onnx_graph="all") if f.model == "smart-turn"]
         assert found and "saturate" in found[0].text, flags
-    for flags in (EPYC_GENOA, SAPPHIRE_RAPIDS):  # exact integer kernels: different rounding, a note
-        findings = numerics.assess(machine(flags), numerics.EngineConfig(onnx_graph="all"))[1]
-        assert [f.level for f in findings if f.model == "smart-turn"] == ["note"], flags
+    for flags in (EPYC_GENOA, SAPPHIRE_RAPIDS):  # exact integer kernels, still off the reference
+        found = [f for f in warnings(machine(flags), onnx_graph="all") if f.model == "smart-turn"]
+        assert found and "saturate" not in found[0].text and "1.3 logits" in found[0].text, flags
 
 
 def test_whisper_int8_is_a_note_float32_is_the_same_everywhere():
