@@ -27,6 +27,10 @@ def serve(
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     keys = settings.all_api_keys()
+    from moksori.cluster import check_cluster_settings
+
+    check_cluster_settings(settings)  # cluster mode (MOKSORI_REDIS_URL): one-line errors before the models load
+    settings.server = settings.server.model_copy(update={"host": host, "port": port})  # the registry's address
     if not is_loopback(host) and not keys:
         raise ConfigError(f"refusing to listen on {host} without API keys",
                           hint="set MOKSORI_API_KEYS (comma-separated) or MOKSORI_API_KEYS_FILE, or bind 127.0.0.1")

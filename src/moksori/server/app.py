@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from moksori import __version__
 from moksori.protocols import realtime as rt
 from moksori.providers.registry import Stack
+from moksori.server import cluster_routes
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.ephemeral_keys import MemoryKeyStore, is_ephemeral
 from moksori.server.metrics import Metrics
@@ -94,6 +95,7 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
     from moksori.server import conversations_api  # the store opens and closes with the app
 
     conversations_api.install(app, state)
+    cluster_routes.install(app, state)  # /v1/cluster, live events, call control; cluster mode with MOKSORI_REDIS_URL
 
     static = resources.files("moksori.web") / "static"
     if static.is_dir():
@@ -125,6 +127,9 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
     if state.sessions >= limits.max_sessions or state.sessions_by_key[label] >= limits.max_sessions_per_key:
         await ws.close(code=1013, reason="too many sessions")
         return
+    ticket = await cluster_routes.admit_ws(ws, state, label)  # limits across the cluster; None: refused
+    if ticket is None:
+        return
     flavor = rt.detect_flavor(ws.url.path, headers, offered)
     accept_proto = "realtime" if "realtime" in offered else None
     await ws.accept(subprotocol=accept_proto)
@@ -140,6 +145,7 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         timeline=query.get("moksori_timeline") in ("1", "true"),
         transcription_only=query.get("intent") == "transcription")
     conn.session.bus.listen(state.metrics.observe_session())
+    ticket.opened("voice-live" if flavor is rt.Flavor.AZURE else "realtime", conn.session_id, conn.session)
     try:
         if grant is not None:
             conn.preset(grant.session, transcription_only=grant.transcription)
@@ -158,6 +164,7 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         log.exception("realtime connection failed")
     finally:
         await conn.close()
+        ticket.closed("session_closed")
         state.sessions -= 1
         state.sessions_by_key[label] -= 1
         if state.sessions_by_key[label] <= 0:

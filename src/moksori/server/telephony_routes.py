@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from moksori.protocols.telephony import codec_for
+from moksori.server import cluster_routes
 from moksori.telephony.call import PhoneCall, normalize_number
 from moksori.telephony.phrases import stack_for_calls, warm_phrases
 from moksori.telephony.signatures import make_stream_token, verify_plivo_v3, verify_twilio
@@ -225,6 +226,7 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
     await ws.accept()
     codec = codec_for(carrier)
     counted = False
+    ticket = None
 
     async def send(wire: str | bytes) -> None:
         if isinstance(wire, bytes):
@@ -233,8 +235,11 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
             await ws.send_text(wire)
 
     def on_session(call: PhoneCall) -> None:
-        nonlocal counted
+        nonlocal counted, ticket
         counted = True
+        if call.info is not None and call.session is not None:  # registry + live events (cluster_routes)
+            ticket = cluster_routes.track(state, "phone", call.info.call_id, call.session,
+                                          conversation_id=call.session.id)
         state.sessions += 1
         state.metrics.sessions_total += 1
         tel.calls[id(call)] = call
@@ -255,6 +260,8 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
         if counted and state.settings.telephony.debug:
             tel.recent.append(call.summary())
         await call.close()
+        if ticket is not None:
+            ticket.closed(call.end_reason or "ended")
         tel.calls.pop(id(call), None)
         if counted:
             state.sessions -= 1

@@ -391,6 +391,40 @@ class PhoneCall:
         self.end("transferred")
         return {"ok": True, "transferred_to": number}
 
+    async def hang_up(self) -> str:
+        """End the call now, asked from outside the conversation (`POST /v1/telephony/calls/{id}/hangup`,
+        maybe forwarded from another worker): through the carrier's REST API when it is configured,
+        else by closing the media stream. Returns "rest" or "stream"."""
+        via = "stream"
+        control = self._control()
+        if control is not None and self.info is not None:
+            try:
+                await control.hangup(self.info.call_id)
+                via = "rest"
+            except MoksoriError as e:
+                log.warning("%s hang-up via REST failed (%s): closing the stream instead", self.carrier, e)
+            finally:
+                await control.aclose()
+        self.end("hung_up_by_api")
+        return via
+
+    async def transfer(self, number: str) -> str:
+        """Transfer the caller now to one of `telephony.transfer_numbers`. Raises PermissionError
+        for another number, `MoksoriError` when the carrier's API fails or is not configured."""
+        number = normalize_number(number)
+        allowed = {normalize_number(n) for n in self.settings.telephony.transfer_numbers}
+        if number not in allowed:
+            raise PermissionError(f"{number or 'that number'} is not one of MOKSORI_TELEPHONY_TRANSFER_NUMBERS")
+        control = self._control()
+        if control is None or self.info is None:
+            raise MoksoriError(f"transfers are not configured for {self.carrier} (no REST credentials)")
+        try:
+            await control.transfer(self.info.call_id, number)
+        finally:
+            await control.aclose()
+        self.end("transferred")
+        return number
+
     def _control(self) -> Any:
         transfer_url = None
         if self.settings.public_url:

@@ -30,7 +30,9 @@ from fastapi.responses import JSONResponse, Response
 from moksori.engine.memory import new_id
 from moksori.errors import ProtocolError
 from moksori.protocols import realtime as rt
+from moksori.server import cluster_routes
 from moksori.server.auth import extract_key, key_label, key_ok
+from moksori.server.cluster_routes import Refusal
 from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, is_ephemeral, new_key,
                                            parse_expires_after)
 from moksori.server.realtime_config import initial_session
@@ -66,6 +68,7 @@ class WebRTC:
         self.state = state
         self.settings = state.settings
         self.calls: dict[str, Any] = {}
+        self.tickets: dict[str, Any] = {}  # call id -> cluster_routes.SessionTicket
         self.peers: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ auth and limits
@@ -179,6 +182,10 @@ class WebRTC:
             return error(400, str(e), "invalid_offer", param="sdp")
         if not self.admit(label):
             return error(429, "too many sessions", "session_limit_reached")
+        ticket = await cluster_routes.admit(self.state, label)  # limits across the cluster
+        if isinstance(ticket, Refusal):
+            self.release(label)
+            return error(429 if ticket.code != "cluster_unavailable" else 503, ticket.message, ticket.code)
 
         call_id = "rtc_" + secrets.token_hex(12)
         call = Call(call_id, owner=label, connect_timeout_s=cfg.connect_timeout_s,
@@ -193,6 +200,8 @@ class WebRTC:
         conn.session.bus.listen(self.state.metrics.observe_session())
         call.attach_connection(conn)
         self.calls[call_id] = call
+        self.tickets[call_id] = ticket
+        ticket.opened("webrtc", call_id, conn.session, conversation_id=conn.session_id)
         try:
             if grant is not None:
                 conn.preset(grant.session, transcription_only=grant.transcription)
@@ -222,6 +231,9 @@ class WebRTC:
     def _closed(self, call: Any) -> None:
         if self.calls.pop(call.id, None) is not None:
             self.release(call.owner)
+        ticket = self.tickets.pop(call.id, None)
+        if ticket is not None:
+            ticket.closed("call_ended")
 
     def find(self, call_id: str, owner: str) -> Any:
         call = self.calls.get(call_id)
@@ -329,8 +341,8 @@ def install(app: FastAPI, state: Any) -> None:
         if refused is not None:
             return refused
         call = webrtc.find(call_id, label)
-        if call is None:
-            return error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found", param="call_id")
+        if call is None:  # maybe another worker holds it
+            return await cluster_routes.hangup_elsewhere(state, call_id, label)
         await call.close("hung up")
         return Response(status_code=200)
 

@@ -1,0 +1,46 @@
+"""A session's engine events -> the small live events a follower reads (`GET .../events`).
+
+    session.state           -> conversation.state   {"state"}   idle | user_speaking | user_paused | thinking | speaking
+    user.transcript_delta   -> transcript.delta     {"item_id", "text", "language"}  (the whole hypothesis so far)
+    user.transcript         -> transcript.done      {"item_id", "text", "language"}
+    agent.response_started  -> reply.started        {"response_id", "item_id"}
+    agent.text_delta        -> reply.delta          {"response_id", "item_id", "delta"}
+    agent.response_done     -> reply.done           {"response_id", "item_id", "text", "status", "interrupted"}
+    (the session ends)      -> conversation.ended   {"reason"}
+
+`text` of `reply.done` is what the listener heard (an interrupted reply is cut where it was cut).
+A speculative reply that was thrown away never reaches the bus, so never a follower. Reads only
+`ev.type` and `ev.to_json()` (the engine's public wire shape), nothing else of the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from moksori.cluster.live import LiveEvents
+
+_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "session.state": ("conversation.state", ("state",)),
+    "user.transcript_delta": ("transcript.delta", ("item_id", "text", "language")),
+    "user.transcript": ("transcript.done", ("item_id", "text", "language")),
+    "agent.response_started": ("reply.started", ("response_id", "item_id")),
+    "agent.text_delta": ("reply.delta", ("response_id", "item_id", "delta")),
+    "agent.response_done": ("reply.done", ("response_id", "item_id", "text", "status", "interrupted")),
+}
+
+
+def live_listener(live: LiveEvents, conversation_id: str) -> Callable[[Any], None]:
+    """A session-bus listener publishing `conversation_id`'s live events (never raises, never waits)."""
+
+    def on_event(ev: Any) -> None:
+        mapped = _FIELDS.get(ev.type)
+        if mapped is None:
+            return
+        name, fields = mapped
+        wire = ev.to_json()
+        if name == "transcript.done" and wire.get("final") is False:
+            return
+        live.publish(conversation_id, name, {f: wire.get(f) for f in fields})
+
+    return on_event
