@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    install everything, then start the main job on the embedded default
 #   make test   install everything, then run the whole suite
+# and a cluster on this machine (docs/SCALING.md):
+#   make cluster        nginx on CLUSTER_PORT + WORKERS workers + one llama_cpp.server (PostgreSQL, Redis running)
+#   make cluster-down   stop what `make cluster` started
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,8 +11,10 @@ STAMP  := $(VENV)/.moksori-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
+CLUSTER_PORT ?= 8000
+WORKERS ?= 2
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean cluster cluster-down cluster-status
 
 setup: $(STAMP)
 
@@ -28,6 +33,15 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+cluster: setup
+	CLUSTER_PORT=$(CLUSTER_PORT) WORKERS=$(WORKERS) $(PY) scripts/cluster.py up
+
+cluster-down:
+	$(PYTHON) scripts/cluster.py down
+
+cluster-status:
+	$(PYTHON) scripts/cluster.py status
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -5,6 +5,7 @@
 #   chromium               headless browser tests
 #   pocketsphinx-testdata  extra real English speech for tests
 #   qemu-user              tests only: runs the models on an emulated AVX2-only CPU (x86_64 hosts)
+#   nginx                  the load balancer of `make cluster` (started as the current user, never as a service)
 set -euo pipefail
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
@@ -12,6 +13,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || need+=(pocketsphinx-testdata)
 if [ "$(uname -m)" = x86_64 ]; then command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user); fi
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "moksori: installing system packages: ${need[*]}"
 sudo=""

@@ -24,7 +24,7 @@ def cluster_enabled(settings: Any) -> bool:
     return settings.redis.enabled
 
 
-def check_cluster_settings(settings: Any) -> None:
+def check_cluster_settings(settings: Any, *, warn: bool = True) -> None:
     """Raise `ConfigError` (one line) if cluster mode is on without what it needs."""
     if not cluster_enabled(settings):
         return
@@ -41,6 +41,6 @@ def check_cluster_settings(settings: Any) -> None:
     if secret is None or not secret.get_secret_value().strip():
         raise ConfigError("cluster mode (MOKSORI_REDIS_URL) needs MOKSORI_TELEPHONY_STREAM_SECRET, the same on "
                           "every worker: a call's webhook and its media stream may reach different workers")
-    if settings.store.hash_secret is None:
+    if warn and settings.store.hash_secret is None:
         log.warning("cluster: MOKSORI_STORE_HASH_SECRET is not set; workers on other machines (with another "
                     "data dir) would hash callers' phone numbers differently")

@@ -148,7 +148,7 @@ def install(app: FastAPI, state: Any) -> None:
     state.cluster = None
     state.live = MemoryLive()
     if cluster_enabled(settings):
-        check_cluster_settings(settings)
+        check_cluster_settings(settings, warn=False)  # `moksori serve` checked (and warned) already
         from moksori.cluster.keystore import RedisKeyStore
         from moksori.server.ephemeral_keys import EphemeralKey
 
