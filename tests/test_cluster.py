@@ -1,0 +1,268 @@
+"""`make cluster` for real: nginx + 2 `moksori serve` workers + one `llama_cpp.server`, on loopback,
+with the PostgreSQL and Redis servers of this machine (own database, own key prefix).
+
+`scripts/cluster.py up` (what `make cluster` runs) starts it all under a temporary CLUSTER_DIR on
+a free port; the official `openai` Realtime client connects through nginx. In order:
+
+1. a text reply through nginx (the workers' LLM is the shared inference server), and
+   `/v1/cluster` lists both workers;
+2. the live events of that session are read on the other worker (straight to its port);
+3. the per-key session limit holds across the two workers, through nginx;
+4. `kill -9` of one worker mid-conversation: its session ends, the session on the other worker
+   goes on, the dead worker leaves the registry after its TTL, new sessions go to the survivor;
+5. `scripts/cluster.py down` (what `make cluster-down` runs) leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from databases import postgres_database
+from redis_tools import REDIS_URL, delete_prefix_sync, new_prefix
+from servers import free_port
+from speech import prepared_data_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.models]
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sk-cluster-e2e-1"
+TTL = 3
+
+
+def cluster_cmd(cmd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts/cluster.py"), cmd], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_time(pid: int) -> str | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    data_dir = prepared_data_dir(tmp_path_factory)
+    d = tmp_path_factory.mktemp("cluster-dir")
+    prefix = new_prefix()
+    port = free_port()
+    with postgres_database() as db:
+        env = {**os.environ, "CLUSTER_DIR": str(d), "CLUSTER_PORT": str(port), "WORKERS": "2",
+               "CLUSTER_LLM_THREADS": "1", "CLUSTER_READY_TIMEOUT_S": "400",
+               "MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix, "MOKSORI_STORE_URL": db,
+               "MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_API_KEYS": KEY, "MOKSORI_LLM_TEMPERATURE": "0",
+               "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "2", "MOKSORI_CLUSTER_HEARTBEAT_S": "1",
+               "MOKSORI_CLUSTER_TTL_S": str(TTL), "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "2"}
+        up = cluster_cmd("up", env, timeout=600)
+        state = json.loads((d / "state.json").read_text()) if (d / "state.json").exists() else None
+        try:
+            assert up.returncode == 0, f"cluster up failed:\n{up.stdout}\n{up.stderr}"
+            assert state is not None
+            yield {"env": env, "dir": d, "port": port, "state": state, "url": f"http://127.0.0.1:{port}"}
+        finally:
+            down = cluster_cmd("down", env, timeout=120)
+            procs = ([state["nginx"]] if state and state.get("nginx") else []) + \
+                    (state["workers"] + [state["llm"]] if state else [])
+            left = [p["pid"] for p in procs if start_time(p["pid"]) == p["start"]]
+            delete_prefix_sync(prefix)
+            # 5. cluster-down stops everything it started, and only that
+            assert down.returncode == 0, down.stderr
+            assert not left, f"still running after cluster down: {left}\n{down.stdout}"
+            assert not (d / "state.json").exists()
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def api(cluster, path: str, url: str | None = None) -> httpx.Response:
+    return httpx.get((url or cluster["url"]) + path, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+
+
+def workers(cluster) -> dict[int, dict[str, Any]]:
+    """pid -> registry entry."""
+    r = api(cluster, "/v1/cluster")
+    assert r.status_code == 200, r.text
+    return {w["pid"]: w for w in r.json()["workers"]}
+
+
+def worker_url(cluster, pid: int) -> str:
+    st = cluster["state"]
+    i = [w["pid"] for w in st["workers"]].index(pid)
+    return f"http://127.0.0.1:{st['worker_ports'][i]}"
+
+
+async def connect(cluster):
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(api_key=KEY, websocket_base_url=f"ws://127.0.0.1:{cluster['port']}/v1", max_retries=0)
+    conn = await client.realtime.connect(model="gpt-realtime").enter()
+    created = await next_event(conn, "session.created")
+    await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+    await next_event(conn, "session.updated")
+    return conn, created.session.id
+
+
+async def next_event(conn, typ: str, timeout: float = 60.0) -> Any:
+    async def read():
+        async for ev in conn:
+            if ev.type == typ:
+                return ev
+            if ev.type == "error":
+                raise AssertionError(f"error event: {ev.error}")
+        raise ConnectionError("the connection closed")
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def ask(conn, text: str) -> str:
+    await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                              "content": [{"type": "input_text", "text": text}]})
+    await conn.response.create()
+    done = await next_event(conn, "response.done", timeout=120)
+    assert done.response.status == "completed", done.response
+    return done.response.output[0].content[0].text
+
+
+async def holder(cluster, n_sessions: dict[int, int] | None = None, timeout: float = 10.0) -> dict[int, int]:
+    """Wait until the registry shows these session counts per worker pid; returns the counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = {pid: w["sessions"] for pid, w in workers(cluster).items()}
+        if n_sessions is None or counts == n_sessions:
+            return counts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"registry shows {counts}, expected {n_sessions}")
+        await asyncio.sleep(0.2)
+
+
+async def follow(url: str, conversation_id: str, events: list[tuple[str, dict]], opened: asyncio.Event) -> None:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+        async with client.stream("GET", f"{url}/v1/conversations/{conversation_id}/events",
+                                 headers={"Authorization": f"Bearer {KEY}"}) as r:
+            assert r.status_code == 200
+            opened.set()
+            event, data = "message", []
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line == "" and data:
+                    events.append((event, json.loads("".join(data))))
+                    event, data = "message", []
+
+
+async def test_text_reply_through_nginx_and_the_registry(cluster):
+    pids = {w["pid"] for w in cluster["state"]["workers"]}
+    assert set(workers(cluster)) == pids
+    conn, sid = await connect(cluster)
+    try:
+        reply = await ask(conn, "What is the capital of France?")
+        assert reply.strip()
+        counts = await holder(cluster)
+        assert sorted(counts.values()) == [0, 1]
+    finally:
+        await conn.close()
+    await holder(cluster, {pid: 0 for pid in pids})
+
+
+async def test_live_events_are_read_on_the_other_worker(cluster):
+    conn, sid = await connect(cluster)
+    task = None
+    try:
+        counts = await holder(cluster)
+        mine = next(pid for pid, n in counts.items() if n == 1)
+        other = next(pid for pid in counts if pid != mine)
+        events: list[tuple[str, dict]] = []
+        opened = asyncio.Event()
+        task = asyncio.create_task(follow(worker_url(cluster, other), sid, events, opened))
+        await asyncio.wait_for(opened.wait(), 10)
+        reply = await ask(conn, "Say hello.")
+        deadline = time.monotonic() + 10
+        while not any(e == "reply.done" for e, _ in events) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        done = next(d for e, d in events if e == "reply.done")
+        assert done["text"] == reply and done["conversation_id"] == sid
+        assert "".join(d["delta"] for e, d in events if e == "reply.delta") == reply
+        assert events[0][0] == "conversation.state" and events[0][1]["worker"] == workers(cluster)[mine]["id"]
+        await conn.close()
+        deadline = time.monotonic() + 10
+        while not any(e == "conversation.ended" for e, _ in events) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert events[-1][0] == "conversation.ended"
+        await asyncio.wait_for(task, 5)  # the stream ended cleanly
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+async def test_the_per_key_limit_holds_across_workers_through_nginx(cluster):
+    from openai import AsyncOpenAI
+    from websockets.exceptions import InvalidStatus
+
+    pids = {w["pid"] for w in cluster["state"]["workers"]}
+    a, _ = await connect(cluster)
+    b, _ = await connect(cluster)
+    try:
+        await holder(cluster, {pid: 1 for pid in pids})  # least_conn put one on each worker
+        client = AsyncOpenAI(api_key=KEY, websocket_base_url=f"ws://127.0.0.1:{cluster['port']}/v1", max_retries=0)
+        with pytest.raises(InvalidStatus) as e:
+            await client.realtime.connect(model="gpt-realtime").enter()
+        assert e.value.response.status_code == 503
+        assert b"too_many_sessions" in e.value.response.body
+    finally:
+        await a.close()
+        await b.close()
+    await holder(cluster, {pid: 0 for pid in pids})
+
+
+async def test_kill_9_of_one_worker_mid_conversation(cluster):
+    pids = {w["pid"] for w in cluster["state"]["workers"]}
+    a, _ = await connect(cluster)
+    b, _ = await connect(cluster)
+    try:
+        await holder(cluster, {pid: 1 for pid in pids})
+        await ask(a, "Hello!")
+        await ask(b, "Hello!")
+        victim = next(iter(pids))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # one session ends with its worker, the other goes on untouched
+        results = await asyncio.gather(ask(a, "How are you?"), ask(b, "How are you?"), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 1, results
+        survivor = a if not isinstance(results[0], BaseException) else b
+        assert (await ask(survivor, "Thank you.")).strip()
+        # the dead worker leaves the registry after its TTL
+        deadline = time.monotonic() + TTL + 10
+        while victim in workers(cluster):
+            assert time.monotonic() < deadline, "the killed worker is still registered"
+            await asyncio.sleep(0.2)
+        assert time.monotonic() - killed_at < TTL + 10
+        # new sessions go to the surviving worker
+        c, _ = await connect(cluster)
+        try:
+            assert (await ask(c, "Hi again.")).strip()
+            counts = await holder(cluster)
+            assert set(counts) == pids - {victim} and list(counts.values()) == [2]
+        finally:
+            await c.close()
+    finally:
+        for conn in (a, b):
+            with contextlib.suppress(Exception):
+                await conn.close()
