@@ -187,6 +187,9 @@ async def run(args) -> dict:
     ws = lambda u: u.replace("http://", "ws://") + "/v1"  # noqa: E731
     try:
         print("1. LLM time to first token on the shared inference server", file=sys.stderr)
+        warm = asyncio.Event()
+        warm.set()
+        await direct_ttft(llm_url, QUESTIONS[0], warm)  # the system prompt's first prefill: not counted
         for n in levels:
             result["levels"][str(n)] = await ttft_level(n, ws(base), llm_url)
         if args.reps > 0 and worker_base:

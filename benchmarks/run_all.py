@@ -24,6 +24,7 @@ RUNS = [
     ("concurrency_100ms", ["concurrency.py", "--chunk-ms", "100", "--levels", "200,300,400,500,600", "--window", "8"]),
     ("webrtc", ["webrtc.py", "--reps", "2"]),
     ("store_throughput", ["store_throughput.py"]),
+    ("cluster", ["cluster.py", "--reps", "2"]),
 ]
 
 

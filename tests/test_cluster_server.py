@@ -366,3 +366,31 @@ async def test_a_killed_worker_leaves_the_registry_and_its_followers_are_told(cl
         assert worker_ids(b) == ["worker-a", "worker-b"]
     finally:
         c.stop()
+
+
+async def test_a_webrtc_call_on_one_worker_is_hung_up_through_another(cluster):
+    from openai import AsyncOpenAI, NotFoundError
+
+    from moksori.testing.webrtc_client import RtcClient
+
+    a, b = cluster["a"], cluster["b"]
+    client = RtcClient()
+    try:
+        await client.connect_sdk(a.url, KEY)
+        await asyncio.wait_for(client.opened.wait(), 15)
+        await client.wait_event("session.created")
+        await wait_held(b, "worker-a", 1)
+        other = AsyncOpenAI(api_key=OTHER_KEY, base_url=b.url + "/v1", max_retries=0)
+        with pytest.raises(NotFoundError):  # another key's call: as if it did not exist, on any worker
+            await other.realtime.calls.hangup(client.call_id)
+        await other.close()
+        api = AsyncOpenAI(api_key=KEY, base_url=b.url + "/v1", max_retries=0)
+        await api.realtime.calls.hangup(client.call_id)  # held by worker A, asked of worker B
+        await api.close()
+        await wait_held(b, "worker-a", 0)
+        deadline = time.monotonic() + 10
+        while client.pc.connectionState not in ("closed", "failed") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert client.pc.connectionState in ("closed", "failed")
+    finally:
+        await client.close()

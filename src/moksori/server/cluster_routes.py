@@ -40,6 +40,7 @@ from moksori.server.live_events import live_listener
 log = logging.getLogger("moksori.cluster")
 
 MAX_BODY = 16 * 1024
+ANY_KEY = "*"  # owner of phone calls: they belong to the server, so any valid key may follow them
 RPC_STATUS = {"call_not_found": 404, "invalid_request": 400, "not_allowed": 403, "worker_unreachable": 503,
               "worker_timeout": 504, "unknown_method": 501, "call_control_failed": 502}
 
@@ -119,9 +120,10 @@ async def admit_ws(ws: WebSocket, state: Any, owner: str) -> SessionTicket | Non
     return ticket
 
 
-def track(state: Any, kind: str, ident: str, session: Any | None = None, *, owner: str = "anonymous",
+def track(state: Any, kind: str, ident: str, session: Any | None = None, *, owner: str = ANY_KEY,
           conversation_id: str | None = None) -> SessionTicket:
-    """A session that no per-key limit applies to (a phone call): registered and followed."""
+    """A session that no per-key limit applies to (a phone call): registered, and followed by
+    any valid key unless `owner` names one."""
     ticket = SessionTicket(state, owner)
     ticket.opened(kind, ident, session, conversation_id=conversation_id)
     return ticket
@@ -241,7 +243,7 @@ async def _events(state: Any, request: Request, conversation_id: str, key: str |
         follow = await state.live.follow(conversation_id)
     except RedisUnavailable as e:
         return _unavailable(e)
-    if follow is not None and state.auth_required and follow.owner != owner:
+    if follow is not None and state.auth_required and follow.owner not in (owner, ANY_KEY):
         await follow.close()
         follow = None  # another key's conversation: as if it did not exist
     snapshot: dict[str, Any]
