@@ -46,8 +46,8 @@ RPC_STATUS = {"call_not_found": 404, "invalid_request": 400, "not_allowed": 403,
 
 
 def _error(status: int, message: str, code: str, kind: str = "invalid_request_error",
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status,
+           headers: dict[str, str] | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}}, status,
                         headers=headers)
 
 
@@ -339,12 +339,13 @@ async def hangup_elsewhere(state: Any, call_id: str, owner: str) -> Response:
     the worker that does (the key must own the call there too). 404 in one process."""
     node: ClusterNode | None = getattr(state, "cluster", None)
     if node is None:
-        return _error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found")
+        return _error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found", param="call_id")
     try:
         await node.forward("webrtc", call_id, "webrtc.hangup", {"call_id": call_id, "owner": owner})
     except RpcError as e:
         status = RPC_STATUS.get(e.code, 500)
-        return _error(status, e.message, e.code, "server_error" if status >= 500 else "invalid_request_error")
+        return _error(status, e.message, e.code, "server_error" if status >= 500 else "invalid_request_error",
+                      param="call_id" if e.code == "call_not_found" else None)
     except RedisUnavailable as e:
         return _unavailable(e)
     return Response(status_code=200)
