@@ -20,10 +20,8 @@ from redis_tools import REDIS_URL, delete_prefix, new_prefix, redis_available
 from tcp_proxy import TCPProxy
 
 from moksori.cluster import ClusterNode, Held, MemoryLive, RpcError
-from moksori.cluster.hub import RESYNC
 from moksori.cluster.keystore import RedisKeyStore
 from moksori.cluster.redis_client import Keys, RedisUnavailable, connect
-from moksori.cluster.rpc import Rpc
 from moksori.errors import ConfigError
 
 

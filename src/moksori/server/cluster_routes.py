@@ -166,12 +166,12 @@ def install(app: FastAPI, state: Any) -> None:
 
         @contextlib.asynccontextmanager
         async def lifespan(a: FastAPI):
-            await node.start()
-            try:
-                async with inner(a) as value:
+            async with inner(a) as value:  # models warm, store open: then join the cluster
+                await node.start()
+                try:
                     yield value
-            finally:
-                await node.close()
+                finally:
+                    await node.close()
 
         app.router.lifespan_context = lifespan
 
