@@ -2,7 +2,7 @@
 
 Redis keys (under the prefix):
 
-    workers             ZSET  worker id -> expiry (ms on the Redis clock)
+    workers             ZSET  worker id -> expiry (ms on the Redis clock)                (expires)
     worker:<id>         HASH  id, pid, address, sessions, calls, draining, started_at   (expires)
     held:<id>           HASH  "<kind>:<session or call id>" -> JSON {owner, since}       (expires)
     where:<kind>:<id>   STRING worker id holding that session or call                    (expires)
@@ -32,6 +32,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return now
 """
 
