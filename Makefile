@@ -43,7 +43,10 @@ cluster-down:
 cluster-status:
 	$(PYTHON) scripts/cluster.py status
 
+# The telephony benchmark also runs Pipecat 1.14 in its own venv (.data/bench/pipecat-venv,
+# made from PyPI only when missing); `make test` needs none of it.
 bench: setup
+	PYTHON=$(PYTHON) bash benchmarks/pipecat/setup-venv.sh
 	$(PY) benchmarks/run_all.py
 
 clean:
