@@ -41,6 +41,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -375,6 +376,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="ENV=VALUE", help="extra Moksori environment")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    # a plain `kill` must still take the servers down (they run in their own sessions)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.only:
         UTTERANCES[:] = [u for u in args.only.split(",") if u]
 
@@ -472,6 +475,9 @@ def main() -> None:
     print(f"machine: {info.get('cpu_model')}, {info.get('cpu_count')} cores; load {info['loadavg_before']} -> "
           f"{info['loadavg_after']}; other processes p50 {result['others_cores_p50']:.2f} cores, "
           f"max {result['others_cores_max']:.2f}")
+    if result["others_cores_p50"] > 0.25 * (info.get("cpu_count") or 2):
+        print(f"WARNING: other processes kept {result['others_cores_p50']:.2f} of {info.get('cpu_count')} cores busy "
+              "during half the calls: every figure above is inflated; rerun on a quieter machine")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
 
