@@ -39,8 +39,7 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer  # noqa: E402
 from pipecat.frames.frames import TTSSpeakFrame  # noqa: E402
 from pipecat.observers.base_observer import BaseObserver, FramePushed  # noqa: E402
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.runner import PipelineRunner  # noqa: E402
-from pipecat.pipeline.task import PipelineParams, PipelineTask  # noqa: E402
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.processors.aggregators.llm_response_universal import (  # noqa: E402
     LLMContextAggregatorPair,
@@ -57,6 +56,7 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import (  # n
     TurnAnalyzerUserTurnStopStrategy,
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies  # noqa: E402
+from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 # Frames whose first push marks a stage of the turn. Audio frames are logged once per reply.
 _STAGES = {
@@ -147,8 +147,8 @@ async def run_call(args: argparse.Namespace, transport: FastAPIWebsocketTranspor
     ))
     pipeline = Pipeline([transport.input(), stt, user, llm, tts, transport.output(), assistant])
     log = StageLog(Path(args.events), call_id) if args.events else None
-    task = PipelineTask(pipeline, params=PipelineParams(audio_out_sample_rate=8000, enable_metrics=True),
-                        observers=[log] if log else [])
+    task = PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=8000, enable_metrics=True),
+                          observers=[log] if log else [])
 
     @transport.event_handler("on_client_connected")
     async def on_connected(_transport, _client) -> None:
@@ -159,7 +159,8 @@ async def run_call(args: argparse.Namespace, transport: FastAPIWebsocketTranspor
         await task.cancel()
 
     try:
-        await PipelineRunner(handle_sigint=False).run(task)
+        # force_gc as in Pipecat's Twilio example: collect each call's pipeline (and models) when it ends
+        await WorkerRunner(handle_sigint=False, force_gc=True).run(task)
     finally:
         if log is not None:
             log.close()
