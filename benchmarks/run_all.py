@@ -94,6 +94,9 @@ def table(results: Path = OUT) -> str:
                          f"({mach.get('cpu_count', '?')} cores), other processes p50 {tel.get('others_cores_p50', 0):.2f} "
                          f"cores; Pipecat {p.get('setup', {}).get('version', '?')}, p90 Moksori {_s(m.get('p90_s'))}, "
                          f"Pipecat {_s(p.get('p90_s'))}")
+            if "cpu_s_to_reply_p50" in m and "cpu_s_to_reply_p50" in p:
+                notes.append(f"CPU used from the caller's first word to the first reply frame, p50: Moksori "
+                             f"{m['cpu_s_to_reply_p50']:.2f} s, Pipecat (bot + llama.cpp server) {p['cpu_s_to_reply_p50']:.2f} s")
     if not rows:
         return "no benchmark results in " + str(results)
     head = ("path", "measured from -> to", "Moksori p50", "p95", "Pipecat p50", "p95", "n")

@@ -282,6 +282,7 @@ async def one_call(target: Target, meter: Meter, name: str, n: int) -> dict:
                 info = await target.after_reply(call_id)
         await call.hang_up()  # the rest of the reply is not measured
     row["cpu_cores"] = Meter.cores(before, after)
+    row["cpu_s"] = {k: round(after[k] - before[k], 3) for k in before if not k.startswith("_")}
     if info or target.name == "pipecat":
         with contextlib.suppress(Exception):
             target.stages(call_id, row, info)
@@ -354,6 +355,9 @@ def summarise(rows: list[dict], name: str, own: list[str]) -> dict:
         "greeting_p50_ms": round(1000 * pct(greet, 0.5)), "greeting_max_ms": round(1000 * max(greet)) if greet else None,
         # CPU this stack used while it was answering, and while the *other* stack was (idle cost)
         "busy_cores_p50": round(pct([sum(r["cpu_cores"].get(p, 0) for p in own) for r in mine], 0.5), 3),
+        # CPU seconds the stack spent from the caller's first word to its first reply frame
+        "cpu_s_to_reply_p50": round(pct([sum(r["cpu_s"].get(p, 0) for p in own) for r in mine if r["reply"] is not None],
+                                        0.5), 2),
         "idle_cores_during_other_max": round(max([sum(r["cpu_cores"].get(p, 0) for p in own)
                                                   for r in rows if r["server_name"] != name] or [0.0]), 3),
         "idle_cores_during_other_p50": round(pct([sum(r["cpu_cores"].get(p, 0) for p in own)
@@ -466,7 +470,8 @@ def main() -> None:
               f"first audible p50 {s['audible_p50_s']:.2f} s")
         print(f"         stages p50 (s after the true end of speech): "
               + ", ".join(f"{k} {v:.2f}" for k, v in s["stages_p50_s"].items()))
-        print(f"         greeting p50 {s['greeting_p50_ms']} ms; CPU while answering {s['busy_cores_p50']:.2f} cores, "
+        print(f"         CPU from the first word to the first reply frame p50 {s['cpu_s_to_reply_p50']:.2f} s; "
+              f"greeting p50 {s['greeting_p50_ms']} ms; CPU while answering {s['busy_cores_p50']:.2f} cores, "
               f"while idle (other stack's calls) p50 {s['idle_cores_during_other_p50']:.3f}, "
               f"max {s['idle_cores_during_other_max']:.3f} cores")
     for when in ("ready", "after_warmup", "end"):

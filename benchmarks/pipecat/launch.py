@@ -71,13 +71,17 @@ class PipecatStack:
 
         py = venv_python(venv)
         llm_port, bot_port = free_port(), free_port()
+        # The OpenMP spin Moksori sets for itself (moksori/__init__.py): CTranslate2 and llama.cpp
+        # each bring libgomp, and with its default spin-wait the idle threads of one steal the 2
+        # cores the other needs. Same environment on both sides, so that is not what is compared.
+        omp = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "100000")}
         # llama.cpp with Moksori's own thread, context and batch settings (providers/llm_llamacpp.py)
         llm = ServerProcess(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(path_of("smollm2-135m")),
              "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(llm_port),
              "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(context_tokens),
              "--n_batch", "256", "--verbose", "False"],
-            port=llm_port, ready_path="/v1/models", ready_timeout_s=120, env={"PYTHONUNBUFFERED": "1"})
+            port=llm_port, ready_path="/v1/models", ready_timeout_s=120, env={"PYTHONUNBUFFERED": "1", **omp})
         bot = ServerProcess(
             [str(py), str(HERE / "bot.py"), "--port", str(bot_port), "--whisper", str(whisper_dir),
              "--voice", str(path_of("piper-en-joe")), "--smart-turn", str(path_of("smart-turn-v3.2")),
@@ -86,7 +90,7 @@ class PipecatStack:
              "--max-tokens", str(max_tokens), "--events", str(events)],
             port=bot_port, ready_path="/health", ready_timeout_s=180,
             # the bot must not see Moksori's sources or venv
-            env={"PYTHONPATH": "", "VIRTUAL_ENV": str(venv), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+            env={"PYTHONPATH": "", "VIRTUAL_ENV": str(venv), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **omp})
         events.write_text("")
         with llm, bot:
             yield cls(bot, llm, events)
