@@ -60,7 +60,10 @@ def serve(port: int) -> None:
     from moksori.settings import Settings, load_settings
     from moksori.testing.fakes import fake_stack
 
-    settings = load_settings(server={"max_sessions": 100_000, "max_sessions_per_key": 100_000})
+    # no admission control here: this figure is how far the loop itself goes (benchmarks/load.py
+    # measures where admission control starts shedding)
+    settings = load_settings(server={"max_sessions": 100_000, "max_sessions_per_key": 100_000,
+                                     "shed_loop_lag_ms": 1e9, "shed_queue_wait_s": 1e9})
     assert isinstance(settings, Settings)
     app = create_app(settings, fake_stack())
     samples: deque[float] = deque(maxlen=200_000)

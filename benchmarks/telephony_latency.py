@@ -189,7 +189,7 @@ class Target:
         from moksori.telephony.signatures import make_stream_token
 
         # the same `start` message for both: Pipecat ignores the token
-        return {"token": make_stream_token(SECRET.encode(), call_id, now=int(time.time()))}
+        return {"token": make_stream_token(SECRET.encode(), call_id, carrier="twilio", now=int(time.time()))}
 
     async def after_reply(self, call_id: str) -> dict:
         return {}

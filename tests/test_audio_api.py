@@ -433,7 +433,7 @@ async def test_remote_tts_retries_before_audio_and_never_after(fault_proxy, serv
 
 async def test_relay_server_uses_the_remote_providers(relay):
     async with httpx.AsyncClient(timeout=30) as c:
-        models = (await c.get(f"{relay.url}/health")).json()["models"]
+        models = (await c.get(f"{relay.url}/ready")).json()["models"]
     assert models["stt"] == "openai-stt" and models["tts"] == "openai-tts"
 
 

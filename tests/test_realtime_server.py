@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -70,8 +71,13 @@ def ws_url(server, path: str = "/v1/realtime", query: str = "model=gpt-realtime"
 
 
 def health(server) -> dict[str, Any]:
-    with urllib.request.urlopen(server.url + "/health", timeout=5) as resp:  # noqa: S310 - loopback
-        return json.loads(resp.read())
+    """The readiness report (`/ready` needs a key on a server with keys; `/health` names nothing)."""
+    req = urllib.request.Request(server.url + "/ready", headers={"Authorization": f"Bearer {KEY}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:  # 503 while shedding: the body is the same report
+        return json.loads(e.read())
 
 
 def wait_sessions(server, n: int, timeout: float = 10.0) -> None:
@@ -154,7 +160,8 @@ async def test_rejected_before_any_event_with_the_openai_sdk(server):
 
 
 def _metric(server, name: str) -> float:
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+    req = urllib.request.Request(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
         for line in resp.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
@@ -223,7 +230,10 @@ async def test_sessions_per_key_limit(server):
         with pytest.raises(InvalidStatus) as exc:
             async with connect(ws_url(server), additional_headers=bearer()):
                 pass
-        assert exc.value.response.status_code == 403
+        # a limit, not an auth failure: 503 with Retry-After and a JSON reason
+        assert exc.value.response.status_code == 503
+        assert exc.value.response.headers["Retry-After"]
+        assert json.loads(exc.value.response.body)["error"]["code"] == "too_many_sessions"
         # another key has its own allowance
         async with connect(ws_url(server), additional_headers=bearer(FILE_KEY)) as other:
             assert (await recv_json(other))["type"] == "session.created"
@@ -333,7 +343,7 @@ async def test_disconnect_leaves_the_server_healthy(server, when):
         await recv_until(ws2, "session.created")
         await probe(ws2, f"after-{when}")
     await await_sessions(server, 0)
-    assert health(server)["status"] == "ok"
+    assert health(server)["status"] == "ready" and health(server)["unclosed_sessions"] == 0
 
 
 # --------------------------------------------------------------------------- fuzz

@@ -56,7 +56,8 @@ def test_plivo_answer_signed_returns_a_stream_with_a_valid_token(server) -> None
     assert stream.get("bidirectional") == "true"
     headers = dict(kv.split("=", 1) for kv in stream.get("extraHeaders").split(","))
     assert headers["from"] == "+15550001111"
-    assert check_stream_token(STREAM_SECRET.encode(), headers["token"], "call-123", now=int(time.time()))
+    assert check_stream_token(STREAM_SECRET.encode(), headers["token"], "call-123", carrier="plivo",
+                              now=int(time.time()))
 
     # the token opens the stream, and the agent greets the caller
     async def call() -> str:
@@ -124,7 +125,8 @@ def test_vonage_answer_signed_returns_an_ncco_websocket(server) -> None:
     assert endpoint["uri"].endswith("/telephony/vonage/stream")
     assert endpoint["content-type"] == "audio/l16;rate=16000"
     assert endpoint["headers"]["call_uuid"] == "uuid-77"
-    assert check_stream_token(STREAM_SECRET.encode(), endpoint["headers"]["token"], "uuid-77", now=int(time.time()))
+    assert check_stream_token(STREAM_SECRET.encode(), endpoint["headers"]["token"], "uuid-77", carrier="vonage",
+                              now=int(time.time()))
 
     async def call() -> int:
         async with websockets.connect(endpoint["uri"]) as ws:

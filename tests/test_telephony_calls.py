@@ -54,8 +54,9 @@ def speech16k(name: str) -> Frame:
     return frame
 
 
-def token(call_id: str, **kw: Any) -> str:
-    return make_stream_token(STREAM_SECRET.encode(), call_id, now=kw.pop("now", int(time.time())), **kw)
+def token(call_id: str, carrier: str = "twilio", **kw: Any) -> str:
+    return make_stream_token(STREAM_SECRET.encode(), call_id, carrier=carrier, now=kw.pop("now", int(time.time())),
+                             **kw)
 
 
 def get_json(base: str, path: str) -> Any:
@@ -171,7 +172,8 @@ def test_twilio_webhook_answers_signed_requests_only(server: ServerProcess) -> N
     assert stream_url == "wss://voice.example.test/telephony/twilio/stream"
     assert stream_params["from"] == "+15550001111" and stream_params["to"] == "+15557654321"
     assert stream_params["call_sid"] == params["CallSid"]
-    assert check_stream_token(STREAM_SECRET.encode(), stream_params["token"], params["CallSid"], now=int(time.time()))
+    assert check_stream_token(STREAM_SECRET.encode(), stream_params["token"], params["CallSid"], carrier="twilio",
+                              now=int(time.time()))
 
     tampered = dict(params, To="+19005550000")
     local_url = server.url + "/telephony/twilio/voice"  # signed for the Host we listen on: wrong URL
@@ -197,7 +199,9 @@ async def test_stream_without_a_valid_token_is_closed_before_any_audio(server: S
         "garbage": {"token": "v1.99999999999.not-a-mac"},
         "other call": {"token": token(sid("CA", 3))},
         "expired": {"token": token(call_id, now=int(time.time()) - 3600, ttl_s=600)},
-        "other secret": {"token": make_stream_token(b"not-our-secret", call_id, now=int(time.time()))},
+        "other secret": {"token": make_stream_token(b"not-our-secret", call_id, carrier="twilio",
+                                                    now=int(time.time()))},
+        "other carrier": {"token": token(call_id, "telnyx")},
     }
 
     async def attempt(params: dict[str, str]) -> tuple[int | None, float]:
@@ -412,11 +416,11 @@ async def test_telnyx_plivo_and_vonage_calls(server: ServerProcess) -> None:
     plivo_id = "1ed7fd89-df77-4ebf-8196-d5cf7222c918"
     vonage_id = "63f61863-4a51-4f6b-86e1-46edebcf9356"
     results = await asyncio.gather(
-        one_turn(server, "telnyx", telnyx_id, params={"token": token(telnyx_id)}, name="tel_006"),
+        one_turn(server, "telnyx", telnyx_id, params={"token": token(telnyx_id, "telnyx")}, name="tel_006"),
         # Plivo extraHeaders allow only [A-Za-z0-9]: this stream carries its token in the URL
-        one_turn(server, "plivo", plivo_id, query=f"?token={token(plivo_id)}", params={"from": "15550001111"},
+        one_turn(server, "plivo", plivo_id, query=f"?token={token(plivo_id, 'plivo')}", params={"from": "15550001111"},
                  name="tel_008"),
-        one_turn(server, "vonage", vonage_id, params={"token": token(vonage_id), "from": "15550002222"},
+        one_turn(server, "vonage", vonage_id, params={"token": token(vonage_id, "vonage"), "from": "15550002222"},
                  name="tel_009"),
     )
     for carrier, r in zip(("telnyx", "plivo", "vonage"), results):

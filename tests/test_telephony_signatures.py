@@ -23,6 +23,7 @@ from moksori.errors import ConfigError
 from moksori.telephony.signatures import (
     check_stream_token,
     make_stream_token,
+    stream_token_expiry,
     plivo_signature_v3,
     twilio_signature,
     verify_plivo_v3,
@@ -133,29 +134,43 @@ SECRET = b"stream-secret-0123456789abcdef"
 
 
 def test_stream_token_round_trip_and_expiry() -> None:
-    token = make_stream_token(SECRET, "CA123", now=1_000_000, ttl_s=600)
-    assert check_stream_token(SECRET, token, "CA123", now=1_000_000)
-    assert check_stream_token(SECRET, token, "CA123", now=1_000_600)  # the last valid second
-    assert not check_stream_token(SECRET, token, "CA123", now=1_000_601)
-    assert not check_stream_token(SECRET, token, "CA124", now=1_000_000)
-    assert not check_stream_token(b"other-secret", token, "CA123", now=1_000_000)
+    token = make_stream_token(SECRET, "CA123", carrier="twilio", now=1_000_000, ttl_s=600)
+    assert check_stream_token(SECRET, token, "CA123", carrier="twilio", now=1_000_000)
+    assert check_stream_token(SECRET, token, "CA123", carrier="twilio", now=1_000_600)  # the last valid second
+    assert not check_stream_token(SECRET, token, "CA123", carrier="twilio", now=1_000_601)
+    assert not check_stream_token(SECRET, token, "CA124", carrier="twilio", now=1_000_000)
+    assert not check_stream_token(b"other-secret", token, "CA123", carrier="twilio", now=1_000_000)
     version, expires, mac = token.split(".")
-    assert not check_stream_token(SECRET, f"{version}.{int(expires) + 3600}.{mac}", "CA123", now=1_000_000)
+    assert not check_stream_token(SECRET, f"{version}.{int(expires) + 3600}.{mac}", "CA123", carrier="twilio",
+                                  now=1_000_000)
     flipped = mac[:-1] + ("B" if mac[-1] == "A" else "A")
-    assert not check_stream_token(SECRET, f"{version}.{expires}.{flipped}", "CA123", now=1_000_000)
-    assert not check_stream_token(SECRET, None, "CA123", now=1_000_000)
+    assert not check_stream_token(SECRET, f"{version}.{expires}.{flipped}", "CA123", carrier="twilio", now=1_000_000)
+    assert not check_stream_token(SECRET, None, "CA123", carrier="twilio", now=1_000_000)
+    assert stream_token_expiry(token) == 1_000_600
+
+
+def test_stream_token_is_made_for_one_carrier() -> None:
+    token = make_stream_token(SECRET, "CA123", carrier="twilio", now=1_000_000)
+    assert check_stream_token(SECRET, token, "CA123", carrier="twilio", now=1_000_000)
+    for other in ("telnyx", "plivo", "vonage", ""):
+        assert not check_stream_token(SECRET, token, "CA123", carrier=other, now=1_000_000)
+    # the old v1 format (no carrier) is no longer accepted
+    version, expires, mac = token.split(".")
+    assert not check_stream_token(SECRET, f"v1.{expires}.{mac}", "CA123", carrier="twilio", now=1_000_000)
 
 
 def test_stream_token_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        make_stream_token(b"", "CA1", now=0)
+        make_stream_token(b"", "CA1", carrier="twilio", now=0)
     with pytest.raises(ValueError):
-        make_stream_token(SECRET, "CA1", now=0, ttl_s=0)
+        make_stream_token(SECRET, "CA1", carrier="twilio", now=0, ttl_s=0)
+    with pytest.raises(ValueError):
+        make_stream_token(SECRET, "CA1", carrier="", now=0)
 
 
 @given(st.text(max_size=120))
 def test_stream_token_never_raises_on_junk(token: str) -> None:
-    assert check_stream_token(SECRET, token, "CA123", now=int(time.time())) is False
+    assert check_stream_token(SECRET, token, "CA123", carrier="twilio", now=int(time.time())) is False
 
 
 # --------------------------------------------------------------------------- Telnyx

@@ -102,7 +102,7 @@ async def wait_calls(server, n: int, timeout: float = 15.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         s = await asyncio.to_thread(stats, server)
-        health = (await asyncio.to_thread(http, server, "GET", "/health"))[1]
+        health = (await asyncio.to_thread(http, server, "GET", "/ready"))[1]  # /health names nothing
         if s["calls"] == n and s["peers"] == n and health["sessions"] == n:
             return s
         assert time.monotonic() < deadline, f"expected {n} calls, have {s} / sessions {health['sessions']}"
@@ -395,11 +395,11 @@ async def test_session_limits_count_calls_and_the_keys_they_came_from(server):
         sdp = await _one_offer()
         got, body, _ = await asyncio.to_thread(http, server, "POST", "/v1/realtime/calls", raw=sdp.encode(),
                                                content_type="application/sdp")
-        assert got == 429 and body["error"]["code"] == "session_limit_reached"
+        assert got == 503 and body["error"]["code"] == "too_many_sessions"  # a limit, as for WebSockets
         ek = (await mint(server)).value
         got, _, _ = await asyncio.to_thread(http, server, "POST", "/v1/realtime/calls", raw=sdp.encode(),
                                             content_type="application/sdp", key=ek)
-        assert got == 429
+        assert got == 503
         with pytest.raises(InvalidStatus):  # the WebSocket counts the same sessions
             async with connect(f"ws://127.0.0.1:{server.port}/v1/realtime?model=x",
                                additional_headers={"Authorization": f"Bearer {KEY}"}):
@@ -494,7 +494,7 @@ def test_calls_refuse_bad_input(server):
     got, body, _ = http(server, "POST", "/v1/realtime/calls", raw=client_sdp.encode(), content_type="application/sdp",
                         key="sk-wrong")
     assert got == 401 and body["error"]["code"] == "invalid_api_key"
-    assert stats(server)["calls"] == 0 and http(server, "GET", "/health")[1]["sessions"] == 0
+    assert stats(server)["calls"] == 0 and http(server, "GET", "/ready")[1]["sessions"] == 0
 
 
 def test_client_secrets_validation_and_scope(server):

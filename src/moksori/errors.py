@@ -28,6 +28,12 @@ class AudioFormatError(MoksoriError):
     code = "invalid_audio"
 
 
+class AudioTooLong(AudioFormatError):
+    """Audio longer than a limit allows (found while decoding, before it is all decoded)."""
+
+    code = "audio_too_long"
+
+
 class ConfigError(MoksoriError):
     """A setting is missing or wrong."""
 

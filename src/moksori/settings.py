@@ -163,12 +163,40 @@ class StoreSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
+    """Limits and timeouts of `moksori serve` (see "Load, limits and abuse" in the README)."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_input_buffer_s: float = Field(120.0, gt=0)
-    max_sessions_per_key: int = Field(16, ge=1)
+    # sessions (Realtime + phone calls); per key only when API keys are configured
     max_sessions: int = Field(500, ge=1)
+    max_sessions_per_key: int = Field(16, ge=1)
+    # admission control: refuse new sessions (HTTP 503) past these
+    shed_loop_lag_ms: float = Field(150.0, gt=0)  # event-loop lag p95 over the last 5 s
+    shed_queue_wait_s: float = Field(10.0, gt=0)  # expected wait in a model's queue
+    # sockets: open connections (default: the file limit minus a reserve), request-header
+    # deadline, request-body idle timeout, telephony streams waiting for their `start`
+    max_connections: int | None = Field(None, ge=16)
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    body_idle_timeout_s: float = Field(30.0, gt=0, le=600)
+    max_pending_streams: int = Field(64, ge=1)
+    # a Realtime session with no client message for this long is closed
+    session_idle_timeout_s: float = Field(900.0, gt=0)
+    # /v1/audio/*: requests of each kind at once, upload size and length, speech length
+    max_audio_requests: int = Field(2, ge=1, le=64)
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_upload_seconds: float = Field(1800.0, gt=0)
+    max_speech_seconds: float = Field(600.0, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("is empty: give an address to listen on, e.g. 127.0.0.1 (this machine only) "
+                             "or 0.0.0.0 (every interface, needs API keys)")
+        return v
 
 
 class TwilioSettings(BaseModel):
@@ -210,6 +238,8 @@ class TelephonySettings(BaseModel):
     tools: Literal["auto", "on", "off"] = "auto"
     # /telephony/debug/* (call timelines, task and memory counters): for tests, never in production
     debug: bool = False
+    # a media stream must send its `start` (with a valid token) this soon after it opens
+    start_timeout_s: float = Field(10.0, gt=0, le=120)
 
     _split = field_validator("transfer_numbers", mode="before")(_split_csv)
 
@@ -436,6 +466,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
+    metrics_token: SecretStr | None = None  # also accepted (instead of an API key) by /metrics and /ready
     public_url: str | None = None
     # TOML price table (see moksori/data/prices.example.toml); unset = every model costs 0
     prices_file: Path | None = None

@@ -15,14 +15,17 @@ import numpy as np
 
 from moksori.audio import g711
 from moksori.audio.frames import Frame, float_to_pcm16
-from moksori.errors import AudioFormatError
+from moksori.errors import AudioFormatError, AudioTooLong
 
 _PCM, _FLOAT, _ALAW, _ULAW, _EXTENSIBLE = 1, 3, 6, 7, 0xFFFE
 MAX_WAV_BYTES = 1 << 31
 
 
-def read_wav_bytes(data: bytes, *, name: str = "audio") -> Frame:
-    """Parse a whole WAV file held in memory into a mono PCM16 frame at its own rate."""
+def read_wav_bytes(data: bytes, *, name: str = "audio", max_seconds: float | None = None) -> Frame:
+    """Parse a whole WAV file held in memory into a mono PCM16 frame at its own rate.
+
+    With `max_seconds`, a longer file is refused (`AudioTooLong`) from its header, before any
+    sample is decoded."""
     if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
         raise AudioFormatError(f"{name} is not a WAV file (no RIFF/WAVE header)")
     pos, fmt, pcm = 12, None, None
@@ -45,6 +48,11 @@ def read_wav_bytes(data: bytes, *, name: str = "audio") -> Frame:
         tag = struct.unpack_from("<H", fmt, 24)[0]
     if channels < 1 or rate < 1000 or rate > 384000:
         raise AudioFormatError(f"{name}: implausible WAV header ({channels} channels, {rate} Hz)")
+    if max_seconds is not None:
+        frame_bytes = block_align or max(1, channels * max(8, bits) // 8)
+        seconds = len(pcm) / frame_bytes / rate
+        if seconds > max_seconds:
+            raise AudioTooLong(f"{name} is {seconds:.0f} s long; the limit is {max_seconds:g} s")
     samples = _decode(pcm, tag, bits, name)
     usable = len(samples) - len(samples) % channels
     samples = samples[:usable]
@@ -81,7 +89,7 @@ def _decode(raw: bytes, tag: int, bits: int, name: str) -> np.ndarray:
                            hint="use PCM 16-bit, float, μ-law or A-law")
 
 
-def read_wav(path: str | Path) -> Frame:
+def read_wav(path: str | Path, *, max_seconds: float | None = None) -> Frame:
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -94,7 +102,7 @@ def read_wav(path: str | Path) -> Frame:
         raise AudioFormatError(f"{p} is a directory, not an audio file") from None
     except PermissionError:
         raise AudioFormatError(f"cannot read {p}: permission denied") from None
-    return read_wav_bytes(data, name=str(p))
+    return read_wav_bytes(data, name=str(p), max_seconds=max_seconds)
 
 
 def wav_bytes(frame: Frame) -> bytes:
@@ -110,9 +118,13 @@ def write_wav(path: str | Path, frame: Frame) -> None:
     Path(path).write_bytes(wav_bytes(frame))
 
 
-def load_audio(path: str | Path, *, rate: int | None = None) -> Frame:
+def load_audio(path: str | Path, *, rate: int | None = None, max_seconds: float | None = None) -> Frame:
     """Any audio file -> mono PCM16. WAV is parsed here; other containers (mp3, flac, ogg...)
-    go through PyAV, which faster-whisper already depends on. Resampled to `rate` if given."""
+    go through PyAV, which faster-whisper already depends on. Resampled to `rate` if given.
+
+    With `max_seconds`, longer audio is refused (`AudioTooLong`) as soon as that is known: from
+    a WAV header, or while decoding anything else (a compressed file can decode to hundreds of
+    times its size), never after decoding it all."""
     from moksori.audio.resample import resample
 
     p = Path(path)
@@ -121,13 +133,13 @@ def load_audio(path: str | Path, *, rate: int | None = None) -> Frame:
     with open(p, "rb") as fh:
         head = fh.read(12)
     if head[:4] in (b"RIFF", b"RF64"):
-        frame = read_wav(p)
+        frame = read_wav(p, max_seconds=max_seconds)
     else:
-        frame = _decode_with_av(p)
+        frame = _decode_with_av(p, rate=rate, max_seconds=max_seconds)
     return resample(frame, rate) if rate else frame
 
 
-def _decode_with_av(p: Path) -> Frame:
+def _decode_with_av(p: Path, *, rate: int | None = None, max_seconds: float | None = None) -> Frame:
     try:
         import av  # noqa: PLC0415
     except ImportError:  # pragma: no cover - av ships with faster-whisper
@@ -137,12 +149,16 @@ def _decode_with_av(p: Path) -> Frame:
             if not container.streams.audio:
                 raise AudioFormatError(f"{p} has no audio stream")
             stream = container.streams.audio[0]
-            rate = stream.rate or stream.codec_context.sample_rate
+            rate = rate or stream.rate or stream.codec_context.sample_rate
             resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-            chunks = []
+            limit = None if max_seconds is None else int(max_seconds * rate)
+            chunks, total = [], 0
             for packet_frame in container.decode(stream):
                 for f in resampler.resample(packet_frame):
                     chunks.append(f.to_ndarray().reshape(-1))
+                    total += len(chunks[-1])
+                if limit is not None and total > limit:
+                    raise AudioTooLong(f"{p} is longer than the limit of {max_seconds:g} s")
             for f in resampler.resample(None):
                 chunks.append(f.to_ndarray().reshape(-1))
     except AudioFormatError:

@@ -21,10 +21,14 @@ def serve(
     import uvicorn
 
     from moksori.server.app import create_app
-    from moksori.server.auth import is_loopback
+    from moksori.server.auth import is_loopback, redact_uvicorn_logs
+    from moksori.server.sockets import guarded_protocols
 
     settings = load_settings()
-    host = host or settings.server.host
+    host = (host if host is not None else settings.server.host).strip()
+    if not host:
+        raise ConfigError("the address to listen on is empty",
+                          hint="give --host 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, needs API keys)")
     port = settings.server.port if port is None else port
     keys = settings.all_api_keys()
     from moksori.cluster import check_cluster_settings
@@ -37,13 +41,21 @@ def serve(
     stack = load_stack(settings, warm=False)
     err_console.print("[dim]warming up the models…[/]")
     application = create_app(settings, stack, warm=True)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    state = application.state.moksori
+    everywhere = host in ("0.0.0.0", "::")
+    shown = "127.0.0.1" if everywhere else host
     err_console.print(f"[bold green]Moksori is listening[/] on http://{shown}:{port}  "
                       f"(browser app: http://{shown}:{port}/ , Realtime: ws://{shown}:{port}/v1/realtime)"
+                      + (f"  [yellow]bound to every interface ({host})[/]" if everywhere else "")
                       + ("" if keys else "  [yellow]no API keys: loopback only[/]"), highlight=False)
-    config = uvicorn.Config(application, host=host, port=port, log_level=log_level, ws="websockets-sansio",
+    http_protocol, ws_protocol = guarded_protocols(state.sockets)
+    config = uvicorn.Config(application, host=host, port=port, log_level=log_level,
+                            http=http_protocol, ws=ws_protocol,
                             ws_max_size=max(16 * 1024 * 1024, 2 * settings.server.max_message_bytes),
-                            ws_ping_interval=20, ws_ping_timeout=30, lifespan="on")
+                            ws_ping_interval=20, ws_ping_timeout=30, lifespan="on",
+                            timeout_keep_alive=5, timeout_graceful_shutdown=10,
+                            h11_max_incomplete_event_size=16 * 1024, backlog=256)
+    redact_uvicorn_logs()
     server = uvicorn.Server(config)
     try:
         server.run()
@@ -53,4 +65,3 @@ def serve(
         pass
     if not server.started:
         raise ConfigError(f"cannot listen on {host}:{port} (is the address in use?)")
-

@@ -16,6 +16,7 @@ from moksori.engine import events as E
 from moksori.engine.clock import Clock
 from moksori.engine.config import SessionConfig
 from moksori.providers.base import STT, STTOptions, one_chunk
+from moksori.providers.threads import set_background
 
 
 class PartialsHost(Protocol):
@@ -64,6 +65,7 @@ class PartialTranscripts:
         self._task = None
 
     async def _run(self, turn_id: int) -> None:
+        set_background()  # captions wait behind the turn's own STT and the replies
         host, turn = self._host, self._turn
         interval = host.cfg.partial_interval_ms / 1000
         item_id = self._item_id_of(turn_id)

@@ -15,6 +15,7 @@ import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ from moksori.providers.base import (
     ToolCallEvent,
     Usage,
 )
-from moksori.providers.threads import iterate_blocking, run_blocking
+from moksori.providers.threads import ModelExecutor, iterate_blocking, run_blocking
 from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
+
+MIN_REPLY_TOKENS = 32
 
 _STOP_STRINGS = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end|>"]
 
@@ -81,6 +84,7 @@ class LlamaCppLLM(LLM):
         self._bos_text = bos
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         self._lock = threading.Lock()
+        self.executor = ModelExecutor(f"llm:{self.path.name}")
         self.caps = LLMCaps(tools=True, context_tokens=context_tokens, languages=languages)
         self.name = f"llamacpp:{self.path.name}"
 
@@ -120,14 +124,39 @@ class LlamaCppLLM(LLM):
 
     # ------------------------------------------------------------------ generation
 
+    def _fit(self, request: ChatRequest) -> tuple[list[int], int]:
+        """Prompt tokens and the reply's token budget, within the context window.
+
+        A conversation too long for the window loses its oldest messages (the system prompt and
+        the last message stay) rather than failing every later reply; the reply gets whatever
+        room is left, at least MIN_REPLY_TOKENS."""
+        context = self.caps.context_tokens
+        messages = list(request.messages)
+        while True:
+            tokens = self._tokens(self.render(replace(request, messages=tuple(messages))))
+            room = context - len(tokens)
+            if room >= min(request.max_tokens, MIN_REPLY_TOKENS):
+                return tokens, max(1, min(request.max_tokens, room))
+            first = 1 if messages and messages[0].role == "system" else 0
+            if len(messages) - first <= 1:
+                # the last message alone is too long: keep its end (what was said last)
+                last = messages[-1]
+                words = last.content.split()
+                if len(words) < 2:
+                    raise ProviderError(f"the last message alone is {len(tokens)} tokens: more than the "
+                                        f"{context}-token context window allows", retryable=False,
+                                        provider=self.name)
+                fits = context - min(request.max_tokens, MIN_REPLY_TOKENS)
+                keep = max(1, int(len(words) * max(0.1, min(0.9, 0.9 * fits / max(1, len(tokens))))))
+                messages[-1] = replace(last, content="… " + " ".join(words[-keep:]))
+                continue
+            del messages[first]
+            while len(messages) - first > 1 and messages[first].role == "tool":
+                del messages[first]  # a tool result without its call makes no sense
+
     def _generate(self, request: ChatRequest, stop: threading.Event) -> Iterator[Any]:
-        prompt = self.render(request)
         with self._lock:
-            tokens = self._tokens(prompt)
-            budget = self.caps.context_tokens - request.max_tokens
-            if len(tokens) > budget:
-                raise ProviderError(f"conversation is {len(tokens)} tokens, over the {budget}-token budget",
-                                    retryable=False, provider=self.name)
+            tokens, max_tokens = self._fit(request)
             prev = list(self._llm._input_ids)  # noqa: SLF001 - KV cache reuse accounting
             cached = 0
             for a, b in zip(prev, tokens):
@@ -136,7 +165,7 @@ class LlamaCppLLM(LLM):
                 cached += 1
             produced = 0
             stream = self._llm.create_completion(
-                prompt=tokens, max_tokens=request.max_tokens, temperature=request.temperature,
+                prompt=tokens, max_tokens=max_tokens, temperature=request.temperature,
                 top_p=0.95, repeat_penalty=1.1, stop=_STOP_STRINGS, stream=True)
             finish = "stop"
             try:
@@ -159,7 +188,8 @@ class LlamaCppLLM(LLM):
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         scanner = ToolCallScanner(enabled=bool(request.tools) and request.tool_choice != "none")
         done: ChatDone | None = None
-        async for item in iterate_blocking(lambda stop: self._generate(request, stop), max_ahead=3):
+        async for item in iterate_blocking(lambda stop: self._generate(request, stop), executor=self.executor,
+                                           max_ahead=3):
             if isinstance(item, str):
                 for ev in scanner.feed(item):
                     yield ev
@@ -180,7 +210,7 @@ class LlamaCppLLM(LLM):
             pass
 
     async def close(self) -> None:
-        await run_blocking(self._llm.close) if hasattr(self._llm, "close") else None
+        await run_blocking(self._llm.close, executor=self.executor) if hasattr(self._llm, "close") else None
 
 
 def _arguments_as_objects(m: dict[str, Any]) -> dict[str, Any]:

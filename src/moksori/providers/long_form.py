@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moksori.providers.base import STT, VAD, STTOptions, one_chunk
+from moksori.providers.threads import run_blocking
 from moksori.providers.vad_segments import speech_regions
 
 
@@ -28,7 +29,8 @@ async def transcribe_long(stt: STT, vad: VAD, audio16k: np.ndarray, *, language:
                           languages: tuple[str, ...] = ("en", "ko")) -> LongFormResult:
     segments: list[dict] = []
     lang = language
-    for start, end in speech_regions(vad, audio16k):
+    # the VAD over a whole file takes seconds (a frame at a time): off the event loop
+    for start, end in await run_blocking(speech_regions, vad, audio16k):
         piece = audio16k[int(start * 16000):int(end * 16000)]
         final = None
         async for tr in stt.transcribe(one_chunk(piece), STTOptions(language=lang, languages=languages)):

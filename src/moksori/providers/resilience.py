@@ -17,6 +17,7 @@ permanent `ProviderError` naming the original exception type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -30,6 +31,7 @@ import numpy as np
 from moksori.audio.frames import Frame
 from moksori.errors import ProviderError, ProviderTimeout
 from moksori.providers.base import LLM, STT, TTS, ChatEvent, ChatRequest, Provider, STTOptions, Transcript, TTSOptions
+from moksori.providers.threads import QueueMeter, context_with_meter
 
 if TYPE_CHECKING:
     from moksori.settings import LLMSettings, STTSettings, TTSSettings
@@ -76,7 +78,8 @@ class RetryPolicy:
 class Timeouts:
     """`None` disables a bound.
 
-    first_item_s: from the start of an attempt to its first item (covers connect + prefill).
+    first_item_s: from the start of an attempt to its first item (covers connect + prefill), not
+        counting time the attempt waited in the queue for a local model (`providers/threads.py`).
     idle_s: the longest wait for any later item.
     total_s: the whole `resilient_stream` call, retries and backoff included.
     """
@@ -131,6 +134,8 @@ async def _next_item(
     provider: str,
 ) -> T:
     loop = asyncio.get_running_loop()
+    if first and limit_s is not None:
+        return await _first_item(it, limit_s=limit_s, total_deadline=total_deadline, provider=provider)
     deadline = None if limit_s is None else loop.time() + limit_s
     if total_deadline is not None and (deadline is None or total_deadline < deadline):
         deadline = total_deadline
@@ -145,11 +150,42 @@ async def _next_item(
             raise  # the provider's own TimeoutError: a bug, wrapped by the caller
         if total_deadline is not None and deadline >= total_deadline:
             what = "did not finish within the total time limit"
-        elif first:
-            what = f"sent nothing within {limit_s:g} s"
         else:
             what = f"went silent for more than {limit_s:g} s"
         raise ProviderTimeout(f"{provider} {what}", provider=provider) from None
+
+
+async def _first_item(it: AsyncIterator[T], *, limit_s: float, total_deadline: float | None, provider: str) -> T:
+    """The first item, within `limit_s` of the provider's own time: time its calls spent queued
+    for a local model (behind other sessions' replies) does not count against it. The total
+    limit, if any, counts everything."""
+    loop = asyncio.get_running_loop()
+    meter = QueueMeter()
+    start = loop.time()
+    task = asyncio.create_task(anext(it, _END), context=context_with_meter(meter))
+    try:
+        while True:
+            now = loop.time()
+            deadline = start + limit_s + meter.queued(now)
+            if total_deadline is not None and total_deadline < deadline:
+                deadline = total_deadline
+            if now >= deadline:
+                break
+            done, _ = await asyncio.wait({task}, timeout=deadline - now)
+            if done:
+                return task.result()
+        if total_deadline is not None and loop.time() >= total_deadline:
+            what = "did not finish within the total time limit"
+        else:
+            what = f"sent nothing within {limit_s:g} s"
+            if meter.total >= 0.1:
+                what += f" (after {meter.total:.1f} s in the queue for the model)"
+        raise ProviderTimeout(f"{provider} {what}", provider=provider)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def resilient_stream(

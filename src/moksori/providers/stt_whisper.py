@@ -22,7 +22,7 @@ import numpy as np
 
 from moksori.errors import ModelError, ProviderError
 from moksori.providers.base import STT, STTCaps, STTOptions, Transcript
-from moksori.providers.threads import run_blocking
+from moksori.providers.threads import ModelExecutor, run_blocking
 
 RATE = 16000
 FULL_FRAMES = 3000  # 30 s of 10 ms frames
@@ -61,6 +61,7 @@ class WhisperSTT(STT):
         self.multilingual = self._wm.model.is_multilingual
         self.beam_size = beam_size
         self._lock = threading.Lock()
+        self.executor = ModelExecutor(f"stt:{self.model_dir.name}")
         langs = LANGUAGES if self.multilingual else ("en",)
         self.caps = STTCaps(streaming=False, languages=langs, sample_rate=RATE, detects_language=self.multilingual)
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -170,7 +171,7 @@ class WhisperSTT(STT):
         chunks = [np.asarray(c, dtype=np.float32) async for c in audio]
         buf = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         try:
-            result = await run_blocking(self.transcribe_array, buf, opts)
+            result = await run_blocking(self.transcribe_array, buf, opts, executor=self.executor)
         except (RuntimeError, ValueError) as e:
             raise ProviderError(f"whisper failed: {e}", retryable=False, provider=self.name) from e
         yield result

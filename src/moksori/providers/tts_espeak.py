@@ -10,7 +10,7 @@ from moksori.audio.frames import Frame
 from moksori.audio.wav import read_wav_bytes
 from moksori.errors import AudioFormatError, ModelError, ProviderError
 from moksori.providers.base import TTS, TTSCaps, TTSOptions
-from moksori.providers.threads import run_blocking
+from moksori.providers.threads import ModelExecutor, run_blocking
 
 _BASE_WPM = 165
 
@@ -24,6 +24,7 @@ class EspeakTTS(TTS):
             raise ModelError("espeak-ng is not installed (needed for Korean speech)",
                              hint="run `make setup` or `sudo apt-get install espeak-ng`")
         self.voice = voice
+        self.executor = ModelExecutor(f"tts:espeak-{voice}")
         self.caps = TTSCaps(sample_rate=22050, languages=(voice[:2],), voices=(f"espeak-{voice}",))
 
     def _run(self, text: str, speed: float) -> bytes:
@@ -39,7 +40,7 @@ class EspeakTTS(TTS):
         if not text.strip():
             return
         try:
-            data = await run_blocking(self._run, text, opts.speed)
+            data = await run_blocking(self._run, text, opts.speed, executor=self.executor)
         except subprocess.TimeoutExpired:
             raise ProviderError("espeak-ng timed out", retryable=True, provider=self.name) from None
         except OSError as e:

@@ -14,7 +14,7 @@ from moksori.errors import ModelError, ProviderError
 from moksori.providers import models
 from moksori.providers.base import TTS, TTSCaps, TTSOptions
 from moksori.providers.onnx import open_session
-from moksori.providers.threads import iterate_blocking
+from moksori.providers.threads import ModelExecutor, iterate_blocking
 
 
 class PiperTTS(TTS):
@@ -40,6 +40,7 @@ class PiperTTS(TTS):
         voice_name = self.path.name.removesuffix(".onnx")
         self.caps = TTSCaps(sample_rate=self._voice.config.sample_rate, languages=(lang,), voices=(voice_name,))
         self._lock = threading.Lock()
+        self.executor = ModelExecutor(f"tts:{voice_name}")
 
     def _run(self, text: str, opts: TTSOptions, stop: threading.Event) -> Iterator[Frame]:
         from piper.config import SynthesisConfig
@@ -55,7 +56,7 @@ class PiperTTS(TTS):
         if not text.strip():
             return
         try:
-            async for frame in iterate_blocking(lambda stop: self._run(text, opts, stop)):
+            async for frame in iterate_blocking(lambda stop: self._run(text, opts, stop), executor=self.executor):
                 yield frame
         except (RuntimeError, ValueError) as e:
             raise ProviderError(f"piper failed: {e}", retryable=False, provider=self.name) from e

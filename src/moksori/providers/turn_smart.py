@@ -11,7 +11,7 @@ from moksori.audio.features import log_mel
 from moksori.providers import models
 from moksori.providers.base import TurnCaps, TurnDetector
 from moksori.providers.onnx import open_session
-from moksori.providers.threads import run_blocking
+from moksori.providers.threads import ModelExecutor, run_blocking
 
 _WINDOW = 8 * 16000
 
@@ -24,6 +24,7 @@ class SmartTurn(TurnDetector):
         self.path = Path(model_path) if model_path else models.path_of("smart-turn-v3.2")
         self.session = open_session(self.path, threads=threads, what="smart-turn model")
         self._lock = threading.Lock()
+        self.executor = ModelExecutor("turn:smart-turn")
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         x = np.asarray(audio, dtype=np.float32)[-_WINDOW:]
@@ -40,4 +41,4 @@ class SmartTurn(TurnDetector):
     async def complete_probability(self, audio: np.ndarray, *, language: str | None = None) -> float:
         if len(audio) < 1600:  # under 0.1 s: nothing to judge
             return 0.0
-        return await run_blocking(self._predict, audio)
+        return await run_blocking(self._predict, audio, executor=self.executor)

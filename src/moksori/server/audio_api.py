@@ -1,67 +1,126 @@
-"""OpenAI-compatible `/v1/audio/transcriptions` and `/v1/audio/speech` on the embedded models."""
+"""OpenAI-compatible `/v1/audio/transcriptions` and `/v1/audio/speech` on the embedded models.
+
+Both share the models with live sessions, so both are built not to get in their way:
+
+* nothing heavy runs on the event loop: decoding, resampling and the VAD over an upload run on
+  the misc executor, and every model call is **background** work (`providers/threads.py`): a
+  live turn's STT or a reply's clause goes first;
+* inputs are bounded before the work starts: the body is capped while it streams
+  (`server/guard.py`), a WAV longer than `max_upload_seconds` is refused from its header and
+  anything else as soon as decoding passes that length (a 500 KB FLAC can decode to 360 MB);
+* outputs are bounded: speech is synthesised one clause at a time (each its own model job, so
+  a live session's clauses slip in between), its duration is estimated from the text and
+  refused up front when clearly over `max_speech_seconds` (twice the limit), and cut at the
+  limit in any case. `pcm` streams as it is made; `wav` is sent whole (its header needs the
+  length);
+* at most `max_audio_requests` of each run at once; more get `503` with `Retry-After`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from moksori.audio.frames import concat
+from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
 from moksori.audio.wav import read_wav_bytes, wav_bytes
-from moksori.errors import AudioFormatError, MoksoriError
+from moksori.errors import AudioFormatError, AudioTooLong, MoksoriError
 from moksori.providers.base import TTSOptions
 from moksori.providers.long_form import transcribe_long
-from moksori.server.auth import extract_key, key_ok
+from moksori.providers.threads import background, background_context, run_blocking
+from moksori.text.chunker import ClauseChunker
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
 
+log = logging.getLogger("moksori.server")
+
 router = APIRouter()
-MAX_UPLOAD = 50 * 1024 * 1024
-MAX_TEXT = 4096
+MAX_TEXT = 4096  # characters of `input`, as OpenAI's API
+SPEECH_RATE = 24000
+CHUNK_CHARS = 200  # text per synthesis job
 
 
-def _err(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+def _err(status: int, message: str, code: str, param: str | None = None,
+         headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": code,
-                                   "param": param}}, status)
+                                   "param": param}}, status, headers=headers)
 
 
-def _authorised(request: Request) -> bool:
+def _busy(what: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": f"too many {what} requests at once; try again shortly",
+                                   "type": "server_error", "code": "server_busy", "param": None}},
+                        503, headers={"Retry-After": "5"})
+
+
+class AudioLimits:
+    """Per-server state of the audio endpoints: how many run now, and the limits."""
+
+    def __init__(self, max_requests: int, max_upload_seconds: float, max_speech_seconds: float) -> None:
+        self.max_requests = max_requests
+        self.max_upload_seconds = max_upload_seconds
+        self.max_speech_seconds = max_speech_seconds
+        self.running = {"transcriptions": 0, "speech": 0}
+
+
+def _limits(request: Request) -> AudioLimits:
     state = request.app.state.moksori
-    if not state.auth_required:
-        return True
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return key_ok(extract_key(headers), state.keys)
+    limits = getattr(state, "audio_limits", None)
+    if limits is None:
+        s = state.settings.server
+        limits = state.audio_limits = AudioLimits(s.max_audio_requests, s.max_upload_seconds, s.max_speech_seconds)
+    return limits
+
+
+# --------------------------------------------------------------------------- transcriptions
 
 
 @router.post("/v1/audio/transcriptions")
 async def transcriptions(request: Request) -> Response:
-    if not _authorised(request):
-        return _err(401, "invalid or missing API key", "invalid_api_key")
-    if int(request.headers.get("content-length") or 0) > MAX_UPLOAD:
-        return _err(413, f"file too large (limit {MAX_UPLOAD // 1024 // 1024} MiB)", "file_too_large", "file")
+    limits = _limits(request)
+    if limits.running["transcriptions"] >= limits.max_requests:
+        return _busy("transcription")
+    limits.running["transcriptions"] += 1
     try:
-        form = await request.form(max_part_size=MAX_UPLOAD)
-    except Exception:  # noqa: BLE001 - malformed multipart
+        with background():
+            return await _transcribe(request, limits)
+    finally:
+        limits.running["transcriptions"] -= 1
+
+
+async def _transcribe(request: Request, limits: AudioLimits) -> Response:
+    try:
+        form = await request.form()
+    except Exception:  # noqa: BLE001 - malformed multipart (or a body the guard cut off)
         return _err(400, "expected multipart/form-data with a 'file' field", "invalid_request")
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         return _err(400, "missing 'file'", "missing_file", "file")
-    data = await upload.read()
     language = form.get("language") or None
     if language is not None and language not in ("en", "ko"):
         return _err(400, f"unsupported language '{language}' (en, ko)", "unsupported_language", "language")
     fmt = form.get("response_format") or "json"
     if fmt not in ("json", "text", "verbose_json"):
         return _err(400, f"unsupported response_format '{fmt}'", "invalid_value", "response_format")
+    data = await upload.read()
+    name = getattr(upload, "filename", None) or "upload"
     try:
-        frame = _decode_upload(data, getattr(upload, "filename", None) or "upload")
+        audio = await run_blocking(_decode_upload, data, name, limits.max_upload_seconds)
+    except AudioTooLong as e:
+        return _err(413, str(e), e.code, "file")
     except AudioFormatError as e:
         return _err(400, str(e), "invalid_audio", "file")
+    finally:
+        del data
     stack = request.app.state.moksori.stack
-    audio = resample(frame, 16000).to_float()
     t0 = time.perf_counter()
     try:
         result = await transcribe_long(stack.stt, stack.vad, audio, language=language)
@@ -79,29 +138,33 @@ async def transcriptions(request: Request) -> Response:
     return JSONResponse(body)
 
 
-def _decode_upload(data: bytes, name: str):
+def _decode_upload(data: bytes, name: str, max_seconds: float) -> np.ndarray:
+    """Bytes of any audio file -> 16 kHz mono float32 (blocking: run it off the loop)."""
     if not data:
         raise AudioFormatError("the uploaded file is empty")
     if data[:4] in (b"RIFF", b"RF64"):
-        return read_wav_bytes(data, name=name)
-    import tempfile
-    from pathlib import Path
+        frame = read_wav_bytes(data, name=name, max_seconds=max_seconds)
+    else:
+        import tempfile
+        from pathlib import Path
 
-    from moksori.audio.wav import load_audio
+        from moksori.audio.wav import load_audio
 
-    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".bin") as fh:
-        fh.write(data)
-        fh.flush()
-        try:
-            return load_audio(fh.name)
-        except AudioFormatError as e:  # name the client's file, not our temporary path
-            raise AudioFormatError(str(e).replace(fh.name, name)) from None
+        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix[:16] or ".bin") as fh:
+            fh.write(data)
+            fh.flush()
+            try:
+                frame = load_audio(fh.name, rate=16000, max_seconds=max_seconds)
+            except AudioFormatError as e:  # name the client's file, not our temporary path
+                raise type(e)(str(e).replace(fh.name, name)) from None
+    return resample(frame, 16000).to_float()
+
+
+# --------------------------------------------------------------------------- speech
 
 
 @router.post("/v1/audio/speech")
 async def speech(request: Request) -> Response:
-    if not _authorised(request):
-        return _err(401, "invalid or missing API key", "invalid_api_key")
     try:
         body = await request.json()
     except Exception:  # noqa: BLE001
@@ -117,8 +180,9 @@ async def speech(request: Request) -> Response:
     if fmt not in ("wav", "pcm"):
         return _err(400, f"unsupported response_format '{fmt}' (wav, pcm)", "invalid_value", "response_format")
     speed = body.get("speed", 1.0)
-    if not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
         return _err(400, "'speed' must be between 0.25 and 4.0", "invalid_value", "speed")
+    limits = _limits(request)
     stack = request.app.state.moksori.stack
     voice = body.get("voice") if isinstance(body.get("voice"), str) else None
     language = body.get("language") if body.get("language") in ("en", "ko") else \
@@ -126,14 +190,109 @@ async def speech(request: Request) -> Response:
     if voice is not None and voice not in stack.tts.caps.voices:
         voice = None  # OpenAI voice names map to our voice for the language
     spoken = normalize_for_tts(speakable(text), language)
-    try:
-        frames = [f async for f in stack.tts.synthesize(spoken, TTSOptions(voice=voice, language=language,
-                                                                             speed=float(speed)))]
-    except MoksoriError as e:
-        return _err(502, str(e), "synthesis_failed")
-    if not frames:
+    estimate = estimate_seconds(spoken, language) / float(speed)
+    if estimate > 2 * limits.max_speech_seconds:  # clearly too long: say so rather than cut it
+        return _err(400, f"'input' would make about {estimate / 60:.0f} minutes of speech; the limit is "
+                         f"{limits.max_speech_seconds / 60:g} minutes", "input_too_long", "input")
+    chunks = speech_chunks(spoken)
+    if not chunks:
         return _err(400, "nothing speakable in 'input'", "invalid_value", "input")
-    audio = concat([resample(f, 24000) for f in frames])
-    if fmt == "pcm":  # OpenAI's pcm: raw 24 kHz 16-bit little-endian mono
-        return Response(audio.to_bytes(), media_type="audio/pcm")
-    return Response(wav_bytes(audio), media_type="audio/wav")
+    if limits.running["speech"] >= limits.max_requests:
+        return _busy("speech")
+    limits.running["speech"] += 1
+    opts = TTSOptions(voice=voice, language=language, speed=float(speed))
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=4)  # a slow reader pauses synthesis
+
+    async def produce() -> None:
+        try:
+            async for data in _synthesize(stack.tts, chunks, opts, limits.max_speech_seconds):
+                await queue.put(("data", data))
+            await queue.put(("end", None))
+        except MoksoriError as e:
+            await queue.put(("error", e))
+
+    producer = asyncio.create_task(produce(), name="speech-synthesis", context=background_context())
+
+    finished = False
+
+    async def finish() -> None:
+        nonlocal finished
+        if finished:
+            return
+        finished = True
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+        limits.running["speech"] -= 1
+
+    try:
+        kind, value = await queue.get()
+    except BaseException:
+        await finish()
+        raise
+    if kind != "data":  # errors before any audio still get a proper status
+        await finish()
+        if kind == "error":
+            return _err(502, str(value), "synthesis_failed")
+        return _err(400, "nothing speakable in 'input'", "invalid_value", "input")
+
+    async def rest() -> AsyncIterator[bytes]:
+        try:
+            yield value
+            while True:
+                kind, data = await queue.get()
+                if kind == "error":  # the status is sent: the audio ends here
+                    log.warning("speech synthesis failed mid-stream: %s", data)
+                if kind != "data":
+                    return
+                yield data
+        finally:
+            await finish()
+
+    if fmt == "pcm":  # OpenAI's pcm: raw 24 kHz 16-bit little-endian mono, streamed
+        # `background` also runs if the body is never iterated (the client left first)
+        return StreamingResponse(rest(), media_type="audio/pcm", background=BackgroundTask(finish))
+    pcm = b"".join([part async for part in rest()])
+    return Response(wav_bytes(Frame.from_bytes(pcm, SPEECH_RATE)), media_type="audio/wav")
+
+
+async def _synthesize(tts: Any, chunks: list[str], opts: TTSOptions, max_seconds: float) -> AsyncIterator[bytes]:
+    budget = int(max_seconds * SPEECH_RATE)
+    for chunk in chunks:
+        async for frame in tts.synthesize(chunk, opts):
+            out = resample(frame, SPEECH_RATE)
+            if len(out) >= budget:
+                if budget > 0:
+                    yield out.samples[:budget].astype("<i2").tobytes()
+                log.warning("speech output cut at the %g s limit (MOKSORI_SERVER_MAX_SPEECH_SECONDS)", max_seconds)
+                return
+            budget -= len(out)
+            yield out.to_bytes()
+
+
+_DIGIT = re.compile(r"\d")
+_HANGUL = re.compile(r"[가-힣]")
+
+
+def estimate_seconds(spoken: str, language: str) -> float:
+    """A rough length of `spoken` read aloud: long digit runs are read digit by digit
+    (~0.35 s each), Korean at ~7 syllables a second, other text at ~14 characters a second."""
+    digits = len(_DIGIT.findall(spoken))
+    hangul = len(_HANGUL.findall(spoken))
+    rest = len(spoken) - digits - hangul
+    return 0.35 * digits + hangul / 7.0 + rest / 14.0
+
+
+def speech_chunks(spoken: str, max_chars: int = CHUNK_CHARS) -> list[str]:
+    """Clauses of at most `max_chars` (a run without spaces is cut hard)."""
+    chunker = ClauseChunker(first_min_chars=1, min_chars=40, max_chars=max_chars)
+    out: list[str] = []
+    for clause in chunker.push(spoken) + chunker.flush():
+        clause = clause.strip()
+        while len(clause) > max_chars:
+            cut = clause.rfind(" ", 0, max_chars)
+            cut = cut if cut > max_chars // 2 else max_chars
+            out.append(clause[:cut].strip())
+            clause = clause[cut:].strip()
+        if clause and any(ch.isalnum() for ch in clause):
+            out.append(clause)
+    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import re
 from collections.abc import Iterable, Mapping
 
 INSECURE_PREFIX = "openai-insecure-api-key."
@@ -37,7 +39,9 @@ def key_ok(key: str | None, keys: list[str]) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    """Only this machine can connect. An empty host binds every interface: not loopback."""
+    host = host.strip()
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -52,3 +56,30 @@ def key_label(key: str | None) -> str:
     import hashlib
 
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:api[-_]key|token|key|access_token)=)[^&\s\"']*")
+
+
+def redact(text: str) -> str:
+    """A URL or log line with the values of key-like query parameters replaced by `***`."""
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Keeps `?api-key=...` (browsers can only send a key there) and stream `?token=...` out of
+    the access and error logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = redact(record.msg)
+        return True
+
+
+def redact_uvicorn_logs() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())

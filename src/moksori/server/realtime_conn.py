@@ -30,6 +30,8 @@ log = logging.getLogger("moksori.realtime")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+MAX_OOB_RESPONSES = 2  # out-of-band responses (conversation "none") running at once, per session
+
 
 class AudioSink(Protocol):
     """Where reply audio goes when it does not travel as `response.output_audio.delta` events.
@@ -92,6 +94,8 @@ class RealtimeConnection:
         self._oob: set[str] = set()
         self._preset_warnings: list[str] = []
         self._after_done: dict[str, list[dict[str, Any]]] = {}
+        self._created: dict[str, Any] = {}  # response.create responses until their response.done
+        self._closing = False
         self.closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -146,15 +150,22 @@ class RealtimeConnection:
         return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model)
 
     async def close(self) -> None:
-        if self.closed and self._sender.done():
+        """Close the session and stop sending. Idempotent, and complete on every path: the
+        sender may already have stopped because the socket went away, and the session must
+        still be closed (returning early here left replies generating for nobody)."""
+        if self._closing:
             return
-        await self.session.close()
-        self.closed = True
-        self._queue.put_nowait(None)
+        self._closing = True
         try:
-            await asyncio.wait_for(self._sender, 2.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._sender.cancel()
+            await self.session.close()
+        finally:
+            self.closed = True
+            self._queue.put_nowait(None)
+            if not self._sender.done():
+                try:
+                    await asyncio.wait_for(self._sender, 2.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    self._sender.cancel()
 
     def error(self, message: str, *, code: str = "invalid_request_error", param: str | None = None,
               event_id: str | None = None, kind: str = "invalid_request_error") -> None:
@@ -329,8 +340,29 @@ class RealtimeConnection:
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
         self.send(self.ev.conversation_item_deleted(ev.item_id))
 
+    def _active_responses(self, *, in_conversation: bool) -> list[str]:
+        """Responses that have not finished (`response.done` not sent yet), VAD-made ones included."""
+        for rid in [rid for rid, r in self._created.items() if r.done.is_set()]:
+            del self._created[rid]
+        ids = [rid for rid in self._outs if (rid not in self._oob) == in_conversation]
+        ids += [rid for rid, r in self._created.items()
+                if r.opts.in_conversation == in_conversation and rid not in ids]
+        return ids
+
     async def _on_ResponseCreate(self, ev: rt.ResponseCreate) -> None:
         o = ev.response
+        # One response at a time in the conversation, as OpenAI's server does; out-of-band
+        # responses (conversation "none") may run beside it, MAX_OOB_RESPONSES at a time.
+        in_conversation = o is None or o.conversation != "none"
+        active = self._active_responses(in_conversation=in_conversation)
+        if in_conversation and active:
+            raise ProtocolError(f"Conversation already has an active response in progress: {active[0]}. "
+                                "Wait until the response is finished before creating a new one.",
+                                code="conversation_already_has_active_response")
+        if not in_conversation and len(active) >= MAX_OOB_RESPONSES:
+            raise ProtocolError(f"{len(active)} out-of-band responses are already in progress "
+                                f"(at most {MAX_OOB_RESPONSES} at a time): wait for one to finish",
+                                code="too_many_active_responses")
         kw: dict[str, Any] = {}
         if o is not None:
             for w in o.warnings:
@@ -363,6 +395,7 @@ class RealtimeConnection:
             raise ProtocolError("this is a transcription session: it does not create responses",
                                 code="invalid_request_error")
         resp = self.session.create_response(**kw)
+        self._created[resp.id] = resp
         if o is not None:
             self._metadata[resp.id] = o.metadata
         if not resp.opts.in_conversation:
@@ -494,6 +527,7 @@ class RealtimeConnection:
         out.index = len(out.output)
 
     def _response_done(self, e: E.AgentResponseDone) -> None:
+        self._created.pop(e.response_id, None)
         out = self._outs.pop(e.response_id, None)
         if out is None:
             return

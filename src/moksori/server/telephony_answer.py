@@ -7,7 +7,7 @@ media stream to us, with a per-call stream token (the Twilio one is in telephony
 Unsigned or tampered requests get 403 and no stream instructions; a carrier that is not
 configured (no credentials or no MOKSORI_PUBLIC_URL) gets 503.
 Telnyx: point a TeXML application's `<Connect><Stream>` at /telephony/telnyx/stream with a token
-from `moksori.telephony.make_stream_token(secret, call_control_id)` (see telephony_routes.py).
+from `moksori.telephony.make_stream_token(secret, call_control_id, carrier="telnyx", now=...)` (see telephony_routes.py).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
         call_id = form.get("CallUUID", "")
         if not call_id:
             return PlainTextResponse("CallUUID is missing", 400)
-        headers = {"token": tel.token(call_id), "from": _clip(form.get("From")), "to": _clip(form.get("To"))}
+        headers = {"token": tel.token(call_id, "plivo"), "from": _clip(form.get("From")), "to": _clip(form.get("To"))}
         tel.warm()
         return Response(plivo_stream_xml(stream_url, {k: v for k, v in headers.items() if v}),
                         media_type="application/xml")
@@ -107,7 +107,7 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
         call_id = form.get("uuid", "")
         if not call_id:
             return PlainTextResponse("uuid is missing", 400)
-        headers = {"call_uuid": call_id, "token": tel.token(call_id), "from": _clip(form.get("from")),
+        headers = {"call_uuid": call_id, "token": tel.token(call_id, "vonage"), "from": _clip(form.get("from")),
                    "to": _clip(form.get("to"))}
         tel.warm()
         return JSONResponse(vonage_stream_ncco(stream_url, {k: v for k, v in headers.items() if v}))

@@ -14,7 +14,11 @@ Every stream must present a stream token made for its call id (`make_stream_toke
 Twilio webhook puts it in a `<Parameter name="token">`, the Plivo and Vonage answer URLs in
 `extraHeaders` / the NCCO endpoint `headers`. For Telnyx, the code that starts the stream passes
 it as `token` in `custom_parameters` or as `?token=` on the stream URL; set
-`MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key.
+`MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key. A token is made for one carrier
+and opens one stream.
+
+With API keys configured, `/telephony/debug/*` needs a key like every other route; the
+webhooks are exempt from keys (the carriers sign them) and the streams use their tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from moksori.protocols.telephony import codec_for
 from moksori.server import cluster_routes
 from moksori.telephony.call import PhoneCall, normalize_number
 from moksori.telephony.phrases import stack_for_calls, warm_phrases
-from moksori.telephony.signatures import make_stream_token, verify_plivo_v3, verify_twilio
+from moksori.telephony.signatures import make_stream_token, stream_token_expiry, verify_plivo_v3, verify_twilio
 from moksori.telephony.twiml import connect_stream_twiml, plivo_dial_xml
 
 log = logging.getLogger("moksori.telephony")
@@ -66,6 +70,8 @@ class Telephony:
         self.stack, self.tts = stack_for_calls(state.stack)
         self.calls: dict[int, PhoneCall] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
+        self.used_tokens: dict[str, int] = {}  # stream tokens that opened a stream -> their expiry
+        self.pending = 0  # accepted stream sockets that have not started a call yet
         self._warm_task: asyncio.Task | None = None
 
     def warm(self) -> asyncio.Task:
@@ -88,9 +94,19 @@ class Telephony:
             base = "ws://" + base[len("http://"):]
         return f"{base}/telephony/{carrier}/stream"
 
-    def token(self, call_id: str) -> str:
-        return make_stream_token(self.secret, call_id, now=int(time.time()),
+    def token(self, call_id: str, carrier: str) -> str:
+        return make_stream_token(self.secret, call_id, carrier=carrier, now=int(time.time()),
                                  ttl_s=self.settings.telephony.stream_token_ttl_s)
+
+    def claim(self, token: str, call_id: str) -> bool:
+        """One token, one stream: False if `token` opened a stream before (until it expires)."""
+        now = int(time.time())
+        if len(self.used_tokens) > 4096 or any(exp < now for exp in list(self.used_tokens.values())[:64]):
+            self.used_tokens = {t: exp for t, exp in self.used_tokens.items() if exp >= now}
+        if token in self.used_tokens:
+            return False
+        self.used_tokens[token] = stream_token_expiry(token) or now
+        return True
 
 
 def install(app: FastAPI, state: Any) -> None:
@@ -140,7 +156,7 @@ def install(app: FastAPI, state: Any) -> None:
         call_sid = form.get("CallSid", "")
         if not call_sid:
             return PlainTextResponse("CallSid is missing", 400)
-        stream_params = {"token": tel.token(call_sid)}
+        stream_params = {"token": tel.token(call_sid, "twilio")}
         for key, name in (("From", "from"), ("To", "to"), ("CallSid", "call_sid")):
             if form.get(key):
                 stream_params[name] = form[key][:128]
@@ -220,13 +236,24 @@ def _add_stream_route(app: FastAPI, state: Any, tel: Telephony, carrier: str) ->
 
 
 async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) -> None:
-    if state.sessions >= state.settings.server.max_sessions:
-        await ws.close(code=1013, reason="too many sessions")
+    # Until its `start` (and the token in it) arrives, a stream is unauthenticated: such sockets
+    # are counted, capped and closed START_TIMEOUT_S after they open, whatever they send.
+    from moksori.server.app import refuse
+    from moksori.server.load import Refusal
+
+    refusal = state.admit(None)
+    if refusal is None and tel.pending >= state.settings.server.max_pending_streams:
+        refusal = Refusal("server_busy", f"{tel.pending} media streams are waiting for their start "
+                                         "(MOKSORI_SERVER_MAX_PENDING_STREAMS)")
+    if refusal is not None:
+        await refuse(ws, refusal)
         return
     await ws.accept()
+    tel.pending += 1
     codec = codec_for(carrier)
     counted = False
     ticket = None
+    pending = True
 
     async def send(wire: str | bytes) -> None:
         if isinstance(wire, bytes):
@@ -235,36 +262,39 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
             await ws.send_text(wire)
 
     def on_session(call: PhoneCall) -> None:
-        nonlocal counted, ticket
-        counted = True
+        nonlocal counted, pending, ticket
+        counted, pending = True, False
+        tel.pending -= 1
         if call.info is not None and call.session is not None:  # registry + live events (cluster_routes)
             ticket = cluster_routes.track(state, "phone", call.info.call_id, call.session,
                                           conversation_id=call.session.id)
-        state.sessions += 1
-        state.metrics.sessions_total += 1
+        state.opened(None, call.session)
         tel.calls[id(call)] = call
-        if call.session is not None:
-            call.session.bus.listen(state.metrics.observe_session())
         tel.warm()
 
     call = PhoneCall(carrier, codec, stack=tel.stack, settings=state.settings, send=send, secret=tel.secret,
-                     url_token=ws.query_params.get("token"), on_session=on_session)
+                     url_token=ws.query_params.get("token"), on_session=on_session, claim_token=tel.claim,
+                     start_timeout_s=state.settings.telephony.start_timeout_s)
     reader = asyncio.create_task(_read(ws, call), name=f"{carrier}-call-read")
     ended = asyncio.create_task(call.ended.wait(), name=f"{carrier}-call-ended")
     try:
         await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if pending:
+            tel.pending -= 1
         for t in (reader, ended):
             t.cancel()
         await asyncio.gather(reader, ended, return_exceptions=True)
         if counted and state.settings.telephony.debug:
             tel.recent.append(call.summary())
-        await call.close()
-        if ticket is not None:
-            ticket.closed(call.end_reason or "ended")
-        tel.calls.pop(id(call), None)
-        if counted:
-            state.sessions -= 1
+        try:
+            await call.close()
+        finally:
+            if ticket is not None:
+                ticket.closed(call.end_reason or "ended")
+            tel.calls.pop(id(call), None)
+            if counted:
+                state.closed(None)
         if call.info is not None:
             log.info("%s call %s ended: %s", carrier, call.info.call_id[:64], call.end_reason)
         with contextlib.suppress(Exception):

@@ -114,6 +114,7 @@ class PhoneCall:
         url_token: str | None = None,
         clock: Callable[[], float] = time.time,
         on_session: Callable[[PhoneCall], None] | None = None,
+        claim_token: Callable[[str, str], bool] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
@@ -126,6 +127,7 @@ class PhoneCall:
         self._url_token = url_token
         self._clock = clock
         self._on_session = on_session
+        self._claim_token = claim_token  # (token, call id) -> False if it was used already
         self.session: Session | None = None
         self.info: CallInfo | None = None
         self.ended = asyncio.Event()
@@ -138,7 +140,7 @@ class PhoneCall:
         self._out_ready = asyncio.Event()
         self._sender: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
-        self._last_message = asyncio.get_running_loop().time()
+        self._last_message = self._opened_at = asyncio.get_running_loop().time()
         self._start_timeout_s = start_timeout_s
         self._idle_timeout_s = idle_timeout_s
         # marks: name -> (response id, samples played once the carrier reaches it)
@@ -215,10 +217,15 @@ class PhoneCall:
 
     async def _on_start(self, ev: CallStarted) -> None:
         token = ev.params.get(TOKEN_PARAM) or self._url_token
-        if not check_stream_token(self._secret, token, ev.call_id, now=int(self._clock())):
+        if not check_stream_token(self._secret, token, ev.call_id, carrier=self.carrier, now=int(self._clock())):
             log.warning("%s stream for call %r refused: %s stream token", self.carrier, ev.call_id[:64],
                         "missing" if not token else "invalid or expired")
             self.end("bad_token", CLOSE_POLICY)
+            return
+        if self._claim_token is not None and not self._claim_token(token, ev.call_id):
+            log.warning("%s stream for call %r refused: its stream token was already used", self.carrier,
+                        ev.call_id[:64])
+            self.end("token_reused", CLOSE_POLICY)
             return
         self.info = CallInfo(self.carrier, ev.call_id, ev.stream_id, ev.from_number, ev.to_number)
         self._rate = ev.rate
@@ -493,7 +500,8 @@ class PhoneCall:
         while not self.ended.is_set():
             await asyncio.sleep(1.0)
             now = loop.time()
-            if self.codec.started is None and self.session is None and now - self._last_message > self._start_timeout_s:
+            # from the socket's opening, not its last message: keep-alives do not buy time
+            if self.codec.started is None and self.session is None and now - self._opened_at > self._start_timeout_s:
                 log.info("%s stream sent no start within %.0f s: closing", self.carrier, self._start_timeout_s)
                 self.end("no_start", CLOSE_POLICY)
             elif now - self._last_message > self._idle_timeout_s:

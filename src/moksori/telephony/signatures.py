@@ -4,9 +4,10 @@
   keys sorted)). Repeated keys contribute each (sorted, distinct) value, as Twilio's own
   `RequestValidator` does; a URL is accepted with or without its default port, because Twilio
   signs either form. JSON bodies are covered by a `bodySHA256` query parameter instead.
-- Stream tokens: our own HMAC-SHA256 token binding a call id to an expiry. The webhook hands it
-  to the carrier as a stream parameter (a TwiML `<Parameter>`), and the media socket refuses a
-  `start` whose token does not check out, so strangers cannot open a media stream.
+- Stream tokens: our own HMAC-SHA256 token binding a carrier and a call id to an expiry. The
+  webhook hands it to the carrier as a stream parameter (a TwiML `<Parameter>`), and the media
+  socket refuses a `start` whose token does not check out (or was used before: the server
+  remembers used tokens until they expire), so strangers cannot open a media stream.
 - Telnyx: Ed25519 over `"{telnyx-timestamp}|{raw body}"`, base64 in `telnyx-signature-ed25519`,
   checked with the account's base64 public key; timestamps older than `tolerance_s` are replays.
 - Plivo V3: base64(HMAC-SHA256(auth token, signed URL + "." + nonce)) in `X-Plivo-Signature-V3`
@@ -91,36 +92,48 @@ def _port_variants(url: str) -> list[str]:
 
 # --------------------------------------------------------------------------- stream tokens
 
-_TOKEN_VERSION = "v1"
+_TOKEN_VERSION = "v2"  # v2 binds the carrier too: a Twilio token does not open a Telnyx stream
 
 
-def make_stream_token(secret: bytes, call_id: str, *, now: int, ttl_s: int = 600) -> str:
-    """A token that lets the media stream of `call_id` start until `now + ttl_s` (epoch seconds)."""
+def make_stream_token(secret: bytes, call_id: str, *, carrier: str, now: int, ttl_s: int = 600) -> str:
+    """A token that lets the media stream of `call_id` on `carrier` ("twilio", "telnyx", "plivo",
+    "vonage") start until `now + ttl_s` (epoch seconds). The server accepts it for one stream."""
     if not secret:
         raise ValueError("stream tokens need a non-empty secret")
     if ttl_s <= 0:
         raise ValueError("ttl_s must be positive")
+    if not carrier:
+        raise ValueError("stream tokens are made for one carrier")
     expires = int(now) + int(ttl_s)
-    return f"{_TOKEN_VERSION}.{expires}.{_token_mac(secret, call_id, expires)}"
+    return f"{_TOKEN_VERSION}.{expires}.{_token_mac(secret, carrier, call_id, expires)}"
 
 
-def check_stream_token(secret: bytes, token: str | None, call_id: str, *, now: int) -> bool:
-    """Was `token` made with `secret` for `call_id`, and is it unexpired at `now`?"""
-    if not secret or not isinstance(token, str) or not isinstance(call_id, str):
+def check_stream_token(secret: bytes, token: str | None, call_id: str, *, carrier: str, now: int) -> bool:
+    """Was `token` made with `secret` for `call_id` on `carrier`, and is it unexpired at `now`?
+    (That it is used once is the server's job: `stream_token_expiry` says how long to remember it.)"""
+    if not secret or not isinstance(token, str) or not isinstance(call_id, str) or not carrier:
         return False
-    parts = token.split(".")
-    if len(parts) != 3 or parts[0] != _TOKEN_VERSION:
+    expires = stream_token_expiry(token)
+    if expires is None:
         return False
-    expires_text, mac = parts[1], parts[2]
-    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 12:
-        return False
-    expires = int(expires_text)
-    good = _same(_token_mac(secret, call_id, expires), mac)
+    good = _same(_token_mac(secret, carrier, call_id, expires), token.split(".")[2])
     return good and now <= expires
 
 
-def _token_mac(secret: bytes, call_id: str, expires: int) -> str:
-    msg = b"moksori-stream\x00" + call_id.encode("utf-8") + b"\x00" + str(expires).encode("ascii")
+def stream_token_expiry(token: str) -> int | None:
+    """The expiry (epoch seconds) written in a well-formed token, else None. Not a check."""
+    parts = token.split(".") if isinstance(token, str) else []
+    if len(parts) != 3 or parts[0] != _TOKEN_VERSION:
+        return None
+    expires_text = parts[1]
+    if not (expires_text.isascii() and expires_text.isdigit()) or len(expires_text) > 12:
+        return None
+    return int(expires_text)
+
+
+def _token_mac(secret: bytes, carrier: str, call_id: str, expires: int) -> str:
+    msg = b"moksori-stream\x00" + carrier.encode("utf-8") + b"\x00" + call_id.encode("utf-8") + b"\x00" + \
+        str(expires).encode("ascii")
     digest = hmac.new(bytes(secret), msg, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 

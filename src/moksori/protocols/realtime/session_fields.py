@@ -136,10 +136,31 @@ def parse_tools(value: Any, param: str, warnings: list[str]) -> tuple[dict[str, 
         names.add(name)
         desc = obj.get("description")
         params = obj.get("parameters")
+        if params is not None:
+            as_dict(params, f"{p}.parameters")
+            if _depth(params) > MAX_SCHEMA_DEPTH:
+                fail(f"{p}.parameters is nested more than {MAX_SCHEMA_DEPTH} levels deep", f"{p}.parameters")
         tools.append({"name": name, "description": "" if desc is None else as_str(desc, f"{p}.description"),
                       "parameters": {"type": "object", "properties": {}} if params is None
-                      else copy.deepcopy(as_dict(params, f"{p}.parameters"))})
+                      else copy.deepcopy(params)})
     return tuple(tools)
+
+
+MAX_SCHEMA_DEPTH = 32  # JSON Schemas of real tools are a few levels deep; deeper is abuse
+
+
+def _depth(value: Any, limit: int = MAX_SCHEMA_DEPTH + 1) -> int:
+    """Nesting depth of dicts and lists, counted without recursion and only up to `limit`."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d >= limit:
+                return d
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def parse_tool_choice(value: Any, param: str, warnings: list[str]) -> str | dict[str, Any]:
@@ -191,7 +212,10 @@ def parse_max_tokens(value: Any, param: str) -> int | Literal["inf"]:
         return "inf"
     if isinstance(value, str):
         fail(f"{param} must be a positive integer or 'inf'", param)
-    return as_int(value, param, lo=1)
+    return as_int(value, param, lo=1, hi=MAX_OUTPUT_TOKENS)
+
+
+MAX_OUTPUT_TOKENS = 4096  # OpenAI's own limit for max_output_tokens; "inf" means the server's setting
 
 
 def parse_temperature(value: Any, param: str) -> float:

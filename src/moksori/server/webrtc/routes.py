@@ -90,21 +90,23 @@ class WebRTC:
             return None, "", error(401, "invalid or missing API key", "invalid_api_key")
         return None, key_label(token if state.auth_required else None), None
 
-    def admit(self, label: str) -> bool:
-        state, limits = self.state, self.settings.server
-        if state.sessions >= limits.max_sessions or state.sessions_by_key[label] >= limits.max_sessions_per_key:
-            return False
-        state.sessions += 1
-        state.sessions_by_key[label] += 1
-        state.metrics.sessions_total += 1
-        return True
+    def admit(self, label: str) -> JSONResponse | None:
+        """None: admitted and counted. Else the refusal (503, as for WebSocket sessions:
+        `server/load.py`), distinct from auth failures."""
+        state = self.state
+        refusal = state.admit(self._limited(label))
+        if refusal is not None:
+            return JSONResponse({"error": {"message": refusal.message, "type": "server_error", "code": refusal.code}},
+                                503, headers={"Retry-After": str(refusal.retry_after_s)})
+        state.opened(self._limited(label))
+        return None
 
     def release(self, label: str) -> None:
-        state = self.state
-        state.sessions -= 1
-        state.sessions_by_key[label] -= 1
-        if state.sessions_by_key[label] <= 0:
-            del state.sessions_by_key[label]
+        self.state.closed(self._limited(label))
+
+    def _limited(self, label: str) -> str | None:
+        """Sessions count per key only on a server with keys (a keyless server has one owner)."""
+        return label if self.state.auth_required else None
 
     # ------------------------------------------------------------------ ephemeral keys
 
@@ -180,12 +182,15 @@ class WebRTC:
             offer = check_offer(offer_text)
         except OfferError as e:
             return error(400, str(e), "invalid_offer", param="sdp")
-        if not self.admit(label):
-            return error(429, "too many sessions", "session_limit_reached")
+        refused = self.admit(label)
+        if refused is not None:
+            return refused
         ticket = await cluster_routes.admit(self.state, label)  # limits across the cluster
         if isinstance(ticket, Refusal):
             self.release(label)
-            return error(429 if ticket.code != "cluster_unavailable" else 503, ticket.message, ticket.code)
+            status = 429 if ticket.code == "rate_limited" else 503  # as cluster_routes.refuse_ws
+            return JSONResponse({"error": {"message": ticket.message, "type": "server_error", "code": ticket.code}},
+                                status, headers={"Retry-After": str(ticket.retry_after_s)})
 
         call_id = "rtc_" + secrets.token_hex(12)
         call = Call(call_id, owner=label, connect_timeout_s=cfg.connect_timeout_s,
@@ -197,7 +202,7 @@ class WebRTC:
             self.state.stack, self.settings, rt.Flavor.GA, call.send, model=str(model or query.get("model") or "moksori"),
             timeline=query.get("moksori_timeline") in ("1", "true"), audio_sink=call.track,
             output_lead_ms=cfg.output_lead_ms)
-        conn.session.bus.listen(self.state.metrics.observe_session())
+        self.state.track(conn.session)  # metrics, and the unclosed-session count
         call.attach_connection(conn)
         self.calls[call_id] = call
         self.tickets[call_id] = ticket

@@ -1,0 +1,177 @@
+"""Socket-level guards around uvicorn's own protocols: every socket has a deadline and a place
+in a bounded count, before the ASGI app ever sees it.
+
+uvicorn (h11 + websockets-sansio) leaves three holes that a single client can use to pin file
+descriptors until the server stops accepting (measured: ~1,000 sockets with a 1,024-fd limit):
+
+* a request whose headers never finish is kept forever (the keep-alive timer only runs
+  between requests, and a byte of data cancels it);
+* a WebSocket upgrade that websockets' parser refuses (a header line over 8 KB, too many
+  headers) gets no answer and is never closed: the 400 websockets prepared is never written;
+* nothing caps the number of open connections (`limit_concurrency` skips WebSocket upgrades).
+
+`guarded_protocols()` returns subclasses that close those holes: a header deadline on every
+request (`header_timeout_s`), a 400 and a close for a refused upgrade, and a soft cap on open
+connections (`max_connections`, by default a margin below the process's file limit) beyond
+which a new connection gets `503` and is closed at once. Refusals are logged at most once per
+`LOG_EVERY_S` with a count, never once per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+log = logging.getLogger("moksori.server")
+
+FD_RESERVE = 128  # file descriptors kept for models, logs, espeak-ng pipes, the listening socket
+LOG_EVERY_S = 10.0
+
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\n"
+         b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_BUSY_BODY = (b'{"error": {"message": "too many open connections; try again later", '
+              b'"type": "server_error", "code": "too_many_connections"}}')
+_BAD_UPGRADE = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+                b"content-length: 46\r\n\r\nmalformed WebSocket upgrade (headers too large)")
+
+
+def fd_limit() -> int:
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - not on Linux
+        return 1024
+    return soft if soft != resource.RLIM_INFINITY else 65536
+
+
+def default_max_connections() -> int:
+    return max(16, fd_limit() - FD_RESERVE)
+
+
+class RateLimitedLog:
+    """One log line per `every_s` for a recurring event, with how many happened meanwhile."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = LOG_EVERY_S) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._last = 0.0
+        self._count = 0
+
+    def __call__(self, level: int, message: str) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            suffix = f" ({self._count} times since the last report)" if self._count > 1 else ""
+            self.logger.log(level, message + suffix)
+            self._last, self._count = now, 0
+
+
+class SocketStats:
+    """Counters the app shows in /metrics."""
+
+    def __init__(self, max_connections: int, header_timeout_s: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.refused_busy = 0
+        self.header_timeouts = 0
+        self.bad_upgrades = 0
+        self.connections: set[Any] | None = None  # uvicorn's live set, seen on first connection
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections) if self.connections is not None else 0
+
+
+def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """(HTTP protocol class, WebSocket protocol class) for `uvicorn.Config(http=..., ws=...)`."""
+    busy_log = RateLimitedLog(log)
+    timeout_log = RateLimitedLog(log)
+    upgrade_log = RateLimitedLog(log)
+
+    class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self.handshake_initiated and self.conn.handshake_exc is not None and \
+                    not self.transport.is_closing():
+                stats.bad_upgrades += 1
+                upgrade_log(logging.INFO, "refused a malformed WebSocket upgrade (400)")
+                self.handshake_initiated = self.handshake_complete = self.close_sent = True
+                self.transport.write(_BAD_UPGRADE)
+                self.transport.close()
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            stats.connections = self.connections
+            if len(self.connections) > stats.max_connections:
+                stats.refused_busy += 1
+                busy_log(logging.WARNING, f"refusing connections: {len(self.connections) - 1} open "
+                                          f"(limit {stats.max_connections}, MOKSORI_SERVER_MAX_CONNECTIONS)")
+                transport.write(_BUSY % (len(_BUSY_BODY), _BUSY_BODY))
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(stats.header_timeout_s, self._on_header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _on_header_timeout(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                stats.header_timeouts += 1
+                timeout_log(logging.INFO, f"closed a connection that sent no complete request within "
+                                          f"{stats.header_timeout_s:g} s")
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
+                self._cancel_header_timer()  # the request line and headers are in
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._cancel_header_timer()
+            super().handle_websocket_upgrade(event)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()  # the next request on this connection gets a deadline too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol, GuardedWebSocketProtocol
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio reports `accept()` failing for lack of file descriptors through the loop's
+    exception handler, with a traceback, every time it retries: keep one line per LOG_EVERY_S."""
+    limited = RateLimitedLog(log)
+    previous = loop.get_exception_handler()
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        msg = str(context.get("message", ""))
+        if "out of system resource" in msg or isinstance(context.get("exception"), OSError) and \
+                getattr(context.get("exception"), "errno", None) in (23, 24):  # ENFILE, EMFILE
+            limited(logging.ERROR, f"cannot accept connections: out of file descriptors (limit {fd_limit()})")
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
