@@ -4,7 +4,7 @@ the figures a reader needs (what `make bench` does).
 Each benchmark is its own script, run in its own process so their models and servers never
 overlap on the 2 cores. The telephony one also runs Pipecat 1.14 on the same models, calls
 interleaved with Moksori's (its virtualenv: `bash benchmarks/pipecat/setup-venv.sh`, which
-`make bench` runs first). Takes about 35 minutes.
+`make bench` runs first). Takes about 40 minutes.
 
     python benchmarks/run_all.py                     # everything, then the table
     python benchmarks/run_all.py telephony_latency   # only these, then the table
@@ -33,6 +33,7 @@ RUNS = [
     ("webrtc", ["webrtc.py", "--reps", "2"]),
     ("store_throughput", ["store_throughput.py"]),
     ("cluster", ["cluster.py", "--reps", "2"]),
+    ("load", ["load.py", "--levels", "1,2,4,8,12", "--window", "60"]),
 ]
 
 ENGINE_STAGES = (("stt_done", "STT done"), ("eot_done", "end-of-turn model"), ("turn_end", "turn ended"),

@@ -313,3 +313,52 @@ def test_request_bodies_are_capped_and_must_keep_coming() -> None:
         # without the key, nothing is read at all
         said = _raw(srv.port, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         assert said.startswith(b"HTTP/1.1 401")
+
+
+async def test_a_client_that_never_reads_is_dropped_not_buffered(monkeypatch) -> None:
+    """A client that asks for a reply and never reads: the socket stops taking data, events pile
+    up unsent. Past `MAX_OUTBOUND_EVENTS` the connection gives up on it and the session closes,
+    instead of buffering its audio for as long as it stays connected."""
+    from moksori.server import realtime_conn
+
+    monkeypatch.setattr(realtime_conn, "MAX_OUTBOUND_EVENTS", 20)
+    stuck = asyncio.Event()
+
+    async def send(event: dict) -> None:
+        if event["type"] != "session.created":
+            stuck.set()
+            await asyncio.Event().wait()  # the transport never drains
+
+    conn = RealtimeConnection(fake_stack(llm=ScriptedLLM("One. Two. Three. Four. Five. Six. Seven.",
+                                                         token_delay_s=0.01)),
+                              load_settings(), rt.detect_flavor("/v1/realtime", {}, []), send)
+    await conn.start()
+    await conn.on_message(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}))
+    await conn.on_message(json.dumps({"type": "response.create"}))
+    await asyncio.wait_for(stuck.wait(), T)
+    await asyncio.wait_for(asyncio.wait([conn.sender]), T)  # given up on
+    assert conn.closed and conn._queue.qsize() <= 20  # noqa: SLF001
+    await asyncio.wait_for(conn.close(), T)
+    assert conn.session._closed  # noqa: SLF001
+
+
+def test_running_out_of_file_descriptors_is_one_log_line(caplog) -> None:
+    """asyncio reports each failed accept() through the loop's exception handler: one line per
+    10 s instead of a traceback per retry (63 MB of log in 15 s)."""
+    import errno
+    import logging
+
+    from moksori.server.sockets import quiet_accept_errors
+
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_accept_errors(loop)
+        with caplog.at_level(logging.ERROR, logger="moksori.server"):
+            for _ in range(1000):
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(errno.EMFILE, "Too many open files")})
+        lines = [r for r in caplog.records if "file descriptors" in r.getMessage()]
+        assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)
+    finally:
+        loop.close()

@@ -242,7 +242,11 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         tasks = [reader, worker]
         idle = state.settings.server.session_idle_timeout_s
         while True:
-            done, _ = await asyncio.wait(tasks, timeout=min(idle, 30.0), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([*tasks, conn.sender], timeout=min(idle, 30.0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if conn.sender in done:  # the socket failed, or the client stopped reading
+                close = (1008, "the client is not reading")
+                break
             if done:
                 break
             if loop.time() - last[0] > idle:
@@ -264,8 +268,9 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         finally:
             ticket.closed("session_closed")
             state.closed(label)
-            with contextlib.suppress(Exception):  # already closed by the client
-                await ws.close(code=close[0], reason=close[1])
+            # already closed by the client, or (a client that does not read) never flushed
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=close[0], reason=close[1]), 5.0)
 
 
 async def _read(ws: WebSocket, inbound: asyncio.Queue[str | bytes], last: list[float]) -> None:

@@ -58,12 +58,14 @@ class BodyLimits:
 
 
 def _json(status: int, message: str, code: str, kind: str = "invalid_request_error",
-          headers: list[tuple[bytes, bytes]] | None = None) -> tuple[dict, dict]:
+          headers: list[tuple[bytes, bytes]] | None = None, close: bool = True) -> tuple[dict, dict]:
+    """A JSON error. `close`: the rest of the body will not be read, so the connection ends
+    after it; otherwise uvicorn reads and drops the rest (a client still sending would get a
+    reset instead of the answer), within the header deadline (`server/sockets.py`)."""
     body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
-    # the rest of the request body is not read: the connection cannot carry another request
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close"), *(headers or [])]}
+                         *([(b"connection", b"close")] if close else []), *(headers or [])]}
     return start, {"type": "http.response.body", "body": body}
 
 
@@ -101,7 +103,7 @@ class Guard:
             return None
         if path in SCRAPE_PATHS and self.metrics_token and key_ok(key, [self.metrics_token]):
             return None
-        return _json(401, "invalid or missing API key", "invalid_api_key",
+        return _json(401, "invalid or missing API key", "invalid_api_key", close=False,
                      headers=[(b"www-authenticate", b'Bearer realm="moksori"')])
 
     # ------------------------------------------------------------------ bodies

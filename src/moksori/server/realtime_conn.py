@@ -31,6 +31,7 @@ log = logging.getLogger("moksori.realtime")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 MAX_OOB_RESPONSES = 2  # out-of-band responses (conversation "none") running at once, per session
+MAX_OUTBOUND_EVENTS = 1000  # unsent server events (~20-40 s of audio) before a non-reading client is dropped
 
 
 class AudioSink(Protocol):
@@ -107,7 +108,19 @@ class RealtimeConnection:
 
     def send(self, event: dict[str, Any] | None) -> None:
         if event is not None and not self.closed:
+            if self._queue.qsize() >= MAX_OUTBOUND_EVENTS:  # the client is not reading: stop here
+                log.warning("realtime session %s: %d events unsent, the client is not reading: closing",
+                            self.session_id, self._queue.qsize())
+                self.closed = True
+                self._sender.cancel()  # it is stuck writing to a socket nobody reads
+                return
             self._queue.put_nowait(event)
+
+    @property
+    def sender(self) -> asyncio.Task:
+        """Ends when the connection can send no more (closed, the socket failed, or the client
+        stopped reading): the route then closes the session."""
+        return self._sender
 
     async def _pump(self) -> None:
         while True:

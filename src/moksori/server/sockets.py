@@ -130,7 +130,10 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
 
         def _on_header_timeout(self) -> None:
             self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            # no request started, or a refused request's body still trickling in after our answer
+            idle = self.conn.their_state is h11.IDLE or (
+                self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE))
+            if idle and not self.transport.is_closing():
                 stats.header_timeouts += 1
                 timeout_log(logging.INFO, f"closed a connection that sent no complete request within "
                                           f"{stats.header_timeout_s:g} s")
@@ -138,7 +141,8 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
 
         def handle_events(self) -> None:
             super().handle_events()
-            if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
+            if self._header_timer is not None and self.conn.their_state is not h11.IDLE and \
+                    self.conn.our_state not in (h11.DONE, h11.MUST_CLOSE):
                 self._cancel_header_timer()  # the request line and headers are in
 
         def handle_websocket_upgrade(self, event: h11.Request) -> None:
