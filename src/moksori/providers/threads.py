@@ -11,8 +11,10 @@ in a queue in front of the model, not in a thread blocked on the model's lock. S
 * the queue is visible: depth, waits and service times feed admission control and `/metrics`;
 * work whose caller went away before it started is dropped (its future is cancelled);
 * interactive work (a live turn's STT, a reply's LLM and TTS) goes before background work
-  (uploads, `/v1/audio/speech`, live captions): the caller sets the priority with
-  `background()`, a context variable, so providers need not know who asks.
+  (uploads, `/v1/audio/speech`, live captions): first in each queue, and a background job
+  also waits (up to MAX_DEFER_S) while an interactive job runs on *any* model, since they
+  all share the same cores. The caller sets the priority with `background()`, a context
+  variable, so providers need not know who asks.
 
 Everything goes through `loop.run_in_executor`, which is what the virtual-time loop in
 `moksori.testing` counts to know when real work is still in flight.
@@ -136,6 +138,23 @@ class _Job:
 _executors: weakref.WeakSet[ModelExecutor] = weakref.WeakSet()
 _exiting = False
 
+# Interactive jobs running right now, over every executor. Models share the CPU cores, so a
+# background job (an upload's STT, /v1/audio/speech) waits while any interactive one runs
+# (up to MAX_DEFER_S since it was queued), not just while its own model is busy.
+_interactive_running = 0
+_interactive_lock = threading.Lock()
+MAX_DEFER_S = 3.0
+
+
+def _interactive_delta(delta: int) -> None:
+    global _interactive_running
+    with _interactive_lock:
+        _interactive_running += delta
+
+
+def interactive_running() -> int:
+    return _interactive_running
+
 
 class ModelExecutor(Executor):
     """A priority FIFO in front of `workers` threads, for one model.
@@ -233,13 +252,23 @@ class ModelExecutor(Executor):
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._heap and not (self._shutdown or _exiting):
-                    self._cond.wait()
-                if not self._heap:
-                    return
+                while True:
+                    while not self._heap and not (self._shutdown or _exiting):
+                        self._cond.wait()
+                    if not self._heap:
+                        return
+                    top = self._heap[0]
+                    if top.priority > INTERACTIVE and _interactive_running > 0 and not (self._shutdown or _exiting) \
+                            and time.monotonic() - top.queued_at < MAX_DEFER_S:
+                        self._cond.wait(0.02)  # a live session is using the CPU: let it finish first
+                        continue
+                    break
                 job = heapq.heappop(self._heap)
                 self._count(job, -1)
                 self.stats.running += 1
+            interactive = job.priority <= INTERACTIVE
+            if interactive:
+                _interactive_delta(+1)
             started = time.monotonic()
             try:
                 if job.future.set_running_or_notify_cancel():
@@ -250,6 +279,8 @@ class ModelExecutor(Executor):
                     else:
                         job.future.set_result(result)
             finally:
+                if interactive:
+                    _interactive_delta(-1)
                 done = time.monotonic()
                 with self._cond:
                     s = self.stats
