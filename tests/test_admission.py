@@ -241,8 +241,8 @@ async def test_the_session_closes_even_when_the_socket_went_first() -> None:
         await asyncio.sleep(0.02)
     assert conn.closed
     await asyncio.wait_for(conn.close(), T)
-    assert conn.session._closed  # noqa: SLF001
-    assert not [t for t in conn.session._tasks if not t.done()]  # noqa: SLF001
+    assert conn.session.closed
+    assert not conn.session._ctx.running_tasks()  # noqa: SLF001
     await asyncio.sleep(0.2)
     pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
                and ("response" in t.get_name() or "tts" in t.get_name())]
@@ -340,7 +340,7 @@ async def test_a_client_that_never_reads_is_dropped_not_buffered(monkeypatch) ->
     await asyncio.wait_for(asyncio.wait([conn.sender]), T)  # given up on
     assert conn.closed and conn._queue.qsize() <= 20  # noqa: SLF001
     await asyncio.wait_for(conn.close(), T)
-    assert conn.session._closed  # noqa: SLF001
+    assert conn.session.closed
 
 
 def test_running_out_of_file_descriptors_is_one_log_line(caplog) -> None:
@@ -362,3 +362,54 @@ def test_running_out_of_file_descriptors_is_one_log_line(caplog) -> None:
         assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)
     finally:
         loop.close()
+
+
+# --------------------------------------------------------------------------- draining
+
+
+async def test_sigterm_drains_then_stops() -> None:
+    """SIGTERM: `/ready` says 503 `draining` and new sessions are refused at once, the live one
+    goes on until it ends, then the process exits. With a session that does not end, the drain
+    timeout stops it (the client sees 1012)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from servers import ServerProcess
+
+    script = str(Path(__file__).parent / "drain_server.py")
+    for drain_s, client_leaves in ((30.0, True), (2.0, False)):
+        port = free_port()
+        with ServerProcess([sys.executable, script, str(port), str(drain_s)], port=port, ready_path="/ready") as srv:
+            url = f"ws://127.0.0.1:{port}/v1/realtime?model=x"
+            live = await session_created(url)
+            srv.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + T
+            while True:
+                try:
+                    with urllib.request.urlopen(srv.url + "/ready", timeout=5):  # noqa: S310 - loopback
+                        pass
+                except urllib.error.HTTPError as e:
+                    assert e.code == 503 and json.loads(e.read())["status"] == "draining"
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url):
+                    pass
+            assert json.loads(refused.value.response.body)["error"]["code"] == "draining"
+            await live.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            assert json.loads(await asyncio.wait_for(live.recv(), T))["type"] == "session.updated"
+            t = time.monotonic()
+            if client_leaves:
+                await live.close()
+            else:
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(live.recv(), T)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+            code = await asyncio.to_thread(srv.proc.wait, 20)
+            took = time.monotonic() - t
+            assert code in (0, -signal.SIGTERM), code
+            assert took < (5 if client_leaves else drain_s + 5), took

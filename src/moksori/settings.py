@@ -183,6 +183,9 @@ class ServerSettings(BaseModel):
     max_pending_streams: int = Field(64, ge=1)
     # a Realtime session with no client message for this long is closed
     session_idle_timeout_s: float = Field(900.0, gt=0)
+    # on SIGTERM: refuse new sessions (/ready 503) and let live ones end, for at most this long
+    # (0: stop at once); a second SIGTERM or Ctrl-C stops at once
+    drain_timeout_s: float = Field(25.0, ge=0, le=3600)
     # /v1/audio/*: requests of each kind at once, upload size and length, speech length
     max_audio_requests: int = Field(2, ge=1, le=64)
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)

@@ -56,7 +56,7 @@ def serve(
                             timeout_keep_alive=5, timeout_graceful_shutdown=10,
                             h11_max_incomplete_event_size=16 * 1024, backlog=256)
     redact_uvicorn_logs()
-    server = uvicorn.Server(config)
+    server = draining_server(config, state, settings.server.drain_timeout_s)
     try:
         server.run()
     except OSError as e:
@@ -65,3 +65,33 @@ def serve(
         pass
     if not server.started:
         raise ConfigError(f"cannot listen on {host}:{port} (is the address in use?)")
+
+
+def draining_server(config, state, drain_timeout_s: float):
+    """uvicorn's Server, except that the first SIGTERM drains: new sessions are refused (503
+    `draining`, `/ready` 503) while the live ones go on, until none is left or `drain_timeout_s`
+    passed; then the usual shutdown (what is still open gets 1012). A second SIGTERM, or SIGINT,
+    stops at once."""
+    import signal
+    import time
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        draining_since: float | None = None
+
+        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
+            if sig == signal.SIGTERM and drain_timeout_s > 0 and self.draining_since is None and not self.should_exit:
+                self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
+                self.draining_since = time.monotonic()
+                state.drain()
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.draining_since is not None and not self.should_exit:
+                if state.sessions <= 0 or time.monotonic() - self.draining_since >= drain_timeout_s:
+                    self.should_exit = True
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)

@@ -78,6 +78,10 @@ class Session:
         return self._ctx.id
 
     @property
+    def closed(self) -> bool:
+        return self._ctx.closed
+
+    @property
     def stack(self) -> Stack:
         return self._ctx.stack
 

@@ -70,6 +70,13 @@ class ServerState:
     def admit(self, label: str | None) -> Refusal | None:
         return self.admission.check(self.sessions, None if label is None else self.sessions_by_key[label])
 
+    def drain(self) -> None:
+        """Take no new sessions from now on (shutdown, or the cluster's draining); live ones go on."""
+        self.admission.draining = True
+        node = getattr(self, "cluster", None)
+        if node is not None:
+            node.draining = True
+
     def opened(self, label: str | None, session: Session | None = None) -> None:
         self.sessions += 1
         self.metrics.sessions_total += 1
@@ -91,7 +98,7 @@ class ServerState:
 
     def unclosed_sessions(self) -> int:
         """Session objects still in memory and not closed: after every client has gone, 0."""
-        return sum(1 for s in list(self.session_objects) if not getattr(s, "_closed", True))
+        return sum(1 for s in list(self.session_objects) if not s.closed)
 
 
 def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastAPI:
@@ -113,7 +120,7 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
         try:
             yield
         finally:
-            state.admission.draining = True
+            state.drain()
             await state.lag.stop()
 
     app = FastAPI(title="Moksori", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)

@@ -18,6 +18,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from moksori.server.auth import extract_key, key_ok
 
@@ -98,7 +99,11 @@ class Guard:
                 path in SELF_CHECKED_PATHS or path.startswith(SELF_CHECKED_PREFIXES):
             return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        key = extract_key(headers)
+        query = None
+        if path.startswith("/v1/conversations/") and path.endswith("/events"):
+            # Server-Sent Events: a browser's EventSource cannot set headers (cluster_routes.py)
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        key = extract_key(headers, (), query)
         if key_ok(key, keys):
             return None
         if path in SCRAPE_PATHS and self.metrics_token and key_ok(key, [self.metrics_token]):
