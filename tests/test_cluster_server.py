@@ -320,7 +320,7 @@ async def test_an_ephemeral_key_minted_on_one_worker_opens_a_session_on_another(
 async def test_a_phone_call_on_one_worker_is_hung_up_through_another(cluster):
     a, b = cluster["a"], cluster["b"]
     call_id = "CA" + os.urandom(16).hex()
-    token = make_stream_token(SECRET.encode(), call_id, now=int(time.time()))
+    token = make_stream_token(SECRET.encode(), call_id, carrier="twilio", now=int(time.time()))
     headers = {"Authorization": f"Bearer {KEY}"}
     async with CarrierSim.connect(f"ws://127.0.0.1:{a.port}/telephony/twilio/stream", call_id=call_id,
                                   params={"token": token}) as call:
