@@ -1,5 +1,64 @@
 """Brains: what turns the user's audio into the agent's reply.
 
-Today's STT -> LLM -> TTS pipeline lives in `moksori.engine`; `moksori.brains.realtime` is the
-client of a speech-to-speech upstream (OpenAI Realtime GA, Azure Voice Live, another Moksori).
+Two implementations of one face, `moksori.engine.session.Session`:
+
+* `pipeline` (default): Moksori's own STT -> LLM -> TTS, with speculation (`moksori.engine`);
+* `realtime`: a speech-to-speech upstream (OpenAI Realtime GA, Azure Voice Live, another
+  Moksori) hears and speaks: `moksori.brains.realtime.RealtimeSession`, the same session with
+  the reply part swapped, Moksori keeping the transports, the speaker, memory, interruptions,
+  history and accounting.
+
+Every entry point opens its session here, so `MOKSORI_BRAIN` picks the brain everywhere:
+
+    session = open_session(stack, cfg, toolbox=toolbox, input_rate=8000)
 """
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from moksori.engine.config import SessionConfig, config_from_settings
+from moksori.engine.session import Session
+
+if TYPE_CHECKING:
+    from moksori.engine.clock import Clock
+    from moksori.engine.tools import ToolBox
+    from moksori.providers.registry import Stack
+    from moksori.settings import Settings
+
+__all__ = ["open_session", "brain_config"]
+
+
+def brain_config(cfg: SessionConfig, settings: Settings) -> SessionConfig:
+    """A session config as the brain needs it: with the realtime brain and the upstream's VAD,
+    the turn settings are the upstream's (`MOKSORI_REALTIME_TURN_DETECTION`, its silence and
+    eagerness), not the local turn-taker's."""
+    r = settings.realtime
+    if settings.brain != "realtime" or r.turn_detection == "moksori" or cfg.turn.mode == "manual":
+        return cfg
+    return cfg.with_(turn=replace(cfg.turn, mode="semantic" if r.turn_detection == "semantic_vad" else "silence",
+                                  silence_duration_ms=r.silence_duration_ms, eagerness=r.eagerness))
+
+
+def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Settings | None = None,
+                 clock: Clock | None = None, session_id: str | None = None, toolbox: ToolBox | None = None,
+                 input_rate: int | None = None, turns_from_settings: bool = True) -> Session:
+    """The session of the brain the settings pick (`MOKSORI_BRAIN`).
+
+    `input_rate`: the caller's audio rate when known (telephony: 8000, so the realtime brain
+    sends G.711 upstream as it came). `turns_from_settings=False` keeps `cfg.turn` as given (a
+    Realtime client chose its turn detection). Raises `ConfigError` for an unusable upstream."""
+    settings = settings or stack.settings
+    cfg = cfg or config_from_settings(settings)
+    if settings.brain != "realtime":
+        return Session(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox)
+    from moksori.brains.realtime.session import RealtimeSession
+    from moksori.brains.realtime.settings import options_from_settings
+
+    options = options_from_settings(settings)
+    if turns_from_settings:
+        cfg = brain_config(cfg, settings)
+    who = "moksori" if settings.realtime.turn_detection == "moksori" else "upstream"
+    return RealtimeSession(stack, cfg, upstream=options, who=who, clock=clock, session_id=session_id,
+                           toolbox=toolbox, input_rate=input_rate)

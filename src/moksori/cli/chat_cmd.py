@@ -128,8 +128,8 @@ async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -
     from dataclasses import replace
 
     from moksori.audio.frames import Frame
+    from moksori.brains import open_session
     from moksori.engine.config import config_from_settings
-    from moksori.engine.session import Session
 
     loop = asyncio.get_running_loop()
     try:
@@ -141,7 +141,7 @@ async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -
     cfg = config_from_settings(settings, output_rate=out_rate, output_lead_ms=150)
     if no_barge_in:
         cfg = cfg.with_(turn=replace(cfg.turn, interrupt_response=False))
-    session = Session(stack, cfg)
+    session = open_session(stack, cfg, settings=settings, input_rate=in_rate)
     player = _Player()
 
     def on_event(ev: E.Event) -> None:
@@ -157,6 +157,8 @@ async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -
                 out_console.print(f"[magenta]agent[/] {text}{tag}", highlight=False)
             case E.ErrorEvent(message=message):
                 err_console.print(f"[red]error:[/] {message}", highlight=False)
+            case E.BrainUpstreamDropped(reason=reason):
+                err_console.print(f"[yellow]the upstream dropped ({reason}); reconnecting…[/]", highlight=False)
 
     session.bus.listen(on_event)
 

@@ -36,6 +36,9 @@ def converse(
         if p is not None and not p.parent.exists():
             raise ConfigError(f"output folder does not exist: {p.parent}")
     settings = load_settings(**({"language": lang} if lang else {}))
+    if fast and settings.brain == "realtime":
+        raise ConfigError("--fast needs MOKSORI_BRAIN=pipeline: a realtime upstream answers in real time, "
+                          "so virtual time cannot run ahead of it")
     stack = load_stack(settings)
     rec = run_conversation(stack, settings, frame, fast=fast, max_tail_s=max_tail_s, timeline=timeline)
     reply = rec.reply_audio(min_seconds=frame.duration)
@@ -47,16 +50,20 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
                      output_rate: int = 24000):
     """Feed `frame` into a new session at real-time pace (virtual time with fast=True)."""
     from moksori.audio.frames import Frame
+    from moksori.brains import open_session
     from moksori.engine.bus import TimelineWriter
     from moksori.engine.config import config_from_settings
-    from moksori.engine.session import Session
     from moksori.testing.harness import Recording, play_into_session
     from moksori.testing.virtual_time import run_virtual
 
     cfg = config_from_settings(settings, output_rate=output_rate, output_lead_ms=0)
+    if fast and settings.brain == "realtime":
+        raise ConfigError("--fast needs MOKSORI_BRAIN=pipeline: a realtime upstream answers in real time, "
+                          "so virtual time cannot run ahead of it")
 
     async def main() -> Recording:
-        session = Session(stack, cfg)
+        session = open_session(stack, cfg, settings=settings, input_rate=frame.rate)
+        await session.ready(timeout=30)  # the realtime brain: connected to its upstream before the caller speaks
         rec = Recording(cfg.output_rate)
         session.bus.listen(rec)
         fh = open(timeline, "w", encoding="utf-8") if timeline else None

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
+from moksori.accounting import TurnUsage
 from moksori.audio.frames import Frame
 from moksori.providers.base import ToolCall, Usage
 
@@ -391,6 +392,9 @@ class AgentResponseDone(Event):
     usage: Usage
     modalities: tuple[str, ...]
     in_conversation: bool
+    # a speech-to-speech upstream's own count (text, audio and cached tokens, its model): set
+    # when the realtime brain answered; `usage` then holds its text tokens
+    upstream_usage: TurnUsage | None = optional(default=None)
 
 
 @_event
@@ -426,6 +430,72 @@ class AgentToolResult(Event):
     call_id: str
     name: str
     output: str
+
+
+# ====================================================================== the realtime brain's upstream
+
+
+@_event
+class BrainUpstreamReady(Event):
+    """The speech-to-speech upstream is connected and configured (first connection)."""
+
+    type = "brain.upstream_ready"
+    model: str | None
+    flavor: str
+    turn_detection: str  # server_vad | semantic_vad | manual (Moksori commits)
+
+
+@_event
+class BrainUpstreamDropped(Event):
+    """The upstream connection ended (a drop, a timeout, its time limit, or a planned rotation).
+    `in_response`: a reply was being generated. A reconnect follows unless it gave up."""
+
+    type = "brain.upstream_dropped"
+    reason: str
+    detail: str
+    age_s: float
+    in_response: bool
+    planned: bool
+
+
+@_event
+class BrainReconnecting(Event):
+    type = "brain.reconnecting"
+    attempt: int
+    delay_s: float
+
+
+@_event
+class BrainReconnected(Event):
+    """A new upstream connection is configured and re-seeded with the conversation."""
+
+    type = "brain.reconnected"
+    attempt: int
+    gap_s: float
+    reseeded: int
+    replayed_audio_ms: int
+    resumed: bool
+
+
+@_event
+class BrainUpstreamFailed(Event):
+    """The upstream is gone for good (a refused key, or every reconnect failed): no more replies."""
+
+    type = "brain.upstream_failed"
+    reason: str
+    detail: str
+
+
+@_event
+class BrainTruncateRejected(Event):
+    """The upstream refused to cut an item at what was heard; the session repairs its copy and
+    goes on."""
+
+    type = "brain.truncate_rejected"
+    item_id: str
+    heard_ms: int
+    code: str | None
+    message: str
 
 
 # ====================================================================== phone calls (published by moksori.telephony)
@@ -496,6 +566,8 @@ CATALOGUE: tuple[type[Event], ...] = (
     SttStarted, SttFinished, EotFinished, LlmStarted, LlmFirstToken, LlmFinished, TtsStarted, TtsFirstAudio,
     AgentResponseStarted, AgentTextDelta, AgentAudio, AgentAudioStarted, AgentAudioDone, AgentAudioCleared,
     AgentInterrupted, AgentReoffer, AgentResponseDone, AgentFunctionCall, AgentToolCall, AgentToolResult,
+    BrainUpstreamReady, BrainUpstreamDropped, BrainReconnecting, BrainReconnected, BrainUpstreamFailed,
+    BrainTruncateRejected,
     CallStarted, CallBadMessage, CallDtmf, CallCarrierError, CallFirstAudio, CallHangup, CallTransferred, CallEnded,
 )
 BY_TYPE: dict[str, type[Event]] = {cls.type: cls for cls in CATALOGUE}

@@ -47,3 +47,11 @@ def text_system_prompt(instructions: str | None, llm_languages: tuple[str, ...] 
     if instructions and instructions.strip():
         return instructions.strip()
     return _TEXT_BASE + (_TEXT_BILINGUAL if "ko" in llm_languages else "")
+
+
+def speech_model_prompt(instructions: str | None) -> str:
+    """A speech-to-speech model's default (the realtime brain): it hears the person itself, so no
+    transcript note; it speaks Korean and English."""
+    if instructions and instructions.strip():
+        return instructions.strip()
+    return _BASE + " Reply in the same language the person speaks: Korean (use polite 존댓말) or English."

@@ -164,10 +164,17 @@ class Response:
             if self.item is not None:
                 self.item.text = heard if heard is not None else self.text
                 self.item.status = "incomplete"
-            self.host.publish(self._done_event(reason))
+                if self.playback is not None:  # what the listener was sent: a later truncate cannot pass it
+                    self.item.audio_ms = int(1000 * self.playback.sent / self.playback.rate)
+            self._announce_cancel(reason)
         self.done.set()
         if self.on_finished:
             self.on_finished(self)
+
+    def _announce_cancel(self, reason: str) -> None:
+        """Publish the `agent.response_done` of a cancelled reply (the realtime brain's reply
+        holds it back until the upstream has counted what the reply used)."""
+        self.host.publish(self._done_event(reason))
 
     # -------------------------------------------------------------- events
 

@@ -7,6 +7,7 @@ reporting how much it played) can still cut its text to what was heard.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,10 +16,15 @@ from moksori.engine.response import Response, ResponseOptions
 
 KEEP_SEGMENTS = 32  # finished replies whose clause timing is kept for `truncate`
 
+# (context, options, turn id, language) -> a reply: `Response` (LLM -> TTS), or the realtime
+# brain's `UpstreamReply`, which has the same face
+ReplyFactory = Callable[[SessionContext, ResponseOptions, "int | None", str], Response]
+
 
 class Responses:
-    def __init__(self, ctx: SessionContext) -> None:
+    def __init__(self, ctx: SessionContext, factory: ReplyFactory = Response) -> None:
         self._ctx = ctx
+        self.factory = factory  # the brain's seam: what a reply is
         self._active: dict[str, Response] = {}
         self._segments_by_item: dict[str, list[tuple[str, int]]] = {}
 
@@ -32,7 +38,7 @@ class Responses:
 
     def start(self, opts: ResponseOptions, turn_id: int | None, language: str, *, release: bool) -> Response:
         """Start a reply; unreleased, it is speculative (held back) until `Response.release()`."""
-        resp = Response(self._ctx, opts, turn_id, language)
+        resp = self.factory(self._ctx, opts, turn_id, language)
         self._active[resp.id] = resp
         resp.on_finished = self._finished
         resp.start()

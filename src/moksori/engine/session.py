@@ -129,17 +129,26 @@ class Session:
         """A speculation, reply or playback is in flight."""
         return self._responses.busy() or self.speaker.busy() or self._specs.busy()
 
+    def _user_activity(self) -> str:
+        """idle | speaking | paused: confirmed user speech, as the turn-taker sees it (a brain
+        whose upstream detects turns answers from the upstream's speech events instead)."""
+        return self.taker.state if self.taker.confirmed else "idle"
+
+    def _thinking(self) -> bool:
+        """A reply is on its way: a released turn's words, or a public reply, in the works."""
+        return self._responses.thinking() or self._specs.thinking()
+
     def _update_state(self) -> None:
         if self._state_deferred:
             return
-        user = self.taker.state
-        if user == "speaking" and self.taker.confirmed:
+        user = self._user_activity()
+        if user == "speaking":
             new = "user_speaking"
-        elif user == "paused" and self.taker.confirmed:
+        elif user == "paused":
             new = "user_paused"
         elif self.speaker.audible:
             new = "speaking"
-        elif self._responses.thinking() or self._specs.thinking():
+        elif self._thinking():
             new = "thinking"
         else:
             new = "idle"
@@ -268,6 +277,20 @@ class Session:
         """Speak fixed text (a greeting) as an assistant response."""
         return self.create_response(fixed_text=text, **overrides)
 
+    def add_item(self, item: Item, *, after: str | None = None) -> Item:
+        """Add an item from outside a turn (a Realtime client's `conversation.item.create`):
+        after `after`, at the start with `after="root"`, else at the end."""
+        mem = self.memory
+        if after == "root":
+            mem.items.insert(0, item)
+        else:
+            mem.add(item, after=after)
+        return item
+
+    def delete_item(self, item_id: str) -> bool:
+        """Remove an item from the conversation (Realtime `conversation.item.delete`)."""
+        return self.memory.delete(item_id)
+
     def add_user_text(self, text: str, *, respond: bool = True) -> Item:
         item = self.memory.add(Item(id=new_id("item"), role="user", text=text))
         self.publish(E.UserTranscript(t=self.clock.now(), item_id=item.id, text=text, language=self.last_language,
@@ -352,6 +375,10 @@ class Session:
             self.create_response(instructions=f"{base}\n{IDLE_PROMPT}")
 
     # ================================================================== lifecycle
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Wait until the brain can take the caller's audio (the pipeline always can; the realtime
+        brain once its upstream is connected, else `ProviderError`)."""
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until no speculation, response or playback is in flight."""

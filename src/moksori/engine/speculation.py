@@ -67,6 +67,10 @@ class Speculations:
         self._on_committed = on_committed
         self._specs: dict[Key, Speculation] = {}
         self._item_ids: dict[int, str] = {}  # turn id -> the user item it becomes
+        # The realtime brain: a pause is still transcribed and judged (the turn-taker needs the
+        # end-of-turn model and the transcript cue), but no reply starts here and the user item is
+        # the brain's to commit (its transcript comes from the upstream); `on_committed` still runs.
+        self.analysis_only = False
 
     # -------------------------------------------------------------- turns and items
 
@@ -192,7 +196,8 @@ class Speculations:
             if spec.released:
                 self._commit_user(spec)
             turn = ctx.cfg.turn
-            if spec.transcript.text.strip() and turn.create_response and turn.mode != "manual":
+            if spec.transcript.text.strip() and turn.create_response and turn.mode != "manual" \
+                    and not self.analysis_only:
                 self._start_response(spec)
             cue = text_cue(spec.transcript.text, spec.transcript.language)
             eot = None
@@ -233,6 +238,9 @@ class Speculations:
         tr = spec.transcript
         if tr.text.strip():
             ctx.last_language = tr.language
+        if self.analysis_only:
+            self._on_committed(spec)
+            return
         ctx.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language))
         audio_s = spec.audio_s or (len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0)
         now = ctx.clock.now()

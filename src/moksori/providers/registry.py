@@ -40,14 +40,16 @@ class Stack:
         if self.turn is not None:
             await self.turn.complete_probability(np.zeros(16000, dtype=np.float32))
         tone = (0.1 * np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
-        async for _ in self.stt.transcribe(one_chunk(tone), STTOptions(language="en")):
-            pass
+        if not getattr(self.stt, "standin", False):  # the realtime brain's stand-ins have nothing to warm
+            async for _ in self.stt.transcribe(one_chunk(tone), STTOptions(language="en")):
+                pass
         warm = getattr(self.llm, "warm", None)
         if warm is not None and system_prompt:
             await warm(system_prompt)
-        for lang in self.tts.caps.languages:
-            async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
-                pass
+        if not getattr(self.tts, "standin", False):
+            for lang in self.tts.caps.languages:
+                async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
+                    pass
 
     async def close(self) -> None:
         for p in (self.vad, self.turn, self.stt, self.llm, self.tts):
@@ -58,6 +60,8 @@ class Stack:
 def build_stack(settings: Settings, *, step: Step | None = None, progress: Progress | None = None) -> Stack:
     """Load every provider the settings ask for. Raises ModelError/ConfigError with one line."""
     say = step or (lambda _: None)
+    if settings.brain == "realtime":
+        return build_realtime_stack(settings, say, progress)
     say("voice activity detection (Silero)")
     vad = build_vad(settings)
     turn = None
@@ -71,6 +75,25 @@ def build_stack(settings: Settings, *, step: Step | None = None, progress: Progr
     say(f"speech synthesis ({settings.tts.provider})")
     tts = build_tts(settings)
     return Stack(vad=vad, stt=stt, llm=llm, tts=tts, turn=turn, settings=settings)
+
+
+def build_realtime_stack(settings: Settings, say: Step, progress: Progress | None = None) -> Stack:
+    """`MOKSORI_BRAIN=realtime`: the upstream hears and speaks. Silero always (barge-in, Moksori's
+    turns); smart-turn and STT only for Moksori's own turn-taking; no local LLM or voice."""
+    from moksori.brains.realtime.providers import UpstreamSTT, UpstreamTTS
+
+    llm = build_llm(settings)  # validates MOKSORI_REALTIME_* first: a bad URL fails before any model loads
+    say("voice activity detection (Silero)")
+    vad = build_vad(settings)
+    turn = None
+    stt: STT = UpstreamSTT()
+    if settings.realtime.turn_detection == "moksori":
+        if settings.turn.provider == "smart-turn":
+            say("end-of-turn model (smart-turn v3.2)")
+            turn = build_turn(settings)
+        say(f"speech recognition ({settings.stt.provider}), for the transcript cue")
+        stt = build_stt(settings, progress=progress)
+    return Stack(vad=vad, stt=stt, llm=llm, tts=UpstreamTTS(), turn=turn, settings=settings)
 
 
 def build_vad(settings: Settings) -> VAD:
@@ -105,6 +128,11 @@ def build_stt(settings: Settings, *, progress: Progress | None = None) -> STT:
 
 
 def build_llm(settings: Settings) -> LLM:
+    if settings.brain == "realtime":  # the speech-to-speech upstream, in text mode
+        from moksori.brains.realtime.providers import RealtimeLLM
+        from moksori.brains.realtime.settings import options_from_settings
+
+        return RealtimeLLM(options_from_settings(settings))
     s = settings.llm
     from moksori.providers.resilience import ResilientLLM, RetryPolicy, Timeouts
 

@@ -235,6 +235,14 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
             transcription_only=query.get("intent") == "transcription")
         state.track(conn.session)
         ticket.opened("voice-live" if flavor is rt.Flavor.AZURE else "realtime", conn.session_id, conn.session)
+
+        async def fatal(reason: str) -> None:  # the session cannot go on (the realtime brain's upstream is gone)
+            nonlocal close
+            close = (1011, reason)
+            for t in tasks:
+                t.cancel()
+
+        conn.on_fatal = fatal
         if grant is not None:
             conn.preset(grant.session, transcription_only=grant.transcription)
         await conn.start()

@@ -21,9 +21,21 @@ from moksori.settings import Settings
 LOCAL_VOICES = {"en": "en_US-joe-medium", "ko": "espeak-ko"}
 
 
+def upstream_turns(settings: Settings) -> bool:
+    """The realtime brain with the upstream's own VAD deciding turns."""
+    return settings.brain == "realtime" and settings.realtime.turn_detection != "moksori"
+
+
 def initial_session(settings: Settings) -> rt.SessionConfig:
     """What `session.created` reports: our defaults, in protocol terms."""
     t = settings.turn
+    if upstream_turns(settings):  # the realtime brain's upstream VAD: its kind, silence and eagerness
+        r = settings.realtime
+        td = rt.TurnDetection(type=r.turn_detection, silence_duration_ms=r.silence_duration_ms,
+                              eagerness=r.eagerness, prefix_padding_ms=t.prefix_padding_ms,
+                              create_response=t.create_response, interrupt_response=t.interrupt_response)
+        return rt.SessionConfig(instructions=settings.agent.instructions or "", turn_detection=td,
+                                temperature=settings.llm.temperature, voice=r.voice or "alloy")
     td = rt.TurnDetection(
         type="semantic_vad" if t.provider == "smart-turn" else "server_vad",
         threshold=t.threshold, prefix_padding_ms=t.prefix_padding_ms, silence_duration_ms=t.silence_duration_ms,
@@ -54,7 +66,7 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
     if td is None:
         turn = replace(base.turn, mode="manual")
     else:
-        semantic = td.type != "server_vad" and settings.turn.provider == "smart-turn"
+        semantic = td.type != "server_vad" and (settings.turn.provider == "smart-turn" or upstream_turns(settings))
         turn = TurnConfig(
             mode="semantic" if semantic else "silence", threshold=td.threshold,
             prefix_padding_ms=td.prefix_padding_ms, silence_duration_ms=td.silence_duration_ms,

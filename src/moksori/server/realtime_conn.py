@@ -17,8 +17,8 @@ from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
 from moksori.engine import events as E
 from moksori.engine.config import SessionConfig as EngineConfig, config_from_settings
+from moksori.brains import open_session
 from moksori.engine.memory import Item as MemItem, new_id
-from moksori.engine.session import Session
 from moksori.errors import MoksoriError, ProtocolError
 from moksori.protocols import realtime as rt
 from moksori.providers.base import Message
@@ -65,6 +65,7 @@ class _Out:
         self.text = ""
         self.output: list[dict[str, Any]] = []
         self.index = 0
+        self.audio_ms = 0.0  # reply audio sent so far
 
 
 class RealtimeConnection:
@@ -82,8 +83,12 @@ class RealtimeConnection:
             self.cfg = replace(self.cfg, turn_detection=replace(self.cfg.turn_detection, create_response=False))
         self.session_id = session_id or new_id("sess")
         self._base = config_from_settings(settings, output_lead_ms=output_lead_ms)
-        self.session = Session(stack, self._engine_cfg(), session_id=self.session_id)
+        self.session = open_session(stack, self._engine_cfg(), settings=settings, session_id=self.session_id,
+                                    input_rate=self.cfg.input_format.rate, turns_from_settings=False)
         self.session.bus.listen(self._on_engine_event)
+        # the route's way to end the connection when the session cannot go on (the realtime
+        # brain's upstream is gone for good): close the socket, hang up the call
+        self.on_fatal: Callable[[str], Awaitable[Any]] | None = None
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._sender = asyncio.create_task(self._pump(), name=f"rt-send-{self.session_id}")
         self._outs: dict[str, _Out] = {}
@@ -275,10 +280,7 @@ class RealtimeConnection:
             raise ProtocolError(f"previous_item_id {after} does not exist", code="item_not_found",
                                 param="previous_item_id")
         item = await self._to_memory_item(ev.item)
-        if after == "root":
-            mem.items.insert(0, item)
-        else:
-            mem.add(item, after=after)
+        self.session.add_item(item, after=after)
         wire = self._item_wire(item)
         prev = mem.previous_id(item.id)
         self.send(self.ev.conversation_item_added(wire, prev))
@@ -342,14 +344,25 @@ class RealtimeConnection:
             raise ProtocolError("only assistant messages can be truncated", code="invalid_item", param="item_id")
         if ev.content_index != 0:
             raise ProtocolError("content_index must be 0", code="invalid_value", param="content_index")
-        if item.audio_ms and ev.audio_end_ms > item.audio_ms:
-            raise ProtocolError(f"audio_end_ms {ev.audio_end_ms} is past the end of the audio ({item.audio_ms} ms)",
+        sent = self._audio_sent_ms(item)
+        if sent is None:
+            raise ProtocolError(f"item {ev.item_id} has no audio to truncate", code="invalid_value", param="item_id")
+        if ev.audio_end_ms > sent:  # as OpenAI: never past the audio the item produced
+            raise ProtocolError(f"Audio content of {sent}ms is already shorter than {ev.audio_end_ms}ms",
                                 code="invalid_value", param="audio_end_ms")
         self.session.truncate(ev.item_id, ev.audio_end_ms)
         self.send(self.ev.conversation_item_truncated(ev.item_id, 0, ev.audio_end_ms))
 
+    def _audio_sent_ms(self, item: MemItem) -> int | None:
+        """How much audio an assistant item produced (sent so far, for a reply still playing),
+        or None when it has none."""
+        out = next((o for o in self._outs.values() if o.item_id == item.id), None)
+        if out is not None and out.audio:
+            return int(out.audio_ms)
+        return item.audio_ms if item.audio else None
+
     def _on_ConversationItemDelete(self, ev: rt.ConversationItemDelete) -> None:
-        if not self.session.memory.delete(ev.item_id):
+        if not self.session.delete_item(ev.item_id):
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
         self.send(self.ev.conversation_item_deleted(ev.item_id))
 
@@ -496,6 +509,7 @@ class RealtimeConnection:
                 out = self._outs.get(rid)
                 if out is not None:
                     self._open_message(out)
+                    out.audio_ms += 1000 * len(frame) / frame.rate
                     if self.audio_sink is not None:
                         self.audio_sink.play(out.response_id, out.item_id, frame)
                     else:
@@ -520,6 +534,17 @@ class RealtimeConnection:
                 self._response_done(e)
             case E.ErrorEvent(message=message, code=code):
                 self.error(message, code=code or "server_error", kind="server_error")
+            case E.BrainUpstreamFailed(detail=detail) if self.on_fatal is not None:
+                asyncio.get_running_loop().create_task(self._fatal(f"upstream unavailable: {detail}"))
+
+    async def _fatal(self, reason: str) -> None:
+        """Let the error events go out first, then end the connection."""
+        for _ in range(50):
+            if self._queue.empty():
+                break
+            await asyncio.sleep(0.01)
+        if self.on_fatal is not None:
+            await self.on_fatal(reason[:120])
 
     def _function_call(self, e: E.AgentFunctionCall) -> None:
         ev = self.ev
@@ -547,10 +572,17 @@ class RealtimeConnection:
         self._close_message(out, text=e.text, status="incomplete" if e.interrupted else "completed")
         status = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}.get(e.status, "completed")
         reason = "turn_detected" if e.reason == "turn_detected" else "client_cancelled"
-        details = rt.status_details(status, reason=reason) if status != "completed" else None
-        u = e.usage
-        usage = rt.Usage(input_text_tokens=u.input_tokens, output_text_tokens=u.output_tokens,
-                         cached_text_tokens=u.cached_tokens)
+        error = {"type": "server_error", "code": e.reason, "message": f"the response failed: {e.reason}"} \
+            if status == "failed" and e.reason else None
+        details = rt.status_details(status, reason=reason, error=error) if status != "completed" else None
+        u, up = e.usage, e.upstream_usage
+        if up is not None:  # the realtime brain: the upstream's own count, audio tokens included
+            usage = rt.Usage(input_text_tokens=up.input_tokens, input_audio_tokens=up.input_audio_tokens,
+                             cached_text_tokens=up.cached_tokens, cached_audio_tokens=up.cached_audio_tokens,
+                             output_text_tokens=up.output_tokens, output_audio_tokens=up.output_audio_tokens)
+        else:
+            usage = rt.Usage(input_text_tokens=u.input_tokens, output_text_tokens=u.output_tokens,
+                             cached_text_tokens=u.cached_tokens)
         self.send(self.ev.response_done(self._response(out.response_id, status, e.modalities, details=details,
                                                        output=out.output, usage=usage)))
         self._metadata.pop(out.response_id, None)

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from moksori.brains import open_session
 from moksori.engine import events as E
 from moksori.engine.config import config_from_settings
 from moksori.engine.session import Session
@@ -232,7 +233,8 @@ class PhoneCall:
         self.started_at = asyncio.get_running_loop().time()
         cfg = config_from_settings(self.settings, output_rate=ev.rate, output_chunk_ms=OUTPUT_CHUNK_MS,
                                    output_lead_ms=OUTPUT_LEAD_MS, partial_interval_ms=0)
-        self.session = Session(self.stack, cfg, toolbox=self._toolbox())
+        # the realtime brain gets G.711 at the carrier's 8 kHz and sends it upstream as it came
+        self.session = open_session(self.stack, cfg, settings=self.settings, toolbox=self._toolbox(), input_rate=ev.rate)
         self.session.bus.listen(self._on_engine_event)
         self._sender = asyncio.create_task(self._pump(), name=f"{self.carrier}-call-send")
         self.session.publish(E.CallStarted(t=self.session.clock.now(), carrier=self.carrier, call_id=ev.call_id,
@@ -274,6 +276,8 @@ class PhoneCall:
             case E.AgentResponseDone(response_id=rid):
                 for table in (self._last_mark, self._sent, self.acked):
                     table.pop(rid, None)
+            case E.BrainUpstreamFailed():  # the realtime brain's upstream is gone: nobody would answer
+                self.end("upstream_failed")
 
     def _mark(self, rid: str, samples: int) -> None:
         self._mark_seq += 1

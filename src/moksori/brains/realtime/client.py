@@ -31,7 +31,7 @@ from moksori.audio.resample import StreamResampler
 from moksori.errors import ProviderError
 
 from . import events as ev
-from .conversation import HistoryItem
+from .conversation import HistoryItem, InputRing
 from .options import SessionOptions, UpstreamOptions
 from .protocol import TruncateResult, UpstreamProtocol
 from .transport import Connection, Connector, TransportClosed, websocket_connector
@@ -173,9 +173,15 @@ class RealtimeUpstream:
 
     async def create_response(self, *, instructions: str | None = None, modalities: tuple[str, ...] | None = None,
                               tools: tuple[dict[str, Any], ...] | None = None, tool_choice: Any = None,
-                              metadata: dict[str, str] | None = None) -> None:
-        await self._call("response", {"instructions": instructions, "modalities": modalities, "tools": tools,
-                                      "tool_choice": tool_choice, "metadata": metadata})
+                              metadata: dict[str, str] | None = None,
+                              input: list[tuple[str, str]] | None = None) -> None:
+        """Ask for a response. `input` (role, text pairs): out of band, reading only those
+        messages, its output kept out of the conversation."""
+        arg: dict[str, Any] = {"instructions": instructions, "modalities": modalities, "tools": tools,
+                               "tool_choice": tool_choice, "metadata": metadata}
+        if input is not None:
+            arg.update(conversation="none", input=self.proto.wire.input_items(list(input)))
+        await self._call("response", arg)
 
     async def cancel_response(self) -> bool:
         """Cancel the response in progress; False when there was none (nothing sent)."""
@@ -227,10 +233,20 @@ class RealtimeUpstream:
         await self._call("message", (role, text, iid, previous_item_id))
         return iid
 
-    async def add_function_output(self, call_id: str, output: str) -> str:
-        iid = _new_item_id()
+    async def add_function_output(self, call_id: str, output: str, *, item_id: str | None = None) -> str:
+        iid = item_id or _new_item_id()
         await self._call("function_output", (call_id, output, iid))
         return iid
+
+    async def add_function_call(self, call_id: str, name: str, arguments: str, *, item_id: str | None = None) -> str:
+        """Add a function call item (the model's call, e.g. when mirroring a conversation)."""
+        iid = item_id or _new_item_id()
+        await self._call("function_call", (call_id, name, arguments, iid))
+        return iid
+
+    async def delete_item(self, item_id: str) -> None:
+        """Remove an item from the upstream conversation (and from what a reconnect re-seeds)."""
+        await self._call("delete", item_id)
 
     async def retrieve_item(self, item_id: str, *, timeout: float = 5.0) -> dict[str, Any] | None:
         """The upstream's copy of an item (`conversation.item.retrieve`); None if it errs or
@@ -251,6 +267,10 @@ class RealtimeUpstream:
 
     async def update_session(self, session: SessionOptions) -> None:
         """New session options: sent now, and on every later connection."""
+        if session.input_format.rate != self.proto.ring.rate:  # keep the input axis, at the new rate
+            ring = InputRing(session.input_format.rate, self.proto.ring.keep_ms / 1000)
+            ring.sent_ms = self.proto.ring.sent_ms
+            self.proto.ring = ring
         self.proto.session = session
         self.options = _replace_session(self.options, session)
         if self._live:
@@ -296,6 +316,11 @@ class RealtimeUpstream:
         elif kind == "function_output":
             call_id, output, iid = arg
             await self._send(p.add_function_output(call_id, output, item_id=iid))
+        elif kind == "function_call":
+            call_id, name, arguments, iid = arg
+            await self._send(p.add_function_call(call_id, name, arguments, item_id=iid))
+        elif kind == "delete":
+            await self._send(p.delete(arg))
 
     async def _send(self, msg: dict[str, Any]) -> None:
         conn = self._conn

@@ -198,10 +198,21 @@ class UpstreamProtocol:
         return self._track(self.wire.message(role, text=text, item_id=item_id, previous_item_id=previous_item_id),
                            {"item_id": item_id})
 
+    def add_function_call(self, call_id: str, name: str, arguments: str, *, item_id: str) -> dict[str, Any]:
+        rec = self.conv.ensure(item_id, kind="function_call", call_id=call_id, name=name, final=True)
+        rec.arguments, rec.call_reported = arguments, True
+        self.own.add(item_id)
+        return self._track(self.wire.function_call(call_id, name, arguments, item_id=item_id), {"item_id": item_id})
+
     def add_function_output(self, call_id: str, output: str, *, item_id: str) -> dict[str, Any]:
         self.conv.ensure(item_id, kind="function_call_output", output=output, call_id=call_id, final=True)
         self.own.add(item_id)
         return self._track(self.wire.function_output(call_id, output, item_id=item_id), {"item_id": item_id})
+
+    def delete(self, item_id: str) -> dict[str, Any]:
+        """Remove an item upstream and from the conversation kept for re-seeding."""
+        self.conv.delete(item_id)
+        return self._track(self.wire.delete(item_id), {"item_id": item_id})
 
     def retrieve(self, item_id: str) -> dict[str, Any]:
         return self._track(self.wire.retrieve(item_id), {"item_id": item_id})

@@ -128,7 +128,10 @@ class ClientWire:
     # ------------------------------------------------------------------ responses
     def response_create(self, *, instructions: str | None = None, modalities: tuple[str, ...] | None = None,
                         tools: tuple[dict[str, Any], ...] | None = None, tool_choice: Any = None,
-                        metadata: dict[str, str] | None = None) -> dict[str, Any]:
+                        metadata: dict[str, str] | None = None, conversation: str | None = None,
+                        input: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`conversation="none"` with `input` (items, as `input_items` builds them): an
+        out-of-band response that reads only those items and adds nothing to the conversation."""
         r: dict[str, Any] = {}
         if instructions is not None:
             r["instructions"] = instructions
@@ -143,7 +146,20 @@ class ClientWire:
             r["tool_choice"] = tool_choice
         if metadata is not None:
             r["metadata"] = dict(metadata)
+        if conversation is not None:
+            r["conversation"] = conversation
+        if input is not None:
+            r["input"] = list(input)
         return self._ev("response.create", response=r) if r else self._ev("response.create")
+
+    def input_items(self, messages: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """(role, text) pairs as message items for `response.create`'s `input`."""
+        out = []
+        for role, text in messages:
+            kind = "output_text" if role == "assistant" else "input_text"
+            out.append({"type": "message", "role": role,
+                        "content": [part_to_wire(ContentPart(kind, text=text), self._fl)]})  # type: ignore[arg-type]
+        return out
 
     def response_cancel(self, response_id: str | None = None) -> dict[str, Any]:
         return self._ev("response.cancel", response_id=response_id) if response_id else self._ev("response.cancel")

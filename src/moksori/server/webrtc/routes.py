@@ -203,6 +203,11 @@ class WebRTC:
             timeline=query.get("moksori_timeline") in ("1", "true"), audio_sink=call.track,
             output_lead_ms=cfg.output_lead_ms)
         self.state.track(conn.session)  # metrics, and the unclosed-session count
+
+        async def fatal(reason: str) -> None:
+            await call.close(reason)
+
+        conn.on_fatal = fatal
         call.attach_connection(conn)
         self.calls[call_id] = call
         self.tickets[call_id] = ticket

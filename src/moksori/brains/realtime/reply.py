@@ -1,0 +1,323 @@
+"""One reply of the realtime brain: what the upstream says, with the face of `engine.Response`.
+
+The engine's parts (`Responses`, `Interruptions`, the `Speaker`, the transports) only know a
+reply by what `Response` offers: an id and item id, a status, a `Playback`, `release()`,
+`cancel(reason, heard)` and the events it publishes. `UpstreamReply` keeps that face and swaps
+the inside: instead of LLM -> clause chunker -> TTS, it asks the upstream for a response (or is
+bound to one the upstream started by itself, e.g. after its own VAD ended a turn) and feeds the
+upstream's audio into its playback, where the speaker paces it and knows what was heard.
+
+    request  ─▶ response.create (in order with audio and commits, through the brain's op queue)
+    upstream ─▶ audio deltas ─▶ resampled once to the session's output rate ─▶ Playback ─▶ Speaker
+             ─▶ transcript deltas ─▶ agent.text_delta; the final transcript replaces the text
+             ─▶ function calls: a client tool ends the reply (agent.function_call); a server-side
+                tool runs here, its output goes back up and a follow-up response continues the
+                same reply (several upstream responses, one reply, as the pipeline's tool rounds)
+             ─▶ response.done: usage (text, audio, cached tokens) -> agent.response_done
+    cancel   ─▶ (the speaker already stopped) response.cancel + truncate at the samples heard,
+                per upstream audio item; `agent.response_done` waits, briefly, for the
+                upstream's own response.done so its usage is counted
+
+What was heard, in words: the upstream's transcript is not aligned with its audio, and text
+usually runs ahead of audio. The playback's one segment is (text so far, the larger of the audio
+so far and the audio that text would take at a speaking pace), so `heard_text` takes the share
+of words matching the share of audio heard without running ahead of the voice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from moksori.accounting import TurnUsage
+from moksori.audio.frames import Frame
+from moksori.audio.resample import StreamResampler
+from moksori.engine import events as E
+from moksori.engine.memory import Item, new_id
+from moksori.engine.response import Response
+from moksori.providers.base import ToolCall, Usage
+
+from . import events as ev
+
+if TYPE_CHECKING:
+    from .session import RealtimeSession
+
+log = logging.getLogger("moksori.brains.realtime")
+
+CHARS_PER_SECOND = 14.0  # speaking pace used to keep the heard-text estimate behind the voice
+USAGE_WAIT_S = 2.0  # a cancelled reply's `agent.response_done` waits at most this for the upstream's usage
+
+__all__ = ["UpstreamReply", "estimated_samples"]
+
+
+def estimated_samples(text: str, rate: int) -> int:
+    """Samples `text` would take spoken at an ordinary pace (Korean syllables count double)."""
+    weight = sum(2 if "\uac00" <= ch <= "\ud7a3" else 1 for ch in text if not ch.isspace())
+    return int(rate * weight / CHARS_PER_SECOND)
+
+
+@dataclass(eq=False)
+class UpstreamReply(Response):
+    brain: RealtimeSession | None = None
+    upstream_initiated: bool = False  # the upstream started it (its VAD, a resume after a reconnect)
+    upstream_ids: list[str] = field(default_factory=list)
+    upstream_usage: TurnUsage | None = None
+    audio_items: list[tuple[str, int]] = field(default_factory=list)  # (upstream item id, first sample)
+    samples: int = 0  # reply audio received, at the output rate
+    failure: str | None = None  # why the upstream ended it early (upstream_lost, failed, ...)
+    _texts: dict[str, str] = field(default_factory=dict)  # upstream item -> its text
+    _open_rounds: int = 0  # upstream responses asked for or running, not done yet
+    _tools_running: int = 0
+    _generated: asyncio.Event = field(default_factory=asyncio.Event)
+    _resampler: StreamResampler | None = None
+    _deferred_reason: str | None = None
+    _announce_task: asyncio.Task[None] | None = None
+
+    # -------------------------------------------------------------- the pipeline, swapped
+
+    def start(self) -> None:
+        # at once, not in the task: the upstream's first audio may arrive before the task runs
+        self.emit(E.AgentResponseStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                         turn_id=self.turn_id, modalities=tuple(self.opts.modalities)))
+        super().start()
+
+    async def _run(self) -> None:
+        brain = self.brain
+        assert brain is not None
+        host = self.host
+        if not self.upstream_initiated:
+            self._open_rounds += 1
+            brain.request(self)
+        await self._generated.wait()
+        self._flush_resampler()
+        if self.playback is not None:
+            self.playback.end()
+            await self.playback.finished.wait()
+            # still "speaking" until the listener has heard the last chunk
+            await host.clock.sleep(self.playback.play_end - host.clock.now())
+        brain.reply_finished(self)
+        await brain.transcript_of(self.turn_id)  # the user turn this answers is stored first
+        if self.failure is None:
+            self.status = "completed"
+            self._finish_public()
+        else:
+            self.status = "failed"
+            self._finish_public(reason=self.failure)
+
+    def cancel(self, reason: str, heard: str | None = None) -> None:
+        if self.status in ("completed", "cancelled", "failed"):
+            return
+        pb = self.playback
+        heard_samples = min(pb.heard(self.now()), pb.sent) if pb is not None else 0
+        super().cancel(reason, heard)
+        if self.brain is not None:
+            self.brain.reply_cancelled(self, heard_samples, heard if heard is not None else self.text)
+
+    def _announce_cancel(self, reason: str) -> None:
+        brain = self.brain
+        if brain is None or brain.closing or (self._open_rounds <= 0 and self._tools_running <= 0):
+            super()._announce_cancel(reason)
+            return
+        self._deferred_reason = reason
+        self._announce_task = asyncio.get_running_loop().create_task(self._announce_later(),
+                                                                     name=f"reply-done-{self.id}")
+
+    async def _announce_later(self) -> None:
+        try:
+            await asyncio.wait_for(self._generated.wait(), USAGE_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        self.flush_done()
+
+    def flush_done(self) -> None:
+        """Publish a held-back `agent.response_done` now (the next reply starts, or the session closes)."""
+        reason, self._deferred_reason = self._deferred_reason, None
+        if reason is not None:
+            self.host.publish(self._done_event(reason))
+        if self._announce_task is not None and self._announce_task is not asyncio.current_task():
+            self._announce_task.cancel()
+        self._announce_task = None
+
+    @property
+    def done_pending(self) -> bool:
+        return self._deferred_reason is not None
+
+    def _done_event(self, reason: str | None = None) -> E.AgentResponseDone:
+        ev_ = super()._done_event(reason)
+        return dataclasses.replace(ev_, upstream_usage=self.upstream_usage) if self.upstream_usage else ev_
+
+    # -------------------------------------------------------------- the upstream's side
+
+    def bind(self, response_id: str) -> None:
+        self.upstream_ids.append(response_id)
+        if self.upstream_initiated and len(self.upstream_ids) == 1:
+            self._open_rounds += 1
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("pending", "in_progress")
+
+    def on_audio(self, upstream_item: str, frame: Frame) -> None:
+        pb = self.playback
+        if not self.live or pb is None or pb.cancelled:
+            return
+        if not self.audio_items or self.audio_items[-1][0] != upstream_item:
+            self.audio_items.append((upstream_item, self.samples))
+        rate = self.host.output_rate
+        if frame.rate != rate:
+            if self._resampler is None or self._resampler.src_rate != frame.rate:
+                self._flush_resampler()
+                self._resampler = StreamResampler(frame.rate, rate)
+            samples = self._resampler.process(frame.samples)
+            if len(samples) == 0:
+                return
+            frame = Frame(samples, rate)
+        self._queue(frame)
+
+    def _flush_resampler(self) -> None:
+        rs = self._resampler
+        if rs is None:
+            return
+        tail = rs.flush()
+        if len(tail) and self.live and self.playback is not None and not self.playback.cancelled:
+            self._queue(Frame(tail, rs.dst_rate))
+
+    def _queue(self, frame: Frame) -> None:
+        pb = self.playback
+        assert pb is not None
+        if self.samples == 0:
+            self.emit(E.TtsFirstAudio(t=self.now(), response_id=self.id, item_id=self.item_id, samples=len(frame)))
+        pb.queue.put_nowait(frame)
+        self.samples += len(frame)
+        self._resegment()
+
+    def _resegment(self) -> None:
+        pb = self.playback
+        if pb is None:
+            return
+        est = estimated_samples(self.text, pb.rate) if not self._generated.is_set() else 0
+        pb.segments[:] = [(self.text, max(self.samples, est, 1))]
+
+    def on_text_delta(self, upstream_item: str, delta: str) -> None:
+        if not self.live or not delta:
+            return
+        if not self.text:
+            self.emit(E.LlmFirstToken(t=self.now(), response_id=self.id, item_id=self.item_id))
+        prefix = " " if self.text and upstream_item not in self._texts and not self.text.endswith(" ") else ""
+        self._texts[upstream_item] = self._texts.get(upstream_item, "") + delta
+        self.text += prefix + delta
+        if self.item is not None:
+            self.item.text = self.text
+        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=prefix + delta))
+        self._resegment()
+
+    def on_text_done(self, upstream_item: str, text: str) -> None:
+        if not self.live:
+            return
+        self._texts[upstream_item] = text
+        self.text = " ".join(t.strip() for t in self._texts.values() if t.strip())
+        if self.item is not None:
+            self.item.text = self.text
+        self._resegment()
+
+    def on_function_call(self, e: ev.FunctionCall) -> str:
+        """A function call item of this reply; returns its local item id."""
+        assert self.brain is not None
+        host, call = self.host, ToolCall(e.call_id, e.name, e.arguments)
+        item_id = new_id("item")
+        self.function_calls.append(call)
+        if not self.live:
+            return item_id
+        tool = host.toolbox.get(e.name)
+        if tool is None:  # a client tool (a Realtime client of Moksori runs it): the reply ends here
+            self._remember(Item(id=item_id, type="function_call", role="assistant", call_id=call.id, name=call.name,
+                                arguments=call.arguments))
+            self.emit(E.AgentFunctionCall(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
+                                          name=call.name, arguments=call.arguments, call_item_id=item_id))
+            return item_id
+        self._tools_running += 1
+        self.brain.spawn(self._run_tool(call, item_id, final=tool.final), f"tool-{call.name}")
+        return item_id
+
+    async def _run_tool(self, call: ToolCall, item_id: str, *, final: bool) -> None:
+        """A server-side tool (hang up, transfer, the configured tools): run it here, give the
+        upstream its output, and let a follow-up response continue this reply."""
+        brain, host = self.brain, self.host
+        assert brain is not None
+        try:
+            self.emit(E.AgentToolCall(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
+                                      name=call.name, arguments=call.arguments))
+            output = await host.toolbox.run(call.name, call.arguments)
+            out_id = new_id("item")
+            self._remember(Item(id=item_id, type="function_call", role="assistant", call_id=call.id, name=call.name,
+                                arguments=call.arguments))
+            self._remember(Item(id=out_id, type="function_call_output", role="user", call_id=call.id, output=output))
+            self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
+                                        name=call.name, output=output))
+            brain.tool_output(call.id, output, out_id)
+            if not final and self.live:
+                self._open_rounds += 1
+                brain.request(self, followup=True)
+        finally:
+            self._tools_running -= 1
+            self._check_generated()
+
+    def on_upstream_done(self, e: ev.ResponseDone) -> None:
+        if e.usage is not None:
+            self.upstream_usage = e.usage if self.upstream_usage is None else self.upstream_usage + e.usage
+            u = self.upstream_usage
+            self.usage = Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cached_tokens=u.cached_tokens)
+        if self.live:
+            if e.synthetic:
+                self.failure = e.reason or "upstream_lost"
+            elif e.status == "failed":
+                self.failure = e.reason or "upstream_failed"
+            elif e.status == "cancelled" and not self.function_calls:
+                # the upstream cut it (its own VAD heard the user); the session does the same
+                self.failure = None
+        self._open_rounds = max(0, self._open_rounds - 1)
+        self._check_generated()
+
+    def fail(self, why: str) -> None:
+        """The upstream will never answer this reply (its request was refused, the upstream is gone)."""
+        self.failure = why
+        self._open_rounds = 0
+        self._check_generated()
+
+    def _check_generated(self) -> None:
+        if self._open_rounds <= 0 and self._tools_running <= 0 and not self._generated.is_set():
+            self._generated.set()
+            self._resegment()
+            if self._deferred_reason is not None:
+                self.flush_done()
+
+    def request_args(self, session_instructions: str, session_modalities: tuple[str, ...],
+                     session_tools: tuple[Any, ...], session_tool_choice: str) -> dict[str, Any]:
+        """What `response.create` needs to say beyond the session's own settings."""
+        from moksori.engine.prompts import speech_model_prompt
+
+        o = self.opts
+        kw: dict[str, Any] = {}
+        if o.fixed_text is not None:
+            kw["instructions"] = (f"{session_instructions}\n\nNow say exactly the following words, in their language, "
+                                  f"and nothing else:\n{o.fixed_text}").strip()
+        elif o.instructions is not None and speech_model_prompt(o.instructions) != session_instructions:
+            kw["instructions"] = speech_model_prompt(o.instructions)
+        mods = ("audio",) if "audio" in o.modalities else ("text",)
+        if mods != session_modalities:
+            kw["modalities"] = mods
+        if tuple(o.tools) != tuple(session_tools):
+            kw["tools"] = tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
+                                for t in (*o.tools, *self.host.toolbox.specs()))
+        if o.tool_choice != session_tool_choice:
+            kw["tool_choice"] = o.tool_choice if o.tool_choice in ("auto", "none", "required") else \
+                {"type": "function", "name": o.tool_choice}
+        if o.metadata:
+            kw["metadata"] = {str(k): str(v) for k, v in o.metadata.items()}
+        if o.replace_input is not None or not o.in_conversation:
+            kw["input"] = [(m.role if m.role in ("user", "assistant", "system") else "user", m.content)
+                           for m in (o.replace_input or ()) if m.content]
+        return kw

@@ -1,0 +1,743 @@
+"""The realtime brain: a `Session` whose replies come from a speech-to-speech upstream.
+
+`RealtimeSession` is the engine's `Session` with one part swapped: the part that turns a user
+turn into a reply. Everything else is the session's own and unchanged: the speaker (paced output,
+what was heard), memory, the interruption chain, the idle timer, the typed events. So every
+transport, the metrics and the store's recorder work as they do with the pipeline brain.
+
+Who ends the user's turn (`MOKSORI_REALTIME_TURN_DETECTION`):
+
+* `server_vad` / `semantic_vad` (upstream): every frame goes up as it comes; the upstream's
+  `speech_started`/`speech_stopped`/`committed` become `user.speech_started`/`user.speech_stopped`/
+  `user.turn_ended` here, and the upstream answers by itself. A `speech_started` while the agent
+  is audible (or a reply is on its way) is a barge-in: the local speaker stops at once, the
+  upstream response is cancelled and its item truncated at what was heard.
+* `moksori`: Moksori's own turn-taking (Silero, smart-turn, the transcript cue) decides, and the
+  upstream's VAD is off. Audio goes up from the onset of speech (less the prefix padding) to the
+  end of the turn, so silence is never paid for; at the end of the turn: `commit` +
+  `response.create`. Speculation still transcribes and judges each pause (the turn-taker needs
+  it), but nothing is said before the turn is certain: an upstream cannot hold a reply back.
+* a Realtime client's `turn_detection: null`: audio goes up as it comes, the client commits.
+
+User transcripts are the upstream's (`input_audio_transcription`); they can arrive after the
+reply started. The user item is put in memory when the turn is committed (after the item the
+upstream says it follows), so the transcript lands in its place, and a reply's
+`agent.response_done` waits (bounded) for the transcript of the turn it answers, so the store
+records them in order. With `moksori` turns the local transcript is the fallback when the
+upstream's is off, fails, or is late.
+
+Every call to the upstream goes through one ordered queue (audio, commits, items, responses,
+cancels, truncates), so a commit never overtakes the audio before it. The upstream client
+(`client.RealtimeUpstream`) survives drops and time limits by reconnecting and re-seeding; each
+drop and reconnect is a `brain.*` event on the timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from typing import Any, Literal
+
+from moksori.audio.frames import Frame
+from moksori.engine import events as E
+from moksori.engine import turns as T
+from moksori.engine.clock import Clock
+from moksori.engine.config import SessionConfig
+from moksori.engine.memory import Item, new_id
+from moksori.engine.prompts import speech_model_prompt
+from moksori.engine.response import ResponseOptions
+from moksori.engine.session import Session
+from moksori.engine.session_context import SessionContext
+from moksori.engine.speculation import Speculation
+from moksori.engine.tools import ToolBox
+from moksori.errors import AudioFormatError, ProviderError
+from moksori.protocols.realtime import PCM16_24K, PCMU
+from moksori.providers.registry import Stack
+
+from . import events as ev
+from .client import RealtimeUpstream
+from .options import SessionOptions, UpstreamOptions
+from .reply import UpstreamReply
+from .transport import Connector
+
+log = logging.getLogger("moksori.brains.realtime")
+
+__all__ = ["RealtimeSession", "Who"]
+
+Who = Literal["upstream", "moksori"]
+TRANSCRIPT_WAIT_S = 8.0  # after a commit, how long the upstream's transcript is waited for
+MAX_IDS = 4000  # id mappings kept (a long call has a few hundred items)
+RING_S = 1.5  # recent input kept for the prefix padding (moksori turns)
+
+
+def _language(text: str, fallback: str) -> str:
+    if any("\uac00" <= ch <= "\ud7a3" or "\u3131" <= ch <= "\u318e" for ch in text):
+        return "ko"
+    return "en" if any(ch.isascii() and ch.isalpha() for ch in text) else fallback
+
+
+class RealtimeSession(Session):
+    def __init__(self, stack: Stack, cfg: SessionConfig | None = None, *, upstream: UpstreamOptions,
+                 who: Who = "upstream", clock: Clock | None = None, session_id: str | None = None,
+                 toolbox: ToolBox | None = None, connector: Connector | None = None,
+                 input_rate: int | None = None) -> None:
+        self.who = who
+        self._up_user = "idle"  # idle | speaking | paused (the upstream's VAD)
+        self._flavor = upstream.endpoint.flavor
+        # telephony audio (8 kHz) goes up as G.711 μ-law, as it came: no resampling
+        self._input_format = PCMU if input_rate == 8000 else PCM16_24K
+        super().__init__(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox)
+        self.closing = False
+        self._responses.factory = self._new_reply
+        self._specs.analysis_only = True
+        self._options = replace(upstream, session=self._session_options(self.cfg, upstream.session))
+        self.upstream = RealtimeUpstream(self._options, connector=connector)
+        self._ops: asyncio.Queue[Callable[[], Awaitable[Any]] | None] = asyncio.Queue()
+        self._local_of: OrderedDict[str, str] = OrderedDict()  # upstream item id -> ours
+        self._up_of: OrderedDict[str, str] = OrderedDict()  # our item id -> upstream's
+        # our assistant item -> (its upstream audio items with their first sample, samples in all)
+        self._audio_items: OrderedDict[str, tuple[list[tuple[str, int]], int]] = OrderedDict()
+        self._awaiting: deque[UpstreamReply] = deque()  # replies asked for, in order, not started yet
+        self._by_upstream: dict[str, UpstreamReply] = {}
+        self._replies: list[UpstreamReply] = []  # replies whose done event may still be held back
+        self._creating: int = 0  # > 0 while a reply the upstream started is being made
+        self._answering: int | None = None  # the turn the upstream's own next reply answers
+        # user turns
+        self._up_turn: dict[str, int] = {}  # upstream speech item -> our turn id (upstream VAD)
+        self._speech_ms: dict[str, int] = {}  # upstream speech item -> where it started (ms)
+        self._stopped_at: dict[str, float] = {}
+        self._audio_s: dict[str, float] = {}  # our user item -> seconds of its audio
+        self._pending_commits: deque[tuple[str, int]] = deque()  # (our item, turn) committed by us, not echoed
+        self._transcripts: dict[str, tuple[int | None, float, asyncio.Event]] = {}  # our item -> waiting for its words
+        self._turn_item: dict[int, str] = {}  # turn id -> our user item, while its transcript is awaited
+        self._local_text: dict[str, str] = {}  # our item -> the local STT's words (moksori turns)
+        self._partial: dict[str, str] = {}
+        self._ring: deque[tuple[float, Frame]] = deque()
+        self._forwarding = False
+        self._forwarded_until = 0.0
+        self._failed = False
+        ctx = self._ctx
+        ctx.spawn(self._run_ops(), "upstream-ops")
+        ctx.spawn(self._pump(), "upstream-events")
+        ctx.spawn(self._connect(), "upstream-connect")
+
+    # ================================================================== the upstream's settings
+
+    @property
+    def transcription(self) -> bool:
+        return self._options.session.transcription_model != ""
+
+    def _turn_mode(self, cfg: SessionConfig | None = None) -> Literal["upstream", "moksori", "manual"]:
+        cfg = cfg or self.cfg
+        if cfg.turn.mode == "manual":
+            return "manual"
+        return "moksori" if self.who == "moksori" else "upstream"
+
+    def _session_options(self, cfg: SessionConfig, base: SessionOptions) -> SessionOptions:
+        t = cfg.turn
+        mode = self._turn_mode(cfg)
+        turn = ("semantic_vad" if t.mode == "semantic" else "server_vad") if mode == "upstream" else "manual"
+        tools = tuple({"name": s.name, "description": s.description, "parameters": s.parameters}
+                      for s in (*cfg.tools, *self.toolbox.specs()))
+        choice: Any = cfg.tool_choice if cfg.tool_choice in ("auto", "none", "required") else \
+            {"type": "function", "name": cfg.tool_choice}
+        return replace(
+            base, instructions=speech_model_prompt(cfg.instructions), voice=cfg.voice or base.voice, tools=tools,
+            tool_choice=choice, turn=turn, eagerness=t.eagerness, silence_duration_ms=t.silence_duration_ms,
+            threshold=t.threshold, prefix_padding_ms=t.prefix_padding_ms, create_response=t.create_response,
+            interrupt_response=t.interrupt_response,
+            transcription_language=cfg.language if cfg.language in ("en", "ko") else base.transcription_language,
+            input_format=self._input_format, output_format=PCMU if cfg.output_rate == 8000 else PCM16_24K,
+            output_modalities=("audio",) if "audio" in cfg.modalities else ("text",),
+            temperature=cfg.temperature if self._flavor == "azure" else None)
+
+    def update(self, cfg: SessionConfig) -> None:
+        old_mode = self._turn_mode()
+        super().update(cfg)
+        if self._turn_mode() != old_mode:
+            self._forwarding = False
+            self._up_user = "idle"
+        self._reconfigure()
+
+    def _reconfigure(self) -> None:
+        session = self._session_options(self.cfg, self._options.session)
+        if session != self._options.session:
+            self._options = replace(self._options, session=session)
+            self._op(self.upstream.update_session, session)
+
+    # ================================================================== plumbing
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        return self._ctx.spawn(coro, name)
+
+    def _op(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> None:
+        """Queue a call to the upstream; calls go out one at a time, in order."""
+        if not self._ctx.closed and not self._failed:
+            self._ops.put_nowait(lambda: fn(*args, **kw))
+
+    async def _run_ops(self) -> None:
+        while True:
+            op = await self._ops.get()
+            if op is None:
+                return
+            try:
+                await op()
+            except ProviderError as e:  # the upstream is gone for good: the pump reports it
+                log.debug("session %s: upstream call dropped: %s", self.id, e)
+            except Exception:  # noqa: BLE001 - one bad call must not stop the queue
+                log.exception("session %s: upstream call failed", self.id)
+
+    async def _connect(self) -> None:
+        try:
+            await self.upstream.start()
+        except ProviderError as e:
+            log.warning("session %s: the realtime upstream is not available: %s", self.id, e)
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Wait until the upstream is connected and configured; `ProviderError` if it cannot be."""
+        async def live() -> None:
+            while not self.upstream.connected:
+                if self._failed or self.upstream._failed is not None:
+                    detail = self.upstream._failed.detail if self.upstream._failed else "failed"
+                    raise ProviderError(f"the realtime upstream is not available: {detail}", retryable=False,
+                                        provider="realtime")
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(live(), timeout)
+
+    async def _pump(self) -> None:
+        async for e in self.upstream.events():
+            try:
+                self._on_upstream(e)
+            except Exception:  # noqa: BLE001 - a bug here must cost one event, not the session
+                log.exception("session %s: upstream event %s failed", self.id, type(e).__name__)
+
+    def _link(self, upstream_id: str, local_id: str) -> None:
+        self._local_of[upstream_id] = local_id
+        self._up_of[local_id] = upstream_id
+        for table in (self._local_of, self._up_of):
+            while len(table) > MAX_IDS:
+                table.popitem(last=False)
+
+    def _up(self, local_id: str | None) -> str | None:
+        return None if local_id is None else self._up_of.get(local_id, local_id)
+
+    def _local(self, upstream_id: str | None) -> str | None:
+        return None if upstream_id is None else self._local_of.get(upstream_id)
+
+    def _input_time(self, ms: int) -> float:
+        """Session time of a position on the current connection's input axis."""
+        sent = self.upstream.proto.ring.sent_ms
+        return self.clock.now() - max(0.0, sent - ms) / 1000
+
+    # ================================================================== audio in
+
+    def push_audio(self, frame: Frame) -> None:
+        if self._ctx.closed:
+            return
+        if not isinstance(frame, Frame):
+            raise AudioFormatError("push_audio expects a moksori Frame")
+        self._follow_input_rate(frame.rate)
+        mode = self._turn_mode()
+        if mode != "moksori":
+            self._send_audio(frame)
+            return
+        now = self.clock.now()
+        self._ring.append((now, frame))
+        while self._ring and self._ring[0][0] < now - RING_S:
+            self._ring.popleft()
+        if self._forwarding:
+            self._send_audio(frame)
+        super().push_audio(frame)
+
+    def _follow_input_rate(self, rate: int) -> None:
+        """Telephony audio (8 kHz) goes up as G.711 μ-law, as it came: no resampling. (Set by
+        `input_rate` from the start where the entry point knows it: a change costs a session.update.)"""
+        fmt = PCMU if rate == 8000 else PCM16_24K
+        if fmt != self._input_format:
+            self._input_format = fmt
+            self._reconfigure()
+
+    def _send_audio(self, frame: Frame) -> None:
+        self._op(self.upstream.append_audio, frame)
+        self._forwarded_until = self.clock.now()
+
+    def _start_forwarding(self, onset: float) -> None:
+        """Speech confirmed (moksori turns): send from the onset less the prefix padding, then live."""
+        if self._forwarding:
+            return
+        since = max(onset - self.cfg.turn.prefix_padding_ms / 1000, self._forwarded_until)
+        for t_end, frame in self._ring:
+            if t_end - len(frame) / frame.rate >= since - 1e-6 or t_end > since + 0.01:
+                self._op(self.upstream.append_audio, frame)
+        self._forwarding = True
+        self._forwarded_until = self.clock.now()
+
+    def clear_input(self) -> None:
+        super().clear_input()
+        self._forwarding = False
+        self._op(self.upstream.clear_input)
+
+    # ================================================================== turns (moksori and manual)
+
+    def _handle(self, actions: list[T.Action]) -> None:
+        for a in actions:
+            if isinstance(a, T.SpeechStarted) and self._turn_mode() == "moksori":
+                self._start_forwarding(a.onset)
+        super()._handle(actions)
+
+    def _on_turn_ended(self, a: T.TurnEnded) -> None:
+        super()._on_turn_ended(a)
+        if self._turn_mode() != "moksori":
+            return
+        self._forwarding = False
+        item_id = self._specs.item_id(a.turn_id)
+        words = self._local_text.get(item_id)
+        if words is not None and not words.strip():
+            # the local transcript is in and holds no words: a noise, not a turn (the pipeline
+            # brain would not answer it either); the upstream forgets that audio
+            self._op(self.upstream.clear_input)
+            self._add_user_item(a.turn_id, item_id)
+            self._transcripts[item_id] = (a.turn_id, self.clock.now(), asyncio.Event())
+            self._finish_transcript(item_id, "")
+            return
+        self._commit(a.turn_id, item_id, respond=self.cfg.turn.create_response)
+
+    def commit(self) -> str | None:
+        mode = self._turn_mode()
+        if mode == "moksori":
+            return super().commit()
+        turn_id = self.taker.turn_id
+        self.taker.turn_id += 1
+        item_id = self._specs.item_id(turn_id)
+        if mode == "manual":
+            self.publish(E.UserTurnEnded(t=self.clock.now(), turn_id=turn_id, item_id=item_id, reason="commit"))
+            self._commit(turn_id, item_id, respond=False)
+        else:  # an explicit commit while the upstream's VAD runs: the item appears when it answers
+            self._pending_commits.append((item_id, turn_id))
+            self._op(self.upstream.commit)
+        return item_id
+
+    def _commit(self, turn_id: int, item_id: str, *, respond: bool) -> None:
+        """Our turn is over: the user item goes into memory now (its words come later), the
+        upstream commits the audio, and (moksori turns) a reply is asked for."""
+        self._add_user_item(turn_id, item_id, text=self._local_text.get(item_id, ""))
+        self._pending_commits.append((item_id, turn_id))
+        self._op(self.upstream.commit)
+        self._expect_transcript(item_id, turn_id)
+        if respond:
+            self._responses.start(self._responses.options(), turn_id, self._reply_language(), release=True)
+        self._update_state()
+
+    def _add_user_item(self, turn_id: int, item_id: str, *, text: str = "", after: str | None = None) -> None:
+        mem = self.memory
+        if mem.get(item_id) is None:
+            lang = _language(text, self.last_language) if text else self.last_language
+            mem.add(Item(id=item_id, role="user", text=text, audio=True, language=lang), after=after)
+        self.publish(E.UserCommitted(t=self.clock.now(), turn_id=turn_id, item_id=item_id,
+                                     previous_item_id=mem.previous_id(item_id)))
+
+    def _on_user_committed(self, spec: Speculation) -> None:
+        """The local STT's words of a turn (moksori turns): they settle the interruption and are
+        the fallback transcript."""
+        text = spec.transcript.text if spec.transcript is not None else ""
+        self._local_text[spec.item_id] = text
+        self._audio_s[spec.item_id] = len(spec.audio) / 16000 if spec.audio is not None else spec.audio_s
+        while len(self._local_text) > 64:
+            self._local_text.pop(next(iter(self._local_text)))
+        super()._on_user_committed(spec)
+        if spec.item_id in self._transcripts:
+            item = self.memory.get(spec.item_id)
+            if item is not None and not item.text:
+                item.text = text
+            if not self.transcription:
+                self._finish_transcript(spec.item_id, text)
+
+    def _reply_language(self) -> str:
+        return self.cfg.language if self.cfg.language != "auto" else self.last_language
+
+    # ================================================================== transcripts
+
+    def _expect_transcript(self, item_id: str, turn_id: int | None) -> None:
+        self._transcripts[item_id] = (turn_id, self.clock.now(), asyncio.Event())
+        if turn_id is not None:
+            self._turn_item[turn_id] = item_id
+        if not self.transcription:
+            if self._turn_mode() != "moksori" or item_id in self._local_text:
+                self._finish_transcript(item_id, self._local_text.get(item_id, ""))
+            return
+        self.spawn(self._transcript_deadline(item_id), f"transcript-{item_id}")
+
+    async def _transcript_deadline(self, item_id: str) -> None:
+        await self.clock.sleep(TRANSCRIPT_WAIT_S)
+        if item_id in self._transcripts:
+            log.info("session %s: no upstream transcript for %s after %g s", self.id, item_id, TRANSCRIPT_WAIT_S)
+            self._finish_transcript(item_id, self._local_text.get(item_id, ""))
+
+    def _finish_transcript(self, item_id: str, text: str) -> None:
+        pending = self._transcripts.pop(item_id, None)
+        if pending is None:
+            return
+        turn_id, since, done = pending
+        if turn_id is not None and self._turn_item.get(turn_id) == item_id:
+            del self._turn_item[turn_id]
+        lang = self.cfg.language if self.cfg.language != "auto" else _language(text, self.last_language)
+        item = self.memory.get(item_id)
+        if item is not None:
+            item.text, item.language = text, lang
+        if text.strip():
+            self._ctx.last_language = lang
+        audio_s = self._audio_s.pop(item_id, None)
+        self.publish(E.UserTranscript(t=self.clock.now(), turn_id=turn_id, item_id=item_id, text=text, language=lang,
+                                      final=True, audio_s=round(audio_s, 3) if audio_s else None))
+        self._partial.pop(item_id, None)
+        if item is not None:
+            up = self._up_of.get(item_id)
+            if up is not None and text and self.upstream.proto.conv.get(up) is not None:
+                rec = self.upstream.proto.conv.get(up)
+                if rec is not None and not rec.text:
+                    rec.text, rec.final, rec.user_audio = text, True, None  # re-seed our words, not the audio
+        done.set()
+
+    async def transcript_of(self, turn_id: int | None, timeout: float = TRANSCRIPT_WAIT_S) -> None:
+        """Wait (bounded) until the transcript of turn `turn_id` is published."""
+        item_id = self._turn_item.get(turn_id) if turn_id is not None else None
+        pending = self._transcripts.get(item_id) if item_id is not None else None
+        if pending is None:
+            return
+        try:
+            await asyncio.wait_for(pending[2].wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ================================================================== replies
+
+    def _new_reply(self, ctx: SessionContext, opts: ResponseOptions, turn_id: int | None,
+                   language: str) -> UpstreamReply:
+        for r in self._replies:  # a reply held back for its usage goes out before the next one starts
+            if r.done_pending:
+                r.flush_done()
+        self._replies = [r for r in self._replies if not r.done.is_set() or r.done_pending][-16:]
+        reply = UpstreamReply(ctx, opts, turn_id, language, brain=self, upstream_initiated=self._creating > 0)
+        self._replies.append(reply)
+        return reply
+
+    def request(self, reply: UpstreamReply, *, followup: bool = False) -> None:
+        """Ask the upstream for a response for `reply` (the first, or a follow-up after a tool)."""
+        if self._failed:
+            reply.fail("upstream_failed")
+            return
+        s = self._options.session
+        kw = reply.request_args(s.instructions, s.output_modalities, self.cfg.tools, self.cfg.tool_choice) \
+            if not followup else {}
+        self._awaiting.append(reply)
+        self._op(self.upstream.create_response, **kw)
+
+    def tool_output(self, call_id: str, output: str, item_id: str) -> None:
+        self._op(self.upstream.add_function_output, call_id, output, item_id=item_id)
+
+    def reply_finished(self, reply: UpstreamReply) -> None:
+        """Keep where each upstream audio item starts in a reply, for a client's late truncate."""
+        if reply.audio_items:
+            self._audio_items[reply.item_id] = (list(reply.audio_items), reply.samples)
+            while len(self._audio_items) > 64:
+                self._audio_items.popitem(last=False)
+
+    def reply_cancelled(self, reply: UpstreamReply, heard_samples: int, heard_text: str) -> None:
+        """The session cut `reply` (barge-in, a client's cancel): the upstream stops generating
+        and keeps only what was heard (clamped by the client to what it generated)."""
+        if reply in self._awaiting or any(self.upstream.proto.responses.get(r) for r in reply.upstream_ids):
+            self._op(self.upstream.cancel_response)
+        self.reply_finished(reply)
+        self._truncate_upstream(heard_samples, heard_text, reply.audio_items, reply.samples, reply.host.output_rate)
+
+    def _truncate_upstream(self, heard: int, heard_text: str, audio_items: list[tuple[str, int]], total: int,
+                           rate: int) -> None:
+        """Cut the upstream's audio items of one reply at `heard` samples (of the reply): an
+        item heard in full stays, the one being heard is cut there, later ones at 0."""
+        for n, (up_item, start) in enumerate(audio_items):
+            end = audio_items[n + 1][1] if n + 1 < len(audio_items) else total
+            if heard >= end:
+                continue
+            if start >= heard:
+                self.upstream.set_heard_text(up_item, "")
+            else:
+                self.upstream.set_heard_text(up_item, heard_text)
+            self._op(self.upstream.truncate, up_item, max(0, heard - start) * 1000 // rate)
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> Item | None:
+        item = super().truncate(item_id, audio_end_ms)
+        if item is not None:
+            audio = self._audio_items.get(item_id) or next(
+                ((list(r.audio_items), r.samples) for r in self._replies if r.item_id == item_id), None)
+            if audio:
+                rate = self.cfg.output_rate
+                self._truncate_upstream(audio_end_ms * rate // 1000, item.text, audio[0], audio[1], rate)
+        return item
+
+    # ================================================================== items from outside a turn
+
+    def add_item(self, item: Item, *, after: str | None = None) -> Item:
+        item = super().add_item(item, after=after)
+        prev = "root" if after == "root" else self._up(self.memory.previous_id(item.id))
+        if item.type == "message":
+            if item.role == "assistant" or item.text or item.role == "system":
+                self._op(self.upstream.add_message, item.role, item.text, item_id=item.id, previous_item_id=prev)
+        elif item.type == "function_call_output" and item.call_id:
+            self._op(self.upstream.add_function_output, item.call_id, item.output or "", item_id=item.id)
+        else:
+            log.info("session %s: a client's %s item is kept here but not sent upstream", self.id, item.type)
+        return item
+
+    def delete_item(self, item_id: str) -> bool:
+        ok = super().delete_item(item_id)
+        if ok:
+            up = self._up(item_id)
+            if up is not None and self.upstream.proto.conv.get(up) is not None:
+                self._op(self.upstream.delete_item, up)
+        return ok
+
+    def add_user_text(self, text: str, *, respond: bool = True) -> Item:
+        item = super().add_user_text(text, respond=False)
+        self._op(self.upstream.add_message, "user", text, item_id=item.id)
+        if respond:
+            self.interrupt("client_cancelled")
+            self.create_response()
+        return item
+
+    # ================================================================== the upstream's events
+
+    def _on_upstream(self, e: ev.UpstreamEvent) -> None:
+        match e:
+            case ev.AudioDelta():
+                r = self._by_upstream.get(e.response_id)
+                if r is not None:
+                    r.on_audio(e.item_id, e.frame)
+            case ev.AssistantTranscriptDelta():
+                r = self._by_upstream.get(e.response_id)
+                if r is not None:
+                    self._claim(r, e.item_id)
+                    r.on_text_delta(e.item_id, e.delta)
+            case ev.AssistantTranscript():
+                r = self._by_upstream.get(e.response_id)
+                if r is not None:
+                    self._claim(r, e.item_id)
+                    r.on_text_done(e.item_id, e.text)
+            case ev.SpeechStarted():
+                self._speech_started(e)
+            case ev.SpeechStopped():
+                self._speech_stopped(e)
+            case ev.InputCommitted():
+                self._committed(e)
+            case ev.UserTranscriptDelta():
+                self._transcript_delta(e)
+            case ev.UserTranscript():
+                local = self._local(e.item_id)
+                if local is not None:
+                    text = e.text if not e.failed else self._local_text.get(local, "")
+                    self._finish_transcript(local, text)
+            case ev.ResponseStarted():
+                self._response_started(e)
+            case ev.FunctionCall():
+                r = self._by_upstream.get(e.response_id)
+                if r is not None:
+                    self._link(e.item_id, r.on_function_call(e))
+            case ev.ResponseDone():
+                r = self._by_upstream.pop(e.response_id, None)
+                if r is not None:
+                    r.on_upstream_done(e)
+            case ev.TruncateRejected():
+                self._truncate_rejected(e)
+            case ev.UpstreamError():
+                self._upstream_error(e)
+            case ev.SessionReady(reconnected=False):
+                s = self._options.session
+                self.publish(E.BrainUpstreamReady(t=self.clock.now(), model=self._options.endpoint.model,
+                                                  flavor=self._options.endpoint.flavor, turn_detection=s.turn))
+            case ev.UpstreamDropped():
+                self.publish(E.BrainUpstreamDropped(t=self.clock.now(), reason=e.reason, detail=e.detail[:300],
+                                                    age_s=round(e.age_s, 3), in_response=e.in_response,
+                                                    planned=e.planned))
+                if self._up_user != "idle":
+                    self._up_user = "idle"
+                    self._update_state()
+            case ev.Reconnecting():
+                self.publish(E.BrainReconnecting(t=self.clock.now(), attempt=e.attempt, delay_s=round(e.delay_s, 3)))
+            case ev.Reconnected():
+                self.publish(E.BrainReconnected(t=self.clock.now(), attempt=e.attempt, gap_s=round(e.gap_s, 3),
+                                                reseeded=e.reseeded, replayed_audio_ms=e.replayed_audio_ms,
+                                                resumed=e.resumed))
+            case ev.UpstreamFailed():
+                self._upstream_failed(e)
+
+    def _claim(self, reply: UpstreamReply, upstream_item: str) -> None:
+        if upstream_item not in self._local_of:
+            self._link(upstream_item, reply.item_id)
+
+    def _response_started(self, e: ev.ResponseStarted) -> None:
+        reply = self._awaiting.popleft() if self._awaiting else None
+        if reply is None:  # the upstream answered by itself (its VAD, or a resume after a reconnect)
+            self._creating += 1
+            try:
+                reply = self._responses.start(self._responses.options(), self._answering, self._reply_language(),
+                                              release=True)
+            finally:
+                self._creating -= 1
+            assert isinstance(reply, UpstreamReply)
+            self._update_state()
+        reply.bind(e.response_id)
+        self._by_upstream[e.response_id] = reply
+        if not reply.live:  # cut before the upstream started it: stop it there too
+            self._op(self.upstream.cancel_response)
+
+    # ---------------------------------------------------------------- upstream VAD
+
+    def _speech_started(self, e: ev.SpeechStarted) -> None:
+        if self._turn_mode() != "upstream":
+            return
+        turn_id = self.taker.turn_id
+        item_id = self._specs.item_id(turn_id)
+        self._up_turn[e.item_id] = turn_id
+        self._speech_ms[e.item_id] = e.audio_start_ms
+        self._link(e.item_id, item_id)
+        onset = self._input_time(e.audio_start_ms)
+        self._idle.disarm()
+        self._up_user = "speaking"
+        self.publish(E.UserSpeechStarted(t=onset, turn_id=turn_id, item_id=item_id))
+        self._interruptions.user_started()
+        replying = any(r.released and r.live for r in self._responses.active())
+        if self.cfg.turn.interrupt_response and (self.speaker.audible or replying):
+            self.interrupt("turn_detected", onset=onset)
+        self._update_state()
+
+    def _speech_stopped(self, e: ev.SpeechStopped) -> None:
+        turn_id = self._up_turn.get(e.item_id)
+        if turn_id is None:
+            return
+        t = self._input_time(e.audio_end_ms)
+        self._stopped_at[e.item_id] = t
+        start = self._speech_ms.pop(e.item_id, None)
+        if start is not None:
+            pad = self._options.session.prefix_padding_ms
+            self._audio_s[self._specs.item_id(turn_id)] = max(0, e.audio_end_ms - start + pad) / 1000
+        self._up_user = "paused"
+        self.publish(E.UserSpeechStopped(t=t, turn_id=turn_id, item_id=self._specs.item_id(turn_id)))
+        self._update_state()
+
+    def _committed(self, e: ev.InputCommitted) -> None:
+        up = e.item_id
+        turn_id = self._up_turn.pop(up, None)
+        if turn_id is not None:  # the upstream's VAD ended a turn we saw start
+            item_id = self._specs.item_id(turn_id)
+            if turn_id == self.taker.turn_id:
+                self.taker.turn_id += 1
+            self._end_upstream_turn(up, turn_id, item_id, reason="upstream_vad", previous=e.previous_item_id)
+            return
+        if self._pending_commits:  # ours (moksori or manual turns): already in memory
+            item_id, turn_id = self._pending_commits.popleft()
+            self._link(up, item_id)
+            if self.memory.get(item_id) is None:  # an explicit commit while the upstream's VAD runs
+                self._end_upstream_turn(up, turn_id, item_id, reason="commit", previous=e.previous_item_id)
+            return
+        # a turn the upstream committed with no speech_started we saw (e.g. audio replayed after a reconnect)
+        turn_id = self.taker.turn_id
+        self.taker.turn_id += 1
+        self._end_upstream_turn(up, turn_id, self._specs.item_id(turn_id), reason="upstream_vad",
+                                previous=e.previous_item_id)
+
+    def _end_upstream_turn(self, up: str, turn_id: int, item_id: str, *, reason: str, previous: str | None) -> None:
+        self._link(up, item_id)
+        now = self.clock.now()
+        stopped = self._stopped_at.pop(up, None)
+        self._up_user = "idle"
+        self.publish(E.UserTurnEnded(t=now, turn_id=turn_id, item_id=item_id, reason=reason,
+                                     silence_ms=round(1000 * (now - stopped)) if stopped is not None else None))
+        after = self._local(previous)
+        self._add_user_item(turn_id, item_id, after=after if after is not None and self.memory.get(after) else None)
+        self._interruptions.settle(turn_id, True)
+        self._answering = turn_id
+        self._expect_transcript(item_id, turn_id)
+        self._update_state()
+
+    def _transcript_delta(self, e: ev.UserTranscriptDelta) -> None:
+        local = self._local(e.item_id)
+        if local is None or not e.delta:
+            return
+        text = self._partial.get(local, "") + e.delta
+        self._partial[local] = text
+        turn_id = self._transcripts.get(local, (None,))[0]
+        self.publish(E.UserTranscriptDelta(t=self.clock.now(), turn_id=turn_id if turn_id is not None else -1,
+                                           item_id=local, text=text, language=_language(text, self.last_language)))
+
+    def _user_activity(self) -> str:
+        if self._turn_mode() == "upstream":
+            return self._up_user
+        return super()._user_activity()
+
+    def _upstream_pending(self) -> bool:
+        """The upstream owes a reply (asked for, or a turn its VAD committed)."""
+        return bool(self._awaiting) or (not self._failed and (self.upstream.in_response or self.upstream.proto.unanswered))
+
+    def _thinking(self) -> bool:
+        return super()._thinking() or self._upstream_pending()
+
+    def busy(self) -> bool:
+        return super().busy() or self._upstream_pending()
+
+    # ---------------------------------------------------------------- trouble
+
+    def _truncate_rejected(self, e: ev.TruncateRejected) -> None:
+        """The upstream kept the whole item although the user heard only part of it. The model
+        must not believe it said what nobody heard: replace its copy with the heard words."""
+        local = self._local(e.item_id) or e.item_id
+        self.publish(E.BrainTruncateRejected(t=self.clock.now(), item_id=local, heard_ms=e.audio_end_ms,
+                                             code=e.code, message=e.message[:300]))
+        conv = self.upstream.proto.conv
+        rec = conv.get(e.item_id)
+        if rec is None:
+            return
+        heard, prev = rec.reseed_text(), conv.previous(e.item_id)
+        self._op(self.upstream.delete_item, e.item_id)
+        if heard.strip():
+            new = "item_mk" + new_id("x")[2:22]
+            self._link(new, local)
+            self._op(self.upstream.add_message, "assistant", heard, item_id=new, previous_item_id=prev)
+
+    def _upstream_error(self, e: ev.UpstreamError) -> None:
+        if e.client_event == "response.create" and self._awaiting:
+            self._awaiting.popleft().fail("upstream_refused")
+        elif e.client_event == "input_audio_buffer.commit" and self._pending_commits:
+            item_id, _ = self._pending_commits.popleft()
+            self._finish_transcript(item_id, self._local_text.get(item_id, ""))
+        if e.client_event in ("conversation.item.truncate", "conversation.item.delete", "response.cancel"):
+            return  # nothing depends on them
+        self.publish(E.ErrorEvent(t=self.clock.now(), code=f"upstream_{e.code or 'error'}",
+                                  message=f"the realtime upstream said: {e.message}"[:500], retryable=False))
+
+    def _upstream_failed(self, e: ev.UpstreamFailed) -> None:
+        self._failed = True
+        self.publish(E.BrainUpstreamFailed(t=self.clock.now(), reason=e.reason, detail=e.detail[:300]))
+        self.publish(E.ErrorEvent(t=self.clock.now(), code="upstream_failed",
+                                  message=f"the realtime upstream is gone: {e.detail}"[:500], retryable=False))
+        while self._awaiting:
+            self._awaiting.popleft().fail("upstream_failed")
+        for r in list(self._by_upstream.values()):
+            r.fail("upstream_failed")
+        self._by_upstream.clear()
+        for item_id in list(self._transcripts):
+            self._finish_transcript(item_id, self._local_text.get(item_id, ""))
+
+    # ================================================================== lifecycle
+
+    async def close(self) -> None:
+        if self._ctx.closed:
+            return
+        self.closing = True
+        for r in self._replies:
+            if r.done_pending:
+                r.flush_done()
+        await super().close()
+        self._ops.put_nowait(None)
+        await self.upstream.close()
