@@ -9,6 +9,10 @@ timeouts and reconnects over a 20-minute conversation in milliseconds:
     up = RealtimeUpstream(options, connector=server.connector)
     run_virtual(main())          # moksori.testing.virtual_time
 
+Scripts: `transcripts` (the next user turns' words), `transcript_delay_s` (the transcript comes
+that long after the commit, e.g. after the reply started, as real transcription often does),
+`function_calls` (the next response calls these tools instead of speaking).
+
 Faults: `drop()` (the connection vanishes), `stall()` (it stays open but says nothing),
 `refuse_next`/`hang_next` (the next connects fail / never send `session.created`), and
 `max_session_s` (the session ends with `session_expired`, as OpenAI's do at 60 minutes).
@@ -18,7 +22,6 @@ For real network faults against a real server use `moksori.testing.ws_fault_prox
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 from collections import deque
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from moksori.audio.frames import Frame
 from moksori.brains.realtime.options import Endpoint, Timeouts
 from moksori.brains.realtime.transport import TransportClosed
 from moksori.errors import ProviderError
@@ -108,8 +112,10 @@ class _Conn:
 class FakeRealtimeServer:
     def __init__(self, *, reply_ms: int = 2000, chunk_ms: int = 100, max_session_s: float | None = None,
                  reply_text: Callable[[FakeSession], str] | None = None, vad_threshold: float = 0.02,
-                 silence_ms: int = 500) -> None:
+                 silence_ms: int = 500, transcript_delay_s: float = 0.0) -> None:
         self.reply_ms, self.chunk_ms = reply_ms, chunk_ms
+        self.transcript_delay_s = transcript_delay_s
+        self.function_calls: deque[tuple[str, str]] = deque()  # (name, arguments) for the next responses
         self.max_session_s = max_session_s
         self.reply_text = reply_text or _default_reply
         self.vad_threshold, self.silence_ms = vad_threshold, silence_ms
@@ -212,8 +218,9 @@ class FakeRealtimeServer:
             sess.session.update(e.get("session") or {})
             self._emit(conn, ev.session_updated({"type": "realtime", **sess.session}))
         elif kind == "input_audio_buffer.append":
-            pcm = np.frombuffer(base64.b64decode(e["audio"]), dtype="<i2")
-            ms = 1000.0 * len(pcm) / RATE
+            frame = self._format(sess, "input").decode(e["audio"])
+            pcm = frame.samples
+            ms = 1000.0 * len(pcm) / frame.rate
             self._vad_step(conn, pcm, ms)
             sess.audio_ms += ms
         elif kind == "input_audio_buffer.commit":
@@ -232,6 +239,13 @@ class FakeRealtimeServer:
             sess.items.append(item)
             self._emit(conn, ev.conversation_item_added(item, prev))
             self._emit(conn, ev.conversation_item_done(item, prev))
+        elif kind == "conversation.item.delete":
+            item = sess.item(str(e.get("item_id")))
+            if item is None:
+                self._error(conn, "no such item", "item_not_found", eid)
+            else:
+                sess.items.remove(item)
+                self._emit(conn, ev.conversation_item_deleted(item["id"]))
         elif kind == "conversation.item.retrieve":
             item = sess.item(e["item_id"])
             if item is None:
@@ -248,6 +262,12 @@ class FakeRealtimeServer:
                 self._error(conn, "no active response", "response_cancel_not_active", eid)
             for t in active:
                 t.cancel()
+
+    @staticmethod
+    def _format(sess: FakeSession, direction: str) -> rt.AudioFormat:
+        """The session's audio format (GA `audio.<direction>.format`; 24 kHz PCM by default)."""
+        fmt = ((sess.session.get("audio") or {}).get(direction) or {}).get("format")
+        return rt.parse_audio_format(fmt, param="format") if fmt else rt.PCM16_24K
 
     def _transcript(self) -> str:
         return self.transcripts.popleft() if self.transcripts else "(speech)"
@@ -282,7 +302,14 @@ class FakeRealtimeServer:
         self._emit(conn, ev.conversation_item_added(item, prev))
         text = self._transcript()
         item["content"] = [{"type": "input_audio", "transcript": text}]
-        self._emit(conn, ev.input_audio_transcription_completed(iid, 0, text, audio_seconds=1.0))
+        if self.transcript_delay_s > 0:
+            self._spawn(conn, self._late_transcript(conn, iid, text))
+        else:
+            self._emit(conn, ev.input_audio_transcription_completed(iid, 0, text, audio_seconds=1.0))
+
+    async def _late_transcript(self, conn: _Conn, iid: str, text: str) -> None:
+        await asyncio.sleep(self.transcript_delay_s)
+        self._emit(conn, self._ev(conn).input_audio_transcription_completed(iid, 0, text, audio_seconds=1.0))
 
     def _truncate(self, conn: _Conn, e: dict[str, Any]) -> None:
         sess, iid, ms, eid = conn.sess, e.get("item_id"), int(e.get("audio_end_ms") or 0), e.get("event_id")
@@ -306,6 +333,9 @@ class FakeRealtimeServer:
         sess, ev = conn.sess, self._ev(conn)
         sess.responses += 1
         rid, iid = f"resp_f{next(self._ids)}", f"item_f{next(self._ids)}"
+        if self.function_calls:
+            await self._call_tool(conn, rid, iid, *self.function_calls.popleft())
+            return
         text = self.reply_text(sess) if instructions is None else self.reply_text(sess) + " [" + instructions + "]"
         self._emit(conn, ev.response_created(rt.response_object(rid, rt.Flavor.GA)))
         item = rt.message_item(iid, "assistant", [], rt.Flavor.GA, status="in_progress")
@@ -319,10 +349,11 @@ class FakeRealtimeServer:
         n_chunks = max(1, self.reply_ms // self.chunk_ms)
         status = "completed"
         try:
+            out = self._format(sess, "output")
             for k in range(n_chunks):
-                t = np.arange(RATE * self.chunk_ms // 1000) / RATE
-                tone = (3000 * np.sin(2 * np.pi * 220 * t)).astype("<i2")
-                self._emit(conn, ev.output_audio_delta(rid, iid, 0, 0, base64.b64encode(tone.tobytes()).decode()))
+                t = np.arange(out.rate * self.chunk_ms // 1000) / out.rate
+                tone = (3000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+                self._emit(conn, ev.output_audio_delta(rid, iid, 0, 0, out.encode(Frame(tone, out.rate))))
                 sess.generated_ms[iid] += self.chunk_ms
                 lo, hi = len(words) * k // n_chunks, len(words) * (k + 1) // n_chunks
                 if hi > lo:
@@ -340,6 +371,23 @@ class FakeRealtimeServer:
         self._emit(conn, ev.response_done(rt.response_object(
             rid, rt.Flavor.GA, status=status, output=[done], usage=usage,
             status_details=rt.status_details(status) if status != "completed" else None)))
+
+
+    async def _call_tool(self, conn: _Conn, rid: str, iid: str, name: str, arguments: str) -> None:
+        sess, ev = conn.sess, self._ev(conn)
+        call_id = f"call_f{next(self._ids)}"
+        self._emit(conn, ev.response_created(rt.response_object(rid, rt.Flavor.GA)))
+        await asyncio.sleep(0.05)
+        item = rt.function_call_item(iid, call_id, name, arguments, rt.Flavor.GA)
+        prev = sess.items[-1]["id"] if sess.items else None
+        sess.items.append(item)
+        self._emit(conn, ev.response_output_item_added(rid, 0, {**item, "arguments": ""}))
+        self._emit(conn, ev.conversation_item_added({**item, "arguments": ""}, prev))
+        self._emit(conn, ev.function_call_arguments_done(rid, iid, 0, call_id, name, arguments))
+        self._emit(conn, ev.response_output_item_done(rid, 0, item))
+        usage = rt.Usage(input_text_tokens=10 * len(sess.items), output_text_tokens=12)
+        self._emit(conn, ev.response_done(rt.response_object(rid, rt.Flavor.GA, status="completed", output=[item],
+                                                             usage=usage)))
 
 
 def _default_reply(sess: FakeSession) -> str:

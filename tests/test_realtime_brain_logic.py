@@ -1,0 +1,487 @@
+"""The realtime brain through the engine, in virtual time: turn-taking both ways, barge-in and
+truncation, transcripts in their place, usage, tools, rejected truncates, drops and reconnects,
+and a 20-minute conversation across forced reconnects.
+
+The upstream is `moksori.testing.fake_realtime` (an in-memory scripted GA server, a stand-in: it
+"transcribes" from a script and answers with a tone), the local models are the scripted fakes of
+`moksori.testing.fakes`. The same brain against a real `moksori serve` upstream, through a fault
+proxy, driven by the openai client, the Twilio simulator and the browser, is in
+`test_realtime_brain.py`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from moksori.brains import brain_config, open_session
+from moksori.brains.realtime import ReconnectPolicy, SessionOptions, Timeouts, UpstreamOptions, resolve_endpoint
+from moksori.brains.realtime.providers import RealtimeLLM
+from moksori.brains.realtime.reply import estimated_samples
+from moksori.brains.realtime.session import RealtimeSession
+from moksori.engine import events as E
+from moksori.engine.config import SessionConfig, config_from_settings
+from moksori.engine.memory import Item
+from moksori.engine.session import Session
+from moksori.engine.tools import Tool, ToolBox
+from moksori.engine.turns import TurnConfig
+from moksori.errors import ConfigError, ProviderError
+from moksori.providers.base import ChatRequest, Message, TextDelta, ToolSpec, Usage
+from moksori.settings import load_settings
+from moksori.testing.fake_realtime import FakeRealtimeServer
+from moksori.testing.fakes import ScriptedSTT, fake_stack, quiet, tone
+from moksori.testing.harness import Recording, play_into_session, settle
+from moksori.testing.virtual_time import run_virtual
+
+R = 24000
+EP = resolve_endpoint("ws://fake.test/v1/realtime?model=gpt-realtime", api_key="sk-test")
+
+
+def make(server: FakeRealtimeServer, *, who: str = "upstream", mode: str = "silence", stt=None,
+         toolbox: ToolBox | None = None, rotate_after_s: float | None = None, output_rate: int = R,
+         transcription: str | None = None, input_rate: int | None = None) -> RealtimeSession:
+    cfg = SessionConfig(output_rate=output_rate, partial_interval_ms=0,
+                        turn=TurnConfig(mode=mode, silence_duration_ms=500))  # type: ignore[arg-type]
+    opts = UpstreamOptions(EP, SessionOptions(transcription_model=transcription),
+                           timeouts=Timeouts(keepalive_s=None, idle_s=5, response_s=5),
+                           reconnect=ReconnectPolicy(rotate_after_s=rotate_after_s))
+    return RealtimeSession(fake_stack(stt=stt or ScriptedSTT(["hello there."])), cfg, upstream=opts, who=who,  # type: ignore[arg-type]
+                           toolbox=toolbox, connector=server.connector, input_rate=input_rate)
+
+
+def sent(server: FakeRealtimeServer, kind: str) -> list[dict]:
+    return [e for sess in server.sessions for e in sess.received if e["type"] == kind]
+
+
+def done(rec: Recording, status: str | None = None) -> list[E.AgentResponseDone]:
+    return [e for e in rec.of(E.AgentResponseDone) if status is None or e.status == status]
+
+
+# --------------------------------------------------------------------------- the upstream's VAD
+
+
+def test_upstream_turns_become_engine_turns_with_transcripts_in_place_and_usage():
+    # the transcript comes 0.8 s after the commit: after the reply has started playing
+    server = FakeRealtimeServer(reply_ms=1500, transcript_delay_s=0.8)
+    server.transcripts.extend(["hello there", "how are you"])
+
+    async def main():
+        s = make(server)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(3.0, rate=R),
+                                          tone(0.8, rate=R), quiet(4.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    assert [e.turn_id for e in rec.of(E.UserTurnEnded)] == [1, 2]
+    assert all(e.reason == "upstream_vad" for e in rec.of(E.UserTurnEnded))
+    assert len(done(rec, "completed")) == 2
+    # memory: user before the reply to it, although its words arrived after the reply started
+    assert [(i.role, i.text) for i in s.memory.items][0::2] == [("user", "hello there"), ("user", "how are you")]
+    assert [i.role for i in s.memory.items] == ["user", "assistant"] * 2
+    types = rec.types()
+    for turn in (1, 2):
+        tr = next(e for e in rec.of(E.UserTranscript) if e.turn_id == turn)
+        reply_done = next(e for e in done(rec) if e.turn_id == turn)
+        started = next(e for e in rec.of(E.AgentAudioStarted) if e.response_id == reply_done.response_id)
+        assert started.t < tr.t < reply_done.t  # late words, still recorded before the reply ends
+        assert types.index("user.transcript", types.index("user.turn_ended")) < types.index("agent.response_done")
+    # the upstream's usage: text, audio and cached tokens, its model
+    u = done(rec)[0].upstream_usage
+    assert u is not None and u.llm_model == "gpt-realtime"
+    assert u.input_audio_tokens == 50 and u.output_audio_tokens == 30 and u.cached_tokens == 8
+    assert done(rec)[0].usage.input_tokens == u.input_tokens
+    # the speaker played the upstream's audio (1.5 s each), on the session's clock
+    assert all(d.samples == int(1.5 * R) for d in rec.of(E.AgentAudioDone))
+    assert [e.state for e in rec.of(E.SessionState)][:3] == ["user_speaking", "user_paused", "thinking"]
+
+
+def test_barge_in_stops_playback_at_once_cancels_and_truncates_at_what_was_heard():
+    server = FakeRealtimeServer(reply_ms=4000)
+    server.transcripts.extend(["tell me a story", "stop"])
+
+    async def main():
+        s = make(server)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(2.5, rate=R),
+                                          tone(0.8, rate=R), quiet(5.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    started = rec.of(E.UserSpeechStarted)[1]
+    cleared = rec.of(E.AgentAudioCleared)[0]
+    assert cleared.t - started.t < 0.05  # the local speaker stops as soon as the upstream says so
+    cut = rec.of(E.AgentInterrupted)[0]
+    assert cut.reason == "turn_detected" and 1500 < cut.heard_ms < 2600
+    assert sent(server, "response.cancel")
+    (item, ms), = server.sessions[0].truncates
+    assert ms == cut.heard_ms <= 4000  # what was heard, never past what was generated
+    first_reply = done(rec)[0]
+    assert first_reply.status == "cancelled" and first_reply.interrupted
+    assert first_reply.upstream_usage is not None  # held back until the upstream counted the cut reply
+    heard = [i for i in s.memory.items if i.role == "assistant"][0]
+    assert heard.truncated_at_ms == cut.heard_ms and heard.text == cut.text
+    assert len(heard.text.split()) < len(first_reply.generated_text.split())
+    assert done(rec)[1].status == "completed"  # and the conversation goes on
+
+
+# --------------------------------------------------------------------------- Moksori's own turn-taking
+
+
+def test_moksori_turns_send_only_speech_and_commit_at_the_turn_end():
+    server = FakeRealtimeServer(reply_ms=1000)
+    server.transcripts.extend(["what time is it", "thanks"])
+
+    async def main():
+        s = make(server, who="moksori", stt=ScriptedSTT(["what time is it?", "thanks."]))
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(2.0, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R),
+                                          tone(0.6, rate=R), quiet(4.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    sess = server.sessions[0]
+    assert sess.session["audio"]["input"]["turn_detection"] is None  # the upstream's VAD is off
+    kinds = [e["type"] for e in sess.received if e["type"] != "input_audio_buffer.append"]
+    assert kinds == ["session.update", "input_audio_buffer.commit", "response.create",
+                     "input_audio_buffer.commit", "response.create"]
+    # only the turns went up (speech + prefix padding + the end-of-turn silence), not 11.6 s of audio
+    assert 2000 < sess.audio_ms < 4500
+    ended = rec.of(E.UserTurnEnded)
+    assert [e.reason for e in ended] == ["silence", "silence"]
+    assert [e.text for e in rec.of(E.UserTranscript)] == ["what time is it", "thanks"]  # the upstream's words
+    assert [i.role for i in s.memory.items] == ["user", "assistant", "user", "assistant"]
+    # the reply starts at the turn's end, never before (no speculative reply upstream)
+    for end, resp in zip(ended, rec.of(E.AgentResponseStarted)):
+        assert resp.t >= end.t
+
+
+def test_moksori_turns_a_noise_with_no_words_is_not_sent_as_a_turn():
+    server = FakeRealtimeServer(reply_ms=800)
+
+    async def main():
+        s = make(server, who="moksori", stt=ScriptedSTT([""]))
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(0.5, rate=R), quiet(3.0, rate=R)])
+        await settle(s, 5)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    assert sent(server, "input_audio_buffer.clear") and not sent(server, "input_audio_buffer.commit")
+    assert not sent(server, "response.create") and not rec.of(E.AgentResponseStarted)
+    assert [e.text for e in rec.of(E.UserTranscript)] == [""]
+
+
+def test_manual_turns_commit_upstream_when_the_client_commits():
+    server = FakeRealtimeServer(reply_ms=600)
+    server.transcripts.append("typed by voice")
+
+    async def main():
+        s = make(server, mode="manual")
+        await s.ready(5)
+        rec = await play_into_session(s, [tone(1.0, rate=R)])
+        item_id = s.commit()
+        s.create_response()
+        await play_into_session(s, quiet(3.0, rate=R), recording=rec)
+        await settle(s, 5)
+        await s.close()
+        return s, rec, item_id
+
+    s, rec, item_id = run_virtual(main())
+    assert sent(server, "input_audio_buffer.commit") and sent(server, "response.create")
+    received = server.sessions[0].received
+    before = received[:[e["type"] for e in received].index("input_audio_buffer.commit")]
+    assert sum(e["type"] == "input_audio_buffer.append" for e in before) == 50  # the client's 1 s, then its commit
+    assert server.sessions[0].audio_ms == pytest.approx(4000, abs=50)  # manual: every frame goes up
+    assert s.memory.items[0].id == item_id and s.memory.items[0].text == "typed by voice"
+    assert rec.of(E.UserTurnEnded)[0].reason == "commit" and done(rec, "completed")
+
+
+# --------------------------------------------------------------------------- trouble
+
+
+def test_a_rejected_truncate_is_survived_and_the_upstream_copy_repaired():
+    server = FakeRealtimeServer(reply_ms=4000)
+    server.transcripts.extend(["tell me a story", "stop", "and now?"])
+    server.reject_truncates = 1
+
+    async def main():
+        s = make(server)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(2.5, rate=R),
+                                          tone(0.8, rate=R), quiet(6.0, rate=R), tone(0.8, rate=R), quiet(6.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    rejected = rec.of(E.BrainTruncateRejected)
+    assert len(rejected) == 1 and rejected[0].heard_ms == rec.of(E.AgentInterrupted)[0].heard_ms
+    # the upstream holds the heard words in place of the whole reply, where it was
+    texts = server.sessions[0].texts()
+    heard = rec.of(E.AgentInterrupted)[0].text
+    assert texts[1] == ("assistant", heard) and texts[0][0] == "user"
+    assert sent(server, "conversation.item.delete")
+    # and the session kept talking: both later turns answered
+    assert len(done(rec, "completed")) == 2 and not rec.of(E.ErrorEvent)
+
+
+def test_a_drop_mid_reply_reconnects_resumes_and_the_conversation_goes_on():
+    server = FakeRealtimeServer(reply_ms=3000)
+    server.transcripts.extend(["first question", "second question"])
+
+    async def main():
+        s = make(server)
+        await s.ready(5)
+        rec = Recording(R)
+        s.bus.listen(rec)
+        await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(1.5, rate=R)], recording=rec)
+        server.drop()  # ~1 s into the reply
+        await play_into_session(s, [quiet(8.0, rate=R), tone(0.8, rate=R), quiet(6.0, rate=R)], recording=rec)
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    dropped, = rec.of(E.BrainUpstreamDropped)
+    assert dropped.in_response and not dropped.planned
+    reconnected, = rec.of(E.BrainReconnected)
+    assert reconnected.resumed and reconnected.reseeded >= 1 and reconnected.gap_s < 1.0
+    cut = done(rec)[0]
+    assert cut.status == "failed" and cut.reason == "upstream_lost"
+    # the upstream was asked to resume (say it was cut off): a reply follows, then the next turn's
+    resumed = [d for d in done(rec, "completed")]
+    assert len(resumed) == 2 and resumed[0].turn_id == 1 and resumed[1].turn_id == 2
+    assert "[" in resumed[0].generated_text  # the fake echoes the resume instructions it was given
+    gap = rec.of(E.AgentAudioStarted)[1].t - dropped.t
+    assert gap < 1.0  # what was heard of the cut reply, then at most a short silence
+    roles = [i.role for i in s.memory.items]
+    assert roles[0] == "user" and roles.count("user") == 2
+
+
+def test_upstream_that_refuses_the_key_fails_fast_and_says_so():
+    server = FakeRealtimeServer()
+    server.refuse_next, server.refuse_status = 1, 401
+
+    async def main():
+        s = make(server)
+        with pytest.raises(ProviderError):
+            await s.ready(5)
+        rec = Recording(R)
+        s.bus.listen(rec)
+        s.create_response()  # nothing can answer: no hang
+        await play_into_session(s, quiet(1.0, rate=R), recording=rec)
+        await settle(s, 3)
+        await s.close()
+        return s, list(s.bus.history)
+
+    s, history = run_virtual(main())
+    failed = [e for e in history if isinstance(e, E.BrainUpstreamFailed)]
+    assert failed and failed[0].reason == "connect_failed"
+    assert any(isinstance(e, E.ErrorEvent) and e.code == "upstream_failed" for e in history)
+    assert not s.busy()
+
+
+def test_twenty_minutes_across_forced_reconnects_lose_no_turn():
+    """40 turns over 20 minutes; the upstream ends every session after 5 minutes (as OpenAI does
+    at its limit) and the brain also rotates at a quiet moment after 4 minutes."""
+    server = FakeRealtimeServer(reply_ms=1500, chunk_ms=100, max_session_s=300)
+    n = 40
+    server.transcripts.extend(f"question number {i}" for i in range(1, n + 1))
+
+    async def main():
+        s = make(server, rotate_after_s=240)
+        await s.ready(5)
+        rec = Recording(R)
+        s.bus.listen(rec)
+        for _ in range(n):
+            await play_into_session(s, [tone(1.0, rate=R), quiet(29.0, rate=R)], chunk_ms=100, recording=rec)
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    t0 = time.perf_counter()
+    s, rec = run_virtual(main())
+    assert time.perf_counter() - t0 < 60
+    assert len(rec.of(E.BrainUpstreamDropped)) >= 4 and len(rec.of(E.BrainReconnected)) >= 4
+    assert not rec.of(E.BrainUpstreamFailed)
+    answered = done(rec, "completed")
+    assert [d.turn_id for d in answered] == list(range(1, n + 1))  # every turn, once, in order
+    users = [i.text for i in s.memory.items if i.role == "user"]
+    assert users == [f"question number {i}" for i in range(1, n + 1)]
+    assert [i.role for i in s.memory.items] == ["user", "assistant"] * n
+    # a re-seeded upstream knows the recent conversation
+    last = server.sessions[-1]
+    assert len(server.sessions) >= 5 and any(t == "question number 39" for _, t in last.texts())
+
+
+# --------------------------------------------------------------------------- tools, text, greeting
+
+
+def test_server_tool_runs_here_and_a_follow_up_continues_the_same_reply():
+    server = FakeRealtimeServer(reply_ms=800)
+    server.transcripts.append("what time is it")
+    server.function_calls.append(("current_time", '{"zone": "Asia/Seoul"}'))
+    calls = []
+
+    async def handler(args):
+        calls.append(args)
+        return {"time": "10:30"}
+
+    box = ToolBox([Tool(ToolSpec("current_time", "The time.", {"type": "object", "properties": {}}), handler)])
+
+    async def main():
+        s = make(server, toolbox=box)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.3, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R)])
+        await settle(s, 5)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    assert calls == [{"zone": "Asia/Seoul"}]
+    tools = server.sessions[0].session["tools"]
+    assert [t["name"] for t in tools] == ["current_time"]  # declared upstream
+    out, = sent(server, "conversation.item.create")
+    assert out["item"]["type"] == "function_call_output" and "10:30" in out["item"]["output"]
+    assert len(sent(server, "response.create")) == 1  # the follow-up
+    reply, = done(rec)
+    assert reply.status == "completed" and reply.function_calls[0].name == "current_time"
+    assert rec.of(E.AgentToolCall) and rec.of(E.AgentToolResult) and rec.of(E.AgentAudioDone)[0].samples > 0
+    assert [i.type for i in s.memory.items] == ["message", "message", "function_call", "function_call_output"]
+
+
+def test_client_tool_call_ends_the_reply_for_the_client():
+    server = FakeRealtimeServer(reply_ms=800)
+    server.function_calls.append(("lookup", "{}"))
+
+    async def main():
+        s = make(server)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.3, rate=R), tone(1.0, rate=R), quiet(3.0, rate=R)])
+        await settle(s, 5)
+        await s.close()
+        return rec
+
+    rec = run_virtual(main())
+    call, = rec.of(E.AgentFunctionCall)
+    assert call.name == "lookup" and done(rec)[0].status == "completed"
+
+
+def test_greeting_typed_text_and_client_items_go_upstream_in_order():
+    server = FakeRealtimeServer(reply_ms=500)
+
+    async def main():
+        s = make(server)
+        await s.ready(5)
+        rec = Recording(R)
+        s.bus.listen(rec)
+        s.say("Hello, how can I help?")
+        await play_into_session(s, quiet(2.0, rate=R), recording=rec)
+        s.add_item(Item(id="item_client_1", role="user", text="remember the number 7"))
+        s.add_user_text("what number?")
+        await play_into_session(s, quiet(2.0, rate=R), recording=rec)
+        assert s.delete_item("item_client_1")
+        await play_into_session(s, quiet(0.5, rate=R), recording=rec)
+        await settle(s, 5)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    creates = sent(server, "response.create")
+    assert "Hello, how can I help?" in creates[0]["response"]["instructions"]
+    kinds = [e["type"] for e in server.sessions[0].received if e["type"] != "input_audio_buffer.append"]
+    assert kinds == ["session.update", "response.create", "conversation.item.create", "conversation.item.create",
+                     "response.create", "conversation.item.delete"]
+    assert [t for _, t in server.sessions[0].texts()][-2:] != ["remember the number 7"]
+    assert len(done(rec, "completed")) == 2
+
+
+def test_phone_audio_goes_up_as_g711_and_comes_back_at_8_khz():
+    server = FakeRealtimeServer(reply_ms=500)
+
+    async def main():
+        s = make(server, output_rate=8000, input_rate=8000)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.3, rate=8000), tone(1.0, rate=8000), quiet(3.0, rate=8000)])
+        await settle(s, 5)
+        await s.close()
+        return rec
+
+    rec = run_virtual(main())
+    audio = server.sessions[0].session["audio"]
+    assert audio["input"]["format"] == {"type": "audio/pcmu"} and audio["output"]["format"] == {"type": "audio/pcmu"}
+    assert len(sent(server, "session.update")) == 1  # set from the start: no switch mid-call
+    assert rec.of(E.AgentAudioDone)[0].samples == 4000  # 0.5 s at 8 kHz
+
+
+# --------------------------------------------------------------------------- the factory and settings
+
+
+def test_open_session_picks_the_brain_from_the_settings(monkeypatch):
+    async def main():
+        stack = fake_stack()
+        pipeline = open_session(stack, settings=load_settings())
+        assert type(pipeline) is Session
+        await pipeline.close()
+        monkeypatch.setenv("MOKSORI_BRAIN", "realtime")
+        with pytest.raises(ConfigError):
+            open_session(stack, settings=load_settings())  # no MOKSORI_REALTIME_URL
+        monkeypatch.setenv("MOKSORI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime")
+        monkeypatch.setenv("MOKSORI_REALTIME_TURN_DETECTION", "semantic_vad")
+        settings = load_settings()
+        cfg = brain_config(config_from_settings(settings), settings)
+        assert cfg.turn.mode == "semantic" and cfg.turn.silence_duration_ms == settings.realtime.silence_duration_ms
+        s = open_session(stack, settings=settings)
+        assert isinstance(s, RealtimeSession) and s.who == "upstream"
+        await s.close()
+
+    run_virtual(main())
+
+
+def test_heard_text_estimate_never_runs_ahead_of_the_voice():
+    assert estimated_samples("hello there", 24000) == int(24000 * 10 / 14)
+    assert estimated_samples("안녕하세요", 24000) == int(24000 * 10 / 14)  # a syllable counts double
+
+
+# --------------------------------------------------------------------------- the upstream as a text model
+
+
+def test_realtime_llm_keeps_the_upstream_conversation_in_step_with_the_requests():
+    server = FakeRealtimeServer(reply_ms=300)
+    llm = RealtimeLLM(UpstreamOptions(EP, timeouts=Timeouts(keepalive_s=None)), connector=server.connector)
+
+    async def ask(msgs):
+        text, usage = "", None
+        async for e in llm.chat(ChatRequest(messages=tuple(msgs))):
+            if isinstance(e, TextDelta):
+                text += e.text
+            elif isinstance(e, Usage):
+                usage = e
+        return text, usage
+
+    async def main():
+        sys = Message("system", "Be brief.")
+        a1, u1 = await ask([sys, Message("user", "hi")])
+        a2, _ = await ask([sys, Message("user", "hi"), Message("assistant", a1), Message("user", "and you?")])
+        # the user edits history ("clear"): the upstream forgets the old turns
+        a3, _ = await ask([sys, Message("user", "new topic")])
+        await llm.close()
+        return a1, u1, a2, a3
+
+    a1, u1, a2, a3 = run_virtual(main())
+    assert a1.startswith("Reply 1") and u1 is not None and u1.output_tokens > 0
+    assert "you said: and you?" in a2 and "conversation of 3 items" in a2  # hi, reply 1, and you?
+    assert "conversation of 1 items" in a3  # the old turns were deleted upstream
+    creates = sent(server, "response.create")
+    assert all(c["response"]["instructions"] == "Be brief." and c["response"]["output_modalities"] == ["text"]
+               for c in creates)
+    assert len(sent(server, "conversation.item.delete")) == 4
