@@ -63,13 +63,13 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
 
     async def main() -> Recording:
         session = open_session(stack, cfg, settings=settings, input_rate=frame.rate)
-        await session.ready(timeout=30)  # the realtime brain: connected to its upstream before the caller speaks
         rec = Recording(cfg.output_rate)
         session.bus.listen(rec)
         fh = open(timeline, "w", encoding="utf-8") if timeline else None
         if fh:
             session.bus.listen(TimelineWriter(fh))
         try:
+            await session.ready(timeout=30)  # the realtime brain: connected to its upstream before the caller speaks
             await play_into_session(session, frame, recording=rec)
             waited = 0.0
             while waited < max_tail_s:  # keep the line open (silence) until the agent is done

@@ -36,6 +36,7 @@ class Playback:
     started_at: float | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
+    stopped_at: float | None = None  # when the speaker stopped it: nothing is heard after that
 
     def add(self, frame: Frame, text: str) -> None:
         """Queue a clause's audio (already at the output rate)."""
@@ -62,7 +63,9 @@ class Playback:
         return start + n / self.rate
 
     def heard(self, now: float) -> int:
-        return self.acked if self.acked is not None else self.played(now)
+        if self.acked is not None:
+            return self.acked
+        return self.played(now if self.stopped_at is None else min(now, self.stopped_at))
 
     @property
     def generated(self) -> int:
@@ -147,6 +150,7 @@ class Speaker:
     @staticmethod
     def _stop(pb: Playback, now: float) -> tuple[Playback, int]:
         pb.cancelled = True
+        pb.stopped_at = now if pb.stopped_at is None else pb.stopped_at
         pb.finished.set()
         pb.queue.put_nowait(None)  # the player may be waiting for this reply's next clause
         return pb, min(pb.heard(now), pb.sent)

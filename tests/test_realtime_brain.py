@@ -1,0 +1,430 @@
+"""The realtime brain end to end: Moksori in front of a real Realtime server.
+
+    client (openai SDK | raw WebSocket | Twilio simulator | CLI)
+        -> front: `moksori serve` with MOKSORI_BRAIN=realtime (Silero only; no STT, LLM or TTS loaded)
+        -> WSFaultProxy (drops, delays, rejects truncates on request)
+        -> upstream: a second `moksori serve` (pipeline brain: Silero, Whisper base, Piper), whose LLM
+           is the scripted stand-in `tests/scripted_llm_server.py` so replies are known
+           (SHORT_REPLY, or LONG_REPLY when the instructions say `scripted:long`)
+
+Speech: /work/shared/speech/en/en_028.wav at 24 kHz ("i have a thousand thoughts about that
+thing"), and tel_001 at 8 kHz for the phone call, streamed at real-time pace. The front's timeline
+(`?moksori_timeline=1`, `moksori.event` messages) shows the brain's drops and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pydantic
+import pytest
+from openai.types import realtime as ga_types
+from scripted_llm_server import LONG_REPLY, SHORT_REPLY, ScriptedLLM
+from servers import ServerProcess, ThreadedASGIServer, free_port
+from speech import prepared_data_dir, requires_speech, utt
+
+from moksori.testing.ws_fault_proxy import WSFaultProxy
+
+pytestmark = [pytest.mark.models, pytest.mark.slow, requires_speech]
+
+KEY = "sk-moksori-brain-upstream"
+RATE = 24000
+GA = pydantic.TypeAdapter(ga_types.RealtimeServerEvent)
+PUBLIC_URL = "https://voice.example.test"
+TWILIO_TOKEN = "twilio-auth-token-for-tests"
+STREAM_SECRET = "stream-secret-for-tests"
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def scripted_llm():
+    llm = ScriptedLLM(token_delay_s=0.005)
+    with ThreadedASGIServer(llm.app) as srv:
+        llm.url = srv.url + "/v1"
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepared_data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def upstream(data_dir, tmp_path_factory, scripted_llm):
+    port = free_port()
+    env = {"MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_API_KEYS": KEY, "MOKSORI_LLM_PROVIDER": "openai",
+           "MOKSORI_LLM_BASE_URL": scripted_llm.url, "MOKSORI_LLM_MODEL": "scripted", "MOKSORI_STORE_URL": "none",
+           "MOKSORI_LANGUAGE": "en", "PYTHONUNBUFFERED": "1"}
+    with ServerProcess([sys.executable, "-m", "moksori", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                       port=port, ready_path="/health", ready_timeout_s=240, env=env,
+                       cwd=tmp_path_factory.mktemp("upstream")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream):
+    with WSFaultProxy(f"ws://127.0.0.1:{upstream.port}") as p:
+        yield p
+
+
+def brain_env(proxy: WSFaultProxy, data_dir: Any) -> dict[str, str]:
+    return {"MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_BRAIN": "realtime",
+            "MOKSORI_REALTIME_URL": proxy.url + "/v1/realtime?model=gpt-realtime", "MOKSORI_REALTIME_API_KEY": KEY,
+            "MOKSORI_REALTIME_TRANSCRIPTION_MODEL": "whisper-1", "MOKSORI_REALTIME_RESPONSE_TIMEOUT_S": "30",
+            "MOKSORI_STORE_URL": "none", "MOKSORI_LANGUAGE": "en", "MOKSORI_CONFIG": "", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def front(proxy, data_dir, tmp_path_factory):
+    port = free_port()
+    env = {**brain_env(proxy, data_dir), "MOKSORI_PUBLIC_URL": PUBLIC_URL, "MOKSORI_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+           "MOKSORI_TELEPHONY_STREAM_SECRET": STREAM_SECRET, "MOKSORI_TELEPHONY_DEBUG": "1"}
+    with ServerProcess([sys.executable, "-m", "moksori", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                       port=port, ready_path="/health", ready_timeout_s=120, env=env,
+                       cwd=tmp_path_factory.mktemp("front")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def faults(proxy):
+    proxy.clear_faults()
+    yield proxy
+    proxy.clear_faults()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def speech(name: str = "en_028", *, rate: int = RATE, pad_s: float = 3.0) -> np.ndarray:
+    from moksori.audio.resample import resample
+    from moksori.audio.wav import load_audio
+
+    frame = resample(load_audio(utt(name).path), rate)
+    return np.concatenate([frame.samples, np.zeros(int(pad_s * rate), dtype=np.int16)])
+
+
+def b64(pcm: np.ndarray) -> str:
+    return base64.b64encode(pcm.astype("<i2").tobytes()).decode()
+
+
+async def stream(append: Callable[[np.ndarray], Awaitable[None]], pcm: np.ndarray, chunk_ms: int = 40) -> None:
+    step = RATE * chunk_ms // 1000
+    t0 = time.monotonic()
+    for start in range(0, len(pcm), step):
+        await append(pcm[start:start + step])
+        delay = t0 + (start + step) / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Log:
+    """Every server event of one connection, stamped on arrival, GA events checked against the SDK."""
+
+    def __init__(self, recv: Callable[[], Awaitable[Any]]) -> None:
+        self.recv = recv
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.problems: list[str] = []
+        self._new = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+        self.helpers: list[asyncio.Task] = []
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                raw = await self.recv()
+                d = json.loads(raw)
+                if d["type"] != "moksori.event":
+                    try:
+                        GA.validate_python(d)
+                    except pydantic.ValidationError as e:
+                        self.problems.append(f"{d['type']}: {str(e)[:200]}")
+                self.events.append((time.monotonic(), d))
+                self._new.set()
+        except Exception:  # noqa: BLE001 - closed
+            self._new.set()
+
+    def of(self, typ: str, pred: Callable[[dict], bool] = lambda e: True) -> list[dict[str, Any]]:
+        return [e for _, e in self.events if e["type"] == typ and pred(e)]
+
+    def timeline(self, typ: str) -> list[dict[str, Any]]:
+        return [e["event"] for e in self.of("moksori.event") if e["event"]["type"] == typ]
+
+    def stamped(self, typ: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, e) for t, e in self.events if e["type"] == typ]
+
+    async def wait(self, typ: str, pred: Callable[[dict], bool] = lambda e: True, *, n: int = 1,
+                   timeout: float = 60.0, timeline: bool = False) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.timeline(typ) if timeline else self.of(typ)
+            found = [e for e in found if pred(e)]
+            if len(found) >= n:
+                return found[n - 1]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                seen = [e["type"] if e["type"] != "moksori.event" else e["event"]["type"] for _, e in self.events]
+                raise AssertionError(f"no {n} x {typ} within {timeout:g} s; saw {seen[-30:]}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for t in [*self.helpers, self._task]:
+            t.cancel()
+        await asyncio.gather(*self.helpers, self._task, return_exceptions=True)
+
+
+async def raw_connect(front: ServerProcess):
+    from websockets.asyncio.client import connect
+
+    ws = await connect(f"ws://127.0.0.1:{front.port}/v1/realtime?model=gpt-realtime&moksori_timeline=1",
+                       max_size=None)
+    log = Log(ws.recv)
+    await log.wait("session.created")
+    return ws, log
+
+
+async def send(ws, **event: Any) -> None:
+    await ws.send(json.dumps(event))
+
+
+def audio_s(events: list[dict[str, Any]]) -> float:
+    return sum(len(base64.b64decode(e["delta"])) for e in events) / 2 / RATE
+
+
+# --------------------------------------------------------------------------- the openai client, through Moksori
+
+
+async def test_openai_client_voice_turn_through_the_realtime_brain(front, faults, scripted_llm):
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(api_key="sk-unused", websocket_base_url=f"ws://127.0.0.1:{front.port}/v1", max_retries=0)
+    conn = await client.realtime.connect(model="gpt-realtime").enter()
+    log = Log(conn.recv_bytes)
+    try:
+        await log.wait("session.created")
+        await conn.session.update(session={"type": "realtime", "instructions": "Be brief.", "audio": {"input": {
+            "transcription": {"model": "whisper-1"}, "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+        await log.wait("session.updated")
+
+        async def append(chunk: np.ndarray) -> None:
+            await conn.input_audio_buffer.append(audio=b64(chunk))
+
+        log.helpers.append(asyncio.create_task(stream(append, speech())))
+        started = await log.wait("input_audio_buffer.speech_started", timeout=20)
+        committed = await log.wait("input_audio_buffer.committed", timeout=30)
+        assert started["item_id"] == committed["item_id"]
+        transcript = await log.wait("conversation.item.input_audio_transcription.completed", timeout=40)
+        assert "thousand" in transcript["transcript"].lower() and transcript["item_id"] == committed["item_id"]
+        done = await log.wait("response.done", timeout=60)
+        r = done["response"]
+        assert r["status"] == "completed", r
+        text = "".join(e["delta"] for e in log.of("response.output_audio_transcript.delta"))
+        assert text.strip() == SHORT_REPLY and r["output"][0]["content"][0]["transcript"] == SHORT_REPLY
+        assert audio_s(log.of("response.output_audio.delta")) > 0.5
+        # the upstream's usage, passed on
+        assert r["usage"]["output_tokens"] > 0 and r["usage"]["input_tokens"] > 0
+        # the user's item (the upstream's words) comes before the reply, in the front's conversation
+        await conn.send({"type": "conversation.item.retrieve", "item_id": committed["item_id"]})
+        item = (await log.wait("conversation.item.retrieved"))["item"]
+        assert "thousand" in item["content"][0]["transcript"].lower()
+        assert not log.problems, log.problems[:5]
+    finally:
+        await log.close()
+        await conn.close()
+    # what went upstream: the GA shape, the upstream's VAD, PCM at 24 kHz
+    up = faults.connections[-1]
+    update = next(e for e in up.client_events if e["type"] == "session.update")
+    audio = update["session"]["audio"]
+    assert audio["input"]["turn_detection"]["type"] == "server_vad"
+    assert audio["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert "input_audio_buffer.append" in up.client_types()
+
+
+# --------------------------------------------------------------------------- faults between Moksori and the upstream
+
+
+async def _speak_and_wait_reply(ws, log: Log, n: int, pcm: np.ndarray | None = None) -> None:
+    async def append(chunk: np.ndarray) -> None:
+        await send(ws, type="input_audio_buffer.append", audio=b64(chunk))
+
+    log.helpers.append(asyncio.create_task(stream(append, speech() if pcm is None else pcm)))
+    await log.wait("response.output_audio.delta", n=1, timeout=60,
+                   pred=lambda e: e["response_id"] not in {d["response"]["id"] for d in log.of("response.done")}
+                   and len(log.of("response.created")) >= n)
+
+
+async def test_a_drop_mid_reply_is_a_short_apology_then_the_conversation_goes_on(front, faults, scripted_llm):
+    ws, log = await raw_connect(front)
+    try:
+        await send(ws, type="session.update", session={"type": "realtime", "instructions": "scripted:long"})
+        await log.wait("session.updated")
+        faults.drop_after("response.output_audio.delta", 8)  # the upstream vanishes mid-reply
+        await _speak_and_wait_reply(ws, log, 1)
+        dropped = await log.wait("brain.upstream_dropped", timeline=True, timeout=60)
+        assert dropped["in_response"]
+        reconnected = await log.wait("brain.reconnected", timeline=True, timeout=30)
+        assert reconnected["resumed"] and reconnected["reseeded"] >= 1
+        cut = await log.wait("response.done", timeout=30)
+        assert cut["response"]["status"] == "failed"
+        assert cut["response"]["status_details"]["error"]["code"] == "upstream_lost"
+        # the resumed reply: audio again; heard as a gap of at most a moment after the cut one
+        resumed = await log.wait("response.created", n=2, timeout=60)
+        rid = resumed["response"]["id"]
+        await log.wait("response.output_audio.delta", pred=lambda e: e["response_id"] == rid, timeout=60)
+        cut_audio = [(t, e) for t, e in log.stamped("response.output_audio.delta")
+                     if e["response_id"] == cut["response"]["id"]]
+        first_new = next(t for t, e in log.stamped("response.output_audio.delta") if e["response_id"] == rid)
+        heard_until = cut_audio[0][0] + audio_s([e for _, e in cut_audio])  # paced: sent as it plays
+        gap = first_new - heard_until
+        print(f"\nsilence between the cut reply and the resumed one: {max(0.0, gap):.2f} s")
+        assert gap < 3.0
+        await send(ws, type="response.cancel")
+        await log.wait("response.done", n=2, timeout=30)
+        # the next turn is answered as usual, on the new connection
+        await send(ws, type="session.update", session={"type": "realtime", "instructions": "Be brief."})
+        await _speak_and_wait_reply(ws, log, 3)
+        last = await log.wait("response.done", n=3, timeout=60)
+        assert last["response"]["status"] == "completed"
+        assert len(faults.connections) >= 2
+        # the upstream's model was given the earlier turn and told about the cut
+        said = " ".join(str(m.get("content") or "") for r in scripted_llm.requests[-3:] for m in r["messages"])
+        assert "cut off" in said
+        assert not log.problems, log.problems[:5]
+    finally:
+        await log.close()
+        await ws.close()
+
+
+async def test_a_rejected_truncate_after_a_barge_in_is_survived(front, faults):
+    ws, log = await raw_connect(front)
+    try:
+        await send(ws, type="session.update", session={"type": "realtime", "instructions": "scripted:long"})
+        await log.wait("session.updated")
+        faults.reject_truncates = 5
+        await _speak_and_wait_reply(ws, log, 1)
+        await asyncio.sleep(1.5)  # let the long reply play a while, then talk over it
+        await send(ws, type="session.update", session={"type": "realtime", "instructions": "Be brief."})
+        await _speak_and_wait_reply(ws, log, 2)
+        rejected = await log.wait("brain.truncate_rejected", timeline=True, timeout=30)
+        cut = log.timeline("agent.interrupted")[0]
+        # (the upstream, a Moksori with its own VAD, may have cut its copy a little earlier: ours is clamped to it)
+        assert 0 < rejected["heard_ms"] <= cut["heard_ms"] and cut["reason"] == "turn_detected"
+        assert log.of("output_audio_buffer.cleared")  # the client was told to drop what it queued
+        assert log.of("response.done")[0]["response"]["status"] == "cancelled"
+        done = await log.wait("response.done", timeout=60, pred=lambda e: e["response"]["status"] == "completed")
+        assert done["response"]["output"][0]["content"][0]["transcript"] == SHORT_REPLY
+        # the upstream copy of the cut reply was replaced by what was heard
+        up = faults.connections[-1]
+        deleted = [e for e in up.client_events if e["type"] == "conversation.item.delete"]
+        repaired = [e for e in up.client_events if e["type"] == "conversation.item.create"
+                    and e["item"]["role"] == "assistant"]
+        assert deleted and repaired
+        heard = repaired[0]["item"]["content"][0]["text"]
+        assert LONG_REPLY.startswith(heard.rstrip(".,")[:20]) and len(heard) < len(LONG_REPLY)
+        assert len(faults.connections) == 1  # no reconnect was needed
+    finally:
+        await log.close()
+        await ws.close()
+
+
+async def test_a_slow_upstream_still_answers(front, faults):
+    ws, log = await raw_connect(front)
+    try:
+        faults.delay_s = 0.25  # every upstream message 250 ms late
+        await send(ws, type="conversation.item.create",
+                   item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello?"}]})
+        await send(ws, type="response.create")
+        done = await log.wait("response.done", timeout=60)
+        assert done["response"]["status"] == "completed"
+        assert audio_s(log.of("response.output_audio.delta")) > 0.5
+        assert not log.timeline("brain.upstream_dropped")
+    finally:
+        await log.close()
+        await ws.close()
+
+
+# --------------------------------------------------------------------------- a phone call at 8 kHz
+
+
+async def test_twilio_call_with_the_realtime_brain(front, faults):
+    from carrier_sim import CarrierSim
+
+    from moksori.audio.frames import Frame
+    from moksori.audio.wav import load_audio
+    from moksori.telephony.signatures import make_stream_token
+
+    call_id = "CA" + "b" * 32
+    tok = make_stream_token(STREAM_SECRET.encode(), call_id, now=int(time.time()))
+    url = f"ws://127.0.0.1:{front.port}/telephony/twilio/stream"
+    n_conn = len(faults.connections)
+    async with CarrierSim.connect(url, call_id=call_id, params={"token": tok}) as call:
+        await call.start()
+        await call.wait_audio(timeout=30)  # the greeting, said by the upstream
+        await call.wait_quiet(quiet_s=0.5, timeout=30)
+        audio = load_audio(utt("tel_001").path_8k)
+        stamps = await call.speak(audio)
+        await call.speak(Frame.silence(1.5, 8000))
+        reply_at = await call.wait_audio(after=stamps[-1], timeout=60)
+        await call.wait_quiet(quiet_s=0.5, timeout=60)
+        await call.hang_up()
+    assert reply_at > stamps[-1]
+    up = faults.connections[n_conn]
+    update = next(e for e in up.client_events if e["type"] == "session.update")
+    fmt = update["session"]["audio"]
+    assert fmt["input"]["format"] == {"type": "audio/pcmu"} and fmt["output"]["format"] == {"type": "audio/pcmu"}
+    calls = json.loads(subprocess.run(["curl", "-s", f"{front.url}/telephony/debug/calls"], capture_output=True,
+                                      text=True, timeout=10).stdout)
+    summary = next(c for c in calls["recent"] if c["call_id"] == call_id)
+    roles = [m["role"] for m in summary["memory"] if m["type"] == "message"]
+    assert roles[:3] == ["assistant", "user", "assistant"], summary["memory"]
+    users = [m["text"] for m in summary["memory"] if m["role"] == "user"]
+    assert users[0].strip()  # the upstream's transcript of the caller
+
+
+# --------------------------------------------------------------------------- the CLIs
+
+
+def test_chat_text_and_converse_with_the_realtime_brain(proxy, data_dir, tmp_path):
+    env = {**brain_env(proxy, data_dir)}
+    import os
+
+    full = {**os.environ, **env}
+    out = subprocess.run([sys.executable, "-m", "moksori", "chat", "--text"], input="Hello there\nquit\n",
+                         capture_output=True, text=True, timeout=120, env=full)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert SHORT_REPLY in out.stdout and "Tokens used" in out.stdout
+
+    from moksori.audio.frames import Frame
+    from moksori.audio.wav import load_audio, write_wav
+
+    wav = tmp_path / "in.wav"
+    write_wav(wav, Frame(speech(rate=16000, pad_s=1.0), 16000))
+    reply, timeline = tmp_path / "out.wav", tmp_path / "timeline.jsonl"
+    out = subprocess.run([sys.executable, "-m", "moksori", "converse", str(wav), "--out", str(reply),
+                          "--timeline", str(timeline), "--max-tail", "20"], capture_output=True, text=True,
+                         timeout=180, env=full)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in timeline.read_text().splitlines()]
+    types = [e["type"] for e in events]
+    assert "brain.upstream_ready" in types
+    tr = next(e for e in events if e["type"] == "user.transcript")
+    assert "thousand" in tr["text"].lower()
+    done = [e for e in events if e["type"] == "agent.response_done"]
+    assert done and done[0]["generated_text"] == SHORT_REPLY and done[0]["upstream_usage"]["output_tokens"] > 0
+    assert load_audio(reply).duration > 1.0
+    fast = subprocess.run([sys.executable, "-m", "moksori", "converse", str(wav), "--out", str(reply), "--fast"],
+                          capture_output=True, text=True, timeout=60, env=full)
+    assert fast.returncode != 0 and "--fast needs MOKSORI_BRAIN=pipeline" in fast.stderr
