@@ -1,19 +1,21 @@
 """The realtime brain's latency: end of speech -> first reply audio, against one upstream.
 
-Phase 1 (this file today) measures the upstream reached directly, two ways, alternating per
-utterance in the same run:
+Three ways to reach the same upstream, interleaved per utterance in one run:
 
 * `direct`  — a plain `websockets` client speaking GA to the upstream (the baseline);
-* `client`  — Moksori's upstream client `moksori.brains.realtime.RealtimeUpstream` (what the
-  realtime brain will use), so its own overhead (parsing, bookkeeping, typed events) shows.
+* `through` — the same client talking to a Moksori whose brain is that upstream
+  (`MOKSORI_BRAIN=realtime`, the upstream's server VAD): the figure the issue asks for is
+  through minus direct (aim: under 30 ms at p50);
+* `client`  — Moksori's upstream client `RealtimeUpstream` alone (its own parsing and bookkeeping).
 
-Phase 2 adds `through` — a client talking to a Moksori whose brain is this upstream — and the
-figure the issue asks for: through minus direct (aim: under 30 ms at p50).
+`through` also reports the front's own output path from its timeline: the upstream's first audio
+reaching the reply (`tts.first_audio`) -> the speaker's first chunk out (`agent.audio_started`).
 
 The upstream is a `moksori serve` started here on 127.0.0.1 (embedded stack), or `--url` (any
-GA Realtime server, e.g. another Moksori). Speech: ../shared/speech/en/en_001..005, 24 kHz
-PCM16, streamed at real-time pace; server VAD decides the end of the turn. End of speech and
-the figure are on the client's clock, as in `server_latency.py`.
+GA Realtime server, e.g. another Moksori). The front is a `moksori serve` started here with the
+realtime brain. Speech: ../shared/speech/en/en_001..005, 24 kHz PCM16, streamed at real-time
+pace; server VAD decides the end of the turn. End of speech and the figure are on the client's
+clock, as in `server_latency.py`.
 
     python benchmarks/realtime_brain.py [--reps 2] [--url http://127.0.0.1:8000] [--json out.json]
 """
@@ -25,12 +27,14 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
-from server_latency import NAMES, RATE, _free_port, manifest, pcm24, start_server  # noqa: E402
+from server_latency import NAMES, RATE, _free_port, manifest, pcm24  # noqa: E402
 
 CHUNK = RATE * 40 // 1000
 SESSION = {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"},
@@ -51,10 +55,30 @@ async def _feed(t0: float, audio, send) -> None:  # noqa: ANN001
         await send(audio[start:start + CHUNK])
 
 
-async def direct_turn(ws_url: str, key: str, info: dict) -> float | None:
+def start(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "moksori", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"moksori serve exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):  # noqa: S310 - loopback
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("moksori serve did not start within 240 s")
+
+
+async def ws_turn(ws_url: str, key: str, info: dict) -> tuple[float | None, float | None]:
+    """(end of speech -> first audio delta at the client, the front's own output path in ms if it
+    reports its timeline)."""
     from websockets.asyncio.client import connect
 
     audio = _audio(info)
+    first_in: float | None = None
     async with connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"}, max_size=None) as ws:
         await ws.send(json.dumps({"type": "session.update", "session": SESSION}))
         while json.loads(await ws.recv())["type"] != "session.updated":
@@ -66,19 +90,32 @@ async def direct_turn(ws_url: str, key: str, info: dict) -> float | None:
                                       "audio": base64.b64encode(chunk.astype("<i2").tobytes()).decode()}))
 
         feeder = asyncio.create_task(_feed(t0, audio, send))
+        latency = internal = None
+        timeline = "moksori_timeline" in ws_url
         try:
             async with asyncio.timeout(30):
-                while True:
+                while latency is None or (timeline and internal is None):
                     ev = json.loads(await ws.recv())
-                    if ev["type"] == "response.output_audio.delta":
-                        return time.monotonic() - (t0 + info["duration"] - info["trail"])
+                    if ev["type"] == "response.output_audio.delta" and latency is None:
+                        latency = time.monotonic() - (t0 + info["duration"] - info["trail"])
+                    elif ev["type"] == "moksori.event":
+                        e = ev["event"]
+                        if e["type"] == "tts.first_audio" and first_in is None:
+                            first_in = e["t"]
+                        elif e["type"] == "agent.audio_started" and first_in is not None and internal is None:
+                            internal = round(1000 * (e["t"] - first_in), 2)
+                return latency, internal
         except TimeoutError:
-            return None
+            return latency, internal
         finally:
             feeder.cancel()
 
 
-async def client_turn(ws_url: str, key: str, info: dict) -> float | None:
+async def direct_turn(ws_url: str, key: str, info: dict) -> tuple[float | None, float | None]:
+    return await ws_turn(ws_url, key, info)
+
+
+async def client_turn(ws_url: str, key: str, info: dict) -> tuple[float | None, float | None]:
     from moksori.audio.frames import Frame
     from moksori.brains.realtime import (RealtimeUpstream, SessionOptions, UpstreamOptions, events,
                                          resolve_endpoint)
@@ -93,51 +130,69 @@ async def client_turn(ws_url: str, key: str, info: dict) -> float | None:
         async with asyncio.timeout(30):
             async for e in up.events():
                 if isinstance(e, events.AudioDelta):
-                    return time.monotonic() - (t0 + info["duration"] - info["trail"])
+                    return time.monotonic() - (t0 + info["duration"] - info["trail"]), None
     except TimeoutError:
-        return None
+        return None, None
     finally:
         feeder.cancel()
         await up.close()
-    return None
+    return None, None
 
 
 async def run(args) -> dict:  # noqa: ANN001
     info = manifest()
-    proc = None
-    if args.url:
-        base = args.url.rstrip("/")
-    else:
-        port = _free_port()
-        print(f"starting moksori serve on 127.0.0.1:{port} (embedded stack) as the upstream...", file=sys.stderr)
-        proc = start_server(port)
-        base = f"http://127.0.0.1:{port}"
-    ws_url = base.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime?model=gpt-realtime"
-    rows = []
+    procs: list[subprocess.Popen] = []
+    modes = args.modes.split(",")
     try:
+        if args.url:
+            base = args.url.rstrip("/")
+        else:
+            port = _free_port()
+            print(f"starting moksori serve on 127.0.0.1:{port} (embedded stack) as the upstream...", file=sys.stderr)
+            procs.append(start(port))
+            base = f"http://127.0.0.1:{port}"
+        ws_url = base.replace("http://", "ws://").replace("https://", "wss://") + "/v1/realtime?model=gpt-realtime"
+        front_url = None
+        if "through" in modes:
+            fport = _free_port()
+            print(f"starting moksori serve on 127.0.0.1:{fport} with the realtime brain in front...", file=sys.stderr)
+            procs.append(start(fport, {"MOKSORI_BRAIN": "realtime", "MOKSORI_REALTIME_URL": ws_url,
+                                       "MOKSORI_REALTIME_API_KEY": args.key, "MOKSORI_STORE_URL": "none",
+                                       "MOKSORI_REALTIME_TRANSCRIPTION_MODEL": "whisper-1"}))
+            front_url = f"ws://127.0.0.1:{fport}/v1/realtime?model=gpt-realtime&moksori_timeline=1"
+        turns = {"direct": (direct_turn, ws_url), "through": (ws_turn, front_url), "client": (client_turn, ws_url)}
+        rows = []
         for rep in range(args.reps):
             for name in NAMES[:args.utterances]:
-                for how, turn in (("direct", direct_turn), ("client", client_turn)):
-                    lat = await turn(ws_url, args.key, info[name])
+                for how in modes:
+                    turn, url = turns[how]
+                    lat, internal = await turn(url, args.key, info[name])
                     ms = None if lat is None else round(1000 * lat, 1)
-                    rows.append({"utterance": name, "rep": rep, "how": how, "latency_ms": ms})
-                    print(f"{name} rep {rep} {how:7s}: first audio {ms} ms after end of speech", file=sys.stderr)
+                    rows.append({"utterance": name, "rep": rep, "how": how, "latency_ms": ms, "front_ms": internal})
+                    extra = f" (front: upstream audio -> out in {internal} ms)" if internal is not None else ""
+                    print(f"{name} rep {rep} {how:7s}: first audio {ms} ms after end of speech{extra}", file=sys.stderr)
                     await asyncio.sleep(0.5)
     finally:
-        if proc is not None:
+        for proc in procs:
             os.killpg(proc.pid, 15)
             proc.wait(10)
     summary: dict = {"what": "end of speech -> first reply audio from one upstream (server VAD)",
-                     "cpu_count": os.cpu_count(), "loadavg_before": _loadavg}
-    for how in ("direct", "client"):
+                     "cpu_count": os.cpu_count(), "loadavg_before": _loadavg, "loadavg_after": list(os.getloadavg())}
+    for how in modes:
         lat = [r["latency_ms"] for r in rows if r["how"] == how and r["latency_ms"] is not None]
-        summary[how] = {"n": len(lat), "p50_ms": round(pct(lat, 0.5), 1), "p95_ms": round(pct(lat, 0.95), 1)}
-    pairs = {}
+        if lat:
+            summary[how] = {"n": len(lat), "p50_ms": round(pct(lat, 0.5), 1), "p95_ms": round(pct(lat, 0.95), 1)}
+    pairs: dict = {}
     for r in rows:
         pairs.setdefault((r["utterance"], r["rep"]), {})[r["how"]] = r["latency_ms"]
-    diffs = [p["client"] - p["direct"] for p in pairs.values() if p.get("client") is not None
-             and p.get("direct") is not None]
-    summary["client_minus_direct_p50_ms"] = round(pct(diffs, 0.5), 1)
+    for how in [m for m in modes if m != "direct"]:
+        diffs = [p[how] - p["direct"] for p in pairs.values() if p.get(how) is not None and p.get("direct") is not None]
+        if diffs:
+            summary[f"{how}_minus_direct"] = {"p50_ms": round(pct(diffs, 0.5), 1), "p95_ms": round(pct(diffs, 0.95), 1)}
+    front = [r["front_ms"] for r in rows if r["front_ms"] is not None]
+    if front:
+        summary["front_output_path"] = {"what": "upstream first audio -> the speaker's first chunk out, in the front",
+                                        "p50_ms": round(pct(front, 0.5), 2), "p95_ms": round(pct(front, 0.95), 2)}
     return {"summary": summary, "rows": rows}
 
 
@@ -150,6 +205,7 @@ def main() -> None:
     ap.add_argument("--key", default=os.environ.get("MOKSORI_REALTIME_API_KEY", "unused"))
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--utterances", type=int, default=len(NAMES))
+    ap.add_argument("--modes", default="direct,through,client", help="comma-separated: direct, through, client")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out = asyncio.run(run(args))
