@@ -357,6 +357,38 @@ async def test_a_slow_upstream_still_answers(front, faults):
         await ws.close()
 
 
+async def test_voice_live_client_through_the_realtime_brain(front, faults):
+    """The Azure Voice Live entry point (`/voice-live/realtime`, beta-shaped events) in front of a
+    GA upstream: Moksori speaks each side's dialect."""
+    from azure.ai.voicelive.aio import connect
+    from azure.ai.voicelive.models import Modality, RequestSession
+    from azure.core.credentials import AzureKeyCredential
+
+    async with connect(endpoint=f"http://127.0.0.1:{front.port}", credential=AzureKeyCredential("unused"),
+                       model="gpt-realtime") as conn:
+        async def recv() -> str:
+            return json.dumps((await conn.recv()).as_dict())
+
+        log = Log(recv)  # (its GA check does not apply to Voice Live's beta-shaped events: not asserted)
+        try:
+            await log.wait("session.created")
+            await conn.session.update(session=RequestSession(modalities=[Modality.TEXT, Modality.AUDIO],
+                                                             instructions="Be brief."))
+            await log.wait("session.updated")
+            await conn.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello?"}]}})
+            await conn.send({"type": "response.create"})
+            done = await log.wait("response.done", timeout=60)
+            assert done["response"]["status"] == "completed"
+            assert audio_s(log.of("response.audio.delta")) > 0.5  # the beta name on this path
+            text = "".join(e["delta"] for e in log.of("response.audio_transcript.delta"))
+            assert text.strip() == SHORT_REPLY
+        finally:
+            await log.close()
+    up = faults.connections[-1]
+    assert up.path.startswith("/v1/realtime") and "response.output_audio.delta" in up.server_types  # GA upstream
+
+
 # --------------------------------------------------------------------------- a phone call at 8 kHz
 
 
