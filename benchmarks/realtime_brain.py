@@ -1,6 +1,9 @@
 """The realtime brain's latency: end of speech -> first reply audio, against one upstream.
 
-Three ways to reach the same upstream, interleaved per utterance in one run:
+Three ways to reach the same upstream, interleaved per utterance in one run, against two upstreams:
+a scripted Realtime server (`moksori.testing.fake_realtime` over a socket: energy VAD, a tone at
+once; deterministic, so the difference is Moksori's own time) and a `moksori serve` with the
+embedded stack (realistic, but its own latency varies by hundreds of ms):
 
 * `direct`  — a plain `websockets` client speaking GA to the upstream (the baseline);
 * `through` — the same client talking to a Moksori whose brain is that upstream
@@ -11,9 +14,8 @@ Three ways to reach the same upstream, interleaved per utterance in one run:
 `through` also reports the front's own output path from its timeline: the upstream's first audio
 reaching the reply (`tts.first_audio`) -> the speaker's first chunk out (`agent.audio_started`).
 
-The upstream is a `moksori serve` started here on 127.0.0.1 (embedded stack), or `--url` (any
-GA Realtime server, e.g. another Moksori). The front is a `moksori serve` started here with the
-realtime brain. Speech: ../shared/speech/en/en_001..005, 24 kHz PCM16, streamed at real-time
+`--url` measures any GA Realtime server instead. The front is a `moksori serve` started here with
+the realtime brain. Speech: ../shared/speech/en/en_001..005, 24 kHz PCM16, streamed at real-time
 pace; server VAD decides the end of the turn. End of speech and the figure are on the client's
 clock, as in `server_latency.py`.
 
@@ -139,13 +141,28 @@ async def client_turn(ws_url: str, key: str, info: dict) -> tuple[float | None, 
     return None, None
 
 
-async def run(args) -> dict:  # noqa: ANN001
-    info = manifest()
+def start_fake(port: int) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "moksori.testing.fake_realtime", "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    line = proc.stdout.readline().decode()  # printed once it listens
+    if "fake realtime server" not in line:
+        raise SystemExit(f"the fake upstream did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+    return proc
+
+
+async def measure(args, upstream: str, info: dict) -> tuple[list[dict], dict]:  # noqa: ANN001
     procs: list[subprocess.Popen] = []
     modes = args.modes.split(",")
+    rows = []
     try:
-        if args.url:
+        if upstream == "url":
             base = args.url.rstrip("/")
+        elif upstream == "fake":
+            port = _free_port()
+            print(f"starting the scripted upstream (moksori.testing.fake_realtime) on 127.0.0.1:{port}...",
+                  file=sys.stderr)
+            procs.append(start_fake(port))
+            base = f"http://127.0.0.1:{port}"
         else:
             port = _free_port()
             print(f"starting moksori serve on 127.0.0.1:{port} (embedded stack) as the upstream...", file=sys.stderr)
@@ -161,23 +178,23 @@ async def run(args) -> dict:  # noqa: ANN001
                                        "MOKSORI_REALTIME_TRANSCRIPTION_MODEL": "whisper-1"}))
             front_url = f"ws://127.0.0.1:{fport}/v1/realtime?model=gpt-realtime&moksori_timeline=1"
         turns = {"direct": (direct_turn, ws_url), "through": (ws_turn, front_url), "client": (client_turn, ws_url)}
-        rows = []
         for rep in range(args.reps):
             for name in NAMES[:args.utterances]:
                 for how in modes:
                     turn, url = turns[how]
                     lat, internal = await turn(url, args.key, info[name])
                     ms = None if lat is None else round(1000 * lat, 1)
-                    rows.append({"utterance": name, "rep": rep, "how": how, "latency_ms": ms, "front_ms": internal})
+                    rows.append({"upstream": upstream, "utterance": name, "rep": rep, "how": how, "latency_ms": ms,
+                                 "front_ms": internal})
                     extra = f" (front: upstream audio -> out in {internal} ms)" if internal is not None else ""
-                    print(f"{name} rep {rep} {how:7s}: first audio {ms} ms after end of speech{extra}", file=sys.stderr)
+                    print(f"[{upstream}] {name} rep {rep} {how:7s}: first audio {ms} ms after end of speech{extra}",
+                          file=sys.stderr)
                     await asyncio.sleep(0.5)
     finally:
         for proc in procs:
             os.killpg(proc.pid, 15)
             proc.wait(10)
-    summary: dict = {"what": "end of speech -> first reply audio from one upstream (server VAD)",
-                     "cpu_count": os.cpu_count(), "loadavg_before": _loadavg, "loadavg_after": list(os.getloadavg())}
+    summary: dict = {}
     for how in modes:
         lat = [r["latency_ms"] for r in rows if r["how"] == how and r["latency_ms"] is not None]
         if lat:
@@ -193,6 +210,20 @@ async def run(args) -> dict:  # noqa: ANN001
     if front:
         summary["front_output_path"] = {"what": "upstream first audio -> the speaker's first chunk out, in the front",
                                         "p50_ms": round(pct(front, 0.5), 2), "p95_ms": round(pct(front, 0.95), 2)}
+    return rows, summary
+
+
+async def run(args) -> dict:  # noqa: ANN001
+    info = manifest()
+    ups = ["url"] if args.url else args.upstream.split(",")
+    summary: dict = {"what": "end of speech -> first reply audio from one upstream (server VAD)",
+                     "cpu_count": os.cpu_count(), "loadavg_before": _loadavg}
+    rows: list[dict] = []
+    for up in ups:
+        r, s = await measure(args, up, info)
+        rows += r
+        summary[up] = s
+    summary["loadavg_after"] = list(os.getloadavg())
     return {"summary": summary, "rows": rows}
 
 
@@ -206,6 +237,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--utterances", type=int, default=len(NAMES))
     ap.add_argument("--modes", default="direct,through,client", help="comma-separated: direct, through, client")
+    ap.add_argument("--upstream", default="fake,moksori",
+                    help="comma-separated: fake (a scripted server: replies at once, so only Moksori's own time "
+                         "differs), moksori (a moksori serve with the embedded stack)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out = asyncio.run(run(args))

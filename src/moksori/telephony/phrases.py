@@ -108,6 +108,8 @@ def stack_for_calls(stack: Stack) -> tuple[Stack, PhraseCacheTTS]:
 
 async def warm_phrases(stack: Stack, settings: Settings, tts: PhraseCacheTTS) -> None:
     """Synthesise the greeting and the goodbye once, before the first call needs them."""
+    if getattr(stack.tts, "standin", False):  # the realtime brain: the upstream speaks them
+        return
     language = settings.language if settings.language != "auto" else "en"
     greeting = settings.agent.greeting if settings.agent.greeting is not None else DEFAULT_GREETING
     texts = [greeting, settings.telephony.goodbye, TRANSFER_NOTICE]

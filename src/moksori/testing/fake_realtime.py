@@ -393,3 +393,55 @@ class FakeRealtimeServer:
 def _default_reply(sess: FakeSession) -> str:
     users = [t for r, t in sess.texts() if r == "user"]
     return f"Reply {sess.responses} in a conversation of {len(sess.items)} items; you said: {users[-1] if users else '-'}"
+
+
+# --------------------------------------------------------------------------- over a real socket
+
+
+async def serve_websocket(server: FakeRealtimeServer, host: str = "127.0.0.1", port: int = 0) -> Any:
+    """Serve `server` as a WebSocket Realtime endpoint (any path, any key): a deterministic upstream
+    for benchmarks, where the real upstream's own latency would drown what is measured. Returns the
+    `websockets` server (`.sockets[0].getsockname()[1]` is the port; `close()` to stop)."""
+    from websockets.asyncio.server import serve
+
+    async def handle(ws: Any) -> None:
+        conn = await server.connector(None, None, max_message_bytes=16 * 1024 * 1024)  # type: ignore[arg-type]
+
+        async def downstream() -> None:
+            while True:
+                await ws.send(await conn.recv())
+
+        pump = asyncio.get_running_loop().create_task(downstream())
+        try:
+            async for msg in ws:
+                await conn.send(msg if isinstance(msg, str) else msg.decode())
+        except Exception:  # noqa: BLE001 - the client went away
+            pass
+        finally:
+            conn.abort()
+            pump.cancel()
+
+    return await serve(handle, host, port, max_size=None)
+
+
+def main() -> None:  # python -m moksori.testing.fake_realtime --port 8765
+    import argparse
+
+    ap = argparse.ArgumentParser(description="A scripted Realtime (GA) server on loopback: replies with a tone.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--reply-ms", type=int, default=1500)
+    ap.add_argument("--silence-ms", type=int, default=500)
+    args = ap.parse_args()
+
+    async def run() -> None:
+        srv = await serve_websocket(FakeRealtimeServer(reply_ms=args.reply_ms, silence_ms=args.silence_ms),
+                                    args.host, args.port)
+        print(f"fake realtime server on ws://{args.host}:{args.port}/v1/realtime", flush=True)
+        await srv.serve_forever()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,12 @@ MAX_IDS = 4000  # id mappings kept (a long call has a few hundred items)
 RING_S = 1.5  # recent input kept for the prefix padding (moksori turns)
 
 
+def _trim(table: dict[Any, Any], keep: int = 64) -> None:
+    """Forget the oldest entries (speech the upstream never committed, and the like)."""
+    while len(table) > keep:
+        table.pop(next(iter(table)))
+
+
 def _language(text: str, fallback: str) -> str:
     if any("\uac00" <= ch <= "\ud7a3" or "\u3131" <= ch <= "\u318e" for ch in text):
         return "ko"
@@ -270,7 +276,7 @@ class RealtimeSession(Session):
             return
         since = max(onset - self.cfg.turn.prefix_padding_ms / 1000, self._forwarded_until)
         for t_end, frame in self._ring:
-            if t_end - len(frame) / frame.rate >= since - 1e-6 or t_end > since + 0.01:
+            if t_end > since:
                 self._op(self.upstream.append_audio, frame)
         self._forwarding = True
         self._forwarded_until = self.clock.now()
@@ -345,8 +351,8 @@ class RealtimeSession(Session):
         text = spec.transcript.text if spec.transcript is not None else ""
         self._local_text[spec.item_id] = text
         self._audio_s[spec.item_id] = len(spec.audio) / 16000 if spec.audio is not None else spec.audio_s
-        while len(self._local_text) > 64:
-            self._local_text.pop(next(iter(self._local_text)))
+        _trim(self._local_text)
+        _trim(self._audio_s)
         super()._on_user_committed(spec)
         if spec.item_id in self._transcripts:
             item = self.memory.get(spec.item_id)
@@ -601,6 +607,8 @@ class RealtimeSession(Session):
         item_id = self._specs.item_id(turn_id)
         self._up_turn[e.item_id] = turn_id
         self._speech_ms[e.item_id] = e.audio_start_ms
+        for table in (self._up_turn, self._speech_ms, self._stopped_at, self._audio_s):
+            _trim(table)
         self._link(e.item_id, item_id)
         onset = self._input_time(e.audio_start_ms)
         self._idle.disarm()
