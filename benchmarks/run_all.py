@@ -34,6 +34,7 @@ RUNS = [
     ("store_throughput", ["store_throughput.py"]),
     ("cluster", ["cluster.py", "--reps", "2"]),
     ("load", ["load.py", "--levels", "1,2,4,8,12", "--window", "60"]),
+    ("realtime_brain", ["realtime_brain.py", "--reps", "3", "--modes", "direct,through"]),
 ]
 
 ENGINE_STAGES = (("stt_done", "STT done"), ("eot_done", "end-of-turn model"), ("turn_end", "turn ended"),
