@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -400,7 +401,7 @@ async def test_twilio_call_with_the_realtime_brain(front, faults):
     from moksori.telephony.signatures import make_stream_token
 
     call_id = "CA" + "b" * 32
-    tok = make_stream_token(STREAM_SECRET.encode(), call_id, now=int(time.time()))
+    tok = make_stream_token(STREAM_SECRET.encode(), call_id, carrier="twilio", now=int(time.time()))
     url = f"ws://127.0.0.1:{front.port}/telephony/twilio/stream"
     n_conn = len(faults.connections)
     async with CarrierSim.connect(url, call_id=call_id, params={"token": tok}) as call:
@@ -418,8 +419,8 @@ async def test_twilio_call_with_the_realtime_brain(front, faults):
     update = next(e for e in up.client_events if e["type"] == "session.update")
     fmt = update["session"]["audio"]
     assert fmt["input"]["format"] == {"type": "audio/pcmu"} and fmt["output"]["format"] == {"type": "audio/pcmu"}
-    calls = json.loads(subprocess.run(["curl", "-s", f"{front.url}/telephony/debug/calls"], capture_output=True,
-                                      text=True, timeout=10).stdout)
+    with urllib.request.urlopen(f"{front.url}/telephony/debug/calls", timeout=10) as r:  # noqa: S310 - loopback
+        calls = json.load(r)
     summary = next(c for c in calls["recent"] if c["call_id"] == call_id)
     roles = [m["role"] for m in summary["memory"] if m["type"] == "message"]
     assert roles[:3] == ["assistant", "user", "assistant"], summary["memory"]
