@@ -393,39 +393,68 @@ async def test_voice_live_client_through_the_realtime_brain(front, faults):
 # --------------------------------------------------------------------------- a phone call at 8 kHz
 
 
-async def test_twilio_call_with_the_realtime_brain(front, faults):
+async def _call_turn(front: ServerProcess, carrier: str, call_id: str, *, query: str = "",
+                     params: dict[str, str] | None = None) -> tuple[float, float]:
     from carrier_sim import CarrierSim
 
     from moksori.audio.frames import Frame
+    from moksori.audio.resample import resample
     from moksori.audio.wav import load_audio
+
+    url = f"ws://127.0.0.1:{front.port}/telephony/{carrier}/stream{query}"
+    async with CarrierSim.connect(url, dialect=carrier, call_id=call_id, stream_id=f"stream-{carrier}",
+                                  params=params or {}) as call:
+        await call.start()
+        await call.wait_audio(timeout=60)  # the greeting, said by the upstream
+        await call.wait_quiet(quiet_s=0.5, timeout=60)
+        audio = load_audio(utt("tel_001").path_8k)
+        if call.rate != 8000:
+            audio = resample(audio, call.rate)
+        stamps = await call.speak(audio)
+        await call.speak(Frame.silence(1.5, call.rate))
+        reply_at = await call.wait_audio(after=stamps[-1], timeout=90)
+        await call.wait_quiet(quiet_s=0.5, timeout=90)
+        await call.hang_up()
+    return stamps[-1], reply_at
+
+
+async def test_the_four_carriers_with_the_realtime_brain(front, faults):
+    """Twilio, Telnyx and Plivo (μ-law 8 kHz: G.711 goes upstream as it came, and comes back as
+    G.711) and Vonage (L16 16 kHz: 24 kHz PCM upstream), one call each, at once."""
+    from speech import word_errors
+
     from moksori.telephony.signatures import make_stream_token
 
-    call_id = "CA" + "b" * 32
-    tok = make_stream_token(STREAM_SECRET.encode(), call_id, carrier="twilio", now=int(time.time()))
-    url = f"ws://127.0.0.1:{front.port}/telephony/twilio/stream"
+    def tok(call_id: str, carrier: str) -> str:
+        return make_stream_token(STREAM_SECRET.encode(), call_id, carrier=carrier, now=int(time.time()))
+
+    ids = {"twilio": "CA" + "b" * 32, "telnyx": "v3:telnyx-brain-0001",
+           "plivo": "2ed7fd89-df77-4ebf-8196-d5cf7222c918", "vonage": "73f61863-4a51-4f6b-86e1-46edebcf9356"}
     n_conn = len(faults.connections)
-    async with CarrierSim.connect(url, call_id=call_id, params={"token": tok}) as call:
-        await call.start()
-        await call.wait_audio(timeout=30)  # the greeting, said by the upstream
-        await call.wait_quiet(quiet_s=0.5, timeout=30)
-        audio = load_audio(utt("tel_001").path_8k)
-        stamps = await call.speak(audio)
-        await call.speak(Frame.silence(1.5, 8000))
-        reply_at = await call.wait_audio(after=stamps[-1], timeout=60)
-        await call.wait_quiet(quiet_s=0.5, timeout=60)
-        await call.hang_up()
-    assert reply_at > stamps[-1]
-    up = faults.connections[n_conn]
-    update = next(e for e in up.client_events if e["type"] == "session.update")
-    fmt = update["session"]["audio"]
-    assert fmt["input"]["format"] == {"type": "audio/pcmu"} and fmt["output"]["format"] == {"type": "audio/pcmu"}
+    results = await asyncio.gather(
+        _call_turn(front, "twilio", ids["twilio"], params={"token": tok(ids["twilio"], "twilio")}),
+        _call_turn(front, "telnyx", ids["telnyx"], params={"token": tok(ids["telnyx"], "telnyx")}),
+        _call_turn(front, "plivo", ids["plivo"], query=f"?token={tok(ids['plivo'], 'plivo')}",
+                   params={"from": "15550001111"}),
+        _call_turn(front, "vonage", ids["vonage"], params={"token": tok(ids["vonage"], "vonage"), "from": "15550002222"}),
+    )
+    for (spoke, reply_at) in results:
+        assert reply_at > spoke
+    formats = []
+    for up in faults.connections[n_conn:]:
+        update = next(e for e in up.client_events if e["type"] == "session.update")
+        audio = update["session"]["audio"]
+        formats.append((audio["input"]["format"]["type"], audio["output"]["format"]["type"]))
+    assert sorted(formats) == [("audio/pcm", "audio/pcm")] + [("audio/pcmu", "audio/pcmu")] * 3
     with urllib.request.urlopen(f"{front.url}/telephony/debug/calls", timeout=10) as r:  # noqa: S310 - loopback
         calls = json.load(r)
-    summary = next(c for c in calls["recent"] if c["call_id"] == call_id)
-    roles = [m["role"] for m in summary["memory"] if m["type"] == "message"]
-    assert roles[:3] == ["assistant", "user", "assistant"], summary["memory"]
-    users = [m["text"] for m in summary["memory"] if m["role"] == "user"]
-    assert users[0].strip()  # the upstream's transcript of the caller
+    for carrier, call_id in ids.items():
+        summary = next(c for c in calls["recent"] if c["call_id"] == call_id)
+        messages = [(m["role"], m["text"]) for m in summary["memory"] if m["type"] == "message"]
+        assert [r for r, _ in messages[:3]] == ["assistant", "user", "assistant"], (carrier, messages)
+        errors, n = word_errors(utt("tel_001").transcript, messages[1][1])  # the upstream's transcript
+        assert errors / n <= 0.3, (carrier, messages)
+        assert messages[2][1] == SHORT_REPLY
 
 
 # --------------------------------------------------------------------------- the CLIs
