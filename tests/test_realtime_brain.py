@@ -493,6 +493,47 @@ def test_chat_text_and_converse_with_the_realtime_brain(proxy, data_dir, tmp_pat
     assert fast.returncode != 0 and "--fast needs MOKSORI_BRAIN=pipeline" in fast.stderr
 
 
+def test_moksori_turn_taking_with_a_real_upstream(proxy, data_dir, tmp_path):
+    """MOKSORI_REALTIME_TURN_DETECTION=moksori: Silero, smart-turn and the transcript cue (local
+    Whisper) end the turn; the upstream's VAD is off and gets only the turn's audio, a commit and
+    a response.create; the user's words in history are the upstream's."""
+    import os
+
+    from moksori.audio.frames import Frame
+    from moksori.audio.wav import write_wav
+
+    n_conn = len(proxy.connections)
+    env = {**os.environ, **brain_env(proxy, data_dir), "MOKSORI_REALTIME_TURN_DETECTION": "moksori"}
+    wav = tmp_path / "in.wav"
+    pcm = speech(rate=16000, pad_s=1.0)
+    write_wav(wav, Frame(np.concatenate([np.zeros(16000 * 3, np.int16), pcm]), 16000))  # 3 s of silence first
+    timeline = tmp_path / "timeline.jsonl"
+    out = subprocess.run([sys.executable, "-m", "moksori", "converse", str(wav), "--out", str(tmp_path / "o.wav"),
+                          "--timeline", str(timeline), "--max-tail", "20"], capture_output=True, text=True,
+                         timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in timeline.read_text().splitlines()]
+    ended = [e for e in events if e["type"] == "user.turn_ended"]
+    assert ended and ended[0]["reason"] in ("model", "text", "max_pause", "silence")
+    assert any(e["type"] == "stt.finished" and "thousand" in e["text"].lower() for e in events)  # the cue's STT
+    tr = next(e for e in events if e["type"] == "user.transcript")
+    assert "thousand" in tr["text"].lower()
+    done = next(e for e in events if e["type"] == "agent.response_done")
+    assert done["generated_text"] == SHORT_REPLY
+    started = next(e for e in events if e["type"] == "agent.response_started")
+    assert started["t"] >= ended[0]["t"]  # nothing before the turn was certain
+    up = proxy.connections[n_conn]
+    update = next(e for e in up.client_events if e["type"] == "session.update")
+    assert update["session"]["audio"]["input"]["turn_detection"] is None
+    kinds = [t for t in up.client_types() if t != "input_audio_buffer.append"]
+    assert kinds[:3] == ["session.update", "input_audio_buffer.commit", "response.create"], kinds
+    # (the proxy keeps "<N b64 chars>" for each append: N * 3/4 bytes of 24 kHz PCM16)
+    sent_s = sum(int(e["audio"].strip("<").split()[0]) * 3 / 4 / 48000 for e in up.client_events
+                 if e["type"] == "input_audio_buffer.append")
+    print(f"\nuploaded {sent_s:.2f} s of the caller's {len(pcm) / 16000 + 3:.2f} s (and the silence after)")
+    assert 1.0 < sent_s < 4.0  # the turn (from its onset less the padding to its end), not the silence
+
+
 # --------------------------------------------------------------------------- the browser app
 
 
