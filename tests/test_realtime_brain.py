@@ -390,6 +390,27 @@ async def test_voice_live_client_through_the_realtime_brain(front, faults):
     assert up.path.startswith("/v1/realtime") and "response.output_audio.delta" in up.server_types  # GA upstream
 
 
+async def test_an_upstream_that_never_comes_back_ends_the_connection_with_an_error(front, faults):
+    from websockets.asyncio.client import connect
+
+    faults.refuse = 1000  # every handshake answered 503: the brain tries its 8 times, then gives up
+    t0 = time.monotonic()
+    async with connect(f"ws://127.0.0.1:{front.port}/v1/realtime?model=gpt-realtime&moksori_timeline=1") as ws:
+        log = Log(ws.recv)
+        try:
+            await log.wait("session.created")
+            failed = await log.wait("brain.upstream_failed", timeline=True, timeout=90)
+            assert failed["reason"] == "gave_up"
+            err = await log.wait("error", pred=lambda e: e["error"]["code"] == "upstream_failed")
+            assert "upstream" in err["error"]["message"]
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 1011
+        finally:
+            await log.close()
+    print(f"\ngave up after {time.monotonic() - t0:.1f} s")
+    assert len(log.timeline("brain.reconnecting")) >= 6
+
+
 # --------------------------------------------------------------------------- a phone call at 8 kHz
 
 
