@@ -1,6 +1,14 @@
-"""A client of a speech-to-speech upstream (OpenAI Realtime GA, Azure Voice Live, another
-Moksori) for the realtime brain: typed events out, clamped truncates, timeouts, reconnects with
-re-seeding. See `client.RealtimeUpstream` and docs/ARCHITECTURE.md ("Realtime brain: the upstream").
+"""The realtime brain: a speech-to-speech upstream (OpenAI Realtime GA, Azure Voice Live, another
+Moksori) hears and speaks behind Moksori's own session.
+
+* `client.RealtimeUpstream`: the upstream client (typed events out, clamped truncates, timeouts,
+  reconnects with re-seeding);
+* `session.RealtimeSession` and `reply.UpstreamReply`: the engine's `Session` with its reply part
+  swapped for the upstream (open one with `moksori.brains.open_session`);
+* `providers`: what the stack holds instead of local LLM/TTS models (`RealtimeLLM`: the upstream
+  as a text model).
+
+See docs/ARCHITECTURE.md ("Two brains, one session").
 """
 
 from . import events

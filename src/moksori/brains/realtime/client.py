@@ -84,6 +84,11 @@ class RealtimeUpstream:
         return self._live
 
     @property
+    def failure(self) -> ev.UpstreamFailed | None:
+        """Set once the client gave up (the last event it emitted)."""
+        return self._failed
+
+    @property
     def conn(self) -> int:
         return self.proto.conn
 

@@ -115,7 +115,7 @@ class RealtimeLLM(LLM):
             self._up = None
 
     async def _client(self) -> RealtimeUpstream:
-        if self._up is not None and self._up._failed is not None:
+        if self._up is not None and self._up.failure is not None:
             await self._up.close()
             self._up, self._mirror = None, []
         if self._up is None:

@@ -206,8 +206,9 @@ class RealtimeSession(Session):
         """Wait until the upstream is connected and configured; `ProviderError` if it cannot be."""
         async def live() -> None:
             while not self.upstream.connected:
-                if self._failed or self.upstream._failed is not None:
-                    detail = self.upstream._failed.detail if self.upstream._failed else "failed"
+                failure = self.upstream.failure
+                if self._failed or failure is not None:
+                    detail = failure.detail if failure is not None else "failed"
                     raise ProviderError(f"the realtime upstream is not available: {detail}", retryable=False,
                                         provider="realtime")
                 await asyncio.sleep(0.02)
