@@ -180,6 +180,45 @@ def test_moksori_turns_a_noise_with_no_words_is_not_sent_as_a_turn():
     assert [e.text for e in rec.of(E.UserTranscript)] == [""]
 
 
+def test_a_transcript_that_never_comes_falls_back_to_the_local_words_in_time():
+    server = FakeRealtimeServer(reply_ms=600, transcript_delay_s=30)  # far too late
+    server.transcripts.append("upstream words")
+
+    async def main():
+        s = make(server, who="moksori", stt=ScriptedSTT(["local words."]))
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(12.0, rate=R)])
+        await settle(s, 5)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    tr, = rec.of(E.UserTranscript)
+    ended = rec.of(E.UserTurnEnded)[0]
+    assert tr.text == "local words." and 7.9 < tr.t - ended.t < 8.5  # after the 8 s wait, not never
+    reply = done(rec)[0]
+    assert reply.status == "completed" and reply.t >= tr.t  # the reply's record waits for the turn's
+    assert s.memory.items[0].text == "local words."
+
+
+def test_without_upstream_transcription_the_turn_has_no_words_at_once():
+    server = FakeRealtimeServer(reply_ms=600)
+
+    async def main():
+        s = make(server, transcription="")
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(3.0, rate=R)])
+        await settle(s, 5)
+        await s.close()
+        return rec
+
+    rec = run_virtual(main())
+    assert server.sessions[0].session["audio"]["input"]["transcription"] is None
+    tr, = rec.of(E.UserTranscript)
+    assert tr.text == "" and tr.t == rec.of(E.UserTurnEnded)[0].t
+    assert done(rec, "completed")
+
+
 def test_manual_turns_commit_upstream_when_the_client_commits():
     server = FakeRealtimeServer(reply_ms=600)
     server.transcripts.append("typed by voice")

@@ -62,27 +62,14 @@ from .client import RealtimeUpstream
 from .options import SessionOptions, UpstreamOptions
 from .reply import UpstreamReply
 from .transport import Connector
+from .words import IdMap, UserWords, language_of, trim
 
 log = logging.getLogger("moksori.brains.realtime")
 
 __all__ = ["RealtimeSession", "Who"]
 
 Who = Literal["upstream", "moksori"]
-TRANSCRIPT_WAIT_S = 8.0  # after a commit, how long the upstream's transcript is waited for
-MAX_IDS = 4000  # id mappings kept (a long call has a few hundred items)
 RING_S = 1.5  # recent input kept for the prefix padding (moksori turns)
-
-
-def _trim(table: dict[Any, Any], keep: int = 64) -> None:
-    """Forget the oldest entries (speech the upstream never committed, and the like)."""
-    while len(table) > keep:
-        table.pop(next(iter(table)))
-
-
-def _language(text: str, fallback: str) -> str:
-    if any("\uac00" <= ch <= "\ud7a3" or "\u3131" <= ch <= "\u318e" for ch in text):
-        return "ko"
-    return "en" if any(ch.isascii() and ch.isalpha() for ch in text) else fallback
 
 
 class RealtimeSession(Session):
@@ -102,8 +89,7 @@ class RealtimeSession(Session):
         self._options = replace(upstream, session=self._session_options(self.cfg, upstream.session))
         self.upstream = RealtimeUpstream(self._options, connector=connector)
         self._ops: asyncio.Queue[Callable[[], Awaitable[Any]] | None] = asyncio.Queue()
-        self._local_of: OrderedDict[str, str] = OrderedDict()  # upstream item id -> ours
-        self._up_of: OrderedDict[str, str] = OrderedDict()  # our item id -> upstream's
+        self._ids = IdMap()
         # our assistant item -> (its upstream audio items with their first sample, samples in all)
         self._audio_items: OrderedDict[str, tuple[list[tuple[str, int]], int]] = OrderedDict()
         self._awaiting: deque[UpstreamReply] = deque()  # replies asked for, in order, not started yet
@@ -115,12 +101,9 @@ class RealtimeSession(Session):
         self._up_turn: dict[str, int] = {}  # upstream speech item -> our turn id (upstream VAD)
         self._speech_ms: dict[str, int] = {}  # upstream speech item -> where it started (ms)
         self._stopped_at: dict[str, float] = {}
-        self._audio_s: dict[str, float] = {}  # our user item -> seconds of its audio
         self._pending_commits: deque[tuple[str, int]] = deque()  # (our item, turn) committed by us, not echoed
-        self._transcripts: dict[str, tuple[int | None, float, asyncio.Event]] = {}  # our item -> waiting for its words
-        self._turn_item: dict[int, str] = {}  # turn id -> our user item, while its transcript is awaited
-        self._local_text: dict[str, str] = {}  # our item -> the local STT's words (moksori turns)
-        self._partial: dict[str, str] = {}
+        self._words = UserWords(self._ctx, upstream_transcribes=lambda: self.transcription,
+                                local_words_coming=lambda: self._turn_mode() == "moksori", on_words=self._on_words)
         self._ring: deque[tuple[float, Frame]] = deque()
         self._forwarding = False
         self._forwarded_until = 0.0
@@ -221,19 +204,6 @@ class RealtimeSession(Session):
             except Exception:  # noqa: BLE001 - a bug here must cost one event, not the session
                 log.exception("session %s: upstream event %s failed", self.id, type(e).__name__)
 
-    def _link(self, upstream_id: str, local_id: str) -> None:
-        self._local_of[upstream_id] = local_id
-        self._up_of[local_id] = upstream_id
-        for table in (self._local_of, self._up_of):
-            while len(table) > MAX_IDS:
-                table.popitem(last=False)
-
-    def _up(self, local_id: str | None) -> str | None:
-        return None if local_id is None else self._up_of.get(local_id, local_id)
-
-    def _local(self, upstream_id: str | None) -> str | None:
-        return None if upstream_id is None else self._local_of.get(upstream_id)
-
     def _input_time(self, ms: int) -> float:
         """Session time of a position on the current connection's input axis."""
         sent = self.upstream.proto.ring.sent_ms
@@ -301,14 +271,14 @@ class RealtimeSession(Session):
             return
         self._forwarding = False
         item_id = self._specs.item_id(a.turn_id)
-        words = self._local_text.get(item_id)
+        words = self._words.local_text(item_id)
         if words is not None and not words.strip():
             # the local transcript is in and holds no words: a noise, not a turn (the pipeline
             # brain would not answer it either); the upstream forgets that audio
             self._op(self.upstream.clear_input)
             self._add_user_item(a.turn_id, item_id)
-            self._transcripts[item_id] = (a.turn_id, self.clock.now(), asyncio.Event())
-            self._finish_transcript(item_id, "")
+            self._words.expect(item_id, a.turn_id)
+            self._words.finish(item_id, "")
             return
         self._commit(a.turn_id, item_id, respond=self.cfg.turn.create_response)
 
@@ -330,10 +300,10 @@ class RealtimeSession(Session):
     def _commit(self, turn_id: int, item_id: str, *, respond: bool) -> None:
         """Our turn is over: the user item goes into memory now (its words come later), the
         upstream commits the audio, and (moksori turns) a reply is asked for."""
-        self._add_user_item(turn_id, item_id, text=self._local_text.get(item_id, ""))
+        self._add_user_item(turn_id, item_id, text=self._words.local_text(item_id) or "")
         self._pending_commits.append((item_id, turn_id))
         self._op(self.upstream.commit)
-        self._expect_transcript(item_id, turn_id)
+        self._words.expect(item_id, turn_id)
         if respond:
             self._responses.start(self._responses.options(), turn_id, self._reply_language(), release=True)
         self._update_state()
@@ -341,7 +311,7 @@ class RealtimeSession(Session):
     def _add_user_item(self, turn_id: int, item_id: str, *, text: str = "", after: str | None = None) -> None:
         mem = self.memory
         if mem.get(item_id) is None:
-            lang = _language(text, self.last_language) if text else self.last_language
+            lang = language_of(text, self.last_language) if text else self.last_language
             mem.add(Item(id=item_id, role="user", text=text, audio=True, language=lang), after=after)
         self.publish(E.UserCommitted(t=self.clock.now(), turn_id=turn_id, item_id=item_id,
                                      previous_item_id=mem.previous_id(item_id)))
@@ -350,74 +320,24 @@ class RealtimeSession(Session):
         """The local STT's words of a turn (moksori turns): they settle the interruption and are
         the fallback transcript."""
         text = spec.transcript.text if spec.transcript is not None else ""
-        self._local_text[spec.item_id] = text
-        self._audio_s[spec.item_id] = len(spec.audio) / 16000 if spec.audio is not None else spec.audio_s
-        _trim(self._local_text)
-        _trim(self._audio_s)
         super()._on_user_committed(spec)
-        if spec.item_id in self._transcripts:
-            item = self.memory.get(spec.item_id)
-            if item is not None and not item.text:
-                item.text = text
-            if not self.transcription:
-                self._finish_transcript(spec.item_id, text)
+        self._words.set_local(spec.item_id, text, len(spec.audio) / 16000 if spec.audio is not None else spec.audio_s)
 
     def _reply_language(self) -> str:
         return self.cfg.language if self.cfg.language != "auto" else self.last_language
 
     # ================================================================== transcripts
 
-    def _expect_transcript(self, item_id: str, turn_id: int | None) -> None:
-        self._transcripts[item_id] = (turn_id, self.clock.now(), asyncio.Event())
-        if turn_id is not None:
-            self._turn_item[turn_id] = item_id
-        if not self.transcription:
-            if self._turn_mode() != "moksori" or item_id in self._local_text:
-                self._finish_transcript(item_id, self._local_text.get(item_id, ""))
-            return
-        self.spawn(self._transcript_deadline(item_id), f"transcript-{item_id}")
+    def _on_words(self, item_id: str, text: str) -> None:
+        """A user item's words are known: a reconnect re-seeds them as text, not its audio."""
+        up = self._ids.up_known(item_id)
+        rec = self.upstream.proto.conv.get(up) if up is not None else None
+        if rec is not None and text and not rec.text:
+            rec.text, rec.final, rec.user_audio = text, True, None
 
-    async def _transcript_deadline(self, item_id: str) -> None:
-        await self.clock.sleep(TRANSCRIPT_WAIT_S)
-        if item_id in self._transcripts:
-            log.info("session %s: no upstream transcript for %s after %g s", self.id, item_id, TRANSCRIPT_WAIT_S)
-            self._finish_transcript(item_id, self._local_text.get(item_id, ""))
-
-    def _finish_transcript(self, item_id: str, text: str) -> None:
-        pending = self._transcripts.pop(item_id, None)
-        if pending is None:
-            return
-        turn_id, since, done = pending
-        if turn_id is not None and self._turn_item.get(turn_id) == item_id:
-            del self._turn_item[turn_id]
-        lang = self.cfg.language if self.cfg.language != "auto" else _language(text, self.last_language)
-        item = self.memory.get(item_id)
-        if item is not None:
-            item.text, item.language = text, lang
-        if text.strip():
-            self._ctx.last_language = lang
-        audio_s = self._audio_s.pop(item_id, None)
-        self.publish(E.UserTranscript(t=self.clock.now(), turn_id=turn_id, item_id=item_id, text=text, language=lang,
-                                      final=True, audio_s=round(audio_s, 3) if audio_s else None))
-        self._partial.pop(item_id, None)
-        if item is not None:
-            up = self._up_of.get(item_id)
-            if up is not None and text and self.upstream.proto.conv.get(up) is not None:
-                rec = self.upstream.proto.conv.get(up)
-                if rec is not None and not rec.text:
-                    rec.text, rec.final, rec.user_audio = text, True, None  # re-seed our words, not the audio
-        done.set()
-
-    async def transcript_of(self, turn_id: int | None, timeout: float = TRANSCRIPT_WAIT_S) -> None:
+    async def transcript_of(self, turn_id: int | None) -> None:
         """Wait (bounded) until the transcript of turn `turn_id` is published."""
-        item_id = self._turn_item.get(turn_id) if turn_id is not None else None
-        pending = self._transcripts.get(item_id) if item_id is not None else None
-        if pending is None:
-            return
-        try:
-            await asyncio.wait_for(pending[2].wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self._words.wait(turn_id)
 
     # ================================================================== replies
 
@@ -488,7 +408,7 @@ class RealtimeSession(Session):
 
     def add_item(self, item: Item, *, after: str | None = None) -> Item:
         item = super().add_item(item, after=after)
-        prev = "root" if after == "root" else self._up(self.memory.previous_id(item.id))
+        prev = "root" if after == "root" else self._ids.up(self.memory.previous_id(item.id))
         if item.type == "message":
             if item.role == "assistant" or item.text or item.role == "system":
                 self._op(self.upstream.add_message, item.role, item.text, item_id=item.id, previous_item_id=prev)
@@ -501,7 +421,7 @@ class RealtimeSession(Session):
     def delete_item(self, item_id: str) -> bool:
         ok = super().delete_item(item_id)
         if ok:
-            up = self._up(item_id)
+            up = self._ids.up(item_id)
             if up is not None and self.upstream.proto.conv.get(up) is not None:
                 self._op(self.upstream.delete_item, up)
         return ok
@@ -541,16 +461,15 @@ class RealtimeSession(Session):
             case ev.UserTranscriptDelta():
                 self._transcript_delta(e)
             case ev.UserTranscript():
-                local = self._local(e.item_id)
+                local = self._ids.local(e.item_id)
                 if local is not None:
-                    text = e.text if not e.failed else self._local_text.get(local, "")
-                    self._finish_transcript(local, text)
+                    self._words.upstream(local, e.text, failed=e.failed)
             case ev.ResponseStarted():
                 self._response_started(e)
             case ev.FunctionCall():
                 r = self._by_upstream.get(e.response_id)
                 if r is not None:
-                    self._link(e.item_id, r.on_function_call(e))
+                    self._ids.link(e.item_id, r.on_function_call(e))
             case ev.ResponseDone():
                 r = self._by_upstream.pop(e.response_id, None)
                 if r is not None:
@@ -580,8 +499,8 @@ class RealtimeSession(Session):
                 self._upstream_failed(e)
 
     def _claim(self, reply: UpstreamReply, upstream_item: str) -> None:
-        if upstream_item not in self._local_of:
-            self._link(upstream_item, reply.item_id)
+        if not self._ids.knows(upstream_item):
+            self._ids.link(upstream_item, reply.item_id)
 
     def _response_started(self, e: ev.ResponseStarted) -> None:
         reply = self._awaiting.popleft() if self._awaiting else None
@@ -608,9 +527,9 @@ class RealtimeSession(Session):
         item_id = self._specs.item_id(turn_id)
         self._up_turn[e.item_id] = turn_id
         self._speech_ms[e.item_id] = e.audio_start_ms
-        for table in (self._up_turn, self._speech_ms, self._stopped_at, self._audio_s):
-            _trim(table)
-        self._link(e.item_id, item_id)
+        for table in (self._up_turn, self._speech_ms, self._stopped_at):
+            trim(table)
+        self._ids.link(e.item_id, item_id)
         onset = self._input_time(e.audio_start_ms)
         self._idle.disarm()
         self._up_user = "speaking"
@@ -630,7 +549,7 @@ class RealtimeSession(Session):
         start = self._speech_ms.pop(e.item_id, None)
         if start is not None:
             pad = self._options.session.prefix_padding_ms
-            self._audio_s[self._specs.item_id(turn_id)] = max(0, e.audio_end_ms - start + pad) / 1000
+            self._words.set_audio_s(self._specs.item_id(turn_id), max(0, e.audio_end_ms - start + pad) / 1000)
         self._up_user = "paused"
         self.publish(E.UserSpeechStopped(t=t, turn_id=turn_id, item_id=self._specs.item_id(turn_id)))
         self._update_state()
@@ -646,7 +565,7 @@ class RealtimeSession(Session):
             return
         if self._pending_commits:  # ours (moksori or manual turns): already in memory
             item_id, turn_id = self._pending_commits.popleft()
-            self._link(up, item_id)
+            self._ids.link(up, item_id)
             if self.memory.get(item_id) is None:  # an explicit commit while the upstream's VAD runs
                 self._end_upstream_turn(up, turn_id, item_id, reason="commit", previous=e.previous_item_id)
             return
@@ -657,28 +576,23 @@ class RealtimeSession(Session):
                                 previous=e.previous_item_id)
 
     def _end_upstream_turn(self, up: str, turn_id: int, item_id: str, *, reason: str, previous: str | None) -> None:
-        self._link(up, item_id)
+        self._ids.link(up, item_id)
         now = self.clock.now()
         stopped = self._stopped_at.pop(up, None)
         self._up_user = "idle"
         self.publish(E.UserTurnEnded(t=now, turn_id=turn_id, item_id=item_id, reason=reason,
                                      silence_ms=round(1000 * (now - stopped)) if stopped is not None else None))
-        after = self._local(previous)
+        after = self._ids.local(previous)
         self._add_user_item(turn_id, item_id, after=after if after is not None and self.memory.get(after) else None)
         self._interruptions.settle(turn_id, True)
         self._answering = turn_id
-        self._expect_transcript(item_id, turn_id)
+        self._words.expect(item_id, turn_id)
         self._update_state()
 
     def _transcript_delta(self, e: ev.UserTranscriptDelta) -> None:
-        local = self._local(e.item_id)
-        if local is None or not e.delta:
-            return
-        text = self._partial.get(local, "") + e.delta
-        self._partial[local] = text
-        turn_id = self._transcripts.get(local, (None,))[0]
-        self.publish(E.UserTranscriptDelta(t=self.clock.now(), turn_id=turn_id if turn_id is not None else -1,
-                                           item_id=local, text=text, language=_language(text, self.last_language)))
+        local = self._ids.local(e.item_id)
+        if local is not None and e.delta:
+            self._words.delta(local, e.delta)
 
     def _user_activity(self) -> str:
         if self._turn_mode() == "upstream":
@@ -700,7 +614,7 @@ class RealtimeSession(Session):
     def _truncate_rejected(self, e: ev.TruncateRejected) -> None:
         """The upstream kept the whole item although the user heard only part of it. The model
         must not believe it said what nobody heard: replace its copy with the heard words."""
-        local = self._local(e.item_id) or e.item_id
+        local = self._ids.local(e.item_id) or e.item_id
         self.publish(E.BrainTruncateRejected(t=self.clock.now(), item_id=local, heard_ms=e.audio_end_ms,
                                              code=e.code, message=e.message[:300]))
         conv = self.upstream.proto.conv
@@ -711,7 +625,7 @@ class RealtimeSession(Session):
         self._op(self.upstream.delete_item, e.item_id)
         if heard.strip():
             new = "item_mk" + new_id("x")[2:22]
-            self._link(new, local)
+            self._ids.link(new, local)
             self._op(self.upstream.add_message, "assistant", heard, item_id=new, previous_item_id=prev)
 
     def _upstream_error(self, e: ev.UpstreamError) -> None:
@@ -719,7 +633,7 @@ class RealtimeSession(Session):
             self._awaiting.popleft().fail("upstream_refused")
         elif e.client_event == "input_audio_buffer.commit" and self._pending_commits:
             item_id, _ = self._pending_commits.popleft()
-            self._finish_transcript(item_id, self._local_text.get(item_id, ""))
+            self._words.finish(item_id, self._words.local_text(item_id) or "")
         if e.client_event in ("conversation.item.truncate", "conversation.item.delete", "response.cancel"):
             return  # nothing depends on them
         self.publish(E.ErrorEvent(t=self.clock.now(), code=f"upstream_{e.code or 'error'}",
@@ -735,8 +649,7 @@ class RealtimeSession(Session):
         for r in list(self._by_upstream.values()):
             r.fail("upstream_failed")
         self._by_upstream.clear()
-        for item_id in list(self._transcripts):
-            self._finish_transcript(item_id, self._local_text.get(item_id, ""))
+        self._words.finish_all()
 
     # ================================================================== lifecycle
 
