@@ -444,6 +444,28 @@ def test_greeting_typed_text_and_client_items_go_upstream_in_order():
     assert len(done(rec, "completed")) == 2
 
 
+def test_earlier_conversations_go_upstream_before_the_first_turn():
+    server = FakeRealtimeServer(reply_ms=500)
+    server.transcripts.append("what is my name?")
+
+    async def main():
+        s = make(server)
+        # what the store's recorder puts there when a known user connects (loaded in the background)
+        s.memory.history = [Item(id="item_h1", role="user", text="My name is Mina."),  # type: ignore[attr-defined]
+                            Item(id="item_h2", role="assistant", text="Nice to meet you, Mina.")]
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(3.0, rate=R)])
+        await settle(s, 5)
+        await s.close()
+        return rec
+
+    rec = run_virtual(main())
+    texts = server.sessions[0].texts()
+    assert texts[:3] == [("user", "My name is Mina."), ("assistant", "Nice to meet you, Mina."),
+                         ("user", "what is my name?")]
+    assert "conversation of 3 items" in done(rec)[0].generated_text
+
+
 def test_phone_audio_goes_up_as_g711_and_comes_back_at_8_khz():
     server = FakeRealtimeServer(reply_ms=500)
 

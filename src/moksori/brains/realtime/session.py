@@ -109,6 +109,7 @@ class RealtimeSession(Session):
         self._forwarded_until = 0.0
         self._failed = False
         ctx = self._ctx
+        self._op(self._seed_history)  # first, before any audio or turn
         ctx.spawn(self._run_ops(), "upstream-ops")
         ctx.spawn(self._pump(), "upstream-events")
         ctx.spawn(self._connect(), "upstream-connect")
@@ -178,6 +179,38 @@ class RealtimeSession(Session):
                 log.debug("session %s: upstream call dropped: %s", self.id, e)
             except Exception:  # noqa: BLE001 - one bad call must not stop the queue
                 log.exception("session %s: upstream call failed", self.id)
+
+    async def _seed_history(self) -> None:
+        """The user's earlier conversations (loaded by the store's recorder into `memory.history`,
+        if it runs) and any items the session started with go upstream as text, newest within the
+        re-seed budget, so the model knows them from the first turn."""
+        mem = self.memory
+        ready = getattr(mem, "history_ready", None)
+        if ready is not None:
+            await ready()
+        items = [*getattr(mem, "history", ()), *mem.items]
+        budget = self._options.reseed
+        chosen, chars = [], 0
+        for it in reversed(items):
+            size = len(it.text or it.output or it.arguments or "")
+            if len(chosen) >= budget.max_items or chars + size > budget.max_chars:
+                break
+            chosen.append(it)
+            chars += size
+        while chosen and chosen[-1].type == "function_call_output":  # never start inside a tool exchange
+            chosen.pop()
+        for it in reversed(chosen):
+            iid = it.id if len(it.id) <= 32 else new_id("item")
+            if it.type == "function_call" and it.call_id and it.name:
+                await self.upstream.add_function_call(it.call_id, it.name, it.arguments or "{}", item_id=iid)
+            elif it.type == "function_call_output" and it.call_id:
+                await self.upstream.add_function_output(it.call_id, it.output or "", item_id=iid)
+            elif it.type == "message" and it.text.strip() and it.role in ("user", "assistant"):
+                await self.upstream.add_message(it.role, it.text, item_id=iid)
+            else:
+                continue
+            if it in mem.items:
+                self._ids.link(iid, it.id)
 
     async def _connect(self) -> None:
         try:
