@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ from moksori.cluster.rpc import Rpc, RpcError
 log = logging.getLogger("moksori.cluster")
 
 SYNC_DELAY_S = 0.05  # changes are written together, this long after the first one
+# A call that started a moment ago may not be in Redis yet (its worker writes it SYNC_DELAY_S after
+# it opens, later on a busy machine): a control request looks again for this long before 404.
+LOCATE_GRACE_S = 1.5
 RETRY_DOWN_S = 1.0  # heartbeat interval while Redis is unreachable
 
 
@@ -144,7 +148,7 @@ class ClusterNode:
                 if self.breaker.healthy:
                     log.warning("cluster: %s; live sessions go on, retrying every %g s", e, RETRY_DOWN_S)
                 self.breaker.failure(e)
-            except Exception:  # noqa: BLE001 - the heartbeat must never stop
+            except Exception:
                 log.exception("cluster: heartbeat failed")
             interval = self.heartbeat_s if self.breaker.healthy else min(self.heartbeat_s, RETRY_DOWN_S)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -217,7 +221,9 @@ class ClusterNode:
     async def forward(self, kind: str, ident: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Run `method` on the worker holding `kind:ident` (maybe this one). Raises `RpcError`
         (call_not_found when no worker holds it) or `RedisUnavailable`."""
-        worker = await self.registry.locate(kind, ident)
-        if worker is None:
-            raise RpcError("call_not_found", f"no worker holds {kind} {ident[:64]}")
+        deadline = time.monotonic() + LOCATE_GRACE_S
+        while (worker := await self.registry.locate(kind, ident)) is None:
+            if time.monotonic() >= deadline:
+                raise RpcError("call_not_found", f"no worker holds {kind} {ident[:64]}")
+            await asyncio.sleep(0.1)
         return await self.rpc.call(worker, method, params)
