@@ -7,7 +7,8 @@
 
 Everything listens on 127.0.0.1. The workers use the PostgreSQL and Redis servers that already
 run (the database is created when missing), and one OpenAI-compatible inference server
-(`python -m llama_cpp.server` with the packaged SmolLM2 GGUF, or CLUSTER_LLM_MODEL) as their LLM.
+(`python -m llama_cpp.server` with the packaged SmolLM2 GGUF, or CLUSTER_LLM_MODEL; started through
+`moksori.providers.llama_cpu`, which turns off the AMX path that crashes on some Xeons) as their LLM.
 Pid files and logs go to CLUSTER_DIR (default .data/cluster):
 
     llm.pid llm.log  worker-1.pid worker-1.log ...  nginx/nginx.pid nginx/error.log nginx/access.log
@@ -292,7 +293,7 @@ def up() -> None:
         # 1. the inference server every worker shares
         llm_port = free_port()
         log = d / "llm.log"
-        state["llm"] = spawn([PY, "-m", "llama_cpp.server", "--model", model, "--model_alias", "moksori-llm",
+        state["llm"] = spawn([PY, "-m", "moksori.providers.llama_cpu", "--model", model, "--model_alias", "moksori-llm",
                               "--host", HOST, "--port", str(llm_port), "--n_threads", llm_threads,
                               "--n_threads_batch", llm_threads,
                               "--n_ctx", env("CLUSTER_LLM_CTX", "4096"), "--interrupt_requests", "False",

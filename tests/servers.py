@@ -77,7 +77,7 @@ def wait_http(
             raise RuntimeError(f"server died while starting ({url}){describe()}")
         req = urllib.request.Request(url, headers=dict(headers or {}))
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 - local test URL
+            with urllib.request.urlopen(req, timeout=2) as resp:
                 if resp.status == 200:
                     return
                 last = f"HTTP {resp.status}"
@@ -200,7 +200,7 @@ def llama_server(
     """
     port = port or free_port()
     argv = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "moksori.providers.llama_cpu",  # llama_cpp.server, portable kernels
         "--model", str(model), "--host", HOST, "--port", str(port),
         "--n_threads", str(threads), "--n_ctx", str(n_ctx),
         "--verbose", "False", "--interrupt_requests", "False",

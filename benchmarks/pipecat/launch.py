@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from servers import ServerProcess, free_port  # noqa: E402
+from servers import ServerProcess, free_port
 
 DEFAULT_VENV = REPO / ".data" / "bench" / "pipecat-venv"
 
@@ -77,7 +77,7 @@ class PipecatStack:
         omp = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "100000")}
         # llama.cpp with Moksori's own thread, context and batch settings (providers/llm_llamacpp.py)
         llm = ServerProcess(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(path_of("smollm2-135m")),
+            [sys.executable, "-m", "moksori.providers.llama_cpu", "--model", str(path_of("smollm2-135m")),
              "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(llm_port),
              "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(context_tokens),
              "--n_batch", "256", "--verbose", "False"],

@@ -63,6 +63,10 @@ class LlamaCppLLM(LLM):
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        from moksori.providers.llama_cpu import use_portable_kernels
+
+        use_portable_kernels()  # no AMX / repacked weights: they crash or differ per CPU
+
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"LLM model file not found: {self.path}", hint="set MOKSORI_LLM_MODEL to a .gguf file")
