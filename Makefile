@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 CLUSTER_PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup run test bench clean cluster cluster-down cluster-status
+.PHONY: setup run test lint bench clean cluster cluster-down cluster-status
 
 setup: $(STAMP)
 
@@ -31,8 +31,12 @@ $(STAMP): pyproject.toml requirements/nodeps.txt requirements/constraints.txt sc
 run: setup
 	$(PY) -m moksori serve --host $(HOST) --port $(PORT)
 
-test: setup
+# The gates first (seconds), then the suite.
+test: setup lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks scripts
 
 cluster: setup
 	CLUSTER_PORT=$(CLUSTER_PORT) WORKERS=$(WORKERS) $(PY) scripts/cluster.py up

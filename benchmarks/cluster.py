@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -38,7 +38,7 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 
 PROBE_ENV = "MOKSORI_BENCH_LAG_PROBE"
 RATE = 24000
@@ -122,7 +122,7 @@ def serve(port: int) -> None:
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
 
 

@@ -36,7 +36,7 @@ import soxr
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from speech import load16k, utt, word_errors  # noqa: E402
+from speech import load16k, utt, word_errors
 
 EN = ["en_001", "en_002", "en_003", "en_004", "en_005", "en_006", "en_007", "en_008", "en_009", "en_010",
       "en_011", "en_027", "en_028"]

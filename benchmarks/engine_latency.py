@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"

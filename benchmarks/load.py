@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 
 QUESTIONS = ["What is the sea?", "Tell me about the moon.", "Why is the sky blue?", "What do cats eat?",
              "How tall are trees?", "What is rain?", "Where do birds sleep?", "What is music?"]
@@ -55,7 +55,7 @@ def start_server(port: int, extra_env: dict[str, str]) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"moksori serve exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):  # noqa: S310 - loopback
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc
         except OSError:
             time.sleep(0.2)
@@ -65,7 +65,7 @@ def start_server(port: int, extra_env: dict[str, str]) -> subprocess.Popen:
 
 def ready(base: str) -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(base + "/ready", timeout=10) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(base + "/ready", timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -215,9 +215,10 @@ async def run(args) -> dict[str, Any]:
 
 def _cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return "?"

@@ -35,8 +35,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
-from server_latency import NAMES, RATE, _free_port, manifest, pcm24  # noqa: E402
+from _stats import pct
+from server_latency import NAMES, RATE, _free_port, manifest, pcm24
 
 CHUNK = RATE * 40 // 1000
 SESSION = {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"},
@@ -49,7 +49,7 @@ def _audio(info: dict):
     return np.concatenate([pcm24(info["file"]), np.zeros(RATE * 8, np.int16)])
 
 
-async def _feed(t0: float, audio, send) -> None:  # noqa: ANN001
+async def _feed(t0: float, audio, send) -> None:
     for start in range(0, len(audio), CHUNK):
         delay = t0 + (start + CHUNK) / RATE - time.monotonic()
         if delay > 0:
@@ -66,7 +66,7 @@ def start(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"moksori serve exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):  # noqa: S310 - loopback
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc
         except OSError:
             time.sleep(0.2)
@@ -87,7 +87,7 @@ async def ws_turn(ws_url: str, key: str, info: dict) -> tuple[float | None, floa
             pass
         t0 = time.monotonic()
 
-        async def send(chunk) -> None:  # noqa: ANN001
+        async def send(chunk) -> None:
             await ws.send(json.dumps({"type": "input_audio_buffer.append",
                                       "audio": base64.b64encode(chunk.astype("<i2").tobytes()).decode()}))
 
@@ -150,7 +150,7 @@ def start_fake(port: int) -> subprocess.Popen:
     return proc
 
 
-async def measure(args, upstream: str, info: dict) -> tuple[list[dict], dict]:  # noqa: ANN001
+async def measure(args, upstream: str, info: dict) -> tuple[list[dict], dict]:
     procs: list[subprocess.Popen] = []
     modes = args.modes.split(",")
     rows = []
@@ -213,7 +213,7 @@ async def measure(args, upstream: str, info: dict) -> tuple[list[dict], dict]:  
     return rows, summary
 
 
-async def run(args) -> dict:  # noqa: ANN001
+async def run(args) -> dict:
     info = manifest()
     ups = ["url"] if args.url else args.upstream.split(",")
     summary: dict = {"what": "end of speech -> first reply audio from one upstream (server VAD)",

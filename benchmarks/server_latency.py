@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 
 HERE = Path(__file__).resolve().parent
 SPEECH = Path(os.environ.get("MOKSORI_SPEECH_DIR") or HERE.parent.parent / "shared" / "speech")
@@ -81,7 +81,7 @@ def start_server(port: int) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"moksori serve exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):  # noqa: S310 - loopback
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc
         except OSError:
             time.sleep(0.2)

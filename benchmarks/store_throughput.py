@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _stats import pct  # noqa: E402
+from _stats import pct
 
 
 def turn_records(conv: str, i: int, now: float) -> list:

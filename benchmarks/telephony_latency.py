@@ -55,11 +55,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE / "pipecat"))
 
-from carrier_sim import CarrierSim  # noqa: E402
-from servers import ServerProcess, free_port  # noqa: E402
-from speech import utt  # noqa: E402
+from carrier_sim import CarrierSim
+from servers import ServerProcess, free_port
+from speech import utt
 
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 
 SECRET = "benchmark-stream-secret"
 UTTERANCES = [f"en_{i:03d}" for i in range(1, 6)] + [f"tel_{i:03d}" for i in range(1, 11)]
@@ -155,7 +155,7 @@ class Meter:
 
 
 def get_json(base: str, path: str) -> dict:
-    with urllib.request.urlopen(base + path, timeout=10) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(base + path, timeout=10) as r:
         return json.load(r)
 
 
@@ -468,7 +468,7 @@ def main() -> None:
         print(f"{t.name:8s} end of caller speech -> first reply media: p50 {s['p50_s']:.2f} s, p90 {s['p90_s']:.2f} s, "
               f"p95 {s['p95_s']:.2f} s (min {s['min_s']}, max {s['max_s']}, n={s['n'] - s['missing']}/{s['n']}); "
               f"first audible p50 {s['audible_p50_s']:.2f} s")
-        print(f"         stages p50 (s after the true end of speech): "
+        print("         stages p50 (s after the true end of speech): "
               + ", ".join(f"{k} {v:.2f}" for k, v in s["stages_p50_s"].items()))
         print(f"         CPU from the first word to the first reply frame p50 {s['cpu_s_to_reply_p50']:.2f} s; "
               f"greeting p50 {s['greeting_p50_ms']} ms; CPU while answering {s['busy_cores_p50']:.2f} cores, "

@@ -42,7 +42,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from _stats import pct  # noqa: E402 - benchmarks run as scripts from this folder
+from _stats import pct
 from server_latency import EVENT_STAGE, NAMES, manifest, one_turn, start_server
 
 HERE = Path(__file__).resolve().parent
@@ -159,8 +159,8 @@ async def latency_part(args, results: dict) -> None:
         await one_turn(ws_base, args.key, NAMES[-1], info[NAMES[-1]], turn="default")
         for rep in range(args.reps):
             for name in NAMES:
-                pair = [("websocket", lambda: one_turn(ws_base, args.key, name, info[name], turn="default")),
-                        ("webrtc", lambda: webrtc_turn(base, args.key, name, info[name]))]
+                pair = [("websocket", lambda name=name: one_turn(ws_base, args.key, name, info[name], turn="default")),
+                        ("webrtc", lambda name=name: webrtc_turn(base, args.key, name, info[name]))]
                 if rep % 2:
                     pair.reverse()  # neither transport always goes first
                 for transport, run in pair:
@@ -374,7 +374,7 @@ async def capacity_part(args, results: dict) -> None:
     base = f"http://127.0.0.1:{port}"
 
     def get(path: str) -> dict:
-        with urllib.request.urlopen(base + path, timeout=10) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(base + path, timeout=10) as r:
             return json.loads(r.read())
 
     deadline = time.monotonic() + 60
@@ -432,7 +432,7 @@ async def capacity_part(args, results: dict) -> None:
             t0 = time.monotonic()
             sem = asyncio.Semaphore(4)
 
-            async def guarded() -> None:
+            async def guarded(sem: asyncio.Semaphore = sem) -> None:
                 async with sem:
                     await one()
 

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-import model_outputs as mo  # noqa: E402
+import model_outputs as mo
 
 
 def _onnx_reference_session(path: Path):
@@ -60,7 +60,7 @@ def record_smart_turn() -> dict:
     turn = SmartTurn()
     turn.session = _onnx_reference_session(models.path_of("smart-turn-v3.2"))
     return {**_header("smart-turn-v3.2", f"onnxruntime {ort.__version__}, ORT_DISABLE_ALL (QDQ int8 in float)"),
-            "outputs": mo.smart_turn_outputs(turn._predict)}  # noqa: SLF001
+            "outputs": mo.smart_turn_outputs(turn._predict)}
 
 
 def record_silero() -> dict:
@@ -83,9 +83,9 @@ def record_piper() -> dict:
     from moksori.providers.tts_piper import PiperTTS
 
     tts = PiperTTS()
-    tts._voice.session = _onnx_reference_session(models.path_of("piper-en-joe"))  # noqa: SLF001
+    tts._voice.session = _onnx_reference_session(models.path_of("piper-en-joe"))
     return {**_header("piper-en-joe", f"onnxruntime {ort.__version__}, ORT_DISABLE_ALL, noise_scale=noise_w=0"),
-            "outputs": mo.piper_outputs(tts._voice)}  # noqa: SLF001
+            "outputs": mo.piper_outputs(tts._voice)}
 
 
 def record_whisper() -> dict:

@@ -111,22 +111,22 @@ def llm_outputs(llm, prompts: list[str] = LLM_PROMPTS, n_tokens: int = LLM_TOKEN
     every step after it: each step is compared with the reference's same step."""
     from moksori.providers.base import ChatRequest, Message
 
-    ll = llm._llm  # noqa: SLF001 - the Llama object: logits are not part of the provider's contract
+    ll = llm._llm
     n_vocab = ll.n_vocab()
     eos = {ll.token_eos()}
     end = ll.tokenize(b"<|im_end|>", add_bos=False, special=True)  # ChatML's end of turn, if the model has it
     if len(end) == 1:
         eos.add(end[0])
     out = {}
-    with llm._lock:  # noqa: SLF001
+    with llm._lock:
         for prompt in prompts:
             req = ChatRequest(messages=(Message("system", LLM_SYSTEM), Message("user", prompt)))
             ll.reset()
-            ll.eval(llm._tokens(llm.render(req)))  # noqa: SLF001
+            ll.eval(llm._tokens(llm.render(req)))
             feed = (forced or {}).get(prompt)
             best, margins, logprobs, fed = [], [], [], []
             for step in range(len(feed) if feed else n_tokens):
-                logits = np.ctypeslib.as_array(ll._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64)  # noqa: SLF001
+                logits = np.ctypeslib.as_array(ll._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64)
                 logits -= logits.max() + np.log(np.exp(logits - logits.max()).sum())  # log-probabilities
                 top2 = np.argsort(logits)[-2:]
                 tok = int(top2[1])
@@ -301,7 +301,7 @@ def _child(argv: list[str]) -> None:
         for item in asks["smart-turn"].split(","):
             name, kind = item.split("/")
             audio = clip(name)
-            out[item] = float(turn._predict(audio[: int(CUT * len(audio))] if kind == "cut" else audio))  # noqa: SLF001
+            out[item] = float(turn._predict(audio[: int(CUT * len(audio))] if kind == "cut" else audio))
         result["smart-turn"] = out
         result["seconds"]["smart-turn"] = time.perf_counter() - t0
     if "silero" in asks:
@@ -314,7 +314,7 @@ def _child(argv: list[str]) -> None:
         from moksori.providers.tts_piper import PiperTTS
 
         t0 = time.perf_counter()
-        result["piper"] = piper_outputs(PiperTTS()._voice, asks["piper"].split("|"))  # noqa: SLF001
+        result["piper"] = piper_outputs(PiperTTS()._voice, asks["piper"].split("|"))
         result["seconds"]["piper"] = time.perf_counter() - t0
     if "whisper" in asks:  # the configured Whisper (MOKSORI_STT_COMPUTE_TYPE, MOKSORI_DATA_DIR)
         from moksori.providers.registry import build_stt

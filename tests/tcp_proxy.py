@@ -29,7 +29,7 @@ class TCPProxy:
         self.restore()
         return self
 
-    def _call(self, coro):  # noqa: ANN001, ANN202
+    def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     def restore(self) -> None:

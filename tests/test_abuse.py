@@ -91,7 +91,7 @@ def bearer(key: str = KEY) -> dict[str, str]:
 def get(server, path: str, key: str | None = KEY, timeout: float = 10) -> tuple[int, bytes]:
     req = urllib.request.Request(server.url + path, headers=bearer(key) if key else {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -572,7 +572,7 @@ async def test_file_descriptor_exhaustion_degrades_to_refusals(data_dir, tmp_pat
         deadline = time.monotonic() + 15
         while True:  # the held sockets are gone: it serves again
             try:
-                with urllib.request.urlopen(srv.url + "/health", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(srv.url + "/health", timeout=2) as r:
                     assert r.status == 200
                     break
             except (OSError, urllib.error.URLError):

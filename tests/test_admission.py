@@ -76,7 +76,7 @@ class Server:
     def get(self, path: str) -> tuple[int, dict]:
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {KEY}"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
@@ -126,7 +126,7 @@ async def test_a_full_model_queue_sheds_new_sessions_with_503() -> None:
             from openai import AsyncOpenAI
 
             client = AsyncOpenAI(api_key="none", websocket_base_url=f"ws://127.0.0.1:{srv.port}/v1", max_retries=0)
-            with pytest.raises(Exception) as sdk:  # noqa: B017 - websockets' InvalidStatus, unwrapped
+            with pytest.raises(Exception) as sdk:
                 async with client.realtime.connect(model="x"):
                     pass
             assert "503" in str(sdk.value)
@@ -236,13 +236,13 @@ async def test_the_session_closes_even_when_the_socket_went_first() -> None:
         "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}))
     await conn.on_message(json.dumps({"type": "response.create"}))
     deadline = time.monotonic() + T
-    while not conn._sender.done():  # noqa: SLF001 - the state the old close() mistook for "closed"
+    while not conn._sender.done():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     assert conn.closed
     await asyncio.wait_for(conn.close(), T)
     assert conn.session.closed
-    assert not conn.session._ctx.running_tasks()  # noqa: SLF001
+    assert not conn.session._ctx.running_tasks()
     await asyncio.sleep(0.2)
     pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
                and ("response" in t.get_name() or "tts" in t.get_name())]
@@ -338,7 +338,7 @@ async def test_a_client_that_never_reads_is_dropped_not_buffered(monkeypatch) ->
     await conn.on_message(json.dumps({"type": "response.create"}))
     await asyncio.wait_for(stuck.wait(), T)
     await asyncio.wait_for(asyncio.wait([conn.sender]), T)  # given up on
-    assert conn.closed and conn._queue.qsize() <= 20  # noqa: SLF001
+    assert conn.closed and conn._queue.qsize() <= 20
     await asyncio.wait_for(conn.close(), T)
     assert conn.session.closed
 
@@ -372,7 +372,6 @@ async def test_sigterm_drains_then_stops() -> None:
     goes on until it ends, then the process exits. With a session that does not end, the drain
     timeout stops it (the client sees 1012)."""
     import signal
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -388,7 +387,7 @@ async def test_sigterm_drains_then_stops() -> None:
             deadline = time.monotonic() + T
             while True:
                 try:
-                    with urllib.request.urlopen(srv.url + "/ready", timeout=5):  # noqa: S310 - loopback
+                    with urllib.request.urlopen(srv.url + "/ready", timeout=5):
                         pass
                 except urllib.error.HTTPError as e:
                     assert e.code == 503 and json.loads(e.read())["status"] == "draining"

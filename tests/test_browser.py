@@ -65,7 +65,7 @@ def server(tmp_path_factory):
 
 def _sessions(server) -> int:
     try:
-        with urllib.request.urlopen(server.url + "/ready", timeout=5) as resp:  # noqa: S310 - local
+        with urllib.request.urlopen(server.url + "/ready", timeout=5) as resp:
             return int(json.load(resp)["sessions"])
     except urllib.error.HTTPError as e:  # 503 while shedding load: the same report
         return int(json.load(e)["sessions"])

@@ -223,7 +223,7 @@ async def _converse(llm, window: ContextWindow, turns: int, reply_cap: int) -> l
         window.cancel_background()
         msgs = window.messages(items, SYSTEM)
         req = ChatRequest(messages=tuple(msgs), max_tokens=reply_cap, temperature=0.0)
-        prompt_tokens.append(len(llm._tokens(llm.render(req))))  # noqa: SLF001 - the real prompt size
+        prompt_tokens.append(len(llm._tokens(llm.render(req))))
         reply = []
         async for ev in llm.chat(req):  # raises ProviderError if the prompt were over the context
             if isinstance(ev, TextDelta):

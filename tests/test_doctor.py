@@ -68,9 +68,10 @@ def test_detect_on_this_machine():
     assert info.model and info.cores == os.cpu_count()
     if os.path.exists("/proc/cpuinfo") and info.x86:
         listed = set()
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                listed = set(line.split(":", 1)[1].split())
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    listed = set(line.split(":", 1)[1].split())
                 break
         # the process's view is the OS list, less only what it cannot execute
         assert info.flags | info.unusable == listed & {n for n, _ in cpu.FEATURES}
@@ -171,7 +172,7 @@ def test_doctor_on_this_machine():
     print("\n" + out)
     info = cpu.detect()
     assert f"CPU: {info.model}" in out
-    for name, label in cpu.FEATURES:
+    for _, label in cpu.FEATURES:
         assert label in out
     assert "graph basic" in out and "Whisper (int8)" in out and "llama.cpp" in out
     assert "no warnings" in out and "warning (" not in out

@@ -43,7 +43,7 @@ def _assert_matches(problems: list[str]) -> None:
 def test_smart_turn_matches_reference(settings):
     from moksori.providers.registry import build_turn
 
-    got = mo.smart_turn_outputs(build_turn(settings)._predict)  # noqa: SLF001
+    got = mo.smart_turn_outputs(build_turn(settings)._predict)
     _assert_matches(mo.compare_smart_turn(mo.load_reference("smart-turn")["outputs"], got))
 
 
@@ -62,7 +62,7 @@ def test_smart_turn_check_fails_on_the_fused_int8_path():
     so.log_severity_level = 3
     turn = SmartTurn()
     turn.session = ort.InferenceSession(str(models.path_of("smart-turn-v3.2")), so, providers=["CPUExecutionProvider"])
-    problems = mo.compare_smart_turn(mo.load_reference("smart-turn")["outputs"], mo.smart_turn_outputs(turn._predict))  # noqa: SLF001
+    problems = mo.compare_smart_turn(mo.load_reference("smart-turn")["outputs"], mo.smart_turn_outputs(turn._predict))
     print("\nfused int8 path:", *problems, sep="\n  ")
     assert problems
 
@@ -76,7 +76,7 @@ def test_silero_matches_reference(settings):
 def test_piper_matches_reference():
     from moksori.providers.tts_piper import PiperTTS
 
-    got = mo.piper_outputs(PiperTTS()._voice)  # noqa: SLF001 - the session Moksori opened
+    got = mo.piper_outputs(PiperTTS()._voice)
     _assert_matches(mo.compare_piper(mo.load_reference("piper")["outputs"], got))
 
 

@@ -457,7 +457,7 @@ def test_a_failed_speculative_reply_is_forgotten() -> None:
         s = Session(fake_stack(stt=ScriptedSTT(["one."]), llm=BoomLLM()), CFG)
         await play_into_session(s, [quiet(0.3), tone(1.0), quiet(2.0)])
         await settle(s)
-        left = s._responses.active()  # noqa: SLF001 - the leak this test pins is not visible otherwise
+        left = s._responses.active()
         await s.close()
         return left
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from jinja2 import Environment
 
 from moksori.engine.tools import ToolBox
 from moksori.providers.base import ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, ToolSpec

@@ -82,7 +82,7 @@ def http(server, method: str, path: str, body: Any = None, *, key: str | None = 
         headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(server.url + path, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=30) as resp:
             text = resp.read().decode()
             status, hdrs = resp.status, dict(resp.headers)
     except urllib.error.HTTPError as e:

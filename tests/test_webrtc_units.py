@@ -11,13 +11,13 @@ import pytest
 
 pytest.importorskip("aiortc")
 
-from moksori.audio.frames import Frame  # noqa: E402
-from moksori.server.ephemeral_keys import (MemoryKeyStore, StoreFull, is_ephemeral, new_key,  # noqa: E402
+from moksori.audio.frames import Frame
+from moksori.server.ephemeral_keys import (MemoryKeyStore, StoreFull, is_ephemeral, new_key,
                                            parse_expires_after)
-from moksori.server.webrtc import ice  # noqa: E402
-from moksori.server.webrtc.sdp import (OfferError, check_offer, first_audio_codec,  # noqa: E402
+from moksori.server.webrtc import ice
+from moksori.server.webrtc.sdp import (OfferError, check_offer, first_audio_codec,
                                        keep_candidates)
-from moksori.server.webrtc.tracks import FRAME_SAMPLES, OutboundAudio, to_mono_pcm  # noqa: E402
+from moksori.server.webrtc.tracks import FRAME_SAMPLES, OutboundAudio, to_mono_pcm
 
 OFFER = "\r\n".join([
     "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",

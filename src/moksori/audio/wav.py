@@ -141,7 +141,7 @@ def load_audio(path: str | Path, *, rate: int | None = None, max_seconds: float 
 
 def _decode_with_av(p: Path, *, rate: int | None = None, max_seconds: float | None = None) -> Frame:
     try:
-        import av  # noqa: PLC0415
+        import av
     except ImportError:  # pragma: no cover - av ships with faster-whisper
         raise AudioFormatError(f"{p}: not a WAV file, and PyAV is not installed to decode it") from None
     try:
@@ -163,7 +163,7 @@ def _decode_with_av(p: Path, *, rate: int | None = None, max_seconds: float | No
                 chunks.append(f.to_ndarray().reshape(-1))
     except AudioFormatError:
         raise
-    except Exception as e:  # av raises many types; translate them all at this boundary
+    except Exception as e:  # noqa: BLE001 - av raises many types; translated at this boundary
         raise AudioFormatError(f"{p} is not a readable audio file ({type(e).__name__})") from None
     if not chunks:
         raise AudioFormatError(f"{p} contains no audio samples")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from typing import Any
 
 import numpy as np
 import typer
@@ -21,7 +22,7 @@ class NoAudioDevice(MoksoriError):
     code = "no_audio_device"
 
 
-def _sounddevice():
+def _sounddevice() -> Any:
     try:
         import sounddevice as sd
     except OSError:  # PortAudio library missing
@@ -30,7 +31,7 @@ def _sounddevice():
     return sd
 
 
-def _devices(sd) -> list[dict]:
+def _devices(sd: Any) -> list[dict]:
     try:
         return list(sd.query_devices())
     except Exception:  # noqa: BLE001 - PortAudio errors when no sound system exists
@@ -88,7 +89,7 @@ def chat(
     asyncio.run(_voice_chat(stack, settings, sd, _pick(input_device), _pick(output_device), no_barge_in))
 
 
-def _pick(dev: str | None):
+def _pick(dev: str | None) -> int | str | None:
     if dev is None:
         return None
     return int(dev) if dev.isdigit() else dev
@@ -124,7 +125,8 @@ class _Player:
         out[pos:, 0] = 0
 
 
-async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -> None:
+async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | None, out_dev: int | str | None,
+                      no_barge_in: bool) -> None:
     from dataclasses import replace
 
     from moksori.audio.frames import Frame
@@ -162,10 +164,10 @@ async def _voice_chat(stack, settings, sd, in_dev, out_dev, no_barge_in: bool) -
 
     session.bus.listen(on_event)
 
-    def mic(indata, frames, t, status) -> None:  # PortAudio thread
+    def mic(indata: np.ndarray, frames: int, t: Any, status: Any) -> None:  # PortAudio thread
         loop.call_soon_threadsafe(session.push_audio, Frame(indata[:, 0].copy(), in_rate))
 
-    def speakers(outdata, frames, t, status) -> None:
+    def speakers(outdata: np.ndarray, frames: int, t: Any, status: Any) -> None:
         player.fill(outdata)
 
     try:

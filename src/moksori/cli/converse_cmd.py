@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -46,8 +47,8 @@ def converse(
     _summary(rec, out, reply.duration, fast)
 
 
-def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 30.0, timeline: Path | None = None,
-                     output_rate: int = 24000):
+def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_tail_s: float = 30.0, timeline: Path | None = None,
+                     output_rate: int = 24000) -> Any:
     """Feed `frame` into a new session at real-time pace (virtual time with fast=True)."""
     from moksori.audio.frames import Frame
     from moksori.brains import open_session
@@ -65,7 +66,7 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
         session = open_session(stack, cfg, settings=settings, input_rate=frame.rate)
         rec = Recording(cfg.output_rate)
         session.bus.listen(rec)
-        fh = open(timeline, "w", encoding="utf-8") if timeline else None
+        fh = open(timeline, "w", encoding="utf-8") if timeline else None  # noqa: SIM115 - closed in finally
         if fh:
             session.bus.listen(TimelineWriter(fh))
         try:
@@ -86,7 +87,7 @@ def run_conversation(stack, settings, frame, *, fast: bool, max_tail_s: float = 
     return run_virtual(main()) if fast else asyncio.run(main())
 
 
-def _summary(rec, out: Path, seconds: float, fast: bool) -> None:
+def _summary(rec: Any, out: Path, seconds: float, fast: bool) -> None:
     from moksori.engine import events as E
 
     stops = {e.turn_id: e.t for e in rec.of(E.UserSpeechStopped)}

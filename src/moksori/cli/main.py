@@ -39,7 +39,7 @@ def friendly(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if os.environ.get("MOKSORI_DEBUG"):
                 raise
             err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from moksori.cli.main import app, friendly
@@ -67,7 +69,7 @@ def serve(
         raise ConfigError(f"cannot listen on {host}:{port} (is the address in use?)")
 
 
-def draining_server(config, state, drain_timeout_s: float):
+def draining_server(config: Any, state: Any, drain_timeout_s: float) -> Any:
     """uvicorn's Server, except that the first SIGTERM drains: new sessions are refused (503
     `draining`, `/ready` 503) while the live ones go on, until none is left or `drain_timeout_s`
     passed; then the usual shutdown (what is still open gets 1012). A second SIGTERM, or SIGINT,
@@ -80,7 +82,7 @@ def draining_server(config, state, drain_timeout_s: float):
     class DrainingServer(uvicorn.Server):
         draining_since: float | None = None
 
-        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
+        def handle_exit(self, sig: int, frame: Any) -> None:  # type: ignore[override]
             if sig == signal.SIGTERM and drain_timeout_s > 0 and self.draining_since is None and not self.should_exit:
                 self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
                 self.draining_since = time.monotonic()

@@ -100,7 +100,7 @@ def say(
         raise ConfigError(f"unknown voice '{voice}': available voices are {', '.join(tts.caps.voices)}")
     spoken = normalize_for_tts(speakable(text), language)
 
-    async def run():
+    async def run() -> list:
         return [f async for f in tts.synthesize(spoken, TTSOptions(voice=voice, language=language, speed=speed))]
 
     t0 = time.perf_counter()

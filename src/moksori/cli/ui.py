@@ -6,6 +6,7 @@ import asyncio
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -16,7 +17,7 @@ out_console = Console()
 
 
 class _Loading:
-    def __init__(self, status, title: str) -> None:
+    def __init__(self, status: Any, title: str) -> None:
         self.status, self.title = status, title
         self.current: str | None = None
         self.started = time.perf_counter()
@@ -48,7 +49,7 @@ def loading(title: str = "Loading models") -> Iterator[_Loading]:
     err_console.print(f"[dim]{title} took {time.perf_counter() - start:.1f} s[/]", highlight=False)
 
 
-def load_stack(settings: Settings, *, warm: bool = True):
+def load_stack(settings: Settings, *, warm: bool = True) -> Any:
     """Build the whole provider stack with a progress display (used by converse/chat/serve)."""
     from moksori.engine.prompts import system_prompt
     from moksori.providers.registry import build_stack

@@ -45,11 +45,16 @@ class Subscription:
         self.dropped = 0  # messages lost because the reader fell behind
         self.closed = False
 
-    def _put(self, item: Any) -> None:
+    def deliver(self, item: Any) -> None:
+        """The hub hands this subscription a message (or RESYNC)."""
         if len(self._items) >= self._maxsize:
             self._items.popleft()
             self.dropped += 1
         self._items.append(item)
+        self._ready.set()
+
+    def deliver_end(self) -> None:
+        """Wake a waiting reader after the subscription was closed from the hub's side."""
         self._ready.set()
 
     async def get(self, timeout: float | None = None) -> Any:
@@ -68,7 +73,7 @@ class Subscription:
         if not self.closed:
             self.closed = True
             self._ready.set()
-            self.hub._drop(self)
+            self.hub.unsubscribe(self)
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -103,7 +108,7 @@ class PubSubHub:
         for subs in list(self._subs.values()):
             for s in list(subs):
                 s.closed = True
-                s._ready.set()
+                s.deliver_end()
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
@@ -136,7 +141,7 @@ class PubSubHub:
                                    + (f" ({self.last_error})" if self.last_error else "")) from None
         return sub
 
-    def _drop(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.channel)
         if subs is None:
             return
@@ -155,7 +160,7 @@ class PubSubHub:
             fut.set_result(None)
         if again:
             for s in list(self._subs.get(channel, ())):
-                s._put(RESYNC)
+                s.deliver(RESYNC)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,7 +199,7 @@ class PubSubHub:
                     kind = msg.get("type")
                     if kind == "message":
                         for s in list(self._subs.get(msg["channel"], ())):
-                            s._put(msg["data"])
+                            s.deliver(msg["data"])
                     elif kind == "subscribe":
                         self._confirm(msg["channel"], msg["channel"] in resubscribed)
                         resubscribed.discard(msg["channel"])

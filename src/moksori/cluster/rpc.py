@@ -158,7 +158,7 @@ class Rpc:
             answer: dict[str, Any] = {"id": rid, "ok": True, "result": await self._run_local(method, params)}
         except RpcError as e:
             answer = {"id": rid, "ok": False, "error": {"code": e.code, "message": e.message}}
-        except Exception:  # noqa: BLE001 - answer, never crash the listener
+        except Exception:
             log.exception("call control: %s failed", method)
             answer = {"id": rid, "ok": False, "error": {"code": "internal_error", "message": f"{method} failed"}}
         self.handled += 1

@@ -9,7 +9,6 @@ one total time limit). When the endpoint fails, the caller's `failure` setting d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 
 from moksori.errors import ProviderError
-from moksori.providers.http import check_base_url, host_of, loop_client, status_error, transport_error
+from moksori.providers.http import LoopClient, check_base_url, host_of, status_error, transport_error
 from moksori.providers.resilience import RetryPolicy, Timeouts, resilient_stream
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,7 @@ class ModerationClient:
         self.model = model
         self.timeout_s = timeout_s
         self._policy = RetryPolicy(max_attempts=retries + 1, base_delay_s=0.1, max_delay_s=0.5)
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = LoopClient(timeout_s)
 
     def _url(self) -> httpx.URL:
         return self._base.copy_with(path=self._base.path.rstrip("/") + "/moderations")
@@ -54,7 +52,7 @@ class ModerationClient:
             body["model"] = self.model
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:
-            resp = await loop_client(self).post(self._url(), json=body, headers=headers)
+            resp = await self._client.get().post(self._url(), json=body, headers=headers)
         except httpx.HTTPError as e:
             raise transport_error("moderation", self._host, e, PROVIDER) from None
         if resp.status_code >= 400:
@@ -83,6 +81,4 @@ class ModerationClient:
             return ModerationResult(False, error=str(e))
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        await self._client.aclose()

@@ -88,22 +88,28 @@ def host_of(url: httpx.URL) -> str:
     return url.host + (f":{url.port}" if url.port else "")
 
 
-def loop_client(provider) -> httpx.AsyncClient:
-    """The provider's httpx client for the running event loop.
+class LoopClient:
+    """An httpx client for the running event loop.
 
     A client's pooled connections belong to the loop that opened them, and a server warms its
     models in one loop (`asyncio.run`) before serving in another, so a client made elsewhere is
-    dropped and a fresh one is made here. The provider keeps `_client`, `_loop`, `timeout_s`.
+    dropped and a fresh one is made on first use in the new loop.
     """
-    loop = asyncio.get_running_loop()
-    if provider._client is None or provider._loop is not loop:
-        provider._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(provider.timeout_s, connect=min(10.0, provider.timeout_s)))
-        provider._loop = loop
-    return provider._client
 
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-async def close_client(provider) -> None:
-    client, provider._client = provider._client, None
-    if client is not None and provider._loop is asyncio.get_running_loop():
-        await client.aclose()
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)))
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()

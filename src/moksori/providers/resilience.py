@@ -293,7 +293,7 @@ class _Chain(Generic[P]):
         for p in self.providers:
             try:
                 await p.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - close the others, then re-raise the first
                 log.warning("closing %s %s failed: %s", self.what, p.name, e)
                 first = first or e
         if first is not None:

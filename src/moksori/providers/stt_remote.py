@@ -7,7 +7,6 @@ translated here into `ProviderError` / `ProviderTimeout`; no httpx exception lea
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 
 import httpx
@@ -17,7 +16,7 @@ from moksori.audio.frames import Frame
 from moksori.audio.wav import wav_bytes
 from moksori.errors import ProviderError
 from moksori.providers.base import STT, STTCaps, STTOptions, Transcript
-from moksori.providers.http import check_base_url, close_client, host_of, loop_client, status_error, transport_error
+from moksori.providers.http import LoopClient, check_base_url, host_of, status_error, transport_error
 
 PROVIDER = "openai-stt"
 RATE = 16000
@@ -45,17 +44,16 @@ class RemoteSTT(STT):
         self._api_key = api_key or None
         self.timeout_s = timeout_s
         self.caps = STTCaps(streaming=False, languages=languages, sample_rate=RATE, detects_language=True)
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = LoopClient(timeout_s)
 
     def __repr__(self) -> str:  # never shows the key
         return f"RemoteSTT({self.host!r}, model={self.model!r})"
 
     def _http(self) -> httpx.AsyncClient:
-        return loop_client(self)
+        return self._client.get()
 
     async def close(self) -> None:
-        await close_client(self)
+        await self._client.aclose()
 
     async def transcribe(self, audio: AsyncIterable[np.ndarray], opts: STTOptions) -> AsyncIterator[Transcript]:
         chunks = [np.asarray(a, dtype=np.float32) for a in [c async for c in audio]]

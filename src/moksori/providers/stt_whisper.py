@@ -16,6 +16,7 @@ import os
 import threading
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -67,19 +68,19 @@ class WhisperSTT(STT):
         from faster_whisper.transcribe import get_suppressed_tokens
         self._suppress = get_suppressed_tokens(self._tokenizer("en"), [-1])
 
-    def _tokenizer(self, language: str):
+    def _tokenizer(self, language: str) -> Any:
         return self._Tokenizer(self._wm.hf_tokenizer, self.multilingual, task="transcribe",
                                language=language if self.multilingual else "en")
 
     # ------------------------------------------------------------------ blocking core
 
-    def _encode(self, feats: np.ndarray):
+    def _encode(self, feats: np.ndarray) -> Any:  # a ctranslate2 StorageView
         import ctranslate2
 
         return self._wm.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None])),
                                      to_cpu=False)
 
-    def _detect(self, enc, allowed: tuple[str, ...]) -> tuple[str, float]:
+    def _detect(self, enc: Any, allowed: tuple[str, ...]) -> tuple[str, float]:
         if not self.multilingual:
             return "en", 1.0
         probs = self._wm.model.detect_language(enc)[0]
@@ -90,7 +91,7 @@ class WhisperSTT(STT):
         lang, p = max(scored, key=lambda kv: kv[1])
         return lang, p / total
 
-    def _decode(self, enc, language: str, n_frames: int, prompt_text: str | None) -> "_Decoded":
+    def _decode(self, enc: Any, language: str, n_frames: int, prompt_text: str | None) -> "_Decoded":
         tok = self._tokenizer(language)
         prompt = list(tok.sot_sequence)
         if prompt_text:

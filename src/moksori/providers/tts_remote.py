@@ -7,7 +7,6 @@ read first. Every failure is translated here into `ProviderError` / `ProviderTim
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,7 +15,7 @@ from moksori.audio.frames import Frame
 from moksori.audio.wav import read_wav_bytes
 from moksori.errors import AudioFormatError, ProviderError
 from moksori.providers.base import TTS, TTSCaps, TTSOptions
-from moksori.providers.http import check_base_url, close_client, host_of, loop_client, status_error, transport_error
+from moksori.providers.http import LoopClient, check_base_url, host_of, status_error, transport_error
 
 PROVIDER = "openai-tts"
 PCM_RATE = 24000  # OpenAI's `pcm`: 24 kHz, 16-bit little-endian, mono
@@ -41,17 +40,16 @@ class RemoteTTS(TTS):
         self._api_key = api_key or None
         self.timeout_s = timeout_s
         self.caps = TTSCaps(sample_rate=PCM_RATE, languages=languages, voices=(voice,) if voice else ())
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = LoopClient(timeout_s)
 
     def __repr__(self) -> str:  # never shows the key
         return f"RemoteTTS({self.host!r}, model={self.model!r}, voice={self.voice!r})"
 
     def _http(self) -> httpx.AsyncClient:
-        return loop_client(self)
+        return self._client.get()
 
     async def close(self) -> None:
-        await close_client(self)
+        await self._client.aclose()
 
     async def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:
         if not text.strip():

@@ -36,7 +36,7 @@ class LanguageRouterTTS(TTS):
                 yield frame
         except ProviderError:
             raise
-        except Exception as e:  # noqa: BLE001 - a provider bug must not take the session down
+        except Exception as e:
             raise ProviderError(f"{tts.name} failed: {type(e).__name__}", retryable=False, provider=tts.name) from e
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ import weakref
 from collections import Counter
 from contextlib import asynccontextmanager
 from importlib import resources
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -109,7 +110,7 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
     state = ServerState(settings, stack)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         quiet_accept_errors(asyncio.get_running_loop())
         if warm:
             from moksori.engine.prompts import system_prompt
@@ -270,7 +271,7 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         if worker.done() and not worker.cancelled() and worker.exception() is not None:
             log.error("realtime connection failed", exc_info=worker.exception())
             close = (1011, "internal error")
-    except Exception:  # noqa: BLE001 - never let one connection take the server down
+    except Exception:
         log.exception("realtime connection failed")
         close = (1011, "internal error")
     finally:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
@@ -165,7 +166,7 @@ def install(app: FastAPI, state: Any) -> None:
         inner = app.router.lifespan_context
 
         @contextlib.asynccontextmanager
-        async def lifespan(a: FastAPI):
+        async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
             async with inner(a) as value:  # models warm, store open: then join the cluster
                 await node.start()
                 try:
@@ -256,7 +257,7 @@ async def _events(state: Any, request: Request, conversation_id: str, key: str |
         snapshot = follow.snapshot
     keepalive = state.settings.cluster.sse_keepalive_s
 
-    async def stream():
+    async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 3000\n\n"
             yield _sse({"type": "conversation.state", "conversation_id": conversation_id, "seq": 0, **snapshot})

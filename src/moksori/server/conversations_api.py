@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -52,7 +53,7 @@ def install(app: FastAPI, state: Any) -> None:
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
-    async def lifespan(a: FastAPI):
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
         store: Store | None = None
         retention: asyncio.Task[None] | None = None
         try:

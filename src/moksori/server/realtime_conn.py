@@ -211,7 +211,7 @@ class RealtimeConnection:
             self.send(self.ev.error_from(e))
         except MoksoriError as e:
             self.error(str(e), code=e.code, event_id=event.event_id)
-        except Exception as e:  # noqa: BLE001 - a bug must cost one event, not the session
+        except Exception as e:
             log.exception("realtime handler failed")
             self.error(f"internal error handling {event.TYPE}: {type(e).__name__}", code="server_error",
                        event_id=event.event_id, kind="server_error")
@@ -463,7 +463,7 @@ class RealtimeConnection:
     def _on_engine_event(self, e: E.Event) -> None:
         try:
             self._translate(e)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("realtime: cannot translate %s", e.type)
         if self.timeline and not isinstance(e, E.AgentAudio):
             self.send({"type": "moksori.event", "event_id": new_id("event"), "event": e.to_json()})

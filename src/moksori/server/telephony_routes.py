@@ -32,6 +32,7 @@ import sys
 import time
 from collections import deque
 from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -80,6 +81,11 @@ class Telephony:
                                                   name="telephony-warm")
         return self._warm_task
 
+    @property
+    def warmed(self) -> bool:
+        """The carriers' phrases are synthesised (`warm()` ran to its end)."""
+        return self._warm_task is not None and self._warm_task.done()
+
     def public_base(self) -> str | None:
         url = self.settings.public_url
         return url.rstrip("/") if url else None
@@ -117,7 +123,7 @@ def install(app: FastAPI, state: Any) -> None:
     original = app.router.lifespan_context
 
     @asynccontextmanager
-    async def lifespan(a: Any):
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
         async with original(a) as value:
             task = tel.warm()  # the greeting is ready before the first call
             try:
@@ -222,7 +228,7 @@ def install(app: FastAPI, state: Any) -> None:
         alive = [o for o in gc.get_objects() if isinstance(o, (Session, PhoneCall))]
         return JSONResponse({
             "tasks": len(asyncio.all_tasks()), "rss_kb": _rss_kb(), "active_calls": len(tel.calls),
-            "sessions": state.sessions, "warm": tel._warm_task is not None and tel._warm_task.done(),
+            "sessions": state.sessions, "warm": tel.warmed,
             "live_sessions": sum(isinstance(o, Session) for o in alive),
             "live_calls": sum(isinstance(o, PhoneCall) for o in alive),
             "py_blocks": sys.getallocatedblocks(),

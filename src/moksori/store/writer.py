@@ -176,7 +176,7 @@ class StoreWriter:
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._main())
-        except Exception:  # noqa: BLE001 - the thread must say why it died
+        except Exception:
             log.exception("store: writer thread failed")
         finally:
             self._release_barriers(force=True)

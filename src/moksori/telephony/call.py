@@ -177,7 +177,7 @@ class PhoneCall:
         for ev in events:
             try:
                 await self._on_event(ev)
-            except Exception:  # noqa: BLE001 - one bad event must not take the call down silently
+            except Exception:
                 log.exception("%s call: handling %s failed", self.carrier, type(ev).__name__)
                 self.end("server_error", CLOSE_PROTOCOL)
             if self.ended.is_set():
@@ -253,7 +253,7 @@ class PhoneCall:
     def _on_engine_event(self, e: E.Event) -> None:
         try:
             self._translate(e)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s call: cannot translate %s", self.carrier, e.type)
 
     def _translate(self, e: E.Event) -> None:

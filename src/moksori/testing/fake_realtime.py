@@ -84,7 +84,7 @@ class _Conn:
         if self.closed is not None:
             raise TransportClosed(*self.closed)
         await asyncio.sleep(0)
-        self.server._on_client(self, json.loads(text))
+        self.server.on_client(self, json.loads(text))
 
     async def recv(self) -> str:
         if self.closed is not None and self.inbox.empty():
@@ -95,18 +95,18 @@ class _Conn:
             raise TransportClosed(*(self.closed or (None, "closed")))
         return msg
 
-    def _close(self, code: int | None, reason: str) -> None:
+    def close_now(self, code: int | None, reason: str) -> None:
         if self.closed is None:
             self.closed = (code, reason)
             self.sess.closed = True
             self.inbox.put_nowait(_CLOSED)
-            self.server._stop_tasks(self)
+            self.server.stop_tasks(self)
 
     async def close(self) -> None:
-        self._close(1000, "client closed")
+        self.close_now(1000, "client closed")
 
     def abort(self) -> None:
-        self._close(None, "aborted")
+        self.close_now(None, "aborted")
 
 
 class FakeRealtimeServer:
@@ -191,7 +191,7 @@ class FakeRealtimeServer:
         self._responding.setdefault(conn, set()).add(task)
         task.add_done_callback(lambda t: self._responding.get(conn, set()).discard(t))
 
-    def _stop_tasks(self, conn: _Conn) -> None:
+    def stop_tasks(self, conn: _Conn) -> None:
         for t in self._tasks.pop(conn, set()):
             t.cancel()
         if self._conn is conn:
@@ -202,13 +202,13 @@ class FakeRealtimeServer:
         self._emit(conn, self._ev(conn).error("Your session hit the maximum duration of "
                                               f"{after_s / 60:g} minutes.", code="session_expired"))
         await asyncio.sleep(0.01)
-        conn._close(1000, "session expired")
+        conn.close_now(1000, "session expired")
 
     def _error(self, conn: _Conn, message: str, code: str, event_id: str | None, param: str | None = None) -> None:
         self._emit(conn, self._ev(conn).error(message, code=code, event_id=event_id, param=param))
 
     # ------------------------------------------------------------------ client events
-    def _on_client(self, conn: _Conn, e: dict[str, Any]) -> None:
+    def on_client(self, conn: _Conn, e: dict[str, Any]) -> None:
         sess, ev, kind, eid = conn.sess, self._ev(conn), e.get("type"), e.get("event_id")
         logged = dict(e)
         if kind == "input_audio_buffer.append":

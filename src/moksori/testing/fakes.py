@@ -33,6 +33,7 @@ from moksori.providers.base import (
     TurnDetector,
     Usage,
     VADCaps,
+    VADStream,
 )
 from moksori.providers.registry import Stack
 from moksori.settings import Settings
@@ -47,7 +48,7 @@ class EnergyVAD(VAD):
     def __init__(self, threshold_rms: float = 0.02) -> None:
         self.threshold = threshold_rms
 
-    def stream(self):
+    def stream(self) -> VADStream:
         threshold = self.threshold
 
         class _S:

@@ -161,7 +161,7 @@ class RtcClient:
     def send(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
 
-    async def wait_event(self, typ: str, *, timeout: float = 20.0, after: int = 0, pred=lambda e: True) -> dict:
+    async def wait_event(self, typ: str, *, timeout: float = 20.0, after: int = 0, pred: Any = lambda e: True) -> dict:
         """The first event of type `typ` (matching `pred`) at index >= `after`."""
         deadline = time.monotonic() + timeout
         async with self._arrived:

@@ -128,7 +128,7 @@ class MCPConnection:
                 if not ready.done():
                     ready.set_result(None)
                 await closing.wait()
-        except BaseException as e:  # noqa: BLE001 - reported through `ready` or the next call
+        except BaseException as e:
             if not ready.done():
                 ready.set_exception(MCPUnavailable(_describe_exc(e)))
             elif not isinstance(e, asyncio.CancelledError):

@@ -236,7 +236,7 @@ class ServerTools:
                                        max_chars=self.max_chars)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a bug in a provider must not break the turn
+        except Exception as e:
             log.exception("tool %s failed unexpectedly", name)
             return ToolOutcome.failure("failed", f"{name}: {type(e).__name__}: {e}")
 

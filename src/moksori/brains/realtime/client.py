@@ -146,6 +146,14 @@ class RealtimeUpstream:
             self._events.put_nowait(None)
         return e
 
+    def discard_pending(self) -> None:
+        """Drop the events received so far and not yet read (a stream's end stays)."""
+        while not self._events.empty():
+            e = self._events.get_nowait()
+            if e is None:
+                self._events.put_nowait(None)
+                return
+
     async def reconnect(self, reason: str = "requested") -> None:
         """Drop the current connection and open a fresh one (re-seeded as after any drop)."""
         self._drop_request = _Drop("requested", reason, planned=True)
@@ -399,7 +407,7 @@ class RealtimeUpstream:
                 attempt = 1
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a bug must end the stream visibly, not hang it
+        except Exception as e:
             log.exception("realtime upstream client failed")
             self._fail("internal_error", f"{type(e).__name__}: {e}")
         finally:

@@ -130,7 +130,7 @@ class RealtimeLLM(LLM):
             system = "\n\n".join(m.content for m in request.messages if m.role == "system" and m.content)
             msgs = [m for m in request.messages if m.role != "system"]
             await self._sync(up, msgs)
-            self._drain(up)
+            up.discard_pending()
             tools = tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
                           for t in request.tools)
             choice: Any = request.tool_choice if request.tool_choice in ("auto", "none", "required") else \
@@ -182,13 +182,6 @@ class RealtimeLLM(LLM):
                     await up.cancel_response()
                     for iid in items:
                         await up.delete_item(iid)
-
-    def _drain(self, up: RealtimeUpstream) -> None:
-        while not up._events.empty():
-            e = up._events.get_nowait()
-            if e is None:
-                up._events.put_nowait(None)
-                return
 
     async def _sync(self, up: RealtimeUpstream, msgs: list[Message]) -> None:
         """Make the upstream conversation hold exactly `msgs`: keep the common start, delete

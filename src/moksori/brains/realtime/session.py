@@ -177,7 +177,7 @@ class RealtimeSession(Session):
                 await op()
             except ProviderError as e:  # the upstream is gone for good: the pump reports it
                 log.debug("session %s: upstream call dropped: %s", self.id, e)
-            except Exception:  # noqa: BLE001 - one bad call must not stop the queue
+            except Exception:
                 log.exception("session %s: upstream call failed", self.id)
 
     async def _seed_history(self) -> None:
@@ -234,7 +234,7 @@ class RealtimeSession(Session):
         async for e in self.upstream.events():
             try:
                 self._on_upstream(e)
-            except Exception:  # noqa: BLE001 - a bug here must cost one event, not the session
+            except Exception:
                 log.exception("session %s: upstream event %s failed", self.id, type(e).__name__)
 
     def _input_time(self, ms: int) -> float:

@@ -137,7 +137,7 @@ class _Merger:
             else:
                 self.unknown(key, param)
 
-    def top(self, key: str, v: Any, p: str) -> None:  # noqa: C901 - a flat dispatch table
+    def top(self, key: str, v: Any, p: str) -> None:
         if key == "audio":
             self.audio(v, p)
         elif key == "instructions":

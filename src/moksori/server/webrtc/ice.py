@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from moksori.server.webrtc.sdp import is_loopback_address
 
@@ -58,7 +58,7 @@ def addresses_for(configured: list[str], local_host: str | None) -> list[str] | 
     return None
 
 
-def remote_filter(ours: list[str] | None):
+def remote_filter(ours: list[str] | None) -> Callable[[str], bool]:
     """Loopback-only calls keep only loopback remote candidates (others could never pair)."""
     if ours and all(is_loopback_address(a) for a in ours):
         return is_loopback_address

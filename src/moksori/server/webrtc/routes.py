@@ -22,6 +22,7 @@ import logging
 import secrets
 import weakref
 from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
@@ -309,7 +310,7 @@ def install(app: FastAPI, state: Any) -> None:
     original = app.router.lifespan_context
 
     @asynccontextmanager
-    async def lifespan(a: Any):
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
         async with original(a) as value:
             try:
                 yield value
