@@ -72,7 +72,7 @@ def test_detect_on_this_machine():
             for line in f:
                 if line.startswith("flags"):
                     listed = set(line.split(":", 1)[1].split())
-                break
+                    break
         # the process's view is the OS list, less only what it cannot execute
         assert info.flags | info.unusable == listed & {n for n, _ in cpu.FEATURES}
         print("\n", info.summary(), "| int8:", info.int8_dot)
@@ -128,6 +128,32 @@ def test_llama_build_for_a_newer_cpu_warns():
         llama_build=numerics.parse_llama_system_info(LLAMA_AVX2)))[1]
     assert any("slower" in f.text and f.level == "note" for f in notes)
     assert warnings(machine(EPYC_ROME), llama_probe_error="it died")[0].model == "llm"
+
+
+def test_llama_amx_is_off_unless_asked_and_then_warned():
+    amx_build = numerics.parse_llama_system_info(
+        "CPU : SSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 1 | "
+        "AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 |")
+    assert "amx_int8" in amx_build
+    paths, _ = numerics.assess(machine(SAPPHIRE_RAPIDS), numerics.EngineConfig(llama_build=amx_build))
+    assert any("plain CPU kernels" in p.path for p in paths)
+    assert not warnings(machine(SAPPHIRE_RAPIDS), llama_build=amx_build)
+    found = warnings(machine(SAPPHIRE_RAPIDS), llama_build=amx_build, llama_extra_buffers=True)
+    assert [f.model for f in found] == ["llm"] and "AMX" in found[0].text
+    # the same setting on a CPU without AMX: nothing to warn about
+    assert not warnings(machine(EPYC_GENOA), llama_build=amx_build - {"amx_int8"}, llama_extra_buffers=True)
+
+
+def test_llama_models_load_without_extra_buffers(monkeypatch):
+    import llama_cpp.llama_cpp as lib
+
+    from moksori.providers import llama_cpu
+
+    monkeypatch.delenv(llama_cpu.ENV, raising=False)
+    assert llama_cpu.use_portable_kernels()
+    assert lib.llama_model_default_params().use_extra_bufts is False
+    monkeypatch.setenv(llama_cpu.ENV, "1")
+    assert not llama_cpu.use_portable_kernels()
 
 
 def test_old_and_foreign_cpus():

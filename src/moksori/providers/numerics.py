@@ -16,7 +16,10 @@ AVX-512 VNNI natively, and the same machine emulating an AVX2-only CPU with qemu
 * llama.cpp is compiled for the machine that built it. Its AVX-512 and AVX2 builds moved
   SmolLM2 Q4_1's token log-probabilities by up to 0.36 (the margin between the two best tokens by
   0.51); greedy text agreed except after a near-tie token (margin 0.0007).
-  A build for instructions the CPU lacks dies with "Illegal instruction".
+  A build for instructions the CPU lacks dies with "Illegal instruction". On an Intel Xeon with
+  AMX (AMX-INT8, AVX-512 VNNI/BF16), its AMX buffers crashed the process (SIGSEGV in
+  ggml_backend_amx_mul_mat) on the first reply, so models load without llama.cpp's extra buffer
+  types (providers/llama_cpu.py) unless MOKSORI_LLAMA_EXTRA_BUFFERS=1.
 
 `assess()` is pure (a CPU description and the engines' configuration in, findings out), so the
 rules are tested with given flag sets; `probe()` gathers the real configuration.
@@ -46,6 +49,7 @@ class EngineConfig:
     whisper_compute_type: str | None = "int8"
     llama_build: frozenset[str] | None = None  # features llama.cpp was compiled for
     llama_probe_error: str | None = None  # loading llama.cpp failed (e.g. SIGILL)
+    llama_extra_buffers: bool = False  # MOKSORI_LLAMA_EXTRA_BUFFERS: AMX / repacked weights allowed
     versions: dict[str, str] = field(default_factory=dict)
 
 
@@ -138,7 +142,13 @@ def assess(cpu: CpuInfo, cfg: EngineConfig) -> tuple[list[EnginePath], list[Find
         lcpp = f"llama.cpp (llama-cpp-python {v.get('llama_cpp', '')})".strip()
         built = cfg.llama_build
         isa = "AVX-512" if "avx512f" in built else "AVX2" if "avx2" in built else "SSE"
-        paths.append(EnginePath(lcpp, "LLM (GGUF)", f"compiled for {_labels(built) or 'no SIMD extensions'}", False))
+        kernels = "extra buffer types on (AMX, repacked weights)" if cfg.llama_extra_buffers else "plain CPU kernels"
+        paths.append(EnginePath(lcpp, "LLM (GGUF)", f"compiled for {_labels(built) or 'no SIMD extensions'}; "
+                                f"{kernels}", False))
+        if cfg.llama_extra_buffers and "amx_int8" in built and "amx_int8" in cpu.flags:
+            findings.append(Finding("warning", "llm", "MOKSORI_LLAMA_EXTRA_BUFFERS is on and llama.cpp will use AMX: "
+                                    "its AMX path crashed the process (SIGSEGV) on the first reply on a Xeon with "
+                                    "AMX; unset it unless you have checked this CPU"))
         missing = built - cpu.flags if cpu.x86 else frozenset()
         unused = {f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in cpu.flags} - built
         if missing:
@@ -191,6 +201,7 @@ def versions() -> dict[str, str]:
 
 
 def probe(settings) -> EngineConfig:  # noqa: ANN001 - moksori.settings.Settings
+    from moksori.providers.llama_cpu import extra_buffers_wanted
     from moksori.providers.onnx import GRAPH_OPTIMIZATION_NAME
 
     local_llm = settings.llm.provider == "llamacpp"
@@ -200,5 +211,6 @@ def probe(settings) -> EngineConfig:  # noqa: ANN001 - moksori.settings.Settings
         whisper_compute_type=settings.stt.compute_type if settings.stt.provider == "whisper" else None,
         llama_build=build if local_llm else None,
         llama_probe_error=error,
+        llama_extra_buffers=extra_buffers_wanted(),
         versions=versions(),
     )
