@@ -242,6 +242,35 @@ def nginx_binary() -> str:
     return str(found)
 
 
+def nginx_config(run: Path, port: int, worker_ports: list[int]) -> Path:
+    """Write nginx.conf (and the site, deploy/nginx/moksori.conf) for these workers under `run`."""
+    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+    # max_fails=0: 503s are retried on the next worker, never counted as failures (moksori.conf)
+    upstreams = "\n".join(f"    server {HOST}:{p} max_fails=0;" for p in worker_ports)
+    site = (REPO / "deploy/nginx/moksori.conf").read_text()
+    (run / "moksori.conf").write_text(site.replace("@LISTEN@", f"{HOST}:{port}").replace("@WORKERS@", upstreams))
+    user = ""
+    if os.geteuid() == 0:  # a root master would hand the workers to `nobody`: keep them ours
+        import grp
+        import pwd
+
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};"
+    main = (REPO / "deploy/nginx/nginx.conf.template").read_text()
+    (run / "nginx.conf").write_text(main.replace("@RUN@", str(run)).replace("@USER@", user))
+    return run / "nginx.conf"
+
+
+def start_nginx(nginx: str, run: Path, port: int, worker_ports: list[int]) -> dict:
+    """nginx (as a daemon, its pid file under `run`) on `port` in front of `worker_ports`."""
+    conf = nginx_config(run, port, worker_ports)
+    check = subprocess.run([nginx, "-t", "-q", "-p", str(run), "-c", str(conf)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx rejected the configuration:\n{check.stderr.strip()}")
+    subprocess.run([nginx, "-p", str(run), "-c", str(conf)], check=True, capture_output=True, timeout=30)
+    return record(int((run / "nginx.pid").read_text().strip()))
+
+
 # --------------------------------------------------------------------------- up / down / status
 
 
@@ -328,27 +357,7 @@ def up() -> None:
 
         # 3. nginx in front
         run = d / "nginx"
-        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-            (run / sub).mkdir(parents=True, exist_ok=True)
-        upstreams = "\n".join(f"    server {HOST}:{p} max_fails=2 fail_timeout=5s;" for p in state["worker_ports"])
-        site = (REPO / "deploy/nginx/moksori.conf").read_text()
-        (run / "moksori.conf").write_text(site.replace("@LISTEN@", f"{HOST}:{port}").replace("@WORKERS@", upstreams))
-        user = ""
-        if os.geteuid() == 0:  # a root master would hand the workers to `nobody`: keep them ours
-            import grp
-            import pwd
-
-            user = f"user {pwd.getpwuid(os.getuid()).pw_name} {grp.getgrgid(os.getgid()).gr_name};"
-        main = (REPO / "deploy/nginx/nginx.conf.template").read_text()
-        (run / "nginx.conf").write_text(main.replace("@RUN@", str(run)).replace("@USER@", user))
-        check = subprocess.run([nginx, "-t", "-q", "-p", str(run), "-c", str(run / "nginx.conf")],
-                               capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError(f"nginx rejected the configuration:\n{check.stderr.strip()}")
-        subprocess.run([nginx, "-p", str(run), "-c", str(run / "nginx.conf")], check=True, capture_output=True,
-                       timeout=30)
-        pid = int((run / "nginx.pid").read_text().strip())
-        state["nginx"] = record(pid)
+        state["nginx"] = start_nginx(nginx, run, port, state["worker_ports"])
         save()
         wait_ready("nginx", f"http://{HOST}:{port}/health", state["nginx"], run / "error.log", 30)
     except (RuntimeError, subprocess.SubprocessError, OSError) as e:
@@ -369,9 +378,11 @@ def down(quiet: bool = False) -> None:
             say(f"nothing to stop (no {d / 'state.json'})")
         return
     stopped = []
+    # a worker drains on SIGTERM: its live sessions may run up to MOKSORI_SERVER_DRAIN_TIMEOUT_S
+    drain_s = float(env("MOKSORI_SERVER_DRAIN_TIMEOUT_S", "25"))
     for name, entry in entries(state):  # nginx first: no new sessions reach the workers
         sig = signal.SIGQUIT if name == "nginx" else signal.SIGTERM  # nginx: graceful shutdown
-        if stop(name, entry, sig, grace_s=15.0 if name.startswith("worker") else 10.0, group=name != "nginx"):
+        if stop(name, entry, sig, grace_s=drain_s + 10 if name.startswith("worker") else 10.0, group=name != "nginx"):
             stopped.append(f"{name} ({entry['pid']})")
     for f in ["llm.pid", *[f"worker-{i + 1}.pid" for i in range(len(state.get("workers", [])))]]:
         (d / f).unlink(missing_ok=True)

@@ -178,6 +178,44 @@ async def _count_is(node, owner, n) -> bool:
     return await node.limits.count(owner) == n
 
 
+async def test_a_draining_worker_refuses_new_sessions_as_local_admission_does(cluster):
+    """`cluster_routes.admit` (every entry point's cluster admission) on a draining worker: the
+    `draining` refusal of `server/load.py`, counted with its refusals; also when the drain began
+    while Redis was being asked (the place taken meanwhile is given back)."""
+    from types import SimpleNamespace
+
+    from moksori.server import cluster_routes
+    from moksori.server.load import DRAINING, Admission, AdmissionLimits, LoopLag
+
+    a = await cluster.node("wa", max_per_key=3)
+    state = SimpleNamespace(cluster=a, auth_required=True, admission=Admission(AdmissionLimits(), LoopLag()))
+    ticket = await cluster_routes.admit(state, "k")
+    assert isinstance(ticket, cluster_routes.SessionTicket) and ticket.lease is not None
+    ticket.closed()
+    await until(lambda: _count_is(a, "k", 0), what="release")
+
+    acquire = a.limits.acquire
+
+    async def drain_meanwhile(owner):  # SIGTERM arrives while the cluster is asked
+        decision = await acquire(owner)
+        state.admission.draining = True
+        return decision
+
+    a.limits.acquire = drain_meanwhile
+    refusal = await cluster_routes.admit(state, "k")
+    assert isinstance(refusal, cluster_routes.Refusal)
+    assert (refusal.code, refusal.message, refusal.retry_after_s) == (DRAINING.code, DRAINING.message, 10)
+    await until(lambda: _count_is(a, "k", 0), what="the place taken meanwhile given back")
+    a.limits.acquire = acquire
+    refusal = await cluster_routes.admit(state, "k")  # draining from the start: Redis is not asked
+    assert refusal.code == "draining" and await a.limits.count("k") == 0
+    assert state.admission.refused["draining"] == 2
+    # the cluster's own flag (set with the server's drain) refuses as well
+    state.admission.draining = False
+    a.draining = True
+    assert (await cluster_routes.admit(state, "k")).code == "draining"
+
+
 async def test_leases_of_a_dead_worker_expire_and_live_ones_are_renewed(cluster):
     a = await cluster.node("wa", max_per_key=2)
     b = await cluster.node("wb", max_per_key=2)

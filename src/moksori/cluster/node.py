@@ -83,6 +83,7 @@ class ClusterNode:
         self.rpc = Rpc(redis, keys, self.hub, worker_id=worker_id, timeout_s=rpc_timeout_s)
         self._dirty = asyncio.Event()
         self._beat: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._releases: set[asyncio.Task[None]] = set()
         self.degraded_admissions = 0
         self.refused: dict[str, int] = {}
@@ -101,6 +102,7 @@ class ClusterNode:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.hub.start()
         self.live.start()
         await self.rpc.start()
@@ -164,8 +166,13 @@ class ClusterNode:
 
     @draining.setter
     def draining(self, value: bool) -> None:
+        """Shown in the registry at the next write, ~50 ms from now. Safe to set from a signal
+        handler (SIGTERM starts the drain there): the loop is woken through its self-pipe."""
         self.registry.draining = value
-        self._dirty.set()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._dirty.set)
+        else:
+            self._dirty.set()
 
     async def admit(self, owner: str | None) -> Admitted | Refusal:
         """May one more session of `owner` (an API key's label; None without keys) start?"""

@@ -285,6 +285,10 @@ class Session:
             mem.items.insert(0, item)
         else:
             mem.add(item, after=after)
+        if item.type == "message" and item.role == "user" and item.text and not item.audio:
+            # typed words, as from `add_user_text`: followers (live events) see them too
+            self.publish(E.UserTranscript(t=self.clock.now(), item_id=item.id, text=item.text,
+                                          language=item.language or self.last_language, final=True, typed=True))
         return item
 
     def delete_item(self, item_id: str) -> bool:

@@ -37,6 +37,7 @@ from moksori.cluster import (Admitted, ClusterNode, Held, MemoryLive, RedisUnava
 from moksori.cluster.limits import Lease
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.live_events import live_listener
+from moksori.server.load import DRAINING
 
 log = logging.getLogger("moksori.cluster")
 
@@ -101,7 +102,11 @@ class SessionTicket:
 
 async def admit(state: Any, owner: str) -> SessionTicket | Refusal:
     """May a session of `owner` (the key's label, or "anonymous" without keys) start? Per-key
-    limits across the cluster apply when the server has API keys."""
+    limits across the cluster apply when the server has API keys. A draining worker (SIGTERM)
+    refuses with the refusal of local admission (`draining`), also when the drain began while
+    the cluster was asked (the place taken meanwhile is given back)."""
+    if _draining(state):
+        return _refuse_draining(state)
     node: ClusterNode | None = getattr(state, "cluster", None)
     if node is None:
         return SessionTicket(state, owner)
@@ -109,7 +114,24 @@ async def admit(state: Any, owner: str) -> SessionTicket | Refusal:
     if isinstance(verdict, Refusal):
         return verdict
     assert isinstance(verdict, Admitted)
+    if _draining(state):
+        if verdict.lease is not None:
+            node.release(verdict.lease)
+        return _refuse_draining(state)
     return SessionTicket(state, owner, verdict.lease)
+
+
+def _draining(state: Any) -> bool:
+    admission = getattr(state, "admission", None)
+    node: ClusterNode | None = getattr(state, "cluster", None)
+    return bool(getattr(admission, "draining", False) or (node is not None and node.draining))
+
+
+def _refuse_draining(state: Any) -> Refusal:
+    admission = getattr(state, "admission", None)
+    if admission is not None:  # counted with local admission's refusals (/metrics)
+        admission.refused[DRAINING.code] = admission.refused.get(DRAINING.code, 0) + 1
+    return Refusal(DRAINING.code, DRAINING.message, DRAINING.retry_after_s)
 
 
 async def admit_ws(ws: WebSocket, state: Any, owner: str) -> SessionTicket | None:

@@ -2,12 +2,14 @@
 
     session.state           -> conversation.state   {"state"}   idle | user_speaking | user_paused | thinking | speaking
     user.transcript_delta   -> transcript.delta     {"item_id", "text", "language"}  (the whole hypothesis so far)
-    user.transcript         -> transcript.done      {"item_id", "text", "language"}
+    user.transcript         -> transcript.done      {"item_id", "text", "language", "typed"}
     agent.response_started  -> reply.started        {"response_id", "item_id"}
     agent.text_delta        -> reply.delta          {"response_id", "item_id", "delta"}
     agent.response_done     -> reply.done           {"response_id", "item_id", "text", "status", "interrupted"}
     (the session ends)      -> conversation.ended   {"reason"}
 
+`typed` is true for words the client sent as text (a Realtime `conversation.item.create` user
+message, the text chat), false for a spoken turn's transcript.
 `text` of `reply.done` is what the listener heard (an interrupted reply is cut where it was cut).
 A speculative reply that was thrown away never reaches the bus, so never a follower. Reads only
 `ev.type` and `ev.to_json()` (the engine's public wire shape), nothing else of the engine.
@@ -39,8 +41,11 @@ def live_listener(live: LiveEvents, conversation_id: str) -> Callable[[Any], Non
             return
         name, fields = mapped
         wire = ev.to_json()
-        if name == "transcript.done" and wire.get("final") is False:
-            return
-        live.publish(conversation_id, name, {f: wire.get(f) for f in fields})
+        data = {f: wire.get(f) for f in fields}
+        if name == "transcript.done":
+            if wire.get("final") is False:
+                return
+            data["typed"] = bool(wire.get("typed"))
+        live.publish(conversation_id, name, data)
 
     return on_event

@@ -80,6 +80,10 @@ class Refusal:
     retry_after_s: int = 5
 
 
+# The one refusal of a draining server (local admission, and the cluster's: `cluster_routes.admit`)
+DRAINING = Refusal("draining", "the server is draining: it takes no new sessions", 10)
+
+
 @dataclass
 class AdmissionLimits:
     max_sessions: int = 500
@@ -126,7 +130,7 @@ class Admission:
         lim = self.limits
         refusal: Refusal | None = None
         if self.draining:
-            refusal = Refusal("draining", "the server is draining: it takes no new sessions", 10)
+            refusal = DRAINING
         elif sessions >= lim.max_sessions:
             refusal = Refusal("too_many_sessions", f"the server is at its limit of {lim.max_sessions} sessions")
         elif sessions_of_key is not None and sessions_of_key >= lim.max_sessions_per_key:
