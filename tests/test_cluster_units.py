@@ -551,3 +551,25 @@ def test_cluster_mode_checks_are_one_line(monkeypatch):
     monkeypatch.setenv("MOKSORI_CLUSTER_TTL_S", "1")
     with pytest.raises(ConfigError, match="cluster.ttl_s"):
         load_settings()
+
+
+def test_moksori_serve_refuses_cluster_mode_without_its_shared_secret(tmp_path):
+    """The real command: one line, a non-zero exit, before any model loads (phone calls' webhook
+    and media stream may reach different workers: the stream-token secret must be shared)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOKSORI_")}
+    env.update({"MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_DATA_DIR": str(tmp_path),
+                "MOKSORI_STORE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/unused"})
+    for extra, needle in (({}, "MOKSORI_TELEPHONY_STREAM_SECRET"),
+                          ({"MOKSORI_TELEPHONY_STREAM_SECRET": " "}, "MOKSORI_TELEPHONY_STREAM_SECRET"),
+                          ({"MOKSORI_TELEPHONY_STREAM_SECRET": "s", "MOKSORI_STORE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"},
+                           "PostgreSQL")):
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "moksori", "serve", "--port", "1"], env={**env, **extra},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "warming up" not in done.stderr and time.monotonic() - t0 < 30
