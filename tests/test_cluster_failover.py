@@ -6,7 +6,12 @@ connect through nginx.
 
 1. A user text item a Realtime client creates (`conversation.item.create`) is followed, with the
    reply it gets, on the other worker (`GET /v1/conversations/{id}/events`).
-2. SIGTERM to one worker while sessions run on both: its registry entry says `draining` at
+2. Redis goes away under a third worker (its Redis is reached through a loopback proxy the test
+   cuts; the shared Redis server itself never stops): its live session goes on, a new session is
+   admitted under the worker's own limits (`MOKSORI_CLUSTER_REDIS_DOWN=admit`), what needs the
+   shared state says so clearly (503 `cluster_unavailable`), and when Redis is back the worker
+   is in the registry again with both sessions, without a restart.
+3. SIGTERM to one worker while sessions run on both: its registry entry says `draining` at
    once (the heartbeat here is 30 s, so only the immediate write can show it), `/ready` there
    is 503, a session asked of it directly gets the `draining` refusal, and new sessions through
    nginx all land on the other worker (nginx takes the 503 to the next worker). The draining
@@ -34,6 +39,7 @@ import pytest
 from databases import postgres_database
 from redis_tools import REDIS_URL, delete_prefix_sync, new_prefix, redis_available
 from servers import ServerProcess, free_port
+from tcp_proxy import TCPProxy
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-cluster-drain-1"
@@ -81,7 +87,7 @@ def cluster(tmp_path_factory):
                 w.start()
             port = free_port()
             nginx_entry = cl.start_nginx(nginx, tmp / "nginx", port, [w.port for w in workers.values()])
-            yield {"workers": workers, "port": port, "url": f"http://127.0.0.1:{port}", "tmp": tmp}
+            yield {"workers": workers, "port": port, "url": f"http://127.0.0.1:{port}", "tmp": tmp, "env": env}
         finally:
             if nginx_entry is not None:
                 cl.stop("nginx", nginx_entry, signal.SIGQUIT, grace_s=5.0, group=False)
@@ -226,6 +232,44 @@ async def test_a_user_text_item_is_followed_on_the_other_worker(cluster):
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+async def test_redis_unreachable_live_sessions_go_on_and_the_worker_recovers(cluster):
+    a = cluster["workers"]["worker-a"]
+    with TCPProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])) as proxy:
+        env = {**cluster["env"], "MOKSORI_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+               "MOKSORI_REDIS_TIMEOUT_S": "0.5"}
+        r = worker(env, cluster["tmp"], "worker-r").start()
+        first = second = None
+        try:
+            first, sid = await realtime(r.port)
+            await until(lambda: registry(a.url).get("worker-r", {}).get("sessions") == 1, what="worker-r registered")
+            proxy.cut()
+            # the live session goes on
+            assert (await say(first, "Still there?")).strip()
+            # a new session: admitted under this worker's own limits
+            second, _ = await realtime(r.port)
+            assert (await say(second, "Hello?")).strip()
+            # what needs the shared state fails clearly
+            for path in ("/v1/cluster", f"/v1/conversations/{sid}/events"):
+                got = httpx.get(r.url + path, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+                assert got.status_code == 503 and got.json()["error"]["code"] == "cluster_unavailable", got.text
+                assert got.headers["retry-after"] == "5"
+            # back by itself: the registry shows both sessions, and following works again
+            proxy.restore()
+            await until(lambda: registry(a.url).get("worker-r", {}).get("sessions") == 2, timeout=15,
+                        what="worker-r back in the registry with both sessions")
+            async with Follow(a.url, sid) as follow:
+                assert follow.events[0][1]["worker"] == "worker-r"
+                reply = await say(first, "And now?")
+                assert (await follow.wait("reply.done"))["text"] == reply
+        finally:
+            for conn in (first, second):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            r.stop()
+        assert "Traceback" not in r.log_text(), r.log_text()[-3000:]
 
 
 async def test_a_worker_drained_while_sessions_run_through_nginx(cluster):
