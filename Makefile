@@ -4,6 +4,7 @@
 # and a cluster on this machine (docs/SCALING.md):
 #   make cluster        nginx on CLUSTER_PORT + WORKERS workers + one llama_cpp.server (PostgreSQL, Redis running)
 #   make cluster-down   stop what `make cluster` started
+#   make cluster-restart  rolling restart: each worker drains, then starts again (WORKER=n: only that one)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +15,7 @@ PYTEST_ARGS ?=
 CLUSTER_PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: setup run test lint bench clean cluster cluster-down cluster-status
+.PHONY: setup run test lint bench clean cluster cluster-down cluster-status cluster-restart
 
 setup: $(STAMP)
 
@@ -46,6 +47,9 @@ cluster-down:
 
 cluster-status:
 	$(PYTHON) scripts/cluster.py status
+
+cluster-restart: setup
+	$(PY) scripts/cluster.py restart
 
 # The telephony benchmark also runs Pipecat 1.14 in its own venv (.data/bench/pipecat-venv,
 # made from PyPI only when missing); `make test` needs none of it.

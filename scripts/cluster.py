@@ -4,6 +4,7 @@
     python scripts/cluster.py up       nginx + WORKERS `moksori serve` workers + one llama_cpp.server
     python scripts/cluster.py down     stop what `up` started (by its pid files), nothing else
     python scripts/cluster.py status   what runs, and the cluster as /v1/cluster sees it
+    python scripts/cluster.py restart  rolling restart: each worker drains (SIGTERM), then starts again
 
 Everything listens on 127.0.0.1. The workers use the PostgreSQL and Redis servers that already
 run (the database is created when missing), and one OpenAI-compatible inference server
@@ -20,7 +21,7 @@ Settings (environment):
     MOKSORI_STORE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/moksori_cluster
     MOKSORI_TELEPHONY_STREAM_SECRET, MOKSORI_STORE_HASH_SECRET (default: made once in CLUSTER_DIR)
     CLUSTER_LLM_MODEL (a GGUF path)  CLUSTER_LLM_THREADS=<half the cores>  CLUSTER_LLM_CTX=4096
-    CLUSTER_READY_TIMEOUT_S=300  NGINX=nginx
+    CLUSTER_READY_TIMEOUT_S=300  NGINX=nginx  WORKER=n (restart only worker-n)
 Any other MOKSORI_* variable (API keys, models...) reaches every worker unchanged.
 
 A pid is only signalled if the process still has the start time recorded when it was started,
@@ -309,8 +310,6 @@ def up() -> None:
     nginx = nginx_binary()
     check_redis(redis_url)
     ensure_database(store_url)
-    secret = shared_secret(d, "MOKSORI_TELEPHONY_STREAM_SECRET", "stream-secret")
-    hash_secret = shared_secret(d, "MOKSORI_STORE_HASH_SECRET", "hash-secret")
     model = env("CLUSTER_LLM_MODEL", "") or packaged_gguf()
     # half the cores: llama.cpp's threads wait for each other at every step, spinning; on a busy
     # machine (the workers share it) two threads on two cores were 10-40x slower than one
@@ -334,17 +333,10 @@ def up() -> None:
         wait_ready("llama_cpp.server", f"http://{HOST}:{llm_port}/v1/models", state["llm"], log, timeout_s)
 
         # 2. the workers
-        wenv = {**os.environ, "PYTHONUNBUFFERED": "1", "MOKSORI_REDIS_URL": redis_url, "MOKSORI_STORE_URL": store_url,
-                "MOKSORI_TELEPHONY_STREAM_SECRET": secret, "MOKSORI_STORE_HASH_SECRET": hash_secret,
-                "MOKSORI_LLM_PROVIDER": "openai",
-                "MOKSORI_LLM_BASE_URL": f"http://{HOST}:{llm_port}/v1", "MOKSORI_LLM_MODEL": "moksori-llm"}
-        wenv.setdefault("MOKSORI_PUBLIC_URL", f"http://{HOST}:{port}")
-        pythonpath = str(REPO / "src") + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-        wenv["PYTHONPATH"] = pythonpath
+        wenv = worker_env(d, port, llm_port)
         for i in range(workers):
             wport = free_port()
-            log = d / f"worker-{i + 1}.log"
-            entry = spawn([PY, "-m", "moksori", "serve", "--host", HOST, "--port", str(wport)], log, wenv)
+            entry = spawn_worker(d, i, wport, wenv)
             state["workers"].append(entry)
             state["worker_ports"].append(wport)
             (d / f"worker-{i + 1}.pid").write_text(f"{entry['pid']}\n")
@@ -368,6 +360,57 @@ def up() -> None:
     save()
     say(f"ready: http://{HOST}:{port}/ (Realtime: ws://{HOST}:{port}/v1/realtime) - nginx pid {state['nginx']['pid']}, "
         f"{workers} workers, logs in {d}")
+
+
+def worker_env(d: Path, port: int, llm_port: int) -> dict[str, str]:
+    """The environment of every worker: this one's, plus what the cluster shares."""
+    wenv = {**os.environ, "PYTHONUNBUFFERED": "1",
+            "MOKSORI_REDIS_URL": env("MOKSORI_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "MOKSORI_STORE_URL": env("MOKSORI_STORE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/moksori_cluster"),
+            "MOKSORI_TELEPHONY_STREAM_SECRET": shared_secret(d, "MOKSORI_TELEPHONY_STREAM_SECRET", "stream-secret"),
+            "MOKSORI_STORE_HASH_SECRET": shared_secret(d, "MOKSORI_STORE_HASH_SECRET", "hash-secret"),
+            "MOKSORI_LLM_PROVIDER": "openai",
+            "MOKSORI_LLM_BASE_URL": f"http://{HOST}:{llm_port}/v1", "MOKSORI_LLM_MODEL": "moksori-llm"}
+    wenv.setdefault("MOKSORI_PUBLIC_URL", f"http://{HOST}:{port}")
+    wenv["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    return wenv
+
+
+def spawn_worker(d: Path, i: int, wport: int, wenv: dict[str, str]) -> dict:
+    entry = spawn([PY, "-m", "moksori", "serve", "--host", HOST, "--port", str(wport)], d / f"worker-{i + 1}.log", wenv)
+    (d / f"worker-{i + 1}.pid").write_text(f"{entry['pid']}\n")
+    return entry
+
+
+def restart() -> None:
+    """A rolling restart (after an upgrade, or to change settings): one worker at a time, SIGTERM
+    (it drains: new sessions go to the others, its live ones run to their end, up to
+    MOKSORI_SERVER_DRAIN_TIMEOUT_S), then the same worker again on the same port, ready before
+    the next one drains. WORKER=2 restarts only worker-2. Uses this environment, as `up` does."""
+    d = cluster_dir()
+    state = load_state(d)
+    if state is None or not state.get("workers"):
+        fail(f"no cluster to restart (no {d / 'state.json'})")
+    only = env("WORKER", "")
+    timeout_s = float(env("CLUSTER_READY_TIMEOUT_S", "300"))
+    drain_s = float(env("MOKSORI_SERVER_DRAIN_TIMEOUT_S", "25"))
+    wenv = worker_env(d, state["port"], state["llm_port"])
+    save = lambda: (d / "state.json").write_text(json.dumps(state, indent=1))  # noqa: E731
+    for i, (entry, wport) in enumerate(zip(list(state["workers"]), state["worker_ports"])):
+        if only and only != str(i + 1):
+            continue
+        name = f"worker-{i + 1}"
+        say(f"{name} (pid {entry['pid']}): draining")
+        t0 = time.monotonic()
+        stop(name, entry, signal.SIGTERM, grace_s=drain_s + 10)
+        say(f"{name} stopped after {time.monotonic() - t0:.1f} s; starting it again on {HOST}:{wport}")
+        state["workers"][i] = spawn_worker(d, i, wport, wenv)
+        save()
+        try:
+            wait_ready(name, f"http://{HOST}:{wport}/health", state["workers"][i], d / f"{name}.log", timeout_s)
+        except RuntimeError as e:
+            fail(f"{e}\n(the other workers still run; `make cluster-status`)")
+        say(f"{name} ready (pid {state['workers'][i]['pid']})")
 
 
 def down(quiet: bool = False) -> None:
@@ -422,6 +465,8 @@ def main() -> None:
         down()
     elif cmd == "status":
         status()
+    elif cmd == "restart":
+        restart()
     else:
         print(__doc__)
         raise SystemExit(2)
