@@ -8,9 +8,13 @@ a free port; the official `openai` Realtime client connects through nginx. In or
    `/v1/cluster` lists both workers;
 2. the live events of that session are read on the other worker (straight to its port);
 3. the per-key session limit holds across the two workers, through nginx;
-4. `kill -9` of one worker mid-conversation: its session ends, the session on the other worker
+4. a rolling restart of the worker holding a live session (`scripts/cluster.py restart`, what
+   `make cluster-restart` runs): it drains (the registry says so, new sessions through nginx go to
+   the other worker), the live session goes on to its end, then the worker exits and starts
+   again on the same port;
+5. `kill -9` of one worker mid-conversation: its session ends, the session on the other worker
    goes on, the dead worker leaves the registry after its TTL, new sessions go to the survivor;
-5. `scripts/cluster.py down` (what `make cluster-down` runs) leaves nothing running.
+6. `scripts/cluster.py down` (what `make cluster-down` runs) leaves nothing running.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def cluster(tmp_path_factory):
                "MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix, "MOKSORI_STORE_URL": db,
                "MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_API_KEYS": KEY, "MOKSORI_LLM_TEMPERATURE": "0",
                "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "2", "MOKSORI_CLUSTER_HEARTBEAT_S": "1",
-               "MOKSORI_CLUSTER_TTL_S": str(TTL), "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "2"}
+               "MOKSORI_CLUSTER_TTL_S": str(TTL), "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "2",
+               "MOKSORI_SERVER_DRAIN_TIMEOUT_S": "60"}
         up = cluster_cmd("up", env, timeout=600)
         state = json.loads((d / "state.json").read_text()) if (d / "state.json").exists() else None
         try:
@@ -78,7 +83,7 @@ def cluster(tmp_path_factory):
                     (state["workers"] + [state["llm"]] if state else [])
             left = [p["pid"] for p in procs if start_time(p["pid"]) == p["start"]]
             delete_prefix_sync(prefix)
-            # 5. cluster-down stops everything it started, and only that
+            # 6. cluster-down stops everything it started, and only that
             assert down.returncode == 0, down.stderr
             assert not left, f"still running after cluster down: {left}\n{down.stdout}"
             assert not (d / "state.json").exists()
@@ -234,6 +239,54 @@ async def test_the_per_key_limit_holds_across_workers_through_nginx(cluster):
         await a.close()
         await b.close()
     await holder(cluster, {pid: 0 for pid in pids})
+
+
+async def test_a_rolling_restart_drains_a_worker_while_sessions_run(cluster):
+    st = cluster["state"]
+    old = [w["pid"] for w in st["workers"]]
+    a, _ = await connect(cluster)
+    b = restart = None
+    try:
+        counts = await holder(cluster)
+        first = next(pid for pid, n in counts.items() if n == 1)
+        other = next(pid for pid in counts if pid != first)
+        i = old.index(first)
+        restart = await asyncio.create_subprocess_exec(
+            sys.executable, str(REPO / "scripts/cluster.py"), "restart", cwd=REPO,
+            env={**cluster["env"], "WORKER": str(i + 1)}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not workers(cluster)[first]["draining"]:
+            assert time.monotonic() < deadline, "the worker is not shown draining"
+            await asyncio.sleep(0.1)
+        # new sessions through nginx go to the other worker, and work
+        b, _ = await connect(cluster)
+        assert await holder(cluster, {first: 1, other: 1})
+        assert (await ask(b, "Hello!")).strip()
+        # the live session on the draining worker goes on to its end
+        assert (await ask(a, "Are you there?")).strip()
+        await a.close()
+        out, _ = await asyncio.wait_for(restart.communicate(), 400)
+        assert restart.returncode == 0, out.decode(errors="replace")
+        fresh = json.loads((cluster["dir"] / "state.json").read_text())
+        new = [w["pid"] for w in fresh["workers"]]
+        assert new[i] != first and new[1 - i] == other and fresh["worker_ports"] == st["worker_ports"]
+        st.clear()
+        st.update(fresh)  # the next tests and cluster-down see the new worker
+        deadline = time.monotonic() + 15
+        while set(workers(cluster)) != set(new):
+            assert time.monotonic() < deadline, f"registry: {workers(cluster)}, expected {new}"
+            await asyncio.sleep(0.2)
+        assert (await ask(b, "Still fine?")).strip()  # untouched by the other worker's restart
+    finally:
+        if restart is not None and restart.returncode is None:
+            restart.kill()
+            await restart.wait()
+        for conn in (a, b):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+    await holder(cluster, {pid: 0 for pid in new})
 
 
 async def test_kill_9_of_one_worker_mid_conversation(cluster):
