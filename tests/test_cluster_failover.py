@@ -309,7 +309,7 @@ async def test_a_worker_drained_while_sessions_run_through_nginx(cluster):
                 later.append(await realtime(port))
             await until(lambda: {n: w["sessions"] for n, w in registry(other.url).items()}
                         == {holder: 1, other_name(workers, holder): 4}, what="new sessions on the other worker")
-            assert refused_draining(victim) - before >= 4
+            assert refused_draining(victim) - before >= 3  # the direct one, and nginx's first tries
             # the draining worker's live session goes on, followed live from the other worker
             reply = await say(live, "Are you still there?")
             assert (await follow.wait("reply.done"))["text"] == reply
