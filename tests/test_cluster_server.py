@@ -123,11 +123,11 @@ class SSE:
             async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=30)) as client:
                 async with client.stream("GET", self.url, headers={"Authorization": f"Bearer {self.key}"}) as r:
                     self.status, self.headers = r.status_code, dict(r.headers)
-                    self._opened.set()
                     if r.status_code != 200:
                         await r.aread()
-                        self.body = r.text
+                        self.body = r.text  # before the caller looks at it
                         return
+                    self._opened.set()
                     event, data = "message", []
                     async for line in r.aiter_lines():
                         if line.startswith(":"):
