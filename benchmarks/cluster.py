@@ -25,6 +25,7 @@ three figures are noisy, and the machine's load average is recorded before and a
 
     python benchmarks/cluster.py [--levels 1,4,16] [--reps 2] [--capacity 25,50,100,150,200] [--json out.json]
     python benchmarks/cluster.py --quick      # a few minutes: replies capped, fewer turns and steps
+    CLUSTER_LLM_URL=http://127.0.0.1:8091 python benchmarks/cluster.py --levels ''   # another LLM server
 """
 
 from __future__ import annotations
@@ -271,15 +272,17 @@ async def run(args) -> dict:
         if up.returncode != 0:
             raise SystemExit(f"cluster up failed:\n{up.stdout}\n{up.stderr}")
         st = json.loads((Path(tmp) / "state.json").read_text())
-        base, llm_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{st['llm_port']}"
+        base, llm_url = f"http://127.0.0.1:{port}", st["llm_url"]
+        result["llm"] = os.environ.get("CLUSTER_LLM_URL") or "llama_cpp.server (packaged SmolLM2-135M)"
         worker_bases = [f"http://127.0.0.1:{p}" for p in st["worker_ports"]]
         worker_base = worker_bases[0]
     ws = lambda u: u.replace("http://", "ws://") + "/v1"  # noqa: E731
     try:
-        print("1. LLM time to first token on the shared inference server", file=sys.stderr)
-        warm = asyncio.Event()
-        warm.set()
-        await direct_ttft(llm_url, QUESTIONS[0], warm, args.max_tokens)  # the first prefill: not counted
+        if levels:
+            print("1. LLM time to first token on the shared inference server", file=sys.stderr)
+            warm = asyncio.Event()
+            warm.set()
+            await direct_ttft(llm_url, QUESTIONS[0], warm, args.max_tokens)  # the first prefill: not counted
         for n in levels:
             result["levels"][str(n)] = await ttft_level(n, ws(base), llm_url, args.max_tokens)
         if args.reps > 0 and worker_base:

@@ -21,6 +21,8 @@ Settings (environment):
     MOKSORI_STORE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/moksori_cluster
     MOKSORI_TELEPHONY_STREAM_SECRET, MOKSORI_STORE_HASH_SECRET (default: made once in CLUSTER_DIR)
     CLUSTER_LLM_MODEL (a GGUF path)  CLUSTER_LLM_THREADS=<half the cores>  CLUSTER_LLM_CTX=4096
+    CLUSTER_LLM_URL=http://host:port  an OpenAI-compatible server that already runs (vLLM...): none is
+                                      started, and MOKSORI_LLM_MODEL names its model
     CLUSTER_READY_TIMEOUT_S=300  NGINX=nginx  WORKER=n (restart only worker-n)
 Any other MOKSORI_* variable (API keys, models...) reaches every worker unchanged.
 
@@ -318,22 +320,28 @@ def up() -> None:
     state: dict = {"dir": str(d), "port": port, "workers": [], "worker_ports": []}
     save = lambda: (d / "state.json").write_text(json.dumps(state, indent=1))  # noqa: E731
     try:
-        # 1. the inference server every worker shares
-        llm_port = free_port()
-        log = d / "llm.log"
-        state["llm"] = spawn([PY, "-m", "moksori.providers.llama_cpu", "--model", model, "--model_alias", "moksori-llm",
-                              "--host", HOST, "--port", str(llm_port), "--n_threads", llm_threads,
-                              "--n_threads_batch", llm_threads,
-                              "--n_ctx", env("CLUSTER_LLM_CTX", "4096"), "--interrupt_requests", "False",
-                              "--verbose", "False"], log, {**os.environ, "PYTHONUNBUFFERED": "1"})
-        state["llm_port"] = llm_port
-        (d / "llm.pid").write_text(f"{state['llm']['pid']}\n")
-        save()
-        say(f"llama_cpp.server on {HOST}:{llm_port} ({Path(model).name})")
-        wait_ready("llama_cpp.server", f"http://{HOST}:{llm_port}/v1/models", state["llm"], log, timeout_s)
+        # 1. the inference server every worker shares (CLUSTER_LLM_URL: one that already runs)
+        external = env("CLUSTER_LLM_URL", "").rstrip("/")
+        if external:
+            state["llm_url"] = external
+            say(f"LLM: the OpenAI-compatible server at {external} (CLUSTER_LLM_URL)")
+        else:
+            llm_port = free_port()
+            log = d / "llm.log"
+            state["llm"] = spawn([PY, "-m", "moksori.providers.llama_cpu", "--model", model, "--model_alias", "moksori-llm",
+                                  "--host", HOST, "--port", str(llm_port), "--n_threads", llm_threads,
+                                  "--n_threads_batch", llm_threads,
+                                  "--n_ctx", env("CLUSTER_LLM_CTX", "4096"), "--interrupt_requests", "False",
+                                  "--verbose", "False"], log, {**os.environ, "PYTHONUNBUFFERED": "1"})
+            state["llm_port"] = llm_port
+            state["llm_url"] = f"http://{HOST}:{llm_port}"
+            (d / "llm.pid").write_text(f"{state['llm']['pid']}\n")
+            save()
+            say(f"llama_cpp.server on {HOST}:{llm_port} ({Path(model).name})")
+            wait_ready("llama_cpp.server", f"http://{HOST}:{llm_port}/v1/models", state["llm"], log, timeout_s)
 
         # 2. the workers
-        wenv = worker_env(d, port, llm_port)
+        wenv = worker_env(d, port, state["llm_url"])
         for i in range(workers):
             wport = free_port()
             entry = spawn_worker(d, i, wport, wenv)
@@ -362,15 +370,16 @@ def up() -> None:
         f"{workers} workers, logs in {d}")
 
 
-def worker_env(d: Path, port: int, llm_port: int) -> dict[str, str]:
+def worker_env(d: Path, port: int, llm_url: str) -> dict[str, str]:
     """The environment of every worker: this one's, plus what the cluster shares."""
     wenv = {**os.environ, "PYTHONUNBUFFERED": "1",
             "MOKSORI_REDIS_URL": env("MOKSORI_REDIS_URL", "redis://127.0.0.1:6379/0"),
             "MOKSORI_STORE_URL": env("MOKSORI_STORE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/moksori_cluster"),
             "MOKSORI_TELEPHONY_STREAM_SECRET": shared_secret(d, "MOKSORI_TELEPHONY_STREAM_SECRET", "stream-secret"),
             "MOKSORI_STORE_HASH_SECRET": shared_secret(d, "MOKSORI_STORE_HASH_SECRET", "hash-secret"),
-            "MOKSORI_LLM_PROVIDER": "openai",
-            "MOKSORI_LLM_BASE_URL": f"http://{HOST}:{llm_port}/v1", "MOKSORI_LLM_MODEL": "moksori-llm"}
+            "MOKSORI_LLM_PROVIDER": "openai", "MOKSORI_LLM_BASE_URL": f"{llm_url}/v1",
+            # the alias llama_cpp.server is started with; another server (CLUSTER_LLM_URL): its model's name
+            "MOKSORI_LLM_MODEL": env("MOKSORI_LLM_MODEL", "moksori-llm") if env("CLUSTER_LLM_URL", "") else "moksori-llm"}
     wenv.setdefault("MOKSORI_PUBLIC_URL", f"http://{HOST}:{port}")
     wenv["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     return wenv
@@ -394,7 +403,7 @@ def restart() -> None:
     only = env("WORKER", "")
     timeout_s = float(env("CLUSTER_READY_TIMEOUT_S", "300"))
     drain_s = float(env("MOKSORI_SERVER_DRAIN_TIMEOUT_S", "25"))
-    wenv = worker_env(d, state["port"], state["llm_port"])
+    wenv = worker_env(d, state["port"], state.get("llm_url") or f"http://{HOST}:{state['llm_port']}")
     save = lambda: (d / "state.json").write_text(json.dumps(state, indent=1))  # noqa: E731
     for i, (entry, wport) in enumerate(zip(list(state["workers"]), state["worker_ports"])):
         if only and only != str(i + 1):
