@@ -190,6 +190,10 @@ async def hold(ws_url: str, bases: list[str], levels: list[int], settle_s: float
 
     clients = cc.Clients(ws_url)
     rows, best = [], 0
+    idle = [await asyncio.to_thread(worker_lag, b) for b in bases]  # the machine's own noise, no session
+    rows.append({"sessions": 0, "lag_p99_ms": [g["loop_lag_p99_ms"] for g in idle],
+                 "loadavg": [round(x, 2) for x in os.getloadavg()]})
+    print(f"     0 sessions: loop lag p99 {rows[0]['lag_p99_ms']} ms | load {rows[0]['loadavg'][0]}", file=sys.stderr)
     try:
         for n in levels:
             t0 = time.monotonic()
@@ -232,7 +236,7 @@ async def capacity(base: str, worker_bases: list[str], levels: list[int], settle
     out = {}
     print("  one worker (straight to it):", file=sys.stderr)
     out["1_worker"] = await hold(url(worker_bases[0]), worker_bases[:1], levels, settle_s, window_s)
-    await asyncio.sleep(3.0)  # the sessions close, the gauges' 5 s window moves on
+    await asyncio.sleep(6.0)  # the sessions close, and the gauges' 5 s window moves past them
     print(f"  {len(worker_bases)} workers (through nginx):", file=sys.stderr)
     out[f"{len(worker_bases)}_workers"] = await hold(url(base), worker_bases, levels, settle_s, window_s)
     return out
@@ -319,7 +323,7 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after each step's sessions opened")
     ap.add_argument("--window", type=float, default=5.0, help="seconds of load before the gauges are read")
     ap.add_argument("--quick", action="store_true",
-                    help="--max-tokens 32 --reps 1 --utterances 3 --capacity 10,20,40,80: a few minutes")
+                    help="--max-tokens 32 --reps 1 --utterances 3 --capacity 2,5,10,20,40,80: a few minutes")
     ap.add_argument("--url", help="a running cluster's nginx (http://host:port) instead of starting one")
     ap.add_argument("--llm-url", default="", help="its inference server (with --url)")
     ap.add_argument("--worker-url", default="", help="its workers, comma-separated: the first for the direct "
@@ -327,7 +331,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if args.quick:
-        args.max_tokens, args.reps, args.utterances, args.capacity = args.max_tokens or 32, 1, 3, "10,20,40,80"
+        args.max_tokens, args.reps, args.utterances, args.capacity = args.max_tokens or 32, 1, 3, "2,5,10,20,40,80"
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
     if args.json:
