@@ -6,12 +6,14 @@ connect through nginx.
 
 1. A user text item a Realtime client creates (`conversation.item.create`) is followed, with the
    reply it gets, on the other worker (`GET /v1/conversations/{id}/events`).
-2. Redis goes away under a third worker (its Redis is reached through a loopback proxy the test
+2. A phone call held by one worker is followed on the other by the carrier's call id: its
+   state, its replies, and its end when it is hung up (through the other worker).
+3. Redis goes away under a third worker (its Redis is reached through a loopback proxy the test
    cuts; the shared Redis server itself never stops): its live session goes on, a new session is
    admitted under the worker's own limits (`MOKSORI_CLUSTER_REDIS_DOWN=admit`), what needs the
    shared state says so clearly (503 `cluster_unavailable`), and when Redis is back the worker
    is in the registry again with both sessions, without a restart.
-3. SIGTERM to one worker while sessions run on both: its registry entry says `draining` at
+4. SIGTERM to one worker while sessions run on both: its registry entry says `draining` at
    once (the heartbeat here is 30 s, so only the immediate write can show it), `/ready` there
    is 503, a session asked of it directly gets the `draining` refusal, and new sessions through
    nginx all land on the other worker (nginx takes the 503 to the next worker). The draining
@@ -43,6 +45,7 @@ from tcp_proxy import TCPProxy
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-cluster-drain-1"
+SECRET = "drain-secret"
 HEARTBEAT_S = 30  # far longer than the test: what the registry shows was written on a change
 
 if not redis_available():  # pragma: no cover - these machines run Redis
@@ -77,7 +80,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster-drain")
     with postgres_database() as db:
         env = {"MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix, "MOKSORI_STORE_URL": db,
-               "MOKSORI_TELEPHONY_STREAM_SECRET": "drain-secret", "MOKSORI_API_KEYS": KEY,
+               "MOKSORI_TELEPHONY_STREAM_SECRET": SECRET, "MOKSORI_API_KEYS": KEY,
                "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "10", "MOKSORI_CLUSTER_HEARTBEAT_S": str(HEARTBEAT_S),
                "MOKSORI_CLUSTER_TTL_S": str(2 * HEARTBEAT_S), "PYTHONUNBUFFERED": "1"}
         workers = {"worker-a": worker(env, tmp, "worker-a"), "worker-b": worker(env, tmp, "worker-b")}
@@ -232,6 +235,38 @@ async def test_a_user_text_item_is_followed_on_the_other_worker(cluster):
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+async def test_a_phone_call_is_followed_on_another_worker_by_its_call_id(cluster):
+    import os
+
+    from carrier_sim import CarrierSim
+
+    from moksori.telephony.signatures import make_stream_token
+
+    a, b = cluster["workers"]["worker-a"], cluster["workers"]["worker-b"]
+    call_id = "CA" + os.urandom(16).hex()
+    token = make_stream_token(SECRET.encode(), call_id, carrier="twilio", now=int(time.time()))
+    async with CarrierSim.connect(f"ws://127.0.0.1:{a.port}/telephony/twilio/stream", call_id=call_id,
+                                  params={"token": token}) as call:
+        await call.start()
+        await call.wait_audio(timeout=10)  # the greeting: the call is live on worker A
+        await until(lambda: registry(b.url)["worker-a"]["calls"] == 1, what="the call in the registry")
+        async with Follow(b.url, call_id) as follow:
+            first = follow.events[0][1]
+            assert first["worker"] == "worker-a" and first["conversation_id"].startswith("sess_")
+            async with Follow(a.url, call_id) as local:  # on the worker holding it (no Redis look-up)
+                assert local.events[0][1]["conversation_id"] == first["conversation_id"]
+            r = httpx.post(f"{b.url}/v1/telephony/calls/{call_id}/hangup",
+                           headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+            assert r.status_code == 200, r.text
+            ended = await follow.wait("conversation.ended")
+            assert ended["conversation_id"] == first["conversation_id"]
+        assert await call.wait_closed(timeout=5) == 1000
+    # an unknown call id is still 404
+    got = httpx.get(f"{b.url}/v1/conversations/CAnope/events", headers={"Authorization": f"Bearer {KEY}"},
+                    timeout=10)
+    assert got.status_code == 404
 
 
 async def test_redis_unreachable_live_sessions_go_on_and_the_worker_recovers(cluster):

@@ -4,7 +4,7 @@ Redis keys (under the prefix):
 
     workers             ZSET  worker id -> expiry (ms on the Redis clock)                (expires)
     worker:<id>         HASH  id, pid, address, sessions, calls, draining, started_at   (expires)
-    held:<id>           HASH  "<kind>:<session or call id>" -> JSON {owner, since}       (expires)
+    held:<id>           HASH  "<kind>:<session or call id>" -> JSON {owner, since, conversation?} (expires)
     where:<kind>:<id>   STRING worker id holding that session or call                    (expires)
 
 The worker keeps the truth locally (`add`/`remove` are plain dict operations, never a Redis
@@ -50,6 +50,7 @@ class Held:
     ident: str  # session id (sess_...), WebRTC call id (rtc_...), carrier call id
     owner: str  # label of the API key that owns it ("anonymous" without keys)
     since: float  # unix seconds
+    conversation: str | None = None  # its live events' conversation id, when it is not `ident`
 
     @property
     def field(self) -> str:
@@ -130,8 +131,7 @@ class Registry:
             pipe.pexpire(k.worker(me), ttl)
             pipe.delete(k.held(me))
             if held:
-                pipe.hset(k.held(me), mapping={h.field: json.dumps({"owner": h.owner, "since": round(h.since, 3)})
-                                               for h in held})
+                pipe.hset(k.held(me), mapping={h.field: json.dumps(_held_json(h)) for h in held})
                 pipe.pexpire(k.held(me), ttl)
             for h in held:
                 pipe.set(k.where(h.kind, h.ident), me, px=ttl)
@@ -173,7 +173,7 @@ class Registry:
             return await self.redis.get(self.keys.where(kind, ident))
 
     async def held_by(self, worker_id: str) -> dict[str, dict[str, Any]]:
-        """What a worker holds, as it last wrote it: {"<kind>:<id>": {"owner", "since"}}."""
+        """What a worker holds, as it last wrote it: {"<kind>:<id>": {"owner", "since", "conversation"?}}."""
         async with translated("registry lookup"):
             raw = await self.redis.hgetall(self.keys.held(worker_id))
         return {f: json.loads(v) for f, v in raw.items()}
@@ -189,6 +189,13 @@ class Registry:
             if wheres:
                 pipe.delete(*wheres)
             await pipe.execute()
+
+
+def _held_json(h: Held) -> dict[str, Any]:
+    out: dict[str, Any] = {"owner": h.owner, "since": round(h.since, 3)}
+    if h.conversation is not None:
+        out["conversation"] = h.conversation
+    return out
 
 
 def _int(v: Any) -> int:

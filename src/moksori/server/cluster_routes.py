@@ -2,7 +2,8 @@
 
     GET  /v1/cluster                              any valid key -> {"workers": [{"id", "pid", "sessions", "draining", ...}]}
     GET  /v1/conversations/{id}/events            Server-Sent Events: the live events of a conversation,
-                                                  on any worker (only the key that owns it; ?api-key= for EventSource)
+                                                  on any worker (only the key that owns it; ?api-key= for EventSource);
+                                                  a phone call's also by the carrier's call id
     POST /v1/telephony/calls/{call_id}/hangup     hang up a phone call, whichever worker holds it
     POST /v1/telephony/calls/{call_id}/transfer   {"to": "+15551234567"}: transfer it (a MOKSORI_TELEPHONY_TRANSFER_NUMBERS one)
 
@@ -73,14 +74,16 @@ class SessionTicket:
 
     def opened(self, kind: str, ident: str, session: Any | None = None, *, conversation_id: str | None = None) -> None:
         """The session exists: register it, and publish its live events under `conversation_id`
-        (default: the session id)."""
+        (default: the session id). A call's live events can also be followed by its call id."""
         self.kind, self.ident = kind, ident
+        cid = (conversation_id or ident) if session is not None else None
         node: ClusterNode | None = self.state.cluster
         if node is not None:
-            node.opened(Held(kind, ident, self.owner, time.time()))
-        if session is not None:
-            cid = conversation_id or ident
+            node.opened(Held(kind, ident, self.owner, time.time(), cid if cid != ident else None))
+        if session is not None and cid is not None:
             self.conversation_id = cid
+            if cid != ident:
+                _aliases(self.state)[ident] = cid
             self.state.live.begin(cid, self.owner, channel=kind)
             session.bus.listen(live_listener(self.state.live, cid))
 
@@ -91,6 +94,8 @@ class SessionTicket:
         if cid is not None:
             self.state.live.end(cid, reason)
             self.conversation_id = None
+            if self.ident is not None and _aliases(self.state).get(self.ident) == cid:
+                del _aliases(self.state)[self.ident]
         if node is not None:
             if self.kind is not None and self.ident is not None:
                 node.closed(self.kind, self.ident, self.lease)
@@ -98,6 +103,26 @@ class SessionTicket:
                 node.release(self.lease)
         self.kind = self.ident = None
         self.lease = None
+
+
+def _aliases(state: Any) -> dict[str, str]:
+    """This worker's calls whose live events go under another id: call id -> conversation id."""
+    aliases = getattr(state, "live_aliases", None)
+    if aliases is None:
+        aliases = state.live_aliases = {}
+    return aliases
+
+
+async def _conversation_of_call(state: Any, call_id: str) -> str | None:
+    """The conversation id of a phone call held by any worker (followed by the carrier's call id)."""
+    cid = _aliases(state).get(call_id)
+    node: ClusterNode | None = getattr(state, "cluster", None)
+    if cid is not None or node is None:
+        return cid
+    worker = await node.registry.locate("phone", call_id)
+    if worker is None:
+        return None
+    return (await node.registry.held_by(worker)).get(f"phone:{call_id}", {}).get("conversation")
 
 
 async def admit(state: Any, owner: str) -> SessionTicket | Refusal:
@@ -264,6 +289,11 @@ async def _events(state: Any, request: Request, conversation_id: str, key: str |
     owner = key_label(key) if state.auth_required else "anonymous"
     try:
         follow = await state.live.follow(conversation_id)
+        if follow is None:  # a phone call, named by the carrier's call id
+            cid = await _conversation_of_call(state, conversation_id)
+            if cid is not None:
+                follow = await state.live.follow(cid)
+                conversation_id = cid if follow is not None else conversation_id
     except RedisUnavailable as e:
         return _unavailable(e)
     if follow is not None and state.auth_required and follow.owner not in (owner, ANY_KEY):
