@@ -80,7 +80,7 @@ def cluster(tmp_path_factory):
         finally:
             down = cluster_cmd("down", env, timeout=120)
             procs = ([state["nginx"]] if state and state.get("nginx") else []) + \
-                    (state["workers"] + [state["llm"]] if state else [])
+                    (state["workers"] + ([state["llm"]] if state.get("llm") else []) if state else [])
             left = [p["pid"] for p in procs if start_time(p["pid"]) == p["start"]]
             delete_prefix_sync(prefix)
             # 6. cluster-down stops everything it started, and only that
