@@ -16,7 +16,8 @@ connect through nginx.
 4. SIGTERM to one worker while sessions run on both: its registry entry says `draining` at
    once (the heartbeat here is 30 s, so only the immediate write can show it), `/ready` there
    is 503, a session asked of it directly gets the `draining` refusal, and new sessions through
-   nginx all land on the other worker (nginx takes the 503 to the next worker). The draining
+   nginx (Realtime WebSockets and a WebRTC offer) all land on the other worker (nginx takes the
+   503 to the next worker). The draining
    worker's live session goes on (a turn, followed live from the other worker) until its
    client leaves; then the worker exits cleanly and leaves the registry at once (TTL 60 s).
    The sessions on the other worker are untouched, and nginx keeps serving.
@@ -310,7 +311,10 @@ async def test_redis_unreachable_live_sessions_go_on_and_the_worker_recovers(clu
 async def test_a_worker_drained_while_sessions_run_through_nginx(cluster):
     from websockets.exceptions import InvalidStatus
 
+    from moksori.testing.webrtc_client import RtcClient
+
     workers, port = cluster["workers"], cluster["port"]
+    rtc = RtcClient()
     first, sid1 = await realtime(port)
     second, sid2 = await realtime(port)
     later: list = []
@@ -342,8 +346,12 @@ async def test_a_worker_drained_while_sessions_run_through_nginx(cluster):
             # first - it has fewer connections - and takes its 503 to the next)
             for _ in range(3):
                 later.append(await realtime(port))
+            # a WebRTC offer (a POST) too: refused there, it created nothing, so nginx sends it on
+            await rtc.connect_sdk(cluster["url"], KEY)
+            await asyncio.wait_for(rtc.opened.wait(), 15)
+            await rtc.wait_event("session.created")
             await until(lambda: {n: w["sessions"] for n, w in registry(other.url).items()}
-                        == {holder: 1, other_name(workers, holder): 4}, what="new sessions on the other worker")
+                        == {holder: 1, other_name(workers, holder): 5}, what="new sessions on the other worker")
             assert refused_draining(victim) - before >= 3  # the direct one, and nginx's first tries
             # the draining worker's live session goes on, followed live from the other worker
             reply = await say(live, "Are you still there?")
@@ -364,8 +372,9 @@ async def test_a_worker_drained_while_sessions_run_through_nginx(cluster):
         # nginx keeps serving: the next session goes to the remaining worker
         later.append(await realtime(port))
         assert (await say(later[-1][0], "One more?")).strip()
-        assert registry(cluster["url"])[other_name(workers, holder)]["sessions"] == 5
+        assert registry(cluster["url"])[other_name(workers, holder)]["sessions"] == 6
     finally:
+        await rtc.close()
         for conn in [first, second, *(c for c, _ in later)]:
             with contextlib.suppress(Exception):
                 await conn.close()
