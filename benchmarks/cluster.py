@@ -178,7 +178,7 @@ def worker_lag(base: str) -> dict:
 
     req = urllib.request.Request(base + "/ready", headers={"Authorization": f"Bearer {KEY}"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read())

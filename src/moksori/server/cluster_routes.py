@@ -71,6 +71,7 @@ class SessionTicket:
         self.lease = lease
         self.kind: str | None = None
         self.ident: str | None = None
+        self.conversation_id: str | None = None
 
     def opened(self, kind: str, ident: str, session: Any | None = None, *, conversation_id: str | None = None) -> None:
         """The session exists: register it, and publish its live events under `conversation_id`
@@ -90,7 +91,7 @@ class SessionTicket:
     def closed(self, reason: str = "closed") -> None:
         """Idempotent."""
         node: ClusterNode | None = self.state.cluster
-        cid = getattr(self, "conversation_id", None)
+        cid = self.conversation_id
         if cid is not None:
             self.state.live.end(cid, reason)
             self.conversation_id = None
