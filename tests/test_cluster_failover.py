@@ -350,6 +350,8 @@ async def test_a_worker_drained_while_sessions_run_through_nginx(cluster):
             await rtc.connect_sdk(cluster["url"], KEY)
             await asyncio.wait_for(rtc.opened.wait(), 15)
             await rtc.wait_event("session.created")
+            async with Follow(victim.url, rtc.call_id) as by_call_id:  # followed by its call id, elsewhere
+                assert by_call_id.events[0][1]["worker"] == other_name(workers, holder)
             await until(lambda: {n: w["sessions"] for n, w in registry(other.url).items()}
                         == {holder: 1, other_name(workers, holder): 5}, what="new sessions on the other worker")
             assert refused_draining(victim) - before >= 3  # the direct one, and nginx's first tries

@@ -3,7 +3,7 @@
     GET  /v1/cluster                              any valid key -> {"workers": [{"id", "pid", "sessions", "draining", ...}]}
     GET  /v1/conversations/{id}/events            Server-Sent Events: the live events of a conversation,
                                                   on any worker (only the key that owns it; ?api-key= for EventSource);
-                                                  a phone call's also by the carrier's call id
+                                                  a call's also by its call id (carrier's, or rtc_...)
     POST /v1/telephony/calls/{call_id}/hangup     hang up a phone call, whichever worker holds it
     POST /v1/telephony/calls/{call_id}/transfer   {"to": "+15551234567"}: transfer it (a MOKSORI_TELEPHONY_TRANSFER_NUMBERS one)
 
@@ -115,15 +115,17 @@ def _aliases(state: Any) -> dict[str, str]:
 
 
 async def _conversation_of_call(state: Any, call_id: str) -> str | None:
-    """The conversation id of a phone call held by any worker (followed by the carrier's call id)."""
+    """The conversation id of a call (phone: the carrier's call id; WebRTC: `rtc_...`) held by
+    any worker."""
     cid = _aliases(state).get(call_id)
     node: ClusterNode | None = getattr(state, "cluster", None)
     if cid is not None or node is None:
         return cid
-    worker = await node.registry.locate("phone", call_id)
-    if worker is None:
-        return None
-    return (await node.registry.held_by(worker)).get(f"phone:{call_id}", {}).get("conversation")
+    for kind in ("phone", "webrtc"):
+        worker = await node.registry.locate(kind, call_id)
+        if worker is not None:
+            return (await node.registry.held_by(worker)).get(f"{kind}:{call_id}", {}).get("conversation")
+    return None
 
 
 async def admit(state: Any, owner: str) -> SessionTicket | Refusal:
@@ -290,7 +292,7 @@ async def _events(state: Any, request: Request, conversation_id: str, key: str |
     owner = key_label(key) if state.auth_required else "anonymous"
     try:
         follow = await state.live.follow(conversation_id)
-        if follow is None:  # a phone call, named by the carrier's call id
+        if follow is None:  # a call, named by its call id
             cid = await _conversation_of_call(state, conversation_id)
             if cid is not None:
                 follow = await state.live.follow(cid)
