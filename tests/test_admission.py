@@ -192,9 +192,11 @@ async def test_session_limits_per_key_apply_only_with_keys() -> None:
 
 async def test_draining_refuses_everything_new() -> None:
     with Server() as srv:
+        assert srv.get("/v1/cluster")[1]["workers"][0]["draining"] is False
         srv.state.admission.draining = True
         status, report = srv.get("/ready")
         assert status == 503 and report["status"] == "draining"
+        assert srv.get("/v1/cluster")[1]["workers"][0]["draining"] is True  # one process: this worker
         with pytest.raises(InvalidStatus) as refused:
             async with connect(srv.ws()):
                 pass

@@ -242,7 +242,7 @@ def install(app: FastAPI, state: Any) -> None:
         node: ClusterNode | None = state.cluster
         if node is None:
             return JSONResponse({"workers": [{"id": "local", "pid": os.getpid(), "sessions": state.sessions,
-                                              "draining": False}]})
+                                              "draining": _draining(state)}]})
         try:
             workers = await node.workers()
         except RedisUnavailable as e:
