@@ -156,10 +156,17 @@ emulated = pytest.mark.skipif(platform.machine() != "x86_64" or QEMU is None,
                               reason="needs qemu-user on x86_64 (scripts/install-system.sh installs it)")
 
 
+# ~45 s on 2 idle cores, ~140 s with the other core busy; a CI run on a machine loaded by other
+# jobs once needed more than 600 s. Emulation is ~50x slower than the host, so the deadline is
+# generous: it is there to end a hung child, not to time it.
+EMULATED_TIMEOUT_S = 1800
+
+
 def _run_emulated(*args: str) -> dict:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run([QEMU, "-cpu", QEMU_CPU, sys.executable, str(Path(mo.__file__)), "child", *args],
-                          capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=EMULATED_TIMEOUT_S, env=env,
+                          stdin=subprocess.DEVNULL)
     stderr = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith("qemu-x86_64: warning"))
     assert proc.returncode == 0, stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
