@@ -18,7 +18,7 @@ HOP = 160
 N_MELS = 80
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     linear = 3.0 * f / 200.0
     log_part = 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) * (27.0 / np.log(6.4))
@@ -40,7 +40,7 @@ def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, rate: int = SAMPLE_RAT
     lower, centre, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
     rising = (bins_hz[None, :] - lower) / (centre - lower)
     falling = (upper - bins_hz[None, :]) / (upper - centre)
-    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights: np.ndarray = np.maximum(0.0, np.minimum(rising, falling))
     weights *= (2.0 / (upper - lower))  # equal area per band (Slaney)
     return weights.astype(np.float32)
 
@@ -62,6 +62,6 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
     power = np.abs(np.fft.rfft(frames * _hann(), axis=-1)) ** 2  # (T+1, bins)
     mel = mel_filters() @ power[:-1].T.astype(np.float32)  # drop the last frame, as Whisper does
-    logm = np.log10(np.maximum(mel, 1e-10))
+    logm: np.ndarray = np.log10(np.maximum(mel, 1e-10))
     logm = np.maximum(logm, logm.max() - 8.0)
     return ((logm + 4.0) / 4.0).astype(np.float32)

@@ -38,14 +38,14 @@ class StreamResampler:
             src_rate, dst_rate, 1, dtype="int16", quality=quality)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
-        if self._passthrough:
+        if self._stream is None:  # passthrough
             return samples
         if len(samples) == 0:
             return np.zeros(0, dtype=np.int16)
         return np.asarray(self._stream.resample_chunk(samples.astype(np.int16, copy=False)), dtype=np.int16)
 
     def flush(self) -> np.ndarray:
-        if self._passthrough:
+        if self._stream is None:  # passthrough
             return np.zeros(0, dtype=np.int16)
         out = np.asarray(self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True), dtype=np.int16)
         self._stream = soxr.ResampleStream(self.src_rate, self.dst_rate, 1, dtype="int16", quality="HQ")

@@ -23,10 +23,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from moksori.engine.memory import Item
-from moksori.providers.base import LLM, ChatRequest, Message, TextDelta, ToolCall, Usage
+from moksori.providers.base import LLM, ChatRequest, Message, Role, TextDelta, ToolCall, Usage
 from moksori.text.tokens import TokenCounter, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def token_counter(llm: LLM) -> TokenCounter:
     for candidate in (llm, *getattr(llm, "providers", ())):
         count = getattr(candidate, "count_tokens", None)
         if callable(count):
-            return count
+            return cast(TokenCounter, count)  # count_tokens(text) -> int (llm_llamacpp)
     return estimate_tokens
 
 
@@ -115,7 +115,7 @@ class Counter:
     def __init__(self, count: TokenCounter, overhead: int) -> None:
         self.count = count
         self.overhead = overhead
-        self._cache: dict[tuple, int] = {}
+        self._cache: dict[tuple[Role, str, tuple[ToolCall, ...], str | None], int] = {}
 
     def text(self, s: str) -> int:
         return self.count(s) if s else 0

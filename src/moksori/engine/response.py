@@ -103,7 +103,7 @@ class Response:
     function_calls: list[ToolCall] = field(default_factory=list)
     item: Item | None = None
     _held: list[E.Event] = field(default_factory=list)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     on_finished: Callable[[Response], None] | None = None
     _clauses_queued: int = 0

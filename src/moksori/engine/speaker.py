@@ -89,8 +89,8 @@ class Speaker:
         self.current: Playback | None = None
         self._playout_end = 0.0
         self._audible = False
-        self._task: asyncio.Task | None = None
-        self._quiet_task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._quiet_task: asyncio.Task[None] | None = None
         self._hold = False
 
     # -------------------------------------------------------------- control

@@ -139,8 +139,8 @@ class PhoneCall:
         self._bad_in_a_row = 0
         self._out: deque[tuple[str, str | None, WireMessage]] = deque()  # (kind, response id, wire)
         self._out_ready = asyncio.Event()
-        self._sender: asyncio.Task | None = None
-        self._watchdog: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._last_message = self._opened_at = asyncio.get_running_loop().time()
         self._start_timeout_s = start_timeout_s
         self._idle_timeout_s = idle_timeout_s
@@ -218,7 +218,8 @@ class PhoneCall:
 
     async def _on_start(self, ev: CallStarted) -> None:
         token = ev.params.get(TOKEN_PARAM) or self._url_token
-        if not check_stream_token(self._secret, token, ev.call_id, carrier=self.carrier, now=int(self._clock())):
+        if not token or not check_stream_token(self._secret, token, ev.call_id, carrier=self.carrier,
+                                                now=int(self._clock())):
             log.warning("%s stream for call %r refused: %s stream token", self.carrier, ev.call_id[:64],
                         "missing" if not token else "invalid or expired")
             self.end("bad_token", CLOSE_POLICY)

@@ -69,7 +69,7 @@ class PhraseCacheTTS(TTS):
         async for _ in self.synthesize(text, opts):
             pass
 
-    async def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:  # type: ignore[override]
+    async def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:
         key = (text, opts.voice, opts.language, opts.speed)
         if key not in self._cache and key in self._inflight:
             await self._inflight[key].wait()  # being warmed right now: wait for it, never twice

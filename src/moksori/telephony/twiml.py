@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from typing import Any
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 _XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -77,7 +78,8 @@ def plivo_stream_xml(stream_url: str, extra_headers: Mapping[str, str] | None = 
     return _render(response, declaration)
 
 
-def vonage_stream_ncco(stream_url: str, headers: Mapping[str, str] | None = None, *, rate: int = 16000) -> list[dict]:
+def vonage_stream_ncco(stream_url: str, headers: Mapping[str, str] | None = None, *,
+                      rate: int = 16000) -> list[dict[str, Any]]:
     """A Vonage NCCO for an answer URL: connect the call to a WebSocket (L16 at `rate`).
 
     `headers` arrive in the stream's first `websocket:connected` message."""

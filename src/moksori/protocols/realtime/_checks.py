@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from moksori.errors import ProtocolError
+
+
+S = TypeVar("S", bound=str)
 
 
 def fail(message: str, param: str | None, code: str = "invalid_value") -> NoReturn:
@@ -70,8 +73,8 @@ def as_int(value: Any, param: str, *, lo: int | None = None, hi: int | None = No
     return value
 
 
-def as_choice(value: Any, param: str, choices: tuple[str, ...]) -> str:
+def as_choice(value: Any, param: str, choices: tuple[S, ...]) -> S:
     if not isinstance(value, str) or value not in choices:
         shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
         fail(f"{param} must be one of {', '.join(choices)}; got {shown}", param)
-    return value
+    return choices[choices.index(value)]  # the same string, typed as the choice it matched

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from moksori.errors import ProtocolError
 
 from . import mcp
 from ._checks import as_dict, as_int, as_list, as_opt_str, as_str, fail
 from .audio_formats import AudioFormat, parse_audio_format
-from .items import (ContentPart, FunctionCallItem, FunctionCallOutputItem, Item, ItemReference, MessageItem)
+from .items import (ContentPart, FunctionCallItem, FunctionCallOutputItem, Item, ItemReference, MessageItem, MessageRole,
+                    PartType)
 from .session_fields import (parse_max_tokens, parse_modalities, parse_temperature, parse_tool_choice,
                              parse_tools, parse_voice)
 
@@ -142,7 +143,7 @@ ClientEvent = (SessionUpdate | TranscriptionSessionUpdate | InputAudioBufferAppe
 # ---------------------------------------------------------------------------- items
 
 # role -> accepted part type -> normalised part type (GA and beta spellings)
-_PARTS: dict[str, dict[str, str]] = {
+_PARTS: dict[str, dict[str, PartType]] = {
     "user": {"input_text": "input_text", "input_audio": "input_audio", "input_image": "input_image"},
     "system": {"input_text": "input_text"},
     "assistant": {"output_text": "output_text", "text": "output_text",
@@ -166,11 +167,11 @@ def _part(raw: Any, role: str, param: str) -> ContentPart:
         fail(f"{param}.type must be one of {', '.join(allowed)} for a {role} message", f"{param}.type")
     norm = allowed[kind]
     if norm in ("input_text", "output_text"):
-        return ContentPart(norm, text=as_str(obj.get("text"), f"{param}.text"))  # type: ignore[arg-type]
+        return ContentPart(norm, text=as_str(obj.get("text"), f"{param}.text"))
     if norm == "input_image":
         return ContentPart("input_image", image_url=as_str(obj.get("image_url"), f"{param}.image_url",
                                                            nonempty=True))
-    return ContentPart(norm, audio=as_opt_str(obj.get("audio"), f"{param}.audio"),  # type: ignore[arg-type]
+    return ContentPart(norm, audio=as_opt_str(obj.get("audio"), f"{param}.audio"),
                        transcript=as_opt_str(obj.get("transcript"), f"{param}.transcript"))
 
 
@@ -189,7 +190,7 @@ def parse_item(raw: Any, param: str = "item", *, allow_reference: bool = False) 
     obj = as_dict(raw, param)
     kind = obj.get("type", "message" if "role" in obj else None)
     if kind == "item_reference" and allow_reference:
-        return ItemReference(_item_id(obj, "id", param, required=True))  # type: ignore[arg-type]
+        return ItemReference(as_str(obj.get("id"), f"{param}.id", nonempty=True, max_len=_ID_MAX))
     item_id = _item_id(obj, "id", param, required=False)
     if kind == "message":
         role = obj.get("role")
@@ -197,7 +198,7 @@ def parse_item(raw: Any, param: str = "item", *, allow_reference: bool = False) 
             fail(f"{param}.role must be user, assistant or system", f"{param}.role")
         parts = as_list(obj.get("content"), f"{param}.content")
         content = tuple(_part(p, role, f"{param}.content[{i}]") for i, p in enumerate(parts))
-        return MessageItem(role, content, id=item_id, status=_status(obj, param))  # type: ignore[arg-type]
+        return MessageItem(cast(MessageRole, role), content, id=item_id, status=_status(obj, param))  # a key of _PARTS
     if kind == "function_call":
         args = obj.get("arguments", "")
         return FunctionCallItem(call_id=as_str(obj.get("call_id"), f"{param}.call_id", nonempty=True),
@@ -208,6 +209,7 @@ def parse_item(raw: Any, param: str = "item", *, allow_reference: bool = False) 
         if not mcp.SERVED:
             fail(f"{param}.type 'mcp_approval_response' is not supported: this server does not run MCP tools yet",
                  f"{param}.type")
+        # Unreachable while mcp.SERVED is False; `Item` gains the MCP item when MCP tools are served.
         return mcp.parse_mcp_approval_response(obj, param, item_id)  # type: ignore[return-value]
     if kind == "function_call_output":
         return FunctionCallOutputItem(call_id=as_str(obj.get("call_id"), f"{param}.call_id", nonempty=True),
@@ -306,7 +308,8 @@ def _build(kind: str, obj: dict[str, Any], eid: str | None) -> ClientEvent:
     if kind == "conversation.item.create":
         item = parse_item(obj.get("item"), "item")
         prev = obj.get("previous_item_id")
-        return ConversationItemCreate(eid, item,  # type: ignore[arg-type]
+        assert not isinstance(item, ItemReference)  # allow_reference is False
+        return ConversationItemCreate(eid, item,
                                       None if prev is None else as_str(prev, "previous_item_id", max_len=_ID_MAX))
     if kind == "conversation.item.retrieve":
         return ConversationItemRetrieve(eid, as_str(obj.get("item_id"), "item_id", nonempty=True))

@@ -27,13 +27,14 @@ from .audio_formats import PCM16_24K, AudioFormat
 from .flavor import Flavor
 
 __all__ = [
-    "PartType", "ItemStatus", "ResponseStatus", "ContentPart", "MessageItem", "FunctionCallItem",
+    "PartType", "MessageRole", "ItemStatus", "ResponseStatus", "ContentPart", "MessageItem", "FunctionCallItem",
     "FunctionCallOutputItem", "ItemReference", "Item", "Usage", "part_to_wire", "item_to_wire",
     "message_item", "function_call_item", "function_call_output_item", "event_part", "usage_to_wire",
     "status_details", "response_object",
 ]
 
 PartType = Literal["input_text", "input_audio", "input_image", "output_text", "output_audio"]
+MessageRole = Literal["user", "assistant", "system"]
 ItemStatus = Literal["completed", "in_progress", "incomplete"]
 ResponseStatus = Literal["in_progress", "completed", "cancelled", "incomplete", "failed"]
 
@@ -51,7 +52,7 @@ class ContentPart:
 
 @dataclass(frozen=True, slots=True)
 class MessageItem:
-    role: Literal["user", "assistant", "system"]
+    role: MessageRole
     content: tuple[ContentPart, ...]
     id: str | None = None
     status: ItemStatus | None = None

@@ -148,7 +148,7 @@ def _approval(value: Any, param: str) -> MCPApprovalPolicy:
     if isinstance(value, str):
         if value not in ("always", "never"):
             fail(f"{param} must be 'always', 'never' or a filter object", param)
-        return MCPApprovalPolicy(value)  # type: ignore[arg-type]
+        return MCPApprovalPolicy("always" if value == "always" else "never")
     obj = as_dict(value, param)
     for key in obj:
         if key not in ("always", "never"):

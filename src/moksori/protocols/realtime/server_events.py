@@ -38,19 +38,25 @@ class ServerEvents:
             return None
         return {"event_id": f"{self._prefix}{next(self._ids)}", "type": name, **fields}
 
+    def _every(self, ga_type: str, **fields: Any) -> Event:
+        """An event that every dialect has (``_ev`` never returns ``None`` for it)."""
+        ev = self._ev(ga_type, **fields)
+        assert ev is not None, ga_type
+        return ev
+
     # ------------------------------------------------------------------ session / errors
     def session_created(self, session: Mapping[str, Any]) -> Event:
         """``session`` comes from :func:`session_to_wire` for the same dialect."""
-        return self._ev("session.created", session=dict(session))  # type: ignore[return-value]
+        return self._every("session.created", session=dict(session))
 
     def session_updated(self, session: Mapping[str, Any]) -> Event:
-        return self._ev("session.updated", session=dict(session))  # type: ignore[return-value]
+        return self._every("session.updated", session=dict(session))
 
     def error(self, message: str, *, code: str | None = None, param: str | None = None,
               event_id: str | None = None,
               type: Literal["invalid_request_error", "server_error"] | str = "invalid_request_error") -> Event:
         """``event_id`` is the id of the client event that caused the error, if any."""
-        return self._ev("error", error={"type": type, "code": code, "message": message, "param": param,  # type: ignore[return-value]
+        return self._every("error", error={"type": type, "code": code, "message": message, "param": param,
                                         "event_id": event_id})
 
     def error_from(self, err: ProtocolError) -> Event:
@@ -59,7 +65,7 @@ class ServerEvents:
     def warning(self, message: str, *, code: str = "unsupported_feature", param: str | None = None,
                 event_id: str | None = None) -> Event:
         if self.flavor is Flavor.AZURE:
-            return self._ev("warning", warning={"message": message, "code": code, "param": param})  # type: ignore[return-value]
+            return self._every("warning", warning={"message": message, "code": code, "param": param})
         return self.error(message, code=code, param=param, event_id=event_id)
 
     def rate_limits_updated(self, rate_limits: Sequence[Mapping[str, Any]]) -> Event | None:
@@ -68,16 +74,16 @@ class ServerEvents:
 
     # ------------------------------------------------------------------ input audio buffer
     def input_audio_buffer_speech_started(self, audio_start_ms: int, item_id: str) -> Event:
-        return self._ev("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=item_id)  # type: ignore[return-value]
+        return self._every("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=item_id)
 
     def input_audio_buffer_speech_stopped(self, audio_end_ms: int, item_id: str) -> Event:
-        return self._ev("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)  # type: ignore[return-value]
+        return self._every("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
 
     def input_audio_buffer_committed(self, item_id: str, previous_item_id: str | None = None) -> Event:
-        return self._ev("input_audio_buffer.committed", previous_item_id=previous_item_id, item_id=item_id)  # type: ignore[return-value]
+        return self._every("input_audio_buffer.committed", previous_item_id=previous_item_id, item_id=item_id)
 
     def input_audio_buffer_cleared(self) -> Event:
-        return self._ev("input_audio_buffer.cleared")  # type: ignore[return-value]
+        return self._every("input_audio_buffer.cleared")
 
     def input_audio_buffer_timeout_triggered(self, audio_start_ms: int, audio_end_ms: int,
                                              item_id: str) -> Event | None:
@@ -87,39 +93,39 @@ class ServerEvents:
 
     def output_audio_buffer_started(self, response_id: str) -> Event:
         """WebRTC: the server's outbound audio track began playing this response."""
-        return self._ev("output_audio_buffer.started", response_id=response_id)  # type: ignore[return-value]
+        return self._every("output_audio_buffer.started", response_id=response_id)
 
     def output_audio_buffer_stopped(self, response_id: str) -> Event:
         """WebRTC: the response's audio has all been sent and the outbound buffer is empty."""
-        return self._ev("output_audio_buffer.stopped", response_id=response_id)  # type: ignore[return-value]
+        return self._every("output_audio_buffer.stopped", response_id=response_id)
 
     def output_audio_buffer_cleared(self, response_id: str) -> Event:
         """Azure's event carries no ``response_id``."""
         if self.flavor is Flavor.AZURE:
-            return self._ev("output_audio_buffer.cleared")  # type: ignore[return-value]
-        return self._ev("output_audio_buffer.cleared", response_id=response_id)  # type: ignore[return-value]
+            return self._every("output_audio_buffer.cleared")
+        return self._every("output_audio_buffer.cleared", response_id=response_id)
 
     # ------------------------------------------------------------------ conversation
     def conversation_item_added(self, item: Mapping[str, Any], previous_item_id: str | None = None) -> Event:
         """GA ``conversation.item.added``; beta/Azure ``conversation.item.created``."""
-        return self._ev("conversation.item.added", previous_item_id=previous_item_id, item=dict(item))  # type: ignore[return-value]
+        return self._every("conversation.item.added", previous_item_id=previous_item_id, item=dict(item))
 
     def conversation_item_done(self, item: Mapping[str, Any], previous_item_id: str | None = None) -> Event | None:
         """GA only; beta/Azure have no ``conversation.item.done`` (returns None)."""
         return self._ev("conversation.item.done", previous_item_id=previous_item_id, item=dict(item))
 
     def conversation_item_retrieved(self, item: Mapping[str, Any]) -> Event:
-        return self._ev("conversation.item.retrieved", item=dict(item))  # type: ignore[return-value]
+        return self._every("conversation.item.retrieved", item=dict(item))
 
     def conversation_item_deleted(self, item_id: str) -> Event:
-        return self._ev("conversation.item.deleted", item_id=item_id)  # type: ignore[return-value]
+        return self._every("conversation.item.deleted", item_id=item_id)
 
     def conversation_item_truncated(self, item_id: str, content_index: int, audio_end_ms: int) -> Event:
-        return self._ev("conversation.item.truncated", item_id=item_id, content_index=content_index,  # type: ignore[return-value]
+        return self._every("conversation.item.truncated", item_id=item_id, content_index=content_index,
                         audio_end_ms=audio_end_ms)
 
     def input_audio_transcription_delta(self, item_id: str, content_index: int, delta: str) -> Event:
-        return self._ev("conversation.item.input_audio_transcription.delta", item_id=item_id,  # type: ignore[return-value]
+        return self._every("conversation.item.input_audio_transcription.delta", item_id=item_id,
                         content_index=content_index, delta=delta)
 
     def input_audio_transcription_completed(self, item_id: str, content_index: int, transcript: str, *,
@@ -137,40 +143,40 @@ class ServerEvents:
     def input_audio_transcription_failed(self, item_id: str, content_index: int, message: str, *,
                                          code: str | None = "transcription_failed",
                                          type: str = "transcription_error") -> Event:
-        return self._ev("conversation.item.input_audio_transcription.failed", item_id=item_id,  # type: ignore[return-value]
+        return self._every("conversation.item.input_audio_transcription.failed", item_id=item_id,
                         content_index=content_index,
                         error={"type": type, "code": code, "message": message, "param": None})
 
     # ------------------------------------------------------------------ responses
     def response_created(self, response: Mapping[str, Any]) -> Event:
         """``response`` comes from :func:`response_object`."""
-        return self._ev("response.created", response=dict(response))  # type: ignore[return-value]
+        return self._every("response.created", response=dict(response))
 
     def response_done(self, response: Mapping[str, Any]) -> Event:
-        return self._ev("response.done", response=dict(response))  # type: ignore[return-value]
+        return self._every("response.done", response=dict(response))
 
     def response_output_item_added(self, response_id: str, output_index: int, item: Mapping[str, Any]) -> Event:
-        return self._ev("response.output_item.added", response_id=response_id, output_index=output_index,  # type: ignore[return-value]
+        return self._every("response.output_item.added", response_id=response_id, output_index=output_index,
                         item=dict(item))
 
     def response_output_item_done(self, response_id: str, output_index: int, item: Mapping[str, Any]) -> Event:
-        return self._ev("response.output_item.done", response_id=response_id, output_index=output_index,  # type: ignore[return-value]
+        return self._every("response.output_item.done", response_id=response_id, output_index=output_index,
                         item=dict(item))
 
     def response_content_part_added(self, response_id: str, item_id: str, output_index: int,
                                     content_index: int, part: Mapping[str, Any]) -> Event:
         """``part`` comes from :func:`event_part`."""
-        return self._ev("response.content_part.added", response_id=response_id, item_id=item_id,  # type: ignore[return-value]
+        return self._every("response.content_part.added", response_id=response_id, item_id=item_id,
                         output_index=output_index, content_index=content_index, part=dict(part))
 
     def response_content_part_done(self, response_id: str, item_id: str, output_index: int,
                                    content_index: int, part: Mapping[str, Any]) -> Event:
-        return self._ev("response.content_part.done", response_id=response_id, item_id=item_id,  # type: ignore[return-value]
+        return self._every("response.content_part.done", response_id=response_id, item_id=item_id,
                         output_index=output_index, content_index=content_index, part=dict(part))
 
     def _content(self, ga_type: str, response_id: str, item_id: str, output_index: int, content_index: int,
                  **extra: Any) -> Event:
-        return self._ev(ga_type, response_id=response_id, item_id=item_id, output_index=output_index,  # type: ignore[return-value]
+        return self._every(ga_type, response_id=response_id, item_id=item_id, output_index=output_index,
                         content_index=content_index, **extra)
 
     def output_audio_delta(self, response_id: str, item_id: str, output_index: int, content_index: int,
@@ -204,7 +210,7 @@ class ServerEvents:
 
     def function_call_arguments_delta(self, response_id: str, item_id: str, output_index: int, call_id: str,
                                       delta: str) -> Event:
-        return self._ev("response.function_call_arguments.delta", response_id=response_id, item_id=item_id,  # type: ignore[return-value]
+        return self._every("response.function_call_arguments.delta", response_id=response_id, item_id=item_id,
                         output_index=output_index, call_id=call_id, delta=delta)
 
     def function_call_arguments_done(self, response_id: str, item_id: str, output_index: int, call_id: str,

@@ -24,8 +24,9 @@ TurnDetectionType = Literal["server_vad", "semantic_vad", "azure_semantic_vad", 
                             "azure_semantic_vad_multilingual"]
 TURN_DETECTION_TYPES: tuple[str, ...] = ("server_vad", "semantic_vad", "azure_semantic_vad",
                                          "azure_semantic_vad_en", "azure_semantic_vad_multilingual")
-_OPENAI_TD_TYPES = ("server_vad", "semantic_vad")
-_AZURE_TD_TYPES = ("server_vad", "azure_semantic_vad", "azure_semantic_vad_en", "azure_semantic_vad_multilingual")
+_OPENAI_TD_TYPES: tuple[TurnDetectionType, ...] = ("server_vad", "semantic_vad")
+_AZURE_TD_TYPES: tuple[TurnDetectionType, ...] = ("server_vad", "azure_semantic_vad", "azure_semantic_vad_en",
+                                                  "azure_semantic_vad_multilingual")
 EAGERNESS = ("low", "medium", "high", "auto")
 TOOL_CHOICE_MODES = ("auto", "none", "required")
 
@@ -73,7 +74,7 @@ def parse_turn_detection(value: Any, current: TurnDetection | None, param: str, 
         warnings.append(f"{param}.type 'semantic_vad' is served as 'azure_semantic_vad' on this endpoint")
         kind = "azure_semantic_vad"
     kind = as_choice(kind, f"{param}.type", _AZURE_TD_TYPES if flavor is Flavor.AZURE else _OPENAI_TD_TYPES)
-    td = current if current is not None and current.type == kind else TurnDetection(type=kind)  # type: ignore[arg-type]
+    td = current if current is not None and current.type == kind else TurnDetection(type=kind)
     changes: dict[str, Any] = {}
     for key, v in obj.items():
         p = f"{param}.{key}"
