@@ -16,7 +16,7 @@ One deliberate leniency: data still pending when the stream ends is delivered as
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 
 _EOL = re.compile(rb"\r\n|\r|\n")
@@ -115,7 +115,7 @@ class SSEDecoder:
         self._pending = 0
 
 
-async def aiter_sse(chunks: AsyncIterable[bytes], **kwargs: int) -> AsyncIterator[SSEEvent]:
+async def aiter_sse(chunks: AsyncIterable[bytes], **kwargs: int) -> AsyncGenerator[SSEEvent, None]:
     """Events from an async stream of byte chunks."""
     decoder = SSEDecoder(**kwargs)
     async for chunk in chunks:

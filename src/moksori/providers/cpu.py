@@ -90,7 +90,8 @@ def _runtime_features() -> dict[str, bool] | None:
         from numpy._core._multiarray_umath import __cpu_features__ as feats  # numpy >= 2
     except ImportError:
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as feats  # numpy 1.x
+            # the same table under numpy 1.x's module name
+            from numpy.core._multiarray_umath import __cpu_features__ as feats  # type: ignore[no-redef]
         except ImportError:
             return None
     return {ours: bool(feats.get(theirs, False)) for theirs, ours in _NUMPY_NAMES.items()}

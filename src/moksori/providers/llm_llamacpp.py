@@ -14,10 +14,10 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from moksori.errors import ModelError, ProviderError
 from moksori.providers.base import (
@@ -110,7 +110,8 @@ class LlamaCppLLM(LLM):
         else:
             messages = [_arguments_as_objects(m) for m in messages]
         try:
-            out = self._formatter(messages=messages, tools=tools)
+            # plain dicts in the shape of llama_cpp's ChatCompletionRequest*/ChatCompletionTool TypedDicts
+            out = self._formatter(messages=messages, tools=tools)  # type: ignore[arg-type]
         except Exception as e:  # a template raising (e.g. role order rules) is a request problem
             raise ProviderError(f"chat template rejected the conversation: {e}", retryable=False,
                                 provider=self.name) from e
@@ -168,9 +169,9 @@ class LlamaCppLLM(LLM):
                     break
                 cached += 1
             produced = 0
-            stream = self._llm.create_completion(
+            stream = cast(Generator[dict[str, Any], None, None], self._llm.create_completion(  # stream=True
                 prompt=tokens, max_tokens=max_tokens, temperature=request.temperature,
-                top_p=0.95, repeat_penalty=1.1, stop=_STOP_STRINGS, stream=True)
+                top_p=0.95, repeat_penalty=1.1, stop=_STOP_STRINGS, stream=True))
             finish = "stop"
             try:
                 for chunk in stream:
@@ -202,8 +203,8 @@ class LlamaCppLLM(LLM):
             else:
                 yield item
         calls = scanner.finish()
-        for ev in calls:
-            yield ev
+        for last in calls:
+            yield last
         has_calls = any(isinstance(e, ToolCallEvent) for e in calls)
         yield ChatDone("tool_calls" if has_calls else (done.finish_reason if done else "stop"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -281,7 +281,7 @@ class OpenAICompatLLM(LLM):
             body["tool_choice"] = _tool_choice(request.tool_choice)
         return body
 
-    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:  # type: ignore[override]
+    async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         if self.model is None:
             await self.load()
         client = self._http()
@@ -304,7 +304,7 @@ class OpenAICompatLLM(LLM):
         except httpx.InvalidURL as e:
             raise ProviderError(f"invalid LLM URL: {e}", retryable=False, provider=PROVIDER) from None
 
-    async def _events(self, resp: httpx.Response) -> AsyncIterator[ChatEvent]:
+    async def _events(self, resp: httpx.Response) -> AsyncGenerator[ChatEvent, None]:
         calls = _ToolCallAccumulator()
         usage: dict[str, Any] | None = None
         finish: str | None = None

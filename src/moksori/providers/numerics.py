@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,7 +69,7 @@ class Finding:
     text: str
 
 
-def _labels(names: set[str] | frozenset[str]) -> str:
+def _labels(names: AbstractSet[str]) -> str:
     order = [n for n, _ in FEATURES if n in names]
     return ", ".join(_LABEL.get(n, n) for n in order)
 

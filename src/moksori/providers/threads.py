@@ -178,7 +178,7 @@ class ModelExecutor(Executor):
 
     # -- the Executor contract
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:  # type: ignore[override]
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
         job = _Job(_priority.get(), next(self._seq), future, functools.partial(fn, *args, **kwargs),
                    time.monotonic())
@@ -313,7 +313,7 @@ def _at_exit() -> None:
 
 if hasattr(threading, "_register_atexit"):
     # like concurrent.futures.thread: runs before the interpreter joins non-daemon threads
-    threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # noqa: SLF001
+    threading._register_atexit(_at_exit)  # noqa: SLF001
 
 # Blocking work that is not a model (decoding an upload, the VAD over a whole file): its own
 # small executor, so it never delays a model and a model never delays it.

@@ -121,7 +121,8 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
     for c in candidates:
         if not isinstance(c, dict):
             continue
-        fn = c.get("function") if isinstance(c.get("function"), dict) else c
+        inner = c.get("function")
+        fn = inner if isinstance(inner, dict) else c
         name = fn.get("name")
         args = fn.get("arguments", fn.get("parameters", {}))
         if not isinstance(name, str) or not name:
