@@ -36,6 +36,7 @@ from moksori.brains.realtime.options import Endpoint, Timeouts
 from moksori.brains.realtime.transport import TransportClosed
 from moksori.errors import ProviderError
 from moksori.protocols import realtime as rt
+from moksori.protocols.realtime.items import ResponseStatus
 
 __all__ = ["FakeRealtimeServer", "FakeSession"]
 
@@ -148,7 +149,8 @@ class FakeRealtimeServer:
         return self._conn.sess if self._conn is not None else None
 
     # ------------------------------------------------------------------ connector
-    async def connector(self, endpoint: Endpoint, timeouts: Timeouts, *, max_message_bytes: int) -> _Conn:
+    async def connector(self, endpoint: Endpoint | None, timeouts: Timeouts | None, *,
+                        max_message_bytes: int) -> _Conn:
         await asyncio.sleep(0.02)  # a connect takes a little time
         if self.refuse_next > 0:
             self.refuse_next -= 1
@@ -240,18 +242,18 @@ class FakeRealtimeServer:
             self._emit(conn, ev.conversation_item_added(item, prev))
             self._emit(conn, ev.conversation_item_done(item, prev))
         elif kind == "conversation.item.delete":
-            item = sess.item(str(e.get("item_id")))
-            if item is None:
+            found = sess.item(str(e.get("item_id")))
+            if found is None:
                 self._error(conn, "no such item", "item_not_found", eid)
             else:
-                sess.items.remove(item)
-                self._emit(conn, ev.conversation_item_deleted(item["id"]))
+                sess.items.remove(found)
+                self._emit(conn, ev.conversation_item_deleted(found["id"]))
         elif kind == "conversation.item.retrieve":
-            item = sess.item(e["item_id"])
-            if item is None:
+            found = sess.item(e["item_id"])
+            if found is None:
                 self._error(conn, "no such item", "item_not_found", eid)
             else:
-                self._emit(conn, ev.conversation_item_retrieved(item))
+                self._emit(conn, ev.conversation_item_retrieved(found))
         elif kind == "conversation.item.truncate":
             self._truncate(conn, e)
         elif kind == "response.create":
@@ -347,7 +349,7 @@ class FakeRealtimeServer:
         self._emit(conn, ev.response_content_part_added(rid, iid, 0, 0, rt.event_part("audio")))
         words = text.split()
         n_chunks = max(1, self.reply_ms // self.chunk_ms)
-        status = "completed"
+        status: ResponseStatus = "completed"
         try:
             out = self._format(sess, "output")
             for k in range(n_chunks):
@@ -405,7 +407,7 @@ async def serve_websocket(server: FakeRealtimeServer, host: str = "127.0.0.1", p
     from websockets.asyncio.server import serve
 
     async def handle(ws: Any) -> None:
-        conn = await server.connector(None, None, max_message_bytes=16 * 1024 * 1024)  # type: ignore[arg-type]
+        conn = await server.connector(None, None, max_message_bytes=16 * 1024 * 1024)
 
         async def downstream() -> None:
             while True:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class _VirtualSelector(selectors.BaseSelector):
@@ -23,22 +24,22 @@ class _VirtualSelector(selectors.BaseSelector):
         self._real = selectors.DefaultSelector()
         self._loop = loop
 
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:  # type: ignore[override]
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.register(fileobj, events, data)
 
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:  # type: ignore[override]
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         return self._real.unregister(fileobj)
 
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:  # type: ignore[override]
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.modify(fileobj, events, data)
 
-    def get_map(self) -> Any:  # type: ignore[override]
+    def get_map(self) -> Any:
         return self._real.get_map()
 
     def close(self) -> None:
         self._real.close()
 
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:  # type: ignore[override]
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout <= 0:
             return self._real.select(0)
         if self._loop.busy_jobs:
@@ -63,11 +64,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         self._vtime += max(0.0, seconds)
 
-    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> asyncio.Future:  # type: ignore[override]
+    def run_in_executor(self, executor: Any, func: Callable[[Unpack[_Ts]], T],
+                        *args: Unpack[_Ts]) -> asyncio.Future[T]:
         fut = super().run_in_executor(executor, func, *args)
         self.busy_jobs += 1
 
-        def done(_f: asyncio.Future) -> None:
+        def done(_f: asyncio.Future[T]) -> None:
             self.busy_jobs -= 1
 
         fut.add_done_callback(done)

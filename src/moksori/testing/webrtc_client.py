@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -190,7 +190,7 @@ class RtcClient:
         async def read() -> None:
             while True:
                 try:
-                    frame = await track.recv()
+                    frame = cast(AudioFrame, await track.recv())  # the reply track is audio
                 except MediaStreamError:
                     return
                 self.codec_rate = frame.sample_rate
