@@ -53,12 +53,12 @@ def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Se
     cfg = cfg or config_from_settings(settings)
     if settings.brain != "realtime":
         return Session(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox)
-    from moksori.brains.realtime.session import RealtimeSession
+    from moksori.brains.realtime.session import RealtimeSession, Who
     from moksori.brains.realtime.settings import options_from_settings
 
     options = options_from_settings(settings)
     if turns_from_settings:
         cfg = brain_config(cfg, settings)
-    who = "moksori" if settings.realtime.turn_detection == "moksori" else "upstream"
+    who: Who = "moksori" if settings.realtime.turn_detection == "moksori" else "upstream"
     return RealtimeSession(stack, cfg, upstream=options, who=who, clock=clock, session_id=session_id,
                            toolbox=toolbox, input_rate=input_rate)

@@ -394,8 +394,8 @@ class RealtimeUpstream:
                 lost, resume = self.proto.connection_lost(dropped_at)
                 if not self.options.reconnect.resume:
                     resume = None
-                for e in lost:
-                    self._emit(e)
+                for event in lost:
+                    self._emit(event)
                 self.drops += 1
                 self._emit(ev.UpstreamDropped(t=dropped_at, conn=self.proto.conn, reason=drop.reason,
                                               detail=drop.detail, age_s=dropped_at - self.proto.t_open,
@@ -439,8 +439,8 @@ class RealtimeUpstream:
             except TransportClosed as e:
                 raise ProviderError(f"upstream closed during set-up: {e}", retryable=e.code not in (1008, 4001, 4003),
                                     provider="realtime") from None
-            for e in self.proto.receive(raw, self.now()):
-                self._emit(e)
+            for event in self.proto.receive(raw, self.now()):
+                self._emit(event)
             if self.proto.config_error is not None:
                 raise ProviderError(f"upstream rejected the session: {self.proto.config_error}", retryable=False,
                                     provider="realtime")

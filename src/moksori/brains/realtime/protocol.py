@@ -300,7 +300,7 @@ class UpstreamProtocol:
         return [ev.SessionReady(t=now, conn=self.conn, session=o.get("session") or {}, reconnected=self.conn > 1)]
 
     def _h_error(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
-        err = o.get("error") if isinstance(o.get("error"), dict) else {}
+        err = _obj(o, "error")
         code, message = err.get("code"), str(err.get("message") or "error")
         param, eid = err.get("param"), err.get("event_id")
         cause = self.pending.get(eid) if isinstance(eid, str) else None
@@ -415,7 +415,7 @@ class UpstreamProtocol:
         iid = str(o["item_id"])
         rec = self.conv.ensure(iid, kind="message", role="user")
         rec.transcription_failed = True
-        err = o.get("error") if isinstance(o.get("error"), dict) else {}
+        err = _obj(o, "error")
         return [ev.UserTranscript(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid),
                                   text="", failed=True, error=str(err.get("message") or "transcription failed"))]
 
@@ -520,12 +520,18 @@ class UpstreamProtocol:
                     if not rec.text:
                         rec.text = _content_text(item)
                     rec.final = True
-        details = resp.get("status_details") if isinstance(resp.get("status_details"), dict) else {}
+        details = _obj(resp, "status_details")
         reason = details.get("reason") or ((details.get("error") or {}).get("code")
                                            if isinstance(details.get("error"), dict) else None)
         return [ev.ResponseDone(t=now, conn=self.conn, response_id=rid, status=str(resp.get("status") or "completed"),
                                 reason=reason, item_ids=tuple(ids),
                                 usage=usage_from_wire(resp.get("usage"), model=self.model))]
+
+
+def _obj(o: dict[str, Any], key: str) -> dict[str, Any]:
+    """`o[key]` if it is an object, else an empty one."""
+    v = o.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def _content_text(item: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ from moksori.providers.registry import Stack
 
 from . import events as ev
 from .client import RealtimeUpstream
-from .options import SessionOptions, UpstreamOptions
+from .options import SessionOptions, TurnMode, UpstreamOptions
 from .reply import UpstreamReply
 from .transport import Connector
 from .words import IdMap, UserWords, language_of, trim
@@ -129,7 +129,7 @@ class RealtimeSession(Session):
     def _session_options(self, cfg: SessionConfig, base: SessionOptions) -> SessionOptions:
         t = cfg.turn
         mode = self._turn_mode(cfg)
-        turn = ("semantic_vad" if t.mode == "semantic" else "server_vad") if mode == "upstream" else "manual"
+        turn: TurnMode = ("semantic_vad" if t.mode == "semantic" else "server_vad") if mode == "upstream" else "manual"
         tools = tuple({"name": s.name, "description": s.description, "parameters": s.parameters}
                       for s in (*cfg.tools, *self.toolbox.specs()))
         choice: Any = cfg.tool_choice if cfg.tool_choice in ("auto", "none", "required") else \
@@ -190,7 +190,8 @@ class RealtimeSession(Session):
             await ready()
         items = [*getattr(mem, "history", ()), *mem.items]
         budget = self._options.reseed
-        chosen, chars = [], 0
+        chosen: list[Item] = []
+        chars = 0
         for it in reversed(items):
             size = len(it.text or it.output or it.arguments or "")
             if len(chosen) >= budget.max_items or chars + size > budget.max_chars:
@@ -540,11 +541,12 @@ class RealtimeSession(Session):
         if reply is None:  # the upstream answered by itself (its VAD, or a resume after a reconnect)
             self._creating += 1
             try:
-                reply = self._responses.start(self._responses.options(), self._answering, self._reply_language(),
-                                              release=True)
+                started = self._responses.start(self._responses.options(), self._answering, self._reply_language(),
+                                                release=True)
             finally:
                 self._creating -= 1
-            assert isinstance(reply, UpstreamReply)
+            assert isinstance(started, UpstreamReply)
+            reply = started
             self._update_state()
         reply.bind(e.response_id)
         self._by_upstream[e.response_id] = reply
@@ -568,7 +570,8 @@ class RealtimeSession(Session):
         self._up_user = "speaking"
         self.publish(E.UserSpeechStarted(t=onset, turn_id=turn_id, item_id=item_id))
         self._interruptions.user_started()
-        replying = any(r.released and r.live for r in self._responses.active())
+        # every response here is an UpstreamReply (`_new_reply`)
+        replying = any(r.released and isinstance(r, UpstreamReply) and r.live for r in self._responses.active())
         if self.cfg.turn.interrupt_response and (self.speaker.audible or replying):
             self.interrupt("turn_detected", onset=onset)
         self._update_state()

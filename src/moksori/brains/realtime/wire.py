@@ -16,7 +16,7 @@ from typing import Any
 from moksori.accounting import TurnUsage
 from moksori.errors import ProtocolError
 from moksori.protocols.realtime import ContentPart, Flavor, InputTranscription, TurnDetection
-from moksori.protocols.realtime.items import part_to_wire
+from moksori.protocols.realtime.items import PartType, part_to_wire
 from moksori.protocols.realtime.session_fields import transcription_to_wire, turn_detection_to_wire
 
 from .options import SessionOptions, UpstreamFlavor
@@ -156,9 +156,9 @@ class ClientWire:
         """(role, text) pairs as message items for `response.create`'s `input`."""
         out = []
         for role, text in messages:
-            kind = "output_text" if role == "assistant" else "input_text"
+            kind: PartType = "output_text" if role == "assistant" else "input_text"
             out.append({"type": "message", "role": role,
-                        "content": [part_to_wire(ContentPart(kind, text=text), self._fl)]})  # type: ignore[arg-type]
+                        "content": [part_to_wire(ContentPart(kind, text=text), self._fl)]})
         return out
 
     def response_cancel(self, response_id: str | None = None) -> dict[str, Any]:
@@ -180,8 +180,8 @@ class ClientWire:
         if audio_b64 is not None:
             part = {"type": "input_audio", "audio": audio_b64}
         else:
-            kind = "output_text" if role == "assistant" else "input_text"
-            part = part_to_wire(ContentPart(kind, text=text or ""), self._fl)  # type: ignore[arg-type]
+            kind: PartType = "output_text" if role == "assistant" else "input_text"
+            part = part_to_wire(ContentPart(kind, text=text or ""), self._fl)
         item: dict[str, Any] = {"type": "message", "role": role, "content": [part]}
         return self._item(item, item_id, previous_item_id)
 
@@ -220,9 +220,9 @@ def parse_server_event(raw: str | bytes, *, max_bytes: int) -> tuple[str, dict[s
         obj = json.loads(raw)
     except (ValueError, RecursionError):
         raise ProtocolError("upstream message is not JSON", code="invalid_json") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if not isinstance(kind, str):
         raise ProtocolError("upstream message is not an event object", code="invalid_event")
-    kind = obj["type"]
     return GA_NAMES.get(kind, kind), obj
 
 
