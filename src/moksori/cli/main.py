@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import typer
 
@@ -19,14 +19,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="Embedded models: list, prepare, verify.")
 app.add_typer(models_app, name="models")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def friendly(fn: F) -> F:
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn errors into one line and an exit code; tracebacks only with MOKSORI_DEBUG=1."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -46,7 +47,7 @@ def friendly(fn: F) -> F:
                               "(set MOKSORI_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @app.callback(invoke_without_command=True)

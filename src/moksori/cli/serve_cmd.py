@@ -82,7 +82,7 @@ def draining_server(config: Any, state: Any, drain_timeout_s: float) -> Any:
     class DrainingServer(uvicorn.Server):
         draining_since: float | None = None
 
-        def handle_exit(self, sig: int, frame: Any) -> None:  # type: ignore[override]
+        def handle_exit(self, sig: int, frame: Any) -> None:
             if sig == signal.SIGTERM and drain_timeout_s > 0 and self.draining_since is None and not self.should_exit:
                 self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
                 self.draining_since = time.monotonic()

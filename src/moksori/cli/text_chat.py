@@ -140,7 +140,7 @@ class TextChat:
             self.warn(f"warning: cannot load the history of {self.opts.user}: {type(e).__name__}: {e}")
             return
         for it in h.items:
-            self.items.append(Item(id=f"h{it.seq}", type=it.type, role=it.role or "user",  # type: ignore[arg-type]
+            self.items.append(Item(id=f"h{it.seq}", type=it.type, role=it.role or "user",
                                    text=it.spoken_text if it.type == "message" else "", call_id=it.call_id,
                                    name=it.name, arguments=it.arguments, output=it.output, language=it.language))
         if h.summary:

@@ -165,6 +165,7 @@ class PubSubHub:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
+        lost: tuple[type[BaseException], ...] = (*redis_errors(), ValueError)
         while True:
             ps = self.redis.pubsub()
             self._confirmed.clear()
@@ -212,7 +213,7 @@ class PubSubHub:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ps.aclose(), 1.0)
                 raise
-            except (*redis_errors(), ValueError) as e:
+            except lost as e:
                 if self.connected or attempt == 0:
                     log.warning("cluster pub/sub lost Redis (%s: %s): reconnecting", type(e).__name__,
                                 " ".join(str(e).split())[:120])

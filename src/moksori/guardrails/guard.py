@@ -125,9 +125,9 @@ class Guardrails:
                 trip = GuardrailTripped("input", "block", m.list_kind, f"a blocked {m.list_kind[:-1]} ({m.language})",
                                         language)
                 return InputVerdict("block", text, self.safe_reply(language), (trip,))
-        trip = await self._moderate(text, "input", language)
-        if trip is not None:
-            return InputVerdict("block", text, self.safe_reply(language), (trip,))
+        flagged = await self._moderate(text, "input", language)
+        if flagged is not None:
+            return InputVerdict("block", text, self.safe_reply(language), (flagged,))
         trips: list[GuardrailTripped] = []
         out = text
         if self.mask_terms:
@@ -151,9 +151,9 @@ class Guardrails:
                 trip = GuardrailTripped("output", "block", m.list_kind,
                                         f"a blocked {m.list_kind[:-1]} ({m.language})", language)
                 return OutputVerdict("block", self.safe_reply(language), (trip,))
-        trip = await self._moderate(clause, "output", language)
-        if trip is not None:
-            return OutputVerdict("block", self.safe_reply(language), (trip,))
+        flagged = await self._moderate(clause, "output", language)
+        if flagged is not None:
+            return OutputVerdict("block", self.safe_reply(language), (flagged,))
         return OutputVerdict("allow")
 
     async def close(self) -> None:

@@ -114,6 +114,8 @@ class MCPConnection:
             params = StdioServerParameters(command=t.command, args=list(t.args), env=dict(t.env) or None,
                                            cwd=t.cwd)
             return Client(params)
+        if t.url is None:
+            raise ValueError(f"MCP server {t.name!r} has neither a command nor a URL")
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
