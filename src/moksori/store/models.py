@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -135,8 +136,15 @@ class UsageRow(Base):
     )
 
 
-tenants = Tenant.__table__
-users = User.__table__
-conversations = Conversation.__table__
-items = Item.__table__
-usage = UsageRow.__table__
+def _table(model: type[Base]) -> Table:
+    """The model's Table (SQLAlchemy types `__table__` as the wider FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+tenants = _table(Tenant)
+users = _table(User)
+conversations = _table(Conversation)
+items = _table(Item)
+usage = _table(UsageRow)

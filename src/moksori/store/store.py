@@ -112,6 +112,12 @@ _USAGE_SUMS = ("input_tokens", "cached_tokens", "output_tokens", "input_audio_to
                "output_audio_tokens", "stt_seconds", "tts_characters", "tts_seconds")
 
 
+def _summed_usage(row: Any) -> TurnUsage:
+    """A row of `_USAGE_SUMS` sums (NULL when nothing was summed) as a TurnUsage."""
+    sums: dict[str, Any] = {k: (float if k.endswith("seconds") else int)(getattr(row, k) or 0) for k in _USAGE_SUMS}
+    return TurnUsage(**sums)
+
+
 class Store:
     def __init__(self, url: str, *, hash_secret: bytes, prices: PriceTable | None = None,
                  max_pending: int = 50_000, flush_interval_s: float = 0.05, retention_days: int = 0) -> None:
@@ -399,8 +405,7 @@ class Store:
                 q = q.where(usage.c.day <= day_to)
             rows = (await conn.execute(q)).all()
         return [UsageBucket(user=r.external_id, day=r.day, turns=int(r.turns), cost_usd=float(r.cost_usd or 0),
-                            usage=TurnUsage(**{k: (float if k.endswith("seconds") else int)(getattr(r, k) or 0)
-                                               for k in _USAGE_SUMS}))
+                            usage=_summed_usage(r))
                 for r in rows]
 
     async def conversation_usage(self, tenant: str, conversation_id: str

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moksori.accounting import TurnUsage
@@ -27,12 +27,14 @@ from moksori.store.records import (
 Pricer = Callable[[TurnUsage], float]
 
 
-def insert_ignore(dialect: str, table, keys: Sequence[str]):  # noqa: ANN001, ANN201 - SQLAlchemy types
+def insert_ignore(dialect: str, table: Table, keys: Sequence[str]) -> Insert:
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
 def utc_day(t: float) -> str:
@@ -100,7 +102,7 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
             await conn.execute(update(conversations).where(conversations.c.id == rec.conversation_id)
                                .values(summary=rec.summary, summary_upto=rec.upto_item_id))
 
-    used = [(r, u) for r in records if (u := _usage_of(r)) is not None]
+    used = [(r, found) for r in records if (found := _usage_of(r)) is not None]
     if used:
         conv_ids = sorted({r.conversation_id for r, _ in used})
         owners = {row.id: (row.tenant_id, row.user_pk) for row in (await conn.execute(
@@ -136,7 +138,7 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
 
 
 async def _start_conversations(conn: AsyncConnection, dialect: str, starts: list[ConversationStarted]) -> None:
-    tenant_rows = {r.tenant: {"id": r.tenant, "created_at": r.at} for r in starts}
+    tenant_rows: dict[str, dict[str, Any]] = {r.tenant: {"id": r.tenant, "created_at": r.at} for r in starts}
     await conn.execute(insert_ignore(dialect, tenants, ("id",)), sorted(tenant_rows.values(), key=lambda r: r["id"]))
     seen: dict[tuple[str, str], float] = {}
     for r in starts:
