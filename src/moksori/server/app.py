@@ -190,7 +190,7 @@ async def refuse(ws: WebSocket, refusal: Refusal) -> None:
     distinct from an auth failure (403); without the ASGI denial-response extension the session
     is accepted and closed at once with 1013 (try again later). One implementation for local
     admission and the cluster's (`cluster_routes.refuse_ws`)."""
-    await cluster_routes.refuse_ws(ws, refusal)  # type: ignore[arg-type] - the same fields
+    await cluster_routes.refuse_ws(ws, refusal)
 
 
 async def serve_realtime(ws: WebSocket, state: ServerState) -> None:

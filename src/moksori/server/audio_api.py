@@ -185,7 +185,7 @@ async def speech(request: Request) -> Response:
     limits = _limits(request)
     stack = request.app.state.moksori.stack
     voice = body.get("voice") if isinstance(body.get("voice"), str) else None
-    language = body.get("language") if body.get("language") in ("en", "ko") else \
+    language: str = body["language"] if body.get("language") in ("en", "ko") else \
         ("ko" if any("가" <= ch <= "힣" for ch in text) else "en")
     if voice is not None and voice not in stack.tts.caps.voices:
         voice = None  # OpenAI voice names map to our voice for the language

@@ -39,6 +39,7 @@ from moksori.cluster.limits import Lease
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.live_events import live_listener
 from moksori.server.load import DRAINING
+from moksori.server.load import Refusal as LocalRefusal
 
 log = logging.getLogger("moksori.cluster")
 
@@ -180,7 +181,7 @@ def track(state: Any, kind: str, ident: str, session: Any | None = None, *, owne
     return ticket
 
 
-async def refuse_ws(ws: WebSocket, refusal: Refusal) -> None:
+async def refuse_ws(ws: WebSocket, refusal: Refusal | LocalRefusal) -> None:
     """Turn a WebSocket away before the handshake: HTTP 503 (429 for a rate limit) with
     `Retry-After` and a JSON error; without the denial-response extension, accept and close 1013."""
     status = 429 if refusal.code == "rate_limited" else 503

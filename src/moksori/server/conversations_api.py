@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -53,7 +53,7 @@ def install(app: FastAPI, state: Any) -> None:
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:  # the inner lifespan's state (None or a mapping)
         store: Store | None = None
         retention: asyncio.Task[None] | None = None
         try:
@@ -122,11 +122,11 @@ def _limit(request: Request, default: int = 20) -> int:
     return n
 
 
-def _order(request: Request) -> str:
+def _order(request: Request) -> Literal["asc", "desc"]:
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise _Fail(400, f"order must be asc or desc, got {order!r}", "invalid_value")
-    return order
+    return "asc" if order == "asc" else "desc"
 
 
 def _user(raw: str | None) -> str | None:

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 PREFIX = "ek_"
 MIN_TTL_S = 10
@@ -80,8 +80,8 @@ class MemoryKeyStore:
         return key
 
 
-def is_ephemeral(token: str | None) -> bool:
-    return bool(token) and token.startswith(PREFIX)  # type: ignore[union-attr]
+def is_ephemeral(token: str | None) -> TypeGuard[str]:
+    return token is not None and token.startswith(PREFIX)
 
 
 def parse_expires_after(value: Any) -> int:

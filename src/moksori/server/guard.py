@@ -126,7 +126,7 @@ class Guard:
                     await send(start)
                     await send(body)
                     return
-        state = {"size": 0, "complete": False, "refused": None, "started": False}
+        state: dict[str, Any] = {"size": 0, "complete": False, "refused": None, "started": False}
 
         async def capped_receive() -> Message:
             if state["refused"] is not None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 from moksori.engine.config import SessionConfig as EngineConfig
 from moksori.engine.turns import TurnConfig
@@ -31,7 +32,8 @@ def initial_session(settings: Settings) -> rt.SessionConfig:
     t = settings.turn
     if upstream_turns(settings):  # the realtime brain's upstream VAD: its kind, silence and eagerness
         r = settings.realtime
-        td = rt.TurnDetection(type=r.turn_detection, silence_duration_ms=r.silence_duration_ms,
+        td = rt.TurnDetection(type="semantic_vad" if r.turn_detection == "semantic_vad" else "server_vad",
+                              silence_duration_ms=r.silence_duration_ms,
                               eagerness=r.eagerness, prefix_padding_ms=t.prefix_padding_ms,
                               create_response=t.create_response, interrupt_response=t.interrupt_response)
         return rt.SessionConfig(instructions=settings.agent.instructions or "", turn_detection=td,
@@ -45,7 +47,8 @@ def initial_session(settings: Settings) -> rt.SessionConfig:
                             temperature=settings.llm.temperature)
 
 
-def voice_and_language(cfg: rt.SessionConfig, available: tuple[str, ...]) -> tuple[str | None, str | None]:
+def voice_and_language(cfg: rt.SessionConfig,
+                       available: tuple[str, ...]) -> tuple[str | None, Literal["en", "ko"] | None]:
     """(local voice name or None for 'by language', pinned language or None)."""
     name = cfg.voice or ""
     if cfg.voice_config and isinstance(cfg.voice_config.get("name"), str):
@@ -79,7 +82,7 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
     voice, voice_lang = voice_and_language(cfg, voices)
     lang = base.language
     if cfg.input_transcription and cfg.input_transcription.language in ("en", "ko"):
-        lang = cfg.input_transcription.language
+        lang = "en" if cfg.input_transcription.language == "en" else "ko"
     elif voice_lang:
         lang = voice_lang
     modalities = ("audio", "text") if "audio" in cfg.output_modalities else ("text",)

@@ -21,6 +21,7 @@ from moksori.brains import open_session
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.errors import MoksoriError, ProtocolError
 from moksori.protocols import realtime as rt
+from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
 from moksori.providers.base import Message
 from moksori.providers.registry import Stack
 from moksori.server.realtime_config import engine_config, initial_session
@@ -314,7 +315,7 @@ class RealtimeConnection:
                                     param="item.content.type")
         return MemItem(id=item_id, role=item.role, text=" ".join(t for t in texts if t), audio=audio)
 
-    def _item_wire(self, item: MemItem, *, status: str | None = None) -> dict[str, Any]:
+    def _item_wire(self, item: MemItem, *, status: ItemStatus | None = None) -> dict[str, Any]:
         f = self.flavor
         if item.type == "function_call":
             return rt.function_call_item(item.id, item.call_id or "", item.name or "", item.arguments or "{}", f)
@@ -570,7 +571,8 @@ class RealtimeConnection:
         if out is None:
             return
         self._close_message(out, text=e.text, status="incomplete" if e.interrupted else "completed")
-        status = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}.get(e.status, "completed")
+        statuses: dict[str, ResponseStatus] = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}
+        status = statuses.get(e.status, "completed")
         reason = "turn_detected" if e.reason == "turn_detected" else "client_cancelled"
         error = {"type": "server_error", "code": e.reason, "message": f"the response failed: {e.reason}"} \
             if status == "failed" and e.reason else None
@@ -603,7 +605,7 @@ class RealtimeConnection:
         self.send(self.ev.response_content_part_added(out.response_id, out.item_id, out.index, 0,
                                                       rt.event_part("audio" if part == "output_audio" else "text")))
 
-    def _close_message(self, out: _Out, *, text: str | None = None, status: str = "completed") -> None:
+    def _close_message(self, out: _Out, *, text: str | None = None, status: ItemStatus = "completed") -> None:
         if not out.started:
             return
         out.started = False
@@ -624,7 +626,7 @@ class RealtimeConnection:
             self.send(ev.conversation_item_done(item, self.session.memory.previous_id(out.item_id)))
         out.output.append(item)
 
-    def _response(self, response_id: str, status: str, modalities: Any, *, details: dict | None = None,
+    def _response(self, response_id: str, status: ResponseStatus, modalities: Any, *, details: dict | None = None,
                   output: list | None = None, usage: rt.Usage | None = None) -> dict[str, Any]:
         mods = ["audio"] if modalities and "audio" in modalities else ["text"]
         return rt.response_object(

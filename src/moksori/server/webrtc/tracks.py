@@ -19,8 +19,10 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.packet import Packet
@@ -43,7 +45,7 @@ def to_mono_pcm(frame: AudioFrame) -> Frame:
     """A decoded frame (packed s16, any channel count) as mono PCM16 at its own rate."""
     if frame.format.name != "s16":
         raise ValueError(f"unexpected decoded sample format {frame.format.name}")
-    x = frame.to_ndarray().reshape(-1)
+    x = cast(npt.NDArray[np.int16], frame.to_ndarray()).reshape(-1)  # s16, checked above
     channels = len(frame.layout.channels)
     if channels == 2:  # Opus decodes to stereo: average the pair (cheaper than a strided reduce)
         x = ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)
