@@ -50,6 +50,7 @@ class ProviderError(MoksoriError):
     """A provider call failed. `retryable` says whether trying again can help."""
 
     code = "provider_error"
+    retry_after: float | None = None  # seconds the server asked us to wait (Retry-After), if it said
 
     def __init__(
         self,

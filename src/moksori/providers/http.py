@@ -56,7 +56,7 @@ def status_error(what: str, host: str, resp: httpx.Response, raw: bytes | str, p
                         hint=key_hint if status in (401, 403) else None)
     wait = retry_after(resp)
     if wait is not None:
-        err.retry_after = wait  # type: ignore[attr-defined]  # honoured by resilience
+        err.retry_after = wait  # honoured by resilience
     return err
 
 

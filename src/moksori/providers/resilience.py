@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -303,7 +304,7 @@ class _Chain(Generic[P]):
         last: ProviderError | None = None
         for i, p in enumerate(self.providers):
             stream = resilient_stream(
-                lambda p=p: make(p),  # type: ignore[misc]  # bind this provider, not the loop's last
+                functools.partial(make, p),  # bind this provider, not the loop's last
                 policy=self.policy,
                 timeouts=self.timeouts,
                 provider=p.name,

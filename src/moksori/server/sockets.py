@@ -107,6 +107,7 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
 
+        # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport in the same way
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             stats.connections = self.connections
