@@ -20,6 +20,23 @@ import numpy as np
 
 from moksori.audio.frames import Frame
 
+__all__ = [
+    "Provider",
+    # voice activity
+    "VAD", "VADCaps", "VADStream",
+    # end of turn
+    "TurnDetector", "TurnCaps",
+    # speech to text
+    "STT", "STTCaps", "STTOptions", "Transcript",
+    # the LLM and its messages and events
+    "LLM", "LLMCaps", "Role", "Message", "ToolCall", "ToolSpec", "ChatRequest",
+    "ChatEvent", "TextDelta", "ToolCallEvent", "Usage", "ChatDone",
+    # text to speech
+    "TTS", "TTSCaps", "TTSOptions",
+    # noise suppression
+    "Denoiser", "DenoiserCaps", "DenoiseStream",
+]
+
 # --------------------------------------------------------------------------- common
 
 
