@@ -10,6 +10,9 @@ What it answers (`POST /v1/chat/completions`, streamed as SSE):
   arguments built from its schema (`{"city": "Seoul"}` for a `city` string);
 * the last message is a tool result -> "The tool says: <result>."
 * the system prompt contains `scripted:long` -> LONG_REPLY (about 15 s of speech);
+* the system prompt contains `scripted:tool=NAME` -> that tool is the one called (not the first);
+* the system prompt contains `scripted:reply=TEXT` (to the end of its line) -> TEXT, when no tool
+  is called;
 * otherwise SHORT_REPLY.
 
 Streamed unless the request says `"stream": false` (then one `chat.completion` object).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -74,6 +78,9 @@ class ScriptedLLM:
         system = " ".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
         last = messages[-1] if messages else {}
         tools = body.get("tools") or []
+        wanted = re.search(r"scripted:tool=([A-Za-z0-9_-]+)", system)
+        if wanted:
+            tools = [t for t in tools if t.get("function", {}).get("name") == wanted.group(1)]
         if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
             fn = tools[0].get("function", {})
             args = _sample_arguments(fn.get("parameters") or {})
@@ -82,6 +89,9 @@ class ScriptedLLM:
             return f"The tool says: {last.get('content') or 'nothing'}.", None
         if "scripted:long" in system:
             return LONG_REPLY, None
+        fixed = re.search(r"scripted:reply=([^\n]+)", system)
+        if fixed:
+            return fixed.group(1).strip(), None
         return SHORT_REPLY, None
 
     async def chat(self, request: Request) -> StreamingResponse | JSONResponse:

@@ -40,7 +40,7 @@ def test_timeline_is_byte_identical_to_the_golden_file(name: str) -> None:
 # --------------------------------------------------------------------------- the catalogue itself
 
 SRC = Path(__file__).parent.parent / "src" / "moksori"
-PREFIXES = ("session.", "user.", "agent.", "stt.", "eot.", "llm.", "tts.", "call.", "brain.")
+PREFIXES = ("session.", "user.", "agent.", "stt.", "eot.", "llm.", "tts.", "call.", "brain.", "guardrail.")
 
 
 def _all_subclasses(cls: type) -> set[type]:

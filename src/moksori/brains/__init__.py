@@ -22,6 +22,7 @@ from moksori.engine.config import SessionConfig, config_from_settings
 from moksori.engine.session import Session
 
 if TYPE_CHECKING:
+    from moksori.agent_kit import AgentKit
     from moksori.engine.clock import Clock
     from moksori.engine.tools import ToolBox
     from moksori.providers.registry import Stack
@@ -43,19 +44,29 @@ def brain_config(cfg: SessionConfig, settings: Settings) -> SessionConfig:
 
 def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Settings | None = None,
                  clock: Clock | None = None, session_id: str | None = None, toolbox: ToolBox | None = None,
-                 input_rate: int | None = None, turns_from_settings: bool = True) -> Session:
+                 input_rate: int | None = None, turns_from_settings: bool = True, kit: AgentKit | None = None) -> Session:
     """The session of the brain the settings pick (`MOKSORI_BRAIN`).
 
     `input_rate`: the caller's audio rate when known (telephony: 8000, so the realtime brain
     sends G.711 upstream as it came). `turns_from_settings=False` keeps `cfg.turn` as given (a
-    Realtime client chose its turn detection). Raises `ConfigError` for an unusable upstream."""
+    Realtime client chose its turn detection). `kit`: the server's tools, guardrails, denoiser
+    and backchannels (`moksori.agent_kit`); the realtime brain takes only its tools (the
+    upstream hears and speaks: nothing local to check, denoise or acknowledge with).
+    Raises `ConfigError` for an unusable upstream."""
     settings = settings or stack.settings
     cfg = cfg or config_from_settings(settings)
     if settings.brain != "realtime":
-        return Session(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox)
+        return Session(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox, kit=kit)
     from moksori.brains.realtime.session import RealtimeSession, Who
     from moksori.brains.realtime.settings import options_from_settings
 
+    if kit is not None:
+        from moksori.engine.tools import ToolBox
+
+        toolbox = toolbox or ToolBox()
+        for tool in kit.engine_tools():
+            if toolbox.get(tool.spec.name) is None:
+                toolbox.add(tool)
     options = options_from_settings(settings)
     if turns_from_settings:
         cfg = brain_config(cfg, settings)

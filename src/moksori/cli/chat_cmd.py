@@ -143,7 +143,13 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
     cfg = config_from_settings(settings, output_rate=out_rate, output_lead_ms=150)
     if no_barge_in:
         cfg = cfg.with_(turn=replace(cfg.turn, interrupt_response=False))
-    session = open_session(stack, cfg, settings=settings, input_rate=in_rate)
+    from moksori.agent_kit import AgentKit
+
+    kit = await AgentKit.build(settings)  # the server's tools, guardrails, denoiser, backchannels
+    for w in kit.warnings:
+        err_console.print(f"[yellow]tools:[/] {w}", highlight=False)
+    kit.install_log_filter()
+    session = open_session(stack, cfg, settings=settings, input_rate=in_rate, kit=kit)
     player = _Player()
 
     def on_event(ev: E.Event) -> None:
@@ -185,3 +191,4 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
         raise NoAudioDevice(f"audio device error: {e}") from None
     finally:
         await session.close()
+        await kit.close()

@@ -63,7 +63,12 @@ def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_t
                           "so virtual time cannot run ahead of it")
 
     async def main() -> Recording:
-        session = open_session(stack, cfg, settings=settings, input_rate=frame.rate)
+        from moksori.agent_kit import AgentKit
+
+        kit = await AgentKit.build(settings)  # the server's tools, guardrails, denoiser, backchannels
+        for w in kit.warnings:
+            err_console.print(f"[yellow]tools:[/] {w}", highlight=False)
+        session = open_session(stack, cfg, settings=settings, input_rate=frame.rate, kit=kit)
         rec = Recording(cfg.output_rate)
         session.bus.listen(rec)
         fh = open(timeline, "w", encoding="utf-8") if timeline else None  # noqa: SIM115 - closed in finally
@@ -80,6 +85,7 @@ def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_t
                     break
             await session.close()
         finally:
+            await kit.close()
             if fh:
                 fh.close()
         return rec

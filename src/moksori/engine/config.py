@@ -29,6 +29,8 @@ class SessionConfig:
     temperature: float = 0.5
     max_output_tokens: int = 160
     max_history_messages: int = 24  # chat messages of memory sent to the LLM
+    noise_reduction: str = "off"  # off | near_field | far_field (needs the session's AgentKit)
+    backchannel: bool = False  # "mm-hmm" in mid-thought pauses (needs the session's AgentKit)
 
     def with_(self, **changes: Any) -> SessionConfig:
         return replace(self, **changes)
@@ -48,5 +50,6 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
         partial_interval_ms=s.stt.partial_interval_ms, temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
+        noise_reduction=s.audio.noise_reduction, backchannel=s.turn.backchannel == "on",
     )
     return replace(cfg, **overrides) if overrides else cfg

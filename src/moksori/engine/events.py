@@ -430,6 +430,67 @@ class AgentToolResult(Event):
     call_id: str
     name: str
     output: str
+    ok: bool = optional(default=True)  # False: the tool failed, timed out or was unavailable
+    error_kind: str | None = optional()  # timeout | unavailable | failed | bad_arguments | ...
+
+
+@_event
+class AgentToolFiller(Event):
+    """A server-side tool is slow: the agent says a short filler while it runs."""
+
+    type = "agent.tool_filler"
+    response_id: str
+    call_id: str
+    name: str
+    text: str
+
+
+@_event
+class AgentBackchannel(Event):
+    """A short acknowledgment ("mm-hmm", "네") in a mid-thought pause of the user: played as an
+    out-of-band reply (`response_id`) that never ends the turn and never enters the history."""
+
+    type = "agent.backchannel"
+    turn_id: int
+    response_id: str
+    text: str
+    language: str
+
+
+@_event
+class GuardrailTripped(Event):
+    """An input or output guardrail blocked or rewrote text (`moksori.guardrails`). `reason`
+    says what kind of rule matched, never the matched text."""
+
+    type = "guardrail.tripped"
+    stage: str  # input | output
+    action: str  # block | rewrite
+    policy: str  # terms | patterns | mask | pii | moderation
+    reason: str
+    language: str
+    categories: tuple[str, ...] = ()
+    turn_id: int | None = optional()
+    response_id: str | None = optional()
+
+
+@_event
+class SessionWarning(Event):
+    """Something the session was asked for is not available (e.g. noise reduction): it goes on
+    without it. Realtime clients get it as a `warning` event."""
+
+    type = "session.warning"
+    code: str
+    message: str
+
+
+@_event
+class SessionNoiseReduction(Event):
+    """Noise suppression is now applied to (or removed from) the input audio."""
+
+    type = "session.noise_reduction"
+    mode: str  # off | near_field | far_field
+    model: str | None = optional()
+    delay_ms: float | None = optional()
 
 
 # ====================================================================== the realtime brain's upstream
@@ -566,6 +627,7 @@ CATALOGUE: tuple[type[Event], ...] = (
     SttStarted, SttFinished, EotFinished, LlmStarted, LlmFirstToken, LlmFinished, TtsStarted, TtsFirstAudio,
     AgentResponseStarted, AgentTextDelta, AgentAudio, AgentAudioStarted, AgentAudioDone, AgentAudioCleared,
     AgentInterrupted, AgentReoffer, AgentResponseDone, AgentFunctionCall, AgentToolCall, AgentToolResult,
+    AgentToolFiller, AgentBackchannel, GuardrailTripped, SessionWarning, SessionNoiseReduction,
     BrainUpstreamReady, BrainUpstreamDropped, BrainReconnecting, BrainReconnected, BrainUpstreamFailed,
     BrainTruncateRejected,
     CallStarted, CallBadMessage, CallDtmf, CallCarrierError, CallFirstAudio, CallHangup, CallTransferred, CallEnded,

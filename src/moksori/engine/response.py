@@ -9,16 +9,16 @@ streams live from then on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from moksori.audio.resample import resample
 from moksori.engine import events as E
 from moksori.engine.clock import Clock
 from moksori.engine.memory import Item, Memory, new_id
 from moksori.engine.speaker import Playback
-from moksori.engine.tools import ToolBox
+from moksori.engine.tools import Tool, ToolBox, ToolRun
 from moksori.errors import MoksoriError, ProviderError
 from moksori.providers.base import (
     LLM,
@@ -35,6 +35,11 @@ from moksori.providers.base import (
 from moksori.text.chunker import ClauseChunker
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
+from moksori.tools.results import FAILURE_APOLOGIES, SLOW_FILLERS
+
+if TYPE_CHECKING:
+    from moksori.guardrails.events import GuardrailTripped
+    from moksori.guardrails.guard import Guardrails
 
 MAX_TOOL_ROUNDS = 3
 
@@ -59,6 +64,12 @@ class ResponseHost(Protocol):
     def voice(self) -> str | None: ...
     @property
     def speed(self) -> float: ...
+    @property
+    def guard(self) -> Guardrails | None:
+        """Input and output guardrails (None: no checks)."""
+    @property
+    def tool_slow_after_s(self) -> float | None:
+        """Say a filler when a server tool runs longer than this (None: never)."""
 
     def publish(self, ev: E.Event) -> None: ...
     def publish_error(self, err: BaseException, *, turn_id: int | None = None,
@@ -85,6 +96,7 @@ class ResponseOptions:
     replace_input: tuple[Message, ...] | None = None  # out-of-band input instead of memory
     fixed_text: str | None = None  # speak this instead of asking the LLM (greetings)
     metadata: dict[str, Any] | None = None
+    backchannel: bool = False  # an acknowledgment in the user's pause: played over the hold, not "speaking"
 
 
 @dataclass
@@ -112,6 +124,13 @@ class Response:
     _released: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     heard: str | None = None
+    blocked: bool = False  # a guardrail replaced (part of) this reply with the safe sentence
+    _raw: str = ""  # everything the LLM generated, checked or not (never published when gated)
+    _first_token: bool = False
+    _fillers_said: int = 0
+    _replaced: bool = False
+    _raw_shown: str = ""  # the clauses checked so far (context for the next check)
+    _gate: Guardrails | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -121,7 +140,7 @@ class Response:
 
     def start(self) -> None:
         if self.audio:
-            self.playback = Playback(self.id, self.item_id, self.host.output_rate)
+            self.playback = Playback(self.id, self.item_id, self.host.output_rate, side=self.opts.backchannel)
         self.task = asyncio.create_task(self._run(), name=f"response-{self.id}")
 
     def release(self) -> None:
@@ -201,12 +220,14 @@ class Response:
     async def _run(self) -> None:
         host = self.host
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
-        tts_task = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") if self.audio else None
+        self._gate = self._output_guard()
+        tts_task = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") \
+            if self.audio or self._gate is not None else None
         try:
             self.emit(E.AgentResponseStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                              turn_id=self.turn_id, modalities=tuple(self.opts.modalities)))
             if self.opts.fixed_text is not None:
-                self._add_text(self.opts.fixed_text, clauses, ClauseChunker(first_min_chars=1))
+                self._add_text(self.opts.fixed_text, clauses, ClauseChunker(first_min_chars=1), flush=True)
                 await clauses.put(None)
             else:
                 await self._generate(clauses)
@@ -257,25 +278,73 @@ class Response:
         if self.on_finished:
             self.on_finished(self)
 
-    def _add_text(self, delta: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> bool:
-        """Returns True when this delta completed the reply's first clause."""
-        if not self.text:
+    def _add_text(self, delta: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker, *,
+                  flush: bool = False) -> bool:
+        """Returns True when this delta completed the reply's first clause. With output
+        guardrails the text goes out clause by clause once checked (`_speak`), never before."""
+        if not self._first_token:
+            self._first_token = True
             self.emit(E.LlmFirstToken(t=self.now(), response_id=self.id, item_id=self.item_id))
-        self.text += delta
-        if self.item is not None:
-            self.item.text = self.text
-        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
+        self._raw += delta
+        if self._gate is None:
+            self.text += delta
+            if self.item is not None:
+                self.item.text = self.text
+            self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
         first = False
-        if self.audio:
+        if self.audio or self._gate is not None:
             for clause in chunker.push(delta):
                 first = first or self._clauses_queued == 0
                 self._clauses_queued += 1
                 clauses.put_nowait(clause)
-            if self.opts.fixed_text is not None:
+            if flush:
                 for clause in chunker.flush():
                     self._clauses_queued += 1
                     clauses.put_nowait(clause)
-        return first
+        return first and self.audio
+
+    # -------------------------------------------------------------- guardrails
+
+    def _output_guard(self) -> Guardrails | None:
+        g = self.host.guard
+        if g is None or self.opts.backchannel:
+            return None
+        checks_output = (g.check in ("output", "both") and bool(g.block)) or \
+            (g.moderation is not None and g.moderation_on in ("output", "both"))
+        return g if checks_output else None
+
+    def _trip(self, trip: GuardrailTripped) -> None:
+        self.emit(E.GuardrailTripped(t=self.now(), stage=trip.stage, action=trip.action, policy=trip.policy,
+                                     reason=trip.reason, language=trip.language, categories=tuple(trip.categories),
+                                     turn_id=self.turn_id, response_id=self.id))
+
+    def _show(self, clause: str) -> None:
+        """A checked clause goes public: text delta, reply text, item text."""
+        delta = (" " if self.text and not self.text.endswith((" ", "\n")) else "") + clause
+        self.text += delta
+        if self.item is not None:
+            self.item.text = self.text
+        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
+
+    async def _check_input(self, base: list[Message]) -> str | None:
+        """The input hook, on the user turn this reply answers (the last message) before the LLM
+        sees it: returns the safe sentence when blocked; a rewrite replaces the message. Earlier
+        user turns get the cheap rewrite (masks, blocked terms removed) without new trips."""
+        guard = self.host.guard
+        if guard is None or not base or base[-1].role != "user" or not base[-1].content.strip():
+            return None
+        for i, m in enumerate(base[:-1]):
+            if m.role == "user" and m.content:
+                base[i] = Message("user", guard.scrub_history(m.content, self.language))
+        verdict = await guard.check_input(base[-1].content, self.language)
+        for trip in verdict.trips:
+            self._trip(trip)
+        if verdict.action == "block":
+            self.blocked = True
+            return verdict.reply or guard.safe_reply(self.language)
+        if verdict.action == "rewrite":
+            base[-1] = Message("user", verdict.text)
+        return None
 
     async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
         host = self.host
@@ -287,6 +356,11 @@ class Response:
         else:
             base = host.memory.messages(system) if self.opts.in_conversation else [Message("system", system)]
             base += list(self.opts.extra_input)
+        safe = await self._check_input(base)
+        if safe is not None:  # blocked: the LLM never sees the turn; the safe sentence is the reply
+            self._add_text(safe, clauses, ClauseChunker(first_min_chars=1), flush=True)
+            await clauses.put(None)
+            return
         for _round in range(MAX_TOOL_ROUNDS):
             chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
             req = ChatRequest(messages=tuple(base + convo), tools=tools, tool_choice=self.opts.tool_choice,
@@ -294,7 +368,11 @@ class Response:
             self.emit(E.LlmStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                    messages=len(req.messages)))
             calls: list[ToolCall] = []
-            async for ev in host.llm.chat(req):
+            stream = host.llm.chat(req)
+            async for ev in stream:
+                if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
+                    await _close(stream)
+                    break
                 if isinstance(ev, TextDelta):
                     if ev.text and self._add_text(ev.text, clauses, chunker):
                         # The first clause is the critical path: stop pulling tokens (the local
@@ -310,7 +388,7 @@ class Response:
                 await clauses.put(clause)
             self.emit(E.LlmFinished(t=self.now(), response_id=self.id, item_id=self.item_id,
                                     input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens))
-            if not calls:
+            if not calls or self.blocked:
                 break
             local = [c for c in calls if host.toolbox.get(c.name) is not None]
             remote = [c for c in calls if host.toolbox.get(c.name) is None]
@@ -324,6 +402,7 @@ class Response:
             if remote or not local:
                 break
             stop_after = False
+            results: list[ToolRun] = []
             # Tools can have effects (hang up, transfer, book...): never run one for a reply
             # that is still speculative. If the user goes on talking, this reply is cancelled here.
             await self._wait_release()
@@ -338,19 +417,59 @@ class Response:
                     for clause in chunker.flush():
                         await clauses.put(clause)
                     await self._drain_audio(clauses)
-                output = await host.toolbox.run(call.name, call.arguments)
+                run = await self._run_tool(call, tool, clauses, chunker)
+                results.append(run)
+                output = run.output
                 self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
                                     call_id=call.id, name=call.name, arguments=call.arguments))
                 self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
                                     call_id=call.id, output=output))
                 self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id,
-                                            call_id=call.id, name=call.name, output=output))
+                                            call_id=call.id, name=call.name, output=output, ok=run.ok,
+                                            error_kind=run.error_kind))
                 convo += [Message("assistant", "", tool_calls=(call,)),
                           Message("tool", output, tool_call_id=call.id, name=call.name)]
                 stop_after = stop_after or tool.final
             if stop_after:
                 break
+            if host.tool_slow_after_s is not None and results and not any(r.ok for r in results):
+                # every tool of this round failed: apologise now rather than hope the model does
+                # (the errors are in the history: the next turn's LLM knows what went wrong)
+                self._say(FAILURE_APOLOGIES.get(self.language) or FAILURE_APOLOGIES["en"], clauses, chunker)
+                break
         await clauses.put(None)
+
+    def _say(self, words: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> None:
+        """Fixed words inside a generated reply (a filler, an apology), as their own clause."""
+        for clause in chunker.flush():
+            self._clauses_queued += 1
+            clauses.put_nowait(clause)
+        self._add_text(("" if not self._raw or self._raw.endswith(" ") else " ") + words, clauses, chunker,
+                       flush=True)
+
+    async def _run_tool(self, call: ToolCall, tool: Tool, clauses: asyncio.Queue[str | None],
+                        chunker: ClauseChunker) -> ToolRun:
+        """Run one server tool; when it is slow, say a short filler (once per reply) meanwhile."""
+        host = self.host
+        task = asyncio.ensure_future(host.toolbox.call(call.name, call.arguments))
+        slow = host.tool_slow_after_s
+        if slow is None or self._fillers_said or tool.say_first:
+            return await task
+        timer = asyncio.ensure_future(host.clock.sleep(slow))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                options = SLOW_FILLERS.get(self.language) or SLOW_FILLERS["en"]
+                words = options[hash(call.id) % len(options)]
+                self._fillers_said += 1
+                self.emit(E.AgentToolFiller(t=self.now(), response_id=self.id, call_id=call.id, name=call.name,
+                                            text=words))
+                self._say(words, clauses, chunker)
+            return await task
+        finally:
+            timer.cancel()
+            if not task.done():
+                task.cancel()
 
     def _remember(self, item: Item) -> str:
         """Store a tool item in memory (once this response is public; it may still be speculative)."""
@@ -382,6 +501,20 @@ class Response:
             if clause is None:
                 self._first_audio.set()
                 return
+            if self._gate is not None:
+                if self.blocked and self._replaced:
+                    continue  # what the LLM said after a blocked clause is never checked, shown or spoken
+                verdict = await self._gate.check_output(clause, self.language, spoken=self._raw_shown)
+                self._raw_shown += (" " if self._raw_shown else "") + clause
+                if verdict.action == "block":
+                    for trip in verdict.trips:
+                        self._trip(trip)
+                    self.blocked = self._replaced = True
+                    clause = verdict.replacement or self._gate.safe_reply(self.language)
+                self._show(clause)
+                if not self.audio:
+                    self._first_audio.set()
+                    continue
             spoken = normalize_for_tts(speakable(clause), self.language).strip()
             if not spoken or not any(ch.isalnum() for ch in spoken):
                 continue
@@ -400,3 +533,13 @@ class Response:
             except ProviderError as e:
                 host.publish_error(e, response_id=self.id)
             self._first_audio.set()  # even if that clause produced no audio
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    """Stop an LLM stream early (its generator's cleanup stops the model)."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - the reply is being cut short anyway
+            pass

@@ -16,16 +16,18 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moksori.audio.frames import Frame
 from moksori.engine import events as E
 from moksori.engine import turns as T
+from moksori.engine.backchannel import Backchannel, BackchannelConfig, BackchannelPolicy
 from moksori.engine.bus import EventBus
 from moksori.engine.clock import Clock, LoopClock
 from moksori.engine.config import SessionConfig
+from moksori.engine.denoised_input import DenoisedInput
 from moksori.engine.session_context import SessionContext
 from moksori.engine.input_audio import InputAudio
 from moksori.engine.interruption import Interruptions
@@ -41,6 +43,9 @@ from moksori.errors import AudioFormatError
 from moksori.providers.base import STTOptions, Transcript, one_chunk
 from moksori.providers.registry import Stack
 
+if TYPE_CHECKING:
+    from moksori.agent_kit import AgentKit
+
 log = logging.getLogger("moksori.session")
 
 IDLE_PROMPT = "The user has said nothing for a while: briefly check whether they are still there."
@@ -48,10 +53,13 @@ IDLE_PROMPT = "The user has said nothing for a while: briefly check whether they
 
 class Session:
     def __init__(self, stack: Stack, cfg: SessionConfig | None = None, *, clock: Clock | None = None,
-                 session_id: str | None = None, toolbox: ToolBox | None = None) -> None:
+                 session_id: str | None = None, toolbox: ToolBox | None = None, kit: AgentKit | None = None) -> None:
         cfg = cfg or SessionConfig()
-        ctx = self._ctx = SessionContext(stack, cfg, clock or LoopClock(), session_id or new_id("sess"),
-                                         toolbox or ToolBox())
+        box = toolbox or ToolBox()
+        for tool in kit.engine_tools() if kit is not None else ():
+            if box.get(tool.spec.name) is None:  # a transport's own tool (the phone's end_call) wins
+                box.add(tool)
+        ctx = self._ctx = SessionContext(stack, cfg, clock or LoopClock(), session_id or new_id("sess"), box, kit)
         self.taker = T.TurnTaker(cfg.turn)
         self.speaker = ctx.speaker = Speaker(ctx.clock, ctx.publish, rate=cfg.output_rate,
                                              chunk_ms=cfg.output_chunk_ms, lead_ms=cfg.output_lead_ms,
@@ -70,6 +78,13 @@ class Session:
         ctx.on_change = self._update_state
         self.speaker.start()
         ctx.publish(E.SessionStarted(t=ctx.clock.now(), session_id=ctx.id, stack=stack.describe()))
+        self._denoise: DenoisedInput | None = None
+        self._nr_mode = "off"
+        self._apply_noise_reduction(cfg.noise_reduction)
+        self._bc: BackchannelPolicy | None = None
+        self._bc_watch: asyncio.Task[None] | None = None
+        self._bc_rid: str | None = None
+        self._apply_backchannel(cfg)
 
     # ================================================================== what users read
 
@@ -104,6 +119,10 @@ class Session:
     @property
     def toolbox(self) -> ToolBox:
         return self._ctx.toolbox
+
+    @property
+    def kit(self) -> AgentKit | None:
+        return self._ctx.kit
 
     @property
     def last_language(self) -> str:
@@ -171,15 +190,126 @@ class Session:
             self.speaker.lead = cfg.output_lead_ms / 1000
         if cfg.turn.idle_timeout_ms is None or cfg.turn.mode == "manual":
             self._idle.disarm()
+        self._apply_noise_reduction(cfg.noise_reduction)
+        if cfg.backchannel != old.backchannel or cfg.turn != old.turn:
+            self._apply_backchannel(cfg)
+
+    # ================================================================== noise reduction
+
+    def _warn(self, code: str, message: str) -> None:
+        log.warning("session %s: %s", self.id, message)
+        self.publish(E.SessionWarning(t=self.clock.now(), code=code, message=message))
+
+    def _apply_noise_reduction(self, mode: str) -> None:
+        """`noise_reduction` (off | near_field | far_field): the packaged denoiser goes in (or
+        out of) the input path, or the session gets a `session.warning` saying why it cannot."""
+        if mode == self._nr_mode:
+            return
+        old, self._denoise, self._nr_mode = self._denoise, None, mode
+        if old is not None:
+            self._ctx.spawn(old.close(), "denoise-close")
+        if mode == "off":
+            if old is not None:
+                self.publish(E.SessionNoiseReduction(t=self.clock.now(), mode="off"))
+            return
+        kit = self._ctx.kit
+        if kit is None:
+            self._warn("noise_reduction_unavailable",
+                       f"noise reduction {mode} is not available in this session; audio is used as it is")
+            return
+        denoiser, warning = kit.denoiser(mode)
+        if denoiser is None:
+            self._warn("noise_reduction_unavailable", warning or f"noise reduction {mode} is unavailable")
+            return
+        self._denoise = DenoisedInput(denoiser, self._push_clean,
+                                      lambda msg: self._warn("noise_reduction_unavailable", msg))
+        self.publish(E.SessionNoiseReduction(t=self.clock.now(), mode=mode, model=denoiser.name,
+                                             delay_ms=round(denoiser.caps.delay_ms, 1)))
+
+    async def drain_input(self) -> None:
+        """Wait until audio pushed so far has gone through the denoiser (a no-op without one)."""
+        if self._denoise is not None:
+            await self._denoise.drain()
+
+    # ================================================================== backchannels
+
+    def _apply_backchannel(self, cfg: SessionConfig) -> None:
+        kit = self._ctx.kit
+        if kit is None or not cfg.backchannel or cfg.turn.mode == "manual":
+            self._bc = None
+            self._bc_cancel_watch()
+            return
+        max_pause = cfg.turn.max_pause_ms
+        after = kit.backchannel_after_ms
+        self._bc = BackchannelPolicy(BackchannelConfig(
+            after_ms=after, latest_ms=max(after + 100, int(max_pause) - 300), min_gap_s=kit.backchannel_min_gap_s))
+
+    def _bc_cancel_watch(self) -> None:
+        if self._bc_watch is not None and not self._bc_watch.done():
+            self._bc_watch.cancel()
+        self._bc_watch = None
+
+    def _bc_stop(self) -> None:
+        """The user speaks again: a backchannel still playing stops (never over the user)."""
+        rid, self._bc_rid = self._bc_rid, None
+        resp = self._responses.get(rid) if rid is not None else None
+        if resp is not None and not resp.done.is_set():
+            self.speaker.cancel(resp.id)
+            resp.cancel("turn_detected", heard="")
+            self._responses.forget(resp.id)
+
+    def _bc_on_pause(self, turn_id: int, voice_end: float) -> None:
+        bc = self._bc
+        if bc is None:
+            return
+        bc.on_pause(turn_id, voice_end)
+        self._bc_cancel_watch()
+        self._bc_watch = self._ctx.spawn(self._bc_wait(turn_id, voice_end + bc.cfg.latest_ms / 1000),
+                                         f"backchannel-{turn_id}")
+
+    async def _bc_wait(self, turn_id: int, until: float) -> None:
+        """Ask the policy while the pause lasts (it wants the end-of-turn analysis first)."""
+        while self._bc is not None and not self.closed and self.taker.turn_id == turn_id:
+            now = self.clock.now()
+            if now > until or self.taker.state != "paused":
+                return
+            lang = self.cfg.language if self.cfg.language != "auto" else self.last_language
+            due = self._bc.due(now, lang)
+            if due is not None:
+                self._say_backchannel(due)
+                return
+            deadline = self._bc.next_deadline(now)
+            await self.clock.sleep(deadline - now if deadline is not None else 0.05)
+
+    def _say_backchannel(self, bc: Backchannel) -> None:
+        """Play it as an out-of-band reply: not in memory, not "the agent speaking" (the user
+        going on is not a barge-in), through the speaker's hold (the turn is still open)."""
+        if "audio" not in self.cfg.modalities:
+            return
+        opts = self._responses.options(fixed_text=bc.text, in_conversation=False, backchannel=True,
+                                       metadata={"moksori": "backchannel"}, tools=())
+        resp = self._responses.start(opts, None, bc.language, release=True)
+        self._bc_rid = resp.id
+        self.publish(E.AgentBackchannel(t=self.clock.now(), turn_id=bc.turn_id, response_id=resp.id, text=bc.text,
+                                        language=bc.language))
 
     # ================================================================== audio in
 
     def push_audio(self, frame: Frame) -> None:
-        """Feed caller audio (any rate). VAD and turn-taking run inline: ~0.15 ms per 32 ms."""
+        """Feed caller audio (any rate). VAD and turn-taking run inline: ~0.15 ms per 32 ms.
+        With noise reduction on, the frame goes through the denoiser (off the loop) first."""
         if self._ctx.closed:
             return
         if not isinstance(frame, Frame):
             raise AudioFormatError("push_audio expects a moksori Frame")
+        if self._denoise is not None:
+            self._denoise.push(frame)
+            return
+        self._push_clean(frame)
+
+    def _push_clean(self, frame: Frame) -> None:
+        if self._ctx.closed:
+            return
         frames = self._input.frames(frame, self.clock.now())
         if frames is None:
             return
@@ -190,6 +320,11 @@ class Session:
                 self._input.keep(chunk)
                 continue
             self._handle(self.taker.on_frame(t_start, t_end, self._vad(chunk)))
+            if self._bc is not None and self.taker.state == "speaking" and self.taker.confirmed:
+                self._bc.on_speech(self.taker.turn_id, t_start, t_end)
+                if self._bc_rid is not None:
+                    self._bc_stop()
+                self._bc_cancel_watch()
         self._deadline.arm()
 
     def audio_between(self, t0: float, t1: float) -> np.ndarray:
@@ -236,8 +371,8 @@ class Session:
                     self._partials.start(turn_id)
                 case T.BargeIn(onset=onset):
                     self.interrupt("turn_detected", onset=onset)
-                case T.Paused():
-                    pass  # only the state changes (user_paused), published below
+                case T.Paused(turn_id=turn_id, voice_end=voice_end):
+                    self._bc_on_pause(turn_id, voice_end)  # else only the state changes (user_paused)
                 case T.Speculate(turn_id=turn_id, spec_id=spec_id, onset=onset, voice_end=voice_end):
                     self._specs.start(self._specs.new(turn_id, spec_id, onset, voice_end))
                 case T.Resumed(turn_id=turn_id, spec_id=spec_id):
@@ -249,6 +384,9 @@ class Session:
         self._update_state()
 
     def _on_turn_ended(self, a: T.TurnEnded) -> None:
+        if self._bc is not None:
+            self._bc.on_turn_end(a.turn_id)
+            self._bc_cancel_watch()
         item_id = self._specs.item_id(a.turn_id)
         self.publish(E.UserSpeechStopped(t=a.voice_end, turn_id=a.turn_id, item_id=item_id))
         self.publish(E.UserTurnEnded(t=self.clock.now(), turn_id=a.turn_id, item_id=item_id, reason=a.reason,
@@ -257,6 +395,8 @@ class Session:
         self._specs.end_turn(a)
 
     def _on_analysis(self, spec: Speculation, eot: float | None, cue: T.TextCue) -> None:
+        if self._bc is not None:
+            self._bc.on_analysis(spec.turn_id, eot_prob=eot, text_cue=cue)
         self._handle(self.taker.on_analysis(spec.turn_id, spec.spec_id, self.clock.now(), eot_prob=eot, text_cue=cue))
         self._deadline.arm()
 
@@ -349,6 +489,8 @@ class Session:
 
     def _on_audible(self, audible: bool) -> None:
         self.taker.set_agent_speaking(audible)
+        if self._bc is not None:
+            self._bc.set_agent_speaking(audible)
         idle_ms = self.cfg.turn.idle_timeout_ms
         if audible:
             self._idle.disarm()
@@ -397,6 +539,9 @@ class Session:
             return
         reply_tasks = self._responses.close()
         self._specs.close()
+        self._bc_cancel_watch()
+        if self._denoise is not None:
+            await self._denoise.close()
         tasks = ctx.running_tasks() + reply_tasks
         for t in tasks:
             t.cancel()

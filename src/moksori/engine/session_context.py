@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moksori.engine import events as E
 from moksori.engine.bus import EventBus
@@ -24,12 +24,18 @@ from moksori.errors import MoksoriError
 from moksori.providers.base import LLM, STT, TTS
 from moksori.providers.registry import Stack
 
+if TYPE_CHECKING:
+    from moksori.agent_kit import AgentKit
+    from moksori.guardrails.guard import Guardrails
+
 log = logging.getLogger("moksori.session")
 
 
 class SessionContext:
-    def __init__(self, stack: Stack, cfg: SessionConfig, clock: Clock, session_id: str, toolbox: ToolBox) -> None:
+    def __init__(self, stack: Stack, cfg: SessionConfig, clock: Clock, session_id: str, toolbox: ToolBox,
+                 kit: AgentKit | None = None) -> None:
         self.id = session_id
+        self.kit = kit
         self.stack = stack
         self.cfg = cfg
         self.clock = clock
@@ -83,6 +89,16 @@ class SessionContext:
     @property
     def stt(self) -> STT:
         return self.stack.stt
+
+    @property
+    def guard(self) -> Guardrails | None:
+        """The input and output guardrails, when the server configured any."""
+        return self.kit.active_guard if self.kit is not None else None
+
+    @property
+    def tool_slow_after_s(self) -> float | None:
+        """Say a filler when a server tool takes longer than this (None: never)."""
+        return self.kit.tool_slow_after_s if self.kit is not None else None
 
     @property
     def output_rate(self) -> int:

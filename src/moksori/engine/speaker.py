@@ -37,6 +37,9 @@ class Playback:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
     stopped_at: float | None = None  # when the speaker stopped it: nothing is heard after that
+    # a backchannel ("mm-hmm" in the user's pause): plays through the hold and does not make the
+    # agent audible (the user talking over it is not a barge-in, the turn goes on)
+    side: bool = False
 
     def add(self, frame: Frame, text: str) -> None:
         """Queue a clause's audio (already at the output rate)."""
@@ -191,7 +194,7 @@ class Speaker:
 
     async def _run(self) -> None:
         while True:
-            while not self._order or self._hold:
+            while not self._order or (self._hold and not self._order[0].side):
                 self._wake.clear()
                 await self._wake.wait()
             pb = self._order.popleft()
@@ -202,7 +205,7 @@ class Speaker:
                 if self.current is pb:
                     self.current = None
                 pb.finished.set()
-            if not self._order and not pb.cancelled:
+            if not self._order and not pb.cancelled and not pb.side:
                 self._schedule_quiet()
 
     def _schedule_quiet(self) -> None:
@@ -231,7 +234,7 @@ class Speaker:
             for i in range(0, len(samples), self.chunk):
                 if pb.cancelled:
                     return
-                if pb.started_at is None and self._hold:
+                if pb.started_at is None and self._hold and not pb.side:
                     await self._wait_unheld(pb)  # a reply nobody has heard yet never starts over the user
                     if pb.cancelled:
                         return
@@ -248,7 +251,8 @@ class Speaker:
                 pb.chunks.append((start, len(piece)))
                 if pb.started_at is None:
                     pb.started_at = now
-                    self._set_audible(True)
+                    if not pb.side:
+                        self._set_audible(True)
                     self.publish(E.AgentAudioStarted(t=now, response_id=pb.response_id, item_id=pb.item_id))
                 self.publish(E.AgentAudio(t=now, response_id=pb.response_id, item_id=pb.item_id,
                                           frame=Frame(np.ascontiguousarray(piece), self.rate),

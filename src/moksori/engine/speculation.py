@@ -13,6 +13,7 @@ never start a second reply.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ from moksori.engine.response import Response
 from moksori.engine.responses import Responses
 from moksori.engine.turns import TextCue, TurnEnded
 from moksori.providers.base import Message, STTOptions, Transcript, one_chunk
+
+log = logging.getLogger("moksori.session")
 
 Key = tuple[int, int]  # (turn id, speculation id)
 
@@ -242,6 +245,7 @@ class Speculations:
             self._on_committed(spec)
             return
         ctx.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language))
+        log.debug("session %s: the user said (%s): %s", ctx.id, spec.item_id, tr.text)  # PII masked by the log filter
         audio_s = spec.audio_s or (len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0)
         now = ctx.clock.now()
         ctx.publish(E.UserTranscript(t=now, turn_id=spec.turn_id, item_id=spec.item_id, text=tr.text,

@@ -26,6 +26,18 @@ class Tool:
     say_first: str | None = None
     # end the response after this tool (no second LLM pass)
     final: bool = False
+    # the longest a call may take (None: the box's default); the handler may enforce a shorter one
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """What one call gave: `output` for the LLM; `ok` False when it failed, timed out or was
+    unknown (`error_kind` then says which)."""
+
+    output: str
+    ok: bool = True
+    error_kind: str | None = None
 
 
 class ToolBox:
@@ -43,19 +55,28 @@ class ToolBox:
 
     async def run(self, name: str, arguments: str, *, timeout_s: float = 20.0) -> str:
         """Run a server-side tool; any failure becomes a JSON error the LLM can read."""
+        return (await self.call(name, arguments, timeout_s=timeout_s)).output
+
+    async def call(self, name: str, arguments: str, *, timeout_s: float = 20.0) -> ToolRun:
+        """Run a server-side tool and say whether it worked. Never raises (but lets
+        cancellation through); `timeout_s` applies unless the tool has its own."""
         tool = self._tools.get(name)
         if tool is None:
-            return json.dumps({"error": f"unknown tool {name}"})
+            return ToolRun(json.dumps({"error": f"unknown tool {name}"}), False, "failed")
         try:
             args = json.loads(arguments or "{}")
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
         except ValueError as e:
-            return json.dumps({"error": f"bad arguments: {e}"})
+            return ToolRun(json.dumps({"error": f"bad arguments: {e}"}), False, "bad_arguments")
         try:
-            result = await asyncio.wait_for(tool.handler(args), timeout_s)
+            result = await asyncio.wait_for(tool.handler(args), tool.timeout_s or timeout_s)
         except asyncio.TimeoutError:
-            return json.dumps({"error": "tool timed out"})
+            return ToolRun(json.dumps({"error": "tool timed out", "kind": "timeout"}), False, "timeout")
         except Exception as e:  # noqa: BLE001 - reported to the model, never raised into the session
-            return json.dumps({"error": f"{type(e).__name__}: {e}"[:300]})
-        return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+            return ToolRun(json.dumps({"error": f"{type(e).__name__}: {e}"[:300]}), False, "failed")
+        ok, kind = getattr(result, "ok", True), getattr(result, "kind", None)
+        if hasattr(result, "text") and hasattr(result, "ok"):  # a moksori.tools ToolOutcome
+            result = result.text
+        output = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+        return ToolRun(output, bool(ok), kind)

@@ -156,6 +156,18 @@ class Guardrails:
             return OutputVerdict("block", self.safe_reply(language), (flagged,))
         return OutputVerdict("allow")
 
+    def scrub_history(self, text: str, language: str) -> str:
+        """An earlier user turn as the LLM should see it again: removed if the block lists match
+        it (it was blocked when said), else with its masks and (optionally) PII rewritten. Local
+        and cheap: no moderation call, no new trip."""
+        if self.check in ("input", "both") and self.block.first(text, language) is not None:
+            return "[removed by a guardrail]"
+        if self.mask_terms:
+            text, _ = self.mask_terms.mask(text, language)
+        if self.redact_for_llm and self.redactor:
+            text = self.redactor(text)
+        return text
+
     async def close(self) -> None:
         if self.moderation is not None:
             await self.moderation.close()

@@ -23,6 +23,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from moksori import __version__
+from moksori.agent_kit import AgentKit
 from moksori.engine.session import Session
 from moksori.protocols import realtime as rt
 from moksori.providers import threads
@@ -61,6 +62,9 @@ class ServerState:
             shed_loop_lag_ms=s.shed_loop_lag_ms, shed_queue_wait_s=s.shed_queue_wait_s), self.lag)
         self.sockets = SocketStats(s.max_connections or default_max_connections(), s.header_timeout_s)
         self.session_objects: weakref.WeakSet[Session] = weakref.WeakSet()  # every Session still in memory
+        # tools, guardrails, denoiser, backchannels: built in the lifespan (MCP servers are
+        # listed there), handed to every session; None until then (and for bare test apps)
+        self.kit: AgentKit | None = None
 
     @property
     def auth_required(self) -> bool:
@@ -117,12 +121,19 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
 
             await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
         tune_gc()
+        if state.kit is None:
+            state.kit = await AgentKit.build(settings)
+            for w in state.kit.warnings:
+                log.warning("tools: %s", w)
+            state.kit.install_log_filter()
         state.lag.start()
         try:
             yield
         finally:
             state.drain()
             await state.lag.stop()
+            if state.kit is not None:
+                await state.kit.close()
 
     app = FastAPI(title="Moksori", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.moksori = state
@@ -233,7 +244,7 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         conn = RealtimeConnection(
             state.stack, state.settings, flavor, send, model=query.get("model") or "moksori",
             timeline=query.get("moksori_timeline") in ("1", "true"),
-            transcription_only=query.get("intent") == "transcription")
+            transcription_only=query.get("intent") == "transcription", kit=state.kit)
         state.track(conn.session)
         ticket.opened("voice-live" if flavor is rt.Flavor.AZURE else "realtime", conn.session_id, conn.session)
 

@@ -41,6 +41,8 @@ class Metrics:
         self.tokens: Counter[str] = Counter()
         self.latency = Histogram()
         self.barge_in = Histogram((0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
+        self.guardrail_trips: Counter[tuple[str, str, str]] = Counter()  # (stage, action, policy)
+        self.tool_calls: Counter[tuple[str, str]] = Counter()  # (tool, outcome: ok or the error kind)
 
     def observe_session(self) -> Callable[[E.Event], None]:
         """A listener for one session's events."""
@@ -70,6 +72,12 @@ class Metrics:
                         self.barge_in.observe(reaction_ms / 1000)
                 case E.ErrorEvent():
                     self.counters["errors"] += 1
+                case E.GuardrailTripped(stage=stage, action=action, policy=policy):
+                    self.guardrail_trips[(stage, action, policy)] += 1
+                case E.AgentToolResult(name=name, ok=ok, error_kind=kind):
+                    self.tool_calls[(name, "ok" if ok else (kind or "failed"))] += 1
+                case E.AgentBackchannel():
+                    self.counters["backchannels"] += 1
 
         return listen
 
@@ -82,8 +90,21 @@ class Metrics:
         lines.append("# TYPE moksori_llm_tokens_total counter")
         for kind in ("input_tokens", "output_tokens", "cached_tokens"):
             lines.append(f'moksori_llm_tokens_total{{kind="{kind}"}} {self.tokens[kind]}')
+        lines += ["# HELP moksori_guardrail_trips_total Guardrail trips (guardrail.tripped events).",
+                  "# TYPE moksori_guardrail_trips_total counter"]
+        for (stage, action, policy), n in sorted(self.guardrail_trips.items()):
+            lines.append(f'moksori_guardrail_trips_total{{stage="{stage}",action="{action}",policy="{policy}"}} {n}')
+        lines += ["# HELP moksori_tool_calls_total Server-side tool calls by outcome.",
+                  "# TYPE moksori_tool_calls_total counter"]
+        for (tool, outcome), n in sorted(self.tool_calls.items()):
+            lines.append(f'moksori_tool_calls_total{{tool="{_label(tool)}",outcome="{outcome}"}} {n}')
         lines += self.latency.render("moksori_response_latency_seconds",
                                      "End of user speech to first reply audio.")
         lines += self.barge_in.render("moksori_barge_in_reaction_seconds",
                                       "User speech onset to reply audio cleared.")
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslashes, quotes and newlines escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

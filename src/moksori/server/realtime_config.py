@@ -43,8 +43,10 @@ def initial_session(settings: Settings) -> rt.SessionConfig:
         threshold=t.threshold, prefix_padding_ms=t.prefix_padding_ms, silence_duration_ms=t.silence_duration_ms,
         create_response=t.create_response, interrupt_response=t.interrupt_response, eagerness=t.eagerness,
         idle_timeout_ms=t.idle_timeout_ms if t.provider != "smart-turn" else None)
+    nr = settings.audio.noise_reduction
     return rt.SessionConfig(instructions=settings.agent.instructions or "", turn_detection=td,
-                            temperature=settings.llm.temperature)
+                            temperature=settings.llm.temperature,
+                            noise_reduction=None if nr == "off" else {"type": nr})
 
 
 def voice_and_language(cfg: rt.SessionConfig,
@@ -92,7 +94,9 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
                   for t in cfg.tools if t.get("name"))
     tool_choice = cfg.tool_choice if isinstance(cfg.tool_choice, str) else \
         (cfg.tool_choice.get("name") or cfg.tool_choice.get("function", {}).get("name") or "auto")
+    nr = (cfg.noise_reduction or {}).get("type")
     return replace(
-        base, instructions=cfg.instructions or None, language=lang, voice=voice, modalities=modalities,
+        base, noise_reduction=nr if nr in rt.SUPPORTED_NOISE_REDUCTION else "off",
+        instructions=cfg.instructions or None, language=lang, voice=voice, modalities=modalities,
         output_rate=cfg.output_format.rate, turn=turn, tools=tools, tool_choice=tool_choice,
         temperature=cfg.temperature, max_output_tokens=max_tokens, speed=cfg.speed or 1.0)

@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
@@ -26,6 +26,9 @@ from moksori.providers.base import Message
 from moksori.providers.registry import Stack
 from moksori.server.realtime_config import engine_config, initial_session
 from moksori.settings import Settings
+
+if TYPE_CHECKING:
+    from moksori.agent_kit import AgentKit
 
 log = logging.getLogger("moksori.realtime")
 
@@ -72,7 +75,7 @@ class _Out:
 class RealtimeConnection:
     def __init__(self, stack: Stack, settings: Settings, flavor: rt.Flavor, send: Send, *, model: str = "moksori",
                  timeline: bool = False, transcription_only: bool = False, session_id: str | None = None,
-                 audio_sink: AudioSink | None = None, output_lead_ms: int = 200) -> None:
+                 audio_sink: AudioSink | None = None, output_lead_ms: int = 200, kit: AgentKit | None = None) -> None:
         self.stack, self.settings, self.flavor, self._send = stack, settings, flavor, send
         self.audio_sink = audio_sink
         self.model = model
@@ -85,7 +88,9 @@ class RealtimeConnection:
         self.session_id = session_id or new_id("sess")
         self._base = config_from_settings(settings, output_lead_ms=output_lead_ms)
         self.session = open_session(stack, self._engine_cfg(), settings=settings, session_id=self.session_id,
-                                    input_rate=self.cfg.input_format.rate, turns_from_settings=False)
+                                    input_rate=self.cfg.input_format.rate, turns_from_settings=False, kit=kit)
+        # warnings the session gave while it opened, before we listened (sent by `start`)
+        self._early_warnings = [e.message for e in self.session.bus.history if isinstance(e, E.SessionWarning)]
         self.session.bus.listen(self._on_engine_event)
         # the route's way to end the connection when the session cannot go on (the realtime
         # brain's upstream is gone for good): close the socket, hang up the call
@@ -161,6 +166,9 @@ class RealtimeConnection:
 
     async def start(self) -> None:
         self.send(self.ev.session_created(self._wire_session()))
+        for message in self._early_warnings:
+            self.send(self.ev.warning(message))
+        self._early_warnings = []
         for w in self._preset_warnings:
             self.send(self.ev.warning(w))
         self._preset_warnings = []
@@ -494,6 +502,11 @@ class RealtimeConnection:
                 item = self.session.memory.get(item_id)
                 if item is not None:
                     self.send(ev.conversation_item_done(self._item_wire(item), self.session.memory.previous_id(item.id)))
+            case E.AgentBackchannel(response_id=rid):  # out of band: never in the conversation
+                self._oob.add(rid)
+                self._metadata[rid] = {"moksori": "backchannel"}
+            case E.SessionWarning(message=message):
+                self.send(ev.warning(message))
             case E.AgentResponseStarted(response_id=rid, item_id=item_id, modalities=modalities):
                 self._outs[rid] = _Out(rid, item_id, "audio" in modalities)
                 self.send(ev.response_created(self._response(rid, "in_progress", modalities)))

@@ -280,7 +280,7 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
 
     call = PhoneCall(carrier, codec, stack=tel.stack, settings=state.settings, send=send, secret=tel.secret,
                      url_token=ws.query_params.get("token"), on_session=on_session, claim_token=tel.claim,
-                     start_timeout_s=state.settings.telephony.start_timeout_s)
+                     start_timeout_s=state.settings.telephony.start_timeout_s, kit=state.kit)
     reader = asyncio.create_task(_read(ws, call), name=f"{carrier}-call-read")
     ended = asyncio.create_task(call.ended.wait(), name=f"{carrier}-call-ended")
     try:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moksori.brains import open_session
 from moksori.engine import events as E
@@ -58,6 +58,9 @@ from moksori.providers.registry import Stack
 from moksori.settings import Settings
 from moksori.telephony.control import call_control_for
 from moksori.telephony.phrases import DEFAULT_GREETING, TRANSFER_NOTICE
+
+if TYPE_CHECKING:
+    from moksori.agent_kit import AgentKit
 from moksori.telephony.signatures import check_stream_token
 
 log = logging.getLogger("moksori.telephony")
@@ -118,8 +121,10 @@ class PhoneCall:
         claim_token: Callable[[str, str], bool] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        kit: AgentKit | None = None,
     ) -> None:
         self.carrier = carrier
+        self.kit = kit  # the server's tools, guardrails, denoiser, backchannels (moksori.agent_kit)
         self.codec = codec
         self.stack = stack
         self.settings = settings
@@ -235,7 +240,8 @@ class PhoneCall:
         cfg = config_from_settings(self.settings, output_rate=ev.rate, output_chunk_ms=OUTPUT_CHUNK_MS,
                                    output_lead_ms=OUTPUT_LEAD_MS, partial_interval_ms=0)
         # the realtime brain gets G.711 at the carrier's 8 kHz and sends it upstream as it came
-        self.session = open_session(self.stack, cfg, settings=self.settings, toolbox=self._toolbox(), input_rate=ev.rate)
+        self.session = open_session(self.stack, cfg, settings=self.settings, toolbox=self._toolbox(), input_rate=ev.rate,
+                                    kit=self.kit)
         self.session.bus.listen(self._on_engine_event)
         self._sender = asyncio.create_task(self._pump(), name=f"{self.carrier}-call-send")
         self.session.publish(E.CallStarted(t=self.session.clock.now(), carrier=self.carrier, call_id=ev.call_id,

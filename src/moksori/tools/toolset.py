@@ -244,11 +244,12 @@ class ServerTools:
         """`engine.tools.Tool`s (spec + handler) for a `ToolBox`. Give the box a timeout of at
         least `info(name).timeout_s` (+1 s): each handler enforces its own."""
         def handler_for(name: str) -> Callable[[dict[str, Any]], Any]:
-            async def handler(args: dict[str, Any]) -> str:
-                return (await self.run(name, args)).text
+            async def handler(args: dict[str, Any]) -> ToolOutcome:
+                return await self.run(name, args)  # the box reads `.text`, `.ok` and `.kind`
             return handler
 
-        return [Tool(info.spec, handler_for(name)) for name, info in self._tools.items()]
+        return [Tool(info.spec, handler_for(name), timeout_s=info.timeout_s + 1.0)
+                for name, info in self._tools.items()]
 
 
 def _check_schema(schema: Any, where: str) -> None:

@@ -202,7 +202,7 @@ class WebRTC:
         conn = RealtimeConnection(
             self.state.stack, self.settings, rt.Flavor.GA, call.send, model=str(model or query.get("model") or "moksori"),
             timeline=query.get("moksori_timeline") in ("1", "true"), audio_sink=call.track,
-            output_lead_ms=cfg.output_lead_ms)
+            output_lead_ms=cfg.output_lead_ms, kit=self.state.kit)
         self.state.track(conn.session)  # metrics, and the unclosed-session count
 
         async def fatal(reason: str) -> None:
