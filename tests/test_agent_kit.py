@@ -156,7 +156,7 @@ def kit_settings(**groups: Any) -> Any:
 
 
 async def spoken_turn(stack: Any, kit: AgentKit, instructions: str, *, clip: str = "en/en_002.wav",
-                      tail_s: float = 6.0, metrics: Metrics | None = None) -> tuple[Rec, Any]:
+                      tail_s: float = 15.0, metrics: Metrics | None = None) -> tuple[Rec, Any]:
     """One real spoken turn into a session opened as the entry points open theirs."""
     settings = kit_settings()
     cfg = config_from_settings(settings, output_rate=16000, output_lead_ms=0, partial_interval_ms=0,
@@ -287,7 +287,7 @@ def test_a_failing_tool_gets_a_spoken_apology_and_the_turn_ends(stack, scripted,
 
 def test_blocked_input_never_reaches_the_llm(stack, scripted) -> None:
     # en_002: "he was not an ill disposed young man"
-    settings = kit_settings(guardrails={"block_terms_en": ["disposed"], "safe_reply_en": "Let us talk about something else."})
+    settings = kit_settings(guardrails={"block_terms_en": ["young man"], "safe_reply_en": "Let us talk about something else."})
     metrics = Metrics()
 
     async def main():
@@ -300,10 +300,10 @@ def test_blocked_input_never_reaches_the_llm(stack, scripted) -> None:
             await kit.close()
 
     rec, session, llm_calls = asyncio.run(main())
-    assert "disposed" in rec.of(E.UserTranscript)[0].text.lower()
+    assert "young man" in rec.of(E.UserTranscript)[0].text.lower()
     trips = rec.of(E.GuardrailTripped)
     assert [(t.stage, t.action, t.policy) for t in trips] == [("input", "block", "terms")]
-    assert "disposed" not in trips[0].reason
+    assert "young" not in trips[0].reason
     assert llm_calls == 0
     assert replies(rec)[-1].text == "Let us talk about something else."
     assert 'moksori_guardrail_trips_total{stage="input",action="block",policy="terms"} 1' in metrics.render(sessions=0)
@@ -381,11 +381,11 @@ def test_pii_is_masked_in_the_logs(stack, scripted, backend) -> None:
 # --------------------------------------------------------------------------- backchannels (virtual time)
 
 
-def _with_pause(frame: Frame, pause_s: float, at: float = 0.55) -> Frame:
-    """Insert a pause at the quietest 50 ms near `at` of the speech (mid-sentence)."""
+def _with_pause(frame: Frame, pause_s: float, at_s: float) -> Frame:
+    """Insert a pause at the quietest 50 ms within 0.12 s of `at_s` (a word boundary)."""
     x = frame.samples.astype(np.float32)
     win = frame.rate // 20
-    lo, hi = int(len(x) * (at - 0.1)), int(len(x) * (at + 0.1))
+    lo, hi = int((at_s - 0.12) * frame.rate), int((at_s + 0.12) * frame.rate)
     energies = [float(np.mean(x[i:i + win] ** 2)) for i in range(lo, hi - win, win // 2)]
     cut = lo + int(np.argmin(energies)) * (win // 2) + win // 2
     return concat([Frame(frame.samples[:cut], frame.rate), Frame.silence(pause_s, frame.rate),
@@ -412,14 +412,16 @@ def _virtual_session(stack: Any, kit: AgentKit, audio: list[Frame], **cfg: Any) 
 
 
 def test_a_backchannel_in_a_long_mid_sentence_pause_does_not_end_the_turn(stack) -> None:
-    # en_001: "and mister john dashwood had then leisure to consider | how much there might be ..."
-    utterance = _with_pause(speech("en/en_001.wav"), 1.1, at=0.45)
+    # en_003: "unless to be rather cold hearted and | rather selfish is to be ill disposed", with a
+    # 1.2 s pause after "and" (2.36 s into the clip by Whisper's word times)
+    utterance = _with_pause(speech("en/en_003.wav"), 1.2, at_s=2.36)
     kit = AgentKit(backchannel_on=True, backchannel_after_ms=700)
     rec, session = _virtual_session(stack, kit, [silence(0.5), utterance], backchannel=True)
     bcs = rec.of(E.AgentBackchannel)
     ended = rec.of(E.UserTurnEnded)
-    assert len(ended) == 1, "the pause did not end the turn"
+    assert len(ended) == 1, "the pauses did not end the turn"
     assert len(bcs) == 1, [e.to_json() for e in rec.events if e.type.startswith(("user.", "eot."))]
+    assert 2.9 < bcs[0].t - 0.5 < 3.6  # in the pause (about 2.36-3.56 s of the clip)
     bc = bcs[0]
     assert bc.text in ("Mm-hmm.", "Uh-huh.", "Right.") and bc.language == "en"
     audio = [e for e in rec.streamed(E.AgentAudio) if e.response_id == bc.response_id]
@@ -434,7 +436,7 @@ def test_a_backchannel_in_a_long_mid_sentence_pause_does_not_end_the_turn(stack)
 
 def test_no_backchannel_when_off_or_for_a_finished_sentence(stack) -> None:
     kit = AgentKit(backchannel_on=True)
-    off, _ = _virtual_session(stack, kit, [silence(0.5), _with_pause(speech("en/en_001.wav"), 1.1, at=0.45)])
+    off, _ = _virtual_session(stack, kit, [silence(0.5), _with_pause(speech("en/en_003.wav"), 1.2, at_s=2.36)])
     assert not off.of(E.AgentBackchannel)
     done, _ = _virtual_session(stack, kit, [silence(0.5), speech("en/en_002.wav")], backchannel=True)
     assert not done.of(E.AgentBackchannel), "a finished sentence gets a reply, not a mm-hmm"
@@ -462,7 +464,7 @@ def test_noise_suppression_on_noisy_real_speech_in_a_session(stack, clip, rate) 
     kit = AgentKit()
     rec, session = _virtual_session(stack, kit, [silence(0.5, rate), noisy, silence(0.5, rate)],
                                     noise_reduction="near_field")
-    nr = rec.of(E.SessionNoiseReduction)
+    nr = [e for e in session.bus.history if isinstance(e, E.SessionNoiseReduction)]  # said as it opened
     assert nr and nr[0].mode == "near_field" and nr[0].model == "deepfilternet3"
     assert not rec.of(E.SessionWarning)
     assert session._denoise is not None and session._denoise.frames_denoised > 50  # type: ignore[attr-defined]
@@ -477,6 +479,6 @@ def test_noise_suppression_unavailable_is_a_warning_not_a_failure(stack, tmp_pat
     kit = AgentKit(noise_model=str(tmp_path / "missing.tar.gz"))
     rec, session = _virtual_session(stack, kit, [silence(0.5), speech("en/en_002.wav")],
                                     noise_reduction="far_field")
-    warn = rec.of(E.SessionWarning)
+    warn = [e for e in session.bus.history if isinstance(e, E.SessionWarning)]
     assert warn and warn[0].code == "noise_reduction_unavailable" and "unavailable" in warn[0].message
     assert rec.of(E.UserTranscript)[0].text.strip(), "the audio went on as it came"

@@ -9,6 +9,7 @@ streams live from then on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from moksori.guardrails.guard import Guardrails
 
 MAX_TOOL_ROUNDS = 3
+log = logging.getLogger("moksori.session")
 
 
 class ResponseHost(Protocol):
@@ -363,6 +365,8 @@ class Response:
             return
         for _round in range(MAX_TOOL_ROUNDS):
             chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
+            if self._raw and not self._raw.endswith((" ", "\n")):
+                self._add_text(" ", clauses, chunker)  # the words of this round follow those said before
             req = ChatRequest(messages=tuple(base + convo), tools=tools, tool_choice=self.opts.tool_choice,
                               temperature=self.opts.temperature, max_tokens=self.opts.max_output_tokens)
             self.emit(E.LlmStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
@@ -420,6 +424,7 @@ class Response:
                 run = await self._run_tool(call, tool, clauses, chunker)
                 results.append(run)
                 output = run.output
+                log.debug("tool %s -> %s: %s", call.name, "ok" if run.ok else run.error_kind, output[:500])
                 self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
                                     call_id=call.id, name=call.name, arguments=call.arguments))
                 self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
