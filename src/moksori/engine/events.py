@@ -431,7 +431,7 @@ class AgentToolResult(Event):
     name: str
     output: str
     ok: bool = optional(default=True)  # False: the tool failed, timed out or was unavailable
-    error_kind: str | None = optional()  # timeout | unavailable | failed | bad_arguments | ...
+    error_kind: str | None = optional(default=None)  # timeout | unavailable | failed | bad_arguments | ...
 
 
 @_event
@@ -469,8 +469,8 @@ class GuardrailTripped(Event):
     reason: str
     language: str
     categories: tuple[str, ...] = ()
-    turn_id: int | None = optional()
-    response_id: str | None = optional()
+    turn_id: int | None = optional(default=None)
+    response_id: str | None = optional(default=None)
 
 
 @_event
@@ -489,8 +489,8 @@ class SessionNoiseReduction(Event):
 
     type = "session.noise_reduction"
     mode: str  # off | near_field | far_field
-    model: str | None = optional()
-    delay_ms: float | None = optional()
+    model: str | None = optional(default=None)
+    delay_ms: float | None = optional(default=None)
 
 
 # ====================================================================== the realtime brain's upstream

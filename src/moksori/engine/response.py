@@ -421,7 +421,7 @@ class Response:
                     for clause in chunker.flush():
                         await clauses.put(clause)
                     await self._drain_audio(clauses)
-                run = await self._run_tool(call, tool, clauses, chunker)
+                run = await self._call_tool(call, tool, clauses, chunker)
                 results.append(run)
                 output = run.output
                 log.debug("tool %s -> %s: %s", call.name, "ok" if run.ok else run.error_kind, output[:500])
@@ -452,7 +452,7 @@ class Response:
         self._add_text(("" if not self._raw or self._raw.endswith(" ") else " ") + words, clauses, chunker,
                        flush=True)
 
-    async def _run_tool(self, call: ToolCall, tool: Tool, clauses: asyncio.Queue[str | None],
+    async def _call_tool(self, call: ToolCall, tool: Tool, clauses: asyncio.Queue[str | None],
                         chunker: ClauseChunker) -> ToolRun:
         """Run one server tool; when it is slow, say a short filler (once per reply) meanwhile."""
         host = self.host
