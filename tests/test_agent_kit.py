@@ -158,9 +158,13 @@ def kit_settings(**groups: Any) -> Any:
 async def spoken_turn(stack: Any, kit: AgentKit, instructions: str, *, clip: str = "en/en_002.wav",
                       tail_s: float = 15.0, metrics: Metrics | None = None) -> tuple[Rec, Any]:
     """One real spoken turn into a session opened as the entry points open theirs."""
+    from moksori.providers.registry import build_llm
+
     settings = kit_settings()
     cfg = config_from_settings(settings, output_rate=16000, output_lead_ms=0, partial_interval_ms=0,
                                instructions=instructions)
+    # a fresh HTTP client for this test's event loop (a server has one loop; each test its own)
+    stack = replace(stack, llm=build_llm(stack.settings))
     session = open_session(stack, cfg, settings=settings, kit=kit)
     if metrics is not None:
         session.bus.listen(metrics.observe_session())
@@ -359,7 +363,8 @@ def test_pii_is_masked_in_the_logs(stack, scripted, backend) -> None:
     async def main():
         kit = await AgentKit.build(settings)
         kit.install_log_filter()
-        root.addHandler(control)  # added after the filter was installed: sees the raw records
+        # the session's own logger: its handlers see a record before the root's filtered ones
+        logging.getLogger("moksori.session").addHandler(control)
         try:
             return await spoken_turn(stack, kit, "scripted:tool=contact")
         finally:
@@ -369,7 +374,7 @@ def test_pii_is_masked_in_the_logs(stack, scripted, backend) -> None:
         rec, _ = asyncio.run(main())
     finally:
         root.removeHandler(guarded)
-        root.removeHandler(control)
+        logging.getLogger("moksori.session").removeHandler(control)
         root.setLevel(old_level)
     assert "010-1234-5678" in rec.of(E.AgentToolResult)[0].output  # the tool's answer reached the LLM
     assert any("010-1234-5678" in m for m in raw_lines), "the control handler saw the number: the test can fail"
