@@ -7,7 +7,8 @@ Protocol tests that need a function call, or a reply of a known length (barge-in
 What it answers (`POST /v1/chat/completions`, streamed as SSE):
 
 * the request offers tools and the last message is the user's -> a call of the first tool, with
-  arguments built from its schema (`{"city": "Seoul"}` for a `city` string);
+  arguments built from its schema (`{"city": "Seoul"}` for a `city` string); the server's own
+  built-in `current_time` (offered in every session) is called only when named, as below;
 * the last message is a tool result -> "The tool says: <result>."
 * the system prompt contains `scripted:long` -> LONG_REPLY (about 15 s of speech);
 * the system prompt contains `scripted:tool=NAME` -> that tool is the one called (not the first);
@@ -40,6 +41,7 @@ LONG_REPLY = ("Let me tell you a rather long story about the sea. Long ago, a sm
               "and far beyond the last rocks, where the water turns deep blue and very quiet. "
               "For many days they saw nothing but waves, clouds and the occasional seabird.")
 MODEL = "scripted"
+SERVER_BUILTINS = ("current_time",)  # moksori's built-in tools: the tests' own tools come first
 
 
 def _sample_arguments(params: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +83,8 @@ class ScriptedLLM:
         wanted = re.search(r"scripted:tool=([A-Za-z0-9_-]+)", system)
         if wanted:
             tools = [t for t in tools if t.get("function", {}).get("name") == wanted.group(1)]
+        else:
+            tools = [t for t in tools if t.get("function", {}).get("name") not in SERVER_BUILTINS]
         if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
             fn = tools[0].get("function", {})
             args = _sample_arguments(fn.get("parameters") or {})

@@ -397,7 +397,8 @@ def _with_pause(frame: Frame, pause_s: float, at_s: float) -> Frame:
                    Frame(frame.samples[cut:], frame.rate)])
 
 
-def _virtual_session(stack: Any, kit: AgentKit, audio: list[Frame], **cfg: Any) -> tuple[Rec, Any]:
+def _virtual_session(stack: Any, kit: AgentKit, audio: list[Frame], *, real_time: bool = False,
+                     **cfg: Any) -> tuple[Rec, Any]:
     settings = kit_settings()
     config = config_from_settings(settings, output_rate=16000, output_lead_ms=0, partial_interval_ms=0, **cfg)
     config = config.with_(turn=replace(config.turn, create_response=False))  # no reply needed: no LLM
@@ -413,7 +414,7 @@ def _virtual_session(stack: Any, kit: AgentKit, audio: list[Frame], **cfg: Any) 
         await session.close()
         return rec, session
 
-    return run_virtual(main())
+    return asyncio.run(main()) if real_time else run_virtual(main())
 
 
 def test_a_backchannel_in_a_long_mid_sentence_pause_does_not_end_the_turn(stack) -> None:
@@ -487,3 +488,90 @@ def test_noise_suppression_unavailable_is_a_warning_not_a_failure(stack, tmp_pat
     warn = [e for e in session.bus.history if isinstance(e, E.SessionWarning)]
     assert warn and warn[0].code == "noise_reduction_unavailable" and "unavailable" in warn[0].message
     assert rec.of(E.UserTranscript)[0].text.strip(), "the audio went on as it came"
+
+
+def test_a_backchannel_in_real_time(stack) -> None:
+    """The same pause on the real event-loop clock (models take their real time)."""
+    utterance = _with_pause(speech("en/en_003.wav"), 1.2, at_s=2.36)
+    kit = AgentKit(backchannel_on=True, backchannel_after_ms=700)
+    rec, session = _virtual_session(stack, kit, [silence(0.5), utterance], backchannel=True, real_time=True)
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    bcs = rec.of(E.AgentBackchannel)
+    assert len(bcs) == 1 and [e for e in rec.streamed(E.AgentAudio) if e.response_id == bcs[0].response_id]
+    assert not any(i.role == "assistant" for i in session.memory.items)
+
+
+# --------------------------------------------------------------------------- the Realtime API
+
+
+def _realtime(stack: Any, kit: AgentKit | None, settings: Any) -> tuple[Any, list[dict[str, Any]]]:
+    from moksori.protocols import realtime as rt
+    from moksori.server.realtime_conn import RealtimeConnection
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(ev: dict[str, Any]) -> None:
+        sent.append(ev)
+
+    return RealtimeConnection(stack, settings, rt.Flavor.GA, send, kit=kit), sent
+
+
+def test_realtime_session_update_turns_noise_reduction_on_and_off(stack) -> None:
+    settings = load_settings(language="en")
+
+    def update(nr: Any) -> str:
+        return json.dumps({"type": "session.update", "session": {"type": "realtime",
+                                                                  "audio": {"input": {"noise_reduction": nr}}}})
+
+    async def main():
+        conn, sent = _realtime(stack, AgentKit(), settings)
+        await conn.start()
+        await conn.on_message(update({"type": "near_field"}))
+        on = conn.session._nr_mode  # type: ignore[attr-defined]
+        await conn.on_message(update(None))
+        off = conn.session._nr_mode  # type: ignore[attr-defined]
+        bare, bare_sent = _realtime(stack, None, settings)  # a server without the kit: a warning, not silence
+        await bare.start()
+        await bare.on_message(update({"type": "far_field"}))
+        await asyncio.sleep(0.05)
+        await conn.close()
+        await bare.close()
+        return on, off, sent, bare_sent
+
+    on, off, sent, bare_sent = asyncio.run(main())
+    assert (on, off) == ("near_field", "off")
+    assert not [e for e in sent if e["type"] == "error"]
+    warned = [e for e in bare_sent if e["type"] == "error" and "noise reduction" in e["error"]["message"]]
+    assert warned and "far_field" in warned[0]["error"]["message"]
+
+
+def test_realtime_clients_get_a_backchannel_out_of_band_only_when_on(stack) -> None:
+    utterance = _with_pause(speech("en/en_003.wav", 24000), 1.2, at_s=2.36)
+
+    def run(backchannel: str) -> list[dict[str, Any]]:
+        settings = load_settings(language="en", turn={"backchannel": backchannel, "create_response": False})
+        kit = AgentKit(backchannel_on=backchannel == "on")
+
+        async def main():
+            conn, sent = _realtime(stack, kit, settings)
+            await conn.start()
+            samples = np.concatenate([np.zeros(12000, np.int16), utterance.samples, np.zeros(48000, np.int16)])
+            for i in range(0, len(samples), 480):
+                conn.push_audio(Frame(samples[i:i + 480], 24000))
+                await asyncio.sleep(0.02)
+            await settle(conn.session, 10)
+            await asyncio.sleep(0.1)
+            await conn.close()
+            return sent
+
+        return run_virtual(main())
+
+    sent = run("on")
+    created = [e["response"] for e in sent if e["type"] == "response.created"]
+    assert len(created) == 1 and created[0]["conversation_id"] is None
+    assert created[0]["metadata"] == {"moksori": "backchannel"}
+    rid = created[0]["id"]
+    assert [e for e in sent if e["type"] == "response.output_audio.delta" and e["response_id"] == rid]
+    assert not [e for e in sent if e["type"] == "conversation.item.added" and e["item"]["role"] == "assistant"]
+    assert len([e for e in sent if e["type"] == "input_audio_buffer.committed"]) == 1
+    assert not [e for e in run("off") if e["type"] == "response.created"]

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 RESERVED_TOOL_NAMES = ("end_call", "transfer_call")
 
 
+def packaged_llm(settings: Settings) -> bool:
+    """The LLM is the packaged SmolLM2-135M (no other model or server configured)."""
+    return settings.llm.provider == "llamacpp" and not settings.llm.model
+
+
 class AgentKit:
     def __init__(self, *, tools: ServerTools | None = None, guard: Guardrails | None = None,
                  noise_model: str | None = None, noise_atten_db: float | None = None,
@@ -58,8 +63,16 @@ class AgentKit:
     async def build(cls, settings: Settings, *, start_tools: bool = True) -> AgentKit:
         """From settings; lists the MCP servers' tools (an unreachable one is a warning, not an
         error). Raises `ConfigError` for a configuration that cannot work."""
-        tools = ServerTools.from_settings(settings.tools, reserved=RESERVED_TOOL_NAMES)
+        ts = settings.tools
+        if packaged_llm(settings) and "builtins" not in ts.model_fields_set:
+            # the packaged SmolLM2-135M calls whatever tool it is offered, at random: no built-ins
+            # unless asked for (tools a user configured are offered; the README says which models)
+            ts = ts.model_copy(update={"builtins": []})
+        tools = ServerTools.from_settings(ts, reserved=RESERVED_TOOL_NAMES)
         warnings = await tools.start() if start_tools else []
+        if packaged_llm(settings) and tools.names():
+            warnings.append("the packaged LLM (SmolLM2-135M) cannot pick tools reliably: point MOKSORI_LLM_MODEL "
+                            "at a tool-calling model, or MOKSORI_LLM_PROVIDER=openai at a server")
         guard = Guardrails.from_settings(settings.guardrails)
         return cls(tools=tools, guard=guard, noise_model=settings.audio.noise_reduction_model,
                    noise_atten_db=settings.audio.noise_reduction_atten_db,

@@ -350,7 +350,8 @@ class Response:
 
     async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
         host = self.host
-        tools = tuple(self.opts.tools) + host.toolbox.specs()
+        client = {t.name for t in self.opts.tools}  # a client's tool wins over a server tool of that name
+        tools = tuple(self.opts.tools) + tuple(t for t in host.toolbox.specs() if t.name not in client)
         convo: list[Message] = []
         system = host.system_prompt(self.opts.instructions)
         if self.opts.replace_input is not None:
@@ -394,8 +395,8 @@ class Response:
                                     input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens))
             if not calls or self.blocked:
                 break
-            local = [c for c in calls if host.toolbox.get(c.name) is not None]
-            remote = [c for c in calls if host.toolbox.get(c.name) is None]
+            local = [c for c in calls if host.toolbox.get(c.name) is not None and c.name not in client]
+            remote = [c for c in calls if host.toolbox.get(c.name) is None or c.name in client]
             for call in remote:  # the client runs these; the response ends here
                 self.function_calls.append(call)
                 item_id = self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
