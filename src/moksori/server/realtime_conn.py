@@ -262,10 +262,11 @@ class RealtimeConnection:
         self._audio_marks.append((self.session.clock.now(), self._audio_ms))
         self.session.push_audio(frame)
 
-    def _on_InputAudioBufferCommit(self, ev: rt.InputAudioBufferCommit) -> None:
+    async def _on_InputAudioBufferCommit(self, ev: rt.InputAudioBufferCommit) -> None:
         if self.cfg.turn_detection is None and self._manual_ms < 100:
             raise ProtocolError(f"buffer too small: expected at least 100 ms of audio, have {self._manual_ms:.0f} ms",
                                 code="input_audio_buffer_commit_empty")
+        await self.session.drain_input()  # audio still in the denoiser belongs to this commit
         item_id = self.session.commit()
         if item_id is None:
             raise ProtocolError("nothing to commit: no speech in the input audio buffer",
