@@ -25,6 +25,13 @@ class AudioRing:
         parts = [c for (a, b, c) in self._frames if b > t0 and a < t1]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
+    def span(self, t0: float, t1: float) -> tuple[np.ndarray, float, float]:
+        """Like `between`, with the start time of its first frame and the end time of its last."""
+        frames = [(a, b, c) for (a, b, c) in self._frames if b > t0 and a < t1]
+        if not frames:
+            return np.zeros(0, dtype=np.float32), t0, t0
+        return np.concatenate([c for _, _, c in frames]), frames[0][0], frames[-1][1]
+
     @property
     def seconds(self) -> float:
         return self._samples / RATE

@@ -24,6 +24,7 @@ class SessionConfig:
     turn: TurnConfig = field(default_factory=TurnConfig)
     transcribe_input: bool = True
     partial_interval_ms: int = 1200
+    stt_incremental: bool = True  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
     temperature: float = 0.5
@@ -48,7 +49,7 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
     )
     cfg = SessionConfig(
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
-        partial_interval_ms=s.stt.partial_interval_ms, temperature=s.llm.temperature,
+        partial_interval_ms=s.stt.partial_interval_ms, stt_incremental=s.stt.incremental, temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
         noise_reduction=s.audio.noise_reduction, backchannel=s.turn.backchannel == "on",
     )

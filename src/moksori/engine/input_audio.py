@@ -59,6 +59,10 @@ class InputAudio:
     def between(self, t0: float, t1: float) -> np.ndarray:
         return self._ring.between(t0, t1)
 
+    def span(self, t0: float, t1: float) -> tuple[np.ndarray, float, float]:
+        """The audio between t0 and t1, with its first frame's start and its last frame's end."""
+        return self._ring.span(t0, t1)
+
     # -------------------------------------------------------------- manual mode
 
     def keep(self, chunk: np.ndarray) -> None:

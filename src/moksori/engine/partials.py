@@ -7,7 +7,7 @@ Every `interval` of speech, the turn so far is transcribed and published as
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from moksori.engine import events as E
 from moksori.engine.clock import Clock
 from moksori.engine.config import SessionConfig
-from moksori.providers.base import STT, STTOptions, one_chunk
+from moksori.providers.base import STT, STTOptions, Transcript, one_chunk
 from moksori.providers.threads import set_background
 
 
@@ -45,8 +45,10 @@ class UserTurn(Protocol):
 
 class PartialTranscripts:
     def __init__(self, host: PartialsHost, turn: UserTurn, audio_between: Callable[[float, float], np.ndarray],
-                 item_id_of: Callable[[int], str | None]) -> None:
+                 item_id_of: Callable[[int], str | None],
+                 incremental: Callable[[int], Awaitable[Transcript | None]] | None = None) -> None:
         self._host = host
+        self._incremental = incremental  # committed words + the rest (engine/incremental_stt.py)
         self._turn = turn
         self._audio_between = audio_between
         self._item_id_of = item_id_of
@@ -77,10 +79,20 @@ class PartialTranscripts:
                 return
             if turn.state != "speaking":
                 continue
-            audio = self._audio_between(onset - 2.0, host.clock.now())
-            opts = STTOptions(language=host.stt_language(), languages=host.cfg.languages)
-            async for tr in host.stt.transcribe(one_chunk(audio), opts):
+            async for tr in self._transcribe(turn_id, onset):
                 if turn.turn_id == turn_id and turn.state == "speaking" and tr.text and tr.text != last:
                     last = tr.text
                     host.publish(E.UserTranscriptDelta(t=host.clock.now(), turn_id=turn_id, item_id=item_id,
                                                        text=tr.text, language=tr.language, final=False))
+
+    async def _transcribe(self, turn_id: int, onset: float) -> AsyncIterator[Transcript]:
+        if self._incremental is not None:
+            tr = await self._incremental(turn_id)
+            if tr is not None:
+                yield tr
+                return
+        host = self._host
+        audio = self._audio_between(onset - 2.0, host.clock.now())
+        opts = STTOptions(language=host.stt_language(), languages=host.cfg.languages)
+        async for tr in host.stt.transcribe(one_chunk(audio), opts):
+            yield tr

@@ -32,6 +32,7 @@ from moksori.engine.session_context import SessionContext
 from moksori.engine.input_audio import InputAudio
 from moksori.engine.interruption import Interruptions
 from moksori.engine.memory import Item, Memory, new_id
+from moksori.engine.incremental_stt import IncrementalSTT
 from moksori.engine.partials import PartialTranscripts
 from moksori.engine.response import Response
 from moksori.engine.responses import Responses
@@ -68,9 +69,11 @@ class Session:
         self._input = InputAudio(stack.vad.caps.frame_samples)
         self._responses = Responses(ctx)
         self._interruptions = Interruptions(ctx, self._responses, lambda: self.taker.turn_id)
+        self._incremental = IncrementalSTT(ctx, self._input, stack.vad.caps.frame_samples)
         self._specs = Speculations(ctx, self._input, self._responses, on_analysis=self._on_analysis,
-                                   on_committed=self._on_user_committed)
-        self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id)
+                                   on_committed=self._on_user_committed, incremental=self._incremental)
+        self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id,
+                                            self._incremental.partial)
         self._deadline = TurnDeadline(ctx.clock, self.taker, ctx.spawn, self._handle)
         self._idle = IdleTimer(ctx.clock, ctx.spawn, self._on_idle_timeout)
         self._state = "idle"
@@ -91,6 +94,11 @@ class Session:
     @property
     def id(self) -> str:
         return self._ctx.id
+
+    @property
+    def incremental(self) -> IncrementalSTT:
+        """Incremental transcription of the user's turns (its counters are read by benchmarks)."""
+        return self._incremental
 
     @property
     def closed(self) -> bool:
@@ -354,6 +362,7 @@ class Session:
         self._interruptions.release_hold()
         if self.taker.state != "idle":
             self._specs.cancel_unreleased(self.taker.turn_id)
+            self._incremental.end_turn()
             self.taker.reset()
         self._update_state()
 
@@ -368,6 +377,7 @@ class Session:
                     self._idle.disarm()
                     self.publish(E.UserSpeechStarted(t=onset, turn_id=turn_id, item_id=self._specs.item_id(turn_id)))
                     self._interruptions.user_started()
+                    self._incremental.begin(turn_id, onset)
                     self._partials.start(turn_id)
                 case T.BargeIn(onset=onset):
                     self.interrupt("turn_detected", onset=onset)
@@ -376,6 +386,7 @@ class Session:
                 case T.Speculate(turn_id=turn_id, spec_id=spec_id, onset=onset, voice_end=voice_end):
                     self._specs.start(self._specs.new(turn_id, spec_id, onset, voice_end))
                 case T.Resumed(turn_id=turn_id, spec_id=spec_id):
+                    self._incremental.resumed(turn_id, spec_id)
                     self._specs.cancel((turn_id, spec_id))
                 case T.TurnEnded():
                     self._on_turn_ended(a)
@@ -393,6 +404,7 @@ class Session:
                                      silence_ms=round(1000 * (a.t - a.voice_end))))
         self._partials.stop()
         self._specs.end_turn(a)
+        self._incremental.end_turn()
 
     def _on_analysis(self, spec: Speculation, eot: float | None, cue: T.TextCue) -> None:
         if self._bc is not None:
@@ -539,6 +551,7 @@ class Session:
             return
         reply_tasks = self._responses.close()
         self._specs.close()
+        self._incremental.end_turn()
         self._bc_cancel_watch()
         if self._denoise is not None:
             await self._denoise.close()

@@ -22,6 +22,7 @@ import numpy as np
 from moksori.engine import events as E
 from moksori.engine.session_context import SessionContext
 from moksori.engine.endpointing import text_cue
+from moksori.engine.incremental_stt import IncrementalSTT
 from moksori.engine.input_audio import VAD_RATE, InputAudio
 from moksori.engine.memory import Item, new_id
 from moksori.engine.response import Response
@@ -49,6 +50,8 @@ class Speculation:
     committed: bool = False
     audio: np.ndarray | None = None
     audio_s: float = 0.0
+    audio_t0: float = 0.0  # session times of the first and last frame of `audio`
+    audio_end: float = 0.0
 
     @property
     def key(self) -> Key:
@@ -62,12 +65,14 @@ OnCommitted = Callable[[Speculation], None]
 
 class Speculations:
     def __init__(self, ctx: SessionContext, audio: InputAudio, responses: Responses, *,
-                 on_analysis: OnAnalysis, on_committed: OnCommitted) -> None:
+                 on_analysis: OnAnalysis, on_committed: OnCommitted,
+                 incremental: IncrementalSTT | None = None) -> None:
         self._ctx = ctx
         self._audio = audio
         self._responses = responses
         self._on_analysis = on_analysis
         self._on_committed = on_committed
+        self._incremental = incremental
         self._specs: dict[Key, Speculation] = {}
         self._item_ids: dict[int, str] = {}  # turn id -> the user item it becomes
         # The realtime brain: a pause is still transcribed and judged (the turn-taker needs the
@@ -90,7 +95,8 @@ class Speculations:
         ctx = self._ctx
         spec = Speculation(turn_id, spec_id, onset, voice_end, self.item_id(turn_id))
         # take the turn's audio now: the ring is trimmed once the turn is over
-        spec.audio = self._audio.between(onset - ctx.cfg.turn.prefix_padding_ms / 1000, ctx.clock.now())
+        spec.audio, spec.audio_t0, spec.audio_end = self._audio.span(onset - ctx.cfg.turn.prefix_padding_ms / 1000,
+                                                                      ctx.clock.now())
         self._specs[spec.key] = spec
         return spec
 
@@ -187,10 +193,14 @@ class Speculations:
                                           audio_s=round(len(audio) / VAD_RATE, 3)))
             lang = ctx.stt_language()
             final: Transcript | None = None
-            async for tr in ctx.stt.transcribe(one_chunk(audio), STTOptions(language=lang,
-                                                                             languages=ctx.cfg.languages)):
-                if tr.final:
-                    final = tr
+            inc = self._incremental
+            if inc is not None and spec.spec_id > 0 and inc.owns(spec.turn_id):
+                final = await inc.transcribe(spec)  # only the audio after the committed point
+            else:
+                async for tr in ctx.stt.transcribe(one_chunk(audio), STTOptions(language=lang,
+                                                                                 languages=ctx.cfg.languages)):
+                    if tr.final:
+                        final = tr
             if not self.is_current(spec):
                 return  # cancelled meanwhile
             spec.transcript = final or Transcript("", lang or ctx.last_language, True)

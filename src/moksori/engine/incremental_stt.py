@@ -1,0 +1,221 @@
+"""Incremental transcription: most of a turn is decoded while the user is still speaking.
+
+Without it, every pause's speculation (and the final one) decodes the whole turn from its onset,
+so the final transcript costs a decode of all of it after the user stops. With it (setting
+`stt.incremental`, env `MOKSORI_STT_INCREMENTAL`, on by default):
+
+* each pause's speculation decodes only the audio after the turn's committed point, with the
+  committed words as Whisper's prompt (its context), and returns committed + new words;
+* when the user resumes after such a pause (an internal pause, VAD silence inside the turn), that
+  decode, which ends in the silence, is offered to `StablePrefix` as a candidate;
+* once another ~0.8 s of speech has been heard past it, one confirming decode from the same
+  committed point runs; if it begins with the candidate's words, the candidate's audio and words
+  are committed (`engine/stable_prefix.py` holds the policy, pure and tested in virtual time).
+
+So at the end of a turn only the tail after the last confirmed pause is decoded. A turn without a
+usable pause is decoded whole, exactly as before. The decodes are not thrown away when a pause's
+speculation is cancelled (the user resumed): they run in their own task and serve as candidates.
+Forcing the previous partial transcript as a decoder prefix was tried before and saved nothing
+(CTranslate2 restarts the sentence); committing audio with its words is what pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from moksori.engine.input_audio import VAD_RATE, InputAudio
+from moksori.engine.session_context import SessionContext
+from moksori.engine.stable_prefix import StablePrefix
+from moksori.providers.base import STTOptions, Transcript, one_chunk
+
+CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
+MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
+
+
+class SpecAudio(Protocol):
+    """What a pause's speculation hands over: its turn and id, and the turn's audio so far."""
+
+    turn_id: int
+    spec_id: int
+    audio: np.ndarray | None
+    audio_t0: float  # start of the first frame of `audio`
+    audio_end: float  # end of its last frame
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One decode: the audio from `base` (the committed point then) to `end`."""
+
+    base: float
+    end: float
+    before: str  # the words committed before `base` (the decode's prompt)
+    tr: Transcript
+
+
+@dataclass
+class _Turn:
+    turn_id: int
+    prefix: StablePrefix
+    language: str | None = None
+    decodes: dict[int, asyncio.Task[_Piece]] = field(default_factory=dict)
+    resumed: dict[int, float] = field(default_factory=dict)  # spec id -> when speech resumed
+    offered: set[int] = field(default_factory=set)
+    confirm: asyncio.Task[None] | None = None
+    confirming: asyncio.Task[_Piece] | None = None
+
+
+class IncrementalSTT:
+    def __init__(self, ctx: SessionContext, audio: InputAudio, frame_samples: int) -> None:
+        self._ctx = ctx
+        self._audio = audio
+        self._frame = frame_samples
+        self._turn: _Turn | None = None
+        self.commits = 0  # pieces committed, all turns (for tests and benchmarks)
+        self.decoded_s = 0.0  # audio seconds sent to STT by this module, all turns
+        self.last_tail_s = 0.0  # audio seconds of the latest pause's decode (at a turn's end: the tail)
+
+    @property
+    def enabled(self) -> bool:
+        cfg = self._ctx.cfg
+        return cfg.stt_incremental and cfg.turn.mode != "manual"
+
+    # -------------------------------------------------------------- turn lifecycle
+
+    def begin(self, turn_id: int, onset: float) -> None:
+        """Speech started: a new turn, nothing committed."""
+        self.end_turn()
+        if self.enabled:
+            start = onset - self._ctx.cfg.turn.prefix_padding_ms / 1000
+            self._turn = _Turn(turn_id, StablePrefix(start=start))
+
+    def end_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return
+        self.commits += turn.prefix.commits
+        if turn.confirm is not None and not turn.confirm.done():
+            turn.confirm.cancel()
+
+    def resumed(self, turn_id: int, spec_id: int) -> None:
+        """The user spoke again after pause `spec_id`: its decode ends in an internal pause."""
+        turn = self._current(turn_id)
+        if turn is None:
+            return
+        turn.resumed[spec_id] = self._ctx.clock.now()
+        task = turn.decodes.get(spec_id)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            self._offer(turn, spec_id, task.result())
+
+    # -------------------------------------------------------------- decoding
+
+    async def transcribe(self, spec: SpecAudio) -> Transcript:
+        """The turn's transcript as of this pause: committed words + a decode of the rest."""
+        turn = self._current(spec.turn_id)
+        if turn is None:
+            raise RuntimeError("incremental STT has no such turn")
+        task = self._ctx.spawn(self._decode_spec(turn, spec), f"stt-inc-{spec.turn_id}.{spec.spec_id}")
+        turn.decodes[spec.spec_id] = task
+        task.add_done_callback(lambda t: self._decoded(turn, spec.spec_id, t))
+        # shielded: a cancelled speculation (the user resumed) still leaves its decode as a candidate
+        piece = await asyncio.shield(task)
+        tr = piece.tr
+        text = " ".join(p for p in (piece.before.strip(), tr.text.strip()) if p)
+        return Transcript(text=text, language=tr.language, final=True, audio_seconds=tr.audio_seconds,
+                          no_speech_prob=tr.no_speech_prob, language_prob=tr.language_prob)
+
+    async def partial(self, turn_id: int) -> Transcript | None:
+        """A live partial transcript: committed words + a decode of the audio after them (which
+        also serves as the confirming decode of a pending candidate). None: not incremental."""
+        turn = self._current(turn_id)
+        if turn is None:
+            return None
+        base, prompt = turn.prefix.start, turn.prefix.text
+        audio, t0, t1 = self._audio.span(base, self._ctx.clock.now())
+        if t0 < base - 1e-6:
+            skip = int(round((base - t0) * VAD_RATE / self._frame)) * self._frame
+            audio = audio[skip:]
+        tr = await self._stt(turn, audio, prompt)
+        if self._turn is turn and turn.prefix.candidate is not None:
+            turn.prefix.observe(base, t1, tr.text)
+        text = " ".join(p for p in (prompt.strip(), tr.text.strip()) if p)
+        return Transcript(text=text, language=tr.language, final=False, audio_seconds=tr.audio_seconds)
+
+    def owns(self, turn_id: int) -> bool:
+        return self._current(turn_id) is not None
+
+    async def _decode_spec(self, turn: _Turn, spec: SpecAudio) -> _Piece:
+        if turn.confirming is not None and not turn.confirming.done():
+            # the model runs one call at a time anyway; its answer may move the committed point
+            await asyncio.wait([turn.confirming])
+        audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
+        base, prompt = turn.prefix.start, turn.prefix.text
+        if base > spec.audio_t0:
+            skip = int(round((base - spec.audio_t0) * VAD_RATE / self._frame)) * self._frame
+            audio = audio[skip:]
+        self.last_tail_s = len(audio) / VAD_RATE
+        return _Piece(base, spec.audio_end, prompt, await self._stt(turn, audio, prompt))
+
+    async def _stt(self, turn: _Turn, audio: np.ndarray, prompt: str) -> Transcript:
+        ctx = self._ctx
+        lang = ctx.stt_language() or turn.language
+        opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=prompt or None)
+        final: Transcript | None = None
+        self.decoded_s += len(audio) / VAD_RATE
+        async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
+            if tr.final:
+                final = tr
+        final = final or Transcript("", lang or ctx.last_language, True)
+        if final.text.strip() and turn.language is None:
+            turn.language = final.language
+        return final
+
+    def _decoded(self, turn: _Turn, spec_id: int, task: asyncio.Task[_Piece]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if spec_id in turn.resumed:
+            self._offer(turn, spec_id, task.result())
+
+    def _offer(self, turn: _Turn, spec_id: int, piece: _Piece) -> None:
+        """A finished decode of an internal pause: a candidate (or the confirmation of one)."""
+        if self._turn is not turn or spec_id in turn.offered \
+                or turn.resumed[spec_id] - piece.end < MIN_SILENCE_AFTER_CUT_S:
+            return
+        turn.offered.add(spec_id)
+        turn.prefix.propose(piece.base, piece.end, piece.tr.text)
+        if turn.prefix.candidate is not None and (turn.confirm is None or turn.confirm.done()):
+            turn.confirm = self._ctx.spawn(self._confirm_later(turn), f"stt-confirm-{turn.turn_id}")
+
+    async def _confirm_later(self, turn: _Turn) -> None:
+        """Once enough speech is heard past the candidate, decode from the committed point again."""
+        ctx = self._ctx
+        while self._turn is turn and turn.prefix.candidate is not None:
+            cand = turn.prefix.candidate
+            wait = cand.cut + CONFIRM_AFTER_S - ctx.clock.now()
+            if wait > 0:
+                await ctx.clock.sleep(wait)
+                continue
+            if any(not t.done() for t in turn.decodes.values()):
+                await asyncio.wait([t for t in turn.decodes.values() if not t.done()])
+                continue  # a pause's decode may have settled it
+            base, prompt = turn.prefix.start, turn.prefix.text
+            audio, t0, t1 = self._audio.span(base, ctx.clock.now())
+            if t0 < base - 1e-6:
+                skip = int(round((base - t0) * VAD_RATE / self._frame)) * self._frame
+                audio = audio[skip:]
+            turn.confirming = asyncio.ensure_future(self._decode_audio(turn, audio, base, t1, prompt))
+            piece = await turn.confirming
+            if self._turn is turn and turn.prefix.candidate is cand:
+                turn.prefix.observe(piece.base, piece.end, piece.tr.text)
+            return
+
+    async def _decode_audio(self, turn: _Turn, audio: np.ndarray, base: float, end: float,
+                            prompt: str) -> _Piece:
+        return _Piece(base, end, prompt, await self._stt(turn, audio, prompt))
+
+    def _current(self, turn_id: int) -> _Turn | None:
+        t = self._turn
+        return t if t is not None and t.turn_id == turn_id and self.enabled else None

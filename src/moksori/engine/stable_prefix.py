@@ -1,0 +1,117 @@
+"""The stable start of a user's turn: audio and words that no later decode will change.
+
+Pure bookkeeping in session time, no models. Incremental transcription
+(`engine/incremental_stt.py`) decodes the turn in pieces while the user speaks; at the turn's end
+only the audio after the committed point is decoded, with the committed words as Whisper's prompt.
+
+A piece can only end inside an internal pause (VAD silence within the turn), so no word is cut in
+two. A piece is not committed on one decode: it becomes a *candidate*, and is committed when the
+next decode from the same start, which hears past the pause, begins with the same words (the
+agreement policy: two consecutive decodes agree). If they disagree the candidate is dropped (the
+newer decode, which heard more, may replace it). Words compare case-, punctuation- and
+hyphen-insensitively; the committed text is taken from the later decode, which saw more context.
+
+    p = StablePrefix(start=0.0)
+    p.propose(base=0.0, cut=1.9, text="Unless to be")            # a pause at 1.9 s: candidate
+    p.observe(base=0.0, end=3.0, text="Unless to be rather cold")   # agrees: 0-1.9 s committed
+    p.start, p.text   # (1.9, "Unless to be"): decode from 1.9 s with prompt "Unless to be"
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_WORD = re.compile(r"[^\w']+", re.UNICODE)
+
+
+def norm_words(text: str) -> list[str]:
+    """Words for comparison: lower case, punctuation and hyphens dropped."""
+    out = []
+    for raw in text.split():
+        w = _WORD.sub("", raw.lower()).strip("'")
+        if w:
+            out.append(w)
+    return out
+
+
+def split_after_words(text: str, n: int) -> tuple[str, str]:
+    """(the raw text of the first n words, the rest); tokens without a word stay with the head."""
+    tokens = text.split()
+    count, i = 0, 0
+    while i < len(tokens) and count < n:
+        if norm_words(tokens[i]):
+            count += 1
+        i += 1
+    while i < len(tokens) and not norm_words(tokens[i]):  # trailing punctuation-only tokens
+        i += 1
+    return " ".join(tokens[:i]), " ".join(tokens[i:])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    base: float  # the committed point the decode started from
+    cut: float  # where its audio ended: inside an internal pause
+    text: str
+
+
+@dataclass
+class StablePrefix:
+    start: float  # session time where the uncommitted audio begins
+    text: str = ""  # the committed words
+    min_words: int = 2  # a candidate with fewer words is never committed (a cough, a lost decode)
+    min_extra_s: float = 0.3  # a confirming decode must hear this much past the candidate's cut
+    candidate: Candidate | None = None
+    commits: int = 0
+
+    def propose(self, base: float, cut: float, text: str) -> bool:
+        """A decode of [base, cut], where `cut` lies inside an internal pause. It confirms the
+        current candidate if it agrees (then its remaining words are the next candidate), else
+        it replaces it. Returns True if something was committed."""
+        if not self._current(base) or cut <= self.start:
+            return False
+        committed = False
+        cand = self.candidate
+        if cand is not None and cut >= cand.cut + self.min_extra_s:
+            committed = self._confirm(text)
+            if committed:
+                _, rest = split_after_words(text, len(norm_words(cand.text)))
+                self.candidate = Candidate(self.start, cut, rest) if norm_words(rest) else None
+                return True
+        if cand is None or cut > cand.cut:
+            self.candidate = Candidate(base, cut, text)
+        return committed
+
+    def observe(self, base: float, end: float, text: str) -> bool:
+        """A decode of [base, end] that need not end in a pause (a partial, a confirmation):
+        commits the candidate if it agrees, drops it if not. Returns True if committed."""
+        cand = self.candidate
+        if cand is None or not self._current(base) or end < cand.cut + self.min_extra_s:
+            return False
+        if self._confirm(text):
+            self.candidate = None
+            return True
+        self.candidate = None
+        return False
+
+    def compose(self, tail: str) -> str:
+        """The whole turn's text: the committed words, then the tail's."""
+        return " ".join(p for p in (self.text.strip(), tail.strip()) if p)
+
+    # -------------------------------------------------------------- internals
+
+    def _current(self, base: float) -> bool:
+        return abs(base - self.start) < 1e-6
+
+    def _confirm(self, later: str) -> bool:
+        """Commit the candidate if `later` (from the same start, hearing more) begins with its words."""
+        cand = self.candidate
+        assert cand is not None
+        words = norm_words(cand.text)
+        if len(words) < self.min_words or norm_words(later)[:len(words)] != words:
+            return False
+        head, _ = split_after_words(later, len(words))
+        self.text = self.compose(head)
+        self.start = cand.cut
+        self.commits += 1
+        return True

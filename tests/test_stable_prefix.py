@@ -1,0 +1,109 @@
+"""The stable-prefix policy of incremental transcription: plain numbers, no models."""
+
+from __future__ import annotations
+
+from moksori.engine.stable_prefix import StablePrefix, norm_words, split_after_words
+
+
+def test_words_compare_without_case_punctuation_or_hyphens() -> None:
+    assert norm_words("Unless, to be rather cold-hearted!") == ["unless", "to", "be", "rather", "coldhearted"]
+    assert norm_words(" -- ") == []
+    assert norm_words("I'm here.") == ["i'm", "here"]
+
+
+def test_split_after_words_keeps_punctuation_with_the_head() -> None:
+    assert split_after_words("He was, not - an ill man.", 3) == ("He was, not -", "an ill man.")
+    assert split_after_words("one two", 5) == ("one two", "")
+    assert split_after_words("one two", 0) == ("", "one two")
+
+
+def test_one_decode_commits_nothing() -> None:
+    p = StablePrefix(start=0.0)
+    assert not p.propose(0.0, 1.9, "Unless to be")
+    assert (p.start, p.text, p.candidate and p.candidate.cut) == (0.0, "", 1.9)
+
+
+def test_agreeing_later_decode_commits_the_candidate() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 1.9, "Unless to be.")
+    assert p.observe(0.0, 3.0, "Unless to be rather cold hearted")
+    # the committed words come from the later decode, which heard them in context
+    assert (p.start, p.text, p.candidate, p.commits) == (1.9, "Unless to be", None, 1)
+    assert p.compose("rather cold hearted.") == "Unless to be rather cold hearted."
+
+
+def test_disagreeing_decode_drops_the_candidate() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 1.9, "Unless to bee")
+    assert not p.observe(0.0, 3.0, "Unless to be rather cold")
+    assert (p.start, p.text, p.candidate) == (0.0, "", None)
+
+
+def test_a_word_cut_in_two_is_never_committed() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 1.0, "he was not an ill dis")
+    assert not p.observe(0.0, 2.0, "he was not an ill disposed young man")
+    assert p.start == 0.0
+
+
+def test_confirmation_must_hear_past_the_cut() -> None:
+    p = StablePrefix(start=0.0, min_extra_s=0.3)
+    p.propose(0.0, 1.9, "Unless to be")
+    assert not p.observe(0.0, 2.1, "Unless to be")  # too little new audio to be a second opinion
+    assert p.candidate is not None and p.start == 0.0
+    assert p.observe(0.0, 2.2, "Unless to be rather")
+
+
+def test_too_few_words_are_not_committed() -> None:
+    p = StablePrefix(start=0.0, min_words=2)
+    p.propose(0.0, 0.8, "Um.")
+    assert not p.observe(0.0, 2.0, "Um. I wanted to ask")
+    assert p.start == 0.0
+
+
+def test_empty_candidate_is_not_committed() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 0.8, "")
+    assert not p.observe(0.0, 2.0, "hello there")
+    assert p.start == 0.0
+
+
+def test_pause_decodes_chain_commits() -> None:
+    """Three internal pauses: each pause's decode confirms the previous candidate and leaves
+    its own new words as the next candidate."""
+    p = StablePrefix(start=0.0)
+    assert not p.propose(0.0, 1.0, "ask not")
+    assert p.propose(0.0, 2.5, "Ask not what your country")
+    assert (p.start, p.text) == (1.0, "Ask not")
+    assert p.candidate is not None and (p.candidate.base, p.candidate.cut, p.candidate.text) == \
+        (1.0, 2.5, "what your country")
+    # the next decode starts at the committed point, with the committed words as its prompt
+    assert p.propose(1.0, 4.0, "what your country can do for you,")
+    assert (p.start, p.text) == (2.5, "Ask not what your country")
+    assert p.compose("can do for you, ask what") == "Ask not what your country can do for you, ask what"
+
+
+def test_decodes_from_an_old_start_are_ignored() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 1.0, "ask not")
+    p.observe(0.0, 2.0, "ask not what")
+    assert p.start == 1.0
+    assert not p.propose(0.0, 3.0, "ask not what your")  # decoded before the commit: stale
+    assert p.candidate is None
+    assert not p.observe(0.0, 3.0, "ask not what your")
+
+
+def test_newer_disagreeing_pause_replaces_the_candidate() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 1.0, "ask knot")
+    assert not p.propose(0.0, 2.5, "ask not what your country")
+    assert p.candidate is not None and p.candidate.cut == 2.5 and p.start == 0.0
+    assert p.observe(0.0, 3.5, "Ask not what your country can")
+    assert (p.start, p.text) == (2.5, "Ask not what your country")
+
+
+def test_older_pause_does_not_replace_a_newer_candidate() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 2.5, "ask not what your country")
+    p.propose(0.0, 1.0, "ask not")  # a late result for an earlier pause
+    assert p.candidate is not None and p.candidate.cut == 2.5
