@@ -69,7 +69,7 @@ async def child(callers: int, reps: int) -> list[dict]:
     await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
     rows: list[dict] = []
     for _ in range(reps):
-        for i, u in enumerate(UTTERANCES):
+        for i in range(len(UTTERANCES)):
             paths = [SPEECH / UTTERANCES[(i + k) % len(UTTERANCES)] for k in range(callers)]
             rows += await asyncio.gather(*(caller(stack, settings, p, 1.3 * k) for k, p in enumerate(paths)))
     return rows

@@ -7,7 +7,6 @@ time, so each pause's decode and the confirming decode finish before the user re
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +67,7 @@ def run(stack, audio: list[Frame], incremental: bool) -> tuple[Recording, Sessio
     return run_virtual(main())
 
 
-@pytest.mark.parametrize("name", ["en_001", "en_004", "en_011"])
+@pytest.mark.parametrize("name", ["en_001", "en_004"])
 def test_incremental_transcript_matches_whole_turn_decoding(stack, name: str) -> None:
     u = utt(name)
     speech = with_pauses(load_audio(SPEECH / u.file, rate=16000), 0.25, (0.35, 0.7))
@@ -78,16 +77,10 @@ def test_incremental_transcript_matches_whole_turn_decoding(stack, name: str) ->
     t_whole = " ".join(e.text for e in whole.of(E.UserTranscript))
     t_inc = " ".join(e.text for e in inc.of(E.UserTranscript))
     assert len(inc.of(E.UserTurnEnded)) == len(whole.of(E.UserTurnEnded)) == 1
-    assert s_off.incremental.commits == 0
+    assert s_off.incremental.commits == 0 and s_off.incremental.decoded_s == 0.0
     assert s_on.incremental.commits >= 1, "no piece was committed: nothing was decoded incrementally"
     # the final decode heard only the tail, not the whole turn
     assert s_on.incremental.last_tail_s < len(speech.samples) / 16000 * 0.8
     assert wer(t_whole, t_inc) <= 0.1, (t_whole, t_inc)
     assert wer(u.transcript, t_inc) <= wer(u.transcript, t_whole) + 0.05, (u.transcript, t_whole, t_inc)
 
-
-def test_off_decodes_the_whole_turn(stack) -> None:
-    speech = with_pauses(load_audio(SPEECH / utt("en_004").file, rate=16000), 0.25, (0.5,))
-    rec, s = run(stack, [Frame.silence(0.5, 16000), speech, Frame.silence(4.0, 16000)], incremental=False)
-    assert s.incremental.decoded_s == 0.0 and s.incremental.commits == 0
-    assert "respectable" in " ".join(e.text for e in rec.of(E.UserTranscript)).lower()

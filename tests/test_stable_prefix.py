@@ -107,3 +107,32 @@ def test_older_pause_does_not_replace_a_newer_candidate() -> None:
     p.propose(0.0, 2.5, "ask not what your country")
     p.propose(0.0, 1.0, "ask not")  # a late result for an earlier pause
     assert p.candidate is not None and p.candidate.cut == 2.5
+
+
+def test_split_commits_the_head_when_the_tail_decode_agrees() -> None:
+    p = StablePrefix(start=0.0)
+    assert p.split(0.0, 2.1, "Had he married a more amiable woman, he might", "he might")
+    assert (p.start, p.text, p.commits) == (2.1, "Had he married a more amiable woman,", 1)
+    assert p.compose("he might have been made") == "Had he married a more amiable woman, he might have been made"
+
+
+def test_split_through_a_word_is_refused() -> None:
+    p = StablePrefix(start=0.0)
+    assert not p.split(0.0, 1.2, "he was not an ill disposed young man", "posed young man")
+    assert not p.split(0.0, 1.2, "he was not an ill disposed young man", "this post young man")
+    assert p.start == 0.0 and p.text == ""
+
+
+def test_split_needs_words_on_both_sides() -> None:
+    p = StablePrefix(start=0.0, min_words=2)
+    assert not p.split(0.0, 1.0, "hello there", "there")  # one-word head and tail
+    assert not p.split(0.0, 1.0, "well hello there", "well hello there")  # nothing before the cut
+    assert not p.split(0.0, 1.0, "", "")
+
+
+def test_split_from_a_stale_start_is_ignored_and_drops_old_candidates() -> None:
+    p = StablePrefix(start=0.0)
+    p.propose(0.0, 0.9, "ask not")
+    assert p.split(0.0, 2.0, "ask not what your country", "your country")
+    assert p.candidate is None and p.start == 2.0
+    assert not p.split(0.0, 3.0, "ask not what your country can", "country can")

@@ -34,6 +34,9 @@ from moksori.providers.base import STTOptions, Transcript, one_chunk
 
 CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
+PIECE_MIN_S = 1.2  # the shortest piece committed at a quiet point inside continuous speech
+RIGHT_CONTEXT_S = 0.8  # speech after such a cut that both decodes hear
+SPLIT_EVERY_S = 1.0  # speech between two tries
 
 
 class SpecAudio(Protocol):
@@ -66,13 +69,13 @@ class _Turn:
     offered: set[int] = field(default_factory=set)
     confirm: asyncio.Task[None] | None = None
     confirming: asyncio.Task[_Piece] | None = None
+    splitter: asyncio.Task[None] | None = None
 
 
 class IncrementalSTT:
-    def __init__(self, ctx: SessionContext, audio: InputAudio, frame_samples: int) -> None:
+    def __init__(self, ctx: SessionContext, audio: InputAudio) -> None:
         self._ctx = ctx
         self._audio = audio
-        self._frame = frame_samples
         self._turn: _Turn | None = None
         self.commits = 0  # pieces committed, all turns (for tests and benchmarks)
         self.decoded_s = 0.0  # audio seconds sent to STT by this module, all turns
@@ -91,14 +94,16 @@ class IncrementalSTT:
         if self.enabled:
             start = onset - self._ctx.cfg.turn.prefix_padding_ms / 1000
             self._turn = _Turn(turn_id, StablePrefix(start=start))
+            self._start_splitter(self._turn)
 
     def end_turn(self) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
             return
         self.commits += turn.prefix.commits
-        if turn.confirm is not None and not turn.confirm.done():
-            turn.confirm.cancel()
+        for task in (turn.confirm, turn.splitter):
+            if task is not None and not task.done():
+                task.cancel()
 
     def resumed(self, turn_id: int, spec_id: int) -> None:
         """The user spoke again after pause `spec_id`: its decode ends in an internal pause."""
@@ -106,6 +111,7 @@ class IncrementalSTT:
         if turn is None:
             return
         turn.resumed[spec_id] = self._ctx.clock.now()
+        self._start_splitter(turn)
         task = turn.decodes.get(spec_id)
         if task is not None and task.done() and not task.cancelled() and task.exception() is None:
             self._offer(turn, spec_id, task.result())
@@ -117,6 +123,8 @@ class IncrementalSTT:
         turn = self._current(spec.turn_id)
         if turn is None:
             raise RuntimeError("incremental STT has no such turn")
+        if turn.splitter is not None and not turn.splitter.done():
+            turn.splitter.cancel()  # a pause: its decode goes first (the split resumes with the speech)
         task = self._ctx.spawn(self._decode_spec(turn, spec), f"stt-inc-{spec.turn_id}.{spec.spec_id}")
         turn.decodes[spec.spec_id] = task
         task.add_done_callback(lambda t: self._decoded(turn, spec.spec_id, t))
@@ -135,14 +143,40 @@ class IncrementalSTT:
             return None
         base, prompt = turn.prefix.start, turn.prefix.text
         audio, t0, t1 = self._audio.span(base, self._ctx.clock.now())
-        if t0 < base - 1e-6:
-            skip = int(round((base - t0) * VAD_RATE / self._frame)) * self._frame
-            audio = audio[skip:]
+        audio = _from(audio, t0, base)
         tr = await self._stt(turn, audio, prompt)
         if self._turn is turn and turn.prefix.candidate is not None:
             turn.prefix.observe(base, t1, tr.text)
         text = " ".join(p for p in (prompt.strip(), tr.text.strip()) if p)
         return Transcript(text=text, language=tr.language, final=False, audio_seconds=tr.audio_seconds)
+
+    def _start_splitter(self, turn: _Turn) -> None:
+        if turn.splitter is None or turn.splitter.done():
+            turn.splitter = self._ctx.spawn(self._split_loop(turn), f"stt-split-{turn.turn_id}")
+
+    async def _split_loop(self, turn: _Turn) -> None:
+        """While the user speaks without pausing: every ~second, cut the uncommitted audio at its
+        quietest point and commit the words before the cut if two decodes agree on the rest."""
+        ctx = self._ctx
+        last_try = float("-inf")
+        while self._turn is turn:
+            await ctx.clock.sleep(0.25)
+            now = ctx.clock.now()
+            base = turn.prefix.start
+            if now - base < PIECE_MIN_S + RIGHT_CONTEXT_S or now - last_try < SPLIT_EVERY_S:
+                continue
+            last_try = now
+            audio, t0, _ = self._audio.span(base, now)
+            audio = _from(audio, t0, base)
+            i = quiet_point(audio, int(PIECE_MIN_S * VAD_RATE), len(audio) - int(RIGHT_CONTEXT_S * VAD_RATE))
+            if i is None:
+                continue
+            whole = await self._stt(turn, audio, turn.prefix.text)
+            if self._turn is not turn or turn.prefix.start != base:
+                continue
+            tail = await self._stt(turn, audio[i:], "")
+            if self._turn is turn:
+                turn.prefix.split(base, base + i / VAD_RATE, whole.text, tail.text)
 
     def owns(self, turn_id: int) -> bool:
         return self._current(turn_id) is not None
@@ -153,9 +187,7 @@ class IncrementalSTT:
             await asyncio.wait([turn.confirming])
         audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
         base, prompt = turn.prefix.start, turn.prefix.text
-        if base > spec.audio_t0:
-            skip = int(round((base - spec.audio_t0) * VAD_RATE / self._frame)) * self._frame
-            audio = audio[skip:]
+        audio = _from(audio, spec.audio_t0, base)
         self.last_tail_s = len(audio) / VAD_RATE
         return _Piece(base, spec.audio_end, prompt, await self._stt(turn, audio, prompt))
 
@@ -203,9 +235,7 @@ class IncrementalSTT:
                 continue  # a pause's decode may have settled it
             base, prompt = turn.prefix.start, turn.prefix.text
             audio, t0, t1 = self._audio.span(base, ctx.clock.now())
-            if t0 < base - 1e-6:
-                skip = int(round((base - t0) * VAD_RATE / self._frame)) * self._frame
-                audio = audio[skip:]
+            audio = _from(audio, t0, base)
             turn.confirming = asyncio.ensure_future(self._decode_audio(turn, audio, base, t1, prompt))
             piece = await turn.confirming
             if self._turn is turn and turn.prefix.candidate is cand:
@@ -219,3 +249,21 @@ class IncrementalSTT:
     def _current(self, turn_id: int) -> _Turn | None:
         t = self._turn
         return t if t is not None and t.turn_id == turn_id and self.enabled else None
+
+
+def _from(audio: np.ndarray, t0: float, t: float) -> np.ndarray:
+    """`audio` (starting at session time t0) from time t on."""
+    return audio[max(0, int(round((t - t0) * VAD_RATE))):]
+
+
+def quiet_point(audio: np.ndarray, lo: int, hi: int) -> int | None:
+    """The sample index in [lo, hi) at the centre of the quietest 64 ms (a likely gap between
+    words), or None if the range is too short."""
+    win, hop = VAD_RATE * 64 // 1000, VAD_RATE * 16 // 1000
+    if hi - lo < win:
+        return None
+    x = np.asarray(audio[lo:hi], dtype=np.float32) ** 2
+    c = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    starts = np.arange(0, len(x) - win + 1, hop)
+    energy = c[starts + win] - c[starts]
+    return lo + int(starts[int(np.argmin(energy))]) + win // 2

@@ -69,7 +69,7 @@ class Session:
         self._input = InputAudio(stack.vad.caps.frame_samples)
         self._responses = Responses(ctx)
         self._interruptions = Interruptions(ctx, self._responses, lambda: self.taker.turn_id)
-        self._incremental = IncrementalSTT(ctx, self._input, stack.vad.caps.frame_samples)
+        self._incremental = IncrementalSTT(ctx, self._input)
         self._specs = Speculations(ctx, self._input, self._responses, on_analysis=self._on_analysis,
                                    on_committed=self._on_user_committed, incremental=self._incremental)
         self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id,

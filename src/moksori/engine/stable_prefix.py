@@ -4,12 +4,17 @@ Pure bookkeeping in session time, no models. Incremental transcription
 (`engine/incremental_stt.py`) decodes the turn in pieces while the user speaks; at the turn's end
 only the audio after the committed point is decoded, with the committed words as Whisper's prompt.
 
-A piece can only end inside an internal pause (VAD silence within the turn), so no word is cut in
-two. A piece is not committed on one decode: it becomes a *candidate*, and is committed when the
-next decode from the same start, which hears past the pause, begins with the same words (the
-agreement policy: two consecutive decodes agree). If they disagree the candidate is dropped (the
-newer decode, which heard more, may replace it). Words compare case-, punctuation- and
-hyphen-insensitively; the committed text is taken from the later decode, which saw more context.
+Nothing is committed on one decode (the agreement policy: two decodes agree). Two ways:
+
+* at an internal pause (VAD silence within the turn), so no word is cut in two: the decode that
+  ends in the pause becomes a *candidate*, committed when the next decode from the same start,
+  which hears past the pause, begins with the same words; if they disagree it is dropped (the
+  newer decode, which heard more, may replace it);
+* at a quiet point inside continuous speech (`split`): a decode of the whole uncommitted audio and
+  one of the audio after the cut must agree word for word on what follows the cut.
+
+Words compare case-, punctuation- and hyphen-insensitively; committed text is taken from the
+decode that saw more context.
 
     p = StablePrefix(start=0.0)
     p.propose(base=0.0, cut=1.9, text="Unless to be")            # a pause at 1.9 s: candidate
@@ -93,6 +98,24 @@ class StablePrefix:
             return True
         self.candidate = None
         return False
+
+    def split(self, base: float, cut: float, whole: str, tail: str) -> bool:
+        """Two decodes that end at the same time: `whole` from `base`, `tail` from `cut` (a quiet
+        point inside the speech). If `whole`'s words are a head followed by exactly `tail`'s words,
+        the cut fell between words and the head is what was said before it: commit the head.
+        (A cut through a word makes the tail start with a fragment, and the two disagree.)"""
+        if not self._current(base) or cut <= self.start:
+            return False
+        w, t = norm_words(whole), norm_words(tail)
+        n_head = len(w) - len(t)
+        if len(t) < self.min_words or n_head < self.min_words or w[n_head:] != t:
+            return False
+        head, _ = split_after_words(whole, n_head)
+        self.text = self.compose(head)
+        self.start = cut
+        self.candidate = None  # it was decoded from the old start
+        self.commits += 1
+        return True
 
     def compose(self, tail: str) -> str:
         """The whole turn's text: the committed words, then the tail's."""
