@@ -31,6 +31,7 @@ from moksori.engine.input_audio import VAD_RATE, InputAudio
 from moksori.engine.session_context import SessionContext
 from moksori.engine.stable_prefix import StablePrefix
 from moksori.providers.base import STTOptions, Transcript, one_chunk
+from moksori.providers.threads import set_background
 
 CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
@@ -84,7 +85,7 @@ class IncrementalSTT:
     @property
     def enabled(self) -> bool:
         cfg = self._ctx.cfg
-        return cfg.stt_incremental and cfg.turn.mode != "manual"
+        return cfg.stt_incremental and cfg.turn.mode != "manual" and self._ctx.stt.caps.incremental
 
     # -------------------------------------------------------------- turn lifecycle
 
@@ -157,6 +158,7 @@ class IncrementalSTT:
     async def _split_loop(self, turn: _Turn) -> None:
         """While the user speaks without pausing: every ~second, cut the uncommitted audio at its
         quietest point and commit the words before the cut if two decodes agree on the rest."""
+        set_background()  # the turn's own final decode (interactive) goes first in the model's queue
         ctx = self._ctx
         last_try = float("-inf")
         while self._turn is turn:
@@ -182,9 +184,6 @@ class IncrementalSTT:
         return self._current(turn_id) is not None
 
     async def _decode_spec(self, turn: _Turn, spec: SpecAudio) -> _Piece:
-        if turn.confirming is not None and not turn.confirming.done():
-            # the model runs one call at a time anyway; its answer may move the committed point
-            await asyncio.wait([turn.confirming])
         audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
         base, prompt = turn.prefix.start, turn.prefix.text
         audio = _from(audio, spec.audio_t0, base)
@@ -223,6 +222,7 @@ class IncrementalSTT:
 
     async def _confirm_later(self, turn: _Turn) -> None:
         """Once enough speech is heard past the candidate, decode from the committed point again."""
+        set_background()
         ctx = self._ctx
         while self._turn is turn and turn.prefix.candidate is not None:
             cand = turn.prefix.candidate

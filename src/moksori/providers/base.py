@@ -111,6 +111,9 @@ class STTCaps:
     languages: tuple[str, ...] = ("en", "ko")
     sample_rate: int = 16000
     detects_language: bool = True
+    # local and cheap to call again, honouring STTOptions.prompt: a live turn may be decoded in
+    # pieces while it is heard (engine/incremental_stt.py); never for a paid remote API
+    incremental: bool = False
 
 
 @dataclass(frozen=True)

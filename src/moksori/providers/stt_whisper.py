@@ -64,7 +64,8 @@ class WhisperSTT(STT):
         self._lock = threading.Lock()
         self.executor = ModelExecutor(f"stt:{self.model_dir.name}")
         langs = LANGUAGES if self.multilingual else ("en",)
-        self.caps = STTCaps(streaming=False, languages=langs, sample_rate=RATE, detects_language=self.multilingual)
+        self.caps = STTCaps(streaming=False, languages=langs, sample_rate=RATE, detects_language=self.multilingual,
+                            incremental=True)
         from faster_whisper.transcribe import get_suppressed_tokens
         self._suppress = get_suppressed_tokens(self._tokenizer("en"), [-1])
 
