@@ -136,3 +136,14 @@ def test_split_from_a_stale_start_is_ignored_and_drops_old_candidates() -> None:
     assert p.split(0.0, 2.0, "ask not what your country", "your country")
     assert p.candidate is None and p.start == 2.0
     assert not p.split(0.0, 3.0, "ask not what your country can", "country can")
+
+
+def test_strip_overlap_drops_the_words_heard_again() -> None:
+    from moksori.engine.stable_prefix import strip_overlap
+
+    assert strip_overlap("He was not", "not an ill-disposed young man.") == "an ill-disposed young man."
+    assert strip_overlap("He was not", "was not an ill man") == "an ill man"
+    # one fragment of a word cut at the overlap's start is tolerated
+    assert strip_overlap("He was not", "is not an ill man") == "an ill man"
+    assert strip_overlap("He was not", "an ill man") is None  # no overlap found: caller decodes again
+    assert strip_overlap("", "an ill man") is None

@@ -22,22 +22,23 @@ Forcing the previous partial transcript as a decoder prefix was tried before and
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from moksori.engine.input_audio import VAD_RATE, InputAudio
 from moksori.engine.session_context import SessionContext
-from moksori.engine.stable_prefix import StablePrefix
+from moksori.engine.stable_prefix import StablePrefix, strip_overlap
 from moksori.providers.base import STTOptions, Transcript, one_chunk
 from moksori.providers.threads import set_background
 
 CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
-PIECE_MIN_S = 1.2  # the shortest piece committed at a quiet point inside continuous speech
+PIECE_MIN_S = 1.2  # the shortest piece committed (at a pause or at a quiet point)
 RIGHT_CONTEXT_S = 0.8  # speech after such a cut that both decodes hear
 SPLIT_EVERY_S = 1.0  # speech between two tries
+OVERLAP_S = 0.6  # audio before the committed point that a turn's final decode hears again
 
 
 class SpecAudio(Protocol):
@@ -184,10 +185,17 @@ class IncrementalSTT:
         return self._current(turn_id) is not None
 
     async def _decode_spec(self, turn: _Turn, spec: SpecAudio) -> _Piece:
-        audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
+        full = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
         base, prompt = turn.prefix.start, turn.prefix.text
-        audio = _from(audio, spec.audio_t0, base)
+        audio = _from(full, spec.audio_t0, base)
         self.last_tail_s = len(audio) / VAD_RATE
+        if prompt and OVERLAP_S > 0:
+            # Whisper on a short tail without the sound before it misses its first words: decode
+            # from a little before the committed point and drop the words it repeats
+            tr = await self._stt(turn, _from(full, spec.audio_t0, max(spec.audio_t0, base - OVERLAP_S)), "")
+            rest = strip_overlap(prompt, tr.text)
+            if rest is not None:
+                return _Piece(base, spec.audio_end, prompt, replace(tr, text=rest))
         return _Piece(base, spec.audio_end, prompt, await self._stt(turn, audio, prompt))
 
     async def _stt(self, turn: _Turn, audio: np.ndarray, prompt: str) -> Transcript:
@@ -213,8 +221,9 @@ class IncrementalSTT:
     def _offer(self, turn: _Turn, spec_id: int, piece: _Piece) -> None:
         """A finished decode of an internal pause: a candidate (or the confirmation of one)."""
         if self._turn is not turn or spec_id in turn.offered \
-                or turn.resumed[spec_id] - piece.end < MIN_SILENCE_AFTER_CUT_S:
-            return
+                or turn.resumed[spec_id] - piece.end < MIN_SILENCE_AFTER_CUT_S \
+                or piece.end - piece.base < PIECE_MIN_S:
+            return  # too short a piece: Whisper hears too little of it, and of what follows
         turn.offered.add(spec_id)
         turn.prefix.propose(piece.base, piece.end, piece.tr.text)
         if turn.prefix.candidate is not None and (turn.confirm is None or turn.confirm.done()):

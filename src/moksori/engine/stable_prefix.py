@@ -53,6 +53,18 @@ def split_after_words(text: str, n: int) -> tuple[str, str]:
     return " ".join(tokens[:i]), " ".join(tokens[i:])
 
 
+def strip_overlap(committed: str, decoded: str, *, max_words: int = 6) -> str | None:
+    """`decoded` was decoded from a little before the committed point, so it starts with the last
+    committed words (perhaps after one fragment of a word cut at the overlap's start): the rest
+    of it, or None if no such overlap is found."""
+    c, d = norm_words(committed), norm_words(decoded)
+    for k in range(min(max_words, len(c), len(d)), 0, -1):
+        for junk in (0, 1):
+            if d[junk:junk + k] == c[len(c) - k:]:
+                return split_after_words(decoded, junk + k)[1]
+    return None
+
+
 @dataclass(frozen=True)
 class Candidate:
     base: float  # the committed point the decode started from
