@@ -74,7 +74,7 @@ class PipecatStack:
         # The OpenMP spin Moksori sets for itself (moksori/__init__.py): CTranslate2 and llama.cpp
         # each bring libgomp, and with its default spin-wait the idle threads of one steal the 2
         # cores the other needs. Same environment on both sides, so that is not what is compared.
-        omp = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "100000")}
+        omp = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "0")}
         # llama.cpp with Moksori's own thread, context and batch settings (providers/llm_llamacpp.py)
         llm = ServerProcess(
             [sys.executable, "-m", "moksori.providers.llama_cpu", "--model", str(path_of("smollm2-135m")),

@@ -35,7 +35,9 @@ from moksori.providers.threads import set_background
 
 CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
-PIECE_MIN_S = 1.2  # the shortest piece committed (at a pause or at a quiet point)
+PIECE_MIN_S = 1.2  # the shortest piece committed at a pause
+SPLIT_PIECE_MIN_S = 2.0  # ... and at a quiet point inside continuous speech (each try costs two
+# decodes, and the final decode waits for one still running: short turns do not pay for it)
 RIGHT_CONTEXT_S = 0.8  # speech after such a cut that both decodes hear
 SPLIT_EVERY_S = 1.0  # speech between two tries
 OVERLAP_S = 0.6  # audio before the committed point that a turn's final decode hears again
@@ -166,12 +168,12 @@ class IncrementalSTT:
             await ctx.clock.sleep(0.25)
             now = ctx.clock.now()
             base = turn.prefix.start
-            if now - base < PIECE_MIN_S + RIGHT_CONTEXT_S or now - last_try < SPLIT_EVERY_S:
+            if now - base < SPLIT_PIECE_MIN_S + RIGHT_CONTEXT_S or now - last_try < SPLIT_EVERY_S:
                 continue
             last_try = now
             audio, t0, _ = self._audio.span(base, now)
             audio = _from(audio, t0, base)
-            i = quiet_point(audio, int(PIECE_MIN_S * VAD_RATE), len(audio) - int(RIGHT_CONTEXT_S * VAD_RATE))
+            i = quiet_point(audio, int(SPLIT_PIECE_MIN_S * VAD_RATE), len(audio) - int(RIGHT_CONTEXT_S * VAD_RATE))
             if i is None:
                 continue
             whole = await self._stt(turn, audio, turn.prefix.text)
