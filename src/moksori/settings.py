@@ -82,9 +82,10 @@ class STTSettings(BaseModel):
     # Whisper's time. See providers/numerics.py.
     compute_type: Literal["int8", "float32"] = "int8"
     partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
-    # decode the turn in pieces while the user speaks (committed at internal pauses once two
-    # decodes agree), so that only the tail is decoded at its end (engine/incremental_stt.py)
-    incremental: bool = True
+    # decode the turn in pieces while the user speaks (committed once two decodes agree), so that
+    # only the tail is decoded at its end (engine/incremental_stt.py). Off: on the 2-core VM it did
+    # not pay at p50 (benchmarks/incremental_stt.py; README, latency section)
+    incremental: bool = False
     # provider=openai: one attempt's limit, retries, and extra base URLs tried in order
     timeout_s: float = Field(30.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)

@@ -24,7 +24,7 @@ class SessionConfig:
     turn: TurnConfig = field(default_factory=TurnConfig)
     transcribe_input: bool = True
     partial_interval_ms: int = 1200
-    stt_incremental: bool = True  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
+    stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
     temperature: float = 0.5

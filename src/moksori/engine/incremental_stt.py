@@ -2,7 +2,7 @@
 
 Without it, every pause's speculation (and the final one) decodes the whole turn from its onset,
 so the final transcript costs a decode of all of it after the user stops. With it (setting
-`stt.incremental`, env `MOKSORI_STT_INCREMENTAL`, on by default):
+`stt.incremental`, env `MOKSORI_STT_INCREMENTAL=on`, off by default, see below):
 
 * each pause's speculation decodes only the audio after the turn's committed point, with the
   committed words as Whisper's prompt (its context), and returns committed + new words;
@@ -12,8 +12,18 @@ so the final transcript costs a decode of all of it after the user stops. With i
   committed point runs; if it begins with the candidate's words, the candidate's audio and words
   are committed (`engine/stable_prefix.py` holds the policy, pure and tested in virtual time).
 
-So at the end of a turn only the tail after the last confirmed pause is decoded. A turn without a
-usable pause is decoded whole, exactly as before. The decodes are not thrown away when a pause's
+* while the user speaks on without pausing, every ~second past 2.8 s of uncommitted audio, the
+  audio is cut at its quietest 64 ms; a decode of all of it and one of the audio after the cut
+  must agree word for word on what follows the cut (`StablePrefix.split`).
+
+So at the end of a turn only the tail after the last commit is decoded (from 0.6 s before it:
+the words it repeats are dropped). A turn with no commit is decoded whole, exactly as before.
+
+Measured (benchmarks/incremental_stt.py, 2-core VM shared with other jobs): it saves 0.3-0.4 s
+on the final transcript of 5-7 s turns with a commit, and the WER is unchanged, but a try that
+fails still costs two decodes, and the turn's final decode waits behind one already running:
+short turns got slower, and p50 over the LibriVox + telephone sets did not improve. Hence off by
+default; it should pay where the cores are not shared. The decodes are not thrown away when a pause's
 speculation is cancelled (the user resumed): they run in their own task and serve as candidates.
 Forcing the previous partial transcript as a decoder prefix was tried before and saved nothing
 (CTranslate2 restarts the sentence); committing audio with its words is what pays.
