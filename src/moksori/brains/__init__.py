@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from moksori.providers.registry import Stack
     from moksori.settings import Settings
 
-__all__ = ["open_session", "brain_config"]
+__all__ = ["open_session", "brain_config", "attach_context"]
 
 
 def brain_config(cfg: SessionConfig, settings: Settings) -> SessionConfig:
@@ -56,7 +56,9 @@ def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Se
     settings = settings or stack.settings
     cfg = cfg or config_from_settings(settings)
     if settings.brain != "realtime":
-        return Session(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox, kit=kit)
+        session = Session(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox, kit=kit)
+        attach_context(session, settings)
+        return session
     from moksori.brains.realtime.session import RealtimeSession, Who
     from moksori.brains.realtime.settings import options_from_settings
 
@@ -71,5 +73,38 @@ def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Se
     if turns_from_settings:
         cfg = brain_config(cfg, settings)
     who: Who = "moksori" if settings.realtime.turn_detection == "moksori" else "upstream"
-    return RealtimeSession(stack, cfg, upstream=options, who=who, clock=clock, session_id=session_id,
-                           toolbox=toolbox, input_rate=input_rate)
+    session = RealtimeSession(stack, cfg, upstream=options, who=who, clock=clock, session_id=session_id,
+                              toolbox=toolbox, input_rate=input_rate)
+    attach_context(session, settings)
+    return session
+
+
+def attach_context(session: Session, settings: Settings) -> None:
+    """Context management for a live session: the LLM sees the system prompt and the newest
+    whole turns (the user's earlier conversations first) within `agent.context_tokens`
+    (default: the model's context minus the reply cap) and `agent.max_history_messages`;
+    with `summarize`, the turns that leave the window are folded into a running summary after
+    a reply, off the critical path, and the fold stops when the user speaks."""
+    from moksori.engine import events as E
+    from moksori.engine.context import ContextPolicy, ContextWindow, default_budget, token_counter
+
+    llm = session.stack.llm
+    cfg = session.cfg
+    budget = default_budget(settings.agent.context_tokens, llm.caps.context_tokens, cfg.max_output_tokens)
+    policy = ContextPolicy(budget_tokens=budget, strategy=settings.agent.context_strategy,
+                           max_messages=cfg.max_history_messages)
+    window = ContextWindow(policy, count=token_counter(llm), llm=llm)
+    session.memory.window = window
+
+    def listen(e: E.Event) -> None:
+        match e:
+            case E.UserSpeechStarted():
+                window.cancel_background()
+            case E.AgentResponseDone(status="completed", in_conversation=True):
+                mem = session.memory
+                window.after_reply([*mem.history, *mem.items])
+            case E.SessionClosed():
+                window.cancel_background()
+
+    if policy.strategy == "summarize":
+        session.bus.listen(listen)

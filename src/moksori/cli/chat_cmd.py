@@ -43,8 +43,8 @@ def _devices(sd: Any) -> list[dict]:
 def chat(
     text: bool = typer.Option(False, "--text", help="Type instead of speaking (loads no speech models)."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="With --text: print the reply as it comes."),
-    user: str | None = typer.Option(None, "--user", help="With --text: your user id; your history is "
-                                    "kept in the store and resumed next time."),
+    user: str | None = typer.Option(None, "--user", help="Your user id: your history is kept in the store "
+                                    "and resumed next time (voice and --text)."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="With --text: reply cap "
                                           "(default agent.text_max_tokens, 800)."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List audio devices and exit."),
@@ -67,12 +67,12 @@ def chat(
             out_console.print(f"{i:3d}  {d['name']}  [dim]({kind}, {int(d['default_samplerate'])} Hz)[/]")
         return
     settings = load_settings(**({"language": lang} if lang else {}))
+    from moksori.store import valid_user_id
+
+    if user is not None and not valid_user_id(user):
+        raise ConfigError(f"invalid user id {user!r}: use 1-255 letters, digits and _ . @ : + - = /")
     if text:
         from moksori.cli.text_chat import TextChatOptions, run_text_chat
-        from moksori.store import valid_user_id
-
-        if user is not None and not valid_user_id(user):
-            raise ConfigError(f"invalid user id {user!r}: use 1-255 letters, digits and _ . @ : + - = /")
         if max_tokens is not None and max_tokens < 1:
             raise ConfigError("--max-tokens must be at least 1")
         opts = TextChatOptions(stream=stream, user=user, max_tokens=max_tokens or settings.agent.text_max_tokens)
@@ -86,7 +86,7 @@ def chat(
     if not any(d["max_output_channels"] > 0 for d in devs):
         raise NoAudioDevice("no speakers found on this machine", hint="try `moksori chat --text`")
     stack = load_stack(settings)
-    asyncio.run(_voice_chat(stack, settings, sd, _pick(input_device), _pick(output_device), no_barge_in))
+    asyncio.run(_voice_chat(stack, settings, sd, _pick(input_device), _pick(output_device), no_barge_in, user))
 
 
 def _pick(dev: str | None) -> int | str | None:
@@ -126,7 +126,7 @@ class _Player:
 
 
 async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | None, out_dev: int | str | None,
-                      no_barge_in: bool) -> None:
+                      no_barge_in: bool, user: str | None = None) -> None:
     from dataclasses import replace
 
     from moksori.audio.frames import Frame
@@ -150,6 +150,7 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
         err_console.print(f"[yellow]tools:[/] {w}", highlight=False)
     kit.install_log_filter()
     session = open_session(stack, cfg, settings=settings, input_rate=in_rate, kit=kit)
+    store = await open_cli_recording(session, settings, user)
     player = _Player()
 
     def on_event(ev: E.Event) -> None:
@@ -192,3 +193,24 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
     finally:
         await session.close()
         await kit.close()
+        if store is not None:
+            await store.close()
+
+
+async def open_cli_recording(session: Any, settings: Any, user: str | None) -> Any:
+    """Record a CLI voice session into the store (and load `user`'s history); the store, or None
+    when storage is off or unavailable (the chat goes on, unrecorded, with a warning)."""
+    from moksori.recording import Who, record_session
+    from moksori.store import DEFAULT_TENANT, Store
+
+    try:
+        store = Store.from_settings(settings)
+        if store is None:
+            return None
+        await store.start()
+    except Exception as e:  # noqa: BLE001 - talk unrecorded rather than not at all
+        err_console.print(f"[yellow]warning:[/] conversations are not saved: the store is unavailable "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})", highlight=False)
+        return None
+    record_session(session, store, Who(DEFAULT_TENANT, user, "cli"))
+    return store

@@ -7,12 +7,16 @@ the words that were actually played out.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from moksori.providers.base import Message, ToolCall
+
+if TYPE_CHECKING:
+    from moksori.engine.context import ContextWindow
 
 ItemType = Literal["message", "function_call", "function_call_output"]
 _seq = itertools.count(1)
@@ -43,10 +47,45 @@ class Item:
 
 
 class Memory:
+    """This conversation's items, plus `history`: the user's earlier conversations (loaded from the
+    store when the session starts, read-only, never shown to a Realtime client as items), which
+    the LLM sees before them, within the same budget."""
+
     def __init__(self, *, max_messages: int = 24) -> None:
         self.items: list[Item] = []
+        self.history: list[Item] = []
         self.max_messages = max_messages
-        self.window = None  # a moksori.engine.context.ContextWindow: token budget instead of max_messages
+        self.window: ContextWindow | None = None  # token budget instead of max_messages
+        self._history_loaded: asyncio.Event | None = None
+
+    # -------------------------------------------------------------- earlier conversations
+
+    def expect_history(self) -> None:
+        """A loader is fetching the user's history: replies wait for it (`history_ready`)."""
+        if self._history_loaded is None:
+            self._history_loaded = asyncio.Event()
+
+    def set_history(self, items: list[Item], summary: str | None = None) -> None:
+        """The user's earlier items, oldest first (and the running summary of what did not fit)."""
+        self.history = list(items)
+        if summary and self.window is not None and not self.window.summary:
+            self.window.summary = summary
+        self.history_done()
+
+    def history_done(self) -> None:
+        """The load finished (or failed, or was given up on): nobody waits any more."""
+        if self._history_loaded is not None:
+            self._history_loaded.set()
+
+    async def history_ready(self, timeout_s: float = 5.0) -> None:
+        """Wait (at most `timeout_s`) until the history is in; at once when none is expected."""
+        ev = self._history_loaded
+        if ev is None or ev.is_set():
+            return
+        try:
+            await asyncio.wait_for(ev.wait(), timeout_s)
+        except TimeoutError:
+            ev.set()  # a slow store never holds a reply twice
 
     # -------------------------------------------------------------- edits
 
@@ -98,11 +137,12 @@ class Memory:
         Context management: only the last `max_messages` items are sent, and the window never
         starts inside a tool exchange (a tool result without its call confuses models).
         """
+        everything = [*self.history, *self.items] if self.history else self.items
         if self.window is not None:
-            return self.window.messages(self.items, system_prompt)
+            return self.window.messages(everything, system_prompt)
         out: list[Message] = []
         pending_calls: list[ToolCall] = []
-        for item in self.items:
+        for item in everything:
             if item.type == "message":
                 if pending_calls:
                     out.append(Message("assistant", "", tool_calls=tuple(pending_calls)))
@@ -128,7 +168,7 @@ class Memory:
         return system + _merge_same_role(out)
 
     def _call_name(self, call_id: str | None) -> str | None:
-        for item in self.items:
+        for item in [*self.history, *self.items]:
             if item.type == "function_call" and item.call_id == call_id:
                 return item.name
         return None

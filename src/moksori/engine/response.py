@@ -357,6 +357,8 @@ class Response:
         if self.opts.replace_input is not None:
             base = [Message("system", system), *self.opts.replace_input]
         else:
+            if self.opts.in_conversation:
+                await host.memory.history_ready()  # the user's earlier turns, once, as the session starts
             base = host.memory.messages(system) if self.opts.in_conversation else [Message("system", system)]
             base += list(self.opts.extra_input)
         safe = await self._check_input(base)

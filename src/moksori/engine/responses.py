@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from moksori.engine.memory import heard_text
 from moksori.engine.session_context import SessionContext
 from moksori.engine.response import Response, ResponseOptions
 
@@ -82,7 +83,12 @@ class Responses:
     # -------------------------------------------------------------- lifecycle
 
     def close(self) -> list[Any]:
-        """Cancel every reply; returns their tasks to await."""
+        """Cancel every reply, each keeping what the listener heard of it (a client that leaves
+        mid-reply heard only part of it); returns their tasks to await."""
+        now = self._ctx.clock.now()
         for resp in list(self._active.values()):
-            resp.cancel("session_closed")
+            pb, heard = resp.playback, None
+            if resp.released and pb is not None:
+                heard = heard_text(pb.segments, min(pb.heard(now), pb.sent))
+            resp.cancel("session_closed", heard=heard)
         return [r.task for r in self._active.values() if r.task]

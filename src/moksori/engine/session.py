@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -191,6 +192,9 @@ class Session:
         self._ctx.cfg = cfg
         self.taker.set_config(cfg.turn)
         self.memory.max_messages = cfg.max_history_messages
+        window = self.memory.window
+        if window is not None and window.policy.max_messages != cfg.max_history_messages:
+            window.policy = replace(window.policy, max_messages=cfg.max_history_messages)
         if cfg.output_rate != old.output_rate or cfg.output_chunk_ms != old.output_chunk_ms \
                 or cfg.output_lead_ms != old.output_lead_ms:
             self.speaker.rate = cfg.output_rate

@@ -28,7 +28,8 @@ from moksori.engine.session import Session
 from moksori.protocols import realtime as rt
 from moksori.providers import threads
 from moksori.providers.registry import Stack
-from moksori.server import cluster_routes
+from moksori.recording import Who
+from moksori.server import cluster_routes, recording_hooks
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.ephemeral_keys import MemoryKeyStore, is_ephemeral
 from moksori.server.guard import BodyLimits, Guard
@@ -156,8 +157,8 @@ def create_app(settings: Settings, stack: Stack, *, warm: bool = False) -> FastA
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(state.metrics.render(sessions=state.sessions) + load_metrics(state),
-                                 media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(state.metrics.render(sessions=state.sessions) + load_metrics(state)
+                                 + recording_hooks.store_metrics(state), media_type="text/plain; version=0.0.4")
 
     @app.websocket("/v1/realtime")
     async def realtime(ws: WebSocket) -> None:
@@ -219,6 +220,11 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         state.metrics.auth_failures += 1
         await ws.close(code=1008, reason="invalid or missing API key")  # before accept: HTTP 403
         return
+    try:
+        user = recording_hooks.user_of(headers, query)
+    except recording_hooks.InvalidUser as e:
+        await ws.close(code=1008, reason=str(e)[:120])  # before accept: HTTP 403
+        return
     # per-key limits only with keys; an ephemeral key's sessions count against the key that minted it
     label = grant.owner if grant is not None and state.auth_required else \
         (key_label(key) if state.auth_required else None)
@@ -246,7 +252,12 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
             timeline=query.get("moksori_timeline") in ("1", "true"),
             transcription_only=query.get("intent") == "transcription", kit=state.kit)
         state.track(conn.session)
-        ticket.opened("voice-live" if flavor is rt.Flavor.AZURE else "realtime", conn.session_id, conn.session)
+        channel = "voice-live" if flavor is rt.Flavor.AZURE else "realtime"
+        ticket.opened(channel, conn.session_id, conn.session)
+        who = Who(recording_hooks.tenant_of(state, key, grant), user, channel,
+                  load_history=recording_hooks.wants_history(query))
+        recorded = recording_hooks.record(state, conn.session, who)
+        conn.recorder = recorded.recorder if recorded is not None else None
 
         async def fatal(reason: str) -> None:  # the session cannot go on (the realtime brain's upstream is gone)
             nonlocal close

@@ -32,6 +32,7 @@ class EphemeralKey:
     session: dict[str, Any] = field(default_factory=dict)  # the validated `session` object
     transcription: bool = False  # minted for a transcription session
     owner: str = "anonymous"  # label of the real key that minted it (session limits count by it)
+    tenant: str | None = None  # the minting key's tenant in the store (its sessions are recorded there)
 
 
 class KeyStore(Protocol):
@@ -102,7 +103,7 @@ def parse_expires_after(value: Any) -> int:
 
 
 def new_key(ttl_s: int, session: dict[str, Any], *, transcription: bool = False, owner: str = "anonymous",
-            now: float | None = None) -> EphemeralKey:
+            now: float | None = None, tenant: str | None = None) -> EphemeralKey:
     created = int(time.time() if now is None else now)
     return EphemeralKey(PREFIX + secrets.token_urlsafe(24), created, created + ttl_s, dict(session),
-                        transcription, owner)
+                        transcription, owner, tenant)

@@ -109,6 +109,9 @@ class RealtimeConnection:
         self._created: dict[str, Any] = {}  # response.create responses until their response.done
         self._closing = False
         self.closed = False
+        # the store's recorder of this session (server/recording_hooks.py), told what the client
+        # adds and truncates itself; None when nothing is recorded
+        self.recorder: Any = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -291,6 +294,8 @@ class RealtimeConnection:
                                 param="previous_item_id")
         item = await self._to_memory_item(ev.item)
         self.session.add_item(item, after=after)
+        if self.recorder is not None:
+            self.recorder.item_added(item)
         wire = self._item_wire(item)
         prev = mem.previous_id(item.id)
         self.send(self.ev.conversation_item_added(wire, prev))
@@ -360,7 +365,9 @@ class RealtimeConnection:
         if ev.audio_end_ms > sent:  # as OpenAI: never past the audio the item produced
             raise ProtocolError(f"Audio content of {sent}ms is already shorter than {ev.audio_end_ms}ms",
                                 code="invalid_value", param="audio_end_ms")
-        self.session.truncate(ev.item_id, ev.audio_end_ms)
+        cut = self.session.truncate(ev.item_id, ev.audio_end_ms)
+        if cut is not None and self.recorder is not None:
+            self.recorder.truncated(ev.item_id, cut.text)
         self.send(self.ev.conversation_item_truncated(ev.item_id, 0, ev.audio_end_ms))
 
     def _audio_sent_ms(self, item: MemItem) -> int | None:

@@ -40,7 +40,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from moksori.protocols.telephony import codec_for
-from moksori.server import cluster_routes
+from moksori.server import cluster_routes, recording_hooks
 from moksori.telephony.call import PhoneCall, normalize_number
 from moksori.telephony.phrases import stack_for_calls, warm_phrases
 from moksori.telephony.signatures import make_stream_token, stream_token_expiry, verify_plivo_v3, verify_twilio
@@ -275,6 +275,9 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
             ticket = cluster_routes.track(state, "phone", call.info.call_id, call.session,
                                           conversation_id=call.session.id)
         state.opened(None, call.session)
+        if call.session is not None:  # the store: the caller's number, hashed, is the user
+            recording_hooks.record(state, call.session, recording_hooks.phone_who(
+                state, call.info.from_number if call.info is not None else None, carrier))
         tel.calls[id(call)] = call
         tel.warm()
 

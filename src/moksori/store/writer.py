@@ -106,6 +106,11 @@ class StoreWriter:
     def pending(self) -> int:
         return len(self._buf)
 
+    @property
+    def failing(self) -> bool:
+        """Writes are failing right now (the database is down or unreachable); records queue."""
+        return self._outage_since is not None
+
     def barrier(self) -> concurrent.futures.Future[bool]:
         """A future that is done (True) once every record submitted so far is written or dropped."""
         fut: concurrent.futures.Future[bool] = concurrent.futures.Future()

@@ -31,12 +31,14 @@ from fastapi.responses import JSONResponse, Response
 from moksori.engine.memory import new_id
 from moksori.errors import ProtocolError
 from moksori.protocols import realtime as rt
-from moksori.server import cluster_routes
+from moksori.recording import Who
+from moksori.server import cluster_routes, recording_hooks
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.cluster_routes import Refusal
 from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, is_ephemeral, new_key,
                                            parse_expires_after)
 from moksori.server.realtime_config import initial_session
+from moksori.store import DEFAULT_TENANT
 
 log = logging.getLogger("moksori.webrtc")
 
@@ -111,7 +113,8 @@ class WebRTC:
 
     # ------------------------------------------------------------------ ephemeral keys
 
-    async def mint(self, body: Any, owner: str, *, default_ttl: int | None = None) -> JSONResponse:
+    async def mint(self, body: Any, owner: str, *, default_ttl: int | None = None,
+                   tenant: str | None = None) -> JSONResponse:
         if body is None:
             body = {}
         if not isinstance(body, dict):
@@ -135,7 +138,7 @@ class WebRTC:
             cfg, _ = rt.apply_session_update(initial_session(self.settings), payload, rt.Flavor.GA)
         except ProtocolError as e:
             return error(400, e.message, e.code, param=e.param)
-        key = new_key(ttl, payload, transcription=kind == "transcription", owner=owner)
+        key = new_key(ttl, payload, transcription=kind == "transcription", owner=owner, tenant=tenant)
         try:
             await self.state.ephemeral.put(key)
         except StoreFull as e:
@@ -157,9 +160,14 @@ class WebRTC:
 
         cfg = self.settings.webrtc
         headers = {k.lower(): v for k, v in request.headers.items()}
-        grant, label, refused = await self.grant_for(extract_key(headers), ephemeral_ok=True)
+        key = extract_key(headers)
+        grant, label, refused = await self.grant_for(key, ephemeral_ok=True)
         if refused is not None:
             return refused
+        try:
+            user = recording_hooks.user_of(headers, request.query_params)
+        except recording_hooks.InvalidUser as e:
+            return error(400, str(e), "invalid_user", param="user")
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("application/sdp", "multipart/form-data"):
             return error(415, "send the SDP offer as application/sdp, or as multipart/form-data with an 'sdp' "
@@ -204,6 +212,10 @@ class WebRTC:
             timeline=query.get("moksori_timeline") in ("1", "true"), audio_sink=call.track,
             output_lead_ms=cfg.output_lead_ms, kit=self.state.kit)
         self.state.track(conn.session)  # metrics, and the unclosed-session count
+        who = Who(recording_hooks.tenant_of(self.state, key, grant), user, "webrtc",
+                  load_history=recording_hooks.wants_history(query))
+        recorded = recording_hooks.record(self.state, conn.session, who)
+        conn.recorder = recorded.recorder if recorded is not None else None
 
         async def fatal(reason: str) -> None:
             await call.close(reason)
@@ -322,24 +334,27 @@ def install(app: FastAPI, state: Any) -> None:
     @app.post("/v1/realtime/client_secrets")
     async def client_secrets(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        _, label, refused = await webrtc.grant_for(extract_key(headers), ephemeral_ok=False)
+        key = extract_key(headers)
+        _, label, refused = await webrtc.grant_for(key, ephemeral_ok=False)
         if refused is not None:
             return refused
         body, bad = await _json_body(request)
-        return bad or await webrtc.mint(body, label)
+        return bad or await webrtc.mint(body, label, tenant=recording_hooks.tenant_of(state, key))
 
     @app.post("/session")
     async def web_session(request: Request) -> Response:
         """The browser app's server side: mint a short-lived key for the page."""
         headers = {k.lower(): v for k, v in request.headers.items()}
+        key = extract_key(headers)
         if state.settings.webrtc.open_web_sessions:
-            label = key_label(None)
+            label, tenant = key_label(None), DEFAULT_TENANT  # open pages: one tenant for all of them
         else:
-            _, label, refused = await webrtc.grant_for(extract_key(headers), ephemeral_ok=False)
+            _, label, refused = await webrtc.grant_for(key, ephemeral_ok=False)
             if refused is not None:
                 return refused
+            tenant = recording_hooks.tenant_of(state, key)
         body, bad = await _json_body(request)
-        return bad or await webrtc.mint(body, label, default_ttl=WEB_SESSION_TTL_S)
+        return bad or await webrtc.mint(body, label, default_ttl=WEB_SESSION_TTL_S, tenant=tenant)
 
     @app.post("/v1/realtime/calls")
     async def create_call(request: Request) -> Response:

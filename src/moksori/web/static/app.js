@@ -34,6 +34,7 @@ const store = {
 const ui = {
   start: $("#start"),
   stop: $("#stop"),
+  fresh: $("#new-conversation"),
   state: $('[data-testid="state"]'),
   stateText: $('[data-testid="state"] .state-text'),
   level: $('[data-testid="level"]'),
@@ -48,6 +49,23 @@ const ui = {
   text: $("#text"),
   toast: $('[data-testid="error"]'),
 };
+
+// who is talking: one user id per browser, kept here, so the agent remembers earlier conversations
+function newUserId() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return `web-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+const userId = store.get("user", "") || newUserId();
+store.set("user", userId);
+let freshConversation = false; // "New conversation": the next session starts without the earlier ones
+
+/** Query parameters every new session carries: the user id, and whether to load their history. */
+function sessionParams() {
+  let p = `&user=${encodeURIComponent(userId)}`;
+  if (freshConversation) p += "&moksori_history=0";
+  return p;
+}
 
 ui.language.value = store.get("language", "auto");
 ui.voice.value = store.get("voice", "auto");
@@ -78,8 +96,10 @@ const M = {
   transport: null, // "webrtc" | "websocket" once connected
   webrtcError: null, // why the last WebRTC attempt failed, if it did
   callId: null,
+  user: null, // this browser's user id (kept in localStorage)
 };
 window.moksori = M;
+M.user = userId;
 
 // ------------------------------------------------------------------ state indicator
 
@@ -421,8 +441,9 @@ async function openTransport() {
   if (wantWebRTC()) {
     try {
       await rtc.connect({ key: ui.key.value.trim(), session: sessionConfig(), micTrack: audio.micTrack,
-                          fail: query.get("webrtc") === "fail" });
+                          fail: query.get("webrtc") === "fail", params: sessionParams() });
       rt = rtc;
+      freshConversation = false;
       preOpen.length = 0; // the mic track carries the audio from here
       M.transport = "webrtc";
       M.callId = rtc.callId;
@@ -433,7 +454,8 @@ async function openTransport() {
       toast(`WebRTC failed (${M.webrtcError}); using the WebSocket`, { warning: true });
     }
   }
-  await ws.connect(realtimeUrl(), ui.key.value.trim());
+  await ws.connect(realtimeUrl() + sessionParams(), ui.key.value.trim());
+  freshConversation = false;
   rt = ws;
   M.transport = "websocket";
 }
@@ -533,6 +555,18 @@ ui.start.addEventListener("click", () => {
 });
 ui.stop.addEventListener("click", () => {
   stop();
+});
+ui.fresh.addEventListener("click", async () => {
+  // end this conversation; the next one starts without the earlier ones in the agent's memory
+  // (they stay stored under this browser's user id)
+  const mic = conn.mic;
+  const wasRunning = conn.running;
+  await stop();
+  ui.user.textContent = "";
+  ui.agent.textContent = "";
+  freshConversation = true;
+  M.freshConversations = (M.freshConversations || 0) + 1;
+  if (wasRunning) await connect({ mic });
 });
 
 ui.form.addEventListener("submit", async (ev) => {

@@ -22,7 +22,7 @@ export class WebRTCClient {
   }
 
   /** Mint a key, negotiate, resolve once "oai-events" is open; reject (and clean up) on failure. */
-  async connect({ key = "", session = null, micTrack = null, fail = false } = {}) {
+  async connect({ key = "", session = null, micTrack = null, fail = false, params = "" } = {}) {
     this.closing = false;
     const minted = await fetch("/session", {
       method: "POST",
@@ -73,7 +73,7 @@ export class WebRTCClient {
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
     const sdp = fail ? "v=0\r\nthis is not an offer\r\n" : pc.localDescription.sdp;
-    const answer = await fetch("/v1/realtime/calls?moksori_timeline=1", {
+    const answer = await fetch(`/v1/realtime/calls?moksori_timeline=1${params}`, {
       method: "POST",
       headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${ek}` },
       body: sdp,

@@ -1,0 +1,145 @@
+"""Recording one live session: who it belongs to, its recorder, and the user's history loaded in.
+
+    rec = record_session(session, store, Who(tenant, user, "realtime"))
+
+opens the conversation (its id is the session's id: the `conversation_id` a Realtime client
+sees in every `response`), puts a `Recorder` on the session's bus, hands the context window's
+running summaries to the store, and, for a known user, loads their earlier turns into
+`session.memory.history` in the background. Replies wait for that load (`Memory.history_ready`,
+bounded), so the first answer already knows the user; a slow or dead database costs at most
+`HISTORY_TIMEOUT_S` once, and the session goes on without history (a warning says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from moksori.accounting import TurnUsage
+from moksori.engine import events as E
+from moksori.engine.memory import Item
+from moksori.engine.session import Session
+from moksori.providers.base import Usage
+from moksori.recording.recorder import Models, Recorder
+from moksori.store import Store, StoredItem
+
+log = logging.getLogger("moksori.recording")
+
+__all__ = ["Who", "Recording", "record_session", "models_of", "history_items"]
+
+HISTORY_TIMEOUT_S = 3.0  # loading a user's history, at most (a dead database: the session goes on without)
+HISTORY_SHARE = 0.7  # of the context budget, at most, for earlier conversations
+FLUSH_BEFORE_LOAD_S = 1.0  # records of the user's last session still queued in this process
+
+
+@dataclass(frozen=True)
+class Who:
+    """Whose conversation this is. `tenant`: `store.tenant_id(api key)`; `user`: the caller's
+    id (a phone number already hashed), None for anonymous; `channel`: realtime | voice-live |
+    webrtc | browser | phone | cli."""
+
+    tenant: str
+    user: str | None
+    channel: str
+    load_history: bool = True
+    metadata: dict[str, str] | None = None
+
+
+class Recording:
+    def __init__(self, session: Session, store: Store, who: Who, recorder: Recorder) -> None:
+        self.session, self.store, self.who, self.recorder = session, store, who, recorder
+        self.history_task: asyncio.Task[None] | None = None
+        self.history_items = 0
+
+    @property
+    def conversation_id(self) -> str:
+        return self.recorder.conversation_id
+
+    async def _load_history(self) -> None:
+        mem = self.session.memory
+        user = self.who.user
+        assert user is not None
+        try:
+            window = mem.window
+            budget = window.policy.budget_tokens if window is not None else 2048
+            count = window.counter.count if window is not None else None
+            async with asyncio.timeout(HISTORY_TIMEOUT_S):
+                await self.store.flush(FLUSH_BEFORE_LOAD_S)
+                kw: dict[str, Any] = {"count": count} if count is not None else {}
+                h = await self.store.load_history(self.who.tenant, user, max_tokens=int(budget * HISTORY_SHARE), **kw)
+            items = history_items(h.items, self.conversation_id)
+            self.history_items = len(items)
+            mem.set_history(items, h.summary)
+            if items:
+                log.info("session %s: %d earlier items of the user loaded", self.session.id, len(items))
+        except asyncio.CancelledError:
+            mem.history_done()
+            raise
+        except Exception as e:  # noqa: BLE001 - a dead database: the session goes on without history
+            log.warning("session %s: the user's history could not be loaded (%s: %s); going on without it",
+                        self.session.id, type(e).__name__, " ".join(str(e).split())[:200] or "timed out")
+            mem.history_done()
+
+
+def history_items(stored: list[StoredItem], current_conversation: str | None = None) -> list[Item]:
+    """Stored items as memory items (an interrupted reply as what was heard)."""
+    out: list[Item] = []
+    for it in stored:
+        if it.conversation_id == current_conversation:
+            continue
+        role = it.role if it.role in ("user", "assistant") else ("assistant" if it.type == "function_call" else "user")
+        out.append(Item(id=it.id, type=it.type, role=role,  # type: ignore[arg-type]
+                        text=it.spoken_text if it.type == "message" else "", audio=it.audio,
+                        status="incomplete" if it.interrupted else "completed", language=it.language,
+                        call_id=it.call_id, name=it.name, arguments=it.arguments, output=it.output))
+    return out
+
+
+def models_of(stack: Any) -> Models:
+    """The model names usage is priced by: the LLM's model (or file name), STT's and TTS's."""
+    def name(provider: Any) -> str | None:
+        if provider is None:
+            return None
+        inner = getattr(provider, "providers", (provider,))[0]
+        model = getattr(inner, "model", None)
+        if isinstance(model, str) and model:
+            return model
+        path = getattr(inner, "path", None)
+        return getattr(path, "name", None) or getattr(inner, "name", None)
+
+    return Models(llm=name(stack.llm), stt=name(stack.stt), tts=name(stack.tts))
+
+
+def record_session(session: Session, store: Store, who: Who, *,
+                   on_record: Callable[[str], None] | None = None) -> Recording:
+    """Record `session` into `store` from now on (see the module's doc)."""
+    models = models_of(session.stack)
+    recorder = Recorder(store.submit, conversation_id=session.id, tenant=who.tenant, user=who.user,
+                        channel=who.channel, models=models, clock_now=session.clock.now, metadata=who.metadata,
+                        on_record=on_record)
+    recorder.start()
+    session.bus.listen(recorder)
+    rec = Recording(session, store, who, recorder)
+    window = session.memory.window
+    if window is not None:
+        window.on_summary = recorder.summary
+
+        def summary_usage(u: Usage) -> None:
+            recorder.summary_usage(TurnUsage(llm_model=models.llm, input_tokens=u.input_tokens,
+                                             cached_tokens=u.cached_tokens, output_tokens=u.output_tokens))
+
+        window.on_usage = summary_usage
+    if who.user is not None and who.load_history:
+        session.memory.expect_history()
+        rec.history_task = asyncio.get_running_loop().create_task(rec._load_history(),
+                                                                  name=f"history-{session.id}")
+
+        def on_close(e: E.Event) -> None:
+            if isinstance(e, E.SessionClosed) and rec.history_task is not None and not rec.history_task.done():
+                rec.history_task.cancel()
+
+        session.bus.listen(on_close)
+    return rec
