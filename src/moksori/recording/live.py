@@ -58,7 +58,7 @@ class Recording:
     def conversation_id(self) -> str:
         return self.recorder.conversation_id
 
-    async def _load_history(self) -> None:
+    async def load_history(self) -> None:
         mem = self.session.memory
         user = self.who.user
         assert user is not None
@@ -134,7 +134,7 @@ def record_session(session: Session, store: Store, who: Who, *,
         window.on_usage = summary_usage
     if who.user is not None and who.load_history:
         session.memory.expect_history()
-        rec.history_task = asyncio.get_running_loop().create_task(rec._load_history(),
+        rec.history_task = asyncio.get_running_loop().create_task(rec.load_history(),
                                                                   name=f"history-{session.id}")
 
         def on_close(e: E.Event) -> None:
