@@ -247,6 +247,9 @@ class TelephonySettings(BaseModel):
     debug: bool = False
     # a media stream must send its `start` (with a valid token) this soon after it opens
     start_timeout_s: float = Field(10.0, gt=0, le=120)
+    # the API key whose tenant phone calls are stored under (the key that reads them through the
+    # Conversations API); unset: the only configured key, or the keyless `default` tenant
+    owner_key: SecretStr | None = None
 
     _split = field_validator("transfer_numbers", mode="before")(_split_csv)
 

@@ -83,12 +83,22 @@ def record(state: Any, session: Session, who: Who) -> Recording | None:
         return None
 
 
+def phone_tenant(state: Any) -> str:
+    """Phone calls come with no API key: they belong to `telephony.owner_key`'s tenant, else to
+    the only configured key's, else (no keys, or several and no owner named) to `default`."""
+    owner = state.settings.telephony.owner_key
+    if owner is not None and owner.get_secret_value():
+        return tenant_id(owner.get_secret_value())
+    keys = getattr(state, "keys", None) or []
+    return tenant_id(keys[0]) if len(keys) == 1 else DEFAULT_TENANT
+
+
 def phone_who(state: Any, from_number: str | None, carrier: str) -> Who:
-    """A phone call: its caller's number, hashed (`tel:` + HMAC), is the user; calls have no key."""
+    """A phone call: its caller's number, hashed (`tel:` + HMAC), is the user."""
     store = getattr(state, "store", None)
     user = store.phone_user_id(from_number) if store is not None and from_number and \
         any(ch.isdigit() for ch in from_number) else None
-    return Who(DEFAULT_TENANT, user, "phone", metadata={"carrier": carrier})
+    return Who(phone_tenant(state), user, "phone", metadata={"carrier": carrier})
 
 
 def store_metrics(state: Any) -> str:
