@@ -178,7 +178,7 @@ def test_phone_viewport_and_text_fallback(server):
     with chromium(None, viewport={"width": 390, "height": 844}) as ctx:
         page = _page(ctx, problems)
         page.goto(server.url + "/?raw=1")
-        for tid in ("start", "state", "level", "text-input", "text-send"):
+        for tid in ("start", "new-conversation", "state", "level", "text-input", "text-send"):
             el = page.get_by_test_id(tid)
             expect(el).to_be_visible()
             box = el.bounding_box()
@@ -205,3 +205,44 @@ def test_phone_viewport_and_text_fallback(server):
         page.get_by_test_id("stop").click()
         _wait_sessions(server, 0)
     assert not problems, problems
+
+
+def test_the_page_keeps_a_user_id_and_starts_new_conversations(server):
+    """The page's user id lives in localStorage and goes with every session (`?user=`), so its
+    conversations are stored under it; "New conversation" starts the next one without the
+    earlier ones in the agent's context (`moksori_history=0`) and keeps the same id."""
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    calls: list[str] = []
+    with chromium(None) as ctx:
+        page = _page(ctx, problems)
+        page.on("request", lambda r: "/v1/realtime" in r.url and calls.append(r.url))
+        page.goto(server.url + "/?raw=1")
+        user = page.evaluate("() => window.moksori.user")
+        assert user.startswith("web-") and page.evaluate("() => localStorage.getItem('moksori.user')") == user
+        page.get_by_test_id("text-input").fill("My name is Minji.")
+        page.get_by_test_id("text-send").click()
+        agent = page.get_by_test_id("transcript-agent").locator(".line").first
+        expect(agent).not_to_be_empty(timeout=TIMEOUT_MS)
+        page.get_by_test_id("new-conversation").click()  # running: it reconnects, fresh
+        page.wait_for_function("() => (window.moksori.events['session.created'] || 0) >= 2", timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("transcript-agent")).to_be_empty()
+        page.get_by_test_id("text-input").fill("Hello again.")
+        page.get_by_test_id("text-send").click()
+        expect(page.get_by_test_id("transcript-agent").locator(".line").first).not_to_be_empty(timeout=TIMEOUT_MS)
+        page.get_by_test_id("stop").click()
+        _wait_sessions(server, 0)
+        page.reload()
+        assert page.evaluate("() => window.moksori.user") == user  # the same browser, the same user
+    assert not problems, problems
+    assert len(calls) == 2 and all(f"user={user}" in u for u in calls), calls
+    assert "moksori_history=0" not in calls[0] and "moksori_history=0" in calls[1]
+    with urllib.request.urlopen(f"{server.url}/v1/conversations?user={user}", timeout=10) as resp:
+        convs = json.load(resp)["data"]
+    assert len(convs) == 2 and all(c["metadata"]["channel"] == "webrtc" for c in convs)
+    texts = []
+    for c in convs:
+        with urllib.request.urlopen(f"{server.url}/v1/conversations/{c['id']}/items?order=asc", timeout=10) as resp:
+            texts.append([i["content"][0]["text"] for i in json.load(resp)["data"] if i["role"] == "user"])
+    assert sorted(texts) == [["Hello again."], ["My name is Minji."]]
