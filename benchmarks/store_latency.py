@@ -68,23 +68,25 @@ async def one(stack, settings, path: Path, store, costs: list[float]) -> dict:
     return row
 
 
-async def main() -> None:
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--modes", default="off,sqlite,postgresql")
     args = ap.parse_args()
-    modes = args.modes.split(",")
-
-    from databases import postgres_database
 
     from moksori.cli.ui import load_stack
-    from moksori.engine.prompts import system_prompt
     from moksori.settings import load_settings
-    from moksori.store import Store
 
     settings = load_settings(language="en")
-    stack = load_stack(settings)
-    await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
+    stack = load_stack(settings)  # loads the models (its own event loop), before ours starts
+    asyncio.run(run(stack, settings, args.reps, args.modes.split(",")))
+
+
+async def run(stack, settings, reps: int, modes: list[str]) -> None:
+    from databases import postgres_database
+
+    from moksori.store import Store
+
     tmp = Path(tempfile.mkdtemp(prefix="moksori-store-latency-"))
     stores: dict[str, Store | None] = {"off": None}
     pg = postgres_database() if "postgresql" in modes else None
@@ -96,7 +98,7 @@ async def main() -> None:
     costs: list[float] = []
     load_before = os.getloadavg()
     try:
-        for rep in range(args.reps):
+        for rep in range(reps):
             for utt in UTTERANCES:
                 order = modes[rep % len(modes):] + modes[:rep % len(modes)]  # rotate who goes first
                 for mode in order:
@@ -115,7 +117,7 @@ async def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     summary = {"cpu": cpu, "cores": os.cpu_count(), "load_before": load_before, "load_after": load_after,
-               "reps": args.reps, "written_records": written,
+               "reps": reps, "written_records": written,
                "recorder_cost_us": {"p50": round(1e6 * pct(costs, 0.5), 2), "p99": round(1e6 * pct(costs, 0.99), 2),
                                     "events": len(costs)}}
     for mode, rs in rows.items():
@@ -129,4 +131,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

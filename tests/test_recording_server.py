@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -295,8 +296,9 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
     asyncio.run(other_key_session())
     status, metrics = 200, urllib.request.urlopen(urllib.request.Request(
         srv.url + "/metrics", headers={"Authorization": f"Bearer {K1}"}), timeout=10).read().decode()
-    assert 'moksori_recorded_total{kind="user_turn"} 2' in metrics, metrics[-1500:]
-    assert 'moksori_recorded_total{kind="reply"} 2' in metrics
+    counted = {m.group(1): int(m.group(2)) for m in re.finditer(r'moksori_recorded_total\{kind="(\w+)"\} (\d+)', metrics)}
+    # two sessions on this server (a pause may split one's speech into two turns)
+    assert counted["conversation"] == 2 and counted["user_turn"] >= 2 and counted["reply"] >= 2, counted
     assert "moksori_store_up 1" in metrics and "moksori_store_write_failures_total 0" in metrics
 
 
