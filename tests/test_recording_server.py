@@ -381,3 +381,24 @@ def test_a_phone_call_is_stored_under_the_callers_hashed_number(world: World) ->
         db = Path(world.url.split("///", 1)[1])
         raw = b"".join(f.read_bytes() for f in (db, db.with_name(db.name + "-wal")) if f.exists())
         assert b"tel:" in raw and digits.encode() not in raw and CALLER.encode() not in raw
+
+
+def test_a_malformed_user_id_is_refused_with_a_clear_reason(world: World) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    srv = world.live()
+
+    async def ws() -> int:
+        try:
+            async with connect(f"ws://127.0.0.1:{srv.port}/v1/realtime?model=moksori&user=not%20valid!",
+                               additional_headers={"Authorization": f"Bearer {K1}"}):
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    assert asyncio.run(ws()) == 403  # refused at the handshake, before any session exists
+    r = httpx.post(srv.url + "/v1/realtime/calls", content=b"v=0\r\n", timeout=10,
+                   headers={"Authorization": f"Bearer {K1}", "Content-Type": "application/sdp",
+                            "X-Moksori-User": "x" * 300})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_user", r.text
