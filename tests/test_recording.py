@@ -317,3 +317,51 @@ def test_a_dead_database_at_session_start_costs_one_bounded_wait(tmp_path) -> No
         await store.close(timeout_s=0.5)
 
     asyncio.run(main())
+
+
+def test_the_realtime_brain_records_the_same_and_gets_the_history_upstream(db_url) -> None:
+    """`MOKSORI_BRAIN=realtime`: the upstream is `moksori.testing.fake_realtime` (a scripted GA
+    server, a stand-in: it "transcribes" from a script, answers with a tone and reports usage
+    with audio tokens), here in real time. The user's history goes upstream as items before the
+    first turn; the turn and the reply are stored with the upstream's usage."""
+    from moksori.brains.realtime import ReconnectPolicy, SessionOptions, Timeouts, UpstreamOptions, resolve_endpoint
+    from moksori.brains.realtime.session import RealtimeSession
+    from moksori.engine.config import SessionConfig
+    from moksori.engine.turns import TurnConfig
+    from moksori.store import AgentReply, ConversationStarted, UserTurn
+    from moksori.testing.fake_realtime import FakeRealtimeServer
+
+    async def main() -> None:
+        store = await Store(db_url, hash_secret=b"t").start()
+        now = time.time() - 100
+        store.submit(ConversationStarted("conv_before", T1, "alice", "realtime", now))
+        store.submit(UserTurn("conv_before", "item_b1", "My cat is called Nabi.", now + 1))
+        store.submit(AgentReply("conv_before", "item_b2", "What a lovely name.", now + 2))
+        server = FakeRealtimeServer(reply_ms=1200)
+        server.transcripts.append("what is my cat called")
+        cfg = SessionConfig(output_rate=24000, partial_interval_ms=0,
+                            turn=TurnConfig(mode="silence", silence_duration_ms=500))
+        ep = resolve_endpoint("ws://fake.test/v1/realtime?model=gpt-realtime", api_key="sk-test")
+        opts = UpstreamOptions(ep, SessionOptions(), timeouts=Timeouts(keepalive_s=None, idle_s=5, response_s=5),
+                               reconnect=ReconnectPolicy())
+        s = RealtimeSession(fake_stack(), cfg, upstream=opts, who="upstream", connector=server.connector)
+        record_session(s, store, Who(T1, "alice", "realtime"))
+        await s.ready(5)
+        await play_into_session(s, [quiet(0.5, rate=24000), tone(1.0, rate=24000), quiet(3.0, rate=24000)])
+        await settle(s, 10)
+        created = [e["item"] for sess in server.sessions for e in sess.received
+                   if e["type"] == "conversation.item.create"]
+        texts = [part.get("text") for item in created for part in item.get("content", [])]
+        assert texts[:2] == ["My cat is called Nabi.", "What a lovely name."], created
+        items = await items_of(store, T1, s.id)
+        assert [(i.role, i.text) for i in items] == [("user", "what is my cat called"),
+                                                      ("assistant", items[1].text)] and items[1].text
+        usage = await store.conversation_usage(T1, s.id)
+        assert usage is not None
+        total = usage[0]
+        assert total.llm_model == "gpt-realtime" and total.input_audio_tokens == 50
+        assert total.output_audio_tokens > 0 and total.cached_tokens == 8  # as the stand-in reports them
+        await s.close()
+        await store.close()
+
+    asyncio.run(main())
