@@ -217,7 +217,7 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
         try:
             await c.setup()
             feeder = asyncio.create_task(c.speak(speech_pcm()))
-            done = await c.wait("response.done", timeout=90)
+            done = await c.wait("response.done", lambda e: e["response"]["status"] == "completed", timeout=90)
             transcript = await c.wait("conversation.item.input_audio_transcription.completed", timeout=5)
             feeder.cancel()
             await asyncio.sleep(0.5)  # the batched writer commits within ~50 ms
@@ -266,7 +266,8 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
         try:
             await c.setup()
             feeder = asyncio.create_task(c.speak(speech_pcm("en_021")))
-            done = await c.wait("response.done", timeout=90)
+            # (a pause may split the speech: a reply to its first part can be cut by the rest)
+            done = await c.wait("response.done", lambda e: e["response"]["status"] == "completed", timeout=90)
             feeder.cancel()
             assert len(world.llm.requests) > before
             sent = user_messages(world.llm.requests[before])
@@ -287,7 +288,7 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
         try:
             await c.setup()
             feeder = asyncio.create_task(c.speak(speech_pcm()))
-            await c.wait("response.done", timeout=90)
+            await c.wait("response.done", lambda e: e["response"]["status"] == "completed", timeout=90)
             feeder.cancel()
             assert [r for r, _ in user_messages(world.llm.requests[before])] == ["user"]
         finally:
