@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from moksori.engine.config import SessionConfig as EngineConfig
 from moksori.engine.turns import TurnConfig
@@ -87,16 +87,60 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
         lang = "en" if cfg.input_transcription.language == "en" else "ko"
     elif voice_lang:
         lang = voice_lang
-    modalities = ("audio", "text") if "audio" in cfg.output_modalities else ("text",)
-    max_tokens = settings.llm.max_tokens if cfg.max_output_tokens == "inf" else int(cfg.max_output_tokens)
-    tools = tuple(ToolSpec(t.get("name", ""), t.get("description", "") or "",
-                           t.get("parameters") or {"type": "object", "properties": {}})
-                  for t in cfg.tools if t.get("name"))
-    tool_choice = cfg.tool_choice if isinstance(cfg.tool_choice, str) else \
-        (cfg.tool_choice.get("name") or cfg.tool_choice.get("function", {}).get("name") or "auto")
     nr = (cfg.noise_reduction or {}).get("type")
     return replace(
         base, noise_reduction=nr if nr in rt.SUPPORTED_NOISE_REDUCTION else "off",
-        instructions=cfg.instructions or None, language=lang, voice=voice, modalities=modalities,
-        output_rate=cfg.output_format.rate, turn=turn, tools=tools, tool_choice=tool_choice,
-        temperature=cfg.temperature, max_output_tokens=max_tokens, speed=cfg.speed or 1.0)
+        instructions=cfg.instructions or None, language=lang, voice=voice, modalities=modalities(cfg.output_modalities),
+        output_rate=cfg.output_format.rate, turn=turn, tools=tool_specs(cfg.tools),
+        tool_choice=tool_choice_name(cfg.tool_choice), temperature=cfg.temperature,
+        max_output_tokens=max_tokens(cfg.max_output_tokens, settings), speed=cfg.speed or 1.0)
+
+
+# ---------------------------------------------------------------------------- one option at a time
+# Shared by the session (`engine_config`) and by `response.create` overrides (`response_overrides`).
+
+
+def modalities(output_modalities: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Realtime `output_modalities` -> the engine's: audio always comes with its transcript."""
+    return ("audio", "text") if "audio" in output_modalities else ("text",)
+
+
+def max_tokens(value: int | Literal["inf"], settings: Settings) -> int:
+    return settings.llm.max_tokens if value == "inf" else int(value)
+
+
+def tool_specs(tools: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> tuple[ToolSpec, ...]:
+    """Realtime function tools -> engine tool specs (nameless ones are dropped)."""
+    return tuple(ToolSpec(t.get("name", ""), t.get("description", "") or "",
+                          t.get("parameters") or {"type": "object", "properties": {}})
+                 for t in tools if t.get("name"))
+
+
+def tool_choice_name(choice: str | dict[str, Any]) -> str:
+    """`"auto"`/`"none"`/`"required"`, or the name of the one function the client forces."""
+    if isinstance(choice, str):
+        return choice
+    return choice.get("name") or choice.get("function", {}).get("name") or "auto"
+
+
+def response_overrides(o: rt.ResponseOverrides, settings: Settings, *, voices: tuple[str, ...]) -> dict[str, Any]:
+    """`response.create` overrides -> keyword arguments of `Session.create_response` (everything
+    but `input`, which needs the conversation). Unknown voices are ignored (the session's stays)."""
+    kw: dict[str, Any] = {}
+    if o.instructions is not None:
+        kw["instructions"] = o.instructions
+    if o.output_modalities is not None:
+        kw["modalities"] = modalities(o.output_modalities)
+    if o.voice is not None and o.voice in voices:
+        kw["voice"] = o.voice
+    if o.temperature is not None:
+        kw["temperature"] = o.temperature
+    if o.max_output_tokens is not None:
+        kw["max_output_tokens"] = max_tokens(o.max_output_tokens, settings)
+    if o.tools is not None:
+        kw["tools"] = tool_specs(o.tools)
+    if o.tool_choice is not None:
+        kw["tool_choice"] = tool_choice_name(o.tool_choice)
+    if o.conversation == "none":
+        kw["in_conversation"] = False
+    return kw

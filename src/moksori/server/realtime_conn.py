@@ -24,7 +24,7 @@ from moksori.protocols import realtime as rt
 from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
 from moksori.providers.base import Message
 from moksori.providers.registry import Stack
-from moksori.server.realtime_config import engine_config, initial_session
+from moksori.server.realtime_config import engine_config, initial_session, response_overrides
 from moksori.settings import Settings
 
 if TYPE_CHECKING:
@@ -410,28 +410,7 @@ class RealtimeConnection:
         if o is not None:
             for w in o.warnings:
                 self.send(self.ev.warning(w, event_id=ev.event_id))
-            if o.instructions is not None:
-                kw["instructions"] = o.instructions
-            if o.output_modalities is not None:
-                kw["modalities"] = ("audio", "text") if "audio" in o.output_modalities else ("text",)
-            if o.voice is not None and o.voice in self.stack.tts.caps.voices:
-                kw["voice"] = o.voice
-            if o.temperature is not None:
-                kw["temperature"] = o.temperature
-            if o.max_output_tokens is not None:
-                kw["max_output_tokens"] = self.settings.llm.max_tokens if o.max_output_tokens == "inf" \
-                    else int(o.max_output_tokens)
-            if o.tools is not None:
-                from moksori.providers.base import ToolSpec
-
-                kw["tools"] = tuple(ToolSpec(t.get("name", ""), t.get("description", "") or "",
-                                             t.get("parameters") or {"type": "object", "properties": {}})
-                                    for t in o.tools if t.get("name"))
-            if o.tool_choice is not None:
-                kw["tool_choice"] = o.tool_choice if isinstance(o.tool_choice, str) else \
-                    (o.tool_choice.get("name") or o.tool_choice.get("function", {}).get("name") or "auto")
-            if o.conversation == "none":
-                kw["in_conversation"] = False
+            kw = response_overrides(o, self.settings, voices=self.stack.tts.caps.voices)
             if o.input is not None:
                 kw["replace_input"] = tuple(await self._messages_for(o.input))
         if self.transcription_only:
