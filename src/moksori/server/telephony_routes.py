@@ -34,13 +34,13 @@ from collections import deque
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from moksori.protocols.telephony import codec_for
 from moksori.server import cluster_routes, recording_hooks
+from moksori.server.webhook_guard import guard_webhook, secret_text
 from moksori.telephony.call import PhoneCall, normalize_number
 from moksori.telephony.phrases import stack_for_calls, warm_phrases
 from moksori.telephony.signatures import make_stream_token, stream_token_expiry, verify_plivo_v3, verify_twilio
@@ -49,15 +49,7 @@ from moksori.telephony.twiml import connect_stream_twiml, plivo_dial_xml
 log = logging.getLogger("moksori.telephony")
 
 CARRIERS = ("twilio", "telnyx", "plivo", "vonage")
-MAX_WEBHOOK_BYTES = 64 * 1024
 RECENT_CALLS = 16
-
-
-def _secret_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    return text or None
 
 
 class Telephony:
@@ -66,7 +58,7 @@ class Telephony:
     def __init__(self, state: Any) -> None:
         self.state = state
         self.settings = state.settings
-        configured = _secret_text(self.settings.telephony.stream_secret)
+        configured = secret_text(self.settings.telephony.stream_secret)
         self.secret = configured.encode("utf-8") if configured else os.urandom(32)
         self.stack, self.tts = stack_for_calls(state.stack)
         self.calls: dict[int, PhoneCall] = {}
@@ -138,27 +130,12 @@ def install(app: FastAPI, state: Any) -> None:
 
     @app.post("/telephony/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
-        settings = state.settings
-        auth_token = _secret_text(settings.twilio.auth_token)
-        base = tel.public_base()
-        if not auth_token or base is None:
-            log.error("twilio webhook refused: set MOKSORI_TWILIO_AUTH_TOKEN and MOKSORI_PUBLIC_URL")
-            return PlainTextResponse("telephony is not configured", 503)
-        body = await _body(request)
-        if body is None:
-            return PlainTextResponse("request too large", 413)
-        try:
-            params = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
-        except (UnicodeDecodeError, ValueError):
-            params = None
-        # Host lies behind proxies: the signed URL is the public one, plus our own path and query
-        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        signature = request.headers.get("x-twilio-signature")
-        if params is None or not verify_twilio(auth_token, url, params, signature):
-            state.metrics.auth_failures += 1
-            log.warning("twilio webhook: %s signature", "missing" if not signature else "bad")
-            return PlainTextResponse("forbidden", 403)
-        form = dict(params)
+        hook = await guard_webhook(
+            request, state, name="twilio webhook", secret=state.settings.twilio.auth_token, base=tel.public_base(),
+            verify=lambda h: verify_twilio(h.secret, h.url, h.form, request.headers.get("x-twilio-signature")))
+        if isinstance(hook, Response):
+            return hook
+        form = dict(hook.form)
         call_sid = form.get("CallSid", "")
         if not call_sid:
             return PlainTextResponse("CallSid is missing", 400)
@@ -177,21 +154,12 @@ def install(app: FastAPI, state: Any) -> None:
 
     @app.api_route("/telephony/plivo/transfer", methods=["GET", "POST"])
     async def plivo_transfer(request: Request) -> Response:
-        auth_token = _secret_text(state.settings.plivo.auth_token)
-        base = tel.public_base()
-        if not auth_token or base is None:
-            return PlainTextResponse("telephony is not configured", 503)
-        body = await _body(request)
-        if body is None:
-            return PlainTextResponse("request too large", 413)
-        params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=200) \
-            if request.method == "POST" else []
-        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        ok = verify_plivo_v3(auth_token, url, request.headers.get("x-plivo-signature-v3-nonce"),
-                             request.headers.get("x-plivo-signature-v3"), params, method=request.method)
-        if not ok:
-            state.metrics.auth_failures += 1
-            return PlainTextResponse("forbidden", 403)
+        hook = await guard_webhook(
+            request, state, name="plivo transfer", secret=state.settings.plivo.auth_token, base=tel.public_base(),
+            verify=lambda h: verify_plivo_v3(h.secret, h.url, request.headers.get("x-plivo-signature-v3-nonce"),
+                                             request.headers.get("x-plivo-signature-v3"), h.form, method=h.method))
+        if isinstance(hook, Response):
+            return hook
         number = normalize_number(request.query_params.get("to"))
         allowed = {normalize_number(n) for n in state.settings.telephony.transfer_numbers}
         if number not in allowed:
@@ -326,17 +294,6 @@ async def _read(ws: WebSocket, call: PhoneCall) -> None:
     except Exception as e:  # noqa: BLE001 - a broken socket ends the call, never the server
         log.info("%s stream read failed: %s", call.carrier, type(e).__name__)
         call.end("socket_error")
-
-
-async def _body(request: Request) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_WEBHOOK_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _rss_kb() -> int:
