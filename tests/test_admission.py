@@ -238,7 +238,7 @@ async def test_the_session_closes_even_when_the_socket_went_first() -> None:
         "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}))
     await conn.on_message(json.dumps({"type": "response.create"}))
     deadline = time.monotonic() + T
-    while not conn._sender.done():
+    while not conn.sender.done():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     assert conn.closed
@@ -340,7 +340,7 @@ async def test_a_client_that_never_reads_is_dropped_not_buffered(monkeypatch) ->
     await conn.on_message(json.dumps({"type": "response.create"}))
     await asyncio.wait_for(stuck.wait(), T)
     await asyncio.wait_for(asyncio.wait([conn.sender]), T)  # given up on
-    assert conn.closed and conn._queue.qsize() <= 20
+    assert conn.closed and len(conn._outbox) <= 20 and conn._outbox.reason == "not_reading"
     await asyncio.wait_for(conn.close(), T)
     assert conn.session.closed
 

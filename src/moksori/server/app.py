@@ -19,7 +19,7 @@ from importlib import resources
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from moksori import __version__
@@ -36,6 +36,7 @@ from moksori.server.guard import BodyLimits, Guard
 from moksori.server.load import Admission, AdmissionLimits, LoopLag, Refusal, open_fds
 from moksori.server.metrics import Metrics
 from moksori.server.realtime_conn import RealtimeConnection
+from moksori.transport import receive_loop
 from moksori.server.sockets import SocketStats, default_max_connections, fd_limit, quiet_accept_errors
 from moksori.settings import Settings
 
@@ -312,18 +313,14 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
 
 
 async def _read(ws: WebSocket, inbound: asyncio.Queue[str | bytes], last: list[float]) -> None:
-    """Until the client disconnects (or the socket breaks)."""
+    """Until the client disconnects (or the socket breaks); a full `inbound` pauses reading."""
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            last[0] = loop.time()
-            data = msg.get("text")
-            if data is None:
-                data = msg.get("bytes") or b""
-            await inbound.put(data)
+
+    async def handle(data: str | bytes) -> None:
+        last[0] = loop.time()
+        await inbound.put(data)
+
+    await receive_loop(ws, handle)
 
 
 async def _process(conn: RealtimeConnection, inbound: asyncio.Queue[str | bytes]) -> None:

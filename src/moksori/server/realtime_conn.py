@@ -24,6 +24,7 @@ from moksori.protocols import realtime as rt
 from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
 from moksori.providers.base import Message
 from moksori.providers.registry import Stack
+from moksori.transport import Outbox, StopReason
 from moksori.server.realtime_config import engine_config, initial_session, response_overrides
 from moksori.settings import Settings
 
@@ -95,8 +96,8 @@ class RealtimeConnection:
         # the route's way to end the connection when the session cannot go on (the realtime
         # brain's upstream is gone for good): close the socket, hang up the call
         self.on_fatal: Callable[[str], Awaitable[Any]] | None = None
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._sender = asyncio.create_task(self._pump(), name=f"rt-send-{self.session_id}")
+        self._outbox: Outbox[dict[str, Any]] = Outbox(send, name=f"rt-send-{self.session_id}",
+                                                      limit=MAX_OUTBOUND_EVENTS, on_stop=self._stopped_sending)
         self._outs: dict[str, _Out] = {}
         self._audio_ms = 0.0  # audio received so far (ms)
         self._audio_marks: deque[tuple[float, float]] = deque(maxlen=512)  # (session t, audio ms)
@@ -122,30 +123,19 @@ class RealtimeConnection:
 
     def send(self, event: dict[str, Any] | None) -> None:
         if event is not None and not self.closed:
-            if self._queue.qsize() >= MAX_OUTBOUND_EVENTS:  # the client is not reading: stop here
-                log.warning("realtime session %s: %d events unsent, the client is not reading: closing",
-                            self.session_id, self._queue.qsize())
-                self.closed = True
-                self._sender.cancel()  # it is stuck writing to a socket nobody reads
-                return
-            self._queue.put_nowait(event)
+            self._outbox.put(event)  # past MAX_OUTBOUND_EVENTS unsent, the outbox stops (_stopped_sending)
+
+    def _stopped_sending(self, reason: StopReason) -> None:
+        if reason == "not_reading":
+            log.warning("realtime session %s: %d events unsent, the client is not reading: closing",
+                        self.session_id, len(self._outbox))
+        self.closed = True
 
     @property
     def sender(self) -> asyncio.Task:
         """Ends when the connection can send no more (closed, the socket failed, or the client
         stopped reading): the route then closes the session."""
-        return self._sender
-
-    async def _pump(self) -> None:
-        while True:
-            event = await self._queue.get()
-            if event is None:
-                return
-            try:
-                await self._send(event)
-            except Exception:  # noqa: BLE001 - the socket went away; the route will close us
-                self.closed = True
-                return
+        return self._outbox.task
 
     def preset(self, session: dict[str, Any], *, transcription_only: bool = False) -> None:
         """Start from a session config given out of band (an ephemeral key's, a WebRTC call's
@@ -190,12 +180,7 @@ class RealtimeConnection:
             await self.session.close()
         finally:
             self.closed = True
-            self._queue.put_nowait(None)
-            if not self._sender.done():
-                try:
-                    await asyncio.wait_for(self._sender, 2.0)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    self._sender.cancel()
+            await self._outbox.close(drain_s=2.0)  # what is queued still goes out
 
     def error(self, message: str, *, code: str = "invalid_request_error", param: str | None = None,
               event_id: str | None = None, kind: str = "invalid_request_error") -> None:
@@ -541,7 +526,7 @@ class RealtimeConnection:
     async def _fatal(self, reason: str) -> None:
         """Let the error events go out first, then end the connection."""
         for _ in range(50):
-            if self._queue.empty():
+            if not self._outbox:
                 break
             await asyncio.sleep(0.01)
         if self.on_fatal is not None:

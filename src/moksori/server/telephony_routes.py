@@ -45,6 +45,7 @@ from moksori.telephony.call import PhoneCall, normalize_number
 from moksori.telephony.phrases import stack_for_calls, warm_phrases
 from moksori.telephony.signatures import make_stream_token, stream_token_expiry, verify_plivo_v3, verify_twilio
 from moksori.telephony.twiml import connect_stream_twiml, plivo_dial_xml
+from moksori.transport import receive_loop
 
 log = logging.getLogger("moksori.telephony")
 
@@ -280,19 +281,14 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
 
 async def _read(ws: WebSocket, call: PhoneCall) -> None:
     try:
-        while not call.ended.is_set():
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                call.end("carrier_hung_up")
-                return
-            data = msg.get("text")
-            if data is None:
-                data = msg.get("bytes") or b""
-            await call.feed(data)
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a broken socket ends the call, never the server
-        log.info("%s stream read failed: %s", call.carrier, type(e).__name__)
+        end = await receive_loop(ws, call.feed)  # `feed` never raises and ignores what comes after the end
+    except Exception:  # a bug in handling a message: it ends the call, never the server
+        log.exception("%s stream: handling a message failed", call.carrier)
+        end = "socket_error"
+    if end == "disconnected":
+        call.end("carrier_hung_up")
+    else:
+        log.info("%s stream read failed: the socket broke", call.carrier)
         call.end("socket_error")
 
 

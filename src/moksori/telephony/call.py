@@ -28,7 +28,6 @@ import asyncio
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +54,7 @@ from moksori.protocols.telephony import (
 )
 from moksori.providers.base import ToolSpec
 from moksori.providers.registry import Stack
+from moksori.transport import Outbox, StopReason
 from moksori.settings import Settings
 from moksori.telephony.control import call_control_for
 from moksori.telephony.phrases import DEFAULT_GREETING, TRANSFER_NOTICE
@@ -77,6 +77,7 @@ IDLE_TIMEOUT_S = 30.0  # carriers stream audio continuously: 30 s of nothing mea
 MAX_PENDING_MARKS = 4096
 
 Send = Callable[[WireMessage], Awaitable[None]]
+Outgoing = tuple[str, str | None, WireMessage]  # (kind: audio, mark or clear; response id; wire message)
 
 # WebSocket close codes
 CLOSE_NORMAL = 1000
@@ -142,9 +143,7 @@ class PhoneCall:
         self.digits = ""
         self.bad_messages = 0
         self._bad_in_a_row = 0
-        self._out: deque[tuple[str, str | None, WireMessage]] = deque()  # (kind, response id, wire)
-        self._out_ready = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
+        self._outbox: Outbox[Outgoing] | None = None  # from `start` on
         self._watchdog: asyncio.Task[None] | None = None
         self._last_message = self._opened_at = asyncio.get_running_loop().time()
         self._start_timeout_s = start_timeout_s
@@ -243,7 +242,7 @@ class PhoneCall:
         self.session = open_session(self.stack, cfg, settings=self.settings, toolbox=self._toolbox(), input_rate=ev.rate,
                                     kit=self.kit)
         self.session.bus.listen(self._on_engine_event)
-        self._sender = asyncio.create_task(self._pump(), name=f"{self.carrier}-call-send")
+        self._outbox = Outbox(self._deliver, name=f"{self.carrier}-call-send", on_stop=self._stopped_sending)
         self.session.publish(E.CallStarted(t=self.session.clock.now(), carrier=self.carrier, call_id=ev.call_id,
                                            stream_id=ev.stream_id, from_number=ev.from_number,
                                            to_number=ev.to_number, encoding=ev.encoding, rate=ev.rate))
@@ -307,12 +306,13 @@ class PhoneCall:
 
     def _clear(self, response_ids: set[str]) -> None:
         # urgent: whatever is still queued here never reaches the carrier, and the clear goes first
-        self._out = deque(item for item in self._out if item[0] not in ("audio", "mark"))
+        if self._outbox is not None:
+            self._outbox.drop(lambda item: item[0] in ("audio", "mark"))
         self._marks = {k: v for k, v in self._marks.items() if v[0] not in response_ids}
         self._queue("clear", None, ClearAudio(), front=True)
 
     def _queue(self, kind: str, rid: str | None, command: Any, *, front: bool = False) -> None:
-        if self.ended.is_set() or self.codec.started is None:
+        if self.ended.is_set() or self.codec.started is None or self._outbox is None:
             return
         try:
             wires = self.codec.encode(command)
@@ -320,30 +320,23 @@ class PhoneCall:
             log.warning("%s call: cannot encode %s: %s", self.carrier, type(command).__name__, e)
             return
         items = [(kind, rid, w) for w in wires]
-        if front:
-            self._out.extendleft(reversed(items))
-        else:
-            self._out.extend(items)
-        self._out_ready.set()
+        for item in reversed(items) if front else items:
+            self._outbox.put(item, urgent=front)
 
-    async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._out:
-                self._out_ready.clear()
-                await self._out_ready.wait()
-            kind, _, wire = self._out.popleft()
-            if kind == "audio" and self.first_audio_at is None:
-                self.first_audio_at = loop.time()
-                if self.session is not None and self.started_at is not None:
-                    self.session.publish(E.CallFirstAudio(t=self.session.clock.now(), after_start_ms=round(
-                        1000 * (self.first_audio_at - self.started_at))))
-            try:
-                await self._send(wire)
-            except Exception as e:  # noqa: BLE001 - the socket is gone: the call is over
-                log.info("%s call: send failed (%s): ending the call", self.carrier, type(e).__name__)
-                self.end("send_failed")
-                return
+    async def _deliver(self, item: Outgoing) -> None:
+        """The outbox's send: one wire message to the carrier (the first audio is timed)."""
+        kind, _, wire = item
+        if kind == "audio" and self.first_audio_at is None:
+            self.first_audio_at = asyncio.get_running_loop().time()
+            if self.session is not None and self.started_at is not None:
+                self.session.publish(E.CallFirstAudio(t=self.session.clock.now(), after_start_ms=round(
+                    1000 * (self.first_audio_at - self.started_at))))
+        await self._send(wire)
+
+    def _stopped_sending(self, reason: StopReason) -> None:
+        if reason == "send_failed":  # the socket is gone: the call is over
+            log.info("%s call: send failed: ending the call", self.carrier)
+            self.end("send_failed")
 
     # ------------------------------------------------------------------ call control tools
 
@@ -536,13 +529,14 @@ class PhoneCall:
         self._closed = True
         if not self.ended.is_set():
             self.end("closed")
-        tasks = [t for t in (self._watchdog, self._sender) if t is not None and not t.done()]
+        tasks = [t for t in (self._watchdog,) if t is not None and not t.done()]
         for t in tasks:
             t.cancel()
+        if self._outbox is not None:
+            await self._outbox.close()  # what is still queued is dropped
         if self.session is not None:
             await self.session.close()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._out.clear()
         self._marks.clear()
 
     def summary(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -32,6 +32,7 @@ from moksori.server.realtime_conn import RealtimeConnection
 from moksori.server.webrtc import aiortc_fixes, ice
 from moksori.server.webrtc.sdp import first_audio_codec
 from moksori.server.webrtc.tracks import OutboundAudio, pump_inbound
+from moksori.transport import Outbox
 
 aiortc_fixes.install()
 
@@ -46,27 +47,25 @@ SIDEBAND_QUEUE = 10_000
 class Sideband:
     """A server-side WebSocket attached to a call: it gets every server event."""
 
-    def __init__(self, send_text: Callable[[str], Any]) -> None:
-        self._send_text = send_text
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(SIDEBAND_QUEUE)
-        self.overflowed = False
-        self.task = asyncio.create_task(self._pump(), name="webrtc-sideband")
+    def __init__(self, send_text: Callable[[str], Awaitable[None]]) -> None:
+        # a reader more than SIDEBAND_QUEUE events behind loses the stream; the route closes it
+        self.outbox: Outbox[str] = Outbox(send_text, name="webrtc-sideband", limit=SIDEBAND_QUEUE)
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """Ends when the sideband can send no more (detached, the socket failed, or too slow)."""
+        return self.outbox.task
+
+    @property
+    def overflowed(self) -> bool:
+        return self.outbox.reason == "not_reading"
 
     def push(self, text: str | None) -> None:
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
-            self.overflowed = True  # a reader this slow loses the stream; the route closes it
-
-    async def _pump(self) -> None:
-        while True:
-            text = await self.queue.get()
-            if text is None or self.overflowed:
-                return
-            try:
-                await self._send_text(text)
-            except Exception:  # noqa: BLE001 - the socket went away; its route detaches it
-                return
+        """An event to send; None: send what is queued, then stop."""
+        if text is None:
+            self.outbox.finish()
+        else:
+            self.outbox.put(text)
 
 
 class Call:
@@ -266,7 +265,7 @@ class Call:
 
     # ------------------------------------------------------------------ sidebands
 
-    def attach(self, send_text: Callable[[str], Any]) -> Sideband:
+    def attach(self, send_text: Callable[[str], Awaitable[None]]) -> Sideband:
         sb = Sideband(send_text)
         self.sidebands.add(sb)
         return sb

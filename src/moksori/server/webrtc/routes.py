@@ -39,6 +39,7 @@ from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, is_ephemeral
                                            parse_expires_after)
 from moksori.server.realtime_config import initial_session
 from moksori.store import DEFAULT_TENANT
+from moksori.transport import receive_loop
 
 log = logging.getLogger("moksori.webrtc")
 
@@ -412,15 +413,10 @@ async def serve_sideband(ws: WebSocket, state: Any, key: str | None, call_id: st
     sb = call.attach(ws.send_text)
     sb.push(json.dumps(conn.ev.session_created(conn.wire_session()), ensure_ascii=False))
 
-    async def receive() -> None:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("text")
-            call.deliver(data if data is not None else (msg.get("bytes") or b""))
+    async def deliver(message: str | bytes) -> None:
+        call.deliver(message)
 
-    reader = asyncio.create_task(receive(), name=f"sideband-{call_id}")
+    reader = asyncio.create_task(receive_loop(ws, deliver), name=f"sideband-{call_id}")
     ended = asyncio.create_task(call.ended.wait(), name=f"sideband-end-{call_id}")
     try:
         await asyncio.wait({reader, ended, sb.task}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,147 @@
+"""The two halves of every peer socket, written once: what comes in, and what goes out.
+
+* `receive_loop(ws, handle)` reads a WebSocket until the peer disconnects or the socket
+  breaks, handing each message (text or bytes) to `handle` in order, and says which it was.
+* `Outbox(send)` is one peer's outbound queue and the one task that writes it: in order, with
+  an urgent path to the front (a barge-in's clear must never wait behind queued audio), and a
+  way to drop what is queued. It stops, and says why, when the socket fails, when the peer
+  stops reading (more than `limit` messages unsent), or when it is closed (after draining).
+
+Used by the Realtime WebSocket route (`server/app.py`, `server/realtime_conn.py`), the phone
+streams (`server/telephony_routes.py`, `telephony/call.py`) and WebRTC sidebands
+(`server/webrtc/`). No protocol and no web framework here (it sits below `server/` and
+`telephony/`): items are whatever the owner's `send` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Generic, Literal, TypeVar
+
+log = logging.getLogger("moksori.transport")
+
+T = TypeVar("T")
+Message = str | bytes
+StopReason = Literal["closed", "send_failed", "not_reading"]
+ReceiveEnd = Literal["disconnected", "socket_error"]
+
+
+async def receive_loop(ws: Any, handle: Callable[[Message], Awaitable[None]]) -> ReceiveEnd:
+    """Hand every message the peer sends to `handle` until it disconnects ("disconnected") or
+    the socket breaks ("socket_error"). `ws` is a Starlette WebSocket (anything with an ASGI
+    `receive()`). An exception from `handle` is the caller's bug and propagates."""
+    while True:
+        try:
+            msg = await ws.receive()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a broken socket ends the session, never the server
+            log.debug("receive failed: %s", type(e).__name__)
+            return "socket_error"
+        if msg["type"] == "websocket.disconnect":
+            return "disconnected"
+        text = msg.get("text")
+        await handle(text if text is not None else (msg.get("bytes") or b""))
+
+
+class Outbox(Generic[T]):
+    """One peer's outbound messages and the task that sends them, one at a time, in order.
+
+    `put` never blocks (engine callbacks are synchronous). With a `limit`, the queue holding
+    `limit` unsent messages means the peer is not reading: the outbox stops at once (the task
+    is likely stuck in a write nobody reads) and refuses everything after. `on_stop(reason)` is
+    called once, from whichever side stopped it.
+    """
+
+    def __init__(self, send: Callable[[T], Awaitable[None]], *, name: str, limit: int | None = None,
+                 on_stop: Callable[[StopReason], None] | None = None) -> None:
+        self._send = send
+        self._limit = limit
+        self._on_stop = on_stop
+        self._items: deque[T] = deque()
+        self._ready = asyncio.Event()
+        self._finishing = False  # no more puts; the task ends once the queue is empty
+        self.reason: StopReason | None = None  # why it stopped (None: still sending)
+        self.task: asyncio.Task[None] = asyncio.create_task(self._run(), name=name)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    @property
+    def accepting(self) -> bool:
+        return self.reason is None and not self._finishing
+
+    def put(self, item: T, *, urgent: bool = False) -> bool:
+        """Queue `item` (at the front if `urgent`). False if it was refused: the outbox has
+        stopped or is finishing, or this put found the peer not reading (it stops now)."""
+        if not self.accepting:
+            return False
+        if self._limit is not None and len(self._items) >= self._limit:
+            self._stop("not_reading")
+            self.task.cancel()  # it is stuck writing to a socket nobody reads
+            return False
+        if urgent:
+            self._items.appendleft(item)
+        else:
+            self._items.append(item)
+        self._ready.set()
+        return True
+
+    def drop(self, unwanted: Callable[[T], bool]) -> int:
+        """Remove queued items for which `unwanted(item)` is true (not the one being sent)."""
+        before = len(self._items)
+        self._items = deque(item for item in self._items if not unwanted(item))
+        return before - len(self._items)
+
+    def finish(self) -> None:
+        """Take nothing more; the task sends what is queued, then ends."""
+        self._finishing = True
+        self._ready.set()
+
+    async def close(self, drain_s: float = 0.0) -> None:
+        """Stop: send what is queued for up to `drain_s` seconds (0: drop it), then end the
+        task. Idempotent; never raises (a cancellation of the caller aside)."""
+        self.finish()
+        if not self.task.done():
+            if drain_s > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.task), drain_s)
+                except asyncio.TimeoutError:
+                    pass
+            if not self.task.done():
+                self.task.cancel()
+                await asyncio.gather(self.task, return_exceptions=True)
+        self._items.clear()
+        self._stop("closed")
+
+    def _stop(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+            if self._on_stop is not None:
+                self._on_stop(reason)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                while not self._items:
+                    if self._finishing:
+                        return
+                    self._ready.clear()
+                    await self._ready.wait()
+                item = self._items.popleft()
+                try:
+                    await self._send(item)
+                except Exception as e:  # noqa: BLE001 - the socket is gone: the owner ends the session
+                    log.debug("send failed: %s", type(e).__name__)
+                    self._stop("send_failed")
+                    return
+        except asyncio.CancelledError:
+            if self.reason == "not_reading":
+                return  # our own cancel of a stuck write: the task ends normally, the reason says why
+            raise
