@@ -1,0 +1,205 @@
+"""`moksori.transport`: the receive loop and the outbox, logic only.
+
+A fake socket stands in for the WebSocket (these test the loop, not Starlette; the routes that
+use them are covered against real servers in test_realtime_server.py, test_telephony_*.py,
+test_webrtc.py and test_admission.py). Time is virtual (`run_virtual`): a stuck write of
+10 minutes costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from moksori.testing.virtual_time import run_virtual
+from moksori.transport import Outbox, receive_loop
+
+
+class FakeSocket:
+    """An ASGI-style `receive()` fed from a list; an exception in the list is raised."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self.messages = list(messages)
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        item = self.messages.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def test_receive_loop_hands_text_and_bytes_in_order_until_disconnect() -> None:
+    async def main() -> tuple[str, list[str | bytes]]:
+        got: list[str | bytes] = []
+
+        async def handle(m: str | bytes) -> None:
+            got.append(m)
+
+        ws = FakeSocket([{"type": "websocket.receive", "text": "a"}, {"type": "websocket.receive", "bytes": b"\x01"},
+                         {"type": "websocket.receive"}, {"type": "websocket.disconnect", "code": 1000},
+                         {"type": "websocket.receive", "text": "never read"}])
+        return await receive_loop(ws, handle), got
+
+    end, got = run_virtual(main())
+    assert end == "disconnected"
+    assert got == ["a", b"\x01", b""]  # a message with neither is an empty binary one
+
+
+def test_receive_loop_a_broken_socket_is_a_reason_not_an_exception() -> None:
+    async def handle(m: str | bytes) -> None:
+        pass
+
+    for exc in (OSError("reset"), RuntimeError('Cannot call "receive" once a disconnect message has been received'),
+                ValueError("odd")):
+        ws = FakeSocket([{"type": "websocket.receive", "text": "a"}, exc])
+        assert run_virtual(receive_loop(ws, handle)) == "socket_error"
+
+
+def test_receive_loop_a_handler_bug_propagates() -> None:
+    async def handle(m: str | bytes) -> None:
+        raise KeyError("bug")
+
+    async def main() -> None:
+        try:
+            await receive_loop(FakeSocket([{"type": "websocket.receive", "text": "a"}]), handle)
+        except KeyError:
+            return
+        raise AssertionError("the handler's exception was swallowed")
+
+    run_virtual(main())
+
+
+def test_receive_loop_a_full_inbox_pauses_reading() -> None:
+    """The Realtime route's backpressure: the loop awaits the handler, so a full queue stops reads."""
+
+    async def main() -> int:
+        inbox: asyncio.Queue[str | bytes] = asyncio.Queue(2)
+        ws = FakeSocket([{"type": "websocket.receive", "text": str(i)} for i in range(10)])
+        task = asyncio.create_task(receive_loop(ws, inbox.put))
+        await asyncio.sleep(5)
+        read = 10 - len(ws.messages)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return read
+
+    assert run_virtual(main()) == 3  # two queued, the third waiting for room
+
+
+def test_outbox_sends_in_order_with_urgent_items_first() -> None:
+    async def main() -> list[str]:
+        sent: list[str] = []
+
+        async def send(item: str) -> None:
+            await asyncio.sleep(0.02)  # a 20 ms write
+            sent.append(item)
+
+        box: Outbox[str] = Outbox(send, name="t")
+        for item in ("a1", "m1", "a2", "m2", "a3"):
+            box.put(item)
+        await asyncio.sleep(0.03)  # a1 is out, m1 is being written
+        # a barge-in: what is queued and not written is dropped, the clear goes first
+        assert box.drop(lambda i: i.startswith("a")) == 2
+        box.put("clear", urgent=True)
+        box.put("a4")
+        await box.close(drain_s=1.0)
+        return sent
+
+    assert run_virtual(main()) == ["a1", "m1", "clear", "m2", "a4"]
+
+
+def test_outbox_stops_when_the_peer_is_not_reading() -> None:
+    async def main() -> None:
+        stops: list[str] = []
+
+        async def send(item: int) -> None:
+            await asyncio.sleep(600)  # the write never completes: nobody reads
+
+        box: Outbox[int] = Outbox(send, name="t", limit=3, on_stop=stops.append)
+        assert box.put(0)
+        await asyncio.sleep(0.01)  # 0 is being written
+        for i in (1, 2, 3):
+            assert box.put(i)  # they wait
+        assert not box.put(4)  # a fourth waiting: the peer is not reading
+        assert box.reason == "not_reading" and stops == ["not_reading"]
+        await asyncio.wait_for(box.task, 1.0)  # the stuck write was cancelled; the task ended cleanly
+        assert not box.task.cancelled()
+        assert not box.put(5)  # refuses everything after
+        await box.close(drain_s=2.0)
+        assert stops == ["not_reading"] and box.reason == "not_reading"  # called once, the first reason kept
+
+    run_virtual(main())
+
+
+def test_outbox_a_failed_send_stops_it() -> None:
+    async def main() -> None:
+        stops: list[str] = []
+        sent: list[int] = []
+
+        async def send(item: int) -> None:
+            if item == 2:
+                raise ConnectionResetError("gone")
+            sent.append(item)
+
+        box: Outbox[int] = Outbox(send, name="t", on_stop=stops.append)
+        for i in range(5):
+            box.put(i)
+        await asyncio.wait_for(box.task, 1.0)
+        assert sent == [0, 1] and stops == ["send_failed"] and box.reason == "send_failed"
+        assert not box.put(9)
+
+    run_virtual(main())
+
+
+def test_outbox_close_drains_within_its_time_then_cancels() -> None:
+    async def main() -> None:
+        sent: list[int] = []
+
+        async def send(item: int) -> None:
+            await asyncio.sleep(1.0)
+            sent.append(item)
+
+        box: Outbox[int] = Outbox(send, name="t")
+        for i in range(5):
+            box.put(i)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await box.close(drain_s=2.5)
+        assert sent == [0, 1] and loop.time() - t0 < 2.6  # not 5 s: the rest is dropped
+        assert box.task.done() and len(box) == 0 and box.reason == "closed"
+        assert not box.put(1)
+        await box.close(drain_s=2.5)  # idempotent
+
+        quick: Outbox[int] = Outbox(send, name="t")
+        quick.put(1)
+        await quick.close()  # no drain: dropped at once
+        assert quick.task.done() and loop.time() - t0 < 2.7
+
+        finishing: Outbox[int] = Outbox(send, name="t")
+        finishing.put(7)
+        finishing.finish()  # a sideband detached: send what is queued, then end
+        assert not finishing.put(8)
+        await asyncio.wait_for(finishing.task, 5.0)
+        assert sent[-1] == 7
+
+    run_virtual(main())
+
+
+def test_outbox_an_idle_outbox_wakes_for_a_put() -> None:
+    async def main() -> list[tuple[float, str]]:
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, str]] = []
+
+        async def send(item: str) -> None:
+            sent.append((round(loop.time() - t0, 3), item))
+
+        t0 = loop.time()
+        box: Outbox[str] = Outbox(send, name="t")
+        await asyncio.sleep(10)
+        box.put("late")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await box.close(drain_s=1.0)
+        return sent
+
+    assert run_virtual(main()) == [(10.0, "late")]  # no polling delay
