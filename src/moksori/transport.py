@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, Literal, TypeVar
 
+__all__ = ["Message", "Outbox", "ReceiveEnd", "StopReason", "receive_loop"]
+
 log = logging.getLogger("moksori.transport")
 
 T = TypeVar("T")
