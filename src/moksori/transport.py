@@ -82,17 +82,19 @@ class Outbox(Generic[T]):
     def put(self, item: T, *, urgent: bool = False) -> bool:
         """Queue `item` (at the front if `urgent`). False if it was refused: the outbox has
         stopped or is finishing, or this put found the peer not reading (it stops now)."""
-        if not self.accepting:
+        if self.reason is not None or self._finishing:
             return False
-        if self._limit is not None and len(self._items) >= self._limit:
+        items = self._items
+        if self._limit is not None and len(items) >= self._limit:
             self._stop("not_reading")
             self.task.cancel()  # it is stuck writing to a socket nobody reads
             return False
         if urgent:
-            self._items.appendleft(item)
+            items.appendleft(item)
         else:
-            self._items.append(item)
-        self._ready.set()
+            items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
         return True
 
     def drop(self, unwanted: Callable[[T], bool]) -> int:
@@ -131,12 +133,14 @@ class Outbox(Generic[T]):
     async def _run(self) -> None:
         try:
             while True:
-                while not self._items:
+                items = self._items
+                while not items:
                     if self._finishing:
                         return
                     self._ready.clear()
                     await self._ready.wait()
-                item = self._items.popleft()
+                    items = self._items  # `drop` may have replaced it
+                item = items.popleft()
                 try:
                     await self._send(item)
                 except Exception as e:  # noqa: BLE001 - the socket is gone: the owner ends the session
