@@ -24,9 +24,9 @@ from moksori.protocols import realtime as rt
 from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
 from moksori.providers.base import Message
 from moksori.providers.registry import Stack
-from moksori.transport import Outbox, StopReason
 from moksori.server.realtime_config import engine_config, initial_session, response_overrides
 from moksori.settings import Settings
+from moksori.transport import Outbox, StopReason
 
 if TYPE_CHECKING:
     from moksori.agent_kit import AgentKit

@@ -54,8 +54,8 @@ from moksori.protocols.telephony import (
 )
 from moksori.providers.base import ToolSpec
 from moksori.providers.registry import Stack
-from moksori.transport import Outbox, StopReason
 from moksori.settings import Settings
+from moksori.transport import Outbox, StopReason
 from moksori.telephony.control import call_control_for
 from moksori.telephony.phrases import DEFAULT_GREETING, TRANSFER_NOTICE
 
