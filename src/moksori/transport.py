@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
 __all__ = ["Message", "Outbox", "ReceiveEnd", "StopReason", "receive_loop"]
@@ -71,9 +71,6 @@ class Outbox(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def __iter__(self) -> Iterator[T]:
-        return iter(self._items)
 
     @property
     def accepting(self) -> bool:
