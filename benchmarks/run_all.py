@@ -8,16 +8,24 @@ interleaved with Moksori's (its virtualenv: `bash benchmarks/pipecat/setup-venv.
 
     python benchmarks/run_all.py                     # everything, then the table
     python benchmarks/run_all.py telephony_latency   # only these, then the table
-    python benchmarks/run_all.py --table             # only the table, from the saved results
+    python benchmarks/run_all.py --quick             # the three end-of-speech paths, 1 rep, Moksori only
+    python benchmarks/run_all.py --table [--quick]   # only the table, from the saved results
+
+The table (benchmarks/summary_table.py) is also written to results/summary.md (results/quick/
+for `--quick`), with the machine (CPU model, AVX-512/AVX2, cores) and the load average at the
+start and the end of the run, saved in results/run_all.json.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import summary_table
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
@@ -37,11 +45,14 @@ RUNS = [
     ("realtime_brain", ["realtime_brain.py", "--reps", "3", "--modes", "direct,through"]),
 ]
 
-ENGINE_STAGES = (("stt_done", "STT done"), ("eot_done", "end-of-turn model"), ("turn_end", "turn ended"),
-                 ("llm_first_token", "LLM first token"), ("tts_first_audio", "TTS first audio"))
-PHONE_STAGES = (("vad_stopped", "VAD stop"), ("stt_done", "STT done"), ("transcript", "STT done"),
-                ("turn_end", "turn ended"), ("llm_first_token", "LLM first token"),
-                ("tts_first_audio", "TTS first audio"))
+# `--quick`: only the three end-of-speech paths, the fewest reps, Moksori alone on the phone path;
+# its results go to results/quick/ so the full run's files stay as they are
+QUICK_RUNS = [
+    ("engine_latency", ["engine_latency.py", "--reps", "1"]),
+    ("server_latency", ["server_latency.py", "--reps", "1"]),
+    ("telephony_latency", ["telephony_latency.py", "--reps", "1"]),
+]
+TABLE_FROM = ("engine_latency", "server_latency", "telephony_latency")
 
 
 def load(name: str, results: Path = OUT) -> dict | None:
@@ -51,86 +62,47 @@ def load(name: str, results: Path = OUT) -> dict | None:
         return None
 
 
-def _s(v: float | None) -> str:
-    return "-" if v is None or v != v else f"{v:.2f} s"  # v != v: NaN
-
-
-def table(results: Path = OUT) -> str:
-    """The headline figures from the saved results, as one plain-text table."""
-    rows: list[tuple[str, str, str, str, str, str, str]] = []
-    notes: list[str] = []
-    eng = load("engine_latency", results)
-    if eng:
-        s = eng["summary"]
-        rows.append(("engine (engine_latency)", "speech_stopped -> audio_started", _s(s["p50_ms"] / 1000),
-                     _s(s["p95_ms"] / 1000), "", "", str(s["samples"])))
-        st = s.get("stages_p50_ms", {})
-        notes.append("engine stages p50, after speech_stopped: " + ", ".join(
-            f"{label} {st[k] / 1000:.2f} s" for k, label in ENGINE_STAGES if k in st))
-    srv = load("server_latency", results)
-    if srv:
-        s = srv["summary"]
-        rows.append(("Realtime WebSocket (server_latency)", "true end of speech -> first audio delta",
-                     _s(s["p50_ms"] / 1000), _s(s["p95_ms"] / 1000), "", "", str(s["n"])))
-    tel = load("telephony_latency", results)
-    if tel:
-        m = tel.get("moksori") or {"p50_s": tel.get("p50_s"), "p95_s": tel.get("p95_s"), "n": tel.get("n"),
-                                   "missing": 0}  # (an older, Moksori-only file)
-        p = tel.get("pipecat")
-        n = f"{m['n'] - m.get('missing', 0)}" + (f" + {p['n'] - p['missing']}" if p else "")
-        rows.append(("Twilio stream (telephony_latency)", "true end of speech -> first media frame",
-                     _s(m["p50_s"]), _s(m["p95_s"]), _s(p["p50_s"]) if p else "-", _s(p["p95_s"]) if p else "-", n))
-        for name, side in (("Moksori", m), ("Pipecat", p)):
-            st = (side or {}).get("stages_p50_s")
-            if st:
-                seen = set()
-                parts = []
-                for k, label in PHONE_STAGES:
-                    if k in st and label not in seen:
-                        seen.add(label)
-                        parts.append(f"{label} {st[k]:.2f} s")
-                notes.append(f"phone stages p50 ({name}), after the true end of speech: " + ", ".join(parts))
-        if p:
-            mach = tel.get("machine", {})
-            notes.append(f"Twilio calls interleaved in one run on {tel.get('date', '?')}, {mach.get('cpu_model', '?')} "
-                         f"({mach.get('cpu_count', '?')} cores), other processes p50 {tel.get('others_cores_p50', 0):.2f} "
-                         f"cores; Pipecat {p.get('setup', {}).get('version', '?')}, p90 Moksori {_s(m.get('p90_s'))}, "
-                         f"Pipecat {_s(p.get('p90_s'))}")
-            if "cpu_s_to_reply_p50" in m and "cpu_s_to_reply_p50" in p:
-                notes.append(f"CPU used from the caller's first word to the first reply frame, p50: Moksori "
-                             f"{m['cpu_s_to_reply_p50']:.2f} s, Pipecat (bot + llama.cpp server) {p['cpu_s_to_reply_p50']:.2f} s")
-    if not rows:
-        return "no benchmark results in " + str(results)
-    head = ("path", "measured from -> to", "Moksori p50", "p95", "Pipecat p50", "p95", "n")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = "  ".join("-" * w for w in widths)
-    out = ["End of speech -> first reply audio", line,
-           "  ".join(h.ljust(w) for h, w in zip(head, widths)), line]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    out += [line, *notes, "(Pipecat has no Realtime WebSocket API: it is compared over the Twilio stream, "
-                           "same models, same caller.)"]
-    return "\n".join(out)
+def report(results: Path = OUT) -> str:
+    """The table from the saved results and the saved description of the run that made them."""
+    run = load("run_all", results) or {"machine": summary_table.machine(), "load_start": None, "load_end": None}
+    return summary_table.table({name: load(name, results) for name in TABLE_FROM}, run)
 
 
 def main() -> int:
     argv = sys.argv[1:]
+    quick = "--quick" in argv
+    out = OUT / "quick" if quick else OUT
     if "--table" in argv:
-        print(table())
+        print(report(out))
         return 0
-    OUT.mkdir(exist_ok=True)
-    only = set(argv)
+    out.mkdir(parents=True, exist_ok=True)
+    only = {a for a in argv if not a.startswith("--")}
+    unknown = only - {name for name, _ in (QUICK_RUNS if quick else RUNS)}
+    if unknown:
+        print(f"no such benchmark{' with --quick' if quick else ''}: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    run = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick,
+           "machine": summary_table.machine(), "load_start": summary_table.loadavg()}
     failed = []
-    for name, cmd in RUNS:
+    t_run = time.perf_counter()
+    for name, cmd in QUICK_RUNS if quick else RUNS:
         if only and name not in only:
             continue
         print(f"\n=== {name}", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--json", str(OUT / f"{name}.json")])
+        rc = subprocess.call([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--json", str(out / f"{name}.json")])
         print(f"=== {name}: exit {rc} in {time.perf_counter() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)
+    run["load_end"] = summary_table.loadavg()
+    run["seconds"] = round(time.perf_counter() - t_run)
+    if only:
+        run["benchmarks"] = sorted(only)  # a partial run: the other results are from earlier runs
+    (out / "run_all.json").write_text(json.dumps(run, indent=2))
+    text = report(out)
+    (out / "summary.md").write_text(text)
     print()
-    print(table())
+    print(text)
     if failed:
         print("failed:", ", ".join(failed))
     return 1 if failed else 0

@@ -11,7 +11,11 @@ End of speech = the end of the voiced audio in what was streamed: t0 + (duration
 silence), with the trailing silence read from MANIFEST.tsv ("Lead/trail silence a/b s"). The
 figure is (arrival of the first `response.output_audio.delta`) - (end of speech), both on the
 client's clock. Stage times (speech_stopped, committed, transcription completed,
-response.created, first transcript delta) are given relative to the same end of speech.
+response.created, first transcript delta) are given relative to the same end of speech, and so
+are three from inside the server, read from its session timeline (`?moksori_timeline=1`, which
+adds a small `moksori.event` message per engine event; `--no-stages` leaves it off): STT done,
+LLM first token and the first clause's audio, placed on the client's clock at the first audio
+delta.
 
     python benchmarks/server_latency.py [--reps 2] [--url http://127.0.0.1:8000] [--json out.json]
 """
@@ -39,6 +43,8 @@ NAMES = [f"en_00{i}" for i in range(1, 6)]
 RATE = 24000
 CHUNK = RATE * 40 // 1000
 STAGES = ["speech_stopped", "committed", "transcribed", "response_created", "first_text", "first_audio"]
+# inside the server, from its session timeline (`?moksori_timeline=1`: `moksori.event` messages)
+ENGINE_STAGES = {"stt.finished": "stt_done", "llm.first_token": "llm_first_token", "tts.first_audio": "tts_first_audio"}
 EVENT_STAGE = {
     "input_audio_buffer.speech_stopped": "speech_stopped",
     "input_audio_buffer.committed": "committed",
@@ -89,7 +95,7 @@ def start_server(port: int) -> subprocess.Popen:
     raise SystemExit("moksori serve did not start within 180 s")
 
 
-async def one_turn(ws_base: str, key: str, name: str, info: dict, *, turn: str) -> dict:
+async def one_turn(ws_base: str, key: str, name: str, info: dict, *, turn: str, stages: bool = True) -> dict:
     import numpy as np
     from openai import AsyncOpenAI
 
@@ -99,8 +105,10 @@ async def one_turn(ws_base: str, key: str, name: str, info: dict, *, turn: str) 
     end_of_speech_s = info["duration"] - info["trail"]
     client = AsyncOpenAI(api_key=key, websocket_base_url=ws_base, max_retries=0)
     stamps: dict[str, float] = {}
+    timeline: dict[str, float] = {}  # engine event type -> its time on the session's clock
     transcript = ""
-    async with client.realtime.connect(model="gpt-realtime") as conn:
+    query = {"moksori_timeline": "1"} if stages else {}
+    async with client.realtime.connect(model="gpt-realtime", extra_query=query) as conn:
         td = {"type": turn} if turn != "default" else None
         audio_in: dict = {"transcription": {"model": "whisper-1"}}
         if td:
@@ -121,13 +129,20 @@ async def one_turn(ws_base: str, key: str, name: str, info: dict, *, turn: str) 
         feeder = asyncio.create_task(feed())
         try:
             async with asyncio.timeout(30):
-                while "first_audio" not in stamps:
+                # with the timeline, wait (2 s at most) for agent.audio_started too: it places the
+                # session's clock on ours
+                while "first_audio" not in stamps or (
+                        stages and "agent.audio_started" not in timeline and time.monotonic() < stamps["first_audio"] + 2):
                     raw = await conn.recv_bytes()
                     now = time.monotonic()
                     ev = json.loads(raw)
                     stage = EVENT_STAGE.get(ev["type"])
                     if stage and stage not in stamps:
                         stamps[stage] = now
+                    if ev["type"] == "moksori.event":
+                        e = ev.get("event") or {}
+                        if e.get("type") in (*ENGINE_STAGES, "agent.audio_started"):
+                            timeline.setdefault(e["type"], e["t"])
                     if ev["type"] == "conversation.item.input_audio_transcription.completed":
                         transcript = ev["transcript"]
                     if ev["type"] == "error":
@@ -145,6 +160,13 @@ async def one_turn(ws_base: str, key: str, name: str, info: dict, *, turn: str) 
     for s in STAGES:
         row[f"{s}_ms"] = round(1000 * (stamps[s] - eos), 1) if s in stamps else None
     row["latency_ms"] = row["first_audio_ms"]
+    if stages:
+        # session clock -> client clock at the first reply audio, as telephony_latency.py does
+        offset = stamps["first_audio"] - timeline["agent.audio_started"] \
+            if "first_audio" in stamps and "agent.audio_started" in timeline else None
+        for typ, key in ENGINE_STAGES.items():
+            t = timeline.get(typ)
+            row[f"{key}_ms"] = round(1000 * (t + offset - eos), 1) if t is not None and offset is not None else None
     return row
 
 
@@ -162,10 +184,10 @@ async def run(args) -> dict:
     rows = []
     try:
         if args.warmup:
-            await one_turn(ws_base, args.key, NAMES[-1], info[NAMES[-1]], turn=args.turn)  # not counted
+            await one_turn(ws_base, args.key, NAMES[-1], info[NAMES[-1]], turn=args.turn, stages=args.stages)
         for rep in range(args.reps):
             for name in NAMES:
-                row = await one_turn(ws_base, args.key, name, info[name], turn=args.turn)
+                row = await one_turn(ws_base, args.key, name, info[name], turn=args.turn, stages=args.stages)
                 row["rep"] = rep
                 rows.append(row)
                 stages = "  ".join(f"{s}={row[f'{s}_ms']}" for s in STAGES[:-1])
@@ -182,9 +204,11 @@ async def run(args) -> dict:
         "turn_detection": args.turn, "n": len(lat), "missing": len(rows) - len(lat),
         "p50_ms": round(pct(lat, 0.5), 1), "p95_ms": round(pct(lat, 0.95), 1),
         "min_ms": round(min(lat), 1) if lat else None, "max_ms": round(max(lat), 1) if lat else None,
-        "stages_p50_ms": {s: round(pct([r[f"{s}_ms"] for r in rows if r[f"{s}_ms"] is not None], 0.5), 1)
-                          for s in STAGES},
-        "cpu_count": os.cpu_count(), "loadavg_before": _loadavg,
+        "stages_p50_ms": {s: round(pct([r[f"{s}_ms"] for r in rows if r.get(f"{s}_ms") is not None], 0.5), 1)
+                          for s in [*STAGES, *(ENGINE_STAGES.values() if args.stages else ())]},
+        "stages_p95_ms": {s: round(pct([r[f"{s}_ms"] for r in rows if r.get(f"{s}_ms") is not None], 0.95), 1)
+                          for s in [*STAGES, *(ENGINE_STAGES.values() if args.stages else ())]},
+        "cpu_count": os.cpu_count(), "loadavg_before": _loadavg, "loadavg_after": list(os.getloadavg()),
     }
     return {"summary": summary, "rows": rows}
 
@@ -206,6 +230,8 @@ def main() -> None:
     ap.add_argument("--key", default=os.environ.get("MOKSORI_BENCH_KEY", "unused"), help="API key, if the server wants one")
     ap.add_argument("--turn", default="default", choices=["default", "server_vad", "semantic_vad"],
                     help="turn detection for the session (default: the server's own)")
+    ap.add_argument("--no-stages", dest="stages", action="store_false",
+                    help="do not ask for the server's timeline (STT done, LLM first token, first clause audio)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the uncounted first turn")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
