@@ -191,6 +191,8 @@ async def run(args) -> dict:
                 row["rep"] = rep
                 rows.append(row)
                 stages = "  ".join(f"{s}={row[f'{s}_ms']}" for s in STAGES[:-1])
+                if args.stages:
+                    stages += "  |  " + "  ".join(f"{s}={row[f'{s}_ms']}" for s in ENGINE_STAGES.values())
                 print(f"{name} rep {rep}: first audio {row['latency_ms']} ms after end of speech   [{stages}]   "
                       f"heard: {row['transcript']!r}", file=sys.stderr)
                 await asyncio.sleep(0.5)
