@@ -9,7 +9,7 @@ interleaved with Moksori's (its virtualenv: `bash benchmarks/pipecat/setup-venv.
     python benchmarks/run_all.py                     # everything, then the table
     python benchmarks/run_all.py telephony_latency   # only these, then the table
     python benchmarks/run_all.py --quick             # the three end-of-speech paths, 1 rep, Moksori only
-    python benchmarks/run_all.py --table [--quick]   # only the table, from the saved results
+    python benchmarks/run_all.py --table [--quick]   # only the table (and summary.md), from the saved results
 
 The table (benchmarks/summary_table.py) is also written to results/summary.md (results/quick/
 for `--quick`), with the machine (CPU model, AVX-512/AVX2, cores) and the load average at the
@@ -73,7 +73,10 @@ def main() -> int:
     quick = "--quick" in argv
     out = OUT / "quick" if quick else OUT
     if "--table" in argv:
-        print(report(out))
+        text = report(out)
+        if out.is_dir():
+            (out / "summary.md").write_text(text)
+        print(text)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     only = {a for a in argv if not a.startswith("--")}

@@ -86,9 +86,13 @@ def rows(results: dict[str, dict | None]) -> tuple[list[Row], list[str]]:
                 label = f"Twilio stream, **{version}** on the same models, same caller"
             out.append((label, "true end of speech → first reply `media` frame", _num(side.get("p50_s")),
                         _num(side.get("p95_s")), ok, tuple(_num(st.get(k)) for k in keys)))
+        others = _num(tel.get("others_cores_p50"))
+        busy = "" if others is None else f"other processes kept {others:.2f} cores busy (p50 over the calls)"
         if tel.get("pipecat"):
-            notes.append(f"Moksori and Pipecat calls interleaved in one run ({tel.get('order', 'interleaved')}); "
-                         f"other processes kept {_num(tel.get('others_cores_p50')) or 0:.2f} cores busy (p50).")
+            notes.append(f"Moksori and Pipecat calls interleaved in one run ({tel.get('order', 'interleaved')})"
+                         + (f"; {busy}." if busy else "."))
+        elif busy:
+            notes.append(f"Twilio stream: {busy}.")
     return out, notes
 
 

@@ -52,6 +52,7 @@ def test_one_markdown_row_per_path_with_the_stage_split() -> None:
     assert "AMD EPYC 9R14, 2 cores, AVX-512 (avx512f, avx2, fma)" in text
     assert "at the start of the run 2.04 / 3.67 / 4.09, at the end 5.50 / 4.25 / 4.00" in text
     assert "run took 10.0 min" in text and "`--quick`" in text
+    assert "interleaved in one run (interleaved); other processes kept 0.10 cores busy" in text
 
 
 def test_paths_without_results_are_left_out_and_an_avx2_machine_says_so() -> None:
@@ -60,7 +61,7 @@ def test_paths_without_results_are_left_out_and_an_avx2_machine_says_so() -> Non
         "p50_s": 0.787, "p95_s": 1.067, "n": 30}}, run)  # an older, Moksori-only telephony file
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| path")]
     assert len(rows) == 1 and _cells(text, "Twilio")[2:5] == ["0.79 s", "1.07 s", "30"]
-    assert "Pipecat" not in text
+    assert "Pipecat" not in text and "cores busy" not in text
     assert "Intel Xeon, 4 cores, AVX2" in text and "not recorded" in text
     assert "No end-of-speech benchmark results" in summary_table.table({}, run)
 
