@@ -365,3 +365,49 @@ def test_the_realtime_brain_records_the_same_and_gets_the_history_upstream(db_ur
         await store.close()
 
     asyncio.run(main())
+
+
+def test_pii_is_masked_in_what_is_stored_but_not_in_the_live_memory(tmp_path) -> None:
+    """The guardrails' PII redactor (`guardrails.redact_pii`, all four kinds by default) masks
+    every text a live session writes to the store; the session itself still holds the words."""
+    from moksori.agent_kit import AgentKit
+
+    said = "Call me at 010-1234-5678 or write to kim@example.com please."
+    answer = "Sure, I will call 010-1234-5678 today."
+
+    async def main() -> None:
+        settings = Settings()
+        kit = await AgentKit.build(settings, start_tools=False)
+        store = await Store(f"sqlite+aiosqlite:///{tmp_path}/pii.db", hash_secret=b"t").start()
+        try:
+            stack = fake_stack(stt=ScriptedSTT([said]), llm=ScriptedLLM(answer))
+            cfg = config_from_settings(settings, output_rate=16000, output_lead_ms=200, partial_interval_ms=0)
+            s = open_session(stack, cfg, settings=settings, kit=kit)
+            record_session(s, store, Who(T1, "pii-user", "realtime"))
+            await speak(s)
+            await settle(s)
+            items = await items_of(store, T1, s.id)
+            stored = [i.text for i in items]
+            assert stored == ["Call me at [PHONE] or write to [EMAIL] please.", "Sure, I will call [PHONE] today."]
+            live = [m.text for m in s.memory.items if m.type == "message"]
+            assert said in live and answer in live  # the conversation in progress is not altered
+            await s.close()
+        finally:
+            await store.close()
+            await kit.close()
+
+    asyncio.run(main())
+
+
+def test_redact_record_masks_only_text_fields() -> None:
+    from moksori.recording.recorder import redact_record
+    from moksori.store.records import ToolCallRecord, ToolResultRecord
+
+    def mask(text: str) -> str:
+        return text.replace("secret", "***")
+
+    call = ToolCallRecord("conv-secret", "item", "call", "lookup", '{"q": "secret"}', 1.0)
+    masked = redact_record(call, mask)
+    assert masked.arguments == '{"q": "***"}' and masked.conversation_id == "conv-secret" and masked.name == "lookup"
+    result = ToolResultRecord("c", "i", "call", "nothing here", 1.0)
+    assert redact_record(result, mask) is result

@@ -19,7 +19,7 @@ A session opened without a kit (tests, embedders) has none of this: the behaviou
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from moksori.engine.tools import Tool
@@ -104,6 +104,13 @@ class AgentKit:
         return self._denoisers[mode]
 
     # ------------------------------------------------------------------ logs
+
+    def store_redactor(self) -> Callable[[str], str] | None:
+        """What masks PII (`guardrails.redact_pii`) in the records a live session writes to the
+        store; None when no kind of PII is to be redacted."""
+        if self.guard is None or not self.guard.redactor:
+            return None
+        return self.guard.redactor
 
     def install_log_filter(self, loggers: Iterable[str] = ("", "uvicorn", "uvicorn.error", "uvicorn.access")) -> None:
         """Mask PII (`guardrails.redact_pii`) in every record the handlers of these loggers

@@ -117,9 +117,10 @@ def record_session(session: Session, store: Store, who: Who, *,
                    on_record: Callable[[str], None] | None = None) -> Recording:
     """Record `session` into `store` from now on (see the module's doc)."""
     models = models_of(session.stack)
+    kit = session.kit
     recorder = Recorder(store.submit, conversation_id=session.id, tenant=who.tenant, user=who.user,
                         channel=who.channel, models=models, clock_now=session.clock.now, metadata=who.metadata,
-                        on_record=on_record)
+                        on_record=on_record, redact=kit.store_redactor() if kit is not None else None)
     recorder.start()
     session.bus.listen(recorder)
     rec = Recording(session, store, who, recorder)

@@ -21,6 +21,12 @@ What becomes a record:
   (`item_added`: its function outputs, its assistant or spoken user items) → the matching record.
 
 Times on the session clock become wall-clock seconds through one offset taken at start.
+
+With a `redact` function (the guardrails' PII redactor, `guardrails.redact_pii`), every text a
+record carries (transcripts, replies and what was heard of them, tool arguments and results,
+summaries) is masked before it leaves for the store: phone numbers, e-mail addresses, card and
+resident registration numbers are never written. The agent's memory of the live session keeps
+them; a later session's history, read from the store, does not.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from moksori.accounting import TurnUsage
@@ -47,11 +53,27 @@ from moksori.store.records import (
     UserTurn,
 )
 
-__all__ = ["Recorder", "Models", "RecorderStats"]
+__all__ = ["Recorder", "Models", "RecorderStats", "redact_record"]
 
 log = logging.getLogger("moksori.recording")
 
 Submit = Callable[[Record], bool]
+Redact = Callable[[str], str]
+# the record fields that carry what people said or tools returned
+TEXT_FIELDS = frozenset({"text", "heard_text", "arguments", "output", "summary"})
+
+
+def redact_record(rec: Record, redact: Redact) -> Record:
+    """`rec` with each of its text fields passed through `redact` (the same object if nothing changed)."""
+    changes: dict[str, Any] = {}
+    for f in fields(rec):
+        if f.name in TEXT_FIELDS:
+            value = getattr(rec, f.name)
+            if isinstance(value, str) and value:
+                masked = redact(value)
+                if masked != value:
+                    changes[f.name] = masked
+    return replace(rec, **changes) if changes else rec
 KEEP = 64  # turns and replies whose bookkeeping is kept (a long call must not grow it)
 
 
@@ -98,8 +120,10 @@ class _Reply:
 class Recorder:
     def __init__(self, submit: Submit, *, conversation_id: str, tenant: str, user: str | None, channel: str,
                  models: Models = Models(), clock_now: Callable[[], float] | None = None,
-                 metadata: dict[str, str] | None = None, on_record: Callable[[str], None] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, on_record: Callable[[str], None] | None = None,
+                 redact: Redact | None = None) -> None:
         self._submit = submit
+        self._redact = redact
         self.conversation_id = conversation_id
         self.tenant, self.user, self.channel = tenant, user, channel
         self.models = models
@@ -124,6 +148,8 @@ class Recorder:
                                           metadata=self.metadata), "conversation")
 
     def _put(self, rec: Record, kind: str) -> None:
+        if self._redact is not None:
+            rec = redact_record(rec, self._redact)
         if not self._submit(rec):
             self.stats.refused += 1
         self._on_record(kind)
