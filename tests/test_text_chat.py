@@ -121,6 +121,19 @@ def test_history_persists_across_runs_per_user(scripted, tmp_path) -> None:
         assert [m["role"] for m in req["messages"]] == ["system", "user"]
 
 
+def test_pii_is_masked_in_the_stored_history(scripted, tmp_path) -> None:
+    """What the text chat stores is masked (`guardrails.redact_pii`): the next run's history holds
+    `[PHONE]`, not the number, while the model saw the number in the run where it was typed."""
+    env = remote_env(tmp_path, scripted.url)
+    r1 = chat(["--user", "pii"], "Call me on 010-2345-6789 tomorrow.\n", env)
+    assert r1.returncode == 0, r1.stderr
+    assert "010-2345-6789" in user_messages(scripted)[-1]
+    r2 = chat(["--user", "pii"], "Do you have my number?\n", env)
+    assert r2.returncode == 0, r2.stderr
+    first = scripted.llm.requests[-1]["messages"][1]["content"]
+    assert first == "Call me on [PHONE] tomorrow."
+
+
 def test_rate_limited_then_recovers_after_backoff(scripted, tmp_path) -> None:
     scripted.faults = [(429, {"Retry-After": "1"})]
     t = time.monotonic()

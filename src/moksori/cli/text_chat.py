@@ -99,6 +99,10 @@ class TextChat:
         self.conversation_id = ""
         self.window = self._new_window()
         self._reply: asyncio.Task[None] | None = None
+        from moksori.guardrails.pii import PIIRedactor
+
+        # PII is masked in what is stored (`guardrails.redact_pii`), as for live sessions
+        self._redactor = PIIRedactor(settings.guardrails.redact_pii)
 
     def _new_window(self) -> ContextWindow:
         policy = ContextPolicy(budget_tokens=self.budget, strategy=self.settings.agent.context_strategy)
@@ -119,7 +123,9 @@ class TextChat:
 
     def _submit(self, record) -> None:  # noqa: ANN001
         if self.store is not None:
-            self.store.submit(record)
+            from moksori.recording.recorder import redact_record
+
+            self.store.submit(redact_record(record, self._redactor) if self._redactor else record)
 
     def _start_conversation(self) -> None:
         from moksori.store import DEFAULT_TENANT, ConversationStarted
