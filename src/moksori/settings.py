@@ -330,6 +330,9 @@ class ToolsSettings(BaseModel):
     # URL prefixes such as "https://mcp.example.com/" or "http://127.0.0.1:8765/mcp". Empty (the
     # default): none, because the server would otherwise fetch any URL a client names (SSRF).
     realtime_mcp_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    realtime_mcp_timeout_s: float = Field(15.0, gt=0, le=600)  # per call of a client's MCP tool
+    # how long a call that needs approval waits for the client's `mcp_approval_response`
+    realtime_mcp_approval_timeout_s: float = Field(60.0, gt=0, le=3600)
 
     _split = field_validator("builtins", "realtime_mcp_allow", mode="before")(_split_csv)
 

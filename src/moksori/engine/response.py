@@ -461,7 +461,7 @@ class Response:
         host = self.host
         task = asyncio.ensure_future(host.toolbox.call(call.name, call.arguments))
         slow = host.tool_slow_after_s
-        if slow is None or self._fillers_said or tool.say_first:
+        if slow is None or self._fillers_said or tool.say_first or not tool.filler:
             return await task
         timer = asyncio.ensure_future(host.clock.sleep(slow))
         try:

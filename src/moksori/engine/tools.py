@@ -28,6 +28,8 @@ class Tool:
     final: bool = False
     # the longest a call may take (None: the box's default); the handler may enforce a shorter one
     timeout_s: float | None = None
+    # say a short filler when the call is slow (False: e.g. a call waiting for the user's approval)
+    filler: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class ToolBox:
 
     def add(self, tool: Tool) -> None:
         self._tools[tool.spec.name] = tool
+
+    def remove(self, name: str) -> None:
+        self._tools.pop(name, None)
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)

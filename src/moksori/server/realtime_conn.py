@@ -24,7 +24,9 @@ from moksori.protocols import realtime as rt
 from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
 from moksori.providers.base import Message
 from moksori.providers.registry import Stack
+from moksori.engine.tools import ToolBox
 from moksori.server.realtime_config import engine_config, initial_session, response_overrides
+from moksori.server.realtime_mcp import RealtimeMCP
 from moksori.settings import Settings
 from moksori.transport import Outbox, StopReason
 
@@ -71,6 +73,7 @@ class _Out:
         self.output: list[dict[str, Any]] = []
         self.index = 0
         self.audio_ms = 0.0  # reply audio sent so far
+        self.parts = 0  # message items opened so far (more than one when tool items came between)
 
 
 class RealtimeConnection:
@@ -113,6 +116,9 @@ class RealtimeConnection:
         # the store's recorder of this session (server/recording_hooks.py), told what the client
         # adds and truncates itself; None when nothing is recorded
         self.recorder: Any = None
+        # MCP servers the client names (`{"type": "mcp"}` tools): the pipeline brain runs them
+        self.mcp = RealtimeMCP(self, settings.tools)
+        self._mcp_warned = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -157,6 +163,49 @@ class RealtimeConnection:
     def wire_session(self) -> dict[str, Any]:
         return self._wire_session()
 
+    # ------------------------------------------------------------------ what RealtimeMCP uses
+
+    @property
+    def toolbox(self) -> ToolBox:
+        return self.session.toolbox
+
+    def client_tool_names(self) -> set[str]:
+        return {str(t.get("name")) for t in self.cfg.tools if t.get("name")}
+
+    def output_item_added(self, response_id: str, item: dict[str, Any]) -> int | None:
+        """A non-message item enters a response's output (`response.output_item.added` and, in
+        the conversation, `conversation.item.added`): its output index, None when the response
+        is not streaming (then only the conversation hears of it)."""
+        out = self._outs.get(response_id)
+        if out is None:
+            self.send(self.ev.conversation_item_added(item, None))
+            return None
+        self._close_message(out)
+        idx = len(out.output)
+        out.output.append(item)  # its place; replaced by the finished item
+        self.send(self.ev.response_output_item_added(out.response_id, idx, item))
+        if out.response_id not in self._oob:
+            self.send(self.ev.conversation_item_added(item, None))
+        return idx
+
+    def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None:
+        out = self._outs.get(response_id)
+        if out is not None and index is not None and index < len(out.output):
+            out.output[index] = item
+            self.send(self.ev.response_output_item_done(out.response_id, index, item))
+            if out.response_id in self._oob:
+                return
+        self.send(self.ev.conversation_item_done(item, None))
+
+    def _sync_mcp(self) -> None:
+        if self.cfg.mcp_tools and self.settings.brain == "realtime":
+            if not self._mcp_warned:
+                self._mcp_warned = True
+                self.send(self.ev.warning("MCP tools from clients run with the pipeline brain only "
+                                          "(MOKSORI_BRAIN=pipeline); they have no effect here"))
+            return
+        self.mcp.sync(self.cfg.mcp_tools)
+
     async def start(self) -> None:
         self.send(self.ev.session_created(self._wire_session()))
         for message in self._early_warnings:
@@ -165,6 +214,7 @@ class RealtimeConnection:
         for w in self._preset_warnings:
             self.send(self.ev.warning(w))
         self._preset_warnings = []
+        self._sync_mcp()  # MCP tools of a preset session (an ephemeral key's, a WebRTC call's)
 
     def _wire_session(self) -> dict[str, Any]:
         return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model)
@@ -177,6 +227,7 @@ class RealtimeConnection:
             return
         self._closing = True
         try:
+            await self.mcp.close()  # a call waiting for approval is denied: the reply can end
             await self.session.close()
         finally:
             self.closed = True
@@ -228,6 +279,7 @@ class RealtimeConnection:
         self.send(self.ev.session_updated(self._wire_session()))
         for w in warnings:
             self.send(self.ev.warning(w, event_id=event_id))
+        self._sync_mcp()
 
     def _on_InputAudioBufferAppend(self, ev: rt.InputAudioBufferAppend) -> None:
         if self.audio_sink is not None:
@@ -272,6 +324,9 @@ class RealtimeConnection:
             self.audio_sink.clear([])  # also the tail the speaker already handed over
 
     async def _on_ConversationItemCreate(self, ev: rt.ConversationItemCreate) -> None:
+        if isinstance(ev.item, rt.MCPApprovalResponseItem):
+            self._approval_response(ev.item)
+            return
         mem = self.session.memory
         after = ev.previous_item_id
         if after not in (None, "root") and mem.get(after) is None:
@@ -286,7 +341,21 @@ class RealtimeConnection:
         self.send(self.ev.conversation_item_added(wire, prev))
         self.send(self.ev.conversation_item_done(wire, prev))
 
+    def _approval_response(self, item: rt.MCPApprovalResponseItem) -> None:
+        """The client's answer to an `mcp_approval_request`: the waiting call goes on (or not).
+        It is echoed as an item, not kept in the conversation the LLM reads."""
+        if not self.mcp.answer(item):
+            raise ProtocolError(f"no MCP call is waiting for approval request {item.approval_request_id} "
+                                "(answered already, timed out, or unknown)", code="item_not_found",
+                                param="item.approval_request_id")
+        wire = rt.mcp_approval_response_item(item, item.id or new_id("item"))
+        self.send(self.ev.conversation_item_added(wire, None))
+        self.send(self.ev.conversation_item_done(wire, None))
+
     async def _to_memory_item(self, item: rt.Item) -> MemItem:
+        if isinstance(item, rt.MCPApprovalResponseItem):
+            raise ProtocolError("an mcp_approval_response item goes in conversation.item.create, not in "
+                                "response.input", code="invalid_value", param="item.type")
         item_id = getattr(item, "id", None) or new_id("item")
         if self.session.memory.get(item_id) is not None:
             raise ProtocolError(f"an item with id {item_id} already exists", code="item_exists", param="item.id")
@@ -395,6 +464,9 @@ class RealtimeConnection:
         if o is not None:
             for w in o.warnings:
                 self.send(self.ev.warning(w, event_id=ev.event_id))
+            if o.mcp_tools:
+                self.send(self.ev.warning("response.tools: MCP tools are served from session.update only; "
+                                          "the ones given for this response have no effect", event_id=ev.event_id))
             kw = response_overrides(o, self.settings, voices=self.stack.tts.caps.voices)
             if o.input is not None:
                 kw["replace_input"] = tuple(await self._messages_for(o.input))
@@ -505,6 +577,8 @@ class RealtimeConnection:
                 self.audio_sink.end(rid)
             case E.AgentFunctionCall():
                 self._function_call(e)
+            case E.AgentToolCall(name=name) if self.mcp.owns(name):
+                self.mcp.note_call(e)
             case E.AgentInterrupted(response_id=rid, item_id=item_id, heard_ms=heard_ms):
                 if self.audio_sink is not None:  # the speaker may have handed over its last chunk already
                     self.audio_sink.clear([rid])
@@ -555,7 +629,8 @@ class RealtimeConnection:
         out = self._outs.pop(e.response_id, None)
         if out is None:
             return
-        self._close_message(out, text=e.text, status="incomplete" if e.interrupted else "completed")
+        self._close_message(out, text=e.text if out.parts <= 1 else None,
+                            status="incomplete" if e.interrupted else "completed")
         statuses: dict[str, ResponseStatus] = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}
         status = statuses.get(e.status, "completed")
         reason = "turn_detected" if e.reason == "turn_detected" else "client_cancelled"
@@ -581,6 +656,9 @@ class RealtimeConnection:
         if out.started:
             return
         out.started = True
+        out.parts += 1
+        if out.parts > 1:  # words after a tool item: a message item of their own
+            out.item_id, out.text = new_id("item"), ""
         out.index = len(out.output)
         part = "output_audio" if out.audio else "output_text"
         item = rt.message_item(out.item_id, "assistant", [], self.flavor, status="in_progress")

@@ -209,8 +209,7 @@ def parse_item(raw: Any, param: str = "item", *, allow_reference: bool = False) 
         if not mcp.SERVED:
             fail(f"{param}.type 'mcp_approval_response' is not supported: this server does not run MCP tools yet",
                  f"{param}.type")
-        # Unreachable while mcp.SERVED is False; `Item` gains the MCP item when MCP tools are served.
-        return mcp.parse_mcp_approval_response(obj, param, item_id)  # type: ignore[return-value]
+        return mcp.parse_mcp_approval_response(obj, param, item_id)
     if kind == "function_call_output":
         return FunctionCallOutputItem(call_id=as_str(obj.get("call_id"), f"{param}.call_id", nonempty=True),
                                       output=as_str(obj.get("output"), f"{param}.output"), id=item_id)

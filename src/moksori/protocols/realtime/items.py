@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from .audio_formats import PCM16_24K, AudioFormat
 from .flavor import Flavor
+from .mcp import MCPApprovalResponseItem
 
 __all__ = [
     "PartType", "MessageRole", "ItemStatus", "ResponseStatus", "ContentPart", "MessageItem", "FunctionCallItem",
@@ -81,7 +82,7 @@ class ItemReference:
     id: str
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | MCPApprovalResponseItem
 
 _BETA_PART_NAMES = {"output_text": "text", "output_audio": "audio"}
 
@@ -130,6 +131,10 @@ def item_to_wire(item: Item, flavor: Flavor, *, item_id: str | None = None,
     if isinstance(item, FunctionCallItem):
         return function_call_item(iid, item.call_id, item.name, item.arguments, flavor,
                                   status=status or item.status or "completed")
+    if isinstance(item, MCPApprovalResponseItem):
+        from .mcp import mcp_approval_response_item
+
+        return mcp_approval_response_item(item, iid)
     return function_call_output_item(iid, item.call_id, item.output, flavor)
 
 

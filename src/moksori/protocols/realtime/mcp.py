@@ -2,19 +2,21 @@
 client's `{"type": "mcp", ...}` tools and `mcp_approval_response` items, and building the
 MCP items the server sends. Pure: no sockets, no MCP client (that is `moksori.tools`).
 
-The flow the server runs with these (phase 2 wires it into the connection):
+The flow the server runs with these (`moksori.server.realtime_mcp`):
 
-1. `session.update` / `response.create` with an MCP tool -> for each server, an `mcp_list_tools`
-   item: `conversation.item.added` (no tools yet), `mcp_list_tools.in_progress`, then
+1. `session.update` with an MCP tool -> for each server, an `mcp_list_tools` item:
+   `conversation.item.added` (no tools yet), `mcp_list_tools.in_progress`, then
    `mcp_list_tools.completed` and `conversation.item.done` with the tools, or
-   `mcp_list_tools.failed` (unreachable, or `server_url` outside `tools.realtime_mcp_allow`).
+   `mcp_list_tools.failed` and an `error` (unreachable, or `server_url` outside
+   `tools.realtime_mcp_allow`: such a URL is never contacted).
 2. The model calls an MCP tool. If `requires_approval(...)`: an `mcp_approval_request` item is
-   output and the response ends; the client answers with `conversation.item.create`
-   `{"type": "mcp_approval_response", "approval_request_id", "approve", "reason"}` and a new
-   `response.create`. Then (or at once without approval) an `mcp_call` item:
-   `response.output_item.added`, `response.mcp_call_arguments.delta|done`,
+   output and the call waits, inside the same response, for the client's
+   `conversation.item.create` `{"type": "mcp_approval_response", "approval_request_id",
+   "approve", "reason"}` (or a timeout, `tools.realtime_mcp_approval_timeout_s`); denied or
+   unanswered, the model is told and the reply goes on. Then (or at once without approval) an
+   `mcp_call` item: `response.output_item.added`, `response.mcp_call_arguments.delta|done`,
    `response.mcp_call.in_progress`, `response.mcp_call.completed|failed`,
-   `response.output_item.done` with `output` or `error`.
+   `response.output_item.done` with `output` or `error`, and the reply continues with the result.
 
 `require_approval` follows the API: "always" (also the default when omitted), "never", or
 `{"always": {"tool_names", "read_only"}, "never": {...}}`; a tool matching `never` needs no
@@ -38,10 +40,10 @@ __all__ = [
     "mcp_tool_execution_error", "mcp_protocol_error", "mcp_http_error",
 ]
 
-SERVED = False
-"""Whether the connection runs MCP tools. Until it does (phase 2 of issue 12), MCP tools are
-validated and recorded with a warning, not echoed as if in force, and approval responses are
-refused with a clear error."""
+SERVED = True
+"""Whether the connection runs MCP tools (`moksori.server.realtime_mcp`). When False, MCP tools
+are validated and recorded with a warning, not echoed as if in force, and approval responses
+are refused with a clear error."""
 
 _LABEL_MAX = 64
 

@@ -1,0 +1,256 @@
+"""MCP servers a Realtime client names in `session.update` (`{"type": "mcp", "server_url", ...}`),
+run for one connection with the pipeline brain. The wire shapes are
+`moksori.protocols.realtime.mcp`; the MCP client is `moksori.tools.mcp_client`.
+
+    mcp = RealtimeMCP(host, settings.tools)
+    mcp.sync(cfg.mcp_tools)          # after each session.update: list new servers, drop removed ones
+    mcp.note_call(e)                 # on E.AgentToolCall, just before the engine runs the handler
+    mcp.answer(item)                 # the client's mcp_approval_response
+    await mcp.close()
+
+Each server's tools go into the session's tool box as server-side tools, so the engine runs
+them inside the reply and the LLM continues with the result. Their handler speaks the
+Realtime protocol around the call: an `mcp_approval_request` item and a wait for the client's
+answer when `require_approval` says so, then the `mcp_call` item and its events.
+
+Only `server_url`s under an entry of `tools.realtime_mcp_allow` are reached (see
+`moksori.tools.allowlist`); any other is reported as `mcp_list_tools.failed` without a
+connection attempt. The client's `headers` (and `authorization`) go to that server only.
+Nothing here raises into the session: a dead server is a failed listing or a failed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from moksori.engine import events as E
+from moksori.engine.memory import new_id
+from moksori.engine.tools import Tool, ToolBox
+from moksori.errors import ConfigError
+from moksori.protocols import realtime as rt
+from moksori.providers.base import ToolSpec
+from moksori.tools.allowlist import URLAllowList
+from moksori.tools.mcp_client import MCPConnection, MCPTarget, MCPToolInfo, MCPUnavailable
+from moksori.tools.results import ToolOutcome
+from moksori.tools.toolset import tool_name
+
+if TYPE_CHECKING:
+    from moksori.settings import ToolsSettings
+
+log = logging.getLogger("moksori.realtime.mcp")
+
+LIST_TIMEOUT_S = 10.0
+
+
+class MCPHost(Protocol):
+    """What the Realtime connection gives this module."""
+
+    ev: rt.ServerEvents
+
+    def send(self, event: dict[str, Any] | None) -> None: ...
+    def error(self, message: str, *, code: str = ..., param: str | None = ..., event_id: str | None = ...,
+              kind: str = ...) -> None: ...
+    @property
+    def toolbox(self) -> ToolBox: ...
+    def client_tool_names(self) -> set[str]: ...
+    def output_item_added(self, response_id: str, item: dict[str, Any]) -> int | None: ...
+    def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class _Server:
+    cfg: rt.MCPToolConfig
+    list_item_id: str
+    conn: MCPConnection | None = None
+    tools: dict[str, MCPToolInfo] = field(default_factory=dict)  # LLM name -> the server's tool
+    task: asyncio.Task[None] | None = None
+
+
+class RealtimeMCP:
+    def __init__(self, host: MCPHost, settings: ToolsSettings) -> None:
+        self.host = host
+        self.call_timeout_s = settings.realtime_mcp_timeout_s
+        self.approval_timeout_s = settings.realtime_mcp_approval_timeout_s
+        self.max_chars = settings.max_result_chars
+        try:
+            self.allow: URLAllowList | None = URLAllowList(settings.realtime_mcp_allow)
+            self._allow_error = ""
+        except ConfigError as e:
+            self.allow, self._allow_error = None, str(e)
+        self._servers: dict[str, _Server] = {}
+        self._owner: dict[str, _Server] = {}  # LLM tool name -> its server
+        self._calls: dict[str, deque[tuple[str, str]]] = {}  # LLM name -> (response_id, arguments) announced
+        self._approvals: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ servers
+
+    def owns(self, name: str) -> bool:
+        return name in self._owner
+
+    def sync(self, configs: tuple[rt.MCPToolConfig, ...]) -> None:
+        """Make the session's MCP servers those of `configs`: a new or changed server is
+        listed (in the background), a removed one is dropped with its tools."""
+        wanted = {c.server_label: c for c in configs}
+        for label, srv in list(self._servers.items()):
+            if wanted.get(label) != srv.cfg:
+                self._drop(label)
+        for label, cfg in wanted.items():
+            if label not in self._servers:
+                srv = _Server(cfg, new_id("mcpl"))
+                self._servers[label] = srv
+                srv.task = asyncio.get_running_loop().create_task(self._list(srv), name=f"mcp-list-{label}")
+
+    def _drop(self, label: str) -> None:
+        srv = self._servers.pop(label)
+        if srv.task is not None and not srv.task.done():
+            srv.task.cancel()
+        for name in srv.tools:
+            self.host.toolbox.remove(name)
+            self._owner.pop(name, None)
+            self._calls.pop(name, None)
+        if srv.conn is not None:
+            task = asyncio.get_running_loop().create_task(srv.conn.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _list(self, srv: _Server) -> None:
+        ev, cfg = self.host.ev, srv.cfg
+        self.host.send(ev.conversation_item_added(rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, []),
+                                                  None))
+        self.host.send(ev.mcp_list_tools_in_progress(srv.list_item_id))
+        reason = self._allow_error or (self.allow.check(cfg.server_url) if self.allow is not None else None)
+        if reason:  # never contacted
+            self._list_failed(srv, reason, kind="invalid_request_error")
+            return
+        srv.conn = MCPConnection(MCPTarget(name=cfg.server_label, url=cfg.server_url, headers=cfg.request_headers(),
+                                           connect_timeout_s=LIST_TIMEOUT_S), backoff_s=(0.5, 5.0))
+        try:
+            listed = await srv.conn.list_tools(timeout_s=LIST_TIMEOUT_S)
+        except MCPUnavailable as e:
+            self._list_failed(srv, str(e), kind="server_error")
+            return
+        except Exception as e:  # never into the session
+            log.exception("MCP server %s: listing failed", cfg.server_label)
+            self._list_failed(srv, f"{type(e).__name__}: {e}"[:300], kind="server_error")
+            return
+        taken = {s.name for s in self.host.toolbox.specs()} | self.host.client_tool_names()
+        for t in listed:
+            if not cfg.allows(t.name, t.read_only):
+                continue
+            name = tool_name(t.name)
+            if name in taken:
+                name = tool_name(f"{cfg.server_label}_{t.name}")
+            if name in taken:
+                self.host.send(ev.warning(f"MCP server {cfg.server_label!r}: the tool {t.name!r} was left out: "
+                                          f"its name is taken by another tool"))
+                continue
+            taken.add(name)
+            srv.tools[name] = t
+            self._owner[name] = srv
+            self.host.toolbox.add(self._tool(name, t, srv))
+        self.host.send(ev.mcp_list_tools_completed(srv.list_item_id))
+        self.host.send(ev.conversation_item_done(
+            rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, [t.to_wire() for t in srv.tools.values()]),
+            None))
+
+    def _list_failed(self, srv: _Server, reason: str, *, kind: str) -> None:
+        log.info("realtime MCP server %s (%s): %s", srv.cfg.server_label, srv.cfg.server_url, reason)
+        self.host.send(self.host.ev.mcp_list_tools_failed(srv.list_item_id))
+        self.host.error(f"MCP server {srv.cfg.server_label!r}: {reason}", code="mcp_list_tools_failed",
+                        param="session.tools", kind=kind)
+
+    def _tool(self, name: str, info: MCPToolInfo, srv: _Server) -> Tool:
+        async def handler(args: dict[str, Any]) -> Any:
+            return await self._call(name, info, srv, args)
+
+        needs_approval = srv.cfg.require_approval.requires_approval(info.name, info.read_only)
+        wait = self.approval_timeout_s if needs_approval else 0.0
+        return Tool(ToolSpec(name, info.description, info.input_schema or {"type": "object", "properties": {}}),
+                    handler, timeout_s=wait + self.call_timeout_s + 5.0, filler=not needs_approval)
+
+    # ------------------------------------------------------------------ calls
+
+    def note_call(self, e: E.AgentToolCall) -> None:
+        """The engine is about to run one of our tools for this response (its handler follows)."""
+        self._calls.setdefault(e.name, deque(maxlen=16)).append((e.response_id, e.arguments))
+
+    async def _call(self, name: str, info: MCPToolInfo, srv: _Server, args: dict[str, Any]) -> Any:
+        host, ev, label = self.host, self.host.ev, srv.cfg.server_label
+        queue = self._calls.get(name)
+        rid, arguments = queue.popleft() if queue else ("", json.dumps(args, ensure_ascii=False))
+        approval_id: str | None = None
+        if srv.cfg.require_approval.requires_approval(info.name, info.read_only):
+            approval_id = new_id("mcpr")
+            item = rt.mcp_approval_request_item(approval_id, label, info.name, arguments)
+            idx = host.output_item_added(rid, item)
+            host.output_item_done(rid, idx, item)
+            fut: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
+            self._approvals[approval_id] = fut
+            try:
+                approve, reason = await asyncio.wait_for(fut, self.approval_timeout_s)
+            except asyncio.TimeoutError:
+                return json.dumps({"error": f"the call of {info.name} was not approved within "
+                                            f"{self.approval_timeout_s:g} s: it did not run", "kind": "not_approved"})
+            finally:
+                self._approvals.pop(approval_id, None)
+            if not approve:
+                why = f" ({reason})" if reason else ""
+                return json.dumps({"error": f"the user denied the call of {info.name}{why}: it did not run",
+                                   "kind": "denied"}, ensure_ascii=False)
+        item_id = new_id("mcp")
+        idx = host.output_item_added(rid, rt.mcp_call_item(item_id, label, info.name, "",
+                                                           approval_request_id=approval_id))
+        if rid:
+            host.send(ev.mcp_call_arguments_delta(rid, item_id, idx or 0, arguments))
+            host.send(ev.mcp_call_arguments_done(rid, item_id, idx or 0, arguments))
+        host.send(ev.mcp_call_in_progress(item_id, idx or 0))
+        if srv.conn is None:  # pragma: no cover - tools exist only once listed
+            outcome = ToolOutcome.failure("unavailable", f"MCP server {label} is not connected")
+        else:
+            outcome = await srv.conn.call(info.name, args, timeout_s=self.call_timeout_s, max_chars=self.max_chars)
+        if outcome.ok:
+            host.send(ev.mcp_call_completed(item_id, idx or 0))
+            done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
+                                    output=outcome.text)
+        else:
+            host.send(ev.mcp_call_failed(item_id, idx or 0))
+            done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
+                                    error=_wire_error(outcome))
+        host.output_item_done(rid, idx, done)
+        return outcome
+
+    def answer(self, item: rt.MCPApprovalResponseItem) -> bool:
+        """The client's approval response; False when no call waits for that request."""
+        fut = self._approvals.get(item.approval_request_id)
+        if fut is None or fut.done():
+            return False
+        fut.set_result((item.approve, item.reason))
+        return True
+
+    def pending_approvals(self) -> list[str]:
+        return [k for k, f in self._approvals.items() if not f.done()]
+
+    async def close(self) -> None:
+        for fut in self._approvals.values():
+            if not fut.done():
+                fut.set_result((False, "the session ended"))
+        for label in list(self._servers):
+            self._drop(label)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _wire_error(outcome: ToolOutcome) -> dict[str, Any]:
+    try:
+        message = str(json.loads(outcome.text).get("error") or outcome.text)
+    except (ValueError, AttributeError):
+        message = outcome.text
+    if outcome.kind == "unavailable":
+        return rt.mcp_protocol_error(-32000, message)
+    return rt.mcp_tool_execution_error(message)
