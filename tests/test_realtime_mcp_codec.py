@@ -112,8 +112,9 @@ def test_duplicate_labels_and_connectors() -> None:
     assert cfg.mcp_tools == () and "connectors and tunnels are not supported" in warnings[0]
 
 
-def test_until_served_mcp_tools_warn_and_are_not_echoed() -> None:
-    assert mcp.SERVED is False
+def test_when_not_served_mcp_tools_warn_and_are_not_echoed(monkeypatch) -> None:
+    assert mcp.SERVED is True  # the connection runs them (tests/test_realtime_mcp.py)
+    monkeypatch.setattr(mcp, "SERVED", False)
     cfg, warnings = apply_session_update(SessionConfig(), {"tools": [sdk_mcp_tool()],
                                                            "tool_choice": {"type": "mcp", "server_label": "deepwiki"}},
                                          Flavor.GA)

@@ -128,6 +128,7 @@ class RealtimeMCP:
         if reason:  # never contacted
             self._list_failed(srv, reason, kind="invalid_request_error")
             return
+        await asyncio.to_thread(_import_sdk)  # the first import takes long: not on the event loop
         srv.conn = MCPConnection(MCPTarget(name=cfg.server_label, url=cfg.server_url, headers=cfg.request_headers(),
                                            connect_timeout_s=LIST_TIMEOUT_S), backoff_s=(0.5, 5.0))
         try:
@@ -244,6 +245,12 @@ class RealtimeMCP:
             self._drop(label)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _import_sdk() -> None:
+    import httpx2  # noqa: F401
+    import mcp
+    import mcp.client.streamable_http  # noqa: F401
 
 
 def _wire_error(outcome: ToolOutcome) -> dict[str, Any]:

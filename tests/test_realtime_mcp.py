@@ -1,0 +1,281 @@
+"""MCP tools from Realtime clients, end to end.
+
+Real components: `moksori serve` (pipeline brain, Piper for reply audio), the `mcp` SDK's own
+server (tests/mcp_test_server.py) over Streamable HTTP on loopback, guarded by a bearer token
+that only the client's `headers` carry, and the official `openai` SDK Realtime client (every
+event it receives is validated against the SDK's own union, and every MCP item against the
+SDK's model, extra keys included). The packaged SmolLM2 cannot pick tools, so the LLM is the
+scripted OpenAI-compatible server on loopback (tests/scripted_llm_server.py), standing in for a
+smart model: it calls the tool the instructions name (`scripted:tool=NAME`), then says
+"The tool says: <result>."
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types.realtime import (
+    RealtimeMcpApprovalRequest,
+    RealtimeMcpApprovalResponse,
+    RealtimeMcpListTools,
+    RealtimeMcpToolCall,
+)
+from scripted_llm_server import ScriptedLLM
+from servers import ServerProcess, ThreadedASGIServer, closed_port, free_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from test_realtime_clients import EventLog, ga_connect, moksori_serve
+
+from speech import prepared_data_dir
+
+HERE = Path(__file__).parent
+MCP_SERVER = str(HERE / "mcp_test_server.py")
+TOKEN = "mcp-test-token-42"
+APPROVAL_TIMEOUT_S = 4.0
+
+
+def sdk_shape(model: Any, obj: dict[str, Any]) -> None:
+    """`obj` is what the SDK's model describes: it validates, and has no key the model lacks."""
+    model.model_validate(obj)
+    extra = set(obj) - set(model.model_fields)
+    assert not extra, f"{model.__name__}: unexpected keys {extra}"
+
+
+class Trap:
+    """An HTTP server that must never be contacted (the target of a URL outside the allow-list)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.app = Starlette(routes=[Route("/{path:path}", self.hit, methods=["GET", "POST", "DELETE"])])
+
+    async def hit(self, request: Request) -> PlainTextResponse:
+        self.hits += 1
+        return PlainTextResponse("no")
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    llm = ScriptedLLM()
+    with ThreadedASGIServer(llm.app) as srv:
+        llm.url = srv.url + "/v1"  # type: ignore[attr-defined]
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def mcp_url():
+    port = free_port()
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "MCP_TEST_TOKEN": TOKEN}
+    with ServerProcess([sys.executable, MCP_SERVER, "http", str(port)], port=port, ready_path="/health", env=env,
+                       ready_timeout_s=60) as srv:
+        yield srv.url + "/mcp"
+
+
+@pytest.fixture(scope="module")
+def trap():
+    t = Trap()
+    with ThreadedASGIServer(t.app) as srv:
+        t.url = srv.url  # type: ignore[attr-defined]
+        yield t
+
+
+@pytest.fixture(scope="module")
+def dead_url():
+    return f"http://127.0.0.1:{closed_port()}/mcp"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, scripted, mcp_url, dead_url):
+    data_dir = prepared_data_dir(tmp_path_factory)
+    allow = f"{mcp_url},{dead_url}"
+    with moksori_serve(data_dir, tmp_path_factory.mktemp("serve-mcp"), MOKSORI_LLM_PROVIDER="openai",
+                       MOKSORI_LLM_BASE_URL=scripted.url, MOKSORI_LLM_MODEL="scripted",
+                       MOKSORI_TOOLS_REALTIME_MCP_ALLOW=allow, MOKSORI_SERVER_SHED_LOOP_LAG_MS="5000",
+                       MOKSORI_TOOLS_REALTIME_MCP_APPROVAL_TIMEOUT_S=str(APPROVAL_TIMEOUT_S)) as srv:
+        yield srv
+
+
+def mcp_tool(url: str, *, label: str = "wx", approval: Any = "never", auth: bool = True) -> dict[str, Any]:
+    tool: dict[str, Any] = {"type": "mcp", "server_label": label, "server_url": url,
+                            "allowed_tools": {"tool_names": ["weather", "secret_op"]}, "require_approval": approval}
+    if auth:
+        tool["headers"] = {"Authorization": f"Bearer {TOKEN}"}
+    return tool
+
+
+async def open_session(port: int, instructions: str, tools: list[dict[str, Any]]) -> tuple[Any, EventLog]:
+    conn, log = await ga_connect(port)
+    await log.wait("session.created")
+    await conn.session.update(session={"type": "realtime", "instructions": instructions,
+                                       "output_modalities": ["text"],
+                                       "audio": {"input": {"turn_detection": None}}, "tools": tools})
+    updated = await log.wait("session.updated")
+    echoed = [t for t in updated["session"]["tools"] if t["type"] == "mcp"]
+    assert [t["server_label"] for t in echoed] == [t["server_label"] for t in tools]
+    assert all("headers" not in t for t in echoed)  # the token is never echoed
+    return conn, log
+
+
+async def ask(conn: Any, log: EventLog, text: str) -> None:
+    await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                              "content": [{"type": "input_text", "text": text}]})
+    await conn.response.create()
+
+
+def reply_text(events: list[dict[str, Any]]) -> str:
+    return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+
+
+async def listed(log: EventLog) -> dict[str, Any]:
+    """The `mcp_list_tools` item once listed (after `mcp_list_tools.completed`)."""
+    done = await log.wait("mcp_list_tools.completed", timeout=30)
+    item = (await log.wait("conversation.item.done", lambda e: e["item"]["type"] == "mcp_list_tools"))["item"]
+    assert item["id"] == done["item_id"]
+    sdk_shape(RealtimeMcpListTools, item)
+    for t in item["tools"]:
+        sdk_shape(RealtimeMcpListTools.model_fields["tools"].annotation.__args__[0], t)  # type: ignore[union-attr]
+    return item
+
+
+async def test_a_listed_mcp_tool_is_called_and_the_reply_continues(server, scripted, mcp_url) -> None:
+    conn, log = await open_session(server.port, "scripted:tool=weather", [mcp_tool(mcp_url)])
+    try:
+        added = await log.wait("conversation.item.added", lambda e: e["item"]["type"] == "mcp_list_tools")
+        await log.wait("mcp_list_tools.in_progress", lambda e: e["item_id"] == added["item"]["id"])
+        item = await listed(log)
+        assert sorted(t["name"] for t in item["tools"]) == ["secret_op", "weather"]  # allowed_tools only
+        weather = next(t for t in item["tools"] if t["name"] == "weather")
+        assert weather["input_schema"]["properties"]["city"]["type"] == "string"
+
+        n = len(log.events)
+        await ask(conn, log, "What is the weather in Seoul?")
+        done = await log.wait("response.done", start=n, timeout=60)
+        events = log.events[n:]
+        types = [e["type"] for e in events]
+        mcp_types = [t for t in types if t.startswith("response.mcp_call")]
+        assert mcp_types == ["response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+                             "response.mcp_call.in_progress", "response.mcp_call.completed"]
+        added = next(i for i, e in enumerate(events) if e["type"] == "response.output_item.added"
+                     and e["item"]["type"] == "mcp_call")
+        assert added < types.index("response.mcp_call_arguments.delta")
+        assert events[added]["item"]["output"] is None and events[added]["item"]["arguments"] == ""
+        args_done = next(e for e in events if e["type"] == "response.mcp_call_arguments.done")
+        assert json.loads(args_done["arguments"]) == {"city": "Seoul"}
+        call = next(e["item"] for e in events if e["type"] == "response.output_item.done"
+                    and e["item"]["type"] == "mcp_call")
+        sdk_shape(RealtimeMcpToolCall, call)
+        assert call["server_label"] == "wx" and call["name"] == "weather"
+        assert call["output"] == "Seoul: sunny, 21 degrees" and call["error"] is None
+        assert call["id"] == args_done["item_id"]
+        r = done["response"]
+        assert r["status"] == "completed"
+        assert [o["type"] for o in r["output"]] == ["mcp_call", "message"]
+        assert reply_text(events) == "The tool says: Seoul: sunny, 21 degrees."
+        assert r["output"][1]["content"][0]["text"] == "The tool says: Seoul: sunny, 21 degrees."
+        # the LLM saw the result as a tool message
+        last = scripted.requests[-1]["messages"]
+        assert last[-1]["role"] == "tool" and "sunny" in last[-1]["content"]
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
+
+
+async def test_approval_approved_then_denied(server, mcp_url) -> None:
+    policy = {"never": {"tool_names": ["weather"]}}  # secret_op is in no filter: it needs approval
+    conn, log = await open_session(server.port, "scripted:tool=secret_op", [mcp_tool(mcp_url, approval=policy)])
+    try:
+        await listed(log)
+        for approve in (True, False):
+            n = len(log.events)
+            await ask(conn, log, "Please do the secret operation.")
+            req_ev = await log.wait("response.output_item.done", lambda e: e["item"]["type"] == "mcp_approval_request",
+                                    start=n, timeout=60)
+            req = req_ev["item"]
+            sdk_shape(RealtimeMcpApprovalRequest, req)
+            assert req["name"] == "secret_op" and json.loads(req["arguments"]) == {"target": "test"}
+            assert not [e for e in log.events[n:] if e["type"].startswith("response.mcp_call")]  # waits
+            await conn.conversation.item.create(item={"type": "mcp_approval_response", "approval_request_id": req["id"],
+                                                      "approve": approve, "reason": None if approve else "not today"})
+            echo = await log.wait("conversation.item.added", lambda e: e["item"]["type"] == "mcp_approval_response",
+                                  start=n)
+            sdk_shape(RealtimeMcpApprovalResponse, echo["item"])
+            assert echo["item"]["approve"] is approve
+            done = await log.wait("response.done", start=n, timeout=60)
+            events = log.events[n:]
+            outputs = [o["type"] for o in done["response"]["output"]]
+            text = reply_text(events)
+            if approve:
+                assert outputs == ["mcp_approval_request", "mcp_call", "message"]
+                call = done["response"]["output"][1]
+                sdk_shape(RealtimeMcpToolCall, call)
+                assert call["approval_request_id"] == req["id"] and call["output"] == "done: test"
+                assert "response.mcp_call.completed" in [e["type"] for e in events]
+                assert text == "The tool says: done: test."
+            else:
+                assert outputs == ["mcp_approval_request", "message"]  # never called
+                assert not [e for e in events if e["type"].startswith("response.mcp_call")]
+                assert "denied" in text and "not today" in text
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
+
+
+async def test_an_unanswered_approval_times_out_and_the_session_goes_on(server, mcp_url) -> None:
+    conn, log = await open_session(server.port, "scripted:tool=weather",
+                                   [mcp_tool(mcp_url, approval="always")])
+    try:
+        await listed(log)
+        n = len(log.events)
+        await ask(conn, log, "Weather in Seoul?")
+        req = (await log.wait("response.output_item.done", lambda e: e["item"]["type"] == "mcp_approval_request",
+                              start=n, timeout=60))["item"]
+        done = await log.wait("response.done", start=n, timeout=APPROVAL_TIMEOUT_S + 60)
+        assert done["response"]["status"] == "completed"
+        assert "not approved within" in reply_text(log.events[n:])
+        m = len(log.events)
+        await conn.conversation.item.create(item={"type": "mcp_approval_response", "approval_request_id": req["id"],
+                                                  "approve": True})
+        err = await log.wait("error", start=m)
+        assert err["error"]["code"] == "item_not_found" and "approval" in err["error"]["message"]
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
+
+
+async def test_not_allowed_unreachable_and_unauthorised_servers_fail_cleanly(server, trap, dead_url, mcp_url) -> None:
+    tools = [mcp_tool(trap.url + "/mcp", label="outside"), mcp_tool(dead_url, label="dead"),
+             mcp_tool(mcp_url, label="noauth", auth=False)]
+    conn, log = await open_session(server.port, "scripted:reply=Still here.", tools)
+    try:
+        for _ in range(200):
+            if len(log.of("mcp_list_tools.failed")) == len(tools):
+                break
+            await asyncio.sleep(0.1)
+        assert len(log.of("mcp_list_tools.failed")) == len(tools) and not log.of("mcp_list_tools.completed")
+        errors = {e["error"]["message"].split("'")[1]: e["error"] for e in log.of("error")}
+        assert set(errors) == {"outside", "dead", "noauth"}
+        assert all(e["code"] == "mcp_list_tools_failed" for e in errors.values())
+        assert "allow-list" in errors["outside"]["message"]
+        assert "cannot connect" in errors["dead"]["message"], errors["dead"]
+        # the same server listed fine with the client's Authorization header (the tests above)
+        assert "cannot connect" in errors["noauth"]["message"], errors["noauth"]
+        assert trap.hits == 0  # a URL outside the allow-list is never contacted
+        # the session still answers
+        n = len(log.events)
+        await ask(conn, log, "Hello?")
+        done = await log.wait("response.done", start=n, timeout=60)
+        assert done["response"]["status"] == "completed" and reply_text(log.events[n:]) == "Still here."
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
