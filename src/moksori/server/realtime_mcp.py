@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -84,7 +83,9 @@ class RealtimeMCP:
             self.allow, self._allow_error = None, str(e)
         self._servers: dict[str, _Server] = {}
         self._owner: dict[str, _Server] = {}  # LLM tool name -> its server
-        self._calls: dict[str, deque[tuple[str, str]]] = {}  # LLM name -> (response_id, arguments) announced
+        # LLM name -> (response_id, arguments) of the call the engine announced last: a reply runs
+        # its tools one after the other, each handler right after its `AgentToolCall`
+        self._calls: dict[str, tuple[str, str]] = {}
         self._approvals: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -179,12 +180,11 @@ class RealtimeMCP:
 
     def note_call(self, e: E.AgentToolCall) -> None:
         """The engine is about to run one of our tools for this response (its handler follows)."""
-        self._calls.setdefault(e.name, deque(maxlen=16)).append((e.response_id, e.arguments))
+        self._calls[e.name] = (e.response_id, e.arguments)
 
     async def _call(self, name: str, info: MCPToolInfo, srv: _Server, args: dict[str, Any]) -> Any:
         host, ev, label = self.host, self.host.ev, srv.cfg.server_label
-        queue = self._calls.get(name)
-        rid, arguments = queue.popleft() if queue else ("", json.dumps(args, ensure_ascii=False))
+        rid, arguments = self._calls.pop(name, None) or ("", json.dumps(args, ensure_ascii=False))
         approval_id: str | None = None
         if srv.cfg.require_approval.requires_approval(info.name, info.read_only):
             approval_id = new_id("mcpr")
