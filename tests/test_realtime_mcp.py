@@ -26,13 +26,15 @@ from openai.types.realtime import (
     RealtimeMcpListTools,
     RealtimeMcpToolCall,
 )
-from scripted_llm_server import ScriptedLLM
+from scripted_llm_server import SHORT_REPLY, ScriptedLLM
 from servers import ServerProcess, ThreadedASGIServer, closed_port, free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from test_realtime_clients import EventLog, ga_connect, moksori_serve
+from test_realtime_clients import KEY, EventLog, b64, ga_connect, moksori_serve, speech_pcm, stream_realtime
+from test_realtime_codec import azure_validate
+from websockets.asyncio.client import connect
 
 from speech import prepared_data_dir
 
@@ -133,10 +135,11 @@ def reply_text(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
 
 
-async def listed(log: EventLog) -> dict[str, Any]:
-    """The `mcp_list_tools` item once listed (after `mcp_list_tools.completed`)."""
+async def listed(log: EventLog, *, item_event: str = "conversation.item.done") -> dict[str, Any]:
+    """The `mcp_list_tools` item once listed (after `mcp_list_tools.completed`; Azure has one
+    `conversation.item.created`, with the tools)."""
     done = await log.wait("mcp_list_tools.completed", timeout=30)
-    item = (await log.wait("conversation.item.done", lambda e: e["item"]["type"] == "mcp_list_tools"))["item"]
+    item = (await log.wait(item_event, lambda e: e["item"]["type"] == "mcp_list_tools"))["item"]
     assert item["id"] == done["item_id"]
     sdk_shape(RealtimeMcpListTools, item)
     for t in item["tools"]:
@@ -182,6 +185,17 @@ async def test_a_listed_mcp_tool_is_called_and_the_reply_continues(server, scrip
         # the LLM saw the result as a tool message
         last = scripted.requests[-1]["messages"]
         assert last[-1]["role"] == "tool" and "sunny" in last[-1]["content"]
+
+        # a session.update without the MCP tool drops its tools
+        n = len(log.events)
+        await conn.session.update(session={"type": "realtime", "tools": []})
+        await log.wait("session.updated", start=n)
+        await ask(conn, log, "And in Busan?")
+        done = await log.wait("response.done", start=n, timeout=60)
+        assert [o["type"] for o in done["response"]["output"]] == ["message"]
+        assert reply_text(log.events[n:]) == SHORT_REPLY
+        offered = [t["function"]["name"] for t in scripted.requests[-1].get("tools") or []]
+        assert "weather" not in offered and "secret_op" not in offered
         log.check_ids()
     finally:
         await log.close()
@@ -279,3 +293,42 @@ async def test_not_allowed_unreachable_and_unauthorised_servers_fail_cleanly(ser
     finally:
         await log.close()
         await conn.close()
+
+
+async def test_voice_live_spoken_turn_calls_an_mcp_tool_and_speaks_the_answer(server, mcp_url) -> None:
+    """Azure Voice Live dialect, server VAD on real recorded speech, audio out."""
+    url = f"ws://127.0.0.1:{server.port}/voice-live/realtime?api-version=2025-10-01&model=gpt-realtime"
+    async with connect(url, additional_headers={"api-key": KEY}, max_size=None) as ws:
+        log = EventLog(ws.recv)
+        try:
+            await log.wait("session.created")
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "instructions": "scripted:tool=weather", "modalities": ["text", "audio"],
+                "tools": [mcp_tool(mcp_url)]}}))
+            await log.wait("session.updated")
+            item = await listed(log, item_event="conversation.item.created")
+            assert sorted(t["name"] for t in item["tools"]) == ["secret_op", "weather"]
+            n = len(log.events)
+
+            async def append(chunk: Any) -> None:
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(chunk)}))
+
+            log.spawn(stream_realtime(append, speech_pcm()))
+            done = await log.wait("response.done", start=n, timeout=90)
+            events = log.events[n:]
+            mcp_events = [e for e in log.events if "mcp" in e["type"] or "mcp" in str(e.get("item", {}).get("type"))]
+            assert len(mcp_events) >= 8
+            for e in mcp_events:  # the Azure SDK's own models know every MCP event and item
+                azure_validate(e)
+            r = done["response"]
+            assert [o["type"] for o in r["output"]] == ["mcp_call", "message"], r["output"]
+            assert r["output"][0]["output"] == "Seoul: sunny, 21 degrees"
+            transcript = "".join(e["delta"] for e in events if e["type"] == "response.audio_transcript.delta")
+            assert transcript == "The tool says: Seoul: sunny, 21 degrees."
+            audio = sum(len(e["delta"]) for e in events if e["type"] == "response.audio.delta")
+            assert audio > 24000 * 2 * 4 // 3  # more than a second of base64 pcm16 at 24 kHz
+            assert [e["type"] for e in events if e["type"].startswith("response.mcp_call")] == [
+                "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+                "response.mcp_call.in_progress", "response.mcp_call.completed"]
+        finally:
+            await log.close()

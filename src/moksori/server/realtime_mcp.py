@@ -120,10 +120,20 @@ class RealtimeMCP:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def _item_done(self, srv: _Server, tools: list[dict[str, Any]]) -> None:
+        """The listed item: GA `conversation.item.done`; Azure, which has no such event, gets its
+        one `conversation.item.created` now, with the tools."""
+        item = rt.mcp_list_tools_item(srv.list_item_id, srv.cfg.server_label, tools)
+        if self.host.ev.flavor is rt.Flavor.GA:
+            self.host.send(self.host.ev.conversation_item_done(item, None))
+        else:
+            self.host.send(self.host.ev.conversation_item_added(item, None))
+
     async def _list(self, srv: _Server) -> None:
         ev, cfg = self.host.ev, srv.cfg
-        self.host.send(ev.conversation_item_added(rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, []),
-                                                  None))
+        if ev.flavor is rt.Flavor.GA:
+            self.host.send(ev.conversation_item_added(rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, []),
+                                                      None))
         self.host.send(ev.mcp_list_tools_in_progress(srv.list_item_id))
         reason = self._allow_error or (self.allow.check(cfg.server_url) if self.allow is not None else None)
         if reason:  # never contacted
@@ -156,13 +166,16 @@ class RealtimeMCP:
             srv.tools[name] = t
             self._owner[name] = srv
             self.host.toolbox.add(self._tool(name, t, srv))
+        if ev.flavor is not rt.Flavor.GA:
+            self._item_done(srv, [t.to_wire() for t in srv.tools.values()])
         self.host.send(ev.mcp_list_tools_completed(srv.list_item_id))
-        self.host.send(ev.conversation_item_done(
-            rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, [t.to_wire() for t in srv.tools.values()]),
-            None))
+        if ev.flavor is rt.Flavor.GA:
+            self._item_done(srv, [t.to_wire() for t in srv.tools.values()])
 
     def _list_failed(self, srv: _Server, reason: str, *, kind: str) -> None:
         log.info("realtime MCP server %s (%s): %s", srv.cfg.server_label, srv.cfg.server_url, reason)
+        if self.host.ev.flavor is not rt.Flavor.GA:
+            self._item_done(srv, [])
         self.host.send(self.host.ev.mcp_list_tools_failed(srv.list_item_id))
         self.host.error(f"MCP server {srv.cfg.server_label!r}: {reason}", code="mcp_list_tools_failed",
                         param="session.tools", kind=kind)
