@@ -197,7 +197,7 @@ class RealtimeMCP:
 
     async def _call(self, name: str, info: MCPToolInfo, srv: _Server, args: dict[str, Any]) -> Any:
         host, ev, label = self.host, self.host.ev, srv.cfg.server_label
-        rid, arguments = self._calls.pop(name, None) or ("", json.dumps(args, ensure_ascii=False))
+        rid, arguments = self._calls.pop(name, ("", json.dumps(args, ensure_ascii=False)))
         approval_id: str | None = None
         if srv.cfg.require_approval.requires_approval(info.name, info.read_only):
             approval_id = new_id("mcpr")
