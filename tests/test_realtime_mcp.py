@@ -202,6 +202,25 @@ async def test_a_listed_mcp_tool_is_called_and_the_reply_continues(server, scrip
         await conn.close()
 
 
+async def test_two_servers_with_the_same_tool_names(server, scripted, mcp_url) -> None:
+    conn, log = await open_session(server.port, "scripted:reply=Fine.",
+                                   [mcp_tool(mcp_url, label="a"), mcp_tool(mcp_url, label="b")])
+    try:
+        for _ in range(2):
+            await listed(log)
+        await log.wait("mcp_list_tools.completed", lambda e: len(log.of("mcp_list_tools.completed")) == 2)
+        n = len(log.events)
+        await ask(conn, log, "Hi.")
+        await log.wait("response.done", start=n, timeout=60)
+        offered = sorted(t["function"]["name"] for t in scripted.requests[-1].get("tools") or [])
+        assert "weather" in offered and "secret_op" in offered
+        assert ("a_weather" in offered) != ("b_weather" in offered)  # the second server's copy is prefixed
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
+
+
 async def test_approval_approved_then_denied(server, mcp_url) -> None:
     policy = {"never": {"tool_names": ["weather"]}}  # secret_op is in no filter: it needs approval
     conn, log = await open_session(server.port, "scripted:tool=secret_op", [mcp_tool(mcp_url, approval=policy)])

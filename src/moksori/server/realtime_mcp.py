@@ -227,7 +227,15 @@ class RealtimeMCP:
         if srv.conn is None:  # pragma: no cover - tools exist only once listed
             outcome = ToolOutcome.failure("unavailable", f"MCP server {label} is not connected")
         else:
-            outcome = await srv.conn.call(info.name, args, timeout_s=self.call_timeout_s, max_chars=self.max_chars)
+            try:
+                outcome = await srv.conn.call(info.name, args, timeout_s=self.call_timeout_s,
+                                              max_chars=self.max_chars)
+            except asyncio.CancelledError:  # the reply was cancelled (barge-in, response.cancel)
+                host.send(ev.mcp_call_failed(item_id, idx or 0))
+                host.output_item_done(rid, idx, rt.mcp_call_item(
+                    item_id, label, info.name, arguments, approval_request_id=approval_id,
+                    error=rt.mcp_tool_execution_error("cancelled: the reply was cancelled")))
+                raise
         if outcome.ok:
             host.send(ev.mcp_call_completed(item_id, idx or 0))
             done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
