@@ -351,3 +351,34 @@ async def test_voice_live_spoken_turn_calls_an_mcp_tool_and_speaks_the_answer(se
                 "response.mcp_call.in_progress", "response.mcp_call.completed"]
         finally:
             await log.close()
+
+
+async def test_a_reply_cancelled_while_waiting_for_approval(server, mcp_url) -> None:
+    conn, log = await open_session(server.port, "scripted:tool=weather", [mcp_tool(mcp_url, approval="always")])
+    try:
+        await listed(log)
+        n = len(log.events)
+        await ask(conn, log, "Weather in Seoul?")
+        req = (await log.wait("response.output_item.done", lambda e: e["item"]["type"] == "mcp_approval_request",
+                              start=n, timeout=60))["item"]
+        await conn.response.cancel()
+        done = await log.wait("response.done", start=n, timeout=20)
+        assert done["response"]["status"] == "cancelled"
+        assert not [e for e in log.events[n:] if e["type"].startswith("response.mcp_call")]
+        m = len(log.events)
+        await conn.conversation.item.create(item={"type": "mcp_approval_response", "approval_request_id": req["id"],
+                                                  "approve": True})
+        assert (await log.wait("error", start=m))["error"]["code"] == "item_not_found"
+        # the session goes on: the next question asks again
+        await ask(conn, log, "Weather in Seoul, please?")
+        req2 = (await log.wait("response.output_item.done", lambda e: e["item"]["type"] == "mcp_approval_request",
+                               start=m, timeout=60))["item"]
+        await conn.conversation.item.create(item={"type": "mcp_approval_response", "approval_request_id": req2["id"],
+                                                  "approve": True})
+        done = await log.wait("response.done", start=m, timeout=60)
+        assert done["response"]["status"] == "completed"
+        assert reply_text(log.events[m:]) == "The tool says: Seoul: sunny, 21 degrees."
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
