@@ -237,6 +237,8 @@ async def test_approval_approved_then_denied(server, mcp_url) -> None:
             assert not [e for e in log.events[n:] if e["type"].startswith("response.mcp_call")]  # waits
             await conn.conversation.item.create(item={"type": "mcp_approval_response", "approval_request_id": req["id"],
                                                       "approve": approve, "reason": None if approve else "not today"})
+            if approve:  # as OpenAI's flow has it: the reply already goes on, so this one is ignored
+                await conn.response.create()
             echo = await log.wait("conversation.item.added", lambda e: e["item"]["type"] == "mcp_approval_response",
                                   start=n)
             sdk_shape(RealtimeMcpApprovalResponse, echo["item"])
@@ -252,6 +254,8 @@ async def test_approval_approved_then_denied(server, mcp_url) -> None:
                 assert call["approval_request_id"] == req["id"] and call["output"] == "done: test"
                 assert "response.mcp_call.completed" in [e["type"] for e in events]
                 assert text == "The tool says: done: test."
+                assert not [e for e in events if e["type"] == "error"]  # the extra response.create: ignored
+                assert len([e for e in events if e["type"] == "response.created"]) == 1
             else:
                 assert outputs == ["mcp_approval_request", "message"]  # never called
                 assert not [e for e in events if e["type"].startswith("response.mcp_call")]

@@ -452,6 +452,11 @@ class RealtimeConnection:
         # responses (conversation "none") may run beside it, MAX_OOB_RESPONSES at a time.
         in_conversation = o is None or o.conversation != "none"
         active = self._active_responses(in_conversation=in_conversation)
+        if in_conversation and active and active[0] in self.mcp.resumed:
+            # OpenAI's flow: approve, then response.create. Here the reply that asked goes on by
+            # itself, so the request is already served: a clean no-op, not an error
+            log.debug("response.create ignored: %s goes on after an MCP approval", active[0])
+            return
         if in_conversation and active:
             raise ProtocolError(f"Conversation already has an active response in progress: {active[0]}. "
                                 "Wait until the response is finished before creating a new one.",
@@ -649,6 +654,7 @@ class RealtimeConnection:
                                                        output=out.output, usage=usage)))
         self._metadata.pop(out.response_id, None)
         self._oob.discard(out.response_id)
+        self.mcp.resumed.discard(out.response_id)
         for later in self._after_done.pop(out.response_id, []):
             self.send(later)
 

@@ -86,7 +86,10 @@ class RealtimeMCP:
         # LLM name -> (response_id, arguments) of the call the engine announced last: a reply runs
         # its tools one after the other, each handler right after its `AgentToolCall`
         self._calls: dict[str, tuple[str, str]] = {}
-        self._approvals: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
+        self._approvals: dict[str, tuple[str, asyncio.Future[tuple[bool, str | None]]]] = {}
+        # responses that went on after an approval: a client that follows OpenAI's flow sends
+        # `response.create` after its answer, which this reply already serves
+        self.resumed: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ servers
@@ -205,7 +208,7 @@ class RealtimeMCP:
             idx = host.output_item_added(rid, item)
             host.output_item_done(rid, idx, item)
             fut: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
-            self._approvals[approval_id] = fut
+            self._approvals[approval_id] = (rid, fut)
             try:
                 approve, reason = await asyncio.wait_for(fut, self.approval_timeout_s)
             except asyncio.TimeoutError:
@@ -249,17 +252,16 @@ class RealtimeMCP:
 
     def answer(self, item: rt.MCPApprovalResponseItem) -> bool:
         """The client's approval response; False when no call waits for that request."""
-        fut = self._approvals.get(item.approval_request_id)
+        rid, fut = self._approvals.get(item.approval_request_id, ("", None))
         if fut is None or fut.done():
             return False
         fut.set_result((item.approve, item.reason))
+        if rid:
+            self.resumed.add(rid)
         return True
 
-    def pending_approvals(self) -> list[str]:
-        return [k for k, f in self._approvals.items() if not f.done()]
-
     async def close(self) -> None:
-        for fut in self._approvals.values():
+        for _rid, fut in self._approvals.values():
             if not fut.done():
                 fut.set_result((False, "the session ended"))
         for label in list(self._servers):
