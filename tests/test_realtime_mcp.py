@@ -386,3 +386,42 @@ async def test_a_reply_cancelled_while_waiting_for_approval(server, mcp_url) -> 
     finally:
         await log.close()
         await conn.close()
+
+
+async def test_webrtc_call_with_an_mcp_tool_in_its_ephemeral_key_and_approval_on_the_data_channel(
+        server, mcp_url) -> None:
+    """WebRTC uses the same connection: the tool comes with the key's session (a preset, listed
+    when the call starts), events and the approval travel on `oai-events`."""
+    from openai import AsyncOpenAI
+
+    from moksori.testing.webrtc_client import RtcClient
+
+    api = AsyncOpenAI(api_key=KEY, base_url=server.url + "/v1", max_retries=0)
+    try:
+        secret = await api.realtime.client_secrets.create(session={
+            "type": "realtime", "instructions": "scripted:tool=weather", "output_modalities": ["text"],
+            "tools": [mcp_tool(mcp_url, approval="always")]})  # type: ignore[list-item]
+    finally:
+        await api.close()
+    client = RtcClient()
+    await client.connect_sdk(server.url, secret.value)
+    try:
+        await asyncio.wait_for(client.opened.wait(), 15)
+        await client.wait_event("session.created")
+        await client.wait_event("mcp_list_tools.completed", timeout=30)
+        item = (await client.wait_event("conversation.item.done", pred=lambda e: e["item"]["type"] == "mcp_list_tools"))
+        sdk_shape(RealtimeMcpListTools, item["item"])
+        n = len(client.events)
+        client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Seoul?"}]}})
+        client.send({"type": "response.create"})
+        req = await client.wait_event("response.output_item.done", after=n, timeout=60,
+                                      pred=lambda e: e["item"]["type"] == "mcp_approval_request")
+        client.send({"type": "conversation.item.create", "item": {
+            "type": "mcp_approval_response", "approval_request_id": req["item"]["id"], "approve": True}})
+        done = await client.wait_event("response.done", after=n, timeout=60)
+        assert [o["type"] for o in done["response"]["output"]] == ["mcp_approval_request", "mcp_call", "message"]
+        assert done["response"]["output"][1]["output"] == "Seoul: sunny, 21 degrees"
+        assert done["response"]["output"][2]["content"][0]["text"] == "The tool says: Seoul: sunny, 21 degrees."
+    finally:
+        await client.close()
