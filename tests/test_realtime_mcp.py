@@ -177,6 +177,9 @@ async def test_a_listed_mcp_tool_is_called_and_the_reply_continues(server, scrip
         assert call["server_label"] == "wx" and call["name"] == "weather"
         assert call["output"] == "Seoul: sunny, 21 degrees" and call["error"] is None
         assert call["id"] == args_done["item_id"]
+        await conn.conversation.item.retrieve(item_id=call["id"])
+        got = await log.wait("conversation.item.retrieved", start=n)
+        assert got["item"] == call
         r = done["response"]
         assert r["status"] == "completed"
         assert [o["type"] for o in r["output"]] == ["mcp_call", "message"]

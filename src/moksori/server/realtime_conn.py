@@ -348,7 +348,7 @@ class RealtimeConnection:
             raise ProtocolError(f"no MCP call is waiting for approval request {item.approval_request_id} "
                                 "(answered already, timed out, or unknown)", code="item_not_found",
                                 param="item.approval_request_id")
-        wire = rt.mcp_approval_response_item(item, item.id or new_id("item"))
+        wire = self.mcp.keep(rt.mcp_approval_response_item(item, item.id or new_id("item")))
         self.send(self.ev.conversation_item_added(wire, None))
         self.send(self.ev.conversation_item_done(wire, None))
 
@@ -401,6 +401,9 @@ class RealtimeConnection:
 
     def _on_ConversationItemRetrieve(self, ev: rt.ConversationItemRetrieve) -> None:
         item = self.session.memory.get(ev.item_id)
+        if item is None and ev.item_id in self.mcp.items:  # an MCP item (kept by the runner, not in memory)
+            self.send(self.ev.conversation_item_retrieved(self.mcp.items[ev.item_id]))
+            return
         if item is None:
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
         self.send(self.ev.conversation_item_retrieved(self._item_wire(item)))

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("moksori.realtime.mcp")
 
 LIST_TIMEOUT_S = 10.0
+MAX_KEPT_ITEMS = 256
 
 
 class MCPHost(Protocol):
@@ -90,6 +91,8 @@ class RealtimeMCP:
         # responses that went on after an approval: a client that follows OpenAI's flow sends
         # `response.create` after its answer, which this reply already serves
         self.resumed: set[str] = set()
+        # the MCP items of this session as last sent, for `conversation.item.retrieve`
+        self.items: dict[str, dict[str, Any]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ servers
@@ -123,10 +126,16 @@ class RealtimeMCP:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def keep(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.items[item["id"]] = item
+        while len(self.items) > MAX_KEPT_ITEMS:
+            del self.items[next(iter(self.items))]
+        return item
+
     def _item_done(self, srv: _Server, tools: list[dict[str, Any]]) -> None:
         """The listed item: GA `conversation.item.done`; Azure, which has no such event, gets its
         one `conversation.item.created` now, with the tools."""
-        item = rt.mcp_list_tools_item(srv.list_item_id, srv.cfg.server_label, tools)
+        item = self.keep(rt.mcp_list_tools_item(srv.list_item_id, srv.cfg.server_label, tools))
         if self.host.ev.flavor is rt.Flavor.GA:
             self.host.send(self.host.ev.conversation_item_done(item, None))
         else:
@@ -204,7 +213,7 @@ class RealtimeMCP:
         approval_id: str | None = None
         if srv.cfg.require_approval.requires_approval(info.name, info.read_only):
             approval_id = new_id("mcpr")
-            item = rt.mcp_approval_request_item(approval_id, label, info.name, arguments)
+            item = self.keep(rt.mcp_approval_request_item(approval_id, label, info.name, arguments))
             idx = host.output_item_added(rid, item)
             host.output_item_done(rid, idx, item)
             fut: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
@@ -247,7 +256,7 @@ class RealtimeMCP:
             host.send(ev.mcp_call_failed(item_id, idx or 0))
             done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
                                     error=_wire_error(outcome))
-        host.output_item_done(rid, idx, done)
+        host.output_item_done(rid, idx, self.keep(done))
         return outcome
 
     def answer(self, item: rt.MCPApprovalResponseItem) -> bool:
