@@ -45,6 +45,7 @@ log = logging.getLogger("moksori.realtime.mcp")
 
 LIST_TIMEOUT_S = 10.0
 MAX_KEPT_ITEMS = 256
+MAX_SERVERS = 8  # MCP servers per session: each is a connection this server holds open
 
 
 class MCPHost(Protocol):
@@ -69,6 +70,7 @@ class _Server:
     conn: MCPConnection | None = None
     tools: dict[str, MCPToolInfo] = field(default_factory=dict)  # LLM name -> the server's tool
     task: asyncio.Task[None] | None = None
+    over_limit: bool = False
 
 
 class RealtimeMCP:
@@ -109,7 +111,7 @@ class RealtimeMCP:
                 self._drop(label)
         for label, cfg in wanted.items():
             if label not in self._servers:
-                srv = _Server(cfg, new_id("mcpl"))
+                srv = _Server(cfg, new_id("mcpl"), over_limit=len(self._servers) >= MAX_SERVERS)
                 self._servers[label] = srv
                 srv.task = asyncio.get_running_loop().create_task(self._list(srv), name=f"mcp-list-{label}")
 
@@ -148,6 +150,8 @@ class RealtimeMCP:
                                                       None))
         self.host.send(ev.mcp_list_tools_in_progress(srv.list_item_id))
         reason = self._allow_error or (self.allow.check(cfg.server_url) if self.allow is not None else None)
+        if srv.over_limit:
+            reason = f"a session may use at most {MAX_SERVERS} MCP servers"
         if reason:  # never contacted
             self._list_failed(srv, reason, kind="invalid_request_error")
             return
