@@ -24,71 +24,27 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from databases import postgres_database
-from redis_tools import REDIS_URL, delete_prefix_sync, new_prefix
-from servers import free_port
-from speech import prepared_data_dir
+from cluster_tools import REPO, running_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.models]
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-cluster-e2e-1"
 TTL = 3
 
 
-def cluster_cmd(cmd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts/cluster.py"), cmd], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def start_time(pid: int) -> str | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    data_dir = prepared_data_dir(tmp_path_factory)
-    d = tmp_path_factory.mktemp("cluster-dir")
-    prefix = new_prefix()
-    port = free_port()
-    with postgres_database() as db:
-        env = {**os.environ, "CLUSTER_DIR": str(d), "CLUSTER_PORT": str(port), "WORKERS": "2",
-               "CLUSTER_LLM_THREADS": "1", "CLUSTER_READY_TIMEOUT_S": "400",
-               "MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix, "MOKSORI_STORE_URL": db,
-               "MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_API_KEYS": KEY, "MOKSORI_LLM_TEMPERATURE": "0",
-               "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "2", "MOKSORI_CLUSTER_HEARTBEAT_S": "1",
-               "MOKSORI_CLUSTER_TTL_S": str(TTL), "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "2",
-               "MOKSORI_SERVER_DRAIN_TIMEOUT_S": "60"}
-        up = cluster_cmd("up", env, timeout=600)
-        state = json.loads((d / "state.json").read_text()) if (d / "state.json").exists() else None
-        try:
-            assert up.returncode == 0, f"cluster up failed:\n{up.stdout}\n{up.stderr}"
-            assert state is not None
-            yield {"env": env, "dir": d, "port": port, "state": state, "url": f"http://127.0.0.1:{port}"}
-        finally:
-            down = cluster_cmd("down", env, timeout=120)
-            procs = ([state["nginx"]] if state and state.get("nginx") else []) + \
-                    (state["workers"] + ([state["llm"]] if state.get("llm") else []) if state else [])
-            left = [p["pid"] for p in procs if start_time(p["pid"]) == p["start"]]
-            delete_prefix_sync(prefix)
-            # 6. cluster-down stops everything it started, and only that
-            assert down.returncode == 0, down.stderr
-            assert not left, f"still running after cluster down: {left}\n{down.stdout}"
-            assert not (d / "state.json").exists()
-            with pytest.raises(httpx.ConnectError):
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    with running_cluster(tmp_path_factory, KEY, {
+            "MOKSORI_LLM_TEMPERATURE": "0", "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "2",
+            "MOKSORI_CLUSTER_HEARTBEAT_S": "1", "MOKSORI_CLUSTER_TTL_S": str(TTL),
+            "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "2", "MOKSORI_SERVER_DRAIN_TIMEOUT_S": "60"}) as c:
+        yield c
 
 
 def api(cluster, path: str, url: str | None = None) -> httpx.Response:

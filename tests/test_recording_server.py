@@ -15,7 +15,6 @@ hashed number; a client that vanishes mid-reply leaves the reply stored as inter
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -27,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import openai
 import pytest
 from carrier_sim import CarrierSim
 from databases import database
 from scripted_llm_server import LONG_REPLY, SHORT_REPLY, ScriptedLLM
+from realtime_speech import Client, speech_pcm, user_messages
 from servers import ServerProcess, ThreadedASGIServer, free_port
 from speech import prepared_data_dir, requires_speech, utt
 
@@ -43,8 +42,6 @@ from moksori.telephony.signatures import make_stream_token
 pytestmark = [pytest.mark.models, requires_speech]
 
 K1, K2 = "sk-record-key-one", "sk-record-key-two"
-RATE = 24000
-CHUNK_MS = 40
 STREAM_SECRET = "stream-secret-for-recording-tests"
 CALLER = "+82 10-1234-5678"
 
@@ -123,89 +120,6 @@ def wait_for(check, what: str, timeout: float = 15.0):
         time.sleep(0.2)
 
 
-# --------------------------------------------------------------------------- speech and the client
-
-
-def speech_pcm(name: str = "en_028", *, pad_s: float = 3.0) -> np.ndarray:
-    from moksori.audio.resample import resample
-
-    frame = resample(load_audio(utt(name).path), RATE)
-    return np.concatenate([frame.samples, np.zeros(int(pad_s * RATE), dtype=np.int16)])
-
-
-def b64(pcm: np.ndarray) -> str:
-    return base64.b64encode(pcm.astype("<i2").tobytes()).decode()
-
-
-class Client:
-    """The official openai Realtime client, its events kept in order by a reader task."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.events: list[dict[str, Any]] = []
-        self.closed = False
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, srv: ServerProcess, key: str = K1, *, user: str | None = None, header: bool = False,
-                   query: dict[str, str] | None = None) -> Client:
-        client = openai.AsyncOpenAI(api_key=key, websocket_base_url=f"ws://127.0.0.1:{srv.port}/v1", max_retries=0)
-        extra_query = dict(query or {})
-        extra_headers = {}
-        if user is not None and header:
-            extra_headers["X-Moksori-User"] = user
-        elif user is not None:
-            extra_query["user"] = user
-        conn = await client.realtime.connect(model="moksori", extra_query=extra_query, extra_headers=extra_headers,
-                                             max_retries=0).enter()
-        return cls(conn)
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                self.events.append(json.loads(await self.conn.recv_bytes()))
-        except Exception:  # noqa: BLE001 - closed
-            self.closed = True
-
-    async def wait(self, typ: str, pred=lambda e: True, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for e in self.events:
-                if e["type"] == typ and pred(e):
-                    return e
-            if self.closed or time.monotonic() > deadline:
-                raise AssertionError(f"no {typ}; got {[e['type'] for e in self.events][-20:]}")
-            await asyncio.sleep(0.02)
-
-    async def setup(self, instructions: str | None = None) -> None:
-        session: dict[str, Any] = {"type": "realtime", "audio": {"input": {
-            "transcription": {"model": "whisper-1"},
-            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}}
-        if instructions:
-            session["instructions"] = instructions
-        await self.wait("session.created", timeout=10)
-        await self.conn.session.update(session=session)
-        await self.wait("session.updated", timeout=10)
-
-    async def speak(self, pcm: np.ndarray) -> None:
-        step = RATE * CHUNK_MS // 1000
-        t0 = time.monotonic()
-        for start in range(0, len(pcm), step):
-            await self.conn.input_audio_buffer.append(audio=b64(pcm[start:start + step]))
-            delay = t0 + (start + step) / RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        await self.conn.close()
-
-
-def user_messages(request: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(m["role"], m.get("content") or "") for m in request["messages"] if m["role"] != "system"]
-
-
 # --------------------------------------------------------------------------- the story
 
 
@@ -213,7 +127,7 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
     srv = world.start()
 
     async def first_session() -> tuple[str, dict[str, Any]]:
-        c = await Client.open(srv, user="alice")
+        c = await Client.open(srv.port, K1, user="alice")
         try:
             await c.setup()
             feeder = asyncio.create_task(c.speak(speech_pcm()))
@@ -262,7 +176,7 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
     # alice's next session (the user id in the header this time): the agent's prompt holds it
     async def second_session() -> str:
         before = len(world.llm.requests)
-        c = await Client.open(srv, user="alice", header=True)
+        c = await Client.open(srv.port, K1, user="alice", header=True)
         try:
             await c.setup()
             feeder = asyncio.create_task(c.speak(speech_pcm("en_021")))
@@ -284,7 +198,7 @@ def test_spoken_session_survives_kill9_and_comes_back_as_history(world: World) -
     # the same user id under the other key is another user: no history
     async def other_key_session() -> None:
         before = len(world.llm.requests)
-        c = await Client.open(srv, K2, user="alice")
+        c = await Client.open(srv.port, K2, user="alice")
         try:
             await c.setup()
             feeder = asyncio.create_task(c.speak(speech_pcm()))
@@ -307,7 +221,7 @@ def test_a_client_gone_mid_reply_leaves_it_stored_as_interrupted(world: World) -
     srv = world.live()
 
     async def main() -> str:
-        c = await Client.open(srv, user="bob")
+        c = await Client.open(srv.port, K1, user="bob")
         await c.setup(instructions="scripted:long")
         feeder = asyncio.create_task(c.speak(speech_pcm(pad_s=8.0)))
         await c.wait("response.output_audio.delta", timeout=90)
