@@ -16,13 +16,18 @@ sent. The official `openai` Realtime client connects through nginx:
    reply), before the new turn;
 4. `GET /v1/conversations?user=U` on each worker (straight to its port) lists both conversations;
    `DELETE /v1/users/U` erases them (and the database and the Redis prefix go with the fixture).
+
+Then `kill -9` of the worker holding another user's live session, once its turn is stored: the
+user reconnects through nginx, lands on the surviving worker, and its prompt holds that turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import sys
 import time
 from typing import Any
@@ -160,3 +165,41 @@ async def test_a_users_history_follows_them_to_the_other_worker(cluster):
         erased = call("DELETE", cluster["url"], f"/v1/users/{user}")
     assert erased.status_code == 200, erased.text
     assert call("GET", cluster["url"], f"/v1/conversations?user={user}").status_code == 404
+
+
+async def test_after_kill_9_the_user_continues_on_the_surviving_worker(cluster):
+    user = f"clusterhist-{secrets.token_hex(6)}"
+    st, llm = cluster["state"], cluster["llm"]
+    pids = [w["pid"] for w in st["workers"]]
+    try:
+        c = await Client.open(cluster["port"], KEY, user=user)
+        try:
+            said, first = await spoken_turn(c, "en_028")
+            held = await until(lambda: (lambda n: sorted(n.values()) == [0, 1] and n)(sessions(cluster)),
+                               "the session in the registry")
+            i = next(k for k, pid in enumerate(pids) if held.get(pid) == 1)
+            survivor = worker_url(st, 1 - i)
+            conv = first["conversation_id"]
+            # the turn is in the database (read on the other worker), then its worker dies mid-session
+            await until(lambda: len(call("GET", survivor, f"/v1/conversations/{conv}/items").json().get("data", [])) >= 2,
+                        "the first turn stored")
+            os.kill(pids[i], signal.SIGKILL)
+            await until(lambda: c.closed, "the client cut off")
+        finally:
+            await c.close()
+
+        before = len(llm.requests)
+        c = await Client.open(cluster["port"], KEY, user=user)
+        try:
+            _, second = await spoken_turn(c, "en_021")
+            assert sessions(cluster).get(pids[1 - i]) == 1
+        finally:
+            await c.close()
+        sent = user_messages(llm.requests[before])
+        assert sent[:2] == [("user", said[0]), ("assistant", SHORT_REPLY)], sent
+        assert sent[-1][0] == "user" and sent[-1][1] != said[0], sent
+        listed = call("GET", survivor, f"/v1/conversations?user={user}").json()["data"]
+        assert {x["id"] for x in listed} == {conv, second["conversation_id"]}
+    finally:
+        erased = call("DELETE", cluster["url"], f"/v1/users/{user}")
+    assert erased.status_code == 200, erased.text
