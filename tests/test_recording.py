@@ -123,6 +123,35 @@ def test_a_disconnect_mid_reply_keeps_what_was_heard(db_url) -> None:
     asyncio.run(main())
 
 
+def test_a_closing_session_is_written_at_once_for_another_worker(db_url) -> None:
+    """The user may reconnect to another worker right away: when a session closes, its queued
+    records are written without the batch's gather wait (here 30 s), so another process's store
+    (`other`, as another worker's) reads them within moments."""
+    async def main() -> None:
+        store = await Store(db_url, hash_secret=b"t", flush_interval_s=30.0).start()
+        other = await Store(db_url, hash_secret=b"t").start()
+        stack = fake_stack(llm=ScriptedLLM(LONG, token_delay_s=0.005), tts=ToneTTS(seconds_per_char=0.02))
+        s = session_for(stack)
+        record_session(s, store, Who(T1, "carol", "realtime", load_history=False))
+        started = asyncio.Event()
+        s.bus.listen(lambda e: started.set() if isinstance(e, E.AgentAudioStarted) else None)
+        await speak(s, tail=0.6)
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.5)
+        assert await other.list_items(T1, s.id) is None  # still gathering in this worker's writer
+        await s.close()  # mid-reply: the heard part is among the last records
+        t0 = time.monotonic()
+        while (found := await other.list_items(T1, s.id, order="asc")) is None or len(found[0]) < 2:
+            assert time.monotonic() - t0 < 3, found
+            await asyncio.sleep(0.05)
+        user, reply = found[0]
+        assert user.role == "user" and reply.role == "assistant" and reply.interrupted and reply.heard_text
+        await other.close()
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_a_barge_in_stores_the_heard_part_and_tool_calls_are_stored(db_url) -> None:
     async def main() -> None:
         store = await Store(db_url, hash_secret=b"t").start()

@@ -133,6 +133,14 @@ def record_session(session: Session, store: Store, who: Who, *,
                                              cached_tokens=u.cached_tokens, output_tokens=u.output_tokens))
 
         window.on_usage = summary_usage
+
+    def on_end(e: E.Event) -> None:
+        # the session's last records (an interrupted reply's heard part) go out at once, not after
+        # the batch's gather wait: the user may reconnect to another worker and load them there
+        if isinstance(e, E.SessionClosed):
+            store.write_now()
+
+    session.bus.listen(on_end)
     if who.user is not None and who.load_history:
         session.memory.expect_history()
         rec.history_task = asyncio.get_running_loop().create_task(rec.load_history(),

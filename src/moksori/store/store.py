@@ -169,6 +169,10 @@ class Store:
     async def flush(self, timeout_s: float | None = 10.0) -> bool:
         return await self.writer.flush(timeout_s)
 
+    def write_now(self) -> None:
+        """Write what is queued now, without waiting for the batch to gather (never blocks)."""
+        self.writer.write_now()
+
     def phone_user_id(self, number: str) -> str:
         return identity.phone_user_id(number, self._secret)
 

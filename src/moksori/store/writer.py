@@ -4,6 +4,8 @@
 thread that runs its own event loop and its own database engine, so no SQL is compiled, sent or
 waited for on the audio loop. The thread gathers what arrived within `flush_interval_s` (many
 small records per turn become one transaction) and writes up to `max_batch` records at a time.
+A barrier (`flush()`, or `write_now()` when a session closes) cuts that wait short: what is queued
+is written at once, so another process (a worker the user reconnects to) can read it.
 
 A dead or slow database: the batch stays at the head of the buffer and is retried with
 exponential backoff (0.1 s → 5 s) for as long as the outage lasts; new records keep queueing up
@@ -62,6 +64,7 @@ class StoreWriter:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None  # a barrier is waiting: no gather wait
         self._wake_pending = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -122,10 +125,14 @@ class StoreWriter:
             self._barriers.append((target, fut))
         if self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._wake_set)
+                self._loop.call_soon_threadsafe(self._urge)
             except RuntimeError:
                 pass
         return fut
+
+    def write_now(self) -> None:
+        """Write what is queued now, without the batch's gather wait (never blocks)."""
+        self.barrier()
 
     async def flush(self, timeout_s: float | None = 10.0) -> bool:
         """Wait until everything submitted so far is written. False on timeout."""
@@ -151,7 +158,7 @@ class StoreWriter:
             lost = len(self._buf)
         if self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._wake_set)
+                self._loop.call_soon_threadsafe(self._urge)
             except RuntimeError:
                 pass
         thread.join(timeout_s + 5)
@@ -178,6 +185,19 @@ class StoreWriter:
         if self._wake is not None:
             self._wake.set()
 
+    def _urge(self) -> None:
+        if self._urgent is not None:
+            self._urgent.set()
+        self._wake_set()
+
+    async def _gather(self) -> None:
+        """Let a turn's records gather for `flush_interval_s`, unless a barrier wants them now."""
+        assert self._urgent is not None
+        try:
+            await asyncio.wait_for(self._urgent.wait(), self.flush_interval_s)
+        except TimeoutError:
+            pass
+
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._main())
@@ -189,6 +209,7 @@ class StoreWriter:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
         engine = dbmod.make_engine(self.url)
         self._started.set()
         if self._buf:  # records submitted before the thread started
@@ -199,8 +220,9 @@ class StoreWriter:
                 self._wake.clear()
                 with self._lock:
                     self._wake_pending = False
-                if self.flush_interval_s > 0 and not self._stopping and not self._barriers:
-                    await asyncio.sleep(self.flush_interval_s)  # let a turn's records gather
+                if self.flush_interval_s > 0 and self._buf and not self._stopping and not self._barriers:
+                    await self._gather()
+                self._urgent.clear()
                 await self._drain(engine)
                 if self._stopping:
                     break
