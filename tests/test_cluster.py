@@ -203,7 +203,7 @@ async def test_a_rolling_restart_drains_a_worker_while_sessions_run(cluster):
     a, _ = await connect(cluster)
     b = restart = None
     try:
-        counts = await holder(cluster)
+        counts = await holder(cluster, one_session)  # the registry is written a moment after the session opens
         first = next(pid for pid, n in counts.items() if n == 1)
         other = next(pid for pid in counts if pid != first)
         i = old.index(first)

@@ -74,6 +74,11 @@ def sessions(cluster: dict[str, Any]) -> dict[int, int]:
     return {w["pid"]: w["sessions"] for w in r.json()["workers"]}
 
 
+def one_session(counts: dict[int, int]) -> dict[int, int] | None:
+    """The counts, if exactly one worker holds one session (and the other none)."""
+    return counts if sorted(counts.values()) == [0, 1] else None
+
+
 async def until(check, what: str, timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -114,8 +119,7 @@ async def test_a_users_history_follows_them_to_the_other_worker(cluster):
         c = await Client.open(cluster["port"], KEY, user=user)
         try:
             said, first = await spoken_turn(c, "en_028")
-            held = await until(lambda: (lambda n: sorted(n.values()) == [0, 1] and n)(sessions(cluster)),
-                               "the session in the registry")
+            held = await until(lambda: one_session(sessions(cluster)), "the session in the registry")
         finally:
             await c.close()
         assert any("thousand" in s.lower() for s in said), said
@@ -134,7 +138,7 @@ async def test_a_users_history_follows_them_to_the_other_worker(cluster):
         before = len(llm.requests)
         c = await Client.open(cluster["port"], KEY, user=user)
         try:
-            said_again, second = await spoken_turn(c, "en_021")
+            _, second = await spoken_turn(c, "en_021")
             assert sessions(cluster).get(other["pid"]) == 1  # the other worker holds it
         finally:
             await c.close()
@@ -175,8 +179,7 @@ async def test_after_kill_9_the_user_continues_on_the_surviving_worker(cluster):
         c = await Client.open(cluster["port"], KEY, user=user)
         try:
             said, first = await spoken_turn(c, "en_028")
-            held = await until(lambda: (lambda n: sorted(n.values()) == [0, 1] and n)(sessions(cluster)),
-                               "the session in the registry")
+            held = await until(lambda: one_session(sessions(cluster)), "the session in the registry")
             i = next(k for k, pid in enumerate(pids) if held.get(pid) == 1)
             survivor = worker_url(st, 1 - i)
             conv = first["conversation_id"]
