@@ -254,3 +254,38 @@ def test_dead_database_at_start_keeps_the_server_up(tmp_path) -> None:
         assert r.status_code == 503 and "unavailable" in r.json()["error"]["message"]
         assert srv.wait_for_log("store: unavailable")
         assert "Traceback" not in srv.log_text()
+
+
+def test_a_database_that_comes_back_is_used_without_a_restart(tmp_path) -> None:
+    """PostgreSQL is down when the server starts (a proxy in front of it refuses connections):
+    the API says the store is unavailable; once the database answers, the server migrates it and
+    serves from it, with no restart (the retry runs every 2 s, doubling)."""
+    from databases import postgres_database
+    from tcp_proxy import TCPProxy
+
+    with postgres_database() as url:
+        host_port = url.split("@", 1)[1].split("/", 1)[0]
+        host, pg_port = host_port.rsplit(":", 1) if ":" in host_port else (host_port, "5432")
+        proxy = TCPProxy(host, int(pg_port)).start()
+        proxy.cut()
+        try:
+            port = free_port()
+            env = {"MOKSORI_STORE_URL": url.replace(host_port, f"127.0.0.1:{proxy.port}"),
+                   "MOKSORI_DATA_DIR": str(tmp_path)}
+            with ServerProcess([sys.executable, str(HERE / "store_server.py"), str(port)], port=port,
+                               ready_path="/health", env=env) as srv:
+                r = httpx.get(srv.url + "/v1/conversations/conv_a")
+                assert r.status_code == 503 and "unavailable" in r.json()["error"]["message"]
+                proxy.restore()
+                deadline = time.monotonic() + 30
+                while True:
+                    r = httpx.get(srv.url + "/v1/conversations/conv_a")
+                    if r.status_code != 503:
+                        break
+                    assert time.monotonic() < deadline, "the store never came back"
+                    time.sleep(0.3)
+                assert r.status_code == 404  # served from the (migrated, empty) store now
+                assert srv.wait_for_log("store: available again")
+                assert "Traceback" not in srv.log_text()
+        finally:
+            proxy.stop()

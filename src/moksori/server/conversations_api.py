@@ -36,6 +36,8 @@ log = logging.getLogger("moksori.server")
 router = APIRouter()
 
 RETENTION_EVERY_S = 3600.0
+START_RETRY_S = 2.0  # a store that could not start is tried again after this, doubling...
+START_RETRY_MAX_S = 30.0  # ...up to this
 
 
 class _Fail(Exception):
@@ -54,31 +56,69 @@ def install(app: FastAPI, state: Any) -> None:
 
     @contextlib.asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[Any]:  # the inner lifespan's state (None or a mapping)
+        tasks: list[asyncio.Task[None]] = []
         store: Store | None = None
-        retention: asyncio.Task[None] | None = None
         try:
             store = Store.from_settings(state.settings)
-            if store is not None:
-                await store.start()
-        except Exception as e:  # noqa: BLE001 - a dead database must not take the voice server down
-            state.store_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-            log.error("store: unavailable, conversations are not being stored (%s)", state.store_error)
-            store = None
-        state.store = store
-        if store is not None and store.retention_days > 0:
-            retention = asyncio.create_task(_retention_loop(store), name="store-retention")
+        except Exception as e:  # noqa: BLE001 - a bad URL must not take the voice server down
+            _unavailable(state, e)
+        if store is not None:
+            if await _try_start(state, store):
+                _open(state, store, tasks)
+            else:
+                # the database is down at start-up: keep trying, and record from the moment it answers
+                tasks.append(asyncio.create_task(_start_later(state, store, tasks), name="store-start"))
         try:
             async with inner(a) as st:
                 yield st
         finally:
-            if retention is not None:
-                retention.cancel()
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await retention
-            if store is not None:
-                await store.close()
+                    await t
+            if state.store is not None:
+                await state.store.close()
 
     app.router.lifespan_context = lifespan
+
+
+def _unavailable(state: Any, e: BaseException) -> None:
+    state.store_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    log.error("store: unavailable, conversations are not being stored (%s)", state.store_error)
+
+
+async def _try_start(state: Any, store: Store) -> bool:
+    try:
+        await store.start()
+    except Exception as e:  # noqa: BLE001 - a dead database must not take the voice server down
+        _unavailable(state, e)
+        return False
+    return True
+
+
+def _open(state: Any, store: Store, tasks: list[asyncio.Task[None]]) -> None:
+    """The store is up: sessions record from now on; the retention loop runs (when set)."""
+    state.store, state.store_error = store, None
+    if store.retention_days > 0:
+        tasks.append(asyncio.create_task(_retention_loop(store), name="store-retention"))
+
+
+async def _start_later(state: Any, store: Store, tasks: list[asyncio.Task[None]]) -> None:
+    """Retry a store that could not start (every START_RETRY_S, doubling up to START_RETRY_MAX_S)."""
+    wait = START_RETRY_S
+    while True:
+        await asyncio.sleep(wait)
+        try:
+            await store.start()
+        except Exception as e:  # noqa: BLE001 - still down: try again later
+            log.warning("store: still unavailable (%s: %s); retrying in %.0f s", type(e).__name__,
+                        " ".join(str(e).split())[:200], min(2 * wait, START_RETRY_MAX_S))
+            wait = min(2 * wait, START_RETRY_MAX_S)
+            continue
+        log.warning("store: available again; sessions that start from now on are recorded")
+        _open(state, store, tasks)
+        return
 
 
 async def _retention_loop(store: Store) -> None:
