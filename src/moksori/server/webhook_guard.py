@@ -59,7 +59,11 @@ Verify = Callable[[Webhook], bool]
 
 
 async def read_body(request: Request, limit: int = MAX_WEBHOOK_BYTES) -> bytes | None:
-    """The body, or None if it is longer than `limit` (never more than `limit` is read)."""
+    """The body, or None if it is longer than `limit` (checked from `Content-Length` before
+    reading, and while reading: never more than `limit` is read). Also the WebRTC routes' reader."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -38,6 +38,7 @@ from moksori.server.cluster_routes import Refusal
 from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, is_ephemeral, new_key,
                                            parse_expires_after)
 from moksori.server.realtime_config import initial_session
+from moksori.server.webhook_guard import read_body
 from moksori.store import DEFAULT_TENANT
 from moksori.transport import receive_loop
 
@@ -49,20 +50,6 @@ WEB_SESSION_TTL_S = 60  # the page uses its key at once
 def error(status: int, message: str, code: str, *, param: str | None = None,
           kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}}, status)
-
-
-async def read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None if it is longer than `limit` (checked before and while reading)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class WebRTC:
@@ -175,7 +162,7 @@ class WebRTC:
                               "part (and an optional 'session' part)", "unsupported_content_type")
         limit = cfg.max_offer_bytes if ctype == "application/sdp" else cfg.max_offer_bytes + \
             self.settings.server.max_message_bytes
-        body = await read_limited(request, limit)
+        body = await read_body(request, limit)
         if body is None:
             return error(413, f"the request is larger than {limit} bytes", "request_too_large")
         session_part: Any = None
@@ -381,7 +368,7 @@ def install(app: FastAPI, state: Any) -> None:
 
 
 async def _json_body(request: Request, limit: int = 1024 * 1024) -> tuple[Any, JSONResponse | None]:
-    body = await read_limited(request, limit)
+    body = await read_body(request, limit)
     if body is None:
         return None, error(413, f"the request is larger than {limit} bytes", "request_too_large")
     if not body.strip():
