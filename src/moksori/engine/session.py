@@ -24,7 +24,7 @@ import numpy as np
 from moksori.audio.frames import Frame
 from moksori.engine import events as E
 from moksori.engine import turns as T
-from moksori.engine.backchannel import Backchannel, BackchannelConfig, BackchannelPolicy
+from moksori.engine.backchannels import Backchannels
 from moksori.engine.bus import EventBus
 from moksori.engine.clock import Clock, LoopClock
 from moksori.engine.config import SessionConfig
@@ -85,10 +85,8 @@ class Session:
         self._denoise: DenoisedInput | None = None
         self._nr_mode = "off"
         self._apply_noise_reduction(cfg.noise_reduction)
-        self._bc: BackchannelPolicy | None = None
-        self._bc_watch: asyncio.Task[None] | None = None
-        self._bc_rid: str | None = None
-        self._apply_backchannel(cfg)
+        self._backchannels = Backchannels(ctx, self._responses, self.taker)
+        self._backchannels.configure(cfg)
 
     # ================================================================== what users read
 
@@ -204,7 +202,7 @@ class Session:
             self._idle.disarm()
         self._apply_noise_reduction(cfg.noise_reduction)
         if cfg.backchannel != old.backchannel or cfg.turn != old.turn:
-            self._apply_backchannel(cfg)
+            self._backchannels.configure(cfg)
 
     # ================================================================== noise reduction
 
@@ -243,68 +241,6 @@ class Session:
         if self._denoise is not None:
             await self._denoise.drain()
 
-    # ================================================================== backchannels
-
-    def _apply_backchannel(self, cfg: SessionConfig) -> None:
-        kit = self._ctx.kit
-        if kit is None or not cfg.backchannel or cfg.turn.mode == "manual":
-            self._bc = None
-            self._bc_cancel_watch()
-            return
-        max_pause = cfg.turn.max_pause_ms
-        after = kit.backchannel_after_ms
-        self._bc = BackchannelPolicy(BackchannelConfig(
-            after_ms=after, latest_ms=max(after + 100, int(max_pause) - 300), min_gap_s=kit.backchannel_min_gap_s))
-
-    def _bc_cancel_watch(self) -> None:
-        if self._bc_watch is not None and not self._bc_watch.done():
-            self._bc_watch.cancel()
-        self._bc_watch = None
-
-    def _bc_stop(self) -> None:
-        """The user speaks again: a backchannel still playing stops (never over the user)."""
-        rid, self._bc_rid = self._bc_rid, None
-        resp = self._responses.get(rid) if rid is not None else None
-        if resp is not None and not resp.done.is_set():
-            self.speaker.cancel(resp.id)
-            resp.cancel("turn_detected", heard="")
-            self._responses.forget(resp.id)
-
-    def _bc_on_pause(self, turn_id: int, voice_end: float) -> None:
-        bc = self._bc
-        if bc is None:
-            return
-        bc.on_pause(turn_id, voice_end)
-        self._bc_cancel_watch()
-        self._bc_watch = self._ctx.spawn(self._bc_wait(turn_id, voice_end + bc.cfg.latest_ms / 1000),
-                                         f"backchannel-{turn_id}")
-
-    async def _bc_wait(self, turn_id: int, until: float) -> None:
-        """Ask the policy while the pause lasts (it wants the end-of-turn analysis first)."""
-        while self._bc is not None and not self.closed and self.taker.turn_id == turn_id:
-            now = self.clock.now()
-            if now > until or self.taker.state != "paused":
-                return
-            lang = self.cfg.language if self.cfg.language != "auto" else self.last_language
-            due = self._bc.due(now, lang)
-            if due is not None:
-                self._say_backchannel(due)
-                return
-            deadline = self._bc.next_deadline(now)
-            await self.clock.sleep(deadline - now if deadline is not None else 0.05)
-
-    def _say_backchannel(self, bc: Backchannel) -> None:
-        """Play it as an out-of-band reply: not in memory, not "the agent speaking" (the user
-        going on is not a barge-in), through the speaker's hold (the turn is still open)."""
-        if "audio" not in self.cfg.modalities:
-            return
-        opts = self._responses.options(fixed_text=bc.text, in_conversation=False, backchannel=True,
-                                       metadata={"moksori": "backchannel"}, tools=())
-        resp = self._responses.start(opts, None, bc.language, release=True)
-        self._bc_rid = resp.id
-        self.publish(E.AgentBackchannel(t=self.clock.now(), turn_id=bc.turn_id, response_id=resp.id, text=bc.text,
-                                        language=bc.language))
-
     # ================================================================== audio in
 
     def push_audio(self, frame: Frame) -> None:
@@ -332,11 +268,8 @@ class Session:
                 self._input.keep(chunk)
                 continue
             self._handle(self.taker.on_frame(t_start, t_end, self._vad(chunk)))
-            if self._bc is not None and self.taker.state == "speaking" and self.taker.confirmed:
-                self._bc.on_speech(self.taker.turn_id, t_start, t_end)
-                if self._bc_rid is not None:
-                    self._bc_stop()
-                self._bc_cancel_watch()
+            if self._backchannels.on and self.taker.state == "speaking" and self.taker.confirmed:
+                self._backchannels.on_speech(self.taker.turn_id, t_start, t_end)
         self._deadline.arm()
 
     def audio_between(self, t0: float, t1: float) -> np.ndarray:
@@ -386,7 +319,7 @@ class Session:
                 case T.BargeIn(onset=onset):
                     self.interrupt("turn_detected", onset=onset)
                 case T.Paused(turn_id=turn_id, voice_end=voice_end):
-                    self._bc_on_pause(turn_id, voice_end)  # else only the state changes (user_paused)
+                    self._backchannels.on_pause(turn_id, voice_end)  # else only the state changes (user_paused)
                 case T.Speculate(turn_id=turn_id, spec_id=spec_id, onset=onset, voice_end=voice_end):
                     self._specs.start(self._specs.new(turn_id, spec_id, onset, voice_end))
                 case T.Resumed(turn_id=turn_id, spec_id=spec_id):
@@ -399,9 +332,7 @@ class Session:
         self._update_state()
 
     def _on_turn_ended(self, a: T.TurnEnded) -> None:
-        if self._bc is not None:
-            self._bc.on_turn_end(a.turn_id)
-            self._bc_cancel_watch()
+        self._backchannels.on_turn_end(a.turn_id)
         item_id = self._specs.item_id(a.turn_id)
         self.publish(E.UserSpeechStopped(t=a.voice_end, turn_id=a.turn_id, item_id=item_id))
         self.publish(E.UserTurnEnded(t=self.clock.now(), turn_id=a.turn_id, item_id=item_id, reason=a.reason,
@@ -411,8 +342,7 @@ class Session:
         self._incremental.end_turn()
 
     def _on_analysis(self, spec: Speculation, eot: float | None, cue: T.TextCue) -> None:
-        if self._bc is not None:
-            self._bc.on_analysis(spec.turn_id, eot_prob=eot, text_cue=cue)
+        self._backchannels.on_analysis(spec.turn_id, eot, cue)
         self._handle(self.taker.on_analysis(spec.turn_id, spec.spec_id, self.clock.now(), eot_prob=eot, text_cue=cue))
         self._deadline.arm()
 
@@ -505,8 +435,7 @@ class Session:
 
     def _on_audible(self, audible: bool) -> None:
         self.taker.set_agent_speaking(audible)
-        if self._bc is not None:
-            self._bc.set_agent_speaking(audible)
+        self._backchannels.set_agent_speaking(audible)
         idle_ms = self.cfg.turn.idle_timeout_ms
         if audible:
             self._idle.disarm()
@@ -556,7 +485,7 @@ class Session:
         reply_tasks = self._responses.close()
         self._specs.close()
         self._incremental.end_turn()
-        self._bc_cancel_watch()
+        self._backchannels.close()
         if self._denoise is not None:
             await self._denoise.close()
         tasks = ctx.running_tasks() + reply_tasks
