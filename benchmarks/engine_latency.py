@@ -4,7 +4,8 @@ Each LibriVox utterance (../shared/speech/en/en_001..005, real read speech) is p
 fresh session at real-time pace, followed by silence. The figure is the time from
 `user.speech_stopped` (end of the last voiced audio) to `agent.audio_started` (first reply
 sample leaves the engine), read from the session timeline. Stage times are relative to the
-same `user.speech_stopped`.
+same `user.speech_stopped`; `tts_started` is when the chunker released the first clause to TTS
+(`benchmarks/first_clause.py` splits first token -> first audio further, per first-clause cap).
 
     python benchmarks/engine_latency.py [--reps 2] [--set turn.speculate_after_ms=64 ...]
 """
@@ -69,7 +70,7 @@ async def one(stack, settings, path: Path) -> dict:
         row["latency_ms"] = round(1000 * (started.t - stop.t))
         for name, typ in (("turn_end", "user.turn_ended"), ("stt_done", "stt.finished"),
                           ("eot_done", "eot.finished"), ("llm_first_token", "llm.first_token"),
-                          ("tts_first_audio", "tts.first_audio")):
+                          ("tts_started", "tts.started"), ("tts_first_audio", "tts.first_audio")):
             if typ in first:
                 row[name] = round(1000 * (first[typ].t - stop.t))
         row["turn_reason"] = getattr(first.get("user.turn_ended"), "reason", None)
@@ -102,7 +103,7 @@ async def run(args) -> dict:
         "p50_ms": round(pct(lat, 0.5)), "p95_ms": round(pct(lat, 0.95)),
         "mean_ms": round(statistics.mean(lat)) if lat else None, "load_s": round(load_s, 1),
         "stages_p50_ms": {k: round(pct([r[k] for r in rows if k in r], 0.5))
-                          for k in ("turn_end", "stt_done", "eot_done", "llm_first_token", "tts_first_audio")},
+                          for k in ("turn_end", "stt_done", "eot_done", "llm_first_token", "tts_started", "tts_first_audio")},
         "settings": args.set,
     }
     return {"summary": summary, "rows": rows}

@@ -261,3 +261,43 @@ def test_first_chunk_cap_is_independent_of_delta_splitting(seed: int) -> None:
         i += n
     out += c.flush()
     assert out == expected
+
+
+# --- shorter first clause caps (issue 14: time from the first token to the first audio) ---
+
+
+@pytest.mark.parametrize("cap", [24, 32, 50])
+def test_first_chunk_never_exceeds_a_short_cap_and_loses_no_word(cap: int) -> None:
+    text = ("I'm sorry for any misunderstanding, but I think the original sentence is not grammatically "
+            "correct. Could you say it again?")
+    c = ClauseChunker(first_min_chars=4, first_max_chars=cap)
+    chunks = c.push(text) + c.flush()
+    assert len(chunks[0]) <= cap
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_a_comma_inside_the_cap_still_ends_the_first_chunk() -> None:
+    c = ClauseChunker(first_min_chars=4, first_max_chars=24)
+    assert c.push("Sure, let me check that for you. ") == ["Sure,", "let me check that for you."]
+
+
+def test_short_cap_cuts_before_a_function_word_not_inside_a_phrase() -> None:
+    c = ClauseChunker(first_min_chars=4, first_max_chars=24)
+    chunks = c.push("A more amiable woman might be made still more respectable. ") + c.flush()
+    # "might" is not a break word; the cut falls at the last space within 24 characters
+    assert chunks[0] == "A more amiable woman"
+    c = ClauseChunker(first_min_chars=4, first_max_chars=32)
+    chunks = c.push("I think that the weather will be fine tomorrow. ") + c.flush()
+    assert chunks[0] == "I think"  # the last break before a function word ("that") within 32
+
+
+def test_short_cap_on_korean_cuts_at_a_space_and_keeps_every_syllable() -> None:
+    text = "오늘 서울의 날씨는 대체로 맑고 낮 최고 기온은 영상 십도 정도로 따뜻할 예정입니다. 외출하기 좋아요."
+    for cap in (24, 32):
+        c = ClauseChunker(first_min_chars=4, first_max_chars=cap)
+        chunks = c.push(text) + c.flush()
+        assert len(chunks[0]) <= cap and not chunks[0].endswith(" ")
+        assert "".join(chunks).replace(" ", "") == text.replace(" ", "")
+    # a connective comma inside the cap ends the first chunk there
+    c = ClauseChunker(first_min_chars=4, first_max_chars=24)
+    assert c.push("날씨가 맑고, 바람도 불지 않아요. ")[0] == "날씨가 맑고,"

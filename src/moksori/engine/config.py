@@ -29,6 +29,9 @@ class SessionConfig:
     tool_choice: str = "auto"
     temperature: float = 0.5
     max_output_tokens: int = 160
+    # the reply's first clause is cut at this many characters (the listener waits for it: shorter
+    # is sooner, too short is choppy; text/chunker.py, README latency section)
+    first_clause_max_chars: int = 50
     max_history_messages: int = 24  # chat messages of memory sent to the LLM
     noise_reduction: str = "off"  # off | near_field | far_field (needs the session's AgentKit)
     backchannel: bool = False  # "mm-hmm" in mid-thought pauses (needs the session's AgentKit)

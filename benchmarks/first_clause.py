@@ -1,0 +1,199 @@
+"""LLM first token -> first clause audio, stage by stage, with first-clause policies A/B'd in one run.
+
+Each LibriVox utterance (../shared/speech/en/en_0XX) is played into a fresh session at real-time
+pace, as in `engine_latency.py`; for every utterance and rep each variant (a cap on the first
+clause's length, `SessionConfig.first_clause_max_chars`) runs once, in rotated order, so the
+variants share the machine's load. With `--temperature 0` (the default here) the LLM writes the
+same reply for the same turn whatever the variant, so the comparison is paired: only the
+chunking differs.
+
+Stages, from the session timeline (ms):
+  tokens  `llm.first_token` -> `tts.started`  (LLM tokens until the chunker releases the clause)
+  piper   `tts.started` -> `tts.first_audio`  (TTS of the first clause, until its first frame)
+  speaker `tts.first_audio` -> `agent.audio_started` (release of a speculative reply, pacing)
+Naturalness, from the reply's paced audio (`agent.audio` chunks, `offset` and `play_at`):
+  seam_gap  silence the listener hears between the first clause's audio and the second's
+  underrun  all such silences inside the reply (gaps > 20 ms between consecutive chunks)
+  cut_mid_phrase  the first clause ends without punctuation (the cap cut it, not a boundary)
+
+    python benchmarks/first_clause.py [--caps 50,32,24] [--reps 1] [--files 10] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _stats import pct
+from engine_latency import overrides
+
+HERE = Path(__file__).resolve().parent
+SPEECH = HERE.parent.parent / "shared" / "speech"
+GAP_S = 0.020  # below this a gap between chunks is scheduling jitter, not a pause anyone hears
+STAGES = ("llm_first_token", "tokens", "piper", "speaker", "first_token_to_audio", "latency")
+
+
+def naturalness(chunks: list[tuple[int, float, int]], rate: int, first_samples: int) -> dict[str, float]:
+    """chunks: (offset, play_at, samples) of one reply's paced audio, in order."""
+    seam = 0.0
+    underrun = 0.0
+    for (off0, at0, n0), (off1, at1, _) in zip(chunks, chunks[1:]):
+        gap = at1 - (at0 + n0 / rate)
+        if gap > GAP_S:
+            underrun += gap
+            if off0 < first_samples <= off1:
+                seam = gap
+    return {"seam_gap_ms": round(1000 * seam), "underrun_ms": round(1000 * underrun)}
+
+
+async def one(stack, settings, path: Path, cap: int) -> dict:
+    from moksori.audio.frames import Frame, concat
+    from moksori.audio.wav import load_audio
+    from moksori.engine import events as E
+    from moksori.engine.config import config_from_settings
+    from moksori.engine.session import Session
+    from moksori.testing.harness import play_into_session, settle
+
+    speech = load_audio(path, rate=16000)
+    audio = concat([Frame.silence(0.6, 16000), speech, Frame.silence(3.5, 16000)])
+    rate = 24000
+    session = Session(stack, config_from_settings(settings, output_rate=rate, output_lead_ms=0,
+                                                  first_clause_max_chars=cap))
+    chunks: dict[str, list[tuple[int, float, int]]] = {}
+
+    def on_audio(ev: E.Event) -> None:
+        if isinstance(ev, E.AgentAudio):
+            chunks.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, len(ev.frame)))
+
+    session.bus.listen(on_audio)
+    rec = await play_into_session(session, audio)
+    await settle(session, 15)
+    await session.close()
+    first: dict[str, E.Event] = {}
+    for e in rec.events:
+        first.setdefault(e.type, e)
+    row: dict = {"file": path.name, "cap": cap}
+    stop, started = first.get("user.speech_stopped"), first.get("agent.audio_started")
+    tok, tts0, tts1 = first.get("llm.first_token"), first.get("tts.started"), first.get("tts.first_audio")
+    if not (stop and started and tok and tts0 and tts1):
+        return row
+    ms = lambda a, b: round(1000 * (b.t - a.t))  # noqa: E731
+    row.update(latency=ms(stop, started), llm_first_token=ms(stop, tok), tokens=ms(tok, tts0),
+               piper=ms(tts0, tts1), speaker=ms(tts1, started), first_token_to_audio=ms(tok, started))
+    clause = getattr(tts0, "text", "")
+    done = [e for e in rec.of(E.AgentResponseDone) if e.response_id == getattr(started, "response_id", None)]
+    reply = done[0].generated_text if done else ""
+    row.update(first_clause=clause, first_clause_words=len(clause.split()),
+               first_clause_audio_ms=round(1000 * getattr(tts1, "samples", 0) / rate),
+               cut_mid_phrase=bool(clause) and clause.strip() != reply.strip()
+               and clause.rstrip("\"')]”’")[-1:] not in ".!?…,;:—",
+               reply=reply)
+    row.update(naturalness(chunks.get(getattr(started, "response_id", ""), []), rate,
+                           getattr(tts1, "samples", 0)))
+    return row
+
+
+def summarize(rows: list[dict], caps: list[int]) -> dict:
+    out: dict = {}
+    for cap in caps:
+        rs = [r for r in rows if r["cap"] == cap and "latency" in r]
+        s: dict = {"n": len(rs), "missing": sum(1 for r in rows if r["cap"] == cap and "latency" not in r)}
+        for k in STAGES + ("seam_gap_ms", "underrun_ms", "first_clause_words", "first_clause_audio_ms"):
+            vals = [r[k] for r in rs]
+            if vals:
+                s[k] = {"p50": round(pct(vals, 0.5)), "p95": round(pct(vals, 0.95)),
+                        "mean": round(statistics.mean(vals))}
+        s["cut_mid_phrase"] = f"{sum(r['cut_mid_phrase'] for r in rs)}/{len(rs)}"
+        s["seam_gaps"] = f"{sum(1 for r in rs if r['seam_gap_ms'] > 0)}/{len(rs)}"
+        out[str(cap)] = s
+    return out
+
+
+async def run(args) -> dict:
+    from moksori.engine.prompts import system_prompt
+    from moksori.providers.registry import build_stack
+    from moksori.settings import load_settings
+
+    caps = [int(c) for c in args.caps.split(",")]
+    settings = load_settings(**overrides([f"llm.temperature={args.temperature}", *args.set]))
+    stack = build_stack(settings)
+    await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
+    files = [SPEECH / "en" / f"en_{i:03d}.wav" for i in range(1, args.files + 1)]
+    load_start = _loadavg()
+    t0 = time.perf_counter()
+    rows = []
+    k = 0
+    for rep in range(args.reps):
+        for f in files:
+            order = caps[k % len(caps):] + caps[:k % len(caps)]  # rotate who goes first
+            k += 1
+            for cap in order:
+                row = await one(stack, settings, f, cap)
+                row["rep"] = rep
+                row["loadavg"] = (_loadavg() or [None])[0]
+                rows.append(row)
+                print(json.dumps(row, ensure_ascii=False), file=sys.stderr)
+    load_end = _loadavg()
+    summary = {
+        "what": "first clause: llm.first_token -> agent.audio_started by stage, per first-clause cap, interleaved",
+        "caps": caps, "reps": args.reps, "files": len(files), "temperature": args.temperature,
+        "minutes": round((time.perf_counter() - t0) / 60, 1), "loadavg_start": load_start, "loadavg_end": load_end,
+        "cpu": _cpu(), "by_cap": summarize(rows, caps), "settings": args.set,
+    }
+    return {"summary": summary, "rows": rows}
+
+
+def _loadavg() -> list[str] | None:
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return None
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
+
+
+def table(summary: dict) -> str:
+    lines = ["| cap | n | first token→audio p50/p95 | tokens | piper | speaker | words | seam gaps | "
+             "underrun p95 | cut mid-phrase |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for cap, s in summary["by_cap"].items():
+        if not s["n"]:
+            continue
+        ft = s["first_token_to_audio"]
+        lines.append(f"| {cap} | {s['n']} | {ft['p50']}/{ft['p95']} ms | {s['tokens']['p50']} | {s['piper']['p50']} | "
+                     f"{s['speaker']['p50']} | {s['first_clause_words']['p50']} | {s['seam_gaps']} | "
+                     f"{s['underrun_ms']['p95']} ms | {s['cut_mid_phrase']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--caps", default="50,32,24", help="first-clause caps to compare (chars); the first is today's")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--files", type=int, default=10, help="LibriVox utterances en_001.. to use")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: the same reply for every variant")
+    ap.add_argument("--set", action="append", default=[], help="setting override, e.g. tts.threads=1")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    result = asyncio.run(run(args))
+    print(json.dumps(result["summary"], indent=2, ensure_ascii=False))
+    print(table(result["summary"]))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The first clause's cap reaches the chunker from the session's config (virtual time, scripted
+fakes standing in for the models: only which text goes to TTS first is under test)."""
+
+from __future__ import annotations
+
+import pytest
+
+from moksori.engine import events as E
+from moksori.engine.config import SessionConfig
+from moksori.engine.session import Session
+from moksori.testing.fakes import ScriptedLLM, ScriptedSTT, ToneTTS, fake_stack, quiet, tone
+from moksori.testing.harness import play_into_session, settle
+from moksori.testing.virtual_time import run_virtual
+
+REPLY = "A more amiable woman might have made him still more respectable than he was in those days."
+
+
+def _first_clause(cfg: SessionConfig) -> tuple[str, list[str], str]:
+    tts = ToneTTS()
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["tell me."]), llm=ScriptedLLM(REPLY), tts=tts), cfg)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run_virtual(main())
+    started = rec.of(E.TtsStarted)
+    done = [e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]
+    assert len(started) == 1 and len(done) == 1
+    return started[0].text, tts.texts, done[0].text
+
+
+@pytest.mark.parametrize(("cap", "first"), [(50, "A more amiable woman might have made him still"),
+                                            (24, "A more amiable woman"), (32, "A more amiable woman might have")])
+def test_session_config_caps_the_first_clause(cap: int, first: str) -> None:
+    text, spoken, reply = _first_clause(SessionConfig(output_rate=16000, partial_interval_ms=0,
+                                                      first_clause_max_chars=cap))
+    assert text == first and len(text) <= cap
+    assert spoken[0] == first
+    # every word is still spoken, once, in order
+    assert " ".join(spoken).split() == REPLY.split() and reply == REPLY
+
+
+def test_default_cap_is_fifty_characters() -> None:
+    assert SessionConfig().first_clause_max_chars == 50
