@@ -2,7 +2,8 @@
 
 Each LibriVox utterance (../shared/speech/en/en_0XX) is played into a fresh session at real-time
 pace, as in `engine_latency.py`; for every utterance and rep each variant (a cap on the first
-clause's length, `SessionConfig.first_clause_max_chars`) runs once, in rotated order, so the
+clause's length, `SessionConfig.first_clause_max_chars`, with an `r` suffix also
+`first_clause_ramp`: the following clauses' caps double from it) runs once, in rotated order, so the
 variants share the machine's load. With `--temperature 0` (the default here) the LLM writes the
 same reply for the same turn whatever the variant, so the comparison is paired: only the
 chunking differs.
@@ -15,8 +16,9 @@ Naturalness, from the reply's paced audio (`agent.audio` chunks, `offset` and `p
   seam_gap  silence the listener hears between the first clause's audio and the second's
   underrun  all such silences inside the reply (gaps > 20 ms between consecutive chunks)
   cut_mid_phrase  the first clause ends without punctuation (the cap cut it, not a boundary)
+  clauses_cut_mid_phrase  the same over all the reply's clauses (the chunker re-run on its text)
 
-    python benchmarks/first_clause.py [--caps 50,32,24] [--reps 1] [--files 10] [--json out.json]
+    python benchmarks/first_clause.py [--caps 50,32,24,24r] [--reps 1] [--files 10] [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,7 +54,23 @@ def naturalness(chunks: list[tuple[int, float, int]], rate: int, first_samples: 
     return {"seam_gap_ms": round(1000 * seam), "underrun_ms": round(1000 * underrun)}
 
 
-async def one(stack, settings, path: Path, cap: int) -> dict:
+def _ends_phrase(chunk: str) -> bool:
+    return chunk.rstrip("\"')]”’")[-1:] in ".!?…,;:—。！？，、；："
+
+
+def chunks_of(reply: str, cap: int, ramp: bool) -> list[str]:
+    """The clauses a reply was spoken in (the chunker depends on the text only)."""
+    from moksori.text.chunker import ClauseChunker
+
+    c = ClauseChunker(first_min_chars=4, first_max_chars=cap, ramp=ramp)
+    return c.push(reply) + c.flush()
+
+
+def parse_variant(v: str) -> tuple[int, bool]:
+    return (int(v[:-1]), True) if v.endswith("r") else (int(v), False)
+
+
+async def one(stack, settings, path: Path, variant: str) -> dict:
     from moksori.audio.frames import Frame, concat
     from moksori.audio.wav import load_audio
     from moksori.engine import events as E
@@ -63,13 +81,14 @@ async def one(stack, settings, path: Path, cap: int) -> dict:
     speech = load_audio(path, rate=16000)
     audio = concat([Frame.silence(0.6, 16000), speech, Frame.silence(3.5, 16000)])
     rate = 24000
+    cap, ramp = parse_variant(variant)
     session = Session(stack, config_from_settings(settings, output_rate=rate, output_lead_ms=0,
-                                                  first_clause_max_chars=cap))
-    chunks: dict[str, list[tuple[int, float, int]]] = {}
+                                                  first_clause_max_chars=cap, first_clause_ramp=ramp))
+    audio: dict[str, list[tuple[int, float, int]]] = {}
 
     def on_audio(ev: E.Event) -> None:
         if isinstance(ev, E.AgentAudio):
-            chunks.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, len(ev.frame)))
+            audio.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, len(ev.frame)))
 
     session.bus.listen(on_audio)
     rec = await play_into_session(session, audio)
@@ -78,7 +97,7 @@ async def one(stack, settings, path: Path, cap: int) -> dict:
     first: dict[str, E.Event] = {}
     for e in rec.events:
         first.setdefault(e.type, e)
-    row: dict = {"file": path.name, "cap": cap}
+    row: dict = {"file": path.name, "cap": variant}
     stop, started = first.get("user.speech_stopped"), first.get("agent.audio_started")
     tok, tts0, tts1 = first.get("llm.first_token"), first.get("tts.started"), first.get("tts.first_audio")
     if not (stop and started and tok and tts0 and tts1):
@@ -91,15 +110,16 @@ async def one(stack, settings, path: Path, cap: int) -> dict:
     reply = done[0].generated_text if done else ""
     row.update(first_clause=clause, first_clause_words=len(clause.split()),
                first_clause_audio_ms=round(1000 * getattr(tts1, "samples", 0) / rate),
-               cut_mid_phrase=bool(clause) and clause.strip() != reply.strip()
-               and clause.rstrip("\"')]”’")[-1:] not in ".!?…,;:—",
+               cut_mid_phrase=bool(clause) and clause.strip() != reply.strip() and not _ends_phrase(clause),
                reply=reply)
-    row.update(naturalness(chunks.get(getattr(started, "response_id", ""), []), rate,
+    spoken = chunks_of(reply, cap, ramp)
+    row.update(clauses=len(spoken), clauses_cut_mid_phrase=sum(not _ends_phrase(c) for c in spoken[:-1]))
+    row.update(naturalness(audio.get(getattr(started, "response_id", ""), []), rate,
                            getattr(tts1, "samples", 0)))
     return row
 
 
-def summarize(rows: list[dict], caps: list[int]) -> dict:
+def summarize(rows: list[dict], caps: list[str]) -> dict:
     out: dict = {}
     for cap in caps:
         rs = [r for r in rows if r["cap"] == cap and "latency" in r]
@@ -111,6 +131,8 @@ def summarize(rows: list[dict], caps: list[int]) -> dict:
                         "mean": round(statistics.mean(vals))}
         s["cut_mid_phrase"] = f"{sum(r['cut_mid_phrase'] for r in rs)}/{len(rs)}"
         s["seam_gaps"] = f"{sum(1 for r in rs if r['seam_gap_ms'] > 0)}/{len(rs)}"
+        s["clauses_cut_mid_phrase"] = (f"{sum(r['clauses_cut_mid_phrase'] for r in rs)}/"
+                                       f"{sum(r['clauses'] - 1 for r in rs)}")
         out[str(cap)] = s
     return out
 
@@ -120,7 +142,9 @@ async def run(args) -> dict:
     from moksori.providers.registry import build_stack
     from moksori.settings import load_settings
 
-    caps = [int(c) for c in args.caps.split(",")]
+    caps = args.caps.split(",")
+    for v in caps:
+        parse_variant(v)  # a bad variant fails here, not an hour in
     settings = load_settings(**overrides([f"llm.temperature={args.temperature}", *args.set]))
     stack = build_stack(settings)
     await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
@@ -168,20 +192,21 @@ def _cpu() -> str:
 
 def table(summary: dict) -> str:
     lines = ["| cap | n | first token→audio p50/p95 | tokens | piper | speaker | words | seam gaps | "
-             "underrun p95 | cut mid-phrase |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "underrun p95 | first cut mid-phrase | seams cut mid-phrase |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cap, s in summary["by_cap"].items():
         if not s["n"]:
             continue
         ft = s["first_token_to_audio"]
         lines.append(f"| {cap} | {s['n']} | {ft['p50']}/{ft['p95']} ms | {s['tokens']['p50']} | {s['piper']['p50']} | "
                      f"{s['speaker']['p50']} | {s['first_clause_words']['p50']} | {s['seam_gaps']} | "
-                     f"{s['underrun_ms']['p95']} ms | {s['cut_mid_phrase']} |")
+                     f"{s['underrun_ms']['p95']} ms | {s['cut_mid_phrase']} | {s['clauses_cut_mid_phrase']} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--caps", default="50,32,24", help="first-clause caps to compare (chars); the first is today's")
+    ap.add_argument("--caps", default="50,32,24,24r",
+                    help="first-clause caps to compare (chars; suffix r: ramp); the first is today's")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--files", type=int, default=10, help="LibriVox utterances en_001.. to use")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: the same reply for every variant")

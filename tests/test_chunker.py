@@ -10,7 +10,7 @@ import pytest
 from moksori.text.chunker import ClauseChunker
 
 
-def chunk_all(text: str, sizes: list[int] | None = None, **kwargs: int) -> list[str]:
+def chunk_all(text: str, sizes: list[int] | None = None, **kwargs: int | bool) -> list[str]:
     """Feed text in deltas of the given sizes (cycled), or as one delta; then flush."""
     chunker = ClauseChunker(**kwargs)
     out: list[str] = []
@@ -26,7 +26,7 @@ def chunk_all(text: str, sizes: list[int] | None = None, **kwargs: int) -> list[
     return out + chunker.flush()
 
 
-def by_char(text: str, **kwargs: int) -> list[str]:
+def by_char(text: str, **kwargs: int | bool) -> list[str]:
     return chunk_all(text, [1], **kwargs)
 
 
@@ -301,3 +301,55 @@ def test_short_cap_on_korean_cuts_at_a_space_and_keeps_every_syllable() -> None:
     # a connective comma inside the cap ends the first chunk there
     c = ClauseChunker(first_min_chars=4, first_max_chars=24)
     assert c.push("날씨가 맑고, 바람도 불지 않아요. ")[0] == "날씨가 맑고,"
+
+
+# --- ramp: after a short first clause, the caps double (so each clause is ready before the last ends) ---
+
+
+def test_ramp_doubles_the_cap_for_each_following_chunk_until_max_chars() -> None:
+    text = " ".join(f"w{i:02d}" for i in range(80)) + "."  # no punctuation to cut at: every cut is forced
+    c = ClauseChunker(first_min_chars=4, first_max_chars=20, max_chars=100, ramp=True)
+    chunks = c.push(text) + c.flush()
+    caps = [20, 40, 80, 100, 100, 100]
+    assert [len(x) <= cap for x, cap in zip(chunks, caps)] == [True] * len(chunks)
+    assert [len(x) for x in chunks[:4]] == [19, 39, 79, 99]
+    assert " ".join(chunks).split() == text.split()
+
+
+def test_ramp_lets_a_comma_end_the_second_chunk_at_half_its_cap() -> None:
+    text = ("I'm sorry for any misunderstanding, but I think the original sentence is not grammatically "
+            "correct. Could you say it again?")
+    plain = ClauseChunker(first_min_chars=4, first_max_chars=24)
+    ramped = ClauseChunker(first_min_chars=4, first_max_chars=24, ramp=True)
+    assert plain.push(text) + plain.flush() == [
+        "I'm sorry", "for any misunderstanding, but I think the original sentence is not grammatically correct.",
+        "Could you say it again?"]
+    assert ramped.push(text) + ramped.flush() == [
+        "I'm sorry", "for any misunderstanding,", "but I think the original sentence is not grammatically correct.",
+        "Could you say it again?"]
+
+
+def test_ramp_without_a_first_cap_changes_nothing() -> None:
+    text = "Well, the answer, in short, is yes. " * 3
+    assert chunk_all(text, None, ramp=True) == chunk_all(text, None)
+
+
+def test_ramp_restarts_with_each_stream() -> None:
+    c = ClauseChunker(first_min_chars=4, first_max_chars=12, ramp=True)
+    text = "one two three four five six seven eight nine ten eleven twelve"
+    first = c.push(text) + c.flush()
+    assert c.push(text) + c.flush() == first
+    assert len(first[0]) <= 12 and len(first[1]) <= 24
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_ramp_is_independent_of_delta_splitting(seed: int) -> None:
+    rng = random.Random(seed)
+    text = _random_text(rng)
+    kwargs = {"first_min_chars": 4, "first_max_chars": rng.choice([12, 24, 32]), "min_chars": 40,
+              "max_chars": rng.choice([60, 220]), "ramp": True}
+    expected = chunk_all(text, None, **kwargs)
+    assert chunk_all(text, [1], **kwargs) == expected
+    for _ in range(3):
+        assert chunk_all(text, _random_sizes(rng), **kwargs) == expected
+    assert re.sub(r"\s+", "", "".join(expected)) == re.sub(r"\s+", "", text)

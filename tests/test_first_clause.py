@@ -45,3 +45,13 @@ def test_session_config_caps_the_first_clause(cap: int, first: str) -> None:
 
 def test_default_cap_is_fifty_characters() -> None:
     assert SessionConfig().first_clause_max_chars == 50
+
+
+def test_session_config_ramps_the_clauses_after_the_first() -> None:
+    _, spoken, _ = _first_clause(SessionConfig(output_rate=16000, partial_interval_ms=0,
+                                               first_clause_max_chars=12, first_clause_ramp=True))
+    assert [len(c) <= cap for c, cap in zip(spoken, (12, 24, 48))] == [True, True, True]
+    _, plain, _ = _first_clause(SessionConfig(output_rate=16000, partial_interval_ms=0,
+                                              first_clause_max_chars=12))
+    assert len(plain) < len(spoken)  # without the ramp the rest goes out in one piece
+    assert " ".join(spoken).split() == " ".join(plain).split() == REPLY.split()

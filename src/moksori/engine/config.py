@@ -32,6 +32,7 @@ class SessionConfig:
     # the reply's first clause is cut at this many characters (the listener waits for it: shorter
     # is sooner, too short is choppy; text/chunker.py, README latency section)
     first_clause_max_chars: int = 50
+    first_clause_ramp: bool = False  # the clauses after it: caps doubling from that one (ClauseChunker ramp)
     max_history_messages: int = 24  # chat messages of memory sent to the LLM
     noise_reduction: str = "off"  # off | near_field | far_field (needs the session's AgentKit)
     backchannel: bool = False  # "mm-hmm" in mid-thought pauses (needs the session's AgentKit)

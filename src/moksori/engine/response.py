@@ -94,6 +94,7 @@ class ResponseOptions:
     temperature: float = 0.5
     max_output_tokens: int = 160
     first_clause_max_chars: int = 50  # cap on the first clause (time to first audio; SessionConfig)
+    first_clause_ramp: bool = False  # later clauses' caps double from the first's
     in_conversation: bool = True  # False: an out-of-band response, not stored in memory
     extra_input: tuple[Message, ...] = ()  # messages appended after memory (speculative user turn)
     replace_input: tuple[Message, ...] | None = None  # out-of-band input instead of memory
@@ -368,7 +369,8 @@ class Response:
             await clauses.put(None)
             return
         for _round in range(MAX_TOOL_ROUNDS):
-            chunker = ClauseChunker(first_min_chars=4, first_max_chars=self.opts.first_clause_max_chars)
+            chunker = ClauseChunker(first_min_chars=4, first_max_chars=self.opts.first_clause_max_chars,
+                                    ramp=self.opts.first_clause_ramp)
             if self._raw and not self._raw.endswith((" ", "\n")):
                 self._add_text(" ", clauses, chunker)  # the words of this round follow those said before
             req = ChatRequest(messages=tuple(base + convo), tools=tools, tool_choice=self.opts.tool_choice,

@@ -22,6 +22,10 @@ Conventions:
 - A chunk must contain a letter to end at punctuation ("1." alone never becomes a chunk).
 - With no boundary, a chunk is cut at the last whitespace at or before `max_chars`; a
   chunk longer than `max_chars` only happens when there is no whitespace to cut at.
+- `first_max_chars` caps the first chunk (cut before a conjunction or preposition when
+  possible, else at the last whitespace); with `ramp`, the cap doubles for each following
+  chunk until it reaches `max_chars`, and a soft boundary ends such a chunk once it has half
+  its cap (or `min_chars`, if less). Caps depend on the chunk's index only, never on timing.
 - `flush()` ends the stream and resets the chunker for the next one.
 """
 
@@ -73,7 +77,7 @@ class ClauseChunker:
 
     def __init__(
         self, *, first_min_chars: int = 12, min_chars: int = 40, max_chars: int = 220,
-        first_max_chars: int | None = None,
+        first_max_chars: int | None = None, ramp: bool = False,
     ) -> None:
         if first_min_chars < 0 or min_chars < 0:
             raise ValueError("first_min_chars and min_chars must be >= 0")
@@ -84,8 +88,13 @@ class ClauseChunker:
         self._max = max_chars
         # The first chunk is what the listener waits for: cap it harder if asked.
         self._first_max = min(first_max_chars, max_chars) if first_max_chars else None
+        # With a capped first chunk, `ramp` doubles the cap for each following chunk (and
+        # lets a soft boundary end one at half its cap) until it reaches `max_chars`: a
+        # short first clause is followed by short ones, each ready before the last ends.
+        self._ramp = ramp
         self._buf = ""
         self._emitted = False
+        self._count = 0  # chunks emitted in this stream
 
     def push(self, delta: str) -> list[str]:
         """Add a delta; return the chunks whose end is now certain, in order."""
@@ -100,6 +109,7 @@ class ClauseChunker:
             out.append(rest)
         self._buf = ""
         self._emitted = False
+        self._count = 0
         return out
 
     def _drain(self, *, final: bool) -> list[str]:
@@ -115,6 +125,7 @@ class ClauseChunker:
             if chunk:
                 out.append(chunk)
                 self._emitted = True
+                self._count += 1
 
     def _scan(self, final: bool) -> tuple[int, int] | None:
         """Next certain cut in the buffer as (chunk end, resume index), or None to wait."""
@@ -139,15 +150,28 @@ class ClauseChunker:
         return None
 
     def _limit(self) -> int:
-        return self._first_max if (self._first_max and not self._emitted) else self._max
+        if not self._first_max:
+            return self._max
+        if not self._emitted:
+            return self._first_max
+        if self._ramp:
+            return min(self._max, self._first_max * 2 ** min(self._count, 16))
+        return self._max
+
+    def _threshold(self) -> int:
+        """How long the pending chunk must be for a soft boundary (comma, ...) to end it."""
+        if not self._emitted:
+            return self._first_min
+        limit = self._limit()
+        return min(self._min, limit // 2) if limit < self._max else self._min
 
     def _forced_cut(self, final: bool) -> tuple[int, int] | None:
         """Cut at the last whitespace within the limit, else the first one after it.
 
-        For a capped first chunk, prefer the last break before a conjunction or preposition
-        ("... had then leisure | to consider ..."), so the cut falls between phrases. Only
-        words wholly inside the first limit+1 characters count, so the result never depends
-        on how the text was split into deltas.
+        For a capped first chunk (or a ramped one after it), prefer the last break before a
+        conjunction or preposition ("... had then leisure | to consider ..."), so the cut falls
+        between phrases. Only words wholly inside the first limit+1 characters count, so the
+        result never depends on how the text was split into deltas.
         """
         buf = self._buf
         limit = self._limit()
@@ -214,7 +238,7 @@ class ClauseChunker:
         if ch in ",，" and _is_hangul(prev):
             if not self._token_before(i).endswith(_KOREAN_CONNECTIVES):
                 return _Verdict.SKIP, j
-        threshold = self._min if self._emitted else self._first_min
+        threshold = self._threshold()
         if has_letter and len(buf[:j].strip()) >= threshold:
             return _Verdict.SPLIT, j
         return _Verdict.SKIP, j
