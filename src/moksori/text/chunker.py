@@ -155,7 +155,7 @@ class ClauseChunker:
         if not self._emitted:
             return self._first_max
         if self._ramp:
-            return min(self._max, self._first_max * 2 ** min(self._count, 16))
+            return min(self._max, self._first_max << min(self._count, 16))
         return self._max
 
     def _threshold(self) -> int:
