@@ -15,6 +15,9 @@ Stages, from the session timeline (ms):
 Naturalness, from the reply's paced audio (`agent.audio` chunks, `offset` and `play_at`):
   seam_gap  silence the listener hears between the first clause's audio and the second's
   underrun  all such silences inside the reply (gaps > 20 ms between consecutive chunks)
+  seam_pause  the whole pause heard at that seam: the first clause's trailing quiet, the gap,
+            the second clause's leading quiet (10 ms windows under -40 dBFS); a comma inside one
+            clause gets Piper's own pause, a cut without punctuation gets only what this adds up to
   cut_mid_phrase  the first clause ends without punctuation (the cap cut it, not a boundary)
   clauses_cut_mid_phrase  the same over all the reply's clauses (the chunker re-run on its text)
 
@@ -32,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from _stats import pct
 from engine_latency import overrides
 
@@ -52,6 +56,26 @@ def naturalness(chunks: list[tuple[int, float, int]], rate: int, first_samples: 
             if off0 < first_samples <= off1:
                 seam = gap
     return {"seam_gap_ms": round(1000 * seam), "underrun_ms": round(1000 * underrun)}
+
+
+def seam_pause_ms(pieces: list[tuple[int, float, np.ndarray]], rate: int, first_samples: int) -> int | None:
+    """The pause heard around the first clause's end: quiet windows before it, the gap, quiet after."""
+    seam = next((i for i, (off, _, _) in enumerate(pieces) if off >= first_samples), None)
+    if not seam:
+        return None
+    win = rate // 100
+
+    def quiet(x: np.ndarray) -> bool:
+        return bool(len(x) == 0 or np.sqrt(np.mean(x.astype(np.float64) ** 2)) < 327.0)  # -40 dBFS
+
+    before = np.concatenate([p for _, _, p in pieces[:seam]])
+    after = np.concatenate([p for _, _, p in pieces[seam:]])
+    tail = next((k for k in range(len(before) // win) if not quiet(before[len(before) - (k + 1) * win:
+                                                                            len(before) - k * win])), 0)
+    head = next((k for k in range(len(after) // win) if not quiet(after[k * win:(k + 1) * win])), 0)
+    _, at0, p0 = pieces[seam - 1]
+    gap = max(0.0, pieces[seam][1] - (at0 + len(p0) / rate))
+    return round(10 * (tail + head) + 1000 * gap)
 
 
 def _ends_phrase(chunk: str) -> bool:
@@ -84,11 +108,13 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
     cap, ramp = parse_variant(variant)
     session = Session(stack, config_from_settings(settings, output_rate=rate, output_lead_ms=0,
                                                   first_clause_max_chars=cap, first_clause_ramp=ramp))
-    audio: dict[str, list[tuple[int, float, int]]] = {}
+    paced: dict[str, list[tuple[int, float, int]]] = {}
+    pieces: dict[str, list[tuple[int, float, np.ndarray]]] = {}
 
     def on_audio(ev: E.Event) -> None:
         if isinstance(ev, E.AgentAudio):
-            audio.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, len(ev.frame)))
+            paced.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, len(ev.frame)))
+            pieces.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, ev.frame.samples))
 
     session.bus.listen(on_audio)
     rec = await play_into_session(session, audio)
@@ -114,8 +140,9 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
                reply=reply)
     spoken = chunks_of(reply, cap, ramp)
     row.update(clauses=len(spoken), clauses_cut_mid_phrase=sum(not _ends_phrase(c) for c in spoken[:-1]))
-    row.update(naturalness(audio.get(getattr(started, "response_id", ""), []), rate,
-                           getattr(tts1, "samples", 0)))
+    rid = getattr(started, "response_id", "")
+    row.update(naturalness(paced.get(rid, []), rate, getattr(tts1, "samples", 0)))
+    row["seam_pause_ms"] = seam_pause_ms(pieces.get(rid, []), rate, getattr(tts1, "samples", 0))
     return row
 
 
@@ -124,12 +151,17 @@ def summarize(rows: list[dict], caps: list[str]) -> dict:
     for cap in caps:
         rs = [r for r in rows if r["cap"] == cap and "latency" in r]
         s: dict = {"n": len(rs), "missing": sum(1 for r in rows if r["cap"] == cap and "latency" not in r)}
-        for k in STAGES + ("seam_gap_ms", "underrun_ms", "first_clause_words", "first_clause_audio_ms"):
-            vals = [r[k] for r in rs]
+        for k in STAGES + ("seam_gap_ms", "underrun_ms", "first_clause_words", "first_clause_audio_ms",
+                           "seam_pause_ms"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 s[k] = {"p50": round(pct(vals, 0.5)), "p95": round(pct(vals, 0.95)),
                         "mean": round(statistics.mean(vals))}
         s["cut_mid_phrase"] = f"{sum(r['cut_mid_phrase'] for r in rs)}/{len(rs)}"
+        cut = [r["seam_pause_ms"] for r in rs if r.get("seam_pause_ms") is not None and r["cut_mid_phrase"]]
+        at_punct = [r["seam_pause_ms"] for r in rs if r.get("seam_pause_ms") is not None and not r["cut_mid_phrase"]]
+        s["seam_pause_p50_ms"] = {"cut_mid_phrase": round(pct(cut, 0.5)) if cut else None,
+                                  "at_punctuation": round(pct(at_punct, 0.5)) if at_punct else None}
         s["seam_gaps"] = f"{sum(1 for r in rs if r['seam_gap_ms'] > 0)}/{len(rs)}"
         s["clauses_cut_mid_phrase"] = (f"{sum(r['clauses_cut_mid_phrase'] for r in rs)}/"
                                        f"{sum(r['clauses'] - 1 for r in rs)}")
