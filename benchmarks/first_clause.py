@@ -180,7 +180,7 @@ async def run(args) -> dict:
     settings = load_settings(**overrides([f"llm.temperature={args.temperature}", *args.set]))
     stack = build_stack(settings)
     await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
-    files = [SPEECH / "en" / f"en_{i:03d}.wav" for i in range(1, args.files + 1)]
+    files = [SPEECH / "en" / f"en_{i:03d}.wav" for i in range(args.first_file, args.first_file + args.files)]
     load_start = _loadavg()
     t0 = time.perf_counter()
     rows = []
@@ -198,7 +198,7 @@ async def run(args) -> dict:
     load_end = _loadavg()
     summary = {
         "what": "first clause: llm.first_token -> agent.audio_started by stage, per first-clause cap, interleaved",
-        "caps": caps, "reps": args.reps, "files": len(files), "temperature": args.temperature,
+        "caps": caps, "reps": args.reps, "files": [f.name for f in files], "temperature": args.temperature,
         "minutes": round((time.perf_counter() - t0) / 60, 1), "loadavg_start": load_start, "loadavg_end": load_end,
         "cpu": _cpu(), "by_cap": summarize(rows, caps), "settings": args.set,
     }
@@ -240,7 +240,8 @@ def main() -> None:
     ap.add_argument("--caps", default="50,32,24,24r",
                     help="first-clause caps to compare (chars; suffix r: ramp); the first is today's")
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--files", type=int, default=10, help="LibriVox utterances en_001.. to use")
+    ap.add_argument("--files", type=int, default=10, help="how many LibriVox utterances to use")
+    ap.add_argument("--first-file", type=int, default=1, help="start at en_0XX")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: the same reply for every variant")
     ap.add_argument("--set", action="append", default=[], help="setting override, e.g. tts.threads=1")
     ap.add_argument("--json", type=Path, help="also write the results here")

@@ -55,3 +55,17 @@ def test_session_config_ramps_the_clauses_after_the_first() -> None:
                                               first_clause_max_chars=12))
     assert len(plain) < len(spoken)  # without the ramp the rest goes out in one piece
     assert " ".join(spoken).split() == " ".join(plain).split() == REPLY.split()
+
+
+def test_settings_reach_the_session_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moksori.engine.config import config_from_settings
+    from moksori.errors import ConfigError
+    from moksori.settings import load_settings
+
+    monkeypatch.setenv("MOKSORI_TTS_FIRST_CLAUSE_MAX_CHARS", "24")
+    monkeypatch.setenv("MOKSORI_TTS_FIRST_CLAUSE_RAMP", "true")
+    cfg = config_from_settings(load_settings())
+    assert (cfg.first_clause_max_chars, cfg.first_clause_ramp) == (24, True)
+    monkeypatch.setenv("MOKSORI_TTS_FIRST_CLAUSE_MAX_CHARS", "-1")
+    with pytest.raises(ConfigError, match="first_clause_max_chars"):
+        load_settings()

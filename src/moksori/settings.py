@@ -127,6 +127,10 @@ class TTSSettings(BaseModel):
     remote_model: str = "tts-1"
     speed: float = Field(1.0, gt=0.25, le=4.0)
     threads: int = Field(2, ge=1, le=64)
+    # the reply's first clause is cut at this many characters (0: no cap; shorter is sooner, and
+    # more often cut mid-phrase); with the ramp, the caps of the clauses after it double from it
+    first_clause_max_chars: int = Field(50, ge=0, le=1000)
+    first_clause_ramp: bool = False
     # provider=openai: time to a clause's first audio, longest gap after it, retries, extra base URLs
     first_audio_timeout_s: float = Field(10.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)

@@ -56,5 +56,6 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
         partial_interval_ms=s.stt.partial_interval_ms, stt_incremental=s.stt.incremental, temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
         noise_reduction=s.audio.noise_reduction, backchannel=s.turn.backchannel == "on",
+        first_clause_max_chars=s.tts.first_clause_max_chars, first_clause_ramp=s.tts.first_clause_ramp,
     )
     return replace(cfg, **overrides) if overrides else cfg
