@@ -372,3 +372,40 @@ class TestLogMel:
         assert log_mel(np.zeros(16000, dtype=np.float32)).shape == (80, 100)
         with pytest.raises(ValueError):
             log_mel(np.zeros((2, 160), dtype=np.float32))
+
+
+# --- trim_leading_silence (a reply's first clause: Piper's leading near-silence is latency) ---
+
+
+def _tone_after(silence_ms: int, rate: int = 24000, noise: float = 0.0) -> "Frame":
+    import numpy as np
+
+    from moksori.audio.frames import Frame
+
+    rng = np.random.default_rng(0)
+    quiet = noise * rng.standard_normal(silence_ms * rate // 1000)
+    t = np.arange(rate // 2) / rate
+    return Frame.from_float(np.concatenate([quiet, 0.3 * np.sin(2 * np.pi * 220 * t)]), rate)
+
+
+def test_trim_leading_silence_keeps_10_ms_before_the_sound() -> None:
+    from moksori.audio.frames import trim_leading_silence
+
+    f = _tone_after(50, noise=0.001)  # -60 dBFS hiss, as Piper's lead-in
+    out = trim_leading_silence(f)
+    assert len(f) - len(out) == 40 * 24  # 50 ms of quiet -> 10 ms kept
+    assert (out.samples[-100:] == f.samples[-100:]).all()
+
+
+def test_trim_leading_silence_leaves_sound_silence_and_long_pauses_alone() -> None:
+    import numpy as np
+
+    from moksori.audio.frames import Frame, trim_leading_silence
+
+    loud = _tone_after(0)
+    assert trim_leading_silence(loud) is loud
+    hush = Frame(np.zeros(2400, dtype=np.int16), 24000)  # 100 ms of nothing at all
+    assert trim_leading_silence(hush) is hush
+    assert len(trim_leading_silence(Frame(np.zeros(0, dtype=np.int16), 24000))) == 0
+    late = _tone_after(500)
+    assert len(late) - len(trim_leading_silence(late)) == 190 * 24  # at most max_ms (200) - keep_ms

@@ -68,3 +68,20 @@ def concat(frames: list[Frame]) -> Frame:
     if any(f.rate != rate for f in frames):
         raise AudioFormatError("cannot concatenate frames with different sample rates")
     return Frame(np.concatenate([f.samples for f in frames]), rate)
+
+
+def trim_leading_silence(frame: Frame, *, threshold: float = 0.01, keep_ms: int = 10,
+                         max_ms: int = 200) -> Frame:
+    """Drop the near-silence (10 ms windows under `threshold` RMS, -40 dBFS) before the first
+    sound, keeping `keep_ms` of it; at most `max_ms` goes. Silence throughout: unchanged.
+    (A reply's first clause: Piper starts each sentence with 40-50 ms of it, heard as latency.)"""
+    win = max(1, frame.rate // 100)
+    x = frame.samples.astype(np.float32) / 32768.0
+    limit = min(len(x) // win, max(0, max_ms) * frame.rate // 1000 // win)
+    k = 0
+    while k < limit and float(np.sqrt(np.mean(x[k * win:(k + 1) * win] ** 2))) < threshold:
+        k += 1
+    if k == len(x) // win:
+        return frame  # nothing but silence
+    start = max(0, k * win - keep_ms * frame.rate // 1000)
+    return Frame(frame.samples[start:], frame.rate) if start else frame

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moksori.audio.frames import trim_leading_silence
 from moksori.audio.resample import resample
 from moksori.engine import events as E
 from moksori.engine.clock import Clock
@@ -535,6 +536,7 @@ class Response:
                 async for frame in host.tts.synthesize(spoken, opts):
                     out = resample(frame, host.output_rate)
                     if first:
+                        out = trim_leading_silence(out)  # the reply's very first sound, not a pause
                         self.emit(E.TtsFirstAudio(t=self.now(), response_id=self.id, item_id=self.item_id,
                                                   samples=len(out)))
                         first = False
