@@ -74,7 +74,7 @@ def trim_leading_silence(frame: Frame, *, threshold: float = 0.01, keep_ms: int 
                          max_ms: int = 200) -> Frame:
     """Drop the near-silence (10 ms windows under `threshold` RMS, -40 dBFS) before the first
     sound, keeping `keep_ms` of it; at most `max_ms` goes. Silence throughout: unchanged.
-    (A reply's first clause: Piper starts each sentence with 40-50 ms of it, heard as latency.)"""
+    (A reply's first clause: Piper starts each sentence with 20-50 ms of it, heard as latency.)"""
     win = max(1, frame.rate // 100)
     x = frame.samples.astype(np.float32) / 32768.0
     limit = min(len(x) // win, max(0, max_ms) * frame.rate // 1000 // win)
