@@ -69,3 +69,40 @@ def test_settings_reach_the_session_config(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MOKSORI_TTS_FIRST_CLAUSE_MAX_CHARS", "-1")
     with pytest.raises(ConfigError, match="first_clause_max_chars"):
         load_settings()
+
+
+class _QuietStartTTS(ToneTTS):
+    """A tone after 50 ms of -60 dBFS hiss, as Piper starts every sentence (a scripted stand-in:
+    only where the first sound falls is under test)."""
+
+    async def synthesize(self, text, opts):
+        import numpy as np
+
+        from moksori.audio.frames import Frame
+
+        async for frame in super().synthesize(text, opts):
+            hiss = 0.001 * np.random.default_rng(1).standard_normal(self.rate // 20)
+            yield Frame.from_float(np.concatenate([hiss, frame.to_float()]), self.rate)
+
+
+def test_the_first_clause_starts_with_sound_the_next_ones_keep_their_pause() -> None:
+    import numpy as np
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["tell me."]), llm=ScriptedLLM("Sure, here it is. And more words."),
+                               tts=_QuietStartTTS()), SessionConfig(output_rate=16000, partial_interval_ms=0))
+        audio: list = []
+        s.bus.listen(lambda ev: audio.append(ev) if isinstance(ev, E.AgentAudio) else None)
+        await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return audio
+
+    chunks = run_virtual(main())
+    samples = np.concatenate([c.frame.samples for c in chunks])
+    first_loud = int(np.argmax(np.abs(samples) > 1000))
+    assert 0 < first_loud <= 16000 * 12 // 1000  # ~10 ms of lead-in kept, not 50
+    # the next clauses keep their 50 ms: a quiet stretch of at least 45 ms inside the reply
+    loud = np.abs(samples) > 1000
+    runs = np.diff(np.flatnonzero(loud))
+    assert runs.max() >= 16000 * 45 // 1000
