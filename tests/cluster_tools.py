@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,12 @@ def start_time(pid: int) -> str | None:
 
 
 @contextlib.contextmanager
-def running_cluster(tmp_path_factory: Any, key: str, settings: dict[str, str]) -> Iterator[dict[str, Any]]:
+def running_cluster(tmp_path_factory: Any, key: str, settings: dict[str, str],
+                    store_url: Callable[[str], str] | None = None) -> Iterator[dict[str, Any]]:
     """nginx + 2 workers (+ one llama_cpp.server unless `settings` has CLUSTER_LLM_URL), each
-    worker with the key `key` and `settings`. Yields {"env", "dir", "port", "state", "url"};
-    `state` is state.json (a test that restarts a worker updates it, for `down`)."""
+    worker with the key `key` and `settings`. Yields {"env", "dir", "port", "state", "url", "db"};
+    `state` is state.json (a test that restarts a worker updates it, for `down`). `store_url`
+    maps the test database's URL to the one the workers use (e.g. through a proxy)."""
     data_dir = prepared_data_dir(tmp_path_factory)
     d = tmp_path_factory.mktemp("cluster-dir")
     prefix = new_prefix()
@@ -48,14 +50,15 @@ def running_cluster(tmp_path_factory: Any, key: str, settings: dict[str, str]) -
     with postgres_database() as db:
         env = {**os.environ, "CLUSTER_DIR": str(d), "CLUSTER_PORT": str(port), "WORKERS": "2",
                "CLUSTER_LLM_THREADS": "1", "CLUSTER_READY_TIMEOUT_S": "400",
-               "MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix, "MOKSORI_STORE_URL": db,
+               "MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix,
+               "MOKSORI_STORE_URL": store_url(db) if store_url is not None else db,
                "MOKSORI_DATA_DIR": str(data_dir), "MOKSORI_API_KEYS": key, **settings}
         up = cluster_cmd("up", env, timeout=600)
         state = json.loads((d / "state.json").read_text()) if (d / "state.json").exists() else None
         try:
             assert up.returncode == 0, f"cluster up failed:\n{up.stdout}\n{up.stderr}"
             assert state is not None
-            yield {"env": env, "dir": d, "port": port, "state": state, "url": f"http://127.0.0.1:{port}"}
+            yield {"env": env, "dir": d, "port": port, "state": state, "url": f"http://127.0.0.1:{port}", "db": db}
         finally:
             down = cluster_cmd("down", env, timeout=120)
             procs = ([state["nginx"]] if state and state.get("nginx") else []) + \

@@ -2,7 +2,8 @@
 
 `cut()` drops every open connection and stops listening (new connections are refused);
 `restore()` listens again on the same port. `delay_s` slows every chunk forwarded (a slow
-database). Runs on its own thread and event loop.
+database). `freeze()` is a network that vanished: the open connections stay open but nothing
+more goes through, either way (no FIN, no RST), until `thaw()`. Runs on its own thread and event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class TCPProxy:
         self.target = (target_host, target_port)
         self.port = port or free_port()
         self.delay_s = 0.0
+        self.frozen = False
         self.connections = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -37,6 +39,12 @@ class TCPProxy:
 
     def cut(self) -> None:
         self._call(self._cut())
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self.frozen = False
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -69,6 +77,8 @@ class TCPProxy:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
+                    while self.frozen:  # held, neither forwarded nor refused
+                        await asyncio.sleep(0.02)
                     if self.delay_s:
                         await asyncio.sleep(self.delay_s)
                     w.write(data)

@@ -191,6 +191,11 @@ class ServerSettings(BaseModel):
     max_pending_streams: int = Field(64, ge=1)
     # a Realtime session with no client message for this long is closed
     session_idle_timeout_s: float = Field(900.0, gt=0)
+    # WebSocket pings (every socket: Realtime, Voice Live, phone streams, the browser app): a peer
+    # whose network vanished (no close, no FIN) is noticed within interval + timeout, and its
+    # session ends (an interrupted reply is stored with what was heard); 0 = no pings
+    ws_ping_interval_s: float = Field(5.0, ge=0, le=300)
+    ws_ping_timeout_s: float = Field(5.0, gt=0, le=300)
     # on SIGTERM: refuse new sessions (/ready 503) and let live ones end, for at most this long
     # (0: stop at once); a second SIGTERM or Ctrl-C stops at once
     drain_timeout_s: float = Field(25.0, ge=0, le=3600)

@@ -150,6 +150,8 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
         err_console.print(f"[yellow]tools:[/] {w}", highlight=False)
     kit.install_log_filter()
     session = open_session(stack, cfg, settings=settings, input_rate=in_rate, kit=kit)
+    from moksori.cli.cli_recording import open_cli_recording
+
     store = await open_cli_recording(session, settings, user)
     player = _Player()
 
@@ -195,22 +197,3 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
         await kit.close()
         if store is not None:
             await store.close()
-
-
-async def open_cli_recording(session: Any, settings: Any, user: str | None) -> Any:
-    """Record a CLI voice session into the store (and load `user`'s history); the store, or None
-    when storage is off or unavailable (the chat goes on, unrecorded, with a warning)."""
-    from moksori.recording import Who, record_session
-    from moksori.store import DEFAULT_TENANT, Store
-
-    try:
-        store = Store.from_settings(settings)
-        if store is None:
-            return None
-        await store.start()
-    except Exception as e:  # noqa: BLE001 - talk unrecorded rather than not at all
-        err_console.print(f"[yellow]warning:[/] conversations are not saved: the store is unavailable "
-                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})", highlight=False)
-        return None
-    record_session(session, store, Who(DEFAULT_TENANT, user, "cli"))
-    return store

@@ -1,10 +1,14 @@
-"""`moksori converse IN.wav`: play a recording into a live session, keep what the agent said."""
+"""`moksori converse IN.wav`: play a recording into a live session, keep what the agent said.
+
+The session is recorded into the store like any other (channel `cli`; `--user ID` files it under
+that user and starts with their history, as `moksori chat --user` does; `MOKSORI_STORE_URL=none`
+records nothing)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,6 +16,9 @@ from moksori.cli.main import app, friendly
 from moksori.cli.ui import err_console, load_stack
 from moksori.errors import AudioFormatError, ConfigError
 from moksori.settings import load_settings
+
+if TYPE_CHECKING:
+    from moksori.cli.cli_recording import OfflineRecording
 
 
 @app.command()
@@ -24,12 +31,18 @@ def converse(
     fast: bool = typer.Option(False, "--fast", help="Run on virtual time: as fast as the models allow. "
                               "Model time then counts as zero, so latencies in the timeline are not real."),
     max_tail_s: float = typer.Option(30.0, "--max-tail", help="After the input ends, wait at most this long for the agent."),
+    user: str | None = typer.Option(None, "--user", help="Your user id: the conversation is stored under it and "
+                                    "starts with your earlier turns (as `moksori chat --user`)."),
 ) -> None:
     """Talk to the agent with a recording instead of a microphone."""
     from moksori.audio.wav import load_audio, write_wav
 
+    from moksori.store import valid_user_id
+
     if lang is not None and lang not in ("en", "ko"):
         raise ConfigError(f"unsupported language '{lang}': use en or ko")
+    if user is not None and not valid_user_id(user):
+        raise ConfigError(f"invalid user id {user!r}: use 1-255 letters, digits and _ . @ : + - = /")
     frame = load_audio(input)
     if len(frame) == 0:
         raise AudioFormatError(f"{input} contains no audio samples")
@@ -41,15 +54,30 @@ def converse(
         raise ConfigError("--fast needs MOKSORI_BRAIN=pipeline: a realtime upstream answers in real time, "
                           "so virtual time cannot run ahead of it")
     stack = load_stack(settings)
-    rec = run_conversation(stack, settings, frame, fast=fast, max_tail_s=max_tail_s, timeline=timeline)
+    from moksori.cli.cli_recording import prepare_offline
+    from moksori.engine.config import config_from_settings
+
+    stored = prepare_offline(settings, stack, config_from_settings(settings, output_rate=24000, output_lead_ms=0),
+                             user, metadata={"command": "converse"})
+    try:
+        rec = run_conversation(stack, settings, frame, fast=fast, max_tail_s=max_tail_s, timeline=timeline,
+                               stored=stored)
+    finally:
+        if stored is not None and not stored.close():
+            err_console.print("[yellow]warning:[/] some turns were not saved: the store did not answer in time",
+                              highlight=False)
     reply = rec.reply_audio(min_seconds=frame.duration)
     write_wav(out, reply)
     _summary(rec, out, reply.duration, fast)
+    if stored is not None and stored.recording is not None:
+        who = f" (user {user})" if user else " (anonymous)"
+        err_console.print(f"[green]✓[/] saved as conversation {stored.recording.conversation_id}{who}", highlight=False)
 
 
 def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_tail_s: float = 30.0, timeline: Path | None = None,
-                     output_rate: int = 24000) -> Any:
-    """Feed `frame` into a new session at real-time pace (virtual time with fast=True)."""
+                     output_rate: int = 24000, stored: OfflineRecording | None = None) -> Any:
+    """Feed `frame` into a new session at real-time pace (virtual time with fast=True), recorded
+    into `stored` when given."""
     from moksori.audio.frames import Frame
     from moksori.brains import open_session
     from moksori.engine.bus import TimelineWriter
@@ -69,6 +97,8 @@ def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_t
         for w in kit.warnings:
             err_console.print(f"[yellow]tools:[/] {w}", highlight=False)
         session = open_session(stack, cfg, settings=settings, input_rate=frame.rate, kit=kit)
+        if stored is not None:
+            stored.attach(session)
         rec = Recording(cfg.output_rate)
         session.bus.listen(rec)
         fh = open(timeline, "w", encoding="utf-8") if timeline else None  # noqa: SIM115 - closed in finally

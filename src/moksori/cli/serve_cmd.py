@@ -54,7 +54,8 @@ def serve(
     config = uvicorn.Config(application, host=host, port=port, log_level=log_level,
                             http=http_protocol, ws=ws_protocol,
                             ws_max_size=max(16 * 1024 * 1024, 2 * settings.server.max_message_bytes),
-                            ws_ping_interval=20, ws_ping_timeout=30, lifespan="on",
+                            ws_ping_interval=settings.server.ws_ping_interval_s or None,
+                            ws_ping_timeout=settings.server.ws_ping_timeout_s, lifespan="on",
                             timeout_keep_alive=5, timeout_graceful_shutdown=10,
                             h11_max_incomplete_event_size=16 * 1024, backlog=256)
     redact_uvicorn_logs()

@@ -24,11 +24,11 @@ from moksori.engine.memory import Item
 from moksori.engine.session import Session
 from moksori.providers.base import Usage
 from moksori.recording.recorder import Models, Recorder
-from moksori.store import Store, StoredItem
+from moksori.store import History, Store, StoredItem
 
 log = logging.getLogger("moksori.recording")
 
-__all__ = ["Who", "Recording", "record_session", "models_of", "history_items"]
+__all__ = ["Who", "Recording", "record_session", "fetch_history", "models_of", "history_items"]
 
 HISTORY_TIMEOUT_S = 3.0  # loading a user's history, at most (a dead database: the session goes on without)
 HISTORY_SHARE = 0.7  # of the context budget, at most, for earlier conversations
@@ -60,21 +60,13 @@ class Recording:
 
     async def load_history(self) -> None:
         mem = self.session.memory
-        user = self.who.user
-        assert user is not None
         try:
             window = mem.window
             budget = window.policy.budget_tokens if window is not None else 2048
             count = window.counter.count if window is not None else None
             async with asyncio.timeout(HISTORY_TIMEOUT_S):
-                await self.store.flush(FLUSH_BEFORE_LOAD_S)
-                kw: dict[str, Any] = {"count": count} if count is not None else {}
-                h = await self.store.load_history(self.who.tenant, user, max_tokens=int(budget * HISTORY_SHARE), **kw)
-            items = history_items(h.items, self.conversation_id)
-            self.history_items = len(items)
-            mem.set_history(items, h.summary)
-            if items:
-                log.info("session %s: %d earlier items of the user loaded", self.session.id, len(items))
+                h = await fetch_history(self.store, self.who, budget, count)
+            self.use_history(h)
         except asyncio.CancelledError:
             mem.history_done()
             raise
@@ -82,6 +74,24 @@ class Recording:
             log.warning("session %s: the user's history could not be loaded (%s: %s); going on without it",
                         self.session.id, type(e).__name__, " ".join(str(e).split())[:200] or "timed out")
             mem.history_done()
+
+    def use_history(self, h: History) -> None:
+        """Put the user's earlier items (`fetch_history`) into the session's memory."""
+        items = history_items(h.items, self.conversation_id)
+        self.history_items = len(items)
+        self.session.memory.set_history(items, h.summary)
+        if items:
+            log.info("session %s: %d earlier items of the user loaded", self.session.id, len(items))
+
+
+async def fetch_history(store: Store, who: Who, budget_tokens: int,
+                        count: Callable[[str], int] | None = None) -> History:
+    """`who.user`'s latest items within HISTORY_SHARE of a context budget of `budget_tokens`
+    (records of theirs still queued in this process are written first, for up to 1 s)."""
+    assert who.user is not None
+    await store.flush(FLUSH_BEFORE_LOAD_S)
+    kw: dict[str, Any] = {"count": count} if count is not None else {}
+    return await store.load_history(who.tenant, who.user, max_tokens=int(budget_tokens * HISTORY_SHARE), **kw)
 
 
 def history_items(stored: list[StoredItem], current_conversation: str | None = None) -> list[Item]:
@@ -114,8 +124,10 @@ def models_of(stack: Any) -> Models:
 
 
 def record_session(session: Session, store: Store, who: Who, *,
-                   on_record: Callable[[str], None] | None = None) -> Recording:
-    """Record `session` into `store` from now on (see the module's doc)."""
+                   on_record: Callable[[str], None] | None = None, history: History | None = None) -> Recording:
+    """Record `session` into `store` from now on (see the module's doc). `history`: the user's
+    earlier items, already fetched (`fetch_history`; `moksori converse --fast` reads them before
+    its virtual-time loop starts), instead of loading them in the background."""
     models = models_of(session.stack)
     kit = session.kit
     recorder = Recorder(store.submit, conversation_id=session.id, tenant=who.tenant, user=who.user,
@@ -141,7 +153,13 @@ def record_session(session: Session, store: Store, who: Who, *,
             store.write_now()
 
     session.bus.listen(on_end)
-    if who.user is not None and who.load_history:
+    if history is not None:
+        rec.use_history(history)
+    elif who.user is not None and who.load_history and not store.started:
+        # the database has not answered since the server started: nothing to load (and no
+        # reason to make the first reply wait); the session is recorded all the same
+        log.warning("session %s: the store is not up yet; starting without the user's history", session.id)
+    elif who.user is not None and who.load_history:
         session.memory.expect_history()
         rec.history_task = asyncio.get_running_loop().create_task(rec.load_history(),
                                                                   name=f"history-{session.id}")

@@ -361,6 +361,8 @@ def load_metrics(state: ServerState) -> str:
         "# TYPE moksori_connections_refused_total counter", f"moksori_connections_refused_total {sk.refused_busy}",
         "# TYPE moksori_header_timeouts_total counter", f"moksori_header_timeouts_total {sk.header_timeouts}",
         "# TYPE moksori_bad_upgrades_total counter", f"moksori_bad_upgrades_total {sk.bad_upgrades}",
+        "# HELP moksori_ws_ping_timeouts_total WebSockets closed because a keepalive ping went unanswered.",
+        "# TYPE moksori_ws_ping_timeouts_total counter", f"moksori_ws_ping_timeouts_total {sk.ping_timeouts}",
         "# TYPE moksori_open_fds gauge", f"moksori_open_fds {open_fds()}",
         "# TYPE moksori_fd_limit gauge", f"moksori_fd_limit {fd_limit()}",
         "# HELP moksori_unclosed_sessions Session objects in memory that were never closed (leaks).",

@@ -49,7 +49,8 @@ class _Fail(Exception):
 
 def install(app: FastAPI, state: Any) -> None:
     """Mount the routes and open/close the store with the app (around its own lifespan)."""
-    state.store = None
+    state.store = None  # the store that serves reads: None while storage is off or the database is down
+    state.store_pending = None  # a store whose database was down at start-up: sessions queue into it
     state.store_error = None
     app.include_router(router)
     inner = app.router.lifespan_context
@@ -66,7 +67,9 @@ def install(app: FastAPI, state: Any) -> None:
             if await _try_start(state, store):
                 _open(state, store, tasks)
             else:
-                # the database is down at start-up: keep trying, and record from the moment it answers
+                # the database is down at start-up: sessions record into the writer's queue
+                # (bounded: MOKSORI_STORE_MAX_PENDING), written in order once it answers
+                state.store_pending = store
                 tasks.append(asyncio.create_task(_start_later(state, store, tasks), name="store-start"))
         try:
             async with inner(a) as st:
@@ -79,6 +82,8 @@ def install(app: FastAPI, state: Any) -> None:
                     await t
             if state.store is not None:
                 await state.store.close()
+            elif state.store_pending is not None:
+                await state.store_pending.close()  # says how many queued records were lost
 
     app.router.lifespan_context = lifespan
 
@@ -99,7 +104,7 @@ async def _try_start(state: Any, store: Store) -> bool:
 
 def _open(state: Any, store: Store, tasks: list[asyncio.Task[None]]) -> None:
     """The store is up: sessions record from now on; the retention loop runs (when set)."""
-    state.store, state.store_error = store, None
+    state.store, state.store_pending, state.store_error = store, None, None
     if store.retention_days > 0:
         tasks.append(asyncio.create_task(_retention_loop(store), name="store-retention"))
 
@@ -116,7 +121,7 @@ async def _start_later(state: Any, store: Store, tasks: list[asyncio.Task[None]]
                         " ".join(str(e).split())[:200], min(2 * wait, START_RETRY_MAX_S))
             wait = min(2 * wait, START_RETRY_MAX_S)
             continue
-        log.warning("store: available again; sessions that start from now on are recorded")
+        log.warning("store: available again; writing %d records queued while it was away", store.writer.pending)
         _open(state, store, tasks)
         return
 

@@ -5,8 +5,9 @@
 * `wants_history(query)`: `?moksori_history=0` starts a conversation without the earlier ones in
   the agent's context (the browser app's "New conversation"); they stay stored;
 * `record(state, session, who)`: record the session into the server's store, if it has one
-  (`MOKSORI_STORE_URL=none`, or a store that could not start: nothing is recorded, the session
-  runs the same);
+  (`MOKSORI_STORE_URL=none`, or a bad store URL: nothing is recorded, the session runs the same).
+  A database that was down when the server started still records: its records queue in the
+  writer (in order, up to `MOKSORI_STORE_MAX_PENDING`) and are written once it answers;
 * `store_metrics(state)`: the `/metrics` lines of the recorder and the store's writer.
 
 A key (tenant) never sees another key's users: the tenant is `store.tenant_id(api key)` (or
@@ -22,11 +23,11 @@ from typing import Any
 
 from moksori.engine.session import Session
 from moksori.recording import Recording, Who, record_session
-from moksori.store import DEFAULT_TENANT, tenant_id, valid_user_id
+from moksori.store import DEFAULT_TENANT, Store, tenant_id, valid_user_id
 
 log = logging.getLogger("moksori.recording")
 
-__all__ = ["InvalidUser", "user_of", "wants_history", "tenant_of", "record", "phone_who", "store_metrics"]
+__all__ = ["InvalidUser", "user_of", "wants_history", "tenant_of", "record", "recording_store", "phone_who", "store_metrics"]
 
 USER_HEADER = "x-moksori-user"
 KINDS = ("conversation", "user_turn", "reply", "tool_call", "tool_result", "heard", "usage", "summary")
@@ -70,9 +71,14 @@ def _counts(state: Any) -> Counter[str]:
     return counts
 
 
+def recording_store(state: Any) -> Store | None:
+    """The store sessions record into: the live one, or one still waiting for its database."""
+    return getattr(state, "store", None) or getattr(state, "store_pending", None)
+
+
 def record(state: Any, session: Session, who: Who) -> Recording | None:
-    """Record `session` into the server's store (None when storage is off or unavailable)."""
-    store = getattr(state, "store", None)
+    """Record `session` into the server's store (None when storage is off or unusable)."""
+    store = recording_store(state)
     if store is None:
         return None
     counts = _counts(state)
@@ -95,7 +101,7 @@ def phone_tenant(state: Any) -> str:
 
 def phone_who(state: Any, from_number: str | None, carrier: str) -> Who:
     """A phone call: its caller's number, hashed (`tel:` + HMAC), is the user."""
-    store = getattr(state, "store", None)
+    store = recording_store(state)
     user = store.phone_user_id(from_number) if store is not None and from_number and \
         any(ch.isdigit() for ch in from_number) else None
     return Who(phone_tenant(state), user, "phone", metadata={"carrier": carrier})
@@ -107,7 +113,7 @@ def store_metrics(state: Any) -> str:
     lines = ["# HELP moksori_recorded_total Records live sessions handed to the store, by kind.",
              "# TYPE moksori_recorded_total counter"]
     lines += [f'moksori_recorded_total{{kind="{k}"}} {counts.get(k, 0)}' for k in KINDS]
-    store = getattr(state, "store", None)
+    store = recording_store(state)
     lines += ["# HELP moksori_store_up 1 while the store takes writes; 0 while they fail (records queue) or "
               "storage is off/unavailable.", "# TYPE moksori_store_up gauge"]
     if store is None:
@@ -116,7 +122,7 @@ def store_metrics(state: Any) -> str:
     w = store.writer
     st = w.stats
     lines += [
-        f"moksori_store_up {int(not w.failing)}",
+        f"moksori_store_up {int(store.started and not w.failing)}",
         "# TYPE moksori_store_written_total counter", f"moksori_store_written_total {st.written}",
         "# HELP moksori_store_write_failures_total Failed write attempts (each batch is retried).",
         "# TYPE moksori_store_write_failures_total counter", f"moksori_store_write_failures_total {st.failures}",

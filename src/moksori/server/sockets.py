@@ -8,12 +8,17 @@ descriptors until the server stops accepting (measured: ~1,000 sockets with a 1,
   between requests, and a byte of data cancels it);
 * a WebSocket upgrade that websockets' parser refuses (a header line over 8 KB, too many
   headers) gets no answer and is never closed: the 400 websockets prepared is never written;
-* nothing caps the number of open connections (`limit_concurrency` skips WebSocket upgrades).
+* nothing caps the number of open connections (`limit_concurrency` skips WebSocket upgrades);
+* a WebSocket whose keepalive ping timed out is closed with `transport.close()`, which waits for
+  the write buffer to drain: with a peer that vanished (no FIN) and audio still buffered for it,
+  the session lingers until TCP gives up (minutes).
 
 `guarded_protocols()` returns subclasses that close those holes: a header deadline on every
 request (`header_timeout_s`), a 400 and a close for a refused upgrade, and a soft cap on open
 connections (`max_connections`, by default a margin below the process's file limit) beyond
-which a new connection gets `503` and is closed at once. Refusals are logged at most once per
+which a new connection gets `503` and is closed at once, and an abort (not a graceful close) of
+a socket whose ping went unanswered (`MOKSORI_SERVER_WS_PING_INTERVAL_S` / `_TIMEOUT_S`), so the
+session ends then, and its interrupted reply is stored at once. Refusals are logged at most once per
 `LOG_EVERY_S` with a count, never once per socket.
 """
 
@@ -80,6 +85,7 @@ class SocketStats:
         self.refused_busy = 0
         self.header_timeouts = 0
         self.bad_upgrades = 0
+        self.ping_timeouts = 0  # WebSockets closed because a keepalive ping went unanswered
         self.connections: set[Any] | None = None  # uvicorn's live set, seen on first connection
 
     @property
@@ -103,6 +109,14 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
                 self.handshake_initiated = self.handshake_complete = self.close_sent = True
                 self.transport.write(_BAD_UPGRADE)
                 self.transport.close()
+
+        def keepalive_timeout(self) -> None:
+            live = not (self.close_sent or self.transport.is_closing())
+            super().keepalive_timeout()  # a close frame, then transport.close()
+            if live:
+                stats.ping_timeouts += 1
+                if self.transport.get_write_buffer_size():  # a gone peer never drains it: drop the socket now
+                    self.transport.abort()
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None

@@ -128,6 +128,7 @@ class Store:
         self.writer = StoreWriter(self.url, max_pending=max_pending, flush_interval_s=flush_interval_s,
                                   pricer=lambda u: self.prices.cost(u).usd)
         self._engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+        self.started = False  # migrated and writing; before that, `submit` only queues
 
     def __repr__(self) -> str:
         return f"Store({dbmod.redacted(self.url)!r})"
@@ -154,6 +155,7 @@ class Store:
 
             await upgrade(self.url)
         await asyncio.to_thread(self.writer.start)
+        self.started = True
         return self
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -162,8 +164,16 @@ class Store:
         if engine is not None:
             await engine.dispose()
 
+    async def close_reads(self) -> None:
+        """Dispose of this event loop's read connections (a loop that ends before the store does)."""
+        engine = self._engines.pop(asyncio.get_running_loop(), None)
+        if engine is not None:
+            await engine.dispose()
+
     def submit(self, record: Record) -> bool:
-        """Hand a record to the writer (never blocks; see `StoreWriter.submit`)."""
+        """Hand a record to the writer (never blocks; see `StoreWriter.submit`). Before `start()`
+        (a database still down when the server started) records queue, in order, up to
+        `max_pending`, and are written once `start()` has migrated the database."""
         return self.writer.submit(record)
 
     async def flush(self, timeout_s: float | None = 10.0) -> bool:

@@ -7,6 +7,9 @@ small records per turn become one transaction) and writes up to `max_batch` reco
 A barrier (`flush()`, or `write_now()` when a session closes) cuts that wait short: what is queued
 is written at once, so another process (a worker the user reconnects to) can read it.
 
+Records submitted before `start()` (the database was down when the server started) wait in the
+same buffer, in order, and are written when the writer starts.
+
 A dead or slow database: the batch stays at the head of the buffer and is retried with
 exponential backoff (0.1 s → 5 s) for as long as the outage lasts; new records keep queueing up
 to `max_pending`. Past that, new records are dropped with a warning that says how many (never
@@ -151,6 +154,12 @@ class StoreWriter:
         """Write what is pending (for up to `timeout_s`), then stop the thread."""
         thread = self._thread
         if thread is None:
+            with self._lock:
+                self._stopping = True
+                lost = len(self._buf)
+            if lost:  # never started: the database never answered
+                log.error("store: %d records were not written before shutdown (the database never came up)", lost)
+            self._release_barriers(force=True)
             return
         self.flush_sync(timeout_s)
         with self._lock:
