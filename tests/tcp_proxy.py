@@ -48,13 +48,21 @@ class TCPProxy:
 
     def stop(self) -> None:
         if self._thread.is_alive():
+            self.frozen = False
             self._call(self._cut())
+            self._call(self._settle())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
 
     async def _listen(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, HOST, self.port, reuse_address=True)
+
+    async def _settle(self) -> None:
+        """Let the connections' tasks see their sockets aborted and finish."""
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=2)
 
     async def _cut(self) -> None:
         if self._server is not None:

@@ -5,7 +5,7 @@ vanishes mid-reply.
 (the embedded speech models) on Redis and on PostgreSQL reached through a TCP proxy on loopback
 (`tests/tcp_proxy.py`) that the test can cut; their LLM is `tests/scripted_llm_server.py` (the
 named stand-in for a smart model). Clients are the official `openai` Realtime client, through
-nginx, speaking real recorded speech (`../shared/speech/en`).
+nginx, speaking real recorded speech (`../shared/speech/en`: en_028, en_002, sentences without pauses).
 
 1. PostgreSQL unreachable for a bounded time: a spoken turn is stored; the database is cut (every
    connection dropped, new ones refused); a second spoken turn and a typed one are answered as
@@ -13,8 +13,8 @@ nginx, speaking real recorded speech (`../shared/speech/en`).
    every turn lands, in order, read through the Conversations API of the *other* worker.
 2. A client's network vanishes mid-reply (its connection goes through a proxy that stops
    forwarding: no close frame, no FIN): the worker's WebSocket keepalive (default ping every 5 s,
-   5 s to answer) notices, the session ends and the interrupted reply is stored with its heard
-   part; the user reconnects through nginx, lands on the other worker, and the first prompt sent
+   5 s to answer) notices, the session ends and the interrupted reply is stored, within 12 s, with
+   what was sent of it until then as its heard part; the user reconnects through nginx, lands on the other worker, and the first prompt sent
    to the LLM holds that heard part.
 """
 
@@ -146,7 +146,7 @@ async def test_postgresql_away_mid_conversation_loses_no_turn(cluster):
         proxy.cut()  # PostgreSQL unreachable: open connections dropped, new ones refused
         t_cut = time.monotonic()
         try:
-            second = await spoken(c, "en_021")  # the reply goes on
+            second = await spoken(c, "en_002")  # the reply goes on
             n = done_count(c)
             await c.conn.conversation.item.create(item={
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": TYPED}]})
@@ -199,11 +199,14 @@ async def test_a_client_gone_silent_mid_reply_has_it_stored_within_seconds(clust
         reply = (await until(interrupted, "the interrupted reply stored", 30))[0]
         stored_after = time.monotonic() - t_gone
         _, heard, status = reply
-        assert status == "incomplete"
-        assert heard and LONG_REPLY.startswith(heard) and len(heard.split()) < len(LONG_REPLY.split()) // 2, heard
+        print(f"interrupted reply stored {stored_after:.1f} s after the client's network vanished; "
+              f"heard part {len(heard.split())} of {len(LONG_REPLY.split())} words")
         # the default keepalive: a ping every 5 s, 5 s for its answer (plus the write, ~50 ms)
         assert stored_after < 12.0, stored_after
-        print(f"interrupted reply stored {stored_after:.1f} s after the client's network vanished")
+        # what was sent before the worker noticed counts as heard (it cannot know better): the
+        # two seconds before the network went, and up to the keepalive's ten after
+        assert status == "incomplete"
+        assert heard and LONG_REPLY.startswith(heard) and len(heard) < len(LONG_REPLY), heard
 
         # the user comes back (another network): the other worker, and the heard part in the prompt
         before = len(llm.requests)
@@ -211,7 +214,7 @@ async def test_a_client_gone_silent_mid_reply_has_it_stored_within_seconds(clust
         try:
             await c2.setup()
             await until(lambda: holder(cluster) == 1 - i, "the new session on the other worker")
-            await spoken(c2, "en_021")
+            await spoken(c2, "en_002")
         finally:
             await c2.close()
         sent = user_messages(llm.requests[before])
