@@ -191,6 +191,7 @@ def test_converse_two_turns(cli, tmp_path):
     proc = cli("converse", str(inp), "--out", str(out), "--timeline", str(timeline), "--fast", timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    assert "saved as conversation" in proc.stderr  # recorded on virtual time too (the data dir's SQLite)
 
     reply = read_wav(out)
     assert reply.duration >= spliced.duration - 0.01
