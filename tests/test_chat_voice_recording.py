@@ -87,19 +87,23 @@ def test_voice_chat_with_user_is_recorded_and_resumed(monkeypatch, tmp_path, tmp
         settings = load_settings()
         stack = load_stack(settings)
 
-        card = WavSoundCard(speech("en_028"), RATE)
-        asyncio.run(chat_once(stack, settings, card, "hana", llm))
-        assert card.played_seconds > 0.5  # the agent was heard
-        convs = asyncio.run(conversations(url, "hana"))
-        assert len(convs) == 1, convs
-        channel, turns = convs[0]
-        assert channel == "cli" and [r for r, _ in turns] == ["user", "assistant"], convs
-        said = turns[0][1]
-        assert "thousand" in said.lower() and turns[1][1] == SHORT_REPLY, turns
+        asyncio.run(two_chats(stack, settings, url, llm))  # one loop, as in one `moksori chat` process
 
-        before = len(llm.requests)
-        asyncio.run(chat_once(stack, settings, WavSoundCard(speech("en_002"), RATE), "hana", llm))
-        sent = user_messages(llm.requests[before])
-        assert sent[:2] == [("user", said), ("assistant", SHORT_REPLY)], sent
-        assert sent[-1][0] == "user" and "young man" in sent[-1][1].lower(), sent
-        assert len(asyncio.run(conversations(url, "hana"))) == 2
+
+async def two_chats(stack, settings, url: str, llm: ScriptedLLM) -> None:
+    card = WavSoundCard(speech("en_028"), RATE)
+    await chat_once(stack, settings, card, "hana", llm)
+    assert card.played_seconds > 0.5  # the agent was heard
+    convs = await conversations(url, "hana")
+    assert len(convs) == 1, convs
+    channel, turns = convs[0]
+    assert channel == "cli" and [r for r, _ in turns] == ["user", "assistant"], convs
+    said = turns[0][1]
+    assert "thousand" in said.lower() and turns[1][1] == SHORT_REPLY, turns
+
+    before = len(llm.requests)
+    await chat_once(stack, settings, WavSoundCard(speech("en_002"), RATE), "hana", llm)
+    sent = user_messages(llm.requests[before])
+    assert sent[:2] == [("user", said), ("assistant", SHORT_REPLY)], sent
+    assert sent[-1][0] == "user" and "young man" in sent[-1][1].lower(), sent
+    assert len(await conversations(url, "hana")) == 2
