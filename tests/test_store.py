@@ -330,3 +330,18 @@ async def test_records_submitted_before_start_are_written(tmp_path) -> None:
     await store.close()
     assert not store.submit(UserTurn("c", "y", "after close", now))  # refused, and said so
     assert store.writer.stats.dropped_full == 1
+
+
+async def test_a_store_closed_before_its_database_ever_answered_says_what_it_lost(tmp_path, caplog) -> None:
+    """A server stopped while its database was still down at start-up: the queued records are
+    lost, with a log line that counts them (never silently); closing does not hang."""
+    store = make_store(f"sqlite:///{tmp_path / 'never.db'}")
+    now = time.time()
+    for i in range(3):
+        assert store.submit(UserTurn("c", f"x{i}", "queued", now))
+    barrier = store.writer.barrier()
+    with caplog.at_level(logging.ERROR, logger="moksori.store"):
+        await asyncio.wait_for(store.close(), 10)
+    assert barrier.result(1) is False  # released (not written), nobody waits forever
+    assert any("3 records were not written" in r.getMessage() for r in caplog.records), caplog.text
+    assert not store.submit(UserTurn("c", "late", "after close", now))
