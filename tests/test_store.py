@@ -21,6 +21,7 @@ from moksori.accounting import TurnUsage
 from moksori.store import (
     AgentReply,
     ConversationStarted,
+    ReplyProgress,
     Store,
     SummaryUpdated,
     ToolCallRecord,
@@ -345,3 +346,38 @@ async def test_a_store_closed_before_its_database_ever_answered_says_what_it_los
     assert barrier.result(1) is False  # released (not written), nobody waits forever
     assert any("3 records were not written" in r.getMessage() for r in caplog.records), caplog.text
     assert not store.submit(UserTurn("c", "late", "after close", now))
+
+
+async def test_a_replys_progress_is_one_item_that_its_end_replaces(url) -> None:
+    """While a reply plays its heard part is written as it grows (one `in_progress` item, in its
+    place after the user's turn); the reply's own record replaces it; a late progress changes
+    nothing; the history reads the in-flight reply as what was heard."""
+    store = await make_store(url).start()
+    now = time.time()
+    store.submit(ConversationStarted("c", "t", "u", "realtime", now))
+    store.submit(UserTurn("c", "u1", "Tell me a story.", now + 1))
+    store.submit(ReplyProgress("c", "a1", "Once upon", now + 2, response_id="r1"))
+    assert await store.flush(20)
+    store.submit(ReplyProgress("c", "a1", "Once upon a time there", now + 3, response_id="r1"))
+    store.submit(UserTurn("c", "u2", "Wait.", now + 3.5))
+    assert await store.flush(20)
+    got = (await store.list_items("t", "c", order="asc"))
+    assert got is not None
+    assert [(i.id, i.status, i.spoken_text) for i in got[0]] == [
+        ("u1", "completed", "Tell me a story."), ("a1", "in_progress", "Once upon a time there"),
+        ("u2", "completed", "Wait.")]
+    h = await store.load_history("t", "u", max_tokens=1000)
+    assert [i.spoken_text for i in h.items] == ["Tell me a story.", "Once upon a time there", "Wait."]
+
+    store.submit(AgentReply("c", "a1", "Once upon a time there was a fox.", now + 4,
+                            heard_text="Once upon a time there was", interrupted=True, status="cancelled",
+                            response_id="r1", replaces_progress=True))
+    store.submit(ReplyProgress("c", "a1", "Once", now + 5))  # late: the reply has ended
+    assert await store.flush(20) and store.writer.stats.dropped_bad == 0
+    got = (await store.list_items("t", "c", order="asc"))
+    assert got is not None
+    a1 = [i for i in got[0] if i.id == "a1"]
+    assert len(a1) == 1 and len(got[0]) == 3
+    assert (a1[0].status, a1[0].text, a1[0].spoken_text, a1[0].interrupted) == (
+        "incomplete", "Once upon a time there was a fox.", "Once upon a time there was", True)
+    await store.close()

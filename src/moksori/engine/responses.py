@@ -82,6 +82,16 @@ class Responses:
             return resp.playback.segments
         return self._segments_by_item.get(item_id)
 
+    def heard_so_far(self) -> list[tuple[str, str, str]]:
+        """(response id, item id, text heard so far) of each public reply being played now."""
+        now = self._ctx.clock.now()
+        out = []
+        for resp in self._active.values():
+            pb = resp.playback
+            if resp.released and resp.opts.in_conversation and resp.status == "in_progress" and pb is not None:
+                out.append((resp.id, resp.item_id, heard_text(pb.segments, min(pb.heard(now), pb.sent))))
+        return out
+
     # -------------------------------------------------------------- lifecycle
 
     def close(self) -> list[Any]:

@@ -151,6 +151,10 @@ class Session:
     def system_prompt(self, instructions: str | None = None) -> str:
         return self._ctx.system_prompt(instructions)
 
+    def heard_so_far(self) -> list[tuple[str, str, str]]:
+        """(response id, item id, text heard so far) of each reply being played now."""
+        return self._responses.heard_so_far()
+
     def busy(self) -> bool:
         """A speculation, reply or playback is in flight."""
         return self._responses.busy() or self.speaker.busy() or self._specs.busy()

@@ -33,6 +33,7 @@ __all__ = ["Who", "Recording", "record_session", "fetch_history", "models_of", "
 HISTORY_TIMEOUT_S = 3.0  # loading a user's history, at most (a dead database: the session goes on without)
 HISTORY_SHARE = 0.7  # of the context budget, at most, for earlier conversations
 FLUSH_BEFORE_LOAD_S = 1.0  # records of the user's last session still queued in this process
+PROGRESS_EVERY_S = 1.0  # a reply in flight: what was heard of it so far is written this often
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,10 @@ def history_items(stored: list[StoredItem], current_conversation: str | None = N
         if it.conversation_id == current_conversation:
             continue
         role = it.role if it.role in ("user", "assistant") else ("assistant" if it.type == "function_call" else "user")
+        cut = it.interrupted or it.status == "in_progress"  # (a reply still playing elsewhere: heard so far)
         out.append(Item(id=it.id, type=it.type, role=role,  # type: ignore[arg-type]
                         text=it.spoken_text if it.type == "message" else "", audio=it.audio,
-                        status="incomplete" if it.interrupted else "completed", language=it.language,
+                        status="incomplete" if cut else "completed", language=it.language,
                         call_id=it.call_id, name=it.name, arguments=it.arguments, output=it.output))
     return out
 
@@ -121,6 +123,20 @@ def models_of(stack: Any) -> Models:
         return getattr(path, "name", None) or getattr(inner, "name", None)
 
     return Models(llm=name(stack.llm), stt=name(stack.stt), tts=name(stack.tts))
+
+
+async def _progress(recorder: Recorder, heard_so_far: Callable[[], list[tuple[str, str, str]]]) -> None:
+    """Every PROGRESS_EVERY_S, what was heard so far of each reply in flight (a few dictionary
+    look-ups on the audio loop; a record only when it changed). A user who reconnects to another
+    worker before this one notices they left (its keepalive: up to 10 s) then finds the reply
+    with what they heard of it, give or take a second."""
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        try:
+            for response_id, item_id, heard in heard_so_far():
+                recorder.progress(response_id, item_id, heard)
+        except Exception:  # a recording bug must never end the session
+            log.exception("recording: the progress of a reply in conversation %s", recorder.conversation_id)
 
 
 def record_session(session: Session, store: Store, who: Who, *,
@@ -153,6 +169,16 @@ def record_session(session: Session, store: Store, who: Who, *,
             store.write_now()
 
     session.bus.listen(on_end)
+    heard_so_far = getattr(session, "heard_so_far", None)
+    if heard_so_far is not None:
+        progress = asyncio.get_running_loop().create_task(_progress(recorder, heard_so_far),
+                                                          name=f"progress-{session.id}")
+
+        def stop_progress(e: E.Event) -> None:
+            if isinstance(e, E.SessionClosed):
+                progress.cancel()
+
+        session.bus.listen(stop_progress)
     if history is not None:
         rec.use_history(history)
     elif who.user is not None and who.load_history and not store.started:

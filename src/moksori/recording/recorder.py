@@ -46,6 +46,7 @@ from moksori.store.records import (
     ConversationStarted,
     Record,
     ReplyHeard,
+    ReplyProgress,
     SummaryUpdated,
     ToolCallRecord,
     ToolResultRecord,
@@ -136,6 +137,7 @@ class Recorder:
         self._replies: OrderedDict[str, _Reply] = OrderedDict()
         self._recorded_users: set[str] = set()
         self._recorded_replies: OrderedDict[str, bool] = OrderedDict()
+        self._progressed: dict[str, str] = {}  # item id -> heard text last written, replies in flight
         self.started = False
 
     # ------------------------------------------------------------------ records out
@@ -255,6 +257,7 @@ class Recorder:
 
     def _reply_done(self, e: E.AgentResponseDone) -> None:
         rep = self._replies.pop(e.response_id, None)
+        progressed = self._progressed.pop(e.item_id, None) is not None
         if not e.in_conversation or e.item_id in self._recorded_replies:
             return
         self._recorded_replies[e.item_id] = True
@@ -263,6 +266,9 @@ class Recorder:
         usage = self._usage(e, rep)
         at = self._wall(e.t) or time.time()
         if not e.generated_text.strip():
+            if progressed:  # (cannot be: something was heard of it) keep no in-progress row behind
+                self._put(AgentReply(self.conversation_id, e.item_id, "", at, heard_text="", interrupted=True,
+                                     status="incomplete", replaces_progress=True), "reply")
             if usage.total_tokens or usage.tts_seconds:  # tokens spent on a reply that said nothing
                 self._put(UsageRecord(self.conversation_id, usage, at, kind="reply"), "usage")
             return
@@ -275,7 +281,8 @@ class Recorder:
         self._put(AgentReply(self.conversation_id, e.item_id, e.generated_text, at, heard_text=heard,
                              interrupted=e.interrupted, status="incomplete" if e.interrupted else status,
                              response_id=e.response_id, language=e.language or None, started_at=started,
-                             audio="audio" in e.modalities, latency=latency or None, usage=usage), "reply")
+                             audio="audio" in e.modalities, latency=latency or None, usage=usage,
+                             replaces_progress=progressed), "reply")
 
     def _stages(self, rep: _Reply | None) -> dict[str, float]:
         if rep is None:
@@ -327,6 +334,16 @@ class Recorder:
             self._recorded_users.add(item.id)
             self._put(UserTurn(self.conversation_id, item.id, item.text, now, language=item.language,
                                audio=True), "user_turn")
+
+    def progress(self, response_id: str, item_id: str, heard_text: str) -> None:
+        """A reply still playing: what was heard of it so far (only when that changed)."""
+        if not heard_text.strip() or item_id in self._recorded_replies or self._progressed.get(item_id) == heard_text:
+            return
+        if item_id not in self._progressed and len(self._progressed) >= KEEP:
+            return  # (replies in flight are one or two; never let this grow)
+        self._progressed[item_id] = heard_text
+        self._put(ReplyProgress(self.conversation_id, item_id, heard_text, time.time(), response_id=response_id),
+                  "progress")
 
     def summary(self, summary: str, upto_item_id: str | None) -> None:
         """The context window folded old turns into a running summary (summarize strategy)."""

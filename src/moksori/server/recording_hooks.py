@@ -30,7 +30,7 @@ log = logging.getLogger("moksori.recording")
 __all__ = ["InvalidUser", "user_of", "wants_history", "tenant_of", "record", "recording_store", "phone_who", "store_metrics"]
 
 USER_HEADER = "x-moksori-user"
-KINDS = ("conversation", "user_turn", "reply", "tool_call", "tool_result", "heard", "usage", "summary")
+KINDS = ("conversation", "user_turn", "reply", "progress", "tool_call", "tool_result", "heard", "usage", "summary")
 
 
 class InvalidUser(ValueError):

@@ -11,6 +11,7 @@ from moksori.store.records import (
     ConversationStarted,
     Record,
     ReplyHeard,
+    ReplyProgress,
     SummaryUpdated,
     ToolCallRecord,
     ToolResultRecord,
@@ -23,5 +24,5 @@ from moksori.store.writer import StoreWriter, WriterStats
 __all__ = [
     "Store", "StoreWriter", "WriterStats", "History", "StoredItem", "ConversationInfo", "UsageBucket",
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard",
-    "UsageRecord", "SummaryUpdated", "Record", "tenant_id", "phone_user_id", "valid_user_id", "DEFAULT_TENANT",
+    "ReplyProgress", "UsageRecord", "SummaryUpdated", "Record", "tenant_id", "phone_user_id", "valid_user_id", "DEFAULT_TENANT",
 ]

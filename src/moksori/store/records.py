@@ -2,7 +2,8 @@
 
 Every record is final when it is submitted (an agent reply is recorded when it ends, completed or
 interrupted), so the writer only ever inserts, apart from `ReplyHeard` (a client told us later how
-much of a reply was heard) and `SummaryUpdated`. Times are wall-clock seconds since the epoch
+much of a reply was heard), `ReplyProgress` (a reply still playing; its `AgentReply` replaces it)
+and `SummaryUpdated`. Times are wall-clock seconds since the epoch
 (`time.time()`), not the session clock. Records name their conversation; `ConversationStarted`
 must come first for a conversation (the writer keeps submission order).
 
@@ -17,7 +18,7 @@ from typing import Any
 from moksori.accounting import TurnUsage
 
 __all__ = [
-    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard",
+    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard", "ReplyProgress",
     "UsageRecord", "SummaryUpdated", "Record",
 ]
 
@@ -71,6 +72,7 @@ class AgentReply:
     audio: bool = True
     latency: dict[str, float] | None = None  # stage -> ms, e.g. {"llm_first_token_ms": 210, ...}
     usage: TurnUsage | None = None  # LLM tokens, TTS characters/seconds of this reply
+    replaces_progress: bool = False  # `ReplyProgress` records of this reply were submitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,19 @@ class ToolResultRecord:
     output: str
     at: float
     name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyProgress:
+    """A reply still playing: what was heard of it so far (written every second or so, so that a
+    session the user reopens elsewhere before this one notices they left already has it). The
+    reply's own `AgentReply` replaces it when it ends."""
+
+    conversation_id: str
+    item_id: str
+    heard_text: str
+    at: float
+    response_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,4 +142,4 @@ class SummaryUpdated:
 
 
 Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolResultRecord | ReplyHeard
-          | UsageRecord | SummaryUpdated)
+          | ReplyProgress | UsageRecord | SummaryUpdated)

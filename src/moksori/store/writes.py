@@ -17,6 +17,7 @@ from moksori.store.records import (
     ConversationStarted,
     Record,
     ReplyHeard,
+    ReplyProgress,
     SummaryUpdated,
     ToolCallRecord,
     ToolResultRecord,
@@ -58,6 +59,9 @@ def item_row(rec: Record) -> dict[str, Any] | None:
         row = {"type": "message", "role": "assistant", "text": rec.text, "heard_text": rec.heard_text,
                "interrupted": rec.interrupted, "status": status, "response_id": rec.response_id,
                "language": rec.language, "audio": rec.audio, "started_at": rec.started_at, "latency": rec.latency}
+    elif isinstance(rec, ReplyProgress):
+        row = {"type": "message", "role": "assistant", "text": rec.heard_text, "heard_text": rec.heard_text,
+               "status": "in_progress", "response_id": rec.response_id, "audio": True}
     elif isinstance(rec, ToolCallRecord):
         row = {"type": "function_call", "call_id": rec.call_id, "name": rec.name, "arguments": rec.arguments,
                "response_id": rec.response_id}
@@ -94,6 +98,14 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
         await conn.execute(insert_ignore(dialect, items, ("conversation_id", "id")), rows)
 
     for rec in records:
+        # a reply still in progress in the database: its next progress, or the reply as it ended
+        if isinstance(rec, ReplyProgress) or (isinstance(rec, AgentReply) and rec.replaces_progress):
+            row = item_row(rec)
+            assert row is not None
+            changes = {k: v for k, v in row.items() if k not in ("conversation_id", "id")}
+            await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
+                                                   items.c.id == rec.item_id, items.c.status == "in_progress")
+                               .values(**changes))
         if isinstance(rec, ReplyHeard):
             await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
                                                    items.c.id == rec.item_id)
