@@ -135,8 +135,10 @@ async def _progress(recorder: Recorder, heard_so_far: Callable[[], list[tuple[st
         try:
             for response_id, item_id, heard in heard_so_far():
                 recorder.progress(response_id, item_id, heard)
-        except Exception:  # a recording bug must never end the session
-            log.exception("recording: the progress of a reply in conversation %s", recorder.conversation_id)
+        except Exception:  # a recording bug must never end the session (nor flood the log)
+            log.exception("recording: the progress of replies in conversation %s is no longer written",
+                          recorder.conversation_id)
+            return
 
 
 def record_session(session: Session, store: Store, who: Who, *,
