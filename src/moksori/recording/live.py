@@ -125,13 +125,17 @@ def models_of(stack: Any) -> Models:
     return Models(llm=name(stack.llm), stt=name(stack.stt), tts=name(stack.tts))
 
 
-async def _progress(recorder: Recorder, heard_so_far: Callable[[], list[tuple[str, str, str]]]) -> None:
+async def _progress(recorder: Recorder, heard_so_far: Callable[[], list[tuple[str, str, str]]],
+                    store: Store) -> None:
     """Every PROGRESS_EVERY_S, what was heard so far of each reply in flight (a few dictionary
     look-ups on the audio loop; a record only when it changed). A user who reconnects to another
     worker before this one notices they left (its keepalive: up to 10 s) then finds the reply
-    with what they heard of it, give or take a second."""
+    with what they heard of it, give or take a second. Not while the database is away: progress
+    is worth something only at once, and it must not eat the outage's queue."""
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
+        if not store.started or store.writer.failing:
+            continue
         try:
             for response_id, item_id, heard in heard_so_far():
                 recorder.progress(response_id, item_id, heard)
@@ -173,7 +177,7 @@ def record_session(session: Session, store: Store, who: Who, *,
     session.bus.listen(on_end)
     heard_so_far = getattr(session, "heard_so_far", None)
     if heard_so_far is not None:
-        progress = asyncio.get_running_loop().create_task(_progress(recorder, heard_so_far),
+        progress = asyncio.get_running_loop().create_task(_progress(recorder, heard_so_far, store),
                                                           name=f"progress-{session.id}")
 
         def stop_progress(e: E.Event) -> None:
