@@ -473,7 +473,7 @@ def test_noise_suppression_on_noisy_real_speech_in_a_session(stack, clip, rate) 
     nr = [e for e in session.bus.history if isinstance(e, E.SessionNoiseReduction)]  # said as it opened
     assert nr and nr[0].mode == "near_field" and nr[0].model == "deepfilternet3"
     assert not rec.of(E.SessionWarning)
-    assert session._denoise is not None and session._denoise.frames_denoised > 50  # type: ignore[attr-defined]
+    assert session._noise.input is not None and session._noise.input.frames_denoised > 50
     text = rec.of(E.UserTranscript)[0].text
     assert len(rec.of(E.UserTurnEnded)) == 1 and text.strip(), text
     if clip.startswith("en/"):  # "unless to be rather cold hearted and rather selfish is to be ill disposed"
@@ -527,9 +527,9 @@ def test_realtime_session_update_turns_noise_reduction_on_and_off(stack) -> None
         conn, sent = _realtime(stack, AgentKit(), settings)
         await conn.start()
         await conn.on_message(update({"type": "near_field"}))
-        on = conn.session._nr_mode  # type: ignore[attr-defined]
+        on = conn.session._noise.mode
         await conn.on_message(update(None))
-        off = conn.session._nr_mode  # type: ignore[attr-defined]
+        off = conn.session._noise.mode
         bare, bare_sent = _realtime(stack, None, settings)  # a server without the kit: a warning, not silence
         await bare.start()
         await bare.on_message(update({"type": "far_field"}))

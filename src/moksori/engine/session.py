@@ -28,7 +28,7 @@ from moksori.engine.backchannels import Backchannels
 from moksori.engine.bus import EventBus
 from moksori.engine.clock import Clock, LoopClock
 from moksori.engine.config import SessionConfig
-from moksori.engine.denoised_input import DenoisedInput
+from moksori.engine.denoised_input import NoiseReduction
 from moksori.engine.session_context import SessionContext
 from moksori.engine.input_audio import InputAudio
 from moksori.engine.interruption import Interruptions
@@ -82,9 +82,8 @@ class Session:
         ctx.on_change = self._update_state
         self.speaker.start()
         ctx.publish(E.SessionStarted(t=ctx.clock.now(), session_id=ctx.id, stack=stack.describe()))
-        self._denoise: DenoisedInput | None = None
-        self._nr_mode = "off"
-        self._apply_noise_reduction(cfg.noise_reduction)
+        self._noise = NoiseReduction(ctx, self._push_clean)
+        self._noise.set(cfg.noise_reduction)
         self._backchannels = Backchannels(ctx, self._responses, self.taker)
         self._backchannels.configure(cfg)
 
@@ -204,46 +203,9 @@ class Session:
             self.speaker.lead = cfg.output_lead_ms / 1000
         if cfg.turn.idle_timeout_ms is None or cfg.turn.mode == "manual":
             self._idle.disarm()
-        self._apply_noise_reduction(cfg.noise_reduction)
+        self._noise.set(cfg.noise_reduction)
         if cfg.backchannel != old.backchannel or cfg.turn != old.turn:
             self._backchannels.configure(cfg)
-
-    # ================================================================== noise reduction
-
-    def _warn(self, code: str, message: str) -> None:
-        log.warning("session %s: %s", self.id, message)
-        self.publish(E.SessionWarning(t=self.clock.now(), code=code, message=message))
-
-    def _apply_noise_reduction(self, mode: str) -> None:
-        """`noise_reduction` (off | near_field | far_field): the packaged denoiser goes in (or
-        out of) the input path, or the session gets a `session.warning` saying why it cannot."""
-        if mode == self._nr_mode:
-            return
-        old, self._denoise, self._nr_mode = self._denoise, None, mode
-        if old is not None:
-            self._ctx.spawn(old.close(), "denoise-close")
-        if mode == "off":
-            if old is not None:
-                self.publish(E.SessionNoiseReduction(t=self.clock.now(), mode="off"))
-            return
-        kit = self._ctx.kit
-        if kit is None:
-            self._warn("noise_reduction_unavailable",
-                       f"noise reduction {mode} is not available in this session; audio is used as it is")
-            return
-        denoiser, warning = kit.denoiser(mode)
-        if denoiser is None:
-            self._warn("noise_reduction_unavailable", warning or f"noise reduction {mode} is unavailable")
-            return
-        self._denoise = DenoisedInput(denoiser, self._push_clean,
-                                      lambda msg: self._warn("noise_reduction_unavailable", msg))
-        self.publish(E.SessionNoiseReduction(t=self.clock.now(), mode=mode, model=denoiser.name,
-                                             delay_ms=round(denoiser.caps.delay_ms, 1)))
-
-    async def drain_input(self) -> None:
-        """Wait until audio pushed so far has gone through the denoiser (a no-op without one)."""
-        if self._denoise is not None:
-            await self._denoise.drain()
 
     # ================================================================== audio in
 
@@ -254,10 +216,12 @@ class Session:
             return
         if not isinstance(frame, Frame):
             raise AudioFormatError("push_audio expects a moksori Frame")
-        if self._denoise is not None:
-            self._denoise.push(frame)
-            return
-        self._push_clean(frame)
+        if not self._noise.push(frame):
+            self._push_clean(frame)
+
+    async def drain_input(self) -> None:
+        """Wait until audio pushed so far has gone through the denoiser (a no-op without one)."""
+        await self._noise.drain()
 
     def _push_clean(self, frame: Frame) -> None:
         if self._ctx.closed:
@@ -490,8 +454,7 @@ class Session:
         self._specs.close()
         self._incremental.end_turn()
         self._backchannels.close()
-        if self._denoise is not None:
-            await self._denoise.close()
+        await self._noise.close()
         tasks = ctx.running_tasks() + reply_tasks
         for t in tasks:
             t.cancel()
