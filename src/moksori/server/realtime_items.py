@@ -1,0 +1,160 @@
+"""A Realtime client's conversation items: `conversation.item.create`, `.retrieve`, `.truncate`
+and `.delete`, and the conversion between wire items and the engine's memory items.
+
+A client's item goes into the session's memory (audio content is transcribed, as OpenAI's
+server does for the model's sake); an `mcp_approval_response` item instead answers the MCP call
+waiting for it. Every mistake is a `ProtocolError` the connection turns into an `error` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from moksori.audio.resample import resample
+from moksori.engine.memory import Item as MemItem, new_id
+from moksori.errors import ProtocolError
+from moksori.protocols import realtime as rt
+from moksori.protocols.realtime.items import ItemStatus
+
+if TYPE_CHECKING:
+    from moksori.engine.session import Session
+    from moksori.server.realtime_mcp import RealtimeMCP
+
+__all__ = ["ConversationItems", "ItemsHost", "item_wire"]
+
+
+class ItemsHost(Protocol):
+    """What the item handlers use of their connection (`RealtimeConnection` is one)."""
+
+    ev: rt.ServerEvents
+    flavor: rt.Flavor
+    cfg: rt.SessionConfig
+    session: Session
+    mcp: RealtimeMCP
+    recorder: Any  # the store's recorder (told what the client adds and truncates), or None
+
+    def send(self, event: dict[str, Any] | None) -> None: ...
+
+
+def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = None) -> dict[str, Any]:
+    """A memory item as the wire's conversation item."""
+    if item.type == "function_call":
+        return rt.function_call_item(item.id, item.call_id or "", item.name or "", item.arguments or "{}", flavor)
+    if item.type == "function_call_output":
+        return rt.function_call_output_item(item.id, item.call_id or "", item.output or "", flavor)
+    if item.role == "user":
+        part = rt.ContentPart("input_audio", transcript=item.text) if item.audio else \
+            rt.ContentPart("input_text", text=item.text)
+    elif item.role == "assistant":
+        part = rt.ContentPart("output_audio", transcript=item.text) if item.audio else \
+            rt.ContentPart("output_text", text=item.text)
+    else:
+        part = rt.ContentPart("input_text", text=item.text)
+    return rt.message_item(item.id, item.role, [part], flavor, status=status or item.status)
+
+
+class ConversationItems:
+    def __init__(self, host: ItemsHost, audio_sent_ms: Callable[[MemItem], int | None]) -> None:
+        self._host = host
+        self._audio_sent_ms = audio_sent_ms  # how much audio an assistant item produced so far
+
+    async def create(self, ev: rt.ConversationItemCreate) -> None:
+        host = self._host
+        if isinstance(ev.item, rt.MCPApprovalResponseItem):
+            self._approval_response(ev.item)
+            return
+        mem = host.session.memory
+        after = ev.previous_item_id
+        if after not in (None, "root") and mem.get(after) is None:
+            raise ProtocolError(f"previous_item_id {after} does not exist", code="item_not_found",
+                                param="previous_item_id")
+        item = await self.to_memory(ev.item)
+        host.session.add_item(item, after=after)
+        if host.recorder is not None:
+            host.recorder.item_added(item)
+        wire = item_wire(item, host.flavor)
+        prev = mem.previous_id(item.id)
+        host.send(host.ev.conversation_item_added(wire, prev))
+        host.send(host.ev.conversation_item_done(wire, prev))
+
+    def _approval_response(self, item: rt.MCPApprovalResponseItem) -> None:
+        """The client's answer to an `mcp_approval_request`: the waiting call goes on (or not).
+        It is echoed as an item, not kept in the conversation the LLM reads."""
+        host = self._host
+        if not host.mcp.answer(item):
+            raise ProtocolError(f"no MCP call is waiting for approval request {item.approval_request_id} "
+                                "(answered already, timed out, or unknown)", code="item_not_found",
+                                param="item.approval_request_id")
+        wire = host.mcp.keep(rt.mcp_approval_response_item(item, item.id or new_id("item")))
+        host.send(host.ev.conversation_item_added(wire, None))
+        host.send(host.ev.conversation_item_done(wire, None))
+
+    async def to_memory(self, item: rt.Item) -> MemItem:
+        """A client's wire item as a memory item (its audio transcribed). Raises ProtocolError."""
+        host = self._host
+        if isinstance(item, rt.MCPApprovalResponseItem):
+            raise ProtocolError("an mcp_approval_response item goes in conversation.item.create, not in "
+                                "response.input", code="invalid_value", param="item.type")
+        item_id = getattr(item, "id", None) or new_id("item")
+        if host.session.memory.get(item_id) is not None:
+            raise ProtocolError(f"an item with id {item_id} already exists", code="item_exists", param="item.id")
+        if isinstance(item, rt.FunctionCallItem):
+            return MemItem(id=item_id, type="function_call", role="assistant", call_id=item.call_id, name=item.name,
+                           arguments=item.arguments)
+        if isinstance(item, rt.FunctionCallOutputItem):
+            return MemItem(id=item_id, type="function_call_output", role="user", call_id=item.call_id,
+                           output=item.output)
+        texts: list[str] = []
+        audio = False
+        for part in item.content:
+            if part.type in ("input_text", "output_text") and part.text:
+                texts.append(part.text)
+            elif part.type in ("input_audio", "output_audio"):
+                audio = True
+                if part.transcript:
+                    texts.append(part.transcript)
+                elif part.audio:
+                    frame = host.cfg.input_format.decode(part.audio, param="item.content.audio")
+                    tr = await host.session.transcribe_item_audio(resample(frame, 16000).to_float())
+                    texts.append(tr.text)
+            elif part.type == "input_image":
+                raise ProtocolError("image input is not supported", code="unsupported_content_type",
+                                    param="item.content.type")
+        return MemItem(id=item_id, role=item.role, text=" ".join(t for t in texts if t), audio=audio)
+
+    def retrieve(self, ev: rt.ConversationItemRetrieve) -> None:
+        host = self._host
+        item = host.session.memory.get(ev.item_id)
+        if item is None and ev.item_id in host.mcp.items:  # an MCP item (kept by the runner, not in memory)
+            host.send(host.ev.conversation_item_retrieved(host.mcp.items[ev.item_id]))
+            return
+        if item is None:
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        host.send(host.ev.conversation_item_retrieved(item_wire(item, host.flavor)))
+
+    def truncate(self, ev: rt.ConversationItemTruncate) -> None:
+        host = self._host
+        item = host.session.memory.get(ev.item_id)
+        if item is None:
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        if item.role != "assistant" or item.type != "message":
+            raise ProtocolError("only assistant messages can be truncated", code="invalid_item", param="item_id")
+        if ev.content_index != 0:
+            raise ProtocolError("content_index must be 0", code="invalid_value", param="content_index")
+        sent = self._audio_sent_ms(item)
+        if sent is None:
+            raise ProtocolError(f"item {ev.item_id} has no audio to truncate", code="invalid_value", param="item_id")
+        if ev.audio_end_ms > sent:  # as OpenAI: never past the audio the item produced
+            raise ProtocolError(f"Audio content of {sent}ms is already shorter than {ev.audio_end_ms}ms",
+                                code="invalid_value", param="audio_end_ms")
+        cut = host.session.truncate(ev.item_id, ev.audio_end_ms)
+        if cut is not None and host.recorder is not None:
+            host.recorder.truncated(ev.item_id, cut.text)
+        host.send(host.ev.conversation_item_truncated(ev.item_id, 0, ev.audio_end_ms))
+
+    def delete(self, ev: rt.ConversationItemDelete) -> None:
+        host = self._host
+        if not host.session.delete_item(ev.item_id):
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        host.send(host.ev.conversation_item_deleted(ev.item_id))
