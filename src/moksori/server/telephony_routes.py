@@ -41,7 +41,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from moksori.protocols.telephony import codec_for
 from moksori.server import cluster_routes, recording_hooks
 from moksori.server.webhook_guard import guard_webhook, secret_text
-from moksori.telephony.call import PhoneCall, normalize_number
+from moksori.telephony.call import PhoneCall
+from moksori.telephony.call_tools import normalize_number
 from moksori.telephony.phrases import stack_for_calls, warm_phrases
 from moksori.telephony.signatures import make_stream_token, stream_token_expiry, verify_plivo_v3, verify_twilio
 from moksori.telephony.twiml import connect_stream_twiml, plivo_dial_xml

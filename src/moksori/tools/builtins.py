@@ -1,6 +1,6 @@
 """Built-in tools that need no server: the current date and time in a configured time zone.
 
-(The phone-call tools `end_call` / `transfer_call` live with the call: `moksori.telephony.call`.)
+(The phone-call tools `end_call` / `transfer_call` live with the call: `moksori.telephony.call_tools`.)
 """
 
 from __future__ import annotations
