@@ -2,14 +2,21 @@
 
 * `receive_loop(ws, handle)` reads a WebSocket until the peer disconnects or the socket
   breaks, handing each message (text or bytes) to `handle` in order, and says which it was.
+* `Inbox(handle, limit=)` is one peer's bounded inbound queue and the one task that handles it,
+  in arrival order, so a slow handler never stops the socket being read. A reader that can
+  wait (`receive_loop`) puts with back-pressure: a full inbox pauses it. A callback that cannot
+  (a WebRTC data channel) offers: a full inbox refuses the message and reports the overflow once
+  until the handler catches up.
 * `Outbox(send)` is one peer's outbound queue and the one task that writes it: in order, with
   an urgent path to the front (a barge-in's clear must never wait behind queued audio), and a
   way to drop what is queued. It stops, and says why, when the socket fails, when the peer
   stops reading (more than `limit` messages unsent), or when it is closed (after draining).
 
 Used by the Realtime WebSocket route (`server/app.py`, `server/realtime_conn.py`), the phone
-streams (`server/telephony_routes.py`, `telephony/call.py`) and WebRTC sidebands
-(`server/webrtc/`). No protocol and no web framework here (it sits below `server/` and
+streams (`server/telephony_routes.py`, `telephony/call.py`) and WebRTC calls and their sidebands
+(`server/webrtc/`). A phone stream has no inbox: its messages are handled in the read loop
+itself (decoding a 20 ms media message never waits on anything), which is the same back-pressure
+with no queue at all. No protocol and no web framework here (it sits below `server/` and
 `telephony/`): items are whatever the owner's `send` writes.
 """
 
@@ -21,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Message", "Outbox", "ReceiveEnd", "StopReason", "receive_loop"]
+__all__ = ["Inbox", "Message", "Outbox", "ReceiveEnd", "StopReason", "receive_loop"]
 
 log = logging.getLogger("moksori.transport")
 
@@ -47,6 +54,69 @@ async def receive_loop(ws: Any, handle: Callable[[Message], Awaitable[None]]) ->
             return "disconnected"
         text = msg.get("text")
         await handle(text if text is not None else (msg.get("bytes") or b""))
+
+
+class Inbox(Generic[T]):
+    """One peer's inbound messages and the task that hands them to `handle`, one at a time, in
+    order. At most `limit` messages wait.
+
+    `await put(m)` waits while the inbox is full (back-pressure: the reader stops reading and
+    the socket's buffers push back on the peer). `offer(m)` never waits: a full inbox refuses
+    the message and calls `on_overflow()`, once until the handler has taken another message.
+    An exception from `handle` is the owner's bug: it ends the task (read `task.exception()`).
+    The task starts at once, or at `start()` with `start=False` (messages wait meanwhile).
+    """
+
+    def __init__(self, handle: Callable[[T], Awaitable[None]], *, name: str, limit: int,
+                 on_overflow: Callable[[], None] | None = None, start: bool = True) -> None:
+        self._handle = handle
+        self._name = name
+        self._on_overflow = on_overflow
+        self._queue: asyncio.Queue[T] = asyncio.Queue(limit)
+        self._overflow_reported = False
+        self.refused = 0  # messages `offer` turned away
+        self.task: asyncio.Task[None] | None = None
+        if start:
+            self.start()
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> asyncio.Task[None]:
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=self._name)
+        return self.task
+
+    async def put(self, item: T) -> None:
+        """Queue `item`, waiting while the inbox is full."""
+        await self._queue.put(item)
+
+    def offer(self, item: T) -> bool:
+        """Queue `item` if there is room; False (and `on_overflow`, once) if the inbox is full."""
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.refused += 1
+            if not self._overflow_reported:
+                self._overflow_reported = True
+                if self._on_overflow is not None:
+                    self._on_overflow()
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop handling; what is still queued is dropped. Idempotent."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _run(self) -> None:
+        queue, handle = self._queue, self._handle
+        while True:
+            await handle(await queue.get())
+            self._overflow_reported = False
 
 
 class Outbox(Generic[T]):

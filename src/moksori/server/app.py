@@ -36,7 +36,7 @@ from moksori.server.guard import BodyLimits, Guard
 from moksori.server.load import Admission, AdmissionLimits, LoopLag, Refusal, open_fds
 from moksori.server.metrics import Metrics
 from moksori.server.realtime_conn import RealtimeConnection
-from moksori.transport import receive_loop
+from moksori.transport import Inbox, receive_loop
 from moksori.server.sockets import SocketStats, default_max_connections, fd_limit, quiet_accept_errors
 from moksori.settings import Settings
 
@@ -274,10 +274,11 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         # handler waits, e.g. for a transcription; up to INBOUND_MESSAGES wait their turn. When
         # the client goes, whatever is still queued is dropped and the session closes at once.
         loop = asyncio.get_running_loop()
-        inbound: asyncio.Queue[str | bytes] = asyncio.Queue(INBOUND_MESSAGES)
+        inbox: Inbox[str | bytes] = Inbox(conn.on_message, name=f"rt-process-{conn.session_id}",
+                                          limit=INBOUND_MESSAGES, start=False)
         last = [loop.time()]  # when the client last sent anything
-        reader = asyncio.create_task(_read(ws, inbound, last), name=f"rt-read-{conn.session_id}")
-        worker = asyncio.create_task(_process(conn, inbound), name=f"rt-process-{conn.session_id}")
+        reader = asyncio.create_task(_read(ws, inbox, last), name=f"rt-read-{conn.session_id}")
+        worker = inbox.start()
         tasks = [reader, worker]
         idle = state.settings.server.session_idle_timeout_s
         while True:
@@ -312,20 +313,15 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
                 await asyncio.wait_for(ws.close(code=close[0], reason=close[1]), 5.0)
 
 
-async def _read(ws: WebSocket, inbound: asyncio.Queue[str | bytes], last: list[float]) -> None:
-    """Until the client disconnects (or the socket breaks); a full `inbound` pauses reading."""
+async def _read(ws: WebSocket, inbox: Inbox[str | bytes], last: list[float]) -> None:
+    """Until the client disconnects (or the socket breaks); a full `inbox` pauses reading."""
     loop = asyncio.get_running_loop()
 
     async def handle(data: str | bytes) -> None:
         last[0] = loop.time()
-        await inbound.put(data)
+        await inbox.put(data)
 
     await receive_loop(ws, handle)
-
-
-async def _process(conn: RealtimeConnection, inbound: asyncio.Queue[str | bytes]) -> None:
-    while True:
-        await conn.on_message(await inbound.get())
 
 
 def load_metrics(state: ServerState) -> str:

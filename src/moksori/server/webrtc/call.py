@@ -32,7 +32,7 @@ from moksori.server.realtime_conn import RealtimeConnection
 from moksori.server.webrtc import aiortc_fixes, ice
 from moksori.server.webrtc.sdp import first_audio_codec
 from moksori.server.webrtc.tracks import OutboundAudio, pump_inbound
-from moksori.transport import Outbox
+from moksori.transport import Inbox, Outbox
 
 aiortc_fixes.install()
 
@@ -81,7 +81,9 @@ class Call:
         self.conn: RealtimeConnection | None = None
         self.channel: Any = None
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
-        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(MAX_INBOX)
+        # client events from the data channel and the sidebands, handled in arrival order from `start`
+        self._inbox: Inbox[str | bytes] = Inbox(self._handle, name=f"webrtc-inbox-{call_id}", limit=MAX_INBOX,
+                                                on_overflow=self._inbox_full, start=False)
         self.sidebands: set[Sideband] = set()
         self._tasks: set[asyncio.Task] = set()
         self.created = time.monotonic()
@@ -93,7 +95,6 @@ class Call:
         self.codec: str | None = None  # the audio codec negotiated (opus, PCMU, PCMA)
         self.ended = asyncio.Event()
         self._closing: asyncio.Task | None = None
-        self._inbox_full_reported = False
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
@@ -122,11 +123,13 @@ class Call:
     def start(self) -> None:
         assert self.conn is not None
         self._spawn(self.conn.start(), "webrtc-start")
-        self._spawn(self._read_inbox(), "webrtc-inbox")
+        self._track(self._inbox.start())
         self._spawn(self._watch(), "webrtc-watch")
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
+        return self._track(asyncio.create_task(coro, name=f"{name}-{self.id}"))
+
+    def _track(self, task: asyncio.Task) -> asyncio.Task:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -204,21 +207,17 @@ class Call:
     # ------------------------------------------------------------------ client events in
 
     def deliver(self, message: str | bytes) -> None:
-        """A client event from the data channel or a sideband, handled in arrival order."""
-        try:
-            self._inbox.put_nowait(message)
-        except asyncio.QueueFull:
-            if not self._inbox_full_reported and self.conn is not None:
-                self._inbox_full_reported = True
-                self.conn.error("too many client events waiting: slow down", code="rate_limit_exceeded")
+        """A client event from the data channel or a sideband, handled in arrival order. Past
+        MAX_INBOX waiting, events are refused and the client is told (once until one is handled)."""
+        self._inbox.offer(message)
 
-    async def _read_inbox(self) -> None:
-        while True:
-            message = await self._inbox.get()
-            if message is None or self.conn is None:
-                return
+    def _inbox_full(self) -> None:
+        if self.conn is not None:
+            self.conn.error("too many client events waiting: slow down", code="rate_limit_exceeded")
+
+    async def _handle(self, message: str | bytes) -> None:
+        if self.conn is not None:
             await self.conn.on_message(message)
-            self._inbox_full_reported = False
 
     # ------------------------------------------------------------------ lifetime
 
