@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import typer
 
@@ -10,6 +12,8 @@ from moksori.cli.main import app, friendly
 from moksori.cli.ui import err_console, out_console
 from moksori.errors import ConfigError, MoksoriError
 from moksori.settings import load_settings, store_url
+
+T = TypeVar("T")
 
 db_app = typer.Typer(no_args_is_help=True, help="Conversation store: migrate, show status, purge old data.")
 app.add_typer(db_app, name="db")
@@ -26,7 +30,7 @@ def _url() -> str:
     return url
 
 
-def _run(coro):  # noqa: ANN001, ANN202
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     from moksori.store.db import redacted
 
     try:

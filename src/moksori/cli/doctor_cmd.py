@@ -11,7 +11,7 @@ from moksori.cli.main import app, friendly
 from moksori.cli.ui import out_console
 from moksori.providers import cpu as cpu_mod
 from moksori.providers import numerics
-from moksori.settings import load_settings
+from moksori.settings import Settings, load_settings
 
 
 def cpu_table(info: cpu_mod.CpuInfo) -> Table:
@@ -39,7 +39,7 @@ def print_findings(findings: list[numerics.Finding]) -> None:
         out_console.print(f"{tag} ({f.model}): {f.text}", highlight=False, soft_wrap=True)
 
 
-def report(settings) -> tuple[cpu_mod.CpuInfo, list[numerics.EnginePath], list[numerics.Finding]]:  # noqa: ANN001
+def report(settings: Settings) -> tuple[cpu_mod.CpuInfo, list[numerics.EnginePath], list[numerics.Finding]]:
     info = cpu_mod.detect()
     paths, findings = numerics.assess(info, numerics.probe(settings))
     return info, paths, findings

@@ -9,7 +9,7 @@ from moksori.cli.main import friendly, models_app
 from moksori.cli.ui import err_console, out_console
 from moksori.errors import ModelError
 from moksori.providers import models as M
-from moksori.settings import load_settings
+from moksori.settings import Settings, load_settings
 
 
 def _table(rows: list[M.ModelStatus], show_hash: bool) -> Table:
@@ -72,7 +72,7 @@ def verify_cmd() -> None:
         raise typer.Exit(1)
 
 
-def _numerics_summary(settings) -> None:  # noqa: ANN001
+def _numerics_summary(settings: Settings) -> None:
     """The CPU and any model on a path known to differ (`moksori doctor` has the details)."""
     from moksori.cli.doctor_cmd import print_findings, report
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from moksori.accounting import PriceTable, TurnUsage, format_cost
 from moksori.engine.context import ContextPolicy, ContextWindow, default_budget, token_counter
@@ -30,6 +30,10 @@ from moksori.engine.prompts import text_system_prompt
 from moksori.errors import ProviderError
 from moksori.providers.base import LLM, ChatRequest, TextDelta, Usage
 from moksori.settings import Settings
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a run stores
+    from moksori.store import Store
+    from moksori.store.records import Record
 
 COMMANDS = ("quit", "exit", "clear", "tokens", "cost", "history")
 
@@ -85,7 +89,7 @@ def friendly_error(e: ProviderError) -> str:
 
 
 class TextChat:
-    def __init__(self, settings: Settings, llm: LLM, opts: TextChatOptions, *, store=None,  # noqa: ANN001
+    def __init__(self, settings: Settings, llm: LLM, opts: TextChatOptions, *, store: Store | None = None,
                  prices: PriceTable | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self.settings, self.llm, self.opts, self.store = settings, llm, opts, store
         self.prices = prices or PriceTable()
@@ -121,7 +125,7 @@ class TextChat:
 
     # ------------------------------------------------------------------ store
 
-    def _submit(self, record) -> None:  # noqa: ANN001
+    def _submit(self, record: Record) -> None:
         if self.store is not None:
             from moksori.recording.recorder import redact_record
 

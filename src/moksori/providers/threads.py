@@ -305,15 +305,15 @@ def _at_exit() -> None:
     global _exiting
     _exiting = True
     for ex in list(_executors):
-        with ex._cond:  # noqa: SLF001
-            for job in ex._heap:  # noqa: SLF001
+        with ex._cond:  # noqa: SLF001 - this module's own class, at interpreter exit
+            for job in ex._heap:  # noqa: SLF001 - as above
                 job.future.cancel()
-            ex._cond.notify_all()  # noqa: SLF001
+            ex._cond.notify_all()  # noqa: SLF001 - as above
 
 
 if hasattr(threading, "_register_atexit"):
     # like concurrent.futures.thread: runs before the interpreter joins non-daemon threads
-    threading._register_atexit(_at_exit)  # noqa: SLF001
+    threading._register_atexit(_at_exit)  # noqa: SLF001 - the hook concurrent.futures uses; no public one
 
 # Blocking work that is not a model (decoding an upload, the VAD over a whole file): its own
 # small executor, so it never delays a model and a model never delays it.
@@ -432,7 +432,7 @@ async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]], *,
             if gen is not None and hasattr(gen, "close"):
                 try:
                     gen.close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - a generator failing to close must not hide the result
                     pass
         post("end", _END)
 

@@ -103,7 +103,7 @@ def history_items(stored: list[StoredItem], current_conversation: str | None = N
             continue
         role = it.role if it.role in ("user", "assistant") else ("assistant" if it.type == "function_call" else "user")
         cut = it.interrupted or it.status == "in_progress"  # (a reply still playing elsewhere: heard so far)
-        out.append(Item(id=it.id, type=it.type, role=role,  # type: ignore[arg-type]
+        out.append(Item(id=it.id, type=it.type, role=role,
                         text=it.spoken_text if it.type == "message" else "", audio=it.audio,
                         status="incomplete" if cut else "completed", language=it.language,
                         call_id=it.call_id, name=it.name, arguments=it.arguments, output=it.output))

@@ -167,7 +167,7 @@ def _decode_upload(data: bytes, name: str, max_seconds: float) -> np.ndarray:
 async def speech(request: Request) -> Response:
     try:
         body = await request.json()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - whatever the body is, it is not JSON: the client's 400
         return _err(400, "body must be JSON", "invalid_json")
     if not isinstance(body, dict):
         return _err(400, "body must be a JSON object", "invalid_json")

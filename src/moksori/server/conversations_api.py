@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -31,6 +31,8 @@ from fastapi.responses import JSONResponse
 from moksori.accounting import TurnUsage, format_cost
 from moksori.server.auth import extract_key, key_ok
 from moksori.store import ConversationInfo, Store, StoredItem, tenant_id, valid_user_id
+
+T = TypeVar("T")
 
 log = logging.getLogger("moksori.server")
 router = APIRouter()
@@ -186,19 +188,19 @@ def _not_found(what: str, ident: str) -> _Fail:
     return _Fail(404, f"{what} with id '{ident}' not found", "not_found")
 
 
-async def _guard(coro):  # noqa: ANN001, ANN202
+async def _guard(coro: Awaitable[T]) -> T:
     """A dead database is a 503 with the reason, never a traceback."""
     try:
         return await coro
     except _Fail:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any driver error: the store is down, a 503 says so
         log.warning("store: read failed: %s: %s", type(e).__name__, e)
         raise _Fail(503, f"the conversation store is unavailable ({type(e).__name__})", "store_unavailable",
                     "server_error") from None
 
 
-def _handled(fn):  # noqa: ANN001, ANN202
+def _handled(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     import functools
 
     @functools.wraps(fn)

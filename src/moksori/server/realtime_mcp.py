@@ -284,9 +284,9 @@ class RealtimeMCP:
 
 
 def _import_sdk() -> None:
-    import httpx2  # noqa: F401
+    import httpx2  # noqa: F401 - imported to check the SDK's transport is installed
     import mcp
-    import mcp.client.streamable_http  # noqa: F401
+    import mcp.client.streamable_http  # noqa: F401 - the same check for its HTTP client
 
 
 def _wire_error(outcome: ToolOutcome) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from moksori.store.db import is_sqlite, make_engine, normalise_url, redacted, sqlite_path
 
@@ -58,7 +58,7 @@ async def current_revision(url: str) -> str | None:
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            def read(sync_conn) -> str | None:  # noqa: ANN001
+            def read(sync_conn: Connection) -> str | None:
                 from alembic.runtime.migration import MigrationContext
 
                 return MigrationContext.configure(sync_conn).get_current_revision()

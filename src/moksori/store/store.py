@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moksori.accounting import PriceTable, TurnUsage
 from moksori.store import db as dbmod
@@ -45,8 +45,8 @@ class StoredItem:
     seq: int
     id: str
     conversation_id: str
-    type: str  # message | function_call | function_call_output
-    role: str | None
+    type: Literal["message", "function_call", "function_call_output"]
+    role: Literal["user", "assistant", "system"] | None
     status: str
     text: str
     heard_text: str | None
@@ -195,7 +195,7 @@ class Store:
 
     # ------------------------------------------------------------------ users
 
-    async def _user_pk(self, conn, tenant: str, user: str) -> int | None:  # noqa: ANN001
+    async def _user_pk(self, conn: AsyncConnection, tenant: str, user: str) -> int | None:
         return (await conn.execute(select(users.c.pk).where(users.c.tenant_id == tenant,
                                                             users.c.external_id == user))).scalar()
 
@@ -337,7 +337,7 @@ class Store:
         return True
 
     @staticmethod
-    async def _delete_conversations(conn, ids: Sequence[str], *, forget_user: bool = False) -> None:  # noqa: ANN001
+    async def _delete_conversations(conn: AsyncConnection, ids: Sequence[str], *, forget_user: bool = False) -> None:
         """Content goes; usage rows stay (for per-key totals) without the conversation link."""
         values: dict[str, Any] = {"conversation_id": None, "item_id": None}
         if forget_user:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moksori.store import db as dbmod
 from moksori.store.records import Record
@@ -271,7 +272,7 @@ class StoreWriter:
                 self._finish(len(batch), written=len(batch))
             delay = self.retry_base_s
 
-    async def _write_one_by_one(self, engine, batch: list[Record]) -> None:  # noqa: ANN001
+    async def _write_one_by_one(self, engine: AsyncEngine, batch: list[Record]) -> None:
         written = 0
         for rec in batch:
             try:

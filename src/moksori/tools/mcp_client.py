@@ -278,7 +278,7 @@ class MCPConnection:
                                        elapsed_s=elapsed())
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - every SDK failure becomes a tool outcome the LLM reads
             from mcp import MCPError
 
             if isinstance(e, MCPError) and e.code not in _CONNECTION_CODES:
