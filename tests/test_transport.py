@@ -1,4 +1,4 @@
-"""`moksori.transport`: the receive loop and the outbox, logic only.
+"""`moksori.transport`: the receive loop, the inbox and the outbox, logic only.
 
 A fake socket stands in for the WebSocket (these test the loop, not Starlette; the routes that
 use them are covered against real servers in test_realtime_server.py, test_telephony_*.py,
@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from moksori.testing.virtual_time import run_virtual
-from moksori.transport import Outbox, receive_loop
+from moksori.transport import Inbox, Outbox, receive_loop
 
 
 class FakeSocket:
@@ -71,19 +71,92 @@ def test_receive_loop_a_handler_bug_propagates() -> None:
 
 
 def test_receive_loop_a_full_inbox_pauses_reading() -> None:
-    """The Realtime route's backpressure: the loop awaits the handler, so a full queue stops reads."""
+    """The Realtime route's backpressure: the loop awaits `Inbox.put`, so a full inbox stops reads;
+    once the handler takes messages again, reading goes on, in order."""
 
-    async def main() -> int:
-        inbox: asyncio.Queue[str | bytes] = asyncio.Queue(2)
-        ws = FakeSocket([{"type": "websocket.receive", "text": str(i)} for i in range(10)])
+    async def main() -> tuple[int, list[str | bytes]]:
+        handled: list[str | bytes] = []
+        go = asyncio.Event()
+
+        async def handle(m: str | bytes) -> None:
+            await go.wait()  # a handler stuck on something slow (a transcription)
+            handled.append(m)
+
+        inbox: Inbox[str | bytes] = Inbox(handle, name="t", limit=2)
+        ws = FakeSocket([{"type": "websocket.receive", "text": str(i)} for i in range(10)]
+                        + [{"type": "websocket.disconnect", "code": 1000}])
         task = asyncio.create_task(receive_loop(ws, inbox.put))
         await asyncio.sleep(5)
-        read = 10 - len(ws.messages)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return read
+        read = 11 - len(ws.messages)
+        go.set()
+        assert await asyncio.wait_for(task, 5) == "disconnected"
+        await asyncio.sleep(0.1)
+        await inbox.close()
+        return read, handled
 
-    assert run_virtual(main()) == 3  # two queued, the third waiting for room
+    read, handled = run_virtual(main())
+    assert read == 4  # one taken by the stuck handler, two queued, the fourth waiting for room
+    assert handled == [str(i) for i in range(10)]
+
+
+def test_inbox_offer_refuses_past_the_limit_and_reports_once_until_it_catches_up() -> None:
+    """The WebRTC data channel cannot wait: a full inbox refuses, says so once, then again only
+    after the handler has taken a message."""
+
+    async def main() -> None:
+        handled: list[int] = []
+        overflows: list[int] = []
+        gate = asyncio.Event()
+
+        async def handle(m: int) -> None:
+            await gate.wait()
+            handled.append(m)
+
+        inbox: Inbox[int] = Inbox(handle, name="t", limit=3, on_overflow=lambda: overflows.append(len(handled)))
+        await asyncio.sleep(0)
+        assert inbox.offer(0)  # taken by the handler at once
+        await asyncio.sleep(0.01)
+        assert [inbox.offer(i) for i in (1, 2, 3, 4, 5)] == [True, True, True, False, False]
+        assert len(inbox) == 3 and inbox.refused == 2 and overflows == [0]  # reported once
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert handled == [0, 1, 2, 3] and len(inbox) == 0
+        gate.clear()
+        assert inbox.offer(6)
+        await asyncio.sleep(0.01)
+        assert all(inbox.offer(i) for i in (7, 8, 9)) and not inbox.offer(10)
+        assert overflows == [0, 4]  # after catching up, a new overflow is reported again
+        await inbox.close()
+        assert len(inbox) == 0 and inbox.task is not None and inbox.task.done()
+
+    run_virtual(main())
+
+
+def test_inbox_waits_for_start_and_a_handler_bug_ends_its_task() -> None:
+    async def main() -> None:
+        handled: list[str] = []
+
+        async def handle(m: str) -> None:
+            if m == "bug":
+                raise KeyError("bug")
+            handled.append(m)
+
+        inbox: Inbox[str] = Inbox(handle, name="t", limit=8, start=False)
+        assert inbox.offer("a") and inbox.offer("b")
+        await asyncio.sleep(1)
+        assert handled == [] and inbox.task is None  # nothing handled before start
+        task = inbox.start()
+        assert inbox.start() is task
+        await inbox.put("bug")
+        await inbox.put("never")
+        await asyncio.sleep(0.01)
+        assert handled == ["a", "b"]
+        assert task.done() and isinstance(task.exception(), KeyError)  # the owner reads it
+        await inbox.close()  # idempotent on an ended task; the rest is dropped
+        await inbox.close()
+        assert len(inbox) == 0
+
+    run_virtual(main())
 
 
 def test_outbox_sends_in_order_with_urgent_items_first() -> None:
