@@ -5,9 +5,19 @@ fresh session at real-time pace, followed by silence. The figure is the time fro
 `user.speech_stopped` (end of the last voiced audio) to `agent.audio_started` (first reply
 sample leaves the engine), read from the session timeline. Stage times are relative to the
 same `user.speech_stopped`; `tts_started` is when the chunker released the first clause to TTS
-(`benchmarks/first_clause.py` splits first token -> first audio further, per first-clause cap).
+(`benchmarks/first_clause.py` splits first token -> first audio further, per first-clause cap);
+`stt_start` is when the released speculation's decode started
+(its pause's `speculate_after_ms`, plus any wait), `llm_start` when its reply asked the LLM.
+`prompt_tokens` / `cached_tokens`: the reply's first LLM call, and how much of its prompt
+llama.cpp found in its KV cache.
+
+`--ab KEY=VALUE[,KEY=VALUE]` runs one more variant (B, then C, ...: repeat the option) with
+those session settings, interleaved with A file by file (the order rotating), on the same loaded
+stack: an A/B in one run. Before each session the LLM's KV cache is set back to the system
+prompt alone, so no variant inherits the previous session's prompt for the same utterance.
 
     python benchmarks/engine_latency.py [--reps 2] [--set turn.speculate_after_ms=64 ...]
+    python benchmarks/engine_latency.py --reps 3 --ab llm.prefill=true --json out.json
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,7 +36,8 @@ from _stats import pct
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
-
+STAGES = ("stt_start", "stt_done", "eot_done", "turn_end", "llm_start", "llm_first_token", "tts_started",
+          "tts_first_audio")
 
 
 def overrides(pairs: list[str]) -> dict:
@@ -68,15 +80,45 @@ async def one(stack, settings, path: Path) -> dict:
     row = {"file": path.name, "turns": len(rec.of("user.turn_ended"))}
     if stop and started:
         row["latency_ms"] = round(1000 * (started.t - stop.t))
+        item = first["user.turn_ended"].item_id
+        # the released speculation's events (cancelled pauses' ones never go public)
+        stt = [e for e in rec.of("stt.started") if e.item_id == item]
+        if stt:
+            row["stt_start"] = round(1000 * (stt[-1].t - stop.t))
         for name, typ in (("turn_end", "user.turn_ended"), ("stt_done", "stt.finished"),
-                          ("eot_done", "eot.finished"), ("llm_first_token", "llm.first_token"),
-                          ("tts_started", "tts.started"), ("tts_first_audio", "tts.first_audio")):
+                          ("eot_done", "eot.finished"), ("llm_start", "llm.started"),
+                          ("llm_first_token", "llm.first_token"), ("tts_started", "tts.started"),
+                          ("tts_first_audio", "tts.first_audio")):
             if typ in first:
                 row[name] = round(1000 * (first[typ].t - stop.t))
+        done = rec.of("agent.response_done")
+        if done and done[0].usage is not None:
+            row["prompt_tokens"] = done[0].usage.input_tokens
+            row["cached_tokens"] = done[0].usage.cached_tokens
+        row["prefilled_tokens"] = session.prefill.evaluated
+        row["prefill_calls"] = session.prefill.calls
         row["turn_reason"] = getattr(first.get("user.turn_ended"), "reason", None)
         row["transcript"] = getattr(first.get("user.transcript"), "text", "")
         row["first_clause"] = getattr(first.get("tts.started"), "text", "")
     return row
+
+
+def summarise(rows: list[dict], settings: list[str]) -> dict:
+    lat = [r["latency_ms"] for r in rows if "latency_ms" in r]
+
+    def p(k: str, q: float) -> int | None:
+        xs = [r[k] for r in rows if k in r]
+        return round(pct(xs, q)) if xs else None
+
+    return {
+        "samples": len(lat), "missing": len(rows) - len(lat),
+        "p50_ms": p("latency_ms", 0.5), "p95_ms": p("latency_ms", 0.95),
+        "mean_ms": round(statistics.mean(lat)) if lat else None,
+        "stages_p50_ms": {k: p(k, 0.5) for k in STAGES},
+        "stages_p95_ms": {k: p(k, 0.95) for k in STAGES},
+        "prompt_tokens_p50": p("prompt_tokens", 0.5), "cached_tokens_p50": p("cached_tokens", 0.5),
+        "settings": settings,
+    }
 
 
 async def run(args) -> dict:
@@ -85,34 +127,48 @@ async def run(args) -> dict:
     from moksori.settings import load_settings
 
     settings = load_settings(**overrides(args.set))
+    variants = {"A": (settings, args.set)}
+    for i, extra in enumerate(args.ab):
+        pairs = args.set + extra.split(",")
+        variants[chr(ord("B") + i)] = (load_settings(**overrides(pairs)), pairs)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     stack = build_stack(settings)
     await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
     load_s = time.perf_counter() - t0
-    rows = []
+    rows: dict[str, list[dict]] = {k: [] for k in variants}
+    n = 0
     for rep in range(args.reps):
         for u in UTTERANCES:
-            row = await one(stack, settings, SPEECH / u)
-            row["rep"] = rep
-            rows.append(row)
-            print(json.dumps(row, ensure_ascii=False), file=sys.stderr)
-    lat = [r["latency_ms"] for r in rows if "latency_ms" in r]
+            names = list(variants)
+            order = names[n % len(names):] + names[:n % len(names)]
+            n += 1
+            for name in order:
+                # the same KV cache state for both: the system prompt only (as after start-up), not
+                # the previous session's prompt for this very utterance
+                await stack.llm.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
+                row = await one(stack, variants[name][0], SPEECH / u)
+                row["rep"], row["variant"] = rep, name
+                rows[name].append(row)
+                print(json.dumps(row, ensure_ascii=False), file=sys.stderr)
     summary = {
         "what": "engine: user.speech_stopped -> agent.audio_started, embedded stack, real time",
-        "samples": len(lat), "missing": len(rows) - len(lat),
-        "p50_ms": round(pct(lat, 0.5)), "p95_ms": round(pct(lat, 0.95)),
-        "mean_ms": round(statistics.mean(lat)) if lat else None, "load_s": round(load_s, 1),
-        "stages_p50_ms": {k: round(pct([r[k] for r in rows if k in r], 0.5))
-                          for k in ("turn_end", "stt_done", "eot_done", "llm_first_token", "tts_started", "tts_first_audio")},
-        "settings": args.set,
+        "load_s": round(load_s, 1), "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        **summarise(rows["A"], variants["A"][1]),
     }
-    return {"summary": summary, "rows": rows}
+    for name in list(variants)[1:]:
+        summary[name] = summarise(rows[name], variants[name][1])
+    return {"summary": summary, "rows": [r for v in rows.values() for r in v]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="setting override, e.g. turn.silence_duration_ms=500")
+    ap.add_argument("--ab", action="append", default=[],
+                    help="one more variant's settings, e.g. llm.prefill=true (interleaved with A)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     result = asyncio.run(run(args))

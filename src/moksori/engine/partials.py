@@ -46,8 +46,10 @@ class UserTurn(Protocol):
 class PartialTranscripts:
     def __init__(self, host: PartialsHost, turn: UserTurn, audio_between: Callable[[float, float], np.ndarray],
                  item_id_of: Callable[[int], str | None],
-                 incremental: Callable[[int], Awaitable[Transcript | None]] | None = None) -> None:
+                 incremental: Callable[[int], Awaitable[Transcript | None]] | None = None,
+                 on_partial: Callable[[int, str], None] | None = None) -> None:
         self._host = host
+        self._on_partial = on_partial  # (turn id, text): the LLM prefill (engine/prefill.py)
         self._incremental = incremental  # committed words + the rest (engine/incremental_stt.py)
         self._turn = turn
         self._audio_between = audio_between
@@ -84,6 +86,8 @@ class PartialTranscripts:
                     last = tr.text
                     host.publish(E.UserTranscriptDelta(t=host.clock.now(), turn_id=turn_id, item_id=item_id,
                                                        text=tr.text, language=tr.language, final=False))
+                    if self._on_partial is not None:
+                        self._on_partial(turn_id, tr.text)
 
     async def _transcribe(self, turn_id: int, onset: float) -> AsyncIterator[Transcript]:
         if self._incremental is not None:

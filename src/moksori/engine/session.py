@@ -35,6 +35,7 @@ from moksori.engine.interruption import Interruptions
 from moksori.engine.memory import Item, Memory, new_id
 from moksori.engine.incremental_stt import IncrementalSTT
 from moksori.engine.partials import PartialTranscripts
+from moksori.engine.prefill import LlmPrefill
 from moksori.engine.response import Response
 from moksori.engine.responses import Responses
 from moksori.engine.speaker import Speaker
@@ -73,8 +74,9 @@ class Session:
         self._incremental = IncrementalSTT(ctx, self._input)
         self._specs = Speculations(ctx, self._input, self._responses, on_analysis=self._on_analysis,
                                    on_committed=self._on_user_committed, incremental=self._incremental)
+        self._prefill = LlmPrefill(ctx)
         self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id,
-                                            self._incremental.partial)
+                                            self._incremental.partial, self._prefill.offer)
         self._deadline = TurnDeadline(ctx.clock, self.taker, ctx.spawn, self._handle)
         self._idle = IdleTimer(ctx.clock, ctx.spawn, self._on_idle_timeout)
         self._state = "idle"
@@ -97,6 +99,11 @@ class Session:
     def incremental(self) -> IncrementalSTT:
         """Incremental transcription of the user's turns (its counters are read by benchmarks)."""
         return self._incremental
+
+    @property
+    def prefill(self) -> LlmPrefill:
+        """The LLM prefill of the user's words (its counters are read by tests and benchmarks)."""
+        return self._prefill
 
     @property
     def closed(self) -> bool:
@@ -268,6 +275,7 @@ class Session:
         if self.taker.state != "idle":
             self._specs.cancel_unreleased(self.taker.turn_id)
             self._incremental.end_turn()
+            self._prefill.end_turn()
             self.taker.reset()
         self._update_state()
 
@@ -283,6 +291,7 @@ class Session:
                     self.publish(E.UserSpeechStarted(t=onset, turn_id=turn_id, item_id=self._specs.item_id(turn_id)))
                     self._interruptions.user_started()
                     self._incremental.begin(turn_id, onset)
+                    self._prefill.begin(turn_id)
                     self._partials.start(turn_id)
                 case T.BargeIn(onset=onset):
                     self.interrupt("turn_detected", onset=onset)
@@ -306,6 +315,7 @@ class Session:
         self.publish(E.UserTurnEnded(t=self.clock.now(), turn_id=a.turn_id, item_id=item_id, reason=a.reason,
                                      silence_ms=round(1000 * (a.t - a.voice_end))))
         self._partials.stop()
+        self._prefill.end_turn()
         self._specs.end_turn(a)
         self._incremental.end_turn()
 
@@ -453,6 +463,7 @@ class Session:
         reply_tasks = self._responses.close()
         self._specs.close()
         self._incremental.end_turn()
+        self._prefill.end_turn()
         self._backchannels.close()
         await self._noise.close()
         tasks = ctx.running_tasks() + reply_tasks

@@ -245,6 +245,12 @@ class LLM(Provider):
     def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         """Stream text deltas and tool calls, then `Usage`, then `ChatDone`."""
 
+    async def prefill(self, request: ChatRequest, upto: str) -> int:
+        """Evaluate `request`'s prompt up to the end of `upto` (the start of its last message's
+        content) into the model's prompt cache ahead of the real request, as background work.
+        Returns the prompt tokens evaluated; 0 where there is no such cache (the default)."""
+        return 0
+
 
 # --------------------------------------------------------------------------- TTS
 

@@ -5,7 +5,9 @@ given and the template has no tool support, tool descriptions go into the system
 the model is asked for a `<tool_call>{json}</tool_call>` reply. Tool calls are recognised in
 the common formats (Hermes/Qwen `<tool_call>`, Llama 3 JSON, Mistral `[TOOL_CALLS]`).
 llama.cpp reuses the KV cache for the longest common token prefix, so the system prompt and
-earlier turns are not re-evaluated: only the new user message costs prompt time.
+earlier turns are not re-evaluated: only the new user message costs prompt time. `prefill`
+evaluates the user's words heard so far while they are still speaking (background work that
+yields to any interactive job), so at the end of the turn only the last words are left.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from moksori.providers.base import (
     ToolCallEvent,
     Usage,
 )
-from moksori.providers.threads import ModelExecutor, iterate_blocking, run_blocking
+from moksori.providers.threads import ModelExecutor, background, interactive_running, iterate_blocking, run_blocking
 from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
 
 MIN_REPLY_TOKENS = 32
+PREFILL_BATCH = 8  # prompt tokens per llama.cpp call while prefilling: interactive work waits at most one
 
 _STOP_STRINGS = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end|>"]
 
@@ -189,6 +192,51 @@ class LlamaCppLLM(LLM):
                 stream.close()
             yield Usage(input_tokens=len(tokens), output_tokens=produced, cached_tokens=min(cached, len(tokens)))
             yield ChatDone(finish_reason=finish)
+
+    def _prefill(self, request: ChatRequest, upto: str) -> int:
+        upto = upto.strip()
+        if not upto:
+            return 0
+        prompt = self.render(request)
+        at = prompt.rfind(upto)
+        if at < 0:
+            return 0
+        tokens = self._tokens(prompt[:at + len(upto)])
+        if len(tokens) + MIN_REPLY_TOKENS > self.caps.context_tokens:
+            return 0  # the real request will drop history: its prefix would differ anyway
+        if not self._lock.acquire(blocking=False):
+            return 0  # a reply is being generated: it owns the cache
+        try:
+            llm = self._llm
+            prev = llm._input_ids  # noqa: SLF001 - the tokens in the KV cache
+            common = 0
+            for a, b in zip(prev, tokens):
+                if a != b:
+                    break
+                common += 1
+            if common >= len(tokens):
+                return 0
+            llm.n_tokens = common  # `eval` drops the KV cache past this point first
+            done = 0
+            for i in range(common, len(tokens), PREFILL_BATCH):
+                if interactive_running() or self.executor.stats.queued_interactive:
+                    break  # a live STT, reply or synthesis (any session) wants the cores
+                batch = tokens[i:i + PREFILL_BATCH]
+                llm.eval(batch)
+                done += len(batch)
+            llm._requires_eval = True  # noqa: SLF001 - no logits to sample from: re-evaluate one token
+            return done
+        finally:
+            self._lock.release()
+
+    async def prefill(self, request: ChatRequest, upto: str) -> int:
+        """Evaluate the prompt up to the end of `upto` into the KV cache, as background work: it
+        queues behind interactive jobs, skips if a reply holds the model, and stops between
+        PREFILL_BATCH-token steps as soon as any interactive job runs or waits. The next request
+        reuses the longest common token prefix, as always, so a wrong guess costs nothing but
+        the background time."""
+        with background():
+            return await run_blocking(self._prefill, request, upto, executor=self.executor)
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         scanner = ToolCallScanner(enabled=bool(request.tools) and request.tool_choice != "none")

@@ -345,6 +345,10 @@ class ResilientLLM(_Chain[LLM], LLM):
         if warm is not None:
             await warm(system_prompt)
 
+    async def prefill(self, request: ChatRequest, upto: str) -> int:
+        """Prefill the primary's prompt cache (a fallback has its own, or none)."""
+        return await self.providers[0].prefill(request, upto)
+
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         async with aclosing(self._stream(lambda p: p.chat(request))) as events:
             async for event in events:

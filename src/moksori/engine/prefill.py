@@ -1,0 +1,95 @@
+"""KV prefill: the LLM reads the user's words while they are still speaking.
+
+Without it, the reply's prompt (system prompt + history, cached by llama.cpp since the last
+reply, then the new user message) costs the evaluation of all of the user's words after the
+final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`), each live partial
+transcript (engine/partials.py) hands its words, less the last one (often cut mid-word), to the
+LLM's `prefill`: the prompt the reply would have, up to those words, is evaluated into the KV
+cache as background work. The reply's request then reuses the longest common token prefix, as
+always, and only the words after it are evaluated once the turn ends. A partial that the final
+transcript contradicts costs only its background time.
+
+One prefill at a time per session; a newer partial replaces one still waiting; the turn's end
+drops what has not started. The provider's side (providers/llm_llamacpp.py) never holds the
+model against a reply or a live STT of any session: it queues as background work, skips while a
+reply generates, and stops between 8-token steps when interactive work appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from moksori.engine.session_context import SessionContext
+from moksori.providers.base import ChatRequest, Message
+
+log = logging.getLogger("moksori.session")
+
+
+def stable_words(text: str) -> str:
+    """A partial transcript without its last word (the audio may end inside it)."""
+    words = text.split()
+    return " ".join(words[:-1])
+
+
+class LlmPrefill:
+    def __init__(self, ctx: SessionContext) -> None:
+        self._ctx = ctx
+        self._task: asyncio.Task[None] | None = None
+        self._pending: tuple[int, str] | None = None
+        self._turn_id: int | None = None
+        self.evaluated = 0  # prompt tokens prefilled, all turns (for tests and benchmarks)
+        self.calls = 0
+
+    @property
+    def enabled(self) -> bool:
+        cfg = self._ctx.cfg
+        return cfg.llm_prefill and cfg.turn.create_response and cfg.turn.mode != "manual"
+
+    def begin(self, turn_id: int) -> None:
+        self.end_turn()
+        self._turn_id = turn_id
+
+    def offer(self, turn_id: int, text: str) -> None:
+        """The words of turn `turn_id` so far (a live partial transcript)."""
+        if not self.enabled or turn_id != self._turn_id:
+            return
+        words = stable_words(text)
+        if not words:
+            return
+        self._pending = (turn_id, words)
+        if self._task is None or self._task.done():
+            self._task = self._ctx.spawn(self._run(), f"llm-prefill-{turn_id}")
+
+    def end_turn(self) -> None:
+        """The turn ended (or was dropped): a prefill not yet started is not wanted any more."""
+        self._turn_id, self._pending = None, None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # dropped if still queued; once running it ends within one step
+        self._task = None
+
+    def request(self, words: str) -> ChatRequest:
+        """The request a reply to `words` would make (engine/response.py builds the same)."""
+        ctx = self._ctx
+        cfg = ctx.cfg
+        client = {t.name for t in cfg.tools}
+        tools = tuple(cfg.tools) + tuple(t for t in ctx.toolbox.specs() if t.name not in client)
+        messages = ctx.memory.messages(ctx.system_prompt(cfg.instructions)) + [Message("user", words)]
+        return ChatRequest(messages=tuple(messages), tools=tools, tool_choice=cfg.tool_choice,
+                           temperature=cfg.temperature, max_tokens=cfg.max_output_tokens)
+
+    async def _run(self) -> None:
+        while self._pending is not None:
+            turn_id, words = self._pending
+            self._pending = None
+            if turn_id != self._turn_id:
+                return
+            try:
+                n = await self._ctx.stack.llm.prefill(self.request(words), words)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an optimisation: the reply works without it
+                log.debug("session %s: LLM prefill failed: %s", self._ctx.id, e)
+                return
+            self.calls += 1
+            self.evaluated += n

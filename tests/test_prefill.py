@@ -1,0 +1,194 @@
+"""LLM prefill of the user's words while they speak (engine/prefill.py, LlamaCppLLM.prefill).
+
+The session tests run in virtual time with scripted fakes (a scripted STT whose partials grow
+with the audio, and a scripted LLM that records its prefill calls): they check which words are
+prefilled, when, and that the prefilled prompt is the start of the reply's own prompt. The
+model tests run the packaged SmolLM2 on llama.cpp: the prefilled tokens are found in the KV
+cache by the real request, and the reply is the same as without the prefill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from moksori.engine import events as E
+from moksori.engine.config import SessionConfig
+from moksori.engine.prefill import stable_words
+from moksori.engine.session import Session
+from moksori.providers.base import ChatRequest
+from moksori.testing.fakes import ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
+from moksori.testing.harness import play_into_session, settle
+from moksori.testing.virtual_time import run_virtual
+
+WORDS = "could you please tell me when the next train to the city leaves tonight".split()
+
+
+def words_for(seconds: float) -> str:
+    """What the scripted STT hears in `seconds` of audio: about three words a second."""
+    return " ".join(WORDS[:max(1, int(seconds * 3))]) + "."
+
+
+class PrefillRecordingLLM(ScriptedLLM):
+    """A scripted LLM (a stand-in for llama.cpp's timing, not its cache) that records prefills."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.prefills: list[tuple[ChatRequest, str, float]] = []
+
+    async def prefill(self, request: ChatRequest, upto: str) -> int:
+        self.prefills.append((request, upto, asyncio.get_running_loop().time()))
+        await asyncio.sleep(0.03)
+        return len(upto.split())
+
+
+def session_run(cfg: SessionConfig, audio) -> tuple:
+    llm = PrefillRecordingLLM()
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(by_duration=words_for), llm=llm), cfg)
+        rec = await play_into_session(s, audio)
+        await settle(s)
+        await s.close()
+        return rec, s
+
+    rec, s = run_virtual(main())
+    return rec, s, llm
+
+
+CFG = SessionConfig(output_rate=16000, partial_interval_ms=500, llm_prefill=True)
+
+
+def test_stable_words_drop_the_last_word() -> None:
+    assert stable_words("could you please tell") == "could you please"
+    assert stable_words("could") == ""
+    assert stable_words("  ") == ""
+
+
+def test_partials_prefill_the_words_heard_so_far_and_the_reply_prompt_extends_them() -> None:
+    rec, s, llm = session_run(CFG, [quiet(0.5), tone(3.0), quiet(3.0)])
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert len(llm.prefills) >= 3, "one prefill per partial transcript"
+    stop = rec.of(E.UserSpeechStopped)[0]
+    reply = llm.requests[0]
+    for req, upto, t in llm.prefills:
+        assert t <= stop.t + 0.1, "no prefill once the turn is over"
+        heard = len(words_for(t).split())  # a partial hears the audio from the session start (>= onset - 2 s)
+        assert upto.split() == WORDS[:len(upto.split())] and len(upto.split()) < heard, \
+            "the words of a partial, less the last"
+        assert req.messages[-1].content == upto and req.messages[-1].role == "user"
+        # the prefilled prompt is the reply's own: same system prompt and history, same tools
+        assert req.messages[:-1] == reply.messages[:-1]
+        assert req.tools == reply.tools
+        assert reply.messages[-1].content.startswith(upto)
+    assert [u for _, u, _ in llm.prefills] == sorted((u for _, u, _ in llm.prefills), key=len)
+    assert s.prefill.calls == len(llm.prefills) and s.prefill.evaluated > 0
+
+
+def test_second_turn_prefills_with_the_first_exchange_in_the_history() -> None:
+    rec, _, llm = session_run(CFG, [quiet(0.5), tone(2.0), quiet(4.0), tone(2.0), quiet(3.0)])
+    assert len(rec.of(E.UserTurnEnded)) == 2 and len(llm.requests) == 2
+    second = llm.requests[1]
+    later = [req for req, _, t in llm.prefills if t > rec.of(E.UserTurnEnded)[0].t]
+    assert later, "the second turn was prefilled too"
+    for req in later:
+        assert [m.role for m in req.messages] == ["system", "user", "assistant", "user"]
+        assert req.messages[:-1] == second.messages[:-1]
+
+
+def test_off_no_prefill() -> None:
+    _, s, llm = session_run(CFG.with_(llm_prefill=False), [quiet(0.5), tone(3.0), quiet(3.0)])
+    assert llm.prefills == [] and s.prefill.calls == 0
+    assert len(llm.requests) == 1
+
+
+def test_no_partials_no_prefill() -> None:
+    _, _, llm = session_run(CFG.with_(partial_interval_ms=0), [quiet(0.5), tone(3.0), quiet(3.0)])
+    assert llm.prefills == [] and len(llm.requests) == 1
+
+
+def test_an_llm_without_a_prompt_cache_is_a_clean_no_op() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(by_duration=words_for), llm=ScriptedLLM()), CFG)
+        rec = await play_into_session(s, [quiet(0.5), tone(3.0), quiet(3.0)])
+        await settle(s)
+        await s.close()
+        return rec, s
+
+    rec, s = run_virtual(main())
+    assert s.prefill.calls >= 3 and s.prefill.evaluated == 0  # the base LLM's prefill does nothing
+    assert not rec.of(E.ErrorEvent)
+    assert len([e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]) == 1
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    from speech import prepared_data_dir
+
+    from moksori.providers.registry import build_llm
+    from moksori.settings import load_settings
+
+    return build_llm(load_settings(data_dir=prepared_data_dir(tmp_path_factory))).providers[0]
+
+
+SYSTEM = "You are a helpful voice assistant. Answer in one short sentence."
+SAID = "Could you please tell me when the next train to the city leaves tonight?"
+
+
+def req(text: str) -> ChatRequest:
+    from moksori.providers.base import Message
+
+    return ChatRequest(messages=(Message("system", SYSTEM), Message("user", text)), temperature=0.0, max_tokens=12)
+
+
+async def reply_of(llm, request: ChatRequest):
+    from moksori.providers.base import TextDelta, Usage
+
+    text, usage = "", None
+    async for ev in llm.chat(request):
+        if isinstance(ev, TextDelta):
+            text += ev.text
+        elif isinstance(ev, Usage):
+            usage = ev
+    return text, usage
+
+
+@pytest.mark.models
+async def test_llamacpp_prefill_is_reused_and_changes_nothing(llm) -> None:
+    from moksori.providers.base import Message
+
+    other = ChatRequest(messages=(Message("system", "Something else entirely."), Message("user", "Hi")), max_tokens=1)
+    await reply_of(llm, other)  # the cache holds an unrelated prompt
+    plain, u_plain = await reply_of(llm, req(SAID))
+    assert u_plain is not None and u_plain.cached_tokens < 10
+
+    await reply_of(llm, other)
+    partial = "Could you please tell me when the next"
+    n = await llm.prefill(req(partial), partial)
+    assert n > 10  # the system prompt and the words: no earlier prompt shared them
+    assert await llm.prefill(req(partial), partial) == 0  # all in the cache already
+    prefilled, u_pre = await reply_of(llm, req(SAID))
+    assert u_pre is not None and u_pre.input_tokens == u_plain.input_tokens
+    # everything up to the partial's last word came from the cache; only the rest was evaluated
+    assert u_pre.cached_tokens >= n
+    assert u_pre.input_tokens - u_pre.cached_tokens <= 16
+    assert prefilled == plain, "a reply after a prefill is the reply without one (temperature 0)"
+
+    # a partial the final transcript contradicts: the common prefix is reused, the reply is right
+    await llm.prefill(req("Could you please tell me where"), "Could you please tell me where")
+    after_wrong, u_wrong = await reply_of(llm, req(SAID))
+    assert after_wrong == plain
+    assert u_wrong is not None and u_wrong.cached_tokens < u_pre.cached_tokens
+
+
+@pytest.mark.models
+async def test_llamacpp_prefill_never_waits_for_a_busy_model(llm) -> None:
+    words = "Could you please tell me"
+    with llm._lock:  # a reply (of any session) is being generated
+        assert await asyncio.wait_for(llm.prefill(req(words), words), 5) == 0
+    assert await llm.prefill(req("  "), "  ") == 0
+    assert await llm.prefill(req(words), "words that are not in the prompt") == 0
