@@ -192,3 +192,12 @@ async def test_llamacpp_prefill_never_waits_for_a_busy_model(llm) -> None:
         assert await asyncio.wait_for(llm.prefill(req(words), words), 5) == 0
     assert await llm.prefill(req("  "), "  ") == 0
     assert await llm.prefill(req(words), "words that are not in the prompt") == 0
+
+
+def test_setting_reaches_the_session_config(monkeypatch) -> None:
+    from moksori.engine.config import config_from_settings
+    from moksori.settings import load_settings
+
+    assert config_from_settings(load_settings()).llm_prefill is True  # the default
+    monkeypatch.setenv("MOKSORI_LLM_PREFILL", "off")
+    assert config_from_settings(load_settings()).llm_prefill is False

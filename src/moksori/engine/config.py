@@ -25,7 +25,7 @@ class SessionConfig:
     transcribe_input: bool = True
     partial_interval_ms: int = 1200
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
-    llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py)
+    llm_prefill: bool = True  # the LLM reads the user's words while they speak (engine/prefill.py)
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
     temperature: float = 0.5
@@ -54,7 +54,8 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
     )
     cfg = SessionConfig(
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
-        partial_interval_ms=s.stt.partial_interval_ms, stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill, temperature=s.llm.temperature,
+        partial_interval_ms=s.stt.partial_interval_ms, stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill,
+        temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
         noise_reduction=s.audio.noise_reduction, backchannel=s.turn.backchannel == "on",
         first_clause_max_chars=s.tts.first_clause_max_chars, first_clause_ramp=s.tts.first_clause_ramp,

@@ -2,7 +2,7 @@
 
 Without it, the reply's prompt (system prompt + history, cached by llama.cpp since the last
 reply, then the new user message) costs the evaluation of all of the user's words after the
-final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`), each live partial
+final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`, on by default), each live partial
 transcript (engine/partials.py) hands its words, less the last one (often cut mid-word), to the
 LLM's `prefill`: the prompt the reply would have, up to those words, is evaluated into the KV
 cache as background work. The reply's request then reuses the longest common token prefix, as
