@@ -155,3 +155,24 @@ def test_eagerness_orders_the_waits() -> None:
     low, high = T.TurnConfig(eagerness="low"), T.TurnConfig(eagerness="high")
     assert high.eot_threshold < low.eot_threshold
     assert high.max_pause_ms < low.max_pause_ms
+
+
+def test_speculate_after_one_frame_speculates_on_the_first_silent_frame() -> None:
+    """speculate_after_ms counts from the end of the last voiced frame: 32 ms (one frame) or less
+    speculates on the first silent frame; the default 48 ms on the second, as before."""
+    for after_ms, frames in ((0, 1), (32, 1), (48, 2), (64, 2), (96, 3)):
+        tt = T.TurnTaker(T.TurnConfig(silence_duration_ms=400, speculate_after_ms=after_ms))
+        acts, t = feed(tt, [(1.0, 0.9)])
+        voice_end = t
+        spec_at = None
+        for i in range(4):
+            out = tt.on_frame(t, t + F, 0.0)
+            t += F
+            if any(isinstance(a, T.Speculate) for a in out):
+                spec_at = i + 1
+                break
+        assert spec_at == frames, (after_ms, spec_at)
+        assert abs(t - voice_end - frames * F) < 1e-9
+        # one speculation per pause, and a resume cancels it
+        assert not any(isinstance(a, T.Speculate) for a in tt.on_frame(t, t + F, 0.0))
+        assert kinds(tt.on_frame(t + F, t + 2 * F, 0.9)) == ["Resumed"]

@@ -174,6 +174,7 @@ class TurnTaker:
                 self.state = "paused"
                 if self._confirmed:
                     out.append(Paused(self.turn_id, self._voice_end))
+                    out += self._maybe_speculate(t_end)  # a speculate_after_ms of one frame or less
             else:
                 if is_speech:
                     self._speech_s += t_end - t_start
@@ -199,12 +200,7 @@ class TurnTaker:
                 self.state = "idle"
                 out.append(Discarded(self._onset, self._candidate_agent_speaking))
             return out
-        if not self._speculated and silence_s * 1000 >= min(cfg.speculate_after_ms, cfg.silence_duration_ms):
-            self.spec_id += 1
-            self._speculated = True
-            self._eot_prob, self._text_cue = None, None
-            out.append(Speculate(self.turn_id, self.spec_id, self._onset, self._voice_end))
-        return out + self.check(t_end)
+        return out + self._maybe_speculate(t_end) + self.check(t_end)
 
     def on_analysis(self, turn_id: int, spec_id: int, t: float, *, eot_prob: float | None = None,
                     text_cue: TextCue | None = None) -> list[Action]:
@@ -288,6 +284,18 @@ class TurnTaker:
         if protect:
             out.append(BargeIn(self.turn_id, self._onset))
         return out
+
+    def _maybe_speculate(self, t: float) -> list[Action]:
+        """Paused long enough (`speculate_after_ms`, counted from the end of the last voiced
+        frame, so from the first silent frame on) to start speculating on this pause?"""
+        cfg = self.cfg
+        if self._speculated or (t - self._voice_end) * 1000 + 1e-6 < min(cfg.speculate_after_ms,
+                                                                          cfg.silence_duration_ms):
+            return []
+        self.spec_id += 1
+        self._speculated = True
+        self._eot_prob, self._text_cue = None, None
+        return [Speculate(self.turn_id, self.spec_id, self._onset, self._voice_end)]
 
     def _end(self, t: float, reason: str) -> list[Action]:
         ended = TurnEnded(self.turn_id, self.spec_id, self._onset, self._voice_end, t, reason)
