@@ -201,3 +201,29 @@ def test_setting_reaches_the_session_config(monkeypatch) -> None:
     assert config_from_settings(load_settings()).llm_prefill is True  # the default
     monkeypatch.setenv("MOKSORI_LLM_PREFILL", "off")
     assert config_from_settings(load_settings()).llm_prefill is False
+
+
+@pytest.mark.models
+async def test_llamacpp_prefill_stops_when_interactive_work_appears(llm, monkeypatch) -> None:
+    """Between its 8-token steps the prefill checks for interactive jobs (a live STT, a reply or
+    a synthesis, any session's): with one running it evaluates nothing, and the cache still
+    serves the next request."""
+    from moksori.providers import llm_llamacpp
+
+    words = "Tell me a story about a lighthouse keeper and his dog"
+    monkeypatch.setattr(llm_llamacpp, "interactive_running", lambda: 1)
+    assert await llm.prefill(req(words), words) == 0
+    monkeypatch.undo()
+    steps = []
+    real = llm_llamacpp.interactive_running
+
+    def after_two_steps() -> int:  # interactive work arrives after the second step
+        steps.append(1)
+        return 1 if len(steps) > 2 else real()
+
+    monkeypatch.setattr(llm_llamacpp, "interactive_running", after_two_steps)
+    n = await llm.prefill(req(words + " please"), words + " please")
+    assert 0 < n <= 2 * llm_llamacpp.PREFILL_BATCH
+    monkeypatch.undo()
+    text, usage = await reply_of(llm, req(words + " please."))
+    assert text.strip() and usage is not None and usage.cached_tokens >= n
