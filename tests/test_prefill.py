@@ -211,9 +211,13 @@ async def test_llamacpp_prefill_stops_when_interactive_work_appears(llm, monkeyp
     from moksori.providers import llm_llamacpp
 
     words = "Tell me a story about a lighthouse keeper and his dog"
+    await reply_of(llm, req(SAID))  # another session's prompt is in the cache
     monkeypatch.setattr(llm_llamacpp, "interactive_running", lambda: 1)
     assert await llm.prefill(req(words), words) == 0
     monkeypatch.undo()
+    _, usage = await reply_of(llm, req(SAID))
+    assert usage is not None and usage.cached_tokens == usage.input_tokens, \
+        "a prefill that yielded at once leaves the other prompt in the cache"
     steps = []
     real = llm_llamacpp.interactive_running
 

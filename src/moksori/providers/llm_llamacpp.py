@@ -214,17 +214,19 @@ class LlamaCppLLM(LLM):
                 if a != b:
                     break
                 common += 1
-            if common >= len(tokens):
-                return 0
-            llm.n_tokens = common  # `eval` drops the KV cache past this point first
             done = 0
             for i in range(common, len(tokens), PREFILL_BATCH):
                 if interactive_running() or self.executor.stats.queued_interactive:
                     break  # a live STT, reply or synthesis (any session) wants the cores
+                if i == common:
+                    # only now drop what the cache holds past the common prefix (perhaps another
+                    # session's history, which its queued reply may still want): `eval` trims it
+                    llm.n_tokens = common
+                    llm._requires_eval = True  # noqa: SLF001 - no logits to sample from: re-evaluate one token
                 batch = tokens[i:i + PREFILL_BATCH]
                 llm.eval(batch)
+                llm._requires_eval = True  # noqa: SLF001
                 done += len(batch)
-            llm._requires_eval = True  # noqa: SLF001 - no logits to sample from: re-evaluate one token
             return done
         finally:
             self._lock.release()
