@@ -12,6 +12,11 @@ the callers' turns overlap, which is the load), at real-time pace. Per setting: 
 (`user.speech_stopped`) -> STT done, LLM first token, first reply audio, p50/p95.
 
     python benchmarks/omp_spin.py [--settings 0,100000] [--rounds 2] [--callers 2] [--json out.json]
+
+`--var NAME` compares another environment variable the same way, e.g. the LLM prefill with
+overlapping callers (does one caller's prefill delay the other's reply?):
+
+    python benchmarks/omp_spin.py --var MOKSORI_LLM_PREFILL --settings off,on
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ def summarize(rows: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", default="0,100000", help="GOMP_SPINCOUNT values to compare")
+    ap.add_argument("--var", default="GOMP_SPINCOUNT", help="the environment variable compared")
+    ap.add_argument("--settings", default="0,100000", help="its values to compare")
     ap.add_argument("--rounds", type=int, default=2, help="children per setting (alternating)")
     ap.add_argument("--callers", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1, help="passes over the utterances per child")
@@ -101,13 +107,13 @@ def main() -> None:
     t0 = time.perf_counter()
     for rnd in range(args.rounds):
         for v in values if rnd % 2 == 0 else list(reversed(values)):
-            env = dict(os.environ, GOMP_SPINCOUNT=v)
+            env = dict(os.environ, **{args.var: v})
             out = subprocess.run([sys.executable, __file__, "--child", "--callers", str(args.callers),
                                   "--reps", str(args.reps)], env=env, capture_output=True, text=True, check=True)
             got = json.loads(out.stdout.strip().splitlines()[-1])
-            print(json.dumps({"GOMP_SPINCOUNT": v, "round": rnd, "rows": got}), file=sys.stderr)
+            print(json.dumps({args.var: v, "round": rnd, "rows": got}), file=sys.stderr)
             rows[v] += got
-    summary = {"what": f"GOMP_SPINCOUNT compared, {args.callers} overlapping callers, embedded stack, real time",
+    summary = {"what": f"{args.var} compared, {args.callers} overlapping callers, embedded stack, real time",
                "load_avg_before": [round(x, 2) for x in load_before],
                "load_avg_after": [round(x, 2) for x in os.getloadavg()],
                "seconds": round(time.perf_counter() - t0),
