@@ -205,6 +205,76 @@ async def test_a_listed_mcp_tool_is_called_and_the_reply_continues(server, scrip
         await conn.close()
 
 
+async def test_mcp_tools_in_response_create_serve_that_response_only(server, scripted, mcp_url, trap) -> None:
+    """GA: `response.create` with `response.tools` holding an `mcp` tool lists that server for the
+    response (its `mcp_list_tools` item is an output item of the response), calls its tool, and
+    the next response (without it) is offered no MCP tool. The session's tools never change."""
+    conn, log = await open_session(server.port, "scripted:reply=Plain.", [])
+    try:
+        n = len(log.events)
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "Weather in Seoul?"}]})
+        await conn.response.create(response={"instructions": "scripted:tool=weather", "output_modalities": ["text"],
+                                             "tools": [mcp_tool(mcp_url, label="once")]})
+        done = await log.wait("response.done", start=n, timeout=60)
+        events = log.events[n:]
+        types = [e["type"] for e in events]
+        assert not [e for e in events if e["type"] in ("error", "session.updated")], types
+        created = types.index("response.created")
+        assert created < types.index("mcp_list_tools.in_progress") < types.index("mcp_list_tools.completed")
+        r = done["response"]
+        assert r["status"] == "completed"
+        assert [o["type"] for o in r["output"]] == ["mcp_list_tools", "mcp_call", "message"]
+        lt, call = r["output"][0], r["output"][1]
+        sdk_shape(RealtimeMcpListTools, lt)
+        sdk_shape(RealtimeMcpToolCall, call)
+        assert lt["server_label"] == "once" and sorted(t["name"] for t in lt["tools"]) == ["secret_op", "weather"]
+        listed_added = next(e for e in events if e["type"] == "response.output_item.added"
+                            and e["item"]["type"] == "mcp_list_tools")
+        assert listed_added["output_index"] == 0 and listed_added["item"]["tools"] == []
+        assert call["server_label"] == "once" and call["output"] == "Seoul: sunny, 21 degrees"
+        assert reply_text(events) == "The tool says: Seoul: sunny, 21 degrees."
+        offered = [t["function"]["name"] for t in scripted.requests[-2].get("tools") or []]
+        assert "weather" in offered
+
+        # the next response has no MCP tool: the server named for the last one is gone
+        n = len(log.events)
+        await ask(conn, log, "And now?")
+        done = await log.wait("response.done", start=n, timeout=60)
+        assert [o["type"] for o in done["response"]["output"]] == ["message"]
+        assert reply_text(log.events[n:]) == "Plain."
+        offered = [t["function"]["name"] for t in scripted.requests[-1].get("tools") or []]
+        assert "weather" not in offered and "secret_op" not in offered
+        # the call stays in the history as one `mcp_call` item; the LLM reads it as a tool call and result
+        msgs = scripted.requests[-1]["messages"]
+        calls = [c["function"]["name"] for m in msgs if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+        assert calls == ["weather"]
+        assert [m["content"] for m in msgs if m["role"] == "tool"] == ["Seoul: sunny, 21 degrees"]
+        m = len(log.events)
+        await conn.conversation.item.retrieve(item_id=call["id"])
+        assert (await log.wait("conversation.item.retrieved", start=m))["item"] == call
+        await conn.conversation.item.delete(item_id=call["id"])  # deleted: gone for the LLM too
+        assert (await log.wait("conversation.item.deleted", start=m))["item_id"] == call["id"]
+        await conn.conversation.item.retrieve(item_id=call["id"])
+        assert (await log.wait("error", start=m))["error"]["code"] == "item_not_found"
+
+        # a response's MCP server outside the allow-list: listing fails, never contacted, the reply goes on
+        n = len(log.events)
+        await conn.response.create(response={"tools": [mcp_tool(trap.url + "/mcp", label="outside")]})
+        done = await log.wait("response.done", start=n, timeout=60)
+        err = await log.wait("error", start=n)
+        assert err["error"]["code"] == "mcp_list_tools_failed" and "allow-list" in err["error"]["message"]
+        assert "mcp_list_tools.failed" in [e["type"] for e in log.events[n:]]
+        assert done["response"]["status"] == "completed"
+        assert [o["type"] for o in done["response"]["output"]] == ["mcp_list_tools", "message"]
+        assert trap.hits == 0
+        assert not [m for m in scripted.requests[-1]["messages"] if m["role"] == "tool" or m.get("tool_calls")]
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
+
+
 async def test_two_servers_with_the_same_tool_names(server, scripted, mcp_url) -> None:
     conn, log = await open_session(server.port, "scripted:reply=Fine.",
                                    [mcp_tool(mcp_url, label="a"), mcp_tool(mcp_url, label="b")])

@@ -440,3 +440,58 @@ def test_redact_record_masks_only_text_fields() -> None:
     assert masked.arguments == '{"q": "***"}' and masked.conversation_id == "conv-secret" and masked.name == "lookup"
     result = ToolResultRecord("c", "i", "call", "nothing here", 1.0)
     assert redact_record(result, mask) is result
+
+
+def test_a_turn_blocked_by_moderation_never_reaches_the_llm_later_nor_the_store(db_url) -> None:
+    """The moderation endpoint (a loopback stand-in of `/v1/moderations`, named as such: it flags
+    'attack') blocks the first spoken turn. The next turn's LLM request does not carry it (the
+    term lists would not have caught it again: only the moderation verdict knew), and the store
+    holds the placeholder, never the words, so a later session's history does not either."""
+    from servers import ThreadedASGIServer
+    from test_guardrails import ModerationStandIn
+
+    from moksori.agent_kit import AgentKit
+    from moksori.engine.memory import BLOCKED_TEXT
+    from moksori.guardrails import Guardrails
+    from moksori.guardrails.moderation import ModerationClient
+
+    stand_in = ModerationStandIn()
+
+    async def main(url: str) -> None:
+        store = await Store(db_url, hash_secret=b"t").start()
+        llm = ScriptedLLM("Happy to help.")
+        stack = fake_stack(stt=ScriptedSTT(["How do I attack the castle?", "What about the moat?"]), llm=llm)
+        guard = Guardrails(moderation=ModerationClient(url, timeout_s=2.0), moderation_on="input",
+                           safe_replies={"en": "Let us talk about something else."})
+        kit = AgentKit(guard=guard)
+        settings = Settings()
+        cfg = config_from_settings(settings, output_rate=16000, output_lead_ms=200, partial_interval_ms=0)
+        s = open_session(stack, cfg, settings=settings, kit=kit)
+        events: list[E.Event] = []
+        s.bus.listen(events.append)
+        record_session(s, store, Who(T1, "dana", "realtime"))
+        await speak(s)
+        await settle(s)
+        assert len(llm.requests) == 0  # blocked: the LLM never saw the first turn
+        trips = [e for e in events if isinstance(e, E.GuardrailTripped)]
+        assert [(t.stage, t.action, t.policy) for t in trips] == [("input", "block", "moderation")]
+        removed = [e for e in events if isinstance(e, E.GuardrailInputRemoved)]
+        assert len(removed) == 1 and len(removed[0].item_ids) == 1
+        await speak(s)
+        await settle(s)
+        assert len(llm.requests) == 1
+        sent = " ".join(m.content for m in llm.requests[0].messages)
+        assert "attack" not in sent and "castle" not in sent and BLOCKED_TEXT in sent and "moat" in sent
+        assert all("attack" not in i.text for i in s.memory.items)
+        await s.close()
+        items = await items_of(store, T1, s.id)
+        assert [(i.role, i.text) for i in items] == [
+            ("user", BLOCKED_TEXT), ("assistant", "Let us talk about something else."),
+            ("user", "What about the moat?"), ("assistant", "Happy to help.")]
+        history = await store.load_history(T1, "dana", max_tokens=10_000)
+        assert not any("attack" in (i.text or "") for i in history.items)
+        await kit.close()
+        await store.close()
+
+    with ThreadedASGIServer(stand_in.app) as srv:
+        asyncio.run(main(f"{srv.url}/v1"))

@@ -9,6 +9,14 @@ Works with the embedded llama.cpp model and any OpenAI-compatible server, Azure 
 (settings `llm.api_flavor`, `llm.api_version`, `llm.deployment`). Keys come from
 MOKSORI_LLM_API_KEY or MOKSORI_LLM_API_KEY_FILE. A rate-limited (429) or failing server is
 retried with backoff (`providers/resilience.py`), then reported in one line; the chat goes on.
+
+The agent kit of every other entry point (`agent_kit.AgentKit`) applies here too: the server-side
+tools of the TOML config (`[tools]`: built-ins, `[[tools.http]]`, `[[tools.mcp]]`) are offered to
+the LLM and run (`(tool: name)` is printed; at most `MAX_TOOL_ROUNDS` rounds, a round whose tools
+all failed ends with the apology), the input guardrail checks each typed turn before the LLM sees
+it (a blocked turn is answered with the safe sentence and leaves the history, in memory and in
+the store), and with an output check the reply is printed clause by clause once checked, a
+blocked clause replaced by the safe sentence.
 """
 
 from __future__ import annotations
@@ -25,13 +33,19 @@ from typing import TYPE_CHECKING, TextIO
 
 from moksori.accounting import PriceTable, TurnUsage, format_cost
 from moksori.engine.context import ContextPolicy, ContextWindow, default_budget, token_counter
-from moksori.engine.memory import Item, new_id
+from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
 from moksori.engine.prompts import text_system_prompt
+from moksori.engine.response import MAX_TOOL_ROUNDS
+from moksori.engine.tools import ToolBox, ToolRun
 from moksori.errors import ProviderError
-from moksori.providers.base import LLM, ChatRequest, TextDelta, Usage
+from moksori.providers.base import LLM, ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, Usage
 from moksori.settings import Settings
+from moksori.text.chunker import ClauseChunker
+from moksori.tools.results import FAILURE_APOLOGIES
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a run stores
+    from moksori.agent_kit import AgentKit
+    from moksori.guardrails.events import GuardrailTripped
     from moksori.store import Store
     from moksori.store.records import Record
 
@@ -90,8 +104,13 @@ def friendly_error(e: ProviderError) -> str:
 
 class TextChat:
     def __init__(self, settings: Settings, llm: LLM, opts: TextChatOptions, *, store: Store | None = None,
-                 prices: PriceTable | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+                 prices: PriceTable | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+                 kit: AgentKit | None = None) -> None:
         self.settings, self.llm, self.opts, self.store = settings, llm, opts, store
+        self.kit = kit
+        self.toolbox = ToolBox(kit.engine_tools() if kit is not None else [])
+        self.guard = kit.active_guard if kit is not None else None
+        self.trips = 0  # guardrail trips this chat
         self.prices = prices or PriceTable()
         self.out, self.err = out, err
         self.system = text_system_prompt(settings.agent.instructions, llm.caps.languages)
@@ -107,6 +126,12 @@ class TextChat:
 
         # PII is masked in what is stored (`guardrails.redact_pii`), as for live sessions
         self._redactor = PIIRedactor(settings.guardrails.redact_pii)
+
+    def _language(self, text: str) -> str:
+        lang = self.settings.language
+        if lang in ("en", "ko"):
+            return lang
+        return "ko" if any("\uac00" <= ch <= "\ud7a3" for ch in text) else "en"
 
     def _new_window(self) -> ContextWindow:
         policy = ContextPolicy(budget_tokens=self.budget, strategy=self.settings.agent.context_strategy)
@@ -274,31 +299,77 @@ class TextChat:
     async def _turn(self, text: str) -> None:
         from moksori.store import AgentReply, UserTurn
 
-        user_item = Item(id=new_id("item"), role="user", text=text)
+        lang = self._language(text)
+        user_item = Item(id=new_id("item"), role="user", text=text, language=lang)
+        safe: str | None = None
+        if self.guard is not None:  # the input hook, before the LLM (or the store) sees the turn
+            verdict = await self.guard.check_input(text, lang)
+            self.tripped(verdict.trips)
+            if verdict.action == "block":
+                safe = verdict.reply or self.guard.safe_reply(lang)
+                user_item.text = BLOCKED_TEXT  # never sent to the LLM later, never stored
+            elif verdict.action == "rewrite":
+                user_item.text = verdict.text
         self.items.append(user_item)
-        self._submit(UserTurn(self.conversation_id, user_item.id, text, time.time(), audio=False))
+        self._submit(UserTurn(self.conversation_id, user_item.id, text if safe is None else BLOCKED_TEXT,
+                              time.time(), audio=False))
         self.window.cancel_background()
+        if safe is not None:
+            self.out.write("agent: ")
+            self.say(safe)
+            self.items.append(Item(id=new_id("item"), role="assistant", text=safe))
+            self._submit(AgentReply(self.conversation_id, self.items[-1].id, safe, time.time(), audio=False))
+            return
         messages = self.window.messages(self.items, self.system)
-        req = ChatRequest(messages=tuple(messages), temperature=self.settings.llm.temperature,
-                          max_tokens=self.opts.max_tokens)
         parts: list[str] = []
-        usage: Usage | None = None
+        usage = Usage()
+        reported = True
         started = time.time()
         first_token: float | None = None
         interrupted = False
+        tools = self.toolbox.specs()
         self.out.write("agent: ")
         self.out.flush()
+        convo: list[Message] = []
+        gate = _ReplyGate(self, lang)
         try:
-            async for ev in self.llm.chat(req):
-                if isinstance(ev, TextDelta) and ev.text:
-                    if first_token is None:
-                        first_token = time.time()
-                    parts.append(ev.text)
-                    if self.opts.stream:
-                        self.out.write(ev.text)
-                        self.out.flush()
-                elif isinstance(ev, Usage):
-                    usage = ev
+            for _round in range(MAX_TOOL_ROUNDS):
+                req = ChatRequest(messages=tuple(messages + convo), tools=tools, temperature=self.settings.llm.temperature,
+                                  max_tokens=self.opts.max_tokens)
+                calls: list[ToolCall] = []
+                got_usage = False
+                stream = self.llm.chat(req)
+                async for ev in stream:
+                    if isinstance(ev, TextDelta) and ev.text:
+                        if first_token is None:
+                            first_token = time.time()
+                        parts.append(ev.text)
+                        if await gate.push(ev.text):  # blocked: the rest of this reply is not wanted
+                            aclose = getattr(stream, "aclose", None)
+                            if aclose is not None:
+                                await aclose()
+                            break
+                    elif isinstance(ev, ToolCallEvent):
+                        calls.append(ev.call)
+                    elif isinstance(ev, Usage):
+                        got_usage = True
+                        usage = Usage(usage.input_tokens + ev.input_tokens, usage.output_tokens + ev.output_tokens,
+                                      usage.cached_tokens + ev.cached_tokens)
+                if not got_usage:  # the server reported no usage: count with the tokenizer / estimate
+                    reported = False
+                    usage = Usage(usage.input_tokens + sum(self.count(m.content) + 4 for m in req.messages),
+                                  usage.output_tokens + self.count("".join(parts)), usage.cached_tokens)
+                if gate.blocked or not calls:
+                    break
+                runs = await self._run_tools(calls, convo)
+                if not any(r.ok for r in runs):  # every tool failed: the apology, not a second pass
+                    await gate.flush()
+                    await gate.push((" " if gate.text else "") + (FAILURE_APOLOGIES.get(lang) or FAILURE_APOLOGIES["en"]))
+                    break
+                if gate.text and not gate.text.endswith(" "):
+                    parts.append(" ")
+                    await gate.push(" ")
+            await gate.flush()
         except asyncio.CancelledError:
             interrupted = True
         except ProviderError as e:
@@ -306,14 +377,11 @@ class TextChat:
             self.warn(f"error: {friendly_error(e)}")
             self.items.remove(user_item)  # unanswered: out of the context (the store keeps it)
             return
-        reply = "".join(parts).strip()
+        reply = gate.text.strip()
         if not self.opts.stream:
             self.out.write(reply)
         self.say(" [interrupted]" if interrupted else "")
-        estimated = usage is None
-        if usage is None:  # the server reported no usage: count with the tokenizer / estimate
-            usage = Usage(input_tokens=sum(self.count(m.content) + 4 for m in messages),
-                          output_tokens=self.count(reply))
+        if not reported:
             self.totals.estimated = True
         turn = TurnUsage(llm_model=self.model, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,
                          output_tokens=usage.output_tokens)
@@ -327,10 +395,93 @@ class TextChat:
                                 time.time(), interrupted=interrupted,
                                 status="incomplete" if interrupted else "completed", started_at=started,
                                 audio=False, latency=latency, usage=turn))
-        approx = "~" if estimated else ""
+        approx = "" if reported else "~"
         self.say(f"[Tokens used: {approx}{turn.input_tokens + turn.output_tokens} | Estimated cost: {format_cost(cost)}]")
         if not interrupted:
             self.window.after_reply(self.items)
+
+    def tripped(self, trips: tuple[GuardrailTripped, ...]) -> None:
+        """Guardrail trips, told on stderr (never the matched words)."""
+        for trip in trips:
+            self.trips += 1
+            self.warn(f"(guardrail: {trip.stage} {trip.action}, {trip.policy}: {trip.reason})")
+
+    async def _run_tools(self, calls: list[ToolCall], convo: list[Message]) -> list[ToolRun]:
+        """Run the server tools the model called (an unknown name gets an error it can read);
+        each call and result goes into the history and the store."""
+        from moksori.store import ToolCallRecord, ToolResultRecord
+
+        runs: list[ToolRun] = []
+        for call in calls:
+            self.warn(f"(tool: {call.name})")
+            self._submit(ToolCallRecord(self.conversation_id, new_id("item"), call.id, call.name, call.arguments,
+                                        time.time()))
+            run = await self.toolbox.call(call.name, call.arguments)  # each tool's own timeout
+            runs.append(run)
+            self._submit(ToolResultRecord(self.conversation_id, new_id("item"), call.id, run.output, time.time(),
+                                          name=call.name))
+            self.items += [Item(id=new_id("item"), type="function_call", role="assistant", call_id=call.id,
+                                name=call.name, arguments=call.arguments),
+                           Item(id=new_id("item"), type="function_call_output", role="user", call_id=call.id,
+                                output=run.output)]
+            convo += [Message("assistant", "", tool_calls=(call,)),
+                      Message("tool", run.output, tool_call_id=call.id, name=call.name)]
+        return runs
+
+
+class _ReplyGate:
+    """A reply on its way to the screen: straight through without an output check; with one,
+    clause by clause once checked (a blocked clause becomes the safe sentence, and the rest of
+    the reply is dropped)."""
+
+    def __init__(self, chat: TextChat, language: str) -> None:
+        self.chat, self.language = chat, language
+        g = chat.guard
+        self.guard = g if g is not None and ((g.check in ("output", "both") and bool(g.block)) or
+                                             (g.moderation is not None and g.moderation_on in ("output", "both"))) \
+            else None
+        self.chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
+        self.text = ""  # what was shown
+        self._checked = ""
+        self.blocked = False
+
+    def _show(self, words: str) -> None:
+        self.text += words
+        if self.chat.opts.stream:
+            self.chat.out.write(words)
+            self.chat.out.flush()
+
+    async def push(self, delta: str) -> bool:
+        """Returns True once the reply is blocked."""
+        if self.blocked:
+            return True
+        if self.guard is None:
+            self._show(delta)
+            return False
+        for clause in self.chunker.push(delta):
+            if await self._check(clause):
+                return True
+        return False
+
+    async def flush(self) -> None:
+        if self.guard is None or self.blocked:
+            return
+        for clause in self.chunker.flush():
+            if await self._check(clause):
+                return
+
+    async def _check(self, clause: str) -> bool:
+        assert self.guard is not None
+        verdict = await self.guard.check_output(clause, self.language, spoken=self._checked)
+        self._checked += (" " if self._checked else "") + clause
+        sep = " " if self.text and not self.text.endswith((" ", "\n")) and not clause.startswith(" ") else ""
+        if verdict.action == "block":
+            self.chat.tripped(verdict.trips)
+            self.blocked = True
+            self._show(sep + (verdict.replacement or self.guard.safe_reply(self.language)))
+            return True
+        self._show(sep + clause)
+        return False
 
 
 def _model_name(llm: LLM) -> str:
@@ -355,6 +506,12 @@ async def run_text_chat(settings: Settings, opts: TextChatOptions, *, llm: LLM |
                 if hasattr(p, "stream"):
                     p.stream = False
     await llm.load()
+    from moksori.agent_kit import AgentKit
+
+    kit = await AgentKit.build(settings)  # the server-side tools and guardrails, as for every entry point
+    for w in kit.warnings:
+        err.write(f"warning: {w}\n")
+    kit.install_log_filter()
     store = None
     try:
         store = Store.from_settings(settings)
@@ -365,11 +522,12 @@ async def run_text_chat(settings: Settings, opts: TextChatOptions, *, llm: LLM |
                   f"{' '.join(str(e).split())[:200]})\n")
         store = None
     chat = TextChat(settings, llm, opts, store=store, prices=store.prices if store else
-                    PriceTable.load(settings.prices_file), out=out, err=err)
+                    PriceTable.load(settings.prices_file), out=out, err=err, kit=kit)
     try:
         await chat.run(stdin)
     finally:
         if store is not None:
             await store.close()
+        await kit.close()
         await llm.close()
     return chat

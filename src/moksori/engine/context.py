@@ -74,6 +74,13 @@ def to_messages(items: Sequence[Item]) -> list[Message]:
             names[cid] = item.name or ""
             pending.append(ToolCall(cid, item.name or "", item.arguments or "{}"))
             continue
+        if item.type == "mcp_call":  # a call and its result in one item: the LLM sees both
+            cid = item.call_id or item.id
+            pending.append(ToolCall(cid, item.name or "", item.arguments or "{}"))
+            out.append(Message("assistant", "", tool_calls=tuple(pending)))
+            pending = []
+            out.append(Message("tool", item.output or "", tool_call_id=cid, name=item.name))
+            continue
         if pending:
             out.append(Message("assistant", "", tool_calls=tuple(pending)))
             pending = []
@@ -337,6 +344,8 @@ class ContextWindow:
 
 
 def _line(it: Item) -> str:
+    if it.type == "mcp_call":
+        return f"(the assistant called {it.name}({it.arguments}); the tool answered: {it.output})"
     if it.type == "function_call":
         return f"(the assistant called {it.name}({it.arguments}))"
     if it.type == "function_call_output":

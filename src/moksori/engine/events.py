@@ -420,6 +420,9 @@ class AgentToolCall(Event):
     call_id: str
     name: str
     arguments: str
+    # an MCP tool's call (`Tool.mcp_server`): the id of its `mcp_call` item, and the server
+    mcp_item_id: str | None = optional(default=None)
+    server_label: str | None = optional(default=None)
 
 
 @_event
@@ -469,6 +472,18 @@ class GuardrailTripped(Event):
     reason: str
     language: str
     categories: tuple[str, ...] = ()
+    turn_id: int | None = optional(default=None)
+    response_id: str | None = optional(default=None)
+
+
+@_event
+class GuardrailInputRemoved(Event):
+    """A user turn the input guardrail blocked is removed from the conversation: the items'
+    text is now `memory.BLOCKED_TEXT`, so no later turn sends it to the LLM, and the store's
+    copy is replaced too."""
+
+    type = "guardrail.input_removed"
+    item_ids: tuple[str, ...]
     turn_id: int | None = optional(default=None)
     response_id: str | None = optional(default=None)
 
@@ -627,7 +642,7 @@ CATALOGUE: tuple[type[Event], ...] = (
     SttStarted, SttFinished, EotFinished, LlmStarted, LlmFirstToken, LlmFinished, TtsStarted, TtsFirstAudio,
     AgentResponseStarted, AgentTextDelta, AgentAudio, AgentAudioStarted, AgentAudioDone, AgentAudioCleared,
     AgentInterrupted, AgentReoffer, AgentResponseDone, AgentFunctionCall, AgentToolCall, AgentToolResult,
-    AgentToolFiller, AgentBackchannel, GuardrailTripped, SessionWarning, SessionNoiseReduction,
+    AgentToolFiller, AgentBackchannel, GuardrailTripped, GuardrailInputRemoved, SessionWarning, SessionNoiseReduction,
     BrainUpstreamReady, BrainUpstreamDropped, BrainReconnecting, BrainReconnected, BrainUpstreamFailed,
     BrainTruncateRejected,
     CallStarted, CallBadMessage, CallDtmf, CallCarrierError, CallFirstAudio, CallHangup, CallTransferred, CallEnded,

@@ -58,14 +58,15 @@ class Interruptions:
         ctx.on_change()
         return stopped
 
-    def cancel(self, response_id: str) -> list[str]:
-        """A client cancels one reply by id (Realtime `response.cancel`); others go on."""
+    def cancel(self, response_id: str, reason: str = "client_cancelled") -> list[str]:
+        """A client cancels one reply by id (Realtime `response.cancel`); others go on. (Also
+        the realtime brain's output guardrail, reason `guardrail`.)"""
         resp = self._responses.get(response_id)
         if resp is None or not self._cuttable(resp):
             return []
         ctx = self._ctx
         now = ctx.clock.now()
-        self._cut(resp, ctx.speaker.cancel(response_id), "client_cancelled", None, now)
+        self._cut(resp, ctx.speaker.cancel(response_id), reason, None, now)
         ctx.on_change()
         return [response_id]
 

@@ -18,8 +18,12 @@ from moksori.providers.base import Message, ToolCall
 if TYPE_CHECKING:
     from moksori.engine.context import ContextWindow
 
-ItemType = Literal["message", "function_call", "function_call_output"]
+# "mcp_call": a call of an MCP server's tool and its result in one item, as the Realtime API shows
+# it (the LLM sees it as a tool call and a tool message)
+ItemType = Literal["message", "function_call", "function_call_output", "mcp_call"]
 _seq = itertools.count(1)
+# what a user turn blocked by the input guardrail says in the history from then on
+BLOCKED_TEXT = "[removed by a guardrail]"
 
 
 def new_id(prefix: str) -> str:
@@ -40,6 +44,9 @@ class Item:
     name: str | None = None
     arguments: str | None = None
     output: str | None = None
+    server_label: str | None = None  # mcp_call: the MCP server
+    error: str | None = None  # mcp_call: why the call failed (then `output` is what the LLM read)
+    approval_request_id: str | None = None  # mcp_call: the approval it waited for
     # audio bookkeeping
     audio_ms: int = 0  # for assistant audio: how much was generated
     truncated_at_ms: int | None = None
@@ -129,6 +136,28 @@ class Memory:
     def clear(self) -> None:
         self.items.clear()
 
+    def last_user_turn(self) -> list[Item]:
+        """The user items since the last item that is not one (a turn split by a pause is
+        several; a reply to it that has just started is looked past), oldest first."""
+        found: list[Item] = []
+        for item in reversed(self.items):
+            if item.type != "message" or item.role != "user":
+                if item.role == "assistant" and item.type == "message" and item.status == "in_progress":
+                    continue  # the reply answering the turn has already started
+                break
+            found.append(item)
+        return found[::-1]
+
+    def remove_user_turn(self, items: list[Item] | None = None) -> list[Item]:
+        """The input guardrail blocked a user turn (`items`, default the last one): its items say
+        `BLOCKED_TEXT` from now on. Returns the items changed."""
+        changed: list[Item] = []
+        for item in self.last_user_turn() if items is None else items:
+            if item.text != BLOCKED_TEXT:
+                item.text = BLOCKED_TEXT
+                changed.append(item)
+        return changed
+
     # -------------------------------------------------------------- LLM view
 
     def messages(self, system_prompt: str | None) -> list[Message]:
@@ -151,6 +180,12 @@ class Memory:
                     out.append(Message(item.role, item.text))
             elif item.type == "function_call":
                 pending_calls.append(ToolCall(item.call_id or item.id, item.name or "", item.arguments or "{}"))
+            elif item.type == "mcp_call":
+                cid = item.call_id or item.id
+                pending_calls.append(ToolCall(cid, item.name or "", item.arguments or "{}"))
+                out.append(Message("assistant", "", tool_calls=tuple(pending_calls)))
+                pending_calls = []
+                out.append(Message("tool", item.output or "", tool_call_id=cid, name=item.name))
             elif item.type == "function_call_output":
                 if pending_calls:
                     out.append(Message("assistant", "", tool_calls=tuple(pending_calls)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,6 +102,9 @@ class ResponseOptions:
     fixed_text: str | None = None  # speak this instead of asking the LLM (greetings)
     metadata: dict[str, Any] | None = None
     backchannel: bool = False  # an acknowledgment in the user's pause: played over the hold, not "speaking"
+    # server tools for this reply only, made when it starts (given its id): the MCP servers a
+    # Realtime client names in `response.create`; they join the session's tool box for this reply
+    reply_tools: Callable[[str], Awaitable[list[Tool]]] | None = None
 
 
 @dataclass
@@ -136,6 +139,8 @@ class Response:
     _replaced: bool = False
     _raw_shown: str = ""  # the clauses checked so far (context for the next check)
     _gate: Guardrails | None = None
+    _box: ToolBox | None = None  # the session's tool box, plus this reply's own tools
+    _input_blocked: bool = False  # the input guardrail blocked the user turn this reply answers
 
     # -------------------------------------------------------------- lifecycle
 
@@ -167,6 +172,8 @@ class Response:
         held, self._held = self._held, []
         for ev in held:
             host.publish(ev)
+        if self._input_blocked:
+            self._remove_blocked_input()
         if self.playback is not None:
             host.play(self.playback)
         if self.status in ("completed", "incomplete") and not self.audio:
@@ -331,6 +338,16 @@ class Response:
             self.item.text = self.text
         self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
 
+    def _remove_blocked_input(self) -> None:
+        """The blocked turn leaves the conversation (memory and store): never sent to the LLM
+        again, whatever blocked it (a moderation verdict is not re-checked later)."""
+        if not self.opts.in_conversation or self.opts.replace_input is not None:
+            return
+        removed = self.host.memory.remove_user_turn()
+        if removed:
+            self.host.publish(E.GuardrailInputRemoved(t=self.now(), item_ids=tuple(i.id for i in removed),
+                                                      turn_id=self.turn_id, response_id=self.id))
+
     async def _check_input(self, base: list[Message]) -> str | None:
         """The input hook, on the user turn this reply answers (the last message) before the LLM
         sees it: returns the safe sentence when blocked; a rewrite replaces the message. Earlier
@@ -345,16 +362,25 @@ class Response:
         for trip in verdict.trips:
             self._trip(trip)
         if verdict.action == "block":
-            self.blocked = True
+            self.blocked = self._input_blocked = True
+            if self.released:
+                self._remove_blocked_input()
             return verdict.reply or guard.safe_reply(self.language)
         if verdict.action == "rewrite":
             base[-1] = Message("user", verdict.text)
         return None
 
+    @property
+    def toolbox(self) -> ToolBox:
+        return self._box if self._box is not None else self.host.toolbox
+
     async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
         host = self.host
+        if self.opts.reply_tools is not None:
+            self._box = host.toolbox.with_tools(await self.opts.reply_tools(self.id))
+        box = self.toolbox
         client = {t.name for t in self.opts.tools}  # a client's tool wins over a server tool of that name
-        tools = tuple(self.opts.tools) + tuple(t for t in host.toolbox.specs() if t.name not in client)
+        tools = tuple(self.opts.tools) + tuple(t for t in box.specs() if t.name not in client)
         convo: list[Message] = []
         system = host.system_prompt(self.opts.instructions)
         if self.opts.replace_input is not None:
@@ -401,8 +427,8 @@ class Response:
                                     input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens))
             if not calls or self.blocked:
                 break
-            local = [c for c in calls if host.toolbox.get(c.name) is not None and c.name not in client]
-            remote = [c for c in calls if host.toolbox.get(c.name) is None or c.name in client]
+            local = [c for c in calls if box.get(c.name) is not None and c.name not in client]
+            remote = [c for c in calls if box.get(c.name) is None or c.name in client]
             for call in remote:  # the client runs these; the response ends here
                 self.function_calls.append(call)
                 item_id = self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
@@ -418,11 +444,13 @@ class Response:
             # that is still speculative. If the user goes on talking, this reply is cancelled here.
             await self._wait_release()
             for call in local:
-                tool = host.toolbox.get(call.name)
+                tool = box.get(call.name)
                 assert tool is not None  # `local` holds only calls of known tools
                 self.function_calls.append(call)
+                mcp_item_id = new_id("mcp") if tool.mcp_server is not None else None
                 self.emit(E.AgentToolCall(t=self.now(), response_id=self.id, item_id=self.item_id,
-                                          call_id=call.id, name=call.name, arguments=call.arguments))
+                                          call_id=call.id, name=call.name, arguments=call.arguments,
+                                          mcp_item_id=mcp_item_id, server_label=tool.mcp_server))
                 if tool.say_first:
                     self._add_text(("" if not self.text else " ") + tool.say_first, clauses, chunker)
                     for clause in chunker.flush():
@@ -432,10 +460,15 @@ class Response:
                 results.append(run)
                 output = run.output
                 log.debug("tool %s -> %s: %s", call.name, "ok" if run.ok else run.error_kind, output[:500])
-                self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
-                                    call_id=call.id, name=call.name, arguments=call.arguments))
-                self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
-                                    call_id=call.id, output=output))
+                if mcp_item_id is not None:  # one item, as the Realtime client was shown it
+                    self._remember(Item(id=mcp_item_id, type="mcp_call", role="assistant", call_id=call.id,
+                                        name=call.name, arguments=call.arguments, output=output,
+                                        server_label=tool.mcp_server, error=None if run.ok else output))
+                else:
+                    self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
+                                        call_id=call.id, name=call.name, arguments=call.arguments))
+                    self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
+                                        call_id=call.id, output=output))
                 self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id,
                                             call_id=call.id, name=call.name, output=output, ok=run.ok,
                                             error_kind=run.error_kind))
@@ -463,7 +496,7 @@ class Response:
                         chunker: ClauseChunker) -> ToolRun:
         """Run one server tool; when it is slow, say a short filler (once per reply) meanwhile."""
         host = self.host
-        task = asyncio.ensure_future(host.toolbox.call(call.name, call.arguments))
+        task = asyncio.ensure_future(self.toolbox.call(call.name, call.arguments))
         slow = host.tool_slow_after_s
         if slow is None or self._fillers_said or tool.say_first or not tool.filler:
             return await task

@@ -36,6 +36,8 @@ class SessionContext:
                  kit: AgentKit | None = None) -> None:
         self.id = session_id
         self.kit = kit
+        # guardrails without the rest of a kit (the realtime brain: the upstream hears and speaks)
+        self.guardrails: Guardrails | None = None
         self.stack = stack
         self.cfg = cfg
         self.clock = clock
@@ -93,7 +95,9 @@ class SessionContext:
     @property
     def guard(self) -> Guardrails | None:
         """The input and output guardrails, when the server configured any."""
-        return self.kit.active_guard if self.kit is not None else None
+        if self.kit is not None:
+            return self.kit.active_guard
+        return self.guardrails if self.guardrails is not None and self.guardrails.active else None
 
     @property
     def tool_slow_after_s(self) -> float | None:

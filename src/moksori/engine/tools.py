@@ -30,6 +30,9 @@ class Tool:
     timeout_s: float | None = None
     # say a short filler when the call is slow (False: e.g. a call waiting for the user's approval)
     filler: bool = True
+    # an MCP server's tool that a Realtime client named: its call is one `mcp_call` item in the
+    # conversation (not function_call + function_call_output), under this server label
+    mcp_server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,14 @@ class ToolBox:
 
     def add(self, tool: Tool) -> None:
         self._tools[tool.spec.name] = tool
+
+    def with_tools(self, tools: list[Tool]) -> ToolBox:
+        """A box with these tools added (a tool of a name already here replaces it), for one
+        reply; this box is unchanged."""
+        box = ToolBox(list(self._tools.values()))
+        for tool in tools:
+            box.add(tool)
+        return box
 
     def remove(self, name: str) -> None:
         self._tools.pop(name, None)

@@ -17,6 +17,8 @@ What becomes a record:
   of the user's speech (`llm_first_token_ms`, `tts_first_audio_ms`, `first_audio_ms`), usage
   (LLM tokens, cached tokens, TTS characters and seconds; the upstream's own counts with audio
   tokens under the realtime brain). A reply with no words but some usage → `UsageRecord`.
+* `guardrail.input_removed` (the input guardrail blocked a turn) → `UserTurnRemoved`: the turn's
+  stored text becomes the placeholder the LLM sees (a turn recorded later is recorded so).
 * A transport's late truncation (`truncated`) → `ReplyHeard`; items a Realtime client adds
   (`item_added`: its function outputs, its assistant or spoken user items) → the matching record.
 
@@ -40,7 +42,7 @@ from typing import Any
 
 from moksori.accounting import TurnUsage
 from moksori.engine import events as E
-from moksori.engine.memory import Item, new_id
+from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
@@ -52,6 +54,7 @@ from moksori.store.records import (
     ToolResultRecord,
     UsageRecord,
     UserTurn,
+    UserTurnRemoved,
 )
 
 __all__ = ["Recorder", "Models", "RecorderStats", "redact_record"]
@@ -136,6 +139,7 @@ class Recorder:
         self._turns: OrderedDict[int, _Turn] = OrderedDict()
         self._replies: OrderedDict[str, _Reply] = OrderedDict()
         self._recorded_users: set[str] = set()
+        self._removed_users: OrderedDict[str, bool] = OrderedDict()  # turns the input guardrail blocked
         self._recorded_replies: OrderedDict[str, bool] = OrderedDict()
         self._progressed: dict[str, str] = {}  # item id -> heard text last written, replies in flight
         self.started = False
@@ -225,6 +229,14 @@ class Recorder:
                                            self._wall(e.t) or time.time(), name=e.name), "tool_result")
             case E.AgentResponseDone():
                 self._reply_done(e)
+            case E.GuardrailInputRemoved(item_ids=ids):
+                for item_id in ids:
+                    self._removed_users[item_id] = True
+                    while len(self._removed_users) > KEEP:
+                        self._removed_users.popitem(last=False)
+                    if item_id in self._recorded_users:
+                        self._put(UserTurnRemoved(self.conversation_id, item_id, BLOCKED_TEXT,
+                                                  self._wall(e.t) or time.time()), "user_turn_removed")
 
     def _user_turn(self, e: E.UserTranscript) -> None:
         if not e.text.strip() or e.item_id in self._recorded_users:
@@ -246,7 +258,8 @@ class Recorder:
         if not e.typed and e.audio_s:
             usage = TurnUsage(stt_model=self.models.stt, stt_seconds=float(e.audio_s))
         self.stats.user_turns += 1
-        self._put(UserTurn(self.conversation_id, e.item_id, e.text, self._wall(e.t) or time.time(),
+        text = BLOCKED_TEXT if e.item_id in self._removed_users else e.text
+        self._put(UserTurn(self.conversation_id, e.item_id, text, self._wall(e.t) or time.time(),
                            language=e.language or None, started_at=started, audio=not e.typed,
                            latency=latency or None, usage=usage), "user_turn")
 

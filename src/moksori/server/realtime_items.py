@@ -39,6 +39,11 @@ class ItemsHost(Protocol):
 
 def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = None) -> dict[str, Any]:
     """A memory item as the wire's conversation item."""
+    if item.type == "mcp_call":  # rebuilt from memory (the runner keeps the copy the client was shown)
+        return rt.mcp_call_item(item.id, item.server_label or "", item.name or "", item.arguments or "{}",
+                                approval_request_id=item.approval_request_id,
+                                output=None if item.error else item.output,
+                                error=rt.mcp_tool_execution_error(item.error) if item.error else None)
     if item.type == "function_call":
         return rt.function_call_item(item.id, item.call_id or "", item.name or "", item.arguments or "{}", flavor)
     if item.type == "function_call_output":
@@ -131,6 +136,9 @@ class ConversationItems:
             return
         if item is None:
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        if item.type == "mcp_call" and item.id in host.mcp.items:  # as the client was shown it
+            host.send(host.ev.conversation_item_retrieved(host.mcp.items[item.id]))
+            return
         host.send(host.ev.conversation_item_retrieved(item_wire(item, host.flavor)))
 
     def truncate(self, ev: rt.ConversationItemTruncate) -> None:
@@ -157,4 +165,5 @@ class ConversationItems:
         host = self._host
         if not host.session.delete_item(ev.item_id):
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        host.mcp.items.pop(ev.item_id, None)  # an mcp_call item: not retrievable any more
         host.send(host.ev.conversation_item_deleted(ev.item_id))

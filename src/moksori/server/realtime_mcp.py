@@ -4,9 +4,17 @@ run for one connection with the pipeline brain. The wire shapes are
 
     mcp = RealtimeMCP(host, settings.tools)
     mcp.sync(cfg.mcp_tools)          # after each session.update: list new servers, drop removed ones
+    kw["reply_tools"] = mcp.for_response(o.mcp_tools)  # response.create's own: that reply only
+    mcp.response_done(response_id)   # ... whose servers are then dropped
     mcp.note_call(e)                 # on E.AgentToolCall, just before the engine runs the handler
     mcp.answer(item)                 # the client's mcp_approval_response
     await mcp.close()
+
+MCP tools in `response.create` serve that response only (as in the GA API): when the reply
+starts, each server not already listed for the session with the same settings is listed, its
+`mcp_list_tools` item going out as an output item of the response; its tools join the reply's
+tool box (`ResponseOptions.reply_tools`), not the session's, and its connection closes when the
+response is done.
 
 Each server's tools go into the session's tool box as server-side tools, so the engine runs
 them inside the reply and the LLM continues with the result. Their handler speaks the
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +80,8 @@ class _Server:
     tools: dict[str, MCPToolInfo] = field(default_factory=dict)  # LLM name -> the server's tool
     task: asyncio.Task[None] | None = None
     over_limit: bool = False
+    response_id: str | None = None  # a server `response.create` named for that response only
+    output_index: int | None = None  # ... its `mcp_list_tools` item's place in the response's output
 
 
 class RealtimeMCP:
@@ -86,9 +97,11 @@ class RealtimeMCP:
             self.allow, self._allow_error = None, str(e)
         self._servers: dict[str, _Server] = {}
         self._owner: dict[str, _Server] = {}  # LLM tool name -> its server
-        # LLM name -> (response_id, arguments) of the call the engine announced last: a reply runs
-        # its tools one after the other, each handler right after its `AgentToolCall`
-        self._calls: dict[str, tuple[str, str]] = {}
+        # response id -> the servers `response.create` named for that response only
+        self._reply_servers: dict[str, list[_Server]] = {}
+        # LLM name -> (response_id, arguments, mcp_call item id) of the call the engine announced
+        # last: a reply runs its tools one after the other, each handler right after its `AgentToolCall`
+        self._calls: dict[str, tuple[str, str, str | None]] = {}
         self._approvals: dict[str, tuple[str, asyncio.Future[tuple[bool, str | None]]]] = {}
         # responses that went on after an approval: a client that follows OpenAI's flow sends
         # `response.create` after its answer, which this reply already serves
@@ -100,7 +113,8 @@ class RealtimeMCP:
     # ------------------------------------------------------------------ servers
 
     def owns(self, name: str) -> bool:
-        return name in self._owner
+        return name in self._owner or any(name in srv.tools for srvs in self._reply_servers.values()
+                                          for srv in srvs)
 
     def sync(self, configs: tuple[rt.MCPToolConfig, ...]) -> None:
         """Make the session's MCP servers those of `configs`: a new or changed server is
@@ -123,6 +137,39 @@ class RealtimeMCP:
             self.host.toolbox.remove(name)
             self._owner.pop(name, None)
             self._calls.pop(name, None)
+        self._close_conn(srv)
+
+    def for_response(self, configs: tuple[rt.MCPToolConfig, ...]) -> Callable[[str], Awaitable[list[Tool]]]:
+        """The MCP tools of one `response.create`, for `ResponseOptions.reply_tools`: the reply
+        lists its servers when it starts (a server the session already has with the same
+        settings is not listed again: its tools are in the session's box) and gets their tools."""
+
+        async def tools_for(response_id: str) -> list[Tool]:
+            servers: list[_Server] = []
+            for cfg in configs:
+                if self._servers.get(cfg.server_label, None) is not None \
+                        and self._servers[cfg.server_label].cfg == cfg:
+                    continue
+                over = len(self._servers) + sum(map(len, self._reply_servers.values())) + len(servers) >= MAX_SERVERS
+                servers.append(_Server(cfg, new_id("mcpl"), over_limit=over, response_id=response_id))
+            if not servers:
+                return []
+            self._reply_servers[response_id] = servers
+            taken = {s.name for s in self.host.toolbox.specs()} | self.host.client_tool_names()
+            for srv in servers:  # one after the other: the names of the first one win
+                await self._list(srv, taken)
+            return [self._tool(name, info, srv) for srv in servers for name, info in srv.tools.items()]
+
+        return tools_for
+
+    def response_done(self, response_id: str) -> None:
+        """The response is over: the servers it named for itself are dropped."""
+        for srv in self._reply_servers.pop(response_id, []):
+            for name in srv.tools:
+                self._calls.pop(name, None)
+            self._close_conn(srv)
+
+    def _close_conn(self, srv: _Server) -> None:
         if srv.conn is not None:
             task = asyncio.get_running_loop().create_task(srv.conn.close())
             self._closing.add(task)
@@ -136,18 +183,29 @@ class RealtimeMCP:
 
     def _item_done(self, srv: _Server, tools: list[dict[str, Any]]) -> None:
         """The listed item: GA `conversation.item.done`; Azure, which has no such event, gets its
-        one `conversation.item.created` now, with the tools."""
+        one `conversation.item.created` now, with the tools. A response's own server: the
+        response's `output_item.done` (and the conversation's)."""
         item = self.keep(rt.mcp_list_tools_item(srv.list_item_id, srv.cfg.server_label, tools))
-        if self.host.ev.flavor is rt.Flavor.GA:
+        if srv.response_id is not None:
+            if self.host.ev.flavor is rt.Flavor.GA:
+                self.host.output_item_done(srv.response_id, srv.output_index, item)
+            else:
+                srv.output_index = self.host.output_item_added(srv.response_id, item)
+        elif self.host.ev.flavor is rt.Flavor.GA:
             self.host.send(self.host.ev.conversation_item_done(item, None))
         else:
             self.host.send(self.host.ev.conversation_item_added(item, None))
 
-    async def _list(self, srv: _Server) -> None:
+    async def _list(self, srv: _Server, taken: set[str] | None = None) -> None:
+        """List a server's tools and make them tools of the session's box (`taken` None) or of
+        one reply (`taken`: the names the reply already has; the made tools go in `srv.tools`)."""
         ev, cfg = self.host.ev, srv.cfg
         if ev.flavor is rt.Flavor.GA:
-            self.host.send(ev.conversation_item_added(rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, []),
-                                                      None))
+            empty = rt.mcp_list_tools_item(srv.list_item_id, cfg.server_label, [])
+            if srv.response_id is not None:
+                srv.output_index = self.host.output_item_added(srv.response_id, empty)
+            else:
+                self.host.send(ev.conversation_item_added(empty, None))
         self.host.send(ev.mcp_list_tools_in_progress(srv.list_item_id))
         reason = self._allow_error or (self.allow.check(cfg.server_url) if self.allow is not None else None)
         if srv.over_limit:
@@ -167,7 +225,9 @@ class RealtimeMCP:
             log.exception("MCP server %s: listing failed", cfg.server_label)
             self._list_failed(srv, f"{type(e).__name__}: {e}"[:300], kind="server_error")
             return
-        taken = {s.name for s in self.host.toolbox.specs()} | self.host.client_tool_names()
+        session_wide = taken is None
+        if taken is None:
+            taken = {s.name for s in self.host.toolbox.specs()} | self.host.client_tool_names()
         for t in listed:
             if not cfg.allows(t.name, t.read_only):
                 continue
@@ -180,8 +240,9 @@ class RealtimeMCP:
                 continue
             taken.add(name)
             srv.tools[name] = t
-            self._owner[name] = srv
-            self.host.toolbox.add(self._tool(name, t, srv))
+            if session_wide:
+                self._owner[name] = srv
+                self.host.toolbox.add(self._tool(name, t, srv))
         if ev.flavor is not rt.Flavor.GA:
             self._item_done(srv, [t.to_wire() for t in srv.tools.values()])
         self.host.send(ev.mcp_list_tools_completed(srv.list_item_id))
@@ -203,17 +264,19 @@ class RealtimeMCP:
         needs_approval = srv.cfg.require_approval.requires_approval(info.name, info.read_only)
         wait = self.approval_timeout_s if needs_approval else 0.0
         return Tool(ToolSpec(name, info.description, info.input_schema or {"type": "object", "properties": {}}),
-                    handler, timeout_s=wait + self.call_timeout_s + 5.0, filler=not needs_approval)
+                    handler, timeout_s=wait + self.call_timeout_s + 5.0, filler=not needs_approval,
+                    mcp_server=srv.cfg.server_label)
 
     # ------------------------------------------------------------------ calls
 
     def note_call(self, e: E.AgentToolCall) -> None:
         """The engine is about to run one of our tools for this response (its handler follows)."""
-        self._calls[e.name] = (e.response_id, e.arguments)
+        self._calls[e.name] = (e.response_id, e.arguments, e.mcp_item_id)
 
     async def _call(self, name: str, info: MCPToolInfo, srv: _Server, args: dict[str, Any]) -> Any:
         host, ev, label = self.host, self.host.ev, srv.cfg.server_label
-        rid, arguments = self._calls.pop(name, ("", json.dumps(args, ensure_ascii=False)))
+        # the item id is the engine's: the conversation's `mcp_call` item has the same one
+        rid, arguments, call_item_id = self._calls.pop(name, ("", json.dumps(args, ensure_ascii=False), None))
         approval_id: str | None = None
         if srv.cfg.require_approval.requires_approval(info.name, info.read_only):
             approval_id = new_id("mcpr")
@@ -233,7 +296,7 @@ class RealtimeMCP:
                 why = f" ({reason})" if reason else ""
                 return json.dumps({"error": f"the user denied the call of {info.name}{why}: it did not run",
                                    "kind": "denied"}, ensure_ascii=False)
-        item_id = new_id("mcp")
+        item_id = call_item_id or new_id("mcp")
         idx = host.output_item_added(rid, rt.mcp_call_item(item_id, label, info.name, "",
                                                            approval_request_id=approval_id))
         if rid:
@@ -279,6 +342,8 @@ class RealtimeMCP:
                 fut.set_result((False, "the session ended"))
         for label in list(self._servers):
             self._drop(label)
+        for rid in list(self._reply_servers):
+            self.response_done(rid)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 

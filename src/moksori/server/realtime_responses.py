@@ -55,6 +55,7 @@ class ResponseRequests:
 
     def _done(self, response_id: str) -> None:
         self._created.pop(response_id, None)
+        self._host.mcp.response_done(response_id)  # the servers it named for itself are dropped
 
     def active(self, *, in_conversation: bool) -> list[str]:
         """Responses that have not finished (`response.done` not sent yet), VAD-made ones included."""
@@ -87,10 +88,12 @@ class ResponseRequests:
         if o is not None:
             for w in o.warnings:
                 host.send(host.ev.warning(w, event_id=ev.event_id))
-            if o.mcp_tools:
-                host.send(host.ev.warning("response.tools: MCP tools are served from session.update only; "
-                                          "the ones given for this response have no effect", event_id=ev.event_id))
             kw = response_overrides(o, host.settings, voices=host.stack.tts.caps.voices)
+            if o.mcp_tools and host.settings.brain == "realtime":
+                host.send(host.ev.warning("response.tools: MCP tools from clients run with the pipeline brain only "
+                                          "(MOKSORI_BRAIN=pipeline); they have no effect here", event_id=ev.event_id))
+            elif o.mcp_tools:  # this response's own MCP servers, listed when it starts
+                kw["reply_tools"] = host.mcp.for_response(o.mcp_tools)
             if o.input is not None:
                 kw["replace_input"] = tuple(await self._messages_for(o.input))
         if host.transcription_only:

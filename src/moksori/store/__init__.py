@@ -17,6 +17,7 @@ from moksori.store.records import (
     ToolResultRecord,
     UsageRecord,
     UserTurn,
+    UserTurnRemoved,
 )
 from moksori.store.store import ConversationInfo, History, Store, StoredItem, UsageBucket
 from moksori.store.writer import StoreWriter, WriterStats
@@ -24,5 +25,6 @@ from moksori.store.writer import StoreWriter, WriterStats
 __all__ = [
     "Store", "StoreWriter", "WriterStats", "History", "StoredItem", "ConversationInfo", "UsageBucket",
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard",
-    "ReplyProgress", "UsageRecord", "SummaryUpdated", "Record", "tenant_id", "phone_user_id", "valid_user_id", "DEFAULT_TENANT",
+    "ReplyProgress", "UserTurnRemoved", "UsageRecord", "SummaryUpdated", "Record", "tenant_id", "phone_user_id",
+    "valid_user_id", "DEFAULT_TENANT",
 ]

@@ -2,8 +2,8 @@
 
 Every record is final when it is submitted (an agent reply is recorded when it ends, completed or
 interrupted), so the writer only ever inserts, apart from `ReplyHeard` (a client told us later how
-much of a reply was heard), `ReplyProgress` (a reply still playing; its `AgentReply` replaces it)
-and `SummaryUpdated`. Times are wall-clock seconds since the epoch
+much of a reply was heard), `ReplyProgress` (a reply still playing; its `AgentReply` replaces it),
+`UserTurnRemoved` (the input guardrail blocked a turn) and `SummaryUpdated`. Times are wall-clock seconds since the epoch
 (`time.time()`), not the session clock. Records name their conversation; `ConversationStarted`
 must come first for a conversation (the writer keeps submission order).
 
@@ -19,6 +19,7 @@ from moksori.accounting import TurnUsage
 
 __all__ = [
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard", "ReplyProgress",
+    "UserTurnRemoved",
     "UsageRecord", "SummaryUpdated", "Record",
 ]
 
@@ -120,6 +121,17 @@ class ReplyHeard:
 
 
 @dataclass(frozen=True, slots=True)
+class UserTurnRemoved:
+    """The input guardrail blocked a user turn already recorded: its text becomes `text` (the
+    history's placeholder), so the blocked words are not kept."""
+
+    conversation_id: str
+    item_id: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     """Usage not tied to a stored item (e.g. a summary written by the LLM)."""
 
@@ -142,4 +154,4 @@ class SummaryUpdated:
 
 
 Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolResultRecord | ReplyHeard
-          | ReplyProgress | UsageRecord | SummaryUpdated)
+          | ReplyProgress | UserTurnRemoved | UsageRecord | SummaryUpdated)

@@ -18,6 +18,7 @@ from moksori.store.records import (
     Record,
     ReplyHeard,
     ReplyProgress,
+    UserTurnRemoved,
     SummaryUpdated,
     ToolCallRecord,
     ToolResultRecord,
@@ -110,6 +111,9 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
             await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
                                                    items.c.id == rec.item_id)
                                .values(heard_text=rec.heard_text, interrupted=True, status="incomplete"))
+        elif isinstance(rec, UserTurnRemoved):
+            await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
+                                                   items.c.id == rec.item_id).values(text=rec.text))
         elif isinstance(rec, SummaryUpdated):
             await conn.execute(update(conversations).where(conversations.c.id == rec.conversation_id)
                                .values(summary=rec.summary, summary_upto=rec.upto_item_id))

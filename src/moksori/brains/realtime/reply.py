@@ -18,6 +18,16 @@ upstream's audio into its playback, where the speaker paces it and knows what wa
                 per upstream audio item; `agent.response_done` waits, briefly, for the
                 upstream's own response.done so its usage is counted
 
+Guardrails (the server's, `[guardrails]`): before asking the upstream, the input check runs on
+the words of the user turn when they are known (typed text, the local STT's words of moksori
+turns): blocked, the reply asks the upstream to say the safe sentence instead and the turn leaves
+the conversation, here and upstream (`RealtimeSession.check_input`). With an output check, the
+upstream's transcript goes out clause by clause once checked (`agent.text_delta`), as in the
+pipeline; a blocked clause cannot be unsaid, only stopped: the reply is cut at once (the speaker
+stops, the upstream response is cancelled and its audio truncated at what was heard, the heard
+text ending before the blocked clause), `guardrail.tripped` is published, and a new reply has the
+upstream say the safe sentence (`RealtimeSession.output_blocked`).
+
 What was heard, in words: the upstream's transcript is not aligned with its audio, and text
 usually runs ahead of audio. The playback's one segment is (text so far, the larger of the audio
 so far and the audio that text would take at a speaking pace), so `heard_text` takes the share
@@ -39,10 +49,13 @@ from moksori.engine import events as E
 from moksori.engine.memory import Item, new_id
 from moksori.engine.response import Response
 from moksori.providers.base import ToolCall, Usage
+from moksori.text.chunker import ClauseChunker
 
 from . import events as ev
 
 if TYPE_CHECKING:
+    from moksori.guardrails.events import GuardrailTripped
+
     from .session import RealtimeSession
 
 log = logging.getLogger("moksori.brains.realtime")
@@ -75,10 +88,21 @@ class UpstreamReply(Response):
     _resampler: StreamResampler | None = None
     _deferred_reason: str | None = None
     _announce_task: asyncio.Task[None] | None = None
+    # the output guardrail: transcript clauses waiting for their check, and what passed it
+    _checks: asyncio.Queue[str | None] | None = None
+    _checker: asyncio.Task[None] | None = None
+    _chunker: ClauseChunker | None = None
+    _shown: str = ""
+    _cut_at_check: bool = False  # the output guardrail cut it: its segments end before the blocked clause
 
     # -------------------------------------------------------------- the pipeline, swapped
 
     def start(self) -> None:
+        self._gate = self._output_guard()
+        if self._gate is not None:
+            self._checks = asyncio.Queue()
+            self._chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
+            self._checker = asyncio.get_running_loop().create_task(self._check_clauses(), name=f"guard-{self.id}")
         # at once, not in the task: the upstream's first audio may arrive before the task runs
         self.emit(E.AgentResponseStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                          turn_id=self.turn_id, modalities=tuple(self.opts.modalities)))
@@ -89,9 +113,13 @@ class UpstreamReply(Response):
         assert brain is not None
         host = self.host
         if not self.upstream_initiated:
+            safe = await brain.check_input(self)
+            if safe is not None:  # the input guardrail blocked the turn: the upstream says the safe sentence
+                self.opts = dataclasses.replace(self.opts, fixed_text=safe)
             self._open_rounds += 1
             brain.request(self)
         await self._generated.wait()
+        await self._drain_checks()
         self._flush_resampler()
         if self.playback is not None:
             self.playback.end()
@@ -110,6 +138,8 @@ class UpstreamReply(Response):
     def cancel(self, reason: str, heard: str | None = None) -> None:
         if self.status in ("completed", "cancelled", "failed"):
             return
+        if self._checker is not None and self._checker is not asyncio.current_task():
+            self._checker.cancel()
         pb = self.playback
         heard_samples = min(pb.heard(self.now()), pb.sent) if pb is not None else 0
         super().cancel(reason, heard)
@@ -196,7 +226,7 @@ class UpstreamReply(Response):
 
     def _resegment(self) -> None:
         pb = self.playback
-        if pb is None:
+        if pb is None or self._cut_at_check:
             return
         est = estimated_samples(self.text, pb.rate) if not self._generated.is_set() else 0
         pb.segments[:] = [(self.text, max(self.samples, est, 1))]
@@ -209,19 +239,92 @@ class UpstreamReply(Response):
         prefix = " " if self.text and upstream_item not in self._texts and not self.text.endswith(" ") else ""
         self._texts[upstream_item] = self._texts.get(upstream_item, "") + delta
         self.text += prefix + delta
-        if self.item is not None:
-            self.item.text = self.text
-        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=prefix + delta))
+        if self._checks is not None and self._chunker is not None:  # shown once checked (`_check_clauses`)
+            self._raw += prefix + delta
+            for clause in self._chunker.push(prefix + delta):
+                self._checks.put_nowait(clause)
+        else:
+            if self.item is not None:
+                self.item.text = self.text
+            self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id,
+                                       delta=prefix + delta))
         self._resegment()
 
     def on_text_done(self, upstream_item: str, text: str) -> None:
         if not self.live:
             return
+        before = self._texts.get(upstream_item, "")
+        if self._checks is not None and self._chunker is not None and text.startswith(before) and text != before:
+            tail = text[len(before):]  # words the deltas did not bring: checked too
+            if not before and self.text and not self.text.endswith(" "):
+                tail = " " + tail
+            self._raw += tail
+            for clause in self._chunker.push(tail):
+                self._checks.put_nowait(clause)
         self._texts[upstream_item] = text
         self.text = " ".join(t.strip() for t in self._texts.values() if t.strip())
-        if self.item is not None:
+        if self.item is not None and self._checks is None:
             self.item.text = self.text
         self._resegment()
+
+    # -------------------------------------------------------------- the output guardrail
+
+    async def _check_clauses(self) -> None:
+        """Each clause of the upstream's transcript, in order: shown when it passes; the first
+        blocked one cuts the reply (`RealtimeSession.output_blocked`)."""
+        assert self._checks is not None and self._gate is not None
+        while True:
+            clause = await self._checks.get()
+            if clause is None:
+                return
+            if self.blocked:
+                continue
+            verdict = await self._gate.check_output(clause, self.language, spoken=self._raw_shown)
+            self._raw_shown += (" " if self._raw_shown else "") + clause
+            if verdict.action != "block":
+                self._show_checked(clause)
+                continue
+            for trip in verdict.trips:
+                self._trip(trip)
+            self.blocked = True
+            if self.live and self.brain is not None:
+                self.brain.output_blocked(self, verdict.replacement or self._gate.safe_reply(self.language))
+            return
+
+    def tripped(self, trip: GuardrailTripped) -> None:
+        """A guardrail trip about this reply (`guardrail.tripped`, held back while speculative)."""
+        self._trip(trip)
+
+    def _show_checked(self, clause: str) -> None:
+        delta = (" " if self._shown and not self._shown.endswith((" ", "\n")) else "") + clause
+        self._shown += delta
+        if self.item is not None:
+            self.item.text = self._shown
+        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
+
+    def cut_before_blocked(self) -> None:
+        """The output guardrail blocked a clause: from now on the reply's words are those shown,
+        and what was heard is counted against them (the audio of the blocked clause, if any was
+        heard, maps to no word)."""
+        pb = self.playback
+        raw_words, shown_words = len(self.text.split()), len(self._shown.split())
+        if pb is not None:
+            total = max(self.samples, estimated_samples(self.text, pb.rate), 1)
+            share = int(total * shown_words / raw_words) if raw_words else 0
+            pb.segments[:] = [(self._shown, max(share, 1)), ("", max(total - share, 1))]
+        self._cut_at_check = True
+        self.text = self._shown
+
+    async def _drain_checks(self) -> None:
+        """Generation is over: the last clauses are checked before the reply ends."""
+        if self._checks is None or self._chunker is None or self._checker is None:
+            return
+        for clause in self._chunker.flush():
+            self._checks.put_nowait(clause)
+        self._checks.put_nowait(None)
+        await asyncio.shield(self._checker)
+        if not self.blocked:
+            self.text = self._shown or self.text
 
     def on_function_call(self, e: ev.FunctionCall) -> str:
         """A function call item of this reply; returns its local item id."""

@@ -39,7 +39,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from moksori.audio.frames import Frame
 from moksori.engine import events as E
@@ -57,8 +57,12 @@ from moksori.errors import AudioFormatError, ProviderError
 from moksori.protocols.realtime import PCM16_24K, PCMU
 from moksori.providers.registry import Stack
 
+if TYPE_CHECKING:
+    from moksori.guardrails.guard import Guardrails
+
 from . import events as ev
 from .client import RealtimeUpstream
+from .guarding import UpstreamGuard
 from .options import SessionOptions, TurnMode, UpstreamOptions
 from .reply import UpstreamReply
 from .transport import Connector
@@ -76,13 +80,15 @@ class RealtimeSession(Session):
     def __init__(self, stack: Stack, cfg: SessionConfig | None = None, *, upstream: UpstreamOptions,
                  who: Who = "upstream", clock: Clock | None = None, session_id: str | None = None,
                  toolbox: ToolBox | None = None, connector: Connector | None = None,
-                 input_rate: int | None = None) -> None:
+                 input_rate: int | None = None, guard: Guardrails | None = None) -> None:
         self.who = who
         self._up_user = "idle"  # idle | speaking | paused (the upstream's VAD)
         self._flavor = upstream.endpoint.flavor
         # telephony audio (8 kHz) goes up as G.711 μ-law, as it came: no resampling
         self._input_format = PCMU if input_rate == 8000 else PCM16_24K
         super().__init__(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox)
+        self._ctx.guardrails = guard  # the server's input and output checks (`guarding.py`)
+        self._guarding = UpstreamGuard(self)
         self.closing = False
         self._responses.factory = self._new_reply
         self._specs.analysis_only = True
@@ -368,6 +374,51 @@ class RealtimeSession(Session):
         rec = self.upstream.proto.conv.get(up) if up is not None else None
         if rec is not None and text and not rec.text:
             rec.text, rec.final, rec.user_audio = text, True, None
+        self._guarding.words_known(item_id, text)
+
+    # ================================================================== guardrails (`guarding.py`)
+
+    async def check_input(self, reply: UpstreamReply) -> str | None:
+        """Before asking the upstream for `reply`: the safe sentence if the input guardrail
+        blocks the turn it answers (then removed), else None."""
+        return await self._guarding.check_input(reply)
+
+    def output_blocked(self, reply: UpstreamReply, safe: str) -> None:
+        self._guarding.output_blocked(reply, safe)
+
+    # what `guarding.UpstreamGuard` uses (its `GuardHost`)
+
+    @property
+    def guard(self) -> Guardrails | None:
+        return self._ctx.guard
+
+    def reply_language(self) -> str:
+        return self._reply_language()
+
+    def live_replies(self) -> list[UpstreamReply]:
+        return [r for r in self._responses.active()
+                if isinstance(r, UpstreamReply) and r.released and r.live and r.opts.in_conversation]
+
+    def cut_reply(self, reply: UpstreamReply) -> None:
+        with self._one_state_change():
+            self._interruptions.cancel(reply.id, reason="guardrail")
+
+    def say_safe(self, text: str, turn_id: int | None, language: str, *, in_conversation: bool = True) -> None:
+        self._responses.start(self._responses.options(fixed_text=text, in_conversation=in_conversation), turn_id,
+                              language, release=True)
+        self._update_state()
+
+    def queue_upstream(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self._op(fn, *args)
+
+    def upstream_id(self, item_id: str) -> str | None:
+        up = self._ids.up_known(item_id)
+        if up is None and self.upstream.proto.conv.get(item_id) is not None:
+            up = item_id  # an item we created upstream (typed text) has our id
+        return up
+
+    async def delete_upstream(self, upstream_id: str) -> None:
+        await self.upstream.delete_item(upstream_id)
 
     async def transcript_of(self, turn_id: int | None) -> None:
         """Wait (bounded) until the transcript of turn `turn_id` is published."""

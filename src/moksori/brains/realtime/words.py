@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from moksori.engine import events as E
+from moksori.engine.memory import BLOCKED_TEXT
 from moksori.engine.session_context import SessionContext
 
 log = logging.getLogger("moksori.brains.realtime")
@@ -142,7 +143,7 @@ class UserWords:
             del self._turn_item[turn_id]
         lang = ctx.cfg.language if ctx.cfg.language != "auto" else language_of(text, ctx.last_language)
         item = ctx.memory.get(item_id)
-        if item is not None:
+        if item is not None and item.text != BLOCKED_TEXT:  # a turn the input guardrail removed stays removed
             item.text, item.language = text, lang
         if text.strip():
             ctx.last_language = lang
