@@ -237,3 +237,140 @@ def test_azure_urls() -> None:
     assert azure_url("https://r.openai.azure.com/openai/v1", "dep", None) == "https://r.openai.azure.com/openai/v1"
     assert is_azure_host("r.openai.azure.com") and is_azure_host("r.cognitiveservices.azure.com")
     assert not is_azure_host("azure.com.evil.example")
+
+
+# --------------------------------------------------------------------------- the agent kit (issue 12)
+
+
+class WeatherBackend:
+    """An HTTP tool on loopback: the weather, and a broken lookup."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.app = Starlette(routes=[Route("/weather", self.weather, methods=["POST"]),
+                                     Route("/broken", self.broken, methods=["POST"])])
+
+    async def weather(self, request: Request) -> Response:
+        body = await request.json()
+        self.calls.append(body)
+        return JSONResponse({"city": body.get("city"), "forecast": "sunny", "celsius": 21})
+
+    async def broken(self, request: Request) -> Response:
+        return JSONResponse({"error": {"message": "backend database is down"}}, status_code=503)
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "moksori.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_server_tools_from_the_toml_config_are_called(scripted, tmp_path) -> None:
+    """The `[[tools.http]]` and `[[tools.mcp]]` (stdio, the `mcp` SDK's own server) of the
+    config are offered and run; the result goes back to the model; a failing tool gets the
+    apology; calls and results are in the stored history."""
+    backend = WeatherBackend()
+    mcp_server = Path(__file__).parent / "mcp_test_server.py"
+    config = write_config(tmp_path, f"""
+[tools]
+builtins = []
+
+[[tools.http]]
+name = "get_weather"
+description = "Current weather for a city"
+url = "{{URL}}/weather"
+parameters = {{ type = "object", properties = {{ city = {{ type = "string" }} }}, required = ["city"] }}
+
+[[tools.http]]
+name = "lookup"
+description = "A lookup that is down"
+url = "{{URL}}/broken"
+
+[[tools.mcp]]
+name = "wx"
+command = "{sys.executable}"
+args = ["{mcp_server}", "stdio"]
+allowed_tools = ["weather"]
+""")
+    with ThreadedASGIServer(backend.app) as srv:
+        config.write_text(config.read_text(encoding="utf-8").replace("{URL}", srv.url), encoding="utf-8")
+        env = remote_env(tmp_path, scripted.url, MOKSORI_CONFIG=str(config),
+                         MOKSORI_AGENT_INSTRUCTIONS="scripted:tool=get_weather")
+        r = chat(["--user", "tom"], "What is the weather in Seoul?\nhistory\n", env)
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr
+        assert backend.calls == [{"city": "Seoul"}]
+        assert "(tool: get_weather)" in r.stderr
+        assert 'The tool says: {"city":"Seoul","forecast":"sunny","celsius":21}.' in r.stdout
+        first, second = scripted.llm.requests[-2:]
+        assert sorted(t["function"]["name"] for t in first["tools"]) == ["get_weather", "lookup", "weather"]
+        assert second["messages"][-1]["role"] == "tool" and "sunny" in second["messages"][-1]["content"]
+        assert "(tool call) get_weather(" in r.stdout  # the history command
+        assert len(TOKENS_LINE.findall(r.stdout)) == 1  # one reply, both rounds counted in it
+
+        # the MCP server's tool, then the broken HTTP tool: the apology, no second model pass
+        env["MOKSORI_AGENT_INSTRUCTIONS"] = "scripted:tool=weather"
+        r = chat(["--user", "tom"], "And with the other service?\n", env)
+        assert r.returncode == 0, r.stderr
+        assert "The tool says: Seoul: sunny, 21 degrees." in r.stdout
+        env["MOKSORI_AGENT_INSTRUCTIONS"] = "scripted:tool=lookup"
+        n = len(scripted.llm.requests)
+        r = chat(["--user", "tom"], "Look it up.\n", env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert "Sorry, I couldn't get that information right now." in r.stdout
+        assert len(scripted.llm.requests) == n + 1
+
+    async def stored() -> list[str]:
+        from moksori.store import DEFAULT_TENANT, Store
+
+        store = await Store(f"sqlite:///{tmp_path / 'moksori.db'}", hash_secret=b"x").start()
+        h = await store.load_history(DEFAULT_TENANT, "tom", max_tokens=100_000)
+        await store.close()
+        return [i.type for i in h.items]
+
+    kinds = asyncio.run(stored())
+    assert kinds.count("function_call") == 3 and kinds.count("function_call_output") == 3
+
+
+def test_input_and_output_guardrails_and_the_safe_sentence(scripted, tmp_path) -> None:
+    """A typed turn blocked by the term list, one blocked by the moderation endpoint (a loopback
+    stand-in of `/v1/moderations`, named as such), and a reply with a blocked clause: the model
+    never sees the blocked turns (not even in later turns' history), the blocked clause and what
+    follows are never printed, and the store keeps neither."""
+    from test_guardrails import ModerationStandIn
+
+    from moksori.engine.memory import BLOCKED_TEXT
+
+    moderation = ModerationStandIn()
+    with ThreadedASGIServer(moderation.app) as mod:
+        env = remote_env(tmp_path, scripted.url, MOKSORI_GUARDRAILS_BLOCK_TERMS_EN="banana",
+                         MOKSORI_GUARDRAILS_SAFE_REPLY_EN="Let us talk about something else.",
+                         MOKSORI_GUARDRAILS_MODERATION_URL=f"{mod.url}/v1",
+                         MOKSORI_AGENT_INSTRUCTIONS="scripted:reply=Hello there. The secret code is banana split. "
+                                                    "Have a nice day.")
+        n = len(scripted.llm.requests)
+        r = chat(["--user", "gil"], "Tell me about banana bread.\nHow do I attack the castle?\nHi!\nhistory\n", env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(scripted.llm.requests) == n + 1  # only the third turn reached the model
+    sent = " ".join(user_messages(scripted)[-3:])
+    assert "banana" not in sent and "attack" not in sent and BLOCKED_TEXT in sent and "Hi!" in sent
+    assert r.stdout.count("agent: Let us talk about something else.") == 2 * 2  # the replies, then `history`
+    assert r.stdout.count(f"you: {BLOCKED_TEXT}") == 2
+    assert "agent: Hello there. Let us talk about something else." in r.stdout
+    assert "banana split" not in r.stdout and "Have a nice day" not in r.stdout
+    assert "(guardrail: input block, terms:" in r.stderr and "(guardrail: input block, moderation:" in r.stderr
+    assert "(guardrail: output block, terms:" in r.stderr
+    assert "banana" not in r.stderr
+
+    async def stored() -> list[str]:
+        from moksori.store import DEFAULT_TENANT, Store
+
+        store = await Store(f"sqlite:///{tmp_path / 'moksori.db'}", hash_secret=b"x").start()
+        h = await store.load_history(DEFAULT_TENANT, "gil", max_tokens=100_000)
+        await store.close()
+        return [i.text for i in h.items]
+
+    texts = asyncio.run(stored())
+    assert texts[0] == BLOCKED_TEXT and texts[2] == BLOCKED_TEXT
+    assert not any("banana" in t or "attack" in t for t in texts), texts
