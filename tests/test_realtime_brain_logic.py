@@ -40,14 +40,14 @@ EP = resolve_endpoint("ws://fake.test/v1/realtime?model=gpt-realtime", api_key="
 
 def make(server: FakeRealtimeServer, *, who: str = "upstream", mode: str = "silence", stt=None,
          toolbox: ToolBox | None = None, rotate_after_s: float | None = None, output_rate: int = R,
-         transcription: str | None = None, input_rate: int | None = None) -> RealtimeSession:
+         transcription: str | None = None, input_rate: int | None = None, guard=None) -> RealtimeSession:
     cfg = SessionConfig(output_rate=output_rate, partial_interval_ms=0,
                         turn=TurnConfig(mode=mode, silence_duration_ms=500))  # type: ignore[arg-type]
     opts = UpstreamOptions(EP, SessionOptions(transcription_model=transcription),
                            timeouts=Timeouts(keepalive_s=None, idle_s=5, response_s=5),
                            reconnect=ReconnectPolicy(rotate_after_s=rotate_after_s))
     return RealtimeSession(fake_stack(stt=stt or ScriptedSTT(["hello there."])), cfg, upstream=opts, who=who,  # type: ignore[arg-type]
-                           toolbox=toolbox, connector=server.connector, input_rate=input_rate)
+                           toolbox=toolbox, connector=server.connector, input_rate=input_rate, guard=guard)
 
 
 def sent(server: FakeRealtimeServer, kind: str) -> list[dict]:
@@ -546,3 +546,122 @@ def test_realtime_llm_keeps_the_upstream_conversation_in_step_with_the_requests(
     assert all(c["response"]["instructions"] == "Be brief." and c["response"]["output_modalities"] == ["text"]
                for c in creates)
     assert len(sent(server, "conversation.item.delete")) == 4
+
+
+# --------------------------------------------------------------------------- the server's guardrails
+
+
+SAFE = "Let us talk about something else."
+
+
+def guarded(server: FakeRealtimeServer, **kw) -> RealtimeSession:
+    from moksori.guardrails import Guardrails, TermList
+
+    # as `open_session(kit=...)` gives it: the guardrails of the server's kit
+    return make(server, guard=Guardrails(block=TermList({"en": ["banana"]}), safe_replies={"en": SAFE}), **kw)
+
+
+def test_output_guard_cuts_the_upstream_reply_at_a_blocked_clause_and_the_safe_sentence_follows():
+    """The upstream's transcript is checked clause by clause: text goes out once checked; the
+    blocked clause stops the reply where the listener is (response.cancel, a truncate at what was
+    heard), and a new reply has the upstream say the safe sentence."""
+    first = "Hello there. The secret code is banana split. Have a nice day and see you soon."
+    server = FakeRealtimeServer(reply_ms=4000, reply_text=lambda sess: first if sess.responses == 1 else "Okay.")
+    server.transcripts.extend(["what is the code"])
+
+    async def main():
+        s = guarded(server)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(9.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    trips = rec.of(E.GuardrailTripped)
+    assert [(t.stage, t.action, t.policy) for t in trips] == [("output", "block", "terms")]
+    cut = rec.of(E.AgentInterrupted)[0]
+    assert cut.reason == "guardrail" and cut.text == "Hello there."
+    assert sent(server, "response.cancel")
+    (_item, ms), = server.sessions[0].truncates
+    assert ms == cut.heard_ms < 4000  # the upstream keeps only what was heard
+    deltas = "".join(d.delta for d in rec.of(E.AgentTextDelta))
+    assert "banana" not in deltas and "Have a nice day" not in deltas
+    replies = done(rec)
+    assert replies[0].status == "cancelled" and "banana" not in replies[0].generated_text
+    assert "banana" not in replies[0].text
+    # the safe sentence, said by the upstream in a reply of its own
+    creates = sent(server, "response.create")
+    assert len(creates) == 1 and SAFE in creates[0]["response"]["instructions"]
+    assert len(replies) == 2 and replies[1].status == "completed"
+    assert all("banana" not in i.text for i in s.memory.items)
+    assert trips[0].t <= cut.t and trips[0].response_id == replies[0].response_id
+
+
+def test_input_guard_before_the_upstream_is_asked_moksori_turns():
+    """Moksori's turns: the local words are known before the upstream is asked: a blocked turn
+    makes the upstream say the safe sentence, and the turn's item is deleted upstream."""
+    server = FakeRealtimeServer(reply_ms=800)
+    server.transcripts.extend(["tell me about banana bread", "thanks"])
+
+    async def main():
+        s = guarded(server, who="moksori", stt=ScriptedSTT(["tell me about banana bread.", "thanks."]))
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(2.0, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R),
+                                          tone(0.6, rate=R), quiet(4.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    from moksori.engine.memory import BLOCKED_TEXT
+
+    trips = rec.of(E.GuardrailTripped)
+    assert [(t.stage, t.action, t.policy) for t in trips] == [("input", "block", "terms")]
+    removed = rec.of(E.GuardrailInputRemoved)
+    assert len(removed) == 1
+    sess = server.sessions[0]
+    kinds = [e["type"] for e in sess.received if e["type"] != "input_audio_buffer.append"]
+    # the blocked turn leaves the upstream before the upstream is asked for the safe sentence
+    assert kinds == ["session.update", "input_audio_buffer.commit", "conversation.item.delete", "response.create",
+                     "input_audio_buffer.commit", "response.create"]
+    creates = sent(server, "response.create")
+    assert SAFE in creates[0]["response"]["instructions"]
+    assert "instructions" not in (creates[1].get("response") or {})
+    # the upstream no longer has the blocked words; here the item says the placeholder, even after
+    # the upstream's own transcript came
+    assert all("banana" not in text for _role, text in sess.texts())
+    user_items = [i for i in s.memory.items if i.role == "user"]
+    assert [i.text for i in user_items] == [BLOCKED_TEXT, "thanks"]
+    assert removed[0].item_ids == (user_items[0].id,)
+
+
+def test_input_guard_on_late_words_upstream_vad_cuts_the_reply():
+    """The upstream's VAD answers at once; the words come 0.8 s later and are blocked: the reply
+    to them is cut, the safe sentence said, and the turn deleted upstream."""
+    server = FakeRealtimeServer(reply_ms=4000, transcript_delay_s=0.8,
+                                reply_text=lambda sess: "Sure, here is how you make it, step by step.")
+    server.transcripts.extend(["tell me about banana bread"])
+
+    async def main():
+        s = guarded(server)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.5, rate=R), tone(1.0, rate=R), quiet(8.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    from moksori.engine.memory import BLOCKED_TEXT
+
+    trips = rec.of(E.GuardrailTripped)
+    assert [(t.stage, t.action, t.policy) for t in trips] == [("input", "block", "terms")]
+    cut = rec.of(E.AgentInterrupted)[0]
+    assert cut.reason == "guardrail" and cut.heard_ms < 1500
+    assert sent(server, "response.cancel") and sent(server, "conversation.item.delete")
+    creates = sent(server, "response.create")
+    assert len(creates) == 1 and SAFE in creates[0]["response"]["instructions"]
+    replies = done(rec)
+    assert [r.status for r in replies] == ["cancelled", "completed"]
+    assert [i.text for i in s.memory.items if i.role == "user"] == [BLOCKED_TEXT]
+    assert all("banana" not in text for _role, text in server.sessions[0].texts())
