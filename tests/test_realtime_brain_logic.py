@@ -503,6 +503,15 @@ def test_open_session_picks_the_brain_from_the_settings(monkeypatch):
         assert cfg.turn.mode == "semantic" and cfg.turn.silence_duration_ms == settings.realtime.silence_duration_ms
         s = open_session(stack, settings=settings)
         assert isinstance(s, RealtimeSession) and s.who == "upstream"
+        assert s.guard is None  # no kit, no guardrails
+        await s.close()
+        # the server's kit: its guardrails go to the realtime brain too
+        from moksori.agent_kit import AgentKit
+        from moksori.guardrails import Guardrails, TermList
+
+        guard = Guardrails(block=TermList({"en": ["banana"]}))
+        s = open_session(stack, settings=settings, kit=AgentKit(guard=guard))
+        assert isinstance(s, RealtimeSession) and s.guard is guard
         await s.close()
 
     run_virtual(main())
