@@ -265,3 +265,24 @@ def test_a_deleted_start_item_does_not_cut_needlessly() -> None:
     assert w.last_dropped > 0
     short = convo(3)  # e.g. a client deleted most items
     assert len(w.messages(short, SYSTEM)) == 7 and w.last_dropped == 0
+
+
+def test_an_mcp_call_item_reads_as_a_tool_call_and_its_result() -> None:
+    """One `mcp_call` item (a Realtime client's MCP tool, as the client was shown it) is, for the
+    LLM, an assistant tool call followed by the tool's answer: with and without a window, and in
+    what a summary reads."""
+    from moksori.engine.context import _line
+
+    items = [Item(id="u1", role="user", text="Weather in Seoul?"),
+             Item(id="mcp_1", type="mcp_call", role="assistant", call_id="call_1", name="weather",
+                  arguments='{"city": "Seoul"}', output="sunny", server_label="wx"),
+             Item(id="a1", role="assistant", text="It is sunny.")]
+    mem = Memory()
+    mem.items = list(items)
+    for msgs in (mem.messages("sys"), ContextWindow(ContextPolicy(budget_tokens=4000), count=estimate_tokens)
+                 .messages(items, "sys")):
+        assert [m.role for m in msgs] == ["system", "user", "assistant", "tool", "assistant"]
+        call = msgs[2].tool_calls[0]
+        assert (call.id, call.name, call.arguments) == ("call_1", "weather", '{"city": "Seoul"}')
+        assert msgs[3].content == "sunny" and msgs[3].tool_call_id == "call_1" and msgs[3].name == "weather"
+    assert "weather" in _line(items[1]) and "sunny" in _line(items[1])

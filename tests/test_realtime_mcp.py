@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.conversations.conversation_item import McpCall as ConversationMcpCall
 from openai.types.realtime import (
     RealtimeMcpApprovalRequest,
     RealtimeMcpApprovalResponse,
@@ -131,6 +132,23 @@ async def ask(conn: Any, log: EventLog, text: str) -> None:
     await conn.response.create()
 
 
+async def stored_items(server: ServerProcess, conversation_id: str, ready: Any, timeout: float = 10.0) -> list[Any]:
+    """The conversation's items as the Conversations API lists them (the official client), once
+    `ready(items)` holds (the recorder's writer commits in the background)."""
+    import openai
+
+    api = openai.AsyncOpenAI(api_key=KEY, base_url=server.url + "/v1", max_retries=0)
+    try:
+        for _ in range(int(timeout / 0.2)):
+            items = [i async for i in api.conversations.items.list(conversation_id, order="asc")]
+            if ready(items):
+                return items
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"the stored items of {conversation_id} never got ready: {items}")
+    finally:
+        await api.close()
+
+
 def reply_text(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
 
@@ -188,6 +206,13 @@ async def test_a_listed_mcp_tool_is_called_and_the_reply_continues(server, scrip
         # the LLM saw the result as a tool message
         last = scripted.requests[-1]["messages"]
         assert last[-1]["role"] == "tool" and "sunny" in last[-1]["content"]
+        # the store keeps the call as one `mcp_call` item: the Conversations API lists it so
+        stored = await stored_items(server, r["conversation_id"], lambda its: any(i.type == "mcp_call" for i in its))
+        assert [i.type for i in stored] == ["message", "mcp_call", "message"]
+        assert isinstance(stored[1], ConversationMcpCall) and not stored[1].model_extra  # the SDK's model, no extra keys
+        kept = stored[1].model_dump()
+        assert kept["id"] == call["id"] and kept["server_label"] == "wx" and kept["name"] == "weather"
+        assert kept["output"] == "Seoul: sunny, 21 degrees" and json.loads(kept["arguments"]) == {"city": "Seoul"}
 
         # a session.update without the MCP tool drops its tools
         n = len(log.events)

@@ -177,7 +177,8 @@ class TextChat:
         for it in h.items:
             self.items.append(Item(id=f"h{it.seq}", type=it.type, role=it.role or "user",
                                    text=it.spoken_text if it.type == "message" else "", call_id=it.call_id,
-                                   name=it.name, arguments=it.arguments, output=it.output, language=it.language))
+                                   name=it.name, arguments=it.arguments, output=it.output, language=it.language,
+                                   server_label=it.server_label))
         if h.summary:
             self.window.summary = h.summary
         if h.items:

@@ -101,12 +101,14 @@ def history_items(stored: list[StoredItem], current_conversation: str | None = N
     for it in stored:
         if it.conversation_id == current_conversation:
             continue
-        role = it.role if it.role in ("user", "assistant") else ("assistant" if it.type == "function_call" else "user")
+        role = it.role if it.role in ("user", "assistant") else \
+            ("assistant" if it.type in ("function_call", "mcp_call") else "user")
         cut = it.interrupted or it.status == "in_progress"  # (a reply still playing elsewhere: heard so far)
         out.append(Item(id=it.id, type=it.type, role=role,
                         text=it.spoken_text if it.type == "message" else "", audio=it.audio,
                         status="incomplete" if cut else "completed", language=it.language,
-                        call_id=it.call_id, name=it.name, arguments=it.arguments, output=it.output))
+                        call_id=it.call_id, name=it.name, arguments=it.arguments, output=it.output,
+                        server_label=it.server_label, error=it.output if it.status == "failed" else None))
     return out
 
 

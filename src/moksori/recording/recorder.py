@@ -11,7 +11,8 @@ What becomes a record:
 * `user.transcript` (final, with words) → `UserTurn`: text, language, when the user started
   and stopped, STT seconds and the latency stages of the turn (`stt_ms`, `turn_end_ms`);
 * `agent.tool_call` / `agent.function_call` → `ToolCallRecord`; `agent.tool_result` →
-  `ToolResultRecord` (server tools, client tools; any brain);
+  `ToolResultRecord` (server tools, client tools; any brain); the call of an MCP server's tool
+  that a Realtime client named (`server_label` on the call) → one `MCPCallRecord` at its result;
 * `agent.response_done` (in the conversation) → `AgentReply`: everything generated, what was
   heard (`text` of the event), interrupted or not, status, latency stages measured from the end
   of the user's speech (`llm_first_token_ms`, `tts_first_audio_ms`, `first_audio_ms`), usage
@@ -46,6 +47,7 @@ from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    MCPCallRecord,
     Record,
     ReplyHeard,
     ReplyProgress,
@@ -140,6 +142,8 @@ class Recorder:
         self._replies: OrderedDict[str, _Reply] = OrderedDict()
         self._recorded_users: set[str] = set()
         self._removed_users: OrderedDict[str, bool] = OrderedDict()  # turns the input guardrail blocked
+        # MCP calls waiting for their result: call id -> (item id, server label, arguments, response id)
+        self._mcp_calls: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
         self._recorded_replies: OrderedDict[str, bool] = OrderedDict()
         self._progressed: dict[str, str] = {}  # item id -> heard text last written, replies in flight
         self.started = False
@@ -219,6 +223,16 @@ class Recorder:
             case E.AgentAudioStarted(response_id=rid) if rid in self._replies:
                 rep = self._replies[rid]
                 rep.audio_started = rep.audio_started or e.t
+            case E.AgentToolCall(server_label=label, mcp_item_id=mcp_id) if label is not None:
+                self._mcp_calls[e.call_id] = (mcp_id or new_id("mcp"), label, e.arguments, e.response_id)
+                while len(self._mcp_calls) > KEEP:
+                    self._mcp_calls.popitem(last=False)
+            case E.AgentToolResult(call_id=cid) if cid in self._mcp_calls:
+                item_id, label, arguments, rid = self._mcp_calls.pop(cid)
+                self.stats.tool_calls += 1
+                self.stats.tool_results += 1
+                self._put(MCPCallRecord(self.conversation_id, item_id, cid, label, e.name, arguments, e.output,
+                                        self._wall(e.t) or time.time(), ok=e.ok, response_id=rid), "tool_call")
             case E.AgentToolCall():
                 self._tool_call(e.call_id, e.name, e.arguments, e.t, e.response_id, new_id("item"))
             case E.AgentFunctionCall():

@@ -13,7 +13,9 @@ Extensions:
 
 Everything is scoped to the caller's API key: another key's conversation is 404, never 403.
 User items come back as `input_text`, agent items as `output_text` holding what the user heard
-(an interrupted reply is `incomplete`; one still playing is `in_progress`, heard so far), tool calls as `function_call` / `function_call_output`.
+(an interrupted reply is `incomplete`; one still playing is `in_progress`, heard so far), tool calls as
+`function_call` / `function_call_output`, and a call of an MCP server's tool (one a Realtime client
+named) as one `mcp_call` item.
 """
 
 from __future__ import annotations
@@ -223,6 +225,13 @@ def conversation_object(c: ConversationInfo) -> dict[str, Any]:
 
 
 def item_object(it: StoredItem) -> dict[str, Any]:
+    if it.type == "mcp_call":
+        failed = it.status == "failed"
+        error = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": it.output or ""}]} \
+            if failed else None
+        return {"type": "mcp_call", "id": it.id, "server_label": it.server_label or "", "name": it.name or "",
+                "arguments": it.arguments or "", "output": None if failed else it.output, "error": error,
+                "approval_request_id": None, "status": "failed" if failed else "completed"}
     if it.type == "function_call":
         return {"type": "function_call", "id": it.id, "call_id": it.call_id or it.id, "name": it.name or "",
                 "arguments": it.arguments or "", "status": "completed"}

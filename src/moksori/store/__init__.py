@@ -9,6 +9,7 @@ from moksori.store.identity import DEFAULT_TENANT, phone_user_id, tenant_id, val
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    MCPCallRecord,
     Record,
     ReplyHeard,
     ReplyProgress,
@@ -24,7 +25,7 @@ from moksori.store.writer import StoreWriter, WriterStats
 
 __all__ = [
     "Store", "StoreWriter", "WriterStats", "History", "StoredItem", "ConversationInfo", "UsageBucket",
-    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard",
-    "ReplyProgress", "UserTurnRemoved", "UsageRecord", "SummaryUpdated", "Record", "tenant_id", "phone_user_id",
-    "valid_user_id", "DEFAULT_TENANT",
+    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "MCPCallRecord",
+    "ReplyHeard", "ReplyProgress", "UserTurnRemoved", "UsageRecord", "SummaryUpdated", "Record", "tenant_id",
+    "phone_user_id", "valid_user_id", "DEFAULT_TENANT",
 ]

@@ -81,7 +81,7 @@ class Item(Base):
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     conversation_id: Mapped[str] = mapped_column(String(64), ForeignKey("conversations.id", ondelete="CASCADE"))
     id: Mapped[str] = mapped_column(String(64))
-    type: Mapped[str] = mapped_column(String(32))  # message | function_call | function_call_output
+    type: Mapped[str] = mapped_column(String(32))  # message | function_call | function_call_output | mcp_call
     role: Mapped[str | None] = mapped_column(String(16), nullable=True)  # user | assistant | None
     status: Mapped[str] = mapped_column(String(16), default="completed")
     text: Mapped[str] = mapped_column(Text, default="")
@@ -94,6 +94,7 @@ class Item(Base):
     arguments: Mapped[str | None] = mapped_column(Text, nullable=True)
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    server_label: Mapped[str | None] = mapped_column(String(64), nullable=True)  # mcp_call: the MCP server
     created_at: Mapped[float] = mapped_column(Double)
     started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     latency: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -18,8 +18,8 @@ from typing import Any
 from moksori.accounting import TurnUsage
 
 __all__ = [
-    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "ReplyHeard", "ReplyProgress",
-    "UserTurnRemoved",
+    "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "MCPCallRecord",
+    "ReplyHeard", "ReplyProgress", "UserTurnRemoved",
     "UsageRecord", "SummaryUpdated", "Record",
 ]
 
@@ -111,6 +111,23 @@ class ReplyProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class MCPCallRecord:
+    """A call of an MCP server's tool and its result, one `mcp_call` item (`ok` False: `output`
+    says why it failed)."""
+
+    conversation_id: str
+    item_id: str
+    call_id: str
+    server_label: str
+    name: str
+    arguments: str
+    output: str
+    at: float
+    ok: bool = True
+    response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyHeard:
     """A reply already recorded turned out to be heard only in part (late truncation)."""
 
@@ -153,5 +170,5 @@ class SummaryUpdated:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolResultRecord | ReplyHeard
+Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolResultRecord | MCPCallRecord | ReplyHeard
           | ReplyProgress | UserTurnRemoved | UsageRecord | SummaryUpdated)

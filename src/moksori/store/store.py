@@ -45,7 +45,7 @@ class StoredItem:
     seq: int
     id: str
     conversation_id: str
-    type: Literal["message", "function_call", "function_call_output"]
+    type: Literal["message", "function_call", "function_call_output", "mcp_call"]
     role: Literal["user", "assistant", "system"] | None
     status: str
     text: str
@@ -61,6 +61,7 @@ class StoredItem:
     created_at: float
     started_at: float | None
     latency: dict[str, Any] | None
+    server_label: str | None = None  # mcp_call: the MCP server
 
     @property
     def spoken_text(self) -> str:
@@ -72,6 +73,8 @@ class StoredItem:
             return f"{self.name or ''}({self.arguments or ''})"
         if self.type == "function_call_output":
             return self.output or ""
+        if self.type == "mcp_call":
+            return f"{self.name or ''}({self.arguments or ''}) {self.output or ''}"
         return self.spoken_text
 
 
@@ -105,7 +108,7 @@ def _item(row: Any) -> StoredItem:
                       interrupted=bool(row.interrupted), audio=bool(row.audio), language=row.language,
                       call_id=row.call_id, name=row.name, arguments=row.arguments, output=row.output,
                       response_id=row.response_id, created_at=row.created_at, started_at=row.started_at,
-                      latency=row.latency)
+                      latency=row.latency, server_label=row.server_label)
 
 
 _USAGE_SUMS = ("input_tokens", "cached_tokens", "output_tokens", "input_audio_tokens", "cached_audio_tokens",
@@ -250,7 +253,7 @@ class Store:
                     break
         picked.reverse()
         # never start inside a tool exchange; after a cut, start at a user message
-        while picked and (picked[0].type != "message" or (truncated and picked[0].role != "user")):
+        while picked and (picked[0].type not in ("message", "mcp_call") or (truncated and picked[0].role != "user")):
             used -= count(picked[0].content_for_budget()) + ITEM_OVERHEAD_TOKENS
             picked.pop(0)
         if not truncated:

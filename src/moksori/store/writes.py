@@ -15,6 +15,7 @@ from moksori.store.models import conversations, items, tenants, usage, users
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    MCPCallRecord,
     Record,
     ReplyHeard,
     ReplyProgress,
@@ -46,7 +47,7 @@ def utc_day(t: float) -> str:
 _ITEM_DEFAULTS: dict[str, Any] = {
     "role": None, "status": "completed", "text": "", "heard_text": None, "interrupted": False, "audio": False,
     "language": None, "call_id": None, "name": None, "arguments": None, "output": None, "response_id": None,
-    "started_at": None, "latency": None,
+    "server_label": None, "started_at": None, "latency": None,
 }
 
 
@@ -68,6 +69,10 @@ def item_row(rec: Record) -> dict[str, Any] | None:
                "response_id": rec.response_id}
     elif isinstance(rec, ToolResultRecord):
         row = {"type": "function_call_output", "call_id": rec.call_id, "output": rec.output, "name": rec.name}
+    elif isinstance(rec, MCPCallRecord):
+        row = {"type": "mcp_call", "role": "assistant", "call_id": rec.call_id, "name": rec.name,
+               "arguments": rec.arguments, "output": rec.output, "server_label": rec.server_label,
+               "status": "completed" if rec.ok else "failed", "response_id": rec.response_id}
     else:
         return None
     return {**_ITEM_DEFAULTS, **row, "conversation_id": rec.conversation_id, "id": rec.item_id, "created_at": rec.at}
