@@ -509,9 +509,13 @@ def test_open_session_picks_the_brain_from_the_settings(monkeypatch):
         from moksori.agent_kit import AgentKit
         from moksori.guardrails import Guardrails, TermList
 
-        guard = Guardrails(block=TermList({"en": ["banana"]}))
+        from moksori.guardrails import PIIRedactor
+
+        guard = Guardrails(block=TermList({"en": ["banana"]}), redactor=PIIRedactor(["phone"]))
         s = open_session(stack, settings=settings, kit=AgentKit(guard=guard))
         assert isinstance(s, RealtimeSession) and s.guard is guard
+        redact = s.store_redactor()  # what the store's recorder masks with
+        assert redact is not None and "010-1234-5678" not in redact("call 010-1234-5678")
         await s.close()
 
     run_virtual(main())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -136,6 +136,14 @@ class Session:
     @property
     def kit(self) -> AgentKit | None:
         return self._ctx.kit
+
+    def store_redactor(self) -> Callable[[str], str] | None:
+        """What masks PII in the records this session writes to the store (the kit's, or the
+        guardrails' of a session with guardrails and no kit: the realtime brain)."""
+        if self._ctx.kit is not None:
+            return self._ctx.kit.store_redactor()
+        g = self._ctx.guardrails
+        return g.redactor if g is not None and g.redactor else None
 
     @property
     def last_language(self) -> str:

@@ -36,7 +36,8 @@ class SessionContext:
                  kit: AgentKit | None = None) -> None:
         self.id = session_id
         self.kit = kit
-        # guardrails without the rest of a kit (the realtime brain: the upstream hears and speaks)
+        # guardrails without the rest of a kit (the realtime brain: the upstream hears and speaks);
+        # kept even with no check configured: their PII redactor masks what is stored
         self.guardrails: Guardrails | None = None
         self.stack = stack
         self.cfg = cfg

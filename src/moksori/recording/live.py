@@ -153,10 +153,9 @@ def record_session(session: Session, store: Store, who: Who, *,
     earlier items, already fetched (`fetch_history`; `moksori converse --fast` reads them before
     its virtual-time loop starts), instead of loading them in the background."""
     models = models_of(session.stack)
-    kit = session.kit
     recorder = Recorder(store.submit, conversation_id=session.id, tenant=who.tenant, user=who.user,
                         channel=who.channel, models=models, clock_now=session.clock.now, metadata=who.metadata,
-                        on_record=on_record, redact=kit.store_redactor() if kit is not None else None)
+                        on_record=on_record, redact=session.store_redactor())
     recorder.start()
     session.bus.listen(recorder)
     rec = Recording(session, store, who, recorder)
