@@ -555,6 +555,61 @@ def test_moksori_turn_taking_with_a_real_upstream(proxy, data_dir, tmp_path):
     assert 1.0 < sent_s < 4.0  # the turn (from its onset less the padding to its end), not the silence
 
 
+def test_guardrails_with_the_realtime_brain_block_a_spoken_turn_before_the_upstream_answers(
+        proxy, data_dir, tmp_path, scripted_llm):
+    """The server's guardrails with MOKSORI_REALTIME_TURN_DETECTION=moksori: the local words of
+    the spoken turn ("i have a thousand thoughts...") are checked before the upstream is asked;
+    blocked, the turn's item is deleted upstream and the upstream is asked to say the safe
+    sentence, so the upstream's LLM never reads the blocked words."""
+    import os
+
+    from moksori.audio.frames import Frame
+    from moksori.audio.wav import write_wav
+
+    safe = "Let us talk about something else."
+    n_conn = len(proxy.connections)
+    env = {**os.environ, **brain_env(proxy, data_dir), "MOKSORI_REALTIME_TURN_DETECTION": "moksori",
+           "MOKSORI_GUARDRAILS_BLOCK_TERMS_EN": "thousand", "MOKSORI_GUARDRAILS_SAFE_REPLY_EN": safe}
+    wav = tmp_path / "in.wav"
+    write_wav(wav, Frame(np.concatenate([np.zeros(16000 * 2, np.int16), speech(rate=16000, pad_s=1.0)]), 16000))
+    timeline = tmp_path / "timeline.jsonl"
+    n_llm = len(scripted_llm.requests)
+    out = subprocess.run([sys.executable, "-m", "moksori", "converse", str(wav), "--out", str(tmp_path / "o.wav"),
+                          "--timeline", str(timeline), "--max-tail", "20"], capture_output=True, text=True,
+                         timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in timeline.read_text().splitlines()]
+    trips = [e for e in events if e["type"] == "guardrail.tripped"]
+    assert [(t["stage"], t["action"], t["policy"]) for t in trips] == [("input", "block", "terms")]
+    assert "thousand" not in json.dumps(trips)
+    assert [e for e in events if e["type"] == "guardrail.input_removed"]
+    up = proxy.connections[n_conn]
+    kinds = [t for t in up.client_types() if t != "input_audio_buffer.append"]
+    creates = [e for e in up.client_events if e["type"] == "response.create"]
+    asked = scripted_llm.requests[n_llm:]
+    assert asked, "the upstream answered"
+    heard_upstream = any("thousand" in str(m.get("content")).lower() for req in asked for m in req["messages"]
+                         if m["role"] == "user")
+    if kinds[:4] == ["session.update", "input_audio_buffer.commit", "conversation.item.delete", "response.create"]:
+        # the local words came within LOCAL_WORDS_WAIT_S: checked before the upstream was asked
+        print("\nchecked before the upstream was asked")
+        assert len(creates) == 1 and safe in creates[0]["response"]["instructions"]
+        assert not heard_upstream  # the upstream's LLM never read the blocked words
+    else:
+        # a loaded machine: the local STT took longer; the reply had started: it is cut, the safe
+        # sentence said, the turn deleted upstream
+        print(f"\nthe local words came late: {kinds}")
+        assert kinds[:3] == ["session.update", "input_audio_buffer.commit", "response.create"], kinds
+        assert "conversation.item.delete" in kinds and "response.cancel" in kinds
+        assert len(creates) == 2 and safe in creates[1]["response"]["instructions"]
+        cut = next(e for e in events if e["type"] == "agent.interrupted")
+        assert cut["reason"] == "guardrail"
+    done = [e for e in events if e["type"] == "agent.response_done"]
+    assert done and done[-1]["status"] == "completed"  # the safe sentence's reply
+    user = [e for e in events if e["type"] == "user.transcript"]
+    assert user and "thousand" in user[0]["text"].lower()  # the words were heard here, and checked
+
+
 # --------------------------------------------------------------------------- the browser app
 
 

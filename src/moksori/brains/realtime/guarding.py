@@ -4,7 +4,8 @@ The pipeline brain checks a user turn before its LLM sees it and each clause bef
 it. A speech-to-speech upstream hears the user's audio itself and speaks as it thinks, so here:
 
 * **input**, before the upstream is asked for a reply, on the words of the user turn when they
-  are known then (typed text, the local STT's words of `moksori` turns): blocked, the reply asks
+  are known then (typed text; the local STT's words of `moksori` turns, waited for at most
+  `LOCAL_WORDS_WAIT_S` when they are still being transcribed): blocked, the reply asks
   the upstream to say the safe sentence instead. When the words come later (the upstream's own
   VAD answers at once; a manual commit waits for the upstream's transcript), they are checked
   when they come: blocked, a reply to that turn still going on is cut and the safe sentence said.
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("moksori.brains.realtime")
 
 LINK_WAIT_S = 5.0  # how long a removal waits for the upstream to name the user's item
+LOCAL_WORDS_WAIT_S = 1.5  # how long a reply waits for the local words of a moksori turn, to check them first
 
 
 class GuardHost(Protocol):
@@ -56,6 +58,8 @@ class GuardHost(Protocol):
     def publish(self, e: E.Event) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
     def reply_language(self) -> str: ...
+    def local_words_coming(self) -> bool:
+        """The local STT transcribes the turns (moksori turns)."""
     def live_replies(self) -> list[UpstreamReply]:
         """Replies in the conversation going on now (released, not finished)."""
     def cut_reply(self, reply: UpstreamReply) -> None:
@@ -87,9 +91,16 @@ class UpstreamGuard:
         guard, o = self.guard, reply.opts
         if guard is None or o.fixed_text is not None or not o.in_conversation or o.replace_input is not None:
             return None
-        items = self.s.memory.last_user_turn()
-        text = " ".join(i.text for i in items if i.text.strip() and i.text != BLOCKED_TEXT)
-        if not text.strip():
+        items, text = self._last_turn()
+        if not text and self.s.local_words_coming():
+            # moksori turns: the local STT's words usually follow the turn's end by a few hundred
+            # ms; worth waiting for them rather than checking after the upstream started speaking
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LOCAL_WORDS_WAIT_S
+            while not text and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+                items, text = self._last_turn()
+        if not text:
             return None  # the words are not known yet: checked when they come (`words_known`)
         self._checked.update(i.id for i in items)
         verdict = await guard.check_input(text, reply.language)
@@ -99,6 +110,10 @@ class UpstreamGuard:
             return None  # a rewrite cannot change what the upstream heard: reported, not applied
         self._remove(items, reply.turn_id, reply.id)
         return verdict.reply or guard.safe_reply(reply.language)
+
+    def _last_turn(self) -> tuple[list[Item], str]:
+        items = self.s.memory.last_user_turn()
+        return items, " ".join(i.text for i in items if i.text.strip() and i.text != BLOCKED_TEXT).strip()
 
     # ------------------------------------------------------------------ input, when the words come
 

@@ -395,6 +395,9 @@ class RealtimeSession(Session):
     def reply_language(self) -> str:
         return self._reply_language()
 
+    def local_words_coming(self) -> bool:
+        return self._turn_mode() == "moksori"
+
     def live_replies(self) -> list[UpstreamReply]:
         return [r for r in self._responses.active()
                 if isinstance(r, UpstreamReply) and r.released and r.live and r.opts.in_conversation]
