@@ -339,6 +339,7 @@ class TextChat:
                                   max_tokens=self.opts.max_tokens)
                 calls: list[ToolCall] = []
                 got_usage = False
+                said = len(parts)  # this round's words start here
                 stream = self.llm.chat(req)
                 async for ev in stream:
                     if isinstance(ev, TextDelta) and ev.text:
@@ -359,7 +360,7 @@ class TextChat:
                 if not got_usage:  # the server reported no usage: count with the tokenizer / estimate
                     reported = False
                     usage = Usage(usage.input_tokens + sum(self.count(m.content) + 4 for m in req.messages),
-                                  usage.output_tokens + self.count("".join(parts)), usage.cached_tokens)
+                                  usage.output_tokens + self.count("".join(parts[said:])), usage.cached_tokens)
                 if gate.blocked or not calls:
                     break
                 runs = await self._run_tools(calls, convo)
