@@ -292,6 +292,9 @@ async def test_mcp_tools_in_response_create_serve_that_response_only(server, scr
         assert "mcp_list_tools.failed" in [e["type"] for e in log.events[n:]]
         assert done["response"]["status"] == "completed"
         assert [o["type"] for o in done["response"]["output"]] == ["mcp_list_tools", "message"]
+        assert [e["item"]["tools"] for e in log.events[n:] if e["type"] == "response.output_item.done"
+                and e["item"]["type"] == "mcp_list_tools"] == [[]]  # its output item is done, with no tools
+        assert err["error"]["param"] == "response.tools"
         assert trap.hits == 0
         assert not [m for m in scripted.requests[-1]["messages"] if m["role"] == "tool" or m.get("tool_calls")]
         log.check_ids()

@@ -254,8 +254,10 @@ class RealtimeMCP:
         if self.host.ev.flavor is not rt.Flavor.GA:
             self._item_done(srv, [])
         self.host.send(self.host.ev.mcp_list_tools_failed(srv.list_item_id))
+        if srv.response_id is not None and self.host.ev.flavor is rt.Flavor.GA:
+            self._item_done(srv, [])  # the response's output item is done too (with no tools)
         self.host.error(f"MCP server {srv.cfg.server_label!r}: {reason}", code="mcp_list_tools_failed",
-                        param="session.tools", kind=kind)
+                        param="response.tools" if srv.response_id is not None else "session.tools", kind=kind)
 
     def _tool(self, name: str, info: MCPToolInfo, srv: _Server) -> Tool:
         async def handler(args: dict[str, Any]) -> Any:
