@@ -225,7 +225,7 @@ class LlamaCppLLM(LLM):
                     llm._requires_eval = True  # noqa: SLF001 - no logits to sample from: re-evaluate one token
                 batch = tokens[i:i + PREFILL_BATCH]
                 llm.eval(batch)
-                llm._requires_eval = True  # noqa: SLF001
+                llm._requires_eval = True  # noqa: SLF001 - the next generate re-evaluates its last token (a prefill keeps no sampling state)
                 done += len(batch)
             return done
         finally:
