@@ -293,26 +293,35 @@ async def test_a_long_conversation_crosses_forced_time_limits_without_losing_a_t
     proxy.time_limit_s = 3.0
     up = make_client(proxy.url)
     await up.start()
-    rec = Recorder(up)
-    n = 0
-    while n < 14 or (len(rec.of(E.UpstreamDropped)) < 2 and n < 40):
-        n += 1
-        await text_turn(up, rec, f"Turn {n}: my number is {n * 7}.", n_done=n, modalities=("text",))
-        await asyncio.sleep(0.3)
-    drops = rec.of(E.UpstreamDropped)
-    assert len(drops) >= 2 and all(d.reason == "time_limit" for d in drops)
-    assert not rec.of(E.UpstreamFailed)
-    hist = up.history()
-    users = [h.text for h in hist if h.role == "user"]
-    assert users == [f"Turn {k}: my number is {k * 7}." for k in range(1, n + 1)]
-    for i, h in enumerate(hist):
-        if h.role == "user":
-            assert hist[i + 1].role == "assistant", [(x.role, x.text) for x in hist]
-    # the last session was given the whole conversation (re-seeded), and its model the newest
-    # turns that fit the upstream's own history window (24 messages by default)
-    first = next(h for h in hist if h.role == "user")
-    item = await up.retrieve_item(first.id)
-    assert item is not None and item["content"][0]["text"] == "Turn 1: my number is 7."
-    said = " ".join(str(m.get("content") or "") for m in scripted_llm.requests[-1]["messages"])
-    assert all(f"my number is {k * 7}." in said for k in range(n - 9, n + 1))
-    await up.close()
+    try:  # a failed assertion must not leave the client reconnecting past the test
+        rec = Recorder(up)
+        n = 0
+        while n < 14 or (len(rec.of(E.UpstreamDropped)) < 2 and n < 40):
+            n += 1
+            await text_turn(up, rec, f"Turn {n}: my number is {n * 7}.", n_done=n, modalities=("text",))
+            await asyncio.sleep(0.3)
+        drops = rec.of(E.UpstreamDropped)
+        assert len(drops) >= 2 and all(d.reason == "time_limit" for d in drops)
+        assert not rec.of(E.UpstreamFailed)
+        hist = up.history()
+        users = [h.text for h in hist if h.role == "user"]
+        assert users == [f"Turn {k}: my number is {k * 7}." for k in range(1, n + 1)]
+        for i, h in enumerate(hist):
+            if h.role == "user":
+                assert hist[i + 1].role == "assistant", [(x.role, x.text) for x in hist]
+        # the last session was given the whole conversation (re-seeded), and its model the newest
+        # turns that fit the upstream's own history window (24 messages by default)
+        first = next(h for h in hist if h.role == "user")
+        # sessions end every 3 s: a retrieve that lands while the client reconnects gets None, so ask
+        # again once it is back (the re-seeded item keeps its id)
+        item = None
+        for _ in range(20):
+            item = await up.retrieve_item(first.id)
+            if item is not None:
+                break
+            await asyncio.sleep(0.25)
+        assert item is not None and item["content"][0]["text"] == "Turn 1: my number is 7."
+        said = " ".join(str(m.get("content") or "") for m in scripted_llm.requests[-1]["messages"])
+        assert all(f"my number is {k * 7}." in said for k in range(n - 9, n + 1))
+    finally:
+        await up.close()
