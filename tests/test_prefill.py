@@ -198,7 +198,9 @@ def test_setting_reaches_the_session_config(monkeypatch) -> None:
     from moksori.engine.config import config_from_settings
     from moksori.settings import load_settings
 
-    assert config_from_settings(load_settings()).llm_prefill is True  # the default
+    assert config_from_settings(load_settings()).llm_prefill is False  # the default
+    monkeypatch.setenv("MOKSORI_LLM_PREFILL", "on")
+    assert config_from_settings(load_settings()).llm_prefill is True
     monkeypatch.setenv("MOKSORI_LLM_PREFILL", "off")
     assert config_from_settings(load_settings()).llm_prefill is False
 

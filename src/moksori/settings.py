@@ -108,8 +108,10 @@ class LLMSettings(BaseModel):
     max_retries: int = Field(2, ge=0, le=10)
     # evaluate the user's words heard so far (live partials) into the local LLM's KV cache while
     # they speak (engine/prefill.py); only the embedded llama.cpp model has such a cache. On: the
-    # LLM's own step after the final transcript went from p50 420 to 307 ms (README, latency section)
-    prefill: bool = True
+    # LLM's own step after the final transcript goes from p50 ~420 to ~307 ms, but on a quiet
+    # AVX2 machine the final transcript came later (the prefill shares the cores with the live
+    # partials' decodes) and first audio's p95 rose, so it is off (README, latency section)
+    prefill: bool = False
     fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
     # a file holding the API key (first line); used when api_key is not set
     api_key_file: Path | None = None

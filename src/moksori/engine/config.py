@@ -25,7 +25,7 @@ class SessionConfig:
     transcribe_input: bool = True
     partial_interval_ms: int = 1200
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
-    llm_prefill: bool = True  # the LLM reads the user's words while they speak (engine/prefill.py)
+    llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py; off: README)
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
     temperature: float = 0.5
