@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -57,6 +57,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.dup2(fd, 2)
         os.close(fd)
 
+
+def _common_prefix(cached: Iterable[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens of `tokens` the KV cache already holds (llama.cpp reuses them)."""
+    n = 0
+    for a, b in zip(cached, tokens):
+        if a != b:
+            break
+        n += 1
+    return n
 
 class LlamaCppLLM(LLM):
     name = "llamacpp"
@@ -165,12 +174,7 @@ class LlamaCppLLM(LLM):
     def _generate(self, request: ChatRequest, stop: threading.Event) -> Iterator[Any]:
         with self._lock:
             tokens, max_tokens = self._fit(request)
-            prev = list(self._llm._input_ids)  # noqa: SLF001 - KV cache reuse accounting
-            cached = 0
-            for a, b in zip(prev, tokens):
-                if a != b:
-                    break
-                cached += 1
+            cached = _common_prefix(self._llm._input_ids, tokens)  # noqa: SLF001 - KV cache reuse accounting
             produced = 0
             stream = cast(Generator[dict[str, Any], None, None], self._llm.create_completion(  # stream=True
                 prompt=tokens, max_tokens=max_tokens, temperature=request.temperature,
@@ -208,12 +212,7 @@ class LlamaCppLLM(LLM):
             return 0  # a reply is being generated: it owns the cache
         try:
             llm = self._llm
-            prev = llm._input_ids  # noqa: SLF001 - the tokens in the KV cache
-            common = 0
-            for a, b in zip(prev, tokens):
-                if a != b:
-                    break
-                common += 1
+            common = _common_prefix(llm._input_ids, tokens)  # noqa: SLF001 - the tokens in the KV cache
             done = 0
             for i in range(common, len(tokens), PREFILL_BATCH):
                 if interactive_running() or self.executor.stats.queued_interactive:
