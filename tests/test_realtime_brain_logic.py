@@ -50,6 +50,11 @@ def make(server: FakeRealtimeServer, *, who: str = "upstream", mode: str = "sile
                            toolbox=toolbox, connector=server.connector, input_rate=input_rate, guard=guard)
 
 
+def two_spoken_turns() -> list:
+    """A 1 s turn, then a 0.6 s one, each followed by 4 s of quiet."""
+    return [quiet(2.0, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R), tone(0.6, rate=R), quiet(4.0, rate=R)]
+
+
 def sent(server: FakeRealtimeServer, kind: str) -> list[dict]:
     return [e for sess in server.sessions for e in sess.received if e["type"] == kind]
 
@@ -140,8 +145,7 @@ def test_moksori_turns_send_only_speech_and_commit_at_the_turn_end():
     async def main():
         s = make(server, who="moksori", stt=ScriptedSTT(["what time is it?", "thanks."]))
         await s.ready(5)
-        rec = await play_into_session(s, [quiet(2.0, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R),
-                                          tone(0.6, rate=R), quiet(4.0, rate=R)])
+        rec = await play_into_session(s, two_spoken_turns())
         await settle(s, 10)
         await s.close()
         return s, rec
@@ -620,8 +624,7 @@ def test_input_guard_before_the_upstream_is_asked_moksori_turns():
     async def main():
         s = guarded(server, who="moksori", stt=ScriptedSTT(["tell me about banana bread.", "thanks."]))
         await s.ready(5)
-        rec = await play_into_session(s, [quiet(2.0, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R),
-                                          tone(0.6, rate=R), quiet(4.0, rate=R)])
+        rec = await play_into_session(s, two_spoken_turns())
         await settle(s, 10)
         await s.close()
         return s, rec
