@@ -7,7 +7,8 @@ PostgreSQL the same. Two runs with `--user`:
 
 1. `../shared/speech/en/en_028.wav` ("I have a thousand thoughts about that thing"): the store
    then holds one conversation of the user, channel `cli`, with the transcript and the reply;
-2. `en_021.wav`: the first request the agent sends the LLM holds run 1's turn before the new one
+2. `en_002.wav` ("He was not an ill-disposed young man", no pause a turn detector could split): the first
+   request the agent sends the LLM holds run 1's turn before the new one
    (the history was read from the store), and the user now has two conversations.
 
 A run without `--user` is stored as anonymous; with `MOKSORI_STORE_URL=none` nothing is stored.
@@ -86,7 +87,7 @@ def test_converse_records_under_the_user_and_resumes_their_history(kind, llm, tm
         assert turns[1][1] == SHORT_REPLY
 
         before = len(llm.requests)
-        second = converse([str(utt("en_021").path), "--out", str(out), "--user", "mina"], env, tmp_path)
+        second = converse([str(utt("en_002").path), "--out", str(out), "--user", "mina"], env, tmp_path)
         assert second.returncode == 0, second.stderr[-3000:]
         sent = user_messages(llm.requests[before])
         assert sent[:2] == [("user", said), ("assistant", SHORT_REPLY)], sent  # run 1, from the store
