@@ -68,8 +68,9 @@ class Memory:
     # -------------------------------------------------------------- earlier conversations
 
     def expect_history(self) -> None:
-        """A loader is fetching the user's history: replies wait for it (`history_ready`)."""
-        if self._history_loaded is None:
+        """A loader is fetching the user's history: replies wait for it (`history_ready`), also
+        when an earlier load gave up (the store was away) and this one comes later."""
+        if self._history_loaded is None or self._history_loaded.is_set():
             self._history_loaded = asyncio.Event()
 
     def set_history(self, items: list[Item], summary: str | None = None) -> None:

@@ -8,6 +8,13 @@ running summaries to the store, and, for a known user, loads their earlier turns
 `session.memory.history` in the background. Replies wait for that load (`Memory.history_ready`,
 bounded), so the first answer already knows the user; a slow or dead database costs at most
 `HISTORY_TIMEOUT_S` once, and the session goes on without history (a warning says why).
+
+A session that started without the history because the store was away (not up since the server
+started, or the load failed) loads it when the store answers again, and the next reply waits for
+that (bounded as above). The earlier items go where they would have gone at the start: before this
+session's items, inside the same token budget, which keeps this session's newest turns first (a
+window that has already cut keeps its cut; the earlier items then only fill room it has). A
+speech-to-speech upstream (the realtime brain) was seeded at its start and does not get them.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ HISTORY_TIMEOUT_S = 3.0  # loading a user's history, at most (a dead database: t
 HISTORY_SHARE = 0.7  # of the context budget, at most, for earlier conversations
 FLUSH_BEFORE_LOAD_S = 1.0  # records of the user's last session still queued in this process
 PROGRESS_EVERY_S = 1.0  # a reply in flight: what was heard of it so far is written this often
+HISTORY_RETRY_S = 1.0  # the store was away at the start: look this often whether it answers again...
+HISTORY_RETRY_MAX_S = 30.0  # ...backing off to this after failed loads
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class Recording:
         self.session, self.store, self.who, self.recorder = session, store, who, recorder
         self.history_task: asyncio.Task[None] | None = None
         self.history_items = 0
+        self.late_history = False  # loaded after the start (the store was away then)
 
     @property
     def conversation_id(self) -> str:
@@ -72,9 +82,43 @@ class Recording:
             mem.history_done()
             raise
         except Exception as e:  # noqa: BLE001 - a dead database: the session goes on without history
-            log.warning("session %s: the user's history could not be loaded (%s: %s); going on without it",
-                        self.session.id, type(e).__name__, " ".join(str(e).split())[:200] or "timed out")
+            log.warning("session %s: the user's history could not be loaded (%s: %s); going on without it "
+                        "until the store answers", self.session.id, type(e).__name__,
+                        " ".join(str(e).split())[:200] or "timed out")
             mem.history_done()
+            self.history_task = asyncio.get_running_loop().create_task(self.load_history_later(),
+                                                                       name=f"history-later-{self.session.id}")
+
+    async def load_history_later(self) -> None:
+        """The store was away when the session started: once it takes writes again, load the
+        user's history (the next reply waits for it, as at a start); retried, backing off."""
+        mem, store = self.session.memory, self.store
+        delay = HISTORY_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            if not store.started or store.writer.failing:
+                continue
+            window = mem.window
+            budget = window.policy.budget_tokens if window is not None else 2048
+            count = window.counter.count if window is not None else None
+            mem.expect_history()
+            try:
+                async with asyncio.timeout(HISTORY_TIMEOUT_S):
+                    h = await fetch_history(store, self.who, budget, count)
+            except asyncio.CancelledError:
+                mem.history_done()
+                raise
+            except Exception as e:  # noqa: BLE001 - still away: later
+                mem.history_done()
+                delay = min(HISTORY_RETRY_MAX_S, 2 * delay)
+                log.info("session %s: the user's history is still not loadable (%s); retrying in %g s",
+                         self.session.id, type(e).__name__, delay)
+                continue
+            self.late_history = True
+            self.use_history(h)
+            log.warning("session %s: the store answers again; the user's history (%d earlier items) is in from "
+                        "the next reply", self.session.id, self.history_items)
+            return
 
     def use_history(self, h: History) -> None:
         """Put the user's earlier items (`fetch_history`) into the session's memory."""
@@ -188,14 +232,18 @@ def record_session(session: Session, store: Store, who: Who, *,
         session.bus.listen(stop_progress)
     if history is not None:
         rec.use_history(history)
-    elif who.user is not None and who.load_history and not store.started:
-        # the database has not answered since the server started: nothing to load (and no
-        # reason to make the first reply wait); the session is recorded all the same
-        log.warning("session %s: the store is not up yet; starting without the user's history", session.id)
     elif who.user is not None and who.load_history:
-        session.memory.expect_history()
-        rec.history_task = asyncio.get_running_loop().create_task(rec.load_history(),
-                                                                  name=f"history-{session.id}")
+        if not store.started:
+            # the database has not answered since the server started: nothing to load now (and
+            # no reason to make the first reply wait); loaded when it answers, before the next reply
+            log.warning("session %s: the store is not up yet; starting without the user's history (loaded "
+                        "when it answers)", session.id)
+            rec.history_task = asyncio.get_running_loop().create_task(rec.load_history_later(),
+                                                                      name=f"history-later-{session.id}")
+        else:
+            session.memory.expect_history()
+            rec.history_task = asyncio.get_running_loop().create_task(rec.load_history(),
+                                                                      name=f"history-{session.id}")
 
         def on_close(e: E.Event) -> None:
             if isinstance(e, E.SessionClosed) and rec.history_task is not None and not rec.history_task.done():

@@ -22,6 +22,7 @@ Hooks for the session routes (each a no-op beyond the local bookkeeping in one p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -36,6 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from moksori.cluster import (Admitted, ClusterNode, Held, MemoryLive, RedisUnavailable, Refusal, RpcError,
                              check_cluster_settings, cluster_enabled)
 from moksori.cluster.limits import Lease
+from moksori.cluster.reaper import reap_forever
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.live_events import live_listener
 from moksori.server.load import DRAINING
@@ -197,6 +199,17 @@ async def refuse_ws(ws: WebSocket, refusal: Refusal | LocalRefusal) -> None:
 # --------------------------------------------------------------------------- install
 
 
+def _finalizer(state: Any) -> Any:
+    """The store's `finalize_orphans` while the store is up (replies dead workers left in progress)."""
+    store = getattr(state, "store", None)
+    return store.finalize_orphans if store is not None else None
+
+
+def _reap_every(settings: Any) -> float:
+    """How often a worker looks for dead workers' replies: about as often as one expires."""
+    return max(1.0, min(30.0, settings.cluster.ttl_s))
+
+
 def install(app: FastAPI, state: Any) -> None:
     settings = state.settings
     state.cluster = None
@@ -220,9 +233,14 @@ def install(app: FastAPI, state: Any) -> None:
         async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
             async with inner(a) as value:  # models warm, store open: then join the cluster
                 await node.start()
+                reaper = asyncio.create_task(reap_forever(node, lambda: _finalizer(state), _reap_every(settings)),
+                                             name="cluster-reaper")
                 try:
                     yield value
                 finally:
+                    reaper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reaper
                     await node.close()
 
         app.router.lifespan_context = lifespan

@@ -68,6 +68,7 @@ def install(app: FastAPI, state: Any) -> None:
         except Exception as e:  # noqa: BLE001 - a bad URL must not take the voice server down
             _unavailable(state, e)
         if store is not None:
+            _own(state, store)
             if await _try_start(state, store):
                 _open(state, store, tasks)
             else:
@@ -90,6 +91,20 @@ def install(app: FastAPI, state: Any) -> None:
                 await state.store_pending.close()  # says how many queued records were lost
 
     app.router.lifespan_context = lifespan
+
+
+def _own(state: Any, store: Store) -> None:
+    """Who this process is on the replies it has in progress: its cluster worker id, or (one
+    server) an id of its data dir and this run, so that a later run can finalize what a crash of
+    this one leaves in progress (see `moksori.store.orphans`)."""
+    node = getattr(state, "cluster", None)
+    if node is not None:
+        store.set_owner(node.worker_id)
+        return
+    try:
+        store.claim_local_owner(state.settings.data_dir)
+    except OSError as e:
+        log.warning("store: replies a crash leaves in progress cannot be finalized by the next start: %s", e)
 
 
 def _unavailable(state: Any, e: BaseException) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT autoincrement on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite
@@ -98,9 +99,15 @@ class Item(Base):
     created_at: Mapped[float] = mapped_column(Double)
     started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     latency: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the process writing an `in_progress` reply (`Store.owner`): a cluster worker's id, or
+    # `<instance>/<boot>` of a single server; once that process is known dead, its replies still
+    # in progress are finalized (`orphans.py`) and the owner becomes `~` + owner
+    owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
     __table_args__ = (
         UniqueConstraint("conversation_id", "id", name="uq_items_conversation_item"),
         Index("ix_items_conversation_seq", "conversation_id", "seq"),
+        Index("ix_items_in_progress", "owner", postgresql_where=sql_text("status = 'in_progress'"),
+              sqlite_where=sql_text("status = 'in_progress'")),
     )
 
 
@@ -130,6 +137,9 @@ class UsageRow(Base):
     tts_characters: Mapped[int] = mapped_column(BigInteger, default=0)
     tts_seconds: Mapped[float] = mapped_column(Double, default=0.0)
     cost_usd: Mapped[float] = mapped_column(Double, default=0.0)
+    # what makes a record's usage row unique (`writes.usage_key`): a record written twice (a batch
+    # retried after a lost commit acknowledgement, a spooled queue replayed) adds it once
+    dedup_key: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
     __table_args__ = (
         Index("ix_usage_tenant_day", "tenant_id", "day"),
         Index("ix_usage_tenant_user_day", "tenant_id", "user_pk", "day"),

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
@@ -16,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moksori.accounting import PriceTable, TurnUsage
 from moksori.store import db as dbmod
-from moksori.store import identity
+from moksori.store import identity, orphans
 from moksori.store.models import conversations, items, usage, users
 from moksori.store.records import Record
+from moksori.store.spool import Spool
 from moksori.store.writer import StoreWriter
 from moksori.text.tokens import TokenCounter, estimate_tokens
 
@@ -123,15 +125,19 @@ def _summed_usage(row: Any) -> TurnUsage:
 
 class Store:
     def __init__(self, url: str, *, hash_secret: bytes, prices: PriceTable | None = None,
-                 max_pending: int = 50_000, flush_interval_s: float = 0.05, retention_days: int = 0) -> None:
+                 max_pending: int = 50_000, flush_interval_s: float = 0.05, retention_days: int = 0,
+                 spool_dir: Path | None = None) -> None:
         self.url = dbmod.normalise_url(url)
         self.prices = prices or PriceTable()
         self.retention_days = retention_days
         self._secret = hash_secret
         self.writer = StoreWriter(self.url, max_pending=max_pending, flush_interval_s=flush_interval_s,
-                                  pricer=lambda u: self.prices.cost(u).usd)
+                                  pricer=lambda u: self.prices.cost(u).usd,
+                                  spool=Spool(spool_dir) if spool_dir is not None else None)
         self._engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         self.started = False  # migrated and writing; before that, `submit` only queues
+        self._local: orphans.LocalOwner | None = None
+        self.finalized = 0  # replies left in progress by dead processes, finalized here
 
     def __repr__(self) -> str:
         return f"Store({dbmod.redacted(self.url)!r})"
@@ -148,21 +154,71 @@ class Store:
         secret = identity.hash_secret(s.hash_secret.get_secret_value() if s.hash_secret else None, settings.data_dir)
         return cls(url, hash_secret=secret, prices=PriceTable.load(settings.prices_file),
                    max_pending=s.max_pending, flush_interval_s=s.flush_interval_ms / 1000,
-                   retention_days=s.retention_days)
+                   retention_days=s.retention_days, spool_dir=Path(settings.data_dir).expanduser() / "store-spool")
+
+    # ------------------------------------------------------------------ who writes
+
+    @property
+    def owner(self) -> str | None:
+        """This process, as stamped on the replies it has in progress (None: not stamped)."""
+        return self.writer.owner
+
+    def set_owner(self, owner: str) -> None:
+        """A cluster worker: its worker id (the registry tells the others when it is gone)."""
+        self.writer.owner = owner[:160]
+
+    def claim_local_owner(self, data_dir: Path) -> str:
+        """A server on its own: `<instance>/<boot>`; at start, the replies earlier runs of this
+        instance left in progress are finalized (`orphans.py`)."""
+        if self._local is None:
+            self._local = orphans.local_owner(data_dir)
+            self.writer.owner = self._local.owner
+        return self._local.owner
+
+    async def finalize_orphans(self, live: set[str]) -> int:
+        """Cluster mode: finalize the replies in progress of owners not in `live` (the registry's
+        workers), and the unowned ones long untouched. Idempotent."""
+        engine = self._engine()
+        dead = orphans.dead_owners(await orphans.in_progress_owners(engine), live | {self.owner or ""})
+        n = await orphans.finalize_owners(engine, dead)
+        self.finalized += n
+        return n
+
+    async def finalize_earlier_runs(self) -> int:
+        """One server: finalize the replies in progress that earlier runs of it left (see
+        `claim_local_owner`). Idempotent; nothing without an exclusive instance."""
+        if self._local is None or not self._local.exclusive:
+            return 0
+        engine = self._engine()
+        n = await orphans.finalize_owners(engine, orphans.earlier_runs(await orphans.in_progress_owners(engine),
+                                                                      self._local))
+        self.finalized += n
+        return n
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, *, migrate: bool = True) -> Store:
+        """Migrate, write (records an earlier run spooled first), and finalize the replies an
+        earlier run of this server left in progress. Raises if the database does not answer
+        (records keep queueing; call it again)."""
+        self.writer.load_spool()
         if migrate:
             from moksori.store.migrate import upgrade
 
             await upgrade(self.url)
         await asyncio.to_thread(self.writer.start)
         self.started = True
+        try:
+            await self.finalize_earlier_runs()
+        except Exception as e:  # noqa: BLE001 - the store is up; the next start tries again
+            log.warning("store: replies left in progress by an earlier run not finalized: %s: %s",
+                        type(e).__name__, " ".join(str(e).split())[:200])
         return self
 
     async def close(self, timeout_s: float = 10.0) -> None:
         await self.writer.aclose(timeout_s)
+        if self._local is not None:
+            self._local.close()
         engine = self._engines.pop(asyncio.get_running_loop(), None)
         if engine is not None:
             await engine.dispose()

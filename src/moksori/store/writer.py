@@ -13,7 +13,9 @@ same buffer, in order, and are written when the writer starts.
 A dead or slow database: the batch stays at the head of the buffer and is retried with
 exponential backoff (0.1 s → 5 s) for as long as the outage lasts; new records keep queueing up
 to `max_pending`. Past that, new records are dropped with a warning that says how many (never
-silently). A record the database rejects for its own content (a constraint) is isolated by
+silently). With a `spool` (the data dir's `store-spool/`), what is still unwritten when the writer
+closes (a clean stop during an outage) is saved there, and `load_spool()` puts it back at the head
+of the queue at the next start, before anything new; the files go once their records are written. A record the database rejects for its own content (a constraint) is isolated by
 writing the batch one record at a time, and only that one is dropped, with a log line.
 """
 
@@ -32,7 +34,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moksori.store import db as dbmod
-from moksori.store.records import Record
+from moksori.store.records import Record, ReplyProgress
+from moksori.store.spool import Spool
 from moksori.store.writes import write_batch
 
 log = logging.getLogger("moksori.store")
@@ -49,13 +52,19 @@ class WriterStats:
     batches: int = 0
     failures: int = 0  # failed write attempts (each is retried)
     pending: int = 0
+    spooled: int = 0  # records saved to the spool at a stop (database unavailable)
+    replayed: int = 0  # records of an earlier run's spool queued at start
 
 
 class StoreWriter:
     def __init__(self, url: str, *, max_pending: int = 50_000, flush_interval_s: float = 0.05,
                  max_batch: int = 500, write_timeout_s: float = 15.0, pricer: Pricer | None = None,
-                 retry_base_s: float = 0.1, retry_max_s: float = 5.0) -> None:
+                 retry_base_s: float = 0.1, retry_max_s: float = 5.0, spool: Spool | None = None) -> None:
         self.url = dbmod.normalise_url(url)
+        self.spool = spool
+        self.owner: str | None = None  # this process, stamped on the replies it has in progress
+        self._spool_loaded = False
+        self._spool_done_at: int | None = None  # `_done` when the spooled records are all written
         self.max_pending = max_pending
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
@@ -80,6 +89,38 @@ class StoreWriter:
         self._outage_since: float | None = None
 
     # ------------------------------------------------------------------ any thread
+
+    def load_spool(self) -> int:
+        """Queue the records an earlier run spooled, ahead of everything (once; before `start`)."""
+        if self.spool is None or self._spool_loaded:
+            return 0
+        self._spool_loaded = True
+        try:
+            records = self.spool.claim(self.max_pending)
+        except OSError as e:
+            log.error("store: cannot read the spool %s: %s", self.spool.dir, e)
+            return 0
+        # a reply's progress is worth nothing after a restart (its ending follows it in the
+        # queue, and would be stamped with this run's owner: in progress for as long as it lives)
+        records = [r for r in records if not isinstance(r, ReplyProgress)]
+        with self._lock:
+            self._buf.extendleft(reversed(records))
+            self.stats.submitted += len(records)
+            self.stats.replayed += len(records)
+            self.stats.pending = len(self._buf)
+            if self.spool.claimed:
+                self._spool_done_at = self._done + len(records)
+        if self.spool.claimed and not records:
+            self._spool_written()
+        return len(records)
+
+    def _spool_written(self) -> None:
+        self._spool_done_at = None
+        if self.spool is not None:
+            try:
+                self.spool.release()
+            except OSError as e:
+                log.warning("store: cannot remove written spool files: %s", e)
 
     def start(self) -> StoreWriter:
         if self._thread is not None:
@@ -152,20 +193,18 @@ class StoreWriter:
             return False
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is pending (for up to `timeout_s`), then stop the thread."""
+        """Write what is pending (for up to `timeout_s`; 3 s at most while writes fail), then
+        stop the thread; what is still unwritten goes to the spool (if there is one)."""
         thread = self._thread
         if thread is None:
             with self._lock:
                 self._stopping = True
-                lost = len(self._buf)
-            if lost:  # never started: the database never answered
-                log.error("store: %d records were not written before shutdown (the database never came up)", lost)
             self._release_barriers(force=True)
+            self._keep_unwritten("the database never came up")
             return
-        self.flush_sync(timeout_s)
+        self.flush_sync(min(timeout_s, 3.0) if self.failing else timeout_s)
         with self._lock:
             self._stopping = True
-            lost = len(self._buf)
         if self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._urge)
@@ -173,8 +212,28 @@ class StoreWriter:
                 pass
         thread.join(timeout_s + 5)
         self._thread = None
-        if lost:
-            log.error("store: %d records were not written before shutdown (database unavailable)", lost)
+        # (a write still hanging in a thread that did not end may land too: replaying it is harmless)
+        self._keep_unwritten("database unavailable")
+
+    def _keep_unwritten(self, why: str) -> None:
+        with self._lock:
+            rest = list(self._buf)
+        if self.spool is None:
+            if rest:
+                log.error("store: %d records were not written before shutdown (%s)", len(rest), why)
+            return
+        try:
+            path = self.spool.save(rest)
+        except OSError as e:
+            log.error("store: %d records were not written before shutdown (%s) and cannot be spooled: %s",
+                      len(rest), why, e)
+            return
+        self.stats.spooled += len(rest)
+        if path is not None:
+            log.warning("store: %d records not written before shutdown (%s) were spooled to %s; the next "
+                        "start writes them", len(rest), why, path)
+        # the claimed files' records were written, or are in the new file
+        self._spool_written()
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         await asyncio.to_thread(self.close, timeout_s)
@@ -249,7 +308,7 @@ class StoreWriter:
                 return
             try:
                 async with asyncio.timeout(self.write_timeout_s):
-                    await write_batch(engine, batch, pricer=self.pricer)
+                    await write_batch(engine, batch, pricer=self.pricer, owner=self.owner)
             except (IntegrityError, DataError):
                 await self._write_one_by_one(engine, batch)
             except Exception as e:  # noqa: BLE001 - connection refused, timeouts, server gone: retry
@@ -277,7 +336,7 @@ class StoreWriter:
         for rec in batch:
             try:
                 async with asyncio.timeout(self.write_timeout_s):
-                    await write_batch(engine, [rec], pricer=self.pricer)
+                    await write_batch(engine, [rec], pricer=self.pricer, owner=self.owner)
                 written += 1
             except (IntegrityError, DataError) as e:
                 self.stats.dropped_bad += 1
@@ -293,6 +352,9 @@ class StoreWriter:
             self.stats.written += written
             self.stats.batches += 1
             self.stats.pending = len(self._buf)
+            spool_done = self._spool_done_at is not None and self._done >= self._spool_done_at
+        if spool_done:
+            self._spool_written()
         self._release_barriers()
 
     def _release_barriers(self, *, force: bool = False) -> None:

@@ -1,8 +1,15 @@
 """One batch of records → one transaction. Inserts are idempotent (a batch retried after a lost
-commit acknowledgement changes nothing): conflicts on natural keys are ignored."""
+commit acknowledgement, or a spooled queue replayed at the next start, changes nothing): conflicts
+on natural keys are ignored, and usage rows carry a key made from their record (`usage_key`).
+
+A reply in progress (`ReplyProgress`) is stamped with the writing process (`owner`), so that its
+row can be finalized once that process is known dead (`orphans.py`). The reply's own ending
+(`AgentReply`) still lands on a row finalized meanwhile by mistake (a worker cut off from Redis
+but alive): the finalizer marks such rows `~` + owner, and the owner's own ending wins."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,8 +54,10 @@ def utc_day(t: float) -> str:
 _ITEM_DEFAULTS: dict[str, Any] = {
     "role": None, "status": "completed", "text": "", "heard_text": None, "interrupted": False, "audio": False,
     "language": None, "call_id": None, "name": None, "arguments": None, "output": None, "response_id": None,
-    "server_label": None, "started_at": None, "latency": None,
+    "server_label": None, "started_at": None, "latency": None, "owner": None,
 }
+
+SWEPT = "~"  # owner prefix of a reply in progress that another process finalized (`orphans.py`)
 
 
 def item_row(rec: Record) -> dict[str, Any] | None:
@@ -88,29 +97,52 @@ def _usage_of(rec: Record) -> tuple[TurnUsage, str, str | None] | None:
     return None
 
 
-async def write_batch(engine: AsyncEngine, records: Sequence[Record], *, pricer: Pricer | None = None) -> None:
+def usage_key(rec: Record, kind: str, item_id: str | None) -> str:
+    """What makes a record's usage row unique: its item (one usage row per turn and kind), else
+    the record itself (its conversation, kind and time)."""
+    ident = f"{rec.conversation_id}\x00{kind}\x00{item_id}"
+    if isinstance(rec, UsageRecord):
+        ident += f"\x00{rec.at!r}"
+    return hashlib.sha1(ident.encode("utf-8")).hexdigest()
+
+
+async def write_batch(engine: AsyncEngine, records: Sequence[Record], *, pricer: Pricer | None = None,
+                      owner: str | None = None) -> None:
+    """`owner`: this process (`Store.owner`), stamped on the replies it has in progress."""
     dialect = engine.dialect.name
     async with engine.begin() as conn:
-        await _write(conn, dialect, records, pricer)
+        await _write(conn, dialect, records, pricer, owner)
 
 
-async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record], pricer: Pricer | None) -> None:
+def _row_of(rec: Record, owner: str | None) -> dict[str, Any] | None:
+    row = item_row(rec)
+    if row is not None and isinstance(rec, ReplyProgress):
+        row["owner"] = owner
+    return row
+
+
+async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record], pricer: Pricer | None,
+                 owner: str | None = None) -> None:
     starts = [r for r in records if isinstance(r, ConversationStarted)]
     if starts:
         await _start_conversations(conn, dialect, starts)
 
-    rows = [row for row in (item_row(r) for r in records) if row is not None]
+    rows = [row for row in (_row_of(r, owner) for r in records) if row is not None]
     if rows:
         await conn.execute(insert_ignore(dialect, items, ("conversation_id", "id")), rows)
 
     for rec in records:
         # a reply still in progress in the database: its next progress, or the reply as it ended
+        # (which also lands on the row if another process finalized it while this one lived)
         if isinstance(rec, ReplyProgress) or (isinstance(rec, AgentReply) and rec.replaces_progress):
-            row = item_row(rec)
+            row = _row_of(rec, owner)
             assert row is not None
             changes = {k: v for k, v in row.items() if k not in ("conversation_id", "id")}
+            live = items.c.status == "in_progress"
+            if isinstance(rec, AgentReply) and owner is not None:
+                live = or_(live, items.c.owner == SWEPT + owner)
             await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
-                                                   items.c.id == rec.item_id, items.c.status == "in_progress")
+                                                   items.c.id == rec.item_id, live)
                                .values(**changes))
         if isinstance(rec, ReplyHeard):
             await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
@@ -131,11 +163,11 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
             .where(conversations.c.id.in_(conv_ids)))).all()}
         usage_rows = []
         for rec, (u, kind, item_id) in used:
-            owner = owners.get(rec.conversation_id)
-            if owner is None:
+            conv_owner = owners.get(rec.conversation_id)
+            if conv_owner is None:
                 continue  # the conversation is gone (deleted or erased meanwhile)
             usage_rows.append({
-                "tenant_id": owner[0], "user_pk": owner[1], "conversation_id": rec.conversation_id,
+                "tenant_id": conv_owner[0], "user_pk": conv_owner[1], "conversation_id": rec.conversation_id,
                 "item_id": item_id, "kind": kind, "created_at": rec.at, "day": utc_day(rec.at),
                 "llm_model": u.llm_model, "stt_model": u.stt_model, "tts_model": u.tts_model,
                 "input_tokens": u.input_tokens, "cached_tokens": u.cached_tokens, "output_tokens": u.output_tokens,
@@ -143,9 +175,10 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
                 "output_audio_tokens": u.output_audio_tokens, "stt_seconds": float(u.stt_seconds),
                 "tts_characters": u.tts_characters, "tts_seconds": float(u.tts_seconds),
                 "cost_usd": float(pricer(u)) if pricer is not None else 0.0,
+                "dedup_key": usage_key(rec, kind, item_id),
             })
         if usage_rows:
-            await conn.execute(usage.insert(), usage_rows)
+            await conn.execute(insert_ignore(dialect, usage, ("dedup_key",)), usage_rows)
 
     touched: dict[str, float] = {}
     for rec in records:
