@@ -42,7 +42,7 @@ from moksori.store import (
 from moksori.store.db import make_engine
 from moksori.store.migrate import upgrade
 from moksori.store.models import usage
-from moksori.store.spool import Spool, decode, encode
+from moksori.store.spool import Spool, database_key, decode, encode
 from tcp_proxy import TCPProxy
 
 
@@ -206,7 +206,7 @@ async def test_the_queue_survives_a_stop_while_the_database_is_down() -> None:
         await asyncio.sleep(0.5)
         assert store.writer.failing
         await store.close(timeout_s=1.0)  # a clean stop (SIGTERM): the queue goes to the spool
-        files = Spool(spool_dir).files()
+        files = Spool(spool_dir, database_key(store.url)).files()
         assert len(files) == 1 and store.writer.stats.spooled == len(recs) - 2
         kept = files[0].read_text(encoding="utf-8")
         # (as if some had been written after all: the spool also holds the first turn again)
@@ -219,7 +219,7 @@ async def test_the_queue_survives_a_stop_while_the_database_is_down() -> None:
         await again.start(migrate=False)
         assert again.writer.stats.replayed == len(recs) - 2  # (the reply's progress is not replayed)
         assert await again.flush(20)
-        assert Spool(spool_dir).files() == []  # written: the file is gone
+        assert Spool(spool_dir, database_key(store.url)).files() == []  # written: the file is gone
         got = await again.list_items("t", "c", order="asc")
         assert got is not None
         by_id = {i.id: i for i in got[0]}
@@ -233,7 +233,7 @@ async def test_the_queue_survives_a_stop_while_the_database_is_down() -> None:
         await again.close()
 
         # the same spool replayed once more (a process killed before it removed the file): nothing twice
-        shutil.copy(backup, spool_dir / backup.name.replace("backup", "pending-0"))
+        shutil.copy(backup, files[0])
         third = await make_store(proxied, spool_dir=spool_dir).start(migrate=False)
         assert await third.flush(20) and third.writer.stats.replayed == len(recs) - 2
         got = await third.list_items("t", "c", order="asc")
@@ -242,7 +242,16 @@ async def test_the_queue_survives_a_stop_while_the_database_is_down() -> None:
         total = await third.conversation_usage("t", "c")
         assert total is not None and total[0].input_tokens == 200  # the reply's and the summary's, once each
         await third.close()
-        assert Spool(spool_dir).files() == []
+        assert Spool(spool_dir, database_key(store.url)).files() == []
+
+        # a spool meant for another database is left alone
+        other = Spool(spool_dir, database_key(url + "_other"))
+        other.save(records("elsewhere", now))
+        fourth = await make_store(proxied, spool_dir=spool_dir).start(migrate=False)
+        assert fourth.writer.stats.replayed == 0 and await fourth.flush(20)
+        assert await fourth.get_conversation("t", "elsewhere") is None
+        await fourth.close()
+        assert len(other.files()) == 1
 
 
 async def test_the_spool_is_bounded_and_claimed_by_one_process(tmp_path) -> None:
@@ -254,14 +263,16 @@ async def test_the_spool_is_bounded_and_claimed_by_one_process(tmp_path) -> None
     holder.release()
     assert Spool(spool_dir).files() == []
     # a store whose database never answered: its queue (bounded by max_pending) goes to the spool
-    store = make_store(f"sqlite+aiosqlite:///{tmp_path / 'never' / 'x.db'}", spool_dir=spool_dir, max_pending=100)
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'db.db'}"
+    store = make_store(db_url, spool_dir=spool_dir, max_pending=100)  # (never started: its database never answered)
     for r in records("c", 1000.0):
         store.submit(r)
     await store.close()
-    assert len(Spool(spool_dir).files()) == 1
-    small = make_store(f"sqlite+aiosqlite:///{tmp_path / 'db.db'}", spool_dir=spool_dir, max_pending=100)
+    assert len(Spool(spool_dir, database_key(store.url)).files()) == 1
+    small = make_store(db_url, spool_dir=spool_dir, max_pending=100)
     small.writer.max_pending = 4
     assert small.writer.load_spool() == 4 - 1  # 4 claimed, the reply's progress left out
     await small.start()
     assert await small.flush(20)
     await small.close()
+    assert Spool(spool_dir, database_key(store.url)).files() == []

@@ -145,7 +145,7 @@ def metrics(srv) -> str:
 
 def test_the_queue_of_an_outage_survives_a_clean_stop_and_history_comes_back_late(tmp_path) -> None:
     data = tmp_path / "data"
-    spool = data / "store-spool"
+    spool = data / "store-spool"  # (one database: its files are the only ones)
     user = f"spool-{secrets.token_hex(4)}"
     host, port = PG_DSN.split("@", 1)[1].split(":")
     with postgres_database() as db, TCPProxy(host, int(port)) as proxy:

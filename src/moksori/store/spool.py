@@ -7,7 +7,10 @@ down) are kept in a file of the data dir and written at the next start.
     spool.release()                   # the claimed files go
     spool.save(unwritten)             # at a clean stop
 
-A file is `pending-<ns>-<pid>.jsonl`, one record a line (`encode`/`decode`, a pure codec),
+A file is `pending-<database>-<ns>-<pid>.jsonl`, one record a line (`encode`/`decode`, a pure
+codec); `<database>` is a digest of the database URL it was meant for (`database_key`), so a data
+dir whose store URL changed (or one shared by tests on different databases) never writes a queue
+into the wrong database: files of another database are left alone, with a warning. Each file is
 written whole and renamed into place, so a file is complete or absent. Workers sharing a data dir
 each claim the files no other one holds (an exclusive `flock`, released by the kernel if the
 process dies): a file claimed by a worker killed before it wrote them is claimed again at the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -44,7 +48,7 @@ from moksori.store.records import (
     UserTurnRemoved,
 )
 
-__all__ = ["Spool", "encode", "decode", "SpoolError"]
+__all__ = ["Spool", "encode", "decode", "SpoolError", "database_key"]
 
 log = logging.getLogger("moksori.store")
 
@@ -82,20 +86,40 @@ def decode(data: Any) -> Record:
     return rec
 
 
+def database_key(url: str) -> str:
+    """Which database a spool file is for: a digest of its URL (password left out)."""
+    from moksori.store.db import redacted
+
+    return hashlib.sha256(redacted(url).encode("utf-8")).hexdigest()[:16]
+
+
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, database: str = "default") -> None:
         self.dir = Path(directory).expanduser()
+        self.database = database
         self._claimed: list[tuple[Path, IO[bytes]]] = []
 
     def files(self) -> list[Path]:
+        """This database's spool files, oldest first."""
         if not self.dir.is_dir():
             return []
-        return sorted(self.dir.glob("pending-*.jsonl"))
+        return sorted(self.dir.glob(f"pending-{self.database}-*.jsonl"))
+
+    def others(self) -> list[Path]:
+        """Spool files meant for other databases (left alone)."""
+        if not self.dir.is_dir():
+            return []
+        mine = set(self.files())
+        return [p for p in sorted(self.dir.glob("pending-*.jsonl")) if p not in mine]
 
     def claim(self, limit: int) -> list[Record]:
         """Every record of the spool files no other process holds, oldest first (at most `limit`)."""
         out: list[Record] = []
         dropped = bad = 0
+        others = self.others()
+        if others:
+            log.warning("store: %d spool files in %s are for another database (another MOKSORI_STORE_URL); "
+                        "left alone", len(others), self.dir)
         for path in self.files():
             fh = self._lock(path)
             if fh is None:
@@ -154,7 +178,7 @@ class Spool:
         if not records:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"pending-{time.time_ns():020d}-{os.getpid()}.jsonl"
+        name = f"pending-{self.database}-{time.time_ns():020d}-{os.getpid()}.jsonl"
         tmp = self.dir / f".{name}.tmp"
         with open(tmp, "wb") as fh:
             for rec in records:

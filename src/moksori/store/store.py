@@ -20,7 +20,7 @@ from moksori.store import db as dbmod
 from moksori.store import identity, orphans
 from moksori.store.models import conversations, items, usage, users
 from moksori.store.records import Record
-from moksori.store.spool import Spool
+from moksori.store.spool import Spool, database_key
 from moksori.store.writer import StoreWriter
 from moksori.text.tokens import TokenCounter, estimate_tokens
 
@@ -133,7 +133,7 @@ class Store:
         self._secret = hash_secret
         self.writer = StoreWriter(self.url, max_pending=max_pending, flush_interval_s=flush_interval_s,
                                   pricer=lambda u: self.prices.cost(u).usd,
-                                  spool=Spool(spool_dir) if spool_dir is not None else None)
+                                  spool=Spool(spool_dir, database_key(self.url)) if spool_dir is not None else None)
         self._engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         self.started = False  # migrated and writing; before that, `submit` only queues
         self._local: orphans.LocalOwner | None = None
