@@ -3,7 +3,8 @@
 Each LibriVox utterance (../shared/speech/en/en_0XX) is played into a fresh session at real-time
 pace, as in `engine_latency.py`; for every utterance and rep each variant (a cap on the first
 clause's length, `SessionConfig.first_clause_max_chars`, with an `r` suffix also
-`first_clause_ramp`: the following clauses' caps double from it) runs once, in rotated order, so the
+`first_clause_ramp`: the following clauses' caps double from it; with an `o` suffix Piper's
+one-shot path, `MOKSORI_TTS_PIPER_STREAM=off`, instead of its windows) runs once, in rotated order, so the
 variants share the machine's load. With `--temperature 0` (the default here) the LLM writes the
 same reply for the same turn whatever the variant, so the comparison is paired: only the
 chunking differs.
@@ -22,6 +23,7 @@ Naturalness, from the reply's paced audio (`agent.audio` chunks, `offset` and `p
   clauses_cut_mid_phrase  the same over all the reply's clauses (the chunker re-run on its text)
 
     python benchmarks/first_clause.py [--caps 50,32,24,24r] [--reps 1] [--files 10] [--json out.json]
+    python benchmarks/first_clause.py --caps 50o,50  # Piper one-shot vs streamed, same cap
 """
 
 from __future__ import annotations
@@ -91,7 +93,12 @@ def chunks_of(reply: str, cap: int, ramp: bool) -> list[str]:
 
 
 def parse_variant(v: str) -> tuple[int, bool]:
+    v = v.removesuffix("o")
     return (int(v[:-1]), True) if v.endswith("r") else (int(v), False)
+
+
+def one_shot(v: str) -> bool:
+    return v.endswith("o")
 
 
 async def one(stack, settings, path: Path, variant: str) -> dict:
@@ -100,12 +107,15 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
     from moksori.engine import events as E
     from moksori.engine.config import config_from_settings
     from moksori.engine.session import Session
+    from moksori.engine.speaker import Playback
     from moksori.testing.harness import play_into_session, settle
 
     speech = load_audio(path, rate=16000)
     audio = concat([Frame.silence(0.6, 16000), speech, Frame.silence(3.5, 16000)])
     rate = 24000
     cap, ramp = parse_variant(variant)
+    if one_shot(variant):
+        stack = stack.one_shot
     session = Session(stack, config_from_settings(settings, output_rate=rate, output_lead_ms=0,
                                                   first_clause_max_chars=cap, first_clause_ramp=ramp))
     paced: dict[str, list[tuple[int, float, int]]] = {}
@@ -117,7 +127,22 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
             pieces.setdefault(ev.response_id, []).append((ev.offset, ev.play_at, ev.frame.samples))
 
     session.bus.listen(on_audio)
-    rec = await play_into_session(session, audio)
+    clause_samples: dict[str, list[int]] = {}  # response -> samples of each clause (a streamed one in pieces)
+    add = Playback.add
+
+    def counting_add(pb: Playback, frame: Frame, text: str, *, more: bool = False) -> None:
+        n = clause_samples.setdefault(pb.response_id, [])
+        if more and n:
+            n[-1] += len(frame)
+        else:
+            n.append(len(frame))
+        add(pb, frame, text, more=more)
+
+    Playback.add = counting_add  # type: ignore[method-assign]
+    try:
+        rec = await play_into_session(session, audio)
+    finally:
+        Playback.add = add  # type: ignore[method-assign]
     await settle(session, 15)
     await session.close()
     first: dict[str, E.Event] = {}
@@ -134,15 +159,16 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
     clause = getattr(tts0, "text", "")
     done = [e for e in rec.of(E.AgentResponseDone) if e.response_id == getattr(started, "response_id", None)]
     reply = done[0].generated_text if done else ""
+    rid = getattr(started, "response_id", "")
+    first_samples = (clause_samples.get(rid) or [getattr(tts1, "samples", 0)])[0]  # the whole first clause
     row.update(first_clause=clause, first_clause_words=len(clause.split()),
-               first_clause_audio_ms=round(1000 * getattr(tts1, "samples", 0) / rate),
+               first_clause_audio_ms=round(1000 * first_samples / rate),
                cut_mid_phrase=bool(clause) and clause.strip() != reply.strip() and not _ends_phrase(clause),
                reply=reply)
     spoken = chunks_of(reply, cap, ramp)
     row.update(clauses=len(spoken), clauses_cut_mid_phrase=sum(not _ends_phrase(c) for c in spoken[:-1]))
-    rid = getattr(started, "response_id", "")
-    row.update(naturalness(paced.get(rid, []), rate, getattr(tts1, "samples", 0)))
-    row["seam_pause_ms"] = seam_pause_ms(pieces.get(rid, []), rate, getattr(tts1, "samples", 0))
+    row.update(naturalness(paced.get(rid, []), rate, first_samples))
+    row["seam_pause_ms"] = seam_pause_ms(pieces.get(rid, []), rate, first_samples)
     return row
 
 
@@ -180,6 +206,14 @@ async def run(args) -> dict:
     settings = load_settings(**overrides([f"llm.temperature={args.temperature}", *args.set]))
     stack = build_stack(settings)
     await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
+    if any(one_shot(v) for v in caps):  # the same models but a Piper that makes each sentence whole
+        import dataclasses
+
+        from moksori.providers.registry import build_tts
+
+        tts = build_tts(settings.model_copy(update={"tts": settings.tts.model_copy(update={"piper_stream": False})}))
+        stack.one_shot = dataclasses.replace(stack, tts=tts)  # type: ignore[attr-defined]
+        await stack.one_shot.warm()  # type: ignore[attr-defined]
     files = [SPEECH / "en" / f"en_{i:03d}.wav" for i in range(args.first_file, args.first_file + args.files)]
     load_start = _loadavg()
     t0 = time.perf_counter()

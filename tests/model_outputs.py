@@ -314,7 +314,7 @@ def _child(argv: list[str]) -> None:
         from moksori.providers.tts_piper import PiperTTS
 
         t0 = time.perf_counter()
-        result["piper"] = piper_outputs(PiperTTS()._voice, asks["piper"].split("|"))
+        result["piper"] = piper_outputs(PiperTTS(stream=False)._voice, asks["piper"].split("|"))
         result["seconds"]["piper"] = time.perf_counter() - t0
     if "whisper" in asks:  # the configured Whisper (MOKSORI_STT_COMPUTE_TYPE, MOKSORI_DATA_DIR)
         from moksori.providers.registry import build_stt

@@ -133,6 +133,9 @@ class TTSSettings(BaseModel):
     remote_model: str = "tts-1"
     speed: float = Field(1.0, gt=0.25, le=4.0)
     threads: int = Field(2, ge=1, le=64)
+    # Piper streams each sentence's audio in windows (its graph cut before the decoder) instead
+    # of making the whole sentence first; off: Piper's one-shot path
+    piper_stream: bool = True
     # the reply's first clause is cut at this many characters (0: no cap; shorter is sooner, and
     # more often cut mid-phrase); with the ramp, the caps of the clauses after it double from it
     first_clause_max_chars: int = Field(50, ge=0, le=1000)

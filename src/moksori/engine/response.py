@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from moksori.audio.frames import trim_leading_silence
-from moksori.audio.resample import resample
+from moksori.audio.frames import Frame, trim_leading_silence
+from moksori.audio.resample import StreamResampler
 from moksori.engine import events as E
 from moksori.engine.clock import Clock
 from moksori.engine.memory import Item, Memory, new_id
@@ -565,9 +565,16 @@ class Response:
                 continue
             if first:
                 self.emit(E.TtsStarted(t=self.now(), response_id=self.id, item_id=self.item_id, text=spoken))
+            # one resampler per clause: a TTS that streams a sentence in pieces (Piper's windows)
+            # is resampled as one signal, with no edge at each piece
+            rs: StreamResampler | None = None
+            more = False  # a piece of this clause is queued: the next ones continue its segment
             try:
                 async for frame in host.tts.synthesize(spoken, opts):
-                    out = resample(frame, host.output_rate)
+                    rs = rs or StreamResampler(frame.rate, host.output_rate)
+                    out = Frame(rs.process(frame.samples), host.output_rate)
+                    if len(out) == 0:
+                        continue
                     if first:
                         out = trim_leading_silence(out)  # the reply's very first sound, not a pause
                         self.emit(E.TtsFirstAudio(t=self.now(), response_id=self.id, item_id=self.item_id,
@@ -575,7 +582,12 @@ class Response:
                         first = False
                         self._first_audio.set()
                     if self.playback is not None and not self.playback.cancelled:
-                        self.playback.add(out, clause)
+                        self.playback.add(out, clause, more=more)
+                        more = True
+                tail = rs.flush() if rs is not None else None
+                if tail is not None and len(tail) and more and self.playback is not None \
+                        and not self.playback.cancelled:
+                    self.playback.add(Frame(tail, host.output_rate), clause, more=True)
             except ProviderError as e:
                 host.publish_error(e, response_id=self.id)
             self._first_audio.set()  # even if that clause produced no audio

@@ -41,9 +41,14 @@ class Playback:
     # agent audible (the user talking over it is not a barge-in, the turn goes on)
     side: bool = False
 
-    def add(self, frame: Frame, text: str) -> None:
-        """Queue a clause's audio (already at the output rate)."""
-        self.segments.append((text, len(frame)))
+    def add(self, frame: Frame, text: str, *, more: bool = False) -> None:
+        """Queue a clause's audio (already at the output rate); `more`: the next piece of the
+        clause added last (a TTS that streams a clause in pieces), counted as one segment."""
+        if more and self.segments:
+            last, n = self.segments[-1]
+            self.segments[-1] = (last, n + len(frame))
+        else:
+            self.segments.append((text, len(frame)))
         self.queue.put_nowait(frame)
 
     def end(self) -> None:

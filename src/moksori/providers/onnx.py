@@ -26,10 +26,7 @@ GRAPH_OPTIMIZATION_NAME = {ort.GraphOptimizationLevel.ORT_DISABLE_ALL: "disable"
                            ort.GraphOptimizationLevel.ORT_ENABLE_ALL: "all"}.get(GRAPH_OPTIMIZATION, "all")
 
 
-def open_session(path: Path | str, *, threads: int = 1, what: str = "model") -> ort.InferenceSession:
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"{what} file not found: {p}")
+def session_options(threads: int = 1) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -38,6 +35,14 @@ def open_session(path: Path | str, *, threads: int = 1, what: str = "model") -> 
     so.log_severity_level = 3
     # Idle ORT worker threads would otherwise spin and steal the cores Whisper/llama.cpp need.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def open_session(path: Path | str, *, threads: int = 1, what: str = "model") -> ort.InferenceSession:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{what} file not found: {p}")
+    so = session_options(threads)
     try:
         return ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types

@@ -169,6 +169,7 @@ def build_tts(settings: Settings) -> TTS:
     from moksori.providers.tts_piper import PiperTTS
     from moksori.providers.tts_router import LanguageRouterTTS
 
-    en = PiperTTS(s.voice_en, threads=s.threads, language="en")
-    ko: TTS = PiperTTS(s.voice_ko, threads=s.threads, language="ko") if s.voice_ko else EspeakTTS(voice="ko")
+    en = PiperTTS(s.voice_en, threads=s.threads, language="en", stream=s.piper_stream)
+    ko: TTS = (PiperTTS(s.voice_ko, threads=s.threads, language="ko", stream=s.piper_stream) if s.voice_ko
+               else EspeakTTS(voice="ko"))
     return LanguageRouterTTS({"en": en, "ko": ko}, default_language="en")

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 
 from moksori.audio.frames import Frame
-from moksori.audio.resample import resample
+from moksori.audio.resample import StreamResampler, resample
 from moksori.audio.wav import read_wav_bytes, wav_bytes
 from moksori.errors import AudioFormatError, AudioTooLong, MoksoriError
 from moksori.providers.base import TTSOptions
@@ -258,15 +258,22 @@ async def speech(request: Request) -> Response:
 async def _synthesize(tts: Any, chunks: list[str], opts: TTSOptions, max_seconds: float) -> AsyncIterator[bytes]:
     budget = int(max_seconds * SPEECH_RATE)
     for chunk in chunks:
+        rs: StreamResampler | None = None  # one per chunk: Piper streams a sentence in pieces
         async for frame in tts.synthesize(chunk, opts):
-            out = resample(frame, SPEECH_RATE)
+            rs = rs or StreamResampler(frame.rate, SPEECH_RATE)
+            out = rs.process(frame.samples)
             if len(out) >= budget:
                 if budget > 0:
-                    yield out.samples[:budget].astype("<i2").tobytes()
+                    yield out[:budget].astype("<i2").tobytes()
                 log.warning("speech output cut at the %g s limit (MOKSORI_SERVER_MAX_SPEECH_SECONDS)", max_seconds)
                 return
             budget -= len(out)
-            yield out.to_bytes()
+            yield out.astype("<i2").tobytes()
+        tail = rs.flush() if rs is not None else np.zeros(0, dtype=np.int16)
+        tail = tail[:max(0, budget)]
+        budget -= len(tail)
+        if len(tail):
+            yield tail.astype("<i2").tobytes()
 
 
 _DIGIT = re.compile(r"\d")
