@@ -4,7 +4,8 @@ Each LibriVox utterance (../shared/speech/en/en_0XX) is played into a fresh sess
 pace, as in `engine_latency.py`; for every utterance and rep each variant (a cap on the first
 clause's length, `SessionConfig.first_clause_max_chars`, with an `r` suffix also
 `first_clause_ramp`: the following clauses' caps double from it; with an `o` suffix Piper's
-one-shot path, `MOKSORI_TTS_PIPER_STREAM=off`, instead of its windows) runs once, in rotated order, so the
+one-shot path, `MOKSORI_TTS_PIPER_STREAM=off`, instead of its windows; with a `w` suffix the LLM
+resumes at the first clause's first piece of audio, not when the clause is all made) runs once, in rotated order, so the
 variants share the machine's load. With `--temperature 0` (the default here) the LLM writes the
 same reply for the same turn whatever the variant, so the comparison is paired: only the
 chunking differs.
@@ -16,6 +17,9 @@ Stages, from the session timeline (ms):
 Naturalness, from the reply's paced audio (`agent.audio` chunks, `offset` and `play_at`):
   seam_gap  silence the listener hears between the first clause's audio and the second's
   underrun  all such silences inside the reply (gaps > 20 ms between consecutive chunks)
+            (with `output_lead_ms=0` this includes the event loop's pacing jitter under load)
+  tts_stall_in_clause / _at_seams  how late a piece of audio came after the listener had heard
+            all that was queued, inside a clause (a streamed clause's next window) or at a seam
   seam_pause  the whole pause heard at that seam: the first clause's trailing quiet, the gap,
             the second clause's leading quiet (10 ms windows under -40 dBFS); a comma inside one
             clause gets Piper's own pause, a cut without punctuation gets only what this adds up to
@@ -93,12 +97,12 @@ def chunks_of(reply: str, cap: int, ramp: bool) -> list[str]:
 
 
 def parse_variant(v: str) -> tuple[int, bool]:
-    v = v.removesuffix("o")
+    v = v.removesuffix("w").removesuffix("o")
     return (int(v[:-1]), True) if v.endswith("r") else (int(v), False)
 
 
 def one_shot(v: str) -> bool:
-    return v.endswith("o")
+    return v.removesuffix("w").endswith("o")
 
 
 async def one(stack, settings, path: Path, variant: str) -> dict:
@@ -107,6 +111,7 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
     from moksori.engine import events as E
     from moksori.engine.config import config_from_settings
     from moksori.engine.session import Session
+    from moksori.engine import response
     from moksori.engine.speaker import Playback
     from moksori.testing.harness import play_into_session, settle
 
@@ -128,6 +133,9 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
 
     session.bus.listen(on_audio)
     clause_samples: dict[str, list[int]] = {}  # response -> samples of each clause (a streamed one in pieces)
+    # response -> [in a clause, at a seam]: how long the listener had already heard everything
+    # queued when the next piece of audio came (the TTS was late: a gap it made, not pacing jitter)
+    stalls: dict[str, list[float]] = {}
     add = Playback.add
 
     def counting_add(pb: Playback, frame: Frame, text: str, *, more: bool = False) -> None:
@@ -136,14 +144,20 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
             n[-1] += len(frame)
         else:
             n.append(len(frame))
+        if pb.chunks and pb.queue.empty() and len(n) + more > 1:
+            late = session.speaker.clock.now() - pb.play_end
+            late = late if late > GAP_S else 0.0  # under 20 ms: the pacing's own jitter
+            stalls.setdefault(pb.response_id, [0.0, 0.0])[0 if more else 1] += late
         add(pb, frame, text, more=more)
 
     Playback.add = counting_add  # type: ignore[method-assign]
+    response.LLM_RESUMES_AT_FIRST_PIECE = variant.endswith("w")
     try:
         rec = await play_into_session(session, audio)
+        await settle(session, 15)
     finally:
         Playback.add = add  # type: ignore[method-assign]
-    await settle(session, 15)
+        response.LLM_RESUMES_AT_FIRST_PIECE = False
     await session.close()
     first: dict[str, E.Event] = {}
     for e in rec.events:
@@ -168,6 +182,8 @@ async def one(stack, settings, path: Path, variant: str) -> dict:
     spoken = chunks_of(reply, cap, ramp)
     row.update(clauses=len(spoken), clauses_cut_mid_phrase=sum(not _ends_phrase(c) for c in spoken[:-1]))
     row.update(naturalness(paced.get(rid, []), rate, first_samples))
+    in_clause, at_seams = stalls.get(rid, [0.0, 0.0])
+    row.update(tts_stall_in_clause_ms=round(1000 * in_clause), tts_stall_at_seams_ms=round(1000 * at_seams))
     row["seam_pause_ms"] = seam_pause_ms(pieces.get(rid, []), rate, first_samples)
     return row
 
@@ -177,8 +193,8 @@ def summarize(rows: list[dict], caps: list[str]) -> dict:
     for cap in caps:
         rs = [r for r in rows if r["cap"] == cap and "latency" in r]
         s: dict = {"n": len(rs), "missing": sum(1 for r in rows if r["cap"] == cap and "latency" not in r)}
-        for k in STAGES + ("seam_gap_ms", "underrun_ms", "first_clause_words", "first_clause_audio_ms",
-                           "seam_pause_ms"):
+        for k in STAGES + ("seam_gap_ms", "underrun_ms", "tts_stall_in_clause_ms", "tts_stall_at_seams_ms",
+                           "first_clause_words", "first_clause_audio_ms", "seam_pause_ms"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 s[k] = {"p50": round(pct(vals, 0.5)), "p95": round(pct(vals, 0.95)),

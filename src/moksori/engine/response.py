@@ -580,7 +580,8 @@ class Response:
                         self.emit(E.TtsFirstAudio(t=self.now(), response_id=self.id, item_id=self.item_id,
                                                   samples=len(out)))
                         first = False
-                        self._first_audio.set()
+                        if LLM_RESUMES_AT_FIRST_PIECE:
+                            self._first_audio.set()
                     if self.playback is not None and not self.playback.cancelled:
                         self.playback.add(out, clause, more=more)
                         more = True
@@ -590,7 +591,14 @@ class Response:
                     self.playback.add(Frame(tail, host.output_rate), clause, more=True)
             except ProviderError as e:
                 host.publish_error(e, response_id=self.id)
-            self._first_audio.set()  # even if that clause produced no audio
+            self._first_audio.set()  # the clause's audio is all made (or it produced none)
+
+
+# The LLM pauses while the reply's first clause is synthesised (`_generate`). False: it resumes
+# when that clause's audio is all made; True: at its first piece. With a TTS that streams a
+# clause (Piper's windows), resuming at the first piece puts the LLM on the cores while the rest
+# of the clause that is already playing is still being made (benchmarks/first_clause.py `w`).
+LLM_RESUMES_AT_FIRST_PIECE = False
 
 
 async def _close(stream: AsyncIterator[Any]) -> None:
