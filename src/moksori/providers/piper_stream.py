@@ -12,7 +12,8 @@ needed (one over identical samples would change nothing).
 `StreamingVoice.audio(ids, ...)` runs the encoder on the whole sentence (it is cheap and needs
 every phoneme for the durations), the flow on just enough frames for the first window, decodes
 ~0.19 s of audio and yields it, then runs the flow once over the rest and decodes it in windows
-that grow (16, 48, then the rest, in frames), so the extra work at the seams stays ~15 %.
+that grow (16, 48, then the rest, in frames): the context re-run at the seams costs ~20 % more
+compute over the sentence (real-time factor 0.096 -> 0.116, `benchmarks/piper_stream.py`).
 
 The cut needs the `onnx` package (to extract the three subgraphs in memory at load time); the
 weights are the voice file's own. A voice whose graph does not have the standard Piper export's
