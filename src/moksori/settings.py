@@ -82,6 +82,8 @@ class STTSettings(BaseModel):
     # Whisper's time. See providers/numerics.py.
     compute_type: Literal["int8", "float32"] = "int8"
     partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
+    # a live partial's decode gives way to a turn's final decode (engine/partials.py; README)
+    partial_yield: bool = True
     # decode the turn in pieces while the user speaks (committed once two decodes agree), so that
     # only the tail is decoded at its end (engine/incremental_stt.py). Off: on the 2-core VM it did
     # not pay at p50 (benchmarks/incremental_stt.py; README, latency section)

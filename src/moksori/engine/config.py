@@ -24,6 +24,7 @@ class SessionConfig:
     turn: TurnConfig = field(default_factory=TurnConfig)
     transcribe_input: bool = True
     partial_interval_ms: int = 1200
+    partial_yield: bool = True  # a live partial's decode gives way to a final one (engine/partials.py)
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
     llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py; off: README)
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
@@ -54,7 +55,8 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
     )
     cfg = SessionConfig(
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
-        partial_interval_ms=s.stt.partial_interval_ms, stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill,
+        partial_interval_ms=s.stt.partial_interval_ms, partial_yield=s.stt.partial_yield,
+        stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill,
         temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
         noise_reduction=s.audio.noise_reduction, backchannel=s.turn.backchannel == "on",

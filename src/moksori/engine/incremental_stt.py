@@ -158,7 +158,9 @@ class IncrementalSTT:
         base, prompt = turn.prefix.start, turn.prefix.text
         audio, t0, t1 = self._audio.span(base, self._ctx.clock.now())
         audio = _from(audio, t0, base)
-        tr = await self._stt(turn, audio, prompt)
+        tr = await self._stt_or_none(turn, audio, prompt, preemptible=self._ctx.cfg.partial_yield)
+        if tr is None:  # it gave way to a live turn's decode (engine/partials.py)
+            return Transcript("", turn.language or self._ctx.last_language, False)
         if self._turn is turn and turn.prefix.candidate is not None:
             turn.prefix.observe(base, t1, tr.text)
         text = " ".join(p for p in (prompt.strip(), tr.text.strip()) if p)
@@ -211,16 +213,21 @@ class IncrementalSTT:
         return _Piece(base, spec.audio_end, prompt, await self._stt(turn, audio, prompt))
 
     async def _stt(self, turn: _Turn, audio: np.ndarray, prompt: str) -> Transcript:
+        tr = await self._stt_or_none(turn, audio, prompt)
+        return tr or Transcript("", self._ctx.stt_language() or turn.language or self._ctx.last_language, True)
+
+    async def _stt_or_none(self, turn: _Turn, audio: np.ndarray, prompt: str, *,
+                           preemptible: bool = False) -> Transcript | None:
+        """The decode's final transcript; None if none came (a preemptible decode gave way)."""
         ctx = self._ctx
         lang = ctx.stt_language() or turn.language
-        opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=prompt or None)
+        opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=prompt or None, preemptible=preemptible)
         final: Transcript | None = None
         self.decoded_s += len(audio) / VAD_RATE
         async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
             if tr.final:
                 final = tr
-        final = final or Transcript("", lang or ctx.last_language, True)
-        if final.text.strip() and turn.language is None:
+        if final is not None and final.text.strip() and turn.language is None:
             turn.language = final.language
         return final
 

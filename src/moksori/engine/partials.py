@@ -2,6 +2,14 @@
 
 Every `interval` of speech, the turn so far is transcribed and published as
 `user.transcript_delta` (a full hypothesis: replace, do not append). It stops when the turn ends.
+
+A partial never delays the turn's final transcript (setting `stt.partial_yield`, on): its decode
+is background work marked preemptible, so it gives way between its steps (features, encoder,
+decoder) as soon as a live turn's decode is queued for the same model, and yields nothing. When
+the user stops, the pause's decode (the final transcript) is queued 32-64 ms later: a partial
+still running then is abandoned after the step it is in, instead of being finished first (its
+result was stale anyway: a partial is published only while the user is speaking). Without it,
+the final decode waited for the whole partial (README, latency section).
 """
 
 from __future__ import annotations
@@ -97,6 +105,7 @@ class PartialTranscripts:
                 return
         host = self._host
         audio = self._audio_between(onset - 2.0, host.clock.now())
-        opts = STTOptions(language=host.stt_language(), languages=host.cfg.languages)
+        opts = STTOptions(language=host.stt_language(), languages=host.cfg.languages,
+                          preemptible=host.cfg.partial_yield)
         async for tr in host.stt.transcribe(one_chunk(audio), opts):
             yield tr

@@ -121,6 +121,9 @@ class STTOptions:
     language: str | None = None  # None: detect among `languages`
     languages: tuple[str, ...] = ("en", "ko")
     prompt: str | None = None
+    # background work that may be abandoned (the transcribe call then yields nothing) when a live
+    # turn's decode is waiting for the same model (`threads.should_yield`): live partials
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)

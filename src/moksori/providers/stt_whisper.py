@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from dataclasses import replace
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from moksori.errors import ModelError, ProviderError
 from moksori.providers.base import STT, STTCaps, STTOptions, Transcript
-from moksori.providers.threads import ModelExecutor, run_blocking
+from moksori.providers.threads import ModelExecutor, run_blocking, should_yield
 
 RATE = 16000
 FULL_FRAMES = 3000  # 30 s of 10 ms frames
@@ -123,23 +124,28 @@ class WhisperSTT(STT):
         avg_logprob = res.scores[0] * (len(ids) or 1) / ((len(ids) or 1) + 1) if res.scores else 0.0
         return _Decoded([s for s in segments if s], float(res.no_speech_prob), float(avg_logprob))
 
-    def _transcribe_window(self, audio: np.ndarray, opts: STTOptions) -> Transcript:
+    def _transcribe_window(self, audio: np.ndarray, opts: STTOptions) -> Transcript | None:
+        """One window -> its transcript; None: a preemptible decode gave way (see _give_way)."""
         fe = self._wm.feature_extractor
         n_frames = max(1, len(audio) // 160)
         if float(np.max(np.abs(audio))) < SILENCE_PEAK:  # digital silence: Whisper would invent "you"
             return Transcript("", opts.language or "en", True, len(audio) / RATE, no_speech_prob=1.0)
+        if _give_way(opts):
+            return None
         window = min(FULL_FRAMES, n_frames + PAD_FRAMES)
         # features only for the window we encode (silence-padded), not a full 30 s
         feats = fe(audio, padding=160 * (window - n_frames) + 160)
         with self._lock:
             enc = self._encode(feats[:, :window])
+            if _give_way(opts):
+                return None
             allowed = tuple(lang for lang in (opts.languages or LANGUAGES) if lang in self.caps.languages) or ("en",)
             if opts.language and opts.language in self.caps.languages:
                 lang, lang_p = opts.language, 1.0
             else:
                 lang, lang_p = self._detect(enc, allowed)
             out = self._decode(enc, lang, n_frames, opts.prompt)
-            if out.degenerate and window < FULL_FRAMES:
+            if out.degenerate and window < FULL_FRAMES and not _give_way(opts):
                 # a short window can make Whisper repeat itself: decode the standard 30 s window
                 feats = fe(audio, padding=160 * FULL_FRAMES)
                 enc = self._encode(feats[:, :FULL_FRAMES])
@@ -152,6 +158,12 @@ class WhisperSTT(STT):
 
     def transcribe_array(self, audio: np.ndarray, opts: STTOptions) -> Transcript:
         """Blocking: the whole buffer -> one final transcript (long audio in ~27 s pieces)."""
+        tr = self._transcribe_array(audio, replace(opts, preemptible=False))
+        assert tr is not None  # only a preemptible decode gives way
+        return tr
+
+    def _transcribe_array(self, audio: np.ndarray, opts: STTOptions) -> Transcript | None:
+        """`transcribe_array`, or None: a preemptible decode gave way to a live turn's decode."""
         audio = np.asarray(audio, dtype=np.float32)
         if len(audio) < RATE // 10:
             return Transcript("", opts.language or "en", True, len(audio) / RATE)
@@ -160,7 +172,9 @@ class WhisperSTT(STT):
         texts, lang, lang_p, pos = [], opts.language, 1.0, 0
         while pos < len(audio):
             end = _cut_point(audio, pos, int(MAX_CHUNK_S * RATE))
-            piece = self._transcribe_window(audio[pos:end], STTOptions(lang, opts.languages, opts.prompt))
+            piece = self._transcribe_window(audio[pos:end], replace(opts, language=lang))
+            if piece is None:
+                return None
             lang, lang_p = piece.language, piece.language_prob
             if piece.text:
                 texts.append(piece.text)
@@ -173,10 +187,11 @@ class WhisperSTT(STT):
         chunks = [np.asarray(c, dtype=np.float32) async for c in audio]
         buf = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         try:
-            result = await run_blocking(self.transcribe_array, buf, opts, executor=self.executor)
+            result = await run_blocking(self._transcribe_array, buf, opts, executor=self.executor)
         except (RuntimeError, ValueError) as e:
             raise ProviderError(f"whisper failed: {e}", retryable=False, provider=self.name) from e
-        yield result
+        if result is not None:
+            yield result
 
 
 class _Decoded:
@@ -206,6 +221,13 @@ class _Decoded:
                 kept.append(seg)
                 seen.add(key)
         return " ".join(kept).strip()
+
+
+def _give_way(opts: STTOptions) -> bool:
+    """A preemptible (background) decode stops between its steps once a live turn's decode waits
+    for the model: the encoder and the decoder each run to their end (CTranslate2 cannot be
+    interrupted), but the next step is not started."""
+    return opts.preemptible and should_yield()
 
 
 def _looks_looped(text: str) -> bool:

@@ -13,7 +13,9 @@ in a queue in front of the model, not in a thread blocked on the model's lock. S
 * interactive work (a live turn's STT, a reply's LLM and TTS) goes before background work
   (uploads, `/v1/audio/speech`, live captions): first in each queue, and a background job
   also waits (up to MAX_DEFER_S) while an interactive job runs on *any* model, since they
-  all share the same cores. The caller sets the priority with `background()`, a context
+  all share the same cores. A background job that may be abandoned (a live caption's
+  decode) asks `should_yield()` between its steps and stops once interactive work waits
+  for its model (a running job cannot be pre-empted from outside). The caller sets the priority with `background()`, a context
   variable, so providers need not know who asks.
 
 Everything goes through `loop.run_in_executor`, which is what the virtual-time loop in
@@ -62,6 +64,11 @@ def set_background() -> None:
     """Mark the rest of the current task as background work. Call it at the top of a task's
     own coroutine (each task runs in its own copy of the context, so no other task sees it)."""
     _priority.set(BACKGROUND)
+
+
+def current_priority() -> int:
+    """INTERACTIVE or BACKGROUND: the priority model calls made now, in this task, would get."""
+    return _priority.get()
 
 
 def background_context() -> contextvars.Context:
@@ -154,6 +161,19 @@ def _interactive_delta(delta: int) -> None:
 
 def interactive_running() -> int:
     return _interactive_running
+
+
+_running = threading.local()  # in a model's worker thread: the executor and priority of its job
+
+
+def should_yield() -> bool:
+    """Called by model code in its worker thread, between steps: True if the job running is
+    background work and interactive work is waiting for the same model. A background job that
+    can give up (a live partial transcript, stale once the user has stopped) should then stop,
+    so that the interactive one (that turn's final decode) starts now, not after it."""
+    ex: ModelExecutor | None = getattr(_running, "executor", None)
+    return ex is not None and getattr(_running, "priority", INTERACTIVE) > INTERACTIVE \
+        and ex.stats.queued_interactive > 0
 
 
 class ModelExecutor(Executor):
@@ -270,6 +290,7 @@ class ModelExecutor(Executor):
             if interactive:
                 _interactive_delta(+1)
             started = time.monotonic()
+            _running.executor, _running.priority = self, job.priority
             try:
                 if job.future.set_running_or_notify_cancel():
                     try:
@@ -279,6 +300,7 @@ class ModelExecutor(Executor):
                     else:
                         job.future.set_result(result)
             finally:
+                _running.executor = None
                 if interactive:
                     _interactive_delta(-1)
                 done = time.monotonic()
