@@ -95,6 +95,12 @@ async def one(stack, settings, path: Path) -> dict:
         if done and done[0].usage is not None:
             row["prompt_tokens"] = done[0].usage.input_tokens
             row["cached_tokens"] = done[0].usage.cached_tokens
+        # a live partial's decode still running when the final decode was queued: how long after
+        # that it ended (finished, or gave way: `partials_gave_way`); the final waited about as long
+        span = session.partials.last_span
+        row["partial_decodes"], row["partials_gave_way"] = session.partials.decodes, session.partials.gave_way
+        if span is not None and stt and span[0] <= stt[-1].t < span[1]:
+            row["partial_wait"] = round(1000 * (span[1] - stt[-1].t))
         row["prefilled_tokens"] = session.prefill.evaluated
         row["prefill_calls"] = session.prefill.calls
         row["turn_reason"] = getattr(first.get("user.turn_ended"), "reason", None)
@@ -117,6 +123,10 @@ def summarise(rows: list[dict], settings: list[str]) -> dict:
         "stages_p50_ms": {k: p(k, 0.5) for k in STAGES},
         "stages_p95_ms": {k: p(k, 0.95) for k in STAGES},
         "prompt_tokens_p50": p("prompt_tokens", 0.5), "cached_tokens_p50": p("cached_tokens", 0.5),
+        # turns whose final decode was queued while a live partial's decode ran, and how long after
+        # that the partial ended (with stt.partial_yield: gave way); the final waited about that long
+        "partial_running_at_final": len([r for r in rows if "partial_wait" in r]),
+        "partial_wait_p50_ms": p("partial_wait", 0.5), "partial_wait_max_ms": p("partial_wait", 1.0),
         "settings": settings,
     }
 

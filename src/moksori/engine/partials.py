@@ -63,6 +63,9 @@ class PartialTranscripts:
         self._audio_between = audio_between
         self._item_id_of = item_id_of
         self._task: asyncio.Task[Any] | None = None
+        self.decodes = 0  # partial decodes started, all turns (for benchmarks)
+        self.gave_way = 0  # ... of which gave way to a live turn's decode (yielded nothing)
+        self.last_span: tuple[float, float] | None = None  # session times of the latest one
 
     def start(self, turn_id: int) -> None:
         cfg = self._host.cfg
@@ -89,13 +92,18 @@ class PartialTranscripts:
                 return
             if turn.state != "speaking":
                 continue
+            started, got = host.clock.now(), False
+            self.decodes += 1
             async for tr in self._transcribe(turn_id, onset):
+                got = True
                 if turn.turn_id == turn_id and turn.state == "speaking" and tr.text and tr.text != last:
                     last = tr.text
                     host.publish(E.UserTranscriptDelta(t=host.clock.now(), turn_id=turn_id, item_id=item_id,
                                                        text=tr.text, language=tr.language, final=False))
                     if self._on_partial is not None:
                         self._on_partial(turn_id, tr.text)
+            self.gave_way += not got
+            self.last_span = (started, host.clock.now())
 
     async def _transcribe(self, turn_id: int, onset: float) -> AsyncIterator[Transcript]:
         if self._incremental is not None:

@@ -101,6 +101,11 @@ class Session:
         return self._incremental
 
     @property
+    def partials(self) -> PartialTranscripts:
+        """Live partial transcripts (their counters are read by benchmarks)."""
+        return self._partials
+
+    @property
     def prefill(self) -> LlmPrefill:
         """The LLM prefill of the user's words (its counters are read by tests and benchmarks)."""
         return self._prefill
