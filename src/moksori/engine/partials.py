@@ -6,10 +6,11 @@ Every `interval` of speech, the turn so far is transcribed and published as
 A partial never delays the turn's final transcript (setting `stt.partial_yield`, on): its decode
 is background work marked preemptible, so it gives way between its steps (features, encoder,
 decoder) as soon as a live turn's decode is queued for the same model, and yields nothing. When
-the user stops, the pause's decode (the final transcript) is queued 32-64 ms later: a partial
-still running then is abandoned after the step it is in, instead of being finished first (its
-result was stale anyway: a partial is published only while the user is speaking). Without it,
-the final decode waited for the whole partial (README, latency section).
+the user stops, the pause's decode (the final transcript) is queued ~70 ms later: a partial
+still running then is abandoned after the step it is in (CTranslate2 cannot stop its encoder or
+decoder midway), instead of being finished first (its result was stale anyway: a partial is
+published only while the user is speaking). Without it, the final decode waited for the whole
+partial (README, latency section). A caption is skipped, never wrong.
 """
 
 from __future__ import annotations
