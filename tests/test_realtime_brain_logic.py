@@ -402,6 +402,56 @@ def test_server_tool_runs_here_and_a_follow_up_continues_the_same_reply():
     assert [i.type for i in s.memory.items] == ["message", "message", "function_call", "function_call_output"]
 
 
+def test_an_mcp_servers_tool_is_one_mcp_call_item_and_a_late_listed_tool_is_offered_upstream():
+    """A tool of an MCP server (`Tool.mcp_server`: a `[[tools.mcp]]` server's, or one a Realtime
+    client named) runs as the pipeline runs it: `agent.tool_call` names the server and the
+    `mcp_call` item's id, memory keeps one `mcp_call` item, the upstream gets the output. A tool
+    that joins the box later (an MCP server listed after the session started) is offered upstream
+    by a `session.update` (`tools_changed`)."""
+    server = FakeRealtimeServer(reply_ms=800)
+    server.transcripts.append("weather in seoul")
+    server.function_calls.append(("weather", '{"city": "Seoul"}'))
+
+    async def weather(args):
+        return f"{args['city']}: sunny"
+
+    async def failing(args):
+        raise RuntimeError("down")
+
+    spec = ToolSpec("weather", "Weather for a city.", {"type": "object", "properties": {"city": {"type": "string"}}})
+    box = ToolBox()
+
+    async def main():
+        s = make(server, toolbox=box)
+        await s.ready(5)
+        box.add(Tool(spec, weather, mcp_server="wx"))  # listed once the session runs
+        s.tools_changed()
+        box.add(Tool(ToolSpec("broken", "Fails.", {"type": "object", "properties": {}}), failing, mcp_server="wx"))
+        s.tools_changed()
+        rec = await play_into_session(s, [quiet(0.3, rate=R), tone(1.0, rate=R), quiet(4.0, rate=R)])
+        server.transcripts.append("and the other one")
+        server.function_calls.append(("broken", "{}"))
+        await play_into_session(s, [tone(1.0, rate=R), quiet(4.0, rate=R)], recording=rec)
+        await settle(s, 5)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    updates = sent(server, "session.update")
+    assert [t["name"] for t in updates[-1]["session"]["tools"]] == ["weather", "broken"]
+    first, second = rec.of(E.AgentToolCall)
+    assert first.server_label == "wx" and first.mcp_item_id is not None and first.mcp_item_id.startswith("mcp")
+    ok, failed = rec.of(E.AgentToolResult)
+    assert ok.ok and ok.output == "Seoul: sunny" and not failed.ok and failed.error_kind == "failed"
+    outs = [e["item"] for e in sent(server, "conversation.item.create") if e["item"]["type"] == "function_call_output"]
+    assert [o["output"] for o in outs][0] == "Seoul: sunny" and "down" in outs[1]["output"]
+    calls = [i for i in s.memory.items if i.type == "mcp_call"]
+    assert [i.type for i in s.memory.items if i.type != "message"] == ["mcp_call", "mcp_call"]  # no function_call items
+    assert calls[0].id == first.mcp_item_id and calls[0].server_label == "wx" and calls[0].name == "weather"
+    assert calls[0].output == "Seoul: sunny" and calls[0].error is None and calls[1].error is not None
+    assert [r.status for r in done(rec)] == ["completed", "completed"]
+
+
 def test_client_tool_call_ends_the_reply_for_the_client():
     server = FakeRealtimeServer(reply_ms=800)
     server.function_calls.append(("lookup", "{}"))

@@ -526,3 +526,82 @@ async def test_webrtc_call_with_an_mcp_tool_in_its_ephemeral_key_and_approval_on
         assert done["response"]["output"][2]["content"][0]["text"] == "The tool says: Seoul: sunny, 21 degrees."
     finally:
         await client.close()
+
+
+# --------------------------------------------------------------------------- the realtime brain
+
+
+@pytest.fixture(scope="module")
+def brain_front(tmp_path_factory, server, mcp_url):
+    """`moksori serve` with the realtime brain. Its upstream is `server` above (the pipeline brain
+    whose LLM is the scripted stand-in): a scripted speech-to-speech upstream that calls the
+    function tools it is offered, as `scripted:tool=NAME` says. The MCP tools the client names
+    reach the upstream as function tools; the front runs their calls."""
+    cwd = tmp_path_factory.mktemp("serve-brain-mcp")
+    with moksori_serve(prepared_data_dir(tmp_path_factory), cwd, MOKSORI_BRAIN="realtime",
+                       MOKSORI_REALTIME_URL=f"ws://127.0.0.1:{server.port}/v1/realtime?model=gpt-realtime",
+                       MOKSORI_REALTIME_API_KEY=KEY, MOKSORI_REALTIME_RESPONSE_TIMEOUT_S="30",
+                       MOKSORI_STORE_URL=f"sqlite+aiosqlite:///{cwd / 'front.db'}", MOKSORI_LANGUAGE="en",
+                       MOKSORI_TOOLS_REALTIME_MCP_ALLOW=mcp_url, MOKSORI_SERVER_SHED_LOOP_LAG_MS="5000",
+                       MOKSORI_TOOLS_REALTIME_MCP_APPROVAL_TIMEOUT_S=str(APPROVAL_TIMEOUT_S)) as srv:
+        yield srv
+
+
+async def test_the_realtime_brain_offers_mcp_tools_upstream_and_runs_the_upstreams_calls(
+        brain_front, scripted, mcp_url) -> None:
+    policy = {"never": {"tool_names": ["weather"]}}  # secret_op needs approval
+    conn, log = await open_session(brain_front.port, "scripted:tool=weather", [mcp_tool(mcp_url, approval=policy)])
+    try:
+        item = await listed(log)
+        assert sorted(t["name"] for t in item["tools"]) == ["secret_op", "weather"]
+        n = len(log.events)
+        await ask(conn, log, "What is the weather in Seoul?")
+        done = await log.wait("response.done", start=n, timeout=90)
+        events = log.events[n:]
+        r = done["response"]
+        assert r["status"] == "completed", r
+        assert [o["type"] for o in r["output"]] == ["mcp_call", "message"], r["output"]
+        assert [e["type"] for e in events if e["type"].startswith("response.mcp_call")] == [
+            "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+            "response.mcp_call.in_progress", "response.mcp_call.completed"]
+        call = r["output"][0]
+        sdk_shape(RealtimeMcpToolCall, call)
+        assert call["server_label"] == "wx" and call["name"] == "weather" and call["output"] == "Seoul: sunny, 21 degrees"
+        assert json.loads(call["arguments"]) == {"city": "Seoul"}
+        assert reply_text(events) == "The tool says: Seoul: sunny, 21 degrees."
+        # the upstream (its scripted LLM) was offered the MCP tools as function tools, and read the result
+        asked, answered = scripted.requests[-2:]
+        assert {"weather", "secret_op"} <= {t["function"]["name"] for t in asked.get("tools") or []}
+        assert answered["messages"][-1]["role"] == "tool" and "sunny" in answered["messages"][-1]["content"]
+        await conn.conversation.item.retrieve(item_id=call["id"])
+        assert (await log.wait("conversation.item.retrieved", start=n))["item"] == call
+        stored = await stored_items(brain_front, r["conversation_id"], lambda its: len(its) >= 3)
+        assert [i.type for i in stored] == ["message", "mcp_call", "message"]
+        assert isinstance(stored[1], ConversationMcpCall) and stored[1].id == call["id"]
+        assert stored[1].server_label == "wx" and stored[1].output == "Seoul: sunny, 21 degrees"
+
+        # a call that needs approval: the request, the client's answer, then the call
+        n = len(log.events)
+        await conn.session.update(session={"type": "realtime", "instructions": "scripted:tool=secret_op"})
+        await log.wait("session.updated", start=n)
+        await ask(conn, log, "Please do the secret operation.")
+        req = (await log.wait("response.output_item.done", lambda e: e["item"]["type"] == "mcp_approval_request",
+                              start=n, timeout=60))["item"]
+        sdk_shape(RealtimeMcpApprovalRequest, req)
+        assert req["name"] == "secret_op" and json.loads(req["arguments"]) == {"target": "test"}
+        await conn.conversation.item.create(item={"type": "mcp_approval_response", "approval_request_id": req["id"],
+                                                  "approve": True})
+        await conn.response.create()  # as OpenAI's flow has it: the reply already goes on, so this is ignored
+        done = await log.wait("response.done", start=n, timeout=60)
+        events = log.events[n:]
+        assert [o["type"] for o in done["response"]["output"]] == ["mcp_approval_request", "mcp_call", "message"]
+        assert done["response"]["output"][1]["approval_request_id"] == req["id"]
+        assert done["response"]["output"][1]["output"] == "done: test"
+        assert reply_text(events) == "The tool says: done: test."
+        assert len([e for e in events if e["type"] == "response.created"]) == 1
+        assert not [e for e in log.events if e["type"] == "error"], [e for e in log.events if e["type"] == "error"]
+        assert not [e for e in log.events if e["type"] == "warning" and "MCP" in str(e)]
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -310,9 +311,10 @@ allowed_tools = ["weather"]
 
         # the MCP server's tool, then the broken HTTP tool: the apology, no second model pass
         env["MOKSORI_AGENT_INSTRUCTIONS"] = "scripted:tool=weather"
-        r = chat(["--user", "tom"], "And with the other service?\n", env)
+        r = chat(["--user", "tom"], "And with the other service?\nhistory\n", env)
         assert r.returncode == 0, r.stderr
         assert "The tool says: Seoul: sunny, 21 degrees." in r.stdout
+        assert '(tool call) wx: weather({"city": "Seoul"})' in r.stdout  # one mcp_call item, with its server
         env["MOKSORI_AGENT_INSTRUCTIONS"] = "scripted:tool=lookup"
         n = len(scripted.llm.requests)
         r = chat(["--user", "tom"], "Look it up.\n", env)
@@ -320,16 +322,21 @@ allowed_tools = ["weather"]
         assert "Sorry, I couldn't get that information right now." in r.stdout
         assert len(scripted.llm.requests) == n + 1
 
-    async def stored() -> list[str]:
+    async def stored() -> list[Any]:
         from moksori.store import DEFAULT_TENANT, Store
 
         store = await Store(f"sqlite:///{tmp_path / 'moksori.db'}", hash_secret=b"x").start()
         h = await store.load_history(DEFAULT_TENANT, "tom", max_tokens=100_000)
         await store.close()
-        return [i.type for i in h.items]
+        return list(h.items)
 
-    kinds = asyncio.run(stored())
-    assert kinds.count("function_call") == 3 and kinds.count("function_call_output") == 3
+    items = asyncio.run(stored())
+    kinds = [i.type for i in items]
+    # the HTTP tools' calls as function_call + output; the `[[tools.mcp]]` server's as one mcp_call item
+    assert kinds.count("function_call") == 2 and kinds.count("function_call_output") == 2
+    mcp = [i for i in items if i.type == "mcp_call"]
+    assert len(mcp) == 1 and mcp[0].server_label == "wx" and mcp[0].name == "weather"
+    assert mcp[0].output == "Seoul: sunny, 21 degrees" and json.loads(mcp[0].arguments or "") == {"city": "Seoul"}
 
 
 def test_input_and_output_guardrails_and_the_safe_sentence(scripted, tmp_path) -> None:

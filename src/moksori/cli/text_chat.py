@@ -283,6 +283,8 @@ class TextChat:
                     shown += 1
                 elif it.type == "function_call":
                     self.say(f"(tool call) {it.name}({it.arguments})")
+                elif it.type == "mcp_call":
+                    self.say(f"(tool call) {it.server_label}: {it.name}({it.arguments})")
             if not shown:
                 self.say("(no messages yet)")
 
@@ -411,21 +413,32 @@ class TextChat:
     async def _run_tools(self, calls: list[ToolCall], convo: list[Message]) -> list[ToolRun]:
         """Run the server tools the model called (an unknown name gets an error it can read);
         each call and result goes into the history and the store."""
-        from moksori.store import ToolCallRecord, ToolResultRecord
+        from moksori.store import MCPCallRecord, ToolCallRecord, ToolResultRecord
 
         runs: list[ToolRun] = []
         for call in calls:
             self.warn(f"(tool: {call.name})")
-            self._submit(ToolCallRecord(self.conversation_id, new_id("item"), call.id, call.name, call.arguments,
-                                        time.time()))
+            tool = self.toolbox.get(call.name)
+            label = tool.mcp_server if tool is not None else None
+            if label is None:
+                self._submit(ToolCallRecord(self.conversation_id, new_id("item"), call.id, call.name, call.arguments,
+                                            time.time()))
             run = await self.toolbox.call(call.name, call.arguments)  # each tool's own timeout
             runs.append(run)
-            self._submit(ToolResultRecord(self.conversation_id, new_id("item"), call.id, run.output, time.time(),
-                                          name=call.name))
-            self.items += [Item(id=new_id("item"), type="function_call", role="assistant", call_id=call.id,
-                                name=call.name, arguments=call.arguments),
-                           Item(id=new_id("item"), type="function_call_output", role="user", call_id=call.id,
-                                output=run.output)]
+            if label is not None:  # an MCP server's tool: one `mcp_call` item, as the voice sessions keep it
+                item_id = new_id("mcp")
+                self._submit(MCPCallRecord(self.conversation_id, item_id, call.id, label, call.name, call.arguments,
+                                           run.output, time.time(), ok=run.ok))
+                self.items.append(Item(id=item_id, type="mcp_call", role="assistant", call_id=call.id, name=call.name,
+                                       arguments=call.arguments, output=run.output, server_label=label,
+                                       error=None if run.ok else run.output))
+            else:
+                self._submit(ToolResultRecord(self.conversation_id, new_id("item"), call.id, run.output, time.time(),
+                                              name=call.name))
+                self.items += [Item(id=new_id("item"), type="function_call", role="assistant", call_id=call.id,
+                                    name=call.name, arguments=call.arguments),
+                               Item(id=new_id("item"), type="function_call_output", role="user", call_id=call.id,
+                                    output=run.output)]
             convo += [Message("assistant", "", tool_calls=(call,)),
                       Message("tool", run.output, tool_call_id=call.id, name=call.name)]
         return runs

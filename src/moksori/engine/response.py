@@ -447,10 +447,7 @@ class Response:
                 tool = box.get(call.name)
                 assert tool is not None  # `local` holds only calls of known tools
                 self.function_calls.append(call)
-                mcp_item_id = new_id("mcp") if tool.mcp_server is not None else None
-                self.emit(E.AgentToolCall(t=self.now(), response_id=self.id, item_id=self.item_id,
-                                          call_id=call.id, name=call.name, arguments=call.arguments,
-                                          mcp_item_id=mcp_item_id, server_label=tool.mcp_server))
+                call_item_id = self._announce_tool_call(call, tool)
                 if tool.say_first:
                     self._add_text(("" if not self.text else " ") + tool.say_first, clauses, chunker)
                     for clause in chunker.flush():
@@ -458,22 +455,9 @@ class Response:
                     await self._drain_audio(clauses)
                 run = await self._call_tool(call, tool, clauses, chunker)
                 results.append(run)
-                output = run.output
-                log.debug("tool %s -> %s: %s", call.name, "ok" if run.ok else run.error_kind, output[:500])
-                if mcp_item_id is not None:  # one item, as the Realtime client was shown it
-                    self._remember(Item(id=mcp_item_id, type="mcp_call", role="assistant", call_id=call.id,
-                                        name=call.name, arguments=call.arguments, output=output,
-                                        server_label=tool.mcp_server, error=None if run.ok else output))
-                else:
-                    self._remember(Item(id=new_id("item"), type="function_call", role="assistant",
-                                        call_id=call.id, name=call.name, arguments=call.arguments))
-                    self._remember(Item(id=new_id("item"), type="function_call_output", role="user",
-                                        call_id=call.id, output=output))
-                self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id,
-                                            call_id=call.id, name=call.name, output=output, ok=run.ok,
-                                            error_kind=run.error_kind))
+                self._record_tool_run(call, tool, run, call_item_id)
                 convo += [Message("assistant", "", tool_calls=(call,)),
-                          Message("tool", output, tool_call_id=call.id, name=call.name)]
+                          Message("tool", run.output, tool_call_id=call.id, name=call.name)]
                 stop_after = stop_after or tool.final
             if stop_after:
                 break
@@ -515,6 +499,35 @@ class Response:
             timer.cancel()
             if not task.done():
                 task.cancel()
+
+    def _announce_tool_call(self, call: ToolCall, tool: Tool, item_id: str | None = None) -> str:
+        """`agent.tool_call` for a server tool about to run; returns the id of the call's item:
+        an MCP server's tool (`Tool.mcp_server`) gets one `mcp_call` item, whose id is announced
+        (`mcp_item_id`: the Realtime MCP runner shows the client that item)."""
+        mcp = tool.mcp_server is not None
+        item_id = item_id or new_id("mcp" if mcp else "item")
+        self.emit(E.AgentToolCall(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
+                                  name=call.name, arguments=call.arguments, mcp_item_id=item_id if mcp else None,
+                                  server_label=tool.mcp_server))
+        return item_id
+
+    def _record_tool_run(self, call: ToolCall, tool: Tool, run: ToolRun, item_id: str,
+                         output_item_id: str | None = None) -> None:
+        """A server tool's call and result into memory (one `mcp_call` item for an MCP server's
+        tool, else `function_call` + `function_call_output`) and `agent.tool_result`. Both
+        brains record their tool calls here."""
+        log.debug("tool %s -> %s: %s", call.name, "ok" if run.ok else run.error_kind, run.output[:500])
+        if tool.mcp_server is not None:  # one item, as the Realtime client was shown it
+            self._remember(Item(id=item_id, type="mcp_call", role="assistant", call_id=call.id, name=call.name,
+                                arguments=call.arguments, output=run.output, server_label=tool.mcp_server,
+                                error=None if run.ok else run.output))
+        else:
+            self._remember(Item(id=item_id, type="function_call", role="assistant", call_id=call.id,
+                                name=call.name, arguments=call.arguments))
+            self._remember(Item(id=output_item_id or new_id("item"), type="function_call_output", role="user",
+                                call_id=call.id, output=run.output))
+        self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
+                                    name=call.name, output=run.output, ok=run.ok, error_kind=run.error_kind))
 
     def _remember(self, item: Item) -> str:
         """Store a tool item in memory (once this response is public; it may still be speculative)."""

@@ -227,6 +227,10 @@ class Session:
         if cfg.backchannel != old.backchannel or cfg.turn != old.turn:
             self._backchannels.configure(cfg)
 
+    def tools_changed(self) -> None:
+        """Tools were added to or removed from `toolbox` (e.g. an MCP server was listed). The
+        pipeline reads the box at each reply; the realtime brain tells its upstream."""
+
     # ================================================================== audio in
 
     def push_audio(self, frame: Frame) -> None:

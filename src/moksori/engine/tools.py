@@ -30,8 +30,9 @@ class Tool:
     timeout_s: float | None = None
     # say a short filler when the call is slow (False: e.g. a call waiting for the user's approval)
     filler: bool = True
-    # an MCP server's tool that a Realtime client named: its call is one `mcp_call` item in the
-    # conversation (not function_call + function_call_output), under this server label
+    # an MCP server's tool (a `[[tools.mcp]]` server's, or one a Realtime client named): its call
+    # is one `mcp_call` item in the conversation (not function_call + function_call_output),
+    # under this server label
     mcp_server: str | None = None
 
 

@@ -83,9 +83,8 @@ class RealtimeConnection:
         # the store's recorder of this session (server/recording_hooks.py), told what the client
         # adds and truncates itself; None when nothing is recorded
         self.recorder: Any = None
-        # MCP servers the client names (`{"type": "mcp"}` tools): the pipeline brain runs them
+        # MCP servers the client names (`{"type": "mcp"}` tools), run here with either brain
         self.mcp = RealtimeMCP(self, settings.tools)
-        self._mcp_warned = False
         self._input = ClientAudio(settings.server.max_input_buffer_s)
         self._outbound = Outbound(self)
         self._items = ConversationItems(self, self._outbound.audio_sent_ms)
@@ -182,13 +181,12 @@ class RealtimeConnection:
     def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None:
         self._outbound.output_item_done(response_id, index, item)
 
+    def tools_changed(self) -> None:
+        """An MCP server's tools joined or left the session's box (the realtime brain offers
+        them to its upstream)."""
+        self.session.tools_changed()
+
     def _sync_mcp(self) -> None:
-        if self.cfg.mcp_tools and self.settings.brain == "realtime":
-            if not self._mcp_warned:
-                self._mcp_warned = True
-                self.send(self.ev.warning("MCP tools from clients run with the pipeline brain only "
-                                          "(MOKSORI_BRAIN=pipeline); they have no effect here"))
-            return
         self.mcp.sync(self.cfg.mcp_tools)
 
     # ------------------------------------------------------------------ lifetime

@@ -1,5 +1,5 @@
 """MCP servers a Realtime client names in `session.update` (`{"type": "mcp", "server_url", ...}`),
-run for one connection with the pipeline brain. The wire shapes are
+run for one connection, with either brain. The wire shapes are
 `moksori.protocols.realtime.mcp`; the MCP client is `moksori.tools.mcp_client`.
 
     mcp = RealtimeMCP(host, settings.tools)
@@ -17,7 +17,10 @@ tool box (`ResponseOptions.reply_tools`), not the session's, and its connection 
 response is done.
 
 Each server's tools go into the session's tool box as server-side tools, so the engine runs
-them inside the reply and the LLM continues with the result. Their handler speaks the
+them inside the reply and the LLM continues with the result. With the realtime brain the same
+tools are offered to the upstream as function tools (`host.tools_changed()` after each listing
+or drop; a response's own servers through the reply's tools): the brain's reply runs the
+upstream's call through the same handler and sends the output back up. Their handler speaks the
 Realtime protocol around the call: an `mcp_approval_request` item and a wait for the client's
 answer when `require_approval` says so, then the `mcp_call` item and its events.
 
@@ -68,6 +71,7 @@ class MCPHost(Protocol):
     @property
     def toolbox(self) -> ToolBox: ...
     def client_tool_names(self) -> set[str]: ...
+    def tools_changed(self) -> None: ...
     def output_item_added(self, response_id: str, item: dict[str, Any]) -> int | None: ...
     def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None: ...
 
@@ -137,6 +141,8 @@ class RealtimeMCP:
             self.host.toolbox.remove(name)
             self._owner.pop(name, None)
             self._calls.pop(name, None)
+        if srv.tools:
+            self.host.tools_changed()
         self._close_conn(srv)
 
     def for_response(self, configs: tuple[rt.MCPToolConfig, ...]) -> Callable[[str], Awaitable[list[Tool]]]:
@@ -243,6 +249,8 @@ class RealtimeMCP:
             if session_wide:
                 self._owner[name] = srv
                 self.host.toolbox.add(self._tool(name, t, srv))
+        if session_wide and srv.tools:
+            self.host.tools_changed()
         if ev.flavor is not rt.Flavor.GA:
             self._item_done(srv, [t.to_wire() for t in srv.tools.values()])
         self.host.send(ev.mcp_list_tools_completed(srv.list_item_id))

@@ -89,10 +89,7 @@ class ResponseRequests:
             for w in o.warnings:
                 host.send(host.ev.warning(w, event_id=ev.event_id))
             kw = response_overrides(o, host.settings, voices=host.stack.tts.caps.voices)
-            if o.mcp_tools and host.settings.brain == "realtime":
-                host.send(host.ev.warning("response.tools: MCP tools from clients run with the pipeline brain only "
-                                          "(MOKSORI_BRAIN=pipeline); they have no effect here", event_id=ev.event_id))
-            elif o.mcp_tools:  # this response's own MCP servers, listed when it starts
+            if o.mcp_tools:  # this response's own MCP servers, listed when it starts (either brain)
                 kw["reply_tools"] = host.mcp.for_response(o.mcp_tools)
             if o.input is not None:
                 kw["replace_input"] = tuple(await self._messages_for(o.input))

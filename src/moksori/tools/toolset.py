@@ -248,7 +248,10 @@ class ServerTools:
                 return await self.run(name, args)  # the box reads `.text`, `.ok` and `.kind`
             return handler
 
-        return [Tool(info.spec, handler_for(name), timeout_s=info.timeout_s + 1.0)
+        # an MCP server's tool is recorded as one `mcp_call` item under its server's name
+        # (`Tool.mcp_server`), as a Realtime client's MCP tools are
+        return [Tool(info.spec, handler_for(name), timeout_s=info.timeout_s + 1.0,
+                     mcp_server=info.server if info.source == "mcp" else None)
                 for name, info in self._tools.items()]
 
 

@@ -48,6 +48,7 @@ from moksori.audio.resample import StreamResampler
 from moksori.engine import events as E
 from moksori.engine.memory import Item, new_id
 from moksori.engine.response import Response
+from moksori.engine.tools import Tool
 from moksori.providers.base import ToolCall, Usage
 from moksori.text.chunker import ClauseChunker
 
@@ -113,6 +114,8 @@ class UpstreamReply(Response):
         assert brain is not None
         host = self.host
         if not self.upstream_initiated:
+            if self.opts.reply_tools is not None:  # e.g. the MCP servers a `response.create` names
+                self._box = host.toolbox.with_tools(await self.opts.reply_tools(self.id))
             safe = await brain.check_input(self)
             if safe is not None:  # the input guardrail blocked the turn: the upstream says the safe sentence
                 self.opts = dataclasses.replace(self.opts, fixed_text=safe)
@@ -329,39 +332,40 @@ class UpstreamReply(Response):
     def on_function_call(self, e: ev.FunctionCall) -> str:
         """A function call item of this reply; returns its local item id."""
         assert self.brain is not None
-        host, call = self.host, ToolCall(e.call_id, e.name, e.arguments)
+        call = ToolCall(e.call_id, e.name, e.arguments)
         item_id = new_id("item")
         self.function_calls.append(call)
         if not self.live:
             return item_id
-        tool = host.toolbox.get(e.name)
-        if tool is None:  # a client tool (a Realtime client of Moksori runs it): the reply ends here
+        tool = self.toolbox.get(e.name)
+        if tool is None or e.name in {t.name for t in self.opts.tools}:
+            # a client tool (a Realtime client of Moksori runs it): the reply ends here
             self._remember(Item(id=item_id, type="function_call", role="assistant", call_id=call.id, name=call.name,
                                 arguments=call.arguments))
             self.emit(E.AgentFunctionCall(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
                                           name=call.name, arguments=call.arguments, call_item_id=item_id))
             return item_id
+        if tool.mcp_server is not None:
+            item_id = new_id("mcp")  # one `mcp_call` item here (the upstream keeps a call and an output)
         self._tools_running += 1
-        self.brain.spawn(self._run_tool(call, item_id, final=tool.final), f"tool-{call.name}")
+        self.brain.spawn(self._run_tool(call, tool, item_id), f"tool-{call.name}")
         return item_id
 
-    async def _run_tool(self, call: ToolCall, item_id: str, *, final: bool) -> None:
-        """A server-side tool (hang up, transfer, the configured tools): run it here, give the
-        upstream its output, and let a follow-up response continue this reply."""
-        brain, host = self.brain, self.host
+    async def _run_tool(self, call: ToolCall, tool: Tool, item_id: str) -> None:
+        """A server-side tool (hang up, transfer, the configured tools, MCP servers): run it
+        here as the pipeline does (`Response._announce_tool_call` / `_record_tool_run`: an MCP
+        server's tool is one `mcp_call` item, and a Realtime client's MCP runner shows it and
+        asks for approval inside the handler), give the upstream its output, and let a follow-up
+        response continue this reply."""
+        brain = self.brain
         assert brain is not None
         try:
-            self.emit(E.AgentToolCall(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
-                                      name=call.name, arguments=call.arguments))
-            output = await host.toolbox.run(call.name, call.arguments)
+            self._announce_tool_call(call, tool, item_id)
+            run = await self.toolbox.call(call.name, call.arguments)
             out_id = new_id("item")
-            self._remember(Item(id=item_id, type="function_call", role="assistant", call_id=call.id, name=call.name,
-                                arguments=call.arguments))
-            self._remember(Item(id=out_id, type="function_call_output", role="user", call_id=call.id, output=output))
-            self.emit(E.AgentToolResult(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
-                                        name=call.name, output=output))
-            brain.tool_output(call.id, output, out_id)
-            if not final and self.live:
+            self._record_tool_run(call, tool, run, item_id, out_id)
+            brain.tool_output(call.id, run.output, out_id)
+            if not tool.final and self.live:
                 self._open_rounds += 1
                 brain.request(self, followup=True)
         finally:
@@ -412,9 +416,10 @@ class UpstreamReply(Response):
         mods = ("audio",) if "audio" in o.modalities else ("text",)
         if mods != session_modalities:
             kw["modalities"] = mods
-        if tuple(o.tools) != tuple(session_tools):
+        if tuple(o.tools) != tuple(session_tools) or self._box is not None:  # this reply's own tools
+            client = {t.name for t in o.tools}  # a client's tool wins over a server tool of that name
             kw["tools"] = tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
-                                for t in (*o.tools, *self.host.toolbox.specs()))
+                                for t in (*o.tools, *(s for s in self.toolbox.specs() if s.name not in client)))
         if o.tool_choice != session_tool_choice:
             kw["tool_choice"] = o.tool_choice if o.tool_choice in ("auto", "none", "required") else \
                 {"type": "function", "name": o.tool_choice}

@@ -158,6 +158,11 @@ class RealtimeSession(Session):
             self._up_user = "idle"
         self._reconfigure()
 
+    def tools_changed(self) -> None:
+        """The session's tool box changed (a Realtime client's MCP server was listed or dropped):
+        the upstream is offered the tools as they are now."""
+        self._reconfigure()
+
     def _reconfigure(self) -> None:
         session = self._session_options(self.cfg, self._options.session)
         if session != self._options.session:
@@ -212,6 +217,9 @@ class RealtimeSession(Session):
                 await self.upstream.add_function_call(it.call_id, it.name, it.arguments or "{}", item_id=iid)
             elif it.type == "function_call_output" and it.call_id:
                 await self.upstream.add_function_output(it.call_id, it.output or "", item_id=iid)
+            elif it.type == "mcp_call" and it.call_id and it.name:  # one item here, a call and its output upstream
+                await self.upstream.add_function_call(it.call_id, it.name, it.arguments or "{}", item_id=iid)
+                await self.upstream.add_function_output(it.call_id, it.output or "", item_id=new_id("item"))
             elif it.type == "message" and it.text.strip() and it.role in ("user", "assistant"):
                 await self.upstream.add_message(it.role, it.text, item_id=iid)
             else:
@@ -445,8 +453,9 @@ class RealtimeSession(Session):
             reply.fail("upstream_failed")
             return
         s = self._options.session
-        kw = reply.request_args(s.instructions, s.output_modalities, self.cfg.tools, self.cfg.tool_choice) \
-            if not followup else {}
+        kw = reply.request_args(s.instructions, s.output_modalities, self.cfg.tools, self.cfg.tool_choice)
+        if followup:  # after a tool: the same tools (e.g. the reply's own MCP servers'), modalities, instructions
+            kw = {k: v for k, v in kw.items() if k in ("tools", "modalities", "instructions")}
         self._awaiting.append(reply)
         self._op(self.upstream.create_response, **kw)
 
