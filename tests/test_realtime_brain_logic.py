@@ -433,10 +433,22 @@ def test_an_mcp_servers_tool_is_one_mcp_call_item_and_a_late_listed_tool_is_offe
         server.function_calls.append(("broken", "{}"))
         await play_into_session(s, [tone(1.0, rate=R), quiet(4.0, rate=R)], recording=rec)
         await settle(s, 5)
+        kept = [i for i in s.memory.items if i.type == "mcp_call"]
+        s.add_item(Item(id="item_client_after", role="user", text="thanks"))  # appended at the end upstream
+        assert s.delete_item(rec.of(E.AgentToolCall)[0].mcp_item_id)  # the call and its output, upstream
+        await play_into_session(s, quiet(0.5, rate=R), recording=rec)
         await s.close()
-        return s, rec
+        return s, rec, kept
 
-    s, rec = run_virtual(main())
+    s, rec, calls = run_virtual(main())
+    added = next(e for e in sent(server, "conversation.item.create") if e["item"].get("id") == "item_client_after")
+    outs_up = [e["item"]["id"] for e in sent(server, "conversation.item.create")
+               if e["item"]["type"] == "function_call_output"]
+    assert added.get("previous_item_id") is None  # at the end upstream too: after the call's output and the reply
+    deleted = {e["item_id"] for e in sent(server, "conversation.item.delete")}
+    left = [i for i in server.sessions[0].items if i.get("type") in ("function_call", "function_call_output")]
+    assert len(deleted) == 2 and outs_up[0] in deleted  # the first call and its output are gone upstream
+    assert len(left) == 2 and not deleted & {i["id"] for i in left}
     updates = sent(server, "session.update")
     assert [t["name"] for t in updates[-1]["session"]["tools"]] == ["weather", "broken"]
     first, second = rec.of(E.AgentToolCall)
@@ -445,9 +457,10 @@ def test_an_mcp_servers_tool_is_one_mcp_call_item_and_a_late_listed_tool_is_offe
     assert ok.ok and ok.output == "Seoul: sunny" and not failed.ok and failed.error_kind == "failed"
     outs = [e["item"] for e in sent(server, "conversation.item.create") if e["item"]["type"] == "function_call_output"]
     assert [o["output"] for o in outs][0] == "Seoul: sunny" and "down" in outs[1]["output"]
-    calls = [i for i in s.memory.items if i.type == "mcp_call"]
-    assert [i.type for i in s.memory.items if i.type != "message"] == ["mcp_call", "mcp_call"]  # no function_call items
-    assert calls[0].id == first.mcp_item_id and calls[0].server_label == "wx" and calls[0].name == "weather"
+    assert [i.type for i in calls] == ["mcp_call", "mcp_call"]  # no function_call items
+    assert [i.type for i in s.memory.items if i.type != "message"] == ["mcp_call"]  # the first one deleted
+    assert [i.id for i in calls] == [first.mcp_item_id, second.mcp_item_id]
+    assert calls[0].server_label == "wx" and calls[0].name == "weather"
     assert calls[0].output == "Seoul: sunny" and calls[0].error is None and calls[1].error is not None
     assert [r.status for r in done(rec)] == ["completed", "completed"]
 

@@ -584,7 +584,7 @@ async def test_the_realtime_brain_offers_mcp_tools_upstream_and_runs_the_upstrea
         n = len(log.events)
         await conn.session.update(session={"type": "realtime", "instructions": "scripted:tool=secret_op"})
         await log.wait("session.updated", start=n)
-        await ask(conn, log, "Please do the secret operation.")
+        await ask(conn, log, "Please do the secret operation.")  # upstream after the first call, its output and reply
         req = (await log.wait("response.output_item.done", lambda e: e["item"]["type"] == "mcp_approval_request",
                               start=n, timeout=60))["item"]
         sdk_shape(RealtimeMcpApprovalRequest, req)
@@ -598,6 +598,9 @@ async def test_the_realtime_brain_offers_mcp_tools_upstream_and_runs_the_upstrea
         assert done["response"]["output"][1]["approval_request_id"] == req["id"]
         assert done["response"]["output"][1]["output"] == "done: test"
         assert reply_text(events) == "The tool says: done: test."
+        # the upstream's conversation in order: each call, its output, then what came after
+        roles = [m["role"] for m in scripted.requests[-1]["messages"]]
+        assert roles == ["system", "user", "assistant", "tool", "assistant", "user", "assistant", "tool"], roles
         assert len([e for e in events if e["type"] == "response.created"]) == 1
         assert not [e for e in log.events if e["type"] == "error"], [e for e in log.events if e["type"] == "error"]
         assert not [e for e in log.events if e["type"] == "warning" and "MCP" in str(e)]

@@ -364,7 +364,7 @@ class UpstreamReply(Response):
             run = await self.toolbox.call(call.name, call.arguments)
             out_id = new_id("item")
             self._record_tool_run(call, tool, run, item_id, out_id)
-            brain.tool_output(call.id, run.output, out_id)
+            brain.tool_output(call.id, run.output, out_id, local_id=item_id if tool.mcp_server is not None else None)
             if not tool.final and self.live:
                 self._open_rounds += 1
                 brain.request(self, followup=True)

@@ -213,19 +213,22 @@ class RealtimeSession(Session):
             chosen.pop()
         for it in reversed(chosen):
             iid = it.id if len(it.id) <= 32 else new_id("item")
+            last = iid  # the upstream item that later items follow
             if it.type == "function_call" and it.call_id and it.name:
                 await self.upstream.add_function_call(it.call_id, it.name, it.arguments or "{}", item_id=iid)
             elif it.type == "function_call_output" and it.call_id:
                 await self.upstream.add_function_output(it.call_id, it.output or "", item_id=iid)
             elif it.type == "mcp_call" and it.call_id and it.name:  # one item here, a call and its output upstream
                 await self.upstream.add_function_call(it.call_id, it.name, it.arguments or "{}", item_id=iid)
-                await self.upstream.add_function_output(it.call_id, it.output or "", item_id=new_id("item"))
+                last = await self.upstream.add_function_output(it.call_id, it.output or "", item_id=new_id("item"))
             elif it.type == "message" and it.text.strip() and it.role in ("user", "assistant"):
                 await self.upstream.add_message(it.role, it.text, item_id=iid)
             else:
                 continue
             if it in mem.items:
                 self._ids.link(iid, it.id)
+                if last != iid:
+                    self._ids.link(last, it.id)
 
     async def _connect(self) -> None:
         try:
@@ -459,8 +462,13 @@ class RealtimeSession(Session):
         self._awaiting.append(reply)
         self._op(self.upstream.create_response, **kw)
 
-    def tool_output(self, call_id: str, output: str, item_id: str) -> None:
+    def tool_output(self, call_id: str, output: str, item_id: str, *, local_id: str | None = None) -> None:
+        """A server tool's output goes up as `item_id`. `local_id`: our one item for the call and
+        its output (an `mcp_call`): it then stands upstream for the output too, so an item added
+        after it goes after the output, and deleting it deletes both."""
         self._op(self.upstream.add_function_output, call_id, output, item_id=item_id)
+        if local_id is not None:
+            self._ids.link(item_id, local_id)
 
     def reply_finished(self, reply: UpstreamReply) -> None:
         """Keep where each upstream audio item starts in a reply, for a client's late truncate."""
@@ -505,7 +513,15 @@ class RealtimeSession(Session):
 
     def add_item(self, item: Item, *, after: str | None = None) -> Item:
         item = super().add_item(item, after=after)
-        prev = "root" if after == "root" else self._ids.up(self.memory.previous_id(item.id))
+        if after == "root":
+            prev: str | None = "root"
+        elif self.memory.last_id() == item.id:
+            # at the end here: at the end upstream too. A reply with a tool keeps its message
+            # before its tool items here but after them upstream, so "after our last item" could
+            # land between the tool's output and the reply there.
+            prev = None
+        else:
+            prev = self._ids.up(self.memory.previous_id(item.id))
         if item.type == "message":
             if item.role == "assistant" or item.text or item.role == "system":
                 self._op(self.upstream.add_message, item.role, item.text, item_id=item.id, previous_item_id=prev)
@@ -518,9 +534,9 @@ class RealtimeSession(Session):
     def delete_item(self, item_id: str) -> bool:
         ok = super().delete_item(item_id)
         if ok:
-            up = self._ids.up(item_id)
-            if up is not None and self.upstream.proto.conv.get(up) is not None:
-                self._op(self.upstream.delete_item, up)
+            for up in self._ids.all_up(item_id):
+                if self.upstream.proto.conv.get(up) is not None:
+                    self._op(self.upstream.delete_item, up)
         return ok
 
     def add_user_text(self, text: str, *, respond: bool = True) -> Item:

@@ -60,6 +60,11 @@ class IdMap:
         """The upstream's id of our item (our own id for items we created upstream)."""
         return None if local_id is None else self._up_of.get(local_id, local_id)
 
+    def all_up(self, local_id: str) -> list[str]:
+        """Every upstream item of our item (an `mcp_call` is a call and its output upstream)."""
+        ups = [u for u, local in self._local_of.items() if local == local_id]
+        return ups or [self._up_of.get(local_id, local_id)]
+
     def up_known(self, local_id: str) -> str | None:
         return self._up_of.get(local_id)
 
