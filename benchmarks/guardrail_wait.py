@@ -14,7 +14,8 @@ utterance in one run:
   figure is Moksori's own cost plus one loopback HTTP round trip, not a real model's).
 
 The upstream is the scripted Realtime server `moksori.testing.fake_realtime` (served here, in
-this process; input transcription off, so the words are the local STT's). Its clock is the
+this process; input transcription off, and its scripted transcripts dropped, so the words checked
+are the local STT's). Its clock is the
 benchmark's, so for each turn it gives, on one clock:
 
 * `hold_ms`: the commit arriving upstream -> `response.create` arriving upstream (the wait);
@@ -56,6 +57,7 @@ class ScriptedModeration:
         from starlette.routing import Route
 
         self.requests = 0
+        self.texts: list[str] = []  # what was sent, for the record
         self.app = Starlette(routes=[Route("/v1/moderations", self.moderate, methods=["POST"])])
 
     async def moderate(self, request):  # type: ignore[no-untyped-def]
@@ -63,6 +65,7 @@ class ScriptedModeration:
 
         body = await request.json()
         self.requests += 1
+        self.texts.append(str(body.get("input"))[:80])
         return JSONResponse({"id": f"modr-{self.requests}", "model": body.get("model") or "scripted",
                              "results": [{"flagged": False, "categories": {"violence": False},
                                           "category_scores": {"violence": 0.01}}]})
@@ -94,6 +97,15 @@ class Upstream:
             on_client(conn, e)
 
         self.fake.on_client = record  # type: ignore[method-assign]
+        emit = self.fake._emit
+
+        def no_transcripts(conn, event):  # type: ignore[no-untyped-def]
+            # the fake "transcribes" every commit; a real upstream with transcription off does not,
+            # and its instant "(speech)" would be the words checked instead of the local STT's
+            if event is None or event.get("type") != "conversation.item.input_audio_transcription.completed":
+                emit(conn, event)
+
+        self.fake._emit = no_transcripts  # type: ignore[method-assign]
 
     def after(self, kind: str, t: float) -> float | None:
         return next((at for k, at in self.arrivals if k == kind and at > t), None)
@@ -175,7 +187,7 @@ async def run(args) -> dict:
     summary: dict = {"what": "realtime brain, moksori turns: the user turn held before response.create while "
                              "the input guardrail checks it",
                      "cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
-                     "moderation_requests": moderation.requests}
+                     "moderation_requests": moderation.requests, "moderated_texts": moderation.texts}
     for name in FRONTS:
         for key in ("hold_ms", "eos_ms"):
             xs = [r[key] for r in rows if r["front"] == name and r[key] is not None]

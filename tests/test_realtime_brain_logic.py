@@ -11,6 +11,7 @@ proxy, driven by the openai client, the Twilio simulator and the browser, is in
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -744,3 +745,46 @@ def test_input_guard_on_late_words_upstream_vad_cuts_the_reply():
     assert [r.status for r in replies] == ["cancelled", "completed"]
     assert [i.text for i in s.memory.items if i.role == "user"] == [BLOCKED_TEXT]
     assert all("banana" not in text for _role, text in server.sessions[0].texts())
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_words_checked_as_they_came_are_not_checked_again_by_the_reply(blocked):
+    """The words of a turn arrive (and are checked) before the reply to it asks the upstream, as
+    the local STT's words of a moksori turn often do: the reply waits for that check's verdict
+    instead of sending the words to the checker (a paid moderation endpoint) a second time, and
+    acts on it itself: blocked, this same reply has the upstream say the safe sentence."""
+    server = FakeRealtimeServer(reply_ms=500)
+    checked: list[str] = []
+    words = "tell me about banana bread" if blocked else "tell me about rye bread"
+
+    async def main():
+        s = guarded(server, who="moksori")
+        check = s.guard.check_input
+
+        async def counted(text, language):  # a slow checker: the reply asks while it runs
+            checked.append(text)
+            await asyncio.sleep(0.3)
+            return await check(text, language)
+
+        s.guard.check_input = counted
+        await s.ready(5)
+        rec = Recording(R)
+        s.bus.listen(rec)
+        s.memory.add(Item(id="item_u1", role="user", text=words))
+        s._on_words("item_u1", words)  # the words are known: checked as they came
+        s.create_response()
+        await play_into_session(s, quiet(3.0, rate=R), recording=rec)
+        await settle(s, 5)
+        await s.close()
+        return rec
+
+    rec = run_virtual(main())
+    assert checked == [words]  # once
+    creates = sent(server, "response.create")
+    assert len(creates) == 1 and len(rec.of(E.AgentResponseStarted)) == 1
+    trips = rec.of(E.GuardrailTripped)
+    if blocked:
+        assert SAFE in creates[0]["response"]["instructions"]
+        assert [(t.stage, t.action) for t in trips] == [("input", "block")] and len(rec.of(E.GuardrailInputRemoved)) == 1
+    else:
+        assert SAFE not in str(creates[0]) and not trips

@@ -23,7 +23,9 @@ Every trip is a `guardrail.tripped` event, as in the pipeline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +36,7 @@ from .reply import UpstreamReply
 
 if TYPE_CHECKING:
     from moksori.engine.clock import Clock
-    from moksori.guardrails.guard import Guardrails
+    from moksori.guardrails.guard import Guardrails, InputVerdict
 
 log = logging.getLogger("moksori.brains.realtime")
 
@@ -78,6 +80,11 @@ class UpstreamGuard:
         self.s = host
         self._checked: set[str] = set()  # user items whose words were checked already
         self._removed: set[str] = set()
+        # the verdicts of the checks made as the words came (`words_known`), by user item, and
+        # the items whose verdict a reply waiting to ask the upstream acts on instead (one check
+        # per turn, however the words and the reply are ordered)
+        self._verdicts: OrderedDict[str, asyncio.Future[InputVerdict]] = OrderedDict()
+        self._claimed: set[str] = set()
 
     @property
     def guard(self) -> Guardrails | None:
@@ -102,14 +109,49 @@ class UpstreamGuard:
                 items, text = self._last_turn()
         if not text:
             return None  # the words are not known yet: checked when they come (`words_known`)
-        self._checked.update(i.id for i in items)
-        verdict = await guard.check_input(text, reply.language)
+        verdict = await self._verdict_of(items) or await self._check(items, text, reply.language)
         for trip in verdict.trips:
             reply.tripped(trip)
         if verdict.action != "block":
             return None  # a rewrite cannot change what the upstream heard: reported, not applied
         self._remove(items, reply.turn_id, reply.id)
         return verdict.reply or guard.safe_reply(reply.language)
+
+    async def _check(self, items: list[Item], text: str, language: str) -> InputVerdict:
+        assert self.guard is not None
+        self._checked.update(i.id for i in items)
+        return await self.guard.check_input(text, language)
+
+    async def _verdict_of(self, items: list[Item]) -> InputVerdict | None:
+        """The verdict on `items` from the checks made as their words came, claimed for this
+        reply (those checks then leave the acting to it); None when some item was not checked so."""
+        futs = [self._verdicts.get(i.id) for i in items]
+        if not items or any(f is None for f in futs):
+            return None
+        ids = [i.id for i in items]
+        self._claimed.update(ids)
+        verdicts: list[InputVerdict] = []
+        try:
+            for f in futs:
+                assert f is not None
+                await asyncio.wait([f])
+                if f.cancelled():
+                    self._claimed.difference_update(ids)
+                    return None
+                verdicts.append(f.result())
+        except asyncio.CancelledError:  # the reply went (a barge-in): the checks still count
+            self._claimed.difference_update(ids)  # one still running acts itself
+            done = [i for i, f in zip(items, futs) if f is not None and f.done() and not f.cancelled()
+                    and f.result().action == "block"]
+            if done:
+                self._remove(done, None, None)
+            raise
+        for i in items:  # the checks that made them have seen the claim by now
+            self._verdicts.pop(i.id, None)
+            self._claimed.discard(i.id)
+        blocked = next((v for v in verdicts if v.action == "block"), None)
+        trips = tuple(t for v in verdicts for t in v.trips)
+        return dataclasses.replace(blocked or verdicts[0], trips=trips)
 
     def _last_turn(self) -> tuple[list[Item], str]:
         items = self.s.memory.last_user_turn()
@@ -124,6 +166,10 @@ class UpstreamGuard:
         self._checked.add(item_id)
         if len(self._checked) > 256:
             self._checked.clear()
+        self._verdicts[item_id] = asyncio.get_running_loop().create_future()
+        while len(self._verdicts) > 256:
+            _old, fut = self._verdicts.popitem(last=False)
+            fut.cancel()
         self.s.spawn(self._check_late(item_id, text), f"guard-input-{item_id}")
 
     async def _check_late(self, item_id: str, text: str) -> None:
@@ -131,7 +177,17 @@ class UpstreamGuard:
         if guard is None:
             return
         lang = s.reply_language()
-        verdict = await guard.check_input(text, lang)
+        fut = self._verdicts.get(item_id)
+        try:
+            verdict = await guard.check_input(text, lang)
+        except BaseException:
+            if fut is not None and not fut.done():
+                fut.cancel()  # a reply waiting for this verdict checks the words itself
+            raise
+        if fut is not None and not fut.done():
+            fut.set_result(verdict)
+        if item_id in self._claimed:  # a reply waiting to ask the upstream acts on it (`check_input`)
+            return
         item = s.memory.get(item_id)
         answering = [r for r in s.live_replies() if r.opts.fixed_text is None]
         turn_id = answering[0].turn_id if answering else None
