@@ -19,6 +19,8 @@ are the local STT's). Its clock is the
 benchmark's, so for each turn it gives, on one clock:
 
 * `hold_ms`: the commit arriving upstream -> `response.create` arriving upstream (the wait);
+  for `moderation` split into `request_ms` (commit -> the words reaching the stand-in: waiting
+  for the local STT) and `check_ms` (from there to `response.create`: the check itself);
 * `eos_ms`:  end of speech (from the file's trailing silence) -> `response.create` upstream;
 * `added_ms`: a guarded front's `eos_ms` minus the `off` front's, same utterance and rep.
 
@@ -58,11 +60,13 @@ class ScriptedModeration:
 
         self.requests = 0
         self.texts: list[str] = []  # what was sent, for the record
+        self.arrivals: list[float] = []  # when each request came (time.monotonic: the benchmark's clock)
         self.app = Starlette(routes=[Route("/v1/moderations", self.moderate, methods=["POST"])])
 
     async def moderate(self, request):  # type: ignore[no-untyped-def]
         from starlette.responses import JSONResponse
 
+        self.arrivals.append(time.monotonic())
         body = await request.json()
         self.requests += 1
         self.texts.append(str(body.get("input"))[:80])
@@ -111,7 +115,7 @@ class Upstream:
         return next((at for k, at in self.arrivals if k == kind and at > t), None)
 
 
-async def turn(url: str, up: Upstream, info: dict) -> dict:
+async def turn(url: str, up: Upstream, info: dict, moderation: ScriptedModeration) -> dict:
     from websockets.asyncio.client import connect
 
     audio = _audio(info)
@@ -139,7 +143,11 @@ async def turn(url: str, up: Upstream, info: dict) -> dict:
     create = up.after("response.create", commit) if commit is not None else None
     if commit is None or create is None:
         return {"hold_ms": None, "eos_ms": None}
-    return {"hold_ms": round(1000 * (create - commit), 1), "eos_ms": round(1000 * (create - eos), 1)}
+    out = {"hold_ms": round(1000 * (create - commit), 1), "eos_ms": round(1000 * (create - eos), 1)}
+    asked = next((at for at in moderation.arrivals if at > t0), None)
+    if asked is not None:  # the moderation request reaching the stand-in, from the commit
+        out["moderation_request_ms"] = round(1000 * (asked - commit), 1)
+    return out
 
 
 async def run(args) -> dict:
@@ -174,10 +182,12 @@ async def run(args) -> dict:
             for utt in NAMES[:args.utterances]:
                 order = FRONTS if rep % 2 == 0 else tuple(reversed(FRONTS))  # no front always goes first
                 for name in order:
-                    r = await turn(urls[name], up, info[utt])
+                    r = await turn(urls[name], up, info[utt], moderation)
                     rows.append({"front": name, "utterance": utt, "rep": rep, **r})
-                    print(f"{utt} rep {rep} {name:10s}: held {r['hold_ms']} ms, end of speech -> response.create "
-                          f"{r['eos_ms']} ms", file=sys.stderr)
+                    asked = f", moderation asked at +{r['moderation_request_ms']} ms" \
+                        if "moderation_request_ms" in r else ""
+                    print(f"{utt} rep {rep} {name:10s}: held {r['hold_ms']} ms{asked}, end of speech -> "
+                          f"response.create {r['eos_ms']} ms", file=sys.stderr)
                     await asyncio.sleep(0.5)
     finally:
         for proc in procs:
@@ -194,6 +204,14 @@ async def run(args) -> dict:
             if xs:
                 summary.setdefault(name, {})[key] = {"n": len(xs), "p50": round(pct(xs, 0.5), 1),
                                                      "p95": round(pct(xs, 0.95), 1), "max": max(xs)}
+    asked = [r["moderation_request_ms"] for r in rows if "moderation_request_ms" in r]
+    if asked:  # commit -> the words reaching the moderation stand-in (waiting for the local STT, sending)
+        summary["moderation"]["request_ms"] = {"n": len(asked), "p50": round(pct(asked, 0.5), 1),
+                                               "p95": round(pct(asked, 0.95), 1), "max": max(asked)}
+        # ... and from there to response.create: the check itself (a loopback round trip), once the words are known
+        check = [r["hold_ms"] - r["moderation_request_ms"] for r in rows if "moderation_request_ms" in r]
+        summary["moderation"]["check_ms"] = {"n": len(check), "p50": round(pct(check, 0.5), 1),
+                                             "p95": round(pct(check, 0.95), 1), "max": round(max(check), 1)}
     pairs: dict = {}
     for r in rows:
         pairs.setdefault((r["utterance"], r["rep"]), {})[r["front"]] = r["eos_ms"]

@@ -210,8 +210,11 @@ def test_an_mcp_tool_is_called_during_a_spoken_turn(stack, scripted, transport, 
     done = replies(rec)
     assert done and done[-1].status == "completed" and "sunny, 21 degrees" in done[-1].text
     assert rec.of(E.AgentAudioStarted), "the answer about the tool's result is spoken"
-    kinds = [(i.type, i.name) for i in session.memory.items if i.type != "message"]
-    assert kinds == [("function_call", "weather"), ("function_call_output", None)]
+    # a `[[tools.mcp]]` server's call is one `mcp_call` item under its server's name (as the store keeps it)
+    kinds = [(i.type, i.name, i.server_label) for i in session.memory.items if i.type != "message"]
+    assert kinds == [("mcp_call", "weather", "wx")]
+    assert calls[0].server_label == "wx"
+    assert calls[0].mcp_item_id in {i.id for i in session.memory.items if i.type == "mcp_call"}
     assert rec.of(E.UserTranscript)[0].text.strip(), "the turn was real speech, transcribed"
 
 

@@ -12,7 +12,8 @@ What becomes a record:
   and stopped, STT seconds and the latency stages of the turn (`stt_ms`, `turn_end_ms`);
 * `agent.tool_call` / `agent.function_call` → `ToolCallRecord`; `agent.tool_result` →
   `ToolResultRecord` (server tools, client tools; any brain); the call of an MCP server's tool
-  that a Realtime client named (`server_label` on the call) → one `MCPCallRecord` at its result;
+  (a `[[tools.mcp]]` server's or a Realtime client's: `server_label` on the call) → one
+  `MCPCallRecord` at its result;
 * `agent.response_done` (in the conversation) → `AgentReply`: everything generated, what was
   heard (`text` of the event), interrupted or not, status, latency stages measured from the end
   of the user's speech (`llm_first_token_ms`, `tts_first_audio_ms`, `first_audio_ms`), usage

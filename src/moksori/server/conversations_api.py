@@ -14,8 +14,8 @@ Extensions:
 Everything is scoped to the caller's API key: another key's conversation is 404, never 403.
 User items come back as `input_text`, agent items as `output_text` holding what the user heard
 (an interrupted reply is `incomplete`; one still playing is `in_progress`, heard so far), tool calls as
-`function_call` / `function_call_output`, and a call of an MCP server's tool (one a Realtime client
-named) as one `mcp_call` item.
+`function_call` / `function_call_output`, and a call of an MCP server's tool (a `[[tools.mcp]]`
+server's, or one a Realtime client named) as one `mcp_call` item.
 """
 
 from __future__ import annotations
