@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from typing import Any
 
+from moksori import cancellation
 from moksori.cluster.redis_client import RedisUnavailable, redis_errors
 
 log = logging.getLogger("moksori.cluster")
@@ -64,8 +65,8 @@ class Subscription:
                 return None
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+                await cancellation.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
                 return None
         return self._items.popleft()
 
@@ -101,10 +102,7 @@ class PubSubHub:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancellation.stop(task)
         for subs in list(self._subs.values()):
             for s in list(subs):
                 s.closed = True
@@ -134,8 +132,8 @@ class PubSubHub:
         if not wait:
             return sub
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+            await cancellation.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
             await sub.close()
             raise RedisUnavailable(f"pub/sub: Redis did not confirm the subscription in {timeout:g} s"
                                    + (f" ({self.last_error})" if self.last_error else "")) from None
@@ -167,6 +165,7 @@ class PubSubHub:
         attempt = 0
         lost: tuple[type[BaseException], ...] = (*redis_errors(), ValueError)
         while True:
+            cancellation.raise_if_cancelled()  # asked to stop, and the client library swallowed it
             ps = self.redis.pubsub()
             self._confirmed.clear()
             resubscribed = set(self._subs) if self.reconnects else set()
@@ -211,7 +210,7 @@ class PubSubHub:
                                      len(self._confirmed))
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ps.aclose(), 1.0)
+                    await cancellation.wait_for(ps.aclose(), 1.0)
                 raise
             except lost as e:
                 if self.connected or attempt == 0:
@@ -223,5 +222,5 @@ class PubSubHub:
                 attempt += 1
                 self.reconnects += 1
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ps.aclose(), 1.0)
+                    await cancellation.wait_for(ps.aclose(), 1.0)
                 await asyncio.sleep(delay)

@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from moksori import cancellation
 from moksori.cluster.hub import RESYNC, PubSubHub, Subscription
 from moksori.cluster.redis_client import Keys, RedisUnavailable, redis_errors, translated
 
@@ -97,8 +98,8 @@ class _MemoryFollow:
         while not self._q:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+                await cancellation.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
                 return None
         return self._q.popleft()
 
@@ -244,9 +245,7 @@ class RedisLive:
             deadline = time.monotonic() + flush_s
             while self._queue and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancellation.stop(self._task)
             self._task = None
 
     # ------------------------------------------------------------------ publisher (never waits)
@@ -296,6 +295,7 @@ class RedisLive:
     async def _sender(self) -> None:
         k = self.keys
         while True:
+            cancellation.raise_if_cancelled()
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from moksori import cancellation
 from moksori.cluster.hub import PubSubHub
 from moksori.cluster.limits import Lease, Limits
 from moksori.cluster.live import RedisLive
@@ -115,9 +116,7 @@ class ClusterNode:
 
     async def close(self) -> None:
         if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+            await cancellation.stop(self._beat)
             self._beat = None
         if self._releases:
             await asyncio.wait(self._releases, timeout=1.0)
@@ -125,7 +124,7 @@ class ClusterNode:
         await self.rpc.close()
         await self.hub.close()
         with contextlib.suppress(RedisUnavailable):
-            await asyncio.wait_for(self.registry.leave(), 2.0)
+            await cancellation.wait_for(self.registry.leave(), 2.0)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -141,6 +140,7 @@ class ClusterNode:
 
     async def _heartbeat(self) -> None:
         while True:
+            cancellation.raise_if_cancelled()
             try:
                 await self.sync()
                 if not self.breaker.healthy:
@@ -153,8 +153,9 @@ class ClusterNode:
             except Exception:
                 log.exception("cluster: heartbeat failed")
             interval = self.heartbeat_s if self.breaker.healthy else min(self.heartbeat_s, RETRY_DOWN_S)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), interval)
+            # (3.11's asyncio.wait_for lost close()'s cancel when a drain's `_dirty` came with it)
+            with contextlib.suppress(TimeoutError):
+                await cancellation.wait_for(self._dirty.wait(), interval)
                 await asyncio.sleep(SYNC_DELAY_S)  # gather the changes that come together
             self._dirty.clear()
 

@@ -23,6 +23,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from moksori import cancellation
 from moksori.cluster.hub import RESYNC, PubSubHub, Subscription
 from moksori.cluster.redis_client import Keys, RedisUnavailable, translated
 from moksori.errors import MoksoriError
@@ -101,8 +102,8 @@ class Rpc:
                                                      "or lost its connection to Redis)")
             timeout = self.timeout_s if timeout_s is None else timeout_s
             try:
-                answer = await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+                answer = await cancellation.wait_for(fut, timeout)
+            except TimeoutError:
                 raise RpcError("worker_timeout", f"worker {worker_id} did not answer {method} in {timeout:g} s") \
                     from None
         finally:

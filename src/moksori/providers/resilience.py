@@ -17,7 +17,6 @@ permanent `ProviderError` naming the original exception type.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
+from moksori import cancellation
 from moksori.audio.frames import Frame
 from moksori.errors import ProviderError, ProviderTimeout
 from moksori.providers.base import LLM, STT, TTS, ChatEvent, ChatRequest, Provider, STTOptions, Transcript, TTSOptions
@@ -183,10 +183,9 @@ async def _first_item(it: AsyncIterator[T], *, limit_s: float, total_deadline: f
                 what += f" (after {meter.total:.1f} s in the queue for the model)"
         raise ProviderTimeout(f"{provider} {what}", provider=provider)
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        # not `suppress(BaseException)` around `await task`: a cancellation of this caller (a
+        # barge-in) landing meanwhile was swallowed, and the retry loop above tried again
+        await cancellation.stop(task)
 
 
 async def resilient_stream(

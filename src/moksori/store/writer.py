@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from moksori import cancellation
 from moksori.store import db as dbmod
 from moksori.store.records import Record, ReplyProgress
 from moksori.store.spool import Spool
@@ -182,7 +183,7 @@ class StoreWriter:
     async def flush(self, timeout_s: float | None = 10.0) -> bool:
         """Wait until everything submitted so far is written. False on timeout."""
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.barrier()), timeout_s)
+            return await cancellation.wait_for(asyncio.wrap_future(self.barrier()), timeout_s)
         except TimeoutError:
             return False
 
@@ -263,7 +264,7 @@ class StoreWriter:
         """Let a turn's records gather for `flush_interval_s`, unless a barrier wants them now."""
         assert self._urgent is not None
         try:
-            await asyncio.wait_for(self._urgent.wait(), self.flush_interval_s)
+            await cancellation.wait_for(self._urgent.wait(), self.flush_interval_s)
         except TimeoutError:
             pass
 

@@ -15,6 +15,7 @@ import logging
 import re
 from typing import Any, Protocol
 
+from moksori import cancellation
 from moksori.engine import events as E
 from moksori.engine.session import Session
 from moksori.engine.tools import Tool, ToolBox
@@ -235,6 +236,6 @@ class CallTools:
                 return
             self.progress.clear()
             try:
-                await asyncio.wait_for(self.progress.wait(), max(0.01, deadline - loop.time()))
-            except asyncio.TimeoutError:
+                await cancellation.wait_for(self.progress.wait(), max(0.01, deadline - loop.time()))
+            except TimeoutError:
                 return

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from moksori import cancellation
 from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler
 from moksori.errors import ProviderError
@@ -117,18 +118,36 @@ class RealtimeUpstream:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._runner = asyncio.create_task(self._run(), name="realtime-upstream")
-        await asyncio.shield(self._ready)
+        try:
+            await asyncio.shield(self._ready)
+        except asyncio.CancelledError:  # the caller gave up: nothing may go on connecting
+            self._closing = True
+            await cancellation.stop(self._runner)
+            if not self._ready.cancelled() and self._ready.done():
+                self._ready.exception()  # nobody waits for it now: no "never retrieved" report
+            raise
 
     async def close(self) -> None:
+        """Stop for good, whatever the client is doing (connecting, setting up, connected, backing
+        off, sending): the connection task is cancelled and awaited first, then the socket gets
+        its closing handshake (at most 2 s; aborted if this call is cancelled meanwhile)."""
         self._closing = True
-        conn = self._conn
-        if conn is not None:
-            await conn.close()
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
-        self._events.put_nowait(None)
+        try:
+            if self._runner is not None:
+                await cancellation.stop(self._runner)
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    await conn.close()
+                except BaseException:
+                    conn.abort()
+                    raise
+        finally:
+            self._live = False
+            if self._conn is not None:  # cancelled before it could be closed
+                self._conn.abort()
+                self._conn = None
+            self._events.put_nowait(None)
 
     async def events(self) -> AsyncIterator[ev.UpstreamEvent]:
         """Every event, in order; ends after `close()` or `UpstreamFailed`."""
@@ -141,7 +160,7 @@ class RealtimeUpstream:
 
     async def next_event(self, timeout: float | None = None) -> ev.UpstreamEvent | None:
         """The next event, or None after the stream ended (TimeoutError after `timeout`)."""
-        e = await asyncio.wait_for(self._events.get(), timeout)
+        e = await cancellation.wait_for(self._events.get(), timeout)
         if e is None:
             self._events.put_nowait(None)
         return e
@@ -270,8 +289,8 @@ class RealtimeUpstream:
         self._retrievals.setdefault(item_id, []).append(fut)
         await self._send(self.proto.retrieve(item_id))
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+            return await cancellation.wait_for(fut, timeout)
+        except TimeoutError:
             return None
         finally:
             waiting = self._retrievals.get(item_id, [])
@@ -361,6 +380,7 @@ class RealtimeUpstream:
         resume: str | None = None
         try:
             while not self._closing:
+                cancellation.raise_if_cancelled()  # asked to stop, and a library swallowed it
                 if attempt > 0:
                     delay = self.options.reconnect.delay(attempt, self._rand())
                     self._emit(ev.Reconnecting(t=self.now(), conn=self.proto.conn, attempt=attempt, delay_s=delay))
@@ -428,13 +448,14 @@ class RealtimeUpstream:
         """Read and handle messages until `done()`; `ProviderError` after `timeout` seconds."""
         deadline = self.now() + timeout
         while not done():
+            cancellation.raise_if_cancelled()
             left = deadline - self.now()
             if left <= 0:
                 raise ProviderError(f"upstream: {reason.replace('_', ' ')} after {timeout:g} s", retryable=True,
                                     provider="realtime")
             try:
-                raw = await asyncio.wait_for(conn.recv(), left)
-            except asyncio.TimeoutError:
+                raw = await cancellation.wait_for(conn.recv(), left)
+            except TimeoutError:
                 continue
             except TransportClosed as e:
                 raise ProviderError(f"upstream closed during set-up: {e}", retryable=e.code not in (1008, 4001, 4003),
@@ -510,12 +531,11 @@ class RealtimeUpstream:
                 return _Drop("keepalive_timeout", e.reason)
             return _Drop("closed", str(e))
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            await cancellation.stop(watchdog)
 
     async def _watchdog(self, conn: Connection) -> None:
         while True:
+            cancellation.raise_if_cancelled()
             self._kick.clear()
             dl = self.proto.deadline(self.now())
             if dl is None:
@@ -533,8 +553,8 @@ class RealtimeUpstream:
                 self._drop_request = _Drop(reason, detail, planned=planned)
                 conn.abort()
                 return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), left)
+            with contextlib.suppress(TimeoutError):
+                await cancellation.wait_for(self._kick.wait(), left)
 
 
 def _replace_session(opts: UpstreamOptions, session: SessionOptions) -> UpstreamOptions:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from moksori import cancellation
 from moksori.errors import ProviderError, ProviderTimeout, is_retryable_status
 
 from .options import Endpoint, Timeouts
@@ -67,12 +68,15 @@ class _WSConnection:
             raise _closed(e) from None
 
     async def close(self) -> None:
+        """The closing handshake, at most 2 s; the socket is aborted if it fails, times out or
+        this call is cancelled (the cancellation still propagates)."""
         try:
-            await asyncio.wait_for(self.ws.close(), 2.0)
-        except (asyncio.TimeoutError, OSError):
+            await cancellation.wait_for(self.ws.close(), 2.0)
+        except Exception:  # noqa: BLE001 - closing a broken or silent socket must not raise
             self.abort()
-        except Exception:  # noqa: BLE001 - closing a broken socket must not raise
+        except BaseException:
             self.abort()
+            raise
 
     def abort(self) -> None:
         transport = getattr(self.ws, "transport", None)
