@@ -16,7 +16,7 @@ nginx, speaking real recorded speech (`../shared/speech/en`: en_028, en_002, sen
    on the other worker, and the first prompt sent to the LLM holds the reply as heard so far (the
    reply's progress is written every second while it plays). The old worker's WebSocket
    keepalive (default ping every 5 s, 5 s to answer) then notices, the session ends and the reply
-   is stored, within 12 s, as interrupted with what was sent of it until then.
+   is stored, within 12 s, as interrupted, heard up to the client's last message.
 """
 
 from __future__ import annotations
@@ -224,9 +224,11 @@ async def test_a_client_gone_silent_mid_reply_has_it_stored_within_seconds(clust
               f"heard part {len(heard.split())} of {len(LONG_REPLY.split())} words")
         # the default keepalive: a ping every 5 s, 5 s for its answer (plus the write, ~50 ms)
         assert stored_after < 12.0, stored_after
-        # what was sent before the worker noticed counts as heard (it cannot know better): the
-        # two seconds before the network went, and up to the keepalive's ten after
-        assert heard.startswith(partial[0]) and LONG_REPLY.startswith(heard) and len(heard) < len(LONG_REPLY), heard
+        # heard up to the client's last message (it streamed audio until the network went), not
+        # up to when the keepalive noticed, up to ten seconds later; the progress the new session
+        # read was written at most a second past that
+        assert heard.strip() and LONG_REPLY.startswith(heard) and len(heard) < len(LONG_REPLY), heard
+        assert len(heard.split()) <= len(partial[0].split()) + 4, (heard, partial[0])
         assert len([m for m in messages(other, conv) if m[0] == "assistant"]) == 1  # replaced, not added
     finally:
         net.stop()  # drops the frozen connection: the old client sees it closed

@@ -462,3 +462,37 @@ def test_a_failed_speculative_reply_is_forgotten() -> None:
         return left
 
     assert run(main()) == []
+
+
+# ------------------------------------------------------------------ a listener that vanished
+
+
+def _closed_mid_reply(at_s: float, *, lost_s: float = 0.0) -> E.AgentResponseDone:
+    """The reply's end when the session closes `at_s` after the user's turn ended; with `lost_s`,
+    the transport says the listener was last heard from that long before the close."""
+    story = "One clause here, then another clause there, and a third one after that, " * 4
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["tell me a story."]), llm=ScriptedLLM(story)), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.5)])
+        assert rec.of(E.UserTurnEnded) and rec.of(E.AgentAudioStarted)
+        ended = rec.of(E.UserTurnEnded)[0].t
+        await s.clock.sleep(ended + at_s - s.clock.now())
+        s.listener_lost(lost_s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    done = rec.of(E.AgentResponseDone)
+    assert len(done) == 1 and done[0].interrupted
+    return done[0]
+
+
+def test_a_vanished_listener_heard_the_reply_only_until_it_was_last_heard_from() -> None:
+    """Gone 3 s into the reply, noticed (the keepalive) 4 s later: stored as heard at 3 s, as if
+    the session had closed then, not at 7 s."""
+    at_gone = _closed_mid_reply(3.0)
+    noticed = _closed_mid_reply(7.0, lost_s=4.0)
+    by_the_clock = _closed_mid_reply(7.0)
+    assert at_gone.text and noticed.text == at_gone.text
+    assert len(by_the_clock.text.split()) > len(noticed.text.split())

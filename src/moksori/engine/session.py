@@ -426,6 +426,13 @@ class Session:
         """A transport confirms the listener has heard `ms` of a response (Twilio marks)."""
         self._interruptions.ack(response_id, ms)
 
+    def listener_lost(self, silent_s: float) -> None:
+        """The listener is gone and was last known to be there `silent_s` seconds ago (a client
+        whose network vanished, noticed only by the keepalive): the reply playing then is heard
+        up to that moment, not up to what the clock says played since. Call before `close()`."""
+        if silent_s > 0:
+            self.speaker.listener_lost(self.clock.now() - silent_s)
+
     # ================================================================== idle timeout
 
     def _on_audible(self, audible: bool) -> None:

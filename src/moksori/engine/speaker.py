@@ -70,6 +70,10 @@ class Playback:
         start, n = self.chunks[-1]
         return start + n / self.rate
 
+    def stop_hearing(self, at: float) -> None:
+        """Nothing played after `at` counts as heard (the listener was gone by then)."""
+        self.stopped_at = at if self.stopped_at is None else min(self.stopped_at, at)
+
     def heard(self, now: float) -> int:
         if self.acked is not None:
             return self.acked
@@ -162,6 +166,12 @@ class Speaker:
         pb.finished.set()
         pb.queue.put_nowait(None)  # the player may be waiting for this reply's next clause
         return pb, min(pb.heard(now), pb.sent)
+
+    def listener_lost(self, at: float) -> None:
+        """The listener was last known to be there at `at` (session time): of the replies playing
+        or queued, nothing after it counts as heard."""
+        for pb in ([self.current] if self.current else []) + list(self._order):
+            pb.stop_hearing(at)
 
     def ack(self, response_id: str, samples: int) -> None:
         for pb in ([self.current] if self.current else []) + list(self._order):

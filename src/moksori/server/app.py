@@ -37,7 +37,8 @@ from moksori.server.load import Admission, AdmissionLimits, LoopLag, Refusal, op
 from moksori.server.metrics import Metrics
 from moksori.server.realtime_conn import RealtimeConnection
 from moksori.transport import Inbox, receive_loop
-from moksori.server.sockets import SocketStats, default_max_connections, fd_limit, quiet_accept_errors
+from moksori.server.sockets import (PEER_EXTENSION, SocketStats, default_max_connections, fd_limit,
+                                    quiet_accept_errors)
 from moksori.settings import Settings
 
 log = logging.getLogger("moksori.server")
@@ -244,6 +245,7 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
     conn: RealtimeConnection | None = None
     tasks: list[asyncio.Task] = []
     close = (1000, "")
+    silent_s = 0.0  # how long before the end the client was last heard from, if it is gone
     try:
         async def send(event: dict[str, Any]) -> None:
             await ws.send_text(json.dumps(event, ensure_ascii=False))
@@ -295,6 +297,8 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         if worker.done() and not worker.cancelled() and worker.exception() is not None:
             log.error("realtime connection failed", exc_info=worker.exception())
             close = (1011, "internal error")
+        if reader.done() or conn.send_stopped in ("send_failed", "not_reading"):  # the client is gone
+            silent_s = max(0.0, loop.time() - max(last[0], _last_heard(ws)))
     except Exception:
         log.exception("realtime connection failed")
         close = (1011, "internal error")
@@ -304,13 +308,21 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
             if conn is not None:
-                await conn.close()
+                await conn.close(silent_s=silent_s)
         finally:
             ticket.closed("session_closed")
             state.closed(label)
             # already closed by the client, or (a client that does not read) never flushed
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(code=close[0], reason=close[1]), 5.0)
+
+
+def _last_heard(ws: WebSocket) -> float:
+    """When the socket last received anything from the client (a message, a pong), by the loop's
+    clock; 0 where the server's socket layer does not say (`sockets.PEER_EXTENSION`)."""
+    peer = (ws.scope.get("extensions") or {}).get(PEER_EXTENSION) or {}
+    fn = peer.get("last_heard")
+    return float(fn()) if callable(fn) else 0.0
 
 
 async def _read(ws: WebSocket, inbox: Inbox[str | bytes], last: list[float]) -> None:

@@ -123,6 +123,11 @@ class RealtimeConnection:
         self.closed = True
 
     @property
+    def send_stopped(self) -> StopReason | None:
+        """Why the connection stopped sending (None: it has not)."""
+        return self._outbox.reason
+
+    @property
     def sender(self) -> asyncio.Task:
         """Ends when the connection can send no more (closed, the socket failed, or the client
         stopped reading): the route then closes the session."""
@@ -204,14 +209,16 @@ class RealtimeConnection:
     def _wire_session(self) -> dict[str, Any]:
         return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model)
 
-    async def close(self) -> None:
+    async def close(self, *, silent_s: float = 0.0) -> None:
         """Close the session and stop sending. Idempotent, and complete on every path: the
         sender may already have stopped because the socket went away, and the session must
-        still be closed (returning early here left replies generating for nobody)."""
+        still be closed (returning early here left replies generating for nobody). `silent_s`:
+        the client is gone and was last heard from that long ago (`Session.listener_lost`)."""
         if self._closing:
             return
         self._closing = True
         try:
+            self.session.listener_lost(silent_s)
             await self.mcp.close()  # a call waiting for approval is denied: the reply can end
             await self.session.close()
         finally:

@@ -20,6 +20,11 @@ which a new connection gets `503` and is closed at once, and an abort (not a gra
 a socket whose ping went unanswered (`MOKSORI_SERVER_WS_PING_INTERVAL_S` / `_TIMEOUT_S`), so the
 session ends then, and its interrupted reply is stored at once. Refusals are logged at most once per
 `LOG_EVERY_S` with a count, never once per socket.
+
+Every WebSocket also tells the app when its peer was last heard from (any bytes: a message, a
+pong, a close), through the ASGI scope's extension `PEER_EXTENSION` (`{"last_heard": () -> loop
+time}`): a peer that vanished is only noticed a ping interval and timeout later, and the reply it
+was hearing must be counted as heard up to that moment, not up to when it was noticed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ log = logging.getLogger("moksori.server")
 
 FD_RESERVE = 128  # file descriptors kept for models, logs, espeak-ng pipes, the listening socket
 LOG_EVERY_S = 10.0
+PEER_EXTENSION = "moksori.peer"  # scope["extensions"][PEER_EXTENSION]["last_heard"]() -> loop time
 
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\n"
          b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
@@ -100,7 +106,19 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
     upgrade_log = RateLimitedLog(log)
 
     class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+        heard_at = 0.0  # loop time of the last bytes from the peer
+
+        def last_heard(self) -> float:
+            return self.heard_at
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:  # the app's task reads it later, from this same dict
+                scope.setdefault("extensions", {})[PEER_EXTENSION] = {"last_heard": self.last_heard}
+
         def data_received(self, data: bytes) -> None:
+            self.heard_at = self.loop.time()
             super().data_received(data)
             if not self.handshake_initiated and self.conn.handshake_exc is not None and \
                     not self.transport.is_closing():
