@@ -82,6 +82,9 @@ class STTSettings(BaseModel):
     # Whisper's time. See providers/numerics.py.
     compute_type: Literal["int8", "float32"] = "int8"
     partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
+    # live partials only while something reads them (the browser app, a live-events follower,
+    # the LLM prefill): auto; on: always; off: never (engine/partial_readers.py; README)
+    partials: Literal["auto", "on", "off"] = "auto"
     # a live partial's decode gives way to a turn's final decode (engine/partials.py; README)
     partial_yield: bool = True
     # decode the turn in pieces while the user speaks (committed once two decodes agree), so that

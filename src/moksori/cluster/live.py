@@ -14,6 +14,12 @@ Two implementations of one interface:
   sends in pipelined batches; when Redis is down they are dropped and counted (live events are
   a view of the conversation, the store keeps the record).
 
+The holder knows whether anyone follows a conversation (`followed`: the session decodes live
+partial transcripts only then, engine/partial_readers.py): in one process from its followers; in
+a cluster from Redis, which answers each PUBLISH with the number of subscribers that got it (a
+worker's pub/sub connection counts once, however many followers it serves), and each heartbeat
+with `PUBSUB NUMSUB` (a follower that came while nothing was published).
+
 A follower learns that a conversation ended from `conversation.ended`, or, when the worker
 holding it died without saying so, from its record expiring (checked every few seconds).
 """
@@ -46,6 +52,10 @@ class LiveEvents(Protocol):
     def publish(self, conversation_id: str, type: str, data: dict[str, Any] | None = None) -> None: ...
 
     def end(self, conversation_id: str, reason: str) -> None: ...
+
+    def followed(self, conversation_id: str) -> bool:
+        """Whether a follower reads this worker's conversation now (as far as this worker knows)."""
+        ...
 
     async def follow(self, conversation_id: str) -> Follow | None:
         """A follower for a live (or just ended) conversation, or None if none is known."""
@@ -139,6 +149,10 @@ class MemoryLive:
         conv.ended_at = time.time()
         conv.state = "ended"
 
+    def followed(self, conversation_id: str) -> bool:
+        conv = self.conversations.get(conversation_id)
+        return conv is not None and conv.ended_at is None and bool(conv.followers)
+
     async def follow(self, conversation_id: str) -> _MemoryFollow | None:
         conv = self.conversations.get(conversation_id)
         if conv is None:
@@ -218,6 +232,7 @@ def _snapshot(record: dict[str, str]) -> dict[str, Any]:
 class _Local:
     record: dict[str, str]  # owner, worker, state, channel, started_at
     seq: int = 0
+    followers: int = 0  # subscribers of its events channel, as Redis last counted them
 
 
 class RedisLive:
@@ -280,17 +295,30 @@ class RedisLive:
         del self.live[conversation_id]
         self._put("end", conversation_id)
 
+    def followed(self, conversation_id: str) -> bool:
+        local = self.live.get(conversation_id)
+        return local is not None and local.followers > 0
+
+    def _counted(self, conversation_id: str, followers: Any) -> None:
+        local = self.live.get(conversation_id)
+        if local is not None and isinstance(followers, int):
+            local.followers = followers
+
     async def renew(self) -> None:
         """Keep the records of this worker's live conversations from expiring (the heartbeat);
         write them again if they did expire (Redis was unreachable for longer than the TTL)."""
         if not self.live:
             return
+        cids = list(self.live)
         async with translated("live events"):
             pipe = self.redis.pipeline(transaction=False)
-            for cid, local in self.live.items():
-                pipe.hset(self.keys.conversation(cid), mapping=local.record)
+            for cid in cids:
+                pipe.hset(self.keys.conversation(cid), mapping=self.live[cid].record)
                 pipe.pexpire(self.keys.conversation(cid), self.ttl_ms)
-            await pipe.execute()
+            pipe.pubsub_numsub(*(self.keys.events(cid) for cid in cids))
+            results = await pipe.execute()
+        for cid, (_, n) in zip(cids, results[-1], strict=False):
+            self._counted(cid, n)
 
     async def _sender(self) -> None:
         k = self.keys
@@ -301,6 +329,7 @@ class RedisLive:
                 await self._wake.wait()
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
             pipe = self.redis.pipeline(transaction=False)
+            counted: list[tuple[int, str]] = []  # (index of a PUBLISH in the pipeline, its conversation)
             for op, arg in batch:
                 if op == "begin":
                     cid, record = arg
@@ -312,11 +341,14 @@ class RedisLive:
                     if state is not None:
                         pipe.hset(k.conversation(cid), "state", state)
                     pipe.publish(k.events(cid), text)
+                    counted.append((len(pipe), cid))
                 else:  # end
                     pipe.hset(k.conversation(arg), "state", "ended")
                     pipe.expire(k.conversation(arg), ENDED_KEEP_S)
             try:
-                await pipe.execute()
+                results = await pipe.execute()
+                for i, cid in counted:
+                    self._counted(cid, results[i - 1])
                 self.sent += sum(1 for op, _ in batch if op == "publish")
             except asyncio.CancelledError:
                 raise

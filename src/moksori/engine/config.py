@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from moksori.engine.partial_readers import PartialsMode
 from moksori.engine.turns import TurnConfig
 from moksori.providers.base import ToolSpec
 from moksori.settings import Settings
@@ -25,6 +26,9 @@ class SessionConfig:
     transcribe_input: bool = True
     partial_interval_ms: int = 1200
     partial_yield: bool = True  # a live partial's decode gives way to a final one (engine/partials.py)
+    # live partials: auto = only while someone reads them (engine/partial_readers.py); the
+    # engine's default is on (a program that builds a Session reads its bus), the setting's auto
+    partials: PartialsMode = "on"
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
     llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py; off: README)
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
@@ -56,6 +60,7 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
     cfg = SessionConfig(
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
         partial_interval_ms=s.stt.partial_interval_ms, partial_yield=s.stt.partial_yield,
+        partials=s.stt.partials,
         stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill,
         temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,

@@ -24,6 +24,7 @@ import numpy as np
 from moksori.engine import events as E
 from moksori.engine.clock import Clock
 from moksori.engine.config import SessionConfig
+from moksori.engine.partial_readers import PartialReaders
 from moksori.providers.base import STT, STTOptions, Transcript, one_chunk
 from moksori.providers.threads import set_background
 
@@ -64,13 +65,15 @@ class PartialTranscripts:
         self._audio_between = audio_between
         self._item_id_of = item_id_of
         self._task: asyncio.Task[Any] | None = None
+        self.readers = PartialReaders(lambda: host.cfg.partials)
         self.decodes = 0  # partial decodes started, all turns (for benchmarks)
         self.gave_way = 0  # ... of which gave way to a live turn's decode (yielded nothing)
+        self.unread = 0  # partials not decoded: nobody read them (mode auto, no reader)
         self.last_span: tuple[float, float] | None = None  # session times of the latest one
 
     def start(self, turn_id: int) -> None:
         cfg = self._host.cfg
-        if cfg.partial_interval_ms <= 0 or not cfg.transcribe_input:
+        if cfg.partial_interval_ms <= 0 or not cfg.transcribe_input or cfg.partials == "off":
             return
         self.stop()
         self._task = self._host.spawn(self._run(turn_id), f"partials-{turn_id}")
@@ -92,6 +95,9 @@ class PartialTranscripts:
             if turn.turn_id != turn_id:
                 return
             if turn.state != "speaking":
+                continue
+            if not self.readers.wanted():
+                self.unread += 1
                 continue
             started, got = host.clock.now(), False
             self.decodes += 1

@@ -77,6 +77,7 @@ class Session:
         self._prefill = LlmPrefill(ctx)
         self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id,
                                             self._incremental.partial, self._prefill.offer)
+        self._partials.readers.add("llm prefill", lambda: self._prefill.enabled)
         self._deadline = TurnDeadline(ctx.clock, self.taker, ctx.spawn, self._handle)
         self._idle = IdleTimer(ctx.clock, ctx.spawn, self._on_idle_timeout)
         self._state = "idle"
@@ -102,7 +103,8 @@ class Session:
 
     @property
     def partials(self) -> PartialTranscripts:
-        """Live partial transcripts (their counters are read by benchmarks)."""
+        """Live partial transcripts (their counters are read by benchmarks). A transport that
+        reads them declares it: `session.partials.readers.add(name)` (engine/partial_readers.py)."""
         return self._partials
 
     @property

@@ -39,7 +39,7 @@ from moksori.cluster import (Admitted, ClusterNode, Held, MemoryLive, RedisUnava
 from moksori.cluster.limits import Lease
 from moksori.cluster.reaper import reap_forever
 from moksori.server.auth import extract_key, key_label, key_ok
-from moksori.server.live_events import live_listener
+from moksori.server.live_events import publish_session
 from moksori.server.load import DRAINING
 from moksori.server.load import Refusal as LocalRefusal
 
@@ -89,7 +89,7 @@ class SessionTicket:
             if cid != ident:
                 _aliases(self.state)[ident] = cid
             self.state.live.begin(cid, self.owner, channel=kind)
-            session.bus.listen(live_listener(self.state.live, cid))
+            publish_session(session, self.state.live, cid)
 
     def closed(self, reason: str = "closed") -> None:
         """Idempotent."""

@@ -11,16 +11,21 @@
 `typed` is true for words the client sent as text (a Realtime `conversation.item.create` user
 message, the text chat), false for a spoken turn's transcript.
 `text` of `reply.done` is what the listener heard (an interrupted reply is cut where it was cut).
-A speculative reply that was thrown away never reaches the bus, so never a follower. Reads only
-`ev.type` and `ev.to_json()` (the engine's public wire shape), nothing else of the engine.
+A speculative reply that was thrown away never reaches the bus, so never a follower. The
+listener reads only `ev.type` and `ev.to_json()` (the engine's public wire shape); `publish_session`
+also declares the live events a reader of the session's live partials while a follower is
+connected (`transcript.delta` is part of the contract; engine/partial_readers.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moksori.cluster.live import LiveEvents
+
+if TYPE_CHECKING:
+    from moksori.engine.session import Session
 
 _FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "session.state": ("conversation.state", ("state",)),
@@ -49,3 +54,10 @@ def live_listener(live: LiveEvents, conversation_id: str) -> Callable[[Any], Non
         live.publish(conversation_id, name, data)
 
     return on_event
+
+
+def publish_session(session: Session, live: LiveEvents, conversation_id: str) -> None:
+    """`session`'s live events go out under `conversation_id`; its live partials are decoded
+    while someone follows them (setting `stt.partials=auto`)."""
+    session.bus.listen(live_listener(live, conversation_id))
+    session.partials.readers.add("live events", lambda: live.followed(conversation_id))

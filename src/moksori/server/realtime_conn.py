@@ -104,6 +104,8 @@ class RealtimeConnection:
             rt.ResponseCancel: self._responses.cancel,
         }
         self.session.bus.listen(self._outbound.on_engine_event)
+        if timeline:  # the engine's events, live partials among them (the browser app's captions)
+            self.session.partials.readers.add("realtime timeline")
 
     # ------------------------------------------------------------------ plumbing
 
