@@ -201,8 +201,9 @@ class Target:
 class Moksori(Target):
     name = "moksori"
 
-    def __init__(self, base: str, port: int) -> None:
+    def __init__(self, base: str, port: int, name: str = "moksori") -> None:
         self.base, self.url = base, f"ws://127.0.0.1:{port}/telephony/twilio/stream"
+        self.name = name
 
     async def after_reply(self, call_id: str) -> dict:
         return await wait_event(self.base, call_id, "agent.audio_started", 2)
@@ -378,6 +379,8 @@ def main() -> None:
     ap.add_argument("--pipecat-venv", type=Path, default=None, help="default: .data/bench/pipecat-venv")
     ap.add_argument("--only", help="comma-separated utterances (a quick check), e.g. en_001,tel_002")
     ap.add_argument("--set", action="append", default=[], metavar="ENV=VALUE", help="extra Moksori environment")
+    ap.add_argument("--ab", action="append", default=[], metavar="ENV=VALUE",
+                    help="also a second Moksori ('moksori_b') with this environment on top, calls interleaved")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     # a plain `kill` must still take the servers down (they run in their own sessions)
@@ -417,6 +420,16 @@ def main() -> None:
             time.sleep(0.1)
         targets: list[Target] = [Moksori(srv.url, port)]
         pids = {"moksori": srv.proc.pid}
+        if args.ab:
+            env_b = {**env, **dict(pair.partition("=")[::2] for pair in args.ab)}
+            port_b = free_port()
+            srv_b = es.enter_context(ServerProcess([sys.executable, "-m", "moksori", "serve", "--port", str(port_b)],
+                                                   port=port_b, ready_path="/health", ready_timeout_s=180, env=env_b))
+            deadline = time.monotonic() + 60
+            while not get_json(srv_b.url, "/telephony/debug/stats").get("warm") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            targets.append(Moksori(srv_b.url, port_b, "moksori_b"))
+            pids["moksori_b"] = srv_b.proc.pid
         pipecat_meta = None
         if args.pipecat:
             from launch import DEFAULT_VENV, PipecatStack, pipecat_version, same_file
@@ -446,12 +459,13 @@ def main() -> None:
         tmp.cleanup()
     info["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    groups = {"moksori": ["moksori"], "pipecat": ["pipecat-bot", "llama-server"]}
+    groups = {"moksori": ["moksori"], "moksori_b": ["moksori_b"], "pipecat": ["pipecat-bot", "llama-server"]}
     result: dict = {
         "what": "Twilio media stream, simulated carrier: end of caller speech -> first reply media frame",
         "date": datetime.date.today().isoformat(), "machine": info, "utterances": UTTERANCES, "reps": args.reps,
-        "order": "interleaved: each utterance to both servers back to back, order flipping every utterance"
-                 if args.pipecat else "Moksori only",
+        "order": "interleaved: each utterance to every server back to back, order flipping every utterance"
+                 if len(targets) > 1 else "Moksori only",
+        "moksori_b_env": dict(pair.partition("=")[::2] for pair in args.ab),
         "others_cores_p50": round(pct([r["cpu_cores"]["others"] for r in rows], 0.5), 3),
         "others_cores_max": round(max(r["cpu_cores"]["others"] for r in rows), 3),
         "rss_mib": rss,

@@ -61,7 +61,8 @@ def cluster(tmp_path_factory):
         env = {"MOKSORI_REDIS_URL": REDIS_URL, "MOKSORI_REDIS_PREFIX": prefix, "MOKSORI_STORE_URL": db,
                "MOKSORI_TELEPHONY_STREAM_SECRET": SECRET, "MOKSORI_API_KEYS": f"{KEY},{OTHER_KEY}",
                "MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": str(PER_KEY), "MOKSORI_CLUSTER_HEARTBEAT_S": "0.5",
-               "MOKSORI_CLUSTER_TTL_S": "2", "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "1", "PYTHONUNBUFFERED": "1"}
+               "MOKSORI_CLUSTER_TTL_S": "2", "MOKSORI_CLUSTER_SSE_KEEPALIVE_S": "1", "PYTHONUNBUFFERED": "1",
+               "MOKSORI_STT_PARTIAL_INTERVAL_MS": "400"}
         a = worker(env, tmp, "worker-a").start()
         try:
             b = worker(env, tmp, "worker-b").start()
@@ -253,6 +254,28 @@ async def test_live_events_of_a_session_on_one_worker_are_followed_on_another(cl
             assert (await late.wait("conversation.ended"))["conversation_id"] == sid
         async with SSE(f"{a.url}/v1/conversations/sess_nope/events") as unknown:
             assert unknown.status == 404 and "conversation_not_found" in unknown.body
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+async def test_a_follower_on_another_worker_makes_the_session_decode_live_partials(cluster):
+    """Live partials run only while something reads them (MOKSORI_STT_PARTIALS=auto): worker A
+    learns from Redis that B's follower reads the conversation's events, and sends deltas."""
+    a, b = cluster["a"], cluster["b"]
+    conn = await realtime(a)
+    try:
+        sid = (await next_event(conn, "session.created")).session.id
+        await wait_held(b, "worker-a", 1)
+        async with SSE(f"{b.url}/v1/conversations/{sid}/events") as follow:
+            await follow.wait("conversation.state")
+            for chunk in speech_then_silence():  # as a microphone sends it: partials every 0.4 s of speech
+                await conn.input_audio_buffer.append(audio=chunk)
+                await asyncio.sleep(0.1)
+            said = await follow.wait("transcript.done", timeout=20)
+            deltas = [d for e, d in follow.events if e == "transcript.delta"]
+            assert deltas and deltas[0]["item_id"] == said["item_id"] and deltas[0]["text"] == "hello there."
+            assert follow.types().index("transcript.delta") < follow.types().index("transcript.done")
     finally:
         with contextlib.suppress(Exception):
             await conn.close()

@@ -3,8 +3,9 @@
 Engine and Realtime-connection logic in virtual time with scripted fakes (the STT fake counts
 its calls): a Realtime session with no reader starts no partial decode; the browser app's
 timeline, a reader appearing mid-turn, the LLM prefill and the setting `on` turn them on. Then a
-real server on 127.0.0.1 (the real app, fast fake models) and a real SSE client: a follower of the
-conversation's live events that connects mid-session gets `transcript.delta`.
+real server on 127.0.0.1 (the real app, fast fake models) and a real SSE client: a follower of a
+Realtime conversation's live events that connects mid-session gets `transcript.delta`, and so
+does one of a phone call (simulated Twilio), whose partials used to be off altogether.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
+from carrier_sim import CarrierSim
 from servers import ServerProcess, free_port
 
 from moksori.engine import events as E
@@ -34,6 +37,8 @@ from moksori.testing.harness import play_into_session
 from moksori.testing.virtual_time import run_virtual
 
 HERE = Path(__file__).resolve().parent
+KEY = "sk-partial-readers-1"
+SECRET = "partial-readers-stream-secret"
 SPEECH_S = 3.0  # one turn: partials every 1.2 s (the default) would decode twice while it lasts
 
 
@@ -212,47 +217,78 @@ async def _next(conn: Any, typ: str, timeout: float = 20.0) -> Any:
     return await asyncio.wait_for(read(), timeout)
 
 
-async def test_a_live_events_follower_that_connects_mid_session_gets_deltas(tmp_path: Path) -> None:
-    from openai import AsyncOpenAI
-
-    key = "sk-partial-readers-1"
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("partial-readers")
     port = free_port()
     srv = ServerProcess([sys.executable, str(HERE / "store_server.py"), str(port)], port=port, ready_path="/health",
-                        cwd=tmp_path, env={"MOKSORI_SERVER_PORT": str(port), "MOKSORI_API_KEYS": key,
-                                           "MOKSORI_DATA_DIR": str(tmp_path / "data"),
-                                           "MOKSORI_STT_PARTIAL_INTERVAL_MS": "400"}).start()
+                        cwd=tmp, env={"MOKSORI_SERVER_PORT": str(port), "MOKSORI_API_KEYS": KEY,
+                                      "MOKSORI_DATA_DIR": str(tmp / "data"), "MOKSORI_TELEPHONY_STREAM_SECRET": SECRET,
+                                      "MOKSORI_STT_PARTIAL_INTERVAL_MS": "400"}).start()
     try:
-        client = AsyncOpenAI(api_key=key, websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
-        conn = await client.realtime.connect(model="gpt-realtime").enter()
-        follow: _SSE | None = None
-        try:
-            sid = (await _next(conn, "session.created")).session.id
-            await conn.session.update(session={"type": "realtime",
-                                               "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
-            await _next(conn, "session.updated")
-            for chunk in _speech_then_silence(2.0):  # a turn nobody follows
-                await conn.input_audio_buffer.append(audio=chunk)
-            first = await _next(conn, "conversation.item.input_audio_transcription.completed")
-            await _next(conn, "response.done")
-            follow = _SSE(f"http://127.0.0.1:{port}/v1/conversations/{sid}/events", key)
-            follow.task = asyncio.create_task(follow.run())
-            await asyncio.wait_for(follow.opened.wait(), 10)
-            await follow.wait("conversation.state")
-            for chunk in _speech_then_silence(2.0):  # the same turn, followed, as a microphone sends it
-                await conn.input_audio_buffer.append(audio=chunk)
-                await asyncio.sleep(0.1)
-            said = await _next(conn, "conversation.item.input_audio_transcription.completed")
-            done = await follow.wait("transcript.done")
-            assert done["item_id"] == said.item_id != first.item_id
-            deltas = [d for e, d in follow.events if e == "transcript.delta"]
-            assert deltas and {d["item_id"] for d in deltas} == {said.item_id}
-            assert deltas[0]["text"] == "hello there." and deltas[0]["language"] == "en"
-            assert [e for e, _ in follow.events].index("transcript.delta") < \
-                [e for e, _ in follow.events].index("transcript.done")
-        finally:
-            await conn.close()
-            if follow is not None and follow.task is not None:
-                follow.task.cancel()
-                await asyncio.gather(follow.task, return_exceptions=True)
+        yield srv
     finally:
         srv.stop()
+
+
+async def test_a_live_events_follower_that_connects_mid_session_gets_deltas(server: ServerProcess) -> None:
+    from openai import AsyncOpenAI
+
+    key, port = KEY, server.port
+    client = AsyncOpenAI(api_key=key, websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
+    conn = await client.realtime.connect(model="gpt-realtime").enter()
+    follow: _SSE | None = None
+    try:
+        sid = (await _next(conn, "session.created")).session.id
+        await conn.session.update(session={"type": "realtime",
+                                           "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+        await _next(conn, "session.updated")
+        for chunk in _speech_then_silence(2.0):  # a turn nobody follows
+            await conn.input_audio_buffer.append(audio=chunk)
+        first = await _next(conn, "conversation.item.input_audio_transcription.completed")
+        await _next(conn, "response.done")
+        follow = _SSE(f"http://127.0.0.1:{port}/v1/conversations/{sid}/events", key)
+        follow.task = asyncio.create_task(follow.run())
+        await asyncio.wait_for(follow.opened.wait(), 10)
+        await follow.wait("conversation.state")
+        for chunk in _speech_then_silence(2.0):  # the same turn, followed, as a microphone sends it
+            await conn.input_audio_buffer.append(audio=chunk)
+            await asyncio.sleep(0.1)
+        said = await _next(conn, "conversation.item.input_audio_transcription.completed")
+        done = await follow.wait("transcript.done")
+        assert done["item_id"] == said.item_id != first.item_id
+        deltas = [d for e, d in follow.events if e == "transcript.delta"]
+        assert deltas and {d["item_id"] for d in deltas} == {said.item_id}
+        assert deltas[0]["text"] == "hello there." and deltas[0]["language"] == "en"
+        assert [e for e, _ in follow.events].index("transcript.delta") < \
+            [e for e, _ in follow.events].index("transcript.done")
+    finally:
+        await conn.close()
+        if follow is not None and follow.task is not None:
+            follow.task.cancel()
+            await asyncio.gather(follow.task, return_exceptions=True)
+
+
+async def test_a_follower_of_a_phone_call_gets_deltas(server: ServerProcess) -> None:
+    from moksori.telephony.signatures import make_stream_token
+
+    call_id = "CA" + "5" * 32
+    token = make_stream_token(SECRET.encode(), call_id, carrier="twilio", now=int(time.time()))
+    url = f"ws://127.0.0.1:{server.port}/telephony/twilio/stream"
+    async with CarrierSim.connect(url, call_id=call_id, params={"token": token}) as call:
+        await call.start()
+        await call.wait_audio(timeout=10)  # the greeting
+        follow = _SSE(f"http://127.0.0.1:{server.port}/v1/conversations/{call_id}/events", KEY)
+        follow.task = asyncio.create_task(follow.run())
+        try:
+            await asyncio.wait_for(follow.opened.wait(), 10)
+            await follow.wait("conversation.state")
+            await call.wait_quiet(quiet_s=0.3)
+            await call.speak(tone(2.0, rate=8000))
+            await call.speak(quiet(1.5, rate=8000))
+            done = await follow.wait("transcript.done")
+            deltas = [d for e, d in follow.events if e == "transcript.delta"]
+            assert deltas and deltas[0]["item_id"] == done["item_id"] and deltas[0]["text"] == "hello there."
+        finally:
+            follow.task.cancel()
+            await asyncio.gather(follow.task, return_exceptions=True)

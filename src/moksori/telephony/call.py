@@ -6,8 +6,9 @@ closes the socket once `ended` is set. What happens here:
 
 * `start` -> check the per-call stream token, then open a `Session` at the carrier's own rate
   (8 kHz G.711, or Vonage's 16 kHz L16) and greet at once (the greeting's audio is cached by
-  `phrases`, so the caller hears it within milliseconds); live partial transcripts are off
-  (nobody on a phone line reads them, and they would take CPU from the reply);
+  `phrases`, so the caller hears it within milliseconds); live partial transcripts run only
+  while a follower of the call's live events reads them (`stt.partials=auto`; nobody on the
+  phone line reads them, and they would take CPU from the reply);
 * caller audio -> `session.push_audio` (the engine resamples to 16 kHz itself);
 * DTMF -> a `call.dtmf` event on the session bus;
 * engine events -> the parts: reply audio, marks and barge-in clears to the carrier
@@ -225,7 +226,7 @@ class PhoneCall:
         self.info = CallInfo(self.carrier, ev.call_id, ev.stream_id, ev.from_number, ev.to_number)
         self.started_at = asyncio.get_running_loop().time()
         cfg = config_from_settings(self.settings, output_rate=ev.rate, output_chunk_ms=OUTPUT_CHUNK_MS,
-                                   output_lead_ms=OUTPUT_LEAD_MS, partial_interval_ms=0)
+                                   output_lead_ms=OUTPUT_LEAD_MS)
         # the realtime brain gets G.711 at the carrier's 8 kHz and sends it upstream as it came
         session = self.session = open_session(self.stack, cfg, settings=self.settings, toolbox=self._tools.toolbox(),
                                               input_rate=ev.rate, kit=self.kit)
