@@ -30,6 +30,7 @@ Figures, per server:
 * `start` -> first greeting `media` frame; RSS of each server process before and after.
 
     python benchmarks/telephony_latency.py [--reps 1] [--pipecat] [--set MOKSORI_LLM_MAX_TOKENS=60 ...]
+    python benchmarks/telephony_latency.py --ab MOKSORI_STT_PARTIALS=on   # a second Moksori, calls interleaved
 """
 
 from __future__ import annotations
