@@ -34,6 +34,7 @@ from moksori.testing.fake_realtime import FakeRealtimeServer
 from moksori.testing.fakes import ScriptedSTT, fake_stack, quiet, tone
 from moksori.testing.harness import Recording, play_into_session, settle
 from moksori.testing.virtual_time import run_virtual
+from moksori.tools.results import FAILURE_APOLOGIES, SLOW_FILLERS
 
 R = 24000
 EP = resolve_endpoint("ws://fake.test/v1/realtime?model=gpt-realtime", api_key="sk-test")
@@ -41,14 +42,16 @@ EP = resolve_endpoint("ws://fake.test/v1/realtime?model=gpt-realtime", api_key="
 
 def make(server: FakeRealtimeServer, *, who: str = "upstream", mode: str = "silence", stt=None,
          toolbox: ToolBox | None = None, rotate_after_s: float | None = None, output_rate: int = R,
-         transcription: str | None = None, input_rate: int | None = None, guard=None) -> RealtimeSession:
-    cfg = SessionConfig(output_rate=output_rate, partial_interval_ms=0,
+         transcription: str | None = None, input_rate: int | None = None, guard=None,
+         tool_slow_after_s: float | None = None, language: str = "auto") -> RealtimeSession:
+    cfg = SessionConfig(output_rate=output_rate, partial_interval_ms=0, language=language,  # type: ignore[arg-type]
                         turn=TurnConfig(mode=mode, silence_duration_ms=500))  # type: ignore[arg-type]
     opts = UpstreamOptions(EP, SessionOptions(transcription_model=transcription),
                            timeouts=Timeouts(keepalive_s=None, idle_s=5, response_s=5),
                            reconnect=ReconnectPolicy(rotate_after_s=rotate_after_s))
     return RealtimeSession(fake_stack(stt=stt or ScriptedSTT(["hello there."])), cfg, upstream=opts, who=who,  # type: ignore[arg-type]
-                           toolbox=toolbox, connector=server.connector, input_rate=input_rate, guard=guard)
+                           toolbox=toolbox, connector=server.connector, input_rate=input_rate, guard=guard,
+                           tool_slow_after_s=tool_slow_after_s)
 
 
 def two_spoken_turns() -> list:
@@ -464,6 +467,132 @@ def test_an_mcp_servers_tool_is_one_mcp_call_item_and_a_late_listed_tool_is_offe
     assert calls[0].server_label == "wx" and calls[0].name == "weather"
     assert calls[0].output == "Seoul: sunny" and calls[0].error is None and calls[1].error is not None
     assert [r.status for r in done(rec)] == ["completed", "completed"]
+
+
+def _tool_turn(server: FakeRealtimeServer, *tools: Tool, language: str = "en", quiet_s: float = 8.0):
+    """One spoken turn whose reply calls `tools` (all in one upstream response; slow-tool
+    threshold 1.5 s, as the settings' default)."""
+    server.transcripts.append("look it up")
+    server.function_calls.append([(t.spec.name, "{}") for t in tools])
+
+    async def main():
+        s = make(server, toolbox=ToolBox(list(tools)), tool_slow_after_s=1.5, language=language)
+        await s.ready(5)
+        rec = await play_into_session(s, [quiet(0.3, rate=R), tone(1.0, rate=R), quiet(quiet_s, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    return run_virtual(main())
+
+
+def _upstream_calls(server: FakeRealtimeServer) -> list[dict]:
+    """What went up after the user's turn: responses asked for and items added, in order."""
+    return [e for e in server.sessions[0].received if e["type"] in ("response.create", "conversation.item.create")]
+
+
+def test_a_slow_server_tool_gets_one_filler_out_of_band_then_its_output_and_the_reply():
+    """As the pipeline: a tool slower than `tools.slow_after_s` gets a short filler in the
+    session's language, once. Upstream it is an out-of-band response (nothing added to the
+    conversation); the tool's output then goes up and the follow-up waits for the filler's
+    response to end (no overlapping `response.create`)."""
+    server = FakeRealtimeServer(reply_ms=800)
+
+    async def lookup(args):
+        await asyncio.sleep(2.0)  # ends while the filler is still being said (1.5 s .. 2.3 s)
+        return {"answer": 42}
+
+    s, rec = _tool_turn(server, Tool(ToolSpec("lookup", "Looks up.", {"type": "object", "properties": {}}), lookup),
+                        language="ko")
+    sess = server.sessions[0]
+    filler, = rec.of(E.AgentToolFiller)
+    assert filler.text in SLOW_FILLERS["ko"] and filler.name == "lookup"
+    oob, output, followup = _upstream_calls(server)  # (the upstream's VAD started the first response)
+    assert oob["type"] == "response.create" and oob["response"]["conversation"] == "none"
+    assert oob["response"]["input"] == [] and oob["response"]["tool_choice"] == "none"
+    assert oob["response"]["instructions"].endswith(filler.text)
+    assert output["item"]["type"] == "function_call_output" and "42" in output["item"]["output"]
+    assert followup["type"] == "response.create" and "conversation" not in followup.get("response", {})
+    assert sess.overlapping == 0 and len(sess.out_of_band) == 1
+    # the upstream's conversation: the call, its output and the reply; the filler is in none of it
+    assert [i.get("type") for i in sess.items] == ["message", "function_call", "function_call_output", "message"]
+    assert all(filler.text not in t for _, t in sess.texts())
+    assert all(filler.text not in r.text for r in s.upstream.proto.conv.items.values())  # nor re-seeded later
+    # here: one reply, completed, its audio the filler's and the answer's; memory in order
+    reply, = done(rec)
+    assert reply.status == "completed" and rec.of(E.AgentAudioDone)[0].samples == 2 * int(0.8 * R)
+    assert [i.type for i in s.memory.items] == ["message", "message", "function_call", "function_call_output"]
+    assert [i.role for i in s.memory.items if i.type == "message"] == ["user", "assistant"]
+    said = s.memory.items[1].text
+    assert said.index(filler.text) < said.index("Reply 3")  # the filler first, the real reply follows
+
+
+def test_a_failing_server_tool_sends_its_error_up_and_the_reply_is_the_apology():
+    server = FakeRealtimeServer(reply_ms=800)
+
+    async def broken(args):
+        raise RuntimeError("backend down")
+
+    s, rec = _tool_turn(server, Tool(ToolSpec("lookup", "Looks up.", {"type": "object", "properties": {}}), broken))
+    result, = rec.of(E.AgentToolResult)
+    assert not result.ok and result.error_kind == "failed"
+    assert not rec.of(E.AgentToolFiller)  # it failed at once: nothing to fill
+    output, followup = _upstream_calls(server)
+    assert "backend down" in output["item"]["output"] and "error" in output["item"]["output"]
+    assert followup["response"]["instructions"].endswith(FAILURE_APOLOGIES["en"])
+    assert followup["response"]["tool_choice"] == "none"  # an apology, not another try
+    reply, = done(rec)
+    assert reply.status == "completed" and rec.of(E.AgentAudioDone)[0].samples == int(0.8 * R)
+    assert FAILURE_APOLOGIES["en"] in s.memory.items[1].text
+
+
+def test_a_server_tool_that_hangs_past_its_timeout_ends_the_turn_cleanly():
+    server = FakeRealtimeServer(reply_ms=800)
+
+    async def hangs(args):
+        await asyncio.Event().wait()
+
+    tool = Tool(ToolSpec("lookup", "Looks up.", {"type": "object", "properties": {}}), hangs, timeout_s=4.0)
+    s, rec = _tool_turn(server, tool)
+    assert len(rec.of(E.AgentToolFiller)) == 1
+    result, = rec.of(E.AgentToolResult)
+    assert not result.ok and result.error_kind == "timeout"
+    oob, output, followup = _upstream_calls(server)
+    assert oob["response"]["conversation"] == "none" and "timed out" in output["item"]["output"]
+    assert followup["response"]["instructions"].endswith(FAILURE_APOLOGIES["en"])
+    reply, = done(rec)
+    assert reply.status == "completed" and result.t - rec.of(E.AgentToolCall)[0].t >= 4.0
+    assert rec.of(E.SessionState)[-1].state == "idle" and server.sessions[0].overlapping == 0  # nothing left hanging
+
+
+@pytest.mark.parametrize("slow_one_works", [True, False])
+def test_two_calls_in_one_response_get_one_follow_up_after_both_outputs(slow_one_works):
+    """Two calls in one upstream response (one fails at once, one is slow): one filler, both
+    outputs go up, then one follow-up; the apology only when every call failed (the pipeline's rule)."""
+    server = FakeRealtimeServer(reply_ms=800)
+
+    async def slow(args):
+        await asyncio.sleep(3.0)
+        if not slow_one_works:
+            raise RuntimeError("also down")
+        return "found it"
+
+    async def broken(args):
+        raise RuntimeError("backend down")
+
+    spec = {"type": "object", "properties": {}}
+    s, rec = _tool_turn(server, Tool(ToolSpec("slow", "Slow.", spec), slow), Tool(ToolSpec("broken", "Fails.", spec), broken))
+    assert len(rec.of(E.AgentToolFiller)) == 1
+    kinds = [(e["type"], e.get("item", {}).get("type")) for e in _upstream_calls(server)]
+    # the failed call's output at once, the filler at 1.5 s, the slow call's output, then the follow-up
+    assert kinds == [("conversation.item.create", "function_call_output"), ("response.create", None),
+                     ("conversation.item.create", "function_call_output"), ("response.create", None)]
+    oob, followup = (e for e in _upstream_calls(server) if e["type"] == "response.create")
+    assert oob["response"]["conversation"] == "none" and "conversation" not in followup.get("response", {})
+    said_sorry = followup.get("response", {}).get("instructions", "").endswith(FAILURE_APOLOGIES["en"])
+    assert said_sorry is not slow_one_works and server.sessions[0].overlapping == 0
+    reply, = done(rec)
+    assert reply.status == "completed" and [c.name for c in reply.function_calls] == ["slow", "broken"]
 
 
 def test_client_tool_call_ends_the_reply_for_the_client():

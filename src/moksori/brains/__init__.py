@@ -50,8 +50,9 @@ def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Se
     `input_rate`: the caller's audio rate when known (telephony: 8000, so the realtime brain
     sends G.711 upstream as it came). `turns_from_settings=False` keeps `cfg.turn` as given (a
     Realtime client chose its turn detection). `kit`: the server's tools, guardrails, denoiser
-    and backchannels (`moksori.agent_kit`); the realtime brain takes its tools and guardrails
-    (the upstream hears and speaks: nothing local to denoise or acknowledge with).
+    and backchannels (`moksori.agent_kit`); the realtime brain takes its tools, guardrails and
+    slow-tool filler timing (the upstream hears and speaks: nothing local to denoise or
+    acknowledge with).
     Raises `ConfigError` for an unusable upstream."""
     settings = settings or stack.settings
     cfg = cfg or config_from_settings(settings)
@@ -74,7 +75,8 @@ def open_session(stack: Stack, cfg: SessionConfig | None = None, *, settings: Se
         cfg = brain_config(cfg, settings)
     who: Who = "moksori" if settings.realtime.turn_detection == "moksori" else "upstream"
     session = RealtimeSession(stack, cfg, upstream=options, who=who, clock=clock, session_id=session_id,
-                              toolbox=toolbox, input_rate=input_rate, guard=kit.guard if kit is not None else None)
+                              toolbox=toolbox, input_rate=input_rate, guard=kit.guard if kit is not None else None,
+                              tool_slow_after_s=kit.tool_slow_after_s if kit is not None else None)
     attach_context(session, settings)
     return session
 

@@ -453,7 +453,11 @@ class Response:
                     for clause in chunker.flush():
                         await clauses.put(clause)
                     await self._drain_audio(clauses)
-                run = await self._call_tool(call, tool, clauses, chunker)
+                def say(words: str, chunker: ClauseChunker = chunker) -> bool:
+                    self._say(words, clauses, chunker)
+                    return True
+
+                run = await self._call_tool(call, tool, say)
                 results.append(run)
                 self._record_tool_run(call, tool, run, call_item_id)
                 convo += [Message("assistant", "", tool_calls=(call,)),
@@ -461,10 +465,11 @@ class Response:
                 stop_after = stop_after or tool.final
             if stop_after:
                 break
-            if host.tool_slow_after_s is not None and results and not any(r.ok for r in results):
+            apology = self._apology(results)
+            if apology is not None:
                 # every tool of this round failed: apologise now rather than hope the model does
                 # (the errors are in the history: the next turn's LLM knows what went wrong)
-                self._say(FAILURE_APOLOGIES.get(self.language) or FAILURE_APOLOGIES["en"], clauses, chunker)
+                self._say(apology, clauses, chunker)
                 break
         await clauses.put(None)
 
@@ -476,9 +481,12 @@ class Response:
         self._add_text(("" if not self._raw or self._raw.endswith(" ") else " ") + words, clauses, chunker,
                        flush=True)
 
-    async def _call_tool(self, call: ToolCall, tool: Tool, clauses: asyncio.Queue[str | None],
-                        chunker: ClauseChunker) -> ToolRun:
-        """Run one server tool; when it is slow, say a short filler (once per reply) meanwhile."""
+    async def _call_tool(self, call: ToolCall, tool: Tool, say: Callable[[str], bool]) -> ToolRun:
+        """Run one server tool (the box's timeouts: it never hangs, a failure is an error output);
+        when it runs longer than `tool_slow_after_s`, a short filler in the reply's language is
+        said meanwhile, once per reply. `say(words)` says it the brain's way (the pipeline: a
+        clause; the realtime brain: an out-of-band upstream response) and returns False when it
+        cannot now. Both brains run their server tools here."""
         host = self.host
         task = asyncio.ensure_future(self.toolbox.call(call.name, call.arguments))
         slow = host.tool_slow_after_s
@@ -490,15 +498,22 @@ class Response:
             if not task.done():
                 options = SLOW_FILLERS.get(self.language) or SLOW_FILLERS["en"]
                 words = options[hash(call.id) % len(options)]
-                self._fillers_said += 1
-                self.emit(E.AgentToolFiller(t=self.now(), response_id=self.id, call_id=call.id, name=call.name,
-                                            text=words))
-                self._say(words, clauses, chunker)
+                if say(words):
+                    self._fillers_said += 1
+                    self.emit(E.AgentToolFiller(t=self.now(), response_id=self.id, call_id=call.id, name=call.name,
+                                                text=words))
             return await task
         finally:
             timer.cancel()
             if not task.done():
                 task.cancel()
+
+    def _apology(self, runs: list[ToolRun]) -> str | None:
+        """The words to say when every tool of a round failed (None: some worked, or the
+        session has no tool behaviour configured: the model reads the errors itself)."""
+        if self.host.tool_slow_after_s is None or not runs or any(r.ok for r in runs):
+            return None
+        return FAILURE_APOLOGIES.get(self.language) or FAILURE_APOLOGIES["en"]
 
     def _announce_tool_call(self, call: ToolCall, tool: Tool, item_id: str | None = None) -> str:
         """`agent.tool_call` for a server tool about to run; returns the id of the call's item:

@@ -39,6 +39,8 @@ class SessionContext:
         # guardrails without the rest of a kit (the realtime brain: the upstream hears and speaks);
         # kept even with no check configured: their PII redactor masks what is stored
         self.guardrails: Guardrails | None = None
+        # the kit's slow-tool threshold without the rest of a kit (the realtime brain runs tools too)
+        self.slow_tool_after_s: float | None = None
         self.stack = stack
         self.cfg = cfg
         self.clock = clock
@@ -103,7 +105,7 @@ class SessionContext:
     @property
     def tool_slow_after_s(self) -> float | None:
         """Say a filler when a server tool takes longer than this (None: never)."""
-        return self.kit.tool_slow_after_s if self.kit is not None else None
+        return self.kit.tool_slow_after_s if self.kit is not None else self.slow_tool_after_s
 
     @property
     def output_rate(self) -> int:

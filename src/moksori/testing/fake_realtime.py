@@ -11,7 +11,8 @@ timeouts and reconnects over a 20-minute conversation in milliseconds:
 
 Scripts: `transcripts` (the next user turns' words), `transcript_delay_s` (the transcript comes
 that long after the commit, e.g. after the reply started, as real transcription often does),
-`function_calls` (the next response calls these tools instead of speaking).
+`function_calls` (the next response calls this tool instead of speaking; a list of calls: all of
+them, in one response).
 
 Faults: `drop()` (the connection vanishes), `stall()` (it stays open but says nothing),
 `refuse_next`/`hang_next` (the next connects fail / never send `session.created`), and
@@ -58,6 +59,8 @@ class FakeSession:
     responses: int = 0
     truncates: list[tuple[str, int]] = field(default_factory=list)
     closed: bool = False
+    overlapping: int = 0  # `response.create`s received while a response ran (a real server refuses them)
+    out_of_band: list[str] = field(default_factory=list)  # what out-of-band responses (`conversation: "none"`) said
 
     def item(self, item_id: str) -> dict[str, Any] | None:
         return next((i for i in self.items if i["id"] == item_id), None)
@@ -116,7 +119,8 @@ class FakeRealtimeServer:
                  silence_ms: int = 500, transcript_delay_s: float = 0.0) -> None:
         self.reply_ms, self.chunk_ms = reply_ms, chunk_ms
         self.transcript_delay_s = transcript_delay_s
-        self.function_calls: deque[tuple[str, str]] = deque()  # (name, arguments) for the next responses
+        # (name, arguments) for the next responses, or a list of them for one response calling several
+        self.function_calls: deque[tuple[str, str] | list[tuple[str, str]]] = deque()
         self.max_session_s = max_session_s
         self.reply_text = reply_text or _default_reply
         self.vad_threshold, self.silence_ms = vad_threshold, silence_ms
@@ -188,8 +192,10 @@ class FakeRealtimeServer:
         task.add_done_callback(lambda t: self._tasks.get(conn, set()).discard(t))
         return task
 
-    def _spawn_response(self, conn: _Conn, instructions: str | None) -> None:
-        task = self._spawn(conn, self._respond(conn, instructions))
+    def _spawn_response(self, conn: _Conn, instructions: str | None, *, out_of_band: bool = False) -> None:
+        if any(not t.done() for t in self._responding.get(conn, set())):
+            conn.sess.overlapping += 1
+        task = self._spawn(conn, self._respond(conn, instructions, out_of_band=out_of_band))
         self._responding.setdefault(conn, set()).add(task)
         task.add_done_callback(lambda t: self._responding.get(conn, set()).discard(t))
 
@@ -257,7 +263,8 @@ class FakeRealtimeServer:
         elif kind == "conversation.item.truncate":
             self._truncate(conn, e)
         elif kind == "response.create":
-            self._spawn_response(conn, (e.get("response") or {}).get("instructions"))
+            r = e.get("response") or {}
+            self._spawn_response(conn, r.get("instructions"), out_of_band=r.get("conversation") == "none")
         elif kind == "response.cancel":
             active = [t for t in self._responding.get(conn, set()) if not t.done()]
             if not active:
@@ -331,21 +338,26 @@ class FakeRealtimeServer:
         sess.truncates.append((str(iid), ms))
         self._emit(conn, self._ev(conn).conversation_item_truncated(str(iid), 0, ms))
 
-    async def _respond(self, conn: _Conn, instructions: str | None) -> None:
+    async def _respond(self, conn: _Conn, instructions: str | None, *, out_of_band: bool = False) -> None:
         sess, ev = conn.sess, self._ev(conn)
         sess.responses += 1
         rid, iid = f"resp_f{next(self._ids)}", f"item_f{next(self._ids)}"
-        if self.function_calls:
-            await self._call_tool(conn, rid, iid, *self.function_calls.popleft())
+        if self.function_calls and not out_of_band:
+            calls = self.function_calls.popleft()
+            await self._call_tools(conn, rid, iid, calls if isinstance(calls, list) else [calls])
             return
         text = self.reply_text(sess) if instructions is None else self.reply_text(sess) + " [" + instructions + "]"
         self._emit(conn, ev.response_created(rt.response_object(rid, rt.Flavor.GA)))
         item = rt.message_item(iid, "assistant", [], rt.Flavor.GA, status="in_progress")
         prev = sess.items[-1]["id"] if sess.items else None
-        sess.items.append({**item, "content": [{"type": "output_audio", "transcript": text}]})
+        if out_of_band:  # read only its own input, added nothing to the conversation
+            sess.out_of_band.append(text)
+        else:
+            sess.items.append({**item, "content": [{"type": "output_audio", "transcript": text}]})
         sess.generated_ms[iid] = 0.0
         self._emit(conn, ev.response_output_item_added(rid, 0, item))
-        self._emit(conn, ev.conversation_item_added(item, prev))
+        if not out_of_band:
+            self._emit(conn, ev.conversation_item_added(item, prev))
         self._emit(conn, ev.response_content_part_added(rid, iid, 0, 0, rt.event_part("audio")))
         words = text.split()
         n_chunks = max(1, self.reply_ms // self.chunk_ms)
@@ -375,20 +387,23 @@ class FakeRealtimeServer:
             status_details=rt.status_details(status) if status != "completed" else None)))
 
 
-    async def _call_tool(self, conn: _Conn, rid: str, iid: str, name: str, arguments: str) -> None:
+    async def _call_tools(self, conn: _Conn, rid: str, iid: str, calls: list[tuple[str, str]]) -> None:
         sess, ev = conn.sess, self._ev(conn)
-        call_id = f"call_f{next(self._ids)}"
         self._emit(conn, ev.response_created(rt.response_object(rid, rt.Flavor.GA)))
         await asyncio.sleep(0.05)
-        item = rt.function_call_item(iid, call_id, name, arguments, rt.Flavor.GA)
-        prev = sess.items[-1]["id"] if sess.items else None
-        sess.items.append(item)
-        self._emit(conn, ev.response_output_item_added(rid, 0, {**item, "arguments": ""}))
-        self._emit(conn, ev.conversation_item_added({**item, "arguments": ""}, prev))
-        self._emit(conn, ev.function_call_arguments_done(rid, iid, 0, call_id, name, arguments))
-        self._emit(conn, ev.response_output_item_done(rid, 0, item))
+        items = []
+        for n, (name, arguments) in enumerate(calls):
+            call_id, item_id = f"call_f{next(self._ids)}", iid if n == 0 else f"item_f{next(self._ids)}"
+            item = rt.function_call_item(item_id, call_id, name, arguments, rt.Flavor.GA)
+            prev = sess.items[-1]["id"] if sess.items else None
+            sess.items.append(item)
+            items.append(item)
+            self._emit(conn, ev.response_output_item_added(rid, n, {**item, "arguments": ""}))
+            self._emit(conn, ev.conversation_item_added({**item, "arguments": ""}, prev))
+            self._emit(conn, ev.function_call_arguments_done(rid, item_id, n, call_id, name, arguments))
+            self._emit(conn, ev.response_output_item_done(rid, n, item))
         usage = rt.Usage(input_text_tokens=10 * len(sess.items), output_text_tokens=12)
-        self._emit(conn, ev.response_done(rt.response_object(rid, rt.Flavor.GA, status="completed", output=[item],
+        self._emit(conn, ev.response_done(rt.response_object(rid, rt.Flavor.GA, status="completed", output=items,
                                                              usage=usage)))
 
 

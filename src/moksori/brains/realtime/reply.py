@@ -12,7 +12,12 @@ upstream's audio into its playback, where the speaker paces it and knows what wa
              ─▶ transcript deltas ─▶ agent.text_delta; the final transcript replaces the text
              ─▶ function calls: a client tool ends the reply (agent.function_call); a server-side
                 tool runs here, its output goes back up and a follow-up response continues the
-                same reply (several upstream responses, one reply, as the pipeline's tool rounds)
+                same reply (several upstream responses, one reply, as the pipeline's tool rounds).
+                As in the pipeline (`Response._call_tool`, the same timeouts and threshold): a
+                slow tool gets a short filler, an out-of-band response (`conversation: "none"`,
+                nothing added upstream) whose audio plays in this reply; the follow-up waits
+                until the upstream is done with it. A failed tool's error output goes up and the
+                follow-up says the pipeline's apology: never a hung turn.
              ─▶ response.done: usage (text, audio, cached tokens) -> agent.response_done
     cancel   ─▶ (the speaker already stopped) response.cancel + truncate at the samples heard,
                 per upstream audio item; `agent.response_done` waits, briefly, for the
@@ -48,7 +53,7 @@ from moksori.audio.resample import StreamResampler
 from moksori.engine import events as E
 from moksori.engine.memory import Item, new_id
 from moksori.engine.response import Response
-from moksori.engine.tools import Tool
+from moksori.engine.tools import Tool, ToolRun
 from moksori.providers.base import ToolCall, Usage
 from moksori.text.chunker import ClauseChunker
 
@@ -64,7 +69,13 @@ log = logging.getLogger("moksori.brains.realtime")
 CHARS_PER_SECOND = 14.0  # speaking pace used to keep the heard-text estimate behind the voice
 USAGE_WAIT_S = 2.0  # a cancelled reply's `agent.response_done` waits at most this for the upstream's usage
 
-__all__ = ["UpstreamReply", "estimated_samples"]
+__all__ = ["UpstreamReply", "estimated_samples", "say_exactly"]
+
+
+def say_exactly(instructions: str, words: str) -> str:
+    """Instructions that make the upstream say `words` and nothing else (greetings, the safe
+    sentence, a slow tool's filler, a failed tool's apology)."""
+    return f"{instructions}\n\nNow say exactly the following words, in their language, and nothing else:\n{words}".strip()
 
 
 def estimated_samples(text: str, rate: int) -> int:
@@ -85,6 +96,11 @@ class UpstreamReply(Response):
     _texts: dict[str, str] = field(default_factory=dict)  # upstream item -> its text
     _open_rounds: int = 0  # upstream responses asked for or running, not done yet
     _tools_running: int = 0
+    _round_done: asyncio.Event = field(default_factory=asyncio.Event)  # set as each upstream response ends
+    _runs: list[ToolRun] = field(default_factory=list)  # this round's tool calls that ended
+    _stop_after: bool = False  # a call of this round ends the reply (`Tool.final`: no follow-up)
+    _filler_next: bool = False  # the next upstream response bound is a slow tool's filler
+    filler_responses: set[str] = field(default_factory=set)  # upstream responses that were fillers (out of band)
     _generated: asyncio.Event = field(default_factory=asyncio.Event)
     _resampler: StreamResampler | None = None
     _deferred_reason: str | None = None
@@ -186,6 +202,9 @@ class UpstreamReply(Response):
 
     def bind(self, response_id: str) -> None:
         self.upstream_ids.append(response_id)
+        if self._filler_next:
+            self._filler_next = False
+            self.filler_responses.add(response_id)
         if self.upstream_initiated and len(self.upstream_ids) == 1:
             self._open_rounds += 1
 
@@ -361,16 +380,38 @@ class UpstreamReply(Response):
         assert brain is not None
         try:
             self._announce_tool_call(call, tool, item_id)
-            run = await self.toolbox.call(call.name, call.arguments)
+            run = await self._call_tool(call, tool, self._ask_filler)
             out_id = new_id("item")
             self._record_tool_run(call, tool, run, item_id, out_id)
             brain.tool_output(call.id, run.output, out_id, local_id=item_id if tool.mcp_server is not None else None)
-            if not tool.final and self.live:
+            self._runs.append(run)
+            self._stop_after = self._stop_after or tool.final
+            # the upstream takes one response at a time: the call's own response and any filler
+            # end first (each ends: done, cancelled, or made up when the upstream is lost)
+            while self._open_rounds > 0 and self.live:
+                self._round_done.clear()
+                await self._round_done.wait()
+            if self._tools_running > 1:
+                return  # another call of this round still runs: the last one to end asks for the follow-up
+            runs, stop = self._runs, self._stop_after
+            self._runs, self._stop_after = [], False
+            if not stop and self.live:  # as the pipeline: every call of the round failed -> its apology
                 self._open_rounds += 1
-                brain.request(self, followup=True)
+                brain.request(self, followup=True, say=self._apology(runs))
         finally:
             self._tools_running -= 1
             self._check_generated()
+
+    def _ask_filler(self, words: str) -> bool:
+        """A slow tool (`Response._call_tool`): the upstream says `words` out of band, into this
+        reply's audio. False when it cannot now (the upstream is still answering, the reply is cut)."""
+        brain = self.brain
+        if brain is None or not self.live or not brain.upstream_idle():
+            return False
+        self._open_rounds += 1
+        self._filler_next = True
+        brain.request_filler(self, words)
+        return True
 
     def on_upstream_done(self, e: ev.ResponseDone) -> None:
         if e.usage is not None:
@@ -386,12 +427,15 @@ class UpstreamReply(Response):
                 # the upstream cut it (its own VAD heard the user); the session does the same
                 self.failure = None
         self._open_rounds = max(0, self._open_rounds - 1)
+        self._round_done.set()
         self._check_generated()
 
     def fail(self, why: str) -> None:
         """The upstream will never answer this reply (its request was refused, the upstream is gone)."""
         self.failure = why
         self._open_rounds = 0
+        self._filler_next = False
+        self._round_done.set()
         self._check_generated()
 
     def _check_generated(self) -> None:
@@ -409,8 +453,7 @@ class UpstreamReply(Response):
         o = self.opts
         kw: dict[str, Any] = {}
         if o.fixed_text is not None:
-            kw["instructions"] = (f"{session_instructions}\n\nNow say exactly the following words, in their language, "
-                                  f"and nothing else:\n{o.fixed_text}").strip()
+            kw["instructions"] = say_exactly(session_instructions, o.fixed_text)
         elif o.instructions is not None and speech_model_prompt(o.instructions) != session_instructions:
             kw["instructions"] = speech_model_prompt(o.instructions)
         mods = ("audio",) if "audio" in o.modalities else ("text",)

@@ -64,7 +64,7 @@ from . import events as ev
 from .client import RealtimeUpstream
 from .guarding import UpstreamGuard
 from .options import SessionOptions, TurnMode, UpstreamOptions
-from .reply import UpstreamReply
+from .reply import UpstreamReply, say_exactly
 from .transport import Connector
 from .words import IdMap, UserWords, language_of, trim
 
@@ -80,7 +80,8 @@ class RealtimeSession(Session):
     def __init__(self, stack: Stack, cfg: SessionConfig | None = None, *, upstream: UpstreamOptions,
                  who: Who = "upstream", clock: Clock | None = None, session_id: str | None = None,
                  toolbox: ToolBox | None = None, connector: Connector | None = None,
-                 input_rate: int | None = None, guard: Guardrails | None = None) -> None:
+                 input_rate: int | None = None, guard: Guardrails | None = None,
+                 tool_slow_after_s: float | None = None) -> None:
         self.who = who
         self._up_user = "idle"  # idle | speaking | paused (the upstream's VAD)
         self._flavor = upstream.endpoint.flavor
@@ -88,6 +89,7 @@ class RealtimeSession(Session):
         self._input_format = PCMU if input_rate == 8000 else PCM16_24K
         super().__init__(stack, cfg, clock=clock, session_id=session_id, toolbox=toolbox)
         self._ctx.guardrails = guard  # the server's input and output checks (`guarding.py`)
+        self._ctx.slow_tool_after_s = tool_slow_after_s  # a filler while a server tool is slow (the kit's)
         self._guarding = UpstreamGuard(self)
         self.closing = False
         self._responses.factory = self._new_reply
@@ -450,8 +452,9 @@ class RealtimeSession(Session):
         self._replies.append(reply)
         return reply
 
-    def request(self, reply: UpstreamReply, *, followup: bool = False) -> None:
-        """Ask the upstream for a response for `reply` (the first, or a follow-up after a tool)."""
+    def request(self, reply: UpstreamReply, *, followup: bool = False, say: str | None = None) -> None:
+        """Ask the upstream for a response for `reply` (the first, or a follow-up after a tool).
+        `say`: a follow-up that says these words (a failed tool's apology) and calls no tool."""
         if self._failed:
             reply.fail("upstream_failed")
             return
@@ -459,8 +462,24 @@ class RealtimeSession(Session):
         kw = reply.request_args(s.instructions, s.output_modalities, self.cfg.tools, self.cfg.tool_choice)
         if followup:  # after a tool: the same tools (e.g. the reply's own MCP servers'), modalities, instructions
             kw = {k: v for k, v in kw.items() if k in ("tools", "modalities", "instructions")}
+        if say is not None:
+            kw.update(instructions=say_exactly(kw.get("instructions", s.instructions), say), tool_choice="none")
         self._awaiting.append(reply)
         self._op(self.upstream.create_response, **kw)
+
+    def upstream_idle(self) -> bool:
+        """No response asked for or running upstream (one more would be refused)."""
+        return not self._failed and not self._awaiting and not self.upstream.in_response
+
+    def request_filler(self, reply: UpstreamReply, words: str) -> None:
+        """A slow tool's filler for `reply`: an out-of-band response (it reads only its
+        instructions and adds nothing to the upstream conversation), its audio played in `reply`."""
+        s = self._options.session
+        mods = reply.request_args(s.instructions, s.output_modalities, self.cfg.tools,
+                                  self.cfg.tool_choice).get("modalities")
+        self._awaiting.append(reply)
+        self._op(self.upstream.create_response, instructions=say_exactly(s.instructions, words), modalities=mods,
+                 tool_choice="none", metadata={"moksori": "tool_filler"}, input=[])
 
     def tool_output(self, call_id: str, output: str, item_id: str, *, local_id: str | None = None) -> None:
         """A server tool's output goes up as `item_id`. `local_id`: our one item for the call and
@@ -587,6 +606,9 @@ class RealtimeSession(Session):
                 r = self._by_upstream.pop(e.response_id, None)
                 if r is not None:
                     r.on_upstream_done(e)
+                    if e.response_id in r.filler_responses:  # out of band: never re-seeded after a reconnect
+                        for iid in e.item_ids:
+                            self.upstream.proto.conv.delete(iid)
             case ev.TruncateRejected():
                 self._truncate_rejected(e)
             case ev.UpstreamError():
