@@ -595,6 +595,39 @@ def test_two_calls_in_one_response_get_one_follow_up_after_both_outputs(slow_one
     assert reply.status == "completed" and [c.name for c in reply.function_calls] == ["slow", "broken"]
 
 
+def test_the_user_cutting_in_on_a_filler_cuts_the_reply_and_the_tool_output_still_goes_up():
+    server = FakeRealtimeServer(reply_ms=800)
+    server.transcripts.extend(["look it up", "never mind"])
+    server.function_calls.append(("lookup", "{}"))
+
+    async def lookup(args):
+        await asyncio.sleep(3.0)
+        return "found it"
+
+    async def main():
+        s = make(server, toolbox=ToolBox([Tool(ToolSpec("lookup", "Looks up.", {"type": "object", "properties": {}}),
+                                                lookup)]), tool_slow_after_s=1.5)
+        await s.ready(5)
+        # the turn ends at ~1.8 s, the call comes, the filler plays from ~3.4 s: the user speaks at 3.5 s
+        rec = await play_into_session(s, [quiet(0.3, rate=R), tone(1.0, rate=R), quiet(2.2, rate=R),
+                                          tone(0.6, rate=R), quiet(6.0, rate=R)])
+        await settle(s, 10)
+        await s.close()
+        return s, rec
+
+    s, rec = run_virtual(main())
+    filler, = rec.of(E.AgentToolFiller)
+    assert filler.t < rec.of(E.AgentInterrupted)[0].t < rec.of(E.AgentToolResult)[0].t  # cut while the tool ran
+    cut, answer = done(rec)
+    assert cut.status == "cancelled" and answer.status == "completed"
+    creates = sent(server, "response.create")
+    assert len(creates) == 1 and creates[0]["response"]["conversation"] == "none"  # no follow-up for the cut reply
+    assert sent(server, "response.cancel")
+    out, = (e["item"] for e in sent(server, "conversation.item.create"))
+    assert out["type"] == "function_call_output" and out["output"] == "found it"
+    assert [i.type for i in s.memory.items].count("function_call_output") == 1
+
+
 def test_client_tool_call_ends_the_reply_for_the_client():
     server = FakeRealtimeServer(reply_ms=800)
     server.function_calls.append(("lookup", "{}"))
