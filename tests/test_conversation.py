@@ -120,6 +120,18 @@ def test_a_300ms_thinking_pause_keeps_one_turn(stack) -> None:
     assert len(completed(rec)) == 1
 
 
+def test_a_comma_pause_after_a_when_clause_keeps_one_turn(stack) -> None:
+    # tel_010: "When you hear the bell, come quickly." read with a natural 600 ms pause at the comma
+    # (8 kHz telephone speech). The audio model scores "When you hear the bell" as finished; the
+    # words say a main clause is still to come, so the pause is not the end of the turn.
+    rec, _ = converse(stack, [silence(0.5), speech("tel/tel_010.wav"), silence(5.0)])
+    assert len(rec.of(E.UserTurnEnded)) == 1, [e.text for e in rec.of(E.UserTranscript)]
+    text = rec.of(E.UserTranscript)[0].text.lower()
+    assert "bell" in text and "quickly" in text
+    assert rec.of(E.AgentInterrupted) == []
+    assert len(completed(rec)) == 1
+
+
 def test_cough_length_bursts_during_a_reply_do_not_interrupt(stack) -> None:
     voiced = speech("en/en_002.wav")
     burst = Frame(voiced.samples[8000:8000 + 1920], 16000)  # 120 ms of real voice: the VAD fires on it
