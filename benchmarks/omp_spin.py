@@ -35,7 +35,8 @@ from _stats import pct
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
-STAGES = (("stt_done", "stt.finished"), ("llm_first_token", "llm.first_token"), ("first_audio", "agent.audio_started"))
+STAGES = (("stt_done", "stt.finished"), ("llm_start", "llm.started"), ("llm_first_token", "llm.first_token"),
+          ("tts_started", "tts.started"), ("first_audio", "agent.audio_started"))
 
 
 async def caller(stack, settings, path: Path, delay: float) -> dict:
@@ -61,6 +62,7 @@ async def caller(stack, settings, path: Path, delay: float) -> dict:
         for name, typ in STAGES:
             if typ in first:
                 row[name] = round(1000 * (first[typ].t - stop.t))
+        row["first_clause"] = getattr(first.get("tts.started"), "text", "")
     return row
 
 

@@ -10,6 +10,17 @@ turns the extra buffer types back on for whoever has checked them on their own C
 
 llama-cpp-python has no keyword for it: `Llama()` reads `llama_model_default_params()` while it
 loads, so the default is wrapped, for this process, before any model loads.
+
+llama.cpp's own OpenMP spin-wait (`MOKSORI_LLAMA_SPINCOUNT`, default 1000). llama.cpp (built with
+OpenMP) synchronises its threads with an OpenMP barrier after every operation of the graph,
+~750 per evaluation of SmolLM2. With `GOMP_SPINCOUNT=0` (Moksori's process default, which keeps
+Whisper's and llama.cpp's idle threads off each other's cores) every one of those barriers puts
+the waiting thread to sleep and wakes it again: generation went from ~8.5 to ~17-26 ms per token
+and 24 prompt tokens from ~90 to ~150 ms on 2 cores (benchmarks/llm_speed.py). llama.cpp loads
+the system's libgomp and CTranslate2 its own copy, and each reads GOMP_SPINCOUNT once, when it
+loads: so `import_llama()` loads llama.cpp with its own short spin (1000 spins, tens of
+microseconds: enough to bridge one operation, too short to hold a core that another runtime
+needs) and puts the variable back for everything loaded later.
 """
 
 from __future__ import annotations
@@ -18,11 +29,50 @@ import os
 import runpy
 import sys
 import threading
+from types import ModuleType
 from typing import Any
 
+from moksori.errors import ConfigError
+
 ENV = "MOKSORI_LLAMA_EXTRA_BUFFERS"
+SPIN_ENV = "MOKSORI_LLAMA_SPINCOUNT"
+DEFAULT_SPINCOUNT = 1000
 _lock = threading.Lock()
 _patched = False
+
+
+def llama_spincount() -> int:
+    """The spin count llama.cpp's libgomp gets: MOKSORI_LLAMA_SPINCOUNT, else DEFAULT_SPINCOUNT."""
+    raw = os.environ.get(SPIN_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SPINCOUNT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{SPIN_ENV} must be a whole number of spins, not {raw!r}",
+                          hint="e.g. 1000 (the default), or 0: no spinning") from None
+    if value < 0:
+        raise ConfigError(f"{SPIN_ENV} must be 0 or more, not {value}")
+    return value
+
+
+def import_llama() -> ModuleType:
+    """Import llama_cpp (its C libraries) with llama.cpp's libgomp reading `llama_spincount()`;
+    GOMP_SPINCOUNT is put back for whatever loads later. A no-op once llama_cpp is loaded."""
+    with _lock:
+        loaded = sys.modules.get("llama_cpp.llama_cpp")
+        if loaded is not None:
+            return loaded
+        before = os.environ.get("GOMP_SPINCOUNT")
+        os.environ["GOMP_SPINCOUNT"] = str(llama_spincount())
+        try:
+            import llama_cpp.llama_cpp as lib
+        finally:
+            if before is None:
+                os.environ.pop("GOMP_SPINCOUNT", None)
+            else:
+                os.environ["GOMP_SPINCOUNT"] = before
+        return lib
 
 
 def extra_buffers_wanted() -> bool:
@@ -33,13 +83,12 @@ def use_portable_kernels() -> bool:
     """Make every llama.cpp model this process loads from now on skip the extra buffer types.
     Idempotent; returns whether the portable kernels are in use."""
     global _patched
+    lib = import_llama()
     if extra_buffers_wanted():
         return False
     with _lock:
         if _patched:
             return True
-        import llama_cpp.llama_cpp as lib
-
         default = lib.llama_model_default_params
 
         def portable() -> Any:
@@ -55,7 +104,7 @@ def use_portable_kernels() -> bool:
 def main() -> None:
     """`python -m moksori.providers.llama_cpu ARGS`: `python -m llama_cpp.server ARGS` with the
     portable kernels (what `make cluster` and the tests run as the shared inference server)."""
-    use_portable_kernels()
+    use_portable_kernels()  # imports llama_cpp with its spin count (import_llama)
     sys.argv[0] = "llama_cpp.server"
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 

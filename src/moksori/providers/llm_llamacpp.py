@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -71,21 +71,25 @@ class LlamaCppLLM(LLM):
     name = "llamacpp"
 
     def __init__(self, model_path: str | Path, *, threads: int = 2, context_tokens: int = 4096,
-                 languages: tuple[str, ...] = ("en",)) -> None:
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
+                 languages: tuple[str, ...] = ("en",), llama_options: Mapping[str, Any] | None = None) -> None:
+        """`llama_options`: more `llama_cpp.Llama` keyword arguments, over Moksori's (n_batch,
+        flash_attn, type_k, ...; benchmarks/llm_speed.py compares them)."""
         from moksori.providers.llama_cpu import use_portable_kernels
 
+        # first: loads llama.cpp with its own OpenMP spin count (llama_cpu.import_llama)
         use_portable_kernels()  # no AMX / repacked weights: they crash or differ per CPU
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"LLM model file not found: {self.path}", hint="set MOKSORI_LLM_MODEL to a .gguf file")
         try:
             with _quiet_stderr():
-                self._llm = Llama(model_path=str(self.path), n_ctx=context_tokens, n_threads=threads,
-                                  n_threads_batch=threads, n_batch=256, verbose=False)
+                options: dict[str, Any] = {"n_ctx": context_tokens, "n_threads": threads,
+                                           "n_threads_batch": threads, "n_batch": 256, "verbose": False}
+                options.update(llama_options or {})
+                self._llm = Llama(model_path=str(self.path), **options)
         except Exception as e:  # llama-cpp raises ValueError("Failed to load model from file")
             raise ModelError(f"cannot load LLM {self.path}: the file is corrupt or not a GGUF model",
                              hint="check the file, or run `moksori models verify` for the packaged one") from e
