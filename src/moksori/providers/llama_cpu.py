@@ -83,7 +83,7 @@ def use_portable_kernels() -> bool:
     """Make every llama.cpp model this process loads from now on skip the extra buffer types.
     Idempotent; returns whether the portable kernels are in use."""
     global _patched
-    lib = import_llama()
+    lib: Any = import_llama()
     if extra_buffers_wanted():
         return False
     with _lock:
