@@ -1,8 +1,9 @@
 """The packaged LLM's speed through `providers/llm_llamacpp.py`, llama.cpp settings compared in one run.
 
 Each variant is a set of `llama_cpp.Llama` keyword arguments (n_threads, n_batch, n_ubatch,
-flash_attn, type_k, ...) and/or environment variables (UPPER-CASE keys, e.g. GOMP_SPINCOUNT:
-libgomp reads it once, when it loads, so every variant runs in its own child process). The
+flash_attn, type_k, ...) and/or environment variables (UPPER-CASE keys, e.g. MOKSORI_LLAMA_SPINCOUNT,
+llama.cpp's OpenMP spin count: libgomp reads it once, when it loads, so every variant runs in its
+own child process). The
 children alternate (A B C, then B C A, ...), so all variants see the same machine. Per child:
 
 * `reply`: the provider's own path, as a voice turn uses it: the KV cache set back to the system
@@ -14,7 +15,7 @@ children alternate (A B C, then B C A, ...), so all variants see the same machin
   `cold`: the whole 110-token prompt from an empty cache; `tg`: one token at a time (generation).
 
     python benchmarks/llm_speed.py [--rounds 3] [--reps 2] [--json out.json] \\
-        --variant base: --variant spin1000:GOMP_SPINCOUNT=1000 --variant fa:flash_attn=true
+        --variant spin0:MOKSORI_LLAMA_SPINCOUNT=0 --variant spin1000: --variant fa:flash_attn=true
 
 A variant is `NAME:KEY=VALUE,KEY=VALUE` (empty after the colon: the provider's defaults).
 `--info` prints llama.cpp's system info (how the wheel was built) and exits.
