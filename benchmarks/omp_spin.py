@@ -9,7 +9,8 @@ in its own child process; the children alternate (A B A B ...), so both see the 
 Each child builds the embedded stack and plays the LibriVox utterances (shared/speech
 en_001..005) into `--callers` sessions at once (the second caller starts 1.3 s after the first:
 the callers' turns overlap, which is the load), at real-time pace. Per setting: end of speech
-(`user.speech_stopped`) -> STT done, LLM first token, first reply audio, p50/p95.
+(`user.speech_stopped`) -> STT done, LLM start, LLM first token, first clause to TTS, first
+reply audio, p50/p95 (rows: also the first clause's text).
 
     python benchmarks/omp_spin.py [--settings 0,100000] [--rounds 2] [--callers 2] [--json out.json]
 
