@@ -9,7 +9,10 @@ would send it). Per mode:
 * final transcript: `user.speech_stopped` -> the released speculation's `stt.finished`;
 * first reply audio: `user.speech_stopped` -> `agent.audio_started`;
 * WER of the session's final transcripts (all user turns of the file joined) on each set;
-* how many pieces were committed while the user spoke, and the final decode's audio length.
+* how many pieces were committed while the user spoke, and the final decode's audio length;
+* split tries started, background decodes that gave way, final decodes whose overlap missed;
+* how long the final decode waited in the model's queue, and whether one of incremental STT's
+  own background decodes (a try, a confirmation) was running when it began.
 
     python benchmarks/incremental_stt.py [--reps 1] [--sets en,tel] [--partials 1200] [--json out.json]
 """
@@ -66,6 +69,10 @@ async def one(stack, settings, path: Path, incremental: bool, partials: int) -> 
                  "transcript": " ".join(e.text for e in rec.of("user.transcript")),
                  "commits": session.incremental.commits,
                  "tail_s": round(session.incremental.last_tail_s, 2) if incremental else None}
+    if incremental:
+        inc = session.incremental
+        row.update({"tries": inc.tries, "gave_way": inc.gave_way, "overlap_misses": inc.overlap_misses,
+                    "final_wait_ms": round(1000 * inc.last_wait_s), "behind_try": inc.last_behind_try})
     if stop is not None:
         done = [e for e in rec.of("stt.finished") if e.turn_id == stop.turn_id]
         if done:
@@ -89,6 +96,16 @@ def summarize(rows: list[dict], wer_of) -> dict:
             errs = [wer_of(r["reference"], r["transcript"]) for r in sel]
             out[f"wer_{s}"] = round(sum(e for e, _ in errs) / max(1, sum(n for _, n in errs)), 4)
     out["turns_with_commits"] = sum(1 for r in rows if r["commits"] > 0)
+    out["commits_per_turn"] = round(sum(r["commits"] for r in rows) / max(1, sum(r["turns"] for r in rows)), 2)
+    if any("final_wait_ms" in r for r in rows):
+        waits = [r["final_wait_ms"] for r in rows if "final_wait_ms" in r]
+        waited = [w for w in waits if w >= 20]
+        out["final_waited"] = {"n": len(waited), "of": len(waits), "p50_ms": round(pct(waited, 0.5)) if waited else 0,
+                               "max_ms": max(waited, default=0),
+                               "behind_try": sum(1 for r in rows if r.get("behind_try"))}
+        out["tries"] = sum(r["tries"] for r in rows)
+        out["gave_way"] = sum(r["gave_way"] for r in rows)
+        out["overlap_misses"] = sum(r["overlap_misses"] for r in rows)
     out["files"] = len(rows)
     return out
 

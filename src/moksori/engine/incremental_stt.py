@@ -41,7 +41,7 @@ from moksori.engine.input_audio import VAD_RATE, InputAudio
 from moksori.engine.session_context import SessionContext
 from moksori.engine.stable_prefix import StablePrefix, strip_overlap
 from moksori.providers.base import STTOptions, Transcript, one_chunk
-from moksori.providers.threads import set_background
+from moksori.providers.threads import BACKGROUND, QueueMeter, context_with_meter, current_priority, set_background
 
 CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
@@ -94,6 +94,12 @@ class IncrementalSTT:
         self.commits = 0  # pieces committed, all turns (for tests and benchmarks)
         self.decoded_s = 0.0  # audio seconds sent to STT by this module, all turns
         self.last_tail_s = 0.0  # audio seconds of the latest pause's decode (at a turn's end: the tail)
+        self.last_wait_s = 0.0  # ... the time its model calls waited in the model's queue
+        self.last_behind_try = False  # ... whether a background decode of ours was running when it began
+        self.tries = 0  # split tries started (each one or two decodes), all turns
+        self.gave_way = 0  # background decodes (tries, confirmations) that gave way to a live decode
+        self.overlap_misses = 0  # final decodes whose re-heard overlap did not match: decoded twice
+        self._bg_running = 0  # background decodes of this module in flight now
 
     @property
     def enabled(self) -> bool:
@@ -139,7 +145,9 @@ class IncrementalSTT:
             raise RuntimeError("incremental STT has no such turn")
         if turn.splitter is not None and not turn.splitter.done():
             turn.splitter.cancel()  # a pause: its decode goes first (the split resumes with the speech)
-        task = self._ctx.spawn(self._decode_spec(turn, spec), f"stt-inc-{spec.turn_id}.{spec.spec_id}")
+        meter = QueueMeter()
+        task = self._ctx.spawn(self._decode_spec(turn, spec, meter), f"stt-inc-{spec.turn_id}.{spec.spec_id}",
+                               context=context_with_meter(meter))
         turn.decodes[spec.spec_id] = task
         task.add_done_callback(lambda t: self._decoded(turn, spec.spec_id, t))
         # shielded: a cancelled speculation (the user resumed) still leaves its decode as a candidate
@@ -188,6 +196,7 @@ class IncrementalSTT:
             i = quiet_point(audio, int(SPLIT_PIECE_MIN_S * VAD_RATE), len(audio) - int(RIGHT_CONTEXT_S * VAD_RATE))
             if i is None:
                 continue
+            self.tries += 1
             whole = await self._stt(turn, audio, turn.prefix.text)
             if self._turn is not turn or turn.prefix.start != base:
                 continue
@@ -198,19 +207,24 @@ class IncrementalSTT:
     def owns(self, turn_id: int) -> bool:
         return self._current(turn_id) is not None
 
-    async def _decode_spec(self, turn: _Turn, spec: SpecAudio) -> _Piece:
+    async def _decode_spec(self, turn: _Turn, spec: SpecAudio, meter: QueueMeter) -> _Piece:
         full = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
         base, prompt = turn.prefix.start, turn.prefix.text
         audio = _from(full, spec.audio_t0, base)
         self.last_tail_s = len(audio) / VAD_RATE
-        if prompt and OVERLAP_S > 0:
-            # Whisper on a short tail without the sound before it misses its first words: decode
-            # from a little before the committed point and drop the words it repeats
-            tr = await self._stt(turn, _from(full, spec.audio_t0, max(spec.audio_t0, base - OVERLAP_S)), "")
-            rest = strip_overlap(prompt, tr.text)
-            if rest is not None:
-                return _Piece(base, spec.audio_end, prompt, replace(tr, text=rest))
-        return _Piece(base, spec.audio_end, prompt, await self._stt(turn, audio, prompt))
+        self.last_behind_try = self._bg_running > 0
+        try:
+            if prompt and OVERLAP_S > 0:
+                # Whisper on a short tail without the sound before it misses its first words: decode
+                # from a little before the committed point and drop the words it repeats
+                tr = await self._stt(turn, _from(full, spec.audio_t0, max(spec.audio_t0, base - OVERLAP_S)), "")
+                rest = strip_overlap(prompt, tr.text)
+                if rest is not None:
+                    return _Piece(base, spec.audio_end, prompt, replace(tr, text=rest))
+                self.overlap_misses += 1
+            return _Piece(base, spec.audio_end, prompt, await self._stt(turn, audio, prompt))
+        finally:
+            self.last_wait_s = meter.total
 
     async def _stt(self, turn: _Turn, audio: np.ndarray, prompt: str) -> Transcript:
         tr = await self._stt_or_none(turn, audio, prompt)
@@ -224,9 +238,14 @@ class IncrementalSTT:
         opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=prompt or None, preemptible=preemptible)
         final: Transcript | None = None
         self.decoded_s += len(audio) / VAD_RATE
-        async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
-            if tr.final:
-                final = tr
+        bg = current_priority() == BACKGROUND
+        self._bg_running += bg
+        try:
+            async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
+                if tr.final:
+                    final = tr
+        finally:
+            self._bg_running -= bg
         if final is not None and final.text.strip() and turn.language is None:
             turn.language = final.language
         return final

@@ -8,6 +8,7 @@ this object, or a narrower `Protocol` of it (`ResponseHost`, `PartialsHost`), ne
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -72,8 +73,9 @@ class SessionContext:
 
     # -------------------------------------------------------------- tasks
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str, *,
+              context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
