@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -82,7 +83,7 @@ class _Turn:
     resumed: dict[int, float] = field(default_factory=dict)  # spec id -> when speech resumed
     offered: set[int] = field(default_factory=set)
     confirm: asyncio.Task[None] | None = None
-    confirming: asyncio.Task[_Piece] | None = None
+    confirming: asyncio.Task[_Piece | None] | None = None
     splitter: asyncio.Task[None] | None = None
 
 
@@ -96,10 +97,15 @@ class IncrementalSTT:
         self.last_tail_s = 0.0  # audio seconds of the latest pause's decode (at a turn's end: the tail)
         self.last_wait_s = 0.0  # ... the time its model calls waited in the model's queue
         self.last_behind_try = False  # ... whether a background decode of ours was running when it began
+        self.candidates = 0  # pieces ending in an internal pause offered for confirmation, all turns
         self.tries = 0  # split tries started (each one or two decodes), all turns
-        self.gave_way = 0  # background decodes (tries, confirmations) that gave way to a live decode
+        self.gave_way = 0  # background decodes (tries, confirmations) seen giving way to a live decode
+        # (not those of a split try cancelled by the pause meanwhile: the thread gives way unseen)
         self.overlap_misses = 0  # final decodes whose re-heard overlap did not match: decoded twice
         self._bg_running = 0  # background decodes of this module in flight now
+        # called on the event loop after each commit with (turn id, all the words committed in
+        # that turn so far); they never change later in the turn. Must not block or raise.
+        self.on_commit: Callable[[int, str], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -170,7 +176,7 @@ class IncrementalSTT:
         if tr is None:  # it gave way to a live turn's decode (engine/partials.py)
             return Transcript("", turn.language or self._ctx.last_language, False)
         if self._turn is turn and turn.prefix.candidate is not None:
-            turn.prefix.observe(base, t1, tr.text)
+            self._settled(turn, turn.prefix.observe(base, t1, tr.text))
         text = " ".join(p for p in (prompt.strip(), tr.text.strip()) if p)
         return Transcript(text=text, language=tr.language, final=False, audio_seconds=tr.audio_seconds)
 
@@ -197,12 +203,14 @@ class IncrementalSTT:
             if i is None:
                 continue
             self.tries += 1
-            whole = await self._stt(turn, audio, turn.prefix.text)
-            if self._turn is not turn or turn.prefix.start != base:
+            whole = await self._try_stt(turn, audio, turn.prefix.text)
+            if whole is None or self._turn is not turn or turn.prefix.start != base:
                 continue
-            tail = await self._stt(turn, audio[i:], "")
-            if self._turn is turn:
-                turn.prefix.split(base, base + i / VAD_RATE, whole.text, tail.text)
+            if turn.prefix.candidate is not None and self._settled(turn, turn.prefix.observe(base, now, whole.text)):
+                continue  # it heard past a pause's candidate and confirmed it: no split needed
+            tail = await self._try_stt(turn, audio[i:], "")
+            if tail is not None and self._turn is turn:
+                self._settled(turn, turn.prefix.split(base, base + i / VAD_RATE, whole.text, tail.text))
 
     def owns(self, turn_id: int) -> bool:
         return self._current(turn_id) is not None
@@ -263,7 +271,8 @@ class IncrementalSTT:
                 or piece.end - piece.base < PIECE_MIN_S:
             return  # too short a piece: Whisper hears too little of it, and of what follows
         turn.offered.add(spec_id)
-        turn.prefix.propose(piece.base, piece.end, piece.tr.text)
+        self.candidates += 1
+        self._settled(turn, turn.prefix.propose(piece.base, piece.end, piece.tr.text))
         if turn.prefix.candidate is not None and (turn.confirm is None or turn.confirm.done()):
             turn.confirm = self._ctx.spawn(self._confirm_later(turn), f"stt-confirm-{turn.turn_id}")
 
@@ -280,18 +289,41 @@ class IncrementalSTT:
             if any(not t.done() for t in turn.decodes.values()):
                 await asyncio.wait([t for t in turn.decodes.values() if not t.done()])
                 continue  # a pause's decode may have settled it
+            if any(sid not in turn.resumed for sid in turn.decodes):
+                # the user is in a pause (perhaps the turn's end): its decode, offered if they
+                # resume, hears past the cut; a decode now would only compete with the reply
+                await ctx.clock.sleep(0.1)
+                continue
             base, prompt = turn.prefix.start, turn.prefix.text
             audio, t0, t1 = self._audio.span(base, ctx.clock.now())
             audio = _from(audio, t0, base)
             turn.confirming = asyncio.ensure_future(self._decode_audio(turn, audio, base, t1, prompt))
             piece = await turn.confirming
+            if piece is None:  # it gave way to a pause's decode, which may settle the candidate
+                await ctx.clock.sleep(0.25)
+                continue
             if self._turn is turn and turn.prefix.candidate is cand:
-                turn.prefix.observe(piece.base, piece.end, piece.tr.text)
+                self._settled(turn, turn.prefix.observe(piece.base, piece.end, piece.tr.text))
             return
 
     async def _decode_audio(self, turn: _Turn, audio: np.ndarray, base: float, end: float,
-                            prompt: str) -> _Piece:
-        return _Piece(base, end, prompt, await self._stt(turn, audio, prompt))
+                            prompt: str) -> _Piece | None:
+        tr = await self._try_stt(turn, audio, prompt)
+        return None if tr is None else _Piece(base, end, prompt, tr)
+
+    async def _try_stt(self, turn: _Turn, audio: np.ndarray, prompt: str) -> Transcript | None:
+        """A background decode (a split try, a confirmation) that gives way between its steps to
+        a pause's decode (`stt.partial_yield`): None then, and the try is dropped. So a try still
+        running when the user stops costs the turn's final decode at most one step."""
+        tr = await self._stt_or_none(turn, audio, prompt, preemptible=self._ctx.cfg.partial_yield)
+        if tr is None:
+            self.gave_way += 1
+        return tr
+
+    def _settled(self, turn: _Turn, committed: bool) -> bool:
+        if committed and self.on_commit is not None:
+            self.on_commit(turn.turn_id, turn.prefix.text)
+        return committed
 
     def _current(self, turn_id: int) -> _Turn | None:
         t = self._turn
