@@ -11,8 +11,8 @@ would send it). Per mode:
 * WER of the session's final transcripts (all user turns of the file joined) on each set;
 * how many pieces were committed while the user spoke, and the final decode's audio length;
 * split tries started, background decodes that gave way, final decodes whose overlap missed;
-* how long the final decode waited in the model's queue, and whether one of incremental STT's
-  own background decodes (a try, a confirmation) was running when it began.
+* how long the final decode waited in the model's queue, and whether the model was busy (a try, a
+  confirmation, an earlier pause's decode) when it began.
 
     python benchmarks/incremental_stt.py [--reps 1] [--sets en,tel] [--partials 1200] [--json out.json]
 """
@@ -72,7 +72,7 @@ async def one(stack, settings, path: Path, incremental: bool, partials: int) -> 
     if incremental:
         inc = session.incremental
         row.update({"tries": inc.tries, "gave_way": inc.gave_way, "overlap_misses": inc.overlap_misses,
-                    "final_wait_ms": round(1000 * inc.last_wait_s), "behind_try": inc.last_behind_try})
+                    "final_wait_ms": round(1000 * inc.last_wait_s), "model_busy": inc.last_model_busy})
     if stop is not None:
         done = [e for e in rec.of("stt.finished") if e.turn_id == stop.turn_id]
         if done:
@@ -102,7 +102,7 @@ def summarize(rows: list[dict], wer_of) -> dict:
         waited = [w for w in waits if w >= 20]
         out["final_waited"] = {"n": len(waited), "of": len(waits), "p50_ms": round(pct(waited, 0.5)) if waited else 0,
                                "max_ms": max(waited, default=0),
-                               "behind_try": sum(1 for r in rows if r.get("behind_try"))}
+                               "model_busy": sum(1 for r in rows if r.get("model_busy"))}
         out["tries"] = sum(r["tries"] for r in rows)
         out["gave_way"] = sum(r["gave_way"] for r in rows)
         out["overlap_misses"] = sum(r["overlap_misses"] for r in rows)

@@ -42,7 +42,7 @@ from moksori.engine.input_audio import VAD_RATE, InputAudio
 from moksori.engine.session_context import SessionContext
 from moksori.engine.stable_prefix import StablePrefix, strip_overlap
 from moksori.providers.base import STTOptions, Transcript, one_chunk
-from moksori.providers.threads import BACKGROUND, QueueMeter, context_with_meter, current_priority, set_background
+from moksori.providers.threads import QueueMeter, context_with_meter, set_background
 
 CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirming decode
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
@@ -96,13 +96,12 @@ class IncrementalSTT:
         self.decoded_s = 0.0  # audio seconds sent to STT by this module, all turns
         self.last_tail_s = 0.0  # audio seconds of the latest pause's decode (at a turn's end: the tail)
         self.last_wait_s = 0.0  # ... the time its model calls waited in the model's queue
-        self.last_behind_try = False  # ... whether a background decode of ours was running when it began
+        self.last_model_busy = False  # ... whether the model was decoding something else when it began
         self.candidates = 0  # pieces ending in an internal pause offered for confirmation, all turns
         self.tries = 0  # split tries started (each one or two decodes), all turns
         self.gave_way = 0  # background decodes (tries, confirmations) seen giving way to a live decode
         # (not those of a split try cancelled by the pause meanwhile: the thread gives way unseen)
         self.overlap_misses = 0  # final decodes whose re-heard overlap did not match: decoded twice
-        self._bg_running = 0  # background decodes of this module in flight now
         # called on the event loop after each commit with (turn id, all the words committed in
         # that turn so far); they never change later in the turn. Must not block or raise.
         self.on_commit: Callable[[int, str], None] | None = None
@@ -220,7 +219,8 @@ class IncrementalSTT:
         base, prompt = turn.prefix.start, turn.prefix.text
         audio = _from(full, spec.audio_t0, base)
         self.last_tail_s = len(audio) / VAD_RATE
-        self.last_behind_try = self._bg_running > 0
+        executor = getattr(self._ctx.stt, "executor", None)  # WhisperSTT's (a split try's thread
+        self.last_model_busy = bool(getattr(executor, "running", 0))  # runs on when its task is cancelled)
         try:
             if prompt and OVERLAP_S > 0:
                 # Whisper on a short tail without the sound before it misses its first words: decode
@@ -246,14 +246,9 @@ class IncrementalSTT:
         opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=prompt or None, preemptible=preemptible)
         final: Transcript | None = None
         self.decoded_s += len(audio) / VAD_RATE
-        bg = current_priority() == BACKGROUND
-        self._bg_running += bg
-        try:
-            async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
-                if tr.final:
-                    final = tr
-        finally:
-            self._bg_running -= bg
+        async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
+            if tr.final:
+                final = tr
         if final is not None and final.text.strip() and turn.language is None:
             turn.language = final.language
         return final
