@@ -2,7 +2,7 @@
 
 Without it, every pause's speculation (and the final one) decodes the whole turn from its onset,
 so the final transcript costs a decode of all of it after the user stops. With it (setting
-`stt.incremental`, env `MOKSORI_STT_INCREMENTAL=on`, off by default, see below):
+`stt.incremental`, env `MOKSORI_STT_INCREMENTAL=on`):
 
 * each pause's speculation decodes only the audio after the turn's committed point, with the
   committed words as Whisper's prompt (its context), and returns committed + new words;
@@ -19,11 +19,16 @@ so the final transcript costs a decode of all of it after the user stops. With i
 So at the end of a turn only the tail after the last commit is decoded (from 0.6 s before it:
 the words it repeats are dropped). A turn with no commit is decoded whole, exactly as before.
 
-Measured (benchmarks/incremental_stt.py, 2-core VM shared with other jobs): it saves 0.3-0.4 s
-on the final transcript of 5-7 s turns with a commit, and the WER is unchanged, but a try that
-fails still costs two decodes, and the turn's final decode waits behind one already running:
-short turns got slower, and p50 over the LibriVox + telephone sets did not improve. Hence off by
-default; it should pay where the cores are not shared. The decodes are not thrown away when a pause's
+The tries are background work and preemptible (`stt.partial_yield`, on by default): a split try
+or a confirming decode still running when the user stops gives way to that pause's decode
+between its steps (features, encoder, decoder) and is dropped, so the final decode waits at most
+one step, not a whole try (it used to wait for the whole try: short turns got slower and p50 over
+the LibriVox + telephone sets did not improve, 2026-12-03). No confirming decode starts while the
+user is in a pause: that pause's own decode hears past the cut (offered if they resume). A split
+try's decode of everything also serves as the confirmation of a pending pause candidate.
+Measured: README, latency section ("What incremental STT does"). `on_commit(turn_id, words)`
+tells another stage (e.g. an LLM prefill) each time words are committed.
+The decodes are not thrown away when a pause's
 speculation is cancelled (the user resumed): they run in their own task and serve as candidates.
 Forcing the previous partial transcript as a decoder prefix was tried before and saved nothing
 (CTranslate2 restarts the sentence); committing audio with its words is what pays.
@@ -32,8 +37,8 @@ Forcing the previous partial transcript as a decoder prefix was tried before and
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -48,7 +53,7 @@ CONFIRM_AFTER_S = 0.8  # speech heard past a candidate's cut before the confirmi
 MIN_SILENCE_AFTER_CUT_S = 0.06  # a candidate's audio must end this long before speech resumed
 PIECE_MIN_S = 1.2  # the shortest piece committed at a pause
 SPLIT_PIECE_MIN_S = 2.0  # ... and at a quiet point inside continuous speech (each try costs two
-# decodes, and the final decode waits for one still running: short turns do not pay for it)
+# decodes; a commit saves little on a short turn: Whisper base costs ~0.1 s + ~0.05 s per second)
 RIGHT_CONTEXT_S = 0.8  # speech after such a cut that both decodes hear
 SPLIT_EVERY_S = 1.0  # speech between two tries
 OVERLAP_S = 0.6  # audio before the committed point that a turn's final decode hears again
