@@ -17,8 +17,8 @@ from moksori.engine import events as E
 from moksori.engine.config import SessionConfig
 from moksori.engine.prefill import stable_words
 from moksori.engine.session import Session
-from moksori.providers.base import ChatRequest
-from moksori.testing.fakes import ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
+from moksori.providers.base import ChatRequest, Message, STTCaps
+from moksori.testing.fakes import FixedTurn, ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
 from moksori.testing.harness import play_into_session, settle
 from moksori.testing.virtual_time import run_virtual
 
@@ -233,3 +233,70 @@ async def test_llamacpp_prefill_stops_when_interactive_work_appears(llm, monkeyp
     monkeypatch.undo()
     text, usage = await reply_of(llm, req(words + " please."))
     assert text.strip() and usage is not None and usage.cached_tokens >= n
+
+
+# --------------------------------------------------------------------------- fed by incremental STT
+
+
+class IncrementalScriptedSTT(ScriptedSTT):
+    """A scripted STT that incremental transcription may call again on pieces of a turn."""
+
+    caps = STTCaps(incremental=True)
+
+
+def inc_run(cfg: SessionConfig, audio) -> tuple:
+    llm, stt = PrefillRecordingLLM(), IncrementalScriptedSTT(by_duration=words_for)
+
+    async def main():
+        s = Session(fake_stack(stt=stt, llm=llm, turn=FixedTurn(probability=0.05)), cfg)
+        committed: list[str] = []
+        hook = s.incremental.on_commit
+        assert hook is not None, "the session hands incremental STT's commits to the prefill"
+
+        def spy(turn_id: int, words: str) -> None:
+            committed.append(words)
+            hook(turn_id, words)
+
+        s.incremental.on_commit = spy
+        rec = await play_into_session(s, audio)
+        await settle(s)
+        await s.close()
+        return rec, s, committed
+
+    rec, s, committed = run_virtual(main())
+    return rec, s, llm, committed
+
+
+# speech, an internal pause (a candidate piece), more speech (its confirmation commits it)
+PAUSED = [quiet(0.5), tone(2.0), quiet(0.3), tone(2.5), quiet(4.0)]
+
+
+def test_incremental_commits_feed_the_prefill_without_partial_decodes() -> None:
+    cfg = CFG.with_(stt_incremental=True, partials="auto")
+    rec, s, llm, committed = inc_run(cfg, PAUSED)
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert s.incremental.commits >= 1 and committed, "the pause's piece was committed"
+    assert s.partials.decodes == 0, "no live partial decoded: nothing but the prefill would read it"
+    stop = rec.of(E.UserSpeechStopped)[0]
+    reply = llm.requests[0]
+    assert llm.prefills, "the committed words were prefilled"
+    for req, upto, t in llm.prefills:
+        assert upto in committed, "only committed words, all of them (no last word dropped)"
+        assert t <= stop.t + 0.1
+        assert req.messages[:-1] == reply.messages[:-1] and req.tools == reply.tools
+        assert req.messages[-1] == Message("user", upto)
+    assert reply.messages[-1].content.startswith(llm.prefills[0][1])
+
+
+def test_incremental_without_prefill_neither_prefills_nor_decodes_partials() -> None:
+    rec, s, llm, committed = inc_run(CFG.with_(stt_incremental=True, llm_prefill=False, partials="auto"), PAUSED)
+    assert s.incremental.commits >= 1 and committed
+    assert llm.prefills == [] and s.partials.decodes == 0
+
+
+def test_incremental_and_another_reader_the_partials_feed_the_prefill_too() -> None:
+    # a caption reader wants partials: their words (less the last) are prefilled as well
+    rec, s, llm, committed = inc_run(CFG.with_(stt_incremental=True, partials="on"), PAUSED)
+    assert s.partials.decodes > 0
+    uptos = [u for _, u, _ in llm.prefills]
+    assert any(u not in committed for u in uptos), "a partial's words were prefilled"

@@ -2,12 +2,20 @@
 
 Without it, the reply's prompt (system prompt + history, cached by llama.cpp since the last
 reply, then the new user message) costs the evaluation of all of the user's words after the
-final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`, on by default), each live partial
-transcript (engine/partials.py) hands its words, less the last one (often cut mid-word), to the
-LLM's `prefill`: the prompt the reply would have, up to those words, is evaluated into the KV
-cache as background work. The reply's request then reuses the longest common token prefix, as
-always, and only the words after it are evaluated once the turn ends. A partial that the final
-transcript contradicts costs only its background time.
+final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`, off by default:
+README, latency section), the words heard so far go to the LLM's `prefill`: the prompt the reply
+would have, up to those words, is evaluated into the KV cache as background work. The words
+come from
+
+* incremental transcription's commits (engine/incremental_stt.py, `stt.incremental`): words no
+  later decode changes, free (those decodes run anyway); with it on, the prefill does not ask
+  for live partials;
+* else (or also, when something else reads them) each live partial transcript
+  (engine/partials.py), less its last word (often cut mid-word): each costs a Whisper decode.
+
+The reply's request then reuses the longest common token prefix, as always, and only the words
+after it are evaluated once the turn ends. Words that the final transcript contradicts cost only
+their background time.
 
 One prefill at a time per session; a newer partial replaces one still waiting; the turn's end
 drops what has not started. The provider's side (providers/llm_llamacpp.py) never holds the
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from moksori.engine.session_context import SessionContext
 from moksori.providers.base import ChatRequest, Message
@@ -33,8 +42,9 @@ def stable_words(text: str) -> str:
 
 
 class LlmPrefill:
-    def __init__(self, ctx: SessionContext) -> None:
+    def __init__(self, ctx: SessionContext, incremental: Callable[[], bool] = lambda: False) -> None:
         self._ctx = ctx
+        self._incremental = incremental  # incremental STT is on: its commits feed the prefill
         self._task: asyncio.Task[None] | None = None
         self._pending: tuple[int, str] | None = None
         self._turn_id: int | None = None
@@ -46,6 +56,12 @@ class LlmPrefill:
         cfg = self._ctx.cfg
         return cfg.llm_prefill and cfg.turn.create_response and cfg.turn.mode != "manual"
 
+    @property
+    def wants_partials(self) -> bool:
+        """Live partials are decoded for the prefill only when incremental STT's commits do not
+        feed it (engine/partial_readers.py)."""
+        return self.enabled and not self._incremental()
+
     def begin(self, turn_id: int) -> None:
         self.end_turn()
         self._turn_id = turn_id
@@ -54,7 +70,15 @@ class LlmPrefill:
         """The words of turn `turn_id` so far (a live partial transcript)."""
         if not self.enabled or turn_id != self._turn_id:
             return
-        words = stable_words(text)
+        self._want(turn_id, stable_words(text))
+
+    def committed(self, turn_id: int, words: str) -> None:
+        """Incremental STT committed the words of turn `turn_id` so far (all of them are final)."""
+        if not self.enabled or turn_id != self._turn_id:
+            return
+        self._want(turn_id, words.strip())
+
+    def _want(self, turn_id: int, words: str) -> None:
         if not words:
             return
         self._pending = (turn_id, words)

@@ -74,10 +74,11 @@ class Session:
         self._incremental = IncrementalSTT(ctx, self._input)
         self._specs = Speculations(ctx, self._input, self._responses, on_analysis=self._on_analysis,
                                    on_committed=self._on_user_committed, incremental=self._incremental)
-        self._prefill = LlmPrefill(ctx)
+        self._prefill = LlmPrefill(ctx, lambda: self._incremental.enabled)
+        self._incremental.on_commit = self._prefill.committed
         self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id,
                                             self._incremental.partial, self._prefill.offer)
-        self._partials.readers.add("llm prefill", lambda: self._prefill.enabled)
+        self._partials.readers.add("llm prefill", lambda: self._prefill.wants_partials)
         self._deadline = TurnDeadline(ctx.clock, self.taker, ctx.spawn, self._handle)
         self._idle = IdleTimer(ctx.clock, ctx.spawn, self._on_idle_timeout)
         self._state = "idle"
