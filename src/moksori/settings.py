@@ -111,11 +111,12 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0)
     first_token_timeout_s: float = Field(15.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
-    # evaluate the user's words heard so far (live partials) into the local LLM's KV cache while
-    # they speak (engine/prefill.py); only the embedded llama.cpp model has such a cache. On: the
-    # LLM's own step after the final transcript goes from p50 ~420 to ~307 ms, but on a quiet
-    # AVX2 machine the final transcript came later (the prefill shares the cores with the live
-    # partials' decodes) and first audio's p95 rose, so it is off (README, latency section)
+    # evaluate the user's words heard so far (incremental STT's commits when stt.incremental is
+    # on, else live partials) into the local LLM's KV cache while they speak (engine/prefill.py);
+    # only the embedded llama.cpp model has such a cache. On: the LLM's own step after the final
+    # transcript goes from p50 ~245 to ~183 ms, but the whole path's A/B runs disagree at p50 and
+    # without incremental STT every session decodes live partials for it, so it is off (README,
+    # latency section)
     prefill: bool = False
     fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
     # a file holding the API key (first line); used when api_key is not set
