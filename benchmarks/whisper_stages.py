@@ -13,9 +13,10 @@ file by file, so the load hits them alike):
 * `base`: today's settings (int8, 2 intra-op threads, 3 s of encoder padding, language en);
 * `auto`: language detected among en/ko (the default `language=auto`): the detection's cost;
 * `threads1` / `threads3` / `threads4`: CTranslate2 intra-op threads;
+* `split`: the encoder on the 2-thread model, language detection and the decoder on a second
+  instance with 1 thread (its own copy of the weights);
 * `int8_float32` / `float32`: the other compute types CTranslate2 4.8 offers on this CPU;
-* `pad200` / `pad150` / `pad100`: less silence padding after the speech in the encoder window;
-* `maxlen`: a generous token cap (`max_length=448`), to see whether today's cap truncates.
+* `pad200` / `pad400` ...: more or less silence padding after the speech in the encoder window.
 
 Reported per variant: per-stage p50 (ms), total p50/p95, tokens p50, decoder ms per token,
 WER on the en and tel sets (as tests/speech.py computes it), and how many transcripts differ
@@ -83,7 +84,8 @@ class StageClock:
         t0 = time.perf_counter()
         out = self._model.generate(*a, **kw)
         self._add("decoder", t0)
-        self.tokens.extend(len(r.sequences_ids[0]) for r in out)
+        if not kw.get("asynchronous"):
+            self.tokens.extend(len(r.sequences_ids[0]) for r in out)
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -145,19 +147,31 @@ def build_variant(name: str, settings: Any, cache: dict) -> tuple[Any, Callable[
         return stt_for(), none, opts
     if name == "auto":
         return stt_for(), none, {"language": None, "languages": ("en", "ko")}
+    if name == "split":  # encoder on the 2-thread model, language detection and decoder on a 1-thread one
+        if "split" not in cache:
+            import ctranslate2
+            import numpy as np
+
+            stt = WhisperSTT(stt_for()[0].model_dir, threads=1)
+            clock = instrument(stt)
+            encoder = stt_for()[1]._model
+
+            def encode(feats: Any) -> Any:
+                t0 = time.perf_counter()
+                out = encoder.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None])),
+                                     to_cpu=False)
+                clock._add("encoder", t0)
+                return out
+
+            stt._encode = encode
+            cache["split"] = (stt, clock)
+        return cache["split"], none, opts
     if name.startswith("threads"):
         return stt_for(threads=int(name[7:])), none, opts
     if name in COMPUTE_TYPES:
         return stt_for(compute_type=name), none, opts
     if name.startswith("pad"):
         return stt_for(), lambda: patched(sw, PAD_FRAMES=int(name[3:])), opts
-    if name == "maxlen":
-        real = sw.WhisperSTT._decode
-
-        def decode(self: Any, enc: Any, language: str, n_frames: int, prompt_text: str | None) -> Any:
-            return real(self, enc, language, 4000 * 100, prompt_text)  # max_len = min(440, ...) = 440
-
-        return stt_for(), lambda: patched(sw.WhisperSTT, _decode=decode), opts
     raise SystemExit(f"unknown variant {name}")
 
 
@@ -276,6 +290,93 @@ def chunk_check(args: argparse.Namespace, settings: Any) -> dict:
             "loadavg": [round(x, 2) for x in os.getloadavg()], "rows": rows}
 
 
+async def _behind_partial(stt: Any, partial_audio: Any, final_audio: Any, delay_s: float) -> dict:
+    """A preemptible background decode of `partial_audio` (a live partial), and `delay_s` after
+    its decoder step started, an interactive decode of `final_audio` (the turn's final): how
+    long the final took from being queued, and when the partial's caller got control back."""
+    import asyncio
+
+    from moksori.providers import threads
+    from moksori.providers.base import STTOptions
+
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    real = stt._wm.model
+
+    class Signal:  # the model, telling when the partial's decoder step starts
+        def generate(self, *a: Any, **kw: Any) -> Any:
+            loop.call_soon_threadsafe(started.set)
+            return real.generate(*a, **kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    stt._wm.model = Signal()
+    try:
+        with threads.background():
+            partial = asyncio.ensure_future(threads.run_blocking(
+                stt._transcribe_array, partial_audio, STTOptions(language="en", preemptible=True),
+                executor=stt.executor))
+        await started.wait()
+    finally:
+        stt._wm.model = real
+    await asyncio.sleep(delay_s)
+    t0 = loop.time()
+    final = await threads.run_blocking(stt._transcribe_array, final_audio, STTOptions(language="en"),
+                                       executor=stt.executor)
+    final_ms = 1000 * (loop.time() - t0)
+    got = await partial
+    return {"final_ms": round(final_ms, 1), "partial_gave_way": got is None, "final_text": final.text if final else ""}
+
+
+def behind_partial(args: argparse.Namespace, settings: Any) -> dict:
+    """Interleaved A/B: the final decode queued while a live partial is in its decoder step,
+    with the partial waited for (abandon off: today) and abandoned (`stt.partial_abandon`)."""
+    import asyncio
+    import random
+
+    from speech import load16k
+
+    from moksori.providers.base import STTOptions
+    from moksori.providers.registry import build_stt
+
+    arms = {"wait": build_stt(settings), "abandon": build_stt(settings.model_copy(
+        update={"stt": settings.stt.model_copy(update={"partial_abandon": True})}))}
+    corpus = [(label, load16k(path)) for label, path, _, _ in files(args.quick)]
+    longest = max(corpus, key=lambda c: len(c[1]))[1]  # the partial: the longest turn so far
+    alone = {}
+    for name, stt in arms.items():
+        stt.transcribe_array(corpus[0][1], STTOptions(language="en"))
+    for label, audio in corpus:
+        alone[label] = arms["wait"].transcribe_array(audio, STTOptions(language="en")).text
+    rng = random.Random(14)
+    rows = []
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    n = 0
+    for rep in range(args.reps):
+        for label, audio in corpus:
+            delay = rng.uniform(0.0, 0.25)  # where in the partial's decoder step the final arrives
+            order = ["wait", "abandon"] if n % 2 == 0 else ["abandon", "wait"]
+            n += 1
+            for arm in order:
+                row = asyncio.run(_behind_partial(arms[arm], longest, audio, delay))
+                row.update(arm=arm, file=label, rep=rep, delay_ms=round(1000 * delay),
+                           same_as_alone=row["final_text"] == alone[label])
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+            # an abandoned decoder step is still finishing: let it end before the next pair
+            time.sleep(0.5)
+    summary: dict = {"loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        vals = [r["final_ms"] for r in mine]
+        summary[arm] = {"final_ms_p50": round(pct(vals, 0.5), 1), "final_ms_p95": round(pct(vals, 0.95), 1),
+                        "final_ms_max": round(max(vals), 1), "n": len(mine),
+                        "partial_gave_way": sum(r["partial_gave_way"] for r in mine),
+                        "final_same_as_alone": sum(r["same_as_alone"] for r in mine)}
+    return {"summary": summary, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=2)
@@ -283,6 +384,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tel_001..005 only")
     ap.add_argument("--chunk-check", type=int, default=0, metavar="N",
                     help="instead: compare one decode call with calls of N tokens continuing from the tokens so far")
+    ap.add_argument("--behind-partial", action="store_true",
+                    help="instead: A/B of a final decode queued behind a live partial's decoder, waited for vs abandoned")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -302,6 +405,12 @@ def main() -> None:
     settings = load_settings(data_dir=data_dir)
     from moksori.providers.cpu import detect
 
+    if args.behind_partial:
+        result = behind_partial(args, settings)
+        print(json.dumps(result["summary"], indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        return
     if args.chunk_check:
         result = chunk_check(args, settings)
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

@@ -87,6 +87,10 @@ class STTSettings(BaseModel):
     partials: Literal["auto", "on", "off"] = "auto"
     # a live partial's decode gives way to a turn's final decode (engine/partials.py; README)
     partial_yield: bool = True
+    # a preemptible decode caught in its decoder step is abandoned, not waited for: CTranslate2
+    # finishes it unread on a second model replica while the final decode starts on the first
+    # (providers/stt_whisper.py; README, latency section). Off: see the A/B there
+    partial_abandon: bool = False
     # decode the turn in pieces while the user speaks (committed once two decodes agree), so that
     # only the tail is decoded at its end (engine/incremental_stt.py). Off: on the 2-core VM it did
     # not pay at p50 (benchmarks/incremental_stt.py; README, latency section)

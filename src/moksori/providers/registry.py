@@ -124,7 +124,8 @@ def build_stt(settings: Settings, *, progress: Progress | None = None) -> STT:
     from moksori.providers.stt_whisper import WhisperSTT
 
     model_dir = Path(s.model) if s.model else prepare_whisper(settings.data_dir, progress)
-    return WhisperSTT(model_dir, threads=s.threads, beam_size=s.beam_size, compute_type=s.compute_type)
+    return WhisperSTT(model_dir, threads=s.threads, beam_size=s.beam_size, compute_type=s.compute_type,
+                      abandon=s.partial_abandon)
 
 
 def build_llm(settings: Settings) -> LLM:

@@ -39,7 +39,7 @@ class WhisperSTT(STT):
     name = "whisper"
 
     def __init__(self, model_dir: str | Path, *, threads: int = 2, beam_size: int = 1,
-                 compute_type: str = "int8") -> None:
+                 compute_type: str = "int8", abandon: bool = False) -> None:
         if compute_type == "float32":
             # CTranslate2 uses oneDNN, not MKL, on AMD CPUs. oneDNN's float32 GEMMs on 2 threads
             # were 5-20x slower on a loaded 2-core VM (its OpenMP barriers against other busy
@@ -54,14 +54,18 @@ class WhisperSTT(STT):
             raise ModelError(f"no Whisper model at {self.model_dir} (expected model.bin, config.json, tokenizer.json)",
                              hint="run `moksori models prepare`, or point MOKSORI_STT_MODEL at a CTranslate2 Whisper folder")
         try:
+            # abandon: a second replica (CTranslate2 shares the weights between them), so that a
+            # decode can start while an abandoned one is still finishing on the first
             self._wm = WhisperModel(str(self.model_dir), device="cpu", compute_type=compute_type,
-                                    cpu_threads=threads, num_workers=1, local_files_only=True)
+                                    cpu_threads=threads, num_workers=2 if abandon else 1, local_files_only=True)
         except Exception as e:  # CTranslate2 raises RuntimeError/ValueError with long texts
             raise ModelError(f"cannot load Whisper model from {self.model_dir}: corrupt or incompatible files",
                              hint="run `moksori models verify`") from e
         self._Tokenizer = Tokenizer
         self.multilingual = self._wm.model.is_multilingual
         self.beam_size = beam_size
+        self.abandon = abandon
+        self.abandoned = 0  # preemptible decoder steps left to finish in the background (for tests)
         self._lock = threading.Lock()
         self.executor = ModelExecutor(f"stt:{self.model_dir.name}")
         langs = LANGUAGES if self.multilingual else ("en",)
@@ -93,16 +97,22 @@ class WhisperSTT(STT):
         lang, p = max(scored, key=lambda kv: kv[1])
         return lang, p / total
 
-    def _decode(self, enc: Any, language: str, n_frames: int, prompt_text: str | None) -> "_Decoded":
+    def _decode(self, enc: Any, language: str, n_frames: int, prompt_text: str | None,
+                opts: STTOptions | None = None) -> "_Decoded | None":
+        """None: a preemptible decode was abandoned (only with `abandon`, see `_await`)."""
         tok = self._tokenizer(language)
         prompt = list(tok.sot_sequence)
         if prompt_text:
             prompt = [tok.sot_prev] + tok.encode(" " + prompt_text.strip())[-100:] + prompt
         max_len = min(440, 24 + int(n_frames / 100 * 9))
-        res = self._wm.model.generate(
+        asynchronous = self.abandon and opts is not None and opts.preemptible
+        out = self._wm.model.generate(
             enc, [prompt], beam_size=self.beam_size, max_length=max_len, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress,
-            max_initial_timestamp_index=50)[0]
+            max_initial_timestamp_index=50, asynchronous=asynchronous)[0]
+        res = self._await(out, opts) if asynchronous else out
+        if res is None:
+            return None
         ids = res.sequences_ids[0]
         duration = n_frames / 100.0
         segments: list[str] = []  # text of each timestamped segment that starts inside the audio
@@ -124,6 +134,17 @@ class WhisperSTT(STT):
         avg_logprob = res.scores[0] * (len(ids) or 1) / ((len(ids) or 1) + 1) if res.scores else 0.0
         return _Decoded([s for s in segments if s], float(res.no_speech_prob), float(avg_logprob))
 
+    def _await(self, pending: Any, opts: STTOptions | None) -> Any:
+        """The result of an asynchronous `generate`, or None once a live turn's decode waits for
+        the model (`_give_way`): CTranslate2 cannot stop a decoder midway, so it finishes this one
+        on its replica, unread, while the live decode starts on the other replica at once."""
+        while not pending.done():
+            if opts is not None and _give_way(opts):
+                self.abandoned += 1
+                return None
+            threading.Event().wait(0.002)
+        return pending.result()
+
     def _transcribe_window(self, audio: np.ndarray, opts: STTOptions) -> Transcript | None:
         """One window -> its transcript; None: a preemptible decode gave way (see _give_way)."""
         fe = self._wm.feature_extractor
@@ -144,12 +165,16 @@ class WhisperSTT(STT):
                 lang, lang_p = opts.language, 1.0
             else:
                 lang, lang_p = self._detect(enc, allowed)
-            out = self._decode(enc, lang, n_frames, opts.prompt)
+            out = self._decode(enc, lang, n_frames, opts.prompt, opts)
+            if out is None:
+                return None
             if out.degenerate and window < FULL_FRAMES and not _give_way(opts):
                 # a short window can make Whisper repeat itself: decode the standard 30 s window
                 feats = fe(audio, padding=160 * FULL_FRAMES)
                 enc = self._encode(feats[:, :FULL_FRAMES])
-                out = self._decode(enc, lang, n_frames, opts.prompt)
+                out = self._decode(enc, lang, n_frames, opts.prompt, opts)
+                if out is None:
+                    return None
         text, no_speech, avg_lp = out.text(), out.no_speech, out.avg_logprob
         if (no_speech > 0.6 and avg_lp < -1.0) or no_speech > 0.9 or _looks_looped(text):
             text = ""  # silence, noise, or a loop that survived the retry: nothing reliable was said
@@ -226,7 +251,8 @@ class _Decoded:
 def _give_way(opts: STTOptions) -> bool:
     """A preemptible (background) decode stops between its steps once a live turn's decode waits
     for the model: the encoder and the decoder each run to their end (CTranslate2 cannot be
-    interrupted), but the next step is not started."""
+    interrupted), but the next step is not started. With `abandon`, its decoder step is not
+    waited for either (`WhisperSTT._await`)."""
     return opts.preemptible and should_yield()
 
 
