@@ -345,7 +345,7 @@ def behind_partial(args: argparse.Namespace, settings: Any) -> dict:
     corpus = [(label, load16k(path)) for label, path, _, _ in files(args.quick)]
     longest = max(corpus, key=lambda c: len(c[1]))[1]  # the partial: the longest turn so far
     alone = {}
-    for name, stt in arms.items():
+    for stt in arms.values():  # warm both
         stt.transcribe_array(corpus[0][1], STTOptions(language="en"))
     for label, audio in corpus:
         alone[label] = arms["wait"].transcribe_array(audio, STTOptions(language="en")).text
