@@ -7,7 +7,12 @@ turns. Without that padding (or without timestamps) Whisper loops, repeating the
 with timestamp tokens on, any segment that starts past the real end of the audio is dropped.
 If the result still looks like a loop (gzip compression ratio > 2.4) we decode again with the
 standard 30 s window. Measured on the LibriVox and telephone sets (see benchmarks/): the same
-WER as the 30 s window.
+WER as the 30 s window. Stage by stage: benchmarks/whisper_stages.py.
+
+A preemptible decode (a live partial) gives way between its steps; with `abandon` its decoder
+step runs asynchronously on one of two replicas and is abandoned, not waited for, once a live
+turn's decode is queued (`_await`). A decode cannot be split into calls that continue from the
+tokens so far: CTranslate2 forces a timestamp token where a continuation starts.
 """
 
 from __future__ import annotations
@@ -104,6 +109,9 @@ class WhisperSTT(STT):
         prompt = list(tok.sot_sequence)
         if prompt_text:
             prompt = [tok.sot_prev] + tok.encode(" " + prompt_text.strip())[-100:] + prompt
+        # CTranslate2 generates at most min(max_length / 2, max_length - prompt) new tokens: this
+        # caps a decode at ~12 + 4.5 tokens per second of audio (read speech: ~4 per second, so a
+        # fast speaker's long turn could reach it; a loop in the padding runs up to it)
         max_len = min(440, 24 + int(n_frames / 100 * 9))
         asynchronous = self.abandon and opts is not None and opts.preemptible
         out = self._wm.model.generate(
