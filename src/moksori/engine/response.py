@@ -129,6 +129,9 @@ class Response:
     _clauses_queued: int = 0
     _pending_items: list[Item] = field(default_factory=list)
     _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
+    # set when the LLM's first output (a token, a tool call) arrives, or the reply ends without
+    # one: a speculation may hold its end-of-turn model until then (turn.eot_start)
+    llm_answered: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     heard: str | None = None
@@ -188,6 +191,7 @@ class Response:
         self.heard = heard
         if self.task and not self.task.done():
             self.task.cancel()
+        self.llm_answered.set()
         if self.playback is not None:
             self.playback.cancelled = True
             self.playback.finished.set()
@@ -271,6 +275,7 @@ class Response:
                 if self.on_finished:
                     self.on_finished(self)  # a failed speculative reply is forgotten too
         finally:
+            self.llm_answered.set()
             if tts_task and not tts_task.done():
                 tts_task.cancel()
 
@@ -392,6 +397,7 @@ class Response:
             base += list(self.opts.extra_input)
         safe = await self._check_input(base)
         if safe is not None:  # blocked: the LLM never sees the turn; the safe sentence is the reply
+            self.llm_answered.set()
             self._add_text(safe, clauses, ClauseChunker(first_min_chars=1), flush=True)
             await clauses.put(None)
             return
@@ -407,6 +413,7 @@ class Response:
             calls: list[ToolCall] = []
             stream = host.llm.chat(req)
             async for ev in stream:
+                self.llm_answered.set()
                 if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
                     await _close(stream)
                     break

@@ -185,10 +185,25 @@ class Speculations:
         else:
             spec.held.append(ev)
 
+    def _judges(self, spec: Speculation) -> bool:
+        """Does this speculation's pause need the end-of-turn model (the turn is not over yet)?"""
+        ctx = self._ctx
+        return ctx.cfg.turn.mode == "semantic" and ctx.stack.turn is not None and not spec.released
+
+    async def _eot(self, audio: np.ndarray, language: str | None) -> float:
+        assert self._ctx.stack.turn is not None
+        return await self._ctx.stack.turn.complete_probability(audio, language=language)
+
     async def _run(self, spec: Speculation) -> None:
         ctx = self._ctx
+        eot_task: asyncio.Task[float] | None = None
         try:
             audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
+            if ctx.cfg.turn.eot_start == "with_stt" and self._judges(spec):
+                # the model needs only the audio (smart-turn ignores the language): judge the pause
+                # while Whisper decodes it, so the reply's LLM later has the cores to itself
+                eot_task = asyncio.create_task(self._eot(audio, ctx.stt_language() or ctx.last_language),
+                                               name=f"eot-{spec.turn_id}.{spec.spec_id}")
             self._emit(spec, E.SttStarted(t=ctx.clock.now(), turn_id=spec.turn_id, item_id=spec.item_id,
                                           audio_s=round(len(audio) / VAD_RATE, 3)))
             lang = ctx.stt_language()
@@ -214,8 +229,20 @@ class Speculations:
                 self._start_response(spec)
             cue = text_cue(spec.transcript.text, spec.transcript.language)
             eot = None
-            if turn.mode == "semantic" and ctx.stack.turn is not None and not spec.released:
-                eot = await ctx.stack.turn.complete_probability(audio, language=spec.transcript.language)
+            if eot_task is None and turn.eot_start == "after_first_token" and spec.response is not None \
+                    and self._judges(spec):
+                # the reply's prompt evaluation first, alone on the cores; then the model, beside
+                # the first clause's tokens. The turn's end still comes before that clause's audio
+                # (which waits for it anyway)
+                await spec.response.llm_answered.wait()
+            if eot_task is not None and not self._judges(spec):
+                eot_task.cancel()  # the turn ended meanwhile (max pause): its end needs no model
+                eot_task = None
+            elif eot_task is None and self._judges(spec):
+                eot_task = asyncio.create_task(self._eot(audio, spec.transcript.language),
+                                               name=f"eot-{spec.turn_id}.{spec.spec_id}")
+            if eot_task is not None:
+                eot = await eot_task
                 self._emit(spec, E.EotFinished(t=ctx.clock.now(), turn_id=spec.turn_id, item_id=spec.item_id,
                                                probability=round(eot, 3), text_cue=cue))
             if self.is_current(spec) and not spec.released:
@@ -228,6 +255,8 @@ class Speculations:
                 spec.transcript = spec.transcript or Transcript("", ctx.last_language, True)
                 self._commit_user(spec)
         finally:
+            if eot_task is not None and not eot_task.done():
+                eot_task.cancel()
             spec.audio_s = len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0
             spec.audio = None  # transcribed and judged: let the turn's audio go
 

@@ -26,6 +26,7 @@ from typing import Literal
 
 Mode = Literal["semantic", "silence", "manual"]
 Eagerness = Literal["low", "medium", "high", "auto"]
+EotStart = Literal["after_stt", "with_stt", "after_first_token"]
 TextCue = Literal["complete", "incomplete", "unknown"]
 
 # eagerness -> (model threshold, extra wait when only the transcript says complete, max pause)
@@ -49,6 +50,9 @@ class TurnConfig:
     interrupt_min_speech_ms: int = 128
     min_speech_ms: int = 90
     speculate_after_ms: int = 48
+    # when a pause's end-of-turn model runs beside the speculation's STT and reply (see
+    # engine/speculation.py): after_stt | with_stt | after_first_token
+    eot_start: EotStart = "after_stt"
     max_turn_s: float = 30.0
     # after the agent's audio ends, this much silence commits an empty turn and asks for a reply
     idle_timeout_ms: int | None = None

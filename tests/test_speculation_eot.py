@@ -1,0 +1,141 @@
+"""When a pause's end-of-turn model runs (`turn.eot_start`), in virtual time with scripted fakes.
+
+after_stt (the default): after the transcript, beside the reply's LLM call; with_stt: beside the
+transcript's decode; after_first_token: once the reply's LLM has answered. The model sees the
+same audio in every mode, the turn ends for the same reason, and the reply is the same.
+tests/test_models_vad_turn.py runs the real smart-turn model on real speech.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from moksori.engine import events as E
+from moksori.engine.config import SessionConfig
+from moksori.engine.session import Session
+from moksori.engine.turns import TurnConfig
+from moksori.testing.fakes import FixedTurn, ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
+from moksori.testing.harness import play_into_session, settle
+from moksori.testing.virtual_time import run_virtual
+
+MODES = ("after_stt", "with_stt", "after_first_token")
+
+
+class TimedTurn(FixedTurn):
+    """FixedTurn that notes when (virtual time) it was asked, and how much audio it judged."""
+
+    def __init__(self, probability: float = 0.9, delay_s: float = 0.06) -> None:
+        super().__init__(probability, delay_s)
+        self.asked: list[float] = []
+        self.audio: list[np.ndarray] = []
+
+    async def complete_probability(self, audio: np.ndarray, *, language: str | None = None) -> float:
+        self.asked.append(asyncio.get_running_loop().time())
+        self.audio.append(np.array(audio, copy=True))
+        return await super().complete_probability(audio, language=language)
+
+
+def cfg(mode: str) -> SessionConfig:
+    return SessionConfig(output_rate=16000, partial_interval_ms=0, turn=TurnConfig(eot_start=mode))  # type: ignore[arg-type]
+
+
+def converse(mode: str, *, stt: ScriptedSTT, llm: ScriptedLLM, turn: TimedTurn, chunks: list):
+    async def main():
+        s = Session(fake_stack(stt=stt, llm=llm, turn=turn), cfg(mode))
+        t0 = asyncio.get_running_loop().time()
+        rec = await play_into_session(s, chunks)
+        await settle(s)
+        await s.close()
+        return rec, s, t0
+
+    return run_virtual(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_ends_the_turn_by_the_model_and_replies_once(mode: str) -> None:
+    turn = TimedTurn(0.9, delay_s=0.06)
+    stt = ScriptedSTT(["what time is it?"], delay_s=0.3)
+    llm = ScriptedLLM("It is noon. Anything else?", first_token_s=0.15)
+    rec, s, t0 = converse(mode, stt=stt, llm=llm, turn=turn, chunks=[quiet(0.5), tone(1.5), quiet(4.0)])
+    ended = rec.of(E.UserTurnEnded)
+    assert [e.reason for e in ended] == ["model"]
+    assert len(turn.asked) == 1  # one pause, judged once
+    assert [e.probability for e in rec.of(E.EotFinished)] == [0.9]
+    done = [e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]
+    assert [d.text for d in done] == ["It is noon. Anything else?"]
+    assert [(i.role, i.text) for i in s.memory.items] == [("user", "what time is it?"),
+                                                          ("assistant", "It is noon. Anything else?")]
+    stt_started, stt_done = rec.of(E.SttStarted)[0].t, rec.of(E.SttFinished)[0].t
+    first_token = rec.of(E.LlmFirstToken)[0].t
+    asked = turn.asked[0] - t0  # loop time -> session time (the session's clock starts with the loop's)
+    if mode == "with_stt":
+        assert asked == pytest.approx(stt_started, abs=1e-3)  # beside the decode, not after it
+    elif mode == "after_stt":
+        assert stt_done - 1e-3 <= asked < first_token
+    else:
+        assert asked >= first_token - 1e-3  # the LLM answered first
+    # the reply's audio goes public after the turn ends, never before
+    assert rec.of(E.AgentAudioStarted)[0].t >= ended[0].t
+
+
+def test_the_model_judges_the_same_audio_in_every_mode() -> None:
+    heard = {}
+    for mode in MODES:
+        turn = TimedTurn(0.9)
+        converse(mode, stt=ScriptedSTT(["hello there."], delay_s=0.2), llm=ScriptedLLM("Hi."), turn=turn,
+                 chunks=[quiet(0.5), tone(1.2), quiet(3.0)])
+        assert len(turn.audio) == 1
+        heard[mode] = turn.audio[0]
+    for mode in MODES[1:]:
+        assert np.array_equal(heard[mode], heard["after_stt"]), mode
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unfinished_turn_waits_for_the_max_pause_in_every_mode(mode: str) -> None:
+    # the model says "not finished": the turn ends only at the max pause, whenever the model ran
+    turn = TimedTurn(0.05)
+    rec, s, _ = converse(mode, stt=ScriptedSTT(["so I was thinking"], delay_s=0.2), llm=ScriptedLLM("Go on."),
+                         turn=turn, chunks=[quiet(0.5), tone(1.2), quiet(4.0)])
+    ended = rec.of(E.UserTurnEnded)
+    assert [e.reason for e in ended] == ["max_pause"]
+    assert ended[0].silence_ms >= TurnConfig().max_pause_ms - 40
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_user_resuming_cancels_the_pause_and_its_model_call(mode: str) -> None:
+    # STT is slow: the user resumes while the first pause is still being decoded (and judged)
+    stt = ScriptedSTT(["first half", "first half and second half."], delay_s=0.5)
+    turn = TimedTurn(0.9, delay_s=0.06)
+    rec, s, _ = converse(mode, stt=stt, llm=ScriptedLLM("Got it."), turn=turn,
+                         chunks=[quiet(0.3), tone(1.0), quiet(0.35), tone(1.0), quiet(4.0)])
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert len(rec.of(E.AgentResponseStarted)) == 1
+    assert [i.text for i in s.memory.items if i.role == "user"] == ["first half and second half."]
+    # the first pause's model call ran only where it starts with the decode
+    assert len(turn.asked) == (2 if mode == "with_stt" else 1)
+
+
+def test_after_first_token_waits_for_a_slow_llm_and_the_audio_still_follows_the_turn_end() -> None:
+    turn = TimedTurn(0.9, delay_s=0.06)
+    llm = ScriptedLLM("Sure thing. Here you go.", first_token_s=1.0)
+    rec, s, t0 = converse("after_first_token", stt=ScriptedSTT(["tell me"], delay_s=0.1), llm=llm, turn=turn,
+                          chunks=[quiet(0.5), tone(1.2), quiet(4.0)])
+    first_token = rec.of(E.LlmFirstToken)[0].t
+    ended = rec.of(E.UserTurnEnded)
+    assert [e.reason for e in ended] == ["model"]
+    assert turn.asked[0] - t0 >= first_token - 1e-3
+    assert ended[0].t >= first_token
+    assert rec.of(E.AgentAudioStarted)[0].t >= ended[0].t
+
+
+def test_after_first_token_with_no_reply_judges_after_the_transcript() -> None:
+    # nothing was heard: no reply starts, so there is no first token to wait for
+    turn = TimedTurn(0.9, delay_s=0.06)
+    rec, s, t0 = converse("after_first_token", stt=ScriptedSTT([""], delay_s=0.1), llm=ScriptedLLM("Hm?"),
+                          turn=turn, chunks=[quiet(0.5), tone(1.2), quiet(4.0)])
+    assert len(turn.asked) == 1
+    assert turn.asked[0] - t0 == pytest.approx(rec.of(E.SttFinished)[0].t, abs=1e-3)
+    assert rec.of(E.AgentResponseStarted) == []
