@@ -139,3 +139,19 @@ def test_after_first_token_with_no_reply_judges_after_the_transcript() -> None:
     assert len(turn.asked) == 1
     assert turn.asked[0] - t0 == pytest.approx(rec.of(E.SttFinished)[0].t, abs=1e-3)
     assert rec.of(E.AgentResponseStarted) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("eot_delay_s", [0.0, 0.06])
+def test_the_user_message_reaches_the_llm_once_however_soon_the_turn_ends(mode: str, eot_delay_s: float) -> None:
+    # An end-of-turn result that is already there when the reply starts (with_stt, or an instant
+    # model) ends the turn before the reply has read its input: the user's item is then committed
+    # to memory, and the reply must not add the speculative copy of the same message as well.
+    # (The transcript comes after the 400 ms of silence a turn needs, as on 2 cores.)
+    llm = ScriptedLLM("Noon.")
+    rec, s, _ = converse(mode, stt=ScriptedSTT(["what time is it?"], delay_s=0.5), llm=llm,
+                         turn=TimedTurn(0.9, delay_s=eot_delay_s), chunks=[quiet(0.5), tone(1.5), quiet(4.0)])
+    assert len(llm.requests) == 1
+    users = [m.content for m in llm.requests[0].messages if m.role == "user"]
+    assert users == ["what time is it?"]
+    assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]

@@ -98,6 +98,9 @@ class ResponseOptions:
     first_clause_ramp: bool = False  # later clauses' caps double from the first's
     in_conversation: bool = True  # False: an out-of-band response, not stored in memory
     extra_input: tuple[Message, ...] = ()  # messages appended after memory (speculative user turn)
+    # the memory item `extra_input` stands for (the speculative user turn): if the turn was
+    # committed before the reply read its input, memory has it and `extra_input` is left out
+    extra_input_item: str | None = None
     replace_input: tuple[Message, ...] | None = None  # out-of-band input instead of memory
     fixed_text: str | None = None  # speak this instead of asking the LLM (greetings)
     metadata: dict[str, Any] | None = None
@@ -394,7 +397,9 @@ class Response:
             if self.opts.in_conversation:
                 await host.memory.history_ready()  # the user's earlier turns, once, as the session starts
             base = host.memory.messages(system) if self.opts.in_conversation else [Message("system", system)]
-            base += list(self.opts.extra_input)
+            item = self.opts.extra_input_item
+            if item is None or not self.opts.in_conversation or host.memory.get(item) is None:
+                base += list(self.opts.extra_input)
         safe = await self._check_input(base)
         if safe is not None:  # blocked: the LLM never sees the turn; the safe sentence is the reply
             self.llm_answered.set()

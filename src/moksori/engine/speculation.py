@@ -263,7 +263,9 @@ class Speculations:
     def _start_response(self, spec: Speculation) -> None:
         assert spec.transcript is not None
         extra = () if spec.committed else (Message("user", spec.transcript.text),)
-        spec.response = self._responses.start(self._responses.options(extra_input=extra), spec.turn_id,
+        # the turn may end (and commit the user item) before the reply reads its input
+        opts = self._responses.options(extra_input=extra, extra_input_item=spec.item_id)
+        spec.response = self._responses.start(opts, spec.turn_id,
                                               self._reply_language(spec.transcript), release=spec.released)
 
     def _reply_language(self, tr: Transcript) -> str:
