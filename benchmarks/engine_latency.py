@@ -104,6 +104,10 @@ async def one(stack, settings, path: Path) -> dict:
         row["prefilled_tokens"] = session.prefill.evaluated
         row["prefill_calls"] = session.prefill.calls
         row["turn_reason"] = getattr(first.get("user.turn_ended"), "reason", None)
+        # the end-of-turn model's verdict on the pause that ended the turn (turn.eot_start must not change it)
+        eots = [e for e in rec.of("eot.finished") if e.item_id == item]
+        if eots:
+            row["eot_probability"] = eots[-1].probability
         row["transcript"] = getattr(first.get("user.transcript"), "text", "")
         row["first_clause"] = getattr(first.get("tts.started"), "text", "")
     return row
