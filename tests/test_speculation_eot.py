@@ -16,12 +16,12 @@ import pytest
 from moksori.engine import events as E
 from moksori.engine.config import SessionConfig
 from moksori.engine.session import Session
-from moksori.engine.turns import TurnConfig
+from moksori.engine.turns import EotStart, TurnConfig
 from moksori.testing.fakes import FixedTurn, ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
 from moksori.testing.harness import play_into_session, settle
 from moksori.testing.virtual_time import run_virtual
 
-MODES = ("after_stt", "with_stt", "after_first_token")
+MODES: tuple[EotStart, ...] = ("after_stt", "with_stt", "after_first_token")
 
 
 class TimedTurn(FixedTurn):
@@ -38,11 +38,11 @@ class TimedTurn(FixedTurn):
         return await super().complete_probability(audio, language=language)
 
 
-def cfg(mode: str) -> SessionConfig:
-    return SessionConfig(output_rate=16000, partial_interval_ms=0, turn=TurnConfig(eot_start=mode))  # type: ignore[arg-type]
+def cfg(mode: EotStart) -> SessionConfig:
+    return SessionConfig(output_rate=16000, partial_interval_ms=0, turn=TurnConfig(eot_start=mode))
 
 
-def converse(mode: str, *, stt: ScriptedSTT, llm: ScriptedLLM, turn: TimedTurn, chunks: list):
+def converse(mode: EotStart, *, stt: ScriptedSTT, llm: ScriptedLLM, turn: TimedTurn, chunks: list):
     async def main():
         s = Session(fake_stack(stt=stt, llm=llm, turn=turn), cfg(mode))
         t0 = asyncio.get_running_loop().time()
@@ -55,7 +55,7 @@ def converse(mode: str, *, stt: ScriptedSTT, llm: ScriptedLLM, turn: TimedTurn, 
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_each_mode_ends_the_turn_by_the_model_and_replies_once(mode: str) -> None:
+def test_each_mode_ends_the_turn_by_the_model_and_replies_once(mode: EotStart) -> None:
     turn = TimedTurn(0.9, delay_s=0.06)
     stt = ScriptedSTT(["what time is it?"], delay_s=0.3)
     llm = ScriptedLLM("It is noon. Anything else?", first_token_s=0.15)
@@ -94,7 +94,7 @@ def test_the_model_judges_the_same_audio_in_every_mode() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_unfinished_turn_waits_for_the_max_pause_in_every_mode(mode: str) -> None:
+def test_unfinished_turn_waits_for_the_max_pause_in_every_mode(mode: EotStart) -> None:
     # the model says "not finished": the turn ends only at the max pause, whenever the model ran
     turn = TimedTurn(0.05)
     rec, s, _ = converse(mode, stt=ScriptedSTT(["so I was thinking"], delay_s=0.2), llm=ScriptedLLM("Go on."),
@@ -105,7 +105,7 @@ def test_unfinished_turn_waits_for_the_max_pause_in_every_mode(mode: str) -> Non
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_user_resuming_cancels_the_pause_and_its_model_call(mode: str) -> None:
+def test_user_resuming_cancels_the_pause_and_its_model_call(mode: EotStart) -> None:
     # STT is slow: the user resumes while the first pause is still being decoded (and judged)
     stt = ScriptedSTT(["first half", "first half and second half."], delay_s=0.5)
     turn = TimedTurn(0.9, delay_s=0.06)
@@ -143,7 +143,7 @@ def test_after_first_token_with_no_reply_judges_after_the_transcript() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("eot_delay_s", [0.0, 0.06])
-def test_the_user_message_reaches_the_llm_once_however_soon_the_turn_ends(mode: str, eot_delay_s: float) -> None:
+def test_the_user_message_reaches_the_llm_once_however_soon_the_turn_ends(mode: EotStart, eot_delay_s: float) -> None:
     # An end-of-turn result that is already there when the reply starts (with_stt, or an instant
     # model) ends the turn before the reply has read its input: the user's item is then committed
     # to memory, and the reply must not add the speculative copy of the same message as well.
