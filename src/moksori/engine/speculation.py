@@ -5,6 +5,10 @@
     turn ended (`TurnEnded`)      -> release: held events go public with their real timestamps,
                                      the user item is committed, the reply's audio is queued
 
+The end-of-turn model runs after the transcript (beside the reply's LLM call), beside the decode,
+or once the reply's LLM has answered: `TurnConfig.eot_start`. Its probability and the transcript
+cue go to the TurnTaker together, whichever came first.
+
 A speculation's results carry its (turn id, speculation id); anything that arrives for a
 speculation no longer in the table is dropped, so a late transcript of a cancelled pause can
 never start a second reply.
