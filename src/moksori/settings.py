@@ -60,10 +60,11 @@ class TurnSettings(BaseModel):
     # start transcribing speculatively after this much silence
     speculate_after_ms: int = Field(48, ge=0, le=2000)
     # when a pause's end-of-turn model runs (it shares the cores with the reply being computed):
-    # after_stt (after the transcript, beside the reply's LLM prompt evaluation), with_stt (beside
-    # the transcript's decode; it needs only the audio), after_first_token (once the reply's LLM
-    # has answered). Same audio, same probabilities; engine/speculation.py, README latency section
-    eot_start: Literal["after_stt", "with_stt", "after_first_token"] = "after_stt"
+    # with_stt (beside the transcript's decode; it needs only the audio: first audio p50 -135 ms
+    # paired), after_stt (after the transcript, beside the reply's LLM prompt evaluation: the old
+    # order), after_first_token (once the reply's LLM has answered; can hold the reply's audio
+    # back). Same audio, same probabilities; engine/speculation.py, README latency section
+    eot_start: Literal["after_stt", "with_stt", "after_first_token"] = "with_stt"
     # after the agent's audio ends, this much silence from the user commits an empty turn and
     # asks for a reply ("are you still there?"), like OpenAI's idle_timeout_ms; unset: never
     idle_timeout_ms: int | None = Field(None, ge=1000, le=3_600_000)

@@ -5,7 +5,7 @@
     turn ended (`TurnEnded`)      -> release: held events go public with their real timestamps,
                                      the user item is committed, the reply's audio is queued
 
-The end-of-turn model runs after the transcript (beside the reply's LLM call), beside the decode,
+The end-of-turn model runs beside the decode (the default), after the transcript (beside the reply's LLM call)
 or once the reply's LLM has answered: `TurnConfig.eot_start`. Its probability and the transcript
 cue go to the TurnTaker together, whichever came first.
 

@@ -52,7 +52,7 @@ class TurnConfig:
     speculate_after_ms: int = 48
     # when a pause's end-of-turn model runs beside the speculation's STT and reply (see
     # engine/speculation.py): after_stt | with_stt | after_first_token
-    eot_start: EotStart = "after_stt"
+    eot_start: EotStart = "with_stt"
     max_turn_s: float = 30.0
     # after the agent's audio ends, this much silence commits an empty turn and asks for a reply
     idle_timeout_ms: int | None = None
