@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+import time
 from dataclasses import replace
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -150,7 +151,7 @@ class WhisperSTT(STT):
             if opts is not None and _give_way(opts):
                 self.abandoned += 1
                 return None
-            threading.Event().wait(0.002)
+            time.sleep(0.002)
         return pending.result()
 
     def _transcribe_window(self, audio: np.ndarray, opts: STTOptions) -> Transcript | None:
