@@ -34,17 +34,6 @@ def silence(seconds: float) -> Frame:
     return Frame.silence(seconds, 16000)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from moksori.engine.prompts import system_prompt
-    from moksori.providers.registry import build_stack
-
-    settings = load_settings(data_dir=tmp_path_factory.getbasetemp() / "moksori-data")
-    st = build_stack(settings)
-    run_virtual(st.warm(system_prompt(None, st.llm.caps.languages)))
-    return st
-
-
 def converse(stack, audio: list[Frame], **cfg) -> tuple[Recording, Session]:
     settings = load_settings()
     config = config_from_settings(settings, output_rate=16000, output_lead_ms=0, partial_interval_ms=0, **cfg)

@@ -24,17 +24,6 @@ from speech import SPEECH, requires_speech, utt, wer
 pytestmark = [pytest.mark.models, requires_speech]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from moksori.engine.prompts import system_prompt
-    from moksori.providers.registry import build_stack
-
-    settings = load_settings(data_dir=tmp_path_factory.getbasetemp() / "moksori-data")
-    st = build_stack(settings)
-    run_virtual(st.warm(system_prompt(None, st.llm.caps.languages)))
-    return st
-
-
 def with_pauses(frame: Frame, pause_s: float, at: tuple[float, ...]) -> Frame:
     """Insert pauses at the quietest 50 ms near each fraction `at` of the speech."""
     x = frame.samples.astype(np.float32)

@@ -25,17 +25,6 @@ from speech import SPEECH, requires_speech, utt
 pytestmark = [pytest.mark.models, requires_speech]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from moksori.engine.prompts import system_prompt
-    from moksori.providers.registry import build_stack
-
-    settings = load_settings(data_dir=tmp_path_factory.getbasetemp() / "moksori-data")
-    st = build_stack(settings)
-    run_virtual(st.warm(system_prompt(None, st.llm.caps.languages)))
-    return st
-
-
 def test_committed_words_are_prefilled_and_the_reply_reuses_them(stack) -> None:
     llm = stack.llm
     calls: list[tuple[ChatRequest, str, int]] = []
