@@ -56,9 +56,15 @@ def parse_arm(spec: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     name, _, rest = spec.partition(":")
     env: dict[str, str] = {}
     model: dict[str, Any] = {}
+    if not name:
+        raise ValueError(f"arm {spec!r}: no name")
     for pair in filter(None, rest.split(";")):
-        k, _, v = pair.partition("=")
+        k, eq, v = pair.partition("=")
+        if not k or not eq:
+            raise ValueError(f"arm {spec!r}: expected KEY=VALUE, got {pair!r}")
         if k in ("threads", "dec_threads"):
+            if not v.isdigit() or int(v) < 1:
+                raise ValueError(f"arm {spec!r}: {k} must be a positive integer")
             model[k] = int(v)
         elif k == "compute_type":
             model[k] = v
@@ -199,7 +205,10 @@ def main() -> None:
 
     data_dir = os.environ.get("MOKSORI_DATA_DIR") or tempfile.mkdtemp(prefix="moksori-ct2step-")
     prepare_whisper(Path(data_dir))
-    arms = [parse_arm(a) for a in args.arms.split(",")]
+    try:
+        arms = [parse_arm(a) for a in args.arms.split(",")]
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     names = [a[0] for a in arms]
     if len(set(names)) != len(names):
         raise SystemExit("arm names must differ")
