@@ -123,25 +123,9 @@ class WhisperSTT(STT):
         if res is None:
             return None
         ids = res.sequences_ids[0]
-        duration = n_frames / 100.0
-        segments: list[str] = []  # text of each timestamped segment that starts inside the audio
-        segment: list[int] = []
-        seg_start: float | None = None
-        for i in ids:
-            if i >= tok.timestamp_begin:
-                t = (i - tok.timestamp_begin) * 0.02
-                if seg_start is None:
-                    seg_start = t
-                else:
-                    if seg_start < duration - 0.15 and segment:
-                        segments.append(tok.decode(segment).strip())
-                    segment, seg_start = [], None
-            elif i < tok.eot:
-                segment.append(i)
-        if segment and (seg_start is None or seg_start < duration - 0.15):
-            segments.append(tok.decode(segment).strip())
+        segments = parse_segments(ids, tok, n_frames / 100.0)
         avg_logprob = res.scores[0] * (len(ids) or 1) / ((len(ids) or 1) + 1) if res.scores else 0.0
-        return _Decoded([s for s in segments if s], float(res.no_speech_prob), float(avg_logprob))
+        return _Decoded(segments, float(res.no_speech_prob), float(avg_logprob))
 
     def _await(self, pending: Any, opts: STTOptions | None) -> Any:
         """The result of an asynchronous `generate`, or None once a live turn's decode waits for
@@ -255,6 +239,29 @@ class _Decoded:
                 kept.append(seg)
                 seen.add(key)
         return " ".join(kept).strip()
+
+
+def parse_segments(ids: list[int], tok: Any, duration: float) -> list[str]:
+    """A decode's token ids -> the text of each timestamped segment that starts inside the audio
+    (`duration` seconds; a segment starting in the last 0.15 s or in the padding is Whisper
+    inventing words for silence). Ids without timestamps make one segment."""
+    segments: list[str] = []
+    segment: list[int] = []
+    seg_start: float | None = None
+    for i in ids:
+        if i >= tok.timestamp_begin:
+            t = (i - tok.timestamp_begin) * 0.02
+            if seg_start is None:
+                seg_start = t
+            else:
+                if seg_start < duration - 0.15 and segment:
+                    segments.append(tok.decode(segment).strip())
+                segment, seg_start = [], None
+        elif i < tok.eot:
+            segment.append(i)
+    if segment and (seg_start is None or seg_start < duration - 0.15):
+        segments.append(tok.decode(segment).strip())
+    return [s for s in segments if s]
 
 
 def _give_way(opts: STTOptions) -> bool:
