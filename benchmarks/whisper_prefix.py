@@ -56,18 +56,10 @@ VARIANTS = ("plain", "ts_prefix", "nots", "nots_prefix")
 
 
 def agreed_prefix(partials: list[str], drop: int = 1) -> str:
-    """LocalAgreement-2: the raw words (from the later partial) of the longest common word prefix
-    of the last two partials, minus the last `drop` words (the later partial may have cut it)."""
-    from moksori.engine.stable_prefix import norm_words, split_after_words
+    """LocalAgreement-2 over the last two partials (engine/stable_prefix.local_agreement)."""
+    from moksori.engine.stable_prefix import local_agreement
 
-    if len(partials) < 2:
-        return ""
-    a, b = norm_words(partials[-2]), norm_words(partials[-1])
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    n -= drop
-    return split_after_words(partials[-1], n)[0] if n > 0 else ""
+    return local_agreement(partials[-2], partials[-1], drop=drop) if len(partials) >= 2 else ""
 
 
 def turns(quick: bool) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from moksori.engine.stable_prefix import StablePrefix, norm_words, split_after_words
 
 
@@ -147,3 +149,19 @@ def test_strip_overlap_drops_the_words_heard_again() -> None:
     assert strip_overlap("He was not", "is not an ill man") == "an ill man"
     assert strip_overlap("He was not", "an ill man") is None  # no overlap found: caller decodes again
     assert strip_overlap("", "an ill man") is None
+
+
+def test_local_agreement() -> None:
+    from moksori.engine.stable_prefix import local_agreement
+
+    # the common words minus the last one (the earlier decode may have heard it cut)
+    assert local_agreement("Unless to be rather co", "Unless to be rather cold-hearted.") == "Unless to be"
+    assert local_agreement("Unless to be rather co", "Unless to be rather cold-hearted.", drop=0) == "Unless to be rather"
+    # case, punctuation and hyphens do not count; the raw words come from the later decode
+    assert local_agreement("and mr john dashwood had", "And Mr. John Dashwood had then") == "And Mr. John Dashwood"
+    # a disagreement early on: only the words before it
+    assert local_agreement("The long journey", "A long journey home") == ""
+    assert local_agreement("", "anything at all") == ""
+    assert local_agreement("one", "one two") == ""
+    with pytest.raises(ValueError):
+        local_agreement("a b", "a b", drop=-1)

@@ -65,6 +65,22 @@ def strip_overlap(committed: str, decoded: str, *, max_words: int = 6) -> str | 
     return None
 
 
+def local_agreement(earlier: str, later: str, *, drop: int = 1) -> str:
+    """LocalAgreement-2 over two decodes of the same turn, the later hearing more: the raw words
+    (from `later`) of their longest common word prefix, minus its last `drop` words (the earlier
+    decode may have heard that word cut by the end of its audio). "" if nothing is left.
+
+        local_agreement("Unless to be rather co", "Unless to be rather cold-hearted")  # "Unless to be"
+    """
+    if drop < 0:
+        raise ValueError("drop must be >= 0")
+    a, b = norm_words(earlier), norm_words(later)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return split_after_words(later, n - drop)[0] if n - drop > 0 else ""
+
+
 @dataclass(frozen=True)
 class Candidate:
     base: float  # the committed point the decode started from
