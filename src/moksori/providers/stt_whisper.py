@@ -13,6 +13,8 @@ A preemptible decode (a live partial) gives way between its steps; with `abandon
 step runs asynchronously on one of two replicas and is abandoned, not waited for, once a live
 turn's decode is queued (`_await`). A decode cannot be split into calls that continue from the
 tokens so far: CTranslate2 forces a timestamp token where a continuation starts.
+Nor does forcing known words as the decoder's prefix save time: CTranslate2 runs one decoder
+step per forced token, as for a generated one (benchmarks/whisper_prefix.py).
 """
 
 from __future__ import annotations
