@@ -15,20 +15,33 @@ llama.cpp found in its KV cache.
 those session settings, interleaved with A file by file (the order rotating), on the same loaded
 stack: an A/B in one run. Before each session the LLM's KV cache is set back to the system
 prompt alone, so no variant inherits the previous session's prompt for the same utterance.
+A variant whose Whisper is built differently (`stt.threads`, `stt.partial_abandon`,
+`stt.compute_type`, `stt.beam_size`, `stt.model`) gets its own Whisper, loaded and warmed beside
+A's in the same process (the other providers are shared); sessions run one at a time, so the
+two never decode at once.
+
+`--files` picks other utterances (paths or globs under ../shared/speech, comma-separated), e.g.
+ones with pauses inside the turn, where a speculation on a gap between words is cancelled
+(`spec_cancelled`; `spec_cancelled_decoding`: its decode was still running, and CTranslate2 runs
+it to its end) and `stt_ms` (the released decode's start -> transcript) shows what the final
+decode waited for. `paired_median_ms`: each variant's latency minus A's on the same file and rep.
 
     python benchmarks/engine_latency.py [--reps 2] [--set turn.speculate_after_ms=64 ...]
     python benchmarks/engine_latency.py --reps 3 --ab llm.prefill=true --json out.json
+    python benchmarks/engine_latency.py --files 'tel/tel_01[14].wav,en/en_01[46].wav' --ab stt.threads=1
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from _stats import pct
@@ -36,7 +49,9 @@ from _stats import pct
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
-STAGES = ("stt_start", "stt_done", "eot_done", "turn_end", "llm_start", "llm_first_token", "tts_started",
+# settings read when Whisper is built, not per session: a variant that changes one gets its own
+STT_BUILD = ("threads", "partial_abandon", "compute_type", "beam_size", "model")
+STAGES = ("stt_start", "stt_done", "stt_ms", "eot_done", "turn_end", "llm_start", "llm_first_token", "tts_started",
           "tts_first_audio")
 
 
@@ -85,6 +100,9 @@ async def one(stack, settings, path: Path) -> dict:
         stt = [e for e in rec.of("stt.started") if e.item_id == item]
         if stt:
             row["stt_start"] = round(1000 * (stt[-1].t - stop.t))
+            done_stt = [e for e in rec.of("stt.finished") if e.item_id == item]
+            if done_stt:  # the released decode's own time, queueing behind a running one included
+                row["stt_ms"] = round(1000 * (done_stt[-1].t - stt[-1].t))
         for name, typ in (("turn_end", "user.turn_ended"), ("stt_done", "stt.finished"),
                           ("eot_done", "eot.finished"), ("llm_start", "llm.started"),
                           ("llm_first_token", "llm.first_token"), ("tts_started", "tts.started"),
@@ -101,6 +119,9 @@ async def one(stack, settings, path: Path) -> dict:
         row["partial_decodes"], row["partials_gave_way"] = session.partials.decodes, session.partials.gave_way
         if span is not None and stt and span[0] <= stt[-1].t < span[1]:
             row["partial_wait"] = round(1000 * (span[1] - stt[-1].t))
+        specs = session.speculations
+        row["speculations"], row["spec_cancelled"] = specs.started, specs.cancelled
+        row["spec_cancelled_decoding"] = specs.cancelled_decoding
         row["prefilled_tokens"] = session.prefill.evaluated
         row["prefill_calls"] = session.prefill.calls
         row["turn_reason"] = getattr(first.get("user.turn_ended"), "reason", None)
@@ -131,13 +152,51 @@ def summarise(rows: list[dict], settings: list[str]) -> dict:
         # that the partial ended (with stt.partial_yield: gave way); the final waited about that long
         "partial_running_at_final": len([r for r in rows if "partial_wait" in r]),
         "partial_wait_p50_ms": p("partial_wait", 0.5), "partial_wait_max_ms": p("partial_wait", 1.0),
+        "speculations": sum(r.get("speculations", 0) for r in rows),
+        "spec_cancelled": sum(r.get("spec_cancelled", 0) for r in rows),
+        "spec_cancelled_decoding": sum(r.get("spec_cancelled_decoding", 0) for r in rows),
+        "turn_reasons": dict(sorted(Counter(str(r.get("turn_reason")) for r in rows).items())),
         "settings": settings,
     }
 
 
+def paired(rows: list[dict], base: list[dict], key: str = "latency_ms") -> dict:
+    """This variant's value minus A's on the same (rep, file): median, and how many were lower."""
+    a = {(r["rep"], r["file"]): r[key] for r in base if key in r}
+    d = [r[key] - a[(r["rep"], r["file"])] for r in rows if key in r and (r["rep"], r["file"]) in a]
+    if not d:
+        return {}
+    return {"pairs": len(d), "median_ms": round(statistics.median(d)), "lower": sum(x < 0 for x in d),
+            "higher": sum(x > 0 for x in d)}
+
+
+def same_turns(rows: list[dict], base: list[dict]) -> dict:
+    """Pairs whose transcript / end reason differ from A's (turn-taking must not change)."""
+    a = {(r["rep"], r["file"]): r for r in base}
+    out = {"transcript": 0, "turn_reason": 0, "turns": 0}
+    for r in rows:
+        b = a.get((r["rep"], r["file"]))
+        if b is not None:
+            for k in out:
+                out[k] += r.get(k) != b.get(k)
+    return out
+
+
+def files(spec: str | None) -> list[str]:
+    if not spec:
+        return UTTERANCES
+    out: list[str] = []
+    for part in spec.split(","):
+        found = sorted(str(p.relative_to(SPEECH)) for p in SPEECH.glob(part.strip()))
+        if not found:
+            raise SystemExit(f"--files: nothing matches {part!r} under {SPEECH}")
+        out += found
+    return out
+
+
 async def run(args) -> dict:
     from moksori.engine.prompts import system_prompt
-    from moksori.providers.registry import build_stack
+    from moksori.providers.registry import build_stack, build_stt
     from moksori.settings import load_settings
 
     settings = load_settings(**overrides(args.set))
@@ -145,15 +204,22 @@ async def run(args) -> dict:
     for i, extra in enumerate(args.ab):
         pairs = args.set + extra.split(",")
         variants[chr(ord("B") + i)] = (load_settings(**overrides(pairs)), pairs)
+    utterances = files(args.files)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     stack = build_stack(settings)
     await stack.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
+    stacks = {"A": stack}
+    for name, (vs, _) in variants.items():
+        if name != "A" and any(getattr(vs.stt, k) != getattr(settings.stt, k) for k in STT_BUILD):
+            # a Whisper built with this variant's settings, beside A's; VAD, turn, LLM and TTS shared
+            stacks[name] = dataclasses.replace(stack, stt=build_stt(vs), settings=vs)
+            await stacks[name].warm(None)
     load_s = time.perf_counter() - t0
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     n = 0
     for rep in range(args.reps):
-        for u in UTTERANCES:
+        for u in utterances:
             names = list(variants)
             order = names[n % len(names):] + names[:n % len(names)]
             n += 1
@@ -161,7 +227,7 @@ async def run(args) -> dict:
                 # the same KV cache state for both: the system prompt only (as after start-up), not
                 # the previous session's prompt for this very utterance
                 await stack.llm.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
-                row = await one(stack, variants[name][0], SPEECH / u)
+                row = await one(stacks.get(name, stack), variants[name][0], SPEECH / u)
                 row["rep"], row["variant"] = rep, name
                 rows[name].append(row)
                 print(json.dumps(row, ensure_ascii=False), file=sys.stderr)
@@ -170,10 +236,15 @@ async def run(args) -> dict:
         "load_s": round(load_s, 1), "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "files": utterances, "reps": args.reps,
         **summarise(rows["A"], variants["A"][1]),
     }
     for name in list(variants)[1:]:
         summary[name] = summarise(rows[name], variants[name][1])
+        summary[name]["own_whisper"] = name in stacks
+        summary[name]["paired_median_ms"] = paired(rows[name], rows["A"])
+        summary[name]["paired_stt_ms"] = paired(rows[name], rows["A"], "stt_ms")
+        summary[name]["differs_from_A"] = same_turns(rows[name], rows["A"])
     return {"summary": summary, "rows": [r for v in rows.values() for r in v]}
 
 
@@ -183,6 +254,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="setting override, e.g. turn.silence_duration_ms=500")
     ap.add_argument("--ab", action="append", default=[],
                     help="one more variant's settings, e.g. llm.prefill=true (interleaved with A)")
+    ap.add_argument("--files", help="utterances under ../shared/speech, comma-separated paths or globs "
+                    "(default: en/en_001..005)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     result = asyncio.run(run(args))

@@ -114,6 +114,11 @@ class Session:
         return self._prefill
 
     @property
+    def speculations(self) -> Speculations:
+        """The speculative decodes of the user's pauses (their counters are read by benchmarks)."""
+        return self._specs
+
+    @property
     def closed(self) -> bool:
         return self._ctx.closed
 

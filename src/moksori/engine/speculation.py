@@ -78,6 +78,12 @@ class Speculations:
         self._on_committed = on_committed
         self._incremental = incremental
         self._specs: dict[Key, Speculation] = {}
+        # counters, all turns (for benchmarks): speculations started; cancelled because the user
+        # went on; of those, cancelled before their transcript came (CTranslate2 cannot stop a
+        # decode midway: it runs on, and the next decode may queue behind it)
+        self.started = 0
+        self.cancelled = 0
+        self.cancelled_decoding = 0
         self._item_ids: dict[int, str] = {}  # turn id -> the user item it becomes
         # The realtime brain: a pause is still transcribed and judged (the turn-taker needs the
         # end-of-turn model and the transcript cue), but no reply starts here and the user item is
@@ -113,6 +119,7 @@ class Speculations:
         return spec
 
     def start(self, spec: Speculation) -> None:
+        self.started += 1
         spec.task = self._ctx.spawn(self._run(spec), f"spec-{spec.turn_id}.{spec.spec_id}")
 
     def release(self, spec: Speculation) -> None:
@@ -131,7 +138,9 @@ class Speculations:
         spec = self._specs.pop(key, None)
         if spec is None:
             return
+        self.cancelled += 1
         if spec.task and not spec.task.done():
+            self.cancelled_decoding += spec.transcript is None
             spec.task.cancel()
         if spec.response is not None:
             spec.response.cancel("turn_continued")
