@@ -151,6 +151,34 @@ def test_late_stt_result_after_user_resumes_makes_no_second_reply() -> None:
     assert [i.text for i in s.memory.items if i.role == "user"] == ["first half and second half."]
 
 
+def test_speculation_counters_count_a_pause_the_user_went_on_after() -> None:
+    # the first pause's decode (0.5 s) is still running when the user resumes: it is cancelled
+    # mid-decode; the second pause's speculation ends the turn
+    stt = ScriptedSTT(["first half", "first half and second half."], delay_s=0.5)
+
+    async def main():
+        s = Session(fake_stack(stt=stt, llm=ScriptedLLM("Got it."), turn=FixedTurn(0.05)), CFG)
+        await play_into_session(s, [quiet(0.3), tone(1.0), quiet(0.35), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return s.speculations
+
+    specs = run(main())
+    assert (specs.started, specs.cancelled, specs.cancelled_decoding) == (2, 1, 1)
+
+
+def test_speculation_counters_one_pause_nothing_cancelled() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["hi."]), llm=ScriptedLLM("Hello.")), CFG)
+        await play_into_session(s, [quiet(0.3), tone(1.0), quiet(3.0)])
+        await settle(s)
+        await s.close()
+        return s.speculations
+
+    specs = run(main())
+    assert (specs.started, specs.cancelled, specs.cancelled_decoding) == (1, 0, 0)
+
+
 def test_late_llm_tokens_after_barge_in_are_dropped() -> None:
     llm = ScriptedLLM("word " * 60, token_delay_s=0.08)  # slow: still generating when interrupted
 
