@@ -46,7 +46,7 @@ LANGUAGES = ("en", "ko", "ja", "zh", "de", "es", "fr", "it", "pt", "ru", "nl", "
 class WhisperSTT(STT):
     name = "whisper"
 
-    def __init__(self, model_dir: str | Path, *, threads: int = 2, beam_size: int = 1,
+    def __init__(self, model_dir: str | Path, *, threads: int = 1, beam_size: int = 1,
                  compute_type: str = "int8", abandon: bool = False) -> None:
         if compute_type == "float32":
             # CTranslate2 uses oneDNN, not MKL, on AMD CPUs. oneDNN's float32 GEMMs on 2 threads
