@@ -106,9 +106,11 @@ def worker(args: argparse.Namespace) -> None:
 
     from moksori.providers.models import prepare_whisper
     from moksori.providers.stt_whisper import WhisperSTT
+    from moksori.settings import STTSettings
 
     _, _, model = parse_arm(args.worker)
-    stt = WhisperSTT(prepare_whisper(Path(args.data_dir)), threads=model.get("threads", 2),
+    # base: today's default (1 thread since the engine A/B; the runs in results/ had 2)
+    stt = WhisperSTT(prepare_whisper(Path(args.data_dir)), threads=model.get("threads", STTSettings().threads),
                      compute_type=model.get("compute_type", "int8"))
     cm = stt._wm.model
     dec = cm  # the model whose generate runs: with dec_threads, a second instance with its own threads
