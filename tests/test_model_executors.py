@@ -24,6 +24,7 @@ from moksori.providers.threads import (
     ModelExecutor,
     background,
     iterate_blocking,
+    paced_by,
     run_blocking,
 )
 from moksori.testing.virtual_time import run_virtual
@@ -185,6 +186,65 @@ def test_backpressure_pause_is_bounded_and_yields_to_waiting_work() -> None:
     t0 = time.monotonic()
     asyncio.run(with_queue())
     assert time.monotonic() - t0 < 4.0
+
+
+def test_paced_by_pauses_the_generator_before_its_next_item() -> None:
+    """Inside `paced_by(go)`, clearing `go` stops the thread before it computes another item (no
+    `max_ahead` items first); setting it again resumes; the pause is bounded like max_ahead's."""
+    ex = ModelExecutor("test-paced")
+    produced: list[int] = []
+
+    def gen(stop: threading.Event):
+        for i in range(8):
+            produced.append(i)  # started making item i
+            time.sleep(0.03)  # a token's compute: the consumer keeps up
+            yield i
+
+    async def consumer(max_pause_s: float, hold_s: float) -> tuple[list[int], list[int]]:
+        go = threading.Event()
+        go.set()
+        got: list[int] = []
+        during: list[int] = []
+        with paced_by(go):
+            async for i in iterate_blocking(gen, executor=ex, max_ahead=3, max_pause_s=max_pause_s):
+                got.append(i)
+                if i == 1:
+                    go.clear()  # e.g. the first clause is complete: its TTS gets the cores
+                    await asyncio.sleep(hold_s)
+                    during = list(produced)
+                    go.set()
+        return got, during
+
+    got, during = asyncio.run(_bounded(consumer(5.0, 0.3), T))
+    assert got == list(range(8))
+    # go was cleared as item 1 was taken: only the item already being made (2) went on, not
+    # max_ahead (3) more
+    assert during[-1] <= 2, during
+
+    # bounded: a consumer that never sets go again does not hold the generator past max_pause_s
+    async def stuck() -> float:
+        go = threading.Event()
+        t0 = time.monotonic()
+        with paced_by(go):
+            async for _ in iterate_blocking(gen, executor=ex, max_ahead=3, max_pause_s=0.2):
+                pass
+        return time.monotonic() - t0
+
+    produced.clear()
+    assert asyncio.run(_bounded(stuck(), T)) < 2.0
+    assert produced == list(range(8))
+
+    # without paced_by the generator runs max_ahead items ahead, as before
+    async def unpaced() -> list[int]:
+        during: list[int] = []
+        async for i in iterate_blocking(gen, executor=ex, max_ahead=3, max_pause_s=5.0):
+            if i == 1:
+                await asyncio.sleep(0.3)
+                during = list(produced)
+        return during
+
+    produced.clear()
+    assert asyncio.run(_bounded(unpaced(), T))[-1] >= 4
 
 
 class _QueuedLLM(LLM):

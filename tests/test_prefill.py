@@ -42,6 +42,11 @@ class PrefillRecordingLLM(ScriptedLLM):
         await asyncio.sleep(0.03)
         return len(upto.split())
 
+    async def prefill_history(self, request: ChatRequest) -> int:
+        self.prefills.append((request, "", asyncio.get_running_loop().time()))
+        await asyncio.sleep(0.01)
+        return 5
+
 
 def session_run(cfg: SessionConfig, audio) -> tuple:
     llm = PrefillRecordingLLM()
@@ -106,6 +111,24 @@ def test_off_no_prefill() -> None:
 def test_no_partials_no_prefill() -> None:
     _, _, llm = session_run(CFG.with_(partial_interval_ms=0), [quiet(0.5), tone(3.0), quiet(3.0)])
     assert llm.prefills == [] and len(llm.requests) == 1
+
+
+def test_history_prefill_once_per_turn_as_it_starts_with_the_replys_history() -> None:
+    cfg = SessionConfig(output_rate=16000, partial_interval_ms=0, llm_prefill_history=True)
+    rec, s, llm = session_run(cfg, [quiet(0.5), tone(2.0), quiet(4.0), tone(2.0), quiet(3.0)])
+    assert len(rec.of(E.UserTurnEnded)) == 2 and len(llm.requests) == 2
+    starts = [e.t for e in rec.of(E.UserSpeechStarted)]
+    assert [u for _, u, _ in llm.prefills] == ["", ""], "one history prefill per turn, no words (no partials)"
+    for (req, _, t), start, reply in zip(llm.prefills, starts, llm.requests, strict=True):
+        assert start <= t < start + 0.2, "as the turn starts"
+        assert req.messages[:-1] == reply.messages[:-1] and req.messages[-1].role == "user"
+    assert [m.role for m in llm.prefills[1][0].messages] == ["system", "user", "assistant", "user"]
+    assert s.prefill.calls == 2 and s.prefill.evaluated == 10
+
+
+def test_history_prefill_off_by_default() -> None:
+    _, s, llm = session_run(SessionConfig(output_rate=16000, partial_interval_ms=0), [quiet(0.5), tone(2.0), quiet(3.0)])
+    assert llm.prefills == [] and s.prefill.calls == 0
 
 
 def test_an_llm_without_a_prompt_cache_is_a_clean_no_op() -> None:
@@ -183,6 +206,32 @@ async def test_llamacpp_prefill_is_reused_and_changes_nothing(llm) -> None:
     after_wrong, u_wrong = await reply_of(llm, req(SAID))
     assert after_wrong == plain
     assert u_wrong is not None and u_wrong.cached_tokens < u_pre.cached_tokens
+
+
+@pytest.mark.models
+async def test_llamacpp_history_prefill_leaves_only_the_words_and_changes_nothing(llm) -> None:
+    from moksori.providers.base import Message
+
+    first, _ = await reply_of(llm, req("Hello there, who are you?"))  # the cache ends inside this reply
+
+    def second() -> ChatRequest:
+        return ChatRequest(messages=(Message("system", SYSTEM), Message("user", "Hello there, who are you?"),
+                                     Message("assistant", first.strip()), Message("user", SAID)),
+                           temperature=0.0, max_tokens=12)
+
+    plain, u_plain = await reply_of(llm, second())
+    await reply_of(llm, req("Hello there, who are you?"))  # the same state again
+    n = await llm.prefill_history(second())
+    assert n >= 3  # at least <|im_start|>user\n, and whatever of the reply re-renders differently
+    assert await llm.prefill_history(second()) == 0  # all in the cache already
+    prefilled, u_pre = await reply_of(llm, second())
+    assert u_plain is not None and u_pre is not None and u_pre.input_tokens == u_plain.input_tokens
+    words = llm.count_tokens(SAID)
+    # left after the cache: the words and the template's tail (<|im_end|>\n<|im_start|>assistant\n)
+    assert u_pre.input_tokens - u_pre.cached_tokens <= words + 6
+    assert u_pre.input_tokens - u_pre.cached_tokens < u_plain.input_tokens - u_plain.cached_tokens
+    assert prefilled == plain, "a reply after a history prefill is the reply without one (temperature 0)"
+    assert await llm.prefill_history(ChatRequest(messages=())) == 0
 
 
 @pytest.mark.models

@@ -131,6 +131,10 @@ class LLMSettings(BaseModel):
     # without incremental STT every session decodes live partials for it, so it is off (README,
     # latency section)
     prefill: bool = False
+    # when the user starts speaking, evaluate the history and the chat template's header before
+    # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
+    # (engine/prefill.py; the replies are token for token the same: benchmarks/turn_prefix.py)
+    prefill_history: bool = False
     fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
     # a file holding the API key (first line); used when api_key is not set
     api_key_file: Path | None = None
@@ -159,6 +163,9 @@ class TTSSettings(BaseModel):
     # more often cut mid-phrase); with the ramp, the caps of the clauses after it double from it
     first_clause_max_chars: int = Field(50, ge=0, le=1000)
     first_clause_ramp: bool = False
+    # once the first clause is complete the local LLM pauses while it is synthesised: "max_ahead"
+    # (after the token stream's few tokens of backpressure) or "now" (before its next token)
+    first_clause_pause: Literal["max_ahead", "now"] = "max_ahead"
     # provider=openai: time to a clause's first audio, longest gap after it, retries, extra base URLs
     first_audio_timeout_s: float = Field(10.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)

@@ -31,6 +31,7 @@ class SessionConfig:
     partials: PartialsMode = "on"
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
     llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py; off: README)
+    llm_prefill_history: bool = False  # ... and the history and template header before them, as they start
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
     temperature: float = 0.5
@@ -39,6 +40,7 @@ class SessionConfig:
     # is sooner, too short is choppy; text/chunker.py, README latency section)
     first_clause_max_chars: int = 50
     first_clause_ramp: bool = False  # the clauses after it: caps doubling from that one (ClauseChunker ramp)
+    first_clause_pause: str = "max_ahead"  # "now": the LLM pauses for the first clause's TTS before its next token
     max_history_messages: int = 24  # chat messages of memory sent to the LLM
     noise_reduction: str = "off"  # off | near_field | far_field (needs the session's AgentKit)
     backchannel: bool = False  # "mm-hmm" in mid-thought pauses (needs the session's AgentKit)
@@ -63,9 +65,11 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
         partial_interval_ms=s.stt.partial_interval_ms, partial_yield=s.stt.partial_yield,
         partials=s.stt.partials,
         stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill,
+        llm_prefill_history=s.llm.prefill_history,
         temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,
         noise_reduction=s.audio.noise_reduction, backchannel=s.turn.backchannel == "on",
         first_clause_max_chars=s.tts.first_clause_max_chars, first_clause_ramp=s.tts.first_clause_ramp,
+        first_clause_pause=s.tts.first_clause_pause,
     )
     return replace(cfg, **overrides) if overrides else cfg

@@ -17,6 +17,12 @@ The reply's request then reuses the longest common token prefix, as always, and 
 after it are evaluated once the turn ends. Words that the final transcript contradicts cost only
 their background time.
 
+With `llm.prefill_history` (env `MOKSORI_LLM_PREFILL_HISTORY`), as each turn starts, the prompt up
+to where the user's words will start is evaluated the same way (`LLM.prefill_history`): the last
+reply as the chat template renders it and the template's header before the words
+(`<|im_end|>\n<|im_start|>user\n`), so those tokens are not left for after the transcript. It
+needs no partials.
+
 One prefill at a time per session; a newer partial replaces one still waiting; the turn's end
 drops what has not started. The provider's side (providers/llm_llamacpp.py) never holds the
 model against a reply or a live STT of any session: it queues as background work, skips while a
@@ -48,6 +54,7 @@ class LlmPrefill:
         self._task: asyncio.Task[None] | None = None
         self._pending: tuple[int, str] | None = None
         self._turn_id: int | None = None
+        self._history: asyncio.Task[None] | None = None
         self.evaluated = 0  # prompt tokens prefilled, all turns (for tests and benchmarks)
         self.calls = 0
 
@@ -62,9 +69,16 @@ class LlmPrefill:
         feed it (engine/partial_readers.py)."""
         return self.enabled and not self._incremental()
 
+    @property
+    def history_enabled(self) -> bool:
+        cfg = self._ctx.cfg
+        return cfg.llm_prefill_history and cfg.turn.create_response and cfg.turn.mode != "manual"
+
     def begin(self, turn_id: int) -> None:
         self.end_turn()
         self._turn_id = turn_id
+        if self.history_enabled:
+            self._history = self._ctx.spawn(self._run_history(), f"llm-prefill-history-{turn_id}")
 
     def offer(self, turn_id: int, text: str) -> None:
         """The words of turn `turn_id` so far (a live partial transcript)."""
@@ -88,9 +102,10 @@ class LlmPrefill:
     def end_turn(self) -> None:
         """The turn ended (or was dropped): a prefill not yet started is not wanted any more."""
         self._turn_id, self._pending = None, None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # dropped if still queued; once running it ends within one step
-        self._task = None
+        for task in (self._task, self._history):
+            if task is not None and not task.done():
+                task.cancel()  # dropped if still queued; once running it ends within one step
+        self._task = self._history = None
 
     def request(self, words: str) -> ChatRequest:
         """The request a reply to `words` would make (engine/response.py builds the same)."""
@@ -101,6 +116,17 @@ class LlmPrefill:
         messages = ctx.memory.messages(ctx.system_prompt(cfg.instructions)) + [Message("user", words)]
         return ChatRequest(messages=tuple(messages), tools=tools, tool_choice=cfg.tool_choice,
                            temperature=cfg.temperature, max_tokens=cfg.max_output_tokens)
+
+    async def _run_history(self) -> None:
+        try:
+            n = await self._ctx.stack.llm.prefill_history(self.request(""))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an optimisation: the reply works without it
+            log.debug("session %s: LLM history prefill failed: %s", self._ctx.id, e)
+            return
+        self.calls += 1
+        self.evaluated += n
 
     async def _run(self) -> None:
         while self._pending is not None:

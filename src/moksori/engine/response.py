@@ -9,7 +9,9 @@ streams live from then on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,6 +36,7 @@ from moksori.providers.base import (
     TTSOptions,
     Usage,
 )
+from moksori.providers.threads import paced_by
 from moksori.text.chunker import ClauseChunker
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
@@ -96,6 +99,9 @@ class ResponseOptions:
     max_output_tokens: int = 160
     first_clause_max_chars: int = 50  # cap on the first clause (time to first audio; SessionConfig)
     first_clause_ramp: bool = False  # later clauses' caps double from the first's
+    # once the first clause is complete the LLM pauses for its TTS: "now" (before its next token),
+    # or "max_ahead" (the stream's own backpressure: a few more tokens first; SessionConfig)
+    first_clause_pause: str = "max_ahead"
     in_conversation: bool = True  # False: an out-of-band response, not stored in memory
     extra_input: tuple[Message, ...] = ()  # messages appended after memory (speculative user turn)
     # the memory item `extra_input` stands for (the speculative user turn): if the turn was
@@ -416,23 +422,31 @@ class Response:
             self.emit(E.LlmStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                    messages=len(req.messages)))
             calls: list[ToolCall] = []
-            stream = host.llm.chat(req)
-            async for ev in stream:
-                self.llm_answered.set()
-                if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
-                    await _close(stream)
-                    break
-                if isinstance(ev, TextDelta):
-                    if ev.text and self._add_text(ev.text, clauses, chunker):
-                        # The first clause is the critical path: stop pulling tokens (the local
-                        # model pauses) until its audio exists, so TTS gets the CPU to itself.
-                        await self._first_audio.wait()
-                elif isinstance(ev, ToolCallEvent):
-                    calls.append(ev.call)
-                elif isinstance(ev, Usage):
-                    self.usage = Usage(self.usage.input_tokens + ev.input_tokens,
-                                       self.usage.output_tokens + ev.output_tokens,
-                                       self.usage.cached_tokens + ev.cached_tokens)
+            # set: the local model may compute its next token (cleared while the first clause's
+            # TTS runs, when first_clause_pause is "now")
+            go = threading.Event()
+            go.set()
+            with paced_by(go) if self.opts.first_clause_pause == "now" else contextlib.nullcontext():
+                # (read when the stream starts, at its first token: the whole loop is inside)
+                stream = host.llm.chat(req)
+                async for ev in stream:
+                    self.llm_answered.set()
+                    if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
+                        await _close(stream)
+                        break
+                    if isinstance(ev, TextDelta):
+                        if ev.text and self._add_text(ev.text, clauses, chunker):
+                            # The first clause is the critical path: stop pulling tokens (the local
+                            # model pauses) until its audio exists, so TTS gets the CPU to itself.
+                            go.clear()
+                            await self._first_audio.wait()
+                            go.set()
+                    elif isinstance(ev, ToolCallEvent):
+                        calls.append(ev.call)
+                    elif isinstance(ev, Usage):
+                        self.usage = Usage(self.usage.input_tokens + ev.input_tokens,
+                                           self.usage.output_tokens + ev.output_tokens,
+                                           self.usage.cached_tokens + ev.cached_tokens)
             for clause in chunker.flush():
                 await clauses.put(clause)
             self.emit(E.LlmFinished(t=self.now(), response_id=self.id, item_id=self.item_id,

@@ -36,7 +36,7 @@ class Responses:
                                tool_choice=c.tool_choice, temperature=c.temperature,
                                max_output_tokens=c.max_output_tokens,
                                first_clause_max_chars=c.first_clause_max_chars,
-                               first_clause_ramp=c.first_clause_ramp)
+                               first_clause_ramp=c.first_clause_ramp, first_clause_pause=c.first_clause_pause)
         return replace(base, **overrides) if overrides else base
 
     def start(self, opts: ResponseOptions, turn_id: int | None, language: str, *, release: bool) -> Response:

@@ -254,6 +254,11 @@ class LLM(Provider):
         Returns the prompt tokens evaluated; 0 where there is no such cache (the default)."""
         return 0
 
+    async def prefill_history(self, request: ChatRequest) -> int:
+        """Like `prefill`, up to where the last message's content starts (the history and the
+        chat template's header before the user's words). 0 where there is no such cache."""
+        return 0
+
 
 # --------------------------------------------------------------------------- TTS
 

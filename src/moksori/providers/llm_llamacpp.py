@@ -201,15 +201,30 @@ class LlamaCppLLM(LLM):
             yield Usage(input_tokens=len(tokens), output_tokens=produced, cached_tokens=min(cached, len(tokens)))
             yield ChatDone(finish_reason=finish)
 
-    def _prefill(self, request: ChatRequest, upto: str) -> int:
-        upto = upto.strip()
-        if not upto:
+    def _prefix(self, request: ChatRequest, upto: str | None) -> str | None:
+        """The prompt of `request` up to the end of `upto`; with `upto` None, up to where its
+        last message's content starts (the history and the chat template's header before the
+        words: `<|im_end|>\n<|im_start|>user\n` after a reply). None: no such place."""
+        if upto is not None:
+            upto = upto.strip()
+            if not upto:
+                return None
+            prompt = self.render(request)
+            at = prompt.rfind(upto)
+            return prompt[:at + len(upto)] if at >= 0 else None
+        if not request.messages:
+            return None
+        mark = "\ue000"  # a private-use character: in no message, and kept whole by the template
+        last = request.messages[-1]
+        prompt = self.render(replace(request, messages=(*request.messages[:-1], replace(last, content=mark))))
+        at = prompt.rfind(mark)
+        return prompt[:at] if at > 0 else None
+
+    def _prefill(self, request: ChatRequest, upto: str | None) -> int:
+        prefix = self._prefix(request, upto)
+        if not prefix:
             return 0
-        prompt = self.render(request)
-        at = prompt.rfind(upto)
-        if at < 0:
-            return 0
-        tokens = self._tokens(prompt[:at + len(upto)])
+        tokens = self._tokens(prefix)
         if len(tokens) + MIN_REPLY_TOKENS > self.caps.context_tokens:
             return 0  # the real request will drop history: its prefix would differ anyway
         if not self._lock.acquire(blocking=False):
@@ -242,6 +257,14 @@ class LlamaCppLLM(LLM):
         the background time."""
         with background():
             return await run_blocking(self._prefill, request, upto, executor=self.executor)
+
+    async def prefill_history(self, request: ChatRequest) -> int:
+        """`prefill` up to where the last message's content starts: the history (the last reply
+        as the template renders it) and the template's header before the user's words, as
+        background work when the user starts speaking; the words and the assistant header are
+        then all that is left to evaluate once the transcript is final."""
+        with background():
+            return await run_blocking(self._prefill, request, None, executor=self.executor)
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         scanner = ToolCallScanner(enabled=bool(request.tools) and request.tool_choice != "none")

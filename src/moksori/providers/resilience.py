@@ -348,6 +348,10 @@ class ResilientLLM(_Chain[LLM], LLM):
         """Prefill the primary's prompt cache (a fallback has its own, or none)."""
         return await self.providers[0].prefill(request, upto)
 
+    async def prefill_history(self, request: ChatRequest) -> int:
+        """Prefill the primary's prompt cache with the history before the user's words."""
+        return await self.providers[0].prefill_history(request)
+
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         async with aclosing(self._stream(lambda p: p.chat(request))) as events:
             async for event in events:

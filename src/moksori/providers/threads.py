@@ -50,6 +50,22 @@ BACKGROUND = 1
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("moksori_work_priority", default=INTERACTIVE)
 
 
+_go: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("moksori_stream_go", default=None)
+
+
+@contextlib.contextmanager
+def paced_by(go: threading.Event) -> Iterator[None]:
+    """Blocking streams that `iterate_blocking` starts inside this block (in this task: an LLM's
+    tokens) compute their next item only while `go` is set. Clearing it pauses the model before
+    its next step, at once, not `max_ahead` items later (the reply's first clause: its TTS gets
+    the cores); the pause has the same bounds as `max_ahead`'s."""
+    token = _go.set(go)
+    try:
+        yield
+    finally:
+        _go.reset(token)
+
+
 @contextlib.contextmanager
 def background() -> Iterator[None]:
     """Model calls made inside this block (in this task) queue behind interactive ones."""
@@ -400,7 +416,8 @@ async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]], *,
     pauses the model and frees the CPU for whatever is on the critical path. The pause is
     bounded: after `max_pause_s` without the consumer taking an item, or as soon as other
     interactive work is queued for the same executor, the generator runs on freely, so a slow
-    consumer never holds a model that other sessions are waiting for.
+    consumer never holds a model that other sessions are waiting for. Inside `paced_by(go)` the
+    thread also waits for `go` before each item (same bounds): the consumer pauses it at once.
     """
     loop = asyncio.get_running_loop()
     ex = executor or misc_executor()
@@ -411,22 +428,30 @@ async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]], *,
     key = meter.enter(loop.time()) if meter is not None else None
 
     free = threading.Event()  # set once a pause ran out: no more backpressure for this stream
+    go = _go.get()
 
-    def wait_credit() -> bool:
-        """False: stop. True: go on (a credit, or the consumer paused for too long)."""
-        assert credits is not None
+    def wait_for(ready: Callable[[float], bool]) -> bool:
+        """False: stop. True: go on (`ready` said so, or the consumer paused for too long)."""
         if free.is_set() or getattr(getattr(ex, "stats", None), "queued_interactive", 0) > 0:
             # others are queued for this model: pausing it would make them wait, not go faster
             free.set()
             return not stop.is_set()
         deadline = time.monotonic() + max_pause_s
-        while not credits.acquire(timeout=0.05):
+        while not ready(0.05):
             if stop.is_set():
                 return False
             if time.monotonic() >= deadline:
                 free.set()
                 return True
         return True
+
+    def wait_credit() -> bool:
+        assert credits is not None
+        return wait_for(lambda timeout: credits.acquire(timeout=timeout))
+
+    def wait_go() -> bool:
+        assert go is not None
+        return go.is_set() or wait_for(go.wait)
 
     def post(kind: str, value: Any) -> None:
         try:
@@ -441,7 +466,14 @@ async def iterate_blocking(make: Callable[[threading.Event], Iterator[T]], *,
         gen = None
         try:
             gen = make(stop)
-            for item in gen:
+            items = iter(gen)
+            while True:
+                if go is not None and not wait_go():
+                    break  # paused by the consumer (paced_by), and then stopped
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
                 if stop.is_set():
                     break
                 if credits is not None and not wait_credit():
