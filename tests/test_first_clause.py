@@ -106,3 +106,69 @@ def test_the_first_clause_starts_with_sound_the_next_ones_keep_their_pause() -> 
     loud = np.abs(samples) > 1000
     runs = np.diff(np.flatnonzero(loud))
     assert runs.max() >= 16000 * 45 // 1000
+
+
+def test_first_clause_pause_now_pauses_the_llm_stream_while_the_clause_is_synthesised() -> None:
+    """`first_clause_pause="now"`: the reply's LLM stream runs inside `threads.paced_by`, whose
+    event is cleared from the moment the first clause is complete until its audio is made (a
+    local model's thread stops before its next token); "max_ahead" (the default) leaves the
+    stream to its own backpressure."""
+    from moksori.providers import threads
+
+    class PacedLLM(ScriptedLLM):
+        go: object = "unread"
+
+        async def chat(self, request):
+            self.go = threads._go.get()  # what iterate_blocking would read as the stream starts
+            async for ev in super().chat(request):
+                yield ev
+
+    class ProbeTTS(ToneTTS):
+        def __init__(self, llm: PacedLLM) -> None:
+            super().__init__()
+            self.llm = llm
+            self.seen: list[bool | None] = []
+
+        async def synthesize(self, text, opts):
+            go = self.llm.go
+            self.seen.append(go.is_set() if go is not None and not isinstance(go, str) else None)
+            async for f in super().synthesize(text, opts):
+                yield f
+
+    def run(pause: str) -> tuple[object, list[bool | None], str]:
+        llm = PacedLLM(REPLY)
+        tts = ProbeTTS(llm)
+
+        async def main():
+            cfg = SessionConfig(output_rate=16000, partial_interval_ms=0, first_clause_pause=pause)
+            s = Session(fake_stack(stt=ScriptedSTT(["tell me."]), llm=llm, tts=tts), cfg)
+            rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
+            await settle(s)
+            await s.close()
+            return rec
+
+        rec = run_virtual(main())
+        done = [e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]
+        assert len(done) == 1
+        return llm.go, tts.seen, done[0].text
+
+    go, seen, reply = run("now")
+    assert go is not None and not isinstance(go, str)
+    assert seen[0] is False, "the first clause's TTS starts with the LLM paused"
+    assert go.is_set(), "and the LLM goes on once its audio is made"  # type: ignore[attr-defined]
+    assert reply == REPLY
+    go, seen, reply = run("max_ahead")
+    assert go is None and seen[0] is None and reply == REPLY
+
+
+def test_first_clause_pause_setting_reaches_the_session_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moksori.engine.config import config_from_settings
+    from moksori.errors import ConfigError
+    from moksori.settings import load_settings
+
+    assert config_from_settings(load_settings()).first_clause_pause == "max_ahead"
+    monkeypatch.setenv("MOKSORI_TTS_FIRST_CLAUSE_PAUSE", "now")
+    assert config_from_settings(load_settings()).first_clause_pause == "now"
+    monkeypatch.setenv("MOKSORI_TTS_FIRST_CLAUSE_PAUSE", "soon")
+    with pytest.raises(ConfigError, match="first_clause_pause"):
+        load_settings()
