@@ -6,8 +6,10 @@ Per first clause (piper_stream.py's English ones) and rep, each size in rotating
   first_audio  text in -> first frame out (ms)
   stall        how late a later frame came against real-time playback started at the first
                frame (ms; > 0 is a gap in the reply at a window seam)
-  diff         the clause's samples against the 16-frame run's (int16 steps): the windows are
-               exact, so only float rounding may differ
+
+(The samples are not compared between sizes: Piper draws noise for every synthesis, so two runs
+of one clause differ anyway; that windows of any size stitch to the one-shot output is
+`tests/test_piper_stream.py`'s, on one latent.)
 
     python benchmarks/piper_first_window.py [--sizes 16,12,8] [--reps 5] [--json out.json]
 """
@@ -67,16 +69,10 @@ async def main() -> None:
         for text in EN:
             order = sizes[n % len(sizes):] + sizes[:n % len(sizes)]
             n += 1
-            audio: dict[int, np.ndarray] = {}
             for size in order:
                 voice.first_frames = size
-                row, audio[size] = await once(tts, text)
+                row, _ = await once(tts, text)
                 rows.append({"text": text, "rep": rep, "first_frames": size, **row})
-            ref = audio[sizes[0]]
-            for r in rows[-len(sizes):]:
-                other = audio[r["first_frames"]]
-                r["max_diff"] = int(np.max(np.abs(other.astype(np.int32) - ref.astype(np.int32)))) \
-                    if len(other) == len(ref) else None
     voice.first_frames = sizes[0]
     summary: dict = {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
                      "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
@@ -89,9 +85,7 @@ async def main() -> None:
             "paired_median_diff_ms": round(statistics.median(
                 r["first_audio_ms"] - base[(r["text"], r["rep"])] for r in rs), 1),
             "stall_max_ms": round(max(r["stall_ms"] for r in rs), 1),
-            "stalled": sum(1 for r in rs if r["stall_ms"] > 0.5),
-            "max_sample_diff": max((r["max_diff"] for r in rs if r["max_diff"] is not None), default=None),
-            "length_differs": sum(1 for r in rs if r["max_diff"] is None)}
+            "stalled": sum(1 for r in rs if r["stall_ms"] > 0.5)}
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
