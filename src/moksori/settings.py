@@ -133,8 +133,9 @@ class LLMSettings(BaseModel):
     prefill: bool = False
     # when the user starts speaking, evaluate the history and the chat template's header before
     # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
-    # (engine/prefill.py; the replies are token for token the same: benchmarks/turn_prefix.py)
-    prefill_history: bool = False
+    # (engine/prefill.py; the replies are token for token the same: benchmarks/turn_prefix.py;
+    # a second turn's LLM start -> first token p50 73 -> 63 ms: engine_second_turn.py, README)
+    prefill_history: bool = True
     fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
     # a file holding the API key (first line); used when api_key is not set
     api_key_file: Path | None = None
