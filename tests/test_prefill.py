@@ -126,15 +126,16 @@ def test_history_prefill_once_per_turn_as_it_starts_with_the_replys_history() ->
     assert s.prefill.calls == 2 and s.prefill.evaluated == 10
 
 
-def test_history_prefill_off_in_a_bare_session_config_on_in_the_settings(monkeypatch) -> None:
+def test_history_prefill_off_by_default_on_when_set(monkeypatch) -> None:
     from moksori.engine.config import config_from_settings
     from moksori.settings import load_settings
 
     _, s, llm = session_run(SessionConfig(output_rate=16000, partial_interval_ms=0), [quiet(0.5), tone(2.0), quiet(3.0)])
     assert llm.prefills == [] and s.prefill.calls == 0
-    assert config_from_settings(load_settings()).llm_prefill_history is True
-    monkeypatch.setenv("MOKSORI_LLM_PREFILL_HISTORY", "off")
+    monkeypatch.delenv("MOKSORI_LLM_PREFILL_HISTORY", raising=False)
     assert config_from_settings(load_settings()).llm_prefill_history is False
+    monkeypatch.setenv("MOKSORI_LLM_PREFILL_HISTORY", "on")
+    assert config_from_settings(load_settings()).llm_prefill_history is True
 
 
 def test_an_llm_without_a_prompt_cache_is_a_clean_no_op() -> None:

@@ -134,8 +134,10 @@ class LLMSettings(BaseModel):
     # when the user starts speaking, evaluate the history and the chat template's header before
     # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
     # (engine/prefill.py; the replies are token for token the same: benchmarks/turn_prefix.py;
-    # a second turn's LLM start -> first token p50 73 -> 63 ms: engine_second_turn.py, README)
-    prefill_history: bool = True
+    # a second turn's LLM start -> first token p50 73 -> 63 ms: engine_second_turn.py, README).
+    # Off: the first audio played did not move (paired median 0), and with several sessions on
+    # one model it replaces another session's cached history, a cost not yet measured
+    prefill_history: bool = False
     fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
     # a file holding the API key (first line); used when api_key is not set
     api_key_file: Path | None = None

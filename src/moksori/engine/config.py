@@ -31,9 +31,7 @@ class SessionConfig:
     partials: PartialsMode = "on"
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
     llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py; off: README)
-    # ... and the history and template header before them, as they start (the setting's default
-    # is on; a program that builds a SessionConfig itself opts in)
-    llm_prefill_history: bool = False
+    llm_prefill_history: bool = False  # ... and the history and template header before them, as they start
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
     temperature: float = 0.5
