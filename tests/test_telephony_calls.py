@@ -291,12 +291,15 @@ async def test_barge_in_clears_and_keeps_only_what_was_heard(server: ServerProce
         await call.speak(speech8k("tel_005"))  # the caller talks over the reply
         assert call.clears, "barge-in sent no clear"
         clear_at = call.clears[0]
-        played_ms = 1000 * sum(c.played for c in call.chunks if reply_at <= c.arrived < clear_at) / call.rate
+        # the reply's audio can start arriving before the file's trailing silence has been sent
+        # (reply_at is the first audio after it): count everything after the caller's utterance began
+        played_ms = 1000 * sum(c.played for c in call.chunks if stamps[0] <= c.arrived < clear_at) / call.rate
+        early_ms = 1000 * sum(c.played for c in call.chunks if stamps[0] <= c.arrived < reply_at) / call.rate
         await wait_replies(server, call_id, 3)
         await call.wait_quiet(quiet_s=0.3)
         await call.hang_up()
     print(f"\nclear {1000 * (clear_at - barge_at):.0f} ms after the caller started talking over "
-          f"{played_ms:.0f} ms of reply")
+          f"{played_ms:.0f} ms of reply ({early_ms:.0f} ms of it before the caller's audio ended)")
     assert barge_at < clear_at < barge_at + 2.0
 
     s = call_summary(server.url, call_id)
@@ -497,7 +500,9 @@ async def test_end_call_and_transfer_tools_use_the_carrier_rest_api(data_dir) ->
                     await wait_replies(srv, call_id, 1)
                     await call.wait_quiet(quiet_s=0.3)
                     stamps = await call.speak(speech8k(name))
-                    said_at = await call.wait_audio(after=stamps[-1], timeout=60)
+                    # the reply can start arriving before the file's trailing silence has been
+                    # sent: its first audio after the caller began (the line was quiet before)
+                    said_at = await call.wait_audio(after=stamps[0], timeout=60)
                     code = await call.wait_closed(timeout=20)
                     assert code == 1000, f"{tool}: the server did not end the stream (code {code})"
                     said = [c for c in call.chunks if c.arrived >= said_at]
