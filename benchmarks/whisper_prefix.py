@@ -45,7 +45,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -222,21 +221,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from speech import speech_available
+    from whisper_stages import whisper_settings
 
     from moksori.providers.cpu import detect
-    from moksori.providers.models import prepare_whisper
-    from moksori.settings import load_settings
 
-    if not speech_available():
-        raise SystemExit("no speech corpus: expected ../shared/speech/MANIFEST.tsv next to the repo")
-    tmp = None
-    data_dir = os.environ.get("MOKSORI_DATA_DIR")
-    if not data_dir:
-        tmp = tempfile.TemporaryDirectory(prefix="moksori-bench-")
-        data_dir = tmp.name
-    prepare_whisper(Path(data_dir))
-    out = run(args, load_settings(data_dir=data_dir))
+    settings, tmp = whisper_settings()
+    out = run(args, settings)
     out["summary"]["cpu"] = detect().summary()
     print(json.dumps(out["summary"], indent=1))
     if args.json:

@@ -377,18 +377,9 @@ def behind_partial(args: argparse.Namespace, settings: Any) -> dict:
     return {"summary": summary, "rows": rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--variants", default="base,auto", help="comma-separated; the first is A")
-    ap.add_argument("--quick", action="store_true", help="tel_001..005 only")
-    ap.add_argument("--chunk-check", type=int, default=0, metavar="N",
-                    help="instead: compare one decode call with calls of N tokens continuing from the tokens so far")
-    ap.add_argument("--behind-partial", action="store_true",
-                    help="instead: A/B of a final decode queued behind a live partial's decoder, waited for vs abandoned")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-
+def whisper_settings() -> tuple[Any, "tempfile.TemporaryDirectory[str] | None"]:
+    """Settings whose data dir holds the joined Whisper model (MOKSORI_DATA_DIR, or a temporary
+    dir, returned so the caller keeps it alive); exits without the speech corpus."""
     from speech import speech_available
 
     from moksori.providers.models import prepare_whisper
@@ -402,7 +393,22 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="moksori-bench-")
         data_dir = tmp.name
     prepare_whisper(Path(data_dir))
-    settings = load_settings(data_dir=data_dir)
+    return load_settings(data_dir=data_dir), tmp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--variants", default="base,auto", help="comma-separated; the first is A")
+    ap.add_argument("--quick", action="store_true", help="tel_001..005 only")
+    ap.add_argument("--chunk-check", type=int, default=0, metavar="N",
+                    help="instead: compare one decode call with calls of N tokens continuing from the tokens so far")
+    ap.add_argument("--behind-partial", action="store_true",
+                    help="instead: A/B of a final decode queued behind a live partial's decoder, waited for vs abandoned")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    settings, tmp = whisper_settings()
     from moksori.providers.cpu import detect
 
     if args.behind_partial:
