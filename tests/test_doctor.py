@@ -49,6 +49,25 @@ def test_int8_kernel_class_per_cpu():
     assert machine(NEHALEM).int8_dot == "SSE"
 
 
+def test_whisper_threads_auto_per_cpu(monkeypatch):
+    # one thread where an int8 dot-product instruction makes a decoder step cheap, two where not
+    assert cpu.whisper_threads(machine(EPYC_GENOA, cores=2)) == 1
+    assert cpu.whisper_threads(machine(SAPPHIRE_RAPIDS, cores=8)) == 1
+    assert cpu.whisper_threads(machine(EPYC_ROME + " avx_vnni", cores=4)) == 1
+    assert cpu.whisper_threads(machine(EPYC_ROME, cores=2)) == 2
+    assert cpu.whisper_threads(machine(SKYLAKE_SP, cores=16)) == 2
+    assert cpu.whisper_threads(machine(EPYC_ROME, cores=1)) == 1
+    from moksori.settings import Settings
+
+    monkeypatch.delenv("MOKSORI_STT_THREADS", raising=False)
+    assert Settings().stt.threads == "auto"
+    monkeypatch.setenv("MOKSORI_STT_THREADS", "3")
+    assert Settings().stt.threads == 3
+    monkeypatch.setenv("MOKSORI_STT_THREADS", "0")
+    with pytest.raises(ValueError):
+        Settings()
+
+
 def test_features_the_process_cannot_use_are_dropped():
     """qemu-user shows the host's /proc/cpuinfo: what CPUID denies is unusable, and so is what
     numpy cannot check (AVX-VNNI, AMX) once the list has been caught lying."""

@@ -81,10 +81,9 @@ class STTSettings(BaseModel):
     base_url: str | None = None  # for provider=openai (an OpenAI-compatible /v1)
     api_key: SecretStr | None = None
     remote_model: str = "whisper-1"
-    # Whisper's intra-op threads. 1: the final decode paired -28 ms (26 of 32 turns faster), p95
-    # 342 -> 303 ms, the same transcripts, and the other core stays with smart-turn (beside the
-    # decode) and the LLM (README, latency section: engine A/B on the quiet 2-core machine)
-    threads: int = Field(1, ge=1, le=64)
+    # Whisper's intra-op threads; auto: 1 on a CPU with VNNI/AMX (paired -28 ms there), 2 on an
+    # AVX2-only one (paired -56 ms there); see providers/cpu.whisper_threads, README latency section
+    threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     beam_size: int = Field(1, ge=1, le=10)
     # int8: fast; CTranslate2's int8 kernels round differently per instruction set (same words,
     # punctuation and confidences can differ). float32: the same transcript on every CPU, 1.4-2x

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moksori.errors import ConfigError
+from moksori.providers import cpu
 from moksori.providers.base import LLM, STT, TTS, VAD, TurnDetector
 from moksori.settings import Settings
 
@@ -124,7 +125,8 @@ def build_stt(settings: Settings, *, progress: Progress | None = None) -> STT:
     from moksori.providers.stt_whisper import WhisperSTT
 
     model_dir = Path(s.model) if s.model else prepare_whisper(settings.data_dir, progress)
-    return WhisperSTT(model_dir, threads=s.threads, beam_size=s.beam_size, compute_type=s.compute_type,
+    threads = s.threads if isinstance(s.threads, int) else cpu.whisper_threads(cpu.detect())
+    return WhisperSTT(model_dir, threads=threads, beam_size=s.beam_size, compute_type=s.compute_type,
                       abandon=s.partial_abandon)
 
 
