@@ -71,6 +71,14 @@ def test_every_event_class_is_in_the_catalogue_once() -> None:
     assert stream == {"agent.audio", "agent.text_delta", "user.transcript_delta"}
 
 
+def test_the_package_exports_every_event_class() -> None:
+    """The classes live in one module per concern (`engine/events/*.py`); readers use `E.<Class>`."""
+    from moksori.engine import events as E
+
+    assert {c.__name__ for c in E.CATALOGUE} <= set(E.__all__)
+    assert [name for name in E.__all__ if not hasattr(E, name)] == []
+
+
 def test_nothing_publishes_an_untyped_event() -> None:
     """`publish` takes an event object: no string event types anywhere in the package."""
     import ast
