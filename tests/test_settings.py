@@ -86,3 +86,23 @@ def test_the_cli_reports_an_unparseable_variable_in_one_line(tmp_path) -> None:
                          env=env, cwd=tmp_path, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error: cannot read MOKSORI_LLM")
+
+
+def test_every_settings_group_is_importable_from_the_package() -> None:
+    """The groups live in one module per concern (`moksori/settings/*.py`); `moksori.settings` is
+    the one place callers import them from, so a group added to a module must be re-exported."""
+    import importlib
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    import moksori.settings as S
+
+    defined = set()
+    for mod in pkgutil.iter_modules(S.__path__, "moksori.settings."):
+        module = importlib.import_module(mod.name)
+        defined |= {name for name, obj in vars(module).items()
+                    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == mod.name}
+    assert "Settings" in defined and "ClusterSettings" in defined
+    assert defined <= set(S.__all__), defined - set(S.__all__)
+    assert [name for name in S.__all__ if not hasattr(S, name)] == []

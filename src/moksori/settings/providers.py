@@ -1,0 +1,132 @@
+"""The pipeline's providers: speech-to-text (`stt`), the LLM (`llm`, and its API key), text-to-speech
+(`tts`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from .values import split_csv
+
+
+class STTSettings(BaseModel):
+    provider: Literal["whisper", "openai"] = "whisper"
+    model: str | None = None  # a CTranslate2 Whisper folder; default: packaged Whisper base
+    base_url: str | None = None  # for provider=openai (an OpenAI-compatible /v1)
+    api_key: SecretStr | None = None
+    remote_model: str = "whisper-1"
+    # Whisper's intra-op threads; auto: 1 on a CPU with VNNI/AMX (paired -28 ms there), 2 on an
+    # AVX2-only one (paired -56 ms there); see providers/cpu.whisper_threads, README latency section
+    threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    beam_size: int = Field(1, ge=1, le=10)
+    # int8: fast; CTranslate2's int8 kernels round differently per instruction set (same words,
+    # punctuation and confidences can differ). float32: the same transcript on every CPU, 1.4-2x
+    # Whisper's time. See providers/numerics.py.
+    compute_type: Literal["int8", "float32"] = "int8"
+    partial_interval_ms: int = Field(1200, ge=0)  # 0 turns live partial transcripts off
+    # live partials only while something reads them (the browser app, a live-events follower,
+    # the LLM prefill): auto; on: always; off: never (engine/partial_readers.py; README)
+    partials: Literal["auto", "on", "off"] = "auto"
+    # a live partial's decode gives way to a turn's final decode (engine/partials.py; README)
+    partial_yield: bool = True
+    # a preemptible decode caught in its decoder step is abandoned, not waited for: CTranslate2
+    # finishes it unread on a second model replica while the final decode starts on the first
+    # (providers/stt_whisper.py; README, latency section). Off: see the A/B there
+    partial_abandon: bool = False
+    # decode the turn in pieces while the user speaks (committed once two decodes agree), so that
+    # only the tail is decoded at its end (engine/incremental_stt.py). Off: on the 2-core VM it did
+    # not pay at p50 (benchmarks/incremental_stt.py; README, latency section)
+    incremental: bool = False
+    # provider=openai: one attempt's limit, retries, and extra base URLs tried in order
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("fallback", mode="before")(split_csv)
+
+
+class LLMSettings(BaseModel):
+    provider: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str | None = None  # GGUF path (llamacpp) or model name (openai); default: SmolLM2-135M
+    base_url: str | None = None  # e.g. http://127.0.0.1:8080/v1
+    api_key: SecretStr | None = None
+    threads: int = Field(2, ge=1, le=64)
+    context_tokens: int = Field(4096, ge=512)
+    temperature: float = Field(0.5, ge=0.0, le=2.0)
+    max_tokens: int = Field(160, ge=1, le=8192)
+    timeout_s: float = Field(30.0, gt=0)
+    first_token_timeout_s: float = Field(15.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    # evaluate the user's words heard so far (incremental STT's commits when stt.incremental is
+    # on, else live partials) into the local LLM's KV cache while they speak (engine/prefill.py);
+    # only the embedded llama.cpp model has such a cache. On: the LLM's own step after the final
+    # transcript goes from p50 ~245 to ~183 ms, but the whole path's A/B runs disagree at p50 and
+    # without incremental STT every session decodes live partials for it, so it is off (README,
+    # latency section)
+    prefill: bool = False
+    # when the user starts speaking, evaluate the history and the chat template's header before
+    # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
+    # (engine/prefill.py; the replies are token for token the same: benchmarks/turn_prefix.py;
+    # a second turn's LLM start -> first token p50 73 -> 63 ms: engine_second_turn.py, README).
+    # Off: the first audio played did not move (paired median 0), and with several sessions on
+    # one model it replaces another session's cached history, a cost not yet measured
+    prefill_history: bool = False
+    fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)  # extra base URLs tried in order
+    # a file holding the API key (first line); used when api_key is not set
+    api_key_file: Path | None = None
+    # Azure OpenAI: "auto" = azure when the host ends in .openai.azure.com / .cognitiveservices.azure.com.
+    # Azure sends the key in an `api-key` header, adds `?api-version=` and addresses a deployment.
+    api_flavor: Literal["auto", "openai", "azure"] = "auto"
+    api_version: str | None = None  # Azure `api-version`, e.g. 2024-10-21
+    deployment: str | None = None  # Azure deployment name (the URL becomes .../openai/deployments/<name>)
+
+    _split = field_validator("fallback", mode="before")(split_csv)
+
+
+class TTSSettings(BaseModel):
+    provider: Literal["local", "openai"] = "local"
+    voice_en: str | None = None  # Piper .onnx path; default: the packaged en_US joe voice
+    voice_ko: str | None = None  # Piper .onnx path for Korean; default: espeak-ng
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    remote_model: str = "tts-1"
+    speed: float = Field(1.0, gt=0.25, le=4.0)
+    threads: int = Field(2, ge=1, le=64)
+    # Piper streams each sentence's audio in windows (its graph cut before the decoder) instead
+    # of making the whole sentence first; off: Piper's one-shot path
+    piper_stream: bool = True
+    # the reply's first clause is cut at this many characters (0: no cap; shorter is sooner, and
+    # more often cut mid-phrase); with the ramp, the caps of the clauses after it double from it
+    first_clause_max_chars: int = Field(50, ge=0, le=1000)
+    first_clause_ramp: bool = False
+    # once the first clause is complete the local LLM pauses while it is synthesised: "max_ahead"
+    # (after the token stream's few tokens of backpressure) or "now" (before its next token)
+    first_clause_pause: Literal["max_ahead", "now"] = "max_ahead"
+    # provider=openai: time to a clause's first audio, longest gap after it, retries, extra base URLs
+    first_audio_timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    fallback: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("fallback", mode="before")(split_csv)
+
+
+def llm_api_key(s: LLMSettings) -> str | None:
+    """The LLM key from `api_key`, else the first line of `api_key_file`; never from code."""
+    if s.api_key is not None and s.api_key.get_secret_value():
+        return s.api_key.get_secret_value()
+    if s.api_key_file is not None:
+        from moksori.errors import ConfigError
+
+        try:
+            text = Path(s.api_key_file).expanduser().read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read LLM API key file {s.api_key_file}: {e.strerror}") from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        if not first:
+            raise ConfigError(f"LLM API key file {s.api_key_file} is empty")
+        return first
+    return None
