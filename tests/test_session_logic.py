@@ -524,3 +524,33 @@ def test_a_vanished_listener_heard_the_reply_only_until_it_was_last_heard_from()
     by_the_clock = _closed_mid_reply(7.0)
     assert at_gone.text and noticed.text == at_gone.text
     assert len(by_the_clock.text.split()) > len(noticed.text.split())
+
+
+def _turn_ends(turn: TurnConfig, pattern: list[Frame], stt: ScriptedSTT, probability: float = 0.95) -> Recording:
+    async def main():
+        s = Session(fake_stack(stt=stt, turn=FixedTurn(probability)), CFG.with_(turn=turn))
+        rec = await play_into_session(s, pattern)
+        await settle(s)
+        await s.close()
+        return rec
+
+    return run(main())
+
+
+def test_confident_end_ends_a_sure_and_complete_turn_at_its_shorter_silence() -> None:
+    for turn, reason, lo, hi in ((TurnConfig(), "model", 400, 440),
+                                 (TurnConfig(confident_eot=0.9, confident_silence_ms=250), "confident", 250, 290)):
+        rec = _turn_ends(turn, [quiet(0.3), tone(1.0), quiet(3.0)], ScriptedSTT(["I would like a table."]))
+        ended = rec.of(E.UserTurnEnded)
+        assert len(ended) == 1 and ended[0].reason == reason
+        assert lo <= ended[0].silence_ms < hi, ended[0].silence_ms
+        assert len(replies(rec)) == 1
+
+
+def test_confident_end_keeps_a_300ms_pause_whose_words_are_unfinished() -> None:
+    turn = TurnConfig(confident_eot=0.9, confident_silence_ms=250)
+    stt = ScriptedSTT(by_duration=lambda s: "I would like to book a" if s < 1.6 else "I would like to book a table.")
+    rec = _turn_ends(turn, [quiet(0.3), tone(0.9), quiet(0.3), tone(0.9), quiet(3.0)], stt)
+    assert len(rec.of(E.UserSpeechStarted)) == 1
+    assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["confident"]
+    assert len(replies(rec)) == 1

@@ -176,3 +176,86 @@ def test_speculate_after_one_frame_speculates_on_the_first_silent_frame() -> Non
         # one speculation per pause, and a resume cancels it
         assert not any(isinstance(a, T.Speculate) for a in tt.on_frame(t, t + F, 0.0))
         assert kinds(tt.on_frame(t + F, t + 2 * F, 0.9)) == ["Resumed"]
+
+
+# Silero's probability decays over a few frames after the voice stops: frames between
+# silence_threshold (0.35) and threshold (0.5) that are the VAD's tail, not the voice.
+_TAIL = [(F, 0.45), (F, 0.4)]
+
+
+def _ended(acts: list[T.Action]) -> list[T.TurnEnded]:
+    return [a for a in acts if isinstance(a, T.TurnEnded)]
+
+
+def test_voice_end_prob_counts_silence_from_the_last_confident_frame() -> None:
+    for prob, voice_end in ((None, q(1.0) + 2 * F), (0.5, q(1.0))):
+        tt = T.TurnTaker(T.TurnConfig(silence_duration_ms=400, voice_end_prob=prob))
+        acts, t = feed(tt, [(1.0, 0.9), *_TAIL, (0.1, 0.0)])
+        spec = [a for a in acts if isinstance(a, T.Speculate)][0]
+        assert abs(spec.voice_end - voice_end) < 1e-6
+        tt.on_analysis(spec.turn_id, spec.spec_id, t, eot_prob=0.9, text_cue="complete")
+        acts, _ = feed(tt, [(0.6, 0.0)], t)
+        ended = _ended(acts)[0]
+        assert ended.reason == "model" and abs(ended.voice_end - voice_end) < 1e-6
+        # the decision comes on the first frame at or after 400 ms of silence from that voice end
+        assert 0.4 - 1e-6 <= ended.t - voice_end < 0.4 + F
+
+
+def test_voice_end_prob_does_not_pause_on_a_dip_inside_speech() -> None:
+    # a tail frame in the middle of a word does not pause the turn: only P < 0.35 does
+    tt = T.TurnTaker(T.TurnConfig(voice_end_prob=0.5))
+    acts, _ = feed(tt, [(0.5, 0.9), *_TAIL, (0.5, 0.9), (0.1, 0.0)])
+    assert kinds(acts)[:2] == ["SpeechStarted", "Paused"] and "Resumed" not in kinds(acts)
+    assert abs([a for a in acts if isinstance(a, T.Paused)][0].voice_end - (q(0.5) + 2 * F + q(0.5))) < 1e-6
+
+
+def test_voice_end_prob_moves_the_cut_in_boundary_by_the_tail() -> None:
+    """The cost: a pause of 352 ms plus a 64 ms tail is 416 ms of silence when the tail does not
+    count, so a model that says complete ends the turn there; by default it stays one turn."""
+    for prob, cut in ((None, False), (0.5, True)):
+        tt = T.TurnTaker(T.TurnConfig(silence_duration_ms=400, voice_end_prob=prob))
+        acts, t = feed(tt, [(1.0, 0.9), *_TAIL, (0.1, 0.0)])
+        spec = [a for a in acts if isinstance(a, T.Speculate)][0]
+        acts = tt.on_analysis(spec.turn_id, spec.spec_id, t, eot_prob=0.9, text_cue="complete")
+        more, _ = feed(tt, [(0.352 - q(0.1), 0.0), (0.5, 0.9)], t)
+        assert bool(_ended(acts + more)) is cut
+
+
+def test_confident_end_needs_a_sure_model_and_a_complete_transcript() -> None:
+    cfg = T.TurnConfig(silence_duration_ms=400, confident_eot=0.9, confident_silence_ms=250)
+    for eot, cue, reason, after in ((0.95, "complete", "confident", 0.25), (0.85, "complete", "model", 0.4),
+                                    (0.95, "unknown", "model", 0.4), (0.95, "incomplete", "max_pause", 1.5)):
+        tt = T.TurnTaker(cfg)
+        acts, t = feed(tt, [(1.0, 0.9), (0.1, 0.0)])
+        spec = [a for a in acts if isinstance(a, T.Speculate)][0]
+        assert tt.on_analysis(spec.turn_id, spec.spec_id, t, eot_prob=eot, text_cue=cue) == []
+        # the session's timer (engine/timers.py) calls check() 1 ms after each next_deadline
+        ended: list[T.TurnEnded] = []
+        while not ended:
+            d = tt.next_deadline(t)
+            assert d is not None
+            t = d + 0.001
+            ended = _ended(tt.check(t))
+        assert ended[0].reason == reason, (eot, cue)
+        assert abs(ended[0].t - ended[0].voice_end - after) < 0.002
+
+
+def test_confident_end_is_off_by_default_and_a_late_analysis_ends_at_once() -> None:
+    tt = T.TurnTaker(T.TurnConfig())
+    acts, t = feed(tt, [(1.0, 0.9), (0.3, 0.0)])
+    spec = [a for a in acts if isinstance(a, T.Speculate)][0]
+    assert tt.on_analysis(spec.turn_id, spec.spec_id, t, eot_prob=0.99, text_cue="complete") == []
+    tt = T.TurnTaker(T.TurnConfig(confident_eot=0.9))
+    acts, t = feed(tt, [(1.0, 0.9), (0.3, 0.0)])
+    spec = [a for a in acts if isinstance(a, T.Speculate)][0]
+    ended = _ended(tt.on_analysis(spec.turn_id, spec.spec_id, t, eot_prob=0.99, text_cue="complete"))
+    assert ended and ended[0].reason == "confident" and ended[0].t == t
+
+
+def test_confident_end_does_not_cut_a_pause_shorter_than_its_silence() -> None:
+    tt = T.TurnTaker(T.TurnConfig(confident_eot=0.9, confident_silence_ms=250))
+    acts, t = feed(tt, [(1.0, 0.9), (0.1, 0.0)])
+    spec = [a for a in acts if isinstance(a, T.Speculate)][0]
+    acts = tt.on_analysis(spec.turn_id, spec.spec_id, t, eot_prob=0.99, text_cue="complete")
+    more, _ = feed(tt, [(0.2 - q(0.1), 0.0), (0.5, 0.9), (0.1, 0.0)], t)
+    assert not _ended(acts + more) and "Resumed" in kinds(more)

@@ -58,7 +58,8 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
         interrupt_response=t.interrupt_response, eagerness=t.eagerness,
         interrupt_min_speech_ms=t.interrupt_min_speech_ms, speculate_after_ms=t.speculate_after_ms,
         eot_start=t.eot_start,
-        idle_timeout_ms=t.idle_timeout_ms,
+        idle_timeout_ms=t.idle_timeout_ms, voice_end_prob=t.voice_end_prob, confident_eot=t.confident_eot,
+        confident_silence_ms=t.confident_silence_ms,
     )
     cfg = SessionConfig(
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,

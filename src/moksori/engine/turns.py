@@ -12,11 +12,18 @@ End of turn, in "semantic" mode (the default):
   silence >= silence_duration_ms + text_grace_ms AND the transcript ends like a sentence
                                                              -> end ("text")
   silence >= max_pause_ms                                    -> end ("max_pause")
+  optional (`confident_eot`, off by default): silence >= confident_silence_ms AND the model says
+  complete with at least that probability AND the transcript ends like a sentence -> end ("confident")
 In "silence" mode (OpenAI `server_vad`): silence >= silence_duration_ms -> end.
 In "manual" mode nothing ends a turn but `commit()`.
 
 Speech only counts once it has lasted `min_speech_ms` (clicks and blips are dropped); while the
 agent is audible it must last `interrupt_min_speech_ms`, so a cough does not cut the agent off.
+
+Silence is counted from the voice end: the end of the last frame that was not silence
+(P >= `silence_threshold`, 0.15 below `threshold`), or with `voice_end_prob` set, of the last
+frame with P >= that. Silero's probability decays over a few frames after the voice stops, and
+the frames of that decay sit between the two thresholds (benchmarks/vad_tail.py).
 """
 
 from __future__ import annotations
@@ -56,6 +63,13 @@ class TurnConfig:
     max_turn_s: float = 30.0
     # after the agent's audio ends, this much silence commits an empty turn and asks for a reply
     idle_timeout_ms: int | None = None
+    # a frame moves the voice end (where silence is counted from) only if P(speech) >= this;
+    # None: any frame that is not silence (P >= silence_threshold) does
+    voice_end_prob: float | None = None
+    # the "confident" early end: the model at or above this AND the transcript complete end the
+    # turn at confident_silence_ms of silence, before silence_duration_ms; None: off
+    confident_eot: float | None = None
+    confident_silence_ms: int = 250
 
     @property
     def eot_threshold(self) -> float:
@@ -182,7 +196,8 @@ class TurnTaker:
             else:
                 if is_speech:
                     self._speech_s += t_end - t_start
-                self._voice_end = t_end
+                if cfg.voice_end_prob is None or prob >= cfg.voice_end_prob:
+                    self._voice_end = t_end
                 out += self._maybe_confirm()
                 if self._confirmed and t_end - self._onset >= cfg.max_turn_s:
                     out += self._end(t_end, "max_length")
@@ -223,6 +238,10 @@ class TurnTaker:
             return []
         cfg = self.cfg
         silence_ms = (t - self._voice_end) * 1000
+        if (cfg.confident_eot is not None and cfg.mode == "semantic" and self._text_cue == "complete"
+                and self._eot_prob is not None and self._eot_prob >= cfg.confident_eot
+                and silence_ms >= min(cfg.confident_silence_ms, cfg.silence_duration_ms)):
+            return self._end(t, "confident")
         if silence_ms < cfg.silence_duration_ms:
             return []
         if cfg.mode == "silence":
@@ -241,7 +260,10 @@ class TurnTaker:
         if self.state != "paused" or not self._confirmed or self.cfg.mode == "manual":
             return None
         cfg = self.cfg
-        for ms in sorted((cfg.silence_duration_ms, cfg.silence_duration_ms + cfg.text_grace_ms, cfg.max_pause_ms)):
+        rules = [cfg.silence_duration_ms, cfg.silence_duration_ms + cfg.text_grace_ms, cfg.max_pause_ms]
+        if cfg.confident_eot is not None:
+            rules.append(min(cfg.confident_silence_ms, cfg.silence_duration_ms))
+        for ms in sorted(rules):
             deadline = self._voice_end + ms / 1000
             if deadline > t + 1e-6:
                 return deadline

@@ -42,6 +42,11 @@ class TurnSettings(BaseModel):
     backchannel: Literal["off", "on"] = "off"
     backchannel_after_ms: int = Field(700, ge=200, le=5000)  # pause before an acknowledgment
     backchannel_min_gap_s: float = Field(5.0, ge=0.5, le=120)  # between two acknowledgments
+    # silence counted from the last frame with P(speech) >= this (unset: >= threshold - 0.15), and the
+    # "confident" early end (model >= confident_eot and a complete transcript); engine/turns.py
+    voice_end_prob: float | None = Field(None, ge=0.0, le=1.0)
+    confident_eot: float | None = Field(None, ge=0.0, le=1.0)
+    confident_silence_ms: int = Field(250, ge=0, le=10000)
 
 
 class AudioSettings(BaseModel):
