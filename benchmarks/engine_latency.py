@@ -45,12 +45,15 @@ from collections import Counter
 from pathlib import Path
 
 from _stats import pct
+from server_latency import manifest
 
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
 # settings read when Whisper is built, not per session: a variant that changes one gets its own
 STT_BUILD = ("threads", "partial_abandon", "compute_type", "beam_size", "model")
+LEAD_S = 0.6  # silence played before each utterance
+TRAIL = {name: m["trail"] for name, m in manifest().items()}
 STAGES = ("stt_start", "stt_done", "stt_ms", "eot_done", "turn_end", "llm_start", "llm_first_token", "tts_started",
           "tts_first_audio")
 
@@ -82,8 +85,9 @@ async def one(stack, settings, path: Path) -> dict:
     from moksori.testing.harness import play_into_session, settle
 
     speech = load_audio(path, rate=16000)
-    audio = concat([Frame.silence(0.6, 16000), speech, Frame.silence(3.5, 16000)])
+    audio = concat([Frame.silence(LEAD_S, 16000), speech, Frame.silence(3.5, 16000)])
     session = Session(stack, config_from_settings(settings, output_rate=24000, output_lead_ms=0))
+    t_play = session.clock.now()
     rec = await play_into_session(session, audio)
     await settle(session, 10)
     await session.close()
@@ -93,8 +97,17 @@ async def one(stack, settings, path: Path) -> dict:
     stop = first.get("user.speech_stopped")
     started = first.get("agent.audio_started")
     row = {"file": path.name, "turns": len(rec.of("user.turn_ended"))}
+    trail = TRAIL.get(path.stem)
+    # the true end of speech (MANIFEST trailing silence, as server_latency.py reads it) on the session
+    # clock: a variant that moves the VAD's voice end moves `user.speech_stopped` with it
+    true_end = t_play + LEAD_S + speech.duration - trail if trail is not None else None
     if stop and started:
         row["latency_ms"] = round(1000 * (started.t - stop.t))
+        if true_end is not None:
+            row["true_latency_ms"] = round(1000 * (started.t - true_end))
+            row["voice_end_lag_ms"] = round(1000 * (stop.t - true_end))
+            if "user.turn_ended" in first:
+                row["true_turn_end_ms"] = round(1000 * (first["user.turn_ended"].t - true_end))
         item = first["user.turn_ended"].item_id
         # the released speculation's events (cancelled pauses' ones never go public)
         stt = [e for e in rec.of("stt.started") if e.item_id == item]
@@ -144,6 +157,9 @@ def summarise(rows: list[dict], settings: list[str]) -> dict:
     return {
         "samples": len(lat), "missing": len(rows) - len(lat),
         "p50_ms": p("latency_ms", 0.5), "p95_ms": p("latency_ms", 0.95),
+        # from the true end of speech (MANIFEST), not the VAD's voice end
+        "true_p50_ms": p("true_latency_ms", 0.5), "true_p95_ms": p("true_latency_ms", 0.95),
+        "voice_end_lag_p50_ms": p("voice_end_lag_ms", 0.5), "true_turn_end_p50_ms": p("true_turn_end_ms", 0.5),
         "mean_ms": round(statistics.mean(lat)) if lat else None,
         "stages_p50_ms": {k: p(k, 0.5) for k in STAGES},
         "stages_p95_ms": {k: p(k, 0.95) for k in STAGES},
@@ -243,6 +259,8 @@ async def run(args) -> dict:
         summary[name] = summarise(rows[name], variants[name][1])
         summary[name]["own_whisper"] = name in stacks
         summary[name]["paired_median_ms"] = paired(rows[name], rows["A"])
+        summary[name]["paired_true_ms"] = paired(rows[name], rows["A"], "true_latency_ms")
+        summary[name]["paired_true_turn_end_ms"] = paired(rows[name], rows["A"], "true_turn_end_ms")
         summary[name]["paired_stt_ms"] = paired(rows[name], rows["A"], "stt_ms")
         summary[name]["differs_from_A"] = same_turns(rows[name], rows["A"])
     return {"summary": summary, "rows": [r for v in rows.values() for r in v]}
