@@ -13,7 +13,7 @@ upstream's audio into its playback, where the speaker paces it and knows what wa
              ─▶ function calls: a client tool ends the reply (agent.function_call); a server-side
                 tool runs here, its output goes back up and a follow-up response continues the
                 same reply (several upstream responses, one reply, as the pipeline's tool rounds).
-                As in the pipeline (`Response._call_tool`, the same timeouts and threshold): a
+                As in the pipeline (`ToolCalls.run`, the same timeouts and threshold): a
                 slow tool gets a short filler, an out-of-band response (`conversation: "none"`,
                 nothing added upstream) whose audio plays in this reply; the follow-up waits
                 until the upstream is done with it. A failed tool's error output goes up and the
@@ -51,7 +51,7 @@ from moksori.accounting import TurnUsage
 from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler
 from moksori.engine import events as E
-from moksori.engine.memory import Item, new_id
+from moksori.engine.memory import new_id
 from moksori.engine.response import Response
 from moksori.engine.tools import Tool, ToolRun
 from moksori.providers.base import ToolCall, Usage
@@ -358,11 +358,7 @@ class UpstreamReply(Response):
             return item_id
         tool = self.toolbox.get(e.name)
         if tool is None or e.name in {t.name for t in self.opts.tools}:
-            # a client tool (a Realtime client of Moksori runs it): the reply ends here
-            self._remember(Item(id=item_id, type="function_call", role="assistant", call_id=call.id, name=call.name,
-                                arguments=call.arguments))
-            self.emit(E.AgentFunctionCall(t=self.now(), response_id=self.id, item_id=self.item_id, call_id=call.id,
-                                          name=call.name, arguments=call.arguments, call_item_id=item_id))
+            self.tool_calls.to_client(call, item_id)  # a Realtime client of Moksori runs it: the reply ends here
             return item_id
         if tool.mcp_server is not None:
             item_id = new_id("mcp")  # one `mcp_call` item here (the upstream keeps a call and an output)
@@ -372,17 +368,17 @@ class UpstreamReply(Response):
 
     async def _run_tool(self, call: ToolCall, tool: Tool, item_id: str) -> None:
         """A server-side tool (hang up, transfer, the configured tools, MCP servers): run it
-        here as the pipeline does (`Response._announce_tool_call` / `_record_tool_run`: an MCP
+        here as the pipeline does (`ToolCalls.announce` / `record`: an MCP
         server's tool is one `mcp_call` item, and a Realtime client's MCP runner shows it and
         asks for approval inside the handler), give the upstream its output, and let a follow-up
         response continue this reply."""
         brain = self.brain
         assert brain is not None
         try:
-            self._announce_tool_call(call, tool, item_id)
-            run = await self._call_tool(call, tool, self._ask_filler)
+            self.tool_calls.announce(call, tool, item_id)
+            run = await self.tool_calls.run(call, tool, self._ask_filler)
             out_id = new_id("item")
-            self._record_tool_run(call, tool, run, item_id, out_id)
+            self.tool_calls.record(call, tool, run, item_id, out_id)
             brain.tool_output(call.id, run.output, out_id, local_id=item_id if tool.mcp_server is not None else None)
             self._runs.append(run)
             self._stop_after = self._stop_after or tool.final
@@ -397,13 +393,13 @@ class UpstreamReply(Response):
             self._runs, self._stop_after = [], False
             if not stop and self.live:  # as the pipeline: every call of the round failed -> its apology
                 self._open_rounds += 1
-                brain.request(self, followup=True, say=self._apology(runs))
+                brain.request(self, followup=True, say=self.tool_calls.apology(runs))
         finally:
             self._tools_running -= 1
             self._check_generated()
 
     def _ask_filler(self, words: str) -> bool:
-        """A slow tool (`Response._call_tool`): the upstream says `words` out of band, into this
+        """A slow tool (`ToolCalls.run`): the upstream says `words` out of band, into this
         reply's audio. False when it cannot now (the upstream is still answering, the reply is cut)."""
         brain = self.brain
         if brain is None or not self.live or not brain.upstream_idle():
