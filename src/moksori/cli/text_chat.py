@@ -35,13 +35,13 @@ from moksori.accounting import PriceTable, TurnUsage, format_cost
 from moksori.engine.context import ContextPolicy, ContextWindow, default_budget, token_counter
 from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
 from moksori.engine.prompts import text_system_prompt
-from moksori.engine.response import MAX_TOOL_ROUNDS
+from moksori.engine.reply_guardrails import check_clause, output_gate
+from moksori.engine.tool_calls import MAX_TOOL_ROUNDS, failure_apology
 from moksori.engine.tools import ToolBox, ToolRun
 from moksori.errors import ProviderError
 from moksori.providers.base import LLM, ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, Usage
 from moksori.settings import Settings
 from moksori.text.chunker import ClauseChunker
-from moksori.tools.results import FAILURE_APOLOGIES
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a run stores
     from moksori.agent_kit import AgentKit
@@ -366,9 +366,10 @@ class TextChat:
                 if gate.blocked or not calls:
                     break
                 runs = await self._run_tools(calls, convo)
-                if not any(r.ok for r in runs):  # every tool failed: the apology, not a second pass
+                apology = failure_apology(runs, lang)
+                if apology is not None:  # every tool failed: the apology, not a second pass
                     await gate.flush()
-                    await gate.push((" " if gate.text else "") + (FAILURE_APOLOGIES.get(lang) or FAILURE_APOLOGIES["en"]))
+                    await gate.push((" " if gate.text else "") + apology)
                     break
                 if gate.text and not gate.text.endswith(" "):
                     parts.append(" ")
@@ -451,10 +452,7 @@ class _ReplyGate:
 
     def __init__(self, chat: TextChat, language: str) -> None:
         self.chat, self.language = chat, language
-        g = chat.guard
-        self.guard = g if g is not None and ((g.check in ("output", "both") and bool(g.block)) or
-                                             (g.moderation is not None and g.moderation_on in ("output", "both"))) \
-            else None
+        self.guard = output_gate(chat.guard, backchannel=False)
         self.chunker = ClauseChunker(first_min_chars=4, first_max_chars=50)
         self.text = ""  # what was shown
         self._checked = ""
@@ -487,13 +485,13 @@ class _ReplyGate:
 
     async def _check(self, clause: str) -> bool:
         assert self.guard is not None
-        verdict = await self.guard.check_output(clause, self.language, spoken=self._checked)
-        self._checked += (" " if self._checked else "") + clause
+        check = await check_clause(self.guard, clause, self.language, self._checked)
+        self._checked = check.checked
         sep = " " if self.text and not self.text.endswith((" ", "\n")) and not clause.startswith(" ") else ""
-        if verdict.action == "block":
-            self.chat.tripped(verdict.trips)
+        if check.replacement is not None:
+            self.chat.tripped(check.trips)
             self.blocked = True
-            self._show(sep + (verdict.replacement or self.guard.safe_reply(self.language)))
+            self._show(sep + check.replacement)
             return True
         self._show(sep + clause)
         return False

@@ -35,6 +35,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from moksori.engine.reply_request import offered_tools
 from moksori.engine.session_context import SessionContext
 from moksori.providers.base import ChatRequest, Message
 
@@ -108,11 +109,10 @@ class LlmPrefill:
         self._task = self._history = None
 
     def request(self, words: str) -> ChatRequest:
-        """The request a reply to `words` would make (engine/response.py builds the same)."""
+        """The request a reply to `words` would make (as `reply_request` builds the reply's)."""
         ctx = self._ctx
         cfg = ctx.cfg
-        client = {t.name for t in cfg.tools}
-        tools = tuple(cfg.tools) + tuple(t for t in ctx.toolbox.specs() if t.name not in client)
+        tools = offered_tools(cfg.tools, ctx.toolbox)
         messages = ctx.memory.messages(ctx.system_prompt(cfg.instructions)) + [Message("user", words)]
         return ChatRequest(messages=tuple(messages), tools=tools, tool_choice=cfg.tool_choice,
                            temperature=cfg.temperature, max_tokens=cfg.max_output_tokens)

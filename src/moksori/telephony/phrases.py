@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
 from moksori.audio.frames import Frame
+from moksori.engine.reply_speech import spoken_text
 from moksori.errors import MoksoriError
 from moksori.providers.base import TTS, TTSOptions
 from moksori.providers.registry import Stack
 from moksori.settings import Settings
 from moksori.text.chunker import ClauseChunker
-from moksori.text.korean_numbers import normalize_for_tts
-from moksori.text.speakable import speakable
 
 log = logging.getLogger("moksori.telephony")
 
@@ -28,15 +27,10 @@ TRANSFER_NOTICE = "One moment, I am transferring your call."
 
 def spoken_clauses(text: str, language: str) -> list[str]:
     """The texts a fixed reply (`Session.say`) hands to TTS, clause by clause: the same chunking
-    and normalisation as `engine.response`, so pre-synthesised audio is found again."""
+    and normalisation as a reply's (`engine.reply_speech`), so pre-synthesised audio is found again."""
     chunker = ClauseChunker(first_min_chars=1)
     clauses = list(chunker.push(text)) + list(chunker.flush())
-    out = []
-    for clause in clauses:
-        spoken = normalize_for_tts(speakable(clause), language).strip()
-        if spoken and any(ch.isalnum() for ch in spoken):
-            out.append(spoken)
-    return out
+    return [spoken for clause in clauses if (spoken := spoken_text(clause, language)) is not None]
 
 
 class PhraseCacheTTS(TTS):

@@ -52,6 +52,8 @@ from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler
 from moksori.engine import events as E
 from moksori.engine.memory import new_id
+from moksori.engine.reply_guardrails import check_clause
+from moksori.engine.reply_request import offered_tools
 from moksori.engine.response import Response
 from moksori.engine.tools import Tool, ToolRun
 from moksori.providers.base import ToolCall, Usage
@@ -301,16 +303,16 @@ class UpstreamReply(Response):
                 return
             if self.blocked:
                 continue
-            verdict = await self._gate.check_output(clause, self.language, spoken=self._raw_shown)
-            self._raw_shown += (" " if self._raw_shown else "") + clause
-            if verdict.action != "block":
+            check = await check_clause(self._gate, clause, self.language, self._raw_shown)
+            self._raw_shown = check.checked
+            if check.replacement is None:
                 self._show_checked(clause)
                 continue
-            for trip in verdict.trips:
+            for trip in check.trips:
                 self._trip(trip)
             self.blocked = True
             if self.live and self.brain is not None:
-                self.brain.output_blocked(self, verdict.replacement or self._gate.safe_reply(self.language))
+                self.brain.output_blocked(self, check.replacement)
             return
 
     def tripped(self, trip: GuardrailTripped) -> None:
@@ -456,9 +458,8 @@ class UpstreamReply(Response):
         if mods != session_modalities:
             kw["modalities"] = mods
         if tuple(o.tools) != tuple(session_tools) or self._box is not None:  # this reply's own tools
-            client = {t.name for t in o.tools}  # a client's tool wins over a server tool of that name
             kw["tools"] = tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
-                                for t in (*o.tools, *(s for s in self.toolbox.specs() if s.name not in client)))
+                                for t in offered_tools(o.tools, self.toolbox))
         if o.tool_choice != session_tool_choice:
             kw["tool_choice"] = o.tool_choice if o.tool_choice in ("auto", "none", "required") else \
                 {"type": "function", "name": o.tool_choice}
