@@ -104,13 +104,16 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     from speech import load16k
 
+    from moksori.providers import cpu
     from moksori.providers.models import prepare_whisper
     from moksori.providers.stt_whisper import WhisperSTT
     from moksori.settings import STTSettings
 
     _, _, model = parse_arm(args.worker)
-    # base: today's default (1 thread since the engine A/B; the runs in results/ had 2)
-    stt = WhisperSTT(prepare_whisper(Path(args.data_dir)), threads=model.get("threads", STTSettings().threads),
+    # base: today's default (`auto`: 1 thread with VNNI/AMX, 2 on AVX2 only; the runs in results/ had 2)
+    default = STTSettings().threads
+    threads = default if isinstance(default, int) else cpu.whisper_threads(cpu.detect())
+    stt = WhisperSTT(prepare_whisper(Path(args.data_dir)), threads=model.get("threads", threads),
                      compute_type=model.get("compute_type", "int8"))
     cm = stt._wm.model
     dec = cm  # the model whose generate runs: with dec_threads, a second instance with its own threads
