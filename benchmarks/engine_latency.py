@@ -52,6 +52,7 @@ SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
 # settings read when Whisper is built, not per session: a variant that changes one gets its own
 STT_BUILD = ("threads", "partial_abandon", "compute_type", "beam_size", "model")
+LLM_BUILD = ("provider", "model", "threads", "context_tokens", "weights")
 LEAD_S = 0.6  # silence played before each utterance
 TRAIL = {name: m["trail"] for name, m in manifest().items()}
 STAGES = ("stt_start", "stt_done", "stt_ms", "eot_done", "turn_end", "llm_start", "llm_first_token", "tts_started",
@@ -212,7 +213,7 @@ def files(spec: str | None) -> list[str]:
 
 async def run(args) -> dict:
     from moksori.engine.prompts import system_prompt
-    from moksori.providers.registry import build_stack, build_stt
+    from moksori.providers.registry import build_llm, build_stack, build_stt
     from moksori.settings import load_settings
 
     settings = load_settings(**overrides(args.set))
@@ -231,6 +232,11 @@ async def run(args) -> dict:
             # a Whisper built with this variant's settings, beside A's; VAD, turn, LLM and TTS shared
             stacks[name] = dataclasses.replace(stack, stt=build_stt(vs), settings=vs)
             await stacks[name].warm(None)
+        if name != "A" and any(getattr(vs.llm, k, None) != getattr(settings.llm, k, None) for k in LLM_BUILD):
+            # an LLM built with this variant's settings (another model file, say), beside A's
+            base = stacks.get(name, stack)
+            stacks[name] = dataclasses.replace(base, llm=build_llm(vs), settings=vs)
+            await stacks[name].warm(system_prompt(vs.agent.instructions, stacks[name].llm.caps.languages))
     load_s = time.perf_counter() - t0
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     n = 0
