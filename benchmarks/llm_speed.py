@@ -17,7 +17,8 @@ children alternate (A B C, then B C A, ...), so all variants see the same machin
     python benchmarks/llm_speed.py [--rounds 3] [--reps 2] [--json out.json] \\
         --variant spin0:MOKSORI_LLAMA_SPINCOUNT=0 --variant spin1000: --variant fa:flash_attn=true
 
-A variant is `NAME:KEY=VALUE,KEY=VALUE` (empty after the colon: the provider's defaults).
+A variant is `NAME:KEY=VALUE,KEY=VALUE` (empty after the colon: the provider's defaults); the key
+`model` gives another GGUF file (e.g. the packaged weights requantized: benchmarks/llm_quant.py).
 `--info` prints llama.cpp's system info (how the wheel was built) and exits.
 """
 
@@ -81,7 +82,9 @@ async def child(options: dict, reps: int) -> dict:
     from moksori.settings import load_settings
 
     t0 = time.perf_counter()
-    llm = LlamaCppLLM(path_of("smollm2-135m"), llama_options={k: parse_value(v) for k, v in options.items()})
+    options = dict(options)
+    model = options.pop("model", None) or path_of("smollm2-135m")  # model=PATH: another GGUF
+    llm = LlamaCppLLM(model, llama_options={k: parse_value(v) for k, v in options.items()})
     load_ms = 1000 * (time.perf_counter() - t0)
     system = system_prompt(load_settings().agent.instructions, ("en",))
     replies: list[dict] = []

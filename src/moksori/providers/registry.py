@@ -150,7 +150,10 @@ def build_llm(settings: Settings) -> LLM:
     from moksori.providers.llm_llamacpp import LlamaCppLLM
     from moksori.providers.models import path_of
 
-    path = Path(s.model) if s.model else path_of("smollm2-135m")
+    from moksori.providers.llm_weights import weights_file
+
+    source = Path(s.model) if s.model else path_of("smollm2-135m")
+    path = weights_file(source, s.weights, Path(settings.data_dir).expanduser() / "llm-weights")
     languages = ("en",) if not s.model else ("en", "ko")
     local = LlamaCppLLM(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages)
     return ResilientLLM([local], policy=RetryPolicy(max_attempts=1), timeouts=timeouts)

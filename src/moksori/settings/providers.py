@@ -54,6 +54,10 @@ class LLMSettings(BaseModel):
     base_url: str | None = None  # e.g. http://127.0.0.1:8080/v1
     api_key: SecretStr | None = None
     threads: int = Field(2, ge=1, le=64)
+    # the local GGUF's weights in another type, written once into data_dir/llm-weights
+    # (providers/llm_weights.py): q8_0 lets llama.cpp's batched kernels evaluate the prompt
+    # (the packaged Q4_1 cannot); as_is loads the file as it is (README latency section)
+    weights: Literal["as_is", "q8_0", "f16"] = "as_is"
     context_tokens: int = Field(4096, ge=512)
     temperature: float = Field(0.5, ge=0.0, le=2.0)
     max_tokens: int = Field(160, ge=1, le=8192)
