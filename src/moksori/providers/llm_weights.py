@@ -4,8 +4,9 @@ llama.cpp evaluates a prompt's tokens as one batch with its tiled matrix kernels
 tinyBLAS) only for some weight types (F32, F16, BF16, Q8_0, Q4_0, ...). The packaged SmolLM2 is
 Q4_1, which they do not cover, so its prompt evaluation goes row by row. `llm.weights` asks for
 the same weights in a covered type: Q8_0 moves each Q4_1 weight by at most half a Q8_0 step; F16
-holds them exactly but doubles what each generated token reads. benchmarks/llm_quant.py measures
-how close each stays to the shipped file, benchmarks/llm_speed.py and engine_latency.py the speed.
+holds them exactly, but each generated token reads 2.7 times the bytes (slower on 2 cores).
+benchmarks/llm_quant.py measures how close each stays to the shipped file, benchmarks/llm_speed.py
+and engine_latency.py the speed.
 
 The copy is written with `llama_model_quantize` under a temporary name and renamed into place, so
 two processes starting at once both end with a whole file. Its name carries the source's size

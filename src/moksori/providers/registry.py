@@ -148,9 +148,8 @@ def build_llm(settings: Settings) -> LLM:
                               hint="e.g. http://127.0.0.1:8080/v1 for a llama.cpp server")
         return resilient_openai_llm(s)
     from moksori.providers.llm_llamacpp import LlamaCppLLM
-    from moksori.providers.models import path_of
-
     from moksori.providers.llm_weights import weights_file
+    from moksori.providers.models import path_of
 
     source = Path(s.model) if s.model else path_of("smollm2-135m")
     path = weights_file(source, s.weights, Path(settings.data_dir).expanduser() / "llm-weights")
