@@ -5,11 +5,12 @@ Sessions share one stack: models load once, and each model serialises its own us
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moksori.errors import ConfigError
+from moksori.errors import ConfigError, ProviderError
 from moksori.providers import cpu
 from moksori.providers.base import LLM, STT, TTS, VAD, TurnDetector
 from moksori.settings import Settings
@@ -49,8 +50,11 @@ class Stack:
             await warm(system_prompt)
         if not getattr(self.tts, "standin", False):
             for lang in self.tts.caps.languages:
-                async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
-                    pass
+                try:
+                    async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
+                        pass
+                except ProviderError as e:  # a remote TTS busy or away at start: its callers get the error later
+                    logging.getLogger(__name__).warning("TTS warm-up skipped (%s): %s", lang, e)
 
     async def close(self) -> None:
         for p in (self.vad, self.turn, self.stt, self.llm, self.tts):
