@@ -59,9 +59,25 @@ def server(data_dir, tmp_path_factory):
         yield srv
 
 
+def wait_for_speech_slot(url: str, timeout_s: float = 60.0) -> None:
+    """Until the shared upstream takes a speech request again: earlier tests here cut speech
+    streams mid-answer on purpose, and the upstream may still be synthesising them (its speech
+    limiter answers 503 meanwhile), which would make the relay's start-up warm-up and first
+    requests fail for reasons of test order, not of the relay."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.post(f"{url}/v1/audio/speech", headers={"Authorization": f"Bearer {KEY}"},
+                       json={"model": "tts-1", "voice": "alloy", "input": "Hi."}, timeout=30)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            assert r.status_code == 200, r.text
+            return
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def relay(server, data_dir, tmp_path_factory):
     base = f"{server.url}/v1"
+    wait_for_speech_slot(server.url)
     with moksori_serve(data_dir, tmp_path_factory.mktemp("serve-2"),
                        MOKSORI_STT_PROVIDER="openai", MOKSORI_STT_BASE_URL=base, MOKSORI_STT_API_KEY=KEY,
                        MOKSORI_TTS_PROVIDER="openai", MOKSORI_TTS_BASE_URL=base, MOKSORI_TTS_API_KEY=KEY,
