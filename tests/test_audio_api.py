@@ -59,25 +59,9 @@ def server(data_dir, tmp_path_factory):
         yield srv
 
 
-def wait_for_speech_slot(url: str, timeout_s: float = 60.0) -> None:
-    """Until the shared upstream takes a speech request again: earlier tests here cut speech
-    streams mid-answer on purpose, and the upstream may still be synthesising them (its speech
-    limiter answers 503 meanwhile), which would make the relay's start-up warm-up and first
-    requests fail for reasons of test order, not of the relay."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = httpx.post(f"{url}/v1/audio/speech", headers={"Authorization": f"Bearer {KEY}"},
-                       json={"model": "tts-1", "voice": "alloy", "input": "Hi."}, timeout=30)
-        if r.status_code != 503 or time.monotonic() > deadline:
-            assert r.status_code == 200, r.text
-            return
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def relay(server, data_dir, tmp_path_factory):
     base = f"{server.url}/v1"
-    wait_for_speech_slot(server.url)
     with moksori_serve(data_dir, tmp_path_factory.mktemp("serve-2"),
                        MOKSORI_STT_PROVIDER="openai", MOKSORI_STT_BASE_URL=base, MOKSORI_STT_API_KEY=KEY,
                        MOKSORI_TTS_PROVIDER="openai", MOKSORI_TTS_BASE_URL=base, MOKSORI_TTS_API_KEY=KEY,
@@ -226,6 +210,38 @@ async def test_speech_with_the_openai_sdk(server):
     resp = await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="wav")
     assert wav_info(resp.content)[2] > 0.3
     await client.close()
+
+
+async def test_speech_clients_that_hang_up_mid_stream_give_their_slot_back(server, http):
+    # twice as many clients as `max_audio_requests` (2), one after another: each reads the start
+    # of a long streamed answer and hangs up. Each is served once the server has seen the last
+    # one go (a moment: 503 meanwhile is allowed); a slot kept by a client that left would turn
+    # the third away for good
+    long_text = "This answer goes on for quite a while, clause after clause. " * 12
+
+    async def hang_up_after_the_first_chunk() -> int:
+        async with http.stream("POST", f"{server.url}/v1/audio/speech",
+                               json={"model": "tts-1", "voice": "alloy", "input": long_text,
+                                     "response_format": "pcm"}) as r:
+            if r.status_code == 200:
+                async for chunk in r.aiter_raw():
+                    assert chunk
+                    break  # leaving the block closes the connection with the body unread
+            return r.status_code
+
+    for i in range(4):
+        deadline = time.monotonic() + 15
+        while (status := await hang_up_after_the_first_chunk()) == 503 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert status == 200, i
+    r = await http.post(f"{server.url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hi."})
+    for _ in range(75):
+        if r.status_code != 503:
+            break
+        await asyncio.sleep(0.2)
+        r = await http.post(f"{server.url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hi."})
+    assert r.status_code == 200, r.text
+    assert wav_info(r.content)[2] > 0.2
 
 
 # --------------------------------------------------------------------------- remote providers, directly

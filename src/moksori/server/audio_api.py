@@ -221,8 +221,14 @@ async def speech(request: Request) -> Response:
             return
         finished = True
         producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
-        limits.running["speech"] -= 1
+        try:
+            await asyncio.gather(producer, return_exceptions=True)
+        finally:
+            # also when this wait is cancelled: a client that leaves mid-stream gets its body
+            # iterator cancelled, and Starlette's cancel scope cancels every await in its clean-up
+            # too (the slot was lost, and after `max_audio_requests` such clients every speech
+            # request got 503)
+            limits.running["speech"] -= 1
 
     try:
         kind, value = await queue.get()
