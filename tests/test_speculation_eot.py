@@ -1,8 +1,10 @@
 """When a pause's end-of-turn model runs (`turn.eot_start`), in virtual time with scripted fakes.
 
-after_stt (the default): after the transcript, beside the reply's LLM call; with_stt: beside the
-transcript's decode; after_first_token: once the reply's LLM has answered. The model sees the
-same audio in every mode, the turn ends for the same reason, and the reply is the same.
+with_stt (the default): beside the transcript's decode; after_stt: after the transcript, beside
+the reply's LLM call; after_first_token: once the reply's LLM has answered. The model sees the
+same audio in every mode, the turn ends for the same reason, and the reply is the same. With
+`eot_skip` "auto", a pause whose reply is expected after the text rule's time and whose
+transcript ends like a sentence is not judged at all (the pace is seeded, or learned from turns).
 tests/test_models_vad_turn.py runs the real smart-turn model on real speech.
 """
 
@@ -16,7 +18,8 @@ import pytest
 from moksori.engine import events as E
 from moksori.engine.config import SessionConfig
 from moksori.engine.session import Session
-from moksori.engine.turns import EotStart, TurnConfig
+from moksori.engine import reply_pace
+from moksori.engine.turns import EotSkip, EotStart, TurnConfig
 from moksori.testing.fakes import FixedTurn, ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
 from moksori.testing.harness import play_into_session, settle
 from moksori.testing.virtual_time import run_virtual
@@ -38,13 +41,14 @@ class TimedTurn(FixedTurn):
         return await super().complete_probability(audio, language=language)
 
 
-def cfg(mode: EotStart) -> SessionConfig:
-    return SessionConfig(output_rate=16000, partial_interval_ms=0, turn=TurnConfig(eot_start=mode))
+def cfg(mode: EotStart, skip: EotSkip = "off") -> SessionConfig:
+    return SessionConfig(output_rate=16000, partial_interval_ms=0, turn=TurnConfig(eot_start=mode, eot_skip=skip))
 
 
-def converse(mode: EotStart, *, stt: ScriptedSTT, llm: ScriptedLLM, turn: TimedTurn, chunks: list):
+def converse(mode: EotStart, *, stt: ScriptedSTT, llm: ScriptedLLM, turn: TimedTurn, chunks: list,
+             skip: EotSkip = "off"):
     async def main():
-        s = Session(fake_stack(stt=stt, llm=llm, turn=turn), cfg(mode))
+        s = Session(fake_stack(stt=stt, llm=llm, turn=turn), cfg(mode, skip))
         t0 = asyncio.get_running_loop().time()
         rec = await play_into_session(s, chunks)
         await settle(s)
@@ -155,3 +159,120 @@ def test_the_user_message_reaches_the_llm_once_however_soon_the_turn_ends(mode: 
     users = [m.content for m in llm.requests[0].messages if m.role == "user"]
     assert users == ["what time is it?"]
     assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
+
+
+
+
+# ---------------------------------------------------------------- eot_skip = "auto" (late replies)
+
+
+class _Heard:
+    """Stands in for a reply whose first audio came at `first_audio_at`."""
+
+    def __init__(self, first_audio_at: float) -> None:
+        self.first_audio_at = first_audio_at
+
+
+def seed(stt: ScriptedSTT, *, decode_ms: float, reply_ms: float) -> None:
+    """What this STT's earlier turns taught the pace: decodes and replies this long."""
+    pace = reply_pace.for_stt(stt)
+    for i in range(reply_pace.MIN_DECODES):
+        pace.decoded(2.0 + i, decode_ms)
+        pace.reply_started(_Heard(reply_ms / 1000), 0.0)
+
+
+LATE = {"decode_ms": 450.0, "reply_ms": 300.0}  # ready ~0.8 s after the voice end: after 600 ms
+SOON = {"decode_ms": 120.0, "reply_ms": 150.0}  # ready ~0.3 s after it
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_late_reply_to_a_sentence_like_turn_is_left_to_the_text_rule(mode: EotStart) -> None:
+    turn = TimedTurn(0.9, delay_s=0.06)
+    stt = ScriptedSTT(["I walked all the way to the station today."], delay_s=0.3)
+    seed(stt, **LATE)
+    rec, s, _ = converse(mode, stt=stt, llm=ScriptedLLM("That is a long walk."), turn=turn,
+                         chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    assert turn.asked == []  # never asked
+    assert rec.of(E.EotFinished) == []
+    ended = rec.of(E.UserTurnEnded)
+    assert [e.reason for e in ended] == ["text"]
+    t = TurnConfig()
+    # the text rule's time: not sooner (the model could have ended it at 400 ms), and no later
+    assert t.silence_duration_ms + t.text_grace_ms - 40 <= ended[0].silence_ms <= t.silence_duration_ms + t.text_grace_ms + 80
+    assert [d.text for d in rec.of(E.AgentResponseDone) if d.status == "completed"] == ["That is a long walk."]
+    assert rec.of(E.AgentAudioStarted)[0].t >= ended[0].t
+
+
+def test_skip_off_judges_the_same_late_turn() -> None:
+    turn = TimedTurn(0.9, delay_s=0.06)
+    stt = ScriptedSTT(["I walked all the way to the station today."], delay_s=0.3)
+    seed(stt, **LATE)
+    rec, s, _ = converse("with_stt", stt=stt, llm=ScriptedLLM("Long walk."), turn=turn,
+                         chunks=[quiet(0.5), tone(3.0), quiet(4.0)])
+    assert len(turn.asked) == 1 and [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
+
+
+def test_a_late_reply_to_words_that_do_not_end_like_a_sentence_is_judged_after_the_decode() -> None:
+    # no full stop: the words cannot end the turn, so the model is asked, once the words are known
+    turn = TimedTurn(0.9, delay_s=0.06)
+    stt = ScriptedSTT(["so then we went over to my sister's place"], delay_s=0.3)
+    seed(stt, **LATE)
+    rec, s, t0 = converse("with_stt", stt=stt, llm=ScriptedLLM("Nice."), turn=turn,
+                          chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    assert len(turn.asked) == 1
+    assert turn.asked[0] - t0 == pytest.approx(rec.of(E.SttFinished)[0].t, abs=1e-3)  # after, not beside
+    assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
+
+
+def test_a_late_unfinished_turn_still_waits_for_the_max_pause() -> None:
+    turn = TimedTurn(0.05)
+    stt = ScriptedSTT(["and then I said to him that"], delay_s=0.2)
+    seed(stt, **LATE)
+    rec, s, _ = converse("with_stt", stt=stt, llm=ScriptedLLM("Go on."), turn=turn,
+                         chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    assert len(turn.asked) == 1
+    ended = rec.of(E.UserTurnEnded)
+    assert [e.reason for e in ended] == ["max_pause"]
+    assert ended[0].silence_ms >= TurnConfig().max_pause_ms - 40
+
+
+def test_a_reply_expected_soon_is_judged_beside_the_decode_as_before() -> None:
+    turn = TimedTurn(0.9, delay_s=0.06)
+    stt = ScriptedSTT(["I walked all the way to the station today."], delay_s=0.1)
+    seed(stt, **SOON)
+    rec, s, t0 = converse("with_stt", stt=stt, llm=ScriptedLLM("Noon."), turn=turn,
+                          chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    assert len(turn.asked) == 1
+    assert turn.asked[0] - t0 == pytest.approx(rec.of(E.SttStarted)[0].t, abs=1e-3)
+    assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
+
+
+def test_a_short_pause_in_a_late_turn_does_not_end_it() -> None:
+    # a 350 ms thinking pause after a sentence-like first half: the text rule needs 600 ms, so
+    # the user goes on and the turn holds both halves
+    stt = ScriptedSTT(["I walked to the station.", "I walked to the station. Then I took the train."], delay_s=0.2)
+    seed(stt, **LATE)
+    turn = TimedTurn(0.9, delay_s=0.06)
+    rec, s, _ = converse("with_stt", stt=stt, llm=ScriptedLLM("Where to?"), turn=turn,
+                         chunks=[quiet(0.3), tone(3.0), quiet(0.35), tone(1.0), quiet(4.0)], skip="auto")
+    assert len(rec.of(E.UserTurnEnded)) == 1
+    assert [i.text for i in s.memory.items if i.role == "user"] == ["I walked to the station. Then I took the train."]
+    assert turn.asked == []
+
+
+@pytest.mark.parametrize(("stt_s", "first_token_s", "judged"), [(0.45, 0.3, 4), (0.05, 0.05, 6)])
+def test_the_pace_is_learned_from_the_turns_themselves(stt_s: float, first_token_s: float, judged: int) -> None:
+    # six sentence-like turns: with a slow decode and LLM, the model judges the first ones (too
+    # few turns to know the pace), then no more; with fast ones it judges every turn
+    turn = TimedTurn(0.9, delay_s=0.06)
+    stt = ScriptedSTT([f"This is sentence number {i}." for i in range(6)], delay_s=stt_s)
+    chunks = [quiet(0.5)]
+    for _ in range(6):
+        chunks += [tone(2.0), quiet(5.0)]
+    rec, s, _ = converse("with_stt", stt=stt, llm=ScriptedLLM("Right.", first_token_s=first_token_s), turn=turn,
+                         chunks=chunks, skip="auto")
+    reasons = [e.reason for e in rec.of(E.UserTurnEnded)]
+    assert len(reasons) == 6
+    assert len(turn.asked) == judged
+    assert reasons == ["model"] * judged + ["text"] * (6 - judged)
+    assert len([d for d in rec.of(E.AgentResponseDone) if d.status == "completed"]) == 6

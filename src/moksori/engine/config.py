@@ -57,7 +57,7 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
         silence_duration_ms=t.silence_duration_ms, create_response=t.create_response,
         interrupt_response=t.interrupt_response, eagerness=t.eagerness,
         interrupt_min_speech_ms=t.interrupt_min_speech_ms, speculate_after_ms=t.speculate_after_ms,
-        eot_start=t.eot_start,
+        eot_start=t.eot_start, eot_skip=t.eot_skip,
         idle_timeout_ms=t.idle_timeout_ms, voice_end_prob=t.voice_end_prob, confident_eot=t.confident_eot,
         confident_silence_ms=t.confident_silence_ms,
     )

@@ -65,6 +65,7 @@ class Response:
     _clauses_queued: int = 0
     _pending_items: list[Item] = field(default_factory=list)
     _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
+    first_audio_at: float | None = None  # when the first clause's first audio was made (held or not)
     # set when the LLM's first output (a token, a tool call) arrives, or the reply ends without
     # one: a speculation may hold its end-of-turn model until then (turn.eot_start)
     llm_answered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -447,7 +448,9 @@ class Response:
 
         def first_piece(samples: int) -> None:
             nonlocal first
-            self.emit(E.TtsFirstAudio(t=self.now(), response_id=self.id, item_id=self.item_id, samples=samples))
+            self.first_audio_at = self.now()
+            self.emit(E.TtsFirstAudio(t=self.first_audio_at, response_id=self.id, item_id=self.item_id,
+                                      samples=samples))
             first = False
             if LLM_RESUMES_AT_FIRST_PIECE:
                 self._first_audio.set()

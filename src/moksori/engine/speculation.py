@@ -7,7 +7,10 @@
 
 The end-of-turn model runs beside the decode (the default), after the transcript (beside the reply's LLM call)
 or once the reply's LLM has answered: `TurnConfig.eot_start`. Its probability and the transcript
-cue go to the TurnTaker together, whichever came first.
+cue go to the TurnTaker together, whichever came first. With `TurnConfig.eot_skip` "auto", a
+pause whose reply is expected only after the text rule's time (engine/reply_pace.py) is judged
+only if its transcript does not end like a sentence (then after the decode); one that does is
+left to the text rule.
 
 A speculation's results carry its (turn id, speculation id); anything that arrives for a
 speculation no longer in the table is dropped, so a late transcript of a cancelled pause can
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moksori.engine import events as E
+from moksori.engine import reply_pace
 from moksori.engine.session_context import SessionContext
 from moksori.engine.endpointing import text_cue
 from moksori.engine.incremental_stt import IncrementalSTT
@@ -212,13 +216,18 @@ class Speculations:
         eot_task: asyncio.Task[float] | None = None
         try:
             audio = spec.audio if spec.audio is not None else np.zeros(0, dtype=np.float32)
-            if ctx.cfg.turn.eot_start == "with_stt" and self._judges(spec):
+            audio_s = len(audio) / VAD_RATE
+            started = ctx.clock.now()
+            # a reply expected after the text rule's time (`eot_skip`): the model waits for the
+            # words, which may make it moot
+            late = self._late(spec, audio_s, started)
+            if ctx.cfg.turn.eot_start == "with_stt" and self._judges(spec) and not late:
                 # the model needs only the audio (smart-turn ignores the language): judge the pause
                 # while Whisper decodes it, so the reply's LLM later has the cores to itself
                 eot_task = asyncio.create_task(self._eot(audio, ctx.stt_language() or ctx.last_language),
                                                name=f"eot-{spec.turn_id}.{spec.spec_id}")
-            self._emit(spec, E.SttStarted(t=ctx.clock.now(), turn_id=spec.turn_id, item_id=spec.item_id,
-                                          audio_s=round(len(audio) / VAD_RATE, 3)))
+            self._emit(spec, E.SttStarted(t=started, turn_id=spec.turn_id, item_id=spec.item_id,
+                                          audio_s=round(audio_s, 3)))
             lang = ctx.stt_language()
             final: Transcript | None = None
             inc = self._incremental
@@ -229,6 +238,8 @@ class Speculations:
                                                                                  languages=ctx.cfg.languages)):
                     if tr.final:
                         final = tr
+                if self.is_current(spec):  # a whole decode (not a cancelled one): its time teaches the pace
+                    reply_pace.for_stt(ctx.stt).decoded(audio_s, 1000 * (ctx.clock.now() - started))
             if not self.is_current(spec):
                 return  # cancelled meanwhile
             spec.transcript = final or Transcript("", lang or ctx.last_language, True)
@@ -240,10 +251,15 @@ class Speculations:
             if spec.transcript.text.strip() and turn.create_response and turn.mode != "manual" \
                     and not self.analysis_only:
                 self._start_response(spec)
+                if spec.response is not None:
+                    reply_pace.for_stt(ctx.stt).reply_started(spec.response, ctx.clock.now())
             cue = text_cue(spec.transcript.text, spec.transcript.language)
             eot = None
+            # a late reply and words that end like a sentence: the text rule ends the turn before
+            # the reply is ready, whatever the model would say; no model call
+            skip = late and cue == "complete"
             if eot_task is None and turn.eot_start == "after_first_token" and spec.response is not None \
-                    and self._judges(spec):
+                    and self._judges(spec) and not skip:
                 # the reply's prompt evaluation first, alone on the cores; then the model, beside
                 # the first clause's tokens. The turn's end still comes before that clause's audio
                 # (which waits for it anyway)
@@ -251,7 +267,7 @@ class Speculations:
             if eot_task is not None and not self._judges(spec):
                 eot_task.cancel()  # the turn ended meanwhile (max pause): its end needs no model
                 eot_task = None
-            elif eot_task is None and self._judges(spec):
+            elif eot_task is None and self._judges(spec) and not skip:
                 eot_task = asyncio.create_task(self._eot(audio, spec.transcript.language),
                                                name=f"eot-{spec.turn_id}.{spec.spec_id}")
             if eot_task is not None:
@@ -272,6 +288,14 @@ class Speculations:
                 eot_task.cancel()
             spec.audio_s = len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0
             spec.audio = None  # transcribed and judged: let the turn's audio go
+
+    def _late(self, spec: Speculation, audio_s: float, now: float) -> bool:
+        """`eot_skip` is auto and this pause's reply is expected after the text rule's time."""
+        turn = self._ctx.cfg.turn
+        if turn.eot_skip != "auto" or not self._judges(spec):
+            return False
+        ready = reply_pace.for_stt(self._ctx.stt).ready_ms(audio_s, 1000 * (now - spec.voice_end))
+        return ready is not None and ready >= turn.silence_duration_ms + turn.text_grace_ms
 
     def _start_response(self, spec: Speculation) -> None:
         assert spec.transcript is not None
@@ -307,3 +331,4 @@ class Speculations:
         ctx.publish(E.UserCommitted(t=now, turn_id=spec.turn_id, item_id=spec.item_id,
                                     previous_item_id=ctx.memory.previous_id(spec.item_id)))
         self._on_committed(spec)
+

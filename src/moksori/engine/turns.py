@@ -34,6 +34,7 @@ from typing import Literal
 Mode = Literal["semantic", "silence", "manual"]
 Eagerness = Literal["low", "medium", "high", "auto"]
 EotStart = Literal["after_stt", "with_stt", "after_first_token"]
+EotSkip = Literal["off", "auto"]
 TextCue = Literal["complete", "incomplete", "unknown"]
 
 # eagerness -> (model threshold, extra wait when only the transcript says complete, max pause)
@@ -60,6 +61,11 @@ class TurnConfig:
     # when a pause's end-of-turn model runs beside the speculation's STT and reply (see
     # engine/speculation.py): after_stt | with_stt | after_first_token
     eot_start: EotStart = "with_stt"
+    # "auto": a pause whose reply is expected after the text rule's time (engine/reply_pace.py) is
+    # judged by the model only when its transcript does not end like a sentence (then after the
+    # decode, never beside it); one that does is ended by the text rule, at silence_duration_ms +
+    # the eagerness' grace. "off": every pause is judged
+    eot_skip: EotSkip = "auto"
     max_turn_s: float = 30.0
     # after the agent's audio ends, this much silence commits an empty turn and asks for a reply
     idle_timeout_ms: int | None = None

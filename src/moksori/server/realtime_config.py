@@ -79,7 +79,7 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
             interrupt_response=td.interrupt_response, eagerness=td.eagerness,
             interrupt_min_speech_ms=settings.turn.interrupt_min_speech_ms,
             speculate_after_ms=settings.turn.speculate_after_ms,
-            eot_start=settings.turn.eot_start,
+            eot_start=settings.turn.eot_start, eot_skip=settings.turn.eot_skip,
             # OpenAI: "idle timeout is currently only supported for server_vad mode"
             idle_timeout_ms=td.idle_timeout_ms if td.type == "server_vad" and not transcription_only else None)
     voice, voice_lang = voice_and_language(cfg, voices)

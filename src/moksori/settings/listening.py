@@ -34,6 +34,12 @@ class TurnSettings(BaseModel):
     # order), after_first_token (once the reply's LLM has answered; can hold the reply's audio
     # back). Same audio, same probabilities; engine/speculation.py, README latency section
     eot_start: Literal["after_stt", "with_stt", "after_first_token"] = "with_stt"
+    # auto: a pause whose reply is expected only after the text rule's time (silence_duration_ms
+    # + the eagerness' grace), by this process's own recent turns, runs the end-of-turn model only
+    # when its transcript does not end like a sentence, and then after the decode: on a slow CPU
+    # the model beside the decode slows it, and a sentence-like turn is ended by the text rule
+    # before its reply is ready anyway. off: every pause is judged (engine/reply_pace.py)
+    eot_skip: Literal["off", "auto"] = "auto"
     # after the agent's audio ends, this much silence from the user commits an empty turn and
     # asks for a reply ("are you still there?"), like OpenAI's idle_timeout_ms; unset: never
     idle_timeout_ms: int | None = Field(None, ge=1000, le=3_600_000)
