@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from moksori.engine.reply_pace import MIN_DECODES, MIN_REPLIES, ReplyPace, for_stt
 
 
-class Reply:
-    def __init__(self) -> None:
-        self.first_audio_at: float | None = None
-        self.done = asyncio.Event()
+class Stt:
+    """Any object that can be weakly referenced stands for an STT provider here."""
 
 
 def test_no_estimate_until_enough_turns() -> None:
@@ -24,9 +20,7 @@ def test_no_estimate_until_enough_turns() -> None:
     assert pace.decode_ms(3.0) == 300.0
     assert pace.ready_ms(3.0, 50.0) is None  # no reply seen yet
     for _ in range(MIN_REPLIES):
-        r = Reply()
-        pace.reply_started(r, 10.0)
-        r.first_audio_at = 10.25
+        pace.replied(250.0)
     assert pace.ready_ms(3.0, 50.0) == pytest.approx(50.0 + 300.0 + 250.0)
 
 
@@ -49,21 +43,16 @@ def test_a_wild_slope_is_bounded_and_never_negative() -> None:
     assert steep.decode_ms(13.0) == pytest.approx(900.0 + 200.0 * 10.1)
 
 
-def test_replies_without_audio_are_dropped_and_running_ones_kept() -> None:
+def test_the_reply_time_is_the_median_of_the_last_replies() -> None:
     pace = ReplyPace()
-    gone, running, heard = Reply(), Reply(), Reply()
-    gone.done.set()  # cancelled before it made any audio
-    heard.first_audio_at = 1.3
-    for r in (gone, running, heard):
-        pace.reply_started(r, 1.0)
-    pace._harvest()
-    assert list(pace.replies) == [pytest.approx(300.0)]
-    running.first_audio_at = 1.5
-    pace._harvest()
-    assert list(pace.replies) == [pytest.approx(300.0), pytest.approx(500.0)]
+    for s in (2.0, 3.0, 4.0, 5.0):
+        pace.decoded(s, 300.0)
+    for ms in (200.0, 900.0, 250.0):  # one slow outlier does not move it
+        pace.replied(ms)
+    assert pace.ready_ms(3.0, 0.0) == pytest.approx(300.0 + 250.0)
 
 
 def test_one_pace_per_stt_instance() -> None:
-    a, b = object.__new__(Reply), object.__new__(Reply)  # any weak-referenceable objects
+    a, b = Stt(), Stt()
     assert for_stt(a) is for_stt(a)
     assert for_stt(a) is not for_stt(b)

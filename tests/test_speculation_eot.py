@@ -166,19 +166,12 @@ def test_the_user_message_reaches_the_llm_once_however_soon_the_turn_ends(mode: 
 # ---------------------------------------------------------------- eot_skip = "auto" (late replies)
 
 
-class _Heard:
-    """Stands in for a reply whose first audio came at `first_audio_at`."""
-
-    def __init__(self, first_audio_at: float) -> None:
-        self.first_audio_at = first_audio_at
-
-
 def seed(stt: ScriptedSTT, *, decode_ms: float, reply_ms: float) -> None:
     """What this STT's earlier turns taught the pace: decodes and replies this long."""
     pace = reply_pace.for_stt(stt)
     for i in range(reply_pace.MIN_DECODES):
         pace.decoded(2.0 + i, decode_ms)
-        pace.reply_started(_Heard(reply_ms / 1000), 0.0)
+        pace.replied(reply_ms)
 
 
 LATE = {"decode_ms": 450.0, "reply_ms": 300.0}  # ready ~0.8 s after the voice end: after 600 ms
@@ -276,3 +269,25 @@ def test_the_pace_is_learned_from_the_turns_themselves(stt_s: float, first_token
     assert len(turn.asked) == judged
     assert reasons == ["model"] * judged + ["text"] * (6 - judged)
     assert len([d for d in rec.of(E.AgentResponseDone) if d.status == "completed"]) == 6
+
+
+def test_the_pace_keeps_no_session_alive() -> None:
+    # the pace outlives every session of the process: what it keeps of a reply is a number
+    import gc
+    import weakref
+
+    stt = ScriptedSTT(["This is the first sentence.", "And this the second."], delay_s=0.3)
+    seed(stt, **LATE)
+    refs = []
+
+    async def main():
+        s = Session(fake_stack(stt=stt, llm=ScriptedLLM("Right."), turn=TimedTurn(0.9)), cfg("with_stt", "auto"))
+        await play_into_session(s, [quiet(0.5), tone(2.0), quiet(3.0), tone(2.0), quiet(3.0)])
+        await settle(s)
+        await s.close()
+        refs.append(weakref.ref(s))
+
+    run_virtual(main())
+    gc.collect()
+    assert len(reply_pace.for_stt(stt).replies) == reply_pace.MIN_DECODES + 2  # seeded, then both replies
+    assert refs[0]() is None

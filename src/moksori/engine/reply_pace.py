@@ -18,43 +18,24 @@ from __future__ import annotations
 import statistics
 import weakref
 from collections import deque
-from typing import Any, Protocol
+from typing import Any
 
 MIN_DECODES = 4
 MIN_REPLIES = 3
 KEEP = 32
-PENDING = 8
-
-
-class _Reply(Protocol):
-    """What a reply shows of itself here (Response; the realtime brain's replies may lack both)."""
-
-    first_audio_at: float | None
 
 
 class ReplyPace:
     def __init__(self) -> None:
         self.decodes: deque[tuple[float, float]] = deque(maxlen=KEEP)  # (audio s, decode ms)
         self.replies: deque[float] = deque(maxlen=KEEP)  # transcript -> first audio, ms
-        self._pending: deque[tuple[Any, float]] = deque(maxlen=PENDING)  # (reply, transcript time)
 
     def decoded(self, audio_s: float, decode_ms: float) -> None:
         self.decodes.append((audio_s, decode_ms))
 
-    def reply_started(self, reply: _Reply, transcript_t: float) -> None:
-        """A reply started on a transcript finished at `transcript_t` (session clock, s): its first
-        audio is read later, when it is there (`_harvest`)."""
-        self._pending.append((reply, transcript_t))
-
-    def _harvest(self) -> None:
-        keep: deque[tuple[Any, float]] = deque(maxlen=PENDING)
-        for reply, t in self._pending:
-            at = getattr(reply, "first_audio_at", None)
-            if at is not None:
-                self.replies.append(1000.0 * (at - t))
-            elif not getattr(getattr(reply, "done", None), "is_set", lambda: True)():
-                keep.append((reply, t))  # still working on it; a finished one without audio is dropped
-        self._pending = keep
+    def replied(self, ms: float) -> None:
+        """A reply's first audio came `ms` after its transcript (a held reply's too)."""
+        self.replies.append(ms)
 
     def decode_ms(self, audio_s: float) -> float | None:
         if len(self.decodes) < MIN_DECODES:
@@ -70,7 +51,6 @@ class ReplyPace:
 
     def ready_ms(self, audio_s: float, decode_start_ms: float) -> float | None:
         """The reply's expected first audio after the voice end, or None (too few turns yet)."""
-        self._harvest()
         decode = self.decode_ms(audio_s)
         if decode is None or len(self.replies) < MIN_REPLIES:
             return None

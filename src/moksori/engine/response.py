@@ -65,7 +65,8 @@ class Response:
     _clauses_queued: int = 0
     _pending_items: list[Item] = field(default_factory=list)
     _first_audio: asyncio.Event = field(default_factory=asyncio.Event)
-    first_audio_at: float | None = None  # when the first clause's first audio was made (held or not)
+    # called with the session time of the first clause's first audio (held or not)
+    on_first_audio: Callable[[float], None] | None = None
     # set when the LLM's first output (a token, a tool call) arrives, or the reply ends without
     # one: a speculation may hold its end-of-turn model until then (turn.eot_start)
     llm_answered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -448,9 +449,10 @@ class Response:
 
         def first_piece(samples: int) -> None:
             nonlocal first
-            self.first_audio_at = self.now()
-            self.emit(E.TtsFirstAudio(t=self.first_audio_at, response_id=self.id, item_id=self.item_id,
-                                      samples=samples))
+            now = self.now()
+            self.emit(E.TtsFirstAudio(t=now, response_id=self.id, item_id=self.item_id, samples=samples))
+            if self.on_first_audio is not None:
+                self.on_first_audio(now)
             first = False
             if LLM_RESUMES_AT_FIRST_PIECE:
                 self._first_audio.set()

@@ -251,8 +251,8 @@ class Speculations:
             if spec.transcript.text.strip() and turn.create_response and turn.mode != "manual" \
                     and not self.analysis_only:
                 self._start_response(spec)
-                if spec.response is not None:
-                    reply_pace.for_stt(ctx.stt).reply_started(spec.response, ctx.clock.now())
+                if isinstance(spec.response, Response):  # its first audio teaches the pace
+                    spec.response.on_first_audio = _pace_reply(reply_pace.for_stt(ctx.stt), ctx.clock.now())
             cue = text_cue(spec.transcript.text, spec.transcript.language)
             eot = None
             # a late reply and words that end like a sentence: the text rule ends the turn before
@@ -332,3 +332,8 @@ class Speculations:
                                     previous_item_id=ctx.memory.previous_id(spec.item_id)))
         self._on_committed(spec)
 
+
+def _pace_reply(pace: reply_pace.ReplyPace, transcript_t: float) -> Callable[[float], None]:
+    """The callback a reply calls at its first audio: only the pace and a time, never the session
+    (the pace outlives every session of the process)."""
+    return lambda at: pace.replied(1000 * (at - transcript_t))
