@@ -178,13 +178,20 @@ LATE = {"decode_ms": 450.0, "reply_ms": 300.0}  # ready ~0.8 s after the voice e
 SOON = {"decode_ms": 120.0, "reply_ms": 150.0}  # ready ~0.3 s after it
 
 
+def one_long_turn(words: str, pace: dict, *, turn: TimedTurn, reply: str, stt_delay_s: float = 0.3,
+                  mode: EotStart = "with_stt", skip: EotSkip = "auto"):
+    """One 3 s turn and its pause, on an STT whose pace was seeded with `pace`."""
+    stt = ScriptedSTT([words], delay_s=stt_delay_s)
+    seed(stt, **pace)
+    return converse(mode, stt=stt, llm=ScriptedLLM(reply), turn=turn, chunks=[quiet(0.5), tone(3.0), quiet(4.0)],
+                    skip=skip)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_late_reply_to_a_sentence_like_turn_is_left_to_the_text_rule(mode: EotStart) -> None:
     turn = TimedTurn(0.9, delay_s=0.06)
-    stt = ScriptedSTT(["I walked all the way to the station today."], delay_s=0.3)
-    seed(stt, **LATE)
-    rec, s, _ = converse(mode, stt=stt, llm=ScriptedLLM("That is a long walk."), turn=turn,
-                         chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    rec, s, _ = one_long_turn("I walked all the way to the station today.", LATE, turn=turn,
+                              reply="That is a long walk.", mode=mode)
     assert turn.asked == []  # never asked
     assert rec.of(E.EotFinished) == []
     ended = rec.of(E.UserTurnEnded)
@@ -198,20 +205,15 @@ def test_a_late_reply_to_a_sentence_like_turn_is_left_to_the_text_rule(mode: Eot
 
 def test_skip_off_judges_the_same_late_turn() -> None:
     turn = TimedTurn(0.9, delay_s=0.06)
-    stt = ScriptedSTT(["I walked all the way to the station today."], delay_s=0.3)
-    seed(stt, **LATE)
-    rec, s, _ = converse("with_stt", stt=stt, llm=ScriptedLLM("Long walk."), turn=turn,
-                         chunks=[quiet(0.5), tone(3.0), quiet(4.0)])
+    rec, s, _ = one_long_turn("I walked all the way to the station today.", LATE, turn=turn, reply="Long walk.",
+                              skip="off")
     assert len(turn.asked) == 1 and [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
 
 
 def test_a_late_reply_to_words_that_do_not_end_like_a_sentence_is_judged_after_the_decode() -> None:
     # no full stop: the words cannot end the turn, so the model is asked, once the words are known
     turn = TimedTurn(0.9, delay_s=0.06)
-    stt = ScriptedSTT(["so then we went over to my sister's place"], delay_s=0.3)
-    seed(stt, **LATE)
-    rec, s, t0 = converse("with_stt", stt=stt, llm=ScriptedLLM("Nice."), turn=turn,
-                          chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    rec, s, t0 = one_long_turn("so then we went over to my sister's place", LATE, turn=turn, reply="Nice.")
     assert len(turn.asked) == 1
     assert turn.asked[0] - t0 == pytest.approx(rec.of(E.SttFinished)[0].t, abs=1e-3)  # after, not beside
     assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
@@ -219,10 +221,7 @@ def test_a_late_reply_to_words_that_do_not_end_like_a_sentence_is_judged_after_t
 
 def test_a_late_unfinished_turn_still_waits_for_the_max_pause() -> None:
     turn = TimedTurn(0.05)
-    stt = ScriptedSTT(["and then I said to him that"], delay_s=0.2)
-    seed(stt, **LATE)
-    rec, s, _ = converse("with_stt", stt=stt, llm=ScriptedLLM("Go on."), turn=turn,
-                         chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    rec, s, _ = one_long_turn("and then I said to him that", LATE, turn=turn, reply="Go on.", stt_delay_s=0.2)
     assert len(turn.asked) == 1
     ended = rec.of(E.UserTurnEnded)
     assert [e.reason for e in ended] == ["max_pause"]
@@ -231,10 +230,8 @@ def test_a_late_unfinished_turn_still_waits_for_the_max_pause() -> None:
 
 def test_a_reply_expected_soon_is_judged_beside_the_decode_as_before() -> None:
     turn = TimedTurn(0.9, delay_s=0.06)
-    stt = ScriptedSTT(["I walked all the way to the station today."], delay_s=0.1)
-    seed(stt, **SOON)
-    rec, s, t0 = converse("with_stt", stt=stt, llm=ScriptedLLM("Noon."), turn=turn,
-                          chunks=[quiet(0.5), tone(3.0), quiet(4.0)], skip="auto")
+    rec, s, t0 = one_long_turn("I walked all the way to the station today.", SOON, turn=turn, reply="Noon.",
+                               stt_delay_s=0.1)
     assert len(turn.asked) == 1
     assert turn.asked[0] - t0 == pytest.approx(rec.of(E.SttStarted)[0].t, abs=1e-3)
     assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["model"]
