@@ -250,6 +250,8 @@ def test_telnyx_documented_inbound_messages() -> None:
     error = {"stream_id": TELNYX_STREAM, "event": "error", "sequence_number": "6",
              "error": {"title": "rate_limit_reached", "code": "100005", "detail": "Too many requests"}}
     assert c.decode(json.dumps(error)) == [StreamError("100005", "rate_limit_reached: Too many requests")]
+    error["payload"] = error.pop("error")
+    assert c.decode(json.dumps(error)) == [StreamError("100005", "rate_limit_reached: Too many requests")]
     stop = {"event": "stop", "sequence_number": "5", "stream_id": TELNYX_STREAM,
             "stop": {"user_id": "3E6F995F-85F7-4705-9741-53B116D28237", "call_control_id": TELNYX_CALL}}
     assert c.decode(json.dumps(stop)) == [CallStopped("stop")]

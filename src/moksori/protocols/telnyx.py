@@ -100,7 +100,9 @@ class TelnyxCodec(TelephonyCodec):
         )
 
     def _error(self, data: dict[str, Any]) -> StreamError:
-        err = get_obj(data, "error", self.carrier, required=False)
+        # the error object, read under "payload" or "error" (the docs available offline do not settle which)
+        err = get_obj(data, "payload" if isinstance(data.get("payload"), dict) else "error", self.carrier,
+                      required=False)
         code = err.get("code", "")
         title, detail = err.get("title"), err.get("detail")
         text = ": ".join(str(x) for x in (title, detail) if isinstance(x, (str, int)) and x != "")

@@ -161,7 +161,7 @@ def _draining(state: Any) -> bool:
 def _refuse_draining(state: Any) -> Refusal:
     admission = getattr(state, "admission", None)
     if admission is not None:  # counted with local admission's refusals (/metrics)
-        admission.refused[DRAINING.code] = admission.refused.get(DRAINING.code, 0) + 1
+        admission.counted(DRAINING)
     return Refusal(DRAINING.code, DRAINING.message, DRAINING.retry_after_s)
 
 
@@ -292,7 +292,7 @@ def install(app: FastAPI, state: Any) -> None:
             return _error(413, "the request is too large", "request_too_large")
         try:
             to = json.loads(body or b"{}").get("to")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             to = None
         if not isinstance(to, str) or not to.strip():
             return _error(400, 'send {"to": "+15551234567"}: the number to transfer the caller to', "invalid_value")

@@ -141,8 +141,11 @@ class Admission:
             why = self.busy_reason()
             if why is not None:
                 refusal = Refusal("server_busy", f"the server is too busy for another session: {why}")
-        if refusal is not None:
-            self.refused[refusal.code] = self.refused.get(refusal.code, 0) + 1
+        return None if refusal is None else self.counted(refusal)
+
+    def counted(self, refusal: Refusal) -> Refusal:
+        """`refusal`, counted in `refused` (/metrics): for refusals decided outside `check` too."""
+        self.refused[refusal.code] = self.refused.get(refusal.code, 0) + 1
         return refusal
 
     def status(self, sessions: int) -> dict[str, Any]:

@@ -219,8 +219,8 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
 
     refusal = state.admit(None)
     if refusal is None and tel.pending >= state.settings.server.max_pending_streams:
-        refusal = Refusal("server_busy", f"{tel.pending} media streams are waiting for their start "
-                                         "(MOKSORI_SERVER_MAX_PENDING_STREAMS)")
+        refusal = state.admission.counted(Refusal(
+            "server_busy", f"{tel.pending} media streams are waiting for their start (MOKSORI_SERVER_MAX_PENDING_STREAMS)"))
     if refusal is not None:
         await refuse(ws, refusal)
         return
@@ -237,6 +237,10 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
         else:
             await ws.send_text(wire)
 
+    def admit() -> str | None:  # asked again at `start`: streams waiting for theirs are not sessions yet
+        refused = state.admit(None)
+        return None if refused is None else f"{refused.code}: {refused.message}"
+
     def on_session(call: PhoneCall) -> None:
         nonlocal counted, pending, ticket
         counted, pending = True, False
@@ -252,7 +256,7 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
         tel.warm()
 
     call = PhoneCall(carrier, codec, stack=tel.stack, settings=state.settings, send=send, secret=tel.secret,
-                     url_token=ws.query_params.get("token"), on_session=on_session, claim_token=tel.claim,
+                     url_token=ws.query_params.get("token"), admit=admit, on_session=on_session, claim_token=tel.claim,
                      start_timeout_s=state.settings.telephony.start_timeout_s, kit=state.kit)
     reader = asyncio.create_task(_read(ws, call), name=f"{carrier}-call-read")
     ended = asyncio.create_task(call.ended.wait(), name=f"{carrier}-call-ended")

@@ -81,11 +81,14 @@ def body_fields(body: bytes, content_type: str) -> Params | None:
     if "json" in content_type:
         try:
             data = json.loads(body)
-        except ValueError:  # UnicodeDecodeError included
-            data = {}
-        if not isinstance(data, dict):
-            return []
-        return [(str(k), str(v)) for k, v in data.items() if isinstance(v, (str, int, float))]
+            if not isinstance(data, dict):
+                return []
+            fields = [(str(k), str(v)) for k, v in data.items() if isinstance(v, (str, int, float))]
+            for k, v in fields:  # "\ud800" escapes decode to lone surrogates, which no signature can encode
+                k.encode("utf-8"), v.encode("utf-8")
+            return fields
+        except (ValueError, RecursionError):  # Unicode errors included; RecursionError: nesting too deep
+            return None
     try:
         return parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
     except (UnicodeDecodeError, ValueError):

@@ -66,7 +66,7 @@ OUTPUT_LEAD_MS = 200  # audio sent ahead of playback: all a barge-in can leave q
 MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms media message is ~300 bytes; anything huge is garbage
 MAX_BAD_MESSAGES = 50  # consecutive undecodable messages before the stream is dropped
 START_TIMEOUT_S = 10.0  # a socket that never sends `start` is closed
-IDLE_TIMEOUT_S = 30.0  # carriers stream audio continuously: 30 s of nothing means it is gone
+IDLE_TIMEOUT_S = 30.0  # carriers stream audio continuously: 30 s without it means the call is gone
 
 Send = Callable[[WireMessage], Awaitable[None]]
 
@@ -74,6 +74,7 @@ Send = Callable[[WireMessage], Awaitable[None]]
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL = 1002
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
 
 
 # --------------------------------------------------------------------------- the call
@@ -102,6 +103,7 @@ class PhoneCall:
         secret: bytes,
         url_token: str | None = None,
         clock: Callable[[], float] = time.time,
+        admit: Callable[[], str | None] | None = None,
         on_session: Callable[[PhoneCall], None] | None = None,
         claim_token: Callable[[str, str], bool] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
@@ -117,6 +119,7 @@ class PhoneCall:
         self._secret = secret
         self._url_token = url_token
         self._clock = clock
+        self._admit = admit  # the server's admission at `start`: why the call cannot start, or None
         self._on_session = on_session
         self._claim_token = claim_token  # (token, call id) -> False if it was used already
         self.session: Session | None = None
@@ -126,11 +129,13 @@ class PhoneCall:
         self.close_code = CLOSE_NORMAL
         self.digits = ""
         self.bad_messages = 0
+        self.carrier_errors = 0  # `error` events the carrier sent
         self._bad_in_a_row = 0
         self.playout: CarrierPlayout | None = None  # from `start` on
         self._tools = CallTools(self)
         self._watchdog: asyncio.Task[None] | None = None
-        self._last_message = self._opened_at = asyncio.get_running_loop().time()
+        # only audio counts: a half-dead leg that sends keep-alives alone must not hold its slot
+        self._last_audio = self._opened_at = asyncio.get_running_loop().time()
         self._start_timeout_s = start_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._closed = False
@@ -157,7 +162,6 @@ class PhoneCall:
         """One WebSocket message from the carrier. Never raises."""
         if self.ended.is_set():
             return
-        self._last_message = asyncio.get_running_loop().time()
         if len(message) > MAX_MESSAGE_BYTES:
             self._bad(f"message of {len(message)} bytes is too large")
             return
@@ -189,6 +193,7 @@ class PhoneCall:
 
     async def _on_event(self, ev: Any) -> None:
         if isinstance(ev, CallAudio):
+            self._last_audio = asyncio.get_running_loop().time()
             if self.session is not None:
                 self.session.push_audio(ev.frame)
         elif isinstance(ev, MarkAck):
@@ -203,8 +208,11 @@ class PhoneCall:
         elif isinstance(ev, CallStopped):
             self.end(f"carrier_{ev.reason}")
         elif isinstance(ev, StreamError):
-            log.warning("%s reported a stream error %s: %s", self.carrier, ev.code, ev.message[:200])
-            if self.session is not None:
+            self.carrier_errors += 1
+            if self.carrier_errors <= 5 or self.carrier_errors % 100 == 0:  # as `_bad`: not a flood log
+                log.warning("%s reported a stream error %s (%d so far): %s", self.carrier, ev.code,
+                            self.carrier_errors, ev.message[:200])
+            if self.session is not None and self.carrier_errors <= 20:
                 self.session.publish(E.CallCarrierError(t=self.session.clock.now(), code=ev.code,
                                                         message=ev.message[:300]))
         elif isinstance(ev, Ignored):
@@ -217,6 +225,12 @@ class PhoneCall:
             log.warning("%s stream for call %r refused: %s stream token", self.carrier, ev.call_id[:64],
                         "missing" if not token else "invalid or expired")
             self.end("bad_token", CLOSE_POLICY)
+            return
+        # admission (e.g. MOKSORI_SERVER_MAX_SESSIONS) before the token is claimed: the carrier may retry
+        refused = self._admit() if self._admit is not None else None
+        if refused is not None:
+            log.warning("%s call %r refused: %s", self.carrier, ev.call_id[:64], refused[:200])
+            self.end("server_full", CLOSE_TRY_AGAIN)
             return
         if self._claim_token is not None and not self._claim_token(token, ev.call_id):
             log.warning("%s stream for call %r refused: its stream token was already used", self.carrier,
@@ -298,8 +312,8 @@ class PhoneCall:
             if self.codec.started is None and self.session is None and now - self._opened_at > self._start_timeout_s:
                 log.info("%s stream sent no start within %.0f s: closing", self.carrier, self._start_timeout_s)
                 self.end("no_start", CLOSE_POLICY)
-            elif now - self._last_message > self._idle_timeout_s:
-                log.info("%s stream silent for %.0f s: ending the call", self.carrier, self._idle_timeout_s)
+            elif now - self._last_audio > self._idle_timeout_s:
+                log.info("%s stream sent no audio for %.0f s: ending the call", self.carrier, self._idle_timeout_s)
                 self.end("carrier_silent")
 
     def end(self, reason: str, code: int = CLOSE_NORMAL) -> None:

@@ -113,6 +113,10 @@ def check_stream_token(secret: bytes, token: str | None, call_id: str, *, carrie
     (That it is used once is the server's job: `stream_token_expiry` says how long to remember it.)"""
     if not secret or not isinstance(token, str) or not isinstance(call_id, str) or not carrier:
         return False
+    try:
+        call_id.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates ("\ud800" in the JSON): no token is made for such an id
+        return False
     expires = stream_token_expiry(token)
     if expires is None:
         return False

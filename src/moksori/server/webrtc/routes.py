@@ -283,7 +283,7 @@ async def _multipart(request: Request, body: bytes) -> tuple[str, dict[str, Any]
         return sdp, None
     try:
         session = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise ProtocolError("the 'session' part is not valid JSON", code="invalid_json", param="session") from None
     if not isinstance(session, dict):
         raise ProtocolError("the 'session' part must be a JSON object", code="invalid_type", param="session")
@@ -375,7 +375,7 @@ async def _json_body(request: Request, limit: int = 1024 * 1024) -> tuple[Any, J
         return {}, None
     try:
         return json.loads(body), None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None, error(400, "the request body is not valid JSON", "invalid_json")
 
 
