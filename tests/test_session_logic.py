@@ -312,6 +312,27 @@ def test_manual_mode_commit_then_response_create() -> None:
     assert len(replies(rec)) == 1
 
 
+def test_turning_turn_detection_off_mid_speech_does_not_hold_replies_forever() -> None:
+    """A Realtime client set turn_detection to null while the user was speaking: the VAD's turn
+    could no longer end, its hold on replies stayed, and every later reply waited forever."""
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["never sent."])), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0)])
+        assert rec.of(E.UserSpeechStarted) and s.taker.state != "idle"
+        s.update(CFG.with_(turn=TurnConfig(mode="manual")))
+        s.add_user_text("Say: ok.", respond=False)
+        s.create_response()
+        await play_into_session(s, [tone(0.5), quiet(3.0)], recording=rec)
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(replies(rec)) == 1 and rec.of(E.AgentAudioStarted)
+    assert rec.of(E.UserTurnEnded) == []  # the dropped turn: no transcript of its own
+    assert [e.text for e in rec.of(E.UserTranscript)] == ["Say: ok."]
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -220,6 +220,8 @@ class Session:
         old = self.cfg
         self._ctx.cfg = cfg
         self.taker.set_config(cfg.turn)
+        if cfg.turn.mode == "manual" and old.turn.mode != "manual":
+            self._drop_turn()  # the VAD's turn in progress could never end now, and would hold every reply
         self.memory.max_messages = cfg.max_history_messages
         window = self.memory.window
         if window is not None and window.policy.max_messages != cfg.max_history_messages:
@@ -296,6 +298,10 @@ class Session:
 
     def clear_input(self) -> None:
         self._input.clear()
+        self._drop_turn()
+
+    def _drop_turn(self) -> None:
+        """Forget the user's turn in progress (no transcript, no reply) and let replies play."""
         self._interruptions.release_hold()
         if self.taker.state != "idle":
             self._specs.cancel_unreleased(self.taker.turn_id)
