@@ -5,6 +5,7 @@ a bad record, kill -9), history within a budget, tenant isolation, erasure and r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -31,6 +32,8 @@ from moksori.store import (
     tenant_id,
 )
 from moksori.store.db import make_engine
+from moksori.store.records import storable
+from moksori.store.spool import Spool, database_key, encode
 from moksori.store.migrate import current_revision, head_revision, upgrade
 from tcp_proxy import TCPProxy
 
@@ -194,6 +197,53 @@ async def test_a_bad_record_is_dropped_alone_with_a_log_line(tmp_path, caplog) -
     items, _ = await store.list_items("default", "c", order="asc")
     assert [i.id for i in items] == ["ok1", "ok2"]
     await store.close()
+
+
+async def test_text_no_database_can_hold_is_stored_cleaned_and_blocks_nothing(url, tmp_path) -> None:
+    """A NUL (PostgreSQL's text cannot hold it) or a lone surrogate (a client's "\\ud800" JSON
+    escape: no UTF-8 encoder takes it) in a typed turn used to stop the writer for good, retrying
+    that batch as if the database were down, and a spool at close raised: everything after it was
+    lost. Such text is stored cleaned, and the records after it are written."""
+    spool = tmp_path / "spool"
+    store = await make_store(url, flush_interval_s=0.05, spool_dir=spool).start()
+    now = time.time()
+    store.submit(ConversationStarted("c", "default", "u\x00ser", "realtime", now, metadata={"k\ud800": "v\x00"}))
+    store.submit(UserTurn("c", "u1", "hello\x00world", now))
+    store.submit(UserTurn("c", "u2", "hello \ud800 world", now + 1))
+    store.submit(AgentReply("c", "a1", "fine", now + 2, heard_text="fi\udc00"))
+    store.submit(ConversationStarted("d", "default", None, "realtime", now + 3))
+    store.submit(UserTurn("d", "u3", "the next conversation", now + 3))
+    assert await store.flush(20)
+    assert store.writer.stats.written == 6 and store.writer.stats.dropped_bad == 0
+    items, _ = await store.list_items("default", "c", order="asc")
+    assert [i.text for i in items][:2] == ["helloworld", "hello \ufffd world"]
+    items, _ = await store.list_items("default", "d", order="asc")
+    assert [i.text for i in items] == ["the next conversation"]
+    await store.close()
+    assert not list(spool.glob("*")) or not any(p.read_bytes() for p in spool.glob("*"))
+
+
+async def test_a_spool_with_unclean_text_is_replayed_cleaned(url, tmp_path) -> None:
+    """A spool written before records were cleaned (JSON escapes keep such text in the file)."""
+    store = make_store(url, flush_interval_s=0.05, spool_dir=tmp_path / "spool")
+    now = time.time()
+    dirty = [ConversationStarted("c", "default", None, "realtime", now), UserTurn("c", "u1", "a\x00b\ud800", now)]
+    spool = Spool(tmp_path / "spool", database_key(store.url))
+    spool.dir.mkdir(parents=True)
+    (spool.dir / f"pending-{spool.database}-{time.time_ns():020d}-1.jsonl").write_text(
+        "".join(json.dumps(encode(r)) + "\n" for r in dirty), encoding="ascii")
+    await store.start()
+    assert store.writer.stats.replayed == 2 and await store.flush(20)
+    items, _ = await store.list_items("default", "c", order="asc")
+    assert [i.text for i in items] == ["ab\ufffd"]
+    await store.close()
+
+
+def test_storable_leaves_clean_records_alone() -> None:
+    rec = UserTurn("c", "u", "안녕하세요, clean text", 1.0, latency={"stt_ms": 3.0})
+    assert storable(rec) is rec
+    dirty = storable(ToolCallRecord("c", "i", "call", "f\x00n", '{"a": "\ud83d"}', 1.0))
+    assert dirty.name == "fn" and dirty.arguments == '{"a": "\ufffd"}'
 
 
 async def test_database_outage_loses_nothing_and_a_full_buffer_says_so(caplog) -> None:

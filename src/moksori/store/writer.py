@@ -35,9 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moksori import cancellation
 from moksori.store import db as dbmod
-from moksori.store.records import Record, ReplyProgress
+from moksori.store.records import Record, ReplyProgress, storable
 from moksori.store.spool import Spool
 from moksori.store.writes import write_batch
+
+# what makes the database refuse a record, not a sign that it is away: written one by one, the
+# bad ones dropped (UnicodeError: text a driver cannot encode, should `storable` ever miss some)
+REJECTED = (IntegrityError, DataError, UnicodeError)
 
 log = logging.getLogger("moksori.store")
 
@@ -105,7 +109,7 @@ class StoreWriter:
         # queue, and would be stamped with this run's owner: in progress for as long as it lives)
         records = [r for r in records if not isinstance(r, ReplyProgress)]
         with self._lock:
-            self._buf.extendleft(reversed(records))
+            self._buf.extendleft(reversed([storable(r) for r in records]))  # spools of older versions too
             self.stats.submitted += len(records)
             self.stats.replayed += len(records)
             self.stats.pending = len(self._buf)
@@ -140,7 +144,7 @@ class StoreWriter:
             if len(self._buf) >= self.max_pending:
                 self._note_drop_locked("the buffer is full (database down or too slow)")
                 return False
-            self._buf.append(record)
+            self._buf.append(storable(record))
             self.stats.submitted += 1
             wake = not self._wake_pending
             self._wake_pending = True
@@ -310,7 +314,7 @@ class StoreWriter:
             try:
                 async with asyncio.timeout(self.write_timeout_s):
                     await write_batch(engine, batch, pricer=self.pricer, owner=self.owner)
-            except (IntegrityError, DataError):
+            except REJECTED:
                 await self._write_one_by_one(engine, batch)
             except Exception as e:  # noqa: BLE001 - connection refused, timeouts, server gone: retry
                 self.stats.failures += 1
@@ -339,7 +343,7 @@ class StoreWriter:
                 async with asyncio.timeout(self.write_timeout_s):
                     await write_batch(engine, [rec], pricer=self.pricer, owner=self.owner)
                 written += 1
-            except (IntegrityError, DataError) as e:
+            except REJECTED as e:
                 self.stats.dropped_bad += 1
                 log.error("store: dropped a %s record for conversation %s: the database rejected it (%s)",
                           type(rec).__name__, getattr(rec, "conversation_id", "?"), _short(e))
