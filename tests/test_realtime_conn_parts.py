@@ -98,3 +98,29 @@ def test_a_manual_mode_connection_reports_a_full_buffer_once_and_commits_what_it
     codes = [e["error"]["code"] for e in sent if e["type"] == "error"]
     # once per filling: the clear empties it, so the second filling is reported again
     assert codes == ["input_audio_buffer_full", "input_audio_buffer_commit_empty", "input_audio_buffer_full"]
+
+
+def test_an_item_with_more_audio_than_the_input_buffer_holds_is_refused_untranscribed() -> None:
+    """conversation.item.create with audio is transcribed in one STT job that cannot stop midway:
+    minutes of it (3 MB of u-law is 6 minutes) held the model for ~50 s after its client left."""
+    def item(seconds: float) -> str:
+        audio = base64.b64encode(np.zeros(int(24000 * seconds), "<i2").tobytes()).decode()
+        return json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": audio}]}})
+
+    async def main() -> tuple[list[dict[str, Any]], int]:
+        sent: list[dict[str, Any]] = []
+        conn = _conn(Settings(server={"max_input_buffer_s": 1}), sent)
+        stt = conn.session.stack.stt
+        await conn.start()
+        await conn.on_message(item(1.5))
+        refused_calls = len(stt.calls)
+        await conn.on_message(item(0.5))
+        await conn.close()
+        return sent, refused_calls
+
+    sent, calls_after_refusal = run_virtual(main())
+    errors = [e["error"] for e in sent if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["audio_too_long"] and "at most 1 s" in errors[0]["message"]
+    assert calls_after_refusal == 0
+    assert [e["type"] for e in sent].count("conversation.item.added") == 1  # the short one

@@ -87,7 +87,8 @@ class RealtimeConnection:
         self.mcp = RealtimeMCP(self, settings.tools)
         self._input = ClientAudio(settings.server.max_input_buffer_s)
         self._outbound = Outbound(self)
-        self._items = ConversationItems(self, self._outbound.audio_sent_ms)
+        self._items = ConversationItems(self, self._outbound.audio_sent_ms,
+                                        max_audio_s=settings.server.max_input_buffer_s)
         self._responses = ResponseRequests(self, self._outbound, self._items)
         self._handlers: dict[type[rt.ClientEvent], Handler] = {
             rt.SessionUpdate: self._on_session_update,

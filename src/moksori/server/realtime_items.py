@@ -60,9 +60,13 @@ def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = N
 
 
 class ConversationItems:
-    def __init__(self, host: ItemsHost, audio_sent_ms: Callable[[MemItem], int | None]) -> None:
+    def __init__(self, host: ItemsHost, audio_sent_ms: Callable[[MemItem], int | None], *,
+                 max_audio_s: float = 120.0) -> None:
         self._host = host
         self._audio_sent_ms = audio_sent_ms  # how much audio an assistant item produced so far
+        # an item's audio is transcribed in one job that cannot stop midway: no longer than the
+        # input buffer may grow (`server.max_input_buffer_s`), or one cheap message holds STT for minutes
+        self._max_audio_s = max_audio_s
 
     async def create(self, ev: rt.ConversationItemCreate) -> None:
         host = self._host
@@ -121,6 +125,10 @@ class ConversationItems:
                     texts.append(part.transcript)
                 elif part.audio:
                     frame = host.cfg.input_format.decode(part.audio, param="item.content.audio")
+                    if frame.duration > self._max_audio_s:
+                        raise ProtocolError(f"the item's audio is {frame.duration:.0f} s long: at most {self._max_audio_s:g} s "
+                                            "(MOKSORI_SERVER_MAX_INPUT_BUFFER_S)", code="audio_too_long",
+                                            param="item.content.audio")
                     tr = await host.session.transcribe_item_audio(resample(frame, 16000).to_float())
                     texts.append(tr.text)
             elif part.type == "input_image":
