@@ -96,6 +96,36 @@ def test_a_huge_newest_turn_is_cut_not_failed() -> None:
     assert msgs[-1].content.startswith("…")
 
 
+def test_megabytes_of_newest_turn_are_cut_reading_little_of_them() -> None:
+    """A Realtime client's 3.9 MB text item: tokenizing all of it for every count (and a binary
+    search of ~22 counts) held the event loop ~12 s, every session with it. The window now counts
+    no more than the budget can hold, and the cut costs a few counts of about what is kept."""
+    read = [0]
+
+    def count(s: str) -> int:  # the estimate, minding how much text it was given
+        read[0] += len(s)
+        return estimate_tokens(s)
+
+    question = "and finally the actual question?"
+    items = convo(2) + [Item(id="big", role="user", text="lorem ipsum dolor sit amet " * 150_000 + question)]
+    w = ContextWindow(ContextPolicy(budget_tokens=2048), count=count)
+    msgs = w.messages(items, SYSTEM)
+    assert cost(w, msgs) + w.policy.overhead_tokens <= 2048
+    assert msgs[-1].content.startswith("…") and msgs[-1].content.endswith(question)
+    assert len(msgs[-1].content) > 2048  # most of the room is used, not a sliver of it
+    assert read[0] < 40 * 2048 * 4  # characters tokenized, against ~4 M in the item (×22 before)
+
+
+def test_shrink_text_finds_the_longest_piece_that_fits() -> None:
+    text = " ".join(f"w{i}" for i in range(3000))
+    for keep in ("head", "tail"):
+        for tokens in (1, 7, 100, 999):
+            cut = shrink_text(text, tokens, estimate_tokens, keep=keep)
+            assert estimate_tokens(cut) <= tokens
+            longer = text[:len(cut)] + "…" if keep == "head" else "…" + text[len(text) - len(cut):]
+            assert cut == "" or estimate_tokens(longer) > tokens  # one more character would not fit
+
+
 def test_max_messages_is_honoured_too() -> None:
     w = ContextWindow(ContextPolicy(budget_tokens=100_000, max_messages=6))
     msgs = w.messages(convo(20), SYSTEM)

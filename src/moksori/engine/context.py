@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Strategy = Literal["drop", "summarize"]
 SUMMARY_HEADER = "Earlier in this conversation (a summary):"
+# more characters than any one token of the tokenizers we know (BPE vocabularies' longest are
+# runs of spaces or symbols): a text longer than `tokens` × this cannot fit in `tokens`
+MAX_TOKEN_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,21 @@ def _turns(items: Sequence[Item]) -> list[list[Item]]:
 
 
 class Counter:
-    """Message → tokens, cached (the same history is counted every turn)."""
+    """Message → tokens, cached (the same history is counted every turn).
 
-    def __init__(self, count: TokenCounter, overhead: int) -> None:
+    A text longer than `exact_chars` is not tokenized: it cannot fit the window anyway (no token is
+    longer than MAX_TOKEN_CHARS), and tokenizing megabytes on the event loop took seconds. It
+    counts as more than the budget, so the window trims it (`shrink_text`, which reads only what fits)."""
+
+    def __init__(self, count: TokenCounter, overhead: int, *, exact_chars: int | None = None) -> None:
         self.count = count
         self.overhead = overhead
+        self.exact_chars = exact_chars
         self._cache: dict[tuple[Role, str, tuple[ToolCall, ...], str | None], int] = {}
 
     def text(self, s: str) -> int:
+        if self.exact_chars is not None and len(s) > self.exact_chars:
+            return len(s) // MAX_TOKEN_CHARS + 1
         return self.count(s) if s else 0
 
     def message(self, m: Message) -> int:
@@ -144,20 +154,36 @@ class Counter:
 
 
 def shrink_text(text: str, tokens: int, count: TokenCounter, *, keep: Literal["head", "tail"]) -> str:
-    """The longest head or tail of `text` that fits in `tokens`, marked with "…" where cut."""
-    if count(text) <= tokens:
+    """The longest head or tail of `text` that fits in `tokens`, marked with "…" where cut.
+
+    Reads at most `tokens` × MAX_TOKEN_CHARS characters of `text` (a client may send megabytes),
+    and guesses the cut from the text's own characters per token before the binary search, so a
+    cut costs a few counts of about the size kept, not twenty of the whole text."""
+    limit = max(0, tokens) * MAX_TOKEN_CHARS
+    if len(text) <= limit and count(text) <= tokens:
         return text
-    lo, hi = 0, len(text)
+
+    def piece(n: int) -> str:
+        return text[:n] + "…" if keep == "head" else "…" + text[len(text) - n:]
+
+    lo, hi = 0, min(len(text), limit)  # `lo` characters fit; more than `hi` do not
+    guess = hi
+    for _ in range(4):  # from the characters per token of what did not fit
+        if guess <= lo:
+            break
+        n = count(piece(guess))
+        if n <= tokens:
+            lo = guess
+            break
+        hi = guess - 1
+        guess = int(guess * tokens / n * 0.97)
     while lo < hi:  # binary search on the number of characters kept
         mid = (lo + hi + 1) // 2
-        part = text[:mid] + "…" if keep == "head" else "…" + text[len(text) - mid:]
-        if count(part) <= tokens:
+        if count(piece(mid)) <= tokens:
             lo = mid
         else:
             hi = mid - 1
-    if lo == 0:
-        return ""
-    return text[:lo] + "…" if keep == "head" else "…" + text[len(text) - lo:]
+    return piece(lo) if lo else ""
 
 
 class ContextWindow:
@@ -167,7 +193,7 @@ class ContextWindow:
                  llm: LLM | None = None, on_summary: Callable[[str, str | None], None] | None = None,
                  on_usage: Callable[[Usage], None] | None = None) -> None:
         self.policy = policy
-        self.counter = Counter(count, policy.overhead_tokens)
+        self.counter = Counter(count, policy.overhead_tokens, exact_chars=policy.budget_tokens * MAX_TOKEN_CHARS)
         self.llm = llm
         self.on_summary = on_summary  # (summary, upto item id): e.g. the store's SummaryUpdated
         self.on_usage = on_usage  # the summary calls' usage, for accounting
