@@ -60,6 +60,8 @@ def test_body_fields() -> None:
     assert body_fields(b'{"a": "x", "n": 2, "o": {}}', "application/json") == [("a", "x"), ("n", "2")]
     assert body_fields(b"[1, 2]", "application/json") == []
     assert body_fields(b"not json", "application/json") == []
+    assert body_fields(b"[" * 3000 + b"]" * 3000, "application/json") == []  # nested past the recursion limit
+    assert body_fields(b'{"CallSid": "\\ud800"}', "application/json") is None  # a lone surrogate: cannot be signed
     assert body_fields(b"a=\xff\xfe", "") is None  # not UTF-8: cannot be what a carrier signed
     assert body_fields("&".join(f"k{i}=v" for i in range(300)).encode(), "") is None  # too many fields
     assert secret_text(None) is None and secret_text("") is None and secret_text("x") == "x"

@@ -42,6 +42,7 @@ from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.live_events import publish_session
 from moksori.server.load import DRAINING
 from moksori.server.load import Refusal as LocalRefusal
+from moksori.server.webhook_guard import read_body
 
 log = logging.getLogger("moksori.cluster")
 
@@ -287,8 +288,8 @@ def install(app: FastAPI, state: Any) -> None:
         _, refused = auth(request)
         if refused is not None:
             return refused
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await read_body(request, MAX_BODY)  # None too when the client hung up mid-body
+        if body is None:
             return _error(413, "the request is too large", "request_too_large")
         try:
             to = json.loads(body or b"{}").get("to")

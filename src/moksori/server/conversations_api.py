@@ -205,6 +205,34 @@ def _not_found(what: str, ident: str) -> _Fail:
     return _Fail(404, f"{what} with id '{ident}' not found", "not_found")
 
 
+def _storable(text: str) -> bool:
+    """Whether the store could hold this text at all. PostgreSQL refuses a NUL in text and no
+    database can encode a lone surrogate: such an id was never stored, and sending it makes the
+    driver fail (a 503 and a logged SQL statement) instead of a plain miss."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _existing(what: str, ident: str) -> str:
+    """`ident`, or a 404 without asking the database when no stored id can look like it."""
+    if not _storable(ident):
+        raise _not_found(what, ident.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return ident
+
+
+def _after(request: Request) -> str | None:
+    """The `after` cursor; a 400 when no stored id can look like it (see `_storable`)."""
+    after = request.query_params.get("after")
+    if after is not None and not _storable(after):
+        raise _Fail(400, "after must be an id from the previous page", "invalid_value")
+    return after
+
+
 async def _guard(coro: Awaitable[T]) -> T:
     """A dead database is a 503 with the reason, never a traceback."""
     try:
@@ -288,7 +316,7 @@ async def list_conversations(request: Request) -> Any:
     store, tenant = _scope(request)
     user = _user(request.query_params.get("user"))
     found = await _guard(store.list_conversations(tenant, user, limit=_limit(request),
-                                                  after=request.query_params.get("after"), order=_order(request)))
+                                                  after=_after(request), order=_order(request)))
     if found is None:
         raise _not_found("User", user or "")
     convs, more = found
@@ -301,6 +329,7 @@ async def list_conversations(request: Request) -> Any:
 @_handled
 async def retrieve_conversation(conversation_id: str, request: Request) -> Any:
     store, tenant = _scope(request)
+    conversation_id = _existing("Conversation", conversation_id)
     conv = await _guard(store.get_conversation(tenant, conversation_id))
     if conv is None:
         raise _not_found("Conversation", conversation_id)
@@ -311,6 +340,7 @@ async def retrieve_conversation(conversation_id: str, request: Request) -> Any:
 @_handled
 async def delete_conversation(conversation_id: str, request: Request) -> Any:
     store, tenant = _scope(request)
+    conversation_id = _existing("Conversation", conversation_id)
     if not await _guard(store.delete_conversation(tenant, conversation_id)):
         raise _not_found("Conversation", conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
@@ -320,7 +350,8 @@ async def delete_conversation(conversation_id: str, request: Request) -> Any:
 @_handled
 async def list_items(conversation_id: str, request: Request) -> Any:
     store, tenant = _scope(request)
-    found = await _guard(store.list_items(tenant, conversation_id, after=request.query_params.get("after"),
+    conversation_id = _existing("Conversation", conversation_id)
+    found = await _guard(store.list_items(tenant, conversation_id, after=_after(request),
                                           limit=_limit(request), order=_order(request)))
     if found is None:
         raise _not_found("Conversation", conversation_id)
@@ -334,6 +365,7 @@ async def list_items(conversation_id: str, request: Request) -> Any:
 @_handled
 async def retrieve_item(conversation_id: str, item_id: str, request: Request) -> Any:
     store, tenant = _scope(request)
+    conversation_id, item_id = _existing("Conversation", conversation_id), _existing("Item", item_id)
     it = await _guard(store.get_item(tenant, conversation_id, item_id))
     if it is None:
         raise _not_found("Item", item_id)
@@ -344,6 +376,7 @@ async def retrieve_item(conversation_id: str, item_id: str, request: Request) ->
 @_handled
 async def conversation_usage(conversation_id: str, request: Request) -> Any:
     store, tenant = _scope(request)
+    conversation_id = _existing("Conversation", conversation_id)
     found = await _guard(store.conversation_usage(tenant, conversation_id))
     if found is None:
         raise _not_found("Conversation", conversation_id)
@@ -355,7 +388,7 @@ async def conversation_usage(conversation_id: str, request: Request) -> Any:
                       for t in turns]}
 
 
-@router.delete("/v1/users/{user_id}")
+@router.delete("/v1/users/{user_id:path}")  # user ids may hold "/" (see `valid_user_id`)
 @_handled
 async def erase_user(user_id: str, request: Request) -> Any:
     store, tenant = _scope(request)

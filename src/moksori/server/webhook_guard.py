@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("moksori.telephony")
 
@@ -60,17 +61,24 @@ Verify = Callable[[Webhook], bool]
 
 async def read_body(request: Request, limit: int = MAX_WEBHOOK_BYTES) -> bytes | None:
     """The body, or None if it is longer than `limit` (checked from `Content-Length` before
-    reading, and while reading: never more than `limit` is read). Also the WebRTC routes' reader."""
+    reading, and while reading: never more than `limit` is read) or if the client hung up before
+    sending all of it. A client that leaves is no error of ours: the caller's refusal then goes to
+    nobody (the server drops a response to a closed connection), and no traceback is logged.
+    Also the WebRTC routes' and the transfer route's reader."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.debug("%s %s: the client hung up mid-body (%d bytes read)", request.method, request.url.path, size)
+        return None
     return b"".join(chunks)
 
 
@@ -81,14 +89,17 @@ def body_fields(body: bytes, content_type: str) -> Params | None:
     if "json" in content_type:
         try:
             data = json.loads(body)
-            if not isinstance(data, dict):
-                return []
-            fields = [(str(k), str(v)) for k, v in data.items() if isinstance(v, (str, int, float))]
+        except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: nested too deep
+            data = {}
+        if not isinstance(data, dict):
+            return []
+        fields = [(str(k), str(v)) for k, v in data.items() if isinstance(v, (str, int, float))]
+        try:
             for k, v in fields:  # "\ud800" escapes decode to lone surrogates, which no signature can encode
                 k.encode("utf-8"), v.encode("utf-8")
-            return fields
-        except (ValueError, RecursionError):  # Unicode errors included; RecursionError: nesting too deep
+        except UnicodeEncodeError:
             return None
+        return fields
     try:
         return parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
     except (UnicodeDecodeError, ValueError):

@@ -35,8 +35,8 @@ from moksori.recording import Who
 from moksori.server import cluster_routes, recording_hooks
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.cluster_routes import Refusal
-from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, is_ephemeral, new_key,
-                                           parse_expires_after)
+from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, check_session_size, is_ephemeral,
+                                           new_key, parse_expires_after)
 from moksori.server.realtime_config import initial_session
 from moksori.server.webhook_guard import read_body
 from moksori.store import DEFAULT_TENANT
@@ -122,6 +122,10 @@ class WebRTC:
             return error(400, "session.type must be 'realtime' or 'transcription'", "invalid_value",
                          param="session.type")
         payload = {k: v for k, v in session.items() if k != "type"}
+        try:
+            check_session_size(payload)  # before validating it: the key would hold it for up to 2 h
+        except ValueError as e:
+            return error(400, str(e), "invalid_value", param="session")
         try:
             cfg, _ = rt.apply_session_update(initial_session(self.settings), payload, rt.Flavor.GA)
         except ProtocolError as e:
