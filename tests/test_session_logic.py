@@ -333,6 +333,33 @@ def test_turning_turn_detection_off_mid_speech_does_not_hold_replies_forever() -
     assert [e.text for e in rec.of(E.UserTranscript)] == ["Say: ok."]
 
 
+def test_a_caller_gone_mid_turn_keeps_their_last_words_and_gets_no_reply() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["a gold ring will please most any girl."])), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.2)])  # hung up while speaking
+        assert s.taker.state != "idle" and rec.of(E.UserTurnEnded) == []
+        kept = await s.keep_last_words(5.0)
+        await s.close()
+        return rec, s, kept
+
+    rec, s, kept = run(main())
+    assert kept and [(i.role, i.text) for i in s.memory.items] == [("user", "a gold ring will please most any girl.")]
+    assert [e.reason for e in rec.of(E.UserTurnEnded)] == ["commit"]
+    assert rec.of(E.AgentResponseStarted) == []
+
+
+def test_keeping_last_words_when_nothing_was_said_is_a_no_op() -> None:
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["never."])), CFG)
+        rec = await play_into_session(s, [quiet(1.0)])
+        kept = await s.keep_last_words(5.0)
+        await s.close()
+        return rec, s, kept
+
+    rec, s, kept = run(main())
+    assert kept and s.memory.items == [] and rec.of(E.UserTurnEnded) == []
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -11,6 +11,7 @@ models: what is under test is admission and the stream plumbing, not the models.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
@@ -22,7 +23,8 @@ from moksori.server.app import create_app
 from moksori.settings import load_settings
 from moksori.telephony.call import PhoneCall
 from moksori.telephony.signatures import make_stream_token
-from moksori.testing.fakes import fake_stack
+from moksori.audio.g711 import ulaw_encode
+from moksori.testing.fakes import ScriptedSTT, fake_stack, tone
 from moksori.protocols import codec_for
 from servers import ThreadedASGIServer, free_port
 
@@ -167,6 +169,32 @@ def test_a_started_call_that_sends_keepalives_but_no_audio_ends() -> None:
 
     reason, took = asyncio.run(run())
     assert reason == "carrier_silent" and took < 5
+
+
+def test_a_caller_who_hangs_up_right_after_speaking_has_their_words_kept() -> None:
+    """The carrier's stop came before the turn's silence was heard: the turn was dropped with the
+    session, and the record held only the greeting. Its words are now transcribed and kept."""
+    async def run() -> list[tuple[str, str]]:
+        secret = b"secret-0123456789"
+        stack = fake_stack(stt=ScriptedSTT(["a gold ring will please most any girl."]))
+        call = PhoneCall("plivo", codec_for("plivo"), stack=stack, settings=load_settings(agent={"greeting": ""}),
+                         send=_discard, secret=secret,
+                         url_token=make_stream_token(secret, "call-w", carrier="plivo", now=int(time.time())))
+        try:
+            await call.feed(plivo_start("call-w"))
+            speech = tone(1.2, rate=8000)
+            for i in range(0, len(speech.samples), 160):  # 20 ms media frames, in real time
+                payload = base64.b64encode(ulaw_encode(speech.samples[i:i + 160])).decode()
+                await call.feed(json.dumps({"event": "media", "media": {"payload": payload}}))
+                await asyncio.sleep(0.02)
+            await call.feed(json.dumps({"event": "stop"}))
+            assert call.ended.is_set() and call.session is not None
+            session = call.session
+        finally:
+            await call.close()
+        return [(i.role, i.text) for i in session.memory.items]
+
+    assert asyncio.run(run()) == [("user", "a gold ring will please most any girl.")]
 
 
 async def _discard(wire: str | bytes) -> None:

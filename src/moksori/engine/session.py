@@ -494,6 +494,24 @@ class Session:
                 await asyncio.sleep(0.01)
         await asyncio.wait_for(idle(), timeout)
 
+    async def keep_last_words(self, timeout: float) -> bool:
+        """The caller is gone (a phone call hung up) and may have been speaking: end their turn
+        now, with no reply, and wait up to `timeout` (virtual-time aware) for its words to be
+        committed to the conversation, so the record keeps what they said last. True if it did
+        not have to give up. A no-op when no turn is open and no transcript is pending."""
+        if self._ctx.closed:
+            return True
+        await self.drain_input()
+        if self.cfg.turn.create_response:
+            self.update(self.cfg.with_(turn=replace(self.cfg.turn, create_response=False)))
+        self.commit()  # nothing unless the VAD confirmed speech in a turn still open
+        deadline = self.clock.now() + timeout
+        while self._specs.thinking():
+            if self.clock.now() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     async def close(self) -> None:
         ctx = self._ctx
         if ctx.closed:

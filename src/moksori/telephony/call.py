@@ -66,6 +66,7 @@ OUTPUT_LEAD_MS = 200  # audio sent ahead of playback: all a barge-in can leave q
 MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms media message is ~300 bytes; anything huge is garbage
 MAX_BAD_MESSAGES = 50  # consecutive undecodable messages before the stream is dropped
 START_TIMEOUT_S = 10.0  # a socket that never sends `start` is closed
+LAST_WORDS_TIMEOUT_S = 10.0  # the final decode of a turn the hang-up cut short, before the call's session closes
 IDLE_TIMEOUT_S = 30.0  # carriers stream audio continuously: 30 s without it means the call is gone
 
 Send = Callable[[WireMessage], Awaitable[None]]
@@ -339,6 +340,10 @@ class PhoneCall:
         if self.playout is not None:
             await self.playout.close()  # what is still queued is dropped
         if self.session is not None:
+            # a caller who hangs up right after speaking: their last words are transcribed and kept
+            if not await self.session.keep_last_words(LAST_WORDS_TIMEOUT_S):
+                log.warning("%s call: the caller's last words were not transcribed within %.0f s: not kept",
+                            self.carrier, LAST_WORDS_TIMEOUT_S)
             await self.session.close()
         await asyncio.gather(*tasks, return_exceptions=True)
 
