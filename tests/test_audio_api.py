@@ -15,6 +15,7 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import sys
 import time
 import wave
@@ -69,10 +70,44 @@ def relay(server, data_dir, tmp_path_factory):
         yield srv
 
 
+@pytest.fixture(scope="module")
+def impatient_server(data_dir, tmp_path_factory):
+    """A server that waits only 2 s for a client to read (or send) the next part of a body."""
+    with moksori_serve(data_dir, tmp_path_factory.mktemp("serve-impatient"), MOKSORI_API_KEYS=KEY,
+                       MOKSORI_SERVER_BODY_IDLE_TIMEOUT_S="2") as srv:
+        yield srv
+
+
 @pytest.fixture
 async def http():
     async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
         yield client
+
+
+def raw_request(port: int, path: str, head: bytes, body: bytes, rcvbuf: int | None = None) -> socket.socket:
+    """A socket that has sent a POST's headers and `body` (all of it, or the start of it)."""
+    s = socket.socket()
+    if rcvbuf is not None:  # before connecting: the window it advertises stays small
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % (path.encode(), KEY.encode())
+              + head + b"\r\n" + body)
+    return s
+
+
+LONG_SPEECH = json.dumps({"model": "tts-1", "voice": "alloy", "speed": 0.25,
+                          "input": ("The quick brown fox jumps over the lazy dog near the river bank. " * 62)[:4000]})
+
+
+async def served_despite_503(http: httpx.AsyncClient, url: str, within_s: float) -> httpx.Response:
+    """A short speech request, retried while the server is busy (503), for at most `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        r = await http.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hi."})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.25)
 
 
 def wav_info(data: bytes) -> tuple[int, int, float]:
@@ -201,6 +236,76 @@ async def test_speech_korean_and_bad_requests(server, http):
         assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
     r = await http.post(f"{server.url}/v1/audio/speech", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400
+
+
+async def test_speech_input_with_a_nul_or_an_unpaired_surrogate_is_the_clients_400(server, http):
+    # valid JSON, but not text anyone can say: it was a 502 synthesis_failed ("embedded null character")
+    for escaped in ("hello\\u0000world", "hello \\ud800 world", "bye \\udfff."):
+        r = await http.post(f"{server.url}/v1/audio/speech", headers={"content-type": "application/json"},
+                            content=b'{"model": "tts-1", "input": "%s"}' % escaped.encode())
+        assert r.status_code == 400, (escaped, r.text)
+        err = r.json()["error"]
+        assert (err["code"], err["param"]) == ("invalid_value", "input") and "surrogate" in err["message"]
+    # a surrogate pair is one character (an emoji), not an unpaired half
+    r = await http.post(f"{server.url}/v1/audio/speech", headers={"content-type": "application/json"},
+                        content=b'{"model": "tts-1", "input": "Good morning \\ud83d\\ude00."}')
+    assert r.status_code == 200, r.text
+
+
+async def test_uploads_still_arriving_hold_no_transcription_slot(server, http):
+    # as many clients as slots (2) start a multipart upload and go quiet (a trickle under the idle
+    # timeout looks the same): a slot taken before the body arrived kept everyone else at 503
+    boundary = b"xyzboundary"
+    head = (b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\nContent-Length: 10000000\r\n")
+    start = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'
+    slow = [raw_request(server.port, "/v1/audio/transcriptions", head, start) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.5)  # the server has both requests in hand
+        r = await transcribe(http, server.url, EN.path.read_bytes())
+        assert r.status_code == 200, r.text
+        assert "thousand" in r.json()["text"].lower()
+    finally:
+        for s in slow:
+            s.close()
+
+
+async def test_wav_speech_clients_that_hang_up_give_their_slot_back(server, http):
+    # a wav answer is made whole before it is sent: two clients ask for minutes of it and leave
+    # after a second. Their synthesis used to run on for ~90 s, both slots held (503 meanwhile)
+    body = LONG_SPEECH.replace('"speed"', '"response_format": "wav", "speed"').encode()
+    head = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    leavers = [raw_request(server.port, "/v1/audio/speech", head, body) for _ in range(2)]
+    await asyncio.sleep(1)
+    for s in leavers:
+        s.close()
+    r = await served_despite_503(http, server.url, within_s=10)
+    assert r.status_code == 200, r.text
+    assert wav_info(r.content)[2] > 0.2
+
+
+async def test_speech_clients_that_stop_reading_lose_their_slot(impatient_server, http):
+    # as many clients as slots (2) read the start of a long pcm answer, then read nothing while
+    # staying connected: each send waited on backpressure for ever, and every other speech
+    # request got 503. Now a chunk that cannot be sent for 2 s (the body idle timeout) ends it
+    body = LONG_SPEECH.replace('"speed"', '"response_format": "pcm", "speed"').encode()
+    head = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    stalled = [raw_request(impatient_server.port, "/v1/audio/speech", head, body, rcvbuf=4096) for _ in range(2)]
+    try:
+        for s in stalled:
+            assert s.recv(300).startswith(b"HTTP/1.1 200")  # both are served, then stop reading
+        # a send blocks only once the kernel holds ~3 MB for the socket (loopback buffers grow
+        # large): ~20 s of synthesis on 2 cores, more when they are shared
+        r = await served_despite_503(http, impatient_server.url, within_s=60)
+        assert r.status_code == 200, r.text
+        # and their answers were ended, not completed: reading on reaches the end of the connection
+        for s in stalled:
+            received = b""
+            while chunk := s.recv(1 << 16):
+                received += chunk
+            assert not received.endswith(b"0\r\n\r\n")  # no last chunk: cut off
+    finally:
+        for s in stalled:
+            s.close()
 
 
 async def test_speech_with_the_openai_sdk(server):

@@ -13,7 +13,7 @@ from moksori.audio.features import log_mel
 from moksori.audio.frames import Frame, concat, float_to_pcm16, pcm16_to_float
 from moksori.audio.resample import StreamResampler, resample, resample_float
 from moksori.audio.wav import read_wav, read_wav_bytes, wav_bytes, write_wav
-from moksori.errors import AudioFormatError
+from moksori.errors import AudioFormatError, AudioTooLong
 
 ALL_PCM = np.arange(-32768, 32768, dtype=np.int16)
 
@@ -267,6 +267,15 @@ class TestWav:
             read_wav_bytes(make_wav(1, 0, 16000, 16, b"\x00" * 8))
         with pytest.raises(AudioFormatError, match="implausible"):
             read_wav_bytes(make_wav(1, 1, 10, 16, b"\x00" * 8))
+
+    @pytest.mark.parametrize("block_align", [2, 0, 65535], ids=["honest", "zero", "inflated"])
+    def test_length_limit_ignores_a_lying_block_align(self, block_align):
+        # 2000 s of 16-bit mono at 1000 Hz; a block_align of 65535 made it look like 61 s
+        data = bytearray(make_wav(1, 1, 1000, 16, b"\x00\x00" * 1000 * 2000))
+        struct.pack_into("<H", data, 32, block_align)  # RIFF header 12 + chunk header 8 + 12 into fmt
+        with pytest.raises(AudioTooLong, match="2000 s long"):
+            read_wav_bytes(bytes(data), max_seconds=1800)
+        assert len(read_wav_bytes(bytes(data), max_seconds=2000)) == 1000 * 2000
 
     def test_directory_and_missing_file(self, tmp_path):
         with pytest.raises(AudioFormatError, match="directory"):

@@ -43,13 +43,16 @@ def read_wav_bytes(data: bytes, *, name: str = "audio", max_seconds: float | Non
         raise AudioFormatError(f"{name}: WAV has no valid 'fmt ' chunk")
     if pcm is None:
         raise AudioFormatError(f"{name}: WAV has no 'data' chunk")
-    tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", fmt, 0)
+    tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", fmt, 0)
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack_from("<H", fmt, 24)[0]
     if channels < 1 or rate < 1000 or rate > 384000:
         raise AudioFormatError(f"{name}: implausible WAV header ({channels} channels, {rate} Hz)")
     if max_seconds is not None:
-        frame_bytes = block_align or max(1, channels * max(8, bits) // 8)
+        # the length the decoder will make, from the same channels and bits it decodes with; never
+        # from the header's block_align, which a client can set to anything (65535 made 2000 s
+        # of 16-bit mono look like 61 s)
+        frame_bytes = channels * max(8, bits) // 8
         seconds = len(pcm) / frame_bytes / rate
         if seconds > max_seconds:
             raise AudioTooLong(f"{name} is {seconds:.0f} s long; the limit is {max_seconds:g} s")

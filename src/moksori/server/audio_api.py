@@ -13,7 +13,16 @@ Both share the models with live sessions, so both are built not to get in their 
   refused up front when clearly over `max_speech_seconds` (twice the limit), and cut at the
   limit in any case. `pcm` streams as it is made; `wav` is sent whole (its header needs the
   length);
-* at most `max_audio_requests` of each run at once; more get `503` with `Retry-After`.
+* at most `max_audio_requests` of each run at once; more get `503` with `Retry-After`. A slot
+  is held only while there is work for it: a transcription takes one once its body has arrived
+  (a client trickling its upload under the idle timeout holds nothing); speech stops and gives
+  its slot back when the client hangs up (`wav` too, while it is still being made), and when a
+  `pcm` client stops reading but stays connected: a chunk that cannot be sent for
+  `body_idle_timeout_s` (the same patience a stalled upload gets) ends the answer there and
+  drops the connection;
+* `input` with a NUL or an unpaired surrogate is the client's `400`: neither is a character
+  anyone can say (Piper cannot take them either), they mean the client's encoding is broken,
+  and speaking the text without them would hide that.
 """
 
 from __future__ import annotations
@@ -22,13 +31,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+from starlette.types import Message, Receive, Scope, Send
 
 from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler, resample
@@ -64,10 +75,12 @@ def _busy(what: str) -> JSONResponse:
 class AudioLimits:
     """Per-server state of the audio endpoints: how many run now, and the limits."""
 
-    def __init__(self, max_requests: int, max_upload_seconds: float, max_speech_seconds: float) -> None:
+    def __init__(self, max_requests: int, max_upload_seconds: float, max_speech_seconds: float,
+                 send_stall_s: float = 30.0) -> None:
         self.max_requests = max_requests
         self.max_upload_seconds = max_upload_seconds
         self.max_speech_seconds = max_speech_seconds
+        self.send_stall_s = send_stall_s  # how long a streamed chunk may wait for a client that stopped reading
         self.running = {"transcriptions": 0, "speech": 0}
 
 
@@ -76,7 +89,8 @@ def _limits(request: Request) -> AudioLimits:
     limits = getattr(state, "audio_limits", None)
     if limits is None:
         s = state.settings.server
-        limits = state.audio_limits = AudioLimits(s.max_audio_requests, s.max_upload_seconds, s.max_speech_seconds)
+        limits = state.audio_limits = AudioLimits(s.max_audio_requests, s.max_upload_seconds, s.max_speech_seconds,
+                                                  send_stall_s=s.body_idle_timeout_s)
     return limits
 
 
@@ -86,17 +100,33 @@ def _limits(request: Request) -> AudioLimits:
 @router.post("/v1/audio/transcriptions")
 async def transcriptions(request: Request) -> Response:
     limits = _limits(request)
+    # the body first, then the slot: a client that trickles its upload (a byte every few
+    # seconds keeps the idle timeout away) would otherwise hold a slot while sending nothing
+    form = await _transcription_form(request)
+    if isinstance(form, Response):
+        return form
     if limits.running["transcriptions"] >= limits.max_requests:
         return _busy("transcription")
     limits.running["transcriptions"] += 1
     try:
         with background():
-            return await _transcribe(request, limits)
+            return await _transcribe(request, form, limits)
     finally:
         limits.running["transcriptions"] -= 1
 
 
-async def _transcribe(request: Request, limits: AudioLimits) -> Response:
+@dataclass
+class _TranscriptionForm:
+    file: UploadFile
+    language: str | None
+    fmt: str
+
+
+async def _transcription_form(request: Request) -> _TranscriptionForm | Response:
+    """The whole multipart body, checked, or the client's 400.
+
+    The file stays where the parser spooled it (on disk past a megabyte): it is read into
+    memory only under a slot."""
     try:
         form = await request.form()
     except Exception:  # noqa: BLE001 - malformed multipart (or a body the guard cut off)
@@ -110,6 +140,11 @@ async def _transcribe(request: Request, limits: AudioLimits) -> Response:
     fmt = form.get("response_format") or "json"
     if fmt not in ("json", "text", "verbose_json"):
         return _err(400, f"unsupported response_format '{fmt}'", "invalid_value", "response_format")
+    return _TranscriptionForm(upload, str(language) if language else None, str(fmt))
+
+
+async def _transcribe(request: Request, form: _TranscriptionForm, limits: AudioLimits) -> Response:
+    upload, language, fmt = form.file, form.language, form.fmt
     data = await upload.read()
     name = getattr(upload, "filename", None) or "upload"
     try:
@@ -176,6 +211,8 @@ async def speech(request: Request) -> Response:
         return _err(400, "'input' must be a non-empty string", "invalid_value", "input")
     if len(text) > MAX_TEXT:
         return _err(400, f"'input' is longer than {MAX_TEXT} characters", "invalid_value", "input")
+    if _UNSPEAKABLE.search(text):  # valid JSON (\u0000, \ud800), but no text: see the module's notes
+        return _err(400, "'input' contains a NUL character or an unpaired UTF-16 surrogate", "invalid_value", "input")
     fmt = body.get("response_format", "wav")
     if fmt not in ("wav", "pcm"):
         return _err(400, f"unsupported response_format '{fmt}' (wav, pcm)", "invalid_value", "response_format")
@@ -255,10 +292,70 @@ async def speech(request: Request) -> Response:
             await finish()
 
     if fmt == "pcm":  # OpenAI's pcm: raw 24 kHz 16-bit little-endian mono, streamed
-        # `background` also runs if the body is never iterated (the client left first)
-        return StreamingResponse(rest(), media_type="audio/pcm", background=BackgroundTask(finish))
-    pcm = b"".join([part async for part in rest()])
+        return _ReadOrDrop(rest(), media_type="audio/pcm", stall_s=limits.send_stall_s, on_end=finish)
+    pcm = await _join_unless_client_leaves(request, rest())
+    if pcm is None:  # nobody to send it to; `rest` has stopped the synthesis and freed the slot
+        return Response(status_code=204)
     return Response(wav_bytes(Frame.from_bytes(pcm, SPEECH_RATE)), media_type="audio/wav")
+
+
+class _ClientStalled(Exception):
+    pass
+
+
+class _ReadOrDrop(StreamingResponse):
+    """A streamed answer whose client has to keep reading.
+
+    A client that stops reading but stays connected makes each send wait on backpressure for
+    ever, and with it the synthesis and its slot: a chunk that cannot be sent for `stall_s` ends
+    the answer there. The response is left incomplete, so the server closes the connection (once
+    the bytes it already holds are read: asyncio's close flushes first). `on_end` (stop the
+    synthesis, free the slot) runs however the answer ends, also when its body is never iterated
+    (the client left first)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, media_type: str, stall_s: float,
+                 on_end: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(content, media_type=media_type)
+        self.stall_s = stall_s
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.stall_s)
+            except TimeoutError:
+                raise _ClientStalled from None
+
+        try:
+            await super().__call__(scope, receive, send_or_give_up)
+        except _ClientStalled:
+            log.info("a %s client read nothing for %g s: its answer is dropped", scope.get("path"), self.stall_s)
+        finally:
+            await self.on_end()
+
+
+async def _join_unless_client_leaves(request: Request, parts: AsyncIterator[bytes]) -> bytes | None:
+    """`parts` joined, or None as soon as the client hangs up. A `wav` answer is sent whole, so
+    nothing else would notice that it left: the synthesis would run on to the end, slot held."""
+
+    async def join() -> bytes:
+        return b"".join([part async for part in parts])
+
+    joining = asyncio.create_task(join())
+    leaving = asyncio.create_task(_disconnected(request))
+    try:
+        await asyncio.wait({joining, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (joining, leaving):
+            task.cancel()  # a no-op on a finished task; on `joining`, `rest` stops the synthesis
+        await asyncio.gather(joining, leaving, return_exceptions=True)
+    return None if joining.cancelled() else joining.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (its body has been read: all that can come is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _synthesize(tts: Any, chunks: list[str], opts: TTSOptions, max_seconds: float) -> AsyncIterator[bytes]:
@@ -282,6 +379,7 @@ async def _synthesize(tts: Any, chunks: list[str], opts: TTSOptions, max_seconds
             yield tail.astype("<i2").tobytes()
 
 
+_UNSPEAKABLE = re.compile("[\x00\ud800-\udfff]")  # json.loads pairs surrogates: any left is unpaired
 _DIGIT = re.compile(r"\d")
 _HANGUL = re.compile(r"[가-힣]")
 
