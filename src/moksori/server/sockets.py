@@ -128,6 +128,14 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
                 self.transport.write(_BAD_UPGRADE)
                 self.transport.close()
 
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+                # a denial response (a 503 at the session limit, a 404 sideband) went out whole;
+                # uvicorn 0.54 does not count that as answering the handshake and logs an ERROR
+                # ("ASGI callable returned without completing handshake") for every refusal
+                self.handshake_complete = True
+
         def keepalive_timeout(self) -> None:
             live = not (self.close_sent or self.transport.is_closing())
             super().keepalive_timeout()  # a close frame, then transport.close()
