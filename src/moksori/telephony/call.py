@@ -340,11 +340,12 @@ class PhoneCall:
         if self.playout is not None:
             await self.playout.close()  # what is still queued is dropped
         if self.session is not None:
-            # a caller who hangs up right after speaking: their last words are transcribed and kept
-            if not await self.session.keep_last_words(LAST_WORDS_TIMEOUT_S):
-                log.warning("%s call: the caller's last words were not transcribed within %.0f s: not kept",
-                            self.carrier, LAST_WORDS_TIMEOUT_S)
-            await self.session.close()
+            try:  # a caller who hangs up right after speaking: their last words are transcribed and kept
+                if not await self.session.keep_last_words(LAST_WORDS_TIMEOUT_S):
+                    log.warning("%s call: the caller's last words were not transcribed within %.0f s: not kept",
+                                self.carrier, LAST_WORDS_TIMEOUT_S)
+            finally:  # even if that wait is cancelled (a shutdown)
+                await self.session.close()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def summary(self) -> dict[str, Any]:

@@ -305,6 +305,11 @@ class RealtimeSession(Session):
         self._forwarding = True
         self._forwarded_until = self.clock.now()
 
+    async def keep_last_words(self, timeout: float) -> bool:
+        """Not here: the upstream holds the caller's audio, and committing it there could ask for
+        (and bill) a reply nobody will hear. What the upstream transcribed is kept as it comes."""
+        return True
+
     def clear_input(self) -> None:
         super().clear_input()
         self._forwarding = False
