@@ -317,3 +317,33 @@ def test_a_malformed_user_id_is_refused_with_a_clear_reason(world: World) -> Non
                    headers={"Authorization": f"Bearer {K1}", "Content-Type": "application/sdp",
                             "X-Moksori-User": "x" * 300})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_user", r.text
+
+
+def test_an_item_the_client_deletes_leaves_the_stored_conversation(world: World) -> None:
+    """conversation.item.delete used to reach only the live session: the stored history kept the
+    item, and the next session's history brought it back."""
+    srv = world.live()
+
+    async def main() -> None:
+        c = await Client.open(srv.port, K1, user="carol")
+        await c.setup()
+        for item_id, text in (("item_keep", "Please remember the blue door."), ("item_gone", "My PIN is 4321.")):
+            await c.conn.conversation.item.create(item={"id": item_id, "type": "message", "role": "user",
+                                                        "content": [{"type": "input_text", "text": text}]})
+            await c.wait("conversation.item.added", lambda e, i=item_id: e["item"]["id"] == i, timeout=10)
+        await c.conn.conversation.item.delete(item_id="item_gone")
+        await c.wait("conversation.item.deleted", lambda e: e["item_id"] == "item_gone", timeout=10)
+        await c.close()
+
+    asyncio.run(main())
+
+    def stored():
+        status, body = get(srv, "/v1/conversations?user=carol")
+        if status != 200 or not body["data"]:
+            return None
+        conv_id = body["data"][0]["id"]
+        status, items = get(srv, f"/v1/conversations/{conv_id}/items?order=asc")
+        ids = [i["id"] for i in items["data"]] if status == 200 else []
+        return ids if "item_keep" in ids else None
+
+    assert wait_for(stored, "the kept item") == ["item_keep"]

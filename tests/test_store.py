@@ -22,6 +22,7 @@ from moksori.accounting import TurnUsage
 from moksori.store import (
     AgentReply,
     ConversationStarted,
+    ItemDeleted,
     ReplyProgress,
     Store,
     SummaryUpdated,
@@ -236,6 +237,24 @@ async def test_a_spool_with_unclean_text_is_replayed_cleaned(url, tmp_path) -> N
     assert store.writer.stats.replayed == 2 and await store.flush(20)
     items, _ = await store.list_items("default", "c", order="asc")
     assert [i.text for i in items] == ["ab\ufffd"]
+    await store.close()
+
+
+async def test_a_deleted_item_leaves_the_stored_history(url) -> None:
+    """A Realtime client's conversation.item.delete: the item stayed in the store, so the next
+    session's history (and the conversations API) brought it back."""
+    store = await make_store(url, flush_interval_s=0.05).start()
+    now = time.time()
+    store.submit(ConversationStarted("c", "default", "u", "realtime", now))
+    store.submit(UserTurn("c", "u1", "keep this", now))
+    store.submit(UserTurn("c", "u2", "my card number is one two three", now + 1))
+    assert await store.flush(20)  # written in an earlier batch than its deletion
+    store.submit(ItemDeleted("c", "u2", now + 2))
+    store.submit(UserTurn("c", "u3", "and this, deleted in its own batch", now + 3))
+    store.submit(ItemDeleted("c", "u3", now + 4))
+    assert await store.flush(20)
+    items, _ = await store.list_items("default", "c", order="asc")
+    assert [i.id for i in items] == ["u1"]
     await store.close()
 
 

@@ -28,6 +28,7 @@ from moksori.accounting import TurnUsage
 from moksori.store import (
     AgentReply,
     ConversationStarted,
+    ItemDeleted,
     MCPCallRecord,
     ReplyHeard,
     ReplyProgress,
@@ -166,6 +167,8 @@ def records(conv: str, now: float) -> list:
         UserTurnRemoved(conv, "u1", "[removed]", now + 6),
         UsageRecord(conv, u, now + 7, kind="summary"),
         SummaryUpdated(conv, "They said hello.", "u1", now + 8, extra={"n": 1}),
+        UserTurn(conv, "x1", "Forget I said this.", now + 9),
+        ItemDeleted(conv, "x1", now + 10),  # a client deleted it: never stored for good
     ]
 
 
@@ -173,7 +176,7 @@ def test_the_spool_codec_round_trips_every_record(tmp_path, caplog) -> None:
     recs = records("c", 1000.0)
     assert {type(r).__name__ for r in recs} == {
         "ConversationStarted", "UserTurn", "ReplyProgress", "AgentReply", "ToolCallRecord", "ToolResultRecord",
-        "MCPCallRecord", "ReplyHeard", "UserTurnRemoved", "UsageRecord", "SummaryUpdated"}
+        "MCPCallRecord", "ReplyHeard", "UserTurnRemoved", "UsageRecord", "SummaryUpdated", "ItemDeleted"}
     assert [decode(json.loads(json.dumps(encode(r)))) for r in recs] == recs
     spool = Spool(tmp_path / "spool")
     path = spool.save(recs)
@@ -182,7 +185,7 @@ def test_the_spool_codec_round_trips_every_record(tmp_path, caplog) -> None:
         f.write("not json\n" + json.dumps({"type": "Nope"}) + "\n")
     with caplog.at_level(logging.ERROR, logger="moksori.store"):
         assert Spool(tmp_path / "spool").claim(5) == recs[:5]
-    assert "2 unreadable lines" in caplog.text and "6 spooled records dropped" in caplog.text
+    assert "2 unreadable lines" in caplog.text and "8 spooled records dropped" in caplog.text
 
 
 async def test_the_queue_survives_a_stop_while_the_database_is_down() -> None:
@@ -258,7 +261,7 @@ async def test_the_spool_is_bounded_and_claimed_by_one_process(tmp_path) -> None
     spool_dir = tmp_path / "store-spool"
     Spool(spool_dir).save(records("c", 1000.0))
     holder = Spool(spool_dir)
-    assert len(holder.claim(100)) == 11
+    assert len(holder.claim(100)) == len(records("c", 1000.0))
     assert Spool(spool_dir).claim(100) == []  # held by another process (the lock)
     holder.release()
     assert Spool(spool_dir).files() == []

@@ -22,7 +22,8 @@ What becomes a record:
 * `guardrail.input_removed` (the input guardrail blocked a turn) → `UserTurnRemoved`: the turn's
   stored text becomes the placeholder the LLM sees (a turn recorded later is recorded so).
 * A transport's late truncation (`truncated`) → `ReplyHeard`; items a Realtime client adds
-  (`item_added`: its function outputs, its assistant or spoken user items) → the matching record.
+  (`item_added`: its function outputs, its assistant or spoken user items) → the matching record;
+  items it deletes (`item_deleted`) → `ItemDeleted`.
 
 Times on the session clock become wall-clock seconds through one offset taken at start.
 
@@ -48,6 +49,7 @@ from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    ItemDeleted,
     MCPCallRecord,
     Record,
     ReplyHeard,
@@ -343,6 +345,12 @@ class Recorder:
         """A client reported, after the reply ended, that it played only part of it."""
         if item_id in self._recorded_replies:
             self._put(ReplyHeard(self.conversation_id, item_id, heard_text, time.time()), "heard")
+
+    def item_deleted(self, item_id: str) -> None:
+        """A client deleted an item (`conversation.item.delete`): out of the store too."""
+        self._recorded_replies.pop(item_id, None)
+        self._recorded_users.discard(item_id)
+        self._put(ItemDeleted(self.conversation_id, item_id, time.time()), "deleted")
 
     def item_added(self, item: Item) -> None:
         """An item a client put in the conversation (`conversation.item.create`). Typed user

@@ -174,4 +174,6 @@ class ConversationItems:
         if not host.session.delete_item(ev.item_id):
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
         host.mcp.items.pop(ev.item_id, None)  # an mcp_call item: not retrievable any more
+        if host.recorder is not None:  # out of the stored history too: a later session must not see it
+            host.recorder.item_deleted(ev.item_id)
         host.send(host.ev.conversation_item_deleted(ev.item_id))

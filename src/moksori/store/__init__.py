@@ -9,6 +9,7 @@ from moksori.store.identity import DEFAULT_TENANT, phone_user_id, tenant_id, val
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    ItemDeleted,
     MCPCallRecord,
     Record,
     ReplyHeard,
@@ -26,6 +27,6 @@ from moksori.store.writer import StoreWriter, WriterStats
 __all__ = [
     "Store", "StoreWriter", "WriterStats", "History", "StoredItem", "ConversationInfo", "UsageBucket",
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "MCPCallRecord",
-    "ReplyHeard", "ReplyProgress", "UserTurnRemoved", "UsageRecord", "SummaryUpdated", "Record", "tenant_id",
+    "ReplyHeard", "ReplyProgress", "UserTurnRemoved", "ItemDeleted", "UsageRecord", "SummaryUpdated", "Record", "tenant_id",
     "phone_user_id", "valid_user_id", "DEFAULT_TENANT",
 ]

@@ -21,7 +21,7 @@ from moksori.accounting import TurnUsage
 
 __all__ = [
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "MCPCallRecord",
-    "ReplyHeard", "ReplyProgress", "UserTurnRemoved",
+    "ReplyHeard", "ReplyProgress", "UserTurnRemoved", "ItemDeleted",
     "UsageRecord", "SummaryUpdated", "Record", "storable",
 ]
 
@@ -151,6 +151,17 @@ class UserTurnRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemDeleted:
+    """A client deleted an item from the conversation (Realtime `conversation.item.delete`): it
+    goes from the store too, so a later session's history never brings it back. Its usage stays
+    (it was spent)."""
+
+    conversation_id: str
+    item_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     """Usage not tied to a stored item (e.g. a summary written by the LLM)."""
 
@@ -173,7 +184,7 @@ class SummaryUpdated:
 
 
 Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolResultRecord | MCPCallRecord | ReplyHeard
-          | ReplyProgress | UserTurnRemoved | UsageRecord | SummaryUpdated)
+          | ReplyProgress | UserTurnRemoved | ItemDeleted | UsageRecord | SummaryUpdated)
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -36,6 +36,7 @@ from moksori.accounting import TurnUsage
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    ItemDeleted,
     MCPCallRecord,
     Record,
     ReplyHeard,
@@ -54,7 +55,7 @@ log = logging.getLogger("moksori.store")
 
 TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     ConversationStarted, UserTurn, AgentReply, ToolCallRecord, ToolResultRecord, MCPCallRecord, ReplyHeard,
-    ReplyProgress, UserTurnRemoved, UsageRecord, SummaryUpdated)}
+    ReplyProgress, UserTurnRemoved, ItemDeleted, UsageRecord, SummaryUpdated)}
 
 
 class SpoolError(ValueError):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moksori.accounting import TurnUsage
@@ -22,6 +22,7 @@ from moksori.store.models import conversations, items, tenants, usage, users
 from moksori.store.records import (
     AgentReply,
     ConversationStarted,
+    ItemDeleted,
     MCPCallRecord,
     Record,
     ReplyHeard,
@@ -151,6 +152,9 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
         elif isinstance(rec, UserTurnRemoved):
             await conn.execute(update(items).where(items.c.conversation_id == rec.conversation_id,
                                                    items.c.id == rec.item_id).values(text=rec.text))
+        elif isinstance(rec, ItemDeleted):  # after its insert, in this batch or an earlier one
+            await conn.execute(delete(items).where(items.c.conversation_id == rec.conversation_id,
+                                                   items.c.id == rec.item_id))
         elif isinstance(rec, SummaryUpdated):
             await conn.execute(update(conversations).where(conversations.c.id == rec.conversation_id)
                                .values(summary=rec.summary, summary_upto=rec.upto_item_id))
