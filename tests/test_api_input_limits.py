@@ -84,10 +84,10 @@ def test_ids_no_database_can_hold_are_not_found_without_asking_it(server, method
 
 def test_lone_surrogates_are_not_storable_ids() -> None:
     # a request path cannot carry one (the server decodes it with replacement), so check the helper
-    from moksori.server.conversations_api import _storable
+    from moksori.text.unencodable import encodable
 
-    assert _storable("conv_a") and _storable("지하철")
-    assert not _storable("conv\x00") and not _storable("conv\ud800")
+    assert encodable("conv_a") and encodable("지하철")
+    assert not encodable("conv\x00") and not encodable("conv\ud800")
 
 
 def test_a_user_whose_id_holds_a_slash_can_be_erased(server) -> None:

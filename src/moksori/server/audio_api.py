@@ -51,6 +51,7 @@ from moksori.providers.threads import background, background_context, run_blocki
 from moksori.text.chunker import ClauseChunker
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
+from moksori.text.unencodable import encodable
 
 log = logging.getLogger("moksori.server")
 
@@ -211,7 +212,7 @@ async def speech(request: Request) -> Response:
         return _err(400, "'input' must be a non-empty string", "invalid_value", "input")
     if len(text) > MAX_TEXT:
         return _err(400, f"'input' is longer than {MAX_TEXT} characters", "invalid_value", "input")
-    if _UNSPEAKABLE.search(text):  # valid JSON (\u0000, \ud800), but no text: see the module's notes
+    if not encodable(text):  # valid JSON (\u0000, \ud800), but no text: see the module's notes
         return _err(400, "'input' contains a NUL character or an unpaired UTF-16 surrogate", "invalid_value", "input")
     fmt = body.get("response_format", "wav")
     if fmt not in ("wav", "pcm"):
@@ -379,7 +380,6 @@ async def _synthesize(tts: Any, chunks: list[str], opts: TTSOptions, max_seconds
             yield tail.astype("<i2").tobytes()
 
 
-_UNSPEAKABLE = re.compile("[\x00\ud800-\udfff]")  # json.loads pairs surrogates: any left is unpaired
 _DIGIT = re.compile(r"\d")
 _HANGUL = re.compile(r"[가-힣]")
 

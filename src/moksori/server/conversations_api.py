@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from moksori.accounting import TurnUsage, format_cost
 from moksori.server.auth import extract_key, key_ok
 from moksori.store import ConversationInfo, Store, StoredItem, tenant_id, valid_user_id
+from moksori.text.unencodable import encodable
 
 T = TypeVar("T")
 
@@ -205,30 +206,17 @@ def _not_found(what: str, ident: str) -> _Fail:
     return _Fail(404, f"{what} with id '{ident}' not found", "not_found")
 
 
-def _storable(text: str) -> bool:
-    """Whether the store could hold this text at all. PostgreSQL refuses a NUL in text and no
-    database can encode a lone surrogate: such an id was never stored, and sending it makes the
-    driver fail (a 503 and a logged SQL statement) instead of a plain miss."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _existing(what: str, ident: str) -> str:
     """`ident`, or a 404 without asking the database when no stored id can look like it."""
-    if not _storable(ident):
+    if not encodable(ident):  # never stored (PostgreSQL would fail on it: a 503, not a miss)
         raise _not_found(what, ident.encode("utf-8", "backslashreplace").decode("utf-8"))
     return ident
 
 
 def _after(request: Request) -> str | None:
-    """The `after` cursor; a 400 when no stored id can look like it (see `_storable`)."""
+    """The `after` cursor; a 400 when no stored id can look like it (see `text.unencodable`)."""
     after = request.query_params.get("after")
-    if after is not None and not _storable(after):
+    if after is not None and not encodable(after):
         raise _Fail(400, "after must be an id from the previous page", "invalid_value")
     return after
 

@@ -13,11 +13,11 @@ Nothing here imports the engine: callers map their events onto these records.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from moksori.accounting import TurnUsage
+from moksori.text.unencodable import encodable_text
 
 __all__ = [
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "MCPCallRecord",
@@ -187,13 +187,10 @@ Record = (ConversationStarted | UserTurn | AgentReply | ToolCallRecord | ToolRes
           | ReplyProgress | UserTurnRemoved | ItemDeleted | UsageRecord | SummaryUpdated)
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def storable(record: Record) -> Record:
-    """`record` with text every database and the spool can hold: NUL characters (PostgreSQL's text
-    cannot) dropped, lone surrogates (a client's "\\ud800" JSON escapes; no UTF-8 encoder takes
-    them) replaced by U+FFFD. The record itself when its text is clean, as it nearly always is."""
+    """`record` with text every database and the spool can hold (`text.unencodable`): NULs
+    dropped, lone surrogates replaced by U+FFFD. The record itself when its text is clean, as it
+    nearly always is."""
     changes = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
@@ -205,15 +202,11 @@ def storable(record: Record) -> Record:
 
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
-        if not _UNSTORABLE.search(value):
-            return value
-        return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+        return encodable_text(value)
     if isinstance(value, dict):
-        items = [(_clean(k), _clean(v)) for k, v in value.items()]
-        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items())):
-            return value
-        return dict(items)
+        cleaned = {_clean(k): _clean(v) for k, v in value.items()}
+        return value if cleaned == value else cleaned
     if isinstance(value, (list, tuple)):
-        cleaned = [_clean(v) for v in value]
-        return value if all(c is v for c, v in zip(cleaned, value)) else type(value)(cleaned)
+        items = type(value)(_clean(v) for v in value)
+        return value if items == value else items
     return value

@@ -78,6 +78,12 @@ CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 
 
+def _logged(n: int) -> bool:
+    """Whether the n-th bad thing of a kind a call has seen gets a log line: the first 5, then
+    every 100th (a broken carrier must not turn the log into a flood)."""
+    return n <= 5 or n % 100 == 0
+
+
 # --------------------------------------------------------------------------- the call
 
 
@@ -184,7 +190,7 @@ class PhoneCall:
     def _bad(self, why: str) -> None:
         self.bad_messages += 1
         self._bad_in_a_row += 1
-        if self.bad_messages <= 5 or self.bad_messages % 100 == 0:
+        if _logged(self.bad_messages):
             log.warning("%s stream: ignored a bad message (%d so far): %s", self.carrier, self.bad_messages, why[:200])
         if self.session is not None and self.bad_messages <= 20:  # the timeline is not a flood log
             self.session.publish(E.CallBadMessage(t=self.session.clock.now(), reason=why[:200],
@@ -210,7 +216,7 @@ class PhoneCall:
             self.end(f"carrier_{ev.reason}")
         elif isinstance(ev, StreamError):
             self.carrier_errors += 1
-            if self.carrier_errors <= 5 or self.carrier_errors % 100 == 0:  # as `_bad`: not a flood log
+            if _logged(self.carrier_errors):
                 log.warning("%s reported a stream error %s (%d so far): %s", self.carrier, ev.code,
                             self.carrier_errors, ev.message[:200])
             if self.session is not None and self.carrier_errors <= 20:
