@@ -160,6 +160,19 @@ def test_error_output_folder_missing(cli, tmp_path):
     assert not target.parent.exists()
 
 
+def test_error_folders_where_files_belong(cli, tmp_path):
+    """A folder given as the input or the output is the user's mistake, said in one line (it was
+    an 'internal error: IsADirectoryError', the output one after the models had loaded)."""
+    assert_one_line_error(cli("transcribe", str(tmp_path)), contains="is a directory")
+    assert_one_line_error(cli("say", "hello", "--out", str(tmp_path)), contains="is a folder")
+
+
+def test_error_full_disk_is_a_user_error(cli):
+    """An OS error on the file the user named (here a full disk: /dev/full) is one line naming
+    the file, exit 2, not an internal error."""
+    assert_one_line_error(cli("say", "hello", "--out", "/dev/full"), contains="No space left on device: /dev/full")
+
+
 def test_chat_without_audio_device(cli):
     try:
         import sounddevice as sd

@@ -118,7 +118,12 @@ def wav_bytes(frame: Frame) -> bytes:
 
 
 def write_wav(path: str | Path, frame: Frame) -> None:
-    Path(path).write_bytes(wav_bytes(frame))
+    try:
+        Path(path).write_bytes(wav_bytes(frame))
+    except OSError as e:  # a write's error (a full disk) does not name the file: say which one
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def load_audio(path: str | Path, *, rate: int | None = None, max_seconds: float | None = None) -> Frame:
@@ -133,6 +138,8 @@ def load_audio(path: str | Path, *, rate: int | None = None, max_seconds: float 
     p = Path(path)
     if not p.exists():
         raise AudioFormatError(f"no such file: {p}")
+    if p.is_dir():
+        raise AudioFormatError(f"{p} is a directory, not an audio file")
     with open(p, "rb") as fh:
         head = fh.read(12)
     if head[:4] in (b"RIFF", b"RF64"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from moksori.cli.main import app, friendly
-from moksori.cli.ui import err_console, load_stack
+from moksori.cli.ui import check_output_file, err_console, load_stack
 from moksori.errors import AudioFormatError, ConfigError
 from moksori.settings import load_settings
 
@@ -47,8 +47,8 @@ def converse(
     if len(frame) == 0:
         raise AudioFormatError(f"{input} contains no audio samples")
     for p in (out, timeline):
-        if p is not None and not p.parent.exists():
-            raise ConfigError(f"output folder does not exist: {p.parent}")
+        if p is not None:
+            check_output_file(p)
     settings = load_settings(**({"language": lang} if lang else {}))
     if fast and settings.brain == "realtime":
         raise ConfigError("--fast needs MOKSORI_BRAIN=pipeline: a realtime upstream answers in real time, "

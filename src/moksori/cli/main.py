@@ -40,6 +40,12 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except OSError as e:
+            if os.environ.get("MOKSORI_DEBUG") or e.filename is None:
+                raise
+            # a file the user named, or one in their data dir: unreadable, unwritable, disk full
+            err_console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except Exception as e:
             if os.environ.get("MOKSORI_DEBUG"):
                 raise

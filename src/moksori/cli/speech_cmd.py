@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from moksori.cli.main import app, friendly
-from moksori.cli.ui import err_console, loading
+from moksori.cli.ui import check_output_file, err_console, loading
 from moksori.errors import AudioFormatError, ConfigError
 from moksori.settings import load_settings
 
@@ -86,8 +86,7 @@ def say(
     if not text.strip():
         raise ConfigError("nothing to say: the text is empty")
     language = _check_lang(lang) or guess_language(text)
-    if not out.parent.exists():
-        raise ConfigError(f"output folder does not exist: {out.parent}")
+    check_output_file(out)
     settings = load_settings()
     if voice and voice.endswith(".onnx"):
         key = "voice_ko" if language == "ko" else "voice_en"

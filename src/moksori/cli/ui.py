@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 
+from moksori.errors import ConfigError
 from moksori.settings import Settings
 
 err_console = Console(stderr=True)
 out_console = Console()
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output path that cannot be written, before any model loads."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give a file name")
+    if not path.parent.exists():
+        raise ConfigError(f"output folder does not exist: {path.parent}")
 
 
 class _Loading:
