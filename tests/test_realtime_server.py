@@ -216,6 +216,24 @@ def test_serve_refuses_a_public_bind_without_keys(tmp_path):
     assert time.monotonic() - t0 < 30  # it refused before loading any model
 
 
+@pytest.mark.parametrize(("url", "said"), [("mysql://root@127.0.0.1/test", "unsupported store database 'mysql'"),
+                                           ("::::", "not a database URL")])
+def test_serve_refuses_a_store_url_it_cannot_use(tmp_path, url, said):
+    """A store URL naming a database Moksori does not support (or not a URL at all) stopped
+    nothing: the server ran, logging that conversations were not stored. It is a one-line
+    error before any model loads, as other configuration mistakes are."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOKSORI_")}
+    env.update(MOKSORI_DATA_DIR=str(tmp_path), MOKSORI_STORE_URL=url)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "moksori", "serve", "--port", str(free_port())],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and said in lines[0], lines
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 30
+
+
 # --------------------------------------------------------------------------- limits
 
 

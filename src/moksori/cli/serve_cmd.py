@@ -9,7 +9,7 @@ import typer
 from moksori.cli.main import app, friendly
 from moksori.cli.ui import err_console, load_stack
 from moksori.errors import ConfigError
-from moksori.settings import load_settings
+from moksori.settings import load_settings, store_url
 
 
 @app.command()
@@ -36,6 +36,11 @@ def serve(
     from moksori.cluster import check_cluster_settings
 
     check_cluster_settings(settings)  # cluster mode (MOKSORI_REDIS_URL): one-line errors before the models load
+    url = store_url(settings)
+    if url is not None:  # a URL no supported driver takes is a typo, not an outage: refuse it now
+        from moksori.store.db import normalise_url
+
+        normalise_url(url)
     settings.server = settings.server.model_copy(update={"host": host, "port": port})  # the registry's address
     if not is_loopback(host) and not keys:
         raise ConfigError(f"refusing to listen on {host} without API keys",
