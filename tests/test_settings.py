@@ -44,6 +44,21 @@ def test_bad_values_are_one_line_errors(monkeypatch, tmp_path) -> None:
         load_settings()
 
 
+def test_a_value_that_fits_no_type_of_a_union_names_the_setting(monkeypatch) -> None:
+    """`stt.threads` is a number or "auto": a wrong value was reported under pydantic's type tag
+    (`invalid setting stt.threads.constrained-int`), with only the first type's message."""
+    monkeypatch.setenv("MOKSORI_STT_THREADS", "many")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    said = str(e.value)
+    assert said.startswith("invalid setting stt.threads: ") and "constrained" not in said, said
+    assert "valid integer" in said and "'auto'" in said, said
+    monkeypatch.setenv("MOKSORI_STT_THREADS", "auto")
+    monkeypatch.setenv("MOKSORI_SERVER_PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"^invalid setting server.port: Input should be a valid integer"):
+        load_settings()
+
+
 def test_api_keys_file(tmp_path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("# comment\nalpha\n\n beta \n", encoding="utf-8")

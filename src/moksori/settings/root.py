@@ -122,6 +122,37 @@ def config_file() -> Path | None:
     return local if local.is_file() else None
 
 
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of an error's location that names settings: it stops at the first field that is
+    not itself a group of settings (what follows a plain field is pydantic's type tags)."""
+    from pydantic import BaseModel
+
+    model: Any = Settings
+    for i, part in enumerate(loc):
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return loc
+        sub = field.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return loc[:i + 1]
+        model = sub
+    return loc
+
+
+def _first_problem(errors: list[Any]) -> tuple[str, str]:
+    """(setting, what is wrong) for pydantic's first error. A value that fits none of a union's
+    types (`threads`: a number or "auto") comes as one error per type, located under a type tag
+    (`stt.threads.constrained-int`): the setting is the tag's parent, and every type's message is
+    said, `or`-joined."""
+    loc, msgs = tuple(errors[0].get("loc", ())), [str(errors[0].get("msg") or "")]
+    field = _field_path(loc)
+    if field != loc:  # the rest of the path are a union's type tags
+        msgs = [str(x.get("msg") or "") for x in errors if tuple(x.get("loc", ()))[:len(field)] == field]
+        loc = field
+    said = [m.removeprefix("Value error, ") for m in msgs]
+    return ".".join(str(p) for p in loc), "; or ".join(dict.fromkeys(said))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings; a bad value becomes one `ConfigError` line, not a pydantic dump."""
     import tomllib
@@ -134,9 +165,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        msg = str(first.get("msg") or "").removeprefix("Value error, ")
+        where, msg = _first_problem(e.errors())
         raise ConfigError(f"invalid setting {where}: {msg}" if where else f"invalid settings: {msg}") from None
     except SettingsError as e:
         # pydantic-settings could not even parse a value, e.g. MOKSORI_LLM='{...' (not JSON)
