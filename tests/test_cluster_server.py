@@ -326,6 +326,36 @@ async def test_the_per_key_limit_counts_the_sessions_of_every_worker(cluster):
                 await c.close()
 
 
+async def test_a_client_that_leaves_while_being_admitted_gives_its_place_back(cluster):
+    """A client that sends its WebSocket upgrade and hangs up at once is gone by the time the
+    worker accepts it: the accept failed outside the session's cleanup, so the cluster lease
+    taken for it stayed, renewed on every heartbeat for ever (found with Redis slowed through a
+    proxy; with Redis on loopback the hang-up still lands before the accept). Six such clients,
+    then both of the key's places (limit 2) must still open."""
+    a = cluster["a"]
+    upgrade = (f"GET /v1/realtime?model=m HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {KEY}\r\n\r\n").encode()
+    for _ in range(6):
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+        writer.write(upgrade)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(1.5)  # past a heartbeat (0.5 s): a leaked lease would have been renewed
+    first = await realtime(a)
+    second = await realtime(cluster["b"])
+    try:
+        await next_event(first, "session.created")
+        await next_event(second, "session.created")
+    finally:
+        for c in (first, second):
+            with contextlib.suppress(Exception):
+                await c.close()
+    await wait_held(a, "worker-a", 0)
+    await wait_held(a, "worker-b", 0)
+
+
 async def test_an_ephemeral_key_minted_on_one_worker_opens_a_session_on_another(cluster):
     a, b = cluster["a"], cluster["b"]
     r = httpx.post(a.url + "/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {KEY}"},

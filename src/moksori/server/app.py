@@ -240,7 +240,11 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
         return
     flavor = rt.detect_flavor(ws.url.path, headers, offered)
     accept_proto = "realtime" if "realtime" in offered else None
-    await ws.accept(subprotocol=accept_proto)
+    try:
+        await ws.accept(subprotocol=accept_proto)
+    except BaseException:  # the client left while it was being admitted: its place goes back
+        ticket.closed("client_left")
+        raise
     state.opened(label)
     conn: RealtimeConnection | None = None
     tasks: list[asyncio.Task] = []
