@@ -32,6 +32,7 @@ from servers import ServerProcess, ThreadedASGIServer, free_port
 from speech import prepared_data_dir, requires_speech, utt
 
 aiortc = pytest.importorskip("aiortc")
+from moksori.server.webrtc.call import MAX_CHANNEL_BUFFERED  # noqa: E402 - needs aiortc
 from moksori.testing.webrtc_client import RtcClient  # noqa: E402 - needs aiortc
 
 pytestmark = [pytest.mark.models, requires_speech]
@@ -272,6 +273,10 @@ async def test_barge_in_clears_the_track_at_once(server):
         done = await client.wait_event("response.done", after=n1, timeout=10,
                                        pred=lambda e: e["response"]["id"] == started["response_id"])
         assert done["response"]["status"] == "cancelled"
+        # the data channel carried a spoken conversation's events (transcript deltas among them)
+        # and never held more than a sliver of the cap at which a peer counts as not reading
+        peak = (await asyncio.to_thread(stats, server))["detail"][0]["channel_peak_bytes"]
+        assert 0 < peak < MAX_CHANNEL_BUFFERED // 64, peak
     finally:
         await client.close()
     await wait_calls(server, 0)

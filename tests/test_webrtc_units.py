@@ -1,10 +1,14 @@
 """The pure parts of the WebRTC transport: SDP checks, the key store, the outbound track's
-bookkeeping (what it plays, when it says started/stopped/cleared), and the aiortc speed fix."""
+bookkeeping (what it plays, when it says started/stopped/cleared), the aiortc speed fix, and
+the call's data-channel limits (with a fake channel) and its end when its session stops sending."""
 
 from __future__ import annotations
 
 import asyncio
 import fractions
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,8 +19,8 @@ from moksori.audio.frames import Frame
 from moksori.server.ephemeral_keys import (MemoryKeyStore, StoreFull, is_ephemeral, new_key,
                                            parse_expires_after)
 from moksori.server.webrtc import ice
-from moksori.server.webrtc.sdp import (OfferError, check_offer, first_audio_codec,
-                                       keep_candidates)
+from moksori.server.webrtc.sdp import (DEFAULT_MAX_MESSAGE_SIZE, OfferError, check_offer,
+                                       first_audio_codec, keep_candidates)
 from moksori.server.webrtc.tracks import FRAME_SAMPLES, OutboundAudio, to_mono_pcm
 
 OFFER = "\r\n".join([
@@ -35,11 +39,23 @@ OFFER = "\r\n".join([
 def test_offer_checks():
     offer = check_offer(OFFER.replace("\r\n", "\n"))  # LF-only offers are normalised
     assert offer.audio and offer.data_channel and offer.sdp.endswith("\r\n") and "\r\n" in offer.sdp
+    data_only = OFFER[:OFFER.index("m=audio")] + OFFER[OFFER.index("a=ice-ufrag"):]
     for bad, why in [("", "empty"), ("hello", "v=0"), ("v=0\r\nnot a line\r\n", "malformed"),
-                     ("v=0\r\ns=-\r\n", "neither"),
+                     ("v=0\r\ns=-\r\n", "no audio"), (data_only, "no audio"),
+                     (OFFER.replace("m=audio", "m=video"), "no audio"),
                      (OFFER.replace("a=ice-pwd", "a=x-pwd"), "ICE"), (OFFER.replace("a=fingerprint", "a=x"), "DTLS")]:
         with pytest.raises(OfferError, match=why):
             check_offer(bad)
+
+
+def test_max_message_size_of_the_peer():
+    """The data channel's a=max-message-size: Chrome's and aiortc's 262144; absent, RFC 8841's
+    64 KiB (as aiortc assumes); 0, no limit. Only the data-channel section counts."""
+    assert check_offer(OFFER).max_message_size == DEFAULT_MAX_MESSAGE_SIZE == 65536
+    assert check_offer(OFFER + "a=max-message-size:262144\r\n").max_message_size == 262144
+    assert check_offer(OFFER + "a=max-message-size:0\r\n").max_message_size is None
+    audio_level = OFFER.replace("a=ice-ufrag", "a=max-message-size:5\r\na=ice-ufrag")
+    assert check_offer(audio_level).max_message_size == DEFAULT_MAX_MESSAGE_SIZE
 
 
 def test_candidates_are_filtered_for_loopback_calls():
@@ -224,3 +240,114 @@ async def test_clearing_one_response_leaves_the_playing_one_alone():
     track.play("playing", "i1", tone(40))
     track.clear(["playing"])  # barge-in on the one being heard
     assert events[-1] == ("cleared", "playing") and track.buffered == 0
+
+
+# --------------------------------------------------------------------------- the call's data channel
+
+
+class FakeDataChannel:
+    """A fake of aiortc's RTCDataChannel: what `Call` uses of it. Like aiortc, `send` refuses a
+    message over the peer's limit with ValueError and counts what it holds in `bufferedAmount`;
+    like a peer that acknowledges nothing, it never drains."""
+
+    label = "oai-events"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.readyState = "connecting"
+        self.bufferedAmount = 0
+        self.sent: list[str] = []
+        self._handlers: dict[str, object] = {}
+
+    def on(self, event: str, handler: object) -> None:
+        self._handlers[event] = handler
+
+    def open(self) -> None:
+        self.readyState = "open"
+        handler = self._handlers.get("open")
+        if callable(handler):
+            handler()
+
+    def send(self, text: str) -> None:
+        size = len(text.encode("utf-8"))
+        if size > self.limit:
+            raise ValueError(f"Cannot send message of {size} bytes")
+        self.bufferedAmount += size
+        self.sent.append(text)
+
+
+def _call(send: Callable[[dict[str, Any]], Awaitable[None]] | None = None, *,
+          max_message_size: int | None = None) -> tuple[Any, Any, list[object]]:
+    """A real Call and RealtimeConnection (fake models); the connection's `send` is the call's
+    unless given."""
+    from moksori.protocols import realtime as rt
+    from moksori.server.realtime_conn import RealtimeConnection
+    from moksori.server.webrtc.call import Call
+    from moksori.settings import Settings
+    from moksori.testing.fakes import fake_stack
+
+    closed: list[object] = []
+    call = Call("rtc_test", owner="t", connect_timeout_s=60, idle_timeout_s=60, on_closed=closed.append,
+                max_message_size=max_message_size)
+    conn = RealtimeConnection(fake_stack(), Settings(turn={"provider": "none"}), rt.Flavor.GA, send or call.send,
+                              audio_sink=call.track)
+    call.attach_connection(conn)
+    return call, conn, closed
+
+
+async def test_an_event_too_large_before_the_channel_opens_becomes_an_error():
+    """Queued before the channel opened, then sent from aiortc's "open" callback: the ValueError
+    used to escape into aiortc's DTLS loop and end the call 40 ms after it started."""
+    call, conn, _ = _call(max_message_size=2000)
+    try:
+        channel = FakeDataChannel(limit=2000)
+        call._on_datachannel(channel)
+        await call.send(conn.ev.session_updated({"instructions": "x" * 5000}))
+        await call.send(conn.ev.session_updated({"instructions": "small"}))
+        channel.open()  # flushes what waited; raises nothing
+        sent = [json.loads(t) for t in channel.sent]
+        assert [e["type"] for e in sent] == ["error", "session.updated"]
+        assert sent[0]["error"]["code"] == "event_too_large" and "session.updated" in sent[0]["error"]["message"]
+        await call.send(conn.ev.session_updated({"instructions": "y" * 5000}))  # after it opened, the same
+        assert json.loads(channel.sent[-1])["error"]["code"] == "event_too_large" and not call.closed
+    finally:
+        await call.close()
+
+
+async def test_a_data_channel_nobody_drains_ends_the_call_at_its_cap():
+    from moksori.server.webrtc.call import MAX_CHANNEL_BUFFERED
+
+    call, conn, closed = _call()
+    try:
+        channel = FakeDataChannel(limit=1 << 30)
+        call._on_datachannel(channel)
+        channel.open()
+        event = conn.ev.session_updated({"instructions": "z" * 100_000})
+        for _ in range(MAX_CHANNEL_BUFFERED // 100_000 - 1):
+            await call.send(event)
+        assert not call.closed and call._closing is None  # just under the cap: fine
+        for _ in range(3):
+            await call.send(event)
+        sent = len(channel.sent)
+        await call.send(event)
+        assert len(channel.sent) == sent  # past the cap nothing more is put on the channel
+        await asyncio.wait_for(call.ended.wait(), 10)
+        assert call.close_reason == "the peer is not reading the data channel" and closed == [call]
+    finally:
+        await call.close()
+
+
+async def test_the_call_ends_when_its_session_stops_sending():
+    """The connection's outbox stops on a failed send (or a client not reading) and closes the
+    session; the call used to stay up, connected, holding its slot with a dead session."""
+    async def broken(event: dict) -> None:
+        raise ConnectionError("gone")
+
+    call, conn, closed = _call(broken)
+    try:
+        call.start()  # session.created: the send fails
+        await asyncio.wait_for(call.ended.wait(), 10)
+        assert call.close_reason == "the session stopped sending (send_failed)" and closed == [call]
+        assert conn.closed and conn.session.closed
+    finally:
+        await call.close()

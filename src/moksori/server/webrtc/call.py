@@ -9,8 +9,14 @@
 The call ends on hang-up, when the peer closes, when it never connects (`connect_timeout_s`),
 or when a connected peer goes silent: no media for `idle_timeout_s` after media has flowed means
 it vanished without closing (a browser's mic track always sends frames, silence included). A
-call that never sent media (data channel only, or a mic not started yet) is ended by ICE
-consent freshness instead (aioice: about 30 s).
+call that never sent media (a mic not started yet) is ended by ICE consent freshness instead
+(aioice: about 30 s). It also ends when its connection can send no more, and when the peer stops
+taking the data channel's messages (MAX_CHANNEL_BUFFERED).
+
+Only the offer's first audio line is received; any other media (video, a second audio line) is
+answered inactive. A server event larger than the peer's data-channel message limit
+(`a=max-message-size`) is not sent there: the client gets a small `event_too_large` error
+instead, and the sidebands still get the event.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
 
 from moksori.audio.frames import Frame
 from moksori.errors import ProtocolError
@@ -42,6 +49,33 @@ EVENTS_CHANNEL = "oai-events"
 MAX_PENDING_EVENTS = 2000  # server events kept until the data channel opens
 MAX_INBOX = 512  # client events waiting to be handled
 SIDEBAND_QUEUE = 10_000
+# Bytes of server events aiortc holds for the data channel (its `bufferedAmount`, unbounded in
+# aiortc) before the peer counts as not reading. A spoken conversation sends a few KB a second
+# there (the audio is on the RTP track), so this is minutes of normal traffic, or 16 events of
+# the largest size Chrome takes (256 KiB); a peer that stopped acknowledging SCTP data made the
+# server hold 120 MB in a minute. The WebSocket's counterpart is MAX_OUTBOUND_EVENTS.
+MAX_CHANNEL_BUFFERED = 4 * 1024 * 1024
+
+
+class Wire(NamedTuple):
+    """A server event as the text that goes on the wire, with what a size limit counts."""
+
+    text: str
+    size: int  # UTF-8 bytes, what the peer's a=max-message-size and `bufferedAmount` count
+    type: str  # the event's type, to name it in an error
+
+
+def wire(event: dict[str, Any]) -> Wire:
+    """Encode one server event. Text with a lone surrogate (a client's `\\ud800` escape echoed
+    back) has no UTF-8 form, and aiortc's send would raise on it: such an event is sent with
+    JSON's ASCII escapes instead."""
+    text = json.dumps(event, ensure_ascii=False)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        text = json.dumps(event)
+        size = len(text)
+    return Wire(text, size, str(event.get("type", "")))
 
 
 class Sideband:
@@ -70,9 +104,12 @@ class Sideband:
 
 class Call:
     def __init__(self, call_id: str, *, owner: str, connect_timeout_s: float, idle_timeout_s: float,
-                 on_closed: Callable[["Call"], None]) -> None:
+                 on_closed: Callable[["Call"], None], max_message_size: int | None = None) -> None:
+        """`max_message_size`: the largest data-channel message the peer takes (its offer's
+        a=max-message-size, `sdp.Offer`); None: no limit."""
         self.id = call_id
         self.owner = owner
+        self.max_message_size = max_message_size
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self._on_closed = on_closed
@@ -80,7 +117,9 @@ class Call:
         self.track = OutboundAudio(notify=self._notify, played=self._played)
         self.conn: RealtimeConnection | None = None
         self.channel: Any = None
-        self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._pending: deque[Wire] = deque(maxlen=MAX_PENDING_EVENTS)
+        self.channel_peak = 0  # the most bytes the data channel has held unsent (debug stats)
+        self._channel_stuck = False  # past MAX_CHANNEL_BUFFERED: nothing more goes on the channel
         # client events from the data channel and the sidebands, handled in arrival order from `start`
         self._inbox: Inbox[str | bytes] = Inbox(self._handle, name=f"webrtc-inbox-{call_id}", limit=MAX_INBOX,
                                                 on_overflow=self._inbox_full, start=False)
@@ -107,11 +146,11 @@ class Call:
     async def answer(self, offer_sdp: str, addresses: list[str] | None) -> str:
         """Apply the offer, add our outbound track, gather our candidates, return the answer."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        for t in self.pc.getTransceivers():
-            if t.kind == "audio" and not aiortc_fixes.low_latency_receiver(t.receiver):
+        audio = self._receive_first_audio_only()
+        if audio is not None:
+            if not aiortc_fixes.low_latency_receiver(audio.receiver):
                 log.warning("call %s: aiortc's jitter buffer could not be shortened (+60 ms on input)", self.id)
-        if any(t.kind == "audio" for t in self.pc.getTransceivers()):
-            self.pc.addTrack(self.track)  # takes the offered audio transceiver's sender
+            self.pc.addTrack(self.track)  # takes the first audio transceiver's sender (the others are inactive)
         with ice.offering(addresses):
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = self.pc.localDescription.sdp
@@ -120,11 +159,27 @@ class Call:
             self.track.silence_packet = aiortc_fixes.opus_silence()
         return answer
 
+    def _first_audio(self) -> RTCRtpTransceiver | None:
+        """The transceiver of the offer's first audio line: the call's one inbound and outbound audio."""
+        return next((t for t in self.pc.getTransceivers() if t.kind == "audio"), None)
+
+    def _receive_first_audio_only(self) -> RTCRtpTransceiver | None:
+        """Answer every transceiver but the first audio one inactive, and return that one. For an
+        offered line aiortc answers recvonly by default, then runs a receiver and decoder for it
+        and queues every decoded frame in a track nobody reads: a client's 640x480 video grew the
+        server by ~13 MB/s. Inactive, nothing is received or decoded."""
+        kept = self._first_audio()
+        for t in self.pc.getTransceivers():
+            if t is not kept:
+                t.direction = "inactive"
+        return kept
+
     def start(self) -> None:
         assert self.conn is not None
         self._spawn(self.conn.start(), "webrtc-start")
         self._track(self._inbox.start())
         self._spawn(self._watch(), "webrtc-watch")
+        self._spawn(self._watch_sender(self.conn), "webrtc-sender")
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
         return self._track(asyncio.create_task(coro, name=f"{name}-{self.id}"))
@@ -137,15 +192,51 @@ class Call:
     # ------------------------------------------------------------------ server events out
 
     async def send(self, event: dict[str, Any]) -> None:
-        """The connection's `send`: the data channel and every sideband get the event."""
-        text = json.dumps(event, ensure_ascii=False)
+        """The connection's `send`: the data channel and every sideband get the event. Never
+        raises: the connection's outbox would take an exception for a dead socket."""
+        out = wire(event)
         for sb in list(self.sidebands):
-            sb.push(text)
+            sb.push(out.text)  # a WebSocket has no message size limit: sidebands get every event whole
         ch = self.channel
         if ch is not None and ch.readyState == "open":
-            ch.send(text)
+            self._to_channel(ch, out)
         elif not self.closed:
-            self._pending.append(text)
+            self._pending.append(out)
+
+    def too_large(self, size: int) -> bool:
+        """Whether a message of `size` bytes is more than the peer's data channel takes."""
+        return self.max_message_size is not None and size > self.max_message_size
+
+    def _to_channel(self, channel: Any, out: Wire) -> None:
+        """Put one event on the open data channel. Never raises: this also runs inside aiortc's
+        callbacks (the channel opening), where an exception ends the whole DTLS session."""
+        if self._channel_stuck:
+            return
+        if self.too_large(out.size):
+            out = self._too_large_error(out)
+        try:
+            channel.send(out.text)
+        except (InvalidStateError, ValueError) as e:  # closed under us; aiortc refused the message
+            log.info("call %s: the data channel refused a %s: %s", self.id, out.type, e)
+            self.end(f"the data channel failed: {type(e).__name__}")
+            return
+        buffered = channel.bufferedAmount
+        self.channel_peak = max(self.channel_peak, buffered)
+        if buffered > MAX_CHANNEL_BUFFERED:
+            self._channel_stuck = True
+            log.warning("call %s: %d bytes unsent on the data channel, the peer is not reading: ending the call",
+                        self.id, buffered)
+            self.end("the peer is not reading the data channel")
+
+    def _too_large_error(self, out: Wire) -> Wire:
+        """What the peer gets instead of an event its data channel cannot take."""
+        log.info("call %s: a %s of %d bytes is more than the peer's data channel takes (%s bytes)",
+                 self.id, out.type, out.size, self.max_message_size)
+        message = (f"the server event {out.type} is {out.size} bytes, more than the {self.max_message_size} bytes "
+                   f"this data channel takes (the peer's a=max-message-size): it was not sent here; a sideband "
+                   f"connection (/v1/realtime?call_id=) gets it whole")
+        assert self.conn is not None  # server events come from the connection
+        return wire(self.conn.ev.error(message, code="event_too_large", type="invalid_request_error"))
 
     def _notify(self, kind: str, response_id: str) -> None:
         conn = self.conn
@@ -173,7 +264,7 @@ class Call:
 
         def flush() -> None:
             while self._pending and channel.readyState == "open":
-                channel.send(self._pending.popleft())
+                self._to_channel(channel, self._pending.popleft())
 
         if channel.readyState == "open":
             flush()
@@ -181,8 +272,9 @@ class Call:
             channel.on("open", flush)
 
     def _on_track(self, track: Any) -> None:
-        if track.kind != "audio":
-            return
+        first = self._first_audio()  # aiortc announces every offered line's track, before `answer` can say no
+        if first is None or track is not first.receiver.track:
+            return  # video, or a second audio line: answered inactive, it never receives
 
         def on_frame(frame: Frame) -> None:
             self.has_media = True  # a sender with no track yet (text first, mic later) sends nothing
@@ -220,6 +312,13 @@ class Call:
             await self.conn.on_message(message)
 
     # ------------------------------------------------------------------ lifetime
+
+    async def _watch_sender(self, conn: RealtimeConnection) -> None:
+        """End the call when its connection can send no more (its outbox failed or found the peer
+        not reading): the session is closed then, and a call left up would hold its slot with a
+        dead session behind it. The WebSocket route watches the same task."""
+        await asyncio.wait({conn.sender})
+        self.end(f"the session stopped sending ({conn.send_stopped or 'closed'})")
 
     async def _watch(self) -> None:
         while not self.closed:
@@ -274,7 +373,9 @@ class Call:
         sb.push(None)
 
     def summary(self) -> dict[str, Any]:
+        receiving = [t.kind for t in self.pc.getTransceivers() if t.currentDirection in ("recvonly", "sendrecv")]
         return {"call_id": self.id, "connected": self.connected, "state": self.pc.connectionState, "codec": self.codec,
-                "has_media": self.has_media, "sidebands": len(self.sidebands),
+                "has_media": self.has_media, "sidebands": len(self.sidebands), "receiving": receiving,
+                "channel_peak_bytes": self.channel_peak,
                 "buffered_ms": 1000 * self.track.buffered // self.track.rate,
                 "frames_sent": self.track.frames_sent, "speech_frames_sent": self.track.speech_frames_sent}

@@ -147,7 +147,7 @@ class WebRTC:
     async def create_call(self, request: Request) -> Response:
         from moksori.server.realtime_conn import RealtimeConnection
         from moksori.server.webrtc import ice
-        from moksori.server.webrtc.call import Call
+        from moksori.server.webrtc.call import Call, wire
         from moksori.server.webrtc.sdp import OfferError, check_offer, keep_candidates
 
         cfg = self.settings.webrtc
@@ -195,7 +195,8 @@ class WebRTC:
 
         call_id = "rtc_" + secrets.token_hex(12)
         call = Call(call_id, owner=label, connect_timeout_s=cfg.connect_timeout_s,
-                    idle_timeout_s=cfg.idle_timeout_s, on_closed=self._closed)
+                    idle_timeout_s=cfg.idle_timeout_s, on_closed=self._closed,
+                    max_message_size=offer.max_message_size if offer.data_channel else None)
         self.peers.add(call.pc)
         query = request.query_params
         model = (session_part or {}).get("model") if isinstance(session_part, dict) else None
@@ -226,6 +227,13 @@ class WebRTC:
         except ProtocolError as e:
             await call.close("invalid session")
             return error(400, e.message, e.code, param=("session." + e.param.removeprefix("session.")) if e.param else None)
+        # as conn.start() will send it (a spare ServerEvents: the connection's own counts its event ids)
+        created = wire(rt.ServerEvents(rt.Flavor.GA).session_created(conn.wire_session())).size
+        if call.too_large(created):  # its first event could never reach the client
+            await call.close("session config too large for the data channel")
+            return error(400, f"the session config makes session.created {created} bytes, more than the "
+                              f"{call.max_message_size} bytes this peer's data channel takes (its a=max-message-size): "
+                              "shorten the instructions or tools", "session_too_large", param="session")
         addresses = ice.addresses_for(cfg.ice_addresses, (request.scope.get("server") or (None,))[0])
         try:
             answer = await asyncio.wait_for(call.answer(keep_candidates(offer.sdp, ice.remote_filter(addresses)),

@@ -1,4 +1,5 @@
-"""SDP offers: a quick sanity check before aiortc parses them, and ICE candidate filtering.
+"""SDP offers: a quick sanity check before aiortc parses them (an audio line is required), the
+peer's data-channel message limit, and ICE candidate filtering.
 
 Pure functions on text; no aiortc import. aiortc's own parser still has the last word (its
 errors become HTTP 400 in the route).
@@ -10,6 +11,10 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# RFC 8841 section 6: a peer whose offer states no a=max-message-size takes messages of up to
+# 64 KiB (aiortc applies the same default)
+DEFAULT_MAX_MESSAGE_SIZE = 65536
+
 
 class OfferError(ValueError):
     """The body is not a usable SDP offer; the message says why, for a person."""
@@ -20,6 +25,7 @@ class Offer:
     sdp: str  # normalised to CRLF line endings
     audio: bool  # an m=audio section
     data_channel: bool  # an m=application ... webrtc-datachannel section
+    max_message_size: int | None  # the largest data-channel message the peer takes; None: any size
 
 
 def check_offer(text: str) -> Offer:
@@ -34,13 +40,30 @@ def check_offer(text: str) -> Offer:
     media = [ln for ln in lines if ln.startswith("m=")]
     audio = any(ln.startswith("m=audio ") for ln in media)
     data = any(ln.startswith("m=application ") and "webrtc-datachannel" in ln for ln in media)
-    if not audio and not data:
-        raise OfferError("the offer has neither an audio track nor a data channel")
+    if not audio:  # a Realtime call is a voice call: without an audio line it could never hear or speak
+        raise OfferError("the offer has no audio track (m=audio); a Realtime call needs one, even if the "
+                         "microphone starts later")
     if not any(ln.startswith("a=ice-ufrag:") for ln in lines) or not any(ln.startswith("a=ice-pwd:") for ln in lines):
         raise OfferError("the offer has no ICE credentials (a=ice-ufrag / a=ice-pwd)")
     if not any(ln.startswith("a=fingerprint:") for ln in lines):
         raise OfferError("the offer has no DTLS fingerprint")
-    return Offer("\r\n".join(lines) + "\r\n", audio, data)
+    return Offer("\r\n".join(lines) + "\r\n", audio, data, max_message_size(lines))
+
+
+def max_message_size(lines: list[str]) -> int | None:
+    """The peer's `a=max-message-size` in its data-channel section (Chrome and aiortc say 262144,
+    Firefox 1073741823): the largest server event its data channel takes. Absent: the RFC's
+    default; 0 (or garbage, which aiortc will refuse anyway): None, no limit known."""
+    section = False
+    for ln in lines:
+        if ln.startswith("m="):
+            section = ln.startswith("m=application ")
+        elif section and ln.startswith("a=max-message-size:"):
+            value = ln.split(":", 1)[1].strip()
+            if not value.isdigit() or int(value) == 0:
+                return None
+            return int(value)
+    return DEFAULT_MAX_MESSAGE_SIZE
 
 
 def candidate_address(line: str) -> str | None:
