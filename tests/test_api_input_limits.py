@@ -3,12 +3,14 @@
 * a client that hangs up mid-body is a quiet no-op on every route that reads its own body;
 * ids no database can hold (a NUL, a lone surrogate) are a 404 / 400 without asking it;
 * a user whose id holds "/" can be erased;
-* an ephemeral key holds a bounded session config (and the in-process store bounded bytes).
+* an ephemeral key holds a bounded session config (and the in-process store bounded bytes);
+* a typed item holding a lone surrogate is echoed (escaped) and answered, not the end of the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from databases import postgres_database
 from moksori.server.ephemeral_keys import MAX_SESSION_BYTES, MemoryKeyStore, StoreFull, new_key
@@ -128,3 +131,23 @@ async def test_the_key_store_caps_the_bytes_its_keys_hold() -> None:
     now[0] += 61  # the first key expires: its bytes are free again
     await store.put(new_key(60, session, now=now[0]))
     assert len(store) == 3 and store.bytes <= 3000
+
+
+async def test_a_lone_surrogate_in_a_typed_item_does_not_end_the_session(server) -> None:
+    """A client's `\\ud800` escape is valid JSON and reaches the item as a lone surrogate. Echoed
+    in `conversation.item.added`, it had no UTF-8 form: the send raised, the session took that
+    for a client that is not reading and closed it (1008). Now the echo goes out escaped and the
+    session answers."""
+    url = f"ws://127.0.0.1:{server.port}/v1/realtime?model=m"
+    async with websockets.connect(url, additional_headers=H) as ws:
+        item = ('{"type": "conversation.item.create", "item": {"type": "message", "role": "user", '
+                '"content": [{"type": "input_text", "text": "hi \\ud800 there"}]}}')
+        await ws.send(item)
+        await ws.send('{"type": "response.create"}')
+        seen: dict[str, dict] = {}
+        while "response.done" not in seen:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            seen.setdefault(event["type"], event)
+        assert seen["response.done"]["response"]["status"] == "completed", seen["response.done"]
+        added = seen["conversation.item.added"]["item"]["content"][0]["text"]
+        assert added == "hi \ud800 there"

@@ -252,7 +252,10 @@ async def serve_realtime(ws: WebSocket, state: ServerState) -> None:
     silent_s = 0.0  # how long before the end the client was last heard from, if it is gone
     try:
         async def send(event: dict[str, Any]) -> None:
-            await ws.send_text(json.dumps(event, ensure_ascii=False))
+            try:
+                await ws.send_text(json.dumps(event, ensure_ascii=False))
+            except UnicodeEncodeError:  # an echoed lone surrogate (a client's "\ud800") has no UTF-8 form
+                await ws.send_text(json.dumps(event))  # nothing was written: send it with ASCII escapes
 
         conn = RealtimeConnection(
             state.stack, state.settings, flavor, send, model=query.get("model") or "moksori",
