@@ -288,6 +288,33 @@ async def test_live_events_published_on_one_worker_are_followed_on_another(clust
     assert await b.live.follow("conv_nope") is None
 
 
+async def test_a_lone_surrogate_in_a_transcript_does_not_stop_live_events(cluster):
+    """A client's `\\ud800` escape reaches a transcript as a lone surrogate. Published as is, it
+    made Redis's encode raise inside the worker's one sender task, which died: no live event of
+    any conversation on that worker went out again. Now it goes out escaped, and so do the
+    events after it."""
+    a = await cluster.node("wa")
+    b = await cluster.node("wb")
+    a.live.begin("conv_s", "o")
+    await asyncio.sleep(0.2)
+    follow = await b.live.follow("conv_s")
+    a.live.publish("conv_s", "transcript.done", {"item_id": "item_1", "text": "hi \ud800 there", "language": "en"})
+    a.live.publish("conv_s", "reply.delta", {"response_id": "resp_1", "delta": "안녕"})
+    got = [await follow.next(timeout=3), await follow.next(timeout=3)]
+    await follow.close()
+    assert [e["type"] if e else None for e in got] == ["transcript.done", "reply.delta"]
+    assert got[0]["text"] == "hi \ud800 there" and got[1]["delta"] == "안녕"
+
+
+def test_json_text_keeps_utf8_and_escapes_only_what_has_no_utf8_form():
+    from moksori.text.unencodable import json_text
+
+    assert json_text({"t": "안녕 \x00"}) == '{"t": "안녕 \\u0000"}'
+    text = json_text({"t": "안녕 \ud800"})
+    text.encode("utf-8")  # encodable
+    assert json.loads(text) == {"t": "안녕 \ud800"}
+
+
 async def test_a_follower_learns_when_the_worker_holding_the_conversation_dies(cluster):
     a = await cluster.node("wa")
     b = await cluster.node("wb")

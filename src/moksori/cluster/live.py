@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from moksori import cancellation
 from moksori.cluster.hub import RESYNC, PubSubHub, Subscription
 from moksori.cluster.redis_client import Keys, RedisUnavailable, redis_errors, translated
+from moksori.text.unencodable import json_text
 
 log = logging.getLogger("moksori.cluster")
 
@@ -285,7 +286,9 @@ class RedisLive:
         ev = envelope(conversation_id, local.seq, type, data)
         if type == "conversation.state" and "state" in ev:
             local.record["state"] = str(ev["state"])
-        self._put("publish", (conversation_id, json.dumps(ev, ensure_ascii=False, separators=(",", ":")),
+        # json_text: a client's lone surrogate in a transcript made Redis's encode raise, which
+        # ended this worker's sender task and every live event after it
+        self._put("publish", (conversation_id, json_text(ev, separators=(",", ":")),
                               ev.get("state") if type == "conversation.state" else None))
 
     def end(self, conversation_id: str, reason: str) -> None:

@@ -40,6 +40,7 @@ from moksori.cluster.limits import Lease
 from moksori.cluster.reaper import reap_forever
 from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.live_events import publish_session
+from moksori.text.unencodable import json_text
 from moksori.server.load import DRAINING
 from moksori.server.load import Refusal as LocalRefusal
 from moksori.server.webhook_guard import read_body
@@ -304,7 +305,7 @@ def install(app: FastAPI, state: Any) -> None:
 
 
 def _sse(ev: dict[str, Any]) -> str:
-    data = json.dumps(ev, ensure_ascii=False, separators=(",", ":"))
+    data = json_text(ev, separators=(",", ":"))  # the stream's UTF-8 encode takes it, lone surrogates too
     return f"id: {ev.get('seq', 0)}\nevent: {ev.get('type', 'message')}\ndata: {data}\n\n"
 
 
