@@ -529,13 +529,13 @@ async def _rpc_ok(node) -> bool:
 
 
 async def test_ephemeral_keys_minted_on_one_worker_work_on_another(cluster):
-    from moksori.server.ephemeral_keys import EphemeralKey, MemoryKeyStore, new_key
+    from moksori.server.ephemeral_keys import EphemeralKey, MemoryKeyStore, StoreFull, new_key
 
     with TCPProxy("127.0.0.1", 6379) as proxy:
         a = await cluster.node("wa", url=f"redis://127.0.0.1:{proxy.port}/0")
         b = await cluster.node("wb")
-        sa = RedisKeyStore(a.redis, a.keys, EphemeralKey, MemoryKeyStore(), a.breaker)
-        sb = RedisKeyStore(b.redis, b.keys, EphemeralKey, MemoryKeyStore(), b.breaker)
+        sa = RedisKeyStore(a.redis, a.keys, EphemeralKey, MemoryKeyStore(), a.breaker, full=StoreFull)
+        sb = RedisKeyStore(b.redis, b.keys, EphemeralKey, MemoryKeyStore(), b.breaker, full=StoreFull)
         key = new_key(60, {"instructions": "hi"}, owner="lbl")
         await sa.put(key)
         got = await sb.get(key.value)
@@ -600,3 +600,188 @@ def test_moksori_serve_refuses_cluster_mode_without_its_shared_secret(tmp_path):
         assert done.returncode != 0
         assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert "warming up" not in done.stderr and time.monotonic() - t0 < 30
+
+
+# --------------------------------------------------------------------------- hub: subscriptions that fail
+
+
+async def _numsub(node, channel: str) -> int:
+    return dict(await node.redis.pubsub_numsub(channel)).get(channel, 0)
+
+
+async def test_a_follow_tried_during_a_redis_outage_leaves_nothing_behind_in_the_hub(cluster):
+    """A subscription that Redis did not confirm in time (a follow during an outage), or whose
+    caller went away while it waited, leaves no trace: once Redis is back the hub reports itself
+    connected again, and the same channel can be subscribed (and receives) at once."""
+    with TCPProxy("127.0.0.1", 6379) as proxy:
+        a = await cluster.node("wa", url=f"redis://127.0.0.1:{proxy.port}/0")
+        watcher = await cluster.node("wb")
+        a.live.begin("conv_o", "k")
+        await until(lambda: _async(a.hub.connected), what="hub connected")
+        await until(lambda: watcher.redis.exists(a.keys.conversation("conv_o")), what="its record written")
+        proxy.cut()
+        t0 = time.monotonic()
+        with pytest.raises(RedisUnavailable):
+            await a.live.follow("conv_o")  # the SSE route answers 503 cluster_unavailable
+        assert time.monotonic() - t0 < 4
+        gone_channel = a.keys.events("conv_gone")
+        waiter = asyncio.create_task(a.hub.subscribe(gone_channel))
+        await asyncio.sleep(0.2)
+        waiter.cancel()  # the follower hung up while Redis did not answer
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        proxy.restore()
+        await until(lambda: _async(a.hub.connected), timeout=6, what="the hub connected again")
+        t0 = time.monotonic()
+        follow = await a.live.follow("conv_o")
+        assert follow is not None and time.monotonic() - t0 < 1
+        a.live.publish("conv_o", "reply.delta", {"delta": "after"})
+        ev = await follow.next(timeout=3)
+        assert ev is not None and ev["delta"] == "after"
+        await follow.close()
+        assert await _numsub(watcher, gone_channel) == 0  # nobody listens there: not subscribed again
+
+
+async def test_a_confirmation_that_comes_after_its_subscriber_left_is_not_taken_for_a_subscription(cluster):
+    """Slow Redis: SUBSCRIBE goes out, the caller gives up, UNSUBSCRIBE goes out, then the late
+    confirmation of the first arrives. The hub must not believe the channel is subscribed: a
+    later subscription of it must really subscribe, and get what is published."""
+    with TCPProxy("127.0.0.1", 6379) as proxy:
+        a = await cluster.node("wa", url=f"redis://127.0.0.1:{proxy.port}/0")
+        watcher = await cluster.node("wb")
+        await until(lambda: _async(a.hub.connected), what="hub connected")
+        channel = a.keys.events("conv_slow")
+        proxy.delay_s = 0.4
+        with pytest.raises(RedisUnavailable):
+            await a.hub.subscribe(channel, timeout=0.2)
+        await asyncio.sleep(2.0)  # the late confirmation, then the unsubscription's, come through
+        proxy.delay_s = 0
+        await asyncio.sleep(0.3)
+        sub = await a.hub.subscribe(channel, timeout=3)
+        try:
+            assert await _numsub(watcher, channel) == 1
+            await watcher.redis.publish(channel, "hello")
+            assert await sub.get(timeout=2) == "hello"
+        finally:
+            await sub.close()
+
+
+# --------------------------------------------------------------------------- limits: renew and release
+
+
+async def test_a_lease_released_while_a_heartbeat_renews_it_stays_released(cluster):
+    """The heartbeat took its list of leases and its script is on its way when the session ends:
+    the release must win (the place comes back now, not after the TTL)."""
+    a = await cluster.node("wa", max_per_key=5, start=False)
+    decision = await a.limits.acquire("k")
+    assert decision.lease is not None and await a.limits.count("k") == 1
+    real = a.limits._renew
+    gate = asyncio.Event()
+
+    async def renew_in_flight(**kw):
+        await gate.wait()  # the script is still travelling when the release comes
+        return await real(**kw)
+
+    a.limits._renew = renew_in_flight
+    renewing = asyncio.create_task(a.limits.renew())
+    await asyncio.sleep(0.05)
+    releasing = asyncio.create_task(a.limits.release(decision.lease))
+    await asyncio.sleep(0.2)
+    gate.set()
+    await renewing
+    await releasing
+    assert await a.limits.count("k") == 0
+    await a.limits.renew()  # later heartbeats do not bring it back either
+    assert await a.limits.count("k") == 0
+
+
+# --------------------------------------------------------------------------- slow Redis
+
+
+async def test_pipelines_are_closed_when_a_slow_redis_times_out(cluster):
+    """Every pipeline gives its connection back when a command times out (redis-py otherwise
+    warns "Unclosed Pipeline client" when it is collected)."""
+    import gc
+    import warnings
+
+    loop = asyncio.get_running_loop()
+    unclosed: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: unclosed.append(str(ctx.get("message"))))
+    try:
+        with warnings.catch_warnings(record=True) as caught, TCPProxy("127.0.0.1", 6379) as proxy:
+            warnings.simplefilter("always")
+            a = await cluster.node("wa", url=f"redis://127.0.0.1:{proxy.port}/0", start=False)
+            a.limits.hold_unchecked("k")
+            a.live.live["conv_x"] = _local_record(a)
+            await a.registry.sync()  # loads the script while Redis is quick
+            proxy.delay_s = 0.8  # slower than the client's 0.5 s timeout
+            for call in (a.registry.sync, a.registry.workers, a.limits.renew, a.live.renew,
+                         lambda: a.limits.count("k")):
+                with pytest.raises(RedisUnavailable):
+                    await call()
+            proxy.delay_s = 0
+            gc.collect()
+            await asyncio.sleep(0.1)
+            gc.collect()
+            unclosed += [str(w.message) for w in caught if "Unclosed" in str(w.message)]
+    finally:
+        loop.set_exception_handler(previous)
+    assert not [m for m in unclosed if "Unclosed" in m], unclosed
+
+
+def _local_record(node):
+    from moksori.cluster.live import _Local
+
+    return _Local({"owner": "k", "worker": node.worker_id, "state": "idle", "channel": "realtime",
+                   "started_at": f"{time.time():.3f}"})
+
+
+# --------------------------------------------------------------------------- ephemeral keys: caps
+
+
+async def test_ephemeral_keys_are_capped_across_the_cluster_by_count_and_bytes(cluster, prefix):
+    """The caps of the in-process store (MOKSORI_WEBRTC_MAX_EPHEMERAL_KEYS, 128 MiB) hold for the
+    whole cluster in Redis: a mint past either is refused with `StoreFull` (the route answers
+    429); expired keys give their place back, and the accounting expires with the keys."""
+    import dataclasses
+
+    from moksori.server.ephemeral_keys import EphemeralKey, MemoryKeyStore, StoreFull, new_key
+
+    a = await cluster.node("wa")
+    b = await cluster.node("wb")
+    sa = RedisKeyStore(a.redis, a.keys, EphemeralKey, MemoryKeyStore(3), a.breaker, full=StoreFull)
+    sb = RedisKeyStore(b.redis, b.keys, EphemeralKey, MemoryKeyStore(3), b.breaker, full=StoreFull)
+    for _ in range(2):  # two short-lived keys on a, one on b
+        await sa.put(dataclasses.replace(new_key(60, {"instructions": "a"}), expires_at=time.time() + 1.0))
+    kept = new_key(60, {"instructions": "b"})
+    await sb.put(kept)
+    for store in (sa, sb):  # 3 live keys across the two workers
+        with pytest.raises(StoreFull, match="3 ephemeral keys are live"):
+            await store.put(new_key(60, {}))
+    assert await sa.get(kept.value) == kept
+    await asyncio.sleep(1.2)  # the two short-lived keys expire: their places come back
+    await sb.put(new_key(60, {}))
+    await sa.put(new_key(60, {}))
+    with pytest.raises(StoreFull):
+        await sa.put(new_key(60, {}))
+    # minting at once on both workers cannot take more places than there are
+    keys = Keys(prefix + "race:")
+    sc = RedisKeyStore(a.redis, keys, EphemeralKey, MemoryKeyStore(5), a.breaker, full=StoreFull)
+    sd = RedisKeyStore(b.redis, keys, EphemeralKey, MemoryKeyStore(5), b.breaker, full=StoreFull)
+    got = await asyncio.gather(*[(sc if i % 2 else sd).put(new_key(60, {})) for i in range(12)],
+                               return_exceptions=True)
+    assert sum(r is None for r in got) == 5 and all(isinstance(r, StoreFull) for r in got if r is not None)
+
+    # bytes: two keys of ~2 KB fit in 5 KB, a third does not; a small one still does
+    keys = Keys(prefix + "bytes:")
+    se = RedisKeyStore(a.redis, keys, EphemeralKey, MemoryKeyStore(100, max_bytes=5000), a.breaker, full=StoreFull)
+    big = {"instructions": "x" * 2000}
+    await se.put(new_key(60, big))
+    await se.put(new_key(60, big))
+    with pytest.raises(StoreFull, match="at most 5000"):
+        await se.put(new_key(60, big))
+    await se.put(new_key(60, {}))
+    # nothing stays behind in Redis: the accounting expires with the keys it counts
+    ttls = [await a.redis.pttl(k) async for k in a.redis.scan_iter(match=prefix + "*ek*")]
+    assert len(ttls) >= 3 and all(0 < t <= 61_000 for t in ttls), ttls

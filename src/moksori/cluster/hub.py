@@ -13,6 +13,12 @@ network that went silent without closing. Subscription changes are applied by th
 between reads (redis-py's pub/sub object is not shared between tasks), at most `POLL_S` later;
 `subscribe()` returns once Redis has confirmed the subscription, so nothing published after
 that is missed.
+
+A channel is waited for (`_pending`) only while it has a local subscriber: the last one leaving
+(a `subscribe()` that timed out during an outage, or whose caller was cancelled) cancels the wait,
+and a confirmation that arrives after that (a slow Redis answering a SUBSCRIBE the hub has since
+taken back with UNSUBSCRIBE) is not taken for a subscription; a channel counts as subscribed
+only once Redis has answered every SUBSCRIBE sent for it on this connection.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ class PubSubHub:
         self._subs: dict[str, set[Subscription]] = {}
         self._confirmed: set[str] = set()  # channels Redis confirmed on the current connection
         self._pending: dict[str, asyncio.Future[None]] = {}  # channels waiting for confirmation
+        self._unanswered: dict[str, int] = {}  # SUBSCRIBEs sent on this connection, not answered yet
         self._to_send: set[str] = set()
         self._to_drop: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +144,9 @@ class PubSubHub:
             await sub.close()
             raise RedisUnavailable(f"pub/sub: Redis did not confirm the subscription in {timeout:g} s"
                                    + (f" ({self.last_error})" if self.last_error else "")) from None
+        except BaseException:  # the caller went away (cancelled) while it waited
+            await sub.close()
+            raise
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -144,14 +154,24 @@ class PubSubHub:
         if subs is None:
             return
         subs.discard(sub)
-        if not subs:
+        if not subs:  # nobody here listens any more: nothing to wait for, nothing to send again
             del self._subs[sub.channel]
             self._to_drop.add(sub.channel)
             self._to_send.discard(sub.channel)
+            fut = self._pending.pop(sub.channel, None)
+            if fut is not None and not fut.done():
+                fut.cancel()
 
     # ------------------------------------------------------------------ the reader task
 
     def _confirm(self, channel: str, again: bool) -> None:
+        left = self._unanswered.get(channel, 0) - 1
+        if left > 0:
+            self._unanswered[channel] = left
+            return  # a later SUBSCRIBE of it is still on its way: confirmed by its answer
+        self._unanswered.pop(channel, None)
+        if channel not in self._subs or channel in self._to_send:
+            return  # taken back (or to be sent again) since: not a subscription to rely on
         self._confirmed.add(channel)
         fut = self._pending.pop(channel, None)
         if fut is not None and not fut.done():
@@ -168,6 +188,9 @@ class PubSubHub:
             cancellation.raise_if_cancelled()  # asked to stop, and the client library swallowed it
             ps = self.redis.pubsub()
             self._confirmed.clear()
+            self._unanswered.clear()
+            for channel in [ch for ch in self._pending if ch not in self._subs]:  # (none: unsubscribe drops them)
+                self._pending.pop(channel).cancel()
             resubscribed = set(self._subs) if self.reconnects else set()
             try:
                 self._to_send |= set(self._subs)
@@ -179,6 +202,8 @@ class PubSubHub:
                     if self._to_send:
                         channels = sorted(self._to_send)
                         self._to_send.clear()
+                        for ch in channels:
+                            self._unanswered[ch] = self._unanswered.get(ch, 0) + 1
                         await ps.subscribe(*channels)
                     if self._to_drop:
                         gone = sorted(ch for ch in self._to_drop if ch not in self._subs)

@@ -14,11 +14,15 @@ removes it when the session ends (`release`). A worker that dies without releasi
 renewing: its leases expire after the TTL and the places come back by themselves.
 
 `renew` re-adds a lease that is missing (Redis restarted, or the session was admitted while
-Redis was down): the count converges on the sessions that really exist.
+Redis was down): the count converges on the sessions that really exist. So a release must not
+cross a renewal on the wire: `release` forgets the lease locally first (no renewal started later
+includes it), then waits for a renewal already in flight, which may still carry it, before it
+removes it from Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +102,8 @@ class Limits:
         self.new_sessions_per_minute = new_sessions_per_minute
         self.ttl_ms = int(ttl_s * 1000)
         self.leases: dict[str, Lease] = {}  # lease id -> lease, every lease this worker holds
+        self._renewed = asyncio.Event()  # clear while a renewal is in flight
+        self._renewed.set()
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
 
@@ -134,6 +140,7 @@ class Limits:
     async def release(self, lease: Lease) -> None:
         """The session ended. Raises `RedisUnavailable` (the lease then expires by itself)."""
         self.leases.pop(lease.id, None)
+        await self._renewed.wait()  # a renewal that took its list before the pop may still re-add it
         async with translated("session limits"):
             await self.redis.zrem(self.keys.concurrent(lease.owner), lease.id)
 
@@ -142,16 +149,20 @@ class Limits:
         leases = list(self.leases.values())
         if not leases:
             return
-        async with translated("session limits"):
-            for i in range(0, len(leases), 500):  # keep each script call short
-                part = leases[i:i + 500]
-                await self._renew(keys=[self.keys.concurrent(le.owner) for le in part],
-                                  args=[self.ttl_ms, *[le.id for le in part]])
+        self._renewed.clear()
+        try:
+            async with translated("session limits"):
+                for i in range(0, len(leases), 500):  # keep each script call short
+                    part = [le for le in leases[i:i + 500] if le.id in self.leases]  # not released meanwhile
+                    if part:
+                        await self._renew(keys=[self.keys.concurrent(le.owner) for le in part],
+                                          args=[self.ttl_ms, *[le.id for le in part]])
+        finally:
+            self._renewed.set()
 
     async def count(self, owner: str) -> int:
         """Live sessions of `owner` across the cluster (expired leases not counted)."""
-        async with translated("session limits"):
-            pipe = self.redis.pipeline(transaction=False)
+        async with translated("session limits"), self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.zrange(self.keys.concurrent(owner), 0, -1, withscores=True)
             (sec, usec), members = await pipe.execute()

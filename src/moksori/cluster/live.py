@@ -71,6 +71,11 @@ class Follow(Protocol):
         """The next event; None when nothing came within `timeout` (the caller sends a keepalive)."""
         ...
 
+    @property
+    def over(self) -> bool:
+        """Nothing more can come (the worker's pub/sub shut down): `next` returns None at once."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -113,6 +118,10 @@ class _MemoryFollow:
             except TimeoutError:
                 return None
         return self._q.popleft()
+
+    @property
+    def over(self) -> bool:
+        return False  # the conversation's end comes as `conversation.ended`
 
     async def close(self) -> None:
         self.conv.followers.discard(self)
@@ -217,6 +226,10 @@ class _RedisFollow:
         async with translated("live events"):
             return await self.live.redis.hgetall(self.live.keys.conversation(self.conversation_id))
 
+    @property
+    def over(self) -> bool:
+        return self.sub.closed
+
     async def close(self) -> None:
         await self.sub.close()
 
@@ -313,8 +326,7 @@ class RedisLive:
         if not self.live:
             return
         cids = list(self.live)
-        async with translated("live events"):
-            pipe = self.redis.pipeline(transaction=False)
+        async with translated("live events"), self.redis.pipeline(transaction=False) as pipe:
             for cid in cids:
                 pipe.hset(self.keys.conversation(cid), mapping=self.live[cid].record)
                 pipe.pexpire(self.keys.conversation(cid), self.ttl_ms)
@@ -331,25 +343,25 @@ class RedisLive:
                 self._wake.clear()
                 await self._wake.wait()
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
-            pipe = self.redis.pipeline(transaction=False)
             counted: list[tuple[int, str]] = []  # (index of a PUBLISH in the pipeline, its conversation)
-            for op, arg in batch:
-                if op == "begin":
-                    cid, record = arg
-                    pipe.delete(k.conversation(cid))
-                    pipe.hset(k.conversation(cid), mapping=record)
-                    pipe.pexpire(k.conversation(cid), self.ttl_ms)
-                elif op == "publish":
-                    cid, text, state = arg
-                    if state is not None:
-                        pipe.hset(k.conversation(cid), "state", state)
-                    pipe.publish(k.events(cid), text)
-                    counted.append((len(pipe), cid))
-                else:  # end
-                    pipe.hset(k.conversation(arg), "state", "ended")
-                    pipe.expire(k.conversation(arg), ENDED_KEEP_S)
             try:
-                results = await pipe.execute()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for op, arg in batch:
+                        if op == "begin":
+                            cid, record = arg
+                            pipe.delete(k.conversation(cid))
+                            pipe.hset(k.conversation(cid), mapping=record)
+                            pipe.pexpire(k.conversation(cid), self.ttl_ms)
+                        elif op == "publish":
+                            cid, text, state = arg
+                            if state is not None:
+                                pipe.hset(k.conversation(cid), "state", state)
+                            pipe.publish(k.events(cid), text)
+                            counted.append((len(pipe), cid))
+                        else:  # end
+                            pipe.hset(k.conversation(arg), "state", "ended")
+                            pipe.expire(k.conversation(arg), ENDED_KEEP_S)
+                    results = await pipe.execute()
                 for i, cid in counted:
                     self._counted(cid, results[i - 1])
                 self.sent += sum(1 for op, _ in batch if op == "publish")

@@ -120,8 +120,16 @@ class Keys:
         return f"{self.prefix}rpc-reply:{worker_id}"
 
     # ephemeral keys
-    def ephemeral(self, value: str) -> str:
+    def ephemeral(self, value: str) -> str:  # STRING the key as JSON, expiring with it
         return f"{self.prefix}ek:{value}"
+
+    @property
+    def ephemeral_live(self) -> str:  # ZSET key value -> expiry (ms): the live keys, counted against the caps
+        return f"{self.prefix}ek-live"
+
+    @property
+    def ephemeral_bytes(self) -> str:  # HASH key value -> bytes stored, "#total" -> their sum
+        return f"{self.prefix}ek-bytes"
 
 
 class Breaker:

@@ -122,8 +122,7 @@ class Registry:
         k, me, ttl = self.keys, self.worker_id, self.ttl_ms
         held = list(self.held.values())
         gone = list(self._gone)
-        async with translated("registry heartbeat"):
-            pipe = self.redis.pipeline(transaction=True)
+        async with translated("registry heartbeat"), self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.worker(me), mapping={
                 "id": me, "pid": self.pid, "address": self.address, "sessions": len(held),
                 "calls": sum(1 for h in held if h.is_call), "draining": int(self.draining),
@@ -149,10 +148,10 @@ class Registry:
             ids = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
             if not ids:
                 return []
-            pipe = self.redis.pipeline(transaction=False)
-            for wid, _ in ids:
-                pipe.hgetall(k.worker(wid))
-            rows = await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for wid, _ in ids:
+                    pipe.hgetall(k.worker(wid))
+                rows = await pipe.execute()
         out = []
         for (wid, expiry), row in zip(ids, rows):
             if not row:
@@ -181,8 +180,7 @@ class Registry:
     async def leave(self) -> None:
         """A clean shutdown: take this worker out of the registry now rather than after its TTL."""
         k, me = self.keys, self.worker_id
-        async with translated("registry leave"):
-            pipe = self.redis.pipeline(transaction=True)
+        async with translated("registry leave"), self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(k.workers, me)
             pipe.delete(k.worker(me), k.held(me))
             wheres = [k.where(h.kind, h.ident) for h in self.held.values()] + list(self._gone)

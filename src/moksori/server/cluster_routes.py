@@ -48,6 +48,8 @@ from moksori.server.webhook_guard import read_body
 log = logging.getLogger("moksori.cluster")
 
 MAX_BODY = 16 * 1024
+DRAIN_POLL_S = 0.25  # a live-events stream looks this often whether its worker began to drain
+DRAINING_COMMENT = ": this worker is draining; reconnect to follow on (another worker)\n\n"
 ANY_KEY = "*"  # owner of phone calls: they belong to the server, so any valid key may follow them
 RPC_STATUS = {"call_not_found": 404, "invalid_request": 400, "not_allowed": 403, "worker_unreachable": 503,
               "worker_timeout": 504, "unknown_method": 501, "call_control_failed": 502}
@@ -219,13 +221,14 @@ def install(app: FastAPI, state: Any) -> None:
     if cluster_enabled(settings):
         check_cluster_settings(settings, warn=False)  # `moksori serve` checked (and warned) already
         from moksori.cluster.keystore import RedisKeyStore
-        from moksori.server.ephemeral_keys import EphemeralKey
+        from moksori.server.ephemeral_keys import EphemeralKey, StoreFull
 
         address = f"{settings.server.host}:{settings.server.port}"
         node = ClusterNode.from_settings(settings, address=address)
         state.cluster = node
         state.live = node.live
-        state.ephemeral = RedisKeyStore(node.redis, node.keys, EphemeralKey, state.ephemeral, node.breaker)
+        state.ephemeral = RedisKeyStore(node.redis, node.keys, EphemeralKey, state.ephemeral, node.breaker,
+                                        full=StoreFull)
         for method, fn in _handlers(app, state).items():
             node.rpc.handle(method, fn)
 
@@ -334,6 +337,7 @@ async def _events(state: Any, request: Request, conversation_id: str, key: str |
     keepalive = state.settings.cluster.sse_keepalive_s
 
     async def stream() -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
         try:
             yield "retry: 3000\n\n"
             yield _sse({"type": "conversation.state", "conversation_id": conversation_id, "seq": 0, **snapshot})
@@ -341,11 +345,20 @@ async def _events(state: Any, request: Request, conversation_id: str, key: str |
                 yield _sse({"type": "conversation.ended", "conversation_id": conversation_id, "seq": 0,
                             "reason": "not_live"})
                 return
+            quiet_until = loop.time() + keepalive
             while True:
-                ev = await follow.next(timeout=keepalive)
+                if _draining(state):  # SIGTERM: end cleanly now; EventSource reconnects (`retry`) elsewhere
+                    yield DRAINING_COMMENT
+                    return
+                ev = await follow.next(timeout=max(0.0, min(DRAIN_POLL_S, quiet_until - loop.time())))
                 if ev is None:
-                    yield ": keepalive\n\n"
+                    if follow.over:  # this worker's pub/sub shut down: nothing more will come
+                        return
+                    if loop.time() >= quiet_until:
+                        yield ": keepalive\n\n"
+                        quiet_until = loop.time() + keepalive
                     continue
+                quiet_until = loop.time() + keepalive
                 yield _sse(ev)
                 if ev.get("type") == "conversation.ended":
                     return
