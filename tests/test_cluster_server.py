@@ -422,7 +422,9 @@ async def test_a_killed_worker_leaves_the_registry_and_its_followers_are_told(cl
 
 
 async def test_a_webrtc_call_on_one_worker_is_hung_up_through_another(cluster):
+    import websockets
     from openai import AsyncOpenAI, NotFoundError
+    from websockets.exceptions import InvalidStatus
 
     from moksori.testing.webrtc_client import RtcClient
 
@@ -433,6 +435,18 @@ async def test_a_webrtc_call_on_one_worker_is_hung_up_through_another(cluster):
         await asyncio.wait_for(client.opened.wait(), 15)
         await client.wait_event("session.created")
         await wait_held(b, "worker-a", 1)
+        # its sideband, asked of the worker that does not hold it: a 503 a balancer retries on the
+        # next worker (it was a 404, and half the sidebands through nginx failed); another key,
+        # or a call that does not exist: 404
+        for key, call_id, status in ((KEY, client.call_id, 503), (OTHER_KEY, client.call_id, 404),
+                                     (KEY, "rtc_" + "0" * 24, 404)):
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(f"ws://127.0.0.1:{b.port}/v1/realtime?call_id={call_id}",
+                                         additional_headers={"Authorization": f"Bearer {key}"})
+            assert refused.value.response.status_code == status, refused.value.response.body
+        async with websockets.connect(f"ws://127.0.0.1:{a.port}/v1/realtime?call_id={client.call_id}",
+                                      additional_headers={"Authorization": f"Bearer {KEY}"}) as sideband:
+            assert json.loads(await asyncio.wait_for(sideband.recv(), 5))["type"] == "session.created"
         other = AsyncOpenAI(api_key=OTHER_KEY, base_url=b.url + "/v1", max_retries=0)
         with pytest.raises(NotFoundError):  # another key's call: as if it did not exist, on any worker
             await other.realtime.calls.hangup(client.call_id)

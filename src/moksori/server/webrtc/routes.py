@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
+from moksori.cluster import RedisUnavailable
 from moksori.engine.memory import new_id
 from moksori.errors import ProtocolError
 from moksori.protocols import realtime as rt
@@ -48,8 +49,9 @@ WEB_SESSION_TTL_S = 60  # the page uses its key at once
 
 
 def error(status: int, message: str, code: str, *, param: str | None = None,
-          kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}}, status)
+          kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}}, status,
+                        headers=headers)
 
 
 class WebRTC:
@@ -391,6 +393,26 @@ async def _json_body(request: Request, limit: int = 1024 * 1024) -> tuple[Any, J
         return None, error(400, "the request body is not valid JSON", "invalid_json")
 
 
+async def _not_here(state: Any, call_id: str, owner: str) -> Response:
+    """The answer to a sideband for a call this worker does not hold. In a cluster the call may
+    live on another worker (a sideband is one WebSocket, and the balancer picks a worker for it
+    as for any other): then a 503 the balancer retries on the next worker (nginx:
+    `proxy_next_upstream http_503`), as for a full worker. Otherwise (another key's call, or
+    Redis away) 404."""
+    node = getattr(state, "cluster", None)
+    if node is not None:
+        try:
+            holder = await node.registry.locate("webrtc", call_id)
+            held = await node.registry.held_by(holder) if holder not in (None, node.worker_id) else {}
+        except RedisUnavailable:
+            held = {}
+        if held.get(f"webrtc:{call_id}", {}).get("owner") == owner:  # this key's call (another's: as if none)
+            return error(503, f"call {call_id[:64]} is held by another worker: connect again (a load balancer "
+                              "retries this on its next worker)", "call_on_another_worker", param="call_id",
+                         kind="server_error", headers={"Retry-After": "0"})
+    return error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found", param="call_id")
+
+
 async def serve_sideband(ws: WebSocket, state: Any, key: str | None, call_id: str) -> None:
     """`/v1/realtime?call_id=...`: join a running call with a real key."""
     webrtc: WebRTC | None = getattr(state, "webrtc", None)
@@ -403,8 +425,7 @@ async def serve_sideband(ws: WebSocket, state: Any, key: str | None, call_id: st
         return
     call = webrtc.find(call_id, label)
     if call is None or call.conn is None:
-        await ws.send_denial_response(error(404, f"call {call_id[:64]} does not exist or has ended", "call_not_found",
-                                            param="call_id"))
+        await ws.send_denial_response(await _not_here(state, call_id, label))
         return
     offered = list(ws.scope.get("subprotocols") or [])
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
