@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from moksori import cancellation
 from moksori.engine import events as E
 from moksori.engine.memory import Item, new_id
 from moksori.engine.reply_done import done_event, settle_item
@@ -172,45 +173,56 @@ class Response:
         self._gate = self._output_guard()
         tts_task = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") \
             if self.audio or self._gate is not None else None
+        failure: MoksoriError | None = None
         try:
             self.emit(E.AgentResponseStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                              turn_id=self.turn_id, modalities=tuple(self.opts.modalities)))
-            if self.opts.fixed_text is not None:
-                self._add_text(self.opts.fixed_text, clauses, ClauseChunker(first_min_chars=1), flush=True)
-                await clauses.put(None)
-            else:
-                await self._generate(clauses)
-            if tts_task:
-                await tts_task
-                if self.playback is not None:
-                    self.playback.end()
-                    if not self.released:
-                        await self._wait_release()
-                    await self.playback.finished.wait()
-                    # still "speaking" until the listener has heard the last chunk
-                    await host.clock.sleep(self.playback.play_end - host.clock.now())
-            self.status = "completed"
+            try:
+                if self.opts.fixed_text is not None:
+                    self._add_text(self.opts.fixed_text, clauses, ClauseChunker(first_min_chars=1), flush=True)
+                    await clauses.put(None)
+                else:
+                    await self._generate(clauses)
+                if tts_task:
+                    await tts_task
+            except MoksoriError as e:
+                failure = e
+                await cancellation.stop(tts_task)  # the clause being synthesised is dropped
+                host.publish_error(e, response_id=self.id)
+                if not self.released:
+                    self.status = "failed"
+                    self.done.set()
+                    if self.on_finished:
+                        self.on_finished(self)  # a failed speculative reply is forgotten too
+                    return
+            await self._play_out()
+            self.status = "completed" if failure is None else "failed"
             if self.released:
-                self._finish_public()
+                self._finish_public(reason=None if failure is None else "error")
         except asyncio.CancelledError:
             if tts_task:
                 tts_task.cancel()
             raise
-        except MoksoriError as e:
-            if tts_task:
-                tts_task.cancel()
-            self.status = "failed"
-            host.publish_error(e, response_id=self.id)
-            if self.released:
-                self._finish_public(reason="error")
-            else:
-                self.done.set()
-                if self.on_finished:
-                    self.on_finished(self)  # a failed speculative reply is forgotten too
         finally:
             self.llm_answered.set()
             if tts_task and not tts_task.done():
                 tts_task.cancel()
+
+    async def _play_out(self) -> None:
+        """The end of the reply's audio, completed or failed: the playback is ended and the audio
+        made so far is played; the reply lasts until the listener has heard its last chunk.
+
+        A failed reply ends its playback too. Released, it is in the speaker's queue, which plays
+        one reply at a time: left open, the speaker waited on it for ever and every later reply
+        of the session queued behind it, silent and never done (an LLM server killed mid-reply)."""
+        if self.playback is None:
+            return
+        self.playback.end()
+        if not self.released:
+            await self._wait_release()
+        await self.playback.finished.wait()
+        # still "speaking" until the listener has heard the last chunk
+        await self.host.clock.sleep(self.playback.play_end - self.host.clock.now())
 
     async def _wait_release(self) -> None:
         await self._released.wait()
