@@ -5,17 +5,50 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 
 from moksori.errors import ConfigError, ProviderError, ProviderTimeout, is_retryable_status
 
 MAX_ERROR_CHARS = 300
+# An error answer's body is read this far and no further: its message is cut to MAX_ERROR_CHARS
+# anyway, and a 1 GB HTTP 500 body read whole stalled the event loop (every session) ~5 s and
+# left the process at 4.7 GB.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+_LEADING_SPACE = re.compile(r"\s*")
 
 
 def truncate(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    text = " ".join(text.split())
+    # cut before normalising whitespace, which would otherwise run over all of a huge text
+    m = _LEADING_SPACE.match(text)
+    start = m.end() if m else 0
+    text = " ".join(text[start:start + 4 * limit].split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def read_at_most(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of a streamed response's body, and whether that was all of it.
+    Past the limit nothing more is read: the response is closed (its connection dropped)."""
+    buf = bytearray()
+    async for chunk in resp.aiter_bytes():
+        if len(buf) + len(chunk) > limit:
+            buf += chunk[: limit - len(buf)]
+            await resp.aclose()
+            return bytes(buf), False
+        buf += chunk
+    return bytes(buf), True
+
+
+def size_text(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n / 1024:g} KiB" if n >= 1024 else f"{n} bytes"
+
+
+def too_large(what: str, host: str, limit: int, provider: str, kind: str = "an answer") -> ProviderError:
+    """A body past its cap: permanent (the same request would get the same answer)."""
+    return ProviderError(f"{what} server {host} sent {kind} larger than {size_text(limit)}; not read further",
+                         retryable=False, provider=provider)
 
 
 def error_message(raw: bytes | str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -58,6 +91,34 @@ def status_error(what: str, host: str, resp: httpx.Response, raw: bytes | str, p
     if wait is not None:
         err.retry_after = wait  # honoured by resilience
     return err
+
+
+def redirect_error(what: str, host: str, resp: httpx.Response, provider: str) -> ProviderError:
+    """A 3xx: redirects are not followed, and not retried (the same request gets the same answer)."""
+    where = resp.headers.get("location")
+    try:
+        target = str(resp.url.join(where)) if where else "nowhere (no Location header)"
+    except (httpx.InvalidURL, ValueError):
+        target = where or ""
+    return ProviderError(f"{what} server {host} redirected to {truncate(target, 200)}, not followed "
+                         f"(HTTP {resp.status_code})", retryable=False, status=resp.status_code, provider=provider,
+                         hint="set the base URL to the address it redirects to")
+
+
+async def answer_error(what: str, host: str, resp: httpx.Response, provider: str, *,
+                       key_hint: str = "check the API key") -> ProviderError | None:
+    """The error for a streamed answer that is a redirect or a non-2xx status, else None. Of an
+    error's body at most MAX_ERROR_BODY_BYTES are read (its message), then it is closed."""
+    if resp.status_code < 300:
+        return None
+    if resp.status_code < 400:
+        return redirect_error(what, host, resp, provider)
+    try:
+        raw, _ = await read_at_most(resp, MAX_ERROR_BODY_BYTES)
+    except httpx.HTTPError:
+        raw = b""  # the status says what went wrong; the body would only add detail
+    await resp.aclose()
+    return status_error(what, host, resp, raw, provider, key_hint=key_hint)
 
 
 def transport_error(what: str, host: str, e: Exception, provider: str) -> ProviderError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -19,7 +20,15 @@ import httpx
 
 from moksori.errors import ConfigError, ProviderError, is_retryable_status
 from moksori.providers._sse import SSEError, aiter_sse
-from moksori.providers.http import check_base_url, host_of, status_error, transport_error, truncate
+from moksori.providers.http import (
+    answer_error,
+    check_base_url,
+    host_of,
+    read_at_most,
+    too_large,
+    transport_error,
+    truncate,
+)
 from moksori.providers.base import (
     LLM,
     ChatDone,
@@ -32,6 +41,7 @@ from moksori.providers.base import (
     ToolCallEvent,
     Usage,
 )
+from moksori.providers.resilience import note_progress
 
 if TYPE_CHECKING:
     from moksori.providers.resilience import ResilientLLM
@@ -41,6 +51,16 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "openai"
 _RETRYABLE_ERROR_TYPES = ("server_error", "internal_server_error", "overloaded_error", "rate_limit_error", "timeout")
+
+# Caps on what one answer may make this process hold. llm.max_tokens is at most 8192: ~32 KB of
+# text, ~200 KB even with every character JSON-escaped (`\uXXXX`), so these are far above any
+# real answer. A 200 MB non-streamed answer read whole stalled the event loop 22 s and was
+# spoken and stored as a 209,715,200-character reply.
+MAX_WHOLE_ANSWER_BYTES = 4 << 20  # a non-streamed answer (`stream: false`, or `stream` ignored)
+MAX_TOOL_ARGUMENTS_CHARS = 1 << 20  # names and arguments of one answer's tool calls, all together
+MAX_MODEL_LIST_BYTES = 16 << 20  # `GET /models`: room for thousands of entries
+# usage numbers above this are nonsense (no context window is near it) and are read as 0
+MAX_USAGE_TOKENS = 100_000_000
 
 
 def _message(m: Message) -> dict[str, Any]:
@@ -75,6 +95,7 @@ class _ToolCallAccumulator:
 
     def __init__(self) -> None:
         self._calls: dict[int, _PartialCall] = {}
+        self.size = 0  # characters of names and arguments received in this answer
 
     def __bool__(self) -> bool:
         return bool(self._calls)
@@ -95,11 +116,14 @@ class _ToolCallAccumulator:
             name = fn.get("name")
             if isinstance(name, str) and name and name != call.name:
                 call.name += name
+                self.size += len(name)
             args = fn.get("arguments")
             if isinstance(args, str):
                 call.arguments.append(args)
+                self.size += len(args)
             elif isinstance(args, dict):
                 call.arguments = [json.dumps(args, ensure_ascii=False)]
+                self.size += len(call.arguments[0])
 
     def drain(self) -> list[ToolCall]:
         out: list[ToolCall] = []
@@ -243,13 +267,16 @@ class OpenAICompatLLM(LLM):
 
     async def _first_model(self) -> str:
         try:
-            resp = await self._http().get(self._url("/models"), headers=self._headers(stream=False))
+            async with self._http().stream("GET", self._url("/models"), headers=self._headers(stream=False)) as resp:
+                if (err := await self._answer_error(resp)) is not None:
+                    raise err
+                raw, whole = await read_at_most(resp, MAX_MODEL_LIST_BYTES)
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
-        if resp.status_code >= 400:
-            raise self._status_error(resp, resp.content)
+        if not whole:
+            raise too_large("LLM", self._host, MAX_MODEL_LIST_BYTES, PROVIDER, "a model list")
         try:
-            data = resp.json()["data"]
+            data = json.loads(raw)["data"]
             return str(data[0]["id"])
         except (ValueError, KeyError, IndexError, TypeError):
             raise ProviderError(f"{self._host}/models listed no usable model", retryable=False,
@@ -257,8 +284,8 @@ class OpenAICompatLLM(LLM):
 
     # ------------------------------------------------------------------ errors
 
-    def _status_error(self, resp: httpx.Response, raw: bytes) -> ProviderError:
-        return status_error("LLM", self._host, resp, raw, PROVIDER, key_hint="check llm.api_key")
+    async def _answer_error(self, resp: httpx.Response) -> ProviderError | None:
+        return await answer_error("LLM", self._host, resp, PROVIDER, key_hint="check llm.api_key")
 
     def _transport_error(self, e: Exception) -> ProviderError:
         return transport_error("LLM", self._host, e, PROVIDER)
@@ -288,12 +315,20 @@ class OpenAICompatLLM(LLM):
         try:
             async with client.stream("POST", self._url("/chat/completions"), json=self._body(request),
                                      headers=self._headers(stream=self.stream)) as resp:
-                if resp.status_code >= 400:
-                    raise self._status_error(resp, await resp.aread())
+                if (err := await self._answer_error(resp)) is not None:
+                    raise err
                 ctype = resp.headers.get("content-type", "")
+                media = ctype.partition(";")[0].strip().lower()
+                if media in ("text/html", "application/xhtml+xml"):  # a proxy's or web server's page
+                    raise ProviderError(f"LLM server {self._host} answered {media}, not an event stream",
+                                        retryable=False, provider=PROVIDER,
+                                        hint="check llm.base_url: it should be the API's root, often ending in /v1")
                 if "text/event-stream" not in ctype and "json" in ctype:
                     # the server ignored `stream: true` and sent one complete answer
-                    for ev in self._whole_response(await resp.aread()):
+                    raw, whole = await read_at_most(resp, MAX_WHOLE_ANSWER_BYTES)
+                    if not whole:
+                        raise too_large("LLM", self._host, MAX_WHOLE_ANSWER_BYTES, PROVIDER)
+                    for ev in self._whole_response(raw):
                         yield ev
                     return
                 async with aclosing(self._events(resp)) as events:
@@ -340,7 +375,14 @@ class OpenAICompatLLM(LLM):
                         yield TextDelta(text)
                     fragments = delta.get("tool_calls") if isinstance(delta, dict) else None
                     if isinstance(fragments, list):
+                        before = calls.size
                         calls.add(fragments)
+                        if calls.size > MAX_TOOL_ARGUMENTS_CHARS:
+                            raise ProviderError(
+                                f"LLM server {self._host} sent tool calls longer than {MAX_TOOL_ARGUMENTS_CHARS} "
+                                "characters; not read further", retryable=False, provider=PROVIDER)
+                        if calls.size > before:
+                            note_progress()  # nothing to yield until the call is whole, but it is output
                     reason = choice.get("finish_reason")
                     if isinstance(reason, str) and reason:
                         finish = reason
@@ -374,6 +416,9 @@ class OpenAICompatLLM(LLM):
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise ProviderError(f"LLM server {self._host} sent an unreadable response",
                                 retryable=False, provider=PROVIDER) from None
+        if not isinstance(message, dict):
+            raise ProviderError(f"LLM server {self._host} sent a response whose message is not an object: "
+                                f"{truncate(repr(message), 120)}", retryable=False, provider=PROVIDER)
         out: list[ChatEvent] = []
         if isinstance(message.get("content"), str) and message["content"]:
             out.append(TextDelta(message["content"]))
@@ -387,14 +432,21 @@ class OpenAICompatLLM(LLM):
         return out
 
 
-def _usage(u: dict[str, Any]) -> Usage:
-    def num(v: Any) -> int:
-        return int(v) if isinstance(v, int | float) else 0
+def _token_count(v: Any) -> int:
+    """A token count from the upstream's usage; anything else (a string, a bool, a negative, a
+    non-finite number: `1e999` parses as inf, absurdly large) counts as 0, never an error."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return 0
+    if isinstance(v, float) and not math.isfinite(v):  # (an int too large for a float is caught below)
+        return 0
+    return int(v) if 0 <= v <= MAX_USAGE_TOKENS else 0
 
+
+def _usage(u: dict[str, Any]) -> Usage:
     details = u.get("prompt_tokens_details")
-    cached = num(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return Usage(input_tokens=num(u.get("prompt_tokens")), output_tokens=num(u.get("completion_tokens")),
-                 cached_tokens=cached)
+    cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(input_tokens=_token_count(u.get("prompt_tokens")),
+                 output_tokens=_token_count(u.get("completion_tokens")), cached_tokens=cached)
 
 
 def resilient_openai_llm(settings: LLMSettings) -> ResilientLLM:

@@ -7,6 +7,8 @@ own. This module decides what happens next:
 * once an item has been handed to the caller, any failure propagates (retrying would repeat
   output the caller has already spoken);
 * `Timeouts` bound the wait for the first item, the gap between items and the whole call;
+  output a provider holds back (a tool call's arguments, `note_progress()`) restarts the first /
+  idle clock but is not an item: nothing was handed on, so a failure after it is still retried;
 * `ResilientLLM`, `ResilientSTT` and `ResilientTTS` chain providers: primary first, then each
   fallback, each with its own retries (`_Chain`: one implementation for the three kinds).
 
@@ -17,11 +19,13 @@ permanent `ProviderError` naming the original exception type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -44,6 +48,40 @@ P = TypeVar("P", bound=Provider)
 Sleep = Callable[[float], Awaitable[Any]]
 
 _END: Any = object()
+
+# set (in the task that awaits a provider's next item) to what restarts that wait's clock
+_progress: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "moksori_provider_progress", default=None)
+
+
+def note_progress() -> None:
+    """A provider received output it does not hand on yet (a tool call's arguments, kept until
+    the call is whole): the attempt is alive. The first-item / idle clock of the resilient stream
+    waiting for its next item starts again, with the idle limit (the total limit still holds)."""
+    cb = _progress.get()
+    if cb is not None:
+        cb()
+
+
+def _chained(cb: Callable[[], None]) -> Callable[[], None]:
+    outer = _progress.get()  # an enclosing resilient stream (if any) hears of progress too
+    if outer is None:
+        return cb
+
+    def both() -> None:
+        cb()
+        outer()
+
+    return both
+
+
+@contextlib.contextmanager
+def _progress_calls(cb: Callable[[], None]) -> Iterator[None]:
+    token = _progress.set(_chained(cb))
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 @dataclass(frozen=True)
@@ -133,50 +171,74 @@ async def _next_item(
     total_deadline: float | None,
     first: bool,
     provider: str,
+    idle_s: float | None = None,
 ) -> T:
     loop = asyncio.get_running_loop()
     if first and limit_s is not None:
-        return await _first_item(it, limit_s=limit_s, total_deadline=total_deadline, provider=provider)
+        return await _first_item(it, limit_s=limit_s, idle_s=idle_s, total_deadline=total_deadline,
+                                 provider=provider)
     deadline = None if limit_s is None else loop.time() + limit_s
     if total_deadline is not None and (deadline is None or total_deadline < deadline):
         deadline = total_deadline
     if deadline is None:
         return await anext(it, _END)
     cm = asyncio.timeout_at(deadline)
+
+    def progressed() -> None:  # `note_progress`: the silence so far ends here
+        if limit_s is not None and not cm.expired():
+            later = loop.time() + limit_s
+            cm.reschedule(later if total_deadline is None else min(later, total_deadline))
+
     try:
-        async with cm:
-            return await anext(it, _END)
+        with _progress_calls(progressed):
+            async with cm:
+                return await anext(it, _END)
     except TimeoutError:
         if not cm.expired():
             raise  # the provider's own TimeoutError: a bug, wrapped by the caller
-        if total_deadline is not None and deadline >= total_deadline:
+        if total_deadline is not None and (cm.when() or deadline) >= total_deadline:
             what = "did not finish within the total time limit"
         else:
             what = f"went silent for more than {limit_s:g} s"
         raise ProviderTimeout(f"{provider} {what}", provider=provider) from None
 
 
-async def _first_item(it: AsyncIterator[T], *, limit_s: float, total_deadline: float | None, provider: str) -> T:
+async def _first_item(it: AsyncIterator[T], *, limit_s: float, total_deadline: float | None, provider: str,
+                      idle_s: float | None = None) -> T:
     """The first item, within `limit_s` of the provider's own time: time its calls spent queued
-    for a local model (behind other sessions' replies) does not count against it. The total
-    limit, if any, counts everything."""
+    for a local model (behind other sessions' replies) does not count against it. Once the
+    provider reports progress (`note_progress`), each silence is bounded by `idle_s` instead.
+    The total limit, if any, counts everything."""
     loop = asyncio.get_running_loop()
     meter = QueueMeter()
     start = loop.time()
-    task = asyncio.create_task(anext(it, _END), context=context_with_meter(meter))
+    last: float | None = None  # when the provider last reported progress
+
+    def progressed() -> None:
+        nonlocal last
+        last = loop.time()
+
+    ctx = context_with_meter(meter)
+    ctx.run(_progress.set, _chained(progressed))
+    task = asyncio.create_task(anext(it, _END), context=ctx)
     try:
         while True:
             now = loop.time()
-            deadline = start + limit_s + meter.queued(now)
+            if last is None:
+                deadline = start + limit_s + meter.queued(now)
+            else:
+                deadline = math.inf if idle_s is None else last + idle_s
             if total_deadline is not None and total_deadline < deadline:
                 deadline = total_deadline
             if now >= deadline:
                 break
-            done, _ = await asyncio.wait({task}, timeout=deadline - now)
+            done, _ = await asyncio.wait({task}, timeout=None if deadline == math.inf else deadline - now)
             if done:
                 return task.result()
         if total_deadline is not None and loop.time() >= total_deadline:
             what = "did not finish within the total time limit"
+        elif last is not None:
+            what = f"went silent for more than {idle_s:g} s"
         else:
             what = f"sent nothing within {limit_s:g} s"
             if meter.total >= 0.1:
@@ -221,6 +283,7 @@ async def resilient_stream(
                         total_deadline=total_deadline,
                         first=not started,
                         provider=provider,
+                        idle_s=timeouts.idle_s,
                     )
                     if item is _END:
                         return

@@ -7,6 +7,7 @@ translated here into `ProviderError` / `ProviderTimeout`; no httpx exception lea
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, AsyncIterator
 
 import httpx
@@ -16,10 +17,23 @@ from moksori.audio.frames import Frame
 from moksori.audio.wav import wav_bytes
 from moksori.errors import ProviderError
 from moksori.providers.base import STT, STTCaps, STTOptions, Transcript
-from moksori.providers.http import LoopClient, check_base_url, host_of, status_error, transport_error
+from moksori.providers.http import (
+    LoopClient,
+    answer_error,
+    check_base_url,
+    host_of,
+    read_at_most,
+    too_large,
+    transport_error,
+)
 
 PROVIDER = "openai-stt"
 RATE = 16000
+
+# A transcript is small JSON: `verbose_json` with segments, tokens and word timings runs to a few
+# hundred bytes a second of speech. 1 MiB plus 2 KiB a second of audio is far above that.
+MAX_ANSWER_BASE_BYTES = 1 << 20
+MAX_ANSWER_BYTES_PER_SECOND = 2048
 
 # verbose_json reports language names ("english"); some servers send codes ("en")
 _LANGUAGE_CODES = {"english": "en", "korean": "ko"}
@@ -70,14 +84,18 @@ class RemoteSTT(STT):
             data["prompt"] = opts.prompt
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         files = {"file": ("audio.wav", wav_bytes(Frame.from_float(samples, RATE)), "audio/wav")}
+        limit = MAX_ANSWER_BASE_BYTES + int(MAX_ANSWER_BYTES_PER_SECOND * seconds)
         try:
-            resp = await self._http().post(self.url, data=data, files=files, headers=headers)
+            async with self._http().stream("POST", self.url, data=data, files=files, headers=headers) as resp:
+                if (err := await answer_error("STT", self.host, resp, PROVIDER)) is not None:
+                    raise err
+                raw, whole = await read_at_most(resp, limit)
         except httpx.HTTPError as e:
             raise transport_error("STT", self.host, e, PROVIDER) from None
-        if resp.status_code >= 400:
-            raise status_error("STT", self.host, resp, resp.content, PROVIDER)
+        if not whole:
+            raise too_large("STT", self.host, limit, PROVIDER, "a transcript")
         try:
-            body = resp.json()
+            body = json.loads(raw)
             text = body["text"]
             if not isinstance(text, str):
                 raise TypeError
