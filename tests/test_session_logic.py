@@ -18,7 +18,9 @@ from moksori.engine.session import Session
 from moksori.engine.tools import Tool, ToolBox
 from moksori.engine.turns import TurnConfig
 from moksori.errors import AudioFormatError, ProviderError
-from moksori.providers.base import ToolCall, ToolSpec
+from moksori.engine.context import MAX_TOKEN_CHARS
+from moksori.engine.tool_calls import MAX_TOOL_CALLS_PER_ROUND, MAX_TOOL_ROUNDS
+from moksori.providers.base import ChatDone, ToolCall, ToolCallEvent, ToolSpec
 from moksori.testing.fakes import FixedTurn, ScriptedLLM, ScriptedSTT, ToneTTS, fake_stack, quiet, tone
 from moksori.testing.harness import Recording, play_into_session, settle
 from moksori.testing.virtual_time import run_virtual
@@ -273,6 +275,97 @@ def test_local_tool_runs_and_result_goes_back_to_the_llm() -> None:
     assert calls == [{"city": "Seoul"}]
     assert rec.of(E.AgentToolCall) and rec.of(E.AgentToolResult)
     assert replies(rec)[0].text == "It is clear in Seoul."
+
+
+def test_a_model_that_calls_tools_every_round_still_ends_in_words() -> None:
+    """The last of the MAX_TOOL_ROUNDS rounds offers no tools: a model that called a tool in
+    every round ended its reply with no words at all (silence on a phone call)."""
+    ran: list[dict] = []
+
+    async def weather(args: dict) -> dict:
+        ran.append(args)
+        return {"sky": "clear"}
+
+    def tool_call(req):
+        return ToolCall(f"call_{len(req.messages)}", "get_weather", "{}") if req.tools else None
+
+    llm = ScriptedLLM(lambda req: "It is clear.", tool_call=tool_call)
+    box = ToolBox([Tool(ToolSpec("get_weather", "weather", {"type": "object"}), weather)])
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["weather?"]), llm=llm), CFG, toolbox=box)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(llm.requests) == MAX_TOOL_ROUNDS and llm.requests[-1].tools == ()
+    assert len(ran) == MAX_TOOL_ROUNDS - 1
+    assert replies(rec)[0].text == "It is clear."
+
+
+class ManyCallsLLM(ScriptedLLM):
+    """A stand-in for a model that asks for `n` tool calls in its first round, then answers."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__("Done.")
+        self.n = n
+
+    async def chat(self, request):
+        if any(m.role == "tool" for m in request.messages):
+            async for ev in super().chat(request):
+                yield ev
+            return
+        self.requests.append(request)
+        for i in range(self.n):
+            yield ToolCallEvent(ToolCall(f"call_{i}", "get_weather", "{}"))
+        yield ChatDone("tool_calls")
+
+
+def test_tool_calls_of_one_round_are_capped() -> None:
+    ran: list[dict] = []
+
+    async def weather(args: dict) -> dict:
+        ran.append(args)
+        return {"sky": "clear"}
+
+    llm = ManyCallsLLM(500)
+    box = ToolBox([Tool(ToolSpec("get_weather", "weather", {"type": "object"}), weather)])
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["weather?"]), llm=llm), CFG, toolbox=box)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
+        await settle(s)
+        await s.close()
+        return rec
+
+    rec = run(main())
+    assert len(ran) == MAX_TOOL_CALLS_PER_ROUND
+    assert replies(rec)[0].text == "Done."
+
+
+def test_a_reply_is_cut_when_the_llm_ignores_max_tokens() -> None:
+    """An upstream that ignores max_tokens streamed a reply that never ended; the next turn was
+    refused while it went on. It is cut at max_tokens of the longest tokens; the next turn is
+    answered."""
+    llm = ScriptedLLM(lambda req: "Fine." if len(llm.requests) > 1 else "word " * 20000, token_delay_s=0.001)
+
+    async def main():
+        s = Session(fake_stack(stt=ScriptedSTT(["talk forever.", "and now?"]), llm=llm,
+                               tts=ToneTTS(seconds_per_char=0.001)), CFG)
+        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(1.5)])
+        await settle(s)
+        rec2 = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)], recording=rec)
+        await settle(s)
+        await s.close()
+        return rec2
+
+    rec = run(main())
+    done = replies(rec)
+    cap = CFG.max_output_tokens * MAX_TOKEN_CHARS
+    assert len(done) == 2 and cap <= len(done[0].generated_text) < cap + 100
+    assert done[1].text == "Fine."
 
 
 def test_client_tool_ends_the_response_with_a_function_call() -> None:

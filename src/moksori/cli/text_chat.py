@@ -36,7 +36,7 @@ from moksori.engine.context import ContextPolicy, ContextWindow, default_budget,
 from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
 from moksori.engine.prompts import text_system_prompt
 from moksori.engine.reply_guardrails import check_clause, output_gate
-from moksori.engine.tool_calls import MAX_TOOL_ROUNDS, failure_apology
+from moksori.engine.tool_calls import MAX_TOOL_CALLS_PER_ROUND, MAX_TOOL_ROUNDS, failure_apology
 from moksori.engine.tools import ToolBox, ToolRun
 from moksori.errors import ProviderError
 from moksori.providers.base import LLM, ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, Usage
@@ -337,8 +337,9 @@ class TextChat:
         gate = _ReplyGate(self, lang)
         try:
             for _round in range(MAX_TOOL_ROUNDS):
-                req = ChatRequest(messages=tuple(messages + convo), tools=tools, temperature=self.settings.llm.temperature,
-                                  max_tokens=self.opts.max_tokens)
+                last = _round == MAX_TOOL_ROUNDS - 1  # no tools: the reply ends in words (as in a session)
+                req = ChatRequest(messages=tuple(messages + convo), tools=() if last else tools,
+                                  temperature=self.settings.llm.temperature, max_tokens=self.opts.max_tokens)
                 calls: list[ToolCall] = []
                 got_usage = False
                 said = len(parts)  # this round's words start here
@@ -365,7 +366,7 @@ class TextChat:
                                   usage.output_tokens + self.count("".join(parts[said:])), usage.cached_tokens)
                 if gate.blocked or not calls:
                     break
-                runs = await self._run_tools(calls, convo)
+                runs = await self._run_tools(calls[:MAX_TOOL_CALLS_PER_ROUND], convo)
                 apology = failure_apology(runs, lang)
                 if apology is not None:  # every tool failed: the apology, not a second pass
                     await gate.flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from moksori import cancellation
 from moksori.engine import events as E
+from moksori.engine.context import MAX_TOKEN_CHARS
 from moksori.engine.memory import Item, new_id
 from moksori.engine.reply_done import done_event, settle_item
 from moksori.engine.reply_guardrails import check_clause, check_input, output_gate, trip_event
@@ -29,7 +31,7 @@ from moksori.engine.reply_request import offered_tools, reply_messages, round_re
 from moksori.engine.reply_speech import spoken_text, synthesize_into
 from moksori.engine.response_host import ResponseHost, ResponseOptions
 from moksori.engine.speaker import Playback
-from moksori.engine.tool_calls import MAX_TOOL_ROUNDS, ToolCalls, split_calls
+from moksori.engine.tool_calls import MAX_TOOL_CALLS_PER_ROUND, MAX_TOOL_ROUNDS, ToolCalls, split_calls
 from moksori.engine.tools import ToolBox, ToolRun
 from moksori.errors import MoksoriError, ProviderError
 from moksori.providers.base import ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, TTSOptions, Usage
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 # ResponseHost, ResponseOptions and MAX_TOOL_ROUNDS were defined here: still importable from here
 __all__ = ["LLM_RESUMES_AT_FIRST_PIECE", "MAX_TOOL_ROUNDS", "Response", "ResponseHost", "ResponseOptions"]
+
+log = logging.getLogger("moksori.engine")
 
 
 @dataclass
@@ -92,6 +96,13 @@ class Response:
     @property
     def audio(self) -> bool:
         return "audio" in self.opts.modalities
+
+    @property
+    def _max_chars(self) -> int:
+        """Text past which the reply is cut whatever the LLM says: max_tokens of the longest
+        tokens. An OpenAI-compatible server that ignored max_tokens streamed a reply that never
+        ended (141,520 characters in 75 s, later turns refused as the response was active)."""
+        return self.opts.max_output_tokens * MAX_TOKEN_CHARS
 
     def start(self) -> None:
         if self.audio:
@@ -330,7 +341,8 @@ class Response:
                                     ramp=self.opts.first_clause_ramp)
             if self._raw and not self._raw.endswith((" ", "\n")):
                 self._add_text(" ", clauses, chunker)  # the words of this round follow those said before
-            req = round_request(self.opts, base + convo, tools)
+            last = _round == MAX_TOOL_ROUNDS - 1  # no tools: a model calling them every round said nothing at all
+            req = round_request(self.opts, base + convo, () if last else tools)
             self.emit(E.LlmStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                    messages=len(req.messages)))
             calls = await self._stream_round(req, clauses, chunker)
@@ -338,6 +350,10 @@ class Response:
                                     input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens))
             if not calls or self.blocked:
                 break
+            if len(calls) > MAX_TOOL_CALLS_PER_ROUND:
+                log.warning("reply %s: the LLM asked for %d tool calls in one round; running the first %d",
+                            self.id, len(calls), MAX_TOOL_CALLS_PER_ROUND)
+                calls = calls[:MAX_TOOL_CALLS_PER_ROUND]
             local, remote = split_calls(calls, box, client)
             for call in remote:  # the client runs these; the response ends here
                 self.function_calls.append(call)
@@ -362,6 +378,11 @@ class Response:
             async for ev in stream:
                 self.llm_answered.set()
                 if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
+                    await _close(stream)
+                    break
+                if len(self._raw) > self._max_chars:  # an upstream that ignores max_tokens
+                    log.warning("reply %s: the LLM went past %d tokens' worth of text (%d characters): cut",
+                                self.id, req.max_tokens, len(self._raw))
                     await _close(stream)
                     break
                 if isinstance(ev, TextDelta):

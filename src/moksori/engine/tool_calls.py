@@ -19,10 +19,13 @@ from moksori.engine.tools import Tool, ToolBox, ToolRun
 from moksori.providers.base import ToolCall
 from moksori.tools.results import FAILURE_APOLOGIES, SLOW_FILLERS
 
-__all__ = ["MAX_TOOL_ROUNDS", "ToolCalls", "ToolReply", "call_items", "failure_apology", "function_call_item",
+__all__ = ["MAX_TOOL_CALLS_PER_ROUND", "MAX_TOOL_ROUNDS", "ToolCalls", "ToolReply", "call_items", "failure_apology", "function_call_item",
            "run_tool", "slow_filler", "split_calls"]
 
-MAX_TOOL_ROUNDS = 3
+MAX_TOOL_ROUNDS = 3  # the last one is offered no tools: the reply ends in words, not in a call
+# Server tool calls run from one LLM round; any more are left out of the conversation (a model
+# that ignored this asked for 5,000 in one round, each a real request for an MCP or HTTP tool)
+MAX_TOOL_CALLS_PER_ROUND = 16
 log = logging.getLogger("moksori.session")
 
 
