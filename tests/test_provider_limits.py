@@ -465,3 +465,25 @@ async def test_a_whole_answer_whose_message_is_a_string_is_a_provider_error():
         finally:
             await chain.close()
     assert not info.value.retryable and info.value.hint is None and "unexpected" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- moderation
+
+
+async def test_a_huge_moderation_error_body_is_read_only_up_to_the_cap():
+    """The moderation client (guardrails) read an error answer's body whole, as the providers did."""
+    from moksori.guardrails.moderation import ModerationClient
+
+    async with RawHTTP(huge_500) as srv:
+        client = ModerationClient(srv.url + "/v1", retries=0, timeout_s=20)
+        try:
+            result = await client.check("hello")
+        finally:
+            await client.close()
+        for _ in range(100):
+            if srv.client_gone:
+                break
+            await asyncio.sleep(0.02)
+    assert result.error is not None and "HTTP 500" in result.error and len(result.error) < 400
+    assert srv.sent < MAX_ERROR_BODY_BYTES + SLACK  # of HUGE
+    assert srv.client_gone == 1

@@ -10,6 +10,7 @@ one total time limit). When the endpoint fails, the caller's `failure` setting d
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from typing import Any
 import httpx
 
 from moksori.errors import ProviderError
-from moksori.providers.http import LoopClient, check_base_url, host_of, status_error, transport_error
+from moksori.providers.http import (LoopClient, answer_error, check_base_url, host_of, read_at_most, too_large,
+                                   transport_error)
 from moksori.providers.resilience import RetryPolicy, Timeouts, resilient_stream
 
 log = logging.getLogger(__name__)
 PROVIDER = "moderation"
+MAX_ANSWER_BYTES = 1 << 20  # a verdict on one text, with category scores: a few KB
 
 
 @dataclass(frozen=True)
@@ -51,21 +54,25 @@ class ModerationClient:
         if self.model:
             body["model"] = self.model
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        try:
-            resp = await self._client.get().post(self._url(), json=body, headers=headers)
+        try:  # streamed, read with caps: a hostile server's huge body is never held whole
+            async with self._client.get().stream("POST", self._url(), json=body, headers=headers) as resp:
+                err = await answer_error("moderation", self._host, resp, PROVIDER,
+                                         key_hint="check guardrails.moderation_api_key")
+                if err is not None:
+                    raise err
+                raw, whole = await read_at_most(resp, MAX_ANSWER_BYTES)
         except httpx.HTTPError as e:
             raise transport_error("moderation", self._host, e, PROVIDER) from None
-        if resp.status_code >= 400:
-            raise status_error("moderation", self._host, resp, resp.content, PROVIDER,
-                               key_hint="check guardrails.moderation_api_key")
+        if not whole:
+            raise too_large("moderation", self._host, MAX_ANSWER_BYTES, PROVIDER)
         try:
-            result = resp.json()["results"][0]
+            result = json.loads(raw)["results"][0]
             flagged = bool(result["flagged"])
-            cats = result.get("categories") or {}
-        except (ValueError, KeyError, IndexError, TypeError):
+            cats = tuple(sorted(str(k) for k, v in (result.get("categories") or {}).items() if v is True))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise ProviderError(f"moderation server {self._host} sent an unreadable answer", retryable=False,
                                 provider=PROVIDER) from None
-        yield ModerationResult(flagged, tuple(sorted(k for k, v in cats.items() if v is True)))
+        yield ModerationResult(flagged, cats)
 
     async def check(self, text: str) -> ModerationResult:
         """Never raises: a failure is a result with `error` set."""
