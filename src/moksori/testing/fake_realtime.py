@@ -17,6 +17,9 @@ them, in one response).
 Faults: `drop()` (the connection vanishes), `stall()` (it stays open but says nothing),
 `refuse_next`/`hang_next` (the next connects fail / never send `session.created`), and
 `max_session_s` (the session ends with `session_expired`, as OpenAI's do at 60 minutes).
+A hostile upstream: `ignore_responses` (the next `response.create`s are never answered),
+`scripts` (the next responses are written by the test: `begin_response`, `audio_delta`,
+`send_raw` for what a real server would never send, such as a number `1e999`).
 For real network faults against a real server use `moksori.testing.ws_fault_proxy`.
 """
 
@@ -26,7 +29,7 @@ import asyncio
 import itertools
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +116,11 @@ class _Conn:
         self.close_now(None, "aborted")
 
 
+ResponseScript = Callable[["FakeRealtimeServer", "_Conn", str, str], Awaitable[None]]
+"""A scripted response: `(server, conn, response_id, item_id)`; cancelled by a `response.cancel`
+or when the connection ends."""
+
+
 class FakeRealtimeServer:
     def __init__(self, *, reply_ms: int = 2000, chunk_ms: int = 100, max_session_s: float | None = None,
                  reply_text: Callable[[FakeSession], str] | None = None, vad_threshold: float = 0.02,
@@ -130,6 +138,8 @@ class FakeRealtimeServer:
         self.refuse_status = 503
         self.hang_next = 0
         self.reject_truncates = 0  # reject the next N truncates even when valid
+        self.ignore_responses = 0  # the next N response.create are never answered (not even an error)
+        self.scripts: deque[ResponseScript] = deque()  # the next responses, as the test writes them
         self._ids = itertools.count(1)
         self._conn: _Conn | None = None
         self._tasks: dict[_Conn, set[asyncio.Task[Any]]] = {}
@@ -151,6 +161,34 @@ class FakeRealtimeServer:
     @property
     def current(self) -> FakeSession | None:
         return self._conn.sess if self._conn is not None else None
+
+    # ------------------------------------------------------------------ for response scripts
+    def send_raw(self, conn: _Conn, message: str | dict[str, Any]) -> None:
+        """Send anything (text as is, a dict as JSON): what a real server never would."""
+        if conn.closed is None and conn not in self._stalled:
+            conn.inbox.put_nowait(message if isinstance(message, str) else json.dumps(message))
+
+    def begin_response(self, conn: _Conn, rid: str, iid: str) -> None:
+        """`response.created` and the opening of one assistant audio item."""
+        ev = self._ev(conn)
+        self._emit(conn, ev.response_created(rt.response_object(rid, rt.Flavor.GA)))
+        item = rt.message_item(iid, "assistant", [], rt.Flavor.GA, status="in_progress")
+        conn.sess.generated_ms.setdefault(iid, 0.0)
+        self._emit(conn, ev.response_output_item_added(rid, 0, item))
+        self._emit(conn, ev.conversation_item_added(item, None))
+        self._emit(conn, ev.response_content_part_added(rid, iid, 0, 0, rt.event_part("audio")))
+
+    def audio_delta(self, conn: _Conn, rid: str, iid: str, ms: int = 100, text: str | None = None) -> None:
+        """`ms` of the reply's tone (none when 0), and a transcript delta with it when `text` is given."""
+        ev = self._ev(conn)
+        if ms > 0:
+            out = self._format(conn.sess, "output")
+            t = np.arange(out.rate * ms // 1000) / out.rate
+            tone = (3000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+            self._emit(conn, ev.output_audio_delta(rid, iid, 0, 0, out.encode(Frame(tone, out.rate))))
+            conn.sess.generated_ms[iid] = conn.sess.generated_ms.get(iid, 0.0) + ms
+        if text:
+            self._emit(conn, ev.output_audio_transcript_delta(rid, iid, 0, 0, text))
 
     # ------------------------------------------------------------------ connector
     async def connector(self, endpoint: Endpoint | None, timeouts: Timeouts | None, *,
@@ -342,6 +380,12 @@ class FakeRealtimeServer:
         sess, ev = conn.sess, self._ev(conn)
         sess.responses += 1
         rid, iid = f"resp_f{next(self._ids)}", f"item_f{next(self._ids)}"
+        if self.ignore_responses > 0:
+            self.ignore_responses -= 1
+            return
+        if self.scripts:
+            await self.scripts.popleft()(self, conn, rid, iid)
+            return
         if self.function_calls and not out_of_band:
             calls = self.function_calls.popleft()
             await self._call_tools(conn, rid, iid, calls if isinstance(calls, list) else [calls])

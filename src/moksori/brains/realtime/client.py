@@ -375,7 +375,10 @@ class RealtimeUpstream:
     # ------------------------------------------------------------------ the connection loop
     async def _run(self) -> None:
         attempt = 0  # the try after a drop (1 = the first); 0 = the very first connection
-        failures = 0  # failed tries in a row
+        # failed tries in a row: connections that could not be set up, and connections that were
+        # set up but dropped while a reply was pending without it advancing (an upstream that
+        # never answers must not be reconnected to, and re-seeded, for ever)
+        failures = 0
         dropped_at: float | None = None
         resume: str | None = None
         try:
@@ -399,7 +402,7 @@ class RealtimeUpstream:
                         return
                     attempt += 1
                     continue
-                attempt, failures, resume = 0, 0, None
+                resume = None
                 drop = await self._serve(conn)
                 if self._closing:  # our own close(): not a drop
                     return
@@ -409,6 +412,7 @@ class RealtimeUpstream:
                 with contextlib.suppress(Exception):
                     await conn.close()
                 in_response = self.proto.in_response
+                stalled = in_response and not self.proto.progressed and not drop.planned
                 start = self.proto.replay_start_ms()
                 self._replay = self.proto.ring.slice(start) if start is not None else None
                 lost, resume = self.proto.connection_lost(dropped_at)
@@ -424,7 +428,15 @@ class RealtimeUpstream:
                         self.proto.conn, drop.reason, drop.detail)
                 if self._closing:
                     return
-                attempt = 1
+                if not stalled:  # as any drop: the first try at once
+                    attempt, failures = 1, 0
+                    continue
+                failures += 1  # the pending reply got nothing from this connection: a failed try
+                if failures >= self.options.reconnect.max_attempts:
+                    self._fail("gave_up", f"the upstream answered nothing on {failures} tries in a row "
+                                          f"(last: {drop.reason})")
+                    return
+                attempt += 1
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -462,6 +474,8 @@ class RealtimeUpstream:
                                     provider="realtime") from None
             for event in self.proto.receive(raw, self.now()):
                 self._emit(event)
+            for msg in self.proto.take_outbox():
+                await self._send(msg)
             if self.proto.config_error is not None:
                 raise ProviderError(f"upstream rejected the session: {self.proto.config_error}", retryable=False,
                                     provider="realtime")
@@ -496,6 +510,7 @@ class RealtimeUpstream:
             note = self.options.reconnect.resume_note
             instructions = (p.session.instructions + "\n\n" + note).strip() if resume == "cut" else None
             await self._send(p.response_create(self.now(), instructions=instructions))
+            p.resumes += 1
             resumed = True
         while self._deferred:  # calls made while down, in order (new ones join the queue meanwhile)
             kind, arg = self._deferred.popleft()
@@ -521,6 +536,8 @@ class RealtimeUpstream:
                 raw = await conn.recv()
                 for e in self.proto.receive(raw, self.now()):
                     self._emit(e)
+                for msg in self.proto.take_outbox():
+                    await self._send(msg)
         except TransportClosed as e:
             if self._drop_request is not None:
                 drop, self._drop_request = self._drop_request, None

@@ -8,7 +8,7 @@ what of it was heard, so a truncate can be clamped and a new connection can be r
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,7 +26,6 @@ class ItemRecord:
     id: str
     kind: str = "message"  # message | function_call | function_call_output
     role: str | None = None  # user | assistant | system (messages)
-    text: str = ""  # transcript or text so far (final once `final`)
     final: bool = False
     response_id: str | None = None
     audio_ms: float = 0.0  # assistant audio received, over the item's life
@@ -42,6 +41,27 @@ class ItemRecord:
     user_audio: Frame | None = None  # a user turn's audio, kept until its transcript arrives
     transcription_failed: bool = False
     call_reported: bool = False
+    text_chars: int = 0  # len(text), known without joining its pieces
+    _parts: list[str] = field(default_factory=list, repr=False)  # the text, in pieces until read
+
+    @property
+    def text(self) -> str:
+        """The transcript or text so far (final once `final`)."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._parts = [value] if value else []
+        self.text_chars = len(value)
+
+    def add_text(self, delta: str) -> None:
+        """Append a delta. Linear in the text's length however many deltas come (`+=` on a long
+        string copies all of it every time); the pieces are joined when the text is read."""
+        if delta:
+            self._parts.append(delta)
+            self.text_chars += len(delta)
 
     def reseed_text(self) -> str:
         """The words this item contributes when re-seeded: for a cut assistant reply only the

@@ -21,7 +21,7 @@ __all__ = [
     "UpstreamEvent", "SessionReady", "ItemAdded", "SpeechStarted", "SpeechStopped", "InputCommitted",
     "UserTranscriptDelta", "UserTranscript", "ResponseStarted", "AudioDelta", "AssistantTranscriptDelta",
     "AssistantTranscript", "FunctionCall", "ResponseDone", "ItemTruncated", "TruncateRejected", "UpstreamError",
-    "UpstreamDropped", "Reconnecting", "Reconnected", "UpstreamFailed", "ItemRetrieved",
+    "UpstreamDropped", "Reconnecting", "Reconnected", "UpstreamFailed", "ItemRetrieved", "ResponseAbandoned",
 ]
 
 
@@ -141,6 +141,8 @@ class FunctionCall(UpstreamEvent):
 class ResponseDone(UpstreamEvent):
     """A response ended. `status`: completed | cancelled | incomplete | failed. `synthetic`:
     the upstream never said so; the connection was lost mid-response (`reason="upstream_lost"`).
+    `status="incomplete", reason="text_limit"`: the client ended it itself, as it sent more text
+    than `protocol.MAX_RESPONSE_TEXT_CHARS` (it was cancelled upstream; no usage).
     `usage` is the upstream's count (text, audio and cached tokens) for pricing, or None."""
 
     response_id: str
@@ -149,6 +151,20 @@ class ResponseDone(UpstreamEvent):
     item_ids: tuple[str, ...]
     usage: TurnUsage | None
     synthetic: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseAbandoned(UpstreamEvent):
+    """The client stopped asking for a reply the upstream keeps failing to give: it was asked for
+    again after a drop `protocol.MAX_RESUMES` times, and that was cut or never answered too.
+    Emitted at the drop, before `UpstreamDropped`; the next connection asks for nothing.
+    `cut`: a response of it was in progress (it already ended: `ResponseDone(synthetic=True)`).
+    `asked`: a `response.create` of ours was never started (the reply waiting for it fails)."""
+
+    cut: bool
+    asked: bool
+    resumes: int
+    detail: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,13 @@ calls in, wire messages out. The I/O layer (`client.py`) owns sockets, timers an
 Per connection it knows what was sent and asked for (to clamp truncates, tie errors to their
 cause and see a response that never comes); across connections it keeps the conversation
 (`Conversation`) for re-seeding.
+
+A misbehaving upstream is contained here: an event it sends that cannot be used (not JSON, a
+field missing or of the wrong type, a number that is not finite or is absurd: `wire.wire_int`)
+is skipped with a warning and never ends the session; only events that advance the pending
+response count as progress for its idle timeout (not pings of unknown types); one response's
+text is cut at `MAX_RESPONSE_TEXT_CHARS`; and a reply that the upstream keeps failing to give is
+resumed after a drop at most `MAX_RESUMES` times.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from moksori.errors import ProtocolError
 from . import events as ev
 from .conversation import Conversation, InputRing, ItemRecord
 from .options import UpstreamOptions
-from .wire import ClientWire, parse_server_event, usage_from_wire
+from .wire import ClientWire, parse_server_event, usage_from_wire, wire_int
 
 log = logging.getLogger("moksori.brains.realtime")
 
@@ -27,6 +34,21 @@ __all__ = ["UpstreamProtocol", "TruncateResult", "ReseedPlan"]
 
 _PENDING_MAX = 512
 _SESSION_EXPIRED = ("session_expired", "session_expired_error")
+_ENDED_MAX = 64  # responses ended here (text limit) whose later events are ignored
+
+# One response's text (audio transcript or text output) is cut here: the reply ends `incomplete`
+# (`TEXT_LIMIT`) and the upstream is told to cancel. 4,096 output tokens, the most a response
+# usually has, are ~16,000 characters of English; spoken at 14 characters a second this is ~38
+# minutes. An upstream sending more is flooding, and must not take the server's memory or loop.
+MAX_RESPONSE_TEXT_CHARS = 32_000
+TEXT_LIMIT = "text_limit"
+
+# How many times the same reply is asked for again after a drop (`resume`). One resume is how a
+# reply survives an ordinary drop; if the resumed reply is cut or ignored as well, the same reply
+# failed on two fresh connections: the upstream, not the network, cannot give it, and asking
+# again would re-seed (and bill) the conversation every `response_s` for ever. The reply then
+# fails (`ResponseAbandoned`) and the session goes on to the next turn.
+MAX_RESUMES = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,7 @@ class _Response:
     id: str
     t0: float
     item_ids: list[str]
+    text_chars: int = 0  # transcript and text received, all its items
 
 
 class UpstreamProtocol:
@@ -70,11 +93,17 @@ class UpstreamProtocol:
         self.reseeding: set[str] = set()
         self.own: set[str] = set()  # items this client created (their echo is not news)
         self.reseed_errors = 0
+        self.resumes = 0  # times the pending reply was asked for again after a drop (reset when one ends)
+        self.ended: OrderedDict[str, None] = OrderedDict()  # responses ended here (text limit)
+        self.outbox: list[dict[str, Any]] = []  # messages the protocol itself must send (`take_outbox`)
 
     # ------------------------------------------------------------------ connection lifecycle
     def _begin(self, now: float) -> None:
         self.t_open = now
-        self.last_rx = now
+        self.last_rx = now  # any message: the connection is alive (set-up deadlines)
+        self.last_progress = now  # the pending response advanced (its idle deadline)
+        self.progressed = False  # a response advanced on this connection since the last wait for one began
+        self.asked = False  # a response.create of ours is outstanding (sent, not started nor refused)
         self.session_created = False
         self.configured = False
         self.configure_id: str | None = None
@@ -112,8 +141,8 @@ class UpstreamProtocol:
                           "first_event_timeout"))
         if self.awaiting_response_since is not None:
             cands.append((self.awaiting_response_since + t.response_s, "response_timeout"))
-        if self.responses:
-            cands.append((self.last_rx + t.idle_s, "idle_timeout"))
+        if self.responses:  # messages that do not advance it (pings, unknown events) do not count
+            cands.append((self.last_progress + t.idle_s, "idle_timeout"))
         rotate = self.opts.reconnect.rotate_after_s
         if rotate is not None and self.configured:
             due = self.t_open + rotate
@@ -148,7 +177,10 @@ class UpstreamProtocol:
         return self._track(self.wire.clear())
 
     def response_create(self, now: float, **kw: Any) -> dict[str, Any]:
+        if self.awaiting_response_since is None and not self.responses:
+            self.progressed = False  # a new wait: what earlier replies did on this connection does not count
         self.awaiting_response_since = now
+        self.asked = True
         return self._track(self.wire.response_create(**kw))
 
     def response_cancel(self) -> dict[str, Any] | None:
@@ -157,6 +189,7 @@ class UpstreamProtocol:
             if self.awaiting_response_since is None:
                 return None
             self.awaiting_response_since = None  # it may still start: cancel whatever comes
+            self.asked = False
             return self._track(self.wire.response_cancel())
         rid = next(reversed(self.responses))
         return self._track(self.wire.response_cancel(rid), {"response_id": rid})
@@ -255,7 +288,8 @@ class UpstreamProtocol:
     def connection_lost(self, now: float) -> tuple[list[ev.UpstreamEvent], str | None]:
         """Synthetic `ResponseDone` for every response the drop cut, and whether a response
         should be asked for on the next connection: "cut" (a reply was being generated),
-        "unanswered" (a turn was waiting for its reply) or None."""
+        "unanswered" (a turn was waiting for its reply) or None. None too, with a
+        `ResponseAbandoned`, when that reply was already asked for again `MAX_RESUMES` times."""
         out: list[ev.UpstreamEvent] = []
         cut = bool(self.responses)
         for r in self.responses.values():
@@ -266,11 +300,39 @@ class UpstreamProtocol:
             out.append(ev.ResponseDone(t=now, conn=self.conn, response_id=r.id, status="failed",
                                        reason="upstream_lost", item_ids=tuple(r.item_ids), usage=None, synthetic=True))
         awaiting = self.awaiting_response_since is not None
+        asked = self.asked
         self.responses.clear()
         self.awaiting_response_since = None
+        self.asked = False
         resume = "cut" if cut else "unanswered" if awaiting or self.unanswered else None
         self.unanswered = False
+        if resume is not None and self.resumes >= MAX_RESUMES:
+            what = "was cut again" if cut else "was never started"
+            out.append(ev.ResponseAbandoned(
+                t=now, conn=self.conn, cut=cut, asked=asked, resumes=self.resumes,
+                detail=f"the reply {what} after it was asked for again on a new connection "
+                       f"({self.resumes} time{'s' if self.resumes != 1 else ''}); not asking again"))
+            resume = None
+        if resume is None:
+            self.resumes = 0
         return out, resume
+
+    def take_outbox(self) -> list[dict[str, Any]]:
+        """Messages the protocol decided to send itself (a `response.cancel` for a response cut at
+        the text limit); the I/O layer sends them after each `receive`."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _progress(self, now: float) -> None:
+        """The pending response advanced: its idle deadline starts again, and this connection
+        did something for it (a drop after this is not a failed try)."""
+        self.last_progress = now
+        self.progressed = True
+
+    def _live(self, o: dict[str, Any]) -> _Response | None:
+        """The response in progress that a `response.*` event names, if any."""
+        rid = o.get("response_id")
+        return self.responses.get(rid) if isinstance(rid, str) else None
 
     # ------------------------------------------------------------------ upstream -> client
     def receive(self, raw: str | bytes, now: float) -> list[ev.UpstreamEvent]:
@@ -285,8 +347,9 @@ class UpstreamProtocol:
             return []
         try:
             return handler(self, obj, now)
-        except (KeyError, TypeError, ValueError, AttributeError, ProtocolError) as e:
-            log.warning("upstream event %s could not be used: %s: %s", kind, type(e).__name__, e)
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError, ProtocolError) as e:
+            # a malformed event is skipped: it must never end the session
+            log.warning("upstream event %s could not be used: %s: %s", kind, type(e).__name__, str(e)[:200])
             return []
 
     def _h_session_created(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
@@ -320,6 +383,7 @@ class UpstreamProtocol:
             return []
         if kind == "response.create":
             self.awaiting_response_since = None
+            self.asked = False
         if kind == "session.update" and not self.configured:
             self.config_error = f"{code}: {message}"
         log.warning("upstream error %s (%s): %s", code, kind or "-", message)
@@ -327,12 +391,12 @@ class UpstreamProtocol:
                                  param=param if isinstance(param, str) else None, client_event=kind)]
 
     def _h_speech_started(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
-        iid, ms = str(o.get("item_id") or ""), int(o.get("audio_start_ms") or 0)
+        iid, ms = str(o.get("item_id") or ""), _number(o, "audio_start_ms")
         self.open_speech[iid] = ms
         return [ev.SpeechStarted(t=now, conn=self.conn, item_id=iid, audio_start_ms=ms)]
 
     def _h_speech_stopped(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
-        iid, ms = str(o.get("item_id") or ""), int(o.get("audio_end_ms") or 0)
+        iid, ms = str(o.get("item_id") or ""), _number(o, "audio_end_ms")
         return [ev.SpeechStopped(t=now, conn=self.conn, item_id=iid, audio_end_ms=ms)]
 
     def _h_committed(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
@@ -351,6 +415,8 @@ class UpstreamProtocol:
             self.last_commit_ms = self.ring.sent_ms
             self.open_speech.clear()
             if self.session.create_response:
+                if self.awaiting_response_since is None and not self.responses:
+                    self.progressed = False  # a new wait (as in `response_create`)
                 self.unanswered = True
                 self.awaiting_response_since = self.awaiting_response_since or now
         if not rec.final and b - a <= 1000.0 * self.opts.reseed.keep_user_audio_s:
@@ -394,7 +460,7 @@ class UpstreamProtocol:
         return [ev.ItemRetrieved(t=now, conn=self.conn, item=o.get("item") or {})]
 
     def _h_item_truncated(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
-        iid, ms = str(o.get("item_id")), int(o.get("audio_end_ms") or 0)
+        iid, ms = str(o.get("item_id")), _number(o, "audio_end_ms")
         rec = self.conv.get(iid)
         if rec is not None:  # ours, or the upstream's own cut (e.g. after a server-VAD barge-in)
             rec.upstream_cut_ms = ms
@@ -423,66 +489,150 @@ class UpstreamProtocol:
         rid = str((o.get("response") or {})["id"])
         self.responses[rid] = _Response(rid, now, [])
         self.awaiting_response_since = None
+        self.asked = False
         self.unanswered = False
+        self._progress(now)
         return [ev.ResponseStarted(t=now, conn=self.conn, response_id=rid)]
 
     def _h_output_item_added(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         item = o.get("item") or {}
         rid = str(o.get("response_id") or "")
+        if rid in self.ended:
+            return []
         iid = str(item["id"])
         kind = str(item.get("type") or "message")
         self.conv.ensure(iid, kind=kind, role=item.get("role") or ("assistant" if kind == "message" else None),
                          response_id=rid, call_id=item.get("call_id"), name=item.get("name"))
         r = self.responses.get(rid)
-        if r is not None and iid not in r.item_ids:
-            r.item_ids.append(iid)
+        if r is not None:
+            self._progress(now)
+            if iid not in r.item_ids:
+                r.item_ids.append(iid)
         return []
 
     def _h_content_part_added(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         part = o.get("part") or {}
+        index = _number(o, "content_index")
         rec = self.conv.get(o.get("item_id"))
         if rec is not None and part.get("type") in ("audio", "output_audio"):
-            rec.content_index = int(o.get("content_index") or 0)
+            rec.content_index = index
+        if self._live(o) is not None:
+            self._progress(now)
+        return []
+
+    def _h_response_step(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        """A step of a response that carries nothing the client keeps (a part or an audio
+        stream done, function-call argument deltas): progress all the same."""
+        if self._live(o) is not None:
+            self._progress(now)
         return []
 
     def _h_audio_delta(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        if rid in self.ended:
+            return []
         frame = self.session.output_format.decode(o.get("delta"), param="delta")
         rec = self.conv.ensure(iid, kind="message", role="assistant", response_id=rid or None)
         ms = 1000.0 * len(frame) / frame.rate
         rec.audio_ms += ms
         rec.live_audio_ms += ms
         r = self.responses.get(rid)
-        if r is not None and iid not in r.item_ids:
-            r.item_ids.append(iid)
+        if r is not None:
+            if len(frame):
+                self._progress(now)
+            if iid not in r.item_ids:
+                r.item_ids.append(iid)
         return [ev.AudioDelta(t=now, conn=self.conn, response_id=rid, item_id=iid, frame=frame,
                               item_audio_ms=rec.audio_ms)]
 
     def _h_text_delta(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        if rid in self.ended:
+            return []
         delta = str(o.get("delta") or "")
         rec = self.conv.ensure(iid, kind="message", role="assistant", response_id=rid or None)
-        rec.text += delta
-        return [ev.AssistantTranscriptDelta(t=now, conn=self.conn, response_id=rid, item_id=iid, delta=delta)]
+        r = self.responses.get(rid)
+        room = MAX_RESPONSE_TEXT_CHARS - (r.text_chars if r is not None else rec.text_chars)
+        over = len(delta) > room
+        if over:
+            delta = delta[:max(0, room)]
+            if r is None:  # not a response in progress: nothing to end, the item just stops growing
+                log.warning("upstream item %s is over %d characters of text; the rest is dropped", iid,
+                            MAX_RESPONSE_TEXT_CHARS)
+                if not delta:
+                    return []
+        rec.add_text(delta)  # linear however many deltas come (`+=` on a long string copies it each time)
+        out: list[ev.UpstreamEvent] = []
+        if r is not None:
+            r.text_chars += len(delta)
+            if delta:
+                self._progress(now)
+        if delta:
+            out.append(ev.AssistantTranscriptDelta(t=now, conn=self.conn, response_id=rid, item_id=iid, delta=delta))
+        if over and r is not None:
+            out += self._end_at_text_limit(r, now)
+        return out
+
+    def _end_at_text_limit(self, r: _Response, now: float) -> list[ev.UpstreamEvent]:
+        """The response sent more text than `MAX_RESPONSE_TEXT_CHARS`: it ends here
+        (`incomplete`, `TEXT_LIMIT`), the upstream is told to cancel it, and whatever it still
+        sends for it is ignored."""
+        log.warning("upstream response %s is over %d characters of text: ended here and cancelled upstream", r.id,
+                    MAX_RESPONSE_TEXT_CHARS)
+        self.responses.pop(r.id, None)
+        self.ended[r.id] = None
+        while len(self.ended) > _ENDED_MAX:
+            self.ended.popitem(last=False)
+        for iid in r.item_ids:
+            rec = self.conv.get(iid)
+            if rec is not None and rec.kind == "message":
+                rec.final = True
+        self.outbox.append(self._track(self.wire.response_cancel(r.id), {"response_id": r.id}))
+        self.resumes = 0
+        return [ev.ResponseDone(t=now, conn=self.conn, response_id=r.id, status="incomplete", reason=TEXT_LIMIT,
+                                item_ids=tuple(r.item_ids), usage=None)]
 
     def _h_text_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        if rid in self.ended:
+            return []
         text = o.get("transcript") if "transcript" in o else o.get("text")
         rec = self.conv.ensure(iid, kind="message", role="assistant", response_id=rid or None)
+        r = self.responses.get(rid)
+        over = False
         if isinstance(text, str):
-            rec.text = text
+            others = max(0, r.text_chars - rec.text_chars) if r is not None else 0  # the response's other items
+            room = max(0, MAX_RESPONSE_TEXT_CHARS - others)
+            over = len(text) > room
+            rec.text = text[:room] if over else text
+            if r is not None:
+                r.text_chars = others + rec.text_chars
         rec.final = True
-        return [ev.AssistantTranscript(t=now, conn=self.conn, response_id=rid, item_id=iid,
-                                       previous_item_id=self.conv.previous(iid), text=rec.text)]
+        out: list[ev.UpstreamEvent] = [ev.AssistantTranscript(t=now, conn=self.conn, response_id=rid, item_id=iid,
+                                                              previous_item_id=self.conv.previous(iid),
+                                                              text=rec.text)]
+        if r is not None:
+            self._progress(now)
+            if over:
+                out += self._end_at_text_limit(r, now)
+        return out
 
     def _h_args_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         iid, rid = str(o["item_id"]), str(o.get("response_id") or "")
+        if rid in self.ended:
+            return []
+        if rid in self.responses:
+            self._progress(now)
         rec = self.conv.ensure(iid, kind="function_call", response_id=rid or None, call_id=o.get("call_id"),
                                name=o.get("name"))
         rec.arguments = str(o.get("arguments") or "")
         return self._call(rec, now)
 
     def _h_output_item_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
+        if str(o.get("response_id") or "") in self.ended:
+            return []
+        if self._live(o) is not None:
+            self._progress(now)
         item = o.get("item") or {}
         rec = self.conv.get(item.get("id"))
         if rec is None:
@@ -509,7 +659,13 @@ class UpstreamProtocol:
     def _h_response_done(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         resp = o.get("response") or {}
         rid = str(resp["id"])
+        if rid in self.ended:  # ended here already (its usage is not counted)
+            return []
+        usage = usage_from_wire(resp.get("usage"), model=self.model)
         r = self.responses.pop(rid, None)
+        if r is not None:
+            self._progress(now)
+            self.resumes = 0  # the upstream finished a reply: a later drop may resume again
         ids = list(r.item_ids) if r is not None else []
         for item in resp.get("output") or []:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
@@ -524,8 +680,20 @@ class UpstreamProtocol:
         reason = details.get("reason") or ((details.get("error") or {}).get("code")
                                            if isinstance(details.get("error"), dict) else None)
         return [ev.ResponseDone(t=now, conn=self.conn, response_id=rid, status=str(resp.get("status") or "completed"),
-                                reason=reason, item_ids=tuple(ids),
-                                usage=usage_from_wire(resp.get("usage"), model=self.model))]
+                                reason=reason, item_ids=tuple(ids), usage=usage)]
+
+
+def _number(o: dict[str, Any], key: str, default: int = 0) -> int:
+    """`o[key]`, a number the upstream sent, as an int (`default` when absent or null).
+    `ProtocolError` when it is there but not usable (not finite, negative, absurd, not a number):
+    the event is skipped with a warning, as any malformed event."""
+    v = o.get(key)
+    if v is None:
+        return default
+    n = wire_int(v)
+    if n is None:
+        raise ProtocolError(f"{key} is not a usable number: {str(v)[:40]}")
+    return n
 
 
 def _obj(o: dict[str, Any], key: str) -> dict[str, Any]:
@@ -561,6 +729,9 @@ _HANDLERS = {
     "conversation.item.input_audio_transcription.failed": UpstreamProtocol._h_tr_failed,
     "response.created": UpstreamProtocol._h_response_created,
     "response.output_item.added": UpstreamProtocol._h_output_item_added,
+    "response.content_part.done": UpstreamProtocol._h_response_step,
+    "response.output_audio.done": UpstreamProtocol._h_response_step,
+    "response.function_call_arguments.delta": UpstreamProtocol._h_response_step,
     "response.output_item.done": UpstreamProtocol._h_output_item_done,
     "response.content_part.added": UpstreamProtocol._h_content_part_added,
     "response.output_audio.delta": UpstreamProtocol._h_audio_delta,

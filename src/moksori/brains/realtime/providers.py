@@ -169,7 +169,7 @@ class RealtimeLLM(LLM):
                             yield Usage(input_tokens=u.input_tokens + u.input_audio_tokens,
                                         output_tokens=u.output_tokens + u.output_audio_tokens,
                                         cached_tokens=u.cached_tokens + u.cached_audio_tokens)
-                        yield ChatDone("tool_calls" if calls else "stop")
+                        yield ChatDone("tool_calls" if calls else "length" if e.status == "incomplete" else "stop")
                         return
                     elif isinstance(e, ev.UpstreamError) and e.client_event == "response.create":
                         raise ProviderError(f"the realtime upstream refused the request: {e.message}",

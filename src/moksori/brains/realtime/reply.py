@@ -60,6 +60,7 @@ from moksori.providers.base import ToolCall, Usage
 from moksori.text.chunker import ClauseChunker
 
 from . import events as ev
+from .protocol import TEXT_LIMIT
 
 if TYPE_CHECKING:
     from moksori.guardrails.events import GuardrailTripped
@@ -80,10 +81,13 @@ def say_exactly(instructions: str, words: str) -> str:
     return f"{instructions}\n\nNow say exactly the following words, in their language, and nothing else:\n{words}".strip()
 
 
+def _spoken_weight(text: str) -> int:
+    return sum(2 if "\uac00" <= ch <= "\ud7a3" else 1 for ch in text if not ch.isspace())
+
+
 def estimated_samples(text: str, rate: int) -> int:
     """Samples `text` would take spoken at an ordinary pace (Korean syllables count double)."""
-    weight = sum(2 if "\uac00" <= ch <= "\ud7a3" else 1 for ch in text if not ch.isspace())
-    return int(rate * weight / CHARS_PER_SECOND)
+    return int(rate * _spoken_weight(text) / CHARS_PER_SECOND)
 
 
 @dataclass(eq=False)
@@ -95,6 +99,8 @@ class UpstreamReply(Response):
     audio_items: list[tuple[str, int]] = field(default_factory=list)  # (upstream item id, first sample)
     samples: int = 0  # reply audio received, at the output rate
     failure: str | None = None  # why the upstream ended it early (upstream_lost, failed, ...)
+    cut_short: str | None = None  # why it ended incomplete (the upstream's text went past the limit)
+    _weight: int = 0  # `_spoken_weight(self.text)`, kept as deltas come (not recounted each time)
     _texts: dict[str, str] = field(default_factory=dict)  # upstream item -> its text
     _open_rounds: int = 0  # upstream responses asked for or running, not done yet
     _tools_running: int = 0
@@ -149,7 +155,10 @@ class UpstreamReply(Response):
             await host.clock.sleep(self.playback.play_end - host.clock.now())
         brain.reply_finished(self)
         await brain.transcript_of(self.turn_id)  # the user turn this answers is stored first
-        if self.failure is None:
+        if self.failure is None and self.cut_short is not None:
+            self.status = "incomplete"
+            self._finish_public(reason=self.cut_short)
+        elif self.failure is None:
             self.status = "completed"
             self._finish_public()
         else:
@@ -252,7 +261,7 @@ class UpstreamReply(Response):
         pb = self.playback
         if pb is None or self._cut_at_check:
             return
-        est = estimated_samples(self.text, pb.rate) if not self._generated.is_set() else 0
+        est = int(pb.rate * self._weight / CHARS_PER_SECOND) if not self._generated.is_set() else 0
         pb.segments[:] = [(self.text, max(self.samples, est, 1))]
 
     def on_text_delta(self, upstream_item: str, delta: str) -> None:
@@ -263,6 +272,7 @@ class UpstreamReply(Response):
         prefix = " " if self.text and upstream_item not in self._texts and not self.text.endswith(" ") else ""
         self._texts[upstream_item] = self._texts.get(upstream_item, "") + delta
         self.text += prefix + delta
+        self._weight += _spoken_weight(delta)
         if self._checks is not None and self._chunker is not None:  # shown once checked (`_check_clauses`)
             self._raw += prefix + delta
             for clause in self._chunker.push(prefix + delta):
@@ -287,6 +297,7 @@ class UpstreamReply(Response):
                 self._checks.put_nowait(clause)
         self._texts[upstream_item] = text
         self.text = " ".join(t.strip() for t in self._texts.values() if t.strip())
+        self._weight = _spoken_weight(self.text)
         if self.item is not None and self._checks is None:
             self.item.text = self.text
         self._resegment()
@@ -421,6 +432,8 @@ class UpstreamReply(Response):
                 self.failure = e.reason or "upstream_lost"
             elif e.status == "failed":
                 self.failure = e.reason or "upstream_failed"
+            elif e.status == "incomplete" and e.reason == TEXT_LIMIT:
+                self.cut_short = "upstream_text_limit"
             elif e.status == "cancelled" and not self.function_calls:
                 # the upstream cut it (its own VAD heard the user); the session does the same
                 self.failure = None

@@ -64,6 +64,7 @@ from . import events as ev
 from .client import RealtimeUpstream
 from .guarding import UpstreamGuard
 from .options import SessionOptions, TurnMode, UpstreamOptions
+from .protocol import MAX_RESPONSE_TEXT_CHARS, TEXT_LIMIT
 from .reply import UpstreamReply, say_exactly
 from .transport import Connector
 from .words import IdMap, UserWords, language_of, trim
@@ -614,6 +615,13 @@ class RealtimeSession(Session):
                     if e.response_id in r.filler_responses:  # out of band: never re-seeded after a reconnect
                         for iid in e.item_ids:
                             self.upstream.proto.conv.delete(iid)
+                    if e.reason == TEXT_LIMIT and r.cut_short is not None:
+                        self.publish(E.ErrorEvent(
+                            t=self.clock.now(), code="upstream_text_limit", retryable=False, response_id=r.id,
+                            message=f"the realtime upstream sent more than {MAX_RESPONSE_TEXT_CHARS} characters "
+                                    "for one reply: it was cut there"))
+            case ev.ResponseAbandoned():
+                self._response_abandoned(e)
             case ev.TruncateRejected():
                 self._truncate_rejected(e)
             case ev.UpstreamError():
@@ -780,6 +788,17 @@ class RealtimeSession(Session):
             return  # nothing depends on them
         self.publish(E.ErrorEvent(t=self.clock.now(), code=f"upstream_{e.code or 'error'}",
                                   message=f"the realtime upstream said: {e.message}"[:500], retryable=False))
+
+    def _response_abandoned(self, e: ev.ResponseAbandoned) -> None:
+        """The upstream would not give a reply, asked for again after a drop: the reply waiting
+        for it fails (`agent.response_done` failed, `upstream_unresponsive`) and says why; the
+        session goes on, and the next turn asks afresh."""
+        reply = self._awaiting.popleft() if e.asked and self._awaiting else None
+        if reply is not None:
+            reply.fail("upstream_unresponsive")
+        self.publish(E.ErrorEvent(t=self.clock.now(), code="upstream_unresponsive", retryable=False,
+                                  response_id=reply.id if reply is not None else None,
+                                  message=f"the realtime upstream did not give a reply: {e.detail}"[:500]))
 
     def _upstream_failed(self, e: ev.UpstreamFailed) -> None:
         self._failed = True

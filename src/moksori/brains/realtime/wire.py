@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
+import logging
+import math
+from typing import Any, overload
 
 from moksori.accounting import TurnUsage
 from moksori.errors import ProtocolError
@@ -21,7 +23,13 @@ from moksori.protocols.realtime.session_fields import transcription_to_wire, tur
 
 from .options import SessionOptions, UpstreamFlavor
 
-__all__ = ["ClientWire", "parse_server_event", "usage_from_wire", "GA_NAMES", "DEFAULT_TRANSCRIPTION"]
+__all__ = ["ClientWire", "parse_server_event", "usage_from_wire", "wire_int", "GA_NAMES", "DEFAULT_TRANSCRIPTION",
+           "WIRE_INT_MAX"]
+
+log = logging.getLogger("moksori.brains.realtime")
+
+# no count, index or millisecond offset of one upstream session comes near it (2**31 ms: 24 days)
+WIRE_INT_MAX = 2**31 - 1
 
 # beta / Azure name -> GA name (server events)
 GA_NAMES: dict[str, str] = {
@@ -226,11 +234,32 @@ def parse_server_event(raw: str | bytes, *, max_bytes: int) -> tuple[str, dict[s
     return GA_NAMES.get(kind, kind), obj
 
 
-def _int(d: Any, key: str, default: int = 0) -> int:
-    if not isinstance(d, dict):
+@overload
+def wire_int(v: Any, default: int) -> int: ...
+@overload
+def wire_int(v: Any, default: None = None) -> int | None: ...
+def wire_int(v: Any, default: int | None = None) -> int | None:
+    """A number the upstream sent (a count, an index, milliseconds) as an int, or `default` when
+    it is not one we can use: absent, not a JSON number (a bool or a string is not), not finite
+    (`json.loads` reads `1e999` as inf, and `int(inf)` raises), negative, or absurd (over
+    `WIRE_INT_MAX`). Every number read from the upstream goes through here."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return default
-    v = d.get(key, default)
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+    if isinstance(v, float) and not math.isfinite(v):
+        return default
+    if not 0 <= v <= WIRE_INT_MAX:
+        return default
+    return int(v)
+
+
+def _int(d: Any, key: str, default: int = 0) -> int:
+    if not isinstance(d, dict) or d.get(key) is None:
+        return default
+    n = wire_int(d[key])
+    if n is None:
+        log.warning("upstream usage: %s is not a usable number (%.40r); read as missing", key, d[key])
+        return default
+    return n
 
 
 def usage_from_wire(u: Any, *, model: str | None = None) -> TurnUsage | None:
