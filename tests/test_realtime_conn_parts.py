@@ -124,3 +124,28 @@ def test_an_item_with_more_audio_than_the_input_buffer_holds_is_refused_untransc
     assert [e["code"] for e in errors] == ["audio_too_long"] and "at most 1 s" in errors[0]["message"]
     assert calls_after_refusal == 0
     assert [e["type"] for e in sent].count("conversation.item.added") == 1  # the short one
+
+
+def test_a_reply_cut_short_is_incomplete_on_the_wire() -> None:
+    """A realtime brain's reply cut at its text limit ends `incomplete` in the engine; the wire's
+    `response.done` said `completed` (only the separate error told the client it was cut)."""
+    from moksori.engine import events as E
+    from moksori.providers.base import Usage
+
+    async def main() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        conn = _conn(Settings(turn={"provider": "none"}), sent)
+        await conn.start()
+        conn.session.publish(E.AgentResponseStarted(t=0.0, response_id="r1", item_id="i1", turn_id=None,
+                                                    modalities=("text",)))
+        conn.session.publish(E.AgentResponseDone(
+            t=0.1, response_id="r1", item_id="i1", turn_id=None, text="word word", generated_text="word word",
+            interrupted=False, status="incomplete", reason="upstream_text_limit", language="en",
+            function_calls=(), usage=Usage(), modalities=("text",), in_conversation=True))
+        await conn.close()
+        return sent
+
+    sent = run_virtual(main())
+    done, = [e for e in sent if e["type"] == "response.done"]
+    assert done["response"]["status"] == "incomplete"
+    assert done["response"]["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}

@@ -270,9 +270,11 @@ class Outbound:
             return
         self._close_message(out, text=e.text if out.parts <= 1 else None,
                             status="incomplete" if e.interrupted else "completed")
-        statuses: dict[str, ResponseStatus] = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}
+        statuses: dict[str, ResponseStatus] = {"completed": "completed", "cancelled": "cancelled", "failed": "failed",
+                                               "incomplete": "incomplete"}  # a realtime brain's reply cut short
         status = statuses.get(e.status, "completed")
-        reason = "turn_detected" if e.reason == "turn_detected" else "client_cancelled"
+        reason = "max_output_tokens" if status == "incomplete" else \
+            "turn_detected" if e.reason == "turn_detected" else "client_cancelled"
         error = {"type": "server_error", "code": e.reason, "message": f"the response failed: {e.reason}"} \
             if status == "failed" and e.reason else None
         details = rt.status_details(status, reason=reason, error=error) if status != "completed" else None
