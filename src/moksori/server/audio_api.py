@@ -284,8 +284,9 @@ async def speech(request: Request) -> Response:
             yield value
             while True:
                 kind, data = await queue.get()
-                if kind == "error":  # the status is sent: the audio ends here
-                    log.warning("speech synthesis failed mid-stream: %s", data)
+                if kind == "error":  # the status is sent: the answer is left incomplete, never ended
+                    log.warning("speech synthesis failed mid-stream: %s", data)  # as if it were whole
+                    raise _Cut(str(data))
                 if kind != "data":
                     return
                 yield data
@@ -294,7 +295,10 @@ async def speech(request: Request) -> Response:
 
     if fmt == "pcm":  # OpenAI's pcm: raw 24 kHz 16-bit little-endian mono, streamed
         return _ReadOrDrop(rest(), media_type="audio/pcm", stall_s=limits.send_stall_s, on_end=finish)
-    pcm = await _join_unless_client_leaves(request, rest())
+    try:
+        pcm = await _join_unless_client_leaves(request, rest())
+    except _Cut as e:  # nothing was sent yet: a wav answer cut short is a failure, not shorter audio
+        return _err(502, str(e), "synthesis_failed")
     if pcm is None:  # nobody to send it to; `rest` has stopped the synthesis and freed the slot
         return Response(status_code=204)
     return Response(wav_bytes(Frame.from_bytes(pcm, SPEECH_RATE)), media_type="audio/wav")
@@ -302,6 +306,10 @@ async def speech(request: Request) -> Response:
 
 class _ClientStalled(Exception):
     pass
+
+
+class _Cut(Exception):
+    """The synthesis failed after the answer started: it must not end as if it were complete."""
 
 
 class _ReadOrDrop(StreamingResponse):
@@ -331,6 +339,8 @@ class _ReadOrDrop(StreamingResponse):
             await super().__call__(scope, receive, send_or_give_up)
         except _ClientStalled:
             log.info("a %s client read nothing for %g s: its answer is dropped", scope.get("path"), self.stall_s)
+        except _Cut:
+            pass  # logged where it failed; the connection closes without the answer's last chunk
         finally:
             await self.on_end()
 
