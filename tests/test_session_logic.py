@@ -277,19 +277,15 @@ def test_local_tool_runs_and_result_goes_back_to_the_llm() -> None:
     assert replies(rec)[0].text == "It is clear in Seoul."
 
 
-def test_a_model_that_calls_tools_every_round_still_ends_in_words() -> None:
-    """The last of the MAX_TOOL_ROUNDS rounds offers no tools: a model that called a tool in
-    every round ended its reply with no words at all (silence on a phone call)."""
+def _weather_turn(llm: ScriptedLLM) -> tuple[Recording, list[dict]]:
+    """One spoken turn ("weather?") with a server-side get_weather tool: the recording and the
+    tool's calls."""
     ran: list[dict] = []
 
     async def weather(args: dict) -> dict:
         ran.append(args)
         return {"sky": "clear"}
 
-    def tool_call(req):
-        return ToolCall(f"call_{len(req.messages)}", "get_weather", "{}") if req.tools else None
-
-    llm = ScriptedLLM(lambda req: "It is clear.", tool_call=tool_call)
     box = ToolBox([Tool(ToolSpec("get_weather", "weather", {"type": "object"}), weather)])
 
     async def main():
@@ -299,7 +295,17 @@ def test_a_model_that_calls_tools_every_round_still_ends_in_words() -> None:
         await s.close()
         return rec
 
-    rec = run(main())
+    return run(main()), ran
+
+
+def test_a_model_that_calls_tools_every_round_still_ends_in_words() -> None:
+    """The last of the MAX_TOOL_ROUNDS rounds offers no tools: a model that called a tool in
+    every round ended its reply with no words at all (silence on a phone call)."""
+    def tool_call(req):
+        return ToolCall(f"call_{len(req.messages)}", "get_weather", "{}") if req.tools else None
+
+    llm = ScriptedLLM(lambda req: "It is clear.", tool_call=tool_call)
+    rec, ran = _weather_turn(llm)
     assert len(llm.requests) == MAX_TOOL_ROUNDS and llm.requests[-1].tools == ()
     assert len(ran) == MAX_TOOL_ROUNDS - 1
     assert replies(rec)[0].text == "It is clear."
@@ -324,23 +330,7 @@ class ManyCallsLLM(ScriptedLLM):
 
 
 def test_tool_calls_of_one_round_are_capped() -> None:
-    ran: list[dict] = []
-
-    async def weather(args: dict) -> dict:
-        ran.append(args)
-        return {"sky": "clear"}
-
-    llm = ManyCallsLLM(500)
-    box = ToolBox([Tool(ToolSpec("get_weather", "weather", {"type": "object"}), weather)])
-
-    async def main():
-        s = Session(fake_stack(stt=ScriptedSTT(["weather?"]), llm=llm), CFG, toolbox=box)
-        rec = await play_into_session(s, [quiet(0.3), tone(1.0), quiet(4.0)])
-        await settle(s)
-        await s.close()
-        return rec
-
-    rec = run(main())
+    rec, ran = _weather_turn(ManyCallsLLM(500))
     assert len(ran) == MAX_TOOL_CALLS_PER_ROUND
     assert replies(rec)[0].text == "Done."
 
