@@ -129,9 +129,12 @@ class DiesMidReply(FakeLLM):
     """Its first stream says `words` words, then the connection is lost (as a killed server's);
     every later one answers in full."""
 
-    def __init__(self, words: int) -> None:
+    def __init__(self, words: int, error: Exception | None = None) -> None:
         super().__init__("Once upon a time, a dragon lived in a cave. It slept all day long.", token_delay_s=0.2)
         self.words = words
+        self.error = error or ProviderError(
+            "cannot reach LLM server 127.0.0.1:8761 (RemoteProtocolError: peer closed connection without sending "
+            "complete message body)", retryable=True)
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         if len(self.requests) > 0:
@@ -142,14 +145,19 @@ class DiesMidReply(FakeLLM):
         for i, word in enumerate(str(self.reply).split(" ")[:self.words]):
             yield TextDelta(word if i == 0 else " " + word)
             await asyncio.sleep(self.token_delay_s)
-        raise ProviderError("cannot reach LLM server 127.0.0.1:8761 (RemoteProtocolError: peer closed connection "
-                            "without sending complete message body)", retryable=True)
+        raise self.error
 
 
+@pytest.mark.parametrize("bug", [False, True], ids=["provider_error", "a_bug_in_the_code"])
 @pytest.mark.parametrize("words", [1, 10], ids=["before_its_audio", "while_it_plays"])
-def test_a_reply_after_one_the_llm_failed_is_spoken_and_done(words):
+def test_a_reply_after_one_the_llm_failed_is_spoken_and_done(words, bug):
+    """A provider's error, or an exception no provider translated (a bug: a KeyError in a
+    plug-in's code), fails that reply and only that one: it ended the reply's task with the
+    exception, the reply was never done and every later reply of the session waited on it."""
+    llm = DiesMidReply(words, KeyError("choices") if bug else None)
+
     async def main() -> Recording:
-        s = Session(fake_stack(llm=DiesMidReply(words)), SessionConfig(output_rate=16000, partial_interval_ms=0))
+        s = Session(fake_stack(llm=llm), SessionConfig(output_rate=16000, partial_interval_ms=0))
         rec = Recording(s.cfg.output_rate)
         s.bus.listen(rec)
         for text in ("Tell me a long story.", "Say hello."):  # as Realtime's item.create + response.create
@@ -164,7 +172,8 @@ def test_a_reply_after_one_the_llm_failed_is_spoken_and_done(words):
     rec = run_virtual(main())
     cut, again = (r.response_id for r in rec.of(E.AgentResponseStarted))
     done = {e.response_id: e for e in rec.of(E.AgentResponseDone)}
-    assert done[cut].status == "failed" and [e.code for e in rec.of(E.ErrorEvent)] == ["provider_error"]
+    assert done[cut].status == "failed"
+    assert [e.code for e in rec.of(E.ErrorEvent)] == ["server_error" if bug else "provider_error"]
     assert again in done, "the reply after the failed one never ended"
     assert done[again].status == "completed" and not done[again].interrupted
     assert any(e.response_id == again for e in rec.of(E.AgentAudioStarted))

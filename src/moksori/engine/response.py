@@ -33,7 +33,7 @@ from moksori.engine.response_host import ResponseHost, ResponseOptions
 from moksori.engine.speaker import Playback
 from moksori.engine.tool_calls import MAX_TOOL_CALLS_PER_ROUND, MAX_TOOL_ROUNDS, ToolCalls, split_calls
 from moksori.engine.tools import ToolBox, ToolRun
-from moksori.errors import MoksoriError, ProviderError
+from moksori.errors import ProviderError
 from moksori.providers.base import ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, TTSOptions, Usage
 from moksori.providers.threads import paced_by
 from moksori.text.chunker import ClauseChunker
@@ -184,7 +184,7 @@ class Response:
         self._gate = self._output_guard()
         tts_task = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") \
             if self.audio or self._gate is not None else None
-        failure: MoksoriError | None = None
+        failure: Exception | None = None
         try:
             self.emit(E.AgentResponseStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                              turn_id=self.turn_id, modalities=tuple(self.opts.modalities)))
@@ -196,7 +196,7 @@ class Response:
                     await self._generate(clauses)
                 if tts_task:
                     await tts_task
-            except MoksoriError as e:
+            except Exception as e:  # noqa: BLE001 - a bug too (publish_error logs it) fails this reply only
                 failure = e
                 await cancellation.stop(tts_task)  # the clause being synthesised is dropped
                 host.publish_error(e, response_id=self.id)
