@@ -20,7 +20,10 @@ def main(port: int, drain_s: float) -> None:
     http, ws = guarded_protocols(state.sockets)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http, ws=ws,
                             timeout_graceful_shutdown=5)
-    draining_server(config, state, drain_s).run()
+    try:
+        draining_server(config, state, drain_s).run()
+    except KeyboardInterrupt:  # SIGINT re-raised after the shutdown: `moksori serve` prints "interrupted"
+        print("interrupted", file=sys.stderr)
 
 
 if __name__ == "__main__":

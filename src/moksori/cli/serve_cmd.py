@@ -79,7 +79,8 @@ def draining_server(config: Any, state: Any, drain_timeout_s: float) -> Any:
     """uvicorn's Server, except that the first SIGTERM drains: new sessions are refused (503
     `draining`, `/ready` 503) while the live ones go on, until none is left or `drain_timeout_s`
     passed; then the usual shutdown (what is still open gets 1012). A second SIGTERM, or SIGINT,
-    stops at once."""
+    stops at once; that too marks the server draining first, so its live-event streams end whole
+    within a poll instead of being cut at uvicorn's graceful-shutdown timeout."""
     import signal
     import time
 
@@ -94,6 +95,7 @@ def draining_server(config: Any, state: Any, drain_timeout_s: float) -> Any:
                 self.draining_since = time.monotonic()
                 state.drain()
                 return
+            state.drain()  # also at once (SIGINT): live-event streams end whole, not cut at the graceful timeout
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
