@@ -807,3 +807,24 @@ def test_an_over_long_item_no_longer_fails_every_later_reply(llama):
             assert "And now, hi!" in prompt  # the newest words survive
     tokens, max_tokens = llama._fit(ChatRequest(messages=(Message("user", "hi"),), max_tokens=4096))
     assert max_tokens == 1024 - len(tokens)  # a huge max_tokens is clamped, not an error
+
+
+async def test_a_lone_surrogate_typed_by_a_client_does_not_break_the_session(server):
+    """A client's `\\ud800` escape is valid JSON. Kept as a lone surrogate in the conversation, it
+    reached the embedded LLM's tokenizer (`text.encode("utf-8")`), which raised: that reply and
+    every later one of the session failed ("internal error: UnicodeEncodeError"). The parser
+    replaces it with U+FFFD, so the echo shows what the model reads and the session goes on."""
+    await settle(server)
+    async with connect(ws_url(server), additional_headers=bearer(), max_size=None) as ws:
+        await recv_until(ws, "session.created")
+        await ws.send('{"type": "conversation.item.create", "item": {"type": "message", "role": "user", '
+                      '"content": [{"type": "input_text", "text": "hello \\ud800 there"}]}}')
+        added, _ = await recv_until(ws, "conversation.item.added")
+        assert added["item"]["content"][0]["text"] == "hello \ufffd there"
+        for text in (None, "What is two plus two?"):
+            if text is not None:
+                await ws.send(user_text(text))
+            await ws.send(json.dumps({"type": "response.create", "response": {
+                "output_modalities": ["text"], "max_output_tokens": 8}}))
+            done, _ = await recv_until(ws, "response.done", timeout=120)
+            assert done["response"]["status"] == "completed", done["response"]

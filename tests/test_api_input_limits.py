@@ -136,8 +136,8 @@ async def test_the_key_store_caps_the_bytes_its_keys_hold() -> None:
 async def test_a_lone_surrogate_in_a_typed_item_does_not_end_the_session(server) -> None:
     """A client's `\\ud800` escape is valid JSON and reaches the item as a lone surrogate. Echoed
     in `conversation.item.added`, it had no UTF-8 form: the send raised, the session took that
-    for a client that is not reading and closed it (1008). Now the echo goes out escaped and the
-    session answers."""
+    for a client that is not reading and closed it (1008). Now the parser replaces it with U+FFFD
+    (`tests/test_abuse.py`: the embedded LLM's tokenizer failed on it too) and the session answers."""
     url = f"ws://127.0.0.1:{server.port}/v1/realtime?model=m"
     async with websockets.connect(url, additional_headers=H) as ws:
         item = ('{"type": "conversation.item.create", "item": {"type": "message", "role": "user", '
@@ -150,4 +150,4 @@ async def test_a_lone_surrogate_in_a_typed_item_does_not_end_the_session(server)
             seen.setdefault(event["type"], event)
         assert seen["response.done"]["response"]["status"] == "completed", seen["response.done"]
         added = seen["conversation.item.added"]["item"]["content"][0]["text"]
-        assert added == "hi \ud800 there"
+        assert added == "hi \ufffd there"  # replaced at the door: the LLM reads the same

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, cast
 
 from moksori.errors import ProtocolError
+from moksori.text.unencodable import surrogates_replaced
 
 from . import mcp
 from ._checks import as_dict, as_int, as_list, as_opt_str, as_str, fail
@@ -364,7 +365,9 @@ def _loads(raw: Any, max_bytes: int) -> Any:
     else:
         raise ProtocolError("message must be text", code="invalid_json")
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        # a "\\ud800" escape is valid JSON; its lone surrogate has no UTF-8 form, so it reached the
+        # LLM's tokenizer and failed every later reply of the session: replaced at the door
+        return surrogates_replaced(json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float), text)
     except (ValueError, RecursionError):
         raise ProtocolError("message is not valid JSON", code="invalid_json") from None
 

@@ -39,6 +39,7 @@ from moksori.server.cluster_routes import Refusal
 from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, check_session_size, is_ephemeral,
                                            new_key, parse_expires_after)
 from moksori.server.realtime_config import initial_session
+from moksori.text.unencodable import surrogates_replaced
 from moksori.server.webhook_guard import read_body
 from moksori.store import DEFAULT_TENANT
 from moksori.transport import receive_loop
@@ -296,7 +297,7 @@ async def _multipart(request: Request, body: bytes) -> tuple[str, dict[str, Any]
     if raw is None:
         return sdp, None
     try:
-        session = json.loads(raw)
+        session = surrogates_replaced(json.loads(raw), raw)
     except (ValueError, RecursionError):
         raise ProtocolError("the 'session' part is not valid JSON", code="invalid_json", param="session") from None
     if not isinstance(session, dict):
@@ -388,7 +389,7 @@ async def _json_body(request: Request, limit: int = 1024 * 1024) -> tuple[Any, J
     if not body.strip():
         return {}, None
     try:
-        return json.loads(body), None
+        return surrogates_replaced(json.loads(body), body.decode("utf-8", "replace")), None
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None, error(400, "the request body is not valid JSON", "invalid_json")
 
