@@ -5,7 +5,8 @@ run for one connection, with either brain. The wire shapes are
     mcp = RealtimeMCP(host, settings.tools)
     mcp.sync(cfg.mcp_tools)          # after each session.update: list new servers, drop removed ones
     kw["reply_tools"] = mcp.for_response(o.mcp_tools)  # response.create's own: that reply only
-    mcp.response_done(response_id)   # ... whose servers are then dropped
+    mcp.response_done(response_id)   # just before its response.done: MCP items still open end (cancelled),
+                                     # the servers it named for itself are dropped
     mcp.note_call(e)                 # on E.AgentToolCall, just before the engine runs the handler
     mcp.answer(item)                 # the client's mcp_approval_response
     await mcp.close()
@@ -86,6 +87,7 @@ class _Server:
     over_limit: bool = False
     response_id: str | None = None  # a server `response.create` named for that response only
     output_index: int | None = None  # ... its `mcp_list_tools` item's place in the response's output
+    listing: bool = False  # its `mcp_list_tools` item is out and not done yet
 
 
 class RealtimeMCP:
@@ -107,6 +109,9 @@ class RealtimeMCP:
         # last: a reply runs its tools one after the other, each handler right after its `AgentToolCall`
         self._calls: dict[str, tuple[str, str, str | None]] = {}
         self._approvals: dict[str, tuple[str, asyncio.Future[tuple[bool, str | None]]]] = {}
+        # response id -> its `mcp_call` items announced and not done yet: item id -> (output
+        # index, the item as it ends if the response ends first: failed, cancelled)
+        self._open_calls: dict[str, dict[str, tuple[int | None, dict[str, Any]]]] = {}
         # responses that went on after an approval: a client that follows OpenAI's flow sends
         # `response.create` after its answer, which this reply already serves
         self.resumed: set[str] = set()
@@ -169,7 +174,27 @@ class RealtimeMCP:
         return tools_for
 
     def response_done(self, response_id: str) -> None:
-        """The response is over: the servers it named for itself are dropped."""
+        """The response is over (its `response.done` goes out next): every MCP item it announced
+        and has not finished (a call or a listing still running when it was cancelled) is done
+        now, as cancelled, so the client gets each item's end before `response.done` and the
+        response's output is what it saw; then the servers it named for itself are dropped."""
+        ev = self.host.ev
+        for item_id, (idx, item) in self._open_calls.pop(response_id, {}).items():
+            self.host.send(ev.mcp_call_failed(item_id, idx or 0))
+            self.host.output_item_done(response_id, idx, self.keep(item))
+        for srv in self._reply_servers.get(response_id, []):
+            if srv.listing:
+                srv.listing = False
+                log.info("realtime MCP server %s: listing cancelled with response %s", srv.cfg.server_label,
+                         response_id)
+                if ev.flavor is not rt.Flavor.GA:
+                    self._item_done(srv, [])
+                self.host.send(ev.mcp_list_tools_failed(srv.list_item_id))
+                if ev.flavor is rt.Flavor.GA:
+                    self._item_done(srv, [])
+        self._drop_reply_servers(response_id)
+
+    def _drop_reply_servers(self, response_id: str) -> None:
         for srv in self._reply_servers.pop(response_id, []):
             for name in srv.tools:
                 self._calls.pop(name, None)
@@ -212,6 +237,7 @@ class RealtimeMCP:
                 srv.output_index = self.host.output_item_added(srv.response_id, empty)
             else:
                 self.host.send(ev.conversation_item_added(empty, None))
+        srv.listing = True
         self.host.send(ev.mcp_list_tools_in_progress(srv.list_item_id))
         reason = self._allow_error or (self.allow.check(cfg.server_url) if self.allow is not None else None)
         if srv.over_limit:
@@ -234,6 +260,7 @@ class RealtimeMCP:
         session_wide = taken is None
         if taken is None:
             taken = {s.name for s in self.host.toolbox.specs()} | self.host.client_tool_names()
+        left_out: list[str] = []  # tools whose names clash with the names taken, even prefixed
         for t in listed:
             if not cfg.allows(t.name, t.read_only):
                 continue
@@ -241,16 +268,28 @@ class RealtimeMCP:
             if name in taken:
                 name = tool_name(f"{cfg.server_label}_{t.name}")
             if name in taken:
-                self.host.send(ev.warning(f"MCP server {cfg.server_label!r}: the tool {t.name!r} was left out: "
-                                          f"its name is taken by another tool"))
+                left_out.append(t.name)
                 continue
             taken.add(name)
             srv.tools[name] = t
             if session_wide:
                 self._owner[name] = srv
                 self.host.toolbox.add(self._tool(name, t, srv))
+        if left_out:
+            # not a failure: the listing completes without them (its item lists what is usable).
+            # GA has no event for a notice (an `error` would read as a failed request): a log
+            # line; Azure's dialect has a non-error `warning` event. One for the whole listing
+            more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+            names = ", ".join(repr(n[:80]) for n in left_out[:5]) + more
+            note = f"MCP server {cfg.server_label!r}: left out {names}: the name is taken by another tool"
+            log.warning("realtime %s", note)
+            if ev.flavor is rt.Flavor.AZURE:
+                self.host.send(ev.warning(note))
         if session_wide and srv.tools:
             self.host.tools_changed()
+        if not srv.listing:  # pragma: no cover - its response ended (cancelled) meanwhile: done already
+            return
+        srv.listing = False
         if ev.flavor is not rt.Flavor.GA:
             self._item_done(srv, [t.to_wire() for t in srv.tools.values()])
         self.host.send(ev.mcp_list_tools_completed(srv.list_item_id))
@@ -258,6 +297,9 @@ class RealtimeMCP:
             self._item_done(srv, [t.to_wire() for t in srv.tools.values()])
 
     def _list_failed(self, srv: _Server, reason: str, *, kind: str) -> None:
+        if not srv.listing:  # pragma: no cover - its response ended (cancelled) meanwhile: done already
+            return
+        srv.listing = False
         log.info("realtime MCP server %s (%s): %s", srv.cfg.server_label, srv.cfg.server_url, reason)
         if self.host.ev.flavor is not rt.Flavor.GA:
             self._item_done(srv, [])
@@ -309,6 +351,10 @@ class RealtimeMCP:
         item_id = call_item_id or new_id("mcp")
         idx = host.output_item_added(rid, rt.mcp_call_item(item_id, label, info.name, "",
                                                            approval_request_id=approval_id))
+        # if the response ends first (cancelled), `response_done` ends the item with this
+        cancelled = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
+                                     error=rt.mcp_tool_execution_error("cancelled: the reply was cancelled"))
+        self._open_calls.setdefault(rid, {})[item_id] = (idx, cancelled)
         if rid:
             host.send(ev.mcp_call_arguments_delta(rid, item_id, idx or 0, arguments))
             host.send(ev.mcp_call_arguments_done(rid, item_id, idx or 0, arguments))
@@ -320,11 +366,12 @@ class RealtimeMCP:
                 outcome = await srv.conn.call(info.name, args, timeout_s=self.call_timeout_s,
                                               max_chars=self.max_chars)
             except asyncio.CancelledError:  # the reply was cancelled (barge-in, response.cancel)
-                host.send(ev.mcp_call_failed(item_id, idx or 0))
-                host.output_item_done(rid, idx, rt.mcp_call_item(
-                    item_id, label, info.name, arguments, approval_request_id=approval_id,
-                    error=rt.mcp_tool_execution_error("cancelled: the reply was cancelled")))
+                if self._close_call(rid, item_id):  # not ended by its response's end already
+                    host.send(ev.mcp_call_failed(item_id, idx or 0))
+                    host.output_item_done(rid, idx, self.keep(cancelled))
                 raise
+        if not self._close_call(rid, item_id):  # pragma: no cover - its response ended meanwhile: done already
+            return outcome
         if outcome.ok:
             host.send(ev.mcp_call_completed(item_id, idx or 0))
             done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
@@ -335,6 +382,15 @@ class RealtimeMCP:
                                     error=_wire_error(outcome))
         host.output_item_done(rid, idx, self.keep(done))
         return outcome
+
+    def _close_call(self, rid: str, item_id: str) -> bool:
+        """The call's item is to be done now: False when it was already (its response ended)."""
+        calls = self._open_calls.get(rid)
+        if calls is None or calls.pop(item_id, None) is None:
+            return False
+        if not calls:
+            del self._open_calls[rid]
+        return True
 
     def answer(self, item: rt.MCPApprovalResponseItem) -> bool:
         """The client's approval response; False when no call waits for that request."""
@@ -353,7 +409,8 @@ class RealtimeMCP:
         for label in list(self._servers):
             self._drop(label)
         for rid in list(self._reply_servers):
-            self.response_done(rid)
+            self._drop_reply_servers(rid)  # the session ends: no events
+        self._open_calls.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 

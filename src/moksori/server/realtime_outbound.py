@@ -89,6 +89,7 @@ class _Out:
         self.index = 0
         self.audio_ms = 0.0  # reply audio sent so far
         self.parts = 0  # message items opened so far (more than one when tool items came between)
+        self.shown: set[str] = set()  # the message items announced to the client (output_item.added)
 
 
 class Outbound:
@@ -227,7 +228,10 @@ class Outbound:
             case E.AgentInterrupted(response_id=rid, item_id=item_id, heard_ms=heard_ms):
                 if sink is not None:  # the speaker may have handed over its last chunk already
                     sink.clear([rid])
-                if host.session.memory.get(item_id) is not None:
+                # only an item the client was shown (a reply cut before its first word, or while
+                # a tool ran, has none: nothing to truncate)
+                out = self._outs.get(rid)
+                if out is not None and item_id in out.shown and host.session.memory.get(item_id) is not None:
                     send(ev.conversation_item_truncated(item_id, 0, heard_ms))
             case E.AgentAudioCleared(response_ids=rids):
                 if sink is not None:
@@ -303,6 +307,7 @@ class Outbound:
         if out.parts > 1:  # words after a tool item: a message item of their own
             out.item_id, out.text = new_id("item"), ""
         out.index = len(out.output)
+        out.shown.add(out.item_id)
         part = "output_audio" if out.audio else "output_text"
         item = rt.message_item(out.item_id, "assistant", [], host.flavor, status="in_progress")
         host.send(host.ev.response_output_item_added(out.response_id, out.index, item))
