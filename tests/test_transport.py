@@ -70,6 +70,89 @@ def test_receive_loop_a_handler_bug_propagates() -> None:
     run_virtual(main())
 
 
+class BufferedSocket:
+    """uvicorn's `receive()` with messages already queued: `Queue.get` returns without suspending."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        for m in messages:
+            self.queue.put_nowait(m)
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.queue.get()
+
+
+def test_receive_loop_a_burst_of_buffered_messages_lets_other_tasks_run_between_them() -> None:
+    """A peer sending faster than real time fills the socket's queue (one read is hundreds of
+    20 ms phone frames) and its messages are handled inline: without a yield between them the
+    whole burst ran in one go and every other call's audio waited for it."""
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        done = False
+
+        async def handle(m: str | bytes) -> None:
+            order.append("message")  # a handler that never suspends (decoding a media frame)
+
+        async def other_call() -> None:
+            while not done:
+                order.append("other")
+                await asyncio.sleep(0)
+
+        ws = BufferedSocket([{"type": "websocket.receive", "text": str(i)} for i in range(50)]
+                            + [{"type": "websocket.disconnect", "code": 1000}])
+        other = asyncio.create_task(other_call())
+        await asyncio.sleep(0)  # the other task is running
+        assert await receive_loop(ws, handle) == "disconnected"
+        done = True
+        await other
+        return order
+
+    order = run_virtual(main())
+    assert order.count("message") == 50
+    first, last = order.index("message"), len(order) - 1 - order[::-1].index("message")
+    during = order[first:last + 1]
+    assert all(a != b for a, b in zip(during, during[1:])), "".join("M" if x == "message" else "." for x in order)
+
+
+def test_inbox_a_backlog_lets_other_tasks_run_between_its_messages() -> None:
+    """The same for an inbox that filled while its handler waited (a WebRTC data channel's
+    burst, a Realtime client's appends behind a slow message): one message per loop turn."""
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        done = False
+
+        async def handle(m: str) -> None:
+            order.append("message")
+
+        async def other_call() -> None:
+            while not done:
+                order.append("other")
+                await asyncio.sleep(0)
+
+        inbox: Inbox[str] = Inbox(handle, name="t", limit=100, start=False)
+        for i in range(50):
+            assert inbox.offer(str(i))
+        other = asyncio.create_task(other_call())
+        await asyncio.sleep(0)
+        inbox.start()
+        for _ in range(1000):  # loop turns (the clock is virtual and never idle here: no timed waits)
+            if order.count("message") == 50:
+                break
+            await asyncio.sleep(0)
+        done = True
+        await other
+        await inbox.close()
+        return order
+
+    order = run_virtual(main())
+    assert order.count("message") == 50
+    first, last = order.index("message"), len(order) - 1 - order[::-1].index("message")
+    during = order[first:last + 1]
+    assert all(a != b for a, b in zip(during, during[1:])), "".join("M" if x == "message" else "." for x in order)
+
+
 def test_receive_loop_a_full_inbox_pauses_reading() -> None:
     """The Realtime route's backpressure: the loop awaits `Inbox.put`, so a full inbox stops reads;
     once the handler takes messages again, reading goes on, in order."""

@@ -2,6 +2,8 @@
 
 * `receive_loop(ws, handle)` reads a WebSocket until the peer disconnects or the socket
   breaks, handing each message (text or bytes) to `handle` in order, and says which it was.
+  It yields to the loop after each message (so does the inbox's task): a peer sending faster
+  than real time is handled one message a loop turn, never its whole backlog in one go.
 * `Inbox(handle, limit=)` is one peer's bounded inbound queue and the one task that handles it,
   in arrival order, so a slow handler never stops the socket being read. A reader that can
   wait (`receive_loop`) puts with back-pressure: a full inbox pauses it. A callback that cannot
@@ -54,6 +56,10 @@ async def receive_loop(ws: Any, handle: Callable[[Message], Awaitable[None]]) ->
             return "disconnected"
         text = msg.get("text")
         await handle(text if text is not None else (msg.get("bytes") or b""))
+        # `receive()` does not suspend while messages are queued (one read holds hundreds of
+        # 20 ms phone frames): a peer sending faster than real time would otherwise hold the
+        # loop for its whole backlog, and every other session's audio with it. ~5 us a message.
+        await asyncio.sleep(0)
 
 
 class Inbox(Generic[T]):
@@ -117,6 +123,7 @@ class Inbox(Generic[T]):
         while True:
             await handle(await queue.get())
             self._overflow_reported = False
+            await asyncio.sleep(0)  # a backlog is handled one message a loop turn (as in `receive_loop`)
 
 
 class Outbox(Generic[T]):

@@ -11,14 +11,18 @@ descriptors until the server stops accepting (measured: ~1,000 sockets with a 1,
 * nothing caps the number of open connections (`limit_concurrency` skips WebSocket upgrades);
 * a WebSocket whose keepalive ping timed out is closed with `transport.close()`, which waits for
   the write buffer to drain: with a peer that vanished (no FIN) and audio still buffered for it,
-  the session lingers until TCP gives up (minutes).
+  the session lingers until TCP gives up (minutes);
+* a `websocket.send` after the socket failed is written anyway until asyncio has run
+  `connection_lost` (scheduled after the failed write): a burst the app writes without
+  suspending (queued audio) goes into the dead transport, and asyncio logs a warning for each.
 
 `guarded_protocols()` returns subclasses that close those holes: a header deadline on every
 request (`header_timeout_s`), a 400 and a close for a refused upgrade, and a soft cap on open
 connections (`max_connections`, by default a margin below the process's file limit) beyond
 which a new connection gets `503` and is closed at once, and an abort (not a graceful close) of
 a socket whose ping went unanswered (`MOKSORI_SERVER_WS_PING_INTERVAL_S` / `_TIMEOUT_S`), so the
-session ends then, and its interrupted reply is stored at once. Refusals are logged at most once per
+session ends then, and its interrupted reply is stored at once; a send on a closing transport raises
+uvicorn's `ClientDisconnected` at once (Starlette: `WebSocketDisconnect`). Refusals are logged at most once per
 `LOG_EVERY_S` with a count, never once per socket.
 
 Every WebSocket also tells the app when its peer was last heard from (any bytes: a message, a
@@ -37,6 +41,7 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger("moksori.server")
@@ -129,6 +134,13 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
                 self.transport.close()
 
         async def send(self, message: Any) -> None:
+            await self.writable.wait()  # what uvicorn's send awaits first (it then returns at once)
+            if message["type"] == "websocket.send" and self.transport.is_closing():
+                # the socket failed (or is being closed): uvicorn only calls the client
+                # disconnected at `connection_lost`, which asyncio runs after the failed write,
+                # so a burst written without suspending went on into the dead transport (from
+                # the 6th write on asyncio logs `socket.send() raised exception.` for each)
+                raise ClientDisconnected()
             await super().send(message)
             if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
                 # a denial response (a 503 at the session limit, a 404 sideband) went out whole;
