@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import pytest
 from starlette.applications import Starlette
@@ -106,6 +107,65 @@ def test_term_lists_per_language() -> None:
     assert masked == "제 ***는 ***123" and n == 2
     with pytest.raises(ConfigError, match="not a valid regular expression"):
         TermList(patterns={"en": ["(unclosed"]})
+
+
+def cpu_s(fn) -> tuple[object, float]:
+    """(result, CPU seconds of this process): what a check costs the event loop, whatever else
+    the machine is doing."""
+    t = time.process_time()
+    out = fn()
+    return out, time.process_time() - t
+
+
+@pytest.mark.parametrize("failure", ["open", "closed"])
+async def test_a_backtracking_pattern_is_bounded_and_fails_per_policy(failure, caplog) -> None:
+    # the tester's config: block_patterns_en = ['(a+)+$'], which took 8.6 s on 'a'*26 + '!'
+    with caplog.at_level(logging.WARNING, logger="moksori.guardrails"):
+        g = guard(block_patterns_en=["(a+)+$", r"\bpassword\s+is\b"], moderation_failure=failure)
+    loaded = caplog.text
+    caplog.clear()
+
+    for text in ("a" * 26 + "!", "a" * 5000 + "!"):
+        t = time.process_time()
+        v = await g.check_input(text, "en")
+        spent = time.process_time() - t
+        assert spent < 0.1, f"{len(text)} chars: {spent:.2f} s of CPU on the loop"
+    if failure == "open":
+        assert v.action == "allow" and v.trips == ()
+    else:
+        assert v.action == "block" and "ran out of time" in v.trips[0].reason and v.trips[0].policy == "patterns"
+    # the same text in the history again, and in the reply: still bounded, logged once
+    _, spent = cpu_s(lambda: [g.scrub_history("a" * 5000 + "!", "en") for _ in range(20)])
+    assert spent < 0.1
+    assert g.scrub_history("a" * 5000 + "!", "en") == ("a" * 5000 + "!" if failure == "open"
+                                                       else "[removed by a guardrail]")
+    out = await g.check_output("a" * 3000 + "!", "en", spoken="Well,")
+    assert out.action == ("allow" if failure == "open" else "block")
+    assert len([r for r in caplog.records if "ran out of time" in r.getMessage()]) == 1
+    # the terms are checked before the patterns: a blocked term is still caught under `open`
+    v = await g.check_input("competitor pricing " + "a" * 5000 + "!", "en")
+    assert v.action == "block" and v.trips[0].policy == "terms"
+    # and ordinary text is unaffected
+    assert (await g.check_input("What time is it?", "en")).action == "allow"
+    assert (await g.check_input("my password is hunter2", "en")).action == "block"
+    assert "(a+)+$" in loaded and "backtrack" in loaded  # and a warning at load, not silence
+
+
+def test_mask_out_of_time_follows_the_policy() -> None:
+    slow = {"en": ["(x+x+)+y"]}
+    text = "x" * 3000
+    assert TermList(patterns=slow, on_timeout="open").mask(text, "en") == (text, 0)
+    assert TermList(patterns=slow, on_timeout="closed").mask(text, "en") == ("***", 1)
+    _, spent = cpu_s(lambda: TermList(patterns=slow, budget_s=0.01).first(text, "en"))
+    assert spent < 0.08
+
+
+@pytest.mark.parametrize(("pattern", "risky"), [
+    ("(a+)+$", True), (r"(\w+\s?)+", True), (r"(x+x+)+y", True),
+    (r"\bpassword\s+is\b", False), (r"(\d{3}-)+", False), (r"\bkill\s+\w+", False), ("(?>a+)+", False),
+])
+def test_nested_repeats_are_warned_about_at_load(pattern, risky) -> None:
+    assert bool(TermList(patterns={"en": [pattern]}).warnings) is risky
 
 
 # --------------------------------------------------------------------------- hooks

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from moksori.guardrails.events import GuardrailTripped
 from moksori.guardrails.moderation import ModerationClient
 from moksori.guardrails.pii import PIIRedactor
-from moksori.guardrails.terms import TermList
+from moksori.guardrails.terms import Match, TermList
 
 if TYPE_CHECKING:
     from moksori.settings import GuardrailSettings
@@ -74,9 +74,11 @@ class Guardrails:
 
     @classmethod
     def from_settings(cls, s: GuardrailSettings) -> Guardrails:
+        # a term or pattern check that runs out of time follows the same failure policy as moderation
         block = TermList({"en": s.block_terms_en, "ko": s.block_terms_ko},
-                         {"en": s.block_patterns_en, "ko": s.block_patterns_ko}, where="guardrails.block_patterns")
-        mask = TermList({"en": s.mask_terms_en, "ko": s.mask_terms_ko})
+                         {"en": s.block_patterns_en, "ko": s.block_patterns_ko}, where="guardrails.block_patterns",
+                         on_timeout=s.moderation_failure)
+        mask = TermList({"en": s.mask_terms_en, "ko": s.mask_terms_ko}, on_timeout=s.moderation_failure)
         moderation = None
         if s.moderation_url:
             key = s.moderation_api_key.get_secret_value() if s.moderation_api_key else None
@@ -122,8 +124,7 @@ class Guardrails:
         if self.check in ("input", "both"):
             m = self.block.first(text, language)
             if m is not None:
-                trip = GuardrailTripped("input", "block", m.list_kind, f"a blocked {m.list_kind[:-1]} ({m.language})",
-                                        language)
+                trip = GuardrailTripped("input", "block", m.list_kind, _reason(m), language)
                 return InputVerdict("block", text, self.safe_reply(language), (trip,))
         flagged = await self._moderate(text, "input", language)
         if flagged is not None:
@@ -148,8 +149,7 @@ class Guardrails:
             window = context + sep + clause
             m = self.block.first(window, language, min_end=len(context) + len(sep))
             if m is not None:
-                trip = GuardrailTripped("output", "block", m.list_kind,
-                                        f"a blocked {m.list_kind[:-1]} ({m.language})", language)
+                trip = GuardrailTripped("output", "block", m.list_kind, _reason(m), language)
                 return OutputVerdict("block", self.safe_reply(language), (trip,))
         flagged = await self._moderate(clause, "output", language)
         if flagged is not None:
@@ -171,6 +171,12 @@ class Guardrails:
     async def close(self) -> None:
         if self.moderation is not None:
             await self.moderation.close()
+
+
+def _reason(m: Match) -> str:
+    if m.timed_out:
+        return f"the {m.list_kind[:-1]} check ({m.language}) ran out of time, failing closed"
+    return f"a blocked {m.list_kind[:-1]} ({m.language})"
 
 
 class PIILogFilter(logging.Filter):

@@ -49,7 +49,8 @@ class GuardrailSettings(BaseModel):
     moderation_model: str | None = None  # e.g. omni-moderation-latest; unset: the server's default
     moderation_on: Literal["input", "output", "both"] = "input"
     moderation_timeout_s: float = Field(2.0, gt=0, le=60)
-    # when the moderation endpoint fails or times out: open = allow the text, closed = block it
+    # when the moderation endpoint fails or times out, or a term or pattern check runs out of its
+    # time budget (see moksori.guardrails.terms): open = allow the text, closed = block it
     moderation_failure: Literal["open", "closed"] = "open"
 
     _split = field_validator("block_terms_en", "block_terms_ko", "block_patterns_en", "block_patterns_ko",

@@ -7,10 +7,26 @@
     await tools.close()                     # ends stdio children
 
 Order and names: built-ins first, then `[[tools.http]]`, then each `[[tools.mcp]]` server's
-tools in the order listed. Names must fit what chat APIs accept (`[A-Za-z0-9_-]{1,64}`): other
-characters become `_`. A name already taken by a built-in, an HTTP tool or a `reserved` name
-(e.g. the phone tools) is a configuration error for HTTP tools; an MCP tool that collides is
-offered as `<server>_<tool>` instead, and dropped with a warning if that is taken too.
+tools, servers in config order and each server's tools in the order it lists them. Names must
+fit what chat APIs accept (`[A-Za-z0-9_-]{1,64}`): other characters become `_`. A name already
+taken by a built-in, an HTTP tool or a `reserved` name (e.g. the phone tools) is a configuration
+error for HTTP tools; an MCP tool that collides is offered as `<server>_<tool>` instead, and
+dropped with a warning if that is taken too.
+
+Who keeps a contested name is decided by config order, not by which server answers first: the
+servers are listed concurrently, but their tools are named in config order once every listing
+has finished, so the first configured server's `echo` is `echo` on every start at which it
+answers (one that cannot be reached is named when `refresh()` reaches it). A name, once
+given, is never taken back while the process runs: a server listed later (one that was down at
+start and is reached by `refresh()`) gets only the names still free, even when it comes first
+in the config, because live sessions already call the name and it must keep meaning the same
+tool. That case is warned about, naming the holder; a restart with every server up restores
+config order.
+
+At most `max_tools` (default 128, the most OpenAI accepts in one request) are offered in all:
+built-ins and HTTP tools first (more HTTP tools than that is a configuration error), then MCP
+tools in the order above; the rest are not offered (nor callable), with one warning per
+listing that counts and names them.
 
 Handlers never raise: timeouts, dead servers and HTTP errors come back as JSON errors the
 LLM can read (`moksori.tools.results`).
@@ -42,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TOOLS = 128  # tools offered in all: the most OpenAI's chat and Responses APIs accept in one request
+_NAMED_IN_WARNING = 20  # left-out tools named in the one warning; the rest are counted
 Source = Literal["builtin", "http", "mcp"]
 
 
@@ -73,14 +91,16 @@ class _MCPServer:
 class ServerTools:
     def __init__(self, *, timezone: str = "UTC", builtin_names: Iterable[str] = ("current_time",),
                  max_result_chars: int = 4000, slow_after_s: float = 1.5, reserved: Iterable[str] = (),
-                 now: Callable[[], dt.datetime] | None = None) -> None:
+                 now: Callable[[], dt.datetime] | None = None, max_tools: int = MAX_TOOLS) -> None:
         self.max_chars = max_result_chars
+        self.max_tools = max_tools
         self.slow_after_s = slow_after_s
         self._reserved = set(reserved)
         self._tools: dict[str, ToolInfo] = {}
         self._http: dict[str, HTTPTool] = {}
         self._mcp: list[_MCPServer] = []
         self._now = now
+        self._listing = asyncio.Lock()  # one start()/refresh() at a time: a server is named once
         self.warnings: list[str] = []
         for b in builtin_names:
             if b not in builtins.BUILTIN_NAMES:
@@ -135,6 +155,9 @@ class ServerTools:
             raise ConfigError(f"tools.http: {name!r} is not a valid tool name (letters, digits, _ and -)")
         if self._taken(name):
             raise ConfigError(f"tools.http: the tool name {name!r} is already used")
+        if len(self._tools) >= self.max_tools:
+            raise ConfigError(f"tools.http: {name!r} is one tool too many: at most {self.max_tools} tools are "
+                              "offered in all, built-ins included")
         import httpx
 
         try:
@@ -157,30 +180,43 @@ class ServerTools:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> list[str]:
-        """Connect every MCP server (concurrently) and list its tools. A server that cannot be
-        reached gives a warning (returned and logged), not an error: `refresh()` tries again."""
-        await asyncio.gather(*(self._list(s) for s in self._mcp if not s.listed))
+        """Connect every MCP server not listed yet (concurrently) and list its tools, then name
+        them in config order (see the module's docstring). A server that cannot be reached gives
+        a warning (returned and logged), not an error: `refresh()` tries again."""
+        async with self._listing:
+            pending = [s for s in self._mcp if not s.listed]
+            listings = await asyncio.gather(*(self._fetch(s) for s in pending))
+            left_out: list[tuple[_MCPServer, MCPToolInfo]] = []
+            for srv, listing in zip(pending, listings):  # config order, whichever answered first
+                if isinstance(listing, MCPUnavailable):
+                    self._warn(str(listing))
+                    continue
+                srv.listed = True
+                if srv.allowed is not None:
+                    missing = set(srv.allowed) - {t.name for t in listing}
+                    if missing:
+                        self._warn(f"MCP server {srv.name} has no tool named {', '.join(sorted(missing))}")
+                for t in listing:
+                    if len(self._tools) >= self.max_tools:
+                        left_out.append((srv, t))
+                    else:
+                        self._add_mcp_tool(srv, t)
+            if left_out:
+                self._warn_left_out(left_out)
         return list(self.warnings)
 
     async def refresh(self) -> list[str]:
-        """List the tools of servers that were not reachable before (cheap when all are up)."""
+        """List the tools of servers that were not reachable before (cheap when all are up).
+        Names already given are kept (see the module's docstring)."""
         before = len(self.warnings)
         await self.start()
         return self.warnings[before:]
 
-    async def _list(self, srv: _MCPServer) -> None:
+    async def _fetch(self, srv: _MCPServer) -> list[MCPToolInfo] | MCPUnavailable:
         try:
-            tools = await srv.conn.list_tools(srv.allowed, timeout_s=max(srv.timeout_s, 5.0))
+            return await srv.conn.list_tools(srv.allowed, timeout_s=max(srv.timeout_s, 5.0))
         except MCPUnavailable as e:
-            self._warn(str(e))
-            return
-        srv.listed = True
-        if srv.allowed is not None:
-            missing = set(srv.allowed) - {t.name for t in tools}
-            if missing:
-                self._warn(f"MCP server {srv.name} has no tool named {', '.join(sorted(missing))}")
-        for t in tools:
-            self._add_mcp_tool(srv, t)
+            return e
 
     def _add_mcp_tool(self, srv: _MCPServer, t: MCPToolInfo) -> None:
         name = tool_name(t.name)
@@ -190,12 +226,36 @@ class ServerTools:
                 self._warn(f"MCP tool {t.name} of server {srv.name} is not offered: the names {name} and {alt} "
                            "are already used")
                 return
-            self._warn(f"MCP tool {t.name} of server {srv.name} is offered as {alt} ({name} is already used)")
+            self._warn(f"MCP tool {t.name} of server {srv.name} is offered as {alt} ({name} is already used"
+                       f"{self._holder(name, srv)})")
             name = alt
         schema = t.input_schema if isinstance(t.input_schema, dict) and t.input_schema else \
             {"type": "object", "properties": {}}
         self._add(ToolInfo(name, "mcp", ToolSpec(name, t.description, schema), srv.timeout_s, server=srv.name,
                            remote_name=t.name, read_only=t.read_only))
+
+    def _holder(self, name: str, srv: _MCPServer) -> str:
+        """Who holds `name`, for the warning; says so when a later-configured server got it first."""
+        info = self._tools.get(name)
+        if info is None:
+            return ""
+        if info.source != "mcp":
+            return f" by a{'n' if info.source == 'http' else ''} {info.source} tool"
+        order = [s.name for s in self._mcp]
+        if info.server in order and order.index(info.server) > order.index(srv.name):
+            return (f" by MCP server {info.server}, listed while {srv.name} was unreachable; a restart with "
+                    "both up gives it back")
+        return f" by MCP server {info.server}"
+
+    def _warn_left_out(self, left_out: list[tuple[_MCPServer, MCPToolInfo]]) -> None:
+        per_server: dict[str, int] = {}
+        for srv, _ in left_out:
+            per_server[srv.name] = per_server.get(srv.name, 0) + 1
+        named = ", ".join(f"{srv.name}/{t.name}" for srv, t in left_out[:_NAMED_IN_WARNING])
+        more = f" and {len(left_out) - _NAMED_IN_WARNING} more" if len(left_out) > _NAMED_IN_WARNING else ""
+        counts = ", ".join(f"{n} of {name}" for name, n in per_server.items())
+        self._warn(f"{len(left_out)} MCP tool(s) are not offered: at most {self.max_tools} tools are offered in "
+                   f"all ({counts}): {named}{more}")
 
     def _warn(self, msg: str) -> None:
         log.warning("%s", msg)
