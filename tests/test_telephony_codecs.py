@@ -24,6 +24,7 @@ from moksori.protocols.telephony import (
     CallAudio,
     CallStarted,
     CallStopped,
+    ClearAck,
     ClearAudio,
     Dtmf,
     Ignored,
@@ -315,7 +316,7 @@ def test_plivo_documented_inbound_messages() -> None:
     assert c.decode(json.dumps(played)) == [MarkAck("customer greeting audio")]
     played["event"] = "played"  # the name Plivo's support article uses
     assert c.decode(json.dumps(played)) == [MarkAck("customer greeting audio")]
-    assert c.decode(json.dumps({"event": "clearedAudio", "streamId": PLIVO_STREAM})) == [Ignored("clearedAudio")]
+    assert c.decode(json.dumps({"event": "clearedAudio", "streamId": PLIVO_STREAM})) == [ClearAck()]
 
 
 def test_plivo_outbound_wire_shapes() -> None:
@@ -370,7 +371,7 @@ def test_vonage_documented_messages() -> None:
     assert isinstance(audio, CallAudio) and audio.frame.rate == 16000
     assert np.array_equal(audio.frame.samples, frame.samples)
     assert c.decode(json.dumps({"event": "websocket:dtmf", "digit": "5", "duration": 260})) == [Dtmf("5")]
-    assert c.decode(json.dumps({"event": "websocket:cleared"})) == [Ignored("websocket:cleared")]
+    assert c.decode(json.dumps({"event": "websocket:cleared"})) == [ClearAck()]
     assert c.decode(json.dumps({"event": "websocket:notify", "payload": {"name": "m7"}})) == [MarkAck("m7")]
     assert isinstance(c.decode(json.dumps({"event": "websocket:notify", "payload": {}}))[0], Ignored)
     with pytest.raises(ProtocolError, match="odd number"):
@@ -504,7 +505,7 @@ def test_decode_raises_only_protocol_errors(carrier: str, after_start: bool, mes
             continue
         assert isinstance(events, list)
         for event in events:
-            assert isinstance(event, (CallStarted, CallAudio, Dtmf, MarkAck, CallStopped, StreamError, Ignored))
+            assert isinstance(event, (CallStarted, CallAudio, Dtmf, MarkAck, ClearAck, CallStopped, StreamError, Ignored))
             if isinstance(event, CallAudio):
                 assert event.frame.samples.dtype == np.int16 and event.frame.rate == codec.rate
             if isinstance(event, CallStarted):

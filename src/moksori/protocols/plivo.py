@@ -27,6 +27,7 @@ from moksori.protocols.telephony import (
     ByteOrder,
     CallStarted,
     CallStopped,
+    ClearAck,
     Dtmf,
     Encoding,
     Ignored,
@@ -55,6 +56,7 @@ CONTENT_TYPES: dict[Encoding, str] = {"pcmu": "audio/x-mulaw", "l16": "audio/x-l
 
 class PlivoCodec(TelephonyCodec):
     carrier = "plivo"
+    acks_clear = True
 
     def __init__(self, *, l16_byteorder: ByteOrder = "little") -> None:
         super().__init__()
@@ -66,7 +68,7 @@ class PlivoCodec(TelephonyCodec):
         if event == "media":
             return self._json_media(data)
         if event == "start":
-            return self._start(self._parse_start(data))
+            return self._start(self._parse_start, data)
         if event == "dtmf":
             dtmf = data.get("dtmf")
             digit = dtmf.get("digit") if isinstance(dtmf, dict) else data.get("digit")
@@ -74,7 +76,7 @@ class PlivoCodec(TelephonyCodec):
         if event in ("playedStream", "played"):
             return [MarkAck(get_str(data, "name", self.carrier))]
         if event == "clearedAudio":
-            return [Ignored("clearedAudio")]
+            return [ClearAck()]
         if event == "stop":
             return [CallStopped("stop")]
         return [Ignored(f"unknown event {event[:64]!r}")]
@@ -88,7 +90,8 @@ class PlivoCodec(TelephonyCodec):
         fmt = get_obj(start, "mediaFormat", self.carrier, required=False)
         encoding = parse_encoding(fmt.get("encoding"), self.carrier, "pcmu")
         if encoding not in CONTENT_TYPES:
-            raise ProtocolError("plivo: streams are audio/x-mulaw or audio/x-l16", param="start.mediaFormat.encoding")
+            raise ProtocolError(f"plivo: unsupported audio encoding {str(fmt.get('encoding'))[:40]!r}; streams are "
+                                "audio/x-mulaw or audio/x-l16", param="start.mediaFormat.encoding")
         rate = get_rate(fmt.get("sampleRate"), self.carrier, 8000)
         check_format(encoding, rate, self.carrier)
         return CallStarted(

@@ -14,6 +14,9 @@ owns the socket; hang-up and transfer go through `moksori.telephony.control`, ne
 Errors: anything the carrier protocol does not allow (bad JSON, wrong types, bad base64, audio
 before `start`, a second `start`) raises `ProtocolError` and never another exception type. A
 failed `decode` leaves the codec's state untouched, so a server may log it and keep reading.
+A `start` that cannot open the stream (an encoding or sample rate Moksori does not take, no call
+id, a missing field) raises it with `code == BAD_START`: no later message can make that stream
+work, so a server refuses it at once instead of waiting for another start.
 Harmless unknown or keep-alive messages become `Ignored`. Commands the caller got wrong (audio
 at the wrong sample rate) raise `ValueError`: they are bugs on our side, not the carrier's.
 """
@@ -24,7 +27,7 @@ import abc
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -38,6 +41,14 @@ Encoding: TypeAlias = Literal["pcmu", "pcma", "l16"]
 ByteOrder: TypeAlias = Literal["little", "big"]
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+# The rates a stream may name. The carriers use 8 kHz (G.711 everywhere), 16 kHz (Telnyx, Plivo
+# and Vonage L16) and 24 kHz (Vonage, Telnyx bidirectional); the rest are the common rates up to
+# 48 kHz, each a whole number of samples per 20 ms and played whole by the engine (its resampler
+# holds back ~0.5-1.4 s of a clause at 1-2 kHz, which cut or silenced the greeting there).
+SAMPLE_RATES = (8000, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+BAD_START = "bad_start"  # `ProtocolError.code` of a start that cannot open the stream
 
 # --------------------------------------------------------------------------- inbound events
 
@@ -82,6 +93,12 @@ class MarkAck:
 
 
 @dataclass(frozen=True, slots=True)
+class ClearAck:
+    """The carrier dropped the audio queued for it, as `ClearAudio` asked (Vonage, Plivo; Twilio
+    and Telnyx answer a clear by echoing the marks it dropped instead)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CallStopped:
     """The carrier ended the stream. Servers should treat a closed socket the same way."""
 
@@ -103,7 +120,7 @@ class Ignored:
     reason: str
 
 
-InboundEvent: TypeAlias = CallStarted | CallAudio | Dtmf | MarkAck | CallStopped | StreamError | Ignored
+InboundEvent: TypeAlias = CallStarted | CallAudio | Dtmf | MarkAck | ClearAck | CallStopped | StreamError | Ignored
 
 # --------------------------------------------------------------------------- outbound commands
 
@@ -138,6 +155,7 @@ class TelephonyCodec(abc.ABC):
 
     carrier: ClassVar[str]
     l16_byteorder: ByteOrder = "little"  # only used for L16 audio; codecs override per carrier
+    acks_clear: ClassVar[bool] = False  # the carrier answers `ClearAudio` with a `ClearAck`
 
     def __init__(self) -> None:
         self.started: CallStarted | None = None
@@ -207,7 +225,15 @@ class TelephonyCodec(abc.ABC):
             return [Ignored("empty media payload")]
         return [CallAudio(pcm_from_wire(audio, started.encoding, started.rate, self.carrier, self.l16_byteorder))]
 
-    def _start(self, event: CallStarted) -> list[InboundEvent]:
+    def _start(self, parse: Callable[[dict[str, Any]], CallStarted], data: dict[str, Any]) -> list[InboundEvent]:
+        """A start message: `parse(data)`, whose errors (and a start without a call id) become
+        `BAD_START` errors, then the stream's state."""
+        try:
+            event = parse(data)
+            if not event.call_id.strip():
+                raise ProtocolError(f"{self.carrier}: the start carries no call id", param="call_id")
+        except ProtocolError as e:
+            raise ProtocolError(str(e), code=BAD_START, param=e.param) from None
         if self.started is not None:
             raise ProtocolError(f"{self.carrier}: the stream has already started", code="duplicate_start")
         self.started = event
@@ -293,8 +319,9 @@ def get_rate(value: Any, carrier: str, default: int) -> int:
         return default
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 7:
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1000 <= value <= 192000:
-        raise ProtocolError(f"{carrier}: unsupported sample rate {value!r}", param="sample_rate")
+    if isinstance(value, bool) or not isinstance(value, int) or value not in SAMPLE_RATES:
+        raise ProtocolError(f"{carrier}: unsupported sample rate {str(value)[:16]!r} Hz "
+                            f"(supported: {', '.join(map(str, SAMPLE_RATES))})", param="sample_rate")
     return value
 
 
@@ -325,7 +352,7 @@ def parse_encoding(value: Any, carrier: str, default: Encoding) -> Encoding:
     name = value.split(";", 1)[0].strip().lower()
     if name not in _ENCODING_NAMES:
         raise ProtocolError(
-            f"{carrier}: unsupported audio encoding {value!r}; configure the stream for PCMU, PCMA or L16",
+            f"{carrier}: unsupported audio encoding {value[:40]!r}; configure the stream for PCMU, PCMA or L16",
             param="encoding",
         )
     return _ENCODING_NAMES[name]

@@ -60,7 +60,7 @@ class TelnyxCodec(TelephonyCodec):
         if event == "media":
             return self._json_media(data)
         if event == "start":
-            return self._start(self._parse_start(data))
+            return self._start(self._parse_start, data)
         if event == "connected":
             return [Ignored("connected")]
         if event == "dtmf":

@@ -30,6 +30,7 @@ from moksori.errors import ProtocolError
 from moksori.protocols.telephony import (
     CallAudio,
     CallStarted,
+    ClearAck,
     Dtmf,
     Ignored,
     InboundEvent,
@@ -54,6 +55,7 @@ FRAME_MS = 20
 
 class VonageCodec(TelephonyCodec):
     carrier = "vonage"
+    acks_clear = True
 
     def __init__(self, *, marks: bool = True) -> None:
         super().__init__()
@@ -65,7 +67,7 @@ class VonageCodec(TelephonyCodec):
         data = parse_json_object(message, self.carrier)
         event = event_name(data, self.carrier)
         if event == "websocket:connected":
-            return self._start(self._parse_connected(data))
+            return self._start(self._parse_connected, data)
         if event == "websocket:dtmf":
             dtmf = data.get("dtmf")
             digit = dtmf.get("digit") if isinstance(dtmf, dict) else data.get("digit")
@@ -77,7 +79,7 @@ class VonageCodec(TelephonyCodec):
                 return [MarkAck(name)]
             return [Ignored("websocket:notify without a mark name")]
         if event == "websocket:cleared":
-            return [Ignored("websocket:cleared")]
+            return [ClearAck()]
         return [Ignored(f"unknown event {event[:64]!r}")]
 
     def _parse_connected(self, data: dict[str, object]) -> CallStarted:
@@ -92,7 +94,10 @@ class VonageCodec(TelephonyCodec):
             raise ProtocolError(f"vonage: unsupported sample rate {rate}", param="content-type")
         headers = {k: v for k, v in data.items() if k not in ("event", "content-type")}
         params = string_params(headers, self.carrier, "headers")
-        call_id = _first(params, CALL_ID_PARAMS) or ""
+        call_id = _first(params, CALL_ID_PARAMS)
+        if call_id is None:
+            raise ProtocolError("vonage: websocket:connected carries no call id: put call_uuid in the NCCO "
+                                "endpoint headers", param="call_uuid")
         return CallStarted(
             stream_id=call_id,
             call_id=call_id,

@@ -15,7 +15,9 @@ Twilio webhook puts it in a `<Parameter name="token">`, the Plivo and Vonage ans
 `extraHeaders` / the NCCO endpoint `headers`. For Telnyx, the code that starts the stream passes
 it as `token` in `custom_parameters` or as `?token=` on the stream URL; set
 `MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key. A token is made for one carrier
-and opens one stream.
+and opens one stream, and a call has one stream at a time (a second one is closed 1008 until
+the first has closed). A `start` naming a codec or a sample rate Moksori does not take, or no call
+id, is closed 1008 at once; the close frame's reason says why.
 
 With API keys configured, `/telephony/debug/*` needs a key like every other route; the
 webhooks are exempt from keys (the carriers sign them) and the streams use their tokens.
@@ -237,6 +239,9 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
         else:
             await ws.send_text(wire)
 
+    def live_call(call_id: str) -> bool:  # one stream per call, until the first has closed
+        return any(c.call_id == call_id for c in tel.calls.values())
+
     def admit() -> str | None:  # asked again at `start`: streams waiting for theirs are not sessions yet
         refused = state.admit(None)
         return None if refused is None else f"{refused.code}: {refused.message}"
@@ -257,7 +262,7 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
 
     call = PhoneCall(carrier, codec, stack=tel.stack, settings=state.settings, send=send, secret=tel.secret,
                      url_token=ws.query_params.get("token"), admit=admit, on_session=on_session, claim_token=tel.claim,
-                     start_timeout_s=state.settings.telephony.start_timeout_s, kit=state.kit)
+                     live_call=live_call, start_timeout_s=state.settings.telephony.start_timeout_s, kit=state.kit)
     reader = asyncio.create_task(_read(ws, call), name=f"{carrier}-call-read")
     ended = asyncio.create_task(call.ended.wait(), name=f"{carrier}-call-ended")
     try:
@@ -281,17 +286,38 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
         if call.info is not None:
             log.info("%s call %s ended: %s", carrier, call.info.call_id[:64], call.end_reason)
         with contextlib.suppress(Exception):
-            await ws.close(code=call.close_code)
+            await ws.close(code=call.close_code, reason=_close_reason(call.close_text))
+
+
+def _close_reason(text: str) -> str:
+    """`text` as a close frame's reason: valid UTF-8 of at most 123 bytes."""
+    data = text.encode("utf-8", "replace")[:123]
+    return data.decode("utf-8", "ignore")
+
+
+class _Receiver:
+    """The socket's `receive` for `receive_loop`, keeping the close code of its disconnect."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.close_code: int | None = None
+
+    async def receive(self) -> Any:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            self.close_code = message.get("code")
+        return message
 
 
 async def _read(ws: WebSocket, call: PhoneCall) -> None:
+    receiver = _Receiver(ws)
     try:
-        end = await receive_loop(ws, call.feed)  # `feed` never raises and ignores what comes after the end
+        end = await receive_loop(receiver, call.feed)  # `feed` never raises and ignores what comes after the end
     except Exception:  # a bug in handling a message: it ends the call, never the server
         log.exception("%s stream: handling a message failed", call.carrier)
         end = "socket_error"
     if end == "disconnected":
-        call.end("carrier_hung_up")
+        call.carrier_disconnected(receiver.close_code)
     else:
         log.info("%s stream read failed: the socket broke", call.carrier)
         call.end("socket_error")

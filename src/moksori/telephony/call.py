@@ -17,7 +17,18 @@ closes the socket once `ended` is set. What happens here:
   carrier's REST API or close the stream).
 
 Nothing a carrier sends can raise out of `feed`: bad messages are logged (briefly) and skipped,
-and a stream that keeps sending garbage, never starts, or goes silent is ended.
+and a stream that keeps sending garbage, never starts, or goes silent is ended. A `start` that
+cannot open the stream (a codec or sample rate Moksori does not take, no call id), or one for a
+call that already has a live stream, is refused at once (1008, the reason in the close frame).
+
+Why a call ended (`end_reason`, the `call.ended` event): `carrier_stop` (the carrier's stop),
+`carrier_hung_up` (the socket closed), `carrier_not_reading` / `carrier_lost` (the socket was lost
+without a close frame, or a send to it failed, after the carrier had stopped confirming the audio
+it was sent / stopped sending anything for `UNRESPONSIVE_S`: what a keepalive ping timeout looks
+like), `send_failed`, `socket_error`, `carrier_silent`, `too_many_bad_messages`, `upstream_failed`,
+`server_error`, `agent_hung_up`, `hung_up_by_api`, `transferred`, `closed`; and for a stream that
+never became a call `no_start`, `bad_start`, `bad_token`, `duplicate_stream`, `server_full`,
+`token_reused`.
 """
 
 from __future__ import annotations
@@ -35,9 +46,11 @@ from moksori.engine.config import config_from_settings
 from moksori.engine.session import Session
 from moksori.errors import ProtocolError
 from moksori.protocols.telephony import (
+    BAD_START,
     CallAudio,
     CallStarted,
     CallStopped,
+    ClearAck,
     Dtmf,
     Ignored,
     MarkAck,
@@ -68,6 +81,10 @@ MAX_BAD_MESSAGES = 50  # consecutive undecodable messages before the stream is d
 START_TIMEOUT_S = 10.0  # a socket that never sends `start` is closed
 LAST_WORDS_TIMEOUT_S = 10.0  # the final decode of a turn the hang-up cut short, before the call's session closes
 IDLE_TIMEOUT_S = 30.0  # carriers stream audio continuously: 30 s without it means the call is gone
+# a socket lost without a close frame after this long with no mark echoed (audio going out) or no
+# message at all from the carrier: it had stopped reading, or was gone (the keepalive ping's timeout)
+UNRESPONSIVE_S = 2.0
+NO_CLOSE_FRAME = (1005, 1006)  # the close codes a server reports for a connection lost without one
 
 Send = Callable[[WireMessage], Awaitable[None]]
 
@@ -113,6 +130,7 @@ class PhoneCall:
         admit: Callable[[], str | None] | None = None,
         on_session: Callable[[PhoneCall], None] | None = None,
         claim_token: Callable[[str, str], bool] | None = None,
+        live_call: Callable[[str], bool] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         kit: AgentKit | None = None,
@@ -129,11 +147,13 @@ class PhoneCall:
         self._admit = admit  # the server's admission at `start`: why the call cannot start, or None
         self._on_session = on_session
         self._claim_token = claim_token  # (token, call id) -> False if it was used already
+        self._live_call = live_call  # call id -> True if another stream of that call is live
         self.session: Session | None = None
         self.info: CallInfo | None = None
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
         self.close_code = CLOSE_NORMAL
+        self.close_text = ""  # the close frame's reason: why, for a stream refused at its start
         self.digits = ""
         self.bad_messages = 0
         self.carrier_errors = 0  # `error` events the carrier sent
@@ -142,7 +162,7 @@ class PhoneCall:
         self._tools = CallTools(self)
         self._watchdog: asyncio.Task[None] | None = None
         # only audio counts: a half-dead leg that sends keep-alives alone must not hold its slot
-        self._last_audio = self._opened_at = asyncio.get_running_loop().time()
+        self._last_audio = self._last_message = self._opened_at = asyncio.get_running_loop().time()
         self._start_timeout_s = start_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._closed = False
@@ -169,12 +189,16 @@ class PhoneCall:
         """One WebSocket message from the carrier. Never raises."""
         if self.ended.is_set():
             return
+        self._last_message = asyncio.get_running_loop().time()
         if len(message) > MAX_MESSAGE_BYTES:
             self._bad(f"message of {len(message)} bytes is too large")
             return
         try:
             events = self.codec.decode(message)
         except ProtocolError as e:
+            if e.code == BAD_START and self.codec.started is None:  # this stream can never work
+                self._refuse("bad_start", str(e))
+                return
             self._bad(str(e))
             return
         self._bad_in_a_row = 0
@@ -206,6 +230,9 @@ class PhoneCall:
         elif isinstance(ev, MarkAck):
             if self.playout is not None:
                 self.playout.on_mark(ev.name)
+        elif isinstance(ev, ClearAck):
+            if self.playout is not None:
+                self.playout.on_clear_ack()
         elif isinstance(ev, CallStarted):
             await self._on_start(ev)
         elif isinstance(ev, Dtmf):
@@ -225,24 +252,30 @@ class PhoneCall:
         elif isinstance(ev, Ignored):
             pass
 
+    def _refuse(self, reason: str, why: str, code: int = CLOSE_POLICY) -> None:
+        """A stream refused at its start: one log line, and `why` in the close frame."""
+        log.warning("%s stream refused: %s", self.carrier, why[:300])
+        self.end(reason, code, text=why)
+
     async def _on_start(self, ev: CallStarted) -> None:
         token = ev.params.get(TOKEN_PARAM) or self._url_token
         if not token or not check_stream_token(self._secret, token, ev.call_id, carrier=self.carrier,
                                                 now=int(self._clock())):
-            log.warning("%s stream for call %r refused: %s stream token", self.carrier, ev.call_id[:64],
-                        "missing" if not token else "invalid or expired")
-            self.end("bad_token", CLOSE_POLICY)
+            self._refuse("bad_token", f"call {ev.call_id[:64]!r}: {'missing' if not token else 'invalid or expired'} "
+                                      "stream token")
+            return
+        # one stream per call (the hang-up API and the cluster's registry find a call by its id),
+        # checked before the token is claimed: once the first has ended, this stream may retry
+        if self._live_call is not None and self._live_call(ev.call_id):
+            self._refuse("duplicate_stream", f"call {ev.call_id[:64]!r} already has a live stream")
             return
         # admission (e.g. MOKSORI_SERVER_MAX_SESSIONS) before the token is claimed: the carrier may retry
         refused = self._admit() if self._admit is not None else None
         if refused is not None:
-            log.warning("%s call %r refused: %s", self.carrier, ev.call_id[:64], refused[:200])
-            self.end("server_full", CLOSE_TRY_AGAIN)
+            self._refuse("server_full", f"call {ev.call_id[:64]!r}: {refused[:200]}", CLOSE_TRY_AGAIN)
             return
         if self._claim_token is not None and not self._claim_token(token, ev.call_id):
-            log.warning("%s stream for call %r refused: its stream token was already used", self.carrier,
-                        ev.call_id[:64])
-            self.end("token_reused", CLOSE_POLICY)
+            self._refuse("token_reused", f"call {ev.call_id[:64]!r}: its stream token was already used")
             return
         self.info = CallInfo(self.carrier, ev.call_id, ev.stream_id, ev.from_number, ev.to_number)
         self.started_at = asyncio.get_running_loop().time()
@@ -293,7 +326,34 @@ class PhoneCall:
                 self.end("upstream_failed")
 
     def _send_failed(self) -> None:
-        self.end("send_failed")
+        self.end(self._unresponsive() or "send_failed")
+
+    def carrier_disconnected(self, code: int | None) -> None:
+        """The carrier's socket closed; `code` is the close code the server reported (1005/1006:
+        no close frame came, e.g. the server gave up on the socket after a keepalive ping went
+        unanswered)."""
+        reason = self._unresponsive() if code in NO_CLOSE_FRAME else None
+        self.end(reason or "carrier_hung_up")
+
+    def _unresponsive(self) -> str | None:
+        """Why the carrier's socket was lost, when the call can tell: `carrier_lost` (nothing came
+        from the carrier for UNRESPONSIVE_S) or `carrier_not_reading` (it kept sending, but
+        confirmed none of the audio it was sent for UNRESPONSIVE_S). Logged once."""
+        if self.ended.is_set() or self.session is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        quiet = now - self._last_message
+        unconfirmed = self.playout.unconfirmed_s(now) if self.playout is not None else 0.0
+        call_id = self.call_id[:64] if self.call_id is not None else "?"
+        if quiet >= UNRESPONSIVE_S:
+            log.warning("%s call %s: its socket was lost after %.1f s with nothing from the carrier",
+                        self.carrier, call_id, quiet)
+            return "carrier_lost"
+        if unconfirmed >= UNRESPONSIVE_S:
+            log.warning("%s call %s: its socket was lost after the carrier had answered none of the marks or "
+                        "clears it was sent for %.1f s: it was not reading", self.carrier, call_id, unconfirmed)
+            return "carrier_not_reading"
+        return None
 
     # ------------------------------------------------------------------ call control (call_tools.py)
 
@@ -318,17 +378,19 @@ class PhoneCall:
             # from the socket's opening, not its last message: keep-alives do not buy time
             if self.codec.started is None and self.session is None and now - self._opened_at > self._start_timeout_s:
                 log.info("%s stream sent no start within %.0f s: closing", self.carrier, self._start_timeout_s)
-                self.end("no_start", CLOSE_POLICY)
+                self.end("no_start", CLOSE_POLICY, text=f"no start within {self._start_timeout_s:g} s")
             elif now - self._last_audio > self._idle_timeout_s:
                 log.info("%s stream sent no audio for %.0f s: ending the call", self.carrier, self._idle_timeout_s)
                 self.end("carrier_silent")
 
-    def end(self, reason: str, code: int = CLOSE_NORMAL) -> None:
-        """Ask for the call to end (the route closes the socket and calls `close`)."""
+    def end(self, reason: str, code: int = CLOSE_NORMAL, *, text: str = "") -> None:
+        """Ask for the call to end (the route closes the socket, with `code` and `text` in the
+        close frame, and calls `close`)."""
         if self.ended.is_set():
             return
         self.end_reason = reason
         self.close_code = code
+        self.close_text = text
         if self.session is not None:
             self.session.publish(E.CallEnded(t=self.session.clock.now(), reason=reason))
         self.ended.set()

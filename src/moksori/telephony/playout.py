@@ -8,7 +8,8 @@
   (`call.first_audio`).
 
 What was sent and heard per reply (`sent`, `heard`, `marks_in_flight`) is what the call-control
-tools wait on before they hang up or transfer.
+tools wait on before they hang up or transfer; how long the carrier has confirmed nothing it was
+sent (`unconfirmed_s`) tells a carrier that stopped reading from one that hung up.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class CarrierPlayout:
         self._sent: dict[str, int] = {}  # response id -> samples sent to the carrier
         self.acked: dict[str, int] = {}  # response id -> samples confirmed heard
         self.first_audio_at: float | None = None  # loop time of the first media sent
+        # loop time since which the carrier has been sent a mark (or a clear it acknowledges) and
+        # answered none, and of the send in progress (a carrier that stops reading leaves both growing)
+        self._unechoed_since: float | None = None
+        self._sending_since: float | None = None
         self._outbox: Outbox[Outgoing] = Outbox(self._deliver, name=f"{carrier}-call-send", on_stop=self._stopped)
 
     # ------------------------------------------------------------------ what the tools ask
@@ -71,6 +76,14 @@ class CarrierPlayout:
 
     def marks_in_flight(self, response_id: str) -> bool:
         return any(r == response_id for r, _ in self._marks.values())
+
+    def unconfirmed_s(self, now: float) -> float:
+        """Seconds the carrier has confirmed none of what it was sent: since the first mark (or
+        clear) it has not answered (nor any after it), or since a send began that has not
+        finished. 0 when all is confirmed (a carrier reaches a mark ~OUTPUT_LEAD_MS after it is
+        sent, and answers a clear at once: Twilio and Telnyx by echoing the marks it dropped)."""
+        since = [t for t in (self._unechoed_since, self._sending_since) if t is not None]
+        return max(0.0, now - min(since)) if since else 0.0
 
     # ------------------------------------------------------------------ engine -> carrier
 
@@ -99,7 +112,11 @@ class CarrierPlayout:
 
     # ------------------------------------------------------------------ carrier -> us
 
+    def on_clear_ack(self) -> None:
+        self._unechoed_since = None  # the carrier reads what it is sent
+
     def on_mark(self, name: str) -> None:
+        self._unechoed_since = None  # the carrier reads what it is sent
         entry = self._marks.pop(name, None)
         if entry is None:
             return  # not ours, a repeat, or audio that a clear already dropped
@@ -139,12 +156,17 @@ class CarrierPlayout:
     async def _deliver(self, item: Outgoing) -> None:
         """The outbox's send: one wire message to the carrier (the first audio is timed)."""
         kind, _, wire = item
+        now = asyncio.get_running_loop().time()
         if kind == "audio" and self.first_audio_at is None:
-            self.first_audio_at = asyncio.get_running_loop().time()
+            self.first_audio_at = now
             session = self._session
             session.publish(E.CallFirstAudio(t=session.clock.now(), after_start_ms=round(
                 1000 * (self.first_audio_at - self._started_at))))
+        self._sending_since = now
         await self._send(wire)
+        self._sending_since = None
+        if self._unechoed_since is None and (kind == "mark" or (kind == "clear" and self.codec.acks_clear)):
+            self._unechoed_since = now
 
     def _stopped(self, reason: StopReason) -> None:
         if reason == "send_failed":  # the socket is gone: the call is over
