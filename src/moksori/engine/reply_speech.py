@@ -30,11 +30,9 @@ async def synthesize_into(tts: TTS, spoken: str, opts: TTSOptions, rate: int, pl
     # is resampled as one signal, with no edge at each piece
     rs: StreamResampler | None = None
     more = False  # a piece of this clause is queued: the next ones continue its segment
-    async for frame in tts.synthesize(spoken, opts):
-        rs = rs or StreamResampler(frame.rate, rate)
-        out = Frame(rs.process(frame.samples), rate)
-        if len(out) == 0:
-            continue
+
+    def add(out: Frame) -> None:
+        nonlocal on_first, more
         if on_first is not None:
             out = trim_leading_silence(out)
             on_first(len(out))
@@ -42,6 +40,14 @@ async def synthesize_into(tts: TTS, spoken: str, opts: TTSOptions, rate: int, pl
         if playback is not None and not playback.cancelled:
             playback.add(out, clause, more=more)
             more = True
+
+    async for frame in tts.synthesize(spoken, opts):
+        rs = rs or StreamResampler(frame.rate, rate)
+        out = Frame(rs.process(frame.samples), rate)
+        if len(out):
+            add(out)
+    # the resampler's held-back tail; a short clause's whole audio at a low rate (it was dropped
+    # when no earlier piece had come out: a clause under ~0.1 s at 8 kHz went unheard)
     tail = rs.flush() if rs is not None else None
-    if tail is not None and len(tail) and more and playback is not None and not playback.cancelled:
-        playback.add(Frame(tail, rate), clause, more=True)
+    if tail is not None and len(tail):
+        add(Frame(tail, rate))
