@@ -28,8 +28,11 @@ Both share the models with live sessions, so both are built not to get in their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +51,7 @@ from moksori.errors import AudioFormatError, AudioTooLong, MoksoriError
 from moksori.providers.base import TTSOptions
 from moksori.providers.long_form import transcribe_long
 from moksori.providers.threads import background, background_context, run_blocking
+from moksori.server.sockets import TRANSPORT_KEY
 from moksori.text.chunker import ClauseChunker
 from moksori.text.korean_numbers import normalize_for_tts
 from moksori.text.speakable import speakable
@@ -317,10 +321,16 @@ class _ReadOrDrop(StreamingResponse):
 
     A client that stops reading but stays connected makes each send wait on backpressure for
     ever, and with it the synthesis and its slot: a chunk that cannot be sent for `stall_s` ends
-    the answer there. The response is left incomplete, so the server closes the connection (once
-    the bytes it already holds are read: asyncio's close flushes first). `on_end` (stop the
-    synthesis, free the slot) runs however the answer ends, also when its body is never iterated
-    (the client left first)."""
+    the answer there, and the connection is dropped at once (`_drop_connection`: a reset, what
+    asyncio and the kernel still held for it discarded). A graceful close would wait until those
+    bytes (megabytes: the kernel's buffers) were read, and a client that never reads them would
+    keep the socket open for ever.
+
+    A cut answer never ends with HTTP's last chunk: a stall drops the connection, a synthesis that
+    fails (`_Cut`) returns without it (uvicorn then closes the connection after what was sent).
+    An answer whose client pauses for less than `stall_s` and reads on is not cut: it goes on to
+    its end, last chunk included. `on_end` (stop the synthesis, free the slot) runs however the
+    answer ends, also when its body is never iterated (the client left first)."""
 
     def __init__(self, content: AsyncIterator[bytes], *, media_type: str, stall_s: float,
                  on_end: Callable[[], Awaitable[None]]) -> None:
@@ -338,11 +348,42 @@ class _ReadOrDrop(StreamingResponse):
         try:
             await super().__call__(scope, receive, send_or_give_up)
         except _ClientStalled:
-            log.info("a %s client read nothing for %g s: its answer is dropped", scope.get("path"), self.stall_s)
+            dropped = _drop_connection(scope)
+            log.info("a %s client read nothing for %g s: its answer is dropped%s", scope.get("path"), self.stall_s,
+                     "" if dropped else " (its connection is closed once it reads what was sent)")
         except _Cut:
             pass  # logged where it failed; the connection closes without the answer's last chunk
         finally:
             await self.on_end()
+
+
+def _drop_connection(scope: Scope) -> bool:
+    """Reset the connection that carries the request of `scope`, discarding whatever the server
+    still holds for it; False when that connection cannot be found (then uvicorn closes it
+    gracefully once the app returns). uvicorn does not hand an ASGI app its connection:
+    `moksori serve`'s HTTP protocol puts it in the scope (`sockets.TRANSPORT_KEY`). `SO_LINGER`
+    0 makes the close a reset: without it the kernel would go on sending its buffered bytes to a
+    client that does not read them, and end with a FIN only once they were read."""
+    transport = scope.get(TRANSPORT_KEY) or _transport_of(scope)
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return True
+
+
+def _transport_of(scope: Scope) -> Any:
+    """The transport of `scope`'s request when the server is not `moksori serve`'s (whose HTTP
+    protocol puts it in the scope): asyncio's selector loop keeps its transports in
+    `loop._transports`, and uvicorn's protocol keeps the scope it serves."""
+    transports = getattr(asyncio.get_running_loop(), "_transports", None)
+    for transport in list((transports or {}).values()):
+        if getattr(transport.get_protocol(), "scope", None) is scope:
+            return transport
+    return None
 
 
 async def _join_unless_client_leaves(request: Request, parts: AsyncIterator[bytes]) -> bytes | None:

@@ -46,6 +46,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 log = logging.getLogger("moksori.server")
 
+TRANSPORT_KEY = "moksori.transport"  # an HTTP request's scope: the asyncio transport that carries it
+
 FD_RESERVE = 128  # file descriptors kept for models, logs, espeak-ng pipes, the listening socket
 LOG_EVERY_S = 10.0
 PEER_EXTENSION = "moksori.peer"  # scope["extensions"][PEER_EXTENSION]["last_heard"]() -> loop time
@@ -194,6 +196,11 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
 
         def handle_events(self) -> None:
             super().handle_events()
+            scope = getattr(self, "scope", None)
+            if isinstance(scope, dict) and TRANSPORT_KEY not in scope:
+                # the app's request task has not run yet: it finds its connection here, to drop
+                # it at once when it must (`audio_api`: a speech client that stopped reading)
+                scope[TRANSPORT_KEY] = self.transport
             if self._header_timer is not None and self.conn.their_state is not h11.IDLE and \
                     self.conn.our_state not in (h11.DONE, h11.MUST_CLOSE):
                 self._cancel_header_timer()  # the request line and headers are in
