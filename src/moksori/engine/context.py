@@ -9,6 +9,11 @@ exchange). Two strategies:
   the LLM *after* a reply (`after_reply`), never during one; a new turn cancels a fold still
   running (`cancel_background`). The summary rides in the system message.
 
+A user or tool message longer than the model's per-message limit (the embedded llama.cpp model's
+`max_message_tokens`; `message_limit`) is sent as its start and its end with a marker between
+(`cut_middle`): reading a whole window of one pasted text took the local model minutes on 2
+busy cores. The conversation itself keeps the whole text.
+
 When the window has to cut, it cuts down to `low_water` of the room (not just enough for this
 turn) and keeps that start for the turns that follow: the prompt's prefix stays the same from
 turn to turn, so llama.cpp's KV cache is reused instead of re-reading the whole history.
@@ -46,6 +51,9 @@ class ContextPolicy:
     low_water: float = 0.6  # after a cut, history fills at most this share of the room
     summary_share: float = 0.25  # the running summary's share of the budget, at most
     max_messages: int | None = None  # also cap the number of history messages (agent.max_history_messages)
+    # a user or tool message longer than this is cut in the middle (`cut_middle`); None: the
+    # model's own limit (`message_limit`: the embedded llama.cpp model's), else no such limit
+    max_message_tokens: int | None = None
 
 
 def default_budget(configured: int, model_context: int, reply_cap: int, reserve: int = 0) -> int:
@@ -63,6 +71,19 @@ def token_counter(llm: LLM) -> TokenCounter:
         if callable(count):
             return cast(TokenCounter, count)  # count_tokens(text) -> int (llm_llamacpp)
     return estimate_tokens
+
+
+def message_limit(llm: LLM | None) -> int | None:
+    """The most tokens one user or tool message may take for this LLM: the embedded llama.cpp
+    model's `max_message_tokens` (evaluating a whole window-sized message takes it tens of
+    seconds on a few cores), None for a remote model (the window's budget is its only bound)."""
+    if llm is None:
+        return None
+    for candidate in (llm, *getattr(llm, "providers", ())):
+        limit = getattr(candidate, "max_message_tokens", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
 
 
 def to_messages(items: Sequence[Item]) -> list[Message]:
@@ -166,7 +187,15 @@ def shrink_text(text: str, tokens: int, count: TokenCounter, *, keep: Literal["h
     def piece(n: int) -> str:
         return text[:n] + "…" if keep == "head" else "…" + text[len(text) - n:]
 
-    lo, hi = 0, min(len(text), limit)  # `lo` characters fit; more than `hi` do not
+    n = _longest(piece, min(len(text), limit), tokens, count)
+    return piece(n) if n else ""
+
+
+def _longest(piece: Callable[[int], str], most: int, tokens: int, count: TokenCounter, *, slack: int = 0) -> int:
+    """The largest n <= `most` with `count(piece(n)) <= tokens` (0 if none), to within `slack`
+    characters: a few guesses from the characters per token of what did not fit, then a binary
+    search."""
+    lo, hi = 0, most  # `lo` characters fit; more than `hi` do not
     guess = hi
     for _ in range(4):  # from the characters per token of what did not fit
         if guess <= lo:
@@ -177,13 +206,60 @@ def shrink_text(text: str, tokens: int, count: TokenCounter, *, keep: Literal["h
             break
         hi = guess - 1
         guess = int(guess * tokens / n * 0.97)
-    while lo < hi:  # binary search on the number of characters kept
+    if slack and lo < hi:  # the guess fitted: the answer is most likely within a few % above it
+        up = min(hi, lo + max(1, lo // 32))
+        if count(piece(up)) > tokens:
+            hi = up - 1
+        else:
+            lo = up
+    while hi - lo > slack:  # binary search on the number of characters kept
         mid = (lo + hi + 1) // 2
         if count(piece(mid)) <= tokens:
             lo = mid
         else:
             hi = mid - 1
-    return piece(lo) if lo else ""
+    return lo
+
+
+def surely_fits(text: str, tokens: int) -> bool:
+    """`text` cannot be over `tokens` tokens: fewer UTF-8 bytes than that (no token of a text is
+    less than a byte, but a tokenizer's leading space marker may be one more)."""
+    return len(text) * 4 < tokens or (len(text) < tokens and len(text.encode("utf-8", "surrogatepass")) < tokens)
+
+
+CUT_MARK = "[… {n:,} characters cut …]"
+_SNAP_CHARS = 24  # a cut moves back to the last space within this many characters (whole words)
+
+
+def cut_middle(text: str, tokens: int, count: TokenCounter) -> str:
+    """`text` within `tokens`: its start and its end (where a message's question usually is),
+    with CUT_MARK saying how much of the middle was left out. Like `shrink_text` it reads at most
+    `tokens` × MAX_TOKEN_CHARS characters from each end. A text that fits is returned as it is,
+    so cutting a cut text changes nothing."""
+    tokens = max(0, tokens)
+    if surely_fits(text, tokens) or (len(text) <= tokens * MAX_TOKEN_CHARS and count(text) <= tokens):
+        return text
+    mark_tokens = count(" " + CUT_MARK.format(n=len(text)) + " ") + 2  # + what the joins may cost
+    half = (tokens - mark_tokens) // 2
+    while half > 0:
+        most = min(len(text), half * MAX_TOKEN_CHARS)
+        head = _longest(lambda n: text[:n], most, half, count, slack=_SNAP_CHARS // 2)
+        tail = _longest(lambda n: text[len(text) - n:], most, half, count, slack=_SNAP_CHARS // 2)
+        if head + tail >= len(text):  # both halves fit: the text is about `tokens` long
+            tail = max(0, len(text) - head - 1)
+        start, end = text[:head], text[len(text) - tail:] if tail else ""
+        space = start.rfind(" ", max(0, head - _SNAP_CHARS))
+        if space > 0:
+            start = start[:space]
+        space = end.find(" ", 0, _SNAP_CHARS)
+        if space >= 0:
+            end = end[space + 1:]
+        start, end = start.rstrip(), end.lstrip()
+        out = f"{start} {CUT_MARK.format(n=len(text) - len(start) - len(end))} {end}".strip()
+        if count(out) <= tokens:
+            return out
+        half -= max(1, half // 16)  # the joins cost more than allowed for: a little less of each end
+    return shrink_text(text, tokens, count, keep="tail")
 
 
 class ContextWindow:
@@ -195,6 +271,8 @@ class ContextWindow:
         self.policy = policy
         self.counter = Counter(count, policy.overhead_tokens, exact_chars=policy.budget_tokens * MAX_TOKEN_CHARS)
         self.llm = llm
+        self._model_limit = message_limit(llm)
+        self._cut: dict[str, str] = {}  # a long message's text → what the model sees of it
         self.on_summary = on_summary  # (summary, upto item id): e.g. the store's SummaryUpdated
         self.on_usage = on_usage  # the summary calls' usage, for accounting
         self.summary: str | None = None
@@ -223,16 +301,37 @@ class ContextWindow:
         sys_msgs = [Message("system", system)] if system else []
         room = p.budget_tokens - c.messages(sys_msgs) - p.overhead_tokens - extra_tokens  # + the reply's prompt
         turns = _turns(items)
-        msgs_per_turn = [to_messages(t) for t in turns]
+        msgs_per_turn = [[self._bounded(m) for m in to_messages(t)] for t in turns]
         costs = [c.messages(m) for m in msgs_per_turn]
         start = self._choose_start(turns, msgs_per_turn, costs, room)
         kept = [m for ms in msgs_per_turn[start:] for m in ms]
-        kept = merge_same_role(kept)
+        kept = [self._bounded(m) for m in merge_same_role(kept)]  # two user messages merged: one again
         if c.messages(kept) > room:  # the newest turn alone is too big: trim it
             kept = self._trim_newest(kept, max(0, room))
         self.last_dropped = sum(len(t) for t in turns[:start])
         self.last_tokens = c.messages(sys_msgs) + c.messages(kept)
         return sys_msgs + kept
+
+    @property
+    def max_message_tokens(self) -> int | None:
+        return self.policy.max_message_tokens or self._model_limit
+
+    def _bounded(self, m: Message) -> Message:
+        """A user or tool message within `max_message_tokens`: its start and end (`cut_middle`).
+        Only what the model is sent is cut; the conversation keeps the whole text."""
+        limit = self.max_message_tokens
+        if limit is None or m.role not in ("user", "tool") or surely_fits(m.content, limit):
+            return m
+        text = self._cut.get(m.content)
+        if text is None:
+            text = cut_middle(m.content, limit, self.counter.count)
+            if text != m.content:
+                log.debug("a %s message of %d characters is cut to %d for the model (%d-token limit "
+                          "per message)", m.role, len(m.content), len(text), limit)
+            if len(self._cut) > 256:
+                self._cut.clear()
+            self._cut[m.content] = text
+        return m if text is m.content else Message(m.role, text, m.tool_calls, m.tool_call_id, m.name)
 
     def _choose_start(self, turns: list[list[Item]], msgs: list[list[Message]], costs: list[int], room: int) -> int:
         p = self.policy

@@ -8,19 +8,27 @@ llama.cpp reuses the KV cache for the longest common token prefix, so the system
 earlier turns are not re-evaluated: only the new user message costs prompt time. `prefill`
 evaluates the user's words heard so far while they are still speaking (background work that
 yields to any interactive job), so at the end of the turn only the last words are left.
+
+A reply's prompt is evaluated in short steps (`_evaluate`), so a reply cancelled or timed out
+while its prompt is read frees the model within one step, and one user or tool message is sent
+with at most `max_message_tokens` (its start and its end: engine/context.cut_middle, which the
+context window applies too), so one pasted text cannot cost a whole window of prompt time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from moksori.engine.context import cut_middle, surely_fits
 from moksori.errors import ModelError, ProviderError
 from moksori.providers.base import (
     LLM,
@@ -35,8 +43,25 @@ from moksori.providers.base import (
 from moksori.providers.threads import ModelExecutor, background, interactive_running, iterate_blocking, run_blocking
 from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
 
+log = logging.getLogger(__name__)
+
 MIN_REPLY_TOKENS = 32
 PREFILL_BATCH = 8  # prompt tokens per llama.cpp call while prefilling: interactive work waits at most one
+# a reply's prompt is evaluated in steps of about this long (at least PROMPT_STEP_MIN tokens, at
+# most n_batch), checking between them whether the reply was cancelled: llama.cpp cannot stop a
+# step, and a whole prompt took minutes on 2 busy cores, the model held all along. Each step
+# costs a fixed ~0.1 s there besides its ~20 ms a token, so steps are not shorter than
+# PROMPT_STEP_MIN, and a turn's usual few dozen new tokens are still one step (PROMPT_STEP_FIRST)
+PROMPT_STEP_S = 0.25
+PROMPT_STEP_MIN = 32
+PROMPT_STEP_FIRST = 64
+# one user or tool message is sent with at most MESSAGE_TOKENS tokens and a quarter of the
+# context window (`max_message_tokens`), its start and its end (engine/context.cut_middle): the
+# rest of the window is for the history and the reply. SmolLM2-135M's first token after a 100 KB
+# message on 2 cores shared with a load of ~9.5: 15 s cut to 512 tokens, 27 s cut to 1,024, and a
+# whole window of ~3,900 tokens (what was sent before) at that rate ~2 minutes
+MESSAGE_TOKENS = 512
+MESSAGE_SHARE = 0.25
 
 _STOP_STRINGS = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end|>"]
 
@@ -71,9 +96,12 @@ class LlamaCppLLM(LLM):
     name = "llamacpp"
 
     def __init__(self, model_path: str | Path, *, threads: int = 2, context_tokens: int = 4096,
-                 languages: tuple[str, ...] = ("en",), llama_options: Mapping[str, Any] | None = None) -> None:
+                 languages: tuple[str, ...] = ("en",), llama_options: Mapping[str, Any] | None = None,
+                 max_message_tokens: int | None = None) -> None:
         """`llama_options`: more `llama_cpp.Llama` keyword arguments, over Moksori's (n_batch,
-        flash_attn, type_k, ...; benchmarks/llm_speed.py compares them)."""
+        flash_attn, type_k, ...; benchmarks/llm_speed.py compares them). `max_message_tokens`:
+        the most tokens one user or tool message is sent with (default: MESSAGE_TOKENS, at most
+        MESSAGE_SHARE of the context)."""
         from moksori.providers.llama_cpu import use_portable_kernels
 
         # first: loads llama.cpp with its own OpenMP spin count (llama_cpu.import_llama)
@@ -106,12 +134,34 @@ class LlamaCppLLM(LLM):
         self._lock = threading.Lock()
         self.executor = ModelExecutor(f"llm:{self.path.name}")
         self.caps = LLMCaps(tools=True, context_tokens=context_tokens, languages=languages)
+        # read by the context window too (engine/context.message_limit), so it counts what is sent
+        self.max_message_tokens = max(64, max_message_tokens or min(MESSAGE_TOKENS, int(context_tokens * MESSAGE_SHARE)))
+        self._cut: dict[str, str] = {}  # a long message's text → what the model is sent of it
+        self._step = PROMPT_STEP_FIRST
         self.name = f"llamacpp:{self.path.name}"
 
     # ------------------------------------------------------------------ prompt
 
+    def _bounded(self, m: Message) -> Message:
+        """A user or tool message within `max_message_tokens` (`cut_middle`: its start and its
+        end). The context window cuts them the same way already; this catches what reaches the
+        model around it (an out-of-band response's input, a tool result of the reply itself)."""
+        limit = self.max_message_tokens
+        if m.role not in ("user", "tool") or surely_fits(m.content, limit):
+            return m
+        text = self._cut.get(m.content)
+        if text is None:
+            text = cut_middle(m.content, limit, self.count_tokens)
+            if text != m.content:
+                log.debug("a %s message of %d characters is cut to %d for %s (%d-token limit per message)",
+                          m.role, len(m.content), len(text), self.name, limit)
+            if len(self._cut) > 256:
+                self._cut.clear()
+            self._cut[m.content] = text
+        return m if text == m.content else replace(m, content=text)
+
     def render(self, request: ChatRequest) -> str:
-        messages = [m.to_openai() for m in request.messages]
+        messages = [self._bounded(m).to_openai() for m in request.messages]
         tools = [t.to_openai() for t in request.tools] if request.tools and request.tool_choice != "none" else None
         if tools and not self._template_has_tools:
             block = tools_system_block(request.tools, request.tool_choice)
@@ -175,10 +225,44 @@ class LlamaCppLLM(LLM):
             while len(messages) - first > 1 and messages[first].role == "tool":
                 del messages[first]  # a tool result without its call makes no sense
 
+    def _evaluate(self, tokens: Sequence[int], stop: threading.Event) -> bool:
+        """Evaluate the prompt `tokens` into the KV cache after the prefix it holds already, in
+        steps of about PROMPT_STEP_S, and stop between two steps once `stop` is set: a reply
+        cancelled or timed out while its prompt is read frees the model within one step
+        (llama.cpp's `create_completion` reads the whole prompt before it yields anything, so the
+        stop flag was first seen after it). The step adapts to the model's measured speed
+        (PROMPT_STEP_MIN to n_batch tokens). Once the whole prompt is in, `create_completion`
+        finds it there with the last step's logits live, and samples at once.
+        False: stopped; the cache keeps what was evaluated, a valid prefix for the next request."""
+        llm = self._llm
+        if getattr(llm, "_is_recurrent", False) or getattr(llm, "_is_hybrid", False):
+            return not stop.is_set()  # its cache cannot drop a suffix: create_completion reads it whole
+        common = _common_prefix(llm._input_ids, tokens)  # noqa: SLF001 - the tokens in the KV cache
+        if common >= len(tokens):
+            return not stop.is_set()  # all cached: create_completion re-evaluates the last token
+        llm.n_tokens = common  # `eval` drops what the cache holds past the common prefix
+        at = common
+        while at < len(tokens):
+            if stop.is_set():
+                llm._requires_eval = True  # noqa: SLF001 - no logits for a prompt's end: as after a prefill
+                return False
+            left = len(tokens) - at
+            # the rest in one go if it is at most half a step more (no short step at the end)
+            n = left if left <= min(llm.n_batch, self._step * 3 // 2) else min(self._step, llm.n_batch)
+            started = time.perf_counter()
+            llm.eval(tokens[at:at + n])  # its logits: the step's last token's (the next token's odds)
+            took = time.perf_counter() - started
+            at += n
+            if n >= PROMPT_STEP_MIN:
+                self._step = max(PROMPT_STEP_MIN, min(llm.n_batch, int(n * PROMPT_STEP_S / max(took, 1e-4))))
+        return True
+
     def _generate(self, request: ChatRequest, stop: threading.Event) -> Iterator[Any]:
         with self._lock:
             tokens, max_tokens = self._fit(request)
             cached = _common_prefix(self._llm._input_ids, tokens)  # noqa: SLF001 - KV cache reuse accounting
+            if not self._evaluate(tokens, stop):
+                return  # cancelled while reading the prompt: nobody is listening any more
             produced = 0
             stream = cast(Generator[dict[str, Any], None, None], self._llm.create_completion(  # stream=True
                 prompt=tokens, max_tokens=max_tokens, temperature=request.temperature,
