@@ -246,3 +246,198 @@ def test_the_page_keeps_a_user_id_and_starts_new_conversations(server):
         with urllib.request.urlopen(f"{server.url}/v1/conversations/{c['id']}/items?order=asc", timeout=10) as resp:
             texts.append([i["content"][0]["text"] for i in json.load(resp)["data"] if i["role"] == "user"])
     assert sorted(texts) == [["Hello again."], ["My name is Minji."]]
+
+
+# ------------------------------------------------------------------ Stop while connecting, a lost
+# network, failed WebRTC attempts, over-long typed text
+
+
+def _ui(page) -> dict:
+    return page.evaluate("""() => ({
+        state: document.querySelector('[data-testid="state"]').dataset.state,
+        start: !document.querySelector('#start').hidden, stop: !document.querySelector('#stop').hidden,
+        transport: window.moksori.transport, errors: window.moksori.errors.slice(),
+        typed: [...document.querySelectorAll('[data-testid="transcript-user"] .typed')].map((e) => e.textContent)})""")
+
+
+@pytest.mark.parametrize("stop_after_ms", [50, 300, "burst", "sync-burst"])
+def test_stop_while_connecting_leaves_no_session(server, tmp_path, stop_after_ms):
+    """Stop pressed while the WebRTC attempt is under way cancels it: nothing stays open on the
+    server, the page shows "off" with Start, and it never falls back to the WebSocket after Stop
+    (also for ten Start/Stop clicks in a second, or in one task)."""
+    from playwright.sync_api import expect
+
+    wav = write_mic_wav(tmp_path / "mic.wav", utt("en_028").path, lead_s=1.0, tail_s=8.0)
+    problems: list[str] = []
+    sockets: list[str] = []
+    with chromium(wav) as ctx:
+        page = _page(ctx, problems)
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(server.url + "/?raw=1")
+        if stop_after_ms == "burst":  # Start/Stop alternately, 100 ms apart, ending on Stop
+            for i in range(10):
+                page.evaluate(f"() => document.querySelector('#{'stop' if i % 2 else 'start'}').click()")
+                time.sleep(0.1)
+        elif stop_after_ms == "sync-burst":
+            page.evaluate("() => { for (let i = 0; i < 10; i++) { document.querySelector('#start').click();"
+                          " document.querySelector('#stop').click(); } }")
+        else:
+            page.evaluate(f"() => {{ document.querySelector('#start').click();"
+                          f" setTimeout(() => document.querySelector('#stop').click(), {stop_after_ms}); }}")
+        time.sleep(6)  # long enough for an attempt Stop did not cancel to connect, or to fall back
+        ui = _ui(page)
+        assert ui["state"] == "off" and ui["start"] and not ui["stop"], ui
+        # no WebSocket fallback after Stop (a warm server may answer within 300 ms: then the page
+        # was connected over WebRTC, `transport` says so, and Stop was an ordinary one)
+        assert ui["transport"] in (None, "webrtc") and not sockets, (ui, sockets)
+        assert ui["errors"] == [], ui
+        _wait_sessions(server, 0, timeout_s=10)  # with the page still open
+        # and a Start after all that works
+        page.get_by_test_id("start").click()
+        page.wait_for_function("() => window.moksori.transport === 'webrtc' && window.moksori.connected",
+                               timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("stop")).to_be_visible()
+        page.get_by_test_id("stop").click()
+        _wait_sessions(server, 0)
+    assert not problems, problems
+
+
+def test_a_silent_network_drop_is_noticed(server):
+    """The connection goes quiet without closing (a network that drops every packet): the page
+    notices within ~20 s (its liveness probe gets no answer), says so and goes to "off", instead of
+    showing the last state for ever. While the network works, the probe shows nothing."""
+    import re
+
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    hole = {"on": False}
+    with chromium(None) as ctx:
+        page = _page(ctx, problems)
+
+        def proxy(ws) -> None:  # the page's WebSocket, forwarded to the real server until the "drop"
+            upstream = ws.connect_to_server()
+            ws.on_message(lambda m: None if hole["on"] else upstream.send(m))
+            upstream.on_message(lambda m: None if hole["on"] else ws.send(m))
+
+        page.route_web_socket(re.compile(r".*/v1/realtime.*"), proxy)
+        page.goto(server.url + "/?raw=1&transport=websocket")
+        page.get_by_test_id("text-input").fill("hello")
+        page.get_by_test_id("text-send").click()
+        expect(page.get_by_test_id("transcript-agent").locator(".line").first).not_to_be_empty(timeout=TIMEOUT_MS)
+        page.wait_for_function("() => window.moksori.state === 'ready'", timeout=TIMEOUT_MS)
+        # a quiet, healthy session: the probe's answers arrive, nothing is reported (wait_for_timeout,
+        # not time.sleep: the sync API runs the proxy's handlers only while it is called)
+        page.wait_for_timeout(20_000)
+        ui = _ui(page)
+        assert ui["state"] == "ready" and ui["stop"] and ui["errors"] == [], (ui["errors"], ui)
+        assert page.evaluate("() => window.moksori.events.error || 0") == 0
+        hole["on"] = True
+        t0 = time.monotonic()
+        page.wait_for_function("() => window.moksori.state === 'off'", timeout=40_000)
+        assert time.monotonic() - t0 < 30
+        ui = _ui(page)
+        assert ui["start"] and not ui["stop"], ui
+        assert any("lost" in e.lower() for e in ui["errors"]), ui
+    _wait_sessions(server, 0, timeout_s=20)
+    assert not problems, problems
+
+
+def test_a_failed_webrtc_attempt_leaves_no_unhandled_rejection(server, tmp_path):
+    """`?webrtc=fail`: after the fallback the abandoned attempt's 10 s data-channel timer must not
+    surface as an unhandled rejection."""
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    with chromium(None) as ctx:
+        page = _page(ctx, problems)
+        page.goto(server.url + "/?raw=1&webrtc=fail")
+        page.get_by_test_id("text-input").fill("hello")
+        page.get_by_test_id("text-send").click()
+        expect(page.get_by_test_id("error")).to_contain_text("WebSocket", timeout=TIMEOUT_MS)
+        time.sleep(12)  # past the 10 s data-channel timer
+        assert page.evaluate("() => window.moksori.transport") == "websocket"
+        page.get_by_test_id("stop").click()
+        _wait_sessions(server, 0)
+    assert [p for p in problems if "/v1/realtime/calls" not in p] == [], problems
+
+
+@pytest.mark.parametrize("transport", ["webrtc", "websocket"])
+def test_typed_text_over_the_message_limit_is_refused_in_the_page(server, transport):
+    """Text longer than the transport takes (the data channel's max-message-size over WebRTC, the
+    server's 4 MiB message limit over the WebSocket) is refused with a clear message, not shown as
+    sent, and the session goes on."""
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    size = 300_000 if transport == "webrtc" else 4_300_000
+    query = "/?raw=1" + ("&transport=websocket" if transport == "websocket" else "")
+    with chromium(None) as ctx:
+        page = _page(ctx, problems)
+        page.goto(server.url + query)
+        page.get_by_test_id("text-input").fill("hello")
+        page.get_by_test_id("text-send").click()
+        expect(page.get_by_test_id("transcript-agent").locator(".line").first).not_to_be_empty(timeout=TIMEOUT_MS)
+        assert page.evaluate("() => window.moksori.transport") == transport
+        page.evaluate(f"() => {{ document.querySelector('#text').value = 'w'.repeat({size});"
+                      " document.querySelector('[data-testid=\"text-send\"]').click(); }")
+        # (not expect(): on failure it would print the page, megabytes of it)
+        page.wait_for_function("() => window.moksori.errors.some((e) => e.includes('too long'))",
+                               timeout=TIMEOUT_MS)
+        time.sleep(1)
+        ui = _ui(page)
+        assert ui["typed"] == ["hello"], [t[:20] for t in ui["typed"]]
+        assert page.evaluate("() => window.moksori.events.error || 0") == 0  # the server never saw it
+        page.get_by_test_id("text-input").fill("What is two plus two?")
+        page.get_by_test_id("text-send").click()
+        expect(page.get_by_test_id("transcript-agent").locator(".line").nth(1)).not_to_be_empty(timeout=TIMEOUT_MS)
+        assert _ui(page)["state"] != "off"
+        page.get_by_test_id("stop").click()
+        _wait_sessions(server, 0)
+    assert not problems, problems
+
+
+def _set_key(page, key: str) -> None:
+    """Type a key into Settings (folded away: set it as typing would, then commit it)."""
+    page.evaluate("(key) => { const el = document.querySelector('#api-key'); el.value = key;"
+                  " el.dispatchEvent(new Event('change')); }", key)
+
+
+def test_a_bad_api_key_or_stored_user_id_is_caught_in_the_page(server):
+    """An API key no browser can send (a space, a quote, a comma, non-Latin-1) is refused in
+    Settings and at Start with a clear message that never quotes the key, and nothing is sent; a
+    stored user id the server would refuse (here with a lone surrogate) is replaced by a new one."""
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    requests: list[str] = []
+    with chromium(None) as ctx:
+        page = _page(ctx, problems)
+        page.on("request", lambda r: ("/session" in r.url or "/v1/realtime" in r.url) and requests.append(r.url))
+        page.on("websocket", lambda ws: requests.append(ws.url))
+        page.goto(server.url + "/?raw=1")
+        page.evaluate("() => localStorage.setItem('moksori.user', 'web-\\ud800x')")
+        page.reload()
+        user = page.evaluate("() => window.moksori.user")
+        assert user.startswith("web-") and "x" not in user, user
+        assert page.evaluate("() => localStorage.getItem('moksori.user')") == user
+
+        for key in ('sk-abc def"SECRET1', "sk-abc,SECRET2", "sk-\u043a\u043b\u044e\u0447SECRET3"):
+            page.evaluate("() => { window.moksori.errors.length = 0; }")
+            _set_key(page, key)
+            page.get_by_test_id("start").click()
+            page.wait_for_timeout(1000)
+            ui = _ui(page)
+            assert ui["state"] == "off" and ui["start"] and not ui["stop"], ui
+            assert len(ui["errors"]) == 2 and all("API key" in e and "SECRET" not in e for e in ui["errors"]), ui
+            assert page.evaluate("() => localStorage.getItem('moksori.key')") in (None, ""), key
+        assert requests == [], requests
+
+        _set_key(page, "")
+        page.get_by_test_id("text-input").fill("hello")
+        page.get_by_test_id("text-send").click()
+        expect(page.get_by_test_id("transcript-agent").locator(".line").first).not_to_be_empty(timeout=TIMEOUT_MS)
+        assert all(f"user={user}" in u for u in requests if "/v1/realtime" in u), requests
+        page.get_by_test_id("stop").click()
+        _wait_sessions(server, 0)
+    assert not problems, problems

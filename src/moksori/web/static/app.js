@@ -4,7 +4,7 @@
 // `?webrtc=fail` makes the WebRTC attempt fail for real (a broken offer) to exercise the fallback.
 import { AudioEngine } from "./audio.js";
 import { LatencyTracker } from "./latency.js";
-import { RealtimeClient, fromBase64, realtimeUrl, toBase64 } from "./realtime.js";
+import { RealtimeClient, fromBase64, realtimeUrl, toBase64, utf8Length } from "./realtime.js";
 import { WebRTCClient } from "./webrtc.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -56,7 +56,11 @@ function newUserId() {
   crypto.getRandomValues(bytes);
   return `web-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
-const userId = store.get("user", "") || newUserId();
+// the server takes 1-255 letters, digits and _ . @ : + - = / (an edited or corrupted stored id,
+// e.g. one with a lone surrogate, would fail every Start: make a new one instead)
+const USER_ID = /^[\p{L}\p{N}_.@:+\-=/]{1,255}$/u;
+const storedUser = store.get("user", "");
+const userId = USER_ID.test(storedUser) ? storedUser : newUserId();
 store.set("user", userId);
 let freshConversation = false; // "New conversation": the next session starts without the earlier ones
 
@@ -65,6 +69,33 @@ function sessionParams() {
   let p = `&user=${encodeURIComponent(userId)}`;
   if (freshConversation) p += "&moksori_history=0";
   return p;
+}
+
+// The key travels in a WebSocket subprotocol ("openai-insecure-api-key.<key>") and an HTTP header:
+// both take only printable ASCII, the subprotocol only "token" characters (no spaces, quotes, commas...)
+const KEY_CHARS = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]*$/;
+
+/** Why the API key cannot work, or "" when it can (the message never contains the key). */
+function keyProblem(key) {
+  if (KEY_CHARS.test(key)) return "";
+  if (/[^\x21-\x7e]/.test(key)) {
+    return "The API key contains a space or a character outside plain ASCII (letters, digits, - _ .): " +
+      "check it in Settings; it looks mistyped or pasted with extra text";
+  }
+  return "The API key contains a character an API key cannot have (such as \" , ; : / ( ) [ ] { } < > = ? @ \\): " +
+    "check it in Settings";
+}
+
+function apiKey() {
+  return ui.key.value.trim();
+}
+
+/** Error text with the API key (if any) blanked out: browsers quote it in some messages. */
+function redact(text) {
+  const key = apiKey();
+  let out = String(text);
+  if (key.length >= 4) out = out.split(key).join("[API key]");
+  return out.replace(/openai-insecure-api-key\.[^\s'",\]]*/g, "openai-insecure-api-key.[API key]");
 }
 
 ui.language.value = store.get("language", "auto");
@@ -119,6 +150,7 @@ function setState(name) {
 
 let toastTimer = 0;
 function toast(message, { warning = false } = {}) {
+  message = redact(message);
   M.errors.push(message);
   if (M.errors.length > 50) M.errors.shift();
   ui.toast.textContent = message;
@@ -213,12 +245,18 @@ function agentDelta(responseId, delta) {
 
 function agentDone(responseId, text, interrupted, language) {
   const existing = agentLines.get(responseId);
-  if (!existing && !text && !interrupted) return;
+  if (!existing && !text) return;
   const line = agentLine(responseId);
   line.done = true;
   if (language) line.el.lang = language;
+  if (interrupted && !text) {
+    // cut before any of it was heard: nothing was said, so nothing to show
+    line.done = true; // late deltas stay dropped
+    line.el.remove();
+    return;
+  }
   if (interrupted) {
-    line.text = text || "";
+    line.text = text;
     line.el.textContent = line.text ? `${line.text} ` : "";
     const tag = document.createElement("span");
     tag.className = "tag";
@@ -299,13 +337,14 @@ const audio = new AudioEngine({
   },
 });
 
-const preOpen = []; // mic chunks captured before the socket opened
+const preOpen = []; // mic chunks captured before the socket opened (the last PRE_OPEN_CHUNKS)
+const PRE_OPEN_CHUNKS = 375; // 15 s of 40 ms chunks: a WebRTC attempt can take ~11 s to fail
 function sendAudio(pcm) {
   const bytes = new Uint8Array(pcm);
   if (!rt.open) {
     if (conn.running) {
       preOpen.push(bytes);
-      if (preOpen.length > 100) preOpen.shift();
+      if (preOpen.length > PRE_OPEN_CHUNKS) preOpen.shift();
     }
     return;
   }
@@ -371,6 +410,8 @@ function onTimeline(e) {
 }
 
 function onServerEvent(ev) {
+  watchdog.onEvent();
+  if (isProbeAnswer(ev)) return;
   M.events[ev.type] = (M.events[ev.type] || 0) + 1;
   switch (ev.type) {
     case "moksori.event":
@@ -436,12 +477,21 @@ function wantWebRTC() {
   return query.get("transport") !== "websocket" && typeof RTCPeerConnection === "function";
 }
 
-/** WebRTC first; the WebSocket if it fails. */
-async function openTransport() {
+function abortError() {
+  const e = new Error("stopped");
+  e.name = "AbortError";
+  return e;
+}
+
+/** WebRTC first; the WebSocket if it fails (never once `attempt` was stopped). */
+async function openTransport(attempt) {
+  const { signal } = attempt;
+  const key = apiKey();
   if (wantWebRTC()) {
     try {
-      await rtc.connect({ key: ui.key.value.trim(), session: sessionConfig(), micTrack: audio.micTrack,
-                          fail: query.get("webrtc") === "fail", params: sessionParams() });
+      await rtc.connect({ key, session: sessionConfig(), micTrack: audio.micTrack,
+                          fail: query.get("webrtc") === "fail", params: sessionParams(), signal });
+      if (signal.aborted) throw abortError();
       rt = rtc;
       freshConversation = false;
       preOpen.length = 0; // the mic track carries the audio from here
@@ -449,18 +499,24 @@ async function openTransport() {
       M.callId = rtc.callId;
       return;
     } catch (e) {
+      if (signal.aborted) throw abortError(); // Stop: no fallback
       rtc.close();
-      M.webrtcError = (e && e.message) || String(e);
+      M.webrtcError = redact((e && e.message) || String(e));
       toast(`WebRTC failed (${M.webrtcError}); using the WebSocket`, { warning: true });
     }
   }
-  await ws.connect(realtimeUrl() + sessionParams(), ui.key.value.trim());
+  await ws.connect(realtimeUrl() + sessionParams(), key, signal);
+  if (signal.aborted) {
+    ws.close();
+    throw abortError();
+  }
   freshConversation = false;
   rt = ws;
   M.transport = "websocket";
 }
 
-const conn = { running: false, mic: false, opening: null };
+// attempt: one per Start (an AbortController); Stop aborts it, and everything it was doing gives up
+const conn = { running: false, mic: false, attempt: null };
 
 function sessionConfig() {
   const lang = ui.language.value;
@@ -483,37 +539,55 @@ function sendSessionUpdate() {
 /** Audio output + socket; the mic only when asked. Safe to call again while running. */
 async function connect({ mic }) {
   if (!conn.running) {
+    const problem = keyProblem(apiKey());
+    if (problem) {
+      toast(problem);
+      return false;
+    }
     conn.running = true;
+    conn.attempt = new AbortController();
+    conn.attempt.opening = null;
     setState("connecting");
     setButtons();
     resetItems();
     latency.newSession();
     preOpen.length = 0;
   }
+  const attempt = conn.attempt;
+  const live = () => conn.running && conn.attempt === attempt && !attempt.signal.aborted;
+  if (mic && !conn.mic) {
+    conn.mic = true; // Start turns into Stop at once, not once the audio is up
+    setButtons();
+  }
   try {
     await audio.init();
+    if (!live()) return false;
     M.sampleRate = audio.sampleRate;
     if (mic && !audio.micOn) {
-      conn.mic = true;
-      setButtons();
       await audio.startMic({ raw: ui.raw.checked });
+      if (!live()) return false;
       if (rt === rtc && rtc.open) await rtc.setMic(audio.micTrack);
     }
     if (!rt.open) {
-      if (!conn.opening) {
-        conn.opening = openTransport().then(() => {
-          sendSessionUpdate();
+      if (!attempt.opening) {
+        attempt.opening = openTransport(attempt).then(() => {
+          if (!attempt.signal.aborted) sendSessionUpdate();
         }).finally(() => {
-          conn.opening = null;
+          attempt.opening = null;
         });
       }
-      await conn.opening;
+      await attempt.opening;
     }
-    if (!conn.running) return false; // stopped meanwhile
+    if (!live()) return false; // stopped meanwhile
     M.connected = true;
     if (M.state === "connecting") setState("ready");
+    watchdog.start();
     return true;
   } catch (e) {
+    if (!live() || (e && e.name === "AbortError")) {
+      if (live()) await stop();
+      return false; // stopped meanwhile: that is no error
+    }
     const msg = e && e.name === "NotAllowedError" ? "Microphone permission was denied"
       : e && e.name === "NotFoundError" ? "No microphone found" : (e && e.message) || String(e);
     toast(msg);
@@ -524,8 +598,11 @@ async function connect({ mic }) {
 
 async function stop() {
   const wasRunning = conn.running;
+  if (conn.attempt) conn.attempt.abort();
+  conn.attempt = null;
   conn.running = false;
   conn.mic = false;
+  watchdog.stop();
   ws.close();
   rtc.close();
   rt = ws;
@@ -533,6 +610,7 @@ async function stop() {
   await audio.close();
   playedBase += lastPlayed;
   lastPlayed = 0;
+  if (conn.running) return; // started again while the audio closed: leave the new session be
   M.connected = false;
   resetItems();
   levelShown = 0;
@@ -540,6 +618,64 @@ async function stop() {
   ui.level.dataset.level = "0";
   if (wasRunning || M.state !== "off") setState("off");
   setButtons();
+}
+
+// ------------------------------------------------------------------ liveness
+// A network that silently drops everything closes nothing: the socket (or data channel) just goes
+// quiet, and the server's WebSocket pings are invisible to JS. So while connected the page makes
+// sure it hears from the server: after PROBE_MS of silence it sends a probe the server answers at
+// once (a retrieve of an item that does not exist: a small `item_not_found` error, no side effect,
+// recognised by its event_id and not shown); no answer within LOST_MS of the probe: the connection
+// is lost. Only an unanswered probe counts, so a throttled background tab cannot trip it.
+const PROBE_MS = 5000;
+const LOST_MS = Number(query.get("liveness_ms")) || 10000;
+const PROBE_ID = "moksori_liveness_";
+
+const watchdog = {
+  timer: 0,
+  heard: 0, // performance.now() of the last server event
+  probeAt: 0, // when the unanswered probe went out (0: none)
+  n: 0,
+  start() {
+    if (this.timer) return; // already watching this session
+    this.heard = performance.now();
+    this.probeAt = 0;
+    this.timer = setInterval(() => this.tick(), 1000);
+  },
+  stop() {
+    clearInterval(this.timer);
+    this.timer = 0;
+    this.probeAt = 0;
+  },
+  onEvent() {
+    this.heard = performance.now();
+    this.probeAt = 0;
+  },
+  tick() {
+    if (!conn.running || !rt.open) return;
+    const now = performance.now();
+    if (this.probeAt) {
+      if (now - this.probeAt > LOST_MS) {
+        toast(`Connection lost: no answer from the server for ${Math.round((now - this.heard) / 1000)} s`);
+        stop();
+      }
+      return;
+    }
+    if (now - this.heard < PROBE_MS) return;
+    this.n += 1;
+    try {
+      if (rt.send({ type: "conversation.item.retrieve", item_id: `${PROBE_ID}probe`,
+                    event_id: `${PROBE_ID}${this.n}` })) this.probeAt = now;
+    } catch {
+      /* not sendable now: try again next tick */
+    }
+  },
+};
+
+/** A probe's answer: it only proves the server is there. */
+function isProbeAnswer(ev) {
+  return ev.type === "error" && ev.error && typeof ev.error.event_id === "string" &&
+    ev.error.event_id.startsWith(PROBE_ID);
 }
 
 function setButtons() {
@@ -575,10 +711,21 @@ ui.form.addEventListener("submit", async (ev) => {
   if (!text) return;
   ui.text.value = "";
   if (!(await connect({ mic: conn.mic }))) return;
+  const item = { type: "conversation.item.create",
+                 item: { type: "message", role: "user", content: [{ type: "input_text", text }] } };
+  const size = utf8Length(JSON.stringify(item));
+  if (size > rt.maxMessageBytes) { // it would fail to send (WebRTC) or be refused (WebSocket)
+    toast(`That message is too long to send (${Math.ceil(size / 1024)} KB; this connection takes at most ` +
+          `${Math.floor(rt.maxMessageBytes / 1024)} KB). Shorten it.`);
+    ui.text.value = text.slice(0, 2000); // give back the start of it, to edit (not megabytes)
+    return;
+  }
   if (M.state === "speaking" || M.state === "thinking") rt.send({ type: "output_audio_buffer.clear" });
+  if (!rt.send(item)) {
+    toast("Not connected: the message was not sent");
+    return;
+  }
   typedLine(text);
-  rt.send({ type: "conversation.item.create",
-            item: { type: "message", role: "user", content: [{ type: "input_text", text }] } });
   rt.send({ type: "response.create" });
 });
 
@@ -591,7 +738,18 @@ ui.voice.addEventListener("change", () => {
   sendSessionUpdate();
 });
 $("#settings-form").addEventListener("submit", (ev) => ev.preventDefault());
-ui.key.addEventListener("change", () => store.set("key", ui.key.value.trim()));
+function checkKey({ quiet = false } = {}) {
+  const problem = keyProblem(apiKey());
+  ui.key.setCustomValidity(problem);
+  ui.key.setAttribute("aria-invalid", problem ? "true" : "false");
+  ui.key.title = problem;
+  if (problem && !quiet) toast(problem);
+  return !problem;
+}
+ui.key.addEventListener("change", () => {
+  if (checkKey()) store.set("key", apiKey()); // an unusable key is not kept
+});
+checkKey({ quiet: true });
 ui.raw.addEventListener("change", () => store.set("raw", ui.raw.checked ? "1" : "0"));
 
 window.addEventListener("pagehide", () => {

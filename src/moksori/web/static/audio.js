@@ -18,6 +18,7 @@ export class AudioEngine {
     this.remoteEl = null; // <audio> playing the WebRTC reply track
     this.remoteTap = null;
     this.remoteSource = null;
+    this.generation = 0; // close() moves it on: work started before then is abandoned
   }
 
   /** The microphone's track (WebRTC sends it as is), or null. */
@@ -83,18 +84,32 @@ export class AudioEngine {
 
   /** Audio context and the playback path (call from a click so audio may start). */
   init() {
-    if (!this.ready) this.ready = this.setup().catch((e) => {
-      this.ready = null;
-      throw e;
-    });
+    if (!this.ready) {
+      const ready = this.setup().catch((e) => {
+        if (this.ready === ready) this.ready = null;
+        throw e;
+      });
+      this.ready = ready;
+    }
     return this.ready;
   }
 
   async setup() {
     const ctx = new AudioContext({ latencyHint: "interactive" });
     this.ctx = ctx;
-    await ctx.audioWorklet.addModule(new URL("capture-worklet.js", BASE));
-    await ctx.audioWorklet.addModule(new URL("playback-worklet.js", BASE));
+    const gone = () => {
+      if (this.ctx === ctx) return;
+      throw closedError();
+    };
+    try {
+      await ctx.audioWorklet.addModule(new URL("capture-worklet.js", BASE));
+      gone();
+      await ctx.audioWorklet.addModule(new URL("playback-worklet.js", BASE));
+    } catch (e) {
+      gone(); // closed while loading: that, not the module, is why it failed
+      throw e;
+    }
+    gone();
     const player = new AudioWorkletNode(ctx, "moksori-playback", {
       numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1], processorOptions: { prebufferMs: 80 },
     });
@@ -106,15 +121,21 @@ export class AudioEngine {
 
   /** Open the microphone. raw=true turns echo cancellation, noise suppression and AGC off. */
   startMic({ raw = false } = {}) {
-    if (!this.micReady) this.micReady = this.openMic(raw).catch((e) => {
-      this.micReady = null;
-      throw e;
-    });
+    if (!this.micReady) {
+      const micReady = this.openMic(raw).catch((e) => {
+        if (this.micReady === micReady) this.micReady = null;
+        throw e;
+      });
+      this.micReady = micReady;
+    }
     return this.micReady;
   }
 
   async openMic(raw) {
+    const generation = this.generation;
+    if (!this.ctx) throw closedError(); // never re-create a context close() just closed
     await this.init();
+    if (generation !== this.generation) throw closedError();
     const processing = !raw;
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: {
@@ -125,9 +146,9 @@ export class AudioEngine {
       },
     });
     const ctx = this.ctx;
-    if (!ctx) { // closed while the permission prompt was up
+    if (!ctx || generation !== this.generation) { // closed while the permission prompt was up
       for (const track of stream.getTracks()) track.stop();
-      return;
+      throw closedError();
     }
     this.stream = stream;
     this.source = ctx.createMediaStreamSource(stream);
@@ -188,6 +209,7 @@ export class AudioEngine {
   }
 
   async close() {
+    this.generation++;
     this.stopMic();
     this.stopRemote();
     for (const resolve of this.flushWaiters.values()) resolve({ itemId: null, itemPlayed: 0, dropped: 0, items: [] });
@@ -198,4 +220,11 @@ export class AudioEngine {
     this.ready = null;
     if (ctx) await ctx.close().catch(() => {});
   }
+}
+
+/** What init()/startMic() reject with when close() overtook them. */
+function closedError() {
+  const e = new Error("the audio engine was closed");
+  e.name = "AbortError";
+  return e;
 }

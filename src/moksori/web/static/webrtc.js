@@ -6,6 +6,8 @@
 //      201 answer applied. Reply audio arrives on the remote track; events are JSON on the channel.
 // Same surface as RealtimeClient (connect/send/close/open) so the app can fall back to it.
 
+import { serverEvent, utf8Length } from "./realtime.js";
+
 const GATHER_MS = 2000; // host candidates are ready at once; never wait longer than this
 const OPEN_MS = 10000; // offer posted -> data channel open
 
@@ -19,70 +21,118 @@ export class WebRTCClient {
     this.open = false;
     this.closing = false;
     this.callId = null;
+    this.attempt = 0; // connect() and close() move it on: an older connect() gives up
+    this.cancelWait = null; // ends the current connect()'s wait for the data channel
   }
 
-  /** Mint a key, negotiate, resolve once "oai-events" is open; reject (and clean up) on failure. */
-  async connect({ key = "", session = null, micTrack = null, fail = false, params = "" } = {}) {
+  /** Mint a key, negotiate, resolve once "oai-events" is open; reject (and clean up) on failure.
+   *  close(), another connect() or `signal` aborting cancel it: it then rejects with an AbortError
+   *  and closes whatever it opened (and hangs up a call the server already answered). */
+  async connect({ key = "", session = null, micTrack = null, fail = false, params = "", signal = null } = {}) {
+    this.close();
+    const attempt = ++this.attempt;
     this.closing = false;
-    const minted = await fetch("/session", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
-      body: JSON.stringify(session ? { session } : {}),
-    });
-    if (!minted.ok) throw new Error(`cannot get a session key (${minted.status}${await errorText(minted)})`);
-    const ek = (await minted.json()).value;
-
-    const pc = new RTCPeerConnection();
-    this.pc = pc;
-    const transceiver = pc.addTransceiver("audio", { direction: "sendrecv" });
-    this.sender = transceiver.sender;
-    if (micTrack) await this.sender.replaceTrack(micTrack);
-    pc.ontrack = (e) => {
-      const stream = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
-      this.handlers.onRemoteStream(stream);
+    const cancelled = () => attempt !== this.attempt || (signal !== null && signal.aborted);
+    const check = () => {
+      if (cancelled()) throw abortError();
     };
-    const channel = pc.createDataChannel("oai-events");
-    this.channel = channel;
-    channel.onmessage = (m) => {
-      if (typeof m.data !== "string") return;
-      let ev;
-      try {
-        ev = JSON.parse(m.data);
-      } catch {
-        return;
+    let pc = null;
+    let timer = 0;
+    let callId = null;
+    let onAbort = null;
+    try {
+      check();
+      const minted = await fetch("/session", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
+        body: JSON.stringify(session ? { session } : {}),
+      });
+      check();
+      if (!minted.ok) throw new Error(`cannot get a session key (${minted.status}${await errorText(minted)})`);
+      const ek = (await minted.json()).value;
+      check();
+
+      pc = new RTCPeerConnection();
+      this.pc = pc;
+      const transceiver = pc.addTransceiver("audio", { direction: "sendrecv" });
+      this.sender = transceiver.sender;
+      if (micTrack) await this.sender.replaceTrack(micTrack);
+      check();
+      pc.ontrack = (e) => {
+        if (this.pc !== pc) return;
+        const stream = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
+        this.handlers.onRemoteStream(stream);
+      };
+      const channel = pc.createDataChannel("oai-events");
+      this.channel = channel;
+      channel.onmessage = (m) => {
+        if (this.pc !== pc) return;
+        const ev = serverEvent(m.data);
+        if (ev) this.handlers.onEvent(ev);
+      };
+      // settled by the channel opening, the connection failing, the 10 s timer (started once the
+      // offer is answered) or a cancel; awaited only at the end, so it must never reject unheard
+      let failWait = null;
+      const opened = new Promise((resolve, reject) => {
+        failWait = reject;
+        channel.onopen = () => resolve();
+        pc.onconnectionstatechange = () => {
+          const s = pc.connectionState;
+          if (s === "failed" || s === "closed") {
+            reject(new Error(`the connection ${s}`));
+            if (this.pc === pc) this.lost(s);
+          }
+        };
+      });
+      opened.catch(() => {});
+      this.cancelWait = () => failWait(abortError());
+      if (signal) {
+        onAbort = () => failWait(abortError());
+        signal.addEventListener("abort", onAbort);
       }
-      this.handlers.onEvent(ev);
-    };
-    const opened = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("the data channel did not open")), OPEN_MS);
-      channel.onopen = () => {
-        clearTimeout(timer);
-        resolve();
+      channel.onclose = () => {
+        if (this.pc === pc) this.lost("data channel closed");
       };
-      pc.onconnectionstatechange = () => {
-        const s = pc.connectionState;
-        if (s === "failed" || s === "closed") {
-          clearTimeout(timer);
-          reject(new Error(`the connection ${s}`));
-          this.lost(s);
-        }
-      };
-    });
-    channel.onclose = () => this.lost("data channel closed");
 
-    await pc.setLocalDescription(await pc.createOffer());
-    await gathered(pc);
-    const sdp = fail ? "v=0\r\nthis is not an offer\r\n" : pc.localDescription.sdp;
-    const answer = await fetch(`/v1/realtime/calls?moksori_timeline=1${params}`, {
-      method: "POST",
-      headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${ek}` },
-      body: sdp,
-    });
-    if (answer.status !== 201) throw new Error(`the server refused the offer (${answer.status}${await errorText(answer)})`);
-    this.callId = (answer.headers.get("Location") || "").split("/").pop() || null;
-    await pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
-    await opened;
-    this.open = true;
+      await pc.setLocalDescription(await pc.createOffer());
+      check();
+      await gathered(pc);
+      check();
+      const sdp = fail ? "v=0\r\nthis is not an offer\r\n" : pc.localDescription.sdp;
+      // not cancelled midway: once posted, the server may hold a call; we learn its id from the answer
+      const answer = await fetch(`/v1/realtime/calls?moksori_timeline=1${params}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${ek}` },
+        body: sdp,
+      });
+      if (answer.status === 201) callId = (answer.headers.get("Location") || "").split("/").pop() || null;
+      check();
+      if (answer.status !== 201) throw new Error(`the server refused the offer (${answer.status}${await errorText(answer)})`);
+      this.callId = callId;
+      await pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
+      check();
+      timer = setTimeout(() => failWait(new Error("the data channel did not open")), OPEN_MS);
+      await opened;
+      check();
+      this.open = true;
+    } catch (e) {
+      if (pc) {
+        // a call the server answered but this peer never joined: hang it up rather than leave it to
+        // the server's connect timeout (a connected one ends when the peer connection closes)
+        if (callId && pc.connectionState !== "connected") hangup(callId, key);
+        if (this.pc === pc) this.drop();
+        try {
+          pc.close();
+        } catch {
+          /* already closed */
+        }
+      }
+      throw cancelled() ? abortError() : e;
+    } finally {
+      clearTimeout(timer);
+      if (signal && onAbort) signal.removeEventListener("abort", onAbort);
+      if (attempt === this.attempt) this.cancelWait = null;
+    }
   }
 
   /** Start sending the microphone (no renegotiation: the transceiver was offered sendrecv). */
@@ -96,9 +146,18 @@ export class WebRTCClient {
     if (wasOpen && !this.closing) this.handlers.onClose({ code: 1006, reason, wasOpen });
   }
 
+  /** The largest event the data channel takes (its negotiated max-message-size), in bytes. */
+  get maxMessageBytes() {
+    const sctp = this.pc && this.pc.sctp;
+    return sctp && sctp.maxMessageSize > 0 ? sctp.maxMessageSize : 65536;
+  }
+
+  /** false if not open; throws a RangeError (nothing sent) if the event is over maxMessageBytes. */
   send(event) {
     if (!this.channel || !this.open || this.channel.readyState !== "open") return false;
-    this.channel.send(JSON.stringify(event));
+    const text = JSON.stringify(event);
+    if (utf8Length(text) > this.maxMessageBytes) throw tooLarge(this.maxMessageBytes);
+    this.channel.send(text);
     return true;
   }
 
@@ -106,13 +165,20 @@ export class WebRTCClient {
     return this.channel ? this.channel.bufferedAmount : 0;
   }
 
-  close() {
-    this.closing = true;
+  drop() {
     this.open = false;
-    const pc = this.pc;
     this.pc = null;
     this.channel = null;
     this.sender = null;
+  }
+
+  close() {
+    this.attempt++; // a connect() under way gives up at its next step
+    if (this.cancelWait) this.cancelWait();
+    this.cancelWait = null;
+    this.closing = true;
+    const pc = this.pc;
+    this.drop();
     if (pc) {
       try {
         pc.close();
@@ -121,6 +187,26 @@ export class WebRTCClient {
       }
     }
   }
+}
+
+function abortError() {
+  const e = new Error("cancelled");
+  e.name = "AbortError";
+  return e;
+}
+
+function tooLarge(limit) {
+  const e = new RangeError(`the message is larger than the ${limit} bytes the connection takes`);
+  e.name = "MessageTooLarge";
+  e.limit = limit;
+  return e;
+}
+
+/** Best effort: POST /v1/realtime/calls/{id}/hangup (its answer does not matter). */
+function hangup(callId, key) {
+  fetch(`/v1/realtime/calls/${encodeURIComponent(callId)}/hangup`, {
+    method: "POST", keepalive: true, headers: key ? { Authorization: `Bearer ${key}` } : {},
+  }).catch(() => {});
 }
 
 function gathered(pc) {
