@@ -156,11 +156,14 @@ def drained_cleanly(follower: Follower, since: float) -> None:
     assert "conversation.ended" not in follower.events()  # the conversation goes on (on worker A)
 
 
-async def test_a_drained_worker_ends_its_live_event_streams_at_once_and_exits_cleanly(cluster):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+async def test_a_drained_worker_ends_its_live_event_streams_at_once_and_exits_cleanly(cluster, sig):
     """B holds no session: SIGTERM ends its drain at once. The follower's stream ends cleanly
-    within a second or two, and B exits without waiting for uvicorn's graceful timeout."""
+    within a second or two, and B exits without waiting for uvicorn's graceful timeout. Ctrl-C
+    (SIGINT) stops it without a drain, and its streams end the same way; before, a stream ran on
+    until uvicorn's graceful-shutdown timeout cancelled it (a traceback, the follower's body cut)."""
     a = cluster["a"]
-    b = worker(cluster["env"], cluster["tmp"], "worker-b1", drain=True).start()
+    b = worker(cluster["env"], cluster["tmp"], f"worker-b1-{sig.name.lower()}", drain=True).start()
     conn = None
     try:
         conn, sid = await realtime(a)
@@ -169,7 +172,7 @@ async def test_a_drained_worker_ends_its_live_event_streams_at_once_and_exits_cl
             assert follower.outcome is None
             assert b.proc is not None
             t0 = time.monotonic()
-            os.kill(b.proc.pid, signal.SIGTERM)
+            os.kill(b.proc.pid, sig)
             await asyncio.wait_for(follower.done.wait(), GRACEFUL_S + 5)
             drained_cleanly(follower, t0)
             took = await exited(b, GRACEFUL_S + 10)
@@ -217,28 +220,3 @@ async def test_a_worker_draining_its_sessions_ends_live_event_streams_when_the_d
                     await conn.close()
         b.stop()
 
-
-async def test_a_worker_stopped_at_once_ends_its_live_event_streams_cleanly(cluster):
-    """Ctrl-C (SIGINT) stops a worker without a drain. Its followers' streams end as a drain ends
-    them, at once and whole, and it exits at once; before, a stream ran on until uvicorn's
-    graceful-shutdown timeout cancelled it (a traceback, and the follower's body cut)."""
-    a = cluster["a"]
-    b = worker(cluster["env"], cluster["tmp"], "worker-b3", drain=True).start()
-    conn = None
-    try:
-        conn, sid = await realtime(a)
-        await until(lambda: registry(b).get("worker-a", {}).get("sessions") == 1, what="A's session registered")
-        async with Follower(f"{b.url}/v1/conversations/{sid}/events") as follower:
-            assert b.proc is not None
-            t0 = time.monotonic()
-            os.kill(b.proc.pid, signal.SIGINT)
-            await asyncio.wait_for(follower.done.wait(), GRACEFUL_S + 5)
-            drained_cleanly(follower, t0)
-            await exited(b, GRACEFUL_S + 10)
-            assert time.monotonic() - t0 < GRACEFUL_S - 1, f"exited {time.monotonic() - t0:.1f} s after SIGINT"
-        assert_clean_log(b)
-    finally:
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-        b.stop()
