@@ -109,7 +109,12 @@ def test_receive_loop_a_burst_of_buffered_messages_lets_other_tasks_run_between_
         return order
 
     order = run_virtual(main())
-    assert order.count("message") == 50
+    assert_interleaved(order, 50)
+
+
+def assert_interleaved(order: list[str], n: int) -> None:
+    """All `n` messages were handled, and another task ran between each two of them."""
+    assert order.count("message") == n
     first, last = order.index("message"), len(order) - 1 - order[::-1].index("message")
     during = order[first:last + 1]
     assert all(a != b for a, b in zip(during, during[1:])), "".join("M" if x == "message" else "." for x in order)
@@ -147,10 +152,7 @@ def test_inbox_a_backlog_lets_other_tasks_run_between_its_messages() -> None:
         return order
 
     order = run_virtual(main())
-    assert order.count("message") == 50
-    first, last = order.index("message"), len(order) - 1 - order[::-1].index("message")
-    during = order[first:last + 1]
-    assert all(a != b for a, b in zip(during, during[1:])), "".join("M" if x == "message" else "." for x in order)
+    assert_interleaved(order, 50)
 
 
 def test_receive_loop_a_full_inbox_pauses_reading() -> None:
