@@ -145,7 +145,7 @@ def history_items(stored: list[StoredItem], current_conversation: str | None = N
     for it in stored:
         if it.conversation_id == current_conversation:
             continue
-        role = it.role if it.role in ("user", "assistant") else \
+        role = it.role if it.role in ("user", "assistant", "system") else \
             ("assistant" if it.type in ("function_call", "mcp_call") else "user")
         cut = it.interrupted or it.status == "in_progress"  # (a reply still playing elsewhere: heard so far)
         out.append(Item(id=it.id, type=it.type, role=role,

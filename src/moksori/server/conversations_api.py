@@ -1,10 +1,14 @@
 """OpenAI-compatible Conversations API over the store, plus Moksori's extensions.
 
-OpenAI-compatible (the official `openai` SDK reads it unchanged):
+OpenAI-compatible (the official `openai` SDK reads and writes it unchanged):
+  POST   /v1/conversations                        client.conversations.create(items=, metadata=)
   GET    /v1/conversations/{id}                   client.conversations.retrieve(id)
+  POST   /v1/conversations/{id}                   client.conversations.update(id, metadata=)
   DELETE /v1/conversations/{id}                   client.conversations.delete(id)
   GET    /v1/conversations/{id}/items             client.conversations.items.list(id, after=, limit=, order=)
+  POST   /v1/conversations/{id}/items             client.conversations.items.create(id, items=)
   GET    /v1/conversations/{id}/items/{item_id}   client.conversations.items.retrieve(item_id, conversation_id=id)
+  DELETE /v1/conversations/{id}/items/{item_id}   client.conversations.items.delete(item_id, conversation_id=id)
 Extensions:
   GET    /v1/conversations?user=ID                a user's conversations (all of the key's without `user`)
   GET    /v1/conversations/{id}/usage             per-turn usage and the conversation's total
@@ -16,6 +20,11 @@ User items come back as `input_text`, agent items as `output_text` holding what 
 (an interrupted reply is `incomplete`; one still playing is `in_progress`, heard so far), tool calls as
 `function_call` / `function_call_output`, and a call of an MCP server's tool (a `[[tools.mcp]]`
 server's, or one a Realtime client named) as one `mcp_call` item.
+
+A client seeds or edits a user's history with the writes: a conversation created with
+`metadata.user` (or `?user=` / `X-Moksori-User`, as a session gives it) belongs to that user of
+the key, and the user's next session loads its messages as it loads recorded turns (a session
+already running does not see them). Bodies are checked by `conversation_requests`.
 """
 
 from __future__ import annotations
@@ -31,8 +40,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from moksori.accounting import TurnUsage, format_cost
+from moksori.errors import ProtocolError
+from moksori.server import conversation_requests as req
 from moksori.server.auth import extract_key, key_ok
-from moksori.store import ConversationInfo, Store, StoredItem, tenant_id, valid_user_id
+from moksori.server.guard import BodyLimits
+from moksori.server.recording_hooks import InvalidUser, user_of
+from moksori.server.webhook_guard import read_body
+from moksori.store import API_CHANNEL, ConversationInfo, Store, StoredItem, tenant_id, valid_user_id
 from moksori.text.unencodable import encodable
 
 T = TypeVar("T")
@@ -45,10 +59,14 @@ START_RETRY_S = 2.0  # a store that could not start is tried again after this, d
 START_RETRY_MAX_S = 30.0  # ...up to this
 
 
+MAX_BODY = BodyLimits.default  # the HTTP guard's cap on a JSON body (1 MiB): also the writes' cap
+
+
 class _Fail(Exception):
-    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error",
+                 param: str | None = None) -> None:
         super().__init__(message)
-        self.response = JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}},
+        self.response = JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": param}},
                                      status)
 
 
@@ -228,7 +246,7 @@ async def _guard(coro: Awaitable[T]) -> T:
     except _Fail:
         raise
     except Exception as e:  # noqa: BLE001 - any driver error: the store is down, a 503 says so
-        log.warning("store: read failed: %s: %s", type(e).__name__, e)
+        log.warning("store: a query failed: %s: %s", type(e).__name__, e)
         raise _Fail(503, f"the conversation store is unavailable ({type(e).__name__})", "store_unavailable",
                     "server_error") from None
 
@@ -242,8 +260,45 @@ def _handled(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
             return await fn(*args, **kwargs)
         except _Fail as f:
             return f.response
+        except ProtocolError as e:  # a request body refused by `conversation_requests`
+            return _Fail(400, str(e), e.code, param=e.param).response
 
     return wrapper
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The request's JSON object (`conversation_requests.parse_body`); 413 past MAX_BODY."""
+    raw = await read_body(request, MAX_BODY)
+    if raw is None:  # too long (or the client left: then nobody reads this)
+        raise _Fail(413, f"request body too large (limit {MAX_BODY} bytes)", "request_too_large")
+    return req.parse_body(raw)
+
+
+def _owner(request: Request, said: str | None) -> str | None:
+    """The user a new conversation belongs to: `metadata.user`, or `?user=` / `X-Moksori-User`
+    as a session names its user (both: they must agree)."""
+    try:
+        given = user_of(request.headers, request.query_params)
+    except InvalidUser as e:
+        raise _Fail(400, str(e), "invalid_user", param="user") from None
+    if said is not None and given is not None and said != given:
+        raise _Fail(400, f"metadata.user ({said!r}) and the request's user ({given!r}) differ", "invalid_value",
+                    param="metadata.user")
+    return said if said is not None else given
+
+
+def _kept(what: str, said: str | None, current: str | None, param: str) -> None:
+    """`metadata.user` / `metadata.channel` may be sent back as they are, never changed."""
+    if said is not None and said != current:
+        shown = "not set" if current is None else repr(current)
+        raise _Fail(400, f"{param} is {shown} and cannot change: a conversation's {what}", "invalid_value",
+                    param=param)
+
+
+def _item_list(its: list[StoredItem]) -> dict[str, Any]:
+    data = [item_object(i) for i in its]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else "",
+            "last_id": data[-1]["id"] if data else "", "has_more": False}
 
 
 def conversation_object(c: ConversationInfo) -> dict[str, Any]:
@@ -311,6 +366,59 @@ async def list_conversations(request: Request) -> Any:
     data = [conversation_object(c) for c in convs]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else "",
             "last_id": data[-1]["id"] if data else "", "has_more": more}
+
+
+@router.post("/v1/conversations")
+@_handled
+async def create_conversation(request: Request) -> Any:
+    store, tenant = _scope(request)
+    new = req.new_conversation(await _body(request))
+    user = _owner(request, new.user)
+    _kept("channel is set by the server", new.channel, API_CHANNEL, "metadata.channel")
+    conv = await _guard(store.create_conversation(tenant, user, metadata=new.metadata, messages=new.messages))
+    return conversation_object(conv)
+
+
+@router.post("/v1/conversations/{conversation_id}")
+@_handled
+async def update_conversation(conversation_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    conversation_id = _existing("Conversation", conversation_id)
+    change = req.metadata_update(await _body(request))
+    conv = await _guard(store.get_conversation(tenant, conversation_id))
+    if conv is None:
+        raise _not_found("Conversation", conversation_id)
+    _kept("user is set when it is created", change.user, conv.user, "metadata.user")
+    _kept("channel is set by the server", change.channel, conv.channel, "metadata.channel")
+    updated = await _guard(store.replace_metadata(tenant, conversation_id, change.metadata))
+    if updated is None:  # deleted meanwhile
+        raise _not_found("Conversation", conversation_id)
+    return conversation_object(updated)
+
+
+@router.post("/v1/conversations/{conversation_id}/items")
+@_handled
+async def create_items(conversation_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    conversation_id = _existing("Conversation", conversation_id)
+    messages = req.new_items(await _body(request))
+    added = await _guard(store.add_messages(tenant, conversation_id, messages))
+    if added is None:
+        raise _not_found("Conversation", conversation_id)
+    return _item_list(added)
+
+
+@router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
+@_handled
+async def delete_item(conversation_id: str, item_id: str, request: Request) -> Any:
+    store, tenant = _scope(request)
+    conversation_id, item_id = _existing("Conversation", conversation_id), _existing("Item", item_id)
+    conv, deleted = await _guard(store.delete_item(tenant, conversation_id, item_id))
+    if conv is None:
+        raise _not_found("Conversation", conversation_id)
+    if not deleted:
+        raise _not_found("Item", item_id)
+    return conversation_object(conv)
 
 
 @router.get("/v1/conversations/{conversation_id}")

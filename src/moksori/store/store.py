@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moksori.accounting import PriceTable, TurnUsage
 from moksori.store import db as dbmod
-from moksori.store import identity, orphans
+from moksori.store import edits, identity, orphans
 from moksori.store.models import conversations, items, usage, users
 from moksori.store.records import Record
 from moksori.store.spool import Spool, database_key
@@ -86,13 +86,15 @@ class History:
 
     `items` never starts inside a tool exchange; when older items exist that did not fit
     (`truncated`), it starts at a user message, and `summary` is the newest running summary of
-    the user's conversations (None if there is none)."""
+    the user's conversations (None if there is none). A message longer than the whole budget
+    (`skipped` of them) is left out on its own: the items before and after it still count."""
 
     items: list[StoredItem] = field(default_factory=list)
     summary: str | None = None
     tokens: int = 0
     truncated: bool = False
     last_conversation_id: str | None = None
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +282,7 @@ class Store:
             summary_cost = count(summary) + ITEM_OVERHEAD_TOKENS if summary else 0
             budget = max_tokens - summary_cost if summary_cost < max_tokens else max_tokens
             picked: list[StoredItem] = []
-            used = 0
+            used = skipped = 0
             truncated = False
             cursor: int | None = None
             page = 200
@@ -300,6 +302,12 @@ class Store:
                     if it.type == "message" and not content.strip():
                         continue  # a reply interrupted before a word was heard
                     cost = count(content) + ITEM_OVERHEAD_TOKENS
+                    if cost > budget and it.type in ("message", "mcp_call"):
+                        # one item that could never fit (a pasted or seeded document) is left
+                        # out alone, not with everything older; a tool call or result is not
+                        # (its other half would be left without it): the walk stops there
+                        skipped += 1
+                        continue
                     if used + cost > budget or len(picked) >= max_items:
                         truncated = True
                         break
@@ -314,17 +322,24 @@ class Store:
             picked.pop(0)
         if not truncated:
             summary, summary_cost = None, 0
+        if skipped:
+            log.info("store: %d item(s) of a user's history longer than the whole history budget (%d tokens) "
+                     "left out", skipped, budget)
         return History(items=picked, summary=summary, tokens=used + summary_cost, truncated=truncated,
-                       last_conversation_id=last_conv)
+                       last_conversation_id=last_conv, skipped=skipped)
 
     # ------------------------------------------------------------------ conversations
 
     async def get_conversation(self, tenant: str, conversation_id: str) -> ConversationInfo | None:
         async with self._engine().connect() as conn:
-            row = (await conn.execute(
-                select(conversations, users.c.external_id)
-                .join(users, users.c.pk == conversations.c.user_pk, isouter=True)
-                .where(conversations.c.id == conversation_id, conversations.c.tenant_id == tenant))).first()
+            return await self._read_conversation(conn, tenant, conversation_id)
+
+    async def _read_conversation(self, conn: AsyncConnection, tenant: str, conversation_id: str
+                                 ) -> ConversationInfo | None:
+        row = (await conn.execute(
+            select(conversations, users.c.external_id)
+            .join(users, users.c.pk == conversations.c.user_pk, isouter=True)
+            .where(conversations.c.id == conversation_id, conversations.c.tenant_id == tenant))).first()
         return None if row is None else self._conversation(row)
 
     @staticmethod
@@ -394,6 +409,63 @@ class Store:
                 return False
             await self._delete_conversations(conn, [conversation_id])
         return True
+
+    # ------------------------------------------------------------------ a client's edits (`edits.py`)
+
+    async def _writes_so_far(self) -> None:
+        """Records of live sessions still queued in this process go first (up to 1 s), so that
+        an edit lands after what was said before it, and can delete an item just recorded."""
+        if self.started and not self.writer.failing:
+            await self.flush(1.0)
+
+    async def create_conversation(self, tenant: str, user: str | None, *, metadata: dict[str, str],
+                                  messages: Sequence[edits.NewMessage]) -> ConversationInfo:
+        """A new conversation (channel `api`) of `tenant` and `user` (None: anonymous) holding
+        `messages`: the user's next session loads them as their history."""
+        engine = self._engine()
+        async with engine.begin() as conn:
+            conversation_id = await edits.create_conversation(conn, engine.dialect.name, tenant=tenant, user=user,
+                                                              metadata=metadata, messages=messages, at=time.time())
+            conv = await self._read_conversation(conn, tenant, conversation_id)
+        assert conv is not None
+        return conv
+
+    async def add_messages(self, tenant: str, conversation_id: str,
+                           messages: Sequence[edits.NewMessage]) -> list[StoredItem] | None:
+        """Append `messages` to a conversation of `tenant`: the stored items, in order; None if
+        the conversation does not exist for this tenant."""
+        await self._writes_so_far()
+        async with self._engine().begin() as conn:
+            ids = await edits.add_messages(conn, tenant=tenant, conversation_id=conversation_id, messages=messages,
+                                           at=time.time())
+            if ids is None:
+                return None
+            return await self._items_by_id(conn, conversation_id, ids)
+
+    async def replace_metadata(self, tenant: str, conversation_id: str,
+                               metadata: dict[str, str]) -> ConversationInfo | None:
+        async with self._engine().begin() as conn:
+            if not await edits.replace_metadata(conn, tenant=tenant, conversation_id=conversation_id,
+                                                metadata=metadata, at=time.time()):
+                return None
+            return await self._read_conversation(conn, tenant, conversation_id)
+
+    async def delete_item(self, tenant: str, conversation_id: str, item_id: str
+                          ) -> tuple[ConversationInfo | None, bool]:
+        """(the conversation, None if it is not the tenant's; whether the item was there and is gone)."""
+        await self._writes_so_far()
+        async with self._engine().begin() as conn:
+            outcome = await edits.delete_item(conn, tenant=tenant, conversation_id=conversation_id, item_id=item_id,
+                                              at=time.time())
+            if outcome == "no_conversation":
+                return None, False
+            return await self._read_conversation(conn, tenant, conversation_id), outcome == "deleted"
+
+    @staticmethod
+    async def _items_by_id(conn: AsyncConnection, conversation_id: str, ids: Sequence[str]) -> list[StoredItem]:
+        """These items of the conversation, oldest first."""
+        q = select(items).where(items.c.conversation_id == conversation_id, items.c.id.in_(list(ids)))
+        return [_item(r) for r in (await conn.execute(q.order_by(items.c.seq))).all()]
 
     @staticmethod
     async def _delete_conversations(conn: AsyncConnection, ids: Sequence[str], *, forget_user: bool = False) -> None:

@@ -61,6 +61,15 @@ _ITEM_DEFAULTS: dict[str, Any] = {
 SWEPT = "~"  # owner prefix of a reply in progress that another process finalized (`orphans.py`)
 
 
+def message_row(conversation_id: str, item_id: str, role: str, text: str, at: float, *,
+                status: str = "completed") -> dict[str, Any]:
+    """A typed message's row (the Conversations API's items): not audio, no latency; an
+    `incomplete` assistant message is an interrupted reply whose text is what was heard."""
+    return {**_ITEM_DEFAULTS, "type": "message", "role": role, "text": text, "status": status,
+            "interrupted": status == "incomplete", "conversation_id": conversation_id, "id": item_id,
+            "created_at": at}
+
+
 def item_row(rec: Record) -> dict[str, Any] | None:
     row: dict[str, Any]
     if isinstance(rec, UserTurn):
@@ -126,7 +135,7 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
                  owner: str | None = None) -> None:
     starts = [r for r in records if isinstance(r, ConversationStarted)]
     if starts:
-        await _start_conversations(conn, dialect, starts)
+        await start_conversations(conn, dialect, starts)
 
     rows = [row for row in (_row_of(r, owner) for r in records) if row is not None]
     if rows:
@@ -195,7 +204,9 @@ async def _write(conn: AsyncConnection, dialect: str, records: Sequence[Record],
                            [{"b_id": c, "b_at": at} for c, at in sorted(touched.items())])
 
 
-async def _start_conversations(conn: AsyncConnection, dialect: str, starts: list[ConversationStarted]) -> None:
+async def start_conversations(conn: AsyncConnection, dialect: str, starts: list[ConversationStarted]) -> None:
+    """The conversations, their tenants and users (created as needed; a user's `last_seen_at`
+    moves to the newest start). Idempotent."""
     tenant_rows: dict[str, dict[str, Any]] = {r.tenant: {"id": r.tenant, "created_at": r.at} for r in starts}
     await conn.execute(insert_ignore(dialect, tenants, ("id",)), sorted(tenant_rows.values(), key=lambda r: r["id"]))
     seen: dict[tuple[str, str], float] = {}
