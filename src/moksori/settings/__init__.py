@@ -11,8 +11,8 @@ The TOML file is `$MOKSORI_CONFIG`, else `./moksori.toml` if it exists, with one
 The groups live in one module per concern and are all re-exported here (`from moksori.settings
 import Settings, load_settings`): `root` (`Settings`, `load_settings`), `listening` (vad, turn,
 audio), `providers` (stt, llm, tts), `agent` (agent, guardrails), `tools`, `server` (server,
-webrtc), `telephony` (the carriers, telephony), `realtime`, `store`, `cluster` (redis, cluster),
-`values` (the shared value types).
+webrtc), `ice` (webrtc's STUN/TURN servers), `telephony` (the carriers, telephony), `realtime`,
+`store`, `cluster` (redis, cluster), `values` (the shared value types).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from .ice import IceServer, check_turn_setup, parse_ice_servers
 from .values import split_csv
 
 
@@ -62,6 +63,18 @@ class WebRTCSettings(BaseModel):
     # ICE host candidates offered to peers. Empty: the address the call's HTTP request arrived
     # on when it is a loopback one, else every non-loopback interface. Set it behind NAT/Docker.
     ice_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # STUN/TURN servers for both ends of a call, as the browser's RTCConfiguration.iceServers (a
+    # JSON list; see settings/ice.py). The server's peer uses the first STUN and the first TURN
+    # URL (aiortc takes one of each); the browser app gets the whole list with its `POST /session` key.
+    ice_servers: Annotated[list[IceServer], NoDecode] = Field(default_factory=list)
+    # coturn's static-auth-secret (`use-auth-secret`): TURN servers listed without username and
+    # credential get time-limited ones (username "EXPIRY:USER", credential HMAC-SHA1), minted for
+    # each call and each page, valid this long (coturn checks it when an allocation is made)
+    turn_secret: SecretStr | None = None
+    turn_credential_ttl_s: int = Field(3600, ge=60, le=7 * 86400)
+    # "relay": the server's peer offers only TURN relay candidates, so every call goes through
+    # the TURN server (its own addresses stay hidden); a call whose relay fails is refused
+    ice_transport_policy: Literal["all", "relay"] = "all"
     connect_timeout_s: float = Field(15.0, gt=0, le=300)  # offer answered, peer never connected
     # nothing (media or data) from a connected peer for this long: it vanished, the call ends
     idle_timeout_s: float = Field(20.0, gt=0, le=3600)
@@ -77,3 +90,15 @@ class WebRTCSettings(BaseModel):
     debug: bool = False  # GET /webrtc/debug/stats (calls, peers, loop tasks): for tests
 
     _split = field_validator("ice_addresses", mode="before")(split_csv)
+    _ice_servers = field_validator("ice_servers", mode="before")(parse_ice_servers)
+
+    @field_validator("turn_secret", mode="before")
+    @classmethod
+    def _no_empty_secret(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _turn_setup(self) -> WebRTCSettings:
+        check_turn_setup(self.ice_servers, self.turn_secret.get_secret_value() if self.turn_secret else "",
+                         self.ice_transport_policy == "relay")
+        return self

@@ -92,9 +92,10 @@ class MicTrack(MediaStreamTrack):
 
 
 class RtcClient:
-    def __init__(self, *, codecs: list[str] | None = None) -> None:
-        """`codecs`: offer only these audio codecs, e.g. ["PCMU"] (default: aiortc's, Opus first)."""
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    def __init__(self, *, codecs: list[str] | None = None, config: RTCConfiguration | None = None) -> None:
+        """`codecs`: offer only these audio codecs, e.g. ["PCMU"] (default: aiortc's, Opus first).
+        `config`: the peer's ICE servers and policy (default: none, host candidates only)."""
+        self.pc = RTCPeerConnection(config or RTCConfiguration(iceServers=[]))
         self.mic = MicTrack()
         self.pc.addTrack(self.mic)
         if codecs:

@@ -2,7 +2,9 @@
 `RealtimeConnection` as the WebSocket.
 
     sdp.py      check an offer, keep only the ICE candidates we may use (pure)
-    ice.py      which host addresses a call offers (aioice has no per-connection setting)
+    ice.py      which host addresses a call offers (aioice has no per-connection setting), why
+                its TURN relay failed, which candidate pair it chose
+    ice_servers.py  the STUN/TURN servers of both ends, coturn's time-limited credentials (pure)
     tracks.py   inbound track -> PCM frames; the outbound track that paces and flushes reply audio
     call.py     one call: peer connection, data channel `oai-events`, tracks, sidebands, watchdog
     routes.py   POST /v1/realtime/calls[/{id}/hangup], /v1/realtime/client_secrets, /session,

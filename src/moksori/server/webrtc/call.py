@@ -30,14 +30,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import (RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCRtpTransceiver,
+                    RTCSessionDescription)
 from aiortc.exceptions import InvalidStateError
 
 from moksori.audio.frames import Frame
 from moksori.errors import ProtocolError
 from moksori.server.realtime_conn import RealtimeConnection
 from moksori.server.webrtc import aiortc_fixes, ice
-from moksori.server.webrtc.sdp import first_audio_codec
+from moksori.server.webrtc.ice_servers import PeerIce
+from moksori.server.webrtc.sdp import candidate_types, first_audio_codec
 from moksori.server.webrtc.tracks import OutboundAudio, pump_inbound
 from moksori.transport import Inbox, Outbox
 
@@ -102,18 +104,33 @@ class Sideband:
             self.outbox.put(text)
 
 
+def peer_configuration(peer: PeerIce) -> RTCConfiguration:
+    """aiortc's configuration for a call's peer (no servers: host candidates only)."""
+    servers = [RTCIceServer(urls=peer.stun)] if peer.stun else []
+    if peer.turn:
+        servers.append(RTCIceServer(urls=peer.turn, username=peer.username, credential=peer.credential))
+    policy = RTCIceTransportPolicy.RELAY if peer.relay_only else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+
 class Call:
     def __init__(self, call_id: str, *, owner: str, connect_timeout_s: float, idle_timeout_s: float,
-                 on_closed: Callable[["Call"], None], max_message_size: int | None = None) -> None:
+                 on_closed: Callable[["Call"], None], max_message_size: int | None = None,
+                 peer: PeerIce | None = None) -> None:
         """`max_message_size`: the largest data-channel message the peer takes (its offer's
-        a=max-message-size, `sdp.Offer`); None: no limit."""
+        a=max-message-size, `sdp.Offer`); None: no limit. `peer`: STUN/TURN servers (none: host
+        candidates only)."""
         self.id = call_id
         self.owner = owner
         self.max_message_size = max_message_size
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self._on_closed = on_closed
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN/TURN: host candidates only
+        self.peer = peer or PeerIce()
+        self.pc = RTCPeerConnection(peer_configuration(self.peer))
+        # why this call has no TURN relay candidate although a TURN server is set (None: it has one)
+        self.relay_failure: str | None = None
+        self.offered: list[str] = []  # the types of the peer's candidates we kept (debug stats)
         self.track = OutboundAudio(notify=self._notify, played=self._played)
         self.conn: RealtimeConnection | None = None
         self.channel: Any = None
@@ -146,14 +163,17 @@ class Call:
     async def answer(self, offer_sdp: str, addresses: list[str] | None) -> str:
         """Apply the offer, add our outbound track, gather our candidates, return the answer."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        self.offered = candidate_types(offer_sdp)
         audio = self._receive_first_audio_only()
         if audio is not None:
             if not aiortc_fixes.low_latency_receiver(audio.receiver):
                 log.warning("call %s: aiortc's jitter buffer could not be shortened (+60 ms on input)", self.id)
             self.pc.addTrack(self.track)  # takes the first audio transceiver's sender (the others are inactive)
-        with ice.offering(addresses):
+        with ice.offering(addresses) as gathering:
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = self.pc.localDescription.sdp
+        if self.peer.turn and " typ relay" not in answer and (gathering.turn_error or "a=candidate:" in answer):
+            self.relay_failure = f"{self.peer.turn}: {gathering.turn_error or 'no relay candidate'}"
         self.codec = first_audio_codec(answer)
         if self.codec == "opus":
             self.track.silence_packet = aiortc_fixes.opus_silence()
@@ -326,7 +346,8 @@ class Call:
             now = time.monotonic()
             if not self.connected:
                 if now - self.created > self.connect_timeout_s:
-                    self.end(f"the peer did not connect within {self.connect_timeout_s:g} s")
+                    relay = f" (this server got no TURN relay: {self.relay_failure})" if self.relay_failure else ""
+                    self.end(f"the peer did not connect within {self.connect_timeout_s:g} s{relay}")
                     return
                 continue
             if self.has_media and now - self.last_media > self.idle_timeout_s:
@@ -376,6 +397,8 @@ class Call:
         receiving = [t.kind for t in self.pc.getTransceivers() if t.currentDirection in ("recvonly", "sendrecv")]
         return {"call_id": self.id, "connected": self.connected, "state": self.pc.connectionState, "codec": self.codec,
                 "has_media": self.has_media, "sidebands": len(self.sidebands), "receiving": receiving,
+                "ice_pair": ice.nominated_types(self.pc), "relay_failure": self.relay_failure,
+                "offered_candidates": self.offered,
                 "channel_peak_bytes": self.channel_peak,
                 "buffered_ms": 1000 * self.track.buffered // self.track.rate,
                 "frames_sent": self.track.frames_sent, "speech_frames_sent": self.track.speech_frames_sent}

@@ -4,7 +4,8 @@
     POST /v1/realtime/calls                 SDP offer (application/sdp, or multipart sdp + session)
                                             -> 201 application/sdp answer, Location: /v1/realtime/calls/rtc_...
     POST /v1/realtime/calls/{id}/hangup     real key -> 200
-    POST /session                           the browser app's own minting endpoint (same origin)
+    POST /session                           the browser app's own minting endpoint (same origin); its
+                                            answer also carries `ice_servers` for the page's peer
     WS   /v1/realtime?call_id=rtc_...       sideband (real key): the call's events, both ways
     GET  /webrtc/debug/stats                only with MOKSORI_WEBRTC_DEBUG=1 (tests)
 
@@ -20,6 +21,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 import weakref
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
@@ -38,6 +40,7 @@ from moksori.server.auth import extract_key, key_label, key_ok
 from moksori.server.cluster_routes import Refusal
 from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, check_session_size, is_ephemeral,
                                            new_key, parse_expires_after)
+from moksori.server.webrtc import ice_servers
 from moksori.server.realtime_config import initial_session
 from moksori.text.unencodable import surrogates_replaced
 from moksori.server.webhook_guard import read_body
@@ -47,6 +50,7 @@ from moksori.transport import receive_loop
 log = logging.getLogger("moksori.webrtc")
 
 WEB_SESSION_TTL_S = 60  # the page uses its key at once
+RELAY_WARNING_EVERY_S = 60.0  # a TURN server that keeps failing is logged once a minute, not per call
 
 
 def error(status: int, message: str, code: str, *, param: str | None = None,
@@ -64,6 +68,7 @@ class WebRTC:
         self.calls: dict[str, Any] = {}
         self.tickets: dict[str, Any] = {}  # call id -> cluster_routes.SessionTicket
         self.peers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._relay_warned = -RELAY_WARNING_EVERY_S
 
     # ------------------------------------------------------------------ auth and limits
 
@@ -105,7 +110,8 @@ class WebRTC:
     # ------------------------------------------------------------------ ephemeral keys
 
     async def mint(self, body: Any, owner: str, *, default_ttl: int | None = None,
-                   tenant: str | None = None) -> JSONResponse:
+                   tenant: str | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+        """`extra`: more fields for the answer (the browser app's `ice_servers`)."""
         if body is None:
             body = {}
         if not isinstance(body, dict):
@@ -143,7 +149,7 @@ class WebRTC:
         if kind == "transcription":
             wire = {"type": "transcription", "object": "realtime.transcription_session", "id": wire["id"],
                     "audio": {"input": wire["audio"]["input"]}}
-        return JSONResponse({"value": key.value, "expires_at": key.expires_at, "session": wire})
+        return JSONResponse({"value": key.value, "expires_at": key.expires_at, "session": wire, **(extra or {})})
 
     # ------------------------------------------------------------------ calls
 
@@ -151,7 +157,7 @@ class WebRTC:
         from moksori.server.realtime_conn import RealtimeConnection
         from moksori.server.webrtc import ice
         from moksori.server.webrtc.call import Call, wire
-        from moksori.server.webrtc.sdp import OfferError, check_offer, keep_candidates
+        from moksori.server.webrtc.sdp import OfferError, check_offer, keep_candidates, no_way_in
 
         cfg = self.settings.webrtc
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -186,6 +192,11 @@ class WebRTC:
             offer = check_offer(offer_text)
         except OfferError as e:
             return error(400, str(e), "invalid_offer", param="sdp")
+        addresses = ice.addresses_for(cfg.ice_addresses, (request.scope.get("server") or (None,))[0])
+        offer_sdp = keep_candidates(offer.sdp, ice.remote_filter(addresses, relay_only=cfg.ice_transport_policy == "relay"))
+        hopeless = no_way_in(offer.sdp, offer_sdp)
+        if hopeless is not None:
+            return error(400, hopeless, "invalid_offer", param="sdp")
         refused = self.admit(label)
         if refused is not None:
             return refused
@@ -197,9 +208,10 @@ class WebRTC:
                                 status, headers={"Retry-After": str(ticket.retry_after_s)})
 
         call_id = "rtc_" + secrets.token_hex(12)
+        peer = ice_servers.for_peer(cfg, user=label, now=time.time(), loopback_only=ice.loopback_only(addresses))
         call = Call(call_id, owner=label, connect_timeout_s=cfg.connect_timeout_s,
                     idle_timeout_s=cfg.idle_timeout_s, on_closed=self._closed,
-                    max_message_size=offer.max_message_size if offer.data_channel else None)
+                    max_message_size=offer.max_message_size if offer.data_channel else None, peer=peer)
         self.peers.add(call.pc)
         query = request.query_params
         model = (session_part or {}).get("model") if isinstance(session_part, dict) else None
@@ -237,10 +249,8 @@ class WebRTC:
             return error(400, f"the session config makes session.created {created} bytes, more than the "
                               f"{call.max_message_size} bytes this peer's data channel takes (its a=max-message-size): "
                               "shorten the instructions or tools", "session_too_large", param="session")
-        addresses = ice.addresses_for(cfg.ice_addresses, (request.scope.get("server") or (None,))[0])
         try:
-            answer = await asyncio.wait_for(call.answer(keep_candidates(offer.sdp, ice.remote_filter(addresses)),
-                                                        addresses), 15)
+            answer = await asyncio.wait_for(call.answer(offer_sdp, addresses), 15)
         except asyncio.TimeoutError:
             await call.close("answering timed out")
             return error(500, "could not answer the offer in time", "server_error", kind="server_error")
@@ -249,10 +259,33 @@ class WebRTC:
             log.info("call %s: unusable offer: %s", call_id, e)
             return error(400, f"the SDP offer could not be used: {type(e).__name__}: {e}"[:300], "invalid_offer",
                          param="sdp")
+        if call.relay_failure is not None:
+            refused = await self._relay_failed(call)
+            if refused is not None:
+                return refused
         call.start()
         log.info("call %s started (%s)", call_id, "ephemeral key" if grant else "API key")
         return Response(answer, 201, media_type="application/sdp",
                         headers={"Location": f"/v1/realtime/calls/{call_id}"})
+
+    async def _relay_failed(self, call: Any) -> JSONResponse | None:
+        """A call whose TURN allocation failed: refused if it may only relay (it could never
+        connect), else it goes on with its other candidates. Either way the log says why, with
+        the settings to check (once a minute at most while it keeps failing: a TURN server that is
+        down would otherwise write a line per call)."""
+        now = time.monotonic()
+        if now - self._relay_warned >= RELAY_WARNING_EVERY_S:
+            self._relay_warned = now
+            log.warning("call %s: no TURN relay from %s%s; check the TURN server and its credentials "
+                        "(MOKSORI_WEBRTC_ICE_SERVERS, MOKSORI_WEBRTC_TURN_SECRET = coturn's static-auth-secret)",
+                        call.id, call.relay_failure,
+                        " (relay-only: call refused)" if call.peer.relay_only else " (going on without it)")
+        if not call.peer.relay_only:
+            return None
+        await call.close("no TURN relay")
+        return error(502, f"this server could not get a TURN relay ({call.relay_failure}) and is set to relay "
+                          "every call (MOKSORI_WEBRTC_ICE_TRANSPORT_POLICY=relay)", "turn_failed",
+                     kind="server_error")
 
     def _closed(self, call: Any) -> None:
         if self.calls.pop(call.id, None) is not None:
@@ -321,6 +354,11 @@ def install(app: FastAPI, state: Any) -> None:
 
     webrtc = WebRTC(state)
     state.webrtc = webrtc
+    cfg = state.settings.webrtc
+    if cfg.open_web_sessions and any(s.has_credentials and s.is_turn for s in cfg.ice_servers):
+        log.warning("MOKSORI_WEBRTC_OPEN_WEB_SESSIONS hands the TURN credentials of MOKSORI_WEBRTC_ICE_SERVERS to "
+                    "anyone who loads the page: list the TURN server without them and set "
+                    "MOKSORI_WEBRTC_TURN_SECRET (coturn's use-auth-secret) for time-limited ones")
 
     original = app.router.lifespan_context
 
@@ -357,7 +395,11 @@ def install(app: FastAPI, state: Any) -> None:
                 return refused
             tenant = recording_hooks.tenant_of(state, key)
         body, bad = await _json_body(request)
-        return bad or await webrtc.mint(body, label, default_ttl=WEB_SESSION_TTL_S, tenant=tenant)
+        # the page's RTCPeerConnection gets the STUN/TURN servers too (TURN credentials minted
+        # now with webrtc.turn_secret), along with its key: guarded as the key is
+        servers = ice_servers.for_page(state.settings.webrtc, user=label, now=time.time())
+        return bad or await webrtc.mint(body, label, default_ttl=WEB_SESSION_TTL_S, tenant=tenant,
+                                        extra={"ice_servers": servers})
 
     @app.post("/v1/realtime/calls")
     async def create_call(request: Request) -> Response:

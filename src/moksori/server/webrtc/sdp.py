@@ -91,6 +91,36 @@ def keep_candidates(sdp: str, keep: Callable[[str], bool]) -> str:
     return "\r\n".join(out)
 
 
+def candidate_types(sdp: str) -> list[str]:
+    """The type (host, srflx, prflx, relay) of each `a=candidate` line, in order."""
+    out = []
+    for ln in sdp.split("\n"):
+        if ln.startswith("a=candidate:"):
+            parts = ln.split()
+            if "typ" in parts[:-1]:
+                out.append(parts[parts.index("typ") + 1])
+    return out
+
+
+def _candidates(sdp: str) -> int:
+    return sum(1 for ln in sdp.split("\n") if ln.startswith("a=candidate:"))
+
+
+def no_way_in(offered: str, kept: str) -> str | None:
+    """Why an offer can never connect, or None. An offer that says its candidates are complete
+    (`a=end-of-candidates`) and has none gives ICE nothing to check, and aioice then gathers none
+    of its own either: the call could only wait for its connect timeout. (Without
+    `a=end-of-candidates` the peer's checks may still come in and be learned as peer-reflexive
+    candidates, as for a browser that posts its offer before gathering; so may they when
+    `keep_candidates` dropped all of them, e.g. a browser on this host offering its LAN address
+    to a server it reached over loopback, whose checks to the loopback address still arrive.)"""
+    if _candidates(offered) or _candidates(kept) or "a=end-of-candidates" not in offered:
+        return None
+    return ("the offer has no ICE candidates and says none will follow (a=end-of-candidates): the peer gathered "
+            "none. A peer that may only relay (iceTransportPolicy \"relay\") gathers none when its TURN server "
+            "refuses its credentials or cannot be reached")
+
+
 def first_audio_codec(sdp: str) -> str | None:
     """The codec an answer's audio section lists first (the one that will be sent), e.g. "opus"."""
     lines = [ln.rstrip("\r") for ln in sdp.split("\n")]

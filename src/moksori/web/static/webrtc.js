@@ -1,14 +1,17 @@
 // The OpenAI Realtime API over WebRTC, as a browser client does it:
-//   1. the page's server side mints an ephemeral key (POST /session, same origin);
-//   2. an RTCPeerConnection with one audio transceiver (the microphone, Opus) and the
-//      "oai-events" data channel, created before the offer;
+//   1. the page's server side mints an ephemeral key (POST /session, same origin), and gives the
+//      STUN/TURN servers to use with it (`ice_servers`, MOKSORI_WEBRTC_ICE_SERVERS; TURN
+//      credentials are time-limited when the server has MOKSORI_WEBRTC_TURN_SECRET);
+//   2. an RTCPeerConnection with those servers, one audio transceiver (the microphone, Opus) and
+//      the "oai-events" data channel, created before the offer;
 //   3. the offer is POSTed to /v1/realtime/calls with "Authorization: Bearer ek_..." and the
 //      201 answer applied. Reply audio arrives on the remote track; events are JSON on the channel.
 // Same surface as RealtimeClient (connect/send/close/open) so the app can fall back to it.
 
 import { serverEvent, utf8Length } from "./realtime.js";
 
-const GATHER_MS = 2000; // host candidates are ready at once; never wait longer than this
+const GATHER_MS = 2000; // host candidates are ready at once, STUN/TURN ones in a round trip or two
+const MAX_ICE_ERRORS = 4; // STUN/TURN failures kept to explain a connection that fails
 const OPEN_MS = 10000; // offer posted -> data channel open
 
 export class WebRTCClient {
@@ -49,11 +52,20 @@ export class WebRTCClient {
       });
       check();
       if (!minted.ok) throw new Error(`cannot get a session key (${minted.status}${await errorText(minted)})`);
-      const ek = (await minted.json()).value;
+      const grant = await minted.json();
+      const ek = grant.value;
       check();
 
-      pc = new RTCPeerConnection();
+      pc = new RTCPeerConnection({ iceServers: Array.isArray(grant.ice_servers) ? grant.ice_servers : [] });
       this.pc = pc;
+      // a TURN server that refuses its credentials (401) or cannot be reached (701) says so here;
+      // without a relay a peer behind NAT never connects, and the error then says why
+      const iceErrors = [];
+      pc.onicecandidateerror = (e) => {
+        const said = `${e.url || "?"}: ${e.errorCode}${e.errorText ? " " + e.errorText : ""}`;
+        if (e.url && iceErrors.length < MAX_ICE_ERRORS && !iceErrors.includes(said)) iceErrors.push(said);
+      };
+      const why = () => (iceErrors.length ? ` (STUN/TURN: ${iceErrors.join("; ")})` : "");
       const transceiver = pc.addTransceiver("audio", { direction: "sendrecv" });
       this.sender = transceiver.sender;
       if (micTrack) await this.sender.replaceTrack(micTrack);
@@ -79,7 +91,7 @@ export class WebRTCClient {
         pc.onconnectionstatechange = () => {
           const s = pc.connectionState;
           if (s === "failed" || s === "closed") {
-            reject(new Error(`the connection ${s}`));
+            reject(new Error(`the connection ${s}${why()}`));
             if (this.pc === pc) this.lost(s);
           }
         };
@@ -111,7 +123,7 @@ export class WebRTCClient {
       this.callId = callId;
       await pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
       check();
-      timer = setTimeout(() => failWait(new Error("the data channel did not open")), OPEN_MS);
+      timer = setTimeout(() => failWait(new Error(`the data channel did not open${why()}`)), OPEN_MS);
       await opened;
       check();
       this.open = true;
