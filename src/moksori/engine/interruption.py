@@ -11,7 +11,11 @@ lasted `interrupt_min_speech_ms` while the agent is audible). Everything after i
    talked are stale and dropped; with no words (a noise), the unheard rest of the reply they
    interrupted is offered again (`agent.reoffer`). Either way the hold ends.
 4. **truncate / ack**: a transport that knows what was played (a Realtime client's
-   `conversation.item.truncate`, telephony marks) corrects the speaker's estimate.
+   `conversation.item.truncate`, telephony marks) corrects the speaker's estimate. A truncate of
+   a reply still in progress (being generated, or played out) also cuts it there: the listener
+   stopped hearing it, so nothing more is generated or sent, and it ends as a cut reply
+   (`agent.interrupted` at the client's `audio_end_ms`, reason `client_truncated`, then its
+   `agent.response_done`, whose heard text is the truncated one).
 """
 
 from __future__ import annotations
@@ -75,15 +79,17 @@ class Interruptions:
         return resp.released and resp.status in ("in_progress", "pending")
 
     def _cut(self, resp: Response, played: tuple[Playback, int] | None, reason: str, onset: float | None,
-             now: float) -> None:
-        """Publish what was heard of `resp` (`agent.interrupted`), then cancel it (`agent.response_done`)."""
+             now: float, *, heard_ms: int | None = None) -> None:
+        """Publish what was heard of `resp` (`agent.interrupted`), then cancel it (`agent.response_done`).
+        `heard_ms`: what a client said it played (a truncate), instead of the samples' count."""
         pb, n = resp.playback, 0
         if played is not None:
             pb, n = played
         elif pb is not None:  # all of it was sent; the listener may still be hearing the end
             n = min(pb.heard(now), pb.sent)
         heard = heard_text(pb.segments, n) if pb is not None else resp.text
-        heard_ms = int(1000 * n / pb.rate) if pb is not None else 0
+        if heard_ms is None:
+            heard_ms = int(1000 * n / pb.rate) if pb is not None else 0
         if reason == "turn_detected" and pb is not None:
             rest = resp.text.split()[len(heard.split()):]
             self._reoffer = (self._current_turn(), " ".join(rest), resp.language)
@@ -125,11 +131,16 @@ class Interruptions:
     # -------------------------------------------------------------- 4. what was heard
 
     def truncate(self, item_id: str, audio_end_ms: int) -> Item | None:
-        """The client reports it played only `audio_end_ms` of an assistant item."""
+        """The client reports it played only `audio_end_ms` of an assistant item (at most what
+        the item sent: the caller checks). A reply still in progress is cut there (see 4. above)."""
         ctx = self._ctx
         item = ctx.memory.get(item_id)
         if item is None or item.role != "assistant":
             return None
+        playing = next((r for r in self._responses.active() if r.item_id == item_id and self._cuttable(r)), None)
+        if playing is not None and playing.playback is not None:
+            self._cut_at(playing, playing.playback, audio_end_ms)
+            return item
         segments = self._responses.segments_for(item_id)
         if segments:
             text = heard_text(segments, int(audio_end_ms * ctx.cfg.output_rate / 1000))
@@ -139,6 +150,18 @@ class Interruptions:
             text = " ".join(words[: int(len(words) * ratio)])
         ctx.memory.truncate(item_id, text, audio_end_ms)
         return item
+
+    def _cut_at(self, resp: Response, pb: Playback, audio_end_ms: int) -> None:
+        """Cut a reply in progress at what the client says it played: its word replaces the
+        speaker's estimate (`acked`), its audio stops, and it ends as a cut reply."""
+        ctx = self._ctx
+        n = audio_end_ms * pb.rate // 1000
+        if n > pb.sent:  # (never past what it sent)
+            n, audio_end_ms = pb.sent, int(1000 * pb.sent / pb.rate)
+        pb.acked = n
+        self._cut(resp, ctx.speaker.cancel(resp.id), "client_truncated", None, ctx.clock.now(),
+                  heard_ms=audio_end_ms)
+        ctx.on_change()
 
     def ack(self, response_id: str, ms: int) -> None:
         """A transport confirms the listener has heard `ms` of a response (telephony marks)."""

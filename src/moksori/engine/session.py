@@ -433,8 +433,10 @@ class Session:
             self._update_state()
 
     def truncate(self, item_id: str, audio_end_ms: int) -> Item | None:
-        """The client reports it played only `audio_end_ms` of an assistant item."""
-        return self._interruptions.truncate(item_id, audio_end_ms)
+        """The client reports it played only `audio_end_ms` of an assistant item (a reply still
+        in progress is cut there, as by a cancel)."""
+        with self._one_state_change():
+            return self._interruptions.truncate(item_id, audio_end_ms)
 
     def ack_playback(self, response_id: str, ms: int) -> None:
         """A transport confirms the listener has heard `ms` of a response (Twilio marks)."""

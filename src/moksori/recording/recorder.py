@@ -21,7 +21,10 @@ What becomes a record:
   tokens under the realtime brain). A reply with no words but some usage → `UsageRecord`.
 * `guardrail.input_removed` (the input guardrail blocked a turn) → `UserTurnRemoved`: the turn's
   stored text becomes the placeholder the LLM sees (a turn recorded later is recorded so).
-* A transport's late truncation (`truncated`) → `ReplyHeard`; items a Realtime client adds
+* A client's truncation (`truncated`): of a reply already recorded → `ReplyHeard` (when it
+  changes what was heard); of one not recorded yet (its `agent.response_done` still to come, as
+  the realtime brain's waits for the upstream's usage) → kept, and the reply's `AgentReply`
+  carries it as the heard text. Items a Realtime client adds
   (`item_added`: its function outputs, its assistant or spoken user items) → the matching record;
   items it deletes (`item_deleted`) → `ItemDeleted`.
 
@@ -147,7 +150,10 @@ class Recorder:
         self._removed_users: OrderedDict[str, bool] = OrderedDict()  # turns the input guardrail blocked
         # MCP calls waiting for their result: call id -> (item id, server label, arguments, response id)
         self._mcp_calls: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
-        self._recorded_replies: OrderedDict[str, bool] = OrderedDict()
+        # replies recorded: item id -> the heard text stored (None: all of it)
+        self._recorded_replies: OrderedDict[str, str | None] = OrderedDict()
+        # a client's truncation of a reply not recorded yet: item id -> heard text
+        self._truncated_early: OrderedDict[str, str] = OrderedDict()
         self._progressed: dict[str, str] = {}  # item id -> heard text last written, replies in flight
         self.started = False
 
@@ -288,9 +294,12 @@ class Recorder:
     def _reply_done(self, e: E.AgentResponseDone) -> None:
         rep = self._replies.pop(e.response_id, None)
         progressed = self._progressed.pop(e.item_id, None) is not None
+        truncated = self._truncated_early.pop(e.item_id, None)
         if not e.in_conversation or e.item_id in self._recorded_replies:
             return
-        self._recorded_replies[e.item_id] = True
+        interrupted = e.interrupted or truncated is not None
+        heard = truncated if truncated is not None else e.text if e.interrupted else None
+        self._recorded_replies[e.item_id] = heard
         while len(self._recorded_replies) > KEEP:
             self._recorded_replies.popitem(last=False)
         usage = self._usage(e, rep)
@@ -302,14 +311,13 @@ class Recorder:
             if usage.total_tokens or usage.tts_seconds:  # tokens spent on a reply that said nothing
                 self._put(UsageRecord(self.conversation_id, usage, at, kind="reply"), "usage")
             return
-        heard = e.text if e.interrupted else None
         latency = self._stages(rep)
         started = self._wall(rep.audio_started or rep.started) if rep is not None else None
         self.stats.replies += 1
-        self.stats.interrupted += int(e.interrupted)
+        self.stats.interrupted += int(interrupted)
         status = e.status if e.status in ("completed", "cancelled", "failed") else "completed"
         self._put(AgentReply(self.conversation_id, e.item_id, e.generated_text, at, heard_text=heard,
-                             interrupted=e.interrupted, status="incomplete" if e.interrupted else status,
+                             interrupted=interrupted, status="incomplete" if interrupted else status,
                              response_id=e.response_id, language=e.language or None, started_at=started,
                              audio="audio" in e.modalities, latency=latency or None, usage=usage,
                              replaces_progress=progressed), "reply")
@@ -342,13 +350,21 @@ class Recorder:
     # ------------------------------------------------------------------ what transports report
 
     def truncated(self, item_id: str, heard_text: str) -> None:
-        """A client reported, after the reply ended, that it played only part of it."""
+        """A client reported that it played only part of a reply (`heard_text` of it)."""
         if item_id in self._recorded_replies:
-            self._put(ReplyHeard(self.conversation_id, item_id, heard_text, time.time()), "heard")
+            if self._recorded_replies[item_id] != heard_text:  # (a cut in progress recorded it so already)
+                self._recorded_replies[item_id] = heard_text
+                self._put(ReplyHeard(self.conversation_id, item_id, heard_text, time.time()), "heard")
+            return
+        # not recorded yet: its record, when it comes, carries this (replies in flight are one or two)
+        self._truncated_early[item_id] = heard_text
+        while len(self._truncated_early) > KEEP:
+            self._truncated_early.popitem(last=False)
 
     def item_deleted(self, item_id: str) -> None:
         """A client deleted an item (`conversation.item.delete`): out of the store too."""
         self._recorded_replies.pop(item_id, None)
+        self._truncated_early.pop(item_id, None)
         self._recorded_users.discard(item_id)
         self._put(ItemDeleted(self.conversation_id, item_id, time.time()), "deleted")
 
@@ -364,7 +380,7 @@ class Recorder:
             self._put(ToolResultRecord(self.conversation_id, item.id, item.call_id or "", item.output or "", now,
                                        name=item.name), "tool_result")
         elif item.type == "message" and item.role == "assistant" and item.text.strip():
-            self._recorded_replies[item.id] = True
+            self._recorded_replies[item.id] = None
             self._put(AgentReply(self.conversation_id, item.id, item.text, now, audio=item.audio), "reply")
         elif item.type == "message" and item.role == "user" and item.audio and item.text.strip():
             self._recorded_users.add(item.id)
@@ -373,7 +389,8 @@ class Recorder:
 
     def progress(self, response_id: str, item_id: str, heard_text: str) -> None:
         """A reply still playing: what was heard of it so far (only when that changed)."""
-        if not heard_text.strip() or item_id in self._recorded_replies or self._progressed.get(item_id) == heard_text:
+        if not heard_text.strip() or item_id in self._recorded_replies or self._progressed.get(item_id) == heard_text \
+                or item_id in self._truncated_early:
             return
         if item_id not in self._progressed and len(self._progressed) >= KEEP:
             return  # (replies in flight are one or two; never let this grow)

@@ -4,10 +4,18 @@ and `.delete`, and the conversion between wire items and the engine's memory ite
 A client's item goes into the session's memory (audio content is transcribed, as OpenAI's
 server does for the model's sake); an `mcp_approval_response` item instead answers the MCP call
 waiting for it. Every mistake is a `ProtocolError` the connection turns into an `error` event.
+
+A truncate keeps, in the session's memory (what the LLM reads next) and in the store, only the
+words of the audio the client says it played. As OpenAI's: never past the audio the item sent,
+nor past an earlier truncate of it. Of a reply still in progress (generating, or its audio still
+going out: a client may truncate without `response.cancel` first) it also stops the reply there:
+nothing unheard is generated or sent any more, and the reply ends cancelled
+(`conversation.item.truncated` at `audio_end_ms`, then `response.done`, status `cancelled`).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +30,8 @@ if TYPE_CHECKING:
     from moksori.server.realtime_mcp import RealtimeMCP
 
 __all__ = ["ConversationItems", "ItemsHost", "item_wire"]
+
+KEEP_CUTS = 256  # items whose truncation is remembered (a later truncate may not go past it)
 
 
 class ItemsHost(Protocol):
@@ -67,6 +77,10 @@ class ConversationItems:
         # an item's audio is transcribed in one job that cannot stop midway: no longer than the
         # input buffer may grow (`server.max_input_buffer_s`), or one cheap message holds STT for minutes
         self._max_audio_s = max_audio_s
+        self._cuts: OrderedDict[str, int] = OrderedDict()  # item id -> audio_end_ms of its last truncate
+        # a truncate stopped the reply in progress, and no response was asked for since: a
+        # `response.cancel` that follows it (a client that truncates, then cancels) has its wish
+        self.stopped_reply = False
 
     async def create(self, ev: rt.ConversationItemCreate) -> None:
         host = self._host
@@ -161,19 +175,34 @@ class ConversationItems:
         sent = self._audio_sent_ms(item)
         if sent is None:
             raise ProtocolError(f"item {ev.item_id} has no audio to truncate", code="invalid_value", param="item_id")
-        if ev.audio_end_ms > sent:  # as OpenAI: never past the audio the item produced
-            raise ProtocolError(f"Audio content of {sent}ms is already shorter than {ev.audio_end_ms}ms",
+        earlier = self._cuts.get(ev.item_id)
+        audio = sent if earlier is None else min(sent, earlier)
+        if ev.audio_end_ms > audio:  # as OpenAI: never past the audio the item produced, or kept
+            raise ProtocolError(f"Audio content of {audio}ms is already shorter than {ev.audio_end_ms}ms",
                                 code="invalid_value", param="audio_end_ms")
+        # a reply in progress is cut: its own chain says `conversation.item.truncated` (at
+        # audio_end_ms, before its response.done); it must not be said twice
+        in_progress = item.status == "in_progress"
         cut = host.session.truncate(ev.item_id, ev.audio_end_ms)
-        if cut is not None and host.recorder is not None:
+        if cut is None:  # (checked above: cannot be)
+            raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
+        self._cuts[ev.item_id] = ev.audio_end_ms
+        self._cuts.move_to_end(ev.item_id)
+        while len(self._cuts) > KEEP_CUTS:
+            self._cuts.popitem(last=False)
+        if host.recorder is not None:
             host.recorder.truncated(ev.item_id, cut.text)
-        host.send(host.ev.conversation_item_truncated(ev.item_id, 0, ev.audio_end_ms))
+        if in_progress:
+            self.stopped_reply = True
+        else:
+            host.send(host.ev.conversation_item_truncated(ev.item_id, 0, ev.audio_end_ms))
 
     def delete(self, ev: rt.ConversationItemDelete) -> None:
         host = self._host
         if not host.session.delete_item(ev.item_id):
             raise ProtocolError(f"item {ev.item_id} does not exist", code="item_not_found", param="item_id")
         host.mcp.items.pop(ev.item_id, None)  # an mcp_call item: not retrievable any more
+        self._cuts.pop(ev.item_id, None)
         if host.recorder is not None:  # out of the stored history too: a later session must not see it
             host.recorder.item_deleted(ev.item_id)
         host.send(host.ev.conversation_item_deleted(ev.item_id))

@@ -4,6 +4,10 @@ One response at a time in the conversation, as OpenAI's server does; out-of-band
 (`conversation: "none"`) may run beside it, `MAX_OOB_RESPONSES` at a time. A response counts as
 active from its `response.create` (or the VAD's turn) until its `response.done` has gone out.
 The per-response options become engine options in `realtime_config.response_overrides`.
+
+A `response.cancel` with nothing to cancel is an error (`response_cancel_not_active`), except
+right after a `conversation.item.truncate` stopped the reply in progress (`realtime_items`): a
+client that truncates, then cancels, gets what it asked for, and no error.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class ResponseRequests:
         if host.transcription_only:
             raise ProtocolError("this is a transcription session: it does not create responses",
                                 code="invalid_request_error")
+        self._items.stopped_reply = False
         resp = host.session.create_response(**kw)
         self._created[resp.id] = resp
         if o is not None:
@@ -118,5 +123,9 @@ class ResponseRequests:
         return out
 
     def cancel(self, ev: rt.ResponseCancel) -> None:
-        if not self._host.session.cancel_response(ev.response_id):
-            raise ProtocolError("there is no active response to cancel", code="response_cancel_not_active")
+        if self._host.session.cancel_response(ev.response_id):
+            return
+        if self._items.stopped_reply:  # a truncate stopped it just before: done already
+            self._items.stopped_reply = False
+            return
+        raise ProtocolError("there is no active response to cancel", code="response_cancel_not_active")

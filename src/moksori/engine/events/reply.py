@@ -71,7 +71,7 @@ class AgentInterrupted(Event):
     type = "agent.interrupted"
     response_id: str
     item_id: str
-    reason: str  # turn_detected | client_cancelled
+    reason: str  # turn_detected | client_cancelled | client_truncated (a truncate of a reply in progress)
     heard_ms: int
     text: str
     onset: float | None
