@@ -76,7 +76,8 @@ def token_counter(llm: LLM) -> TokenCounter:
 def message_limit(llm: LLM | None) -> int | None:
     """The most tokens one user or tool message may take for this LLM: the embedded llama.cpp
     model's `max_message_tokens` (evaluating a whole window-sized message takes it tens of
-    seconds on a few cores), None for a remote model (the window's budget is its only bound)."""
+    seconds on a few cores; `MOKSORI_LLM_MAX_MESSAGE_TOKENS`), None for a remote model or an
+    embedded one set to no limit (0): the window's budget is then its only bound."""
     if llm is None:
         return None
     for candidate in (llm, *getattr(llm, "providers", ())):

@@ -42,6 +42,7 @@ from moksori.providers.base import (
 )
 from moksori.providers.threads import ModelExecutor, background, interactive_running, iterate_blocking, run_blocking
 from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
+from moksori.settings.providers import MIN_MESSAGE_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ PROMPT_STEP_FIRST = 64
 # context window (`max_message_tokens`), its start and its end (engine/context.cut_middle): the
 # rest of the window is for the history and the reply. SmolLM2-135M's first token after a 100 KB
 # message on 2 cores shared with a load of ~9.5: 15 s cut to 512 tokens, 27 s cut to 1,024, and a
-# whole window of ~3,900 tokens (what was sent before) at that rate ~2 minutes
+# whole window of ~3,900 tokens (what was sent before) at that rate ~2 minutes.
+# `MOKSORI_LLM_MAX_MESSAGE_TOKENS` sets another limit, or none
 MESSAGE_TOKENS = 512
 MESSAGE_SHARE = 0.25
 
@@ -100,8 +102,9 @@ class LlamaCppLLM(LLM):
                  max_message_tokens: int | None = None) -> None:
         """`llama_options`: more `llama_cpp.Llama` keyword arguments, over Moksori's (n_batch,
         flash_attn, type_k, ...; benchmarks/llm_speed.py compares them). `max_message_tokens`:
-        the most tokens one user or tool message is sent with (default: MESSAGE_TOKENS, at most
-        MESSAGE_SHARE of the context)."""
+        the most tokens one user or tool message is sent with (`MOKSORI_LLM_MAX_MESSAGE_TOKENS`;
+        None: MESSAGE_TOKENS, at most MESSAGE_SHARE of the context; 0: no such limit, only the
+        context window bounds a message; at least MIN_MESSAGE_TOKENS)."""
         from moksori.providers.llama_cpu import use_portable_kernels
 
         # first: loads llama.cpp with its own OpenMP spin count (llama_cpu.import_llama)
@@ -135,7 +138,8 @@ class LlamaCppLLM(LLM):
         self.executor = ModelExecutor(f"llm:{self.path.name}")
         self.caps = LLMCaps(tools=True, context_tokens=context_tokens, languages=languages)
         # read by the context window too (engine/context.message_limit), so it counts what is sent
-        self.max_message_tokens = max(64, max_message_tokens or min(MESSAGE_TOKENS, int(context_tokens * MESSAGE_SHARE)))
+        self.max_message_tokens: int | None = None if max_message_tokens == 0 else max(
+            MIN_MESSAGE_TOKENS, max_message_tokens or min(MESSAGE_TOKENS, int(context_tokens * MESSAGE_SHARE)))
         self._cut: dict[str, str] = {}  # a long message's text → what the model is sent of it
         self._step = PROMPT_STEP_FIRST
         self.name = f"llamacpp:{self.path.name}"
@@ -147,7 +151,7 @@ class LlamaCppLLM(LLM):
         end). The context window cuts them the same way already; this catches what reaches the
         model around it (an out-of-band response's input, a tool result of the reply itself)."""
         limit = self.max_message_tokens
-        if m.role not in ("user", "tool") or surely_fits(m.content, limit):
+        if limit is None or m.role not in ("user", "tool") or surely_fits(m.content, limit):
             return m
         text = self._cut.get(m.content)
         if text is None:

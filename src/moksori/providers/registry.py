@@ -158,7 +158,9 @@ def build_llm(settings: Settings) -> LLM:
     source = Path(s.model) if s.model else path_of("smollm2-135m")
     path = weights_file(source, s.weights, Path(settings.data_dir).expanduser() / "llm-weights")
     languages = ("en",) if not s.model else ("en", "ko")
-    local = LlamaCppLLM(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages)
+    per_message = None if s.max_message_tokens == "auto" else s.max_message_tokens  # 0: no limit
+    local = LlamaCppLLM(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages,
+                        max_message_tokens=per_message)
     return ResilientLLM([local], policy=RetryPolicy(max_attempts=1), timeouts=timeouts)
 
 

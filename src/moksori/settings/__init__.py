@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from .agent import AgentSettings, GuardrailSettings
 from .cluster import ClusterSettings, RedisSettings
+from .ice import IceServer
 from .listening import AudioSettings, TurnSettings, VADSettings
 from .providers import LLMSettings, STTSettings, TTSSettings, llm_api_key
 from .realtime import RealtimeSettings
@@ -33,6 +34,6 @@ __all__ = [
     "Settings", "load_settings", "config_file", "store_url", "llm_api_key", "Language",
     "VADSettings", "TurnSettings", "AudioSettings", "STTSettings", "LLMSettings", "TTSSettings",
     "AgentSettings", "GuardrailSettings", "ToolsSettings", "MCPServerSettings", "HTTPToolSettings",
-    "ServerSettings", "WebRTCSettings", "TwilioSettings", "TelnyxSettings", "PlivoSettings", "VonageSettings",
+    "ServerSettings", "WebRTCSettings", "IceServer", "TwilioSettings", "TelnyxSettings", "PlivoSettings", "VonageSettings",
     "TelephonySettings", "RealtimeSettings", "StoreSettings", "RedisSettings", "ClusterSettings",
 ]

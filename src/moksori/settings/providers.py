@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from .values import split_csv
+
+MIN_MESSAGE_TOKENS = 64  # llm.max_message_tokens: fewer leave no room for a start, an end and the cut mark
 
 
 class STTSettings(BaseModel):
@@ -59,6 +61,12 @@ class LLMSettings(BaseModel):
     # (the packaged Q4_1 cannot); as_is loads the file as it is (README latency section)
     weights: Literal["as_is", "q8_0", "f16"] = "as_is"
     context_tokens: int = Field(4096, ge=512)
+    # the most tokens one user or tool message is sent to the embedded llama.cpp model with (its
+    # start and its end, `engine/context.cut_middle`: one pasted text cost minutes of prompt
+    # evaluation on 2 cores). auto: 512, at most a quarter of `context_tokens`
+    # (providers/llm_llamacpp.MESSAGE_TOKENS); 0: no such limit (only the context window bounds a
+    # message); else 64 up to less than `context_tokens`. A remote model (provider=openai) has none
+    max_message_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     temperature: float = Field(0.5, ge=0.0, le=2.0)
     max_tokens: int = Field(160, ge=1, le=8192)
     timeout_s: float = Field(30.0, gt=0)
@@ -88,6 +96,20 @@ class LLMSettings(BaseModel):
     deployment: str | None = None  # Azure deployment name (the URL becomes .../openai/deployments/<name>)
 
     _split = field_validator("fallback", mode="before")(split_csv)
+
+    @field_validator("max_message_tokens")
+    @classmethod
+    def _message_fits_the_window(cls, v: int | Literal["auto"], info: ValidationInfo) -> int | Literal["auto"]:
+        if v == "auto" or v == 0:
+            return v
+        if v < MIN_MESSAGE_TOKENS:
+            raise ValueError(f"{v} is too few to keep a message's start and end: use at least "
+                             f"{MIN_MESSAGE_TOKENS}, or 0 for no per-message limit")
+        context = info.data.get("context_tokens")
+        if isinstance(context, int) and v >= context:
+            raise ValueError(f"{v} does not fit the {context}-token context window (llm.context_tokens) with "
+                             f"anything else: use less, or 0 for no per-message limit")
+        return v
 
 
 class TTSSettings(BaseModel):

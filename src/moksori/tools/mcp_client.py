@@ -15,7 +15,10 @@ server that cannot start is not respawned in a hot loop. A call is never retried
 tools can have effects.
 
 Shutdown closes the child's stdin, waits 2 s, then kills its process tree (the SDK's own
-shutdown, inside a cancellation shield), so no child outlives `close()`.
+shutdown, inside a cancellation shield), and then ends what the child had started
+(`mcp_process.ProcessFamily`: its process group and its descendants, also those in sessions of
+their own; SIGTERM, SIGKILL after 2 s), so none of them outlives `close()`, a reconnect or the
+server's shutdown. Out of reach: a double-forked daemon (init's from the start).
 
 What a server sends is bounded (`moksori.tools.mcp_transports`): one message (a tool result, a
 listing) at most `MAX_MESSAGE_BYTES` (4 MiB), over HTTP and stdio, counted as it is read, so a
@@ -47,6 +50,10 @@ from moksori.tools.results import ToolOutcome
 log = logging.getLogger(__name__)
 
 MAX_LIST_PAGES = 20
+# the most a stdio server's shutdown takes: 2 s after its stdin closes, 2 s after SIGTERM and 2 s
+# to reap it after SIGKILL (the SDK's), then 2 s from SIGTERM to SIGKILL and 1 s for SIGKILL to end
+# what it left running (`mcp_process.ProcessFamily`), and a margin
+SHUTDOWN_S = 10.0
 MAX_TOOLS = 128  # from one server; the most OpenAI's API takes in one request
 MAX_TOOLS_SEEN = 2048  # stop paging a listing after this many tools, kept or not
 
@@ -235,7 +242,7 @@ class MCPConnection:
         if self._closing is not None:
             self._closing.set()
         try:
-            await asyncio.wait_for(asyncio.shield(owner), 8.0)  # stdin close, 2 s grace, then kill
+            await asyncio.wait_for(asyncio.shield(owner), SHUTDOWN_S)
         except asyncio.TimeoutError:
             owner.cancel()
             await asyncio.gather(owner, return_exceptions=True)
@@ -276,7 +283,7 @@ class MCPConnection:
             return
         await self._stop_owner()
         if self._dying:
-            await asyncio.wait(set(self._dying), timeout=8.0)
+            await asyncio.wait(set(self._dying), timeout=SHUTDOWN_S)
 
     # ------------------------------------------------------------------ calls
 

@@ -6,7 +6,9 @@
   parse error for that one request (the connection stays). SSE events are bounded by the SDK's
   own per-event limit (`max_sse_event_size`, set to the same number).
 * stdio: `capped_stdio_client`, a copy of the SDK's `stdio_client` loop with the SDK's own process
-  start and shutdown (close stdin, 2 s, kill the tree), reading stdout as bytes, a line at a time,
+  start and shutdown (close stdin, 2 s, kill the tree), and then an end to what the server left
+  running (`mcp_process.ProcessFamily`: its process group and the descendants it had, also in
+  sessions of their own: SIGTERM, 2 s, SIGKILL), reading stdout as bytes, a line at a time,
   never more than `max_bytes` of one line in memory (the rest of an oversized line is skipped and
   the request it answers gets an error); lines that are not JSON-RPC are logged in one short line
   and dropped. The child's stderr goes through a pipe into our log, `mcp <name>: <line>`,
@@ -25,7 +27,10 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import httpx2
+
+from moksori.tools.mcp_process import ProcessFamily
 
 log = logging.getLogger("moksori.tools.mcp_client")
 
@@ -380,11 +385,17 @@ async def capped_stdio_client(server: Any, *, name: str, max_bytes: int = MAX_ME
             writer_done.set()
 
     async def shutdown() -> None:
+        # who the server started, taken while they are still its own: once it exits, its
+        # children are init's, and one in a session of its own cannot be found any more
+        family = await anyio.to_thread.run_sync(ProcessFamily.of, process.pid, name)
         read_stream.close()
         write_stream.close()
         with anyio.move_on_after(0.5):
             await writer_done.wait()
-        await sdk._stop_server_process(process)  # noqa: SLF001 - close stdin, 2 s, kill the tree
+        try:  # close stdin, 2 s, then SIGTERM / SIGKILL to the group, but only if the server is still there
+            await sdk._stop_server_process(process)  # noqa: SLF001 - pinned SDK
+        finally:
+            await family.end()  # what it left: SIGTERM, 2 s, SIGKILL
         assert process.stderr
         with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             await process.stderr.aclose()
