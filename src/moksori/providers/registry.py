@@ -5,6 +5,7 @@ Sessions share one stack: models load once, and each model serialises its own us
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,9 +159,14 @@ def build_llm(settings: Settings) -> LLM:
     source = Path(s.model) if s.model else path_of("smollm2-135m")
     path = weights_file(source, s.weights, Path(settings.data_dir).expanduser() / "llm-weights")
     languages = ("en",) if not s.model else ("en", "ko")
+    make: Callable[..., LLM] = LlamaCppLLM
+    if s.parallel > 1:  # MOKSORI_LLM_PARALLEL: that many replies at once, batched in one context
+        from moksori.providers.llm_llamacpp_batched import BatchedLlamaCppLLM
+
+        make = functools.partial(BatchedLlamaCppLLM, parallel=s.parallel)
     per_message = None if s.max_message_tokens == "auto" else s.max_message_tokens  # 0: no limit
-    local = LlamaCppLLM(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages,
-                        max_message_tokens=per_message)
+    local = make(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages,
+                 max_message_tokens=per_message)
     return ResilientLLM([local], policy=RetryPolicy(max_attempts=1), timeouts=timeouts)
 
 

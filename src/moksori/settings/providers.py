@@ -56,6 +56,10 @@ class LLMSettings(BaseModel):
     base_url: str | None = None  # e.g. http://127.0.0.1:8080/v1
     api_key: SecretStr | None = None
     threads: int = Field(2, ge=1, le=64)
+    # replies the embedded llama.cpp model generates at once: 1 serves one at a time (a reply
+    # waits for those before it); N >= 2 batches N sequences in one context, each with
+    # context_tokens / N of the KV cache (providers/llm_llamacpp_batched.py)
+    parallel: int = Field(1, ge=1, le=64)
     # the local GGUF's weights in another type, written once into data_dir/llm-weights
     # (providers/llm_weights.py): q8_0 lets llama.cpp's batched kernels evaluate the prompt
     # (the packaged Q4_1 cannot); as_is loads the file as it is (README latency section)
