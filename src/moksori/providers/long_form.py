@@ -26,14 +26,16 @@ class LongFormResult:
 
 
 async def transcribe_long(stt: STT, vad: VAD, audio16k: np.ndarray, *, language: str | None = None,
-                          languages: tuple[str, ...] = ("en", "ko")) -> LongFormResult:
+                          languages: tuple[str, ...] = ("en", "ko"), prompt: str | None = None) -> LongFormResult:
+    """`prompt`: the STT's prompt (Whisper's "previous text") for every speech region."""
     segments: list[dict] = []
     lang = language
     # the VAD over a whole file takes seconds (a frame at a time): off the event loop
     for start, end in await run_blocking(speech_regions, vad, audio16k):
         piece = audio16k[int(start * 16000):int(end * 16000)]
         final = None
-        async for tr in stt.transcribe(one_chunk(piece), STTOptions(language=lang, languages=languages)):
+        async for tr in stt.transcribe(one_chunk(piece), STTOptions(language=lang, languages=languages,
+                                                                        prompt=prompt)):
             final = tr
         if final is None:
             continue

@@ -48,6 +48,7 @@ from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler, resample
 from moksori.audio.wav import read_wav_bytes, wav_bytes
 from moksori.errors import AudioFormatError, AudioTooLong, MoksoriError
+from moksori.protocols.realtime import MAX_PROMPT_CHARS, TRANSCRIPTION_LANGUAGES
 from moksori.providers.base import TTSOptions
 from moksori.providers.long_form import transcribe_long
 from moksori.providers.threads import background, background_context, run_blocking
@@ -125,6 +126,7 @@ class _TranscriptionForm:
     file: UploadFile
     language: str | None
     fmt: str
+    prompt: str | None = None  # Whisper's "previous text": spellings, names, style
 
 
 async def _transcription_form(request: Request) -> _TranscriptionForm | Response:
@@ -140,12 +142,16 @@ async def _transcription_form(request: Request) -> _TranscriptionForm | Response
     if upload is None or isinstance(upload, str):
         return _err(400, "missing 'file'", "missing_file", "file")
     language = form.get("language") or None
-    if language is not None and language not in ("en", "ko"):
-        return _err(400, f"unsupported language '{language}' (en, ko)", "unsupported_language", "language")
+    if language is not None and language not in TRANSCRIPTION_LANGUAGES:
+        return _err(400, f"unsupported language '{language}' ({', '.join(TRANSCRIPTION_LANGUAGES)})",
+                    "unsupported_language", "language")
     fmt = form.get("response_format") or "json"
     if fmt not in ("json", "text", "verbose_json"):
         return _err(400, f"unsupported response_format '{fmt}'", "invalid_value", "response_format")
-    return _TranscriptionForm(upload, str(language) if language else None, str(fmt))
+    prompt = form.get("prompt") or None
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
+        return _err(400, f"'prompt' must be text of at most {MAX_PROMPT_CHARS} characters", "invalid_value", "prompt")
+    return _TranscriptionForm(upload, str(language) if language else None, str(fmt), prompt)
 
 
 async def _transcribe(request: Request, form: _TranscriptionForm, limits: AudioLimits) -> Response:
@@ -163,7 +169,7 @@ async def _transcribe(request: Request, form: _TranscriptionForm, limits: AudioL
     stack = request.app.state.moksori.stack
     t0 = time.perf_counter()
     try:
-        result = await transcribe_long(stack.stt, stack.vad, audio, language=language)
+        result = await transcribe_long(stack.stt, stack.vad, audio, language=language, prompt=form.prompt)
     except MoksoriError as e:
         return _err(502, str(e), "transcription_failed")
     text, lang = result.text, result.language or language or "en"

@@ -84,8 +84,9 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
             idle_timeout_ms=td.idle_timeout_ms if td.type == "server_vad" and not transcription_only else None)
     voice, voice_lang = voice_and_language(cfg, voices)
     lang = base.language
-    if cfg.input_transcription and cfg.input_transcription.language in ("en", "ko"):
-        lang = "en" if cfg.input_transcription.language == "en" else "ko"
+    pinned = rt.pinned_language(cfg.input_transcription.language) if cfg.input_transcription else None
+    if pinned in ("en", "ko"):
+        lang = "en" if pinned == "en" else "ko"
     elif voice_lang:
         lang = voice_lang
     nr = (cfg.noise_reduction or {}).get("type")
@@ -144,4 +145,6 @@ def response_overrides(o: rt.ResponseOverrides, settings: Settings, *, voices: t
         kw["tool_choice"] = tool_choice_name(o.tool_choice)
     if o.conversation == "none":
         kw["in_conversation"] = False
+    if o.fixed_text is not None:  # Azure's pre-generated assistant message: spoken as it is
+        kw["fixed_text"] = o.fixed_text
     return kw

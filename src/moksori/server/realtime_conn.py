@@ -139,9 +139,9 @@ class RealtimeConnection:
     def preset(self, session: dict[str, Any], *, transcription_only: bool = False) -> None:
         """Start from a session config given out of band (an ephemeral key's, a WebRTC call's
         `session` part) instead of the defaults. Call before `start()`; raises ProtocolError."""
-        cfg, warnings = rt.apply_session_update(self.cfg, session, self.flavor)
-        if transcription_only:
-            self.transcription_only = True
+        transcription_only = transcription_only or self.transcription_only
+        cfg, warnings = rt.apply_session_update(self.cfg, session, self.flavor, transcription=transcription_only)
+        self.transcription_only = transcription_only
         self.cfg = cfg
         self.session.update(self._engine_cfg())
         self._preset_warnings += warnings
@@ -210,7 +210,8 @@ class RealtimeConnection:
         self._sync_mcp()  # MCP tools of a preset session (an ephemeral key's, a WebRTC call's)
 
     def _wire_session(self) -> dict[str, Any]:
-        return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model)
+        return rt.session_to_wire(self.cfg, self.flavor, session_id=self.session_id, model=self.model,
+                                  transcription=self.transcription_only)
 
     async def close(self, *, silent_s: float = 0.0) -> None:
         """Close the session and stop sending. Idempotent, and complete on every path: the
@@ -262,11 +263,12 @@ class RealtimeConnection:
     # ------------------------------------------------------------------ session.update
 
     def _on_session_update(self, ev: rt.SessionUpdate) -> None:
-        cfg, warnings = rt.apply_session_update(self.cfg, ev.session, self.flavor)
+        cfg, warnings = rt.apply_session_update(self.cfg, ev.session, self.flavor,
+                                                transcription=self.transcription_only)
         self._apply(cfg, warnings, ev.event_id)
 
     def _on_transcription_session_update(self, ev: rt.TranscriptionSessionUpdate) -> None:
-        cfg, warnings = rt.apply_session_update(self.cfg, ev.session, self.flavor)
+        cfg, warnings = rt.apply_session_update(self.cfg, ev.session, self.flavor, transcription=True)
         self.transcription_only = True
         self._apply(cfg, warnings, ev.event_id)
 

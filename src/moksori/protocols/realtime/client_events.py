@@ -114,6 +114,8 @@ class ResponseOverrides:
     conversation: Literal["auto", "none"] = "auto"
     metadata: dict[str, str] | None = None
     input: tuple[Item | ItemReference, ...] | None = None  # None = the conversation; () = empty context
+    # Azure's `pre_generated_assistant_message`: this text is spoken (and kept) as the reply, no LLM
+    fixed_text: str | None = None
     warnings: tuple[str, ...] = ()  # settings accepted but not honoured
 
 
@@ -223,8 +225,28 @@ def parse_item(raw: Any, param: str = "item", *, allow_reference: bool = False) 
 
 # Accepted in response.create but not honoured (GA and Azure extras).
 _RESPONSE_UNSUPPORTED = frozenset({"prompt", "reasoning", "parallel_tool_calls", "commit", "cancel_previous",
-                                   "append_input_items", "input_items", "pre_generated_assistant_message",
-                                   "reasoning_effort", "interim_response", "invoke_input"})
+                                   "append_input_items", "input_items", "reasoning_effort", "interim_response",
+                                   "invoke_input"})
+
+
+MAX_PRE_GENERATED_CHARS = 4096  # as `/v1/audio/speech`'s input
+
+
+def _pre_generated_text(value: Any, param: str, warnings: list[str]) -> str | None:
+    """Azure's `pre_generated_assistant_message`: an assistant message whose text (its text
+    parts, or its audio parts' transcripts) is the reply. None (with a warning) when it has none."""
+    obj = as_dict(value, param)
+    if obj.get("type", "message") != "message" or obj.get("role", "assistant") != "assistant":
+        fail(f"{param} must be an assistant message", param)
+    parts = [_part(raw, "assistant", f"{param}.content[{i}]")
+             for i, raw in enumerate(as_list(obj.get("content", []), f"{param}.content"))]
+    text = " ".join(t for p in parts if (t := (p.text if p.type == "output_text" else p.transcript)))
+    if not text.strip():
+        warnings.append(f"{param} has no text to speak; it was ignored")
+        return None
+    if len(text) > MAX_PRE_GENERATED_CHARS:
+        fail(f"{param} has more than {MAX_PRE_GENERATED_CHARS} characters of text", f"{param}.content")
+    return text
 
 
 def _metadata(value: Any, param: str) -> dict[str, str] | None:
@@ -282,6 +304,9 @@ def _response_overrides(raw: Any, param: str) -> ResponseOverrides:
             if v is not None:
                 f["input"] = tuple(parse_item(x, f"{p}[{i}]", allow_reference=True)
                                    for i, x in enumerate(as_list(v, p)))
+        elif key == "pre_generated_assistant_message":
+            if v is not None:
+                f["fixed_text"] = _pre_generated_text(v, p, warnings)
         elif key in _RESPONSE_UNSUPPORTED:
             if v is not None:
                 warnings.append(f"{p} is accepted but not supported; it has no effect")

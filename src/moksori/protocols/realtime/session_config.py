@@ -182,19 +182,25 @@ class _Merger:
             self.unknown(key, "session")
 
 
-def apply_session_update(cfg: SessionConfig, session_payload: Any,
-                         flavor: Flavor) -> tuple[SessionConfig, list[str]]:
+def apply_session_update(cfg: SessionConfig, session_payload: Any, flavor: Flavor, *,
+                         transcription: bool = False) -> tuple[SessionConfig, list[str]]:
     """Merge the ``session`` object of a ``session.update`` into ``cfg``.
+
+    `transcription`: the connection is transcription-only (``?intent=transcription``, a key
+    minted for a transcription session, a ``transcription_session.update``): its session type
+    is ``transcription`` and its turns never create a response.
 
     Returns the new config and warnings (one sentence each, naming the param) for settings
     that were accepted but have no effect. Raises ProtocolError on invalid values.
     """
     s = as_dict(session_payload, "session")
     kind = s.get("type")
-    if kind is not None and kind != "realtime":
+    if transcription and kind not in (None, "transcription"):
+        fail("this is a transcription session: session.type must be 'transcription'", "session.type")
+    if not transcription and kind not in (None, "realtime"):
         if kind == "transcription":
-            fail("transcription sessions are not supported on a conversation connection",
-                 "session.type")
+            fail("transcription sessions are not supported on a conversation connection "
+                 "(open it with ?intent=transcription)", "session.type")
         fail("session.type must be 'realtime'", "session.type")
     m = _Merger(cfg, flavor)
     for key, v in s.items():
@@ -209,6 +215,9 @@ def apply_session_update(cfg: SessionConfig, session_payload: Any,
             m.changes["input_format"] = AudioFormat("pcm16", rate)
         elif rate != 8000:
             m.warnings.append(f"{p} {rate} was ignored: G.711 input is always 8000 Hz")
+    td: TurnDetection | None = m.cur("turn_detection")
+    if transcription and td is not None and td.create_response:  # what is in force, as echoed
+        m.changes["turn_detection"] = replace(td, create_response=False)
     return replace(cfg, **m.changes), m.warnings
 
 
@@ -226,12 +235,22 @@ def _tools_wire(cfg: SessionConfig) -> list[dict[str, Any]]:
     return out
 
 
-def session_to_wire(cfg: SessionConfig, flavor: Flavor, *, session_id: str, model: str) -> dict[str, Any]:
+def session_to_wire(cfg: SessionConfig, flavor: Flavor, *, session_id: str, model: str,
+                    transcription: bool = False) -> dict[str, Any]:
     """The ``session`` object of ``session.created`` / ``session.updated``.
 
     It describes what is in force: settings that were only recorded (unsupported noise
-    reduction types, avatar, animation) are not echoed as if they were active."""
+    reduction types, avatar, animation) are not echoed as if they were active.
+    `transcription`: a transcription-only connection, whose GA session object is OpenAI's
+    transcription session (its input audio only); the beta and Azure shapes stay as they are."""
     if flavor is Flavor.GA:
+        audio_input = {"format": cfg.input_format.to_wire(flavor),
+                       "transcription": transcription_to_wire(cfg.input_transcription, flavor),
+                       "noise_reduction": _noise_reduction_wire(cfg),
+                       "turn_detection": turn_detection_to_wire(cfg.turn_detection, flavor)}
+        if transcription:
+            return {"type": "transcription", "object": "realtime.transcription_session", "id": session_id,
+                    "audio": {"input": audio_input}}
         voice: Any = cfg.voice
         if cfg.voice_config is not None and set(cfg.voice_config) == {"id"}:
             voice = dict(cfg.voice_config)  # GA custom voice
@@ -239,10 +258,7 @@ def session_to_wire(cfg: SessionConfig, flavor: Flavor, *, session_id: str, mode
             "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,
             "output_modalities": list(cfg.output_modalities), "instructions": cfg.instructions,
             "audio": {
-                "input": {"format": cfg.input_format.to_wire(flavor),
-                          "transcription": transcription_to_wire(cfg.input_transcription, flavor),
-                          "noise_reduction": _noise_reduction_wire(cfg),
-                          "turn_detection": turn_detection_to_wire(cfg.turn_detection, flavor)},
+                "input": audio_input,
                 "output": {"format": cfg.output_format.to_wire(flavor), "voice": voice, "speed": cfg.speed},
             },
             "tools": _tools_wire(cfg), "tool_choice": copy.deepcopy(cfg.tool_choice),

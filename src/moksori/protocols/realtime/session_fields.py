@@ -18,6 +18,7 @@ __all__ = [
     "TurnDetection", "InputTranscription", "TURN_DETECTION_TYPES", "EAGERNESS", "TOOL_CHOICE_MODES",
     "parse_turn_detection", "parse_transcription", "parse_tools", "parse_tool_choice", "parse_modalities",
     "parse_voice", "parse_max_tokens", "parse_temperature", "turn_detection_to_wire", "transcription_to_wire",
+    "TRANSCRIPTION_LANGUAGES", "MAX_PROMPT_CHARS", "parse_language", "pinned_language",
 ]
 
 TurnDetectionType = Literal["server_vad", "semantic_vad", "azure_semantic_vad", "azure_semantic_vad_en",
@@ -34,6 +35,13 @@ TOOL_CHOICE_MODES = ("auto", "none", "required")
 _TD_UNSUPPORTED = frozenset({"end_of_utterance_detection", "speech_duration_ms", "remove_filler_words",
                              "languages", "auto_truncate"})
 _TR_UNSUPPORTED = frozenset({"delay", "keywords", "languages", "custom_speech", "phrase_list"})
+
+TRANSCRIPTION_LANGUAGES: tuple[str, ...] = ("en", "ko")
+"""The languages transcription may be pinned to, here and in `/v1/audio/transcriptions`: the
+engine's (the `Language` setting without "auto"; tests/test_realtime_transcription_codec.py
+keeps the two the same)."""
+MAX_PROMPT_CHARS = 4096
+"""A transcription prompt's length limit (Whisper reads only its last 100 tokens)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +105,30 @@ def parse_turn_detection(value: Any, current: TurnDetection | None, param: str, 
     return replace(td, **changes)
 
 
+def _language_codes(text: str) -> list[str]:
+    """The primary language subtags, lower case: "en-US" -> en; "en,ko" -> en, ko."""
+    return [part.strip().replace("_", "-").split("-")[0].lower() for part in text.split(",")]
+
+
+def parse_language(value: Any, param: str) -> str | None:
+    """A transcription language, as given: an ISO-639-1 code ("en"), a BCP-47 tag ("en-US", Azure's)
+    or Azure's list to detect among ("en,ko"). Each must be one of TRANSCRIPTION_LANGUAGES, else
+    ``unsupported_language`` (REST's code for the same mistake). None and "": detect."""
+    text = as_opt_str(value, param)
+    if not text:
+        return None
+    if any(code not in TRANSCRIPTION_LANGUAGES for code in _language_codes(text)):
+        fail(f"unsupported language {text[:40]!r} ({', '.join(TRANSCRIPTION_LANGUAGES)})", param,
+             "unsupported_language")
+    return text
+
+
+def pinned_language(language: str | None) -> str | None:
+    """The one language a parsed transcription language pins; None: detect (none, or a list)."""
+    codes = set(_language_codes(language)) if language else set()
+    return codes.pop() if len(codes) == 1 else None
+
+
 def parse_transcription(value: Any, param: str, warnings: list[str]) -> InputTranscription | None:
     if value is None:
         return None
@@ -107,8 +139,10 @@ def parse_transcription(value: Any, param: str, warnings: list[str]) -> InputTra
         if key == "model":
             if v is not None:
                 fields["model"] = as_str(v, p, nonempty=True, max_len=200)
-        elif key in ("language", "prompt"):
-            fields[key] = as_opt_str(v, p)
+        elif key == "language":
+            fields["language"] = parse_language(v, p)
+        elif key == "prompt":
+            fields["prompt"] = None if v is None else as_str(v, p, max_len=MAX_PROMPT_CHARS)
         elif key in _TR_UNSUPPORTED:
             warnings.append(f"{p} is accepted but not supported; it has no effect")
         else:
