@@ -375,29 +375,34 @@ class Response:
         with paced_by(go) if self.opts.first_clause_pause == "now" else contextlib.nullcontext():
             # (read when the stream starts, at its first token: the whole loop is inside)
             stream = self.host.llm.chat(req)
-            async for ev in stream:
-                self.llm_answered.set()
-                if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
-                    await _close(stream)
-                    break
-                if len(self._raw) > self._max_chars:  # an upstream that ignores max_tokens
-                    log.warning("reply %s: the LLM went past %d tokens' worth of text (%d characters): cut",
-                                self.id, req.max_tokens, len(self._raw))
-                    await _close(stream)
-                    break
-                if isinstance(ev, TextDelta):
-                    if ev.text and self._add_text(ev.text, clauses, chunker):
-                        # The first clause is the critical path: stop pulling tokens (the local
-                        # model pauses) until its audio exists, so TTS gets the CPU to itself.
-                        go.clear()
-                        await self._first_audio.wait()
-                        go.set()
-                elif isinstance(ev, ToolCallEvent):
-                    calls.append(ev.call)
-                elif isinstance(ev, Usage):
-                    self.usage = Usage(self.usage.input_tokens + ev.input_tokens,
-                                       self.usage.output_tokens + ev.output_tokens,
-                                       self.usage.cached_tokens + ev.cached_tokens)
+            try:
+                async for ev in stream:
+                    self.llm_answered.set()
+                    if self.blocked:  # a clause was blocked: the rest of this reply is not wanted
+                        break
+                    if len(self._raw) > self._max_chars:  # an upstream that ignores max_tokens
+                        log.warning("reply %s: the LLM went past %d tokens' worth of text (%d characters): cut",
+                                    self.id, req.max_tokens, len(self._raw))
+                        break
+                    if isinstance(ev, TextDelta):
+                        if ev.text and self._add_text(ev.text, clauses, chunker):
+                            # The first clause is the critical path: stop pulling tokens (the local
+                            # model pauses) until its audio exists, so TTS gets the CPU to itself.
+                            go.clear()
+                            await self._first_audio.wait()
+                            go.set()
+                    elif isinstance(ev, ToolCallEvent):
+                        calls.append(ev.call)
+                    elif isinstance(ev, Usage):
+                        self.usage = Usage(self.usage.input_tokens + ev.input_tokens,
+                                           self.usage.output_tokens + ev.output_tokens,
+                                           self.usage.cached_tokens + ev.cached_tokens)
+            finally:
+                # closed by this task however the loop ends, a cancellation too: left to the
+                # garbage collector, each generator of the stream's nest got its own `aclose()`
+                # task, and those that ran while an outer one was closing them failed with
+                # "asynchronous generator is already running", never retrieved
+                await _close(stream)
         for clause in chunker.flush():
             await clauses.put(clause)
         return calls
@@ -530,7 +535,7 @@ LLM_RESUMES_AT_FIRST_PIECE = False
 
 
 async def _close(stream: AsyncIterator[Any]) -> None:
-    """Stop an LLM stream early (its generator's cleanup stops the model)."""
+    """Close an LLM stream, finished or not (its generator's cleanup stops the model)."""
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         try:

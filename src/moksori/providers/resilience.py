@@ -245,9 +245,26 @@ async def _first_item(it: AsyncIterator[T], *, limit_s: float, total_deadline: f
                 what += f" (after {meter.total:.1f} s in the queue for the model)"
         raise ProviderTimeout(f"{provider} {what}", provider=provider)
     finally:
-        # not `suppress(BaseException)` around `await task`: a cancellation of this caller (a
-        # barge-in) landing meanwhile was swallowed, and the retry loop above tried again
-        await cancellation.stop(task)
+        await _stop_reader(task)
+
+
+async def _stop_reader(task: asyncio.Task[Any]) -> None:
+    """Stop `_first_item`'s reader and wait until it has ended, before the caller closes the
+    stream it reads (`resilient_stream`). A second cancellation of the caller meanwhile does not
+    cut that wait short: it did, and the stream was closed while the reader was still inside it
+    ("aclose(): asynchronous generator is already running"), the reader's own failure never
+    retrieved. That cancellation is raised once the reader has ended (not swallowed: the retry
+    loop would try again)."""
+    task.cancel()
+    again: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as e:
+            again = e
+    await cancellation.stop(task)  # ended: only retrieves its outcome
+    if again is not None:
+        raise again
 
 
 async def resilient_stream(
