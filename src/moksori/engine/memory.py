@@ -64,6 +64,8 @@ class Memory:
         self.max_messages = max_messages
         self.window: ContextWindow | None = None  # token budget instead of max_messages
         self._history_loaded: asyncio.Event | None = None
+        # items whose words are still being transcribed (a client's audio item: engine/item_words.py)
+        self._words: dict[str, asyncio.Event] = {}
 
     # -------------------------------------------------------------- earlier conversations
 
@@ -86,14 +88,42 @@ class Memory:
             self._history_loaded.set()
 
     async def history_ready(self, timeout_s: float = 5.0) -> None:
-        """Wait (at most `timeout_s`) until the history is in; at once when none is expected."""
+        """Wait until what a reply reads is in: the history (at most `timeout_s`; at once when
+        none is expected), then the words of the conversation's items (`words_ready`)."""
         ev = self._history_loaded
-        if ev is None or ev.is_set():
+        if ev is not None and not ev.is_set():
+            try:
+                await asyncio.wait_for(ev.wait(), timeout_s)
+            except TimeoutError:
+                ev.set()  # a slow store never holds a reply twice
+        await self.words_ready()
+
+    # -------------------------------------------------------------- words still coming
+
+    def words_coming(self, item_id: str) -> None:
+        """Item `item_id` is in the conversation, its words not yet (they are being transcribed)."""
+        self._words.setdefault(item_id, asyncio.Event())
+
+    def words_known(self, item_id: str) -> None:
+        """Its words are in (or will never come: transcription failed, the item was deleted)."""
+        ev = self._words.pop(item_id, None)
+        if ev is not None:
+            ev.set()
+
+    def words_pending(self, item_id: str) -> bool:
+        return item_id in self._words
+
+    async def words_ready(self, item_id: str | None = None) -> None:
+        """Wait until every item of the conversation (or item `item_id`) has its words. No limit:
+        the transcription of each ends (or fails, or the item is deleted); a reply waiting here
+        is cancelled as any."""
+        if item_id is not None:
+            ev = self._words.get(item_id)
+            if ev is not None:
+                await ev.wait()
             return
-        try:
-            await asyncio.wait_for(ev.wait(), timeout_s)
-        except TimeoutError:
-            ev.set()  # a slow store never holds a reply twice
+        while self._words:
+            await next(iter(self._words.values())).wait()
 
     # -------------------------------------------------------------- edits
 
@@ -123,6 +153,7 @@ class Memory:
         if idx < 0:
             return False
         del self.items[idx]
+        self.words_known(item_id)  # a reply waiting for its words waits no more
         return True
 
     def truncate(self, item_id: str, heard_text: str, audio_end_ms: int | None = None) -> Item | None:
@@ -136,6 +167,8 @@ class Memory:
 
     def clear(self) -> None:
         self.items.clear()
+        for item_id in list(self._words):
+            self.words_known(item_id)
 
     def last_user_turn(self) -> list[Item]:
         """The user items since the last item that is not one (a turn split by a pause is

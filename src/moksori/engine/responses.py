@@ -3,12 +3,22 @@
 A reply is tracked from `start` until it is done (completed, cancelled or failed); the clause
 segments of a finished reply are kept for a while so that a late `truncate` (a Realtime client
 reporting how much it played) can still cut its text to what was heard.
+
+With `interrupt_response` off, the user may speak over a reply without stopping it. Their turn
+is committed and answered, once the reply playing is done: its reply waits, not started and not
+public (`WaitingReply`), then starts and reads the conversation as it is then (the whole reply
+before it, their words). Until 2026-12 it started at once beside the one playing: two responses
+in progress in one conversation (OpenAI has at most one), the second's prompt holding the
+first's words so far. A later turn supersedes a waiting reply (the newest one answers both
+turns: memory merges consecutive user items), and so does a client's cancel or in-conversation
+response (`drop_waiting`). The pipeline's replies only: the realtime brain's upstream answers on
+its own schedule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moksori.engine.memory import heard_text
@@ -22,12 +32,44 @@ KEEP_SEGMENTS = 32  # finished replies whose clause timing is kept for `truncate
 ReplyFactory = Callable[[SessionContext, ResponseOptions, "int | None", str], Response]
 
 
+@dataclass
+class WaitingReply(Response):
+    """A turn's reply that waits for the reply playing (see the module's doc). Until `go()` it
+    is neither started nor public: `start()` does nothing, and `release()` (its turn ended) is
+    remembered; a cancel then is quiet (nothing of it was announced)."""
+
+    waiting: bool = True
+    release_wanted: bool = False
+
+    def start(self) -> None:
+        if not self.waiting:
+            super().start()
+
+    def release(self) -> None:
+        if self.waiting:
+            self.release_wanted = True
+            return
+        super().release()
+
+    def go(self) -> None:
+        """The reply before it is done: start now, and go public if its turn has ended."""
+        if not self.waiting or self.done.is_set():
+            return
+        self.waiting = False
+        self.on_first_audio = None  # its wait is not the reply pace a speculation learns from
+        super().start()
+        if self.release_wanted:
+            super().release()
+
+
 class Responses:
     def __init__(self, ctx: SessionContext, factory: ReplyFactory = Response) -> None:
         self._ctx = ctx
         self.factory = factory  # the brain's seam: what a reply is
         self._active: dict[str, Response] = {}
         self._segments_by_item: dict[str, list[tuple[str, int]]] = {}
+        self._waiting: list[WaitingReply] = []  # oldest first
+        self._closing = self._advancing = False
 
     def options(self, **overrides: Any) -> ResponseOptions:
         """The session's reply options, with per-reply overrides (Realtime `response.create`)."""
@@ -40,8 +82,16 @@ class Responses:
         return replace(base, **overrides) if overrides else base
 
     def start(self, opts: ResponseOptions, turn_id: int | None, language: str, *, release: bool) -> Response:
-        """Start a reply; unreleased, it is speculative (held back) until `Response.release()`."""
-        resp = self.factory(self._ctx, opts, turn_id, language)
+        """Start a reply; unreleased, it is speculative (held back) until `Response.release()`.
+        A turn's reply while another plays, with `interrupt_response` off, waits for it."""
+        resp: Response
+        if self._waits(opts, turn_id):
+            waiting = WaitingReply(self._ctx, opts, turn_id, language)
+            waiting.llm_answered.set()  # a speculation judging the pause has no first token to wait for
+            self._waiting.append(waiting)
+            resp = waiting
+        else:
+            resp = self.factory(self._ctx, opts, turn_id, language)
         self._active[resp.id] = resp
         resp.on_finished = self._finished
         resp.start()
@@ -49,12 +99,49 @@ class Responses:
             resp.release()
         return resp
 
+    def _waits(self, opts: ResponseOptions, turn_id: int | None) -> bool:
+        return (self.factory is Response and turn_id is not None and not self._ctx.cfg.turn.interrupt_response
+                and opts.in_conversation and not opts.backchannel and opts.fixed_text is None
+                and self._playing() is not None)
+
+    def _playing(self) -> Response | None:
+        """The public reply in the conversation still in progress (generating or being heard)."""
+        return next((r for r in self._active.values() if r.released and r.opts.in_conversation
+                     and not r.opts.backchannel and not r.done.is_set()), None)
+
+    def _next(self) -> None:
+        """Nothing plays any more: the newest waiting reply whose turn ended starts (older ones
+        are superseded: it answers their turns too); waiting speculations (a turn not over yet)
+        start as speculations."""
+        if self._closing or self._advancing or not self._waiting or self._playing() is not None:
+            return
+        ended = [r for r in self._waiting if r.release_wanted]
+        go, superseded = ended[-1:] or list(self._waiting), ended[:-1]
+        self._waiting = [r for r in self._waiting if not any(r is x for x in go + superseded)]
+        self._advancing = True  # (a cancel below finishes a reply, which calls this again)
+        try:
+            for old in superseded:
+                old.cancel("superseded")  # (quiet: it was never public)
+            for r in go:
+                r.go()
+        finally:
+            self._advancing = False
+
+    def drop_waiting(self, reason: str = "superseded") -> None:
+        """A client's cancel, or a reply it asked for in the conversation: the turns' replies
+        still waiting are not wanted any more (quietly: they were never public)."""
+        waiting, self._waiting = self._waiting, []
+        for r in waiting:
+            r.cancel(reason)
+
     def _finished(self, r: Response) -> None:
         self._active.pop(r.id, None)
         if r.playback is not None and r.playback.segments:
             self._segments_by_item[r.item_id] = r.playback.segments
             while len(self._segments_by_item) > KEEP_SEGMENTS:
                 self._segments_by_item.pop(next(iter(self._segments_by_item)))
+        self._waiting = [w for w in self._waiting if w is not r]
+        self._next()
         self._ctx.on_change()
 
     # -------------------------------------------------------------- queries
@@ -97,6 +184,8 @@ class Responses:
     def close(self) -> list[Any]:
         """Cancel every reply, each keeping what the listener heard of it (a client that leaves
         mid-reply heard only part of it); returns their tasks to await."""
+        self._closing = True
+        self._waiting = []
         now = self._ctx.clock.now()
         for resp in list(self._active.values()):
             pb, heard = resp.playback, None

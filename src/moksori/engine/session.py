@@ -32,6 +32,7 @@ from moksori.engine.denoised_input import NoiseReduction
 from moksori.engine.session_context import SessionContext
 from moksori.engine.input_audio import InputAudio
 from moksori.engine.interruption import Interruptions
+from moksori.engine.item_words import ItemWords, Part
 from moksori.engine.memory import Item, Memory, new_id
 from moksori.engine.incremental_stt import IncrementalSTT
 from moksori.engine.partials import PartialTranscripts
@@ -43,7 +44,7 @@ from moksori.engine.speculation import Speculation, Speculations
 from moksori.engine.timers import IdleTimer, TurnDeadline
 from moksori.engine.tools import ToolBox
 from moksori.errors import AudioFormatError
-from moksori.providers.base import STTOptions, Transcript, one_chunk
+from moksori.providers.base import Transcript
 from moksori.providers.registry import Stack
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Session:
         self._noise.set(cfg.noise_reduction)
         self._backchannels = Backchannels(ctx, self._responses, self.taker)
         self._backchannels.configure(cfg)
+        self._item_words = ItemWords(ctx)
 
     # ================================================================== what users read
 
@@ -112,6 +114,11 @@ class Session:
     def prefill(self) -> LlmPrefill:
         """The LLM prefill of the user's words (its counters are read by tests and benchmarks)."""
         return self._prefill
+
+    @property
+    def item_words(self) -> ItemWords:
+        """The background transcription of audio items a client added (its counters are read by tests)."""
+        return self._item_words
 
     @property
     def speculations(self) -> Speculations:
@@ -361,10 +368,14 @@ class Session:
     # ================================================================== replies
 
     def create_response(self, **overrides: Any) -> Response:
-        """Start a reply now from the conversation so far (Realtime `response.create`)."""
+        """Start a reply now from the conversation so far (Realtime `response.create`). One in the
+        conversation answers the turns whose replies were waiting (engine/responses.py): they go."""
         self._idle.disarm()
         lang = self.cfg.language if self.cfg.language != "auto" else self.last_language
-        resp = self._responses.start(self._responses.options(**overrides), None, lang, release=True)
+        opts = self._responses.options(**overrides)
+        if opts.in_conversation:
+            self._responses.drop_waiting()
+        resp = self._responses.start(opts, None, lang, release=True)
         self._update_state()
         return resp
 
@@ -386,9 +397,20 @@ class Session:
                                           language=item.language or self.last_language, final=True, typed=True))
         return item
 
+    def add_audio_item(self, item: Item, parts: list[Part], *, after: str | None = None) -> Item:
+        """Add a client's item with audio (`parts`: its content in order, text or 16 kHz audio) as
+        `add_item` does, at once; its words follow in the background (engine/item_words.py), then
+        `user.transcript` (not typed). A reply that reads the conversation waits for them."""
+        item = self.add_item(item, after=after)
+        self._item_words.add(item, parts)
+        return item
+
     def delete_item(self, item_id: str) -> bool:
         """Remove an item from the conversation (Realtime `conversation.item.delete`)."""
-        return self.memory.delete(item_id)
+        deleted = self.memory.delete(item_id)
+        if deleted:
+            self._item_words.cancel(item_id)  # its words, if still coming, are not wanted
+        return deleted
 
     def add_user_text(self, text: str, *, respond: bool = True) -> Item:
         item = self.memory.add(Item(id=new_id("item"), role="user", text=text))
@@ -400,18 +422,17 @@ class Session:
         return item
 
     async def transcribe_item_audio(self, audio16k: np.ndarray) -> Transcript:
-        lang = self._ctx.stt_language()
-        final = Transcript("", lang or self.last_language, True)
-        async for tr in self.stack.stt.transcribe(one_chunk(audio16k), STTOptions(language=lang,
-                                                                                    languages=self.cfg.languages)):
-            final = tr
-        return final
+        """The words of a client's audio, now: background work in windows that give way to live
+        turns (engine/item_words.py), awaited by the caller."""
+        return await self._item_words.transcribe(audio16k)
 
     # ================================================================== interruption (interruption.py)
 
     def interrupt(self, reason: str = "turn_detected", *, onset: float | None = None) -> list[str]:
-        """Barge-in / cancel: stop audio now, cancel LLM and TTS, keep only what was heard."""
+        """Barge-in / cancel: stop audio now, cancel LLM and TTS, keep only what was heard. The
+        turns' replies waiting for the one cut go too (engine/responses.py)."""
         with self._one_state_change():
+            self._responses.drop_waiting(reason)
             return self._interruptions.interrupt(reason, onset=onset)
 
     def cancel_response(self, response_id: str | None = None) -> list[str]:
@@ -520,6 +541,7 @@ class Session:
             return
         reply_tasks = self._responses.close()
         self._specs.close()
+        self._item_words.close()
         self._incremental.end_turn()
         self._prefill.end_turn()
         self._backchannels.close()

@@ -1,9 +1,21 @@
 """A Realtime client's conversation items: `conversation.item.create`, `.retrieve`, `.truncate`
 and `.delete`, and the conversion between wire items and the engine's memory items.
 
-A client's item goes into the session's memory (audio content is transcribed, as OpenAI's
-server does for the model's sake); an `mcp_approval_response` item instead answers the MCP call
-waiting for it. Every mistake is a `ProtocolError` the connection turns into an `error` event.
+A client's item goes into the session's memory; an `mcp_approval_response` item instead answers
+the MCP call waiting for it. Every mistake is a `ProtocolError` the connection turns into an
+`error` event.
+
+Audio content is transcribed for the LLM's sake (OpenAI's model hears it; ours reads it). The
+item is in the conversation at once (`conversation.item.added`, its transcript null) and the
+client's next events are handled meanwhile; its words are background work that gives way to
+live turns (engine/item_words.py), then come as a live turn's do
+(`conversation.item.input_audio_transcription.*` when transcription is on, then
+`conversation.item.done`). A reply waits for them; a `response.cancel` ends that wait at once
+(an out-of-band `response.create` naming the item in its `input` waits for them in its handler).
+At most twice `server.max_input_buffer_s` of item audio may wait (`audio_backlog_full`). The
+realtime brain sends an item's words upstream as it adds it, so there the item still enters once
+transcribed (the same background windows), and its handler waits for that; so does an
+assistant or system item with audio (rare: its words are not a user's transcript).
 
 A truncate keeps, in the session's memory (what the LLM reads next) and in the store, only the
 words of the audio the client says it played. As OpenAI's: never past the audio the item sent,
@@ -19,7 +31,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from moksori.audio.resample import resample
+from moksori.engine.item_words import Part
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.errors import ProtocolError
 from moksori.protocols import realtime as rt
@@ -28,10 +43,12 @@ from moksori.protocols.realtime.items import ItemStatus
 if TYPE_CHECKING:
     from moksori.engine.session import Session
     from moksori.server.realtime_mcp import RealtimeMCP
+    from moksori.settings import Settings
 
 __all__ = ["ConversationItems", "ItemsHost", "item_wire"]
 
 KEEP_CUTS = 256  # items whose truncation is remembered (a later truncate may not go past it)
+BACKLOG = 2  # item audio waiting for its words: at most this many times the item limit
 
 
 class ItemsHost(Protocol):
@@ -40,6 +57,7 @@ class ItemsHost(Protocol):
     ev: rt.ServerEvents
     flavor: rt.Flavor
     cfg: rt.SessionConfig
+    settings: Settings
     session: Session
     mcp: RealtimeMCP
     recorder: Any  # the store's recorder (told what the client adds and truncates), or None
@@ -47,8 +65,9 @@ class ItemsHost(Protocol):
     def send(self, event: dict[str, Any] | None) -> None: ...
 
 
-def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = None) -> dict[str, Any]:
-    """A memory item as the wire's conversation item."""
+def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = None,
+              words_pending: bool = False) -> dict[str, Any]:
+    """A memory item as the wire's conversation item (`words_pending`: its transcript is null)."""
     if item.type == "mcp_call":  # rebuilt from memory (the runner keeps the copy the client was shown)
         return rt.mcp_call_item(item.id, item.server_label or "", item.name or "", item.arguments or "{}",
                                 approval_request_id=item.approval_request_id,
@@ -59,7 +78,7 @@ def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = N
     if item.type == "function_call_output":
         return rt.function_call_output_item(item.id, item.call_id or "", item.output or "", flavor)
     if item.role == "user":
-        part = rt.ContentPart("input_audio", transcript=item.text) if item.audio else \
+        part = rt.ContentPart("input_audio", transcript=None if words_pending else item.text) if item.audio else \
             rt.ContentPart("input_text", text=item.text)
     elif item.role == "assistant":
         part = rt.ContentPart("output_audio", transcript=item.text) if item.audio else \
@@ -74,8 +93,8 @@ class ConversationItems:
                  max_audio_s: float = 120.0) -> None:
         self._host = host
         self._audio_sent_ms = audio_sent_ms  # how much audio an assistant item produced so far
-        # an item's audio is transcribed in one job that cannot stop midway: no longer than the
-        # input buffer may grow (`server.max_input_buffer_s`), or one cheap message holds STT for minutes
+        # an item's audio is no longer than the input buffer may grow (`server.max_input_buffer_s`):
+        # one cheap message is minutes of STT work (background work now, but work all the same)
         self._max_audio_s = max_audio_s
         self._cuts: OrderedDict[str, int] = OrderedDict()  # item id -> audio_end_ms of its last truncate
         # a truncate stopped the reply in progress, and no response was asked for since: a
@@ -92,7 +111,16 @@ class ConversationItems:
         if after not in (None, "root") and mem.get(after) is None:
             raise ProtocolError(f"previous_item_id {after} does not exist", code="item_not_found",
                                 param="previous_item_id")
-        item = await self.to_memory(ev.item)
+        item, parts = self._parts(ev.item)
+        audio = [p for p in parts if not isinstance(p, str)]
+        if audio and item.role == "user" and host.settings.brain != "realtime":
+            self._check_backlog(sum(len(a) for a in audio) / 16000)
+            host.session.add_audio_item(item, parts, after=after)  # its words follow
+            host.send(host.ev.conversation_item_added(item_wire(item, host.flavor, words_pending=True),
+                                                      mem.previous_id(item.id)))
+            return  # its `conversation.item.done` comes with its words (realtime_outbound)
+        if audio:
+            await self._transcribe(item, parts)
         host.session.add_item(item, after=after)
         if host.recorder is not None:
             host.recorder.item_added(item)
@@ -100,6 +128,13 @@ class ConversationItems:
         prev = mem.previous_id(item.id)
         host.send(host.ev.conversation_item_added(wire, prev))
         host.send(host.ev.conversation_item_done(wire, prev))
+
+    def _check_backlog(self, seconds: float) -> None:
+        pending, limit = self._host.session.item_words.pending_s, BACKLOG * self._max_audio_s
+        if pending + seconds > limit:
+            raise ProtocolError(f"{pending:.0f} s of earlier items' audio is still being transcribed: at most {limit:g} s "
+                                f"may wait ({BACKLOG} x MOKSORI_SERVER_MAX_INPUT_BUFFER_S); send this item once their "
+                                "transcripts have come", code="audio_backlog_full", param="item.content.audio")
 
     def _approval_response(self, item: rt.MCPApprovalResponseItem) -> None:
         """The client's answer to an `mcp_approval_request`: the waiting call goes on (or not).
@@ -115,6 +150,18 @@ class ConversationItems:
 
     async def to_memory(self, item: rt.Item) -> MemItem:
         """A client's wire item as a memory item (its audio transcribed). Raises ProtocolError."""
+        mem, parts = self._parts(item)
+        await self._transcribe(mem, parts)
+        return mem
+
+    async def _transcribe(self, item: MemItem, parts: list[Part]) -> None:
+        """`item.text`: its parts' text, its audio transcribed now (in background windows)."""
+        texts = [p if isinstance(p, str) else (await self._host.session.transcribe_item_audio(p)).text for p in parts]
+        item.text = " ".join(t for t in texts if t)
+
+    def _parts(self, item: rt.Item) -> tuple[MemItem, list[Part]]:
+        """A client's wire item as a memory item without the words of its audio, and its content
+        in order (text, or 16 kHz audio to transcribe). Raises ProtocolError."""
         host = self._host
         if isinstance(item, rt.MCPApprovalResponseItem):
             raise ProtocolError("an mcp_approval_response item goes in conversation.item.create, not in "
@@ -124,31 +171,32 @@ class ConversationItems:
             raise ProtocolError(f"an item with id {item_id} already exists", code="item_exists", param="item.id")
         if isinstance(item, rt.FunctionCallItem):
             return MemItem(id=item_id, type="function_call", role="assistant", call_id=item.call_id, name=item.name,
-                           arguments=item.arguments)
+                           arguments=item.arguments), []
         if isinstance(item, rt.FunctionCallOutputItem):
             return MemItem(id=item_id, type="function_call_output", role="user", call_id=item.call_id,
-                           output=item.output)
-        texts: list[str] = []
-        audio = False
+                           output=item.output), []
+        parts: list[Part] = []
+        audio, audio_s = False, 0.0
         for part in item.content:
             if part.type in ("input_text", "output_text") and part.text:
-                texts.append(part.text)
+                parts.append(part.text)
             elif part.type in ("input_audio", "output_audio"):
                 audio = True
                 if part.transcript:
-                    texts.append(part.transcript)
+                    parts.append(part.transcript)
                 elif part.audio:
                     frame = host.cfg.input_format.decode(part.audio, param="item.content.audio")
-                    if frame.duration > self._max_audio_s:
-                        raise ProtocolError(f"the item's audio is {frame.duration:.0f} s long: at most {self._max_audio_s:g} s "
+                    audio_s += frame.duration
+                    if audio_s > self._max_audio_s:
+                        raise ProtocolError(f"the item's audio is {audio_s:.0f} s long: at most {self._max_audio_s:g} s "
                                             "(MOKSORI_SERVER_MAX_INPUT_BUFFER_S)", code="audio_too_long",
                                             param="item.content.audio")
-                    tr = await host.session.transcribe_item_audio(resample(frame, 16000).to_float())
-                    texts.append(tr.text)
+                    parts.append(np.asarray(resample(frame, 16000).to_float(), dtype=np.float32))
             elif part.type == "input_image":
                 raise ProtocolError("image input is not supported", code="unsupported_content_type",
                                     param="item.content.type")
-        return MemItem(id=item_id, role=item.role, text=" ".join(t for t in texts if t), audio=audio)
+        text = " ".join(p for p in parts if isinstance(p, str) and p)
+        return MemItem(id=item_id, role=item.role, text=text, audio=audio), parts
 
     def retrieve(self, ev: rt.ConversationItemRetrieve) -> None:
         host = self._host
@@ -161,7 +209,8 @@ class ConversationItems:
         if item.type == "mcp_call" and item.id in host.mcp.items:  # as the client was shown it
             host.send(host.ev.conversation_item_retrieved(host.mcp.items[item.id]))
             return
-        host.send(host.ev.conversation_item_retrieved(item_wire(item, host.flavor)))
+        pending = host.session.memory.words_pending(item.id)
+        host.send(host.ev.conversation_item_retrieved(item_wire(item, host.flavor, words_pending=pending)))
 
     def truncate(self, ev: rt.ConversationItemTruncate) -> None:
         host = self._host

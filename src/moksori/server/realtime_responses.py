@@ -112,8 +112,11 @@ class ResponseRequests:
         out: list[Message] = []
         for it in items:
             if isinstance(it, rt.ItemReference):
-                found = self._host.session.memory.get(it.id)
-                if found is None:
+                memory = self._host.session.memory
+                if memory.get(it.id) is not None:
+                    await memory.words_ready(it.id)  # an audio item still being transcribed
+                found = memory.get(it.id)
+                if found is None:  # (or deleted while its words came)
                     raise ProtocolError(f"item {it.id} does not exist", code="item_not_found", param="response.input")
                 mem = found
             else:

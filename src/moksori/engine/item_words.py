@@ -1,0 +1,160 @@
+"""The words of audio a client puts in the conversation as an item (Realtime
+`conversation.item.create` with `input_audio`), transcribed in the background.
+
+The item is in the conversation at once; its words follow (`user.transcript`, not typed), and a
+reply that reads the conversation waits for them (`Memory.words_ready`). Until 2026-12 the item's
+audio was transcribed in one STT job inside the client's event handler: ~100 s of speech held
+Whisper ~50 s for every session (another session's turn got its transcript 53.6 s late) and the
+connection handled nothing else meanwhile (its `response.cancel` took effect 19 s later).
+
+Now the transcription is background work (`providers/threads.background`): it queues behind
+every live turn's decode, and it goes in windows of at most `WINDOW_S` of speech, cut in the
+pauses the VAD finds (as uploads are: providers/long_form.py), each its own STT job. Each window
+is preemptible: when a live turn's decode waits for the model it gives way between its steps
+(features, encoder, decoder) and is tried again; after `GIVE_WAY_TRIES` such tries it runs to its
+end, so a busy server delays an item but never starves it. A live turn therefore waits for at
+most one step of one window (~1 s on the 2-core VM), not for the whole item.
+
+One session's items are transcribed one at a time, in the order they came. Deleting an item
+stops its transcription (a step in progress runs to its end, unread); closing the session stops
+them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from moksori.engine import events as E
+from moksori.engine.input_audio import VAD_RATE
+from moksori.engine.memory import Item
+from moksori.engine.session_context import SessionContext
+from moksori.providers.base import STTOptions, Transcript, one_chunk
+from moksori.providers.threads import background, background_context, run_blocking
+from moksori.providers.vad_segments import speech_regions
+
+__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "ItemWords", "Part"]
+
+log = logging.getLogger("moksori.session")
+
+# Speech per STT job. Whisper's window is 30 s; a shorter one makes each step a live turn may
+# have to wait for shorter: on the loaded 2-core VM a 27 s window's encoder took 2.1 s, a 15 s
+# one's 0.95 s (its 3 s of padding cost a little more in all).
+WINDOW_S = 15.0
+GIVE_WAY_TRIES = 4  # a window that gave way this often to live turns runs to its end
+
+Part = str | np.ndarray  # an item's content in order: text as it is, audio (16 kHz float32) to transcribe
+
+
+class ItemWords:
+    def __init__(self, ctx: SessionContext) -> None:
+        self._ctx = ctx
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._pending_s: dict[str, float] = {}  # audio waiting or being transcribed, per item
+        self._turn = asyncio.Lock()  # one item at a time, in order (asyncio.Lock is FIFO)
+        self.windows = 0  # STT jobs run to a result, all items (for tests and benchmarks)
+        self.gave_way = 0  # ... tries that gave way to a live turn's decode
+
+    @property
+    def pending_s(self) -> float:
+        """Seconds of item audio not transcribed yet."""
+        return sum(self._pending_s.values())
+
+    def add(self, item: Item, parts: Sequence[Part]) -> None:
+        """`item` is in memory; its words (`parts` in order, the audio ones transcribed) come later."""
+        self._ctx.memory.words_coming(item.id)
+        self._pending_s[item.id] = sum(len(p) / VAD_RATE for p in parts if not isinstance(p, str))
+        self._tasks[item.id] = self._ctx.spawn(self._words_of(item, list(parts)), f"item-words-{item.id}",
+                                               context=background_context())
+
+    def cancel(self, item_id: str) -> None:
+        """The item left the conversation: its words are not wanted any more."""
+        task = self._tasks.pop(item_id, None)
+        self._pending_s.pop(item_id, None)
+        if task is not None:
+            task.cancel()
+        self._ctx.memory.words_known(item_id)
+
+    def close(self) -> None:
+        for item_id in list(self._tasks):
+            self.cancel(item_id)
+
+    async def _words_of(self, item: Item, parts: list[Part]) -> None:
+        ctx = self._ctx
+        audio_s = self._pending_s.get(item.id, 0.0)
+        text, language = item.text, item.language
+        try:
+            async with self._turn:
+                texts: list[str] = []
+                for part in parts:
+                    if isinstance(part, str):
+                        texts.append(part)
+                        continue
+                    tr = await self.transcribe(part)
+                    texts.append(tr.text)
+                    language = language or (tr.language if tr.text.strip() else None)
+                text = " ".join(t.strip() for t in texts if t.strip())
+        except asyncio.CancelledError:
+            ctx.memory.words_known(item.id)  # (deleted, or the session closes) nobody waits for them
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed transcription leaves the item wordless, not the session broken
+            ctx.publish_error(e)
+        finally:
+            self._tasks.pop(item.id, None)
+            self._pending_s.pop(item.id, None)
+        if ctx.memory.get(item.id) is not item:
+            ctx.memory.words_known(item.id)
+            return  # deleted meanwhile
+        item.text, item.language = text, language or ctx.last_language
+        ctx.memory.words_known(item.id)
+        ctx.publish(E.UserTranscript(t=ctx.clock.now(), item_id=item.id, text=text, language=item.language,
+                                     final=True, audio_s=round(audio_s, 3)))
+
+    async def transcribe(self, audio16k: np.ndarray) -> Transcript:
+        """The words of `audio16k` (any length), as background work in preemptible windows."""
+        ctx = self._ctx
+        lang = ctx.stt_language()
+        texts: list[str] = []
+        with background():  # (also when awaited in a client's event handler: this block only)
+            for start, end in await self._windows(audio16k):
+                tr = await self._window(audio16k[start:end], lang)
+                if tr.text.strip():
+                    texts.append(tr.text.strip())
+                    lang = lang or tr.language  # the first words decide the language of the rest
+        text = re.sub(r"\s+", " ", " ".join(texts)).strip()
+        return Transcript(text, lang or ctx.last_language, True, len(audio16k) / VAD_RATE)
+
+    async def _windows(self, audio16k: np.ndarray) -> list[tuple[int, int]]:
+        """[(start, end)] samples of the windows to transcribe: the whole of a short item; else
+        the VAD's speech regions, joined while they fit in `WINDOW_S` (silence between is skipped)."""
+        limit = int(WINDOW_S * VAD_RATE)
+        if len(audio16k) <= limit:
+            return [(0, len(audio16k))]
+        # the VAD over minutes of audio takes a while (a frame at a time): off the event loop
+        regions = await run_blocking(speech_regions, self._ctx.stack.vad, audio16k, max_region_s=WINDOW_S)
+        windows: list[tuple[int, int]] = []
+        for a_s, b_s in regions:
+            a, b = int(a_s * VAD_RATE), int(b_s * VAD_RATE)
+            if windows and b - windows[-1][0] <= limit:
+                windows[-1] = (windows[-1][0], b)
+            else:
+                windows.append((a, b))
+        return windows
+
+    async def _window(self, audio: np.ndarray, lang: str | None) -> Transcript:
+        ctx = self._ctx
+        for attempt in range(GIVE_WAY_TRIES + 1):
+            opts = STTOptions(language=lang, languages=ctx.cfg.languages, preemptible=attempt < GIVE_WAY_TRIES)
+            final: Transcript | None = None
+            async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
+                if tr.final:
+                    final = tr
+            if final is not None:
+                self.windows += 1
+                return final
+            self.gave_way += 1  # a live turn's decode went first: this window again
+        return Transcript("", lang or ctx.last_language, True, len(audio) / VAD_RATE)
