@@ -18,7 +18,6 @@ that thing", en_001 above), sent at real-time pace.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import time
 from typing import Any
@@ -33,16 +32,8 @@ from scripted_llm_server import ScriptedLLM
 from servers import ServerProcess, ThreadedASGIServer, free_port
 from speech import prepared_data_dir, requires_speech, utt
 
-from moksori.engine.config import SessionConfig as EngineConfig
 
 pytestmark = [pytest.mark.models, requires_speech]
-
-# Live turns and item audio reach the STT through the engine's config, which has no place for the
-# prompt yet (the change is described in the hand-over: engine/config.py `stt_prompt`, read where
-# each STTOptions is made). Until then these tests must fail; once it exists they must pass.
-needs_engine_prompt = pytest.mark.xfail(
-    "stt_prompt" not in {f.name for f in dataclasses.fields(EngineConfig)}, strict=True,
-    reason="the engine's SessionConfig has no stt_prompt: the prompt cannot reach live turns yet")
 
 KEY = "sk-moksori-transcription-0123"
 RATE = 24000
@@ -254,7 +245,6 @@ async def test_rest_prompt_reaches_whisper(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
 
 
-@needs_engine_prompt
 async def test_live_turn_prompt_reaches_whisper(server):
     """The same clip spoken twice into a transcription session: without the prompt, then with it."""
     client = await Client.open(server.port, KEY, query={"intent": "transcription"})
@@ -274,7 +264,6 @@ async def test_live_turn_prompt_reaches_whisper(server):
         await client.close()
 
 
-@needs_engine_prompt
 async def test_item_audio_prompt_reaches_whisper(server):
     """`conversation.item.create` with an `input_audio` part: transcribed with the session's prompt."""
     client = await Client.open(server.port, KEY)

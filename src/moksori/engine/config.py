@@ -24,6 +24,9 @@ class SessionConfig:
     output_lead_ms: int = 200
     turn: TurnConfig = field(default_factory=TurnConfig)
     transcribe_input: bool = True
+    # the client's transcription prompt (Realtime `transcription.prompt`): Whisper's "previous text"
+    # for every decode of the user's audio (names, spellings, style)
+    stt_prompt: str | None = None
     partial_interval_ms: int = 1200
     partial_yield: bool = True  # a live partial's decode gives way to a final one (engine/partials.py)
     # live partials: auto = only while someone reads them (engine/partial_readers.py); the

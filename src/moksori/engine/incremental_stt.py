@@ -248,6 +248,8 @@ class IncrementalSTT:
         """The decode's final transcript; None if none came (a preemptible decode gave way)."""
         ctx = self._ctx
         lang = ctx.stt_language() or turn.language
+        # the client's prompt, then the words committed so far (Whisper reads both as what came before)
+        prompt = " ".join(p for p in (ctx.cfg.stt_prompt, prompt) if p)
         opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=prompt or None, preemptible=preemptible)
         final: Transcript | None = None
         self.decoded_s += len(audio) / VAD_RATE

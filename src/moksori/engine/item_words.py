@@ -148,7 +148,8 @@ class ItemWords:
     async def _window(self, audio: np.ndarray, lang: str | None) -> Transcript:
         ctx = self._ctx
         for attempt in range(GIVE_WAY_TRIES + 1):
-            opts = STTOptions(language=lang, languages=ctx.cfg.languages, preemptible=attempt < GIVE_WAY_TRIES)
+            opts = STTOptions(language=lang, languages=ctx.cfg.languages, prompt=ctx.cfg.stt_prompt,
+                              preemptible=attempt < GIVE_WAY_TRIES)
             final: Transcript | None = None
             async for tr in ctx.stt.transcribe(one_chunk(audio), opts):
                 if tr.final:

@@ -121,6 +121,6 @@ class PartialTranscripts:
         host = self._host
         audio = self._audio_between(onset - 2.0, host.clock.now())
         opts = STTOptions(language=host.stt_language(), languages=host.cfg.languages,
-                          preemptible=host.cfg.partial_yield)
+                          prompt=host.cfg.stt_prompt, preemptible=host.cfg.partial_yield)
         async for tr in host.stt.transcribe(one_chunk(audio), opts):
             yield tr

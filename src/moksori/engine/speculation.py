@@ -235,7 +235,8 @@ class Speculations:
                 final = await inc.transcribe(spec)  # only the audio after the committed point
             else:
                 async for tr in ctx.stt.transcribe(one_chunk(audio), STTOptions(language=lang,
-                                                                                 languages=ctx.cfg.languages)):
+                                                                                 languages=ctx.cfg.languages,
+                                                                                 prompt=ctx.cfg.stt_prompt)):
                     if tr.final:
                         final = tr
                 if self.is_current(spec):  # a whole decode (not a cancelled one): its time teaches the pace

@@ -95,7 +95,8 @@ def engine_config(cfg: rt.SessionConfig, base: EngineConfig, settings: Settings,
         instructions=cfg.instructions or None, language=lang, voice=voice, modalities=modalities(cfg.output_modalities),
         output_rate=cfg.output_format.rate, turn=turn, tools=tool_specs(cfg.tools),
         tool_choice=tool_choice_name(cfg.tool_choice), temperature=cfg.temperature,
-        max_output_tokens=max_tokens(cfg.max_output_tokens, settings), speed=cfg.speed or 1.0)
+        max_output_tokens=max_tokens(cfg.max_output_tokens, settings), speed=cfg.speed or 1.0,
+        stt_prompt=cfg.input_transcription.prompt if cfg.input_transcription else None)
 
 
 # ---------------------------------------------------------------------------- one option at a time
