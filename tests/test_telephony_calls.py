@@ -364,7 +364,11 @@ async def test_malformed_messages_and_hang_up_mid_reply_leak_nothing(server: Ser
                 await call.hang_up()
         s = call_summary(server.url, call_id)
         assert s["bad_messages"] >= len(JUNK) - 1, s["bad_messages"]
-        assert s["end_reason"] in ("carrier_hung_up", "carrier_stop", "socket_error"), s["end_reason"]
+        # what the carrier did, even when a send of the reply still playing failed first (a send
+        # on a closing socket fails at once): the stop or the disconnect queued for the reader
+        # names the end, never `send_failed` (tests/test_telephony_send_failure.py)
+        expected = ("carrier_hung_up", "socket_error") if how == "abrupt" else ("carrier_stop",)
+        assert s["end_reason"] in expected, (how, s["end_reason"])
         assert events(s, "agent.response_started")
         rss.append(get_json(server.url, "/telephony/debug/stats")["rss_kb"])
 
@@ -374,7 +378,8 @@ async def test_malformed_messages_and_hang_up_mid_reply_leak_nothing(server: Ser
     deadline = t_end + 30
     while True:
         stats = get_json(server.url, "/telephony/debug/stats")
-        if stats["tasks"] <= stats0["tasks"] and stats["live_sessions"] == 0 or time.monotonic() > deadline:
+        ended = stats["tasks"] <= stats0["tasks"] and stats["sessions"] == 0 and stats["active_calls"] == 0
+        if ended or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     print(f"\nall ended {time.monotonic() - t_end:.1f} s after the last call; tasks {stats0['tasks']} -> {stats['tasks']}; Python blocks {stats0['py_blocks']} -> {stats['py_blocks']}; "
@@ -383,6 +388,9 @@ async def test_malformed_messages_and_hang_up_mid_reply_leak_nothing(server: Ser
     # nothing of the three calls is left: no task, no Session or PhoneCall object, no Python heap
     # growth beyond the debug endpoint's own record of the calls
     assert stats["tasks"] == stats0["tasks"], (stats0, stats)
+    # and not a moment later: once a call's last task has ended, nothing references its Session or
+    # PhoneCall (a reply cancelled mid-token left them held by cancelled timers for up to the
+    # LLM's 30 s idle limit: tests/test_stream_teardown.py); the same snapshot, no waiting
     assert stats["live_sessions"] == 0 and stats["live_calls"] == 0, stats
     assert stats["py_blocks"] - stats0["py_blocks"] < 20_000, (stats0, stats)
     # RSS, roughly: the native libraries' allocators grow in steps (tens of MiB now and then,

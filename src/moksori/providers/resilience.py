@@ -25,6 +25,7 @@ import functools
 import logging
 import math
 import random
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -183,11 +184,15 @@ async def _next_item(
     if deadline is None:
         return await anext(it, _END)
     cm = asyncio.timeout_at(deadline)
+    # weakly: a cancelled timer stays in the loop's heap until its time (up to idle_s) with the
+    # context it was made in, which holds this; through `cm` it held the reply's task and session
+    timer = weakref.ref(cm)
 
     def progressed() -> None:  # `note_progress`: the silence so far ends here
-        if limit_s is not None and not cm.expired():
+        t = timer()
+        if t is not None and limit_s is not None and not t.expired():
             later = loop.time() + limit_s
-            cm.reschedule(later if total_deadline is None else min(later, total_deadline))
+            t.reschedule(later if total_deadline is None else min(later, total_deadline))
 
     try:
         with _progress_calls(progressed):

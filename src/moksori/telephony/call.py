@@ -25,10 +25,11 @@ Why a call ended (`end_reason`, the `call.ended` event): `carrier_stop` (the car
 `carrier_hung_up` (the socket closed), `carrier_not_reading` / `carrier_lost` (the socket was lost
 without a close frame, or a send to it failed, after the carrier had stopped confirming the audio
 it was sent / stopped sending anything for `UNRESPONSIVE_S`: what a keepalive ping timeout looks
-like), `send_failed`, `socket_error`, `carrier_silent`, `too_many_bad_messages`, `upstream_failed`,
-`server_error`, `agent_hung_up`, `hung_up_by_api`, `transferred`, `closed`; and for a stream that
-never became a call `no_start`, `bad_start`, `bad_token`, `duplicate_stream`, `server_full`,
-`token_reused`.
+like), `send_failed` (a send failed, and the reader had no stop, close or disconnect to tell
+within `SEND_FAILED_GRACE_S`), `socket_error`, `carrier_silent`, `too_many_bad_messages`,
+`upstream_failed`, `server_error`, `agent_hung_up`, `hung_up_by_api`, `transferred`, `closed`; and
+for a stream that never became a call `no_start`, `bad_start`, `bad_token`, `duplicate_stream`,
+`server_full`, `token_reused`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ IDLE_TIMEOUT_S = 30.0  # carriers stream audio continuously: 30 s without it mea
 # message at all from the carrier: it had stopped reading, or was gone (the keepalive ping's timeout)
 UNRESPONSIVE_S = 2.0
 NO_CLOSE_FRAME = (1005, 1006)  # the close codes a server reports for a connection lost without one
+# a send failed (the socket is closing): what the carrier sent before, still queued for the reader
+# (its stop, a close frame, the disconnect), says why the call ends; this long at most
+SEND_FAILED_GRACE_S = 1.0
 
 Send = Callable[[WireMessage], Awaitable[None]]
 
@@ -166,6 +170,7 @@ class PhoneCall:
         self._start_timeout_s = start_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._closed = False
+        self._send_failure: asyncio.TimerHandle | None = None  # a send failed: ends the call unless the reader does
         self.started_at: float | None = None  # loop time of `start`
         self._watchdog = asyncio.create_task(self._watch(), name=f"{carrier}-call-watchdog")
 
@@ -326,7 +331,19 @@ class PhoneCall:
                 self.end("upstream_failed")
 
     def _send_failed(self) -> None:
-        self.end(self._unresponsive() or "send_failed")
+        """A send found the socket failed or closing. The reader still holds what the carrier
+        sent before (one message a loop turn): a stop, a close frame, or the disconnect itself,
+        so the call ends as that says; as `send_failed` (or why the carrier was unresponsive when
+        the send failed) only if the reader has said nothing within SEND_FAILED_GRACE_S. Ended at
+        once, a carrier's stop or close frame queued behind the failed send was recorded as
+        `send_failed` (or `carrier_not_reading`)."""
+        if self.ended.is_set() or self._send_failure is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._send_failure = loop.call_later(SEND_FAILED_GRACE_S, self._end_send_failed, loop.time())
+
+    def _end_send_failed(self, failed_at: float) -> None:
+        self.end(self._unresponsive(failed_at) or "send_failed")
 
     def carrier_disconnected(self, code: int | None) -> None:
         """The carrier's socket closed; `code` is the close code the server reported (1005/1006:
@@ -335,13 +352,15 @@ class PhoneCall:
         reason = self._unresponsive() if code in NO_CLOSE_FRAME else None
         self.end(reason or "carrier_hung_up")
 
-    def _unresponsive(self) -> str | None:
-        """Why the carrier's socket was lost, when the call can tell: `carrier_lost` (nothing came
-        from the carrier for UNRESPONSIVE_S) or `carrier_not_reading` (it kept sending, but
-        confirmed none of the audio it was sent for UNRESPONSIVE_S). Logged once."""
+    def _unresponsive(self, now: float | None = None) -> str | None:
+        """Why the carrier's socket was lost (at loop time `now`, by default now), when the call
+        can tell: `carrier_lost` (nothing came from the carrier for UNRESPONSIVE_S) or
+        `carrier_not_reading` (it kept sending, but confirmed none of the audio it was sent for
+        UNRESPONSIVE_S). Logged once."""
         if self.ended.is_set() or self.session is None:
             return None
-        now = asyncio.get_running_loop().time()
+        if now is None:
+            now = asyncio.get_running_loop().time()
         quiet = now - self._last_message
         unconfirmed = self.playout.unconfirmed_s(now) if self.playout is not None else 0.0
         call_id = self.call_id[:64] if self.call_id is not None else "?"
@@ -405,6 +424,8 @@ class PhoneCall:
         tasks = [t for t in (self._watchdog,) if t is not None and not t.done()]
         for t in tasks:
             t.cancel()
+        if self._send_failure is not None:
+            self._send_failure.cancel()
         if self.playout is not None:
             await self.playout.close()  # what is still queued is dropped
         if self.session is not None:
