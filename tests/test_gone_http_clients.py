@@ -150,8 +150,6 @@ async def test_a_follower_that_leaves_is_let_go_at_once(how) -> None:
     assert not records.noise(), records.noise()
 
 
-@pytest.mark.xfail(strict=True, reason="a send on a closing HTTP transport must count as the disconnect: "
-                                       "server/sockets.py's HTTP protocol (see the module's notes)")
 @pytest.mark.parametrize("how", ["close", "reset"])
 async def test_a_burst_for_a_follower_that_just_left_is_not_written_into_its_dead_socket(how) -> None:
     async with served_app() as (state, port, records):

@@ -37,6 +37,7 @@ import asyncio
 import logging
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h11
@@ -196,6 +197,9 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
 
         def handle_events(self) -> None:
             super().handle_events()
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and "send" not in vars(cycle):
+                cycle.send = self._closing_is_disconnect(cycle)
             scope = getattr(self, "scope", None)
             if isinstance(scope, dict) and TRANSPORT_KEY not in scope:
                 # the app's request task has not run yet: it finds its connection here, to drop
@@ -204,6 +208,23 @@ def guarded_protocols(stats: SocketStats) -> tuple[type[asyncio.Protocol], type[
             if self._header_timer is not None and self.conn.their_state is not h11.IDLE and \
                     self.conn.our_state not in (h11.DONE, h11.MUST_CLOSE):
                 self._cancel_header_timer()  # the request line and headers are in
+
+        def _closing_is_disconnect(self, cycle: Any) -> Callable[[Any], Awaitable[None]]:
+            """The request's `send`, for which a transport already closing is the client's
+            disconnect: a failed write closes it at once, but uvicorn learns of it only at
+            `connection_lost`, a loop turn later, and a stream that sends a queued burst meanwhile
+            (live events) wrote every message into the dead socket, each a `socket.send() raised
+            exception.` warning from asyncio (95 for a burst of 100). Now the stream sees
+            `http.disconnect` and its sends are dropped, as after `connection_lost`."""
+            send, transport = cycle.send, self.transport
+
+            async def guarded(message: Any) -> None:
+                if transport.is_closing() and not cycle.disconnected:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+                await send(message)
+
+            return guarded
 
         def handle_websocket_upgrade(self, event: h11.Request) -> None:
             self._cancel_header_timer()
