@@ -17,16 +17,20 @@ Here instead:
   cancellation propagates, the children's does not.
 * `raise_if_cancelled()`: at the top of each turn of a retry or reconnect loop. If this task
   was asked to stop and something below (a library) swallowed the request, stop now.
+* `close_stream(stream)`: close an async generator (an LLM's reply stream) from the task that
+  iterated it, finished or not, in a `finally` around its loop: left to the garbage collector,
+  each generator of a nest gets its own `aclose()` task, and those that run while an outer one
+  is closing them fail with "asynchronous generator is already running", never retrieved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-__all__ = ["raise_if_cancelled", "stop", "wait_for"]
+__all__ = ["close_stream", "raise_if_cancelled", "stop", "wait_for"]
 
 log = logging.getLogger("moksori.cancellation")
 
@@ -60,3 +64,14 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError("cancelled earlier (the request was swallowed below)")
+
+
+async def close_stream(stream: AsyncIterator[Any]) -> None:
+    """Close `stream` (its generator's cleanup stops the model), ignoring what closing raises:
+    the reply is being cut short or is over anyway."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - see above
+            pass

@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
+from moksori import cancellation
 from moksori.accounting import PriceTable, TurnUsage, format_cost
 from moksori.engine.context import ContextPolicy, ContextWindow, default_budget, token_counter
 from moksori.engine.memory import BLOCKED_TEXT, Item, new_id
@@ -344,22 +345,23 @@ class TextChat:
                 got_usage = False
                 said = len(parts)  # this round's words start here
                 stream = self.llm.chat(req)
-                async for ev in stream:
-                    if isinstance(ev, TextDelta) and ev.text:
-                        if first_token is None:
-                            first_token = time.time()
-                        parts.append(ev.text)
-                        if await gate.push(ev.text):  # blocked: the rest of this reply is not wanted
-                            aclose = getattr(stream, "aclose", None)
-                            if aclose is not None:
-                                await aclose()
-                            break
-                    elif isinstance(ev, ToolCallEvent):
-                        calls.append(ev.call)
-                    elif isinstance(ev, Usage):
-                        got_usage = True
-                        usage = Usage(usage.input_tokens + ev.input_tokens, usage.output_tokens + ev.output_tokens,
-                                      usage.cached_tokens + ev.cached_tokens)
+                try:
+                    async for ev in stream:
+                        if isinstance(ev, TextDelta) and ev.text:
+                            if first_token is None:
+                                first_token = time.time()
+                            parts.append(ev.text)
+                            if await gate.push(ev.text):  # blocked: the rest of this reply is not wanted
+                                break
+                        elif isinstance(ev, ToolCallEvent):
+                            calls.append(ev.call)
+                        elif isinstance(ev, Usage):
+                            got_usage = True
+                            usage = Usage(usage.input_tokens + ev.input_tokens,
+                                          usage.output_tokens + ev.output_tokens,
+                                          usage.cached_tokens + ev.cached_tokens)
+                finally:  # by this task, however the loop ends (Ctrl-C while a line is printed too)
+                    await cancellation.close_stream(stream)
                 if not got_usage:  # the server reported no usage: count with the tokenizer / estimate
                     reported = False
                     usage = Usage(usage.input_tokens + sum(self.count(m.content) + 4 for m in req.messages),

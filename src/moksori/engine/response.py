@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from moksori import cancellation
 from moksori.engine import events as E
@@ -402,7 +402,7 @@ class Response:
                 # garbage collector, each generator of the stream's nest got its own `aclose()`
                 # task, and those that ran while an outer one was closing them failed with
                 # "asynchronous generator is already running", never retrieved
-                await _close(stream)
+                await cancellation.close_stream(stream)
         for clause in chunker.flush():
             await clauses.put(clause)
         return calls
@@ -534,11 +534,3 @@ class Response:
 LLM_RESUMES_AT_FIRST_PIECE = False
 
 
-async def _close(stream: AsyncIterator[Any]) -> None:
-    """Close an LLM stream, finished or not (its generator's cleanup stops the model)."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # noqa: BLE001 - the reply is being cut short anyway
-            pass
