@@ -17,7 +17,19 @@ session can never do more than its audio allows; what the level shows is when th
 
 The baseline is N=1 in the same run. The CPU, load average and settings are in the output.
 
+`--set KEY=VALUE` (repeatable) starts the server with that setting (`llm.parallel=4` is
+`MOKSORI_LLM_PARALLEL=4`). `--ab KEY=VALUE[,KEY=VALUE]` (repeatable) starts one more server,
+variant B (then C, ...), with A's settings plus those, beside A's. Both stay loaded, and every
+level runs on each in turn, the order rotating from one level to the next, for `--rounds`
+rounds: the variants share the machine's load, which is recorded at each run (other jobs may
+be running). A variant that sets `llm.parallel` = N and no `llm.context_tokens` gets N × A's
+window, so that each session's window (its slot: context / N) is A's. Per variant and level
+the rounds are pooled (`table`): first audio p50/p95 over all replies, replies/min over all
+windows, the loop-lag p99 windows, how often the extra session was refused, the load average.
+
     python benchmarks/load.py [--levels 1,2,4,8] [--window 60] [--tokens 40] [--json out.json]
+    python benchmarks/load.py --levels 1,2,4,6 --window 45 --rounds 2 --ab llm.parallel=4 \\
+        --json benchmarks/results/load_parallel.json
 """
 
 from __future__ import annotations
@@ -29,9 +41,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from _stats import pct
@@ -46,14 +61,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, extra_env: dict[str, str]) -> subprocess.Popen:
+def setting_env(pairs: list[str]) -> dict[str, str]:
+    """`group.field=value` settings as a server's environment: MOKSORI_GROUP_FIELD=value."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"not a KEY=VALUE setting: {pair!r}")
+        env["MOKSORI_" + key.strip().replace(".", "_").upper()] = value.strip()
+    return env
+
+
+def same_window(a: dict[str, str], own: dict[str, str]) -> dict[str, str]:
+    """A variant's environment: A's with its `own` settings on top, and, when those set
+    `llm.parallel` = N but no `llm.context_tokens`, a context of N × A's window (the batched
+    LLM gives each of its N slots context / N tokens), so each session's window is A's."""
+    env = {**a, **own}
+    if "MOKSORI_LLM_PARALLEL" not in own or "MOKSORI_LLM_CONTEXT_TOKENS" in own:
+        return env
+    from moksori.settings import load_settings
+
+    llm = load_settings().llm  # what A's server reads from the environment and moksori.toml
+    window = int(a.get("MOKSORI_LLM_CONTEXT_TOKENS", llm.context_tokens)) // int(a.get("MOKSORI_LLM_PARALLEL",
+                                                                                        llm.parallel))
+    return {**env, "MOKSORI_LLM_CONTEXT_TOKENS": str(int(own["MOKSORI_LLM_PARALLEL"]) * window)}
+
+
+def start_server(port: int, extra_env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`moksori serve` on 127.0.0.1:port, its output in `log` (a pipe nobody reads would fill
+    up and block the server)."""
     argv = [sys.executable, "-m", "moksori", "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "MOKSORI_LANGUAGE": "en", **extra_env}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"moksori serve exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            raise SystemExit(f"moksori serve exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc
@@ -61,6 +105,34 @@ def start_server(port: int, extra_env: dict[str, str]) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise SystemExit("moksori serve did not start within 240 s")
+
+
+@dataclass
+class Variant:
+    """One server of the run: its settings (as given and as its environment) and where it listens."""
+
+    name: str
+    settings: list[str]
+    env: dict[str, str]
+    base: str = ""
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self, port: int, logs: Path) -> None:
+        self.log = logs / f"serve-{self.name}.log"
+        print(f"starting moksori serve {self.name} on 127.0.0.1:{port} (embedded stack; "
+              f"{' '.join(f'{k}={v}' for k, v in self.env.items())})...", file=sys.stderr)
+        self.proc = start_server(port, self.env, self.log)
+        self.base = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> int | None:
+        """Stop the server; the tracebacks in its log (None: not started here)."""
+        if self.proc is None or self.log is None:
+            return None
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(15)
+        return self.log.read_text(errors="replace").count("Traceback")
 
 
 def ready(base: str) -> tuple[int, dict[str, Any]]:
@@ -169,6 +241,7 @@ async def run_level(base: str, n: int, window: float, tokens: int) -> dict[str, 
         "sessions": n, "admitted": len(sessions), "refused_at_start": level.refused,
         "extra_session_refused": extra_refused,
         "replies": len(level.replies), "failed": level.failed, "errors": sorted(set(level.errors)),
+        "replies_in_window": len(in_window), "window_s": window,
         "replies_per_min": round(60 * len(in_window) / window, 1),
         "first_audio_p50_s": round(pct(firsts, 0.5), 2), "first_audio_p95_s": round(pct(firsts, 0.95), 2),
         "first_audio_max_s": round(max(firsts), 2) if firsts else None,
@@ -176,41 +249,87 @@ async def run_level(base: str, n: int, window: float, tokens: int) -> dict[str, 
         "loop_lag_p99_ms_median": round(pct(lags, 0.5), 1) if lags else None,
         "ready_busy_fraction": round(busy / polls, 2) if polls else None,
         "elapsed_s": round(elapsed, 1),
+        "first_audio_s": [round(x, 3) for x in firsts], "loop_lag_p99_ms": lags,  # pooled over rounds
+    }
+
+
+def variants_of(args) -> list[Variant]:
+    a_env = {"MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "1000", **setting_env(args.set)}
+    out = [Variant("A", args.set, a_env)]
+    for i, extra in enumerate(args.ab):
+        pairs = [p for p in extra.split(",") if p.strip()]
+        out.append(Variant(chr(ord("B") + i), [*args.set, *pairs], same_window(a_env, setting_env(pairs))))
+    return out
+
+
+def pooled(v: Variant, n: int) -> dict[str, Any]:
+    """The rounds of level `n` on variant `v`, pooled."""
+    rows = [r for r in v.rows if r["sessions"] == n]
+    firsts = [x for r in rows for x in r["first_audio_s"]]
+    lags = [x for r in rows for x in r["loop_lag_p99_ms"]]
+    loads = [x for r in rows for x in r["loadavg_1m"]]
+    return {
+        "variant": v.name, "sessions": n, "runs": len(rows), "replies": len(firsts),
+        "failed": sum(r["failed"] for r in rows),
+        "replies_per_min": round(60 * sum(r["replies_in_window"] for r in rows) / sum(r["window_s"] for r in rows), 1),
+        "first_audio_p50_s": round(pct(firsts, 0.5), 2), "first_audio_p95_s": round(pct(firsts, 0.95), 2),
+        "loop_lag_p99_ms_worst": round(max(lags), 1) if lags else None,
+        "loop_lag_p99_ms_median": round(pct(lags, 0.5), 1) if lags else None,
+        "refused_at_start": sum(r["refused_at_start"] for r in rows),
+        "extra_session_refused": sum(r["extra_session_refused"] for r in rows),
+        "loadavg_1m_min_max": [min(loads), max(loads)] if loads else None,
     }
 
 
 async def run(args) -> dict[str, Any]:
-    proc = None
-    env = {"MOKSORI_SERVER_MAX_SESSIONS_PER_KEY": "1000"}
+    variants = variants_of(args)
+    logs = Path(tempfile.mkdtemp(prefix="moksori-load-"))
     if args.url:
-        base = args.url.rstrip("/")
-    else:
-        port = _free_port()
-        print(f"starting moksori serve on 127.0.0.1:{port} (embedded stack)...", file=sys.stderr)
-        proc = start_server(port, env)
-        base = f"http://127.0.0.1:{port}"
-    rows = []
+        if len(variants) > 1 or args.set:
+            raise SystemExit("--url runs one server as it is: --set and --ab need servers started here")
+        variants[0].base = args.url.rstrip("/")
+    levels = [int(x) for x in args.levels.split(",")]
     load_before = list(os.getloadavg())
+    tracebacks: dict[str, int | None] = {}
     try:
-        for n in [int(x) for x in args.levels.split(",")]:
-            await settle(base)
-            row = await run_level(base, n, args.window, args.tokens)
-            rows.append(row)
-            print(f"N={n:3d}: {row['replies_per_min']:5.1f} replies/min, first audio p50 {row['first_audio_p50_s']} s "
-                  f"p95 {row['first_audio_p95_s']} s, loop lag p99 worst {row['loop_lag_p99_ms_worst']} ms, "
-                  f"refused {row['refused_at_start']}, extra refused {row['extra_session_refused']}, "
-                  f"busy {row['ready_busy_fraction']}, failed {row['failed']} {row['errors']}", file=sys.stderr)
+        for i, v in enumerate(variants):
+            if not v.base:
+                v.start(args.port + i if args.port else _free_port(), logs)
+        k = 0
+        for rnd in range(args.rounds):
+            for n in levels:
+                for v in variants[k % len(variants):] + variants[:k % len(variants)]:
+                    await settle(v.base)
+                    load_start = os.getloadavg()[0]
+                    row = await run_level(v.base, n, args.window, args.tokens)
+                    row.update(variant=v.name, round=rnd,
+                               loadavg_1m=[round(load_start, 2), round(os.getloadavg()[0], 2)])
+                    v.rows.append(row)
+                    print(f"{v.name} N={n:3d}: {row['replies_per_min']:5.1f} replies/min, first audio p50 "
+                          f"{row['first_audio_p50_s']} s p95 {row['first_audio_p95_s']} s, loop lag p99 worst "
+                          f"{row['loop_lag_p99_ms_worst']} ms, refused {row['refused_at_start']}, extra refused "
+                          f"{row['extra_session_refused']}, busy {row['ready_busy_fraction']}, failed {row['failed']} "
+                          f"{row['errors']}, load {row['loadavg_1m']}", file=sys.stderr)
+                k += 1
     finally:
-        if proc is not None:
-            os.killpg(proc.pid, 15)
-            proc.wait(15)
-    shed = next((r["sessions"] for r in rows if r["refused_at_start"] or r["extra_session_refused"]), None)
-    return {"summary": {
+        for v in variants:
+            tracebacks[v.name] = v.stop()
+        print(f"server logs: {logs}", file=sys.stderr)
+    rows = [r for v in variants for r in v.rows]
+    a_rows = variants[0].rows
+    shed = next((r["sessions"] for r in a_rows if r["refused_at_start"] or r["extra_session_refused"]), None)
+    summary = {
         "what": "replies per minute with N Realtime sessions asking back to back (text in, audio out), "
                 "embedded stack; first audio = response.create -> first output_audio.delta",
         "tokens_per_reply": args.tokens, "window_s": args.window,
         "sheds_from_sessions": shed, "cpu_count": os.cpu_count(), "cpu": _cpu_model(),
-        "loadavg_before": load_before, "loadavg_after": list(os.getloadavg())}, "rows": rows}
+        "loadavg_before": load_before, "loadavg_after": list(os.getloadavg())}
+    if len(variants) > 1 or args.rounds > 1:
+        summary.update(
+            rounds=args.rounds, server_tracebacks=tracebacks,
+            variants={v.name: {"settings": v.settings, "env": v.env} for v in variants},
+            table=[pooled(v, n) for n in levels for v in variants])
+    return {"summary": summary, "rows": rows}
 
 
 def _cpu_model() -> str:
@@ -230,6 +349,11 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=60.0, help="seconds each level runs")
     ap.add_argument("--tokens", type=int, default=40, help="max_output_tokens of each reply")
     ap.add_argument("--url", help="a running server instead of starting one")
+    ap.add_argument("--set", action="append", default=[], help="a setting of the server, e.g. llm.threads=2")
+    ap.add_argument("--ab", action="append", default=[],
+                    help="one more server's settings, e.g. llm.parallel=4 (interleaved with A)")
+    ap.add_argument("--rounds", type=int, default=1, help="times each level runs on each variant")
+    ap.add_argument("--port", type=int, help="the first server's port (the next ones follow); default: free ports")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     result = asyncio.run(run(args))

@@ -1,19 +1,22 @@
 """The batched embedded LLM (`MOKSORI_LLM_PARALLEL`, providers/llm_llamacpp_batched.py), for real.
 
 SmolLM2-135M at temperature 0, compared with `LlamaCppLLM` (one reply at a time) on the same
-window. Which reply streams first, overlaps or waits is checked by the order of the events, not
-by wall time (the machine is shared).
+window: plain replies and tool calls, alone and beside others. Which reply streams first,
+overlaps or waits is checked by the order of the events or by token counts, not by wall time
+(the machine is shared).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import threading
 
 import pytest
 
 from moksori.errors import ConfigError, ProviderError
-from moksori.providers.base import ChatDone, ChatRequest, Message, TextDelta, Usage
+from moksori.providers.base import ChatDone, ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, ToolSpec, Usage
 
 pytestmark = pytest.mark.models
 
@@ -83,6 +86,34 @@ def solo(single):
         return {q: await reply(single, request(q)) for q in QUESTIONS}
 
     return asyncio.run(all_of_them())
+
+
+WEATHER = ToolSpec("get_weather", "Weather for a city",
+                   {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+# SmolLM2-135M calls no tool from the tools block alone; with one earlier call in the conversation,
+# written as the block asks for it, it calls get_weather for the next city at temperature 0
+EARLIER_CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+CITIES = ["London", "Berlin", "Tokyo"]
+
+
+def weather_request(city: str, *after: Message) -> ChatRequest:
+    messages = (Message("system", SYSTEM), Message("user", "What is the weather in Paris?"),
+                Message("assistant", EARLIER_CALL), Message("user", f"What is the weather in {city}?"), *after)
+    return ChatRequest(messages=messages, tools=(WEATHER,), max_tokens=40, temperature=0.0)
+
+
+async def calls(llm, req: ChatRequest) -> tuple[str, list[tuple[str, str]], str]:
+    """The reply's text, its tool calls (name, arguments: their ids are random) and finish reason."""
+    text, found, finish = "", [], None
+    async for ev in llm.chat(req):
+        if isinstance(ev, TextDelta):
+            text += ev.text
+        elif isinstance(ev, ToolCallEvent):
+            found.append((ev.call.name, ev.call.arguments))
+        elif isinstance(ev, ChatDone):
+            finish = ev.finish_reason
+    assert finish is not None
+    return text, found, finish
 
 
 def slot_of(llm, prompt_end: list[int]):
@@ -178,6 +209,50 @@ async def test_cancel_one_mid_stream_frees_its_slot_and_leaves_the_others_alone(
     (free, generated), = freed
     print(f"\ncancelled after its first token: {generated} tokens evaluated in its slot")
     assert free and generated <= 16
+
+
+async def test_a_reader_that_stops_taking_tokens_makes_its_reply_sit_out_while_another_generates(batched, solo):
+    """The reply's reader (the executor's worker driving `_generate`: in a session it stops while
+    the first clause is synthesised, at most `iterate_blocking`'s max_pause_s) takes one item and
+    stops: its reply makes AHEAD more and is stepped no further, while another reply generates
+    all of its 40 tokens; read again, it goes on to its solo text."""
+    from moksori.providers.llm_llamacpp_batched import AHEAD
+
+    paused_q, other_q = QUESTIONS[2], QUESTIONS[3]
+    stop = threading.Event()
+    reader = batched._generate(request(paused_q), stop)
+    try:
+        first = await asyncio.to_thread(next, reader)
+        prompt = batched._fit(request(paused_q))[0]
+        paused = next(r for r in list(batched._batcher._active) if r.prompt == prompt)
+        other, usage = await reply(batched, request(other_q))
+        sat_out = (paused.produced, len(paused.out), paused.ended)
+        print(f"\nwhile the other reply made {usage.output_tokens} tokens, the paused one made {sat_out[0]}")
+        assert usage.output_tokens == 40 and other == solo[other_q][0]
+        assert sat_out == (1 + AHEAD, AHEAD, False)  # one taken, AHEAD waiting for the reader, not over
+        rest = await asyncio.to_thread(list, reader)
+    finally:
+        await asyncio.to_thread(reader.close)
+    assert first + "".join(x for x in rest if isinstance(x, str)) == solo[paused_q][0]
+    assert next(x for x in rest if isinstance(x, Usage)).output_tokens == 40
+
+
+async def test_a_tool_call_is_llamacpps_alone_and_beside_other_replies(batched, single, solo):
+    want = {c: await calls(single, weather_request(c)) for c in CITIES}
+    for c in CITIES:  # the one-at-a-time provider calls the tool (the test would prove nothing else)
+        text, found, finish = want[c]
+        assert (text.strip(), finish, [n for n, _ in found]) == ("", "tool_calls", ["get_weather"]), want[c]
+        assert json.loads(found[0][1]) == {"city": c}
+    assert await calls(batched, weather_request(CITIES[0])) == want[CITIES[0]]
+    *together, (text, _) = await asyncio.gather(*(calls(batched, weather_request(c)) for c in CITIES),
+                                                reply(batched, request(QUESTIONS[0])))
+    assert dict(zip(CITIES, together)) == want
+    assert text == solo[QUESTIONS[0]][0]  # a reply beside them, no tools: undisturbed
+    # the tool's result goes back and the model answers from it, as the one-at-a-time provider does
+    name, arguments = want[CITIES[0]][1][0]
+    after = weather_request(CITIES[0], Message("assistant", "", tool_calls=(ToolCall("call_1", name, arguments),)),
+                            Message("tool", "sunny, 21 degrees", tool_call_id="call_1", name=name))
+    assert await calls(batched, after) == await calls(single, after)
 
 
 async def test_second_turn_reuses_its_slot_while_other_sessions_come_and_go(batched):
