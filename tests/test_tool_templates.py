@@ -83,6 +83,12 @@ def test_a_template_without_tools_gets_them_in_the_system_prompt(llm) -> None:
     prompt = with_template(llm, _CHATML).render(ChatRequest(messages=CONVO, tools=(WEATHER,)))
     assert "You can call these tools:" in prompt and '"name": "get_weather"' in prompt
     assert "[tool result for get_weather]: sunny, 21 degrees" in prompt
+    # its earlier call in the format the block asks for, which the scanner reads back as a call
+    # (it was `get_weather({"city": "Seoul"})`: the model copied that, unparsed, into its speech)
+    shown = '<tool_call>{"name": "get_weather", "arguments": {"city": "Seoul"}}</tool_call>'
+    assert shown in prompt and "get_weather({" not in prompt
+    scanner = ToolCallScanner(enabled=True)
+    assert not scanner.feed(shown) and [e.call.arguments for e in scanner.finish()] == ['{"city": "Seoul"}']
 
 
 @pytest.mark.parametrize("raw", [

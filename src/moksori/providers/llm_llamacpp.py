@@ -41,7 +41,7 @@ from moksori.providers.base import (
     Usage,
 )
 from moksori.providers.threads import ModelExecutor, background, interactive_running, iterate_blocking, run_blocking
-from moksori.providers.tool_calls import ToolCallScanner, tools_system_block
+from moksori.providers.tool_calls import ToolCallScanner, call_text, tools_system_block
 from moksori.settings.providers import MIN_MESSAGE_TOKENS
 
 log = logging.getLogger(__name__)
@@ -408,8 +408,11 @@ def _flatten_tool_message(m: dict[str, Any]) -> dict[str, Any]:
     if m.get("role") == "tool":
         return {"role": "user", "content": f"[tool result for {m.get('name') or m.get('tool_call_id')}]: {m.get('content')}"}
     if m.get("tool_calls"):
-        calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"])
-        return {"role": "assistant", "content": (m.get("content") or "") + f"<tool_call>{calls}</tool_call>"}
+        # in the format the tools block asks for: a model copies its own earlier calls, and
+        # `name({...})` was copied, not parsed, and spoken as text
+        calls = "".join(call_text(c["function"]["name"], c["function"].get("arguments") or "{}")
+                        for c in m["tool_calls"])
+        return {"role": "assistant", "content": (m.get("content") or "") + calls}
     return m
 
 

@@ -21,13 +21,28 @@ _JSON_STARTS = ("{", "[")
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
+def call_text(name: str, arguments: str) -> str:
+    """A tool call as `tools_system_block` asks a model to write one (and as the scanner reads
+    it): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`. `arguments` is the call's
+    JSON text; text that is not a JSON object is written as it is (the template's example `...`)."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        body = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
+    else:
+        body = f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {{{arguments}}}}}'
+    return f"<tool_call>{body}</tool_call>"
+
+
 def tools_system_block(tools: Sequence[ToolSpec], tool_choice: str = "auto") -> str:
     """System-prompt text describing tools, for chat templates that have no tool support."""
     lines = ["You can call these tools:"]
     for t in tools:
         lines.append(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters},
                                 ensure_ascii=False))
-    lines.append('To call a tool, reply with only: <tool_call>{"name": "<tool name>", "arguments": {...}}</tool_call>')
+    lines.append(f'To call a tool, reply with only: {call_text("<tool name>", "...")}')
     if tool_choice == "required":
         lines.append("You must call one of the tools.")
     elif tool_choice not in ("auto", "none", "required"):
