@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,10 @@ def long_item_ulaw() -> tuple[str, float]:
     return base64.b64encode(ulaw_encode(pcm)).decode(), len(pcm) / 8000
 
 
-async def live_turn_delay(conn: Any, log: EventLog) -> tuple[float, str]:
-    """Speak en_028 at real-time pace: seconds from the end of its speech to its transcript."""
+async def live_turn_delay(conn: Any, log: EventLog, at_transcript: Callable[[], Any] = lambda: None
+                          ) -> tuple[float, str]:
+    """Speak en_028 at real-time pace: seconds from the end of its speech to its transcript
+    (`at_transcript` is called the moment it comes, before the rest of the audio is sent)."""
     n = len(log.of("conversation.item.input_audio_transcription.completed"))
 
     async def append(chunk: np.ndarray) -> None:
@@ -90,6 +93,7 @@ async def live_turn_delay(conn: Any, log: EventLog) -> tuple[float, str]:
         assert time.monotonic() - t0 < 180, "no transcript"
         await asyncio.sleep(0.02)
     got = time.monotonic()
+    at_transcript()
     await feeder
     return got - (t0 + speech_end_ms() / 1000), log.of("conversation.item.input_audio_transcription.completed")[n][
         "transcript"]
@@ -128,9 +132,16 @@ async def test_a_long_audio_item_holds_neither_another_sessions_turn_nor_its_own
             done = await alog.wait("response.done", lambda e: e["response"]["id"] == story, timeout=120)
             return done, time.monotonic() - sent
 
-        # B meanwhile: a live turn while the item is transcribed
-        (done, cancel_s), (busy, words) = await asyncio.gather(cancelled(), live_turn_delay(b, blog))
-        pending = not [e for e in alog.of("conversation.item.done") if e["item"]["id"] == "item_long_audio"]
+        # B meanwhile: a live turn while the item is transcribed (was it still, when B's words came?
+        # checked then, not after the turn's trailing audio: on a quiet machine the item's words
+        # came 6.6 s after it was sent, as the last of that audio was)
+        was_pending: list[bool] = []
+
+        def item_pending() -> None:
+            was_pending.append(not [e for e in alog.of("conversation.item.done") if e["item"]["id"] == "item_long_audio"])
+
+        (done, cancel_s), (busy, words) = await asyncio.gather(cancelled(), live_turn_delay(b, blog, item_pending))
+        pending = was_pending == [True]
 
         item_done = await alog.wait("conversation.item.done", lambda e: e["item"]["id"] == "item_long_audio",
                                     timeout=300)
