@@ -18,7 +18,6 @@ that thing", en_001 above), sent at real-time pace.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Any
 
@@ -29,13 +28,13 @@ import pytest
 from openai.types import realtime as ga_types
 from realtime_speech import Client, b64, speech_pcm
 from scripted_llm_server import ScriptedLLM
-from servers import ServerProcess, ThreadedASGIServer, free_port
+from servers import ThreadedASGIServer
 from speech import prepared_data_dir, requires_speech, utt
+from test_realtime_clients import KEY, moksori_serve
 
 
 pytestmark = [pytest.mark.models, requires_speech]
 
-KEY = "sk-moksori-transcription-0123"
 RATE = 24000
 GA_ADAPTER = pydantic.TypeAdapter(ga_types.RealtimeServerEvent)
 PROMPT = "Mister Jon Dashwud."  # en_001 is "Mr. John Dashwood" without it
@@ -51,14 +50,10 @@ def scripted_llm():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, scripted_llm):
-    port = free_port()
-    argv = [sys.executable, "-m", "moksori", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    env = {"MOKSORI_DATA_DIR": str(prepared_data_dir(tmp_path_factory)), "MOKSORI_API_KEYS": KEY,
-           "MOKSORI_LLM_PROVIDER": "openai", "MOKSORI_LLM_BASE_URL": scripted_llm.url,
-           "MOKSORI_LLM_MODEL": "scripted", "PYTHONUNBUFFERED": "1",
-           "MOKSORI_SERVER_SHED_LOOP_LAG_MS": "5000"}  # a busy test machine is no reason to refuse a session
-    with ServerProcess(argv, port=port, ready_path="/health", ready_timeout_s=180, env=env,
-                       cwd=tmp_path_factory.mktemp("serve")) as srv:
+    with moksori_serve(prepared_data_dir(tmp_path_factory), tmp_path_factory.mktemp("serve"),
+                       MOKSORI_LLM_PROVIDER="openai", MOKSORI_LLM_BASE_URL=scripted_llm.url,
+                       MOKSORI_LLM_MODEL="scripted",
+                       MOKSORI_SERVER_SHED_LOOP_LAG_MS="5000") as srv:  # a busy test machine is no reason to refuse a session
         yield srv
 
 

@@ -10,21 +10,20 @@ was not asked for this reply. The reply's audio is transcribed back by the same 
 from __future__ import annotations
 
 import base64
-import sys
 
 import httpx
 import numpy as np
 import pytest
 from scripted_llm_server import ScriptedLLM
-from servers import ServerProcess, ThreadedASGIServer, free_port
+from servers import ThreadedASGIServer
 from speech import prepared_data_dir
+from test_realtime_clients import KEY, moksori_serve
 
 from moksori.audio.frames import Frame
 from moksori.audio.wav import wav_bytes
 
 pytestmark = [pytest.mark.models]
 
-KEY = "sk-moksori-voicelive-0123"
 TEXT = "Your parcel ships on Tuesday morning."
 
 
@@ -38,14 +37,10 @@ def scripted_llm():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, scripted_llm):
-    port = free_port()
-    argv = [sys.executable, "-m", "moksori", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    env = {"MOKSORI_DATA_DIR": str(prepared_data_dir(tmp_path_factory)), "MOKSORI_API_KEYS": KEY,
-           "MOKSORI_LLM_PROVIDER": "openai", "MOKSORI_LLM_BASE_URL": scripted_llm.url,
-           "MOKSORI_LLM_MODEL": "scripted", "PYTHONUNBUFFERED": "1",
-           "MOKSORI_SERVER_SHED_LOOP_LAG_MS": "5000"}  # a busy test machine is no reason to refuse a session
-    with ServerProcess(argv, port=port, ready_path="/health", ready_timeout_s=180, env=env,
-                       cwd=tmp_path_factory.mktemp("serve")) as srv:
+    with moksori_serve(prepared_data_dir(tmp_path_factory), tmp_path_factory.mktemp("serve"),
+                       MOKSORI_LLM_PROVIDER="openai", MOKSORI_LLM_BASE_URL=scripted_llm.url,
+                       MOKSORI_LLM_MODEL="scripted",
+                       MOKSORI_SERVER_SHED_LOOP_LAG_MS="5000") as srv:  # a busy test machine is no reason to refuse a session
         yield srv
 
 
