@@ -175,31 +175,38 @@ def build_variant(name: str, settings: Any, cache: dict) -> tuple[Any, Callable[
     raise SystemExit(f"unknown variant {name}")
 
 
-def files(quick: bool) -> list[tuple[str, Path, str, str]]:
-    from speech import utt
+def files(quick: bool, every: bool = False) -> list[tuple[str, Path, str, str, str]]:
+    """(label, path, transcript, group, language); `every`: all of MANIFEST.tsv's English,
+    telephone (8 kHz) and Korean files instead of en_001..005 and tel_001..016."""
+    from speech import manifest, utt
 
-    out = [(f"en/{n}", utt(n).path, utt(n).transcript, "en") for n in (f"en_{i:03d}" for i in range(1, 6))]
-    tel = range(1, 6) if quick else range(1, 17)
-    out += [(f"tel8k/{u.name}", u.path_8k, u.transcript, "tel") for u in (utt(f"tel_{i:03d}") for i in tel)]
+    names = sorted(manifest())
+    en = [n for n in names if n.startswith("en_")] if every else [f"en_{i:03d}" for i in range(1, 6)]
+    tel = ([n for n in names if n.startswith("tel_")] if every
+           else [f"tel_{i:03d}" for i in (range(1, 6) if quick else range(1, 17))])
+    out = [(f"en/{n}", utt(n).path, utt(n).transcript, "en", "en") for n in en]
+    out += [(f"tel8k/{u.name}", u.path_8k, u.transcript, "tel", u.language) for u in map(utt, tel)]
+    if every:
+        out += [(f"ko/{n}", utt(n).path, utt(n).transcript, "ko", "ko") for n in names if n.startswith("ko_")]
     return out
 
 
 def run(args: argparse.Namespace, settings: Any) -> dict:
-    from speech import load16k, word_errors
+    from speech import char_errors, load16k, word_errors
 
     from moksori.providers.base import STTOptions
 
     names = args.variants.split(",")
     cache: dict = {}
     variants = {n: build_variant(n, settings, cache) for n in names}
-    corpus = [(label, load16k(path), ref, group) for label, path, ref, group in files(args.quick)]
+    corpus = [(label, load16k(path), ref, group, lang) for label, path, ref, group, lang in files(args.quick, args.all)]
     for stt, _ in cache.values():  # warm every instance
         stt.transcribe_array(corpus[0][1], STTOptions(language="en"))
     load_before = [round(x, 2) for x in os.getloadavg()]
     rows: list[dict] = []
     n = 0
     for rep in range(args.reps):
-        for label, audio, ref, group in corpus:
+        for label, audio, ref, group, lang in corpus:
             order = names[n % len(names):] + names[:n % len(names)]
             n += 1
             for name in order:
@@ -207,9 +214,9 @@ def run(args: argparse.Namespace, settings: Any) -> dict:
                 clock.reset()
                 with ctx():
                     t0 = time.perf_counter()
-                    tr = stt.transcribe_array(audio, STTOptions(**opts))
+                    tr = stt.transcribe_array(audio, STTOptions(**(opts | {"language": lang} if opts["language"] else opts)))
                     total = 1000 * (time.perf_counter() - t0)
-                errors, words = word_errors(ref, tr.text)
+                errors, words = (char_errors if lang == "ko" else word_errors)(ref, tr.text)
                 row = {"variant": name, "rep": rep, "file": label, "group": group, "audio_s": round(len(audio) / 16000, 2),
                        "total_ms": round(total, 1), **{k: round(v, 1) for k, v in clock.rec.items()},
                        "tokens": sum(clock.tokens), "decodes": len(clock.tokens), "errors": errors, "words": words,
@@ -229,8 +236,10 @@ def run(args: argparse.Namespace, settings: Any) -> dict:
                 s[f"{key}_p95"] = round(pct(vals, 0.95), 1)
         per_tok = [r["decoder"] / (r["tokens"] + r["decodes"]) for r in mine if r.get("decoder") and r["tokens"]]
         s["decoder_ms_per_step_p50"] = round(pct(per_tok, 0.5), 2) if per_tok else None
-        for group in ("en", "tel"):
+        for group in ("en", "tel", "ko"):  # Korean files: character errors
             g = [r for r in mine if r["group"] == group]
+            if not g:
+                continue
             s[f"wer_{group}"] = round(sum(r["errors"] for r in g) / max(1, sum(r["words"] for r in g)), 4)
             s[f"total_{group}_p50"] = round(pct([r["total_ms"] for r in g], 0.5), 1)
         s["retries_30s"] = sum(1 for r in mine if r["decodes"] > 1)
@@ -250,7 +259,7 @@ def chunk_check(args: argparse.Namespace, settings: Any) -> dict:
     stt = build_stt(settings)
     model = stt._wm.model
     rows = []
-    for label, path, _, _ in files(args.quick):
+    for label, path, *_ in files(args.quick):
         audio = load16k(path)
         n_frames = len(audio) // 160
         window = min(3000, n_frames + 300)
@@ -342,7 +351,7 @@ def behind_partial(args: argparse.Namespace, settings: Any) -> dict:
 
     arms = {"wait": build_stt(settings), "abandon": build_stt(settings.model_copy(
         update={"stt": settings.stt.model_copy(update={"partial_abandon": True})}))}
-    corpus = [(label, load16k(path)) for label, path, _, _ in files(args.quick)]
+    corpus = [(label, load16k(path)) for label, path, *_ in files(args.quick)]
     longest = max(corpus, key=lambda c: len(c[1]))[1]  # the partial: the longest turn so far
     alone = {}
     for stt in arms.values():  # warm both
@@ -401,6 +410,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--variants", default="base,auto", help="comma-separated; the first is A")
     ap.add_argument("--quick", action="store_true", help="tel_001..005 only")
+    ap.add_argument("--all", action="store_true", help="every en, tel (8 kHz) and ko file in MANIFEST.tsv")
     ap.add_argument("--chunk-check", type=int, default=0, metavar="N",
                     help="instead: compare one decode call with calls of N tokens continuing from the tokens so far")
     ap.add_argument("--behind-partial", action="store_true",
