@@ -52,7 +52,7 @@ SPEECH = HERE.parent.parent / "shared" / "speech"
 UTTERANCES = [f"en/en_00{i}.wav" for i in range(1, 6)]
 # settings read when Whisper is built, not per session: a variant that changes one gets its own
 STT_BUILD = ("threads", "partial_abandon", "compute_type", "beam_size", "model")
-LLM_BUILD = ("provider", "model", "threads", "context_tokens", "weights")
+LLM_BUILD = ("provider", "model", "threads", "context_tokens", "weights", "parallel")
 LEAD_S = 0.6  # silence played before each utterance
 TRAIL = {name: m["trail"] for name, m in manifest().items()}
 STAGES = ("stt_start", "stt_done", "stt_ms", "eot_done", "turn_end", "llm_start", "llm_first_token", "tts_started",

@@ -28,7 +28,7 @@ from moksori.providers.llm_llamacpp import LlamaCppLLM
 from moksori.providers.models import path_of
 llm = LlamaCppLLM(path_of("smollm2-135m"), context_tokens=512)
 import ctranslate2  # loads its own libgomp after llama.cpp's
-print(json.dumps({"after": os.environ.get("GOMP_SPINCOUNT")}))
+print(json.dumps({"after": os.environ.get("GOMP_SPINCOUNT"), "policy": os.environ.get("OMP_WAIT_POLICY")}))
 """
 
 _REPLY = """
@@ -49,7 +49,7 @@ print(json.dumps(asyncio.run(main())))
 
 
 def _child(code: str, **env: str) -> tuple[str, str]:
-    full = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", llama_cpu.SPIN_ENV)}
+    full = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", llama_cpu.SPIN_ENV)}
     full.update(env)
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), full.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120,
@@ -61,11 +61,26 @@ def _spincounts(stderr: str) -> list[str]:
     return re.findall(r"GOMP_SPINCOUNT = '(\d+)'", stderr)
 
 
+def _wait_policies(stderr: str) -> list[str]:
+    return re.findall(r"OMP_WAIT_POLICY = '(\w+)'", stderr)
+
+
 def test_llama_cpp_gets_its_own_spin_count_and_ctranslate2_keeps_the_process_one():
     out, err = _child(_LOAD_BOTH, OMP_DISPLAY_ENV="verbose")
     # llama.cpp's libgomp loads first (1000), CTranslate2's after it (Moksori's default 0)
     assert _spincounts(err) == [str(llama_cpu.DEFAULT_SPINCOUNT), "0"]
-    assert json.loads(out)["after"] == "0"  # put back for whatever loads later
+    # llama.cpp's libgomp waits actively, so that with more threads than CPUs (a second llama.cpp
+    # context) it still spins its count rather than libgomp's throttled 100; CTranslate2's keeps
+    # the default (shown as PASSIVE)
+    assert _wait_policies(err) == ["ACTIVE", "PASSIVE"]
+    after = json.loads(out)
+    assert after["after"] == "0" and after["policy"] is None  # put back for whatever loads later
+
+
+def test_the_environment_keeps_its_own_wait_policy():
+    out, err = _child(_LOAD_BOTH, OMP_DISPLAY_ENV="verbose", OMP_WAIT_POLICY="PASSIVE")
+    assert _wait_policies(err) == ["PASSIVE", "PASSIVE"]
+    assert json.loads(out)["policy"] == "PASSIVE"
 
 
 def test_the_environment_sets_either_spin_count():

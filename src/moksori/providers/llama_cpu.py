@@ -21,6 +21,13 @@ the system's libgomp and CTranslate2 its own copy, and each reads GOMP_SPINCOUNT
 loads: so `import_llama()` loads llama.cpp with its own short spin (1000 spins, tens of
 microseconds: enough to bridge one operation, too short to hold a core that another runtime
 needs) and puts the variable back for everything loaded later.
+
+libgomp spins far less (100, its "throttled" count, unless OMP_WAIT_POLICY=ACTIVE) whenever it
+manages more threads than there are CPUs: a second llama.cpp context used from another thread
+(an A/B's second model, the batched provider beside the one-at-a-time one) is enough on 2 cores,
+and generation then ran at ~30 instead of ~10 ms per token (benchmarks/llm_parallel.py, 2026-12-06,
+Intel Xeon with AMX). So llama.cpp's libgomp also loads with `OMP_WAIT_POLICY=ACTIVE` (unless
+the environment sets a policy), which makes the throttled count the same short spin.
 """
 
 from __future__ import annotations
@@ -57,21 +64,24 @@ def llama_spincount() -> int:
 
 
 def import_llama() -> ModuleType:
-    """Import llama_cpp (its C libraries) with llama.cpp's libgomp reading `llama_spincount()`;
-    GOMP_SPINCOUNT is put back for whatever loads later. A no-op once llama_cpp is loaded."""
+    """Import llama_cpp (its C libraries) with llama.cpp's libgomp reading `llama_spincount()` and
+    an active wait policy; both variables are put back for whatever loads later. A no-op once
+    llama_cpp is loaded."""
     with _lock:
         loaded = sys.modules.get("llama_cpp.llama_cpp")
         if loaded is not None:
             return loaded
-        before = os.environ.get("GOMP_SPINCOUNT")
+        before = {name: os.environ.get(name) for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
         os.environ["GOMP_SPINCOUNT"] = str(llama_spincount())
+        os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # the throttled spin: min(1000, the count)
         try:
             import llama_cpp.llama_cpp as lib
         finally:
-            if before is None:
-                os.environ.pop("GOMP_SPINCOUNT", None)
-            else:
-                os.environ["GOMP_SPINCOUNT"] = before
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         return lib
 
 
