@@ -315,7 +315,7 @@ class FailingSTT(STT):
         yield  # pragma: no cover - an async generator
 
 
-def test_an_item_whose_words_cannot_be_had_is_an_error_and_the_reply_goes_on() -> None:
+def test_an_item_whose_words_cannot_be_had_is_a_failed_transcription_and_the_reply_goes_on() -> None:
     async def main() -> Wire:
         w = Wire(stt=FailingSTT())
         await w.start()
@@ -325,9 +325,11 @@ def test_an_item_whose_words_cannot_be_had_is_an_error_and_the_reply_goes_on() -
         return w
 
     w = run_virtual(main())
-    assert [e["message"] for e in errors(w)] == ["the STT is down"]
+    assert errors(w) == [] and w.of("conversation.item.input_audio_transcription.completed") == []
+    failed, = w.of("conversation.item.input_audio_transcription.failed")
+    assert failed["content_index"] == 0 and failed["error"]["message"] == "the STT is down"
     done = next(e for e in w.of("conversation.item.done") if user_audio_done(e))
-    assert done["item"]["content"][0]["transcript"] == ""
+    assert done["item"]["content"][0]["transcript"] is None
     request, = w.llm.requests
     assert [m.content for m in request.messages if m.role == "user"] == ["are you there"]
     assert w.of("response.done")[0]["response"]["status"] == "completed"

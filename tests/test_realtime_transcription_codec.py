@@ -66,9 +66,6 @@ def test_the_ga_transcription_session_object():
     for typ in ("session.created", "session.updated"):  # the SDK reads it as its transcription session
         event = GA_ADAPTER.validate_python({"type": typ, "event_id": "e1", "session": wire})
         assert isinstance(event.session, ga_types.RealtimeTranscriptionSessionCreateRequest)
-    # the beta shape is not changed by it
-    assert rt.session_to_wire(cfg, rt.Flavor.BETA, session_id="s", model="m", transcription=True) == \
-        rt.session_to_wire(cfg, rt.Flavor.BETA, session_id="s", model="m")
 
 
 # --------------------------------------------------------------------------- language and prompt

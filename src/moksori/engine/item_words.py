@@ -18,6 +18,11 @@ most one step of one window (~1 s on the 2-core VM), not for the whole item.
 One session's items are transcribed one at a time, in the order they came. Deleting an item
 stops its transcription (a step in progress runs to its end, unread); closing the session stops
 them all.
+
+An item keeps its content parts (`Item.parts`): each audio part gets its own words, and `text` is
+all their words joined (what the LLM and the store read). When an audio part's STT fails, that
+part stays without words, the other parts still count, and `user.transcription_failed` names the
+parts instead of `user.transcript` (the item's text is then the words of its other parts).
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from moksori.engine import events as E
 from moksori.engine.input_audio import VAD_RATE
 from moksori.engine.memory import Item
 from moksori.engine.session_context import SessionContext
+from moksori.errors import MoksoriError
 from moksori.providers.base import STTOptions, Transcript, one_chunk
 from moksori.providers.threads import background, background_context, run_blocking
 from moksori.providers.vad_segments import speech_regions
 
-__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "ItemWords", "Part"]
+__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "ItemWords", "Part", "joined_words", "set_words"]
 
 log = logging.getLogger("moksori.session")
 
@@ -48,6 +54,21 @@ WINDOW_S = 15.0
 GIVE_WAY_TRIES = 4  # a window that gave way this often to live turns runs to its end
 
 Part = str | np.ndarray  # an item's content in order: text as it is, audio (16 kHz float32) to transcribe
+
+
+def joined_words(words: Sequence[str | None]) -> str:
+    """An item's text: the words of its parts, in order (parts without words left out)."""
+    return " ".join(w.strip() for w in words if w and w.strip())
+
+
+def set_words(item: Item, parts: Sequence[Part], words: Sequence[str | None]) -> None:
+    """The item's words: `words` has one entry per part of `parts` (its content, text as it is,
+    audio transcribed; None: the audio's words could not be had). `item.text` is them joined;
+    each audio part of `item.parts` keeps its own."""
+    item.text = joined_words(words)
+    if len(item.parts) == len(parts):
+        item.parts = [(kind, said if isinstance(part, np.ndarray) else known)
+                      for (kind, known), part, said in zip(item.parts, parts, words)]
 
 
 class ItemWords:
@@ -86,33 +107,54 @@ class ItemWords:
     async def _words_of(self, item: Item, parts: list[Part]) -> None:
         ctx = self._ctx
         audio_s = self._pending_s.get(item.id, 0.0)
-        text, language = item.text, item.language
+        language = item.language
+        words: list[str | None] = []
+        failed: list[tuple[int, Exception]] = []  # (content index, why)
         try:
             async with self._turn:
-                texts: list[str] = []
-                for part in parts:
+                for index, part in enumerate(parts):
                     if isinstance(part, str):
-                        texts.append(part)
+                        words.append(part)
                         continue
-                    tr = await self.transcribe(part)
-                    texts.append(tr.text)
+                    try:
+                        tr = await self.transcribe(part)
+                    except Exception as e:  # noqa: BLE001 - a failed part leaves the item without its words, not the session broken
+                        failed.append((index, e))
+                        words.append(None)
+                        continue
+                    words.append(tr.text)
                     language = language or (tr.language if tr.text.strip() else None)
-                text = " ".join(t.strip() for t in texts if t.strip())
         except asyncio.CancelledError:
             ctx.memory.words_known(item.id)  # (deleted, or the session closes) nobody waits for them
             raise
-        except Exception as e:  # noqa: BLE001 - a failed transcription leaves the item wordless, not the session broken
-            ctx.publish_error(e)
         finally:
             self._tasks.pop(item.id, None)
             self._pending_s.pop(item.id, None)
         if ctx.memory.get(item.id) is not item:
             ctx.memory.words_known(item.id)
             return  # deleted meanwhile
-        item.text, item.language = text, language or ctx.last_language
+        set_words(item, parts, words)
+        item.language = language or ctx.last_language
         ctx.memory.words_known(item.id)
-        ctx.publish(E.UserTranscript(t=ctx.clock.now(), item_id=item.id, text=text, language=item.language,
+        if failed:
+            self._failed(item, failed)
+            return
+        ctx.publish(E.UserTranscript(t=ctx.clock.now(), item_id=item.id, text=item.text, language=item.language,
                                      final=True, audio_s=round(audio_s, 3)))
+
+    def _failed(self, item: Item, failed: list[tuple[int, Exception]]) -> None:
+        """`user.transcription_failed` for the item's parts whose STT failed (the first failure
+        says why; a failure that is not the provider's own is a bug, and logged as one)."""
+        ctx = self._ctx
+        err = failed[0][1]
+        for _, e in failed:
+            if not isinstance(e, MoksoriError):
+                log.error("session %s: item %s: transcription failed", ctx.id, item.id, exc_info=e)
+        message = str(err) if isinstance(err, MoksoriError) else f"internal error: {type(err).__name__}"
+        ctx.publish(E.UserTranscriptionFailed(t=ctx.clock.now(), item_id=item.id,
+                                              content_indexes=tuple(i for i, _ in failed),
+                                              code=getattr(err, "code", "server_error"), message=message,
+                                              retryable=getattr(err, "retryable", False), text=item.text))
 
     async def transcribe(self, audio16k: np.ndarray) -> Transcript:
         """The words of `audio16k` (any length), as background work in preemptible windows."""

@@ -36,6 +36,9 @@ class Item:
     type: ItemType = "message"
     role: Literal["user", "assistant", "system"] = "user"
     text: str = ""  # the transcript or text content
+    # a client's message: its content parts in order, (kind, words; None: an audio part's words not
+    # known); `text` is their words joined. Empty: one part, `text`
+    parts: list[tuple[Literal["text", "audio"], str | None]] = field(default_factory=list)
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
     audio: bool = False  # content came in / went out as audio
     language: str | None = None

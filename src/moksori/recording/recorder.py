@@ -221,6 +221,9 @@ class Recorder:
                 self._turn(turn_id).stt_finished = e.t
             case E.UserTranscript(final=True):
                 self._user_turn(e)
+            case E.UserTranscriptionFailed(text=text) if text.strip():
+                # the item's typed parts still reached the LLM: they are stored (its audio unheard)
+                self._user_turn(E.UserTranscript(t=e.t, item_id=e.item_id, text=text, language="", final=True))
             case E.AgentResponseStarted():
                 self._reply(e)
             case E.LlmFirstToken(response_id=rid) if rid in self._replies:

@@ -70,7 +70,7 @@ class Metrics:
                     self.counters["interruptions"] += 1
                     if reaction_ms is not None:
                         self.barge_in.observe(reaction_ms / 1000)
-                case E.ErrorEvent():
+                case E.ErrorEvent() | E.UserTranscriptionFailed():
                     self.counters["errors"] += 1
                 case E.GuardrailTripped(stage=stage, action=action, policy=policy):
                     self.guardrail_trips[(stage, action, policy)] += 1

@@ -200,7 +200,7 @@ class RealtimeConnection:
     # ------------------------------------------------------------------ lifetime
 
     async def start(self) -> None:
-        self.send(self.ev.session_created(self._wire_session()))
+        self.send(self.ev.session_created(self._wire_session(), transcription=self.transcription_only))
         for message in self._early_warnings:
             self.send(self.ev.warning(message))
         self._early_warnings = []
@@ -275,7 +275,7 @@ class RealtimeConnection:
     def _apply(self, cfg: rt.SessionConfig, warnings: list[str], event_id: str | None) -> None:
         self.cfg = cfg
         self.session.update(self._engine_cfg())
-        self.send(self.ev.session_updated(self._wire_session()))
+        self.send(self.ev.session_updated(self._wire_session(), transcription=self.transcription_only))
         for w in warnings:
             self.send(self.ev.warning(w, event_id=event_id))
         self._sync_mcp()

@@ -12,6 +12,11 @@ live turns (engine/item_words.py), then come as a live turn's do
 (`conversation.item.input_audio_transcription.*` when transcription is on, then
 `conversation.item.done`). A reply waits for them; a `response.cancel` ends that wait at once
 (an out-of-band `response.create` naming the item in its `input` waits for them in its handler).
+An item keeps its content parts as the client sent them (`Item.parts`; the audio itself is not
+echoed back): each audio part shows its own transcript once known, while memory and the LLM read
+all their words joined (`Item.text`). When an audio part cannot be transcribed (the STT failed),
+the client gets `conversation.item.input_audio_transcription.failed` for it (an `error` when it
+asked for no transcription), then `conversation.item.done` with that part's transcript null.
 At most twice `server.max_input_buffer_s` of item audio may wait (`audio_backlog_full`). The
 realtime brain sends an item's words upstream as it adds it, so there the item still enters once
 transcribed (the same background windows), and its handler waits for that; so does an
@@ -27,14 +32,16 @@ nothing unheard is generated or sent any more, and the reply ends cancelled
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from moksori.audio.resample import resample
-from moksori.engine.item_words import Part
+from moksori.engine import events as E
+from moksori.engine.item_words import Part, joined_words, set_words
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.errors import ProtocolError
 from moksori.protocols import realtime as rt
@@ -45,7 +52,9 @@ if TYPE_CHECKING:
     from moksori.server.realtime_mcp import RealtimeMCP
     from moksori.settings import Settings
 
-__all__ = ["ConversationItems", "ItemsHost", "item_wire"]
+__all__ = ["ConversationItems", "ItemsHost", "audio_transcripts", "item_wire"]
+
+log = logging.getLogger("moksori.realtime")
 
 KEEP_CUTS = 256  # items whose truncation is remembered (a later truncate may not go past it)
 BACKLOG = 2  # item audio waiting for its words: at most this many times the item limit
@@ -57,6 +66,7 @@ class ItemsHost(Protocol):
     ev: rt.ServerEvents
     flavor: rt.Flavor
     cfg: rt.SessionConfig
+    transcription_only: bool
     settings: Settings
     session: Session
     mcp: RealtimeMCP
@@ -77,15 +87,36 @@ def item_wire(item: MemItem, flavor: rt.Flavor, *, status: ItemStatus | None = N
         return rt.function_call_item(item.id, item.call_id or "", item.name or "", item.arguments or "{}", flavor)
     if item.type == "function_call_output":
         return rt.function_call_output_item(item.id, item.call_id or "", item.output or "", flavor)
-    if item.role == "user":
-        part = rt.ContentPart("input_audio", transcript=None if words_pending else item.text) if item.audio else \
-            rt.ContentPart("input_text", text=item.text)
-    elif item.role == "assistant":
-        part = rt.ContentPart("output_audio", transcript=item.text) if item.audio else \
-            rt.ContentPart("output_text", text=item.text)
-    else:
-        part = rt.ContentPart("input_text", text=item.text)
-    return rt.message_item(item.id, item.role, [part], flavor, status=status or item.status)
+    if _kept_parts(item):
+        content = [_wire_part(item.role, kind, words) for kind, words in item.parts]
+    else:  # one part (a live turn's, a reply's; or a client's item whose text changed since: truncated, blocked)
+        audio = item.audio and item.role != "system"
+        content = [_wire_part(item.role, "audio" if audio else "text",
+                              None if audio and words_pending and item.role == "user" else item.text)]
+    return rt.message_item(item.id, item.role, content, flavor, status=status or item.status)
+
+
+def audio_transcripts(item: MemItem | None, text: str) -> list[tuple[int, str]]:
+    """The transcripts a user item's words make, one per audio part: (content index, its words).
+    A live turn's item is one audio part (`[(0, text)]`); a client's item of several parts has
+    each of its audio parts' own words, at its place among the parts."""
+    if item is None or not _kept_parts(item):
+        return [(0, text)]
+    return [(index, words or "") for index, (kind, words) in enumerate(item.parts) if kind == "audio"]
+
+
+def _kept_parts(item: MemItem) -> bool:
+    """The item has its client's content parts, and they still say what it says (a truncate or a
+    guardrail may have changed its text since: then it is one part, as it is now)."""
+    return bool(item.parts) and joined_words([words for _, words in item.parts]) == item.text
+
+
+def _wire_part(role: str, kind: Literal["text", "audio"], words: str | None) -> rt.ContentPart:
+    """A content part of a `role` message: its text, or an audio part's transcript (None: not known)."""
+    reply = role == "assistant"
+    if kind == "audio":
+        return rt.ContentPart("output_audio" if reply else "input_audio", transcript=words)
+    return rt.ContentPart("output_text" if reply else "input_text", text=words or "")
 
 
 class ConversationItems:
@@ -100,6 +131,7 @@ class ConversationItems:
         # a truncate stopped the reply in progress, and no response was asked for since: a
         # `response.cancel` that follows it (a client that truncates, then cancels) has its wish
         self.stopped_reply = False
+        host.session.bus.listen(self._on_engine_event)
 
     async def create(self, ev: rt.ConversationItemCreate) -> None:
         host = self._host
@@ -157,7 +189,30 @@ class ConversationItems:
     async def _transcribe(self, item: MemItem, parts: list[Part]) -> None:
         """`item.text`: its parts' text, its audio transcribed now (in background windows)."""
         texts = [p if isinstance(p, str) else (await self._host.session.transcribe_item_audio(p)).text for p in parts]
-        item.text = " ".join(t for t in texts if t)
+        set_words(item, parts, texts)
+
+    def _on_engine_event(self, e: E.Event) -> None:
+        if isinstance(e, E.UserTranscriptionFailed):
+            try:
+                self._words_failed(e)
+            except Exception:
+                log.exception("realtime: cannot report the failed transcription of item %s", e.item_id)
+
+    def _words_failed(self, e: E.UserTranscriptionFailed) -> None:
+        """An audio item's words could not be had: `...input_audio_transcription.failed` per part
+        (as a live turn's transcription events, only when the client asked for transcription;
+        otherwise an `error`: it must still learn its audio went unheard), then the item is done."""
+        host = self._host
+        if host.cfg.input_transcription is not None or host.transcription_only:
+            for index in e.content_indexes:
+                host.send(host.ev.input_audio_transcription_failed(e.item_id, index, e.message, code=e.code))
+        else:
+            host.send(host.ev.error(f"the audio of item {e.item_id} could not be transcribed: {e.message}",
+                                    code=e.code, type="server_error"))
+        memory = host.session.memory
+        item = memory.get(e.item_id)
+        if item is not None:
+            host.send(host.ev.conversation_item_done(item_wire(item, host.flavor), memory.previous_id(item.id)))
 
     def _parts(self, item: rt.Item) -> tuple[MemItem, list[Part]]:
         """A client's wire item as a memory item without the words of its audio, and its content
@@ -175,28 +230,32 @@ class ConversationItems:
         if isinstance(item, rt.FunctionCallOutputItem):
             return MemItem(id=item_id, type="function_call_output", role="user", call_id=item.call_id,
                            output=item.output), []
+        # each content part as the client sent it (kind, words; an audio part's words None until
+        # transcribed), and what to transcribe: `parts[i]` is `content[i]`'s text or audio
+        kept: list[tuple[Literal["text", "audio"], str | None]] = []
         parts: list[Part] = []
-        audio, audio_s = False, 0.0
+        audio_s = 0.0
         for part in item.content:
-            if part.type in ("input_text", "output_text") and part.text:
-                parts.append(part.text)
-            elif part.type in ("input_audio", "output_audio"):
-                audio = True
-                if part.transcript:
-                    parts.append(part.transcript)
-                elif part.audio:
-                    frame = host.cfg.input_format.decode(part.audio, param="item.content.audio")
-                    audio_s += frame.duration
-                    if audio_s > self._max_audio_s:
-                        raise ProtocolError(f"the item's audio is {audio_s:.0f} s long: at most {self._max_audio_s:g} s "
-                                            "(MOKSORI_SERVER_MAX_INPUT_BUFFER_S)", code="audio_too_long",
-                                            param="item.content.audio")
-                    parts.append(np.asarray(resample(frame, 16000).to_float(), dtype=np.float32))
-            elif part.type == "input_image":
+            if part.type == "input_image":
                 raise ProtocolError("image input is not supported", code="unsupported_content_type",
                                     param="item.content.type")
-        text = " ".join(p for p in parts if isinstance(p, str) and p)
-        return MemItem(id=item_id, role=item.role, text=text, audio=audio), parts
+            if part.type in ("input_text", "output_text"):
+                kept.append(("text", part.text or ""))
+                parts.append(part.text or "")
+            elif part.transcript or not part.audio:  # its words given (or no audio at all)
+                kept.append(("audio", part.transcript))
+                parts.append(part.transcript or "")
+            else:
+                frame = host.cfg.input_format.decode(part.audio, param="item.content.audio")
+                audio_s += frame.duration
+                if audio_s > self._max_audio_s:
+                    raise ProtocolError(f"the item's audio is {audio_s:.0f} s long: at most {self._max_audio_s:g} s "
+                                        "(MOKSORI_SERVER_MAX_INPUT_BUFFER_S)", code="audio_too_long",
+                                        param="item.content.audio")
+                kept.append(("audio", None))
+                parts.append(np.asarray(resample(frame, 16000).to_float(), dtype=np.float32))
+        return MemItem(id=item_id, role=item.role, text=joined_words([words for _, words in kept]),
+                       audio=any(kind == "audio" for kind, _ in kept), parts=kept), parts
 
     def retrieve(self, ev: rt.ConversationItemRetrieve) -> None:
         host = self._host

@@ -31,7 +31,7 @@ from __future__ import annotations
 from .base import Event, optional
 from .session import ErrorEvent, SessionClosed, SessionNoiseReduction, SessionStarted, SessionState, SessionWarning
 from .user import (UserCommitted, UserIdleTimeout, UserNoise, UserSpeechStarted, UserSpeechStopped, UserTranscript,
-                   UserTranscriptDelta, UserTurnEnded)
+                   UserTranscriptDelta, UserTranscriptionFailed, UserTurnEnded)
 from .stages import (EotFinished, LlmFinished, LlmFirstToken, LlmStarted, SttFinished, SttStarted, TtsFirstAudio,
                      TtsStarted)
 from .reply import (AgentAudio, AgentAudioCleared, AgentAudioDone, AgentAudioStarted, AgentBackchannel,
@@ -46,7 +46,7 @@ from .call import (CallBadMessage, CallCarrierError, CallDtmf, CallEnded, CallFi
 CATALOGUE: tuple[type[Event], ...] = (
     SessionStarted, SessionState, SessionClosed, ErrorEvent,
     UserSpeechStarted, UserSpeechStopped, UserTurnEnded, UserNoise, UserTranscript, UserTranscriptDelta,
-    UserCommitted, UserIdleTimeout,
+    UserCommitted, UserIdleTimeout, UserTranscriptionFailed,
     SttStarted, SttFinished, EotFinished, LlmStarted, LlmFirstToken, LlmFinished, TtsStarted, TtsFirstAudio,
     AgentResponseStarted, AgentTextDelta, AgentAudio, AgentAudioStarted, AgentAudioDone, AgentAudioCleared,
     AgentInterrupted, AgentReoffer, AgentResponseDone, AgentFunctionCall, AgentToolCall, AgentToolResult,
@@ -61,7 +61,7 @@ __all__ = [
     "BY_TYPE", "CATALOGUE", "Event", "optional",
     "SessionStarted", "SessionState", "SessionClosed", "ErrorEvent", "SessionWarning", "SessionNoiseReduction",
     "UserSpeechStarted", "UserSpeechStopped", "UserTurnEnded", "UserNoise", "UserTranscript", "UserTranscriptDelta",
-    "UserCommitted", "UserIdleTimeout",
+    "UserCommitted", "UserIdleTimeout", "UserTranscriptionFailed",
     "SttStarted", "SttFinished", "EotFinished", "LlmStarted", "LlmFirstToken", "LlmFinished", "TtsStarted",
     "TtsFirstAudio",
     "AgentResponseStarted", "AgentTextDelta", "AgentAudio", "AgentAudioStarted", "AgentAudioDone",

@@ -57,6 +57,21 @@ class UserTranscript(Event):
 
 
 @_event
+class UserTranscriptionFailed(Event):
+    """The words of a user item's audio could not be had (its STT failed): the item stays in the
+    conversation without them, and no `user.transcript` follows. `content_indexes`: its audio
+    parts without words (a client's item may have several parts)."""
+
+    type = "user.transcription_failed"
+    item_id: str
+    content_indexes: tuple[int, ...]
+    code: str
+    message: str
+    retryable: bool
+    text: str = optional(default="")  # the item's words from its other parts (typed text), kept and stored
+
+
+@_event
 class UserTranscriptDelta(Event):
     """A live partial transcript while the user speaks: the whole hypothesis so far."""
 

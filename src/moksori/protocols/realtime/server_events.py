@@ -34,8 +34,9 @@ class ServerEvents:
 
     def _ev(self, ga_type: str, **fields: Any) -> Event | None:
         name = event_name(ga_type, self.flavor)
-        if name is None:
-            return None
+        return None if name is None else self._named(name, **fields)
+
+    def _named(self, name: str, **fields: Any) -> Event:
         return {"event_id": f"{self._prefix}{next(self._ids)}", "type": name, **fields}
 
     def _every(self, ga_type: str, **fields: Any) -> Event:
@@ -45,12 +46,19 @@ class ServerEvents:
         return ev
 
     # ------------------------------------------------------------------ session / errors
-    def session_created(self, session: Mapping[str, Any]) -> Event:
-        """``session`` comes from :func:`session_to_wire` for the same dialect."""
-        return self._every("session.created", session=dict(session))
+    def session_created(self, session: Mapping[str, Any], *, transcription: bool = False) -> Event:
+        """``session`` comes from :func:`session_to_wire` for the same dialect. `transcription`:
+        a transcription-only connection, whose events the beta names ``transcription_session.*``
+        (GA keeps ``session.*``, with a session of type ``transcription``)."""
+        return self._session("created", session, transcription)
 
-    def session_updated(self, session: Mapping[str, Any]) -> Event:
-        return self._every("session.updated", session=dict(session))
+    def session_updated(self, session: Mapping[str, Any], *, transcription: bool = False) -> Event:
+        return self._session("updated", session, transcription)
+
+    def _session(self, what: str, session: Mapping[str, Any], transcription: bool) -> Event:
+        if transcription and self.flavor is Flavor.BETA:
+            return self._named(f"transcription_session.{what}", session=dict(session))
+        return self._every(f"session.{what}", session=dict(session))
 
     def error(self, message: str, *, code: str | None = None, param: str | None = None,
               event_id: str | None = None,

@@ -241,8 +241,8 @@ def session_to_wire(cfg: SessionConfig, flavor: Flavor, *, session_id: str, mode
 
     It describes what is in force: settings that were only recorded (unsupported noise
     reduction types, avatar, animation) are not echoed as if they were active.
-    `transcription`: a transcription-only connection, whose GA session object is OpenAI's
-    transcription session (its input audio only); the beta and Azure shapes stay as they are."""
+    `transcription`: a transcription-only connection, whose session object is OpenAI's
+    transcription session (its input audio only: GA nested, beta flat); Azure's stays as it is."""
     if flavor is Flavor.GA:
         audio_input = {"format": cfg.input_format.to_wire(flavor),
                        "transcription": transcription_to_wire(cfg.input_transcription, flavor),
@@ -264,6 +264,12 @@ def session_to_wire(cfg: SessionConfig, flavor: Flavor, *, session_id: str, mode
             "tools": _tools_wire(cfg), "tool_choice": copy.deepcopy(cfg.tool_choice),
             "max_output_tokens": cfg.max_output_tokens, "tracing": None,
         }
+    if transcription and flavor is Flavor.BETA:
+        return {"id": session_id, "object": "realtime.transcription_session",
+                "input_audio_format": cfg.input_format.to_wire(flavor, direction="input"),
+                "input_audio_transcription": transcription_to_wire(cfg.input_transcription, flavor),
+                "turn_detection": turn_detection_to_wire(cfg.turn_detection, flavor),
+                "input_audio_noise_reduction": _noise_reduction_wire(cfg), "include": None}
     out: dict[str, Any] = {
         "id": session_id, "object": "realtime.session", "model": model,
         "modalities": list(cfg.output_modalities), "instructions": cfg.instructions, "voice": cfg.voice,
