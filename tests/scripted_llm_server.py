@@ -9,7 +9,10 @@ What it answers (`POST /v1/chat/completions`, streamed as SSE):
 * the request offers tools and the last message is the user's -> a call of the first tool, with
   arguments built from its schema (`{"city": "Seoul"}` for a `city` string); the server's own
   built-in `current_time` (offered in every session) is called only when named, as below;
-* the last message is a tool result -> "The tool says: <result>."
+* the last message is a tool result -> "The tool says: <result>." (then LONG_REPLY when the system
+  prompt contains `scripted:after_tool=long`);
+* the system prompt contains `scripted:preface=TEXT` (to the end of its line) -> TEXT is said
+  before a tool call, in the same answer (as a model says "Let me check." and calls the tool);
 * the system prompt contains `scripted:long` -> LONG_REPLY (about 15 s of speech);
 * the system prompt contains `scripted:tool=NAME` -> that tool is the one called (not the first);
 * the system prompt contains `scripted:reply=TEXT` (to the end of its line) -> TEXT, when no tool
@@ -88,9 +91,12 @@ class ScriptedLLM:
         if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
             fn = tools[0].get("function", {})
             args = _sample_arguments(fn.get("parameters") or {})
-            return "", {"name": fn.get("name", "tool"), "arguments": json.dumps(args)}
+            preface = re.search(r"scripted:preface=([^\n]+)", system)
+            return preface.group(1).strip() if preface else "", {"name": fn.get("name", "tool"),
+                                                                  "arguments": json.dumps(args)}
         if last.get("role") == "tool":
-            return f"The tool says: {last.get('content') or 'nothing'}.", None
+            said = f"The tool says: {last.get('content') or 'nothing'}."
+            return f"{said} {LONG_REPLY}" if "scripted:after_tool=long" in system else said, None
         if "scripted:long" in system:
             return LONG_REPLY, None
         fixed = re.search(r"scripted:reply=([^\n]+)", system)
@@ -124,6 +130,8 @@ class ScriptedLLM:
         async def stream():
             yield chunk({"role": "assistant", "content": ""})
             if call is not None:
+                if text:  # words before the call (`scripted:preface=`)
+                    yield chunk({"content": text})
                 yield chunk({"tool_calls": [{"index": 0, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                                              "function": {"name": call["name"], "arguments": ""}}]})
                 yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": call["arguments"]}}]})

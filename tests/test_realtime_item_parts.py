@@ -131,7 +131,9 @@ async def test_openai_ga_item_keeps_its_content_parts(server, scripted_llm):
         assert text == {"type": "input_text", "text": TEXT} and set(audio) == {"type", "transcript"}, done
         assert audio["type"] == "input_audio" and "thousand" in audio["transcript"].lower(), done
         completed = await log.wait("conversation.item.input_audio_transcription.completed")
-        assert completed["item_id"] == "item_mixed"
+        # the audio part's own words, at its place: not the typed part's
+        assert completed["item_id"] == "item_mixed" and completed["content_index"] == 1, completed
+        assert completed["transcript"] == audio["transcript"] and TEXT not in completed["transcript"], completed
 
         await conn.conversation.item.create(item={"type": "message", "id": "item_two", "role": "user", "content": [
             {"type": "input_text", "text": "First part."}, {"type": "input_text", "text": "Second part."}]})

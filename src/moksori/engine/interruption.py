@@ -79,9 +79,10 @@ class Interruptions:
         return resp.released and resp.status in ("in_progress", "pending")
 
     def _cut(self, resp: Response, played: tuple[Playback, int] | None, reason: str, onset: float | None,
-             now: float, *, heard_ms: int | None = None) -> None:
+             now: float, *, heard_ms: int | None = None, item: tuple[str, int] | None = None) -> None:
         """Publish what was heard of `resp` (`agent.interrupted`), then cancel it (`agent.response_done`).
-        `heard_ms`: what a client said it played (a truncate), instead of the samples' count."""
+        `heard_ms`: what a client said it played (a truncate), instead of the samples' count;
+        `item`: the message item it named, and its ms."""
         pb, n = resp.playback, 0
         if played is not None:
             pb, n = played
@@ -93,8 +94,10 @@ class Interruptions:
         if reason == "turn_detected" and pb is not None:
             rest = resp.text.split()[len(heard.split()):]
             self._reoffer = (self._current_turn(), " ".join(rest), resp.language)
+        # the message item cut (a reply with several: the one the cut falls in), and where in it
+        item_id, item_ms = item if item is not None else resp.message_at(heard_ms)
         self._ctx.publish(E.AgentInterrupted(
-            t=now, response_id=resp.id, item_id=resp.item_id, reason=reason, heard_ms=heard_ms, text=heard,
+            t=now, response_id=resp.id, item_id=item_id, reason=reason, heard_ms=item_ms, text=heard,
             onset=None if onset is None else round(onset, 4),
             reaction_ms=None if onset is None else round(1000 * (now - onset))))
         resp.cancel(reason, heard=heard)
@@ -137,9 +140,12 @@ class Interruptions:
         item = ctx.memory.get(item_id)
         if item is None or item.role != "assistant":
             return None
-        playing = next((r for r in self._responses.active() if r.item_id == item_id and self._cuttable(r)), None)
+        playing = next((r for r in self._responses.active()
+                        if r.message_start_ms(item_id) is not None and self._cuttable(r)), None)
         if playing is not None and playing.playback is not None:
-            self._cut_at(playing, playing.playback, audio_end_ms)
+            self._cut_at(playing, playing.playback, audio_end_ms, item_id)
+            return item
+        if self._responses.truncate_ended(item_id, audio_end_ms):  # a finished reply's later message item
             return item
         segments = self._responses.segments_for(item_id)
         if segments:
@@ -151,16 +157,18 @@ class Interruptions:
         ctx.memory.truncate(item_id, text, audio_end_ms)
         return item
 
-    def _cut_at(self, resp: Response, pb: Playback, audio_end_ms: int) -> None:
-        """Cut a reply in progress at what the client says it played: its word replaces the
-        speaker's estimate (`acked`), its audio stops, and it ends as a cut reply."""
+    def _cut_at(self, resp: Response, pb: Playback, audio_end_ms: int, item_id: str) -> None:
+        """Cut a reply in progress at what the client says it played of its message item
+        `item_id`: its word replaces the speaker's estimate (`acked`), its audio stops, and it
+        ends as a cut reply."""
         ctx = self._ctx
-        n = audio_end_ms * pb.rate // 1000
+        start = resp.message_start_ms(item_id) or 0  # (a later message item of the reply: after a tool item)
+        n = (start + audio_end_ms) * pb.rate // 1000
         if n > pb.sent:  # (never past what it sent)
-            n, audio_end_ms = pb.sent, int(1000 * pb.sent / pb.rate)
+            n, audio_end_ms = pb.sent, max(0, int(1000 * pb.sent / pb.rate) - start)
         pb.acked = n
         self._cut(resp, ctx.speaker.cancel(resp.id), "client_truncated", None, ctx.clock.now(),
-                  heard_ms=audio_end_ms)
+                  heard_ms=start + audio_end_ms, item=(item_id, audio_end_ms))
         ctx.on_change()
 
     def ack(self, response_id: str, ms: int) -> None:

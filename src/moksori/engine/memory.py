@@ -130,12 +130,15 @@ class Memory:
 
     # -------------------------------------------------------------- edits
 
-    def add(self, item: Item, *, after: str | None = None) -> Item:
-        if after is None:
+    def add(self, item: Item, *, after: str | None = None, before: str | None = None) -> Item:
+        """At the end, or right after item `after`, or right before item `before` (at the end
+        when that item is not there)."""
+        anchor = after if after is not None else before
+        idx = self.index(anchor) if anchor is not None else -1
+        if idx < 0:
             self.items.append(item)
         else:
-            idx = self.index(after)
-            self.items.insert(idx + 1 if idx >= 0 else len(self.items), item)
+            self.items.insert(idx + 1 if after is not None else idx, item)
         return item
 
     def get(self, item_id: str) -> Item | None:

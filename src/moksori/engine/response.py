@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from moksori import cancellation
 from moksori.engine import events as E
@@ -27,6 +27,7 @@ from moksori.engine.context import MAX_TOKEN_CHARS
 from moksori.engine.memory import Item, new_id
 from moksori.engine.reply_done import done_event, settle_item
 from moksori.engine.reply_guardrails import check_clause, check_input, output_gate, trip_event
+from moksori.engine.reply_parts import MessagePart, part_at, settle_parts, start_ms
 from moksori.engine.reply_request import offered_tools, reply_messages, round_request
 from moksori.engine.reply_speech import spoken_text, synthesize_into
 from moksori.engine.response_host import ResponseHost, ResponseOptions
@@ -87,9 +88,14 @@ class Response:
     _box: ToolBox | None = None  # the session's tool box, plus this reply's own tools
     _input_blocked: bool = False  # the input guardrail blocked the user turn this reply answers
     tool_calls: ToolCalls = field(init=False, repr=False, compare=False)  # run, told and recorded
+    # its message items when a tool item the client is shown split it (`split`; empty: one item)
+    parts: list[MessagePart] = field(default_factory=list)
+    _tools_from: int = 0  # the parts there were when this round's tool calls came
 
     def __post_init__(self) -> None:
         self.tool_calls = ToolCalls(self)
+        if self.opts.item_id:  # the client named its item
+            self.item_id = self.opts.item_id
 
     # -------------------------------------------------------------- lifecycle
 
@@ -149,8 +155,7 @@ class Response:
             self.playback.cancelled = True
             self.playback.finished.set()
         if was_public:
-            if self.item is not None:
-                settle_item(self.item, heard if heard is not None else self.text, "incomplete", self.playback)
+            self._settle(heard if heard is not None else self.text, "incomplete")
             self._announce_cancel(reason)
         self.done.set()
         if self.on_finished:
@@ -241,9 +246,7 @@ class Response:
     def _finish_public(self, reason: str | None = None) -> None:
         if self.done.is_set():
             return
-        if self.item is not None:
-            settle_item(self.item, self.text, "completed" if self.status == "completed" else "incomplete",
-                        self.playback)
+        self._settle(self.text, "completed" if self.status == "completed" else "incomplete")
         self.host.publish(self._done_event(reason))
         self.done.set()
         if self.on_finished:
@@ -259,8 +262,7 @@ class Response:
         self._raw += delta
         if self._gate is None:
             self.text += delta
-            if self.item is not None:
-                self.item.text = self.text
+            self._show_text()
             self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
         first = False
         if self.audio or self._gate is not None:
@@ -286,8 +288,7 @@ class Response:
         """A checked clause goes public: text delta, reply text, item text."""
         delta = (" " if self.text and not self.text.endswith((" ", "\n")) else "") + clause
         self.text += delta
-        if self.item is not None:
-            self.item.text = self.text
+        self._show_text()
         self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
 
     def _remove_blocked_input(self) -> None:
@@ -346,6 +347,7 @@ class Response:
             self.emit(E.LlmStarted(t=self.now(), response_id=self.id, item_id=self.item_id,
                                    messages=len(req.messages)))
             calls = await self._stream_round(req, clauses, chunker)
+            self._tools_from = len(self.parts)
             self.emit(E.LlmFinished(t=self.now(), response_id=self.id, item_id=self.item_id,
                                     input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens))
             if not calls or self.blocked:
@@ -461,10 +463,69 @@ class Response:
         if not self.opts.in_conversation:
             return item.id
         if self.released:
-            self.host.memory.add(item)
+            # before a message item opened since this round's tools came (the words after them)
+            later = next((p.item.id for p in self.parts[max(1, self._tools_from):] if p.item is not None), None)
+            self.host.memory.add(item, before=later)
         else:
             self._pending_items.append(item)
         return item.id
+
+    # -------------------------------------------------------------- message items
+
+    def split(self, item_id: str) -> None:
+        """The client was just shown a tool item inside this reply (the Realtime wire ends the
+        message item open so far there): the words from now on are message item `item_id`,
+        after that tool item (`reply_parts`). Its audio starts with what is sent from now on."""
+        if not self.released or self.done.is_set():
+            return
+        sent = self.playback.sent if self.playback is not None else 0
+        if not self.parts:
+            self.parts.append(MessagePart(self.item_id, 0, 0, self.item))
+        done = self.parts[-1]
+        if done.item is not None:  # as the client was shown it: complete
+            done.item.text = self.text[done.text_start:].strip()
+            done.item.status = "completed"
+            done.item.audio_ms = (sent - done.sample_start) * 1000 // self.playback.rate if self.playback else 0
+        part = MessagePart(item_id, len(self.text), sent)
+        if self.opts.in_conversation:
+            part.item = self.host.memory.add(Item(id=item_id, role="assistant", status="in_progress",
+                                                  audio=self.audio, language=self.language))
+        self.parts.append(part)
+
+    def message_start_ms(self, item_id: str) -> int | None:
+        """Where message item `item_id` of this reply starts in its audio (ms); None: not one of its."""
+        if item_id == self.item_id:
+            return 0
+        part = next((p for p in self.parts if p.item_id == item_id), None)
+        if part is None:
+            return None
+        return start_ms(part, self.playback.rate if self.playback is not None else 0)
+
+    def message_at(self, ms: int) -> tuple[str, int]:
+        """The message item that holds the reply's audio at `ms`, and how far into it (ms)."""
+        if not self.parts or self.playback is None:
+            return self.item_id, ms
+        part, into = part_at(self.parts, ms, self.playback.rate)
+        return part.item_id, into
+
+    def _show_text(self) -> None:
+        """The reply's words so far into its (last) message item."""
+        if self.parts:
+            last = self.parts[-1]
+            if last.item is not None:
+                last.item.text = self.text[last.text_start:].strip()
+        elif self.item is not None:
+            self.item.text = self.text
+
+    def _settle(self, heard: str, status: Literal["completed", "incomplete"]) -> None:
+        """Its memory items as it ends: what was heard of each, status, audio sent."""
+        if not self.parts:
+            if self.item is not None:
+                settle_item(self.item, heard, status, self.playback)
+            return
+        pb = self.playback
+        settle_parts(self.parts, self.text, heard, pb.sent if pb else 0, pb.rate if pb else 0, self.host.memory,
+                     status)
 
     # -------------------------------------------------------------- speech
 

@@ -80,6 +80,9 @@ class ResponseOptions:
     extra_input_item: str | None = None
     replace_input: tuple[Message, ...] | None = None  # out-of-band input instead of memory
     fixed_text: str | None = None  # speak this instead of asking the LLM (greetings)
+    # the id of the reply's (first) message item when the client named it (Azure's
+    # `pre_generated_assistant_message`); None: a new one
+    item_id: str | None = None
     metadata: dict[str, Any] | None = None
     backchannel: bool = False  # an acknowledgment in the user's pause: played over the hold, not "speaking"
     # server tools for this reply only, made when it starts (given its id): the MCP servers a

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from moksori.engine.memory import heard_text
+from moksori.engine.reply_parts import PlayedParts
 from moksori.engine.session_context import SessionContext
 from moksori.engine.response import Response, ResponseOptions
 
@@ -68,6 +69,8 @@ class Responses:
         self.factory = factory  # the brain's seam: what a reply is
         self._active: dict[str, Response] = {}
         self._segments_by_item: dict[str, list[tuple[str, int]]] = {}
+        # finished replies with several message items (`reply_parts`): each item's id -> the reply's
+        self._parts_by_item: dict[str, PlayedParts] = {}
         self._waiting: list[WaitingReply] = []  # oldest first
         self._closing = self._advancing = False
 
@@ -140,6 +143,12 @@ class Responses:
             self._segments_by_item[r.item_id] = r.playback.segments
             while len(self._segments_by_item) > KEEP_SEGMENTS:
                 self._segments_by_item.pop(next(iter(self._segments_by_item)))
+            if r.parts:
+                played = PlayedParts(r.parts, r.text, r.playback.segments, r.playback.rate, r.playback.sent)
+                for p in r.parts:
+                    self._parts_by_item[p.item_id] = played
+                while len(self._parts_by_item) > 4 * KEEP_SEGMENTS:
+                    self._parts_by_item.pop(next(iter(self._parts_by_item)))
         self._waiting = [w for w in self._waiting if w is not r]
         self._next()
         self._ctx.on_change()
@@ -161,6 +170,23 @@ class Responses:
 
     def busy(self) -> bool:
         return any(not r.done.is_set() for r in self._active.values())
+
+    def split(self, response_id: str, item_id: str) -> None:
+        """The client was shown a tool item inside reply `response_id`: its words from now on are
+        message item `item_id` (`Response.split`). The pipeline's replies only: the realtime
+        brain's keep one item (the upstream's own items are not the client's)."""
+        resp = self._active.get(response_id)
+        if resp is not None and self.factory is Response:
+            resp.split(item_id)
+
+    def truncate_ended(self, item_id: str, audio_end_ms: int) -> bool:
+        """A late truncate of a message item of a finished reply that had several: the reply was
+        heard up to there (memory). False: not such an item."""
+        played = self._parts_by_item.get(item_id)
+        if played is None or self._ctx.memory.get(item_id) is None:
+            return False
+        played.truncate(item_id, audio_end_ms, self._ctx.memory)
+        return True
 
     def segments_for(self, item_id: str) -> list[tuple[str, int]] | None:
         """(clause text, samples) of the reply that produced assistant item `item_id`."""
@@ -187,9 +213,10 @@ class Responses:
         self._closing = True
         self._waiting = []
         now = self._ctx.clock.now()
-        for resp in list(self._active.values()):
+        replies = list(self._active.values())  # (a cancel takes the reply out of `_active`)
+        for resp in replies:
             pb, heard = resp.playback, None
             if resp.released and pb is not None:
                 heard = heard_text(pb.segments, min(pb.heard(now), pb.sent))
             resp.cancel("session_closed", heard=heard)
-        return [r.task for r in self._active.values() if r.task]
+        return [r.task for r in replies if r.task]

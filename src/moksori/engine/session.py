@@ -459,6 +459,11 @@ class Session:
         with self._one_state_change():
             return self._interruptions.truncate(item_id, audio_end_ms)
 
+    def split_reply(self, response_id: str, item_id: str) -> None:
+        """A transport showed a tool item inside reply `response_id`: the words the reply says
+        from now on are assistant message item `item_id` (`engine/reply_parts.py`)."""
+        self._responses.split(response_id, item_id)
+
     def ack_playback(self, response_id: str, ms: int) -> None:
         """A transport confirms the listener has heard `ms` of a response (Twilio marks)."""
         self._interruptions.ack(response_id, ms)

@@ -148,4 +148,6 @@ def response_overrides(o: rt.ResponseOverrides, settings: Settings, *, voices: t
         kw["in_conversation"] = False
     if o.fixed_text is not None:  # Azure's pre-generated assistant message: spoken as it is
         kw["fixed_text"] = o.fixed_text
+        if o.fixed_item_id is not None:
+            kw["item_id"] = o.fixed_item_id
     return kw

@@ -22,7 +22,7 @@ from moksori.engine import events as E
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.protocols import realtime as rt
 from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
-from moksori.server.realtime_items import item_wire
+from moksori.server.realtime_items import audio_transcripts, item_wire
 
 if TYPE_CHECKING:
     from moksori.engine.session import Session
@@ -87,9 +87,21 @@ class _Out:
         self.text = ""
         self.output: list[dict[str, Any]] = []
         self.index = 0
-        self.audio_ms = 0.0  # reply audio sent so far
+        self.samples, self.rate = 0, 0  # reply audio sent so far, and its rate
         self.parts = 0  # message items opened so far (more than one when tool items came between)
-        self.shown: set[str] = set()  # the message items announced to the client (output_item.added)
+        # the message items announced to the client (output_item.added), in order: the reply
+        # audio sent before each (samples)
+        self.shown: dict[str, int] = {}
+        self.next_id: str | None = None  # the message item the reply's next words go in
+
+    def audio_ms(self, item_id: str) -> int | None:
+        """The audio of one of its message items (ms), None when not one of them."""
+        if item_id not in self.shown:
+            return None
+        ids = list(self.shown)
+        i = ids.index(item_id)
+        end = self.shown[ids[i + 1]] if i + 1 < len(ids) else self.samples
+        return (end - self.shown[item_id]) * 1000 // self.rate if self.rate else 0
 
 
 class Outbound:
@@ -118,9 +130,9 @@ class Outbound:
     def audio_sent_ms(self, item: MemItem) -> int | None:
         """How much audio an assistant item produced (sent so far, for a reply still playing),
         or None when it has none."""
-        out = next((o for o in self._outs.values() if o.item_id == item.id), None)
+        out = next((o for o in self._outs.values() if item.id in o.shown), None)
         if out is not None and out.audio:
-            return int(out.audio_ms)
+            return out.audio_ms(item.id)
         return item.audio_ms if item.audio else None
 
     def send_after_done(self, response_id: str, event: dict[str, Any]) -> None:
@@ -139,7 +151,7 @@ class Outbound:
         if out is None:
             host.send(host.ev.conversation_item_added(item, None))
             return None
-        self._close_message(out)
+        self._split(out)
         idx = len(out.output)
         out.output.append(item)  # its place; replaced by the finished item
         host.send(host.ev.response_output_item_added(out.response_id, idx, item))
@@ -167,6 +179,19 @@ class Outbound:
         if self._host.timeline and not isinstance(e, E.AgentAudio):
             self._host.send({"type": "moksori.event", "event_id": new_id("event"), "event": e.to_json()})
 
+    def _user_words(self, item_id: str, text: str, audio_s: float) -> None:
+        """A user item's transcription (each of its audio parts' own words), then the item done."""
+        host = self._host
+        memory = host.session.memory
+        item = memory.get(item_id)
+        if host.cfg.input_transcription is not None or host.transcription_only:
+            for index, words in audio_transcripts(item, text):
+                if words:
+                    host.send(host.ev.input_audio_transcription_delta(item_id, index, words))
+                host.send(host.ev.input_audio_transcription_completed(item_id, index, words, audio_seconds=audio_s))
+        if item is not None:
+            host.send(host.ev.conversation_item_done(item_wire(item, host.flavor), memory.previous_id(item.id)))
+
     def _translate(self, e: E.Event) -> None:
         host = self._host
         send, ev, sink, vad = host.send, host.ev, host.audio_sink, host.cfg.turn_detection is not None
@@ -184,14 +209,7 @@ class Outbound:
                                        host.flavor, status="completed")
                 send(ev.conversation_item_added(wire, prev))
             case E.UserTranscript(final=True, typed=False, item_id=item_id, text=text, audio_s=audio_s):
-                if host.cfg.input_transcription is not None or host.transcription_only:
-                    if text:
-                        send(ev.input_audio_transcription_delta(item_id, 0, text))
-                    send(ev.input_audio_transcription_completed(item_id, 0, text, audio_seconds=float(audio_s or 0.0)))
-                memory = host.session.memory
-                item = memory.get(item_id)
-                if item is not None:
-                    send(ev.conversation_item_done(item_wire(item, host.flavor), memory.previous_id(item.id)))
+                self._user_words(item_id, text, float(audio_s or 0.0))
             case E.AgentBackchannel(response_id=rid):  # out of band: never in the conversation
                 self._oob.add(rid)
                 self._metadata[rid] = {"moksori": "backchannel"}
@@ -213,7 +231,7 @@ class Outbound:
                 out = self._outs.get(rid)
                 if out is not None:
                     self._open_message(out)
-                    out.audio_ms += 1000 * len(frame) / frame.rate
+                    out.samples, out.rate = out.samples + len(frame), frame.rate
                     if sink is not None:
                         sink.play(out.response_id, out.item_id, frame)
                     else:
@@ -225,13 +243,16 @@ class Outbound:
                 self._function_call(e)
             case E.AgentToolCall(name=name) if host.mcp.owns(name):
                 host.mcp.note_call(e)
-            case E.AgentInterrupted(response_id=rid, item_id=item_id, heard_ms=heard_ms):
+            case E.AgentInterrupted(response_id=rid, item_id=item_id, heard_ms=heard_ms, reason=reason):
                 if sink is not None:  # the speaker may have handed over its last chunk already
                     sink.clear([rid])
                 # only an item the client was shown (a reply cut before its first word, or while
-                # a tool ran, has none: nothing to truncate)
+                # a tool ran, has none: nothing to truncate); a client's truncate of a message
+                # item already done (the words before a tool item) is answered by its handler
                 out = self._outs.get(rid)
-                if out is not None and item_id in out.shown and host.session.memory.get(item_id) is not None:
+                item = host.session.memory.get(item_id)
+                if out is not None and item_id in out.shown and item is not None and \
+                        (reason != "client_truncated" or item.status == "in_progress"):
                     send(ev.conversation_item_truncated(item_id, 0, heard_ms))
             case E.AgentAudioCleared(response_ids=rids):
                 if sink is not None:
@@ -252,7 +273,7 @@ class Outbound:
         out = self._outs.get(e.response_id)
         if out is None:
             return
-        self._close_message(out)
+        self._split(out)
         item = rt.function_call_item(e.call_item_id, e.call_id, e.name, e.arguments, host.flavor, status="in_progress")
         idx = len(out.output)
         send(ev.response_output_item_added(out.response_id, idx, {**item, "arguments": ""}))
@@ -272,7 +293,7 @@ class Outbound:
         out = self._outs.pop(e.response_id, None)
         if out is None:
             return
-        self._close_message(out, text=e.text if out.parts <= 1 else None,
+        self._close_message(out, text=e.text if out.parts <= 1 else self._heard(out.item_id),
                             status="incomplete" if e.interrupted else "completed")
         statuses: dict[str, ResponseStatus] = {"completed": "completed", "cancelled": "cancelled", "failed": "failed",
                                                "incomplete": "incomplete"}  # a realtime brain's reply cut short
@@ -298,6 +319,20 @@ class Outbound:
         for later in self._after_done.pop(out.response_id, []):
             host.send(later)
 
+    def _split(self, out: _Out) -> None:
+        """A tool item enters the response: the message item open so far ends, and the reply's
+        next words are a message item of their own (the engine's memory follows)."""
+        if not out.started:
+            return
+        self._close_message(out)
+        out.next_id = new_id("item")
+        self._host.session.split_reply(out.response_id, out.next_id)
+
+    def _heard(self, item_id: str) -> str | None:
+        """What the conversation keeps of a message item (what was heard of it), None: not in it."""
+        item = self._host.session.memory.get(item_id)
+        return item.text if item is not None else None
+
     def _open_message(self, out: _Out) -> None:
         if out.started:
             return
@@ -305,9 +340,9 @@ class Outbound:
         out.started = True
         out.parts += 1
         if out.parts > 1:  # words after a tool item: a message item of their own
-            out.item_id, out.text = new_id("item"), ""
+            out.item_id, out.text, out.next_id = out.next_id or new_id("item"), "", None
         out.index = len(out.output)
-        out.shown.add(out.item_id)
+        out.shown[out.item_id] = out.samples
         part = "output_audio" if out.audio else "output_text"
         item = rt.message_item(out.item_id, "assistant", [], host.flavor, status="in_progress")
         host.send(host.ev.response_output_item_added(out.response_id, out.index, item))

@@ -97,6 +97,10 @@ class ResponseRequests:
                 kw["reply_tools"] = host.mcp.for_response(o.mcp_tools)
             if o.input is not None:
                 kw["replace_input"] = tuple(await self._messages_for(o.input))
+            named = kw.get("item_id")  # (Azure's pre-generated message may name its item)
+            if named and host.session.memory.get(named) is not None:
+                raise ProtocolError(f"an item with id {named} already exists", code="item_exists",
+                                    param="response.pre_generated_assistant_message.id")
         if host.transcription_only:
             raise ProtocolError("this is a transcription session: it does not create responses",
                                 code="invalid_request_error")

@@ -116,6 +116,7 @@ class ResponseOverrides:
     input: tuple[Item | ItemReference, ...] | None = None  # None = the conversation; () = empty context
     # Azure's `pre_generated_assistant_message`: this text is spoken (and kept) as the reply, no LLM
     fixed_text: str | None = None
+    fixed_item_id: str | None = None  # ... and the id of its item, when the client gave one
     warnings: tuple[str, ...] = ()  # settings accepted but not honoured
 
 
@@ -232,10 +233,14 @@ _RESPONSE_UNSUPPORTED = frozenset({"prompt", "reasoning", "parallel_tool_calls",
 MAX_PRE_GENERATED_CHARS = 4096  # as `/v1/audio/speech`'s input
 
 
-def _pre_generated_text(value: Any, param: str, warnings: list[str]) -> str | None:
+def _pre_generated_text(value: Any, param: str, warnings: list[str]) -> tuple[str | None, str | None]:
     """Azure's `pre_generated_assistant_message`: an assistant message whose text (its text
-    parts, or its audio parts' transcripts) is the reply. None (with a warning) when it has none."""
+    parts, or its audio parts' transcripts) is the reply, and the id it gives its item (None: the
+    server makes one). No text: None (with a warning)."""
     obj = as_dict(value, param)
+    item_id = obj.get("id")
+    if item_id is not None:
+        as_str(item_id, f"{param}.id", max_len=64)
     if obj.get("type", "message") != "message" or obj.get("role", "assistant") != "assistant":
         fail(f"{param} must be an assistant message", param)
     parts = [_part(raw, "assistant", f"{param}.content[{i}]")
@@ -243,10 +248,10 @@ def _pre_generated_text(value: Any, param: str, warnings: list[str]) -> str | No
     text = " ".join(t for p in parts if (t := (p.text if p.type == "output_text" else p.transcript)))
     if not text.strip():
         warnings.append(f"{param} has no text to speak; it was ignored")
-        return None
+        return None, None
     if len(text) > MAX_PRE_GENERATED_CHARS:
         fail(f"{param} has more than {MAX_PRE_GENERATED_CHARS} characters of text", f"{param}.content")
-    return text
+    return text, item_id or None
 
 
 def _metadata(value: Any, param: str) -> dict[str, str] | None:
@@ -306,7 +311,7 @@ def _response_overrides(raw: Any, param: str) -> ResponseOverrides:
                                    for i, x in enumerate(as_list(v, p)))
         elif key == "pre_generated_assistant_message":
             if v is not None:
-                f["fixed_text"] = _pre_generated_text(v, p, warnings)
+                f["fixed_text"], f["fixed_item_id"] = _pre_generated_text(v, p, warnings)
         elif key in _RESPONSE_UNSUPPORTED:
             if v is not None:
                 warnings.append(f"{p} is accepted but not supported; it has no effect")

@@ -1,0 +1,110 @@
+"""A reply's assistant message items, when it has more than one.
+
+A Realtime client is shown a reply as output items. When the reply calls a tool the client is
+shown (an MCP call: its `mcp_call` item goes out in the middle of the reply), the message item
+open so far ends there, and the words said after it are a new message item, after the tool item
+in the conversation. Each such message item is a `MessagePart` of the reply: it has its own
+memory item (what the LLM reads, what a client retrieves and truncates) and its share of the
+reply's text and audio. The reply itself stays one (one `agent.response_done`, one stored reply
+whose heard text is all of its parts').
+
+The words of a part are those the reply generated from its `text_start`; its audio, the reply's
+samples from `sample_start` (what the listener was sent before the tool item, the part before
+it; audio still on its way out then belongs to the new item, as the client is shown it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from typing import Literal
+
+from moksori.engine.memory import Item, Memory, heard_text
+
+__all__ = ["MessagePart", "PlayedParts", "heard_split", "part_at", "settle_parts", "start_ms"]
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+@dataclass
+class MessagePart:
+    item_id: str
+    text_start: int  # where its words begin in the reply's text
+    sample_start: int  # reply audio sent before it (samples)
+    item: Item | None = None  # its memory item (a reply in the conversation, once public)
+
+
+def part_at(parts: Sequence[MessagePart], ms: int, rate: int) -> tuple[MessagePart, int]:
+    """The part whose audio holds the reply's `ms`, and how far into it (ms)."""
+    found, start = parts[0], 0
+    for p in parts:
+        if start_ms(p, rate) <= ms:
+            found, start = p, start_ms(p, rate)
+    return found, ms - start
+
+
+def start_ms(part: MessagePart, rate: int) -> int:
+    """Where the part's audio starts in the reply's (ms)."""
+    return part.sample_start * 1000 // rate if rate else 0
+
+
+def _words(text: str, parts: Sequence[MessagePart], i: int) -> str:
+    end = parts[i + 1].text_start if i + 1 < len(parts) else len(text)
+    return text[parts[i].text_start:end].strip()
+
+
+def heard_split(parts: Sequence[MessagePart], text: str, heard: str) -> list[tuple[str, bool]]:
+    """Per part: (its words the listener heard, all of them?), `heard` being the first words of
+    the reply's `text` (what a cut left of it)."""
+    words = heard.split()
+    out: list[tuple[str, bool]] = []
+    for i in range(len(parts)):
+        own = _words(text, parts, i)
+        n = len(own.split())
+        taken, words = words[:n], words[n:]
+        out.append((own, True) if len(taken) == n else (" ".join(taken), False))
+    return out
+
+
+def settle_parts(parts: Sequence[MessagePart], text: str, heard: str, sent: int, rate: int, memory: Memory,
+                 last_status: ItemStatus) -> None:
+    """The parts' memory items as the reply ends or is cut: the words of each the listener heard,
+    their status, how much audio each was sent (a later truncate cannot pass it). A part with
+    no words and no audio (nothing came after the tool) leaves the conversation."""
+    for i, (p, (words, whole)) in enumerate(zip(parts, heard_split(parts, text, heard), strict=True)):
+        if p.item is None:
+            continue
+        end = parts[i + 1].sample_start if i + 1 < len(parts) else sent
+        samples = max(0, min(end, sent) - p.sample_start)
+        if i > 0 and not _words(text, parts, i) and not samples:
+            memory.delete(p.item.id)
+            continue
+        p.item.text = words
+        p.item.audio_ms = samples * 1000 // rate if rate else 0
+        last = i == len(parts) - 1
+        p.item.status = last_status if last and whole else "completed" if whole else "incomplete"
+
+
+@dataclass
+class PlayedParts:
+    """What a finished reply with several message items played: for a late truncate of one."""
+
+    parts: list[MessagePart]
+    text: str
+    segments: list[tuple[str, int]]
+    rate: int
+    sent: int
+    heard_to: int | None = None  # the shortest cut so far (samples): a later one never lengthens it
+
+    def truncate(self, item_id: str, audio_end_ms: int, memory: Memory) -> None:
+        """The client played `audio_end_ms` of part `item_id`: the reply was heard up to there
+        (its later parts not at all), in memory."""
+        part = next(p for p in self.parts if p.item_id == item_id)
+        end = min(self.sent, part.sample_start + audio_end_ms * self.rate // 1000)
+        self.heard_to = end if self.heard_to is None else min(self.heard_to, end)
+        settle_parts(self.parts, self.text, heard_text(self.segments, self.heard_to), self.sent, self.rate, memory,
+                     "incomplete")
+        if part.item is not None:
+            part.item.status = "incomplete"
+            part.item.truncated_at_ms = audio_end_ms
