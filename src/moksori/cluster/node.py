@@ -8,6 +8,10 @@
     node.closed("realtime", session_id, admitted.lease)
     await node.close()
 
+    holder = await node.claim("phone", call_id)  # None: ours (one stream per call, cluster-wide)
+    ...
+    await node.unclaim("phone", call_id)        # the call ended (or never started)
+
 The heartbeat (every `heartbeat_s`, and ~50 ms after a session opens or closes) writes the
 registry, renews this worker's limit leases and keeps its live conversations' records alive.
 When Redis does not answer, live sessions are not touched: the heartbeat keeps trying (every
@@ -87,6 +91,7 @@ class ClusterNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._releases: set[asyncio.Task[None]] = set()
         self.degraded_admissions = 0
+        self.unchecked_claims = 0  # calls taken while Redis was unreachable, checked on this worker only
         self.refused: dict[str, int] = {}
 
     @classmethod
@@ -220,6 +225,37 @@ class ClusterNode:
         task = asyncio.create_task(run(), name="cluster-release")
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
+
+    # ------------------------------------------------------------------ calls held by one worker at a time
+
+    async def claim(self, kind: str, ident: str) -> str | None:
+        """Take call `ident` for this worker before it opens: None when it is this worker's now,
+        else the id of the worker that holds it. The claim is renewed by the heartbeat once the
+        call is `opened`, and expires with this worker. Redis unreachable: None (the caller's own
+        check on this worker is all there is), with a warning."""
+        if not self.breaker.open:
+            try:
+                holder = await self.registry.claim(kind, ident)
+            except RedisUnavailable as e:
+                self.breaker.failure(e)
+            else:
+                self.breaker.success()
+                return None if holder == self.worker_id else holder
+        self.unchecked_claims += 1
+        log.warning("cluster: %s %s is checked for a second stream on this worker only (%s)", kind, ident[:64],
+                    self.breaker.last_error or "Redis is unreachable")
+        return None
+
+    async def unclaim(self, kind: str, ident: str) -> None:
+        """Give a claimed call back now (its call ended, or never opened). Never raises: when Redis
+        does not answer, the next heartbeat that reaches it deletes the claim (or it expires)."""
+        self.registry.forget(kind, ident)
+        if self.breaker.open:
+            return
+        try:
+            await self.registry.release(kind, ident)
+        except RedisUnavailable as e:
+            self.breaker.failure(e)
 
     # ------------------------------------------------------------------ queries, call control
 

@@ -12,10 +12,17 @@ round trip on the session's path) and `sync()` writes all of it in one transacti
 heartbeat, and ~50 ms after a change. Everything it writes expires after `ttl_s`, so a worker
 killed with `kill -9` drops out by itself; a clean shutdown (`leave`) removes it at once. The
 Redis clock stamps expiries, so workers on machines whose clocks differ still agree.
+
+A `where:` key belongs to one worker at a time: `claim` takes it only if no other worker holds
+it (one round trip, atomic: two workers claiming one phone call's id at once cannot both get
+it), the heartbeat renews only the keys that are this worker's (or missing, after Redis lost
+them), and removing one deletes it only while it is still this worker's. `release` gives a
+claim back at once, after any heartbeat already in flight (which may still carry it) has landed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +41,30 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return now
+"""
+
+# where-keys: take one unless another worker holds it; renew / delete only this worker's
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+_HOLD = """
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v or v == ARGV[1] then redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
+end
+return #KEYS
+"""
+
+_DROP = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
 """
 
 _LIVE = """
@@ -90,8 +121,13 @@ class Registry:
         self.draining = False
         self.held: dict[str, Held] = {}
         self._gone: set[str] = set()  # where-keys to delete at the next sync
+        self._idle = asyncio.Event()  # clear while a sync is in flight
+        self._idle.set()
         self._beat = redis.register_script(_BEAT)
         self._live = redis.register_script(_LIVE)
+        self._claim = redis.register_script(_CLAIM)
+        self._hold = redis.register_script(_HOLD)
+        self._drop = redis.register_script(_DROP)
 
     # ------------------------------------------------------------------ local (no I/O)
 
@@ -102,6 +138,11 @@ class Registry:
     def remove(self, kind: str, ident: str) -> None:
         if self.held.pop(f"{kind}:{ident}", None) is not None:
             self._gone.add(self.keys.where(kind, ident))
+
+    def forget(self, kind: str, ident: str) -> None:
+        """As `remove`, also for a claim that never became a session: its key goes at the next sync."""
+        self.held.pop(f"{kind}:{ident}", None)
+        self._gone.add(self.keys.where(kind, ident))
 
     def find(self, kind: str, ident: str) -> Held | None:
         return self.held.get(f"{kind}:{ident}")
@@ -119,6 +160,13 @@ class Registry:
     async def sync(self) -> None:
         """Write this worker's entry and everything it holds, renewing their expiry. Raises
         `RedisUnavailable`; the next call writes everything again (nothing is lost)."""
+        self._idle.clear()
+        try:
+            await self._sync()
+        finally:
+            self._idle.set()
+
+    async def _sync(self) -> None:
         k, me, ttl = self.keys, self.worker_id, self.ttl_ms
         held = list(self.held.values())
         gone = list(self._gone)
@@ -132,13 +180,35 @@ class Registry:
             if held:
                 pipe.hset(k.held(me), mapping={h.field: json.dumps(_held_json(h)) for h in held})
                 pipe.pexpire(k.held(me), ttl)
-            for h in held:
-                pipe.set(k.where(h.kind, h.ident), me, px=ttl)
+            if held:
+                await self._hold(keys=[k.where(h.kind, h.ident) for h in held], args=[me, ttl], client=pipe)
             if gone:
-                pipe.delete(*gone)
+                await self._drop(keys=gone, args=[me], client=pipe)
             await self._beat(keys=[k.workers], args=[me, ttl], client=pipe)
             await pipe.execute()
         self._gone.difference_update(gone)
+
+    async def claim(self, kind: str, ident: str) -> str:
+        """Take `kind:ident` for this worker unless another one holds it: returns the holder (this
+        worker's id when it is ours now). It expires after the TTL unless a session of it is added
+        (the heartbeat renews it then) or it is `release`d first. Raises `RedisUnavailable`."""
+        key = self.keys.where(kind, ident)
+        self._gone.discard(key)  # ours again: no sync from now on deletes it
+        await self._idle.wait()  # nor one already in flight
+        async with translated("registry claim"):
+            return str(await self._claim(keys=[key], args=[self.worker_id, self.ttl_ms]))
+
+    async def release(self, kind: str, ident: str) -> None:
+        """Delete `kind:ident`'s key now if it is still this worker's (after `remove` or `forget`).
+        Raises `RedisUnavailable`; the next sync deletes it then."""
+        if self.find(kind, ident) is not None:
+            return  # held again
+        key = self.keys.where(kind, ident)
+        await self._idle.wait()  # a sync that took its list before the remove may still renew it
+        async with translated("registry release"):
+            await self._drop(keys=[key], args=[self.worker_id])
+        if self.find(kind, ident) is None:
+            self._gone.discard(key)
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers, oldest first."""
@@ -185,7 +255,7 @@ class Registry:
             pipe.delete(k.worker(me), k.held(me))
             wheres = [k.where(h.kind, h.ident) for h in self.held.values()] + list(self._gone)
             if wheres:
-                pipe.delete(*wheres)
+                await self._drop(keys=wheres, args=[me], client=pipe)
             await pipe.execute()
 
 

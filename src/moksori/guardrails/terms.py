@@ -7,12 +7,13 @@ language applies to text in that language; text whose language is unknown is che
 every list.
 
 The checks run on the event loop, so each is bounded: one call of `first` or `mask` spends at
-most `budget_s` (default 20 ms) of CPU time on all its lists together, terms first, then the
-patterns in config order, each list being given at least 2 ms even when an earlier one used up
-the budget (so at most 20 ms + 2 ms per further list). This is the `regex` package's `timeout`,
-which counts the process's CPU time: other busy threads make it run out sooner, never later. A list that does not finish in time fails as the
-guardrail's failure policy says (`on_timeout`): `open` skips it (the text is allowed, or left
-unmasked), `closed` treats the whole text as matched (blocked, or masked whole). Each pattern that
+most `budget_s` (default 20 ms) of its own thread's CPU time on all its lists together, terms
+first, then the patterns in config order, each list being given at least 2 ms even when an
+earlier one used up the budget (so about 20 ms + 2 ms per further list). The `regex` package's
+`timeout` counts the whole process's CPU time, which busy model threads spend too; `cpu_budget`
+turns this thread's budget into it, so other threads' work does not cut a check short. A list
+that does not finish in time fails as the guardrail's failure policy says (`on_timeout`): `open`
+skips it (the text is allowed, or left unmasked), `closed` treats the whole text as matched (blocked, or masked whole). Each pattern that
 runs out of time is logged once. A pattern with a repeat inside an unbounded repeat, such as
 `(a+)+$`, can take exponential time on a short text: it is accepted, with a warning at load.
 """
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from re import _constants as sre_c  # type: ignore[attr-defined]  # the stdlib's own parser, for the load-time lint
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, Literal
@@ -32,10 +33,11 @@ from typing import Any, Literal
 import regex
 
 from moksori.errors import ConfigError
+from moksori.guardrails.cpu_budget import ThreadBudget
 
 log = logging.getLogger(__name__)
 
-BUDGET_S = 0.02  # CPU time one `first`/`mask` call may spend, all lists together
+BUDGET_S = 0.02  # its thread's CPU time one `first`/`mask` call may spend, all lists together
 FLOOR_S = 0.002  # ... but each list gets at least this: a slow pattern does not starve the ones after it
 _TIMED_OUT_CACHE = 256  # texts whose check timed out, remembered so a history re-check costs nothing
 
@@ -81,6 +83,18 @@ def nested_unbounded_repeat(pattern: str) -> bool:
         return False
 
     return walk(tree, False)
+
+
+def _first_after(rx: Any, text: str, min_end: int, timeout: float) -> Any:
+    """The first non-empty match of `rx` in `text` ending after `min_end`, or None."""
+    for m in rx.finditer(text, timeout=timeout):
+        if m.end() > min_end and m.end() > m.start():
+            return m
+    return None
+
+
+def _masked(rx: Any, text: str, mask: str, timeout: float) -> tuple[str, int]:
+    return rx.subn(mask, text, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -146,9 +160,9 @@ class TermList:
             return
         lst.logged = True
         outcome = "allowed unchecked" if self.on_timeout == "open" else "treated as matched"
-        log.warning("guardrails: %s ran out of time %s a %d-character text (%g ms of CPU for all the lists of "
-                    "one check); failing %s: the text is %s (logged once for this list)", lst.source, what,
-                    len(text), self.budget_s * 1000, self.on_timeout, outcome)
+        log.warning("guardrails: %s ran out of time %s a %d-character text (%g ms of the thread's CPU for all "
+                    "the lists of one check); failing %s: the text is %s (logged once for this list)", lst.source,
+                    what, len(text), self.budget_s * 1000, self.on_timeout, outcome)
 
     def _remember(self, key: tuple[str, str | None, int, str], value: Any) -> None:
         self._timed_out[key] = value
@@ -161,16 +175,14 @@ class TermList:
         key = (text, language, min_end, "first")
         if key in self._timed_out:
             return self._timed_out[key]
-        deadline = time.process_time() + self.budget_s
+        budget = ThreadBudget(self.budget_s, FLOOR_S)
         best: Match | None = None
         timed_out = False
         for lst in self._lists(language):
             try:
-                for m in lst.rx.finditer(text, timeout=max(deadline - time.process_time(), FLOOR_S)):
-                    if m.end() > min_end and m.end() > m.start():
-                        if best is None or m.start() < best.start:
-                            best = Match(lst.kind, lst.language, m.start(), m.end())
-                        break
+                m = budget.run(partial(_first_after, lst.rx, text, min_end))
+                if m is not None and (best is None or m.start() < best.start):
+                    best = Match(lst.kind, lst.language, m.start(), m.end())
             except TimeoutError:
                 timed_out = True
                 self._ran_out(lst, text, "checking")
@@ -187,11 +199,11 @@ class TermList:
         key = (text, language, 0, mask)
         if key in self._timed_out:
             return self._timed_out[key]
-        deadline = time.process_time() + self.budget_s
+        budget = ThreadBudget(self.budget_s, FLOOR_S)
         original, count, timed_out = text, 0, False
         for lst in self._lists(language):
             try:
-                text, n = lst.rx.subn(mask, text, timeout=max(deadline - time.process_time(), FLOOR_S))
+                text, n = budget.run(partial(_masked, lst.rx, text, mask))
             except TimeoutError:
                 timed_out = True
                 self._ran_out(lst, text, "masking")

@@ -16,8 +16,10 @@ Twilio webhook puts it in a `<Parameter name="token">`, the Plivo and Vonage ans
 it as `token` in `custom_parameters` or as `?token=` on the stream URL; set
 `MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key. A token is made for one carrier
 and opens one stream, and a call has one stream at a time (a second one is closed 1008 until
-the first has closed). A `start` naming a codec or a sample rate Moksori does not take, or no call
-id, is closed 1008 at once; the close frame's reason says why.
+the first has closed; in cluster mode on whichever worker it reaches: the call id is claimed in
+the registry, `ClusterNode.claim`, and given back when the call ends). A `start` naming a codec
+or a sample rate Moksori does not take, or no call id, is closed 1008 at once; the close frame's
+reason says why.
 
 With API keys configured, `/telephony/debug/*` needs a key like every other route; the
 webhooks are exempt from keys (the carriers sign them) and the streams use their tokens.
@@ -66,6 +68,7 @@ class Telephony:
         self.secret = configured.encode("utf-8") if configured else os.urandom(32)
         self.stack, self.tts = stack_for_calls(state.stack)
         self.calls: dict[int, PhoneCall] = {}
+        self.claims: dict[str, object] = {}  # call id -> the stream holding it, from its `start` to its end
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CALLS)
         self.used_tokens: dict[str, int] = {}  # stream tokens that opened a stream -> their expiry
         self.pending = 0  # accepted stream sockets that have not started a call yet
@@ -109,6 +112,36 @@ class Telephony:
             return False
         self.used_tokens[token] = stream_token_expiry(token) or now
         return True
+
+    async def claim_call(self, call_id: str, owner: object) -> bool:
+        """One stream per call: `owner` (a stream) takes `call_id`, or False when another stream of
+        that call is live, on this worker or (cluster mode) on another. A True claim, or one whose
+        caller was cancelled, is given back by `release_call`."""
+        if call_id in self.claims:
+            return False
+        self.claims[call_id] = owner
+        node = getattr(self.state, "cluster", None)
+        if node is None:
+            return True
+        holder = await node.claim("phone", call_id)
+        if holder is None:
+            return True
+        if self.claims.get(call_id) is owner:
+            del self.claims[call_id]
+        log.info("call %s has a live stream on worker %s", call_id[:64], holder[:64])
+        return False
+
+    async def release_call(self, call_id: str, owner: object) -> None:
+        """`owner`'s stream of `call_id` has ended: another stream of the call may start (anywhere)."""
+        if self.claims.get(call_id) is not owner:
+            return
+        try:
+            node = getattr(self.state, "cluster", None)
+            if node is not None:
+                await node.unclaim("phone", call_id)
+        finally:
+            if self.claims.get(call_id) is owner:
+                del self.claims[call_id]
 
 
 def install(app: FastAPI, state: Any) -> None:
@@ -232,6 +265,8 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
     counted = False
     ticket = None
     pending = True
+    owner = object()  # this stream, as the holder of its call id
+    claimed: str | None = None
 
     async def send(wire: str | bytes) -> None:
         if isinstance(wire, bytes):
@@ -239,8 +274,10 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
         else:
             await ws.send_text(wire)
 
-    def live_call(call_id: str) -> bool:  # one stream per call, until the first has closed
-        return any(c.call_id == call_id for c in tel.calls.values())
+    async def claim_call(call_id: str) -> bool:  # one stream per call, until the first has closed
+        nonlocal claimed
+        claimed = call_id  # given back at the end whatever the claim's outcome (a no-op unless this stream got it)
+        return await tel.claim_call(call_id, owner)
 
     def admit() -> str | None:  # asked again at `start`: streams waiting for theirs are not sessions yet
         refused = state.admit(None)
@@ -262,7 +299,7 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
 
     call = PhoneCall(carrier, codec, stack=tel.stack, settings=state.settings, send=send, secret=tel.secret,
                      url_token=ws.query_params.get("token"), admit=admit, on_session=on_session, claim_token=tel.claim,
-                     live_call=live_call, start_timeout_s=state.settings.telephony.start_timeout_s, kit=state.kit)
+                     claim_call=claim_call, start_timeout_s=state.settings.telephony.start_timeout_s, kit=state.kit)
     reader = asyncio.create_task(_read(ws, call), name=f"{carrier}-call-read")
     ended = asyncio.create_task(call.ended.wait(), name=f"{carrier}-call-ended")
     try:
@@ -283,6 +320,8 @@ async def serve_stream(ws: WebSocket, state: Any, tel: Telephony, carrier: str) 
             tel.calls.pop(id(call), None)
             if counted:
                 state.closed(None)
+            if claimed is not None:
+                await tel.release_call(claimed, owner)
         if call.info is not None:
             log.info("%s call %s ended: %s", carrier, call.info.call_id[:64], call.end_reason)
         with contextlib.suppress(Exception):

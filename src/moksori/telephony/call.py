@@ -19,7 +19,8 @@ closes the socket once `ended` is set. What happens here:
 Nothing a carrier sends can raise out of `feed`: bad messages are logged (briefly) and skipped,
 and a stream that keeps sending garbage, never starts, or goes silent is ended. A `start` that
 cannot open the stream (a codec or sample rate Moksori does not take, no call id), or one for a
-call that already has a live stream, is refused at once (1008, the reason in the close frame).
+call that already has a live stream (here, or on another worker of a cluster: the route's
+`claim_call`), is refused at once (1008, the reason in the close frame).
 
 Why a call ended (`end_reason`, the `call.ended` event): `carrier_stop` (the carrier's stop),
 `carrier_hung_up` (the socket closed), `carrier_not_reading` / `carrier_lost` (the socket was lost
@@ -134,7 +135,7 @@ class PhoneCall:
         admit: Callable[[], str | None] | None = None,
         on_session: Callable[[PhoneCall], None] | None = None,
         claim_token: Callable[[str, str], bool] | None = None,
-        live_call: Callable[[str], bool] | None = None,
+        claim_call: Callable[[str], Awaitable[bool]] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         kit: AgentKit | None = None,
@@ -151,7 +152,9 @@ class PhoneCall:
         self._admit = admit  # the server's admission at `start`: why the call cannot start, or None
         self._on_session = on_session
         self._claim_token = claim_token  # (token, call id) -> False if it was used already
-        self._live_call = live_call  # call id -> True if another stream of that call is live
+        # call id -> False if another stream of that call is live (on this worker, or on another
+        # worker of a cluster); True: this stream holds the call id until the route releases it
+        self._claim_call = claim_call
         self.session: Session | None = None
         self.info: CallInfo | None = None
         self.ended = asyncio.Event()
@@ -271,9 +274,13 @@ class PhoneCall:
             return
         # one stream per call (the hang-up API and the cluster's registry find a call by its id),
         # checked before the token is claimed: once the first has ended, this stream may retry
-        if self._live_call is not None and self._live_call(ev.call_id):
-            self._refuse("duplicate_stream", f"call {ev.call_id[:64]!r} already has a live stream")
-            return
+        if self._claim_call is not None:
+            claimed = await self._claim_call(ev.call_id)
+            if self.ended.is_set():  # the socket went away meanwhile (the route gives the claim back)
+                return
+            if not claimed:
+                self._refuse("duplicate_stream", f"call {ev.call_id[:64]!r} already has a live stream")
+                return
         # admission (e.g. MOKSORI_SERVER_MAX_SESSIONS) before the token is claimed: the carrier may retry
         refused = self._admit() if self._admit is not None else None
         if refused is not None:
