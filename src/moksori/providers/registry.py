@@ -18,6 +18,14 @@ from moksori.settings import Settings
 
 Step = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
+
+
+def upstream(provider: STT | TTS) -> str:
+    """A provider's name and, for a remote one, the URL it asks first (for start-up warnings)."""
+    first = getattr(provider, "providers", (provider,))[0]  # a Resilient* chain: its primary
+    url = getattr(first, "url", None)
+    return f"{provider.name} at {url}" if url else provider.name
 
 
 @dataclass
@@ -44,8 +52,11 @@ class Stack:
             await self.turn.complete_probability(np.zeros(16000, dtype=np.float32))
         tone = (0.1 * np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
         if not getattr(self.stt, "standin", False):  # the realtime brain's stand-ins have nothing to warm
-            async for _ in self.stt.transcribe(one_chunk(tone), STTOptions(language="en")):
-                pass
+            try:
+                async for _ in self.stt.transcribe(one_chunk(tone), STTOptions(language="en")):
+                    pass
+            except ProviderError as e:  # a remote STT away at start: each turn's transcription fails until it is back
+                log.warning("STT warm-up skipped (%s): %s", upstream(self.stt), e)
         warm = getattr(self.llm, "warm", None)
         if warm is not None and system_prompt:
             await warm(system_prompt)
@@ -55,7 +66,7 @@ class Stack:
                     async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
                         pass
                 except ProviderError as e:  # a remote TTS busy or away at start: its callers get the error later
-                    logging.getLogger(__name__).warning("TTS warm-up skipped (%s): %s", lang, e)
+                    log.warning("TTS warm-up skipped (%s, %s): %s", upstream(self.tts), lang, e)
 
     async def close(self) -> None:
         for p in (self.vad, self.turn, self.stt, self.llm, self.tts):
