@@ -14,7 +14,9 @@ Checked:
 * the first item, truncated while the second plays: the reply is heard up to there (the second
   item not at all): memory, the reply stops, one `conversation.item.truncated`, the store;
 * the second item of a finished reply, truncated later (twice: a later cut may only shorten it),
-  and bad input on it (past its audio: a clear error, the session goes on).
+  and bad input on it (past its audio: a clear error, the session goes on); the stored reply
+  (under its first item's id) is heard as memory keeps it: the first item's words and the heard
+  ones of the second.
 
 Real components: `moksori serve` (pipeline brain, Piper for the reply audio, a real SQLite store),
 the `mcp` SDK's own server (tests/mcp_test_server.py) over Streamable HTTP on loopback, the
@@ -222,6 +224,8 @@ def test_the_first_message_item_truncated_while_the_second_plays(served, scripte
 @pytest.mark.models
 @requires_speech
 def test_the_second_message_item_of_a_finished_reply_truncated_later(served, scripted, mcp_url) -> None:  # noqa: F811
+    out: dict[str, str] = {}
+
     async def body(conn: Any, log: EventLog) -> None:
         reply = await ask(conn, log, "What is the weather in Seoul?")
         done = await log.wait("response.done", lambda e: e["response"]["id"] == reply.rid, timeout=60)
@@ -245,5 +249,7 @@ def test_the_second_message_item_of_a_finished_reply_truncated_later(served, scr
         assert prompt[:2] == [("user", "What is the weather in Seoul?"), ("assistant", PREFACE)]
         last = ("assistant", shorter) if shorter else ("tool", "Seoul: sunny, 21 degrees")
         assert prompt[-2:] == [last, ("user", "And tomorrow?")], prompt
+        out.update(first=first, heard=f"{PREFACE} {shorter}".strip())
 
-    in_session(served, mcp_url, TOOL, body)
+    user = in_session(served, mcp_url, TOOL, body)
+    stored_cut(served, user, out["first"], out["heard"])

@@ -97,14 +97,15 @@ class PlayedParts:
     sent: int
     heard_to: int | None = None  # the shortest cut so far (samples): a later one never lengthens it
 
-    def truncate(self, item_id: str, audio_end_ms: int, memory: Memory) -> None:
+    def truncate(self, item_id: str, audio_end_ms: int, memory: Memory) -> str:
         """The client played `audio_end_ms` of part `item_id`: the reply was heard up to there
-        (its later parts not at all), in memory."""
+        (its later parts not at all), in memory. Returns what was heard of the whole reply."""
         part = next(p for p in self.parts if p.item_id == item_id)
         end = min(self.sent, part.sample_start + audio_end_ms * self.rate // 1000)
         self.heard_to = end if self.heard_to is None else min(self.heard_to, end)
-        settle_parts(self.parts, self.text, heard_text(self.segments, self.heard_to), self.sent, self.rate, memory,
-                     "incomplete")
+        heard = heard_text(self.segments, self.heard_to)
+        settle_parts(self.parts, self.text, heard, self.sent, self.rate, memory, "incomplete")
         if part.item is not None:
             part.item.status = "incomplete"
             part.item.truncated_at_ms = audio_end_ms
+        return heard

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from moksori.engine import events as E
 from moksori.engine.memory import heard_text
 from moksori.engine.reply_parts import PlayedParts
 from moksori.engine.session_context import SessionContext
@@ -181,11 +182,14 @@ class Responses:
 
     def truncate_ended(self, item_id: str, audio_end_ms: int) -> bool:
         """A late truncate of a message item of a finished reply that had several: the reply was
-        heard up to there (memory). False: not such an item."""
+        heard up to there (memory; `agent.reply_heard` tells what was heard of the whole reply,
+        filed under its first item). False: not such an item."""
         played = self._parts_by_item.get(item_id)
         if played is None or self._ctx.memory.get(item_id) is None:
             return False
-        played.truncate(item_id, audio_end_ms, self._ctx.memory)
+        heard = played.truncate(item_id, audio_end_ms, self._ctx.memory)
+        self._ctx.publish(E.AgentReplyHeard(t=self._ctx.clock.now(), item_id=played.parts[0].item_id,
+                                            part_item_id=item_id, text=heard))
         return True
 
     def segments_for(self, item_id: str) -> list[tuple[str, int]] | None:

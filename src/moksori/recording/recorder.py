@@ -22,7 +22,8 @@ What becomes a record:
 * `guardrail.input_removed` (the input guardrail blocked a turn) → `UserTurnRemoved`: the turn's
   stored text becomes the placeholder the LLM sees (a turn recorded later is recorded so).
 * A client's truncation (`truncated`): of a reply already recorded → `ReplyHeard` (when it
-  changes what was heard); of one not recorded yet (its `agent.response_done` still to come, as
+  changes what was heard; of a later message item of a reply that had several, `agent.reply_heard`
+  tells the whole reply's heard text, under its first item); of one not recorded yet (its `agent.response_done` still to come, as
   the realtime brain's waits for the upstream's usage) → kept, and the reply's `AgentReply`
   carries it as the heard text. Items a Realtime client adds
   (`item_added`: its function outputs, its assistant or spoken user items) → the matching record;
@@ -154,6 +155,8 @@ class Recorder:
         self._recorded_replies: OrderedDict[str, str | None] = OrderedDict()
         # a client's truncation of a reply not recorded yet: item id -> heard text
         self._truncated_early: OrderedDict[str, str] = OrderedDict()
+        # later message items of a stored reply (after a tool item): item id -> the reply's first item id
+        self._later_parts: OrderedDict[str, str] = OrderedDict()
         self._progressed: dict[str, str] = {}  # item id -> heard text last written, replies in flight
         self.started = False
 
@@ -255,6 +258,12 @@ class Recorder:
                                            self._wall(e.t) or time.time(), name=e.name), "tool_result")
             case E.AgentResponseDone():
                 self._reply_done(e)
+            case E.AgentReplyHeard(item_id=item_id, part_item_id=part):
+                if part != item_id:  # the client truncated a later item: the reply is filed under its first
+                    self._later_parts[part] = item_id
+                    while len(self._later_parts) > KEEP:
+                        self._later_parts.popitem(last=False)
+                self._heard(item_id, e.text)
             case E.GuardrailInputRemoved(item_ids=ids):
                 for item_id in ids:
                     self._removed_users[item_id] = True
@@ -354,6 +363,11 @@ class Recorder:
 
     def truncated(self, item_id: str, heard_text: str) -> None:
         """A client reported that it played only part of a reply (`heard_text` of it)."""
+        if item_id in self._later_parts:  # (`agent.reply_heard` told the whole reply's heard text)
+            return
+        self._heard(item_id, heard_text)
+
+    def _heard(self, item_id: str, heard_text: str) -> None:
         if item_id in self._recorded_replies:
             if self._recorded_replies[item_id] != heard_text:  # (a cut in progress recorded it so already)
                 self._recorded_replies[item_id] = heard_text

@@ -35,7 +35,8 @@ from .user import (UserCommitted, UserIdleTimeout, UserNoise, UserSpeechStarted,
 from .stages import (EotFinished, LlmFinished, LlmFirstToken, LlmStarted, SttFinished, SttStarted, TtsFirstAudio,
                      TtsStarted)
 from .reply import (AgentAudio, AgentAudioCleared, AgentAudioDone, AgentAudioStarted, AgentBackchannel,
-                    AgentInterrupted, AgentReoffer, AgentResponseDone, AgentResponseStarted, AgentTextDelta)
+                    AgentInterrupted, AgentReoffer, AgentReplyHeard, AgentResponseDone, AgentResponseStarted,
+                    AgentTextDelta)
 from .tools import AgentFunctionCall, AgentToolCall, AgentToolFiller, AgentToolResult
 from .guardrails import GuardrailInputRemoved, GuardrailTripped
 from .brain import (BrainReconnected, BrainReconnecting, BrainTruncateRejected, BrainUpstreamDropped,
@@ -49,7 +50,7 @@ CATALOGUE: tuple[type[Event], ...] = (
     UserCommitted, UserIdleTimeout, UserTranscriptionFailed,
     SttStarted, SttFinished, EotFinished, LlmStarted, LlmFirstToken, LlmFinished, TtsStarted, TtsFirstAudio,
     AgentResponseStarted, AgentTextDelta, AgentAudio, AgentAudioStarted, AgentAudioDone, AgentAudioCleared,
-    AgentInterrupted, AgentReoffer, AgentResponseDone, AgentFunctionCall, AgentToolCall, AgentToolResult,
+    AgentInterrupted, AgentReoffer, AgentResponseDone, AgentReplyHeard, AgentFunctionCall, AgentToolCall, AgentToolResult,
     AgentToolFiller, AgentBackchannel, GuardrailTripped, GuardrailInputRemoved, SessionWarning, SessionNoiseReduction,
     BrainUpstreamReady, BrainUpstreamDropped, BrainReconnecting, BrainReconnected, BrainUpstreamFailed,
     BrainTruncateRejected,
@@ -65,7 +66,8 @@ __all__ = [
     "SttStarted", "SttFinished", "EotFinished", "LlmStarted", "LlmFirstToken", "LlmFinished", "TtsStarted",
     "TtsFirstAudio",
     "AgentResponseStarted", "AgentTextDelta", "AgentAudio", "AgentAudioStarted", "AgentAudioDone",
-    "AgentAudioCleared", "AgentInterrupted", "AgentReoffer", "AgentResponseDone", "AgentBackchannel",
+    "AgentAudioCleared", "AgentInterrupted", "AgentReoffer", "AgentResponseDone", "AgentReplyHeard",
+    "AgentBackchannel",
     "AgentFunctionCall", "AgentToolCall", "AgentToolResult", "AgentToolFiller",
     "GuardrailTripped", "GuardrailInputRemoved",
     "BrainUpstreamReady", "BrainUpstreamDropped", "BrainReconnecting", "BrainReconnected", "BrainUpstreamFailed",

@@ -112,6 +112,19 @@ class AgentResponseDone(Event):
 
 
 @_event
+class AgentReplyHeard(Event):
+    """A client's late truncate of a message item of a finished reply that had several
+    (`engine/reply_parts.py`): `text` is what the listener heard of the whole reply now, the
+    reply being `item_id` (its first message item, as `agent.response_done` named it);
+    `part_item_id` is the item the client truncated."""
+
+    type = "agent.reply_heard"
+    item_id: str
+    part_item_id: str
+    text: str
+
+
+@_event
 class AgentBackchannel(Event):
     """A short acknowledgment ("mm-hmm", "네") in a mid-thought pause of the user: played as an
     out-of-band reply (`response_id`) that never ends the turn and never enters the history."""
