@@ -9,6 +9,7 @@
   listens: a real refused connection), the client gets
   `conversation.item.input_audio_transcription.failed` with the item, the part and an `error`
   object, not an `error` event and an empty completed transcript; the text parts still count;
+  so does a live turn's item (server VAD on streamed speech), with no reply made to it;
 * a beta transcription connection (`OpenAI-Beta: realtime=v1`, `?intent=transcription`) hears
   `transcription_session.created|updated` with the beta transcription session object.
 
@@ -243,6 +244,39 @@ async def test_without_transcription_a_failed_item_is_an_error(deaf_server):
         done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == "item_quiet")
         assert done["item"]["content"][1] == {"type": "input_audio", "transcript": None}
         assert not log.of("conversation.item.input_audio_transcription.failed")
+
+
+async def test_a_live_turn_whose_transcription_fails_hears_failed(deaf_server, scripted_llm):
+    """A turn spoken on the input audio buffer (server VAD) whose STT fails: its item hears
+    `...input_audio_transcription.failed` and is done, with no `error` and no empty transcript;
+    no reply is made to a turn with no words."""
+    conn, log = await connect(deaf_server.port)
+    try:
+        await log.wait("session.created")
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "transcription": {"model": "whisper-1", "language": "en"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+        await log.wait("session.updated")
+        asked = len(scripted_llm.requests)
+
+        async def append(chunk):
+            await conn.input_audio_buffer.append(audio=b64(chunk))
+
+        feeder = log.spawn(stream_realtime(append, speech_pcm()))
+        committed = await log.wait("input_audio_buffer.committed", timeout=20)
+        failed = await log.wait("conversation.item.input_audio_transcription.failed", timeout=60)
+        assert failed["item_id"] == committed["item_id"] and failed["content_index"] == 0, failed
+        assert failed["error"]["message"], failed
+        done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == committed["item_id"])
+        assert done["item"]["content"] == [{"type": "input_audio", "transcript": None}], done
+        await feeder
+        await asyncio.sleep(1.0)
+        assert not log.of("error") and not log.of("conversation.item.input_audio_transcription.completed")
+        assert not log.of("response.created") and len(scripted_llm.requests) == asked
+        log.check_ids()
+    finally:
+        await log.close()
+        await conn.close()
 
 
 # --------------------------------------------------------------------------- beta transcription sessions

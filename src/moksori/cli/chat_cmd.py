@@ -166,7 +166,7 @@ async def _voice_chat(stack: Any, settings: Any, sd: Any, in_dev: int | str | No
             case E.AgentResponseDone(text=text, interrupted=interrupted) if text:
                 tag = " [yellow](interrupted)[/]" if interrupted else ""
                 out_console.print(f"[magenta]agent[/] {text}{tag}", highlight=False)
-            case E.ErrorEvent(message=message):
+            case E.ErrorEvent(message=message) | E.UserTranscriptionFailed(message=message):
                 err_console.print(f"[red]error:[/] {message}", highlight=False)
             case E.BrainUpstreamDropped(reason=reason):
                 err_console.print(f"[yellow]the upstream dropped ({reason}); reconnecting…[/]", highlight=False)

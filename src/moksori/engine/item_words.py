@@ -43,7 +43,7 @@ from moksori.providers.base import STTOptions, Transcript, one_chunk
 from moksori.providers.threads import background, background_context, run_blocking
 from moksori.providers.vad_segments import speech_regions
 
-__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "ItemWords", "Part", "joined_words", "set_words"]
+__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "ItemWords", "Part", "joined_words", "set_words", "transcription_failed"]
 
 log = logging.getLogger("moksori.session")
 
@@ -69,6 +69,19 @@ def set_words(item: Item, parts: Sequence[Part], words: Sequence[str | None]) ->
     if len(item.parts) == len(parts):
         item.parts = [(kind, said if isinstance(part, np.ndarray) else known)
                       for (kind, known), part, said in zip(item.parts, parts, words)]
+
+
+def transcription_failed(t: float, item_id: str, content_indexes: tuple[int, ...], err: Exception, *,
+                         text: str = "", session_id: str = "") -> E.UserTranscriptionFailed:
+    """The event for an item whose audio parts `content_indexes` could not be transcribed: the
+    provider's own error says why; any other failure is a bug, logged with its traceback and
+    named only by its type."""
+    if not isinstance(err, MoksoriError):
+        log.error("session %s: item %s: transcription failed", session_id, item_id, exc_info=err)
+    message = str(err) if isinstance(err, MoksoriError) else f"internal error: {type(err).__name__}"
+    return E.UserTranscriptionFailed(t=t, item_id=item_id, content_indexes=content_indexes,
+                                     code=getattr(err, "code", "server_error"), message=message,
+                                     retryable=getattr(err, "retryable", False), text=text)
 
 
 class ItemWords:
@@ -146,15 +159,11 @@ class ItemWords:
         """`user.transcription_failed` for the item's parts whose STT failed (the first failure
         says why; a failure that is not the provider's own is a bug, and logged as one)."""
         ctx = self._ctx
-        err = failed[0][1]
-        for _, e in failed:
+        for _, e in failed[1:]:
             if not isinstance(e, MoksoriError):
                 log.error("session %s: item %s: transcription failed", ctx.id, item.id, exc_info=e)
-        message = str(err) if isinstance(err, MoksoriError) else f"internal error: {type(err).__name__}"
-        ctx.publish(E.UserTranscriptionFailed(t=ctx.clock.now(), item_id=item.id,
-                                              content_indexes=tuple(i for i, _ in failed),
-                                              code=getattr(err, "code", "server_error"), message=message,
-                                              retryable=getattr(err, "retryable", False), text=item.text))
+        ctx.publish(transcription_failed(ctx.clock.now(), item.id, tuple(i for i, _ in failed), failed[0][1],
+                                         text=item.text, session_id=ctx.id))
 
     async def transcribe(self, audio16k: np.ndarray) -> Transcript:
         """The words of `audio16k` (any length), as background work in preemptible windows."""

@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from moksori.engine.session_context import SessionContext
 from moksori.engine.endpointing import text_cue
 from moksori.engine.incremental_stt import IncrementalSTT
 from moksori.engine.input_audio import VAD_RATE, InputAudio
+from moksori.engine.item_words import transcription_failed
 from moksori.engine.memory import Item, new_id
 from moksori.engine.response import Response
 from moksori.engine.responses import Responses
@@ -60,6 +62,7 @@ class Speculation:
     audio_s: float = 0.0
     audio_t0: float = 0.0  # session times of the first and last frame of `audio`
     audio_end: float = 0.0
+    failure: Exception | None = None  # why its words could not be had (the turn's own decode failed)
 
     @property
     def key(self) -> Key:
@@ -280,15 +283,29 @@ class Speculations:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - one failed turn must not end the session
-            ctx.publish_error(e, turn_id=spec.turn_id)
-            if spec.released:
-                spec.transcript = spec.transcript or Transcript("", ctx.last_language, True)
-                self._commit_user(spec)
+            if spec.transcript is None and not self.analysis_only:
+                self._words_failed(spec, e)  # the turn's words could not be had
+            else:
+                ctx.publish_error(e, turn_id=spec.turn_id)
+                if spec.released:
+                    spec.transcript = spec.transcript or Transcript("", ctx.last_language, True)
+                    self._commit_user(spec)
         finally:
             if eot_task is not None and not eot_task.done():
                 eot_task.cancel()
             spec.audio_s = len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0
             spec.audio = None  # transcribed and judged: let the turn's audio go
+
+    def _words_failed(self, spec: Speculation, err: Exception) -> None:
+        """A decode failed. A pause's is moot: the turn's end decodes again (`end_turn`), and only
+        that one is reported. The turn's own: its item is committed without words, the session
+        hears `user.transcription_failed` (not an empty transcript), and no reply is made."""
+        ctx = self._ctx
+        if not spec.released:
+            log.info("session %s: a pause's transcription failed (%s); the turn's end tries again", ctx.id, err)
+            return
+        spec.transcript, spec.failure = Transcript("", ctx.last_language, True), err
+        self._commit_user(spec)
 
     def _late(self, spec: Speculation, audio_s: float, now: float) -> bool:
         """`eot_skip` is auto and this pause's reply is expected after the text rule's time."""
@@ -323,12 +340,17 @@ class Speculations:
         if self.analysis_only:
             self._on_committed(spec)
             return
-        ctx.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language))
+        # a failed decode: its one audio part has no words (null, as a client's unheard item's)
+        unheard: list[tuple[Literal["text", "audio"], str | None]] = [("audio", None)] if spec.failure else []
+        ctx.memory.add(Item(id=spec.item_id, role="user", text=tr.text, audio=True, language=tr.language, parts=unheard))
         log.debug("session %s: the user said (%s): %s", ctx.id, spec.item_id, tr.text)  # PII masked by the log filter
         audio_s = spec.audio_s or (len(spec.audio) / VAD_RATE if spec.audio is not None else 0.0)
         now = ctx.clock.now()
-        ctx.publish(E.UserTranscript(t=now, turn_id=spec.turn_id, item_id=spec.item_id, text=tr.text,
-                                     language=tr.language, final=True, audio_s=round(audio_s, 3)))
+        if spec.failure is not None:
+            ctx.publish(transcription_failed(now, spec.item_id, (0,), spec.failure, session_id=ctx.id))
+        else:
+            ctx.publish(E.UserTranscript(t=now, turn_id=spec.turn_id, item_id=spec.item_id, text=tr.text,
+                                         language=tr.language, final=True, audio_s=round(audio_s, 3)))
         ctx.publish(E.UserCommitted(t=now, turn_id=spec.turn_id, item_id=spec.item_id,
                                     previous_item_id=ctx.memory.previous_id(spec.item_id)))
         self._on_committed(spec)

@@ -446,6 +446,9 @@ function onServerEvent(ev) {
     case "conversation.item.input_audio_transcription.completed":
       userFinal(ev.item_id, ev.transcript, null);
       break;
+    case "conversation.item.input_audio_transcription.failed":
+      toast((ev.error && ev.error.message) || "your words could not be transcribed");
+      break;
     case "error": {
       const err = ev.error || {};
       const warning = err.code === "unsupported_feature";
