@@ -32,6 +32,24 @@ QUESTIONS = [
 ]
 
 
+PARTED_AFTER = 24  # characters a reply made beside others shares with its solo reply, at least
+
+
+def assert_solo_reply(text: str, q: str, solo: dict) -> None:
+    """A reply made beside other replies is its question's solo reply: token for token as a rule,
+    but llama.cpp may round a step of several sequences slightly differently from one token alone,
+    so a near-tie can part the two later on (seen on an Intel Xeon with AMX, 2026-12-06, in 2 of ~13
+    runs: "…Spring is a time for the city…" against "…a time for fashion…"). So: the solo text, or
+    at least its first PARTED_AFTER characters and no other question's (no slot's cache mixed up)."""
+    want = solo[q][0]
+    if text == want:
+        return
+    parted = next(i for i, (a, b) in enumerate(zip(text + "\0", want + "\1")) if a != b)
+    print(f"\n{q!r}: parted from its solo reply at character {parted}: {text!r}")
+    assert parted >= PARTED_AFTER, (q, text, want)
+    assert not any(text[:PARTED_AFTER] == solo[o][0][:PARTED_AFTER] for o in solo if o != q), (q, text)
+
+
 def request(*turns: str, max_tokens: int = 40) -> ChatRequest:
     """system, then user / assistant alternating from `turns`."""
     roles = ["user", "assistant"]
@@ -143,7 +161,7 @@ async def test_four_at_once_overlap_and_each_gives_its_solo_text(batched, solo):
     dones = [i for i, (kind, _) in enumerate(log) if kind == "done"]
     assert max(firsts) < min(dones), "every reply streams before any has finished"
     for q, (text, usage) in zip(QUESTIONS, results):
-        assert text == solo[q][0], q
+        assert_solo_reply(text, q, solo)
         assert usage.output_tokens == 40
 
 
@@ -200,9 +218,9 @@ async def test_cancel_one_mid_stream_frees_its_slot_and_leaves_the_others_alone(
     await asyncio.gather(others, cancel_after_first_token())
     results = others.result()
     for q, (text, _) in zip(QUESTIONS[1:], results):
-        assert text == solo[q][0], q  # undisturbed
+        assert_solo_reply(text, q, solo)  # undisturbed
     late_text = next(v for k, v in log if k == "late")[0]
-    assert late_text == solo[QUESTIONS[0]][0]
+    assert_solo_reply(late_text, QUESTIONS[0], solo)
     order = [(k, t) for k, t in log if k in ("first", "done", "cancelled")]
     assert order.index(("first", "late")) < min(order.index(("done", i)) for i in range(3))
     # the cancelled reply stopped within a few tokens of its 200, and its slot was free
@@ -228,12 +246,13 @@ async def test_a_reader_that_stops_taking_tokens_makes_its_reply_sit_out_while_a
         other, usage = await reply(batched, request(other_q))
         sat_out = (paused.produced, len(paused.out), paused.ended)
         print(f"\nwhile the other reply made {usage.output_tokens} tokens, the paused one made {sat_out[0]}")
-        assert usage.output_tokens == 40 and other == solo[other_q][0]
+        assert usage.output_tokens == 40
+        assert_solo_reply(other, other_q, solo)
         assert sat_out == (1 + AHEAD, AHEAD, False)  # one taken, AHEAD waiting for the reader, not over
         rest = await asyncio.to_thread(list, reader)
     finally:
         await asyncio.to_thread(reader.close)
-    assert first + "".join(x for x in rest if isinstance(x, str)) == solo[paused_q][0]
+    assert_solo_reply(first + "".join(x for x in rest if isinstance(x, str)), paused_q, solo)
     assert next(x for x in rest if isinstance(x, Usage)).output_tokens == 40
 
 
@@ -247,7 +266,7 @@ async def test_a_tool_call_is_llamacpps_alone_and_beside_other_replies(batched, 
     *together, (text, _) = await asyncio.gather(*(calls(batched, weather_request(c)) for c in CITIES),
                                                 reply(batched, request(QUESTIONS[0])))
     assert dict(zip(CITIES, together)) == want
-    assert text == solo[QUESTIONS[0]][0]  # a reply beside them, no tools: undisturbed
+    assert_solo_reply(text, QUESTIONS[0], solo)  # a reply beside them, no tools: undisturbed
     # the tool's result goes back and the model answers from it, as the one-at-a-time provider does
     name, arguments = want[CITIES[0]][1][0]
     after = weather_request(CITIES[0], Message("assistant", "", tool_calls=(ToolCall("call_1", name, arguments),)),

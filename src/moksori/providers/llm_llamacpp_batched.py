@@ -22,10 +22,12 @@ llama-server's slots do). Here:
   its own: llama.cpp cuts a batch of several sequences into pieces with as many tokens of each,
   and a token evaluated alone gets slightly other K/V values than in a chunk, so a chunk beside
   one-token sequences made a reply depend on what else ran (the same number of evaluations);
-  so at temperature 0 a reply is token for token `LlamaCppLLM`'s from the same cached prefix,
-  alone or beside others (a cached reply's tokens were evaluated one by one as it was
-  generated: a next turn that reuses them can differ from one that evaluates them anew, in
-  both providers);
+  so at temperature 0 a reply alone is token for token `LlamaCppLLM`'s from the same cached
+  prefix, and beside others as a rule: a step of several sequences' tokens can still round a
+  token's logits slightly otherwise than a step of one, so a near-tie may part the two later in
+  the reply (seen on an Intel Xeon with AMX in 2 of ~13 runs of the test) (a cached reply's
+  tokens were evaluated one by one as it was generated: a next turn that reuses them can differ
+  from one that evaluates them anew, in both providers);
 * sampling per slot with llama.cpp's sampler chain, as `llama_cpp.Llama.create_completion`
   builds it for `LlamaCppLLM` (repeat penalty 1.1 over the last 64 tokens; greedy at
   temperature 0, else top-k 40, top-p 0.95, min-p 0.05, temperature);
