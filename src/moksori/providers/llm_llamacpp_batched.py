@@ -23,9 +23,9 @@ llama-server's slots do). Here:
   and a token evaluated alone gets slightly other K/V values than in a chunk, so a chunk beside
   one-token sequences made a reply depend on what else ran (the same number of evaluations);
   so at temperature 0 a reply alone is token for token `LlamaCppLLM`'s from the same cached
-  prefix, and beside others as a rule: a step of several sequences' tokens can still round a
-  token's logits slightly otherwise than a step of one, so a near-tie may part the two later in
-  the reply (seen on an Intel Xeon with AMX in 2 of ~13 runs of the test) (a cached reply's
+  prefix, and beside others as a rule: a reply beside three others parted from its solo text
+  after ~45 characters in 2 of ~13 test runs on an Intel Xeon with AMX, most likely a near-tie
+  that a step of several sequences rounds otherwise than a step of one (a cached reply's
   tokens were evaluated one by one as it was generated: a next turn that reuses them can differ
   from one that evaluates them anew, in both providers);
 * sampling per slot with llama.cpp's sampler chain, as `llama_cpp.Llama.create_completion`
