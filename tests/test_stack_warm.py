@@ -15,6 +15,7 @@ class BusyTTS:
     """Stands in for a remote TTS whose server answers 503 (its speech limiter is full)."""
 
     name = "busy"
+    url = "http://127.0.0.1:1/v1/audio/speech"
     standin = False
     caps = SimpleNamespace(languages=("en", "ko"))
 
@@ -35,8 +36,8 @@ async def test_warm_skips_a_busy_remote_tts_and_says_so(caplog):
         await stack.warm("system")
     assert tts.asked == ["en", "ko"]  # both languages tried, neither stopped the start
     assert [r.getMessage() for r in caplog.records] == [
-        "TTS warm-up skipped (en): TTS server 127.0.0.1:1 returned HTTP 503: too many speech requests at once",
-        "TTS warm-up skipped (ko): TTS server 127.0.0.1:1 returned HTTP 503: too many speech requests at once"]
+        f"TTS warm-up skipped (busy at {tts.url}, {lang}): TTS server 127.0.0.1:1 returned HTTP 503: "
+        "too many speech requests at once" for lang in ("en", "ko")]  # the provider and its URL named
 
 
 async def test_warm_still_raises_what_is_not_a_provider_error():
