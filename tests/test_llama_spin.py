@@ -105,3 +105,12 @@ def test_the_spin_count_does_not_change_the_reply():
     spin, _ = _child(_REPLY, MOKSORI_LLAMA_SPINCOUNT="1000")
     sleep, _ = _child(_REPLY, MOKSORI_LLAMA_SPINCOUNT="0")
     assert json.loads(spin) and json.loads(spin) == json.loads(sleep)
+
+
+def test_the_wait_policy_does_not_change_the_reply():
+    """The active wait policy llama.cpp's libgomp now loads with changes how its threads wait,
+    not what they compute: the same greedy reply as with the passive one (the reference path,
+    which spins as little as libgomp ever did before)."""
+    active, _ = _child(_REPLY)
+    passive, _ = _child(_REPLY, OMP_WAIT_POLICY="PASSIVE")
+    assert json.loads(active) and json.loads(active) == json.loads(passive)
