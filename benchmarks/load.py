@@ -22,13 +22,13 @@ The baseline is N=1 in the same run. The CPU, load average and settings are in t
 variant B (then C, ...), with A's settings plus those, beside A's. Both stay loaded, and every
 level runs on each in turn, the order rotating from one level to the next, for `--rounds`
 rounds: the variants share the machine's load, which is recorded at each run (other jobs may
-be running). A variant that sets `llm.parallel` = N and no `llm.context_tokens` gets N × A's
-window, so that each session's window (its slot: context / N) is A's. Per variant and level
+be running). Each session's window is `llm.context_tokens` whatever `llm.parallel` is (the
+batched LLM's cache holds one such window a slot). Per variant and level
 the rounds are pooled (`table`): first audio p50/p95 over all replies, replies/min over all
 windows, the loop-lag p99 windows, how often the extra session was refused, the load average.
 
     python benchmarks/load.py [--levels 1,2,4,8] [--window 60] [--tokens 40] [--json out.json]
-    python benchmarks/load.py --levels 1,2,4,6 --window 45 --rounds 2 --ab llm.parallel=4 \\
+    python benchmarks/load.py --levels 1,2,4,6 --window 45 --rounds 2 --set llm.parallel=1 --ab llm.parallel=4 \\
         --json benchmarks/results/load_parallel.json
 """
 
@@ -70,21 +70,6 @@ def setting_env(pairs: list[str]) -> dict[str, str]:
             raise SystemExit(f"not a KEY=VALUE setting: {pair!r}")
         env["MOKSORI_" + key.strip().replace(".", "_").upper()] = value.strip()
     return env
-
-
-def same_window(a: dict[str, str], own: dict[str, str]) -> dict[str, str]:
-    """A variant's environment: A's with its `own` settings on top, and, when those set
-    `llm.parallel` = N but no `llm.context_tokens`, a context of N × A's window (the batched
-    LLM gives each of its N slots context / N tokens), so each session's window is A's."""
-    env = {**a, **own}
-    if "MOKSORI_LLM_PARALLEL" not in own or "MOKSORI_LLM_CONTEXT_TOKENS" in own:
-        return env
-    from moksori.settings import load_settings
-
-    llm = load_settings().llm  # what A's server reads from the environment and moksori.toml
-    window = int(a.get("MOKSORI_LLM_CONTEXT_TOKENS", llm.context_tokens)) // int(a.get("MOKSORI_LLM_PARALLEL",
-                                                                                        llm.parallel))
-    return {**env, "MOKSORI_LLM_CONTEXT_TOKENS": str(int(own["MOKSORI_LLM_PARALLEL"]) * window)}
 
 
 def start_server(port: int, extra_env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -258,7 +243,7 @@ def variants_of(args) -> list[Variant]:
     out = [Variant("A", args.set, a_env)]
     for i, extra in enumerate(args.ab):
         pairs = [p for p in extra.split(",") if p.strip()]
-        out.append(Variant(chr(ord("B") + i), [*args.set, *pairs], same_window(a_env, setting_env(pairs))))
+        out.append(Variant(chr(ord("B") + i), [*args.set, *pairs], {**a_env, **setting_env(pairs)}))
     return out
 
 

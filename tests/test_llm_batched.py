@@ -80,7 +80,7 @@ def batched():
     from moksori.providers.llm_llamacpp_batched import BatchedLlamaCppLLM
     from moksori.providers.models import path_of
 
-    llm = BatchedLlamaCppLLM(path_of("smollm2-135m"), parallel=SLOTS, context_tokens=SLOTS * SLOT_TOKENS)
+    llm = BatchedLlamaCppLLM(path_of("smollm2-135m"), parallel=SLOTS, context_tokens=SLOT_TOKENS)
     assert llm.caps.context_tokens == SLOT_TOKENS
     yield llm
     asyncio.run(llm.close())
@@ -317,7 +317,7 @@ async def test_close_while_generating_ends_the_stream_with_an_error():
     from moksori.providers.llm_llamacpp_batched import BatchedLlamaCppLLM
     from moksori.providers.models import path_of
 
-    llm = BatchedLlamaCppLLM(path_of("smollm2-135m"), parallel=2, context_tokens=1024)
+    llm = BatchedLlamaCppLLM(path_of("smollm2-135m"), parallel=2, context_tokens=512)
     got: list = []
 
     async def long_reply():
@@ -367,20 +367,31 @@ def test_text_holds_back_a_possible_stop_string_and_cuts_at_one():
 def test_parallel_setting_picks_the_provider(tmp_path, monkeypatch):
     from moksori.providers.llm_llamacpp import LlamaCppLLM
     from moksori.providers.llm_llamacpp_batched import BatchedLlamaCppLLM
+    from moksori.providers.models import path_of
     from moksori.providers.registry import build_llm
-    from moksori.settings import load_settings
+    from moksori.settings import PACKAGED_PARALLEL, load_settings
 
+    # auto (the default), the packaged model: PACKAGED_PARALLEL replies at once, each with the whole window
     default = build_llm(load_settings(data_dir=tmp_path)).providers[0]
-    assert type(default) is LlamaCppLLM  # 1: today's provider, unchanged
+    assert isinstance(default, BatchedLlamaCppLLM) and default.parallel == PACKAGED_PARALLEL > 1
+    assert default.executor.workers == PACKAGED_PARALLEL and default.caps.context_tokens == 4096
+    # auto with a model given by path: one at a time (a large model's cache per slot can take GBs)
+    monkeypatch.setenv("MOKSORI_LLM_MODEL", str(path_of("smollm2-135m")))
+    given = build_llm(load_settings(data_dir=tmp_path)).providers[0]
+    assert type(given) is LlamaCppLLM
+    monkeypatch.delenv("MOKSORI_LLM_MODEL")
+    monkeypatch.setenv("MOKSORI_LLM_PARALLEL", "1")
+    one = build_llm(load_settings(data_dir=tmp_path)).providers[0]
+    assert type(one) is LlamaCppLLM  # 1: one at a time, the provider of before
     monkeypatch.setenv("MOKSORI_LLM_PARALLEL", "3")
-    monkeypatch.setenv("MOKSORI_LLM_CONTEXT_TOKENS", "3072")
+    monkeypatch.setenv("MOKSORI_LLM_CONTEXT_TOKENS", "1024")
     llm = build_llm(load_settings(data_dir=tmp_path))
     inner = llm.providers[0]
     assert isinstance(inner, BatchedLlamaCppLLM) and inner.parallel == 3
     assert inner.executor.workers == 3
-    assert llm.caps.context_tokens == inner.caps.context_tokens == 1024
+    assert llm.caps.context_tokens == inner.caps.context_tokens == 1024  # each slot's window
     monkeypatch.setenv("MOKSORI_LLM_PARALLEL", "0")
     with pytest.raises(ConfigError, match="llm.parallel"):
         load_settings(data_dir=tmp_path)
-    for p in (default, inner):
+    for p in (default, given, one, inner):
         asyncio.run(p.close())

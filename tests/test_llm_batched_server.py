@@ -34,7 +34,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather fo
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with moksori_serve(prepared_data_dir(tmp_path_factory), tmp_path_factory.mktemp("serve-batched"),
-                       MOKSORI_LLM_PARALLEL=str(PARALLEL), MOKSORI_LLM_CONTEXT_TOKENS=str(PARALLEL * 4096),
+                       MOKSORI_LLM_PARALLEL=str(PARALLEL), MOKSORI_LLM_CONTEXT_TOKENS="4096",
                        MOKSORI_LLM_TEMPERATURE="0", MOKSORI_LANGUAGE="en") as srv:
         yield srv
 

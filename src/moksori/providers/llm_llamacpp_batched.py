@@ -6,8 +6,8 @@ Generating a token reads all the weights once whether it is for one sequence or 
 one `llama_decode` of a few sequences' next tokens costs little more than one's (what
 llama-server's slots do). Here:
 
-* the context holds `parallel` sequences, each with its own share of the KV cache (`n_ctx /
-  parallel` tokens: the window a request is fitted to, `caps.context_tokens`);
+* the context holds `parallel` sequences, each with its own part of the KV cache (`n_ctx /
+  parallel` tokens, `context_tokens`: the window a request is fitted to, `caps.context_tokens`);
 * each slot keeps the tokens of the session that used it last. A request goes to the free slot
   holding its conversation (a cache that is a prefix of its prompt but for the last reply's
   end), else to an empty slot, else to the one idle longest, so a session's next turn evaluates
@@ -501,17 +501,14 @@ class BatchedLlamaCppLLM(LlamaCppLLM):
     def __init__(self, model_path: str | Path, *, parallel: int = 4, threads: int = 2, context_tokens: int = 4096,
                  languages: tuple[str, ...] = ("en",), llama_options: Mapping[str, Any] | None = None,
                  max_message_tokens: int | None = None) -> None:
-        """`context_tokens`: the whole KV cache, shared out among the `parallel` slots (each gets
-        `context_tokens / parallel`, a multiple of 256: llama.cpp's granularity, at least 256).
-        Each slot has a KV buffer of its own (not llama.cpp's unified one, where every step
-        attends over all slots' cells: half the throughput here with 4 replies at once, and
-        replies that depend on where the other slots' cells lie)."""
+        """`context_tokens`: each slot's window (rounded down to a multiple of 256, llama.cpp's
+        granularity, at least 256); the KV cache holds `parallel` of them. Each slot has a KV
+        buffer of its own (not llama.cpp's unified one, where every step attends over all slots'
+        cells: half the throughput here with 4 replies at once, and replies that depend on where
+        the other slots' cells lie)."""
         if parallel < 1:
             raise ModelError(f"the batched LLM needs at least one slot, not {parallel}")
-        slot = max(256, context_tokens // parallel // 256 * 256)
-        if context_tokens // parallel < 256:
-            log.warning("%d context tokens for %d slots: each gets llama.cpp's least, 256 (%d in all)",
-                        context_tokens, parallel, 256 * parallel)
+        slot = max(256, context_tokens // 256 * 256)
         # the wrapped Llama only tokenizes and holds the weights: a small KV cache of its own
         super().__init__(model_path, threads=threads, context_tokens=slot, languages=languages,
                          llama_options={**(llama_options or {}), "n_ctx": min(slot, INNER_CTX)},

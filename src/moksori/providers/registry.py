@@ -171,10 +171,10 @@ def build_llm(settings: Settings) -> LLM:
     path = weights_file(source, s.weights, Path(settings.data_dir).expanduser() / "llm-weights")
     languages = ("en",) if not s.model else ("en", "ko")
     make: Callable[..., LLM] = LlamaCppLLM
-    if s.parallel > 1:  # MOKSORI_LLM_PARALLEL: that many replies at once, batched in one context
+    if (parallel := s.replies_at_once()) > 1:  # MOKSORI_LLM_PARALLEL: replies batched in one context
         from moksori.providers.llm_llamacpp_batched import BatchedLlamaCppLLM
 
-        make = functools.partial(BatchedLlamaCppLLM, parallel=s.parallel)
+        make = functools.partial(BatchedLlamaCppLLM, parallel=parallel)
     per_message = None if s.max_message_tokens == "auto" else s.max_message_tokens  # 0: no limit
     local = make(path, threads=s.threads, context_tokens=s.context_tokens, languages=languages,
                  max_message_tokens=per_message)

@@ -21,7 +21,7 @@ from .agent import AgentSettings, GuardrailSettings
 from .cluster import ClusterSettings, RedisSettings
 from .ice import IceServer
 from .listening import AudioSettings, TurnSettings, VADSettings
-from .providers import LLMSettings, STTSettings, TTSSettings, llm_api_key
+from .providers import PACKAGED_PARALLEL, LLMSettings, STTSettings, TTSSettings, llm_api_key
 from .realtime import RealtimeSettings
 from .root import Settings, config_file, load_settings
 from .server import ServerSettings, WebRTCSettings
@@ -31,7 +31,7 @@ from .tools import HTTPToolSettings, MCPServerSettings, ToolsSettings
 from .values import Language
 
 __all__ = [
-    "Settings", "load_settings", "config_file", "store_url", "llm_api_key", "Language",
+    "Settings", "load_settings", "config_file", "store_url", "llm_api_key", "Language", "PACKAGED_PARALLEL",
     "VADSettings", "TurnSettings", "AudioSettings", "STTSettings", "LLMSettings", "TTSSettings",
     "AgentSettings", "GuardrailSettings", "ToolsSettings", "MCPServerSettings", "HTTPToolSettings",
     "ServerSettings", "WebRTCSettings", "IceServer", "TwilioSettings", "TelnyxSettings", "PlivoSettings", "VonageSettings",

@@ -11,6 +11,9 @@ from pydantic_settings import NoDecode
 
 from .values import split_csv
 
+# llm.parallel=auto with the packaged model: 4 replies at once brought 4 sessions' first audio p50
+# 0.86 -> 0.32 s and one session's +6 ms (README, Load section)
+PACKAGED_PARALLEL = 4
 MIN_MESSAGE_TOKENS = 64  # llm.max_message_tokens: fewer leave no room for a start, an end and the cut mark
 
 
@@ -57,13 +60,17 @@ class LLMSettings(BaseModel):
     api_key: SecretStr | None = None
     threads: int = Field(2, ge=1, le=64)
     # replies the embedded llama.cpp model generates at once: 1 serves one at a time (a reply
-    # waits for those before it); N >= 2 batches N sequences in one context, each with
-    # context_tokens / N of the KV cache (providers/llm_llamacpp_batched.py)
-    parallel: int = Field(1, ge=1, le=64)
+    # waits for those before it); N >= 2 batches N sequences in one context, each with a window
+    # of context_tokens (the KV cache holds N of them: providers/llm_llamacpp_batched.py). auto:
+    # PACKAGED_PARALLEL for the packaged model (~70 MiB of cache a slot), 1 for a model given
+    # by path (a large model's cache can take GBs a slot: set it yourself)
+    parallel: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     # the local GGUF's weights in another type, written once into data_dir/llm-weights
     # (providers/llm_weights.py): q8_0 lets llama.cpp's batched kernels evaluate the prompt
     # (the packaged Q4_1 cannot); as_is loads the file as it is (README latency section)
     weights: Literal["as_is", "q8_0", "f16"] = "as_is"
+    # the window one reply's prompt is fitted to (the embedded model's KV cache holds `parallel`
+    # of them; a remote model's own window)
     context_tokens: int = Field(4096, ge=512)
     # the most tokens one user or tool message is sent to the embedded llama.cpp model with (its
     # start and its end, `engine/context.cut_middle`: one pasted text cost minutes of prompt
@@ -114,6 +121,12 @@ class LLMSettings(BaseModel):
             raise ValueError(f"{v} does not fit the {context}-token context window (llm.context_tokens) with "
                              f"anything else: use less, or 0 for no per-message limit")
         return v
+
+    def replies_at_once(self) -> int:
+        """`parallel` resolved: the replies the embedded model generates at once."""
+        if self.parallel != "auto":
+            return self.parallel
+        return PACKAGED_PARALLEL if self.model is None else 1
 
 
 class TTSSettings(BaseModel):
