@@ -99,6 +99,7 @@ def test_local_llm_failing_at_start_up_is_named(tmp_path: Path) -> None:
     assert line is not None, done.stderr[-3000:]
     assert f"llamacpp:{gguf.name}" in line  # the component that failed
     assert "512-token context window" in line  # and why
+    assert "the instructions (system prompt) alone are" in line  # not "the last message" (the warm-up's "Hi")
     assert "cannot listen" not in done.stderr
     assert "address in use" not in done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-3000:]

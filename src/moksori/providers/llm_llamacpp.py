@@ -218,9 +218,14 @@ class LlamaCppLLM(LLM):
                 last = messages[-1]
                 words = last.content.split()
                 if len(words) < 2:
-                    raise ProviderError(f"the last message alone is {len(tokens)} tokens: more than the "
-                                        f"{context}-token context window allows", retryable=False,
-                                        provider=self.name)
+                    # (the instructions themselves too long for the window: say so, not "the last message")
+                    system = len(self._tokens(self.render(replace(request, messages=tuple(messages[:first]))))) \
+                        if first else 0
+                    what = (f"the instructions (system prompt) alone are {system} tokens"
+                            if system + min(request.max_tokens, MIN_REPLY_TOKENS) > context
+                            else f"the last message alone is {len(tokens)} tokens")
+                    raise ProviderError(f"{what}: more than the {context}-token context window allows",
+                                        retryable=False, provider=self.name)
                 fits = context - min(request.max_tokens, MIN_REPLY_TOKENS)
                 keep = max(1, int(len(words) * max(0.1, min(0.9, 0.9 * fits / max(1, len(tokens))))))
                 messages[-1] = replace(last, content="… " + " ".join(words[-keep:]))
