@@ -283,8 +283,8 @@ class Speculations:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - one failed turn must not end the session
-            if spec.transcript is None and not self.analysis_only:
-                self._words_failed(spec, e)  # the turn's words could not be had
+            if spec.transcript is None:
+                self._words_failed(spec, e)  # the turn's words could not be had (analysis only: the brain's to say)
             else:
                 ctx.publish_error(e, turn_id=spec.turn_id)
                 if spec.released:
@@ -299,7 +299,8 @@ class Speculations:
     def _words_failed(self, spec: Speculation, err: Exception) -> None:
         """A decode failed. A pause's is moot: the turn's end decodes again (`end_turn`), and only
         that one is reported. The turn's own: its item is committed without words, the session
-        hears `user.transcription_failed` (not an empty transcript), and no reply is made."""
+        hears `user.transcription_failed` (not an empty transcript), and no reply is made (analysis
+        only: the brain is told, `spec.failure` set, and says what the turn came to)."""
         ctx = self._ctx
         if not spec.released:
             log.info("session %s: a pause's transcription failed (%s); the turn's end tries again", ctx.id, err)

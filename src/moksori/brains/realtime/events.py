@@ -81,13 +81,15 @@ class UserTranscriptDelta(UpstreamEvent):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserTranscript(UpstreamEvent):
     """The upstream's transcription of a user item (final). `failed`: transcription failed
-    (`text` is then empty and `error` says why). `usage` is the wire object as sent, if any."""
+    (`text` is then empty, `error` says why and `code` is the upstream's error code, if it gave
+    one). `usage` is the wire object as sent, if any."""
 
     item_id: str
     previous_item_id: str | None
     text: str
     failed: bool = False
     error: str | None = None
+    code: str | None = None
     usage: dict[str, Any] | None = None
 
 

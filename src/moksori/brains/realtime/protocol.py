@@ -483,7 +483,8 @@ class UpstreamProtocol:
         rec.transcription_failed = True
         err = _obj(o, "error")
         return [ev.UserTranscript(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid),
-                                  text="", failed=True, error=str(err.get("message") or "transcription failed"))]
+                                  text="", failed=True, error=str(err.get("message") or "transcription failed"),
+                                  code=str(err.get("code") or "")[:64] or None)]
 
     def _h_response_created(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         rid = str((o.get("response") or {})["id"])

@@ -377,10 +377,15 @@ class RealtimeSession(Session):
 
     def _on_user_committed(self, spec: Speculation) -> None:
         """The local STT's words of a turn (moksori turns): they settle the interruption and are
-        the fallback transcript."""
+        the fallback transcript. When the local STT failed there are none (not an empty
+        transcript: the turn is not taken for a noise, and goes upstream as any)."""
         text = spec.transcript.text if spec.transcript is not None else ""
         super()._on_user_committed(spec)
-        self._words.set_local(spec.item_id, text, len(spec.audio) / 16000 if spec.audio is not None else spec.audio_s)
+        audio_s = len(spec.audio) / 16000 if spec.audio is not None else spec.audio_s
+        if spec.failure is not None:
+            self._words.local_failed(spec.item_id, spec.failure, audio_s)
+        else:
+            self._words.set_local(spec.item_id, text, audio_s)
 
     def _reply_language(self) -> str:
         return self.cfg.language if self.cfg.language != "auto" else self.last_language
@@ -601,7 +606,7 @@ class RealtimeSession(Session):
             case ev.UserTranscript():
                 local = self._ids.local(e.item_id)
                 if local is not None:
-                    self._words.upstream(local, e.text, failed=e.failed)
+                    self._words.upstream(local, e.text, failed=e.failed, code=e.code, error=e.error)
             case ev.ResponseStarted():
                 self._response_started(e)
             case ev.FunctionCall():

@@ -9,6 +9,14 @@ transcript for it, then `finish` it with the upstream's words (or, when the upst
 fails, or is `TRANSCRIPT_WAIT_S` late, the local STT's words, else none): the memory item is
 filled in and `user.transcript` published, once. `wait(turn)` lets a reply to that turn hold its
 `agent.response_done` until then, so a recorder writes the turn before its reply.
+
+When every source of the item's words failed (the upstream's transcription failed and there are
+no local words, or the local STT failed and the upstream does not transcribe, or failed too, or
+is late), the item is not given an empty transcript: it is `fail`ed instead, as the pipeline
+does a live turn whose STT failed. Its one audio part stays without words (`parts`
+`[("audio", None)]`) and `user.transcription_failed` is published (a Realtime client hears
+`conversation.item.input_audio_transcription.failed`), once, instead of `user.transcript`. The
+upstream heard the audio all the same: its reply, if any, goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 from moksori.engine import events as E
 from moksori.engine.memory import BLOCKED_TEXT
 from moksori.engine.session_context import SessionContext
+from moksori.errors import MoksoriError
 
 log = logging.getLogger("moksori.brains.realtime")
 
@@ -35,6 +44,15 @@ def trim(table: dict[Any, Any], keep: int = 64) -> None:
     """Forget the oldest entries (speech the upstream never committed, and the like)."""
     while len(table) > keep:
         table.pop(next(iter(table)))
+
+
+def _why(err: Exception) -> tuple[str, str]:
+    """(code, message) of a failed transcription: the provider's own error, or a bug named only by
+    its type (and logged with its traceback)."""
+    if isinstance(err, MoksoriError):
+        return err.code, str(err)[:300]
+    log.error("the local STT failed", exc_info=err)
+    return "server_error", f"internal error: {type(err).__name__}"
 
 
 def language_of(text: str, fallback: str) -> str:
@@ -87,6 +105,8 @@ class UserWords:
         self._pending: dict[str, tuple[int | None, asyncio.Event]] = {}  # our item -> (turn, done)
         self._turn_item: dict[int, str] = {}  # turn id -> its user item, while awaited
         self._local: dict[str, str] = {}  # our item -> the local STT's words
+        self._local_failed: dict[str, tuple[str, str]] = {}  # our item -> (code, message): its local STT failed
+        self._upstream_failed: dict[str, tuple[str, str]] = {}  # ... the upstream's transcription failed
         self._audio_s: dict[str, float] = {}  # our item -> seconds of its audio
         self._partial: dict[str, str] = {}
 
@@ -105,8 +125,19 @@ class UserWords:
             item = self._ctx.memory.get(item_id)
             if item is not None and not item.text:
                 item.text = text
-            if not self._upstream():
+            if not self._upstream() or item_id in self._upstream_failed:
                 self.finish(item_id, text)
+
+    def local_failed(self, item_id: str, err: Exception, audio_s: float | None) -> None:
+        """The local STT could not transcribe the turn (moksori turns): no fallback words. The
+        item fails now if no other words can come (the upstream does not transcribe, or failed)."""
+        self._local_failed[item_id] = _why(err)
+        trim(self._local_failed)
+        if audio_s:
+            self._audio_s[item_id] = audio_s
+            trim(self._audio_s)
+        if item_id in self._pending and (not self._upstream() or item_id in self._upstream_failed):
+            self.fail(item_id, *self._upstream_failed.get(item_id, self._local_failed[item_id]))
 
     def set_audio_s(self, item_id: str, seconds: float) -> None:
         self._audio_s[item_id] = seconds
@@ -122,7 +153,9 @@ class UserWords:
         if turn_id is not None:
             self._turn_item[turn_id] = item_id
         if not self._upstream():
-            if not self._local_coming() or item_id in self._local:
+            if item_id in self._local_failed:
+                self.fail(item_id, *self._local_failed[item_id])
+            elif not self._local_coming() or item_id in self._local:
                 self.finish(item_id, self._local.get(item_id, ""))
             return
         self._ctx.spawn(self._deadline(item_id), f"transcript-{item_id}")
@@ -132,10 +165,28 @@ class UserWords:
         if item_id in self._pending:
             log.info("session %s: no upstream transcript for %s after %g s", self._ctx.id, item_id,
                      TRANSCRIPT_WAIT_S)
-            self.finish(item_id, self._local.get(item_id, ""))
+            why = self._upstream_failed.get(item_id) or self._local_failed.get(item_id)
+            if why is not None and item_id not in self._local:  # no words from anywhere
+                self.fail(item_id, *why)
+            else:
+                self.finish(item_id, self._local.get(item_id, ""))
 
-    def upstream(self, item_id: str, text: str, *, failed: bool) -> None:
-        self.finish(item_id, text if not failed else self._local.get(item_id, ""))
+    def upstream(self, item_id: str, text: str, *, failed: bool, code: str | None = None,
+                 error: str | None = None) -> None:
+        """The upstream's transcript of `item_id`, or (`failed`) its failure to make one: then the
+        local STT's words stand in (moksori turns: known, or awaited while they are coming);
+        without them the item fails."""
+        if not failed:
+            self.finish(item_id, text)
+            return
+        why = (code or "transcription_failed", (error or "transcription failed")[:300])
+        if item_id in self._local:
+            self.finish(item_id, self._local[item_id])
+        elif item_id in self._pending and self._local_coming() and item_id not in self._local_failed:
+            self._upstream_failed[item_id] = why  # the local words, when they come, are the transcript
+            trim(self._upstream_failed)
+        else:
+            self.fail(item_id, *why)
 
     def finish(self, item_id: str, text: str) -> None:
         """The words of `item_id` are known: fill in memory, publish `user.transcript` (once)."""
@@ -153,11 +204,37 @@ class UserWords:
         if text.strip():
             ctx.last_language = lang
         audio_s = self._audio_s.pop(item_id, None)
+        self._local_failed.pop(item_id, None)
+        self._upstream_failed.pop(item_id, None)
         ctx.publish(E.UserTranscript(t=ctx.clock.now(), turn_id=turn_id, item_id=item_id, text=text, language=lang,
                                      final=True, audio_s=round(audio_s, 3) if audio_s else None))
         self._partial.pop(item_id, None)
         self._on_words(item_id, text)
         done.set()
+
+    def fail(self, item_id: str, code: str, message: str) -> None:
+        """No words can be had for `item_id`: its audio part stays without them (as the pipeline's
+        live turn whose STT failed) and `user.transcription_failed` is published (once)."""
+        pending = self._pending.pop(item_id, None)
+        if pending is None:
+            return
+        ctx = self._ctx
+        turn_id, done = pending
+        if turn_id is not None and self._turn_item.get(turn_id) == item_id:
+            del self._turn_item[turn_id]
+        self._forget(item_id)
+        item = ctx.memory.get(item_id)
+        if item is not None and item.text != BLOCKED_TEXT:  # a turn the input guardrail removed stays removed
+            item.text, item.parts = "", [("audio", None)]
+        log.info("session %s: no words for %s: %s", ctx.id, item_id, message)
+        ctx.publish(E.UserTranscriptionFailed(t=ctx.clock.now(), item_id=item_id, content_indexes=(0,), code=code,
+                                              message=message, retryable=False))
+        self._on_words(item_id, "")
+        done.set()
+
+    def _forget(self, item_id: str) -> None:
+        for table in (self._audio_s, self._partial, self._local_failed, self._upstream_failed):
+            table.pop(item_id, None)
 
     def finish_all(self) -> None:
         for item_id in self.pending():
