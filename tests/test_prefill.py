@@ -157,12 +157,18 @@ def test_an_llm_without_a_prompt_cache_is_a_clean_no_op() -> None:
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
+    """The one-at-a-time provider (`llm.parallel=1`), whose single KV cache these tests follow;
+    the batched one's prefill goes to a conversation's slot (tests/test_llm_batched.py)."""
     from speech import prepared_data_dir
 
+    from moksori.providers.llm_llamacpp import LlamaCppLLM
     from moksori.providers.registry import build_llm
     from moksori.settings import load_settings
 
-    return build_llm(load_settings(data_dir=prepared_data_dir(tmp_path_factory))).providers[0]
+    settings = load_settings(data_dir=prepared_data_dir(tmp_path_factory))
+    llm = build_llm(settings.model_copy(update={"llm": settings.llm.model_copy(update={"parallel": 1})})).providers[0]
+    assert type(llm) is LlamaCppLLM
+    return llm
 
 
 SYSTEM = "You are a helpful voice assistant. Answer in one short sentence."
