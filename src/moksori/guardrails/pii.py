@@ -8,15 +8,28 @@ the hyphen, the check digit must be right too; numbers issued since October 2020
 carry a check digit, so a hyphenated one is redacted on the date and sex digit alone).
 
 Built to leave ordinary numbers alone: dates (2026-12-02), times (10:30), prices (1,200,000원,
-$1,234.56), order numbers of other lengths, years and counts are not redacted. Numbers
-spoken as words ("공일공 일이삼사") are not recognised.
+$1,234.56), order numbers of other lengths, years and counts are not redacted.
+
+Numbers spoken as words, as a transcript writes them ("공일공 일이삼사 오육칠팔이에요", "four one
+one one, one one one one, ...", "oh one oh ..."; read by `moksori.text.spoken_digits`), are
+checked for the three digit kinds with the same checks, once at least four digits were said as
+words: Luhn for 13-19 digit cards and a 6+7 resident number with a valid date (the check digit
+unless the speaker paused after the sixth digit), both read digit by digit; a phone number shaped
+like a Korean mobile or landline number (9-12 digits from 0) or, read in English, a North
+American one ([1] NXX NXX XXXX), where pairs and groups count too ("twenty-six", "천이백삼십사").
+A number is the whole run or goes from pause to pause (comma, hyphen, 에, a space between Korean
+groups), never a part of a group cut out to pass a check; a run's numbers are the ones covering
+most of it. What is masked is the words' span in the text, a particle after it stays. Counting
+("one two three ... ten", "일 이 삼 ...") and a digit said over and over are no number.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from moksori.text.spoken_digits import DigitToken, spoken_digit_runs
 
 KINDS = ("phone", "email", "card", "rrn")
 LABELS = {"phone": "[PHONE]", "email": "[EMAIL]", "card": "[CARD]", "rrn": "[RRN]"}
@@ -73,6 +86,122 @@ def rrn_ok(front: str, sex: str, back: str, *, need_check_digit: bool) -> bool:
     return check == digits[12]
 
 
+# ------------------------------------------------------------------ numbers spoken as words
+
+_SPOKEN_KINDS = ("rrn", "card", "phone")  # the order the digit rules take
+_SPOKEN_MIN_DIGITS = 9  # the shortest number checked: a Seoul landline, 02 + 7 digits
+_SPOKEN_MIN_WORDS = 4  # digits said as words in a window; fewer, and the digit rules decide alone
+_SPOKEN_MAX_DIGITS = 19
+_SPOKEN_PHONES = [
+    re.compile(r"01[016789]\d{7,8}"),  # Korean mobile
+    re.compile(r"0(?:2|[3-6][1-5]|70|50\d)\d{7,8}"),  # Korean landline / VoIP with its area code
+    re.compile(r"1?[2-9]\d\d[2-9]\d{6}"),  # North American, NXX NXX XXXX (not read in Korean)
+]
+
+
+class _SpokenRun:
+    """One run's digits with its tokens' offsets, to check many windows of it cheaply."""
+
+    def __init__(self, tokens: tuple[DigitToken, ...], kinds: list[str]) -> None:
+        self.tokens, self.kinds = tokens, kinds
+        self.digits = "".join(t.digits for t in tokens)
+        self.at = [0]  # digit offset of each token, and the end
+        self.words = [0]  # digits said as words before each token
+        self.wholes = [0]  # tokens read as a whole ("twenty-six") before each token
+        self.koreans = [0]  # tokens read from Korean words before each token
+        for t in tokens:
+            self.at.append(self.at[-1] + len(t.digits))
+            self.words.append(self.words[-1] + (len(t.digits) if t.spoken else 0))
+            self.wholes.append(self.wholes[-1] + t.whole)
+            self.koreans.append(self.koreans[-1] + t.korean)
+        # a pause before each token; a pause after every word ("four, one, one, one, ...")
+        # groups nothing, so then the run is one group
+        self.pauses = [t.group_start for t in tokens]
+        if all(self.pauses):
+            self.pauses = [True] + [False] * (len(tokens) - 1)
+
+    def starts(self, at: int) -> bool:
+        """Whether a number may start at tokens[at]: the run's start or a pause."""
+        return at == 0 or self.pauses[at]
+
+    def ends(self, at: int) -> bool:
+        """Whether a number may end before tokens[at]: the run's end, a pause, or a last 이 that
+        may be the particle ("오육칠팔이 맞아요")."""
+        n = len(self.tokens)
+        if at == n or self.pauses[at]:
+            return True
+        last = self.tokens[at]
+        return at == n - 1 and last.spoken and last.digits == "2" and last.end - last.start == 1
+
+    def kind(self, i: int, j: int) -> str | None:
+        """The kind tokens[i:j] are, if any: the digit rules' checks."""
+        if self.words[j] - self.words[i] < _SPOKEN_MIN_WORDS:
+            return None
+        digits = self.digits[self.at[i]:self.at[j]]
+        if digits.count(digits[0]) == len(digits) or self._counting(i, j):
+            return None
+        by_digit = self.wholes[j] == self.wholes[i]  # cards and resident numbers are read digit by digit
+        for kind in self.kinds:
+            if kind == "rrn" and by_digit and len(digits) == 13 and digits[6] in "12345678":
+                paused = any(self.at[k] - self.at[i] == 6 and self.pauses[k] for k in range(i, j))
+                if rrn_ok(digits[:6], digits[6], digits[7:], need_check_digit=not paused):
+                    return kind
+            elif kind == "card" and by_digit and 13 <= len(digits) <= 19 and luhn_ok(digits):
+                return kind
+            elif kind == "phone" and len(digits) <= 12:
+                phones = _SPOKEN_PHONES if self.koreans[j] == self.koreans[i] else _SPOKEN_PHONES[:2]
+                if any(rx.fullmatch(digits) for rx in phones):
+                    return kind
+        return None
+
+    def _counting(self, i: int, j: int) -> bool:
+        """"one two three four ..." or "십 구 팔 칠 ...": counting up or down, not a number."""
+        if j - i < 4:
+            return False
+        first = int(self.tokens[i + 1].digits) - int(self.tokens[i].digits)
+        return first in (1, -1) and all(int(self.tokens[k + 1].digits) - int(self.tokens[k].digits) == first
+                                         for k in range(i, j - 1))
+
+    def find(self, free: Callable[[int, int], bool], found: list[Finding]) -> None:
+        """The numbers that cover the most of the run, each from a pause to a pause (or the
+        run's ends), fewest first: the whole run when it is one; "I won one, [CARD]"; two
+        phone numbers said in a row. Never a number cut out of a group: a 16-digit run failing
+        the Luhn check is not searched for a 13-digit one that passes."""
+        n = len(self.tokens)
+        # best[k]: (digits covered, -numbers) over tokens[:k], and how it was reached
+        best: list[tuple[int, int] | None] = [None] * (n + 1)
+        how: list[tuple[int, str | None]] = [(0, None)] * (n + 1)
+        best[0] = (0, 0)
+
+        def offer(at: int, score: tuple[int, int], step: tuple[int, str | None]) -> None:
+            current = best[at]
+            if current is None or score > current:
+                best[at], how[at] = score, step
+
+        for i in range(n):
+            here = best[i]
+            if here is None:
+                continue
+            offer(i + 1, here, (i, None))  # token i is in no number
+            if not self.starts(i):
+                continue
+            for j in range(i + 1, n + 1):
+                length = self.at[j] - self.at[i]
+                if length > _SPOKEN_MAX_DIGITS:
+                    break
+                if length < _SPOKEN_MIN_DIGITS or not self.ends(j):
+                    continue
+                kind = self.kind(i, j)
+                if kind is not None and free(self.tokens[i].start, self.tokens[j - 1].end):
+                    offer(j, (here[0] + length, here[1] - 1), (i, kind))
+        at = n
+        while at > 0:
+            i, kind = how[at]
+            if kind is not None:
+                found.append(Finding(kind, self.tokens[i].start, self.tokens[at - 1].end))
+            at = i
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str
@@ -118,6 +247,11 @@ class PIIRedactor:
                     digits = re.sub(r"\D", "", m.group(0))
                     if 7 <= len(digits) <= 15 and free(m.start(), m.end()):
                         found.append(Finding("phone", m.start(), m.end()))
+        spoken = [k for k in _SPOKEN_KINDS if k in self.kinds]
+        if spoken:
+            for run in spoken_digit_runs(text):
+                if len(run.digits) >= _SPOKEN_MIN_DIGITS and run.spoken_digits >= _SPOKEN_MIN_WORDS:
+                    _SpokenRun(run.tokens, spoken).find(free, found)
         return sorted(found, key=lambda f: f.start)
 
     def redact(self, text: str) -> tuple[str, list[str]]:
