@@ -296,6 +296,18 @@ async def test_prefill_history_goes_to_the_conversations_slot(batched):
     assert usage.input_tokens - usage.cached_tokens <= 20  # the user's words and the headers
 
 
+async def test_a_prefill_gives_way_to_interactive_work(batched, monkeypatch):
+    """With an interactive job running (a live STT, a reply, a synthesis: any session's), a
+    prefill evaluates nothing; without one it does (the batched provider's own `busy`)."""
+    from moksori.providers import llm_llamacpp_batched
+
+    words = "Tell me a story about a lighthouse keeper who keeps bees on the cliff"
+    monkeypatch.setattr(llm_llamacpp_batched, "interactive_running", lambda: 1)
+    assert await batched.prefill(request(words), words) == 0
+    monkeypatch.undo()
+    assert await batched.prefill(request(words), words) > 0
+
+
 async def test_a_conversation_longer_than_a_slot_is_fitted_as_llamacpp_fits_it(batched, single):
     turns = []
     for i in range(30):
