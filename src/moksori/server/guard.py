@@ -32,7 +32,7 @@ PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 # carriers sign these requests; the routes verify the signatures
 SIGNED_PATHS = ("/telephony/twilio/voice", "/telephony/plivo/answer", "/telephony/vonage/answer",
-                "/telephony/plivo/transfer")
+                "/telephony/telnyx/answer", "/telephony/plivo/transfer")
 # these routes check credentials themselves: WebRTC calls take ephemeral keys (`ek_...`), and the
 # browser page's /session may be open (`MOKSORI_WEBRTC_OPEN_WEB_SESSIONS`)
 SELF_CHECKED_PATHS = ("/session", "/v1/realtime/client_secrets", "/v1/realtime/calls")

@@ -3,6 +3,7 @@
     POST /telephony/twilio/voice       Twilio voice webhook -> TwiML <Connect><Stream> (signed)
     GET|POST /telephony/plivo/answer   Plivo answer URL -> <Stream> XML (signed; telephony_answer.py)
     GET|POST /telephony/vonage/answer  Vonage answer URL -> NCCO websocket connect (signed)
+    GET|POST /telephony/telnyx/answer  Telnyx TeXML voice URL -> TeXML <Connect><Stream> (signed)
     WS   /telephony/twilio/stream      Twilio Media Streams (μ-law 8 kHz)
     WS   /telephony/telnyx/stream      Telnyx media streaming (PCMU/PCMA 8 kHz, rtp bidirectional mode)
     WS   /telephony/plivo/stream       Plivo audio streams (bidirectional, μ-law 8 kHz)
@@ -12,8 +13,9 @@
 
 Every stream must present a stream token made for its call id (`make_stream_token`): the
 Twilio webhook puts it in a `<Parameter name="token">`, the Plivo and Vonage answer URLs in
-`extraHeaders` / the NCCO endpoint `headers`. For Telnyx, the code that starts the stream passes
-it as `token` in `custom_parameters` or as `?token=` on the stream URL; set
+`extraHeaders` / the NCCO endpoint `headers`, the Telnyx TeXML voice URL in a `<Parameter>`. A Telnyx
+Call Control app that starts the stream itself passes it as `token` in `custom_parameters` or as
+`?token=` on the stream URL; set
 `MOKSORI_TELEPHONY_STREAM_SECRET` so both sides share the key. A token is made for one carrier
 and opens one stream, and a call has one stream at a time (a second one is closed 1008 until
 the first has closed; in cluster mode on whichever worker it reaches: the call id is claimed in

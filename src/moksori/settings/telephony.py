@@ -19,6 +19,9 @@ class TwilioSettings(BaseModel):
 
 class TelnyxSettings(BaseModel):
     api_key: SecretStr | None = None
+    # the portal's webhook signing public key (base64 Ed25519; public, so no SecretStr): required by
+    # the TeXML answer URL
+    public_key: str | None = None
     api_base: str = "https://api.telnyx.com"
 
 

@@ -10,6 +10,8 @@
   remembers used tokens until they expire), so strangers cannot open a media stream.
 - Telnyx: Ed25519 over `"{telnyx-timestamp}|{raw body}"`, base64 in `telnyx-signature-ed25519`,
   checked with the account's base64 public key; timestamps older than `tolerance_s` are replays.
+  TeXML requests are signed the same way; a GET's body is empty, so its signature covers
+  `"{timestamp}|"` only, not its query (the TeXML answer route says what that means).
 - Plivo V3: base64(HMAC-SHA256(auth token, signed URL + "." + nonce)) in `X-Plivo-Signature-V3`
   (possibly several, comma-separated), nonce in `X-Plivo-Signature-V3-Nonce`. The signed URL is
   the URL without query, then for GET `?` + sorted `k=v&k=v` of query and params, and for POST
@@ -162,7 +164,7 @@ def verify_telnyx(
     `public_key` is the base64 key from the Telnyx portal (raw 32 bytes), raw bytes, or PEM.
     `payload` must be the exact raw request body.
     """
-    key = _ed25519_public_key(public_key)
+    key = telnyx_public_key(public_key)
     if signature is None or timestamp is None:
         return False
     ts_text = str(timestamp).strip()
@@ -199,7 +201,9 @@ def verify_telnyx_request(
     )
 
 
-def _ed25519_public_key(public_key: str | bytes) -> Any:
+def telnyx_public_key(public_key: str | bytes) -> Any:
+    """The Ed25519 public key of base64 text (the portal's form), raw bytes or PEM; `ConfigError`
+    when it is none of these (or `cryptography` is missing)."""
     try:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -1,4 +1,4 @@
-"""Call-flow XML documents: Twilio TwiML (and the one Plivo XML document transfers need).
+"""Call-flow XML documents: Twilio TwiML, Telnyx TeXML, Plivo XML (and Vonage's NCCO, JSON).
 
 Built with `xml.etree`, so every attribute and text is escaped correctly; characters XML 1.0
 cannot carry (most control characters) raise `ValueError` rather than produce a broken document.
@@ -8,7 +8,8 @@ cannot carry (most control characters) raise `ValueError` rather than produce a 
        <Parameter name="token" value="..."/>...</Stream></Connect></Response>
 
 `<Connect><Stream>` is Twilio's bidirectional stream; parameters arrive in the stream's `start`
-message as `start.customParameters`.
+message as `start.customParameters`. Telnyx TeXML takes the same document plus its own `<Stream>`
+attributes (`telnyx_stream_texml`); its parameters arrive as `start.custom_parameters`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,36 @@ _XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010
 
 def connect_stream_twiml(stream_url: str, params: Mapping[str, str] | None = None, *, declaration: bool = True) -> str:
     """TwiML that connects the call to a bidirectional media stream at `stream_url` (wss://)."""
+    return _render(_connect_stream(stream_url, params, {}), declaration)
+
+
+TELNYX_CODECS = ("PCMU", "PCMA")
+
+
+def telnyx_stream_texml(stream_url: str, params: Mapping[str, str] | None = None, *, codec: str = "PCMU",
+                        declaration: bool = True) -> str:
+    """Telnyx TeXML that connects the call to a bidirectional RTP media stream at `stream_url`.
+
+    `<Connect>` holds the call while the stream lasts (`<Start>` would run on to the end of the
+    document and hang up). `codec` is asked for both ways: Telnyx transcodes the caller's audio
+    to it (it can between PCMU and PCMA; a call in another codec streams in that codec, which the
+    stream route refuses) and takes our audio in it (`bidirectionalMode="rtp"`: raw payloads in
+    the stream's codec, as `protocols/telnyx.py` sends them). The track is the default,
+    `inbound_track`: the caller only."""
+    if codec not in TELNYX_CODECS:
+        raise ValueError(f"codec must be one of {', '.join(TELNYX_CODECS)}")
+    attrs = {"bidirectionalMode": "rtp", "bidirectionalCodec": codec, "codec": codec}
+    return _render(_connect_stream(stream_url, params, attrs), declaration)
+
+
+def _connect_stream(stream_url: str, params: Mapping[str, str] | None, attrs: Mapping[str, str]) -> ET.Element:
     if not stream_url:
         raise ValueError("the stream URL is empty")
     response = ET.Element("Response")
-    stream = ET.SubElement(ET.SubElement(response, "Connect"), "Stream", {"url": _check(stream_url)})
+    stream = ET.SubElement(ET.SubElement(response, "Connect"), "Stream", {"url": _check(stream_url), **attrs})
     for name, value in (params or {}).items():
         ET.SubElement(stream, "Parameter", {"name": _check(str(name)), "value": _check(str(value))})
-    return _render(response, declaration)
+    return response
 
 
 def dial_twiml(number: str, *, caller_id: str | None = None, declaration: bool = True) -> str:
