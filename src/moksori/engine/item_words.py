@@ -23,6 +23,9 @@ An item keeps its content parts (`Item.parts`): each audio part gets its own wor
 all their words joined (what the LLM and the store read). When an audio part's STT fails, that
 part stays without words, the other parts still count, and `user.transcription_failed` names the
 parts instead of `user.transcript` (the item's text is then the words of its other parts).
+What each audio part came to (`HeardPart`: its words or why it has none, and how many seconds of
+audio it was) is kept while the item is in the conversation (`ItemWords.heard`): a Realtime
+client hears of each part on its own (server/realtime_items.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,7 +47,8 @@ from moksori.providers.base import STTOptions, Transcript, one_chunk
 from moksori.providers.threads import background, background_context, run_blocking
 from moksori.providers.vad_segments import speech_regions
 
-__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "ItemWords", "Part", "joined_words", "set_words", "transcription_failed"]
+__all__ = ["GIVE_WAY_TRIES", "WINDOW_S", "HeardPart", "ItemWords", "Part", "joined_words", "set_words",
+           "transcription_failed"]
 
 log = logging.getLogger("moksori.session")
 
@@ -54,6 +59,18 @@ WINDOW_S = 15.0
 GIVE_WAY_TRIES = 4  # a window that gave way this often to live turns runs to its end
 
 Part = str | np.ndarray  # an item's content in order: text as it is, audio (16 kHz float32) to transcribe
+
+
+@dataclass(frozen=True)
+class HeardPart:
+    """What one audio part of an item came to: its words, or (`code`, `message`) why its STT
+    failed; `seconds`: its audio (what transcribing it cost, whether it succeeded or not)."""
+
+    index: int  # its place among the item's content parts
+    seconds: float
+    words: str | None  # None: failed
+    code: str = ""
+    message: str = ""
 
 
 def joined_words(words: Sequence[str | None]) -> str:
@@ -78,10 +95,16 @@ def transcription_failed(t: float, item_id: str, content_indexes: tuple[int, ...
     named only by its type."""
     if not isinstance(err, MoksoriError):
         log.error("session %s: item %s: transcription failed", session_id, item_id, exc_info=err)
+    code, message = _why(err)
+    return E.UserTranscriptionFailed(t=t, item_id=item_id, content_indexes=content_indexes, code=code,
+                                     message=message, retryable=getattr(err, "retryable", False), text=text)
+
+
+def _why(err: Exception) -> tuple[str, str]:
+    """(code, message) of a failed transcription: the provider's own error, or a bug named only
+    by its type."""
     message = str(err) if isinstance(err, MoksoriError) else f"internal error: {type(err).__name__}"
-    return E.UserTranscriptionFailed(t=t, item_id=item_id, content_indexes=content_indexes,
-                                     code=getattr(err, "code", "server_error"), message=message,
-                                     retryable=getattr(err, "retryable", False), text=text)
+    return getattr(err, "code", "server_error"), message
 
 
 class ItemWords:
@@ -89,6 +112,7 @@ class ItemWords:
         self._ctx = ctx
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._pending_s: dict[str, float] = {}  # audio waiting or being transcribed, per item
+        self._heard: dict[str, tuple[HeardPart, ...]] = {}  # items whose words came: what each audio part came to
         self._turn = asyncio.Lock()  # one item at a time, in order (asyncio.Lock is FIFO)
         self.windows = 0  # STT jobs run to a result, all items (for tests and benchmarks)
         self.gave_way = 0  # ... tries that gave way to a live turn's decode
@@ -97,6 +121,12 @@ class ItemWords:
     def pending_s(self) -> float:
         """Seconds of item audio not transcribed yet."""
         return sum(self._pending_s.values())
+
+    def heard(self, item_id: str) -> tuple[HeardPart, ...] | None:
+        """What each audio part of item `item_id` came to, in content order, once its words came
+        (known from `user.transcript` / `user.transcription_failed` on); None: not a client's
+        audio item, its words not come yet, or deleted."""
+        return self._heard.get(item_id)
 
     def add(self, item: Item, parts: Sequence[Part]) -> None:
         """`item` is in memory; its words (`parts` in order, the audio ones transcribed) come later."""
@@ -109,6 +139,7 @@ class ItemWords:
         """The item left the conversation: its words are not wanted any more."""
         task = self._tasks.pop(item_id, None)
         self._pending_s.pop(item_id, None)
+        self._heard.pop(item_id, None)
         if task is not None:
             task.cancel()
         self._ctx.memory.words_known(item_id)
@@ -116,12 +147,13 @@ class ItemWords:
     def close(self) -> None:
         for item_id in list(self._tasks):
             self.cancel(item_id)
+        self._heard.clear()
 
     async def _words_of(self, item: Item, parts: list[Part]) -> None:
         ctx = self._ctx
-        audio_s = self._pending_s.get(item.id, 0.0)
         language = item.language
         words: list[str | None] = []
+        heard: list[HeardPart] = []
         failed: list[tuple[int, Exception]] = []  # (content index, why)
         try:
             async with self._turn:
@@ -129,13 +161,16 @@ class ItemWords:
                     if isinstance(part, str):
                         words.append(part)
                         continue
+                    seconds = round(len(part) / VAD_RATE, 3)
                     try:
                         tr = await self.transcribe(part)
                     except Exception as e:  # noqa: BLE001 - a failed part leaves the item without its words, not the session broken
                         failed.append((index, e))
                         words.append(None)
+                        heard.append(HeardPart(index, seconds, None, *_why(e)))
                         continue
                     words.append(tr.text)
+                    heard.append(HeardPart(index, seconds, tr.text))
                     language = language or (tr.language if tr.text.strip() else None)
         except asyncio.CancelledError:
             ctx.memory.words_known(item.id)  # (deleted, or the session closes) nobody waits for them
@@ -148,12 +183,13 @@ class ItemWords:
             return  # deleted meanwhile
         set_words(item, parts, words)
         item.language = language or ctx.last_language
+        self._heard[item.id] = tuple(heard)
         ctx.memory.words_known(item.id)
         if failed:
             self._failed(item, failed)
             return
         ctx.publish(E.UserTranscript(t=ctx.clock.now(), item_id=item.id, text=item.text, language=item.language,
-                                     final=True, audio_s=round(audio_s, 3)))
+                                     final=True, audio_s=round(sum(h.seconds for h in heard), 3)))
 
     def _failed(self, item: Item, failed: list[tuple[int, Exception]]) -> None:
         """`user.transcription_failed` for the item's parts whose STT failed (the first failure

@@ -9,8 +9,11 @@ reply's text and audio. The reply itself stays one (one `agent.response_done`, o
 whose heard text is all of its parts').
 
 The words of a part are those the reply generated from its `text_start`; its audio, the reply's
-samples from `sample_start` (what the listener was sent before the tool item, the part before
-it; audio still on its way out then belongs to the new item, as the client is shown it).
+samples from `sample_start`. The tool call is parsed as soon as the LLM wrote it, often while the
+words before it are still being synthesised or paced out: those words and their audio stay in the
+part before (`Response.split` marks the place in the clause queue, and the speaker tells the
+transport when the part's last audio has gone out, so the tool item is shown after it). Until then
+the new part's starts are None: not known yet, after everything so far.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Literal
 
 from moksori.engine.memory import Item, Memory, heard_text
 
-__all__ = ["MessagePart", "PlayedParts", "heard_split", "part_at", "settle_parts", "start_ms"]
+__all__ = ["MessagePart", "PlayedParts", "heard_split", "part_at", "part_words", "settle_parts", "start_ms"]
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
@@ -30,8 +33,8 @@ ItemStatus = Literal["in_progress", "completed", "incomplete"]
 @dataclass
 class MessagePart:
     item_id: str
-    text_start: int  # where its words begin in the reply's text
-    sample_start: int  # reply audio sent before it (samples)
+    text_start: int | None  # where its words begin in the reply's text (None: not known yet)
+    sample_start: int | None  # reply audio before it (samples; None: the part before still speaks)
     item: Item | None = None  # its memory item (a reply in the conversation, once public)
 
 
@@ -39,19 +42,27 @@ def part_at(parts: Sequence[MessagePart], ms: int, rate: int) -> tuple[MessagePa
     """The part whose audio holds the reply's `ms`, and how far into it (ms)."""
     found, start = parts[0], 0
     for p in parts:
-        if start_ms(p, rate) <= ms:
-            found, start = p, start_ms(p, rate)
+        at = start_ms(p, rate)
+        if at is not None and at <= ms:
+            found, start = p, at
     return found, ms - start
 
 
-def start_ms(part: MessagePart, rate: int) -> int:
-    """Where the part's audio starts in the reply's (ms)."""
+def start_ms(part: MessagePart, rate: int) -> int | None:
+    """Where the part's audio starts in the reply's (ms); None: not known yet."""
+    if part.sample_start is None:
+        return None
     return part.sample_start * 1000 // rate if rate else 0
 
 
-def _words(text: str, parts: Sequence[MessagePart], i: int) -> str:
-    end = parts[i + 1].text_start if i + 1 < len(parts) else len(text)
-    return text[parts[i].text_start:end].strip()
+def _start(p: MessagePart, text: str) -> int:
+    return len(text) if p.text_start is None else p.text_start
+
+
+def part_words(text: str, parts: Sequence[MessagePart], i: int) -> str:
+    """The words of part `i` of a reply whose text is `text` (so far)."""
+    end = _start(parts[i + 1], text) if i + 1 < len(parts) else len(text)
+    return text[_start(parts[i], text):end].strip()
 
 
 def heard_split(parts: Sequence[MessagePart], text: str, heard: str) -> list[tuple[str, bool]]:
@@ -60,7 +71,7 @@ def heard_split(parts: Sequence[MessagePart], text: str, heard: str) -> list[tup
     words = heard.split()
     out: list[tuple[str, bool]] = []
     for i in range(len(parts)):
-        own = _words(text, parts, i)
+        own = part_words(text, parts, i)
         n = len(own.split())
         taken, words = words[:n], words[n:]
         out.append((own, True) if len(taken) == n else (" ".join(taken), False))
@@ -75,9 +86,10 @@ def settle_parts(parts: Sequence[MessagePart], text: str, heard: str, sent: int,
     for i, (p, (words, whole)) in enumerate(zip(parts, heard_split(parts, text, heard), strict=True)):
         if p.item is None:
             continue
-        end = parts[i + 1].sample_start if i + 1 < len(parts) else sent
-        samples = max(0, min(end, sent) - p.sample_start)
-        if i > 0 and not _words(text, parts, i) and not samples:
+        nxt = parts[i + 1].sample_start if i + 1 < len(parts) else None
+        end = sent if nxt is None else nxt  # (a part whose start is not known has none of the audio sent)
+        samples = max(0, min(end, sent) - (sent if p.sample_start is None else p.sample_start))
+        if i > 0 and not part_words(text, parts, i) and not samples:
             memory.delete(p.item.id)
             continue
         p.item.text = words
@@ -101,7 +113,8 @@ class PlayedParts:
         """The client played `audio_end_ms` of part `item_id`: the reply was heard up to there
         (its later parts not at all), in memory. Returns what was heard of the whole reply."""
         part = next(p for p in self.parts if p.item_id == item_id)
-        end = min(self.sent, part.sample_start + audio_end_ms * self.rate // 1000)
+        start = self.sent if part.sample_start is None else part.sample_start
+        end = min(self.sent, start + audio_end_ms * self.rate // 1000)
         self.heard_to = end if self.heard_to is None else min(self.heard_to, end)
         heard = heard_text(self.segments, self.heard_to)
         settle_parts(self.parts, self.text, heard, self.sent, self.rate, memory, "incomplete")

@@ -27,11 +27,11 @@ from moksori.engine.context import MAX_TOKEN_CHARS
 from moksori.engine.memory import Item, new_id
 from moksori.engine.reply_done import done_event, settle_item
 from moksori.engine.reply_guardrails import check_clause, check_input, output_gate, trip_event
-from moksori.engine.reply_parts import MessagePart, part_at, settle_parts, start_ms
+from moksori.engine.reply_parts import MessagePart, part_at, part_words, settle_parts, start_ms
 from moksori.engine.reply_request import offered_tools, reply_messages, round_request
 from moksori.engine.reply_speech import spoken_text, synthesize_into
 from moksori.engine.response_host import ResponseHost, ResponseOptions
-from moksori.engine.speaker import Playback
+from moksori.engine.speaker import PartMark, Playback
 from moksori.engine.tool_calls import MAX_TOOL_CALLS_PER_ROUND, MAX_TOOL_ROUNDS, ToolCalls, split_calls
 from moksori.engine.tools import ToolBox, ToolRun
 from moksori.errors import ProviderError
@@ -47,6 +47,18 @@ if TYPE_CHECKING:
 __all__ = ["LLM_RESUMES_AT_FIRST_PIECE", "MAX_TOOL_ROUNDS", "Response", "ResponseHost", "ResponseOptions"]
 
 log = logging.getLogger("moksori.engine")
+
+
+@dataclass(frozen=True)
+class _Split:
+    """In the clause queue: the clauses before it are the words of the message item before a tool
+    item, those after it are `part`'s (`Response.split`); `said()` once they have all gone out."""
+
+    part: MessagePart
+    said: Callable[[], None] | None
+
+
+Clauses = asyncio.Queue[str | _Split | None]
 
 
 @dataclass
@@ -91,6 +103,10 @@ class Response:
     # its message items when a tool item the client is shown split it (`split`; empty: one item)
     parts: list[MessagePart] = field(default_factory=list)
     _tools_from: int = 0  # the parts there were when this round's tool calls came
+    _clauses: Clauses | None = None  # the clauses on their way to TTS
+    _tts: asyncio.Task[None] | None = None
+    _speaking: bool = False  # TTS (or the output check) is busy with a clause
+    _spoken_item: str = ""  # the message item of the clauses `_speak` takes now
 
     def __post_init__(self) -> None:
         self.tool_calls = ToolCalls(self)
@@ -185,9 +201,10 @@ class Response:
 
     async def _run(self) -> None:
         host = self.host
-        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        clauses: Clauses = asyncio.Queue()
+        self._clauses = clauses
         self._gate = self._output_guard()
-        tts_task = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") \
+        tts_task = self._tts = asyncio.create_task(self._speak(clauses), name=f"tts-{self.id}") \
             if self.audio or self._gate is not None else None
         failure: Exception | None = None
         try:
@@ -252,7 +269,7 @@ class Response:
         if self.on_finished:
             self.on_finished(self)
 
-    def _add_text(self, delta: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker, *,
+    def _add_text(self, delta: str, clauses: Clauses, chunker: ClauseChunker, *,
                   flush: bool = False) -> bool:
         """Returns True when this delta completed the reply's first clause. With output
         guardrails the text goes out clause by clause once checked (`_speak`), never before."""
@@ -263,7 +280,8 @@ class Response:
         if self._gate is None:
             self.text += delta
             self._show_text()
-            self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
+            item_id = self.parts[-1].item_id if self.parts else self.item_id  # the message item it is in
+            self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=item_id, delta=delta))
         first = False
         if self.audio or self._gate is not None:
             for clause in chunker.push(delta):
@@ -289,7 +307,8 @@ class Response:
         delta = (" " if self.text and not self.text.endswith((" ", "\n")) else "") + clause
         self.text += delta
         self._show_text()
-        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
+        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self._spoken_item or self.item_id,
+                                   delta=delta))
 
     def _remove_blocked_input(self) -> None:
         """The blocked turn leaves the conversation (memory and store): never sent to the LLM
@@ -322,7 +341,7 @@ class Response:
     def toolbox(self) -> ToolBox:
         return self._box if self._box is not None else self.host.toolbox
 
-    async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
+    async def _generate(self, clauses: Clauses) -> None:
         host = self.host
         if self.opts.reply_tools is not None:
             self._box = host.toolbox.with_tools(await self.opts.reply_tools(self.id))
@@ -366,7 +385,7 @@ class Response:
                 break
         await clauses.put(None)
 
-    async def _stream_round(self, req: ChatRequest, clauses: asyncio.Queue[str | None],
+    async def _stream_round(self, req: ChatRequest, clauses: Clauses,
                             chunker: ClauseChunker) -> list[ToolCall]:
         """One LLM round: its words into clauses, its usage counted; returns its tool calls."""
         calls: list[ToolCall] = []
@@ -409,7 +428,7 @@ class Response:
             await clauses.put(clause)
         return calls
 
-    async def _run_tools(self, local: list[ToolCall], clauses: asyncio.Queue[str | None], chunker: ClauseChunker,
+    async def _run_tools(self, local: list[ToolCall], clauses: Clauses, chunker: ClauseChunker,
                          convo: list[Message]) -> bool:
         """Run this round's server tools in order, their calls and results appended to `convo`
         for the next round; True: the reply ends here (a final tool, or every tool failed and
@@ -450,7 +469,7 @@ class Response:
             return True
         return False
 
-    def _say(self, words: str, clauses: asyncio.Queue[str | None], chunker: ClauseChunker) -> None:
+    def _say(self, words: str, clauses: Clauses, chunker: ClauseChunker) -> None:
         """Fixed words inside a generated reply (a filler, an apology), as their own clause."""
         for clause in chunker.flush():
             self._clauses_queued += 1
@@ -472,25 +491,76 @@ class Response:
 
     # -------------------------------------------------------------- message items
 
-    def split(self, item_id: str) -> None:
-        """The client was just shown a tool item inside this reply (the Realtime wire ends the
-        message item open so far there): the words from now on are message item `item_id`,
-        after that tool item (`reply_parts`). Its audio starts with what is sent from now on."""
+    def split(self, item_id: str, said: Callable[[], None] | None = None) -> bool:
+        """A tool item comes inside this reply (the Realtime wire ends the message item open so far
+        there): the words from now on are message item `item_id`, after that tool item
+        (`reply_parts`). The words said so far keep their audio, however much of it is still being
+        synthesised or sent: True when some is, and `said()` is called once it has all gone out
+        (never, if the reply is cut first); False: it all had, the new item starts now."""
         if not self.released or self.done.is_set():
-            return
-        sent = self.playback.sent if self.playback is not None else 0
+            return False
         if not self.parts:
             self.parts.append(MessagePart(self.item_id, 0, 0, self.item))
-        done = self.parts[-1]
-        if done.item is not None:  # as the client was shown it: complete
-            done.item.text = self.text[done.text_start:].strip()
-            done.item.status = "completed"
-            done.item.audio_ms = (sent - done.sample_start) * 1000 // self.playback.rate if self.playback else 0
-        part = MessagePart(item_id, len(self.text), sent)
+        before = self.parts[-1]
+        part = MessagePart(item_id, len(self.text), None)
         if self.opts.in_conversation:
             part.item = self.host.memory.add(Item(id=item_id, role="assistant", status="in_progress",
                                                   audio=self.audio, language=self.language))
         self.parts.append(part)
+        pb = self.playback
+        speaking = self._tts is not None and not self._tts.done() and self._clauses is not None \
+            and (self._speaking or not self._clauses.empty())
+        if speaking:  # clauses before it still to synthesise (or to check): the place is after them
+            assert self._clauses is not None
+            if self._gate is not None:
+                part.text_start = None  # (checked clauses are shown one by one: its words start after them)
+            self._clauses.put_nowait(_Split(part, said))
+            return True
+        if pb is not None and not pb.cancelled and pb.sent < pb.generated:  # all made, not all sent
+            self._split_at(before, part, pb.generated)
+            pb.mark(item_id, self._part_said(before, said))
+            return True
+        self._split_at(before, part, pb.sent if pb is not None else 0)
+        self._part_said(before, None)()
+        return False
+
+    def _split_at(self, before: MessagePart, part: MessagePart, samples: int) -> None:
+        """The words and audio of the part `before` are all made: `part` starts at `samples`."""
+        if part.text_start is None:
+            part.text_start = len(self.text)
+        part.sample_start = samples
+        self._spoken_item = part.item_id  # (the clauses `_speak` takes from now on are its)
+        if before.item is not None:
+            before.item.text = part_words(self.text, self.parts, self.parts.index(before))
+            pb = self.playback
+            start = before.sample_start or 0
+            before.item.audio_ms = (samples - start) * 1000 // pb.rate if pb is not None and pb.rate else 0
+        self._show_text()
+
+    @staticmethod
+    def _part_said(before: MessagePart, said: Callable[[], None] | None) -> Callable[[], None]:
+        """What to do once the audio of the part `before` has all gone out: it is complete, as the
+        client is shown it, and the transport is told."""
+        def tell() -> None:
+            if before.item is not None and before.item.status == "in_progress":
+                before.item.status = "completed"
+            if said is not None:
+                said()
+        return tell
+
+    def _split_here(self, split: _Split) -> None:
+        """`_speak` reached a split: the clauses before it are all synthesised (and shown)."""
+        part = split.part
+        i = next((i for i, p in enumerate(self.parts) if p is part), None)
+        if i is None or i == 0:  # pragma: no cover - a split's part is never the first
+            return
+        pb, before = self.playback, self.parts[i - 1]
+        self._split_at(before, part, pb.generated if pb is not None else 0)
+        said = self._part_said(before, split.said)
+        if pb is not None and not pb.cancelled:
+            pb.mark(part.item_id, said)  # the speaker says when the audio before it has gone out
+        elif pb is None:  # (text only: its words are all shown now)
+            PartMark(part.item_id, said).tell()
 
     def message_start_ms(self, item_id: str) -> int | None:
         """Where message item `item_id` of this reply starts in its audio (ms); None: not one of its."""
@@ -509,11 +579,12 @@ class Response:
         return part.item_id, into
 
     def _show_text(self) -> None:
-        """The reply's words so far into its (last) message item."""
+        """The reply's words so far into its message items (the last, and one whose words may
+        still grow: the part before a split not reached yet)."""
         if self.parts:
-            last = self.parts[-1]
-            if last.item is not None:
-                last.item.text = self.text[last.text_start:].strip()
+            for i, p in enumerate(self.parts):
+                if p.item is not None and (p.item.status == "in_progress" or i == len(self.parts) - 1):
+                    p.item.text = part_words(self.text, self.parts, i)
         elif self.item is not None:
             self.item.text = self.text
 
@@ -529,7 +600,7 @@ class Response:
 
     # -------------------------------------------------------------- speech
 
-    async def _drain_audio(self, clauses: asyncio.Queue[str | None]) -> None:
+    async def _drain_audio(self, clauses: Clauses) -> None:
         """Wait until everything said so far has been played (used before e.g. hanging up)."""
         while not clauses.empty():
             await asyncio.sleep(0.02)
@@ -540,7 +611,7 @@ class Response:
             await asyncio.sleep(0.02)
         await self.host.clock.sleep(max(0.0, self.host.playout_end() - self.host.clock.now()))
 
-    async def _speak(self, clauses: asyncio.Queue[str | None]) -> None:
+    async def _speak(self, clauses: Clauses) -> None:
         """The clauses, in order: checked (with output guardrails) and shown, then spoken."""
         host = self.host
         opts = TTSOptions(voice=self.opts.voice or host.voice, language=self.language, speed=host.speed)
@@ -557,10 +628,15 @@ class Response:
                 self._first_audio.set()
 
         while True:
+            self._speaking = False
             clause = await clauses.get()
             if clause is None:
                 self._first_audio.set()
                 return
+            if isinstance(clause, _Split):
+                self._split_here(clause)
+                continue
+            self._speaking = True
             if self._gate is not None:
                 if self.blocked and self._replaced:
                     continue  # what the LLM said after a blocked clause is never checked, shown or spoken

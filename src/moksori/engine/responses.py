@@ -172,13 +172,15 @@ class Responses:
     def busy(self) -> bool:
         return any(not r.done.is_set() for r in self._active.values())
 
-    def split(self, response_id: str, item_id: str) -> None:
-        """The client was shown a tool item inside reply `response_id`: its words from now on are
-        message item `item_id` (`Response.split`). The pipeline's replies only: the realtime
-        brain's keep one item (the upstream's own items are not the client's)."""
+    def split(self, response_id: str, item_id: str, said: Callable[[], None] | None = None) -> bool:
+        """A tool item comes inside reply `response_id`: its words from now on are message item
+        `item_id` (`Response.split`: True while the words before it are still going out, `said()`
+        once they have). The pipeline's replies only: the realtime brain's keep one item (the
+        upstream's own items are not the client's)."""
         resp = self._active.get(response_id)
         if resp is not None and self.factory is Response:
-            resp.split(item_id)
+            return resp.split(item_id, said)
+        return False
 
     def truncate_ended(self, item_id: str, audio_end_ms: int) -> bool:
         """A late truncate of a message item of a finished reply that had several: the reply was

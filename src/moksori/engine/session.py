@@ -459,10 +459,13 @@ class Session:
         with self._one_state_change():
             return self._interruptions.truncate(item_id, audio_end_ms)
 
-    def split_reply(self, response_id: str, item_id: str) -> None:
-        """A transport showed a tool item inside reply `response_id`: the words the reply says
-        from now on are assistant message item `item_id` (`engine/reply_parts.py`)."""
-        self._responses.split(response_id, item_id)
+    def split_reply(self, response_id: str, item_id: str, said: Callable[[], None] | None = None) -> bool:
+        """A transport shows a tool item inside reply `response_id`: the words the reply says from
+        now on are assistant message item `item_id` (`engine/reply_parts.py`). The words said
+        before it keep their audio: True when some of it is still being synthesised or sent (the
+        transport shows the tool item after it: `said()` is called once it has all gone out, or
+        never if the reply is cut first, which ends it anyway); False: it all has."""
+        return self._responses.split(response_id, item_id, said)
 
     def ack_playback(self, response_id: str, ms: int) -> None:
         """A transport confirms the listener has heard `ms` of a response (Twilio marks)."""

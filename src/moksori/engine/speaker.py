@@ -10,6 +10,7 @@ that can confirm playback (Twilio marks) override the model with acknowledgement
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,26 @@ from moksori.audio.frames import Frame
 from moksori.engine import events as E
 from moksori.engine.clock import Clock
 
+log = logging.getLogger("moksori.speaker")
+
+
+@dataclass(frozen=True)
+class PartMark:
+    """A place in a reply's audio where a new message item starts (`engine/reply_parts.py`):
+    the audio after it is `item_id`'s; `said()` is called once everything before it was sent."""
+
+    item_id: str
+    said: Callable[[], None] | None = None
+
+    def tell(self) -> None:
+        """Call `said` (a transport's: its failure is logged, never the speaker's)."""
+        if self.said is None:
+            return
+        try:
+            self.said()
+        except Exception:  # the speaker goes on whatever a transport does
+            log.exception("reply part %s: the transport failed on its end", self.item_id)
+
 
 @dataclass
 class Playback:
@@ -28,7 +49,7 @@ class Playback:
     response_id: str
     item_id: str
     rate: int
-    queue: asyncio.Queue[Frame | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Frame | PartMark | None] = field(default_factory=asyncio.Queue)
     segments: list[tuple[str, int]] = field(default_factory=list)  # (clause text, samples)
     chunks: list[tuple[float, int]] = field(default_factory=list)  # (playout start, samples)
     sent: int = 0
@@ -40,6 +61,7 @@ class Playback:
     # a backchannel ("mm-hmm" in the user's pause): plays through the hold and does not make the
     # agent audible (the user talking over it is not a barge-in, the turn goes on)
     side: bool = False
+    part_item_id: str | None = None  # the message item the audio being sent is in (None: `item_id`)
 
     def add(self, frame: Frame, text: str, *, more: bool = False) -> None:
         """Queue a clause's audio (already at the output rate); `more`: the next piece of the
@@ -53,6 +75,11 @@ class Playback:
 
     def end(self) -> None:
         self.queue.put_nowait(None)
+
+    def mark(self, item_id: str, said: Callable[[], None] | None = None) -> None:
+        """The audio queued from now on is message item `item_id`'s; `said()` once the audio
+        queued so far has all been sent (never, if the playback is stopped first)."""
+        self.queue.put_nowait(PartMark(item_id, said))
 
     def played(self, now: float) -> int:
         total = 0
@@ -245,6 +272,10 @@ class Speaker:
             frame = await pb.queue.get()
             if frame is None or pb.cancelled:
                 break
+            if isinstance(frame, PartMark):  # the message item before it has all gone out
+                pb.part_item_id = frame.item_id
+                frame.tell()
+                continue
             samples = frame.samples
             for i in range(0, len(samples), self.chunk):
                 if pb.cancelled:
@@ -269,7 +300,7 @@ class Speaker:
                     if not pb.side:
                         self._set_audible(True)
                     self.publish(E.AgentAudioStarted(t=now, response_id=pb.response_id, item_id=pb.item_id))
-                self.publish(E.AgentAudio(t=now, response_id=pb.response_id, item_id=pb.item_id,
+                self.publish(E.AgentAudio(t=now, response_id=pb.response_id, item_id=pb.part_item_id or pb.item_id,
                                           frame=Frame(np.ascontiguousarray(piece), self.rate),
                                           offset=offset, play_at=start))
                 offset += len(piece)

@@ -189,6 +189,10 @@ class RealtimeConnection:
     def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None:
         self._outbound.output_item_done(response_id, index, item)
 
+    def send_in(self, response_id: str, event: dict[str, Any] | None) -> None:
+        """An event of one of a response's items (an MCP call's), in its place among the response's."""
+        self._outbound.send_in(response_id, event)
+
     def tools_changed(self) -> None:
         """An MCP server's tools joined or left the session's box (the realtime brain offers
         them to its upstream)."""

@@ -14,9 +14,13 @@ live turns (engine/item_words.py), then come as a live turn's do
 (an out-of-band `response.create` naming the item in its `input` waits for them in its handler).
 An item keeps its content parts as the client sent them (`Item.parts`; the audio itself is not
 echoed back): each audio part shows its own transcript once known, while memory and the LLM read
-all their words joined (`Item.text`). When an audio part cannot be transcribed (the STT failed),
-the client gets `conversation.item.input_audio_transcription.failed` for it (an `error` when it
-asked for no transcription), then `conversation.item.done` with that part's transcript null.
+all their words joined (`Item.text`). Each audio part the server transcribed is heard of on its
+own, in content order (`transcription_events`): `...input_audio_transcription.delta` and
+`.completed` with its `content_index`, its own words and the seconds of its own audio as usage
+(the parts' usage sums to the item's audio, never counted twice), or `.failed` with its own
+`content_index` and error when its STT failed (an `error` instead when the client asked for no
+transcription); then `conversation.item.done`, a failed part's transcript null. An audio part
+whose transcript the client gave is not transcribed, and has no such events.
 At most twice `server.max_input_buffer_s` of item audio may wait (`audio_backlog_full`). The
 realtime brain sends an item's words upstream as it adds it, so there the item still enters once
 transcribed (the same background windows), and its handler waits for that; so does an
@@ -34,14 +38,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from moksori.audio.resample import resample
 from moksori.engine import events as E
-from moksori.engine.item_words import Part, joined_words, set_words
+from moksori.engine.item_words import HeardPart, Part, joined_words, set_words
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.errors import ProtocolError
 from moksori.protocols import realtime as rt
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
     from moksori.server.realtime_mcp import RealtimeMCP
     from moksori.settings import Settings
 
-__all__ = ["ConversationItems", "ItemsHost", "audio_transcripts", "item_wire"]
+__all__ = ["ConversationItems", "ItemsHost", "audio_transcripts", "item_wire", "transcription_events"]
 
 log = logging.getLogger("moksori.realtime")
 
@@ -103,6 +107,32 @@ def audio_transcripts(item: MemItem | None, text: str) -> list[tuple[int, str]]:
     if item is None or not _kept_parts(item):
         return [(0, text)]
     return [(index, words or "") for index, (kind, words) in enumerate(item.parts) if kind == "audio"]
+
+
+def transcription_events(ev: rt.ServerEvents, item_id: str, item: MemItem | None, text: str, audio_s: float,
+                         heard: Sequence[HeardPart] | None) -> list[dict[str, Any]]:
+    """The `conversation.item.input_audio_transcription.*` events of a user item whose words came,
+    in content order. A client's item (`heard`: what each audio part it transcribed came to, from
+    `ItemWords.heard`): per part `.delta` and `.completed` with its own words and its own audio's
+    seconds as usage, or `.failed` with its own error. Otherwise (a live turn's item) one part,
+    index 0: `text`, all of `audio_s`."""
+    if heard is None or item is None or not _kept_parts(item):
+        parts = audio_transcripts(item, text)
+        # (a client's item without what its parts came to: the usage is its first part's, not each one's)
+        return [e for i, (index, words) in enumerate(parts)
+                for e in _completed(ev, item_id, index, words, audio_s if i == 0 else 0.0)]
+    events: list[dict[str, Any]] = []
+    for part in heard:
+        if part.words is None:
+            events.append(ev.input_audio_transcription_failed(item_id, part.index, part.message, code=part.code))
+        else:
+            events += _completed(ev, item_id, part.index, part.words.strip(), part.seconds)
+    return events
+
+
+def _completed(ev: rt.ServerEvents, item_id: str, index: int, words: str, seconds: float) -> list[dict[str, Any]]:
+    delta = [ev.input_audio_transcription_delta(item_id, index, words)] if words else []
+    return delta + [ev.input_audio_transcription_completed(item_id, index, words, audio_seconds=seconds)]
 
 
 def _kept_parts(item: MemItem) -> bool:
@@ -199,17 +229,25 @@ class ConversationItems:
                 log.exception("realtime: cannot report the failed transcription of item %s", e.item_id)
 
     def _words_failed(self, e: E.UserTranscriptionFailed) -> None:
-        """An audio item's words could not be had: `...input_audio_transcription.failed` per part
-        (as a live turn's transcription events, only when the client asked for transcription;
-        otherwise an `error`: it must still learn its audio went unheard), then the item is done."""
+        """An audio item's words could not be had (all of them, or some of its parts'): its
+        transcription events, `...input_audio_transcription.failed` for each part that failed (and
+        `.completed` for a client's item's parts that did not), in content order, as a live turn's
+        only when the client asked for transcription (otherwise an `error`: it must still learn its
+        audio went unheard); then the item is done."""
         host = self._host
+        memory = host.session.memory
         if host.cfg.input_transcription is not None or host.transcription_only:
-            for index in e.content_indexes:
-                host.send(host.ev.input_audio_transcription_failed(e.item_id, index, e.message, code=e.code))
+            heard = host.session.item_words.heard(e.item_id)
+            item = memory.get(e.item_id)
+            if heard is not None and item is not None and _kept_parts(item):
+                for event in transcription_events(host.ev, e.item_id, item, e.text, 0.0, heard):
+                    host.send(event)
+            else:  # a live turn's (or an item without what its parts came to)
+                for index in e.content_indexes:
+                    host.send(host.ev.input_audio_transcription_failed(e.item_id, index, e.message, code=e.code))
         else:
             host.send(host.ev.error(f"the audio of item {e.item_id} could not be transcribed: {e.message}",
                                     code=e.code, type="server_error"))
-        memory = host.session.memory
         item = memory.get(e.item_id)
         if item is not None:
             host.send(host.ev.conversation_item_done(item_wire(item, host.flavor), memory.previous_id(item.id)))

@@ -75,6 +75,9 @@ class MCPHost(Protocol):
     def tools_changed(self) -> None: ...
     def output_item_added(self, response_id: str, item: dict[str, Any]) -> int | None: ...
     def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None: ...
+    def send_in(self, response_id: str, event: dict[str, Any] | None) -> None:
+        """Send an event of one of the response's items, in its place among the response's events."""
+        ...
 
 
 @dataclass
@@ -180,7 +183,7 @@ class RealtimeMCP:
         response's output is what it saw; then the servers it named for itself are dropped."""
         ev = self.host.ev
         for item_id, (idx, item) in self._open_calls.pop(response_id, {}).items():
-            self.host.send(ev.mcp_call_failed(item_id, idx or 0))
+            self.host.send_in(response_id, ev.mcp_call_failed(item_id, idx or 0))
             self.host.output_item_done(response_id, idx, self.keep(item))
         for srv in self._reply_servers.get(response_id, []):
             if srv.listing:
@@ -355,10 +358,11 @@ class RealtimeMCP:
         cancelled = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
                                      error=rt.mcp_tool_execution_error("cancelled: the reply was cancelled"))
         self._open_calls.setdefault(rid, {})[item_id] = (idx, cancelled)
+        # (in their place among the response's events: after the words before the call have gone out)
         if rid:
-            host.send(ev.mcp_call_arguments_delta(rid, item_id, idx or 0, arguments))
-            host.send(ev.mcp_call_arguments_done(rid, item_id, idx or 0, arguments))
-        host.send(ev.mcp_call_in_progress(item_id, idx or 0))
+            host.send_in(rid, ev.mcp_call_arguments_delta(rid, item_id, idx or 0, arguments))
+            host.send_in(rid, ev.mcp_call_arguments_done(rid, item_id, idx or 0, arguments))
+        host.send_in(rid, ev.mcp_call_in_progress(item_id, idx or 0))
         if srv.conn is None:  # pragma: no cover - tools exist only once listed
             outcome = ToolOutcome.failure("unavailable", f"MCP server {label} is not connected")
         else:
@@ -367,17 +371,17 @@ class RealtimeMCP:
                                               max_chars=self.max_chars)
             except asyncio.CancelledError:  # the reply was cancelled (barge-in, response.cancel)
                 if self._close_call(rid, item_id):  # not ended by its response's end already
-                    host.send(ev.mcp_call_failed(item_id, idx or 0))
+                    host.send_in(rid, ev.mcp_call_failed(item_id, idx or 0))
                     host.output_item_done(rid, idx, self.keep(cancelled))
                 raise
         if not self._close_call(rid, item_id):  # pragma: no cover - its response ended meanwhile: done already
             return outcome
         if outcome.ok:
-            host.send(ev.mcp_call_completed(item_id, idx or 0))
+            host.send_in(rid, ev.mcp_call_completed(item_id, idx or 0))
             done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
                                     output=outcome.text)
         else:
-            host.send(ev.mcp_call_failed(item_id, idx or 0))
+            host.send_in(rid, ev.mcp_call_failed(item_id, idx or 0))
             done = rt.mcp_call_item(item_id, label, info.name, arguments, approval_request_id=approval_id,
                                     error=_wire_error(outcome))
         host.output_item_done(rid, idx, self.keep(done))

@@ -9,11 +9,17 @@ objects (`out_of_band` replies have no conversation), what waits for a `response
 
 Reply audio goes out as `response.output_audio.delta` events, or to the connection's
 `AudioSink` (the WebRTC outbound track) when it has one.
+
+A tool item shown inside a reply (an MCP call, a client's function call) ends the message item
+before it; the words of that item whose audio is still being synthesised or paced out then go
+out under it all the same, its ends after its last audio, and the tool item and what follows it
+wait until then (`_Out`), while the tool runs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +28,7 @@ from moksori.engine import events as E
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.protocols import realtime as rt
 from moksori.protocols.realtime.items import ItemStatus, ResponseStatus
-from moksori.server.realtime_items import audio_transcripts, item_wire
+from moksori.server.realtime_items import item_wire, transcription_events
 
 if TYPE_CHECKING:
     from moksori.engine.session import Session
@@ -78,30 +84,45 @@ class OutboundHost(Protocol):
     def input_ms_at(self, t: float) -> int: ...
 
 
+class _Msg:
+    """One assistant message item of a streaming response."""
+
+    def __init__(self, item_id: str, index: int) -> None:
+        self.item_id, self.index = item_id, index
+        self.text = ""
+        self.samples = 0  # its audio sent so far
+        self.open = True  # its `output_item.done` has not been made yet
+        self.said = False  # the engine said its words have all gone out (after a tool item came)
+        self.waiting = False  # it is in `_Out.held`: its words wait for the items before it
+        self.pending: list[dict[str, Any]] = []  # ... and those that came meanwhile
+
+
 class _Out:
-    """Bookkeeping for one response's output item while it streams."""
+    """Bookkeeping for one response's output items while it streams.
+
+    A tool item ends the message item open before it, but the words of that item may still be
+    on their way (their audio synthesised or paced out after the tool call was parsed): it is
+    then `closing`, its words still go straight out, and every other event of the response waits
+    in `held` until its last audio has gone out (the engine says so: `Session.split_reply`), then
+    goes in order. A message item ended so while another still closes waits in `held` too.
+    """
 
     def __init__(self, response_id: str, item_id: str, audio: bool) -> None:
         self.response_id, self.item_id, self.audio = response_id, item_id, audio
-        self.started = False
-        self.text = ""
-        self.output: list[dict[str, Any]] = []
-        self.index = 0
-        self.samples, self.rate = 0, 0  # reply audio sent so far, and its rate
-        self.parts = 0  # message items opened so far (more than one when tool items came between)
-        # the message items announced to the client (output_item.added), in order: the reply
-        # audio sent before each (samples)
-        self.shown: dict[str, int] = {}
-        self.next_id: str | None = None  # the message item the reply's next words go in
+        self.output: list[dict[str, Any]] = []  # by output index (items in progress, then done)
+        self.rate = 0  # the reply audio's rate
+        self.msgs: dict[str, _Msg] = {}  # its message items, in order
+        self.cur: _Msg | None = None  # the message item the reply's next words go in
+        self.next_id: str | None = None  # the id of the next message item (after a tool item)
+        self.closing: _Msg | None = None
+        self.held: deque[dict[str, Any] | _Msg] = deque()
 
     def audio_ms(self, item_id: str) -> int | None:
-        """The audio of one of its message items (ms), None when not one of them."""
-        if item_id not in self.shown:
+        """The audio of one of its message items sent so far (ms), None when not one of them."""
+        msg = self.msgs.get(item_id)
+        if msg is None:
             return None
-        ids = list(self.shown)
-        i = ids.index(item_id)
-        end = self.shown[ids[i + 1]] if i + 1 < len(ids) else self.samples
-        return (end - self.shown[item_id]) * 1000 // self.rate if self.rate else 0
+        return msg.samples * 1000 // self.rate if self.rate else 0
 
 
 class Outbound:
@@ -130,7 +151,7 @@ class Outbound:
     def audio_sent_ms(self, item: MemItem) -> int | None:
         """How much audio an assistant item produced (sent so far, for a reply still playing),
         or None when it has none."""
-        out = next((o for o in self._outs.values() if item.id in o.shown), None)
+        out = next((o for o in self._outs.values() if item.id in o.msgs), None)
         if out is not None and out.audio:
             return out.audio_ms(item.id)
         return item.audio_ms if item.audio else None
@@ -154,9 +175,9 @@ class Outbound:
         self._split(out)
         idx = len(out.output)
         out.output.append(item)  # its place; replaced by the finished item
-        host.send(host.ev.response_output_item_added(out.response_id, idx, item))
+        self._send(out, host.ev.response_output_item_added(out.response_id, idx, item))
         if out.response_id not in self._oob:
-            host.send(host.ev.conversation_item_added(item, None))
+            self._send(out, host.ev.conversation_item_added(item, None))
         return idx
 
     def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None:
@@ -164,10 +185,20 @@ class Outbound:
         out = self._outs.get(response_id)
         if out is not None and index is not None and index < len(out.output):
             out.output[index] = item
-            host.send(host.ev.response_output_item_done(out.response_id, index, item))
-            if out.response_id in self._oob:
-                return
+            self._send(out, host.ev.response_output_item_done(out.response_id, index, item))
+            if out.response_id not in self._oob:
+                self._send(out, host.ev.conversation_item_done(item, None))
+            return
         host.send(host.ev.conversation_item_done(item, None))
+
+    def send_in(self, response_id: str, event: dict[str, Any] | None) -> None:
+        """Send an event of one of a response's non-message items (an MCP call's): in its place
+        among the response's events (after the words before the item), or now."""
+        out = self._outs.get(response_id)
+        if out is None:
+            self._host.send(event)
+        else:
+            self._send(out, event)
 
     # ------------------------------------------------------------------ engine -> client
 
@@ -185,10 +216,9 @@ class Outbound:
         memory = host.session.memory
         item = memory.get(item_id)
         if host.cfg.input_transcription is not None or host.transcription_only:
-            for index, words in audio_transcripts(item, text):
-                if words:
-                    host.send(host.ev.input_audio_transcription_delta(item_id, index, words))
-                host.send(host.ev.input_audio_transcription_completed(item_id, index, words, audio_seconds=audio_s))
+            for event in transcription_events(host.ev, item_id, item, text, audio_s,
+                                              host.session.item_words.heard(item_id)):
+                host.send(event)
         if item is not None:
             host.send(host.ev.conversation_item_done(item_wire(item, host.flavor), memory.previous_id(item.id)))
 
@@ -218,25 +248,25 @@ class Outbound:
             case E.AgentResponseStarted(response_id=rid, item_id=item_id, modalities=modalities):
                 self._outs[rid] = _Out(rid, item_id, "audio" in modalities)
                 send(ev.response_created(self._response(rid, "in_progress", modalities)))
-            case E.AgentTextDelta(response_id=rid, delta=delta):
+            case E.AgentTextDelta(response_id=rid, item_id=item_id, delta=delta):
                 out = self._outs.get(rid)
                 if out is not None:
-                    self._open_message(out)
-                    out.text += delta
+                    msg = self._message(out, item_id)
+                    msg.text += delta
                     if out.audio:
-                        send(ev.output_audio_transcript_delta(out.response_id, out.item_id, out.index, 0, delta))
+                        self._say(out, msg, ev.output_audio_transcript_delta(rid, msg.item_id, msg.index, 0, delta))
                     else:
-                        send(ev.output_text_delta(out.response_id, out.item_id, out.index, 0, delta))
-            case E.AgentAudio(response_id=rid, frame=frame):
+                        self._say(out, msg, ev.output_text_delta(rid, msg.item_id, msg.index, 0, delta))
+            case E.AgentAudio(response_id=rid, item_id=item_id, frame=frame):
                 out = self._outs.get(rid)
                 if out is not None:
-                    self._open_message(out)
-                    out.samples, out.rate = out.samples + len(frame), frame.rate
+                    msg = self._message(out, item_id)
+                    msg.samples, out.rate = msg.samples + len(frame), frame.rate
                     if sink is not None:
-                        sink.play(out.response_id, out.item_id, frame)
+                        sink.play(rid, msg.item_id, frame)
                     else:
-                        send(ev.output_audio_delta(out.response_id, out.item_id, out.index, 0,
-                                                   host.cfg.output_format.encode(frame)))
+                        self._say(out, msg, ev.output_audio_delta(rid, msg.item_id, msg.index, 0,
+                                                                  host.cfg.output_format.encode(frame)))
             case E.AgentAudioDone(response_id=rid) if sink is not None:
                 sink.end(rid)
             case E.AgentFunctionCall():
@@ -251,9 +281,10 @@ class Outbound:
                 # item already done (the words before a tool item) is answered by its handler
                 out = self._outs.get(rid)
                 item = host.session.memory.get(item_id)
-                if out is not None and item_id in out.shown and item is not None and \
+                cut = out.msgs.get(item_id) if out is not None else None
+                if out is not None and cut is not None and item is not None and \
                         (reason != "client_truncated" or item.status == "in_progress"):
-                    send(ev.conversation_item_truncated(item_id, 0, heard_ms))
+                    self._say(out, cut, ev.conversation_item_truncated(item_id, 0, heard_ms))
             case E.AgentAudioCleared(response_ids=rids):
                 if sink is not None:
                     sink.clear(list(rids))
@@ -269,22 +300,23 @@ class Outbound:
 
     def _function_call(self, e: E.AgentFunctionCall) -> None:
         host = self._host
-        send, ev = host.send, host.ev
+        ev = host.ev
         out = self._outs.get(e.response_id)
         if out is None:
             return
         self._split(out)
         item = rt.function_call_item(e.call_item_id, e.call_id, e.name, e.arguments, host.flavor, status="in_progress")
         idx = len(out.output)
-        send(ev.response_output_item_added(out.response_id, idx, {**item, "arguments": ""}))
-        send(ev.conversation_item_added({**item, "arguments": ""}, None))
-        send(ev.function_call_arguments_delta(out.response_id, e.call_item_id, idx, e.call_id, e.arguments))
-        send(ev.function_call_arguments_done(out.response_id, e.call_item_id, idx, e.call_id, e.name, e.arguments))
         done = rt.function_call_item(e.call_item_id, e.call_id, e.name, e.arguments, host.flavor)
-        send(ev.response_output_item_done(out.response_id, idx, done))
-        send(ev.conversation_item_done(done, None))
         out.output.append(done)
-        out.index = len(out.output)
+        for event in (ev.response_output_item_added(out.response_id, idx, {**item, "arguments": ""}),
+                      ev.conversation_item_added({**item, "arguments": ""}, None),
+                      ev.function_call_arguments_delta(out.response_id, e.call_item_id, idx, e.call_id, e.arguments),
+                      ev.function_call_arguments_done(out.response_id, e.call_item_id, idx, e.call_id, e.name,
+                                                      e.arguments),
+                      ev.response_output_item_done(out.response_id, idx, done),
+                      ev.conversation_item_done(done, None)):
+            self._send(out, event)
 
     def _response_done(self, e: E.AgentResponseDone) -> None:
         host = self._host
@@ -293,8 +325,16 @@ class Outbound:
         out = self._outs.pop(e.response_id, None)
         if out is None:
             return
-        self._close_message(out, text=e.text if out.parts <= 1 else self._heard(out.item_id),
-                            status="incomplete" if e.interrupted else "completed")
+        ended: ItemStatus = "incomplete" if e.interrupted else "completed"
+        # message items whose words were still going out (the reply was cut first): they end now,
+        # as the conversation keeps them, and what waited for them goes
+        while out.closing is not None:
+            msg, out.closing = out.closing, None
+            self._close_message(out, msg, text=self._heard(msg.item_id), status=ended)
+            self._flush(out)
+        if out.cur is not None:
+            self._close_message(out, out.cur, text=e.text if len(out.msgs) <= 1 else self._heard(out.cur.item_id),
+                                status=ended)
         statuses: dict[str, ResponseStatus] = {"completed": "completed", "cancelled": "cancelled", "failed": "failed",
                                                "incomplete": "incomplete"}  # a realtime brain's reply cut short
         status = statuses.get(e.status, "completed")
@@ -321,57 +361,126 @@ class Outbound:
 
     def _split(self, out: _Out) -> None:
         """A tool item enters the response: the message item open so far ends, and the reply's
-        next words are a message item of their own (the engine's memory follows)."""
-        if not out.started:
+        next words are a message item of their own (the engine's memory follows). The words of
+        the one that ends may still be on their way (their audio synthesised or paced out): it
+        ends after them, and the tool item's events wait until then (`_Out`)."""
+        msg = out.cur
+        if msg is None:
             return
-        self._close_message(out)
+        out.cur = None
         out.next_id = new_id("item")
-        self._host.session.split_reply(out.response_id, out.next_id)
+        owed = self._host.session.split_reply(out.response_id, out.next_id, lambda: self._said(out, msg))
+        if not owed or msg.said:
+            self._close_message(out, msg)
+        elif out.closing is None:
+            out.closing = msg  # its words go straight out; every other event of the response waits
+        else:
+            msg.waiting = True  # after the one closing: its words wait their turn too
+            out.held.append(msg)
+
+    def _said(self, out: _Out, msg: _Msg) -> None:
+        """The engine: the words of message item `msg` (ended by a tool item) have all gone out."""
+        msg.said = True
+        if out.closing is not msg or self._outs.get(out.response_id) is not out:
+            return  # (its turn comes in `_flush`; or the response is over)
+        out.closing = None
+        self._close_message(out, msg)
+        self._flush(out)
+
+    def _flush(self, out: _Out) -> None:
+        """Send what waited for a closing message item, in order, up to the next one still closing."""
+        send = self._host.send
+        while out.held and out.closing is None:
+            x = out.held.popleft()
+            if not isinstance(x, _Msg):
+                send(x)
+                continue
+            x.waiting = False
+            for event in x.pending:
+                send(event)
+            x.pending.clear()
+            if x.said:
+                self._close_message(out, x)
+            else:
+                out.closing = x
+
+    def _send(self, out: _Out, event: dict[str, Any] | None) -> None:
+        """One of the response's events: now, or after the message item still closing (None: one
+        this dialect does not have)."""
+        if event is None:
+            return
+        if out.closing is not None:
+            out.held.append(event)
+        else:
+            self._host.send(event)
+
+    def _say(self, out: _Out, msg: _Msg, event: dict[str, Any] | None) -> None:
+        """A message item's words or audio: a closing item's go straight out (they come before
+        everything that waits for it)."""
+        if event is None:
+            return
+        if msg is out.closing:
+            self._host.send(event)
+        elif msg.waiting:
+            msg.pending.append(event)
+        else:
+            self._send(out, event)
 
     def _heard(self, item_id: str) -> str | None:
         """What the conversation keeps of a message item (what was heard of it), None: not in it."""
         item = self._host.session.memory.get(item_id)
         return item.text if item is not None else None
 
-    def _open_message(self, out: _Out) -> None:
-        if out.started:
-            return
+    def _message(self, out: _Out, item_id: str) -> _Msg:
+        """The message item that words or audio the engine put in `item_id` go in: that item while it
+        is still open (the words before a tool item), else the one open now, or a new one."""
+        msg = out.msgs.get(item_id)
+        if msg is not None and msg.open:
+            return msg
+        if out.cur is not None:
+            return out.cur
         host = self._host
-        out.started = True
-        out.parts += 1
-        if out.parts > 1:  # words after a tool item: a message item of their own
-            out.item_id, out.text, out.next_id = out.next_id or new_id("item"), "", None
-        out.index = len(out.output)
-        out.shown[out.item_id] = out.samples
-        part = "output_audio" if out.audio else "output_text"
-        item = rt.message_item(out.item_id, "assistant", [], host.flavor, status="in_progress")
-        host.send(host.ev.response_output_item_added(out.response_id, out.index, item))
+        # (a realtime brain's words keep its one item id: words after a tool item are a new item too)
+        new = out.item_id if not out.msgs else out.next_id or new_id("item")
+        out.next_id = None
+        msg = out.cur = out.msgs[new] = _Msg(new, len(out.output))
+        item = rt.message_item(new, "assistant", [], host.flavor, status="in_progress")
+        out.output.append(item)  # its place; replaced by the finished item
+        self._send(out, host.ev.response_output_item_added(out.response_id, msg.index, item))
         if out.response_id not in self._oob:
-            host.send(host.ev.conversation_item_added(item, host.session.memory.previous_id(out.item_id)))
-        host.send(host.ev.response_content_part_added(out.response_id, out.item_id, out.index, 0,
-                                                      rt.event_part("audio" if part == "output_audio" else "text")))
+            self._send(out, host.ev.conversation_item_added(item, host.session.memory.previous_id(new)))
+        self._send(out, host.ev.response_content_part_added(out.response_id, new, msg.index, 0,
+                                                           rt.event_part("audio" if out.audio else "text")))
+        return msg
 
-    def _close_message(self, out: _Out, *, text: str | None = None, status: ItemStatus = "completed") -> None:
-        if not out.started:
+    def _close_message(self, out: _Out, msg: _Msg, *, text: str | None = None,
+                       status: ItemStatus = "completed") -> None:
+        if not msg.open:
             return
         host = self._host
-        out.started = False
-        send, ev, text = host.send, host.ev, out.text if text is None else text
+        msg.open = False
+        if out.cur is msg:
+            out.cur = None
+        ev, text = host.ev, msg.text if text is None else text
+        rid, item_id, index = out.response_id, msg.item_id, msg.index
+        events: list[dict[str, Any] | None] = []
         if out.audio:
-            send(ev.output_audio_done(out.response_id, out.item_id, out.index, 0))
-            send(ev.output_audio_transcript_done(out.response_id, out.item_id, out.index, 0, text))
+            events += [ev.output_audio_done(rid, item_id, index, 0),
+                       ev.output_audio_transcript_done(rid, item_id, index, 0, text)]
             part = rt.event_part("audio", transcript=text)
             content = [rt.ContentPart("output_audio", transcript=text)]
         else:
-            send(ev.output_text_done(out.response_id, out.item_id, out.index, 0, text))
+            events.append(ev.output_text_done(rid, item_id, index, 0, text))
             part = rt.event_part("text", text=text)
             content = [rt.ContentPart("output_text", text=text)]
-        send(ev.response_content_part_done(out.response_id, out.item_id, out.index, 0, part))
-        item = rt.message_item(out.item_id, "assistant", content, host.flavor, status=status)
-        send(ev.response_output_item_done(out.response_id, out.index, item))
-        if out.response_id not in self._oob:
-            send(ev.conversation_item_done(item, host.session.memory.previous_id(out.item_id)))
-        out.output.append(item)
+        events.append(ev.response_content_part_done(rid, item_id, index, 0, part))
+        item = rt.message_item(item_id, "assistant", content, host.flavor, status=status)
+        events.append(ev.response_output_item_done(rid, index, item))
+        if rid not in self._oob:
+            events.append(ev.conversation_item_done(item, host.session.memory.previous_id(item_id)))
+        out.output[index] = item
+        for event in events:
+            self._say(out, msg, event)
 
     def _response(self, response_id: str, status: ResponseStatus, modalities: Any, *, details: dict | None = None,
                   output: list | None = None, usage: rt.Usage | None = None) -> dict[str, Any]:
