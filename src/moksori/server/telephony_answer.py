@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,6 +79,19 @@ def _texml_fields(hook: Webhook) -> dict[str, str]:
     return dict(hook.form)
 
 
+def _stream_xml(tel: Any, carrier: str, form: dict[str, str], id_field: str,
+                render: Callable[[str, dict[str, str]], str]) -> Response:
+    """An answer URL's reply: the carrier's XML opening a stream, its parameters the call's stream
+    token and numbers (clipped); 400 when the request names no call (`id_field`)."""
+    call_id = form.get(id_field, "")
+    if not call_id:
+        return PlainTextResponse(f"{id_field} is missing", 400)
+    params = {"token": tel.token(call_id, carrier), "from": _clip(form.get("From")), "to": _clip(form.get("To"))}
+    tel.warm()
+    return Response(render(tel.stream_url(carrier), {k: v for k, v in params.items() if v}),
+                    media_type="application/xml")
+
+
 def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
     seen = _SeenSignatures()
 
@@ -92,14 +106,7 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
                                              h.params if h.method == "POST" else [], method=h.method))
         if isinstance(hook, Response):
             return hook
-        form = dict(hook.params)
-        call_id = form.get("CallUUID", "")
-        if not call_id:
-            return PlainTextResponse("CallUUID is missing", 400)
-        headers = {"token": tel.token(call_id, "plivo"), "from": _clip(form.get("From")), "to": _clip(form.get("To"))}
-        tel.warm()
-        return Response(plivo_stream_xml(tel.stream_url("plivo"), {k: v for k, v in headers.items() if v}),
-                        media_type="application/xml")
+        return _stream_xml(tel, "plivo", dict(hook.params), "CallUUID", plivo_stream_xml)
 
     @app.api_route("/telephony/vonage/answer", methods=["GET", "POST"])
     async def vonage_answer(request: Request) -> Response:
@@ -151,11 +158,4 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
             base=tel.public_base() if tel.stream_url("telnyx") is not None else None, verify=verify)
         if isinstance(hook, Response):
             return hook
-        form = _texml_fields(hook)
-        call_id = form.get("CallSid", "")
-        if not call_id:
-            return PlainTextResponse("CallSid is missing", 400)
-        params = {"token": tel.token(call_id, "telnyx"), "from": _clip(form.get("From")), "to": _clip(form.get("To"))}
-        tel.warm()
-        return Response(telnyx_stream_texml(tel.stream_url("telnyx"), {k: v for k, v in params.items() if v}),
-                        media_type="application/xml")
+        return _stream_xml(tel, "telnyx", _texml_fields(hook), "CallSid", telnyx_stream_texml)

@@ -188,15 +188,23 @@ class UserWords:
         else:
             self.fail(item_id, *why)
 
+    def _take(self, item_id: str) -> tuple[int | None, asyncio.Event] | None:
+        """`item_id`'s words are settled now: its (turn id, done event), no longer pending; None:
+        they were already (or it never waited for words)."""
+        pending = self._pending.pop(item_id, None)
+        if pending is not None:
+            turn_id = pending[0]
+            if turn_id is not None and self._turn_item.get(turn_id) == item_id:
+                del self._turn_item[turn_id]
+        return pending
+
     def finish(self, item_id: str, text: str) -> None:
         """The words of `item_id` are known: fill in memory, publish `user.transcript` (once)."""
-        pending = self._pending.pop(item_id, None)
+        pending = self._take(item_id)
         if pending is None:
             return
         ctx = self._ctx
         turn_id, done = pending
-        if turn_id is not None and self._turn_item.get(turn_id) == item_id:
-            del self._turn_item[turn_id]
         lang = ctx.cfg.language if ctx.cfg.language != "auto" else language_of(text, ctx.last_language)
         item = ctx.memory.get(item_id)
         if item is not None and item.text != BLOCKED_TEXT:  # a turn the input guardrail removed stays removed
@@ -215,13 +223,11 @@ class UserWords:
     def fail(self, item_id: str, code: str, message: str) -> None:
         """No words can be had for `item_id`: its audio part stays without them (as the pipeline's
         live turn whose STT failed) and `user.transcription_failed` is published (once)."""
-        pending = self._pending.pop(item_id, None)
+        pending = self._take(item_id)
         if pending is None:
             return
         ctx = self._ctx
         turn_id, done = pending
-        if turn_id is not None and self._turn_item.get(turn_id) == item_id:
-            del self._turn_item[turn_id]
         self._forget(item_id)
         item = ctx.memory.get(item_id)
         if item is not None and item.text != BLOCKED_TEXT:  # a turn the input guardrail removed stays removed
