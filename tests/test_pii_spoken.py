@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 from realtime_speech import Client
-from scripted_llm_server import ScriptedLLM
-from servers import ServerProcess, ThreadedASGIServer, free_port
+import test_realtime_clients
+from servers import ServerProcess, free_port
 
 from moksori.guardrails import PIIRedactor
 from moksori.text.korean_numbers import normalize_korean
@@ -217,12 +217,7 @@ def test_long_texts_stay_cheap() -> None:
 K1 = "sk-pii-spoken-key"
 
 
-@pytest.fixture(scope="module")
-def scripted_llm():
-    llm = ScriptedLLM()
-    with ThreadedASGIServer(llm.app) as srv:
-        llm.url = srv.url + "/v1"
-        yield llm
+scripted_llm = test_realtime_clients.scripted_llm  # (a module fixture)
 
 
 @pytest.fixture(scope="module")

@@ -30,41 +30,15 @@ from realtime_speech import b64, speech_pcm
 from scripted_llm_server import SHORT_REPLY, ScriptedLLM
 from speech import requires_speech
 import test_realtime_clients
-from test_realtime_clients import BETA_ADAPTER, GA_ADAPTER, KEY, EventLog, moksori_serve
+import test_realtime_item_parts
+from test_realtime_clients import BETA_ADAPTER, GA_ADAPTER, KEY, EventLog
 
 pytestmark = [pytest.mark.models, requires_speech]
 
 data_dir, scripted_llm = test_realtime_clients.data_dir, test_realtime_clients.scripted_llm  # (module fixtures)
+server, deaf_server = test_realtime_item_parts.server, test_realtime_item_parts.deaf_server  # (a deaf one: its STT refused)
 
 UNHEARD = "input_audio_transcription_failed"
-
-
-def serve(data_dir, cwd, llm: ScriptedLLM, **env: str):
-    return moksori_serve(data_dir, cwd, MOKSORI_LLM_PROVIDER="openai", MOKSORI_LLM_BASE_URL=llm.url,
-                         MOKSORI_LLM_MODEL="scripted", MOKSORI_SERVER_SHED_LOOP_LAG_MS="5000", **env)
-
-
-@pytest.fixture(scope="module")
-def server(data_dir, tmp_path_factory, scripted_llm):
-    with serve(data_dir, tmp_path_factory.mktemp("serve"), scripted_llm) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def deaf_server(data_dir, tmp_path_factory, scripted_llm):
-    """Its STT is a remote one: another `moksori serve`'s `/v1/audio/transcriptions` (real
-    Whisper), stopped once this server has started (it warms its STT up at start): from then on
-    every transcription fails, the connection refused."""
-    stt = serve(data_dir, tmp_path_factory.mktemp("serve-stt"), scripted_llm).start()
-    try:
-        srv = serve(data_dir, tmp_path_factory.mktemp("serve-deaf"), scripted_llm, MOKSORI_STT_PROVIDER="openai",
-                    MOKSORI_STT_BASE_URL=f"{stt.url}/v1", MOKSORI_STT_API_KEY=KEY).start()
-    finally:
-        stt.stop()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @contextlib.asynccontextmanager
