@@ -44,7 +44,7 @@ class Stack:
         """Pay one-time costs (first inference allocations, prompt cache) before the first user."""
         import numpy as np
 
-        from moksori.providers.base import STTOptions, TTSOptions, one_chunk
+        from moksori.providers.base import STTOptions, one_chunk
 
         stream = self.vad.stream()
         stream(np.zeros(self.vad.caps.frame_samples, dtype=np.float32))
@@ -61,17 +61,35 @@ class Stack:
         if warm is not None and system_prompt:
             await warm(system_prompt)
         if not getattr(self.tts, "standin", False):
-            for lang in self.tts.caps.languages:
-                try:
-                    async for _ in self.tts.synthesize("Hi." if lang == "en" else "네.", TTSOptions(language=lang)):
-                        pass
-                except ProviderError as e:  # a remote TTS busy or away at start: its callers get the error later
-                    log.warning("TTS warm-up skipped (%s, %s): %s", upstream(self.tts), lang, e)
+            await warm_tts(self.tts)
 
     async def close(self) -> None:
         for p in (self.vad, self.turn, self.stt, self.llm, self.tts):
             if p is not None:
                 await p.close()
+
+
+async def warm_tts(tts: TTS) -> None:
+    """Speak a word in each of the TTS's languages (a language router: with each of its voices).
+
+    A local voice (one with its own `warm`: Piper, espeak-ng) that cannot speak stops start-up
+    with a ModelError naming it, as a model that cannot load does: otherwise the server would
+    start and every reply fail. A remote TTS busy or away at start is logged and skipped: its
+    callers get the error later, and it may be back by then."""
+    from moksori.providers.base import TTSOptions
+
+    voices: dict[str, TTS] = getattr(tts, "by_language", None) or dict.fromkeys(tts.caps.languages, tts)
+    for lang, voice in voices.items():
+        text, opts = ("Hi." if lang == "en" else "네."), TTSOptions(language=lang)
+        warm = getattr(voice, "warm", None)
+        if warm is not None:
+            await warm(text, opts)
+            continue
+        try:
+            async for _ in voice.synthesize(text, opts):
+                pass
+        except ProviderError as e:
+            log.warning("TTS warm-up skipped (%s, %s): %s", upstream(voice), lang, e)
 
 
 def build_stack(settings: Settings, *, step: Step | None = None, progress: Progress | None = None) -> Stack:

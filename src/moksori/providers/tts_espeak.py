@@ -13,6 +13,7 @@ from moksori.providers.base import TTS, TTSCaps, TTSOptions
 from moksori.providers.threads import ModelExecutor, run_blocking
 
 _BASE_WPM = 165
+_FAILED = "espeak-ng failed: "
 
 
 class EspeakTTS(TTS):
@@ -32,8 +33,8 @@ class EspeakTTS(TTS):
         proc = subprocess.run([self.binary, "-v", self.voice, "-s", str(int(_BASE_WPM * speed)), "--stdout"],
                               input=text.encode("utf-8"), capture_output=True, timeout=30, check=False)
         if proc.returncode != 0:
-            raise ProviderError(f"espeak-ng failed: {proc.stderr.decode(errors='replace')[:200]}",
-                                retryable=False, provider=self.name)
+            reason = " ".join(proc.stderr.decode(errors="replace").split())[:200] or f"exit status {proc.returncode}"
+            raise ProviderError(f"{_FAILED}{reason}", retryable=False, provider=self.name)
         return proc.stdout
 
     async def synthesize(self, text: str, opts: TTSOptions) -> AsyncIterator[Frame]:
@@ -51,3 +52,14 @@ class EspeakTTS(TTS):
             raise ProviderError(str(e), retryable=False, provider=self.name) from None
         self.caps = TTSCaps(sample_rate=frame.rate, languages=self.caps.languages, voices=self.caps.voices)
         yield frame
+
+    async def warm(self, text: str, opts: TTSOptions) -> None:
+        """Speak `text` once before the first caller. espeak-ng that runs but cannot speak (its
+        data missing or unreadable) is a ModelError naming the voice: start-up stops, as it does
+        when espeak-ng is not installed."""
+        try:
+            async for _ in self.synthesize(text, opts):
+                pass
+        except ProviderError as e:
+            raise ModelError(f"espeak-ng voice '{self.voice}' ({self.binary}) cannot speak: "
+                             f"{e.message.removeprefix(_FAILED)}") from e

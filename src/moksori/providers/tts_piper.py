@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moksori.audio.frames import Frame, float_to_pcm16
-from moksori.errors import ModelError, ProviderError
+from moksori.errors import ModelError, MoksoriError, ProviderError
 from moksori.providers import models
 from moksori.providers.base import TTS, TTSCaps, TTSOptions
 from moksori.providers.onnx import open_session, session_options
@@ -25,6 +25,7 @@ from moksori.providers.piper_stream import Leveller, StreamingVoice, split_voice
 from moksori.providers.threads import ModelExecutor, iterate_blocking
 
 log = logging.getLogger(__name__)
+_FAILED = "piper failed: "
 
 
 class PiperTTS(TTS):
@@ -46,7 +47,14 @@ class PiperTTS(TTS):
             raise ModelError(f"Piper voice config {cfg_path} is not valid JSON") from None
         if not self.path.is_file():
             raise ModelError(f"Piper voice file not found: {self.path}")
-        config = PiperConfig.from_dict(cfg)
+        try:
+            if not isinstance(cfg, dict):
+                raise TypeError(f"it holds a JSON {type(cfg).__name__}, not an object")
+            config = PiperConfig.from_dict(cfg)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:  # piper reads the dict as it finds it
+            reason = f"no {e} entry" if isinstance(e, KeyError) else str(e) or type(e).__name__
+            raise ModelError(f"Piper voice config {cfg_path} cannot be used: {reason}",
+                             hint="a Piper voice's .onnx.json comes with its .onnx") from None
         self.streaming: StreamingVoice | None = None
         if stream:
             graphs = split_voice(self.path)
@@ -103,5 +111,17 @@ class PiperTTS(TTS):
         try:
             async for frame in iterate_blocking(lambda stop: self._run(text, opts, stop), executor=self.executor):
                 yield frame
-        except (RuntimeError, ValueError) as e:
-            raise ProviderError(f"piper failed: {e}", retryable=False, provider=self.name) from e
+        except MoksoriError:
+            raise
+        except Exception as e:  # piper, its espeak-ng bridge and onnxruntime raise their own types
+            raise ProviderError(f"{_FAILED}{str(e) or type(e).__name__}", retryable=False, provider=self.name) from e
+
+    async def warm(self, text: str, opts: TTSOptions) -> None:
+        """Speak `text` once before the first caller. A voice that loads but cannot speak (its
+        config names an espeak-ng voice that does not exist, its .onnx is another model's graph)
+        is a ModelError naming the file: start-up stops, as it does for a voice that cannot load."""
+        try:
+            async for _ in self.synthesize(text, opts):
+                pass
+        except ProviderError as e:
+            raise ModelError(f"Piper voice {self.path} cannot speak: {e.message.removeprefix(_FAILED)}") from e
