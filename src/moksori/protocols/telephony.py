@@ -17,8 +17,10 @@ failed `decode` leaves the codec's state untouched, so a server may log it and k
 A `start` that cannot open the stream (an encoding or sample rate Moksori does not take, no call
 id, a missing field) raises it with `code == BAD_START`: no later message can make that stream
 work, so a server refuses it at once instead of waiting for another start.
-Harmless unknown or keep-alive messages become `Ignored`. Commands the caller got wrong (audio
-at the wrong sample rate) raise `ValueError`: they are bugs on our side, not the carrier's.
+Harmless unknown or keep-alive messages become `Ignored`. The strings in events are text any
+encoder takes: a lone surrogate (JSON's `\\ud800` escape) arrives as U+FFFD. Commands the
+caller got wrong (audio at the wrong sample rate) raise `ValueError`: they are bugs on our
+side, not the carrier's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from moksori.audio.frames import Frame
 from moksori.audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from moksori.errors import ProtocolError
+from moksori.text.unencodable import surrogates_replaced
 
 Encoding: TypeAlias = Literal["pcmu", "pcma", "l16"]
 ByteOrder: TypeAlias = Literal["little", "big"]
@@ -276,7 +279,9 @@ def parse_json_object(message: str | bytes, carrier: str) -> dict[str, Any]:
     if not isinstance(message, str):
         raise ProtocolError(f"{carrier}: expected a text or binary message, got {type(message).__name__}")
     try:
-        data = json.loads(message)
+        # a "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder takes (a token's
+        # check, the caller's number hashed, the call's record): U+FFFD instead, as for a client's JSON
+        data = surrogates_replaced(json.loads(message), message)
     except (ValueError, RecursionError):
         raise ProtocolError(f"{carrier}: message is not valid JSON") from None
     if not isinstance(data, dict):

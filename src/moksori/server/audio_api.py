@@ -203,6 +203,8 @@ def _decode_upload(data: bytes, name: str, max_seconds: float) -> np.ndarray:
                 frame = load_audio(fh.name, rate=16000, max_seconds=max_seconds)
             except AudioFormatError as e:  # name the client's file, not our temporary path
                 raise type(e)(str(e).replace(fh.name, name)) from None
+    if len(frame) == 0:  # a WAV header with no whole sample frame after it (PyAV refuses the others)
+        raise AudioFormatError(f"{name} contains no audio samples")
     return resample(frame, 16000).to_float()
 
 

@@ -7,6 +7,10 @@ Items are messages, as the `openai` SDK sends them (`EasyInputMessage`, `Message
 session's recorder keeps too): audio, images, files and refusals are refused, and so are the
 other item types. An item's `id` is accepted and not used: the server names its items.
 
+Text no database holds is stored cleaned (NULs dropped, lone surrogates as U+FFFD), so a message
+that is nothing but NULs holds no text, and a metadata key holding either is refused (two keys
+would be stored as one).
+
 Metadata is OpenAI's (at most 16 pairs, keys up to 64 characters, values up to 512), and two
 keys are Moksori's own, as the API shows them: `user` (the user id whose history the conversation
 is part of, as `?user=` / `X-Moksori-User` give it to a session) and `channel` (set by the server:
@@ -21,6 +25,7 @@ from typing import Any, Literal, NoReturn
 
 from moksori.protocols.realtime._checks import as_choice, as_dict, as_list, as_str, fail
 from moksori.store import NewMessage, valid_user_id
+from moksori.text.unencodable import encodable, encodable_text
 
 __all__ = ["NewConversation", "MetadataUpdate", "parse_body", "new_conversation", "new_items", "metadata_update",
            "MAX_ITEMS", "MAX_METADATA"]
@@ -88,6 +93,8 @@ def _metadata(value: Any) -> tuple[dict[str, str], str | None, str | None]:
     own: dict[str, str] = {}
     for k, v in obj.items():
         key = as_str(k, "metadata", nonempty=True, max_len=MAX_KEY)
+        if not encodable(key):  # stored cleaned, "a\x00" and "a" would be one key: a pair lost
+            fail("metadata keys may not hold a NUL or an unpaired UTF-16 surrogate", "metadata")
         own[key] = as_str(v, f"metadata.{key}", max_len=MAX_VALUE)
     user = own.pop("user", None)
     if user is not None and not valid_user_id(user):
@@ -142,7 +149,7 @@ def _message(raw: Any, param: str) -> NewMessage:
     if "content" not in obj:
         _missing(f"{param}.content")
     text = _text(obj["content"], role, f"{param}.content")
-    if not text.strip():
+    if not encodable_text(text).strip():  # what the store keeps: NULs dropped
         fail(f"{param}.content holds no text", f"{param}.content", "empty_text")
     if obj.get("id") is not None:
         as_str(obj["id"], f"{param}.id")

@@ -30,8 +30,9 @@ def valid_user_id(user: str) -> bool:
 def phone_user_id(number: str, secret: bytes) -> str:
     """A caller's number as a user id: `tel:` + HMAC-SHA256 of the digits (never the number itself).
 
-    Formatting is ignored (`+82 10-1234-5678` and `+821012345678` are the same caller)."""
-    digits = re.sub(r"[^\d+]", "", number)
+    Formatting is ignored (`+82 10-1234-5678` and `+821012345678` are the same caller), and so is
+    the script of the digits (fullwidth `１` or Arabic-Indic `١` is the same caller as `1`)."""
+    digits = "".join(ch if ch == "+" else str(int(ch)) for ch in re.findall(r"[\d+]", number))
     digest = hmac.new(secret, digits.encode("ascii"), hashlib.sha256).hexdigest()[:32]
     return f"tel:{digest}"
 

@@ -123,8 +123,10 @@ class WebRTC:
                 ttl = parse_expires_after(body.get("expires_after"))
         except ValueError as e:
             return error(400, str(e), "invalid_value", param="expires_after")
-        session = body.get("session") or {}
-        if not isinstance(session, dict):
+        session = body.get("session")
+        if session is None:
+            session = {}
+        if not isinstance(session, dict):  # `[]`, `""`, `0`, `false` too: none of them is "no session"
             return error(400, "session must be an object", "invalid_type", param="session")
         kind = session.get("type", "realtime")
         if kind not in ("realtime", "transcription"):
