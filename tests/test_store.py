@@ -450,3 +450,25 @@ async def test_a_replys_progress_is_one_item_that_its_end_replaces(url) -> None:
     assert (a1[0].status, a1[0].text, a1[0].spoken_text, a1[0].interrupted) == (
         "incomplete", "Once upon a time there was a fox.", "Once upon a time there was", True)
     await store.close()
+
+
+def test_a_number_without_decimal_digits_is_an_anonymous_caller() -> None:
+    """Superscript digits are digits to `str.isdigit` but not to `\\d`: a number made only of them
+    hashed to `tel:` + HMAC of nothing, one user id for every such caller. It is anonymous."""
+    from types import SimpleNamespace
+
+    from pydantic import SecretStr
+
+    from moksori.server.recording_hooks import phone_who
+
+    class HashingStore:
+        def phone_user_id(self, number: str) -> str:
+            return phone_user_id(number, b"s")
+
+    state = SimpleNamespace(store=HashingStore(), keys=[],
+                            settings=SimpleNamespace(telephony=SimpleNamespace(owner_key=SecretStr(""))))
+    assert phone_who(state, "+\u00b9\u00b2\u00b3", "twilio").user is None
+    assert phone_who(state, "anonymous", "twilio").user is None
+    assert phone_who(state, "+1 555 0100", "twilio").user == phone_user_id("+15550100", b"s")
+    assert phone_who(state, "+\uff11\uff15\uff15\uff15\uff10\uff11\uff10\uff10", "twilio").user == \
+        phone_user_id("+15550100", b"s")

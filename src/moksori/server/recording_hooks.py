@@ -102,8 +102,9 @@ def phone_tenant(state: Any) -> str:
 def phone_who(state: Any, from_number: str | None, carrier: str) -> Who:
     """A phone call: its caller's number, hashed (`tel:` + HMAC), is the user."""
     store = recording_store(state)
+    # decimal digits, as the hash reads them (a superscript "²" is a digit to isdigit(), not to \d)
     user = store.phone_user_id(from_number) if store is not None and from_number and \
-        any(ch.isdigit() for ch in from_number) else None
+        any(ch.isdecimal() for ch in from_number) else None
     return Who(phone_tenant(state), user, "phone", metadata={"carrier": carrier})
 
 
