@@ -56,7 +56,12 @@ def words_of(text: str) -> list[tuple[str, str]]:
     ("Oh one oh, double five, triple two.", [("01055222", "Oh one oh, double five, triple two")]),
     ("four one five, five five five, twenty-six seventy one", [("4155552671", "four one five, five five five, "
                                                                 "twenty-six seventy one")]),
-    ("eight hundred five five five", [("8", "eight"), ("555", "five five five")]),  # no hundreds
+    ("eight hundred five five five", [("800555", "eight hundred five five five")]),  # X hundred: X00
+    ("five hundred fifty five, two three four", [("555234", "five hundred fifty five, two three four")]),
+    ("five hundred five", [("5005", "five hundred five")]),  # a unit after hundred is the next digit
+    ("a hundred people, twenty five hundred", [("25", "twenty five")]),  # only one .. nine hundred
+    ("plus eight two one oh one two three four five six seven eight",
+     [("821012345678", "eight two one oh one two three four five six seven eight")]),
     ("사이에 오이 이사 삼삼오오 공이 일이삼", [("02123", "공이 일이삼")]),  # words, and an area code
     ("FOUR ONE ONE dash ONE", [("4111", "FOUR ONE ONE dash ONE")]),
     ("I won one, too", [("1", "one")]),
@@ -76,6 +81,29 @@ def test_each_digit_maps_to_the_characters_it_was_read_from() -> None:
     assert [text[s:e] for s, e in run.spans] == ["공", "일", "공"] + ["천이백삼십사"] * 4 + ["double five"] * 2
     assert [t.group_start for t in run.tokens] == [True, False, False, True, True]  # pauses: a space, a comma
     assert run.spoken_digits == 9
+
+
+@pytest.mark.parametrize("text,sign", [
+    ("call plus eight two one oh", "plus"),
+    ("Plus one five five five", "Plus"),
+    ("+ eight two one oh", "+"),
+    ("+82 일공 일이삼사", "+"),
+    ("플러스 팔이 일공 일이삼사", "플러스"),
+    ("국가번호 팔이, 일공 일이삼사", ""),  # a label: the number starts at its first digit
+    ("two plus two", "plus"),
+])
+def test_a_plus_sign_said_before_a_run_marks_where_its_international_form_starts(text: str, sign: str) -> None:
+    *_, run = spoken_digit_runs(text)
+    assert run.intl_start is not None
+    assert text[run.intl_start:run.start].strip() == sign
+
+
+def test_two_syllable_korean_groups_count_only_in_a_country_code_and_the_group_after_it() -> None:
+    assert words_of("플러스 팔이 일공 일이삼사 오육칠팔") == [("821012345678", "팔이 일공 일이삼사 오육칠팔")]
+    assert words_of("국가번호는 팔이 이 일이삼 사오육칠") == [("8221234567", "팔이 이 일이삼 사오육칠")]
+    assert words_of("플러스 오이 사이 이사") == [("5242", "오이 사이")]  # then 이사 is a word again
+    assert words_of("오이 사이 일공") == []
+    assert [r.intl_start for r in spoken_digit_runs("one oh one, 일공 일이삼")] == [None, None]
 
 
 def test_english_words_spaced_one_by_one_are_no_groups_korean_groups_are() -> None:
@@ -105,6 +133,24 @@ REDACTED = [
     ("My number is four one five, five five five, twenty-six seventy-one.", "My number is [PHONE].", ["phone"]),
     ("it's four one five double five five two six seven one", "it's [PHONE]", ["phone"]),
     ("Call five five five, two three four, five six seven eight now.", "Call [PHONE] now.", ["phone"]),
+    # "hundred" in a digit group: "X hundred" is X00, "X hundred fifty five" X55
+    ("my number is five hundred fifty five, two three four, five six seven eight",
+     "my number is [PHONE]", ["phone"]),
+    ("call one eight hundred five five five, one two three four now", "call [PHONE] now", ["phone"]),
+    # international numbers: the spoken (or written) plus sign is masked with the digits
+    ("call me at plus eight two one oh one two three four five six seven eight", "call me at [PHONE]", ["phone"]),
+    ("Plus one five five five, one two three, four five six seven.", "[PHONE].", ["phone"]),
+    ("it's plus eighty-two ten, twelve thirty-four, fifty-six seventy-eight", "it's [PHONE]", ["phone"]),
+    ("plus four four, seven nine one one, one two three four five six", "[PHONE]", ["phone"]),
+    ("plus forty-four, seven nine one one, one two three four five six", "[PHONE]", ["phone"]),
+    ("+1 five five five one two three four five six seven", "[PHONE]", ["phone"]),
+    ("+ eight two, one oh, one two three four, five six seven eight", "[PHONE]", ["phone"]),
+    ("+82 일공 일이삼사 오육칠팔이에요", "[PHONE]이에요", ["phone"]),
+    ("플러스 팔이 일공 일이삼사 오육칠팔로 연락 주세요", "[PHONE]로 연락 주세요", ["phone"]),
+    ("국가번호 팔이, 일공 일이삼사 오육칠팔이에요", "국가번호 [PHONE]이에요", ["phone"]),
+    ("플러스 팔이 이 일이삼 사오육칠로요", "[PHONE]로요", ["phone"]),  # (before 이요, 사오육칠이 is 8 digits too)
+    ("플러스 팔이 일공 일이삼사 오육칠팔이요", "[PHONE]이요", ["phone"]),  # +82: a Korean number's length
+    ("plus eight two oh one oh, one two three four, five six seven eight", "[PHONE]", ["phone"]),
     # cards (Luhn), English and Korean
     ("my card is four one one one, one one one one, one one one one, one one one one.", "my card is [CARD].", ["card"]),
     ("Card number: four one one one one one one one one one one one one one one one", "Card number: [CARD]", ["card"]),
@@ -158,6 +204,21 @@ KEPT = [
     "Someone said everyone was done at nine.",
     "In nineteen ninety nine we sold twenty twenty four units.",
     "The score was five five, then six four, seven five, six two.",
+    # "plus" and "hundred" in arithmetic, amounts and idioms
+    "Two plus two is four.",
+    "A hundred people came.",
+    "Plus one for the idea.",
+    "Five hundred people came, two hundred left, one hundred stayed.",
+    "One plus two plus three plus four plus five plus six is twenty-one.",
+    "Prices: two hundred fifty, three hundred, four hundred ninety nine, five hundred, six hundred.",
+    "It's nine hundred ninety nine, plus two hundred twelve, plus eleven.",
+    "Plus twenty, plus thirty, plus forty-five, plus ninety.",
+    "Add plus twenty twenty-four, twenty twenty-five, twenty twenty-six.",  # pairs after a plus: +82 / +1 only
+    "The total was plus nine eight seven, six five four, three two one.",  # counting down
+    "It was two plus three, four plus five, six plus seven, eight plus nine.",
+    "Nineteen hundred, two thousand five hundred, and twenty five hundred.",
+    "이 더하기 이는 사, 플러스 일 점 받았어요.",
+    "플러스 알파로 오 분 더 드릴게요. 국가번호가 뭐예요?",
     # times and years said as pairs (both pass the Luhn check): cards are read digit by digit
     "Trains at nine thirty, ten fifteen, eleven forty-five, twelve twenty, one oh nine.",
     "The years: nineteen eighty-four, twenty twelve, twenty twenty-one, twenty forty-nine.",

@@ -16,7 +16,11 @@ checked for the three digit kinds with the same checks, once at least four digit
 words: Luhn for 13-19 digit cards and a 6+7 resident number with a valid date (the check digit
 unless the speaker paused after the sixth digit), both read digit by digit; a phone number shaped
 like a Korean mobile or landline number (9-12 digits from 0) or, read in English, a North
-American one ([1] NXX NXX XXXX), where pairs and groups count too ("twenty-six", "천이백삼십사").
+American one ([1] NXX NXX XXXX), where pairs and groups count too ("twenty-six", "천이백삼십사",
+"five hundred fifty five"); after a plus sign ("plus eight two one oh ...", "+ eight two ...",
+"플러스 팔이 일공 ...", "국가번호 팔이 ..."), a country code and number from the sign on, masked
+with the sign: +82 shaped like a Korean number, +1 like a North American one, any other code with
+9-15 digits in all (E.164) when the number after the code is read digit by digit.
 A number is the whole run or goes from pause to pause (comma, hyphen, 에, a space between Korean
 groups), never a part of a group cut out to pass a check; a run's numbers are the ones covering
 most of it. What is masked is the words' span in the text, a particle after it stays. Counting
@@ -29,7 +33,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from moksori.text.spoken_digits import DigitToken, spoken_digit_runs
+from moksori.text.spoken_digits import DigitRun, spoken_digit_runs
 
 KINDS = ("phone", "email", "card", "rrn")
 LABELS = {"phone": "[PHONE]", "email": "[EMAIL]", "card": "[CARD]", "rrn": "[RRN]"}
@@ -97,13 +101,29 @@ _SPOKEN_PHONES = [
     re.compile(r"0(?:2|[3-6][1-5]|70|50\d)\d{7,8}"),  # Korean landline / VoIP with its area code
     re.compile(r"1?[2-9]\d\d[2-9]\d{6}"),  # North American, NXX NXX XXXX (not read in Korean)
 ]
+_SPOKEN_INTL_PHONE = re.compile(r"[1-9]\d{8,14}")  # after a plus sign: a country code and number
+
+
+def _intl_phone(digits: str, by_digit: bool) -> bool:
+    """Whether digits said after a plus sign are a phone number: +82 shaped like a Korean number
+    (its leading 0 said or not), +1 like a North American one, any other with 9-15 digits in all
+    (E.164) when said digit by digit after the country code ("plus twenty twenty-four, twenty
+    twenty-five, ..." is years)."""
+    if digits.startswith("82"):
+        national = digits[2:] if digits[2:3] == "0" else "0" + digits[2:]
+        return any(rx.fullmatch(national) for rx in _SPOKEN_PHONES[:2])
+    if digits[0] == "1" and _SPOKEN_PHONES[2].fullmatch(digits):
+        return True
+    return by_digit and _SPOKEN_INTL_PHONE.fullmatch(digits) is not None
 
 
 class _SpokenRun:
     """One run's digits with its tokens' offsets, to check many windows of it cheaply."""
 
-    def __init__(self, tokens: tuple[DigitToken, ...], kinds: list[str]) -> None:
-        self.tokens, self.kinds = tokens, kinds
+    def __init__(self, run: DigitRun, kinds: list[str]) -> None:
+        self.tokens, self.kinds = run.tokens, kinds
+        tokens = run.tokens
+        self.intl_start = run.intl_start  # a number from the first token on starts here
         self.digits = "".join(t.digits for t in tokens)
         self.at = [0]  # digit offset of each token, and the end
         self.words = [0]  # digits said as words before each token
@@ -141,6 +161,9 @@ class _SpokenRun:
         if digits.count(digits[0]) == len(digits) or self._counting(i, j):
             return None
         by_digit = self.wholes[j] == self.wholes[i]  # cards and resident numbers are read digit by digit
+        if (i == 0 and self.intl_start is not None and "phone" in self.kinds
+                and _intl_phone(digits, self.wholes[j] == self.wholes[i + 1])):
+            return "phone"  # after a plus sign: before a card or resident number's checks
         for kind in self.kinds:
             if kind == "rrn" and by_digit and len(digits) == 13 and digits[6] in "12345678":
                 paused = any(self.at[k] - self.at[i] == 6 and self.pauses[k] for k in range(i, j))
@@ -192,14 +215,21 @@ class _SpokenRun:
                 if length < _SPOKEN_MIN_DIGITS or not self.ends(j):
                     continue
                 kind = self.kind(i, j)
-                if kind is not None and free(self.tokens[i].start, self.tokens[j - 1].end):
+                if kind is not None and free(self.start(i, kind), self.tokens[j - 1].end):
                     offer(j, (here[0] + length, here[1] - 1), (i, kind))
         at = n
         while at > 0:
             i, kind = how[at]
             if kind is not None:
-                found.append(Finding(kind, self.tokens[i].start, self.tokens[at - 1].end))
+                found.append(Finding(kind, self.start(i, kind), self.tokens[at - 1].end))
             at = i
+
+    def start(self, i: int, kind: str) -> int:
+        """Where a number of `kind` from tokens[i] starts in the text: a phone number from the
+        first token on with the plus sign said before it."""
+        if i == 0 and kind == "phone" and self.intl_start is not None:
+            return self.intl_start
+        return self.tokens[i].start
 
 
 @dataclass(frozen=True)
@@ -251,7 +281,7 @@ class PIIRedactor:
         if spoken:
             for run in spoken_digit_runs(text):
                 if len(run.digits) >= _SPOKEN_MIN_DIGITS and run.spoken_digits >= _SPOKEN_MIN_WORDS:
-                    _SpokenRun(run.tokens, spoken).find(free, found)
+                    _SpokenRun(run, spoken).find(free, found)
         return sorted(found, key=lambda f: f.start)
 
     def redact(self, text: str) -> tuple[str, list[str]]:

@@ -6,16 +6,23 @@ card's Luhn sum, a phone number's shape) and act on the words' span in the origi
 
 * English: zero / oh / o, one .. nine; "double X" / "triple X"; ten .. nineteen and twenty ..
   ninety with an optional unit ("twenty-six", "twenty six" -> 26), read as the pairs people
-  say in phone numbers. Whole words only, any case.
+  say in phone numbers; "X hundred" (one .. nine) as the group X00, or with a pair or teen after
+  it as X and the pair ("five hundred fifty five" -> 555; "five hundred five" is 500 then 5, as
+  "one eight hundred five five five" is 1 800 555). Whole words only, any case.
 * Korean: the Sino-Korean digit syllables 공/영 일 이 삼 사 오 육 칠 팔 구 read one by one,
   glued ("공일공") or spaced, in groups of 1, 3 or more (of 2 only from 0: the area code 공이;
-  "오이", "사이", "이사" are words, as are "삼삼오오", "육이오", "일일이"); a 3-4 digit group read
+  "오이", "사이", "이사" are words, as are "삼삼오오", "육이오", "일일이"; after a plus sign also in
+  the first four digits: "플러스 팔이 일공 ..." is +82 10 ...); a 3-4 digit group read
   positionally with 백/천 in three syllables or more ("천이백삼십사" -> 1234; "이백", "천" are amounts).
   A Hangul word counts only if it is made of digit syllables alone, or of digit syllables and
   a particle from a fixed list ("오육칠팔이에요": 5678 + 이에요; a particle starting with 이 only
   after a syllable ending in a consonant, so "팔이에요" is 8 and "이예요" is 2). "일이삼사에 오육칠팔"
   reads 에 as a pause between groups; any other particle ends the run.
 * Digits written as digits join a run ("010 일이삼사 오육칠팔").
+* A plus sign before a run, said ("plus", "플러스") or written ("+"), or the label 국가번호
+  (country code), marks the run as a number in international form: `DigitRun.intl_start` is where
+  that form starts (the sign, or for the label the first digit), else None. The sign is no digit
+  and no part of the run's own span: "two plus two" is the runs "2" and "2", the second marked.
 * Between two digits of a run: spaces, one comma, full stop, hyphen or slash, or the words
   dash / hyphen / 다시.
 
@@ -56,6 +63,8 @@ _ONE_NINE = "one|two|three|four|five|six|seven|eight|nine"
 _TOKEN = re.compile(
     r"(?P<en>(?<![A-Za-z'’])(?:"
     rf"(?P<mult>double|triple)\s+(?P<mu>{_EN_WORDS})"
+    rf"|(?P<hund>{_ONE_NINE})\s+hundred(?:\s+(?:(?P<htens>{'|'.join(_EN_TENS)})(?:[\s-](?P<htu>{_ONE_NINE}))?"
+    rf"|(?P<hteen>{'|'.join(_EN_TEENS)})))?"
     rf"|(?P<tens>{'|'.join(_EN_TENS)})(?:[\s-](?P<tu>{_ONE_NINE}))?"
     rf"|(?P<teen>{'|'.join(_EN_TEENS)})"
     rf"|(?P<unit>{_EN_WORDS})"
@@ -65,6 +74,11 @@ _TOKEN = re.compile(
     re.IGNORECASE,
 )
 _GAP = re.compile(r"\s*(?:[,.\-–—/]\s*|(?:dash|hyphen|다시)\s+)?", re.IGNORECASE)
+# a plus sign said or written just before a run's first digit, or the label "country code"
+_INTL = re.compile(r"(?:(?P<sign>(?<![A-Za-z'’])plus|\+|(?<![가-힣])플러스)|(?<![가-힣])국가\s?번호(?:는|가)?)\s*$",
+                   re.IGNORECASE)
+_INTL_LOOKBACK = 16  # characters before a run searched for the sign
+_INTL_PAIRS = 4  # after a sign, 2-syllable Korean groups count while the run has fewer digits: 팔이 일공
 _KO_POSITIONAL = re.compile(r"(?:([일이삼사오육칠팔구])?천)?(?:([일이삼사오육칠팔구])?백)?"
                             r"(?:([일이삼사오육칠팔구])?십)?([일이삼사오육칠팔구])?")
 
@@ -87,6 +101,7 @@ class DigitRun:
     """Digits in a row, each token with its characters in the text."""
 
     tokens: tuple[DigitToken, ...]
+    intl_start: int | None = None  # after a plus sign: where the international form starts
 
     @property
     def digits(self) -> str:
@@ -115,24 +130,32 @@ def spoken_digit_runs(text: str) -> list[DigitRun]:
     runs: list[DigitRun] = []
     current: list[DigitToken] = []
     last_end, last_grouped, last_e = 0, False, False
+    intl: int | None = None  # the current run's intl_start
 
     def close() -> None:
         if any(t.spoken for t in current):
-            runs.append(DigitRun(tuple(current)))
+            runs.append(DigitRun(tuple(current), intl))
         current.clear()
 
     for m in _TOKEN.finditer(text):
-        tokens, grouped, e_after = _read(m)
-        if not tokens:  # a Hangul word that is not a number
-            close()
-            continue
         gap = text[last_end:m.start()]
         after_e = last_e and gap.startswith(_KO_CONTINUES) and gap[1:2].isspace()
         if after_e:
             gap = gap[1:]
         joined = bool(current) and _GAP.fullmatch(gap) is not None
+        sign = None if joined else _INTL.search(text, max(last_end, m.start() - _INTL_LOOKBACK), m.start())
+        if joined:
+            pairs = intl is not None and sum(len(t.digits) for t in current) < _INTL_PAIRS
+        else:
+            pairs = sign is not None
+        tokens, grouped, e_after = _read(m, pairs)
+        if not tokens:  # a Hangul word that is not a number
+            close()
+            intl = None
+            continue
         if not joined:
             close()
+            intl = None if sign is None else sign.start() if sign.group("sign") else m.start()
         pause = not joined or after_e or _is_pause(gap, last_grouped or grouped)
         current.append(replace(tokens[0], group_start=pause))
         current.extend(tokens[1:])
@@ -149,16 +172,26 @@ def _is_pause(gap: str, spaced_groups: bool) -> bool:
     return spaced_groups and gap != ""
 
 
-def _read(m: re.Match[str]) -> tuple[list[DigitToken], bool, bool]:
+def _read(m: re.Match[str], pairs: bool = False) -> tuple[list[DigitToken], bool, bool]:
     """The tokens of one match; whether it is a group (Korean word, written digits) rather than
-    one English word; whether a Korean word ends in the pause particle 에."""
+    one English word; whether a Korean word ends in the pause particle 에. `pairs`: a Korean word
+    of two digit syllables is a group (in a country code and the group after it)."""
     start, end = m.start(), m.end()
     if m.group("num") is not None:
         return [DigitToken(m.group("num"), start, end, False, False)], True, False
     if m.group("ko") is not None:
-        return _read_korean(m.group("ko"), start)
+        return _read_korean(m.group("ko"), start, pairs)
     whole = True
-    if m.group("mult") is not None:
+    if m.group("hund") is not None:
+        tail = m.group("htens") or m.group("hteen")
+        if tail is None:
+            rest = "00"
+        elif m.group("hteen") is not None:
+            rest = _EN_TEENS[tail.lower()]
+        else:
+            rest = _EN_TENS[tail.lower()] + (_EN_UNITS[m.group("htu").lower()] if m.group("htu") else "0")
+        digits = _EN_UNITS[m.group("hund").lower()] + rest
+    elif m.group("mult") is not None:
         times = 2 if m.group("mult").lower() == "double" else 3
         digits, whole = _EN_UNITS[m.group("mu").lower()] * times, False
     elif m.group("tens") is not None:
@@ -171,7 +204,7 @@ def _read(m: re.Match[str]) -> tuple[list[DigitToken], bool, bool]:
     return [DigitToken(digits, start, end, True, False, whole)], False, False
 
 
-def _read_korean(word: str, start: int) -> tuple[list[DigitToken], bool, bool]:
+def _read_korean(word: str, start: int, pairs: bool = False) -> tuple[list[DigitToken], bool, bool]:
     """A Hangul word of digit syllables, maybe with a particle: one token per syllable (one for
     a positional group); no tokens if the word is not a number."""
     prefix = 0
@@ -183,15 +216,15 @@ def _read_korean(word: str, start: int) -> tuple[list[DigitToken], bool, bool]:
             continue
         if rest[:1] == "이" and word[cut - 1] in _KO_VOWEL_FINAL:
             continue  # after a vowel 이 is the digit 2, not a particle ("이예요", never "이이에요")
-        tokens = _korean_tokens(word[:cut], start)
+        tokens = _korean_tokens(word[:cut], start, pairs)
         if tokens is not None:
             return tokens, True, rest == _KO_CONTINUES
     return [], True, False
 
 
-def _korean_tokens(body: str, start: int) -> list[DigitToken] | None:
+def _korean_tokens(body: str, start: int, pairs: bool = False) -> list[DigitToken] | None:
     if not any(c in _KO_UNITS for c in body):
-        if body in _KO_WORDS or (len(body) == 2 and body[0] not in "공영"):
+        if body in _KO_WORDS or (len(body) == 2 and body[0] not in "공영" and not pairs):
             return None
         return [DigitToken(_KO_DIGITS[c], start + i, start + i + 1, True, False, korean=True)
                 for i, c in enumerate(body)]
