@@ -162,7 +162,9 @@ def test_the_words_before_the_tool_item_keep_their_audio(request, server, script
         assert len(one) / 2 / RATE > 1.0 and len(two) / 2 / RATE > 1.0, (len(one), len(two))
         heard_one = await heard_words(served.port, one)
         assert close_to(heard_one, words(PREFACE)), heard_one
-        assert heard_one.count("check") == 1 and heard_one.count("weather") == 1, heard_one
+        # none said twice; all said is `close_to`'s, which lets Whisper mishear one word: Piper's
+        # audio differs run to run, and "weather" is heard as "water" about once in 25 syntheses
+        assert heard_one.count("check") <= 1 and heard_one.count("weather") <= 1, heard_one
         heard_two = await heard_words(served.port, two)
         assert heard_two[:3] == ["the", "tool", "says"] and heard_two.count("tool") == 1, heard_two
         assert "sunny" in heard_two and "degrees" in heard_two, heard_two

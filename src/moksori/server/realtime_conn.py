@@ -193,6 +193,10 @@ class RealtimeConnection:
         """An event of one of a response's items (an MCP call's), in its place among the response's."""
         self._outbound.send_in(response_id, event)
 
+    def when_sent(self, response_id: str, fn: Callable[[], None]) -> None:
+        """Call `fn()` once the response's events so far have gone out (an approval request's)."""
+        self._outbound.when_sent(response_id, fn)
+
     def tools_changed(self) -> None:
         """An MCP server's tools joined or left the session's box (the realtime brain offers
         them to its upstream)."""

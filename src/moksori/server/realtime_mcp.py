@@ -23,7 +23,11 @@ tools are offered to the upstream as function tools (`host.tools_changed()` afte
 or drop; a response's own servers through the reply's tools): the brain's reply runs the
 upstream's call through the same handler and sends the output back up. Their handler speaks the
 Realtime protocol around the call: an `mcp_approval_request` item and a wait for the client's
-answer when `require_approval` says so, then the `mcp_call` item and its events.
+answer when `require_approval` says so, then the `mcp_call` item and its events. The call is
+parsed as soon as the LLM has written it, often while the words before it are still being
+synthesised or paced out; the request goes out after their last audio (`host.when_sent`), and
+`realtime_mcp_approval_timeout_s` counts from then: the client cannot answer a request it has
+not been shown.
 
 Only `server_url`s under an entry of `tools.realtime_mcp_allow` are reached (see
 `moksori.tools.allowlist`); any other is reported as `mcp_list_tools.failed` without a
@@ -59,6 +63,9 @@ log = logging.getLogger("moksori.realtime.mcp")
 LIST_TIMEOUT_S = 10.0
 MAX_KEPT_ITEMS = 256
 MAX_SERVERS = 8  # MCP servers per session: each is a connection this server holds open
+# an approval request waits behind the words before its call (their audio still going out) at
+# most this long; never shown by then, the call does not run
+SHOW_TIMEOUT_S = 300.0
 
 
 class MCPHost(Protocol):
@@ -77,6 +84,9 @@ class MCPHost(Protocol):
     def output_item_done(self, response_id: str, index: int | None, item: dict[str, Any]) -> None: ...
     def send_in(self, response_id: str, event: dict[str, Any] | None) -> None:
         """Send an event of one of the response's items, in its place among the response's events."""
+        ...
+    def when_sent(self, response_id: str, fn: Callable[[], None]) -> None:
+        """Call `fn()` once the response's events so far have gone out to the client."""
         ...
 
 
@@ -317,7 +327,8 @@ class RealtimeMCP:
             return await self._call(name, info, srv, args)
 
         needs_approval = srv.cfg.require_approval.requires_approval(info.name, info.read_only)
-        wait = self.approval_timeout_s if needs_approval else 0.0
+        # (the handler keeps its own clocks, `_approval`; this is the engine's backstop over them)
+        wait = SHOW_TIMEOUT_S + self.approval_timeout_s if needs_approval else 0.0
         return Tool(ToolSpec(name, info.description, info.input_schema or {"type": "object", "properties": {}}),
                     handler, timeout_s=wait + self.call_timeout_s + 5.0, filler=not needs_approval,
                     mcp_server=srv.cfg.server_label)
@@ -341,12 +352,13 @@ class RealtimeMCP:
             fut: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
             self._approvals[approval_id] = (rid, fut)
             try:
-                approve, reason = await asyncio.wait_for(fut, self.approval_timeout_s)
-            except asyncio.TimeoutError:
-                return json.dumps({"error": f"the call of {info.name} was not approved within "
-                                            f"{self.approval_timeout_s:g} s: it did not run", "kind": "not_approved"})
+                answer = await self._approval(rid, fut)
             finally:
                 self._approvals.pop(approval_id, None)
+            if answer is None:
+                return json.dumps({"error": f"the call of {info.name} was not approved within "
+                                            f"{self.approval_timeout_s:g} s: it did not run", "kind": "not_approved"})
+            approve, reason = answer
             if not approve:
                 why = f" ({reason})" if reason else ""
                 return json.dumps({"error": f"the user denied the call of {info.name}{why}: it did not run",
@@ -386,6 +398,32 @@ class RealtimeMCP:
                                     error=_wire_error(outcome))
         host.output_item_done(rid, idx, self.keep(done))
         return outcome
+
+    async def _approval(self, rid: str, fut: asyncio.Future[tuple[bool, str | None]]) -> tuple[bool, str | None] | None:
+        """The client's answer to the approval request just put out in response `rid` (`fut`, set
+        by `answer` or by `close`), or None when none came `approval_timeout_s` after the client
+        was shown the request: that clock starts when the request has gone out, after the words
+        before the call (`host.when_sent`), which may still be being spoken. A cancelled reply
+        cancels this wait, whichever clock runs."""
+        shown: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def sent() -> None:
+            if not shown.done():
+                shown.set_result(None)
+
+        self.host.when_sent(rid, sent)
+        if not shown.done():
+            either: set[asyncio.Future[Any]] = {fut, shown}  # (an answer, or `close`, may come first)
+            done, _ = await asyncio.wait(either, timeout=SHOW_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                log.info("realtime MCP approval request of response %s never went out: not run", rid)
+                return None
+        if not fut.done():
+            try:
+                return await asyncio.wait_for(fut, self.approval_timeout_s)
+            except asyncio.TimeoutError:
+                return None
+        return fut.result()
 
     def _close_call(self, rid: str, item_id: str) -> bool:
         """The call's item is to be done now: False when it was already (its response ended)."""

@@ -13,7 +13,8 @@ Reply audio goes out as `response.output_audio.delta` events, or to the connecti
 A tool item shown inside a reply (an MCP call, a client's function call) ends the message item
 before it; the words of that item whose audio is still being synthesised or paced out then go
 out under it all the same, its ends after its last audio, and the tool item and what follows it
-wait until then (`_Out`), while the tool runs.
+wait until then (`_Out`), while the tool runs (`when_sent` tells when they have gone out: a call
+waiting for approval starts its clock then).
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ class _Out:
         self.cur: _Msg | None = None  # the message item the reply's next words go in
         self.next_id: str | None = None  # the id of the next message item (after a tool item)
         self.closing: _Msg | None = None
-        self.held: deque[dict[str, Any] | _Msg] = deque()
+        # what waits for the item closing: events, message items, and calls to make once the
+        # events before them have gone out (`Outbound.when_sent`)
+        self.held: deque[dict[str, Any] | _Msg | Callable[[], None]] = deque()
 
     def audio_ms(self, item_id: str) -> int | None:
         """The audio of one of its message items sent so far (ms), None when not one of them."""
@@ -190,6 +193,16 @@ class Outbound:
                 self._send(out, host.ev.conversation_item_done(item, None))
             return
         host.send(host.ev.conversation_item_done(item, None))
+
+    def when_sent(self, response_id: str, fn: Callable[[], None]) -> None:
+        """Call `fn()` once the events of the response sent so far have gone out to the client:
+        now, unless they wait for a message item still closing (then right after them; at the
+        latest when the response ends). An approval request's wait starts then."""
+        out = self._outs.get(response_id)
+        if out is not None and out.closing is not None:
+            out.held.append(fn)
+        else:
+            fn()
 
     def send_in(self, response_id: str, event: dict[str, Any] | None) -> None:
         """Send an event of one of a response's non-message items (an MCP call's): in its place
@@ -392,8 +405,11 @@ class Outbound:
         send = self._host.send
         while out.held and out.closing is None:
             x = out.held.popleft()
-            if not isinstance(x, _Msg):
+            if isinstance(x, dict):
                 send(x)
+                continue
+            if not isinstance(x, _Msg):
+                x()  # (`when_sent`)
                 continue
             x.waiting = False
             for event in x.pending:
