@@ -289,3 +289,31 @@ def test_a_database_that_comes_back_is_used_without_a_restart(tmp_path) -> None:
                 assert "Traceback" not in srv.log_text()
         finally:
             proxy.stop()
+
+
+def test_an_unknown_after_cursor_is_a_400_not_the_first_page_again(server) -> None:
+    """A cursor whose item was deleted (or that names nothing in this list) is refused: answering
+    with the first page would send an auto-paging client round the list forever."""
+    h = {"Authorization": f"Bearer {K1}"}
+    c1 = client(server, K1)
+    first = c1.conversations.items.list("conv_a", order="asc", limit=2)
+    assert [i.id for i in first.data] == ["item_a1", "item_a2"] and first.has_more
+    c1.conversations.items.delete("item_a2", conversation_id="conv_a")  # the page's cursor goes away
+    with pytest.raises(openai.BadRequestError) as e:
+        first.get_next_page()  # the SDK's own next-page request: after=item_a2
+    assert e.value.code == "invalid_value" and e.value.param == "after" and "item_a2" in e.value.message
+    # a cursor from another conversation, or another key's, names nothing in this list either
+    for cursor in ("item_b1", "item_nope"):
+        with pytest.raises(openai.BadRequestError) as e:
+            c1.conversations.items.list("conv_a", after=cursor)
+        assert e.value.param == "after" and cursor in e.value.message
+    assert [i.id for i in c1.conversations.items.list("conv_a", order="asc", after="item_a3")] == [
+        "item_a4", "item_a5", "item_a6"]  # a live cursor still pages
+    # the list of conversations (no SDK method: OpenAI has no such route)
+    for cursor in ("conv_nope", "conv_b"):
+        r = httpx.get(server.url + f"/v1/conversations?after={cursor}", headers=h)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "invalid_value" and err["param"] == "after" and cursor in err["message"]
+    page = httpx.get(server.url + "/v1/conversations?after=conv_a", headers=h).json()
+    assert [c["id"] for c in page["data"]] == ["conv_old"]

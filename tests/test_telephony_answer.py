@@ -105,10 +105,10 @@ def test_a_stream_with_a_token_for_another_call_is_closed(server) -> None:
     assert asyncio.run(call()) == 1008
 
 
-def _vonage_jwt(body: bytes | None = None, secret: str = VONAGE_SECRET) -> str:
+def _vonage_jwt(body: bytes | None = None, secret: str = VONAGE_SECRET, jti: str = "j1") -> str:
     import hashlib
 
-    claims = {"iat": int(time.time()), "jti": "j1", "iss": "Vonage", "api_key": "k"}
+    claims = {"iat": int(time.time()), "jti": jti, "iss": "Vonage", "api_key": "k"}
     if body:
         claims["payload_hash"] = hashlib.sha256(body).hexdigest()
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -162,3 +162,48 @@ def test_answer_urls_are_503_when_not_configured() -> None:
         assert httpx.get(f"{srv.url}/telephony/vonage/answer", params={"uuid": "x"}).status_code == 503
     finally:
         srv.stop()
+
+
+def replayed(r: httpx.Response) -> bool:
+    """A refused replay: 403, a JSON error that says so, and no stream instructions."""
+    return (r.status_code == 403 and r.headers["content-type"].startswith("application/json")
+            and r.json()["error"]["code"] == "replayed_request" and "token" not in r.text)
+
+
+def test_a_replayed_plivo_answer_is_refused(server) -> None:
+    """Plivo V3 signs no time: without a memory of nonces, a copy of one signed request would mint
+    stream tokens for ever."""
+    url = f"{server.url}/telephony/plivo/answer"
+    params = {"CallUUID": "call-replay", "From": "+15550001111", "To": "+15550002222"}
+    sig = plivo_signature_v3(PLIVO_TOKEN, url, "nonce-replay", params, method="POST")
+    headers = {"X-Plivo-Signature-V3": sig, "X-Plivo-Signature-V3-Nonce": "nonce-replay"}
+    assert httpx.post(url, data=params, headers=headers).status_code == 200
+    r = httpx.post(url, data=params, headers=headers)
+    assert replayed(r) and "nonce" in r.json()["error"]["message"], r.text
+    # a GET answer URL the same way; a new nonce (a new request from Plivo) passes
+    get_url = f"{url}?CallUUID=call-replay-get"
+    for nonce in ("nonce-get-1", "nonce-get-2"):
+        headers = {"X-Plivo-Signature-V3": plivo_signature_v3(PLIVO_TOKEN, get_url, nonce, method="GET"),
+                   "X-Plivo-Signature-V3-Nonce": nonce}
+        assert httpx.get(get_url, headers=headers).status_code == 200
+        assert replayed(httpx.get(get_url, headers=headers))
+
+
+def test_a_replayed_vonage_jwt_is_refused(server) -> None:
+    """Vonage's JWT does not cover a GET's query: a fresh JWT could name any call. Its `jti` is
+    taken once, so a copy gets nothing, whatever call it names."""
+    url = f"{server.url}/telephony/vonage/answer"
+    auth = {"Authorization": f"Bearer {_vonage_jwt(jti='jti-replay-1')}"}
+    assert httpx.get(url, params={"uuid": "uuid-first"}, headers=auth).status_code == 200
+    for uuid in ("uuid-first", "uuid-other"):
+        r = httpx.get(url, params={"uuid": uuid}, headers=auth)
+        assert replayed(r) and "jti" in r.json()["error"]["message"], r.text
+    # a POST's JWT the same way
+    body = json.dumps({"uuid": "uuid-post", "from": "1", "to": "2"}).encode()
+    auth = {"Authorization": f"Bearer {_vonage_jwt(body, jti='jti-replay-2')}", "Content-Type": "application/json"}
+    assert httpx.post(url, content=body, headers=auth).status_code == 200
+    assert replayed(httpx.post(url, content=body, headers=auth))
+    # a JWT without a jti cannot be checked for replay: refused
+    no_jti = jwt.encode({"iat": int(time.time()), "iss": "Vonage"}, VONAGE_SECRET, algorithm="HS256")
+    r = httpx.get(url, params={"uuid": "uuid-x"}, headers={"Authorization": f"Bearer {no_jti}"})
+    assert r.status_code == 403 and "token" not in r.text

@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from moksori.server.app import create_app
-from moksori.server.webhook_guard import MAX_WEBHOOK_BYTES, body_fields, secret_text
+from moksori.server.webhook_guard import MAX_WEBHOOK_BYTES, SeenOnce, body_fields, secret_text
 from moksori.settings import load_settings
 from moksori.telephony.signatures import plivo_signature_v3
 from moksori.testing.fakes import fake_stack
@@ -126,3 +126,14 @@ def test_vonage_json_answer_passes_the_guard(server) -> None:
                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     assert r.json()[0]["endpoint"][0]["headers"]["call_uuid"] == "u-1"
+
+
+def test_seen_once_remembers_until_expiry_and_forgets_the_oldest_when_full() -> None:
+    """The answer URLs' replay memory (pure logic, times passed in)."""
+    seen = SeenOnce(limit=2)
+    assert seen.first("a", until=10, now=0) and not seen.first("a", until=10, now=5)
+    assert seen.first("b", until=100, now=5)
+    assert seen.first("c", until=100, now=50)  # full: "a" has expired and goes
+    assert seen.first("a", until=60, now=50)  # so it is new again (its request no longer verifies anyway)
+    assert sorted(seen.expiry) == ["a", "c"]  # full of fresh ones: the oldest ("b") was forgotten
+    assert not seen.first("c", until=100, now=55)

@@ -16,6 +16,8 @@ Extensions:
   GET    /v1/usage?user=&from=&to=                usage per user and UTC day (dates YYYY-MM-DD or unix seconds)
 
 Everything is scoped to the caller's API key: another key's conversation is 404, never 403.
+A list's `after` cursor that names nothing in the list (its item deleted since the previous page,
+or another list's id) is 400 `invalid_value`, param `after`: never the first page again.
 User items come back as `input_text`, agent items as `output_text` holding what the user heard
 (an interrupted reply is `incomplete`; one still playing is `in_progress`, heard so far), tool calls as
 `function_call` / `function_call_output`, and a call of an MCP server's tool (a `[[tools.mcp]]`
@@ -46,7 +48,7 @@ from moksori.server.auth import extract_key, key_ok
 from moksori.server.guard import BodyLimits
 from moksori.server.recording_hooks import InvalidUser, user_of
 from moksori.server.webhook_guard import read_body
-from moksori.store import API_CHANNEL, ConversationInfo, Store, StoredItem, tenant_id, valid_user_id
+from moksori.store import API_CHANNEL, ConversationInfo, Store, StoredItem, UnknownCursor, tenant_id, valid_user_id
 from moksori.text.unencodable import encodable
 
 T = TypeVar("T")
@@ -232,11 +234,19 @@ def _existing(what: str, ident: str) -> str:
 
 
 def _after(request: Request) -> str | None:
-    """The `after` cursor; a 400 when no stored id can look like it (see `text.unencodable`)."""
+    """The `after` cursor; a 400 when no stored id can look like it (see `text.unencodable`). One
+    that names nothing in the list (its item deleted since the last page) is a 400 from `_guard`."""
     after = request.query_params.get("after")
     if after is not None and not encodable(after):
-        raise _Fail(400, "after must be an id from the previous page", "invalid_value")
+        raise _Fail(400, "after must be an id from the previous page", "invalid_value", param="after")
     return after
+
+
+def _unknown_cursor(after: str) -> _Fail:
+    """OpenAI does not document what an unknown `after` gets; not the first page again, which would
+    send an auto-paging client (the SDK's `for item in page`) round the list forever."""
+    return _Fail(400, f"after: '{after}' is not in this list (deleted since the previous page?); "
+                      "start again from the first page", "invalid_value", param="after")
 
 
 async def _guard(coro: Awaitable[T]) -> T:
@@ -245,6 +255,8 @@ async def _guard(coro: Awaitable[T]) -> T:
         return await coro
     except _Fail:
         raise
+    except UnknownCursor as e:
+        raise _unknown_cursor(e.after) from None
     except Exception as e:  # noqa: BLE001 - any driver error: the store is down, a 503 says so
         log.warning("store: a query failed: %s: %s", type(e).__name__, e)
         raise _Fail(503, f"the conversation store is unavailable ({type(e).__name__})", "store_unavailable",

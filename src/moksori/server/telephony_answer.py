@@ -15,17 +15,30 @@ POST voice URL binds the call's fields to the signature, a GET would bind only t
 sent in (Ed25519 is deterministic: every GET Telnyx signs in that second carries the same
 signature, whatever its call), so anyone holding one fresh GET header could fetch a token for any
 CallSid. A GET is therefore refused (405: set the TeXML application's voice method to POST), and a
-signature is taken once per call (`_SeenSignatures`, per process): a copied POST cannot fetch the
-call a second token while it is fresh. The token is made for `CallSid`, which Telnyx's
+signature is taken once per call (`TakenOnce` in `webhook_guard.py`, per process): a copied POST
+cannot fetch the call a second token while it is fresh. The token is made for `CallSid`, which Telnyx's
 TeXML API describes as the call's call control id (`v3:...`), the id a Telnyx stream's `start`
 carries in `call_control_id`. That the two are equal on a live call was not checked here (no
 network); were they not, every stream would be refused as `bad_token` (1008).
+
+Plivo and Vonage are taken once too (per process: one server's memory, not a cluster's), a copy
+refused with 403 and a JSON `replayed_request` error:
+- Plivo V3 signs no time at all, so a signed request would verify for ever: its nonce (which
+  Plivo makes at random for each request) is taken once and remembered for `PLIVO_NONCE_MEMORY_S`
+  (and at most 65,536 at once); a copy sent later than that is not caught.
+- Vonage's JWT is taken for `VONAGE_MAX_AGE_S` after its `iat`, and its `jti` (unique per request)
+  once, remembered until then. That matters most for a GET answer URL (Vonage's default): the
+  JWT's `payload_hash` is checked against a POST's body only, so nothing here binds a GET's query
+  (`uuid`, `from`, `to`) to the JWT, and a copied fresh JWT could name another call. Once its
+  `jti` is taken, it cannot; but whoever holds one before Vonage's own request arrives still
+  could, so prefer `answer_method: POST` (the body, and so the call, is then signed).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,44 +47,27 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from moksori.errors import ConfigError
-from moksori.server.webhook_guard import Webhook, guard_webhook, secret_text
+from moksori.server.webhook_guard import TakenOnce, Webhook, guard_webhook, secret_text
 from moksori.telephony.signatures import (
+    PLIVO_NONCE_HEADER,
     TELNYX_SIGNATURE_HEADER,
     TELNYX_TIMESTAMP_HEADER,
     telnyx_public_key,
     verify_plivo_v3,
     verify_telnyx,
-    verify_vonage,
+    vonage_claims,
 )
 from moksori.telephony.twiml import plivo_stream_xml, telnyx_stream_texml, vonage_stream_ncco
 
 log = logging.getLogger("moksori.telephony")
 
 MAX_AGE_S = 300  # a Telnyx signature's timestamp may be this far from now (the Telnyx SDKs' tolerance)
+VONAGE_MAX_AGE_S = 300  # a Vonage JWT is taken this long after its `iat`
+PLIVO_NONCE_MEMORY_S = 24 * 3600  # Plivo signs no time: a nonce is remembered this long
 
 
 def _clip(value: str | None) -> str:
     return "".join(ch for ch in (value or "")[:64] if ch.isalnum() or ch in "+-_.:@")
-
-
-class _SeenSignatures:
-    """Telnyx signatures already taken for a call, until they are too old to verify anyway (one
-    process). Keyed by call too: two GETs sent in the same second share their signature."""
-
-    def __init__(self, limit: int = 65536) -> None:
-        self.limit = limit
-        self.expiry: dict[tuple[bytes, str], int] = {}
-
-    def first(self, signature: bytes, call_id: str, now: int) -> bool:
-        """True the first time `signature` (its decoded bytes) is seen for `call_id`."""
-        if len(self.expiry) >= self.limit:
-            self.expiry = {k: t for k, t in self.expiry.items() if t >= now}
-            while len(self.expiry) >= self.limit:  # a flood of fresh ones: forget the oldest
-                del self.expiry[next(iter(self.expiry))]
-        if (signature, call_id) in self.expiry:
-            return False
-        self.expiry[signature, call_id] = now + 2 * MAX_AGE_S  # its timestamp may be MAX_AGE_S ahead of us
-        return True
 
 
 def _texml_fields(hook: Webhook) -> dict[str, str]:
@@ -92,8 +88,37 @@ def _stream_xml(tel: Any, carrier: str, form: dict[str, str], id_field: str,
                     media_type="application/xml")
 
 
+def _plivo_nonce(hook: Webhook, now: int) -> tuple[str, int] | None:
+    nonce = hook.headers.get(PLIVO_NONCE_HEADER)
+    return (nonce, now + PLIVO_NONCE_MEMORY_S) if nonce else None
+
+
+def _vonage_claims(hook: Webhook, now: int) -> dict[str, Any] | None:
+    """The checked JWT's claims (a POST's body checked against its `payload_hash`; a GET's query
+    is not covered), or None."""
+    return vonage_claims(hook.secret, hook.headers.get("authorization"),
+                         body=hook.body if hook.method == "POST" and hook.body else None,
+                         now=now, max_age_s=VONAGE_MAX_AGE_S)
+
+
+def _vonage_jti(hook: Webhook, now: int) -> tuple[str, int] | None:
+    claims = _vonage_claims(hook, now) or {}
+    jti, iat = claims.get("jti"), claims.get("iat")
+    if not isinstance(jti, str) or not jti or isinstance(iat, bool) or not isinstance(iat, (int, float)):
+        return None
+    return jti, math.ceil(iat) + VONAGE_MAX_AGE_S  # after that, the JWT is too old to be taken anyway
+
+
+def _telnyx_signature(hook: Webhook, now: int) -> tuple[tuple[bytes, str], int]:
+    """Keyed by call too: two requests signed in the same second share their signature."""
+    signature = base64.b64decode(hook.headers.get(TELNYX_SIGNATURE_HEADER, ""))  # checked by now: valid base64
+    return (signature, _texml_fields(hook).get("CallSid", "")), now + 2 * MAX_AGE_S  # it may be MAX_AGE_S ahead
+
+
 def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
-    seen = _SeenSignatures()
+    plivo_once = TakenOnce("nonce", _plivo_nonce)
+    vonage_once = TakenOnce("JWT id (jti)", _vonage_jti)
+    telnyx_once = TakenOnce("signature", _telnyx_signature)
 
     @app.api_route("/telephony/plivo/answer", methods=["GET", "POST"])
     async def plivo_answer(request: Request) -> Response:
@@ -103,7 +128,8 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
             base=tel.public_base() if tel.stream_url("plivo") is not None else None,
             verify=lambda h: verify_plivo_v3(h.secret, h.url, request.headers.get("x-plivo-signature-v3-nonce"),
                                              request.headers.get("x-plivo-signature-v3"),
-                                             h.params if h.method == "POST" else [], method=h.method))
+                                             h.params if h.method == "POST" else [], method=h.method),
+            once=plivo_once)
         if isinstance(hook, Response):
             return hook
         return _stream_xml(tel, "plivo", dict(hook.params), "CallUUID", plivo_stream_xml)
@@ -113,9 +139,7 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
         hook = await guard_webhook(
             request, state, name="vonage answer", secret=state.settings.vonage.signature_secret,
             base=tel.public_base() if tel.stream_url("vonage") is not None else None,
-            verify=lambda h: verify_vonage(h.secret, request.headers.get("authorization"),
-                                           body=h.body if h.method == "POST" and h.body else None,
-                                           now=int(time.time()), max_age_s=300))
+            verify=lambda h: _vonage_claims(h, int(time.time())) is not None, once=vonage_once)
         if isinstance(hook, Response):
             return hook
         form = dict(hook.params)
@@ -144,18 +168,14 @@ def install_answers(app: FastAPI, state: Any, tel: Any) -> None:
         def verify(h: Webhook) -> bool:
             now = int(time.time())
             signature = request.headers.get(TELNYX_SIGNATURE_HEADER)
-            if signature is None or not verify_telnyx(h.secret, h.body, signature,
-                                                      request.headers.get(TELNYX_TIMESTAMP_HEADER),
-                                                      now=now, tolerance_s=MAX_AGE_S):
-                return False
-            if not seen.first(base64.b64decode(signature), _texml_fields(h).get("CallSid", ""), now):
-                log.warning("telnyx answer: a signature already used for this call")
-                return False
-            return True
+            return signature is not None and verify_telnyx(h.secret, h.body, signature,
+                                                           request.headers.get(TELNYX_TIMESTAMP_HEADER),
+                                                           now=now, tolerance_s=MAX_AGE_S)
 
         hook = await guard_webhook(
             request, state, name="telnyx answer", secret=key,
-            base=tel.public_base() if tel.stream_url("telnyx") is not None else None, verify=verify)
+            base=tel.public_base() if tel.stream_url("telnyx") is not None else None, verify=verify,
+            once=telnyx_once)
         if isinstance(hook, Response):
             return hook
         return _stream_xml(tel, "telnyx", _texml_fields(hook), "CallSid", telnyx_stream_texml)

@@ -4,23 +4,31 @@
     body over MAX_WEBHOOK_BYTES         -> 413 "request too large"
     body that is not UTF-8 form/JSON    -> 403 (it cannot be what the carrier signed)
     signature missing or wrong          -> 403 "forbidden", counted in `auth_failures`
+    a signed request seen before        -> 403 JSON {"error": {"code": "replayed_request", ...}}, counted
 
 The signed URL is `MOKSORI_PUBLIC_URL` + our own path and query: behind a proxy the Host header
 is not the URL the carrier called. Each route passes its carrier's check (`verify`) and which
 fields it signs; `moksori.telephony.signatures` holds the algorithms.
+
+A route that mints something (an answer URL's stream token) also passes `once` (`TakenOnce`): what
+in a signed request the carrier makes unique (Telnyx's signature for a call, Plivo's nonce,
+Vonage's JWT id), taken once, so a copy of a signed request gets nothing more. The memory is
+per process (`SeenOnce`): several processes or nodes behind one URL each remember only what they
+saw, so a copy sent to another of them is not caught.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("moksori.telephony")
@@ -49,6 +57,7 @@ class Webhook:
     body: bytes
     query: Params
     form: Params  # the body's fields (form-encoded, or a JSON object's scalar values); [] for GET
+    headers: Mapping[str, str] = field(default_factory=dict)  # the request's (any letter case)
 
     @property
     def params(self) -> Params:
@@ -57,6 +66,45 @@ class Webhook:
 
 
 Verify = Callable[[Webhook], bool]
+
+
+class SeenOnce:
+    """Keys taken once each (a signature, a nonce, a JWT id), each remembered until `until`, when
+    its request would fail its signature check anyway. Per process, not shared: see the module
+    docstring. At most `limit` at once: when full, the expired ones go, then the oldest (only
+    requests that passed their signature check get here, so only the carrier can fill it)."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.limit = limit
+        self.expiry: dict[Hashable, int] = {}
+
+    def first(self, key: Hashable, until: int, now: int) -> bool:
+        """True the first time `key` is seen (while it is remembered); it is remembered until `until`."""
+        if key in self.expiry:  # before making room: a full memory must not forget the key asked about
+            return False
+        if len(self.expiry) >= self.limit:
+            self.expiry = {k: t for k, t in self.expiry.items() if t >= now}
+            while len(self.expiry) >= self.limit:  # a flood of fresh ones: forget the oldest
+                del self.expiry[next(iter(self.expiry))]
+        self.expiry[key] = until
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOnce:
+    """A route's replay check: `key` gives a checked request's once-only key and the unix time
+    until which to remember it, or None when the request carries none (then it is refused: a
+    request that cannot be checked for replay is not taken). `what` names the key in the refusal."""
+
+    what: str
+    key: Callable[[Webhook, int], tuple[Hashable, int] | None]  # (hook, now) -> (key, until)
+    seen: SeenOnce = field(default_factory=SeenOnce)
+
+
+def replayed(name: str, what: str) -> JSONResponse:
+    """The refusal of a signed request seen before."""
+    return JSONResponse({"error": {"code": "replayed_request", "message": f"{name}: a replayed request "
+                                   f"(its {what} was already used); the carrier sends each request once"}}, 403)
 
 
 async def read_body(request: Request, limit: int = MAX_WEBHOOK_BYTES) -> bytes | None:
@@ -107,8 +155,9 @@ def body_fields(body: bytes, content_type: str) -> Params | None:
 
 
 async def guard_webhook(request: Request, state: Any, *, name: str, secret: Any, base: str | None,
-                        verify: Verify) -> Webhook | Response:
-    """The checked request, or the response that refuses it (503, 413 or 403)."""
+                        verify: Verify, once: TakenOnce | None = None) -> Webhook | Response:
+    """The checked request, or the response that refuses it (503, 413 or 403); with `once`, a
+    request whose key was taken before is refused as a replay."""
     key = secret_text(secret)
     if not key or base is None:
         log.error("%s refused: the carrier's secret or MOKSORI_PUBLIC_URL is not set", name)
@@ -121,9 +170,20 @@ async def guard_webhook(request: Request, state: Any, *, name: str, secret: Any,
         form = body_fields(body, request.headers.get("content-type", ""))
     query = request.url.query
     hook = Webhook(secret=key, url=base + request.url.path + (f"?{query}" if query else ""), method=request.method,
-                   body=body, query=list(request.query_params.multi_items()), form=form or [])
+                   body=body, query=list(request.query_params.multi_items()), form=form or [], headers=request.headers)
     if form is None or not verify(hook):
         state.metrics.auth_failures += 1
         log.warning("%s: bad or missing signature", name)
         return PlainTextResponse("forbidden", 403)
+    if once is not None:
+        now = int(time.time())
+        taken = once.key(hook, now)
+        if taken is None:
+            state.metrics.auth_failures += 1
+            log.warning("%s: a signed request without a %s: refused (it cannot be checked for replay)", name, once.what)
+            return PlainTextResponse("forbidden", 403)
+        if not once.seen.first(taken[0], taken[1], now):
+            state.metrics.auth_failures += 1
+            log.warning("%s: a replayed request (its %s was already used)", name, once.what)
+            return replayed(name, once.what)
     return hook

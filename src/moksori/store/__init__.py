@@ -24,11 +24,12 @@ from moksori.store.records import (
     UserTurn,
     UserTurnRemoved,
 )
-from moksori.store.store import ConversationInfo, History, Store, StoredItem, UsageBucket
+from moksori.store.store import ConversationInfo, History, Store, StoredItem, UnknownCursor, UsageBucket
 from moksori.store.writer import StoreWriter, WriterStats
 
 __all__ = [
     "Store", "StoreWriter", "WriterStats", "History", "StoredItem", "ConversationInfo", "UsageBucket",
+    "UnknownCursor",
     "ConversationStarted", "UserTurn", "AgentReply", "ToolCallRecord", "ToolResultRecord", "MCPCallRecord",
     "ReplyHeard", "ReplyProgress", "UserTurnRemoved", "ItemDeleted", "UsageRecord", "SummaryUpdated", "Record", "tenant_id",
     "phone_user_id", "valid_user_id", "DEFAULT_TENANT", "NewMessage", "API_CHANNEL",

@@ -30,6 +30,15 @@ Order = Literal["asc", "desc"]
 ITEM_OVERHEAD_TOKENS = 4  # role markers and separators per message in a chat template
 
 
+class UnknownCursor(LookupError):
+    """A list's `after` cursor names nothing in that list (deleted, or never in it). Answering with
+    the first page instead would send an auto-paging client round the list forever."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__(after)
+        self.after = after
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationInfo:
     id: str
@@ -352,7 +361,8 @@ class Store:
                                  after: str | None = None, order: Order = "desc"
                                  ) -> tuple[list[ConversationInfo], bool] | None:
         """Conversations of `tenant` (of one `user` if given), newest first by default.
-        None if `user` is given and unknown. `after` is a conversation id (pagination)."""
+        None if `user` is given and unknown. `after` is a conversation id of `tenant` (pagination):
+        `UnknownCursor` when there is none such."""
         async with self._engine().connect() as conn:
             q = (select(conversations, users.c.external_id)
                  .join(users, users.c.pk == conversations.c.user_pk, isouter=True)
@@ -366,18 +376,20 @@ class Store:
             if after is not None:
                 ref = (await conn.execute(select(conversations.c.created_at).where(
                     conversations.c.id == after, conversations.c.tenant_id == tenant))).scalar()
-                if ref is not None:
-                    from sqlalchemy import tuple_
+                if ref is None:
+                    raise UnknownCursor(after)
+                from sqlalchemy import tuple_
 
-                    cmp = tuple_(*key) < tuple_(ref, after) if order == "desc" else tuple_(*key) > tuple_(ref, after)
-                    q = q.where(cmp)
+                cmp = tuple_(*key) < tuple_(ref, after) if order == "desc" else tuple_(*key) > tuple_(ref, after)
+                q = q.where(cmp)
             q = q.order_by(*(k.desc() if order == "desc" else k.asc() for k in key)).limit(limit + 1)
             rows = (await conn.execute(q)).all()
         return [self._conversation(r) for r in rows[:limit]], len(rows) > limit
 
     async def list_items(self, tenant: str, conversation_id: str, *, after: str | None = None, limit: int = 20,
                          order: Order = "desc") -> tuple[list[StoredItem], bool] | None:
-        """A page of items; None if the conversation does not exist for this tenant."""
+        """A page of items; None if the conversation does not exist for this tenant, `UnknownCursor`
+        if `after` is not an item of it."""
         async with self._engine().connect() as conn:
             owner = (await conn.execute(select(conversations.c.id).where(
                 conversations.c.id == conversation_id, conversations.c.tenant_id == tenant))).scalar()
@@ -387,8 +399,9 @@ class Store:
             if after is not None:
                 ref = (await conn.execute(select(items.c.seq).where(items.c.conversation_id == conversation_id,
                                                                     items.c.id == after))).scalar()
-                if ref is not None:
-                    q = q.where(items.c.seq < ref if order == "desc" else items.c.seq > ref)
+                if ref is None:
+                    raise UnknownCursor(after)
+                q = q.where(items.c.seq < ref if order == "desc" else items.c.seq > ref)
             q = q.order_by(items.c.seq.desc() if order == "desc" else items.c.seq.asc()).limit(limit + 1)
             rows = (await conn.execute(q)).all()
         return [_item(r) for r in rows[:limit]], len(rows) > limit

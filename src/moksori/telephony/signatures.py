@@ -292,8 +292,20 @@ def verify_vonage(
 ) -> bool:
     """Check a Vonage signed webhook: the Authorization header's HS256 JWT and, when `body` is
     given, its `payload_hash` claim. With `now` and `max_age_s`, an older `iat` is rejected."""
+    return vonage_claims(signature_secret, authorization, body=body, now=now, max_age_s=max_age_s) is not None
+
+
+def vonage_claims(
+    signature_secret: str,
+    authorization: str | None,
+    *,
+    body: str | bytes | None = None,
+    now: int | None = None,
+    max_age_s: int | None = None,
+) -> dict[str, Any] | None:
+    """`verify_vonage`, giving the checked JWT's claims (e.g. `jti`, `iat`), or None."""
     if not isinstance(authorization, str) or not authorization.strip():
-        return False
+        return None
     token = authorization.strip()
     if token[:7].lower() == "bearer ":
         token = token[7:].strip()
@@ -306,17 +318,19 @@ def verify_vonage(
             options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False},
         )
     except jwt.PyJWTError:
-        return False
+        return None
+    if not isinstance(claims, dict):
+        return None
     if max_age_s is not None and now is not None:
         iat = claims.get("iat")
         if isinstance(iat, bool) or not isinstance(iat, (int, float)) or not -60 <= now - iat <= max_age_s:
-            return False
+            return None
     if body is not None:
         raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         claimed = claims.get("payload_hash")
         if not isinstance(claimed, str) or not _same(hashlib.sha256(raw).hexdigest(), claimed.lower()):
-            return False
-    return True
+            return None
+    return claims
 
 
 def _import_jwt() -> Any:
