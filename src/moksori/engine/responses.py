@@ -175,8 +175,8 @@ class Responses:
     def split(self, response_id: str, item_id: str, said: Callable[[], None] | None = None) -> bool:
         """A tool item comes inside reply `response_id`: its words from now on are message item
         `item_id` (`Response.split`: True while the words before it are still going out, `said()`
-        once they have). The pipeline's replies only: the realtime brain's keep one item (the
-        upstream's own items are not the client's)."""
+        once they have). The pipeline's replies only: the realtime brain splits its own
+        (`RealtimeSession.split_reply`, `UpstreamReply.split`)."""
         resp = self._active.get(response_id)
         if resp is not None and self.factory is Response:
             return resp.split(item_id, said)

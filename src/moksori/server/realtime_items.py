@@ -175,7 +175,7 @@ class ConversationItems:
                                 param="previous_item_id")
         item, parts = self._parts(ev.item)
         audio = [p for p in parts if not isinstance(p, str)]
-        if audio and item.role == "user" and host.settings.brain != "realtime":
+        if audio and item.role == "user":
             self._check_backlog(sum(len(a) for a in audio) / 16000)
             host.session.add_audio_item(item, parts, after=after)  # its words follow
             host.send(host.ev.conversation_item_added(item_wire(item, host.flavor, words_pending=True),

@@ -19,6 +19,11 @@ upstream's audio into its playback, where the speaker paces it and knows what wa
                 until the upstream is done with it. A failed tool's error output goes up and the
                 follow-up says the pipeline's apology: never a hung turn.
              ─▶ response.done: usage (text, audio, cached tokens) -> agent.response_done
+    a tool item the client is shown (an MCP call) ─▶ `split`: the words after it are a message
+                item of their own, as the pipeline's (`engine/reply_parts.py`); the audio of the
+                words before it, sent by the upstream before the call but still queued here to
+                be paced out, stays theirs (a mark in the playback: the transport shows the tool
+                item once it has all gone out)
     cancel   ─▶ (the speaker already stopped) response.cancel + truncate at the samples heard,
                 per upstream audio item; `agent.response_done` waits, briefly, for the
                 upstream's own response.done so its usage is counted
@@ -44,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +57,9 @@ from moksori.accounting import TurnUsage
 from moksori.audio.frames import Frame
 from moksori.audio.resample import StreamResampler
 from moksori.engine import events as E
-from moksori.engine.memory import new_id
+from moksori.engine.memory import Item, new_id
 from moksori.engine.reply_guardrails import check_clause
+from moksori.engine.reply_parts import MessagePart, part_words
 from moksori.engine.reply_request import offered_tools
 from moksori.engine.response import Response
 from moksori.engine.tools import Tool, ToolRun
@@ -90,6 +97,27 @@ def estimated_samples(text: str, rate: int) -> int:
     return int(rate * _spoken_weight(text) / CHARS_PER_SECOND)
 
 
+@dataclass(frozen=True)
+class _WordsEnd:
+    """In the output check's queue: the clauses before it are the words of the message item before
+    a tool item, those after it `part`'s (`UpstreamReply.split`); `shown()` once they all are."""
+
+    part: MessagePart
+    shown: Callable[[], None]
+
+
+def _after_both(fn: Callable[[], None]) -> Callable[[], None]:
+    """A callable that calls `fn` the second time it is called (its words shown, its audio sent)."""
+    left = 2
+
+    def one() -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            fn()
+    return one
+
+
 @dataclass(eq=False)
 class UpstreamReply(Response):
     brain: RealtimeSession | None = None
@@ -114,11 +142,14 @@ class UpstreamReply(Response):
     _deferred_reason: str | None = None
     _announce_task: asyncio.Task[None] | None = None
     # the output guardrail: transcript clauses waiting for their check, and what passed it
-    _checks: asyncio.Queue[str | None] | None = None
+    _checks: asyncio.Queue[str | _WordsEnd | None] | None = None
     _checker: asyncio.Task[None] | None = None
     _chunker: ClauseChunker | None = None
     _shown: str = ""
     _cut_at_check: bool = False  # the output guardrail cut it: its segments end before the blocked clause
+    # its message items after the first (`split`): item id -> the upstream text items there were before it
+    _part_items: dict[str, int] = field(default_factory=dict)
+    _calls_of: str = ""  # the upstream response whose function calls came last
 
     # -------------------------------------------------------------- the pipeline, swapped
 
@@ -140,6 +171,8 @@ class UpstreamReply(Response):
         if not self.upstream_initiated:
             if self.opts.reply_tools is not None:  # e.g. the MCP servers a `response.create` names
                 self._box = host.toolbox.with_tools(await self.opts.reply_tools(self.id))
+            if self.opts.in_conversation:  # a client's audio item still being transcribed goes up first
+                await host.memory.words_ready()
             safe = await brain.check_input(self)
             if safe is not None:  # the input guardrail blocked the turn: the upstream says the safe sentence
                 self.opts = dataclasses.replace(self.opts, fixed_text=safe)
@@ -172,6 +205,8 @@ class UpstreamReply(Response):
             self._checker.cancel()
         pb = self.playback
         heard_samples = min(pb.heard(self.now()), pb.sent) if pb is not None else 0
+        if self._checks is not None and self.parts:  # its message items' words are those shown
+            self.text = self._shown
         super().cancel(reason, heard)
         if self.brain is not None:
             self.brain.reply_cancelled(self, heard_samples, heard if heard is not None else self.text)
@@ -261,8 +296,95 @@ class UpstreamReply(Response):
         pb = self.playback
         if pb is None or self._cut_at_check:
             return
-        est = int(pb.rate * self._weight / CHARS_PER_SECOND) if not self._generated.is_set() else 0
-        pb.segments[:] = [(self.text, max(self.samples, est, 1))]
+        ahead = not self._generated.is_set()  # the words may still run ahead of the audio
+        if not self.parts:
+            est = int(pb.rate * self._weight / CHARS_PER_SECOND) if ahead else 0
+            pb.segments[:] = [(self.text, max(self.samples, est, 1))]
+            return
+        # one segment per message item: its words, its audio (the open one's as the whole's)
+        segments = []
+        text = self.text if self._checks is None else self._shown
+        for i, p in enumerate(self.parts):
+            words = part_words(text, self.parts, i)
+            start = self.samples if p.sample_start is None else p.sample_start
+            end = self.parts[i + 1].sample_start if i + 1 < len(self.parts) else None
+            n = end - start if end is not None else \
+                max(self.samples - start, estimated_samples(words, pb.rate) if ahead else 0)
+            segments.append((words, max(n, 1)))
+        pb.segments[:] = segments
+
+    # -------------------------------------------------------------- message items
+
+    @property
+    def message_item_id(self) -> str:
+        """The message item the upstream's words and audio go in now (after a tool item, its own)."""
+        return self.parts[-1].item_id if self.parts else self.item_id
+
+    def _show_text(self) -> None:
+        """The words so far into its message items; with an output check, those shown (checked)."""
+        if self._checks is None:
+            super()._show_text()
+            return
+        text, self.text = self.text, self._shown
+        try:
+            super()._show_text()
+        finally:
+            self.text = text
+
+    def message_items(self) -> list[str]:
+        """Its message items' ids, in order (one, unless tool items came between its words)."""
+        return [p.item_id for p in self.parts] or [self.item_id]
+
+    def message_start(self, item_id: str) -> int | None:
+        """Where message item `item_id` starts in the reply's audio (samples); None: not one of its."""
+        if item_id == self.item_id:
+            return 0
+        part = next((p for p in self.parts if p.item_id == item_id), None)
+        if part is None:
+            return None
+        return self.samples if part.sample_start is None else part.sample_start
+
+    def split(self, item_id: str, said: Callable[[], None] | None = None) -> bool:
+        """A tool item the client is shown comes inside this reply (`Response.split`, the
+        Realtime wire ends the message item open so far there): the words from now on are
+        message item `item_id`. The upstream sent the words before the call, and their audio,
+        before the call itself, usually much faster than they play: that audio is all in the
+        playback, and a mark after it puts the audio after it in the new item. True while some
+        of the earlier audio is still to be sent (`said()` once it has all gone out, never if
+        the reply is cut first); False: it all had, the new item starts now."""
+        if not self.released or self.done.is_set() or not self.live:
+            return False
+        self._flush_resampler()  # (the audio before the call, all of it, is in the playback now)
+        self._resampler = None
+        if not self.parts:
+            self.parts.append(MessagePart(self.item_id, 0, 0, self.item))
+        before = self.parts[-1]
+        part = MessagePart(item_id, None, None)
+        if self.opts.in_conversation:
+            part.item = self.host.memory.add(Item(id=item_id, role="assistant", status="in_progress",
+                                                  audio=self.audio, language=self.language))
+        self.parts.append(part)
+        self._part_items[item_id] = len(self._texts)
+        tell = self._part_said(before, said)
+        pb = self.playback
+        checking = self._checks is not None and self._checker is not None and not self._checker.done()
+        if checking:  # its words start after the clauses still being checked (`_check_clauses`)
+            assert self._checks is not None and self._chunker is not None
+            for clause in self._chunker.flush():
+                self._checks.put_nowait(clause)
+            part.sample_start = self.samples
+            if before.item is not None and pb is not None and pb.rate:
+                before.item.audio_ms = (self.samples - (before.sample_start or 0)) * 1000 // pb.rate
+            tell = _after_both(tell)
+            self._checks.put_nowait(_WordsEnd(part, tell))
+        else:
+            self._split_at(before, part, self.samples)
+        self._resegment()
+        if pb is not None and not pb.cancelled and pb.sent < self.samples:
+            pb.mark(item_id, tell)
+            return True
+        tell()
+        return checking
 
     def on_text_delta(self, upstream_item: str, delta: str) -> None:
         if not self.live or not delta:
@@ -278,9 +400,8 @@ class UpstreamReply(Response):
             for clause in self._chunker.push(prefix + delta):
                 self._checks.put_nowait(clause)
         else:
-            if self.item is not None:
-                self.item.text = self.text
-            self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id,
+            self._show_text()
+            self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.message_item_id,
                                        delta=prefix + delta))
         self._resegment()
 
@@ -296,11 +417,28 @@ class UpstreamReply(Response):
             for clause in self._chunker.push(tail):
                 self._checks.put_nowait(clause)
         self._texts[upstream_item] = text
-        self.text = " ".join(t.strip() for t in self._texts.values() if t.strip())
+        self._rejoin()
         self._weight = _spoken_weight(self.text)
-        if self.item is not None and self._checks is None:
-            self.item.text = self.text
+        if self._checks is None:
+            self._show_text()
         self._resegment()
+
+    def _rejoin(self) -> None:
+        """The reply's words anew from its upstream items' (an item's final transcript replaces
+        its deltas); a message item after a tool item starts where the words of the first
+        upstream item after that tool item do."""
+        text, at = "", []  # at[n]: where upstream item n's words start
+        for t in self._texts.values():
+            at.append(len(text))
+            if t.strip():
+                text = f"{text} {t.strip()}" if text else t.strip()
+        at.append(len(text))
+        if self._checks is None:  # (checked words are split where the checks reach the tool item: `_words_end`)
+            for p in self.parts[1:]:
+                n = self._part_items.get(p.item_id)
+                if n is not None and p.text_start is not None:
+                    p.text_start = at[min(n, len(at) - 1)]
+        self.text = text
 
     # -------------------------------------------------------------- the output guardrail
 
@@ -312,6 +450,9 @@ class UpstreamReply(Response):
             clause = await self._checks.get()
             if clause is None:
                 return
+            if isinstance(clause, _WordsEnd):
+                self._words_end(clause)
+                continue
             if self.blocked:
                 continue
             check = await check_clause(self._gate, clause, self.language, self._raw_shown)
@@ -333,9 +474,17 @@ class UpstreamReply(Response):
     def _show_checked(self, clause: str) -> None:
         delta = (" " if self._shown and not self._shown.endswith((" ", "\n")) else "") + clause
         self._shown += delta
-        if self.item is not None:
-            self.item.text = self._shown
-        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self.item_id, delta=delta))
+        self._show_text()
+        self.emit(E.AgentTextDelta(t=self.now(), response_id=self.id, item_id=self._spoken_item or self.item_id,
+                                   delta=delta))
+
+    def _words_end(self, end: _WordsEnd) -> None:
+        """The checks reached a tool item: the words shown so far are the message items' before it,
+        those from now on its next message item's (`split`)."""
+        end.part.text_start = len(self._shown)
+        self._spoken_item = end.part.item_id
+        self._show_text()
+        end.shown()
 
     def cut_before_blocked(self) -> None:
         """The output guardrail blocked a clause: from now on the reply's words are those shown,
@@ -367,6 +516,9 @@ class UpstreamReply(Response):
         call = ToolCall(e.call_id, e.name, e.arguments)
         item_id = new_id("item")
         self.function_calls.append(call)
+        if e.response_id != self._calls_of:  # the first call of an upstream response: its tool items
+            self._calls_of = e.response_id  # go before the message item of the words after them
+            self._tools_from = len(self.parts)
         if not self.live:
             return item_id
         tool = self.toolbox.get(e.name)

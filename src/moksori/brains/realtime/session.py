@@ -46,6 +46,7 @@ from moksori.engine import events as E
 from moksori.engine import turns as T
 from moksori.engine.clock import Clock
 from moksori.engine.config import SessionConfig
+from moksori.engine.item_words import Part
 from moksori.engine.memory import Item, new_id
 from moksori.engine.prompts import speech_model_prompt
 from moksori.engine.response import ResponseOptions
@@ -99,8 +100,9 @@ class RealtimeSession(Session):
         self.upstream = RealtimeUpstream(self._options, connector=connector)
         self._ops: asyncio.Queue[Callable[[], Awaitable[Any]] | None] = asyncio.Queue()
         self._ids = IdMap()
-        # our assistant item -> (its upstream audio items with their first sample, samples in all)
-        self._audio_items: OrderedDict[str, tuple[list[tuple[str, int]], int]] = OrderedDict()
+        # our assistant message item -> its reply's (upstream audio items with their first sample,
+        # samples in all, where the message item starts: after a tool item, it is not the first)
+        self._audio_items: OrderedDict[str, tuple[list[tuple[str, int]], int, int]] = OrderedDict()
         self._awaiting: deque[UpstreamReply] = deque()  # replies asked for, in order, not started yet
         self._by_upstream: dict[str, UpstreamReply] = {}
         self._replies: list[UpstreamReply] = []  # replies whose done event may still be held back
@@ -114,6 +116,8 @@ class RealtimeSession(Session):
         self._words = UserWords(self._ctx, upstream_transcribes=lambda: self.transcription,
                                 local_words_coming=lambda: self._turn_mode() == "moksori", on_words=self._on_words)
         self._ring: deque[tuple[float, Frame]] = deque()
+        self._words_later: set[str] = set()  # a client's audio items whose words are still coming (upstream next)
+        self.bus.listen(self._on_item_words)
         self._forwarding = False
         self._forwarded_until = 0.0
         self._failed = False
@@ -503,7 +507,9 @@ class RealtimeSession(Session):
     def reply_finished(self, reply: UpstreamReply) -> None:
         """Keep where each upstream audio item starts in a reply, for a client's late truncate."""
         if reply.audio_items:
-            self._audio_items[reply.item_id] = (list(reply.audio_items), reply.samples)
+            audio = list(reply.audio_items)
+            for item_id in reply.message_items():
+                self._audio_items[item_id] = (audio, reply.samples, reply.message_start(item_id) or 0)
             while len(self._audio_items) > 64:
                 self._audio_items.popitem(last=False)
 
@@ -533,16 +539,27 @@ class RealtimeSession(Session):
         item = super().truncate(item_id, audio_end_ms)
         if item is not None:
             audio = self._audio_items.get(item_id) or next(
-                ((list(r.audio_items), r.samples) for r in self._replies if r.item_id == item_id), None)
-            if audio:
+                ((list(r.audio_items), r.samples, start) for r in self._replies
+                 if (start := r.message_start(item_id)) is not None), None)
+            if audio:  # (`audio_end_ms` is into the message item, which may start after a tool item)
+                items, total, start = audio
                 rate = self.cfg.output_rate
-                self._truncate_upstream(audio_end_ms * rate // 1000, item.text, audio[0], audio[1], rate)
+                self._truncate_upstream(start + audio_end_ms * rate // 1000, item.text, items, total, rate)
         return item
+
+    def split_reply(self, response_id: str, item_id: str, said: Callable[[], None] | None = None) -> bool:
+        """A transport shows a tool item inside reply `response_id` (an MCP call): the upstream's
+        words from now on are message item `item_id`; the audio of the words before it that is
+        still to go out stays theirs (`UpstreamReply.split`)."""
+        reply = self._responses.get(response_id)
+        return reply.split(item_id, said) if isinstance(reply, UpstreamReply) else False
 
     # ================================================================== items from outside a turn
 
     def add_item(self, item: Item, *, after: str | None = None) -> Item:
         item = super().add_item(item, after=after)
+        if item.id in self._words_later:
+            return item  # (upstream once its words have come: `add_audio_item`)
         if after == "root":
             prev: str | None = "root"
         elif self.memory.last_id() == item.id:
@@ -561,7 +578,34 @@ class RealtimeSession(Session):
             log.info("session %s: a client's %s item is kept here but not sent upstream", self.id, item.type)
         return item
 
+    def add_audio_item(self, item: Item, parts: list[Part], *, after: str | None = None) -> Item:
+        """A client's item with audio: in the conversation at once, its words transcribed in the
+        background (engine/item_words.py, as with the pipeline); the upstream gets it, as text, once
+        they have come (`_on_item_words`), in its place."""
+        self._words_later.add(item.id)
+        return super().add_audio_item(item, parts, after=after)
+
+    def _on_item_words(self, e: E.Event) -> None:
+        if isinstance(e, E.UserTranscript | E.UserTranscriptionFailed) and e.item_id in self._words_later:
+            self._words_later.discard(e.item_id)
+            self._op(self._add_heard_item, e.item_id)
+
+    async def _add_heard_item(self, item_id: str) -> None:
+        """A client's audio item, its words known: upstream as text (none, if none could be had),
+        after the nearest item before it that the upstream has (it may have been answered by now)."""
+        item = self.memory.get(item_id)
+        if item is None or not item.text.strip():
+            return
+        prev: str | None = None
+        if self.memory.last_id() != item_id:
+            local = self.memory.previous_id(item_id)
+            while local is not None and self.upstream.proto.conv.get(self._ids.up(local)) is None:
+                local = self.memory.previous_id(local)
+            prev = self._ids.up(local) if local is not None else "root"
+        await self.upstream.add_message(item.role, item.text, item_id=item.id, previous_item_id=prev)
+
     def delete_item(self, item_id: str) -> bool:
+        self._words_later.discard(item_id)
         ok = super().delete_item(item_id)
         if ok:
             for up in self._ids.all_up(item_id):
@@ -652,8 +696,8 @@ class RealtimeSession(Session):
                 self._upstream_failed(e)
 
     def _claim(self, reply: UpstreamReply, upstream_item: str) -> None:
-        if not self._ids.knows(upstream_item):
-            self._ids.link(upstream_item, reply.item_id)
+        if not self._ids.knows(upstream_item):  # (after a tool item: the reply's message item after it)
+            self._ids.link(upstream_item, reply.message_item_id)
 
     def _response_started(self, e: ev.ResponseStarted) -> None:
         reply = self._awaiting.popleft() if self._awaiting else None
