@@ -42,7 +42,7 @@ import pytest
 from servers import ServerProcess
 from test_realtime_clients import moksori_serve
 from test_realtime_mcp import mcp_url  # noqa: F401 - the module's fixture
-from test_realtime_tool_item_audio import events_of, first_item_before_the_tool, pcm, wire
+from test_realtime_tool_item_audio import events_of, first_item_before_the_tool, pcm, truncated_midway, wire
 from test_realtime_truncate import transcript, truncate
 from test_realtime_truncate_tools import PREFACE, SAID, ask, in_session
 
@@ -231,21 +231,7 @@ def test_the_first_item_truncated_while_its_audio_still_goes_out(front, upstream
     upstream.script(LONG_MS)
 
     async def body(conn: Any, log: Any) -> None:
-        reply = await ask(conn, log, "What is the weather in Seoul?")
-        first = await reply.until(0.8, index=0, timeout=20)
-        n = len(log.events)
-        assert not [e for e in log.events if e["type"] == "response.output_item.added"
-                    and e.get("response_id") == reply.rid and e["item"]["type"] == "mcp_call"], \
-            "the tool item was shown while the words before it were still going out"
-        answer = await truncate(conn, log, first, 500)
-        done = await log.wait("response.done", lambda e: e["response"]["id"] == reply.rid, start=n, timeout=15)
-        assert answer["type"] == "conversation.item.truncated" and answer["audio_end_ms"] == 500, answer
-        assert done["response"]["status"] == "cancelled", done["response"]
-        cuts = [e for e in log.of("conversation.item.truncated") if e["item_id"] == first]
-        assert [e["audio_end_ms"] for e in cuts] == [500]
-        after = log.events.index(cuts[0])
-        assert not [e for e in log.events[after:] if e["type"] == "response.output_audio.delta"
-                    and e["response_id"] == reply.rid]
+        reply, first, done = await truncated_midway(conn, log)
         seq = wire(events_of(log, reply.rid))
         first_done = seq.index(("response.output_item.done", first))
         assert seq.index(("conversation.item.truncated", first)) < first_done, seq  # (it was still in progress)

@@ -82,6 +82,28 @@ def wire(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     return out
 
 
+async def truncated_midway(conn: Any, log: EventLog) -> tuple[Any, str, dict[str, Any]]:
+    """Ask about the weather, truncate the reply's first message item at 500 ms while its audio
+    still goes out (before the tool item is shown), and check the reply stopped there: (the
+    reply, its first item's id, its `response.done`)."""
+    reply = await ask(conn, log, "What is the weather in Seoul?")
+    first = await reply.until(0.8, index=0, timeout=20)
+    n = len(log.events)
+    assert not [e for e in log.events if e["type"] == "response.output_item.added"
+                and e.get("response_id") == reply.rid and e["item"]["type"] == "mcp_call"], \
+        "the tool item was shown while the words before it were still going out"
+    answer = await truncate(conn, log, first, 500)
+    done = await log.wait("response.done", lambda e: e["response"]["id"] == reply.rid, start=n, timeout=15)
+    assert answer["type"] == "conversation.item.truncated" and answer["audio_end_ms"] == 500, answer
+    assert done["response"]["status"] == "cancelled", done["response"]
+    cuts = [e for e in log.of("conversation.item.truncated") if e["item_id"] == first]
+    assert [e["audio_end_ms"] for e in cuts] == [500]
+    after = log.events.index(cuts[0])
+    assert not [e for e in log.events[after:] if e["type"] == "response.output_audio.delta"
+                and e["response_id"] == reply.rid]
+    return reply, first, done
+
+
 def pcm(events: list[dict[str, Any]], item_id: str) -> bytes:
     return b"".join(base64.b64decode(e["delta"]) for e in events
                     if e["type"] == "response.output_audio.delta" and e["item_id"] == item_id)
@@ -178,21 +200,7 @@ def test_the_words_before_the_tool_item_keep_their_audio(request, server, script
 @requires_speech
 def test_the_first_item_truncated_while_its_audio_still_goes_out(served, scripted, mcp_url) -> None:  # noqa: F811
     async def body(conn: Any, log: EventLog) -> None:
-        reply = await ask(conn, log, "What is the weather in Seoul?")
-        first = await reply.until(0.8, index=0, timeout=20)
-        n = len(log.events)
-        assert not [e for e in log.events if e["type"] == "response.output_item.added"
-                    and e.get("response_id") == reply.rid and e["item"]["type"] == "mcp_call"], \
-            "the tool item was shown while the words before it were still going out"
-        answer = await truncate(conn, log, first, 500)
-        done = await log.wait("response.done", lambda e: e["response"]["id"] == reply.rid, start=n, timeout=15)
-        assert answer["type"] == "conversation.item.truncated" and answer["audio_end_ms"] == 500, answer
-        assert done["response"]["status"] == "cancelled", done["response"]
-        cuts = [e for e in log.of("conversation.item.truncated") if e["item_id"] == first]
-        assert [e["audio_end_ms"] for e in cuts] == [500]
-        after = log.events.index(cuts[0])
-        assert not [e for e in log.events[after:] if e["type"] == "response.output_audio.delta"
-                    and e["response_id"] == reply.rid]
+        reply, first, done = await truncated_midway(conn, log)
         events = events_of(log, reply.rid)
         seq = wire(events)
         first_done = seq.index(("response.output_item.done", first))
