@@ -26,6 +26,7 @@ model), served over a real WebSocket on loopback.
 from __future__ import annotations
 
 import base64
+from typing import Any
 from collections.abc import Iterator
 
 import numpy as np
@@ -65,19 +66,26 @@ def index(log: EventLog, typ: str, item_id: str) -> int:
                 and (e.get("item_id") or (e.get("item") or {}).get("id")) == item_id)
 
 
+async def create_audio_item(conn: Any, log: EventLog, item_id: str, audio: str) -> int:
+    """A text-only G.711 session with transcription and no turn detection, then a user item of
+    `audio`: the log's length before the item was created."""
+    await log.wait("session.created")
+    await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
+        "format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"}, "turn_detection": None}}})
+    await log.wait("session.updated")
+    n = len(log.events)
+    await conn.conversation.item.create(item={"type": "message", "role": "user", "id": item_id,
+                                              "content": [{"type": "input_audio", "audio": audio}]})
+    return n
+
+
 async def test_an_audio_item_is_transcribed_off_the_handler(front, upstream: Upstream) -> None:  # noqa: F811
     audio, seconds = item_ulaw()
     assert 60 < seconds < 90, seconds
     conn = await ga_client(front.port).realtime.connect(model="gpt-realtime").enter()
     log = EventLog(conn.recv_bytes, adapter=GA_ADAPTER, parse=conn.parse_event)
     try:
-        await log.wait("session.created")
-        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
-            "format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"}, "turn_detection": None}}})
-        await log.wait("session.updated")
-        n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_brain_audio",
-                                                  "content": [{"type": "input_audio", "audio": audio}]})
+        n = await create_audio_item(conn, log, "item_brain_audio", audio)
         await conn.session.update(session={"type": "realtime", "instructions": "Answer briefly."})
         await conn.response.create()
         updated = await log.wait("session.updated", start=n, timeout=120)
@@ -128,13 +136,7 @@ async def test_without_a_local_stt_an_audio_item_is_a_failed_transcription(no_st
     conn = await ga_client(no_stt.port).realtime.connect(model="gpt-realtime").enter()
     log = EventLog(conn.recv_bytes, adapter=GA_ADAPTER, parse=conn.parse_event)
     try:
-        await log.wait("session.created")
-        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
-            "format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"}, "turn_detection": None}}})
-        await log.wait("session.updated")
-        n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_unheard",
-                                                  "content": [{"type": "input_audio", "audio": audio}]})
+        n = await create_audio_item(conn, log, "item_unheard", audio)
         failed = await log.wait("conversation.item.input_audio_transcription.failed", start=n, timeout=30)
         done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == "item_unheard", start=n)
         assert failed["item_id"] == "item_unheard"
