@@ -72,22 +72,21 @@ class Stack:
 async def warm_tts(tts: TTS) -> None:
     """Speak a word in each of the TTS's languages (a language router: with each of its voices).
 
-    A local voice (one with its own `warm`: Piper, espeak-ng) that cannot speak stops start-up
-    with a ModelError naming it, as a model that cannot load does: otherwise the server would
-    start and every reply fail. A remote TTS busy or away at start is logged and skipped: its
-    callers get the error later, and it may be back by then."""
+    A local voice (Piper, espeak-ng: its own `warm`) that cannot speak raises a ModelError naming
+    it, which stops start-up as a model that cannot load does: otherwise the server would start
+    and every reply fail. A remote TTS busy or away at start (a ProviderError) is logged and
+    skipped: its callers get the error later, and it may be back by then."""
     from moksori.providers.base import TTSOptions
+
+    async def speak(voice: TTS, text: str, opts: TTSOptions) -> None:
+        async for _ in voice.synthesize(text, opts):
+            pass
 
     voices: dict[str, TTS] = getattr(tts, "by_language", None) or dict.fromkeys(tts.caps.languages, tts)
     for lang, voice in voices.items():
         text, opts = ("Hi." if lang == "en" else "네."), TTSOptions(language=lang)
-        warm = getattr(voice, "warm", None)
-        if warm is not None:
-            await warm(text, opts)
-            continue
         try:
-            async for _ in voice.synthesize(text, opts):
-                pass
+            await (voice.warm(text, opts) if hasattr(voice, "warm") else speak(voice, text, opts))
         except ProviderError as e:
             log.warning("TTS warm-up skipped (%s, %s): %s", upstream(voice), lang, e)
 
