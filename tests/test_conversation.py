@@ -70,10 +70,24 @@ def test_two_user_turns_get_two_replies(stack) -> None:
     assert np.abs(reply.samples).max() > 1000  # the agent actually spoke
 
 
+# Stands in for the packaged LLM where its reply's length is the test's premise: SmolLM2's reply to
+# the same words depends on the CPU and on what its KV cache held before (160 tokens alone on an
+# AVX2 machine, 3 tokens, "The thing.", after this file's earlier tests), and a reply over before
+# the user speaks over it tests nothing. VAD, Whisper, smart-turn and Piper stay the real ones.
+LONG_REPLY = ("That is a lot to think about, so let us take it slowly, one thought at a time. "
+              "Start with the one that keeps coming back, and tell me what it is about.")
+
+
 def test_speaking_over_a_reply_interrupts_and_truncates(stack) -> None:
-    # the reply to en_028 starts ~0.5 s after it ends; en_002 starts 1.6 s later, mid-reply
-    rec, session = converse(stack, [silence(0.5), speech("en/en_028.wav"), silence(1.6),
-                                    speech("en/en_002.wav"), silence(5.0)], max_output_tokens=120)
+    # the reply to en_028 starts ~0.5 s after it ends; en_002 starts 1.6 s later, mid-reply. The
+    # reply is scripted (LONG_REPLY): the packaged SmolLM2's was over before en_002 once in CI
+    talker = dataclasses.replace(stack, llm=ScriptedLLM(LONG_REPLY))
+    audio = [silence(0.5), speech("en/en_028.wav"), silence(1.6), speech("en/en_002.wav"), silence(5.0)]
+    rec, session = converse(talker, audio, max_output_tokens=120)
+    # the premise: the agent is audible when en_002 starts
+    over_it = sum(f.duration for f in audio[:3])
+    assert rec.of(E.AgentAudioStarted)[0].t < over_it
+    assert all(e.t > over_it for e in rec.of(E.AgentAudioDone)), "the reply was over before en_002"
     interrupted = rec.of(E.AgentInterrupted)
     assert len(interrupted) == 1, rec.types()
     ev = interrupted[0]
@@ -122,14 +136,6 @@ def test_a_comma_pause_after_a_when_clause_keeps_one_turn(stack) -> None:
     assert "bell" in text and "quickly" in text
     assert rec.of(E.AgentInterrupted) == []
     assert len(completed(rec)) == 1
-
-
-# Stands in for the packaged LLM where its reply's length is the test's premise: SmolLM2's reply to
-# the same words depends on the CPU and on what its KV cache held before (160 tokens alone on an
-# AVX2 machine, 3 tokens, "The thing.", after this file's earlier tests), and a reply over before
-# the bursts tests nothing. VAD, Whisper, smart-turn and Piper stay the real ones.
-LONG_REPLY = ("That is a lot to think about, so let us take it slowly, one thought at a time. "
-              "Start with the one that keeps coming back, and tell me what it is about.")
 
 
 def test_cough_length_bursts_during_a_reply_do_not_interrupt(stack) -> None:
