@@ -138,6 +138,11 @@ async def test_llm_cancel_mid_stream_then_next_call_works(llm):
           f"(first token {ttft * 1000:.0f} ms)")
     assert isinstance(events[-1], ChatDone) and any(isinstance(e, TextDelta) for e in events)
     assert events[-2].input_tokens > 0
+    # the premise: uncancelled, SmolLM2's story runs past 16 tokens (its length depends on the CPU;
+    # a story over within 16 would pass `generated <= 16` without any cancel)
+    story, _ = await collect(llm, request(long_req.messages[1].content, max_tokens=17))
+    told = "".join(e.text for e in story if isinstance(e, TextDelta))
+    assert story[-2].output_tokens == 17, f"premise not met: SmolLM2's story ended within 16 tokens: {told!r}"
 
 
 def test_llm_corrupt_gguf(tmp_path):

@@ -3,7 +3,10 @@ simulated carrier (tests/carrier_sim.py) streaming real 8 kHz speech at real-tim
 
 The call-control test runs a second server whose LLM is a scripted OpenAI-compatible server on
 loopback (SmolLM2-135M cannot be trusted to pick a tool), with the carrier's REST API replaced
-by a local recording server. None of this was run against the live carriers.
+by a local recording server. The barge-in and hang-up-mid-reply tests run a third whose LLM is
+`tests/scripted_llm_server.py` (a named stand-in: their premise is a reply long enough to be
+spoken over or hung up on, and SmolLM2's reply length depends on the CPU). None of this was run
+against the live carriers.
 
 Run with -s to see the per-call figures.
 """
@@ -23,6 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from carrier_sim import CarrierSim, recording_api
+from scripted_llm_server import LONG_REPLY, SHORT_REPLY, ScriptedLLM
 from servers import ServerProcess, ThreadedASGIServer, free_port
 from speech import prepared_data_dir, requires_speech, utt, word_errors
 
@@ -132,6 +136,36 @@ def server(data_dir) -> Iterator[ServerProcess]:
     with serve({}, data_dir) as srv:
         wait_warm(srv.url)
         yield srv
+
+
+class FirstAnswerLong(ScriptedLLM):
+    """Stands in for the packaged LLM where a reply's length is the test's premise: SmolLM2's reply
+    to the same words depends on the CPU and on what its KV cache held before (160 tokens on one
+    machine, 3, "The thing.", on another), and a reply over before the caller speaks over it or
+    hangs up on it tests nothing. A call's first answer is LONG_REPLY (about 15 s of speech), later
+    ones SHORT_REPLY (so the turn after a barge-in does not play for 15 s); never a tool call.
+    VAD, Whisper, smart-turn and Piper stay the real ones."""
+
+    def decide(self, body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+        return (LONG_REPLY if len(users) == 1 else SHORT_REPLY), None
+
+
+@pytest.fixture(scope="module")
+def long_reply_server(data_dir) -> Iterator[ServerProcess]:
+    """The same server as `server`, its LLM the scripted stand-in `FirstAnswerLong` on loopback."""
+    llm = FirstAnswerLong()
+    with ThreadedASGIServer(llm.app) as llm_srv, serve({"MOKSORI_LLM_PROVIDER": "openai",
+                                                         "MOKSORI_LLM_BASE_URL": llm_srv.url + "/v1",
+                                                         "MOKSORI_LLM_MODEL": "scripted"}, data_dir) as srv:
+        wait_warm(srv.url)
+        yield srv
+
+
+def audible_until(call: CarrierSim, since: float, until: float) -> float:
+    """When the agent audio that arrived between `since` and `until` ends playing at the carrier (0.0
+    if none did): after `until`, the agent is still audible (or a clear cut it)."""
+    return max((c.start + len(c.samples) / call.rate for c in call.chunks if since <= c.arrived <= until), default=0.0)
 
 
 def ws(srv: ServerProcess, carrier: str, query: str = "") -> str:
@@ -277,7 +311,10 @@ async def test_full_call_with_greeting_two_turns_and_dtmf(server: ServerProcess)
 # --------------------------------------------------------------------------- barge-in
 
 
-async def test_barge_in_clears_and_keeps_only_what_was_heard(server: ServerProcess) -> None:
+async def test_barge_in_clears_and_keeps_only_what_was_heard(long_reply_server: ServerProcess) -> None:
+    # the reply to tel_004 is the scripted LONG_REPLY (about 15 s): SmolLM2's was over before
+    # the caller spoke on some machines
+    server = long_reply_server
     call_id = sid("CA", 20)
     async with CarrierSim.connect(ws(server, "twilio"), call_id=call_id, params={"token": token(call_id)}) as call:
         await call.start()
@@ -289,6 +326,9 @@ async def test_barge_in_clears_and_keeps_only_what_was_heard(server: ServerProce
         await asyncio.sleep(max(0.0, reply_at + 0.6 - time.monotonic()))
         barge_at = time.monotonic()
         await call.speak(speech8k("tel_005"))  # the caller talks over the reply
+        # the premise: the reply is still playing when the caller starts talking over it
+        over_at = audible_until(call, stamps[0], barge_at)
+        assert over_at > barge_at, f"premise not met: the reply was over {barge_at - over_at:.2f} s before the barge-in"
         assert call.clears, "barge-in sent no clear"
         clear_at = call.clears[0]
         # the reply's audio can start arriving before the file's trailing silence has been sent
@@ -341,7 +381,9 @@ JUNK: list[str | bytes] = [
 ]
 
 
-async def test_malformed_messages_and_hang_up_mid_reply_leak_nothing(server: ServerProcess) -> None:
+async def test_malformed_messages_and_hang_up_mid_reply_leak_nothing(long_reply_server: ServerProcess) -> None:
+    # each call's reply is the scripted LONG_REPLY, so the hang-up lands mid-reply on every machine
+    server = long_reply_server
     stats0 = get_json(server.url, "/telephony/debug/stats")
     rss = [stats0["rss_kb"]]
     for i, how in enumerate(("abrupt", "stop", "abrupt")):
@@ -358,6 +400,11 @@ async def test_malformed_messages_and_hang_up_mid_reply_leak_nothing(server: Ser
             reply_at = await call.wait_audio(after=stamps[-1], timeout=60)
             await asyncio.sleep(max(0.0, reply_at + 0.4 - time.monotonic()))
             assert call.closed_at is None
+            hang_up_at = time.monotonic()
+            # the premise: the reply is still playing when the line goes
+            over_at = audible_until(call, stamps[0], hang_up_at)
+            assert over_at > hang_up_at, \
+                f"premise not met: the reply was over {hang_up_at - over_at:.2f} s before the hang-up"
             if how == "abrupt":  # the line drops: no stop, no close handshake, the TCP socket just goes
                 await call.drop()
             else:
