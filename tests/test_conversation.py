@@ -57,8 +57,11 @@ def completed(rec: Recording) -> list:
 def test_two_user_turns_get_two_replies(stack) -> None:
     # short replies and a long gap, so the first reply is over before the second turn (40 tokens
     # at temperature 0.5 were up to ~10 s of speech: one ran into the second turn)
-    rec, session = converse(stack, [silence(0.5), speech("en/en_002.wav"), silence(9.0),
-                                    speech("en/en_028.wav"), silence(9.0)], max_output_tokens=24)
+    audio = [silence(0.5), speech("en/en_002.wav"), silence(9.0), speech("en/en_028.wav"), silence(9.0)]
+    rec, session = converse(stack, audio, max_output_tokens=24)
+    second_turn = sum(f.duration for f in audio[:3])
+    assert rec.of(E.AgentAudioDone) and rec.of(E.AgentAudioDone)[0].t < second_turn, \
+        "premise not met: the first reply was still playing when the second turn began"
     assert rec.of(E.AgentInterrupted) == []
     transcripts = [e.text.lower() for e in rec.of(E.UserTranscript)]
     assert len(transcripts) == 2
