@@ -103,7 +103,12 @@ def solo(single):
     async def all_of_them():
         return {q: await reply(single, request(q)) for q in QUESTIONS}
 
-    return asyncio.run(all_of_them())
+    replies = asyncio.run(all_of_them())
+    # the premise of the `output_tokens == 40` checks: each reply runs to its cap alone (SmolLM2's
+    # own length depends on the CPU; a reply that ended early need not overlap the others)
+    short = {q: text for q, (text, usage) in replies.items() if usage.output_tokens != 40}
+    assert not short, f"premise not met: SmolLM2 ended replies before 40 tokens: {short}"
+    return replies
 
 
 WEATHER = ToolSpec("get_weather", "Weather for a city",
