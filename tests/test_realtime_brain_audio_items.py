@@ -1,7 +1,8 @@
 """The realtime brain: a client's audio item is transcribed off the connection's handler.
 
 A Realtime client's `conversation.item.create` with `input_audio` is transcribed by Moksori's own
-STT (the upstream gets the item as text, as every item it did not hear itself). With the pipeline
+STT where there is one (the upstream hears the item's audio itself: test_realtime_brain_audio_upstream;
+the words are the item's transcript and memory). With the pipeline
 brain that is background work (engine/item_words.py): the item is in the conversation at once,
 its words follow, and the connection handles the next events meanwhile. The realtime brain did it
 inside the handler: the client's next events (a `session.update`, a `response.cancel`) waited for
@@ -11,11 +12,12 @@ the whole item's transcription. Checked, with ~73 s of real speech as G.711:
 * the item's events in the pipeline's order: `conversation.item.added` (no transcript yet), then
   `conversation.item.input_audio_transcription.completed`, then `conversation.item.done` with
   the words;
-* a `response.create` sent while the words are still coming: the upstream gets the item, with
-  those words, before the `response.create` (the reply waits for them, as the pipeline's does);
-* without a local STT (the upstream's turn detection): the item is in the conversation without
-  words, `...input_audio_transcription.failed` says why (it was an `error` and no item), the
-  upstream gets no empty message, and the session goes on.
+* a `response.create` sent while the words are still coming: the upstream gets the item, as
+  audio, before the `response.create` (the reply waits for the words, as the pipeline's does);
+* without a local STT (the upstream's turn detection) and an upstream that does not transcribe
+  the item: the item is in the conversation without words, `...input_audio_transcription.failed`
+  says why once the brain's wait is over (it was an `error` and no item), the upstream got the
+  audio, and the session goes on.
 
 Real components: `moksori serve` with the realtime brain (Silero and Whisper base for the item),
 the official `openai` SDK's Realtime client (every event validated against its union), real
@@ -108,7 +110,8 @@ async def test_an_audio_item_is_transcribed_off_the_handler(front, upstream: Ups
         kinds = [(e["type"], (e.get("item") or {}).get("id")) for e in sent]
         assert kinds[-2:] == [("conversation.item.create", "item_brain_audio"), ("response.create", None)], kinds
         item = next(e["item"] for e in sent if (e.get("item") or {}).get("id") == "item_brain_audio")
-        assert item["content"][0]["text"] == words, item
+        assert [p["type"] for p in item["content"]] == ["input_audio"], item["content"]
+        assert item["content"][0]["audio"] == audio  # (G.711 μ-law, as the client sent it)
         assert not log.problems, log.problems
         log.check_ids()
     finally:
@@ -129,9 +132,9 @@ def no_stt(tmp_path_factory, upstream: Upstream) -> Iterator[ServerProcess]:  # 
 
 
 async def test_without_a_local_stt_an_audio_item_is_a_failed_transcription(no_stt, upstream: Upstream) -> None:  # noqa: F811
-    """Its words cannot be had: the item is in the conversation without them, the client is told
-    (`...input_audio_transcription.failed`), the upstream is not sent an empty message, and the
-    session goes on."""
+    """Its words cannot be had (this upstream does not transcribe items): the item is in the
+    conversation without them, the client is told (`...input_audio_transcription.failed`), the
+    upstream heard the audio, and the session goes on."""
     audio, _ = item_ulaw()
     conn = await ga_client(no_stt.port).realtime.connect(model="gpt-realtime").enter()
     log = EventLog(conn.recv_bytes, adapter=GA_ADAPTER, parse=conn.parse_event)
@@ -141,7 +144,10 @@ async def test_without_a_local_stt_an_audio_item_is_a_failed_transcription(no_st
         done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == "item_unheard", start=n)
         assert failed["item_id"] == "item_unheard"
         assert done["item"]["content"][0]["transcript"] is None, done["item"]
-        assert not [e for e in upstream.received("conversation.item.create") if e["item"].get("id") == "item_unheard"]
+        assert "did not transcribe" in failed["error"]["message"], failed
+        sent = [e["item"] for e in upstream.received("conversation.item.create") if e["item"].get("id") == "item_unheard"]
+        assert [[p["type"] for p in i["content"]] for i in sent] == [["input_audio"]], sent
+        assert sent[0]["content"][0]["audio"] == audio
         await conn.conversation.item.create(item={"type": "message", "role": "user",
                                                   "content": [{"type": "input_text", "text": "Hello?"}]})
         await conn.response.create()

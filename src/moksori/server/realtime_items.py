@@ -22,9 +22,10 @@ own, in content order (`transcription_events`): `...input_audio_transcription.de
 transcription); then `conversation.item.done`, a failed part's transcript null. An audio part
 whose transcript the client gave is not transcribed, and has no such events.
 At most twice `server.max_input_buffer_s` of item audio may wait (`audio_backlog_full`). The
-realtime brain sends an item's words upstream as it adds it, so there the item still enters once
-transcribed (the same background windows), and its handler waits for that; so does an
-assistant or system item with audio (rare: its words are not a user's transcript).
+realtime brain (`hears_item_audio`) is given a user item's audio as the client sent it: its
+upstream hears it as audio at once (brains/realtime/audio_items.py), and without a local STT the
+upstream's transcription is the item's words. An assistant or system item with audio (rare: its
+words are not a user's transcript) is transcribed in its handler, and enters with its words.
 
 A truncate keeps, in the session's memory (what the LLM reads next) and in the store, only the
 words of the audio the client says it played. As OpenAI's: never past the audio the item sent,
@@ -39,10 +40,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 
+from moksori.audio.frames import Frame
 from moksori.audio.resample import resample
 from moksori.engine import events as E
 from moksori.engine.item_words import HeardPart, Part, joined_words, set_words
@@ -62,6 +64,14 @@ log = logging.getLogger("moksori.realtime")
 
 KEEP_CUTS = 256  # items whose truncation is remembered (a later truncate may not go past it)
 BACKLOG = 2  # item audio waiting for its words: at most this many times the item limit
+
+
+class HearsItemAudio(Protocol):
+    """A session whose brain hears a client's audio item as audio (the realtime brain's: its
+    upstream gets the audio as the client sent it, `hears_item_audio`), not only its words."""
+
+    def add_audio_item(self, item: MemItem, parts: list[Part], *, after: str | None = None,
+                       audio: Sequence[Frame] | None = None) -> MemItem: ...
 
 
 class ItemsHost(Protocol):
@@ -173,11 +183,14 @@ class ConversationItems:
         if after not in (None, "root") and mem.get(after) is None:
             raise ProtocolError(f"previous_item_id {after} does not exist", code="item_not_found",
                                 param="previous_item_id")
-        item, parts = self._parts(ev.item)
+        item, parts, frames = self._parts(ev.item)
         audio = [p for p in parts if not isinstance(p, str)]
         if audio and item.role == "user":
             self._check_backlog(sum(len(a) for a in audio) / 16000)
-            host.session.add_audio_item(item, parts, after=after)  # its words follow
+            if getattr(host.session, "hears_item_audio", False):  # the realtime brain: the upstream hears it
+                cast(HearsItemAudio, host.session).add_audio_item(item, parts, after=after, audio=frames)
+            else:
+                host.session.add_audio_item(item, parts, after=after)  # its words follow
             host.send(host.ev.conversation_item_added(item_wire(item, host.flavor, words_pending=True),
                                                       mem.previous_id(item.id)))
             return  # its `conversation.item.done` comes with its words (realtime_outbound)
@@ -212,9 +225,26 @@ class ConversationItems:
 
     async def to_memory(self, item: rt.Item) -> MemItem:
         """A client's wire item as a memory item (its audio transcribed). Raises ProtocolError."""
-        mem, parts = self._parts(item)
+        mem, parts, _ = self._parts(item)
         await self._transcribe(mem, parts)
         return mem
+
+    async def to_heard(self, item: rt.Item, *, transcribe: bool) -> tuple[MemItem, list[str | Frame]]:
+        """A client's wire item (a response's own input) for a brain that hears its audio: the
+        memory item (its audio transcribed now if `transcribe`, else only its text's words) and its
+        content in order, text as it is and audio as the client sent it. Raises ProtocolError."""
+        mem, parts, frames = self._parts(item)
+        words = False
+        if transcribe:
+            try:
+                await self._transcribe(mem, parts)
+                words = True
+            except Exception as e:  # noqa: BLE001 - the upstream hears the audio all the same
+                log.warning("realtime: the words of a heard input item could not be had: %s", e)
+        if not words:  # (none of its audio's: its text's only)
+            set_words(mem, parts, [p if isinstance(p, str) else None for p in parts])
+        audio = iter(frames)
+        return mem, [p if isinstance(p, str) else next(audio) for p in parts]
 
     async def _transcribe(self, item: MemItem, parts: list[Part]) -> None:
         """`item.text`: its parts' text, its audio transcribed now (in background windows)."""
@@ -252,9 +282,10 @@ class ConversationItems:
         if item is not None:
             host.send(host.ev.conversation_item_done(item_wire(item, host.flavor), memory.previous_id(item.id)))
 
-    def _parts(self, item: rt.Item) -> tuple[MemItem, list[Part]]:
-        """A client's wire item as a memory item without the words of its audio, and its content
-        in order (text, or 16 kHz audio to transcribe). Raises ProtocolError."""
+    def _parts(self, item: rt.Item) -> tuple[MemItem, list[Part], list[Frame]]:
+        """A client's wire item as a memory item without the words of its audio, its content in
+        order (text, or 16 kHz audio to transcribe), and that audio as the client sent it (PCM16
+        at its input format's rate, one frame per audio part). Raises ProtocolError."""
         host = self._host
         if isinstance(item, rt.MCPApprovalResponseItem):
             raise ProtocolError("an mcp_approval_response item goes in conversation.item.create, not in "
@@ -264,14 +295,15 @@ class ConversationItems:
             raise ProtocolError(f"an item with id {item_id} already exists", code="item_exists", param="item.id")
         if isinstance(item, rt.FunctionCallItem):
             return MemItem(id=item_id, type="function_call", role="assistant", call_id=item.call_id, name=item.name,
-                           arguments=item.arguments), []
+                           arguments=item.arguments), [], []
         if isinstance(item, rt.FunctionCallOutputItem):
             return MemItem(id=item_id, type="function_call_output", role="user", call_id=item.call_id,
-                           output=item.output), []
+                           output=item.output), [], []
         # each content part as the client sent it (kind, words; an audio part's words None until
         # transcribed), and what to transcribe: `parts[i]` is `content[i]`'s text or audio
         kept: list[tuple[Literal["text", "audio"], str | None]] = []
         parts: list[Part] = []
+        frames: list[Frame] = []
         audio_s = 0.0
         for part in item.content:
             if part.type == "input_image":
@@ -292,8 +324,9 @@ class ConversationItems:
                                         param="item.content.audio")
                 kept.append(("audio", None))
                 parts.append(np.asarray(resample(frame, 16000).to_float(), dtype=np.float32))
+                frames.append(frame)
         return MemItem(id=item_id, role=item.role, text=joined_words([words for _, words in kept]),
-                       audio=any(kind == "audio" for kind, _ in kept), parts=kept), parts
+                       audio=any(kind == "audio" for kind, _ in kept), parts=kept), parts, frames
 
     def retrieve(self, ev: rt.ConversationItemRetrieve) -> None:
         host = self._host

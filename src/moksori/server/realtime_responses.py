@@ -18,6 +18,10 @@ model would answer words nobody said: the response fails instead, before it star
 Input items are not conversation items, so there is no `conversation.item.*` event to carry the
 failure (a created item's failed audio is `...input_audio_transcription.failed`: realtime_items).
 A `response.cancel` while the response prepares ends it the same way, `cancelled`.
+With the realtime brain (`hears_item_audio`) a user message of the input goes upstream with its
+audio (`brains/realtime/audio_items.HeardMessage`): the upstream hears it, so its local words
+(transcribed as above where there is a local STT) are not needed for the reply, and a response
+whose input audio has no local words is made all the same.
 
 A `response.cancel` with nothing to cancel is an error (`response_cancel_not_active`), except
 right after a `conversation.item.truncate` stopped the reply in progress (`realtime_items`): a
@@ -31,6 +35,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moksori.brains.realtime.audio_items import HeardMessage
 from moksori.engine import events as E
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.errors import MoksoriError, ProtocolError
@@ -232,6 +237,7 @@ class ResponseRequests:
         """The input's messages. Raises ProtocolError (a mistake in it), InputUnheard (its audio, or
         an item's it names, could not be transcribed)."""
         out: list[Message] = []
+        hears = getattr(self._host.session, "hears_item_audio", False)  # (the realtime brain)
         for index, it in enumerate(items):
             if isinstance(it, rt.ItemReference):
                 memory = self._host.session.memory
@@ -246,7 +252,14 @@ class ResponseRequests:
                 mem = found
             else:
                 try:
-                    mem = await self._items.to_memory(it)
+                    if hears and isinstance(it, rt.MessageItem) and it.role == "user":  # the upstream hears its audio
+                        mem, content = await self._items.to_heard(
+                            it, transcribe=getattr(self._host.session, "local_item_words", True))
+                        if any(not isinstance(c, str) for c in content):
+                            out.append(HeardMessage(mem.role, mem.text, parts=tuple(content)))
+                            continue
+                    else:
+                        mem = await self._items.to_memory(it)
                 except ProtocolError:
                     raise
                 except Exception as e:  # the STT's failure (or a bug) is the response's

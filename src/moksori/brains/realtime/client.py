@@ -23,7 +23,7 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from moksori import cancellation
@@ -206,13 +206,14 @@ class RealtimeUpstream:
     async def create_response(self, *, instructions: str | None = None, modalities: tuple[str, ...] | None = None,
                               tools: tuple[dict[str, Any], ...] | None = None, tool_choice: Any = None,
                               metadata: dict[str, str] | None = None,
-                              input: list[tuple[str, str]] | None = None) -> None:
-        """Ask for a response. `input` (role, text pairs): out of band, reading only those
-        messages, its output kept out of the conversation."""
+                              input: Sequence[tuple[str, str | Sequence[str | Frame]]] | None = None) -> None:
+        """Ask for a response. `input` (role, text pairs; or role, parts: a user message whose
+        audio parts the upstream hears, `UpstreamProtocol.input_items`): out of band, reading only
+        those messages, its output kept out of the conversation."""
         arg: dict[str, Any] = {"instructions": instructions, "modalities": modalities, "tools": tools,
                                "tool_choice": tool_choice, "metadata": metadata}
         if input is not None:
-            arg.update(conversation="none", input=self.proto.wire.input_items(list(input)))
+            arg.update(conversation="none", input=self.proto.input_items(input))
         await self._call("response", arg)
 
     async def cancel_response(self) -> bool:
@@ -263,6 +264,15 @@ class RealtimeUpstream:
         """Add a text message (user, assistant or system) to the upstream conversation."""
         iid = item_id or _new_item_id()
         await self._call("message", (role, text, iid, previous_item_id))
+        return iid
+
+    async def add_user_audio(self, content: list[str | Frame], *, item_id: str | None = None,
+                             previous_item_id: str | None = None) -> str:
+        """Add a client's user message with audio, which the upstream hears as audio: `content`
+        in order, text as it is and audio (PCM16 at any rate), resampled and encoded to the
+        upstream's input format when it is sent."""
+        iid = item_id or _new_item_id()
+        await self._call("user_audio", (content, iid, previous_item_id))
         return iid
 
     async def add_function_output(self, call_id: str, output: str, *, item_id: str | None = None) -> str:
@@ -345,6 +355,9 @@ class RealtimeUpstream:
         elif kind == "message":
             role, text, iid, prev = arg
             await self._send(p.add_message(role, text, item_id=iid, previous_item_id=prev))
+        elif kind == "user_audio":
+            content, iid, prev = arg
+            await self._send(p.add_user_audio(content, item_id=iid, previous_item_id=prev))
         elif kind == "function_output":
             call_id, output, iid = arg
             await self._send(p.add_function_output(call_id, output, item_id=iid))

@@ -91,6 +91,7 @@ class UserTranscript(UpstreamEvent):
     error: str | None = None
     code: str | None = None
     usage: dict[str, Any] | None = None
+    content_index: int = 0  # the audio part of the item (a client's item may have several)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,6 +198,7 @@ class UpstreamError(UpstreamEvent):
     message: str
     param: str | None = None
     client_event: str | None = None
+    item_id: str | None = None  # the item a refused `conversation.item.create` was to add
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

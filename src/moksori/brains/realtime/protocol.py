@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from moksori.audio.frames import Frame
+from moksori.audio.resample import resample
 from moksori.errors import ProtocolError
 
 from . import events as ev
@@ -231,6 +235,45 @@ class UpstreamProtocol:
         return self._track(self.wire.message(role, text=text, item_id=item_id, previous_item_id=previous_item_id),
                            {"item_id": item_id})
 
+    def add_user_audio(self, content: list[str | Frame], *, item_id: str,
+                       previous_item_id: str | None = None) -> dict[str, Any]:
+        """A client's user message with audio, heard as audio: its parts in order, text as it is,
+        each audio part (PCM16 at any rate) resampled and encoded to the session's input format
+        now. Its words are not known yet (the caller sets them when they come); until then a
+        re-seed sends its audio again, if it is short enough to be kept."""
+        parts, frames = self._encode(content)
+        rate = self.session.input_format.rate
+        kept = Frame(np.concatenate([f.samples for f in frames]), rate) \
+            if frames and sum(len(f) for f in frames) / rate <= self.opts.reseed.keep_user_audio_s else None
+        rec = self.conv.ensure(item_id, kind="message", role="user", user_audio=kept)
+        rec.text, rec.final = "", False
+        self.own.add(item_id)
+        self.conv.place(item_id, previous_item_id)
+        return self._track(self.wire.user_message(parts, item_id=item_id, previous_item_id=previous_item_id),
+                           {"item_id": item_id})
+
+    def _encode(self, content: Sequence[str | Frame]) -> tuple[list[tuple[str, str]], list[Frame]]:
+        """Message parts as the wire's ("text", words) / ("audio", base64): each audio part (PCM16
+        at any rate) resampled and encoded to the session's input format; and those frames."""
+        fmt = self.session.input_format
+        frames = [resample(c, fmt.rate) for c in content if isinstance(c, Frame)]
+        parts: list[tuple[str, str]] = []
+        it = iter(frames)
+        for c in content:
+            parts.append(("audio", fmt.encode(next(it))) if isinstance(c, Frame) else ("text", c))
+        return parts, frames
+
+    def input_items(self, messages: Sequence[tuple[str, str | Sequence[str | Frame]]]) -> list[dict[str, Any]]:
+        """A response's own `input`: (role, text) as a text message; (role, parts) a user message
+        whose audio the upstream hears (`_encode`)."""
+        out: list[dict[str, Any]] = []
+        for role, content in messages:
+            if isinstance(content, str):
+                out += self.wire.input_items([(role, content)])
+            else:
+                out.append(self.wire.user_item(self._encode(content)[0]))
+        return out
+
     def add_function_call(self, call_id: str, name: str, arguments: str, *, item_id: str) -> dict[str, Any]:
         rec = self.conv.ensure(item_id, kind="function_call", call_id=call_id, name=name, final=True)
         rec.arguments, rec.call_reported = arguments, True
@@ -387,8 +430,10 @@ class UpstreamProtocol:
         if kind == "session.update" and not self.configured:
             self.config_error = f"{code}: {message}"
         log.warning("upstream error %s (%s): %s", code, kind or "-", message)
+        item = info.get("item_id") if kind == "conversation.item.create" else None
         return [ev.UpstreamError(t=now, conn=self.conn, code=code, message=message,
-                                 param=param if isinstance(param, str) else None, client_event=kind)]
+                                 param=param if isinstance(param, str) else None, client_event=kind,
+                                 item_id=str(item) if item is not None else None)]
 
     def _h_speech_started(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         iid, ms = str(o.get("item_id") or ""), _number(o, "audio_start_ms")
@@ -475,7 +520,7 @@ class UpstreamProtocol:
         rec.text, rec.final, rec.user_audio, rec.transcription_failed = str(o.get("transcript") or ""), True, None, False
         usage = o.get("usage") if isinstance(o.get("usage"), dict) else None
         return [ev.UserTranscript(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid),
-                                  text=rec.text, usage=usage)]
+                                  text=rec.text, usage=usage, content_index=wire_int(o.get("content_index"), 0))]
 
     def _h_tr_failed(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         iid = str(o["item_id"])
@@ -484,7 +529,8 @@ class UpstreamProtocol:
         err = _obj(o, "error")
         return [ev.UserTranscript(t=now, conn=self.conn, item_id=iid, previous_item_id=self.conv.previous(iid),
                                   text="", failed=True, error=str(err.get("message") or "transcription failed"),
-                                  code=str(err.get("code") or "")[:64] or None)]
+                                  code=str(err.get("code") or "")[:64] or None,
+                                  content_index=wire_int(o.get("content_index"), 0))]
 
     def _h_response_created(self, o: dict[str, Any], now: float) -> list[ev.UpstreamEvent]:
         rid = str((o.get("response") or {})["id"])

@@ -67,6 +67,7 @@ from moksori.providers.base import ToolCall, Usage
 from moksori.text.chunker import ClauseChunker
 
 from . import events as ev
+from .audio_items import HeardMessage
 from .protocol import TEXT_LIMIT
 
 if TYPE_CHECKING:
@@ -631,6 +632,8 @@ class UpstreamReply(Response):
         if o.metadata:
             kw["metadata"] = {str(k): str(v) for k, v in o.metadata.items()}
         if o.replace_input is not None or not o.in_conversation:
-            kw["input"] = [(m.role if m.role in ("user", "assistant", "system") else "user", m.content)
-                           for m in (o.replace_input or ()) if m.content]
+            # (a message whose audio the upstream hears goes as its parts, audio and all)
+            kw["input"] = [(m.role if m.role in ("user", "assistant", "system") else "user",
+                            m.parts if isinstance(m, HeardMessage) and m.parts else m.content)
+                           for m in (o.replace_input or ()) if m.content or (isinstance(m, HeardMessage) and m.parts)]
         return kw

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from moksori.guardrails.guard import Guardrails
 
 from . import events as ev
+from .audio_items import AudioItems
 from .client import RealtimeUpstream
 from .guarding import UpstreamGuard
 from .options import SessionOptions, TurnMode, UpstreamOptions
@@ -79,6 +80,8 @@ RING_S = 1.5  # recent input kept for the prefix padding (moksori turns)
 
 
 class RealtimeSession(Session):
+    hears_item_audio = True  # a client's audio item goes upstream as audio (`add_audio_item`)
+
     def __init__(self, stack: Stack, cfg: SessionConfig | None = None, *, upstream: UpstreamOptions,
                  who: Who = "upstream", clock: Clock | None = None, session_id: str | None = None,
                  toolbox: ToolBox | None = None, connector: Connector | None = None,
@@ -117,6 +120,7 @@ class RealtimeSession(Session):
                                 local_words_coming=lambda: self._turn_mode() == "moksori", on_words=self._on_words)
         self._ring: deque[tuple[float, Frame]] = deque()
         self._words_later: set[str] = set()  # a client's audio items whose words are still coming (upstream next)
+        self._heard_items = AudioItems(self, self._ctx)  # ... and those the upstream hears as audio
         self.bus.listen(self._on_item_words)
         self._forwarding = False
         self._forwarded_until = 0.0
@@ -558,8 +562,8 @@ class RealtimeSession(Session):
 
     def add_item(self, item: Item, *, after: str | None = None) -> Item:
         item = super().add_item(item, after=after)
-        if item.id in self._words_later:
-            return item  # (upstream once its words have come: `add_audio_item`)
+        if item.id in self._words_later or item.id in self._heard_items:
+            return item  # (upstream as audio at once, or as words once they have come: `add_audio_item`)
         if after == "root":
             prev: str | None = "root"
         elif self.memory.last_id() == item.id:
@@ -578,17 +582,58 @@ class RealtimeSession(Session):
             log.info("session %s: a client's %s item is kept here but not sent upstream", self.id, item.type)
         return item
 
-    def add_audio_item(self, item: Item, parts: list[Part], *, after: str | None = None) -> Item:
-        """A client's item with audio: in the conversation at once, its words transcribed in the
-        background (engine/item_words.py, as with the pipeline); the upstream gets it, as text, once
-        they have come (`_on_item_words`), in its place."""
-        self._words_later.add(item.id)
-        return super().add_audio_item(item, parts, after=after)
+    def add_audio_item(self, item: Item, parts: list[Part], *, after: str | None = None,
+                       audio: Sequence[Frame] | None = None) -> Item:
+        """A client's item with audio, in the conversation at once. `audio`: its audio parts as
+        the client sent them (PCM16, in content order): a user item goes upstream as audio at
+        once, in its place (`audio_items.py`); its words are the local STT's, transcribed in the
+        background (engine/item_words.py, as with the pipeline), or without a local STT the
+        upstream's. Without `audio` the upstream gets it as text once its words have come
+        (`_on_item_words`)."""
+        if audio is None or item.role != "user" or len(audio) != sum(not isinstance(p, str) for p in parts):
+            self._words_later.add(item.id)
+            return super().add_audio_item(item, parts, after=after)
+        local = self.local_item_words
+        up = self._heard_items.add(item.id, parts, audio, local=local)
+        if local:
+            item = super().add_audio_item(item, parts, after=after)  # (`add_item` leaves it to us)
+        else:
+            item = self.add_item(item, after=after)
+        self._ids.link(up, item.id)
+        if audio:  # (the item's audio is in the client's format, as its live audio is: the upstream follows it)
+            self._follow_input_rate(audio[0].rate)
+        self._op(self._heard_items.send, item.id)
+        return item
+
+    @property
+    def local_item_words(self) -> bool:
+        """A client's audio has a local STT for its words (else only the upstream's)."""
+        return not getattr(self.stack.stt, "standin", False)
+
+    def send_words_later(self, item_id: str) -> None:
+        """A client's audio item the upstream would not take as audio: upstream as text, once its
+        words have come (now, if they have)."""
+        if self.memory.words_pending(item_id):
+            self._words_later.add(item_id)
+        else:
+            self._op(self._add_heard_item, item_id)
 
     def _on_item_words(self, e: E.Event) -> None:
         if isinstance(e, E.UserTranscript | E.UserTranscriptionFailed) and e.item_id in self._words_later:
             self._words_later.discard(e.item_id)
             self._op(self._add_heard_item, e.item_id)
+        elif isinstance(e, E.UserTranscript) and e.item_id in self._heard_items:
+            self._heard_items.words_known(e.item_id)
+
+    def upstream_previous(self, item_id: str) -> str | None:
+        """Where item `item_id` goes upstream: after the nearest item before it that the upstream
+        has (None: at the end; "root": at the start)."""
+        if self.memory.last_id() == item_id:
+            return None
+        local = self.memory.previous_id(item_id)
+        while local is not None and self.upstream.proto.conv.get(self._ids.up(local)) is None:
+            local = self.memory.previous_id(local)
+        return self._ids.up(local) if local is not None else "root"
 
     async def _add_heard_item(self, item_id: str) -> None:
         """A client's audio item, its words known: upstream as text (none, if none could be had),
@@ -596,16 +641,12 @@ class RealtimeSession(Session):
         item = self.memory.get(item_id)
         if item is None or not item.text.strip():
             return
-        prev: str | None = None
-        if self.memory.last_id() != item_id:
-            local = self.memory.previous_id(item_id)
-            while local is not None and self.upstream.proto.conv.get(self._ids.up(local)) is None:
-                local = self.memory.previous_id(local)
-            prev = self._ids.up(local) if local is not None else "root"
-        await self.upstream.add_message(item.role, item.text, item_id=item.id, previous_item_id=prev)
+        await self.upstream.add_message(item.role, item.text, item_id=item.id,
+                                        previous_item_id=self.upstream_previous(item_id))
 
     def delete_item(self, item_id: str) -> bool:
         self._words_later.discard(item_id)
+        self._heard_items.forget(item_id)
         ok = super().delete_item(item_id)
         if ok:
             for up in self._ids.all_up(item_id):
@@ -649,7 +690,7 @@ class RealtimeSession(Session):
                 self._transcript_delta(e)
             case ev.UserTranscript():
                 local = self._ids.local(e.item_id)
-                if local is not None:
+                if local is not None and not self._heard_items.upstream_words(local, e):
                     self._words.upstream(local, e.text, failed=e.failed, code=e.code, error=e.error)
             case ev.ResponseStarted():
                 self._response_started(e)
@@ -828,6 +869,10 @@ class RealtimeSession(Session):
             self._op(self.upstream.add_message, "assistant", heard, item_id=new, previous_item_id=prev)
 
     def _upstream_error(self, e: ev.UpstreamError) -> None:
+        if e.client_event == "conversation.item.create" and e.item_id is not None:
+            local = self._ids.local(e.item_id) or e.item_id
+            if self._heard_items.refused(local, e.code, e.message):
+                return  # (it goes the text path, or says its words cannot be had)
         if e.client_event == "response.create" and self._awaiting:
             self._awaiting.popleft().fail("upstream_refused")
         elif e.client_event == "input_audio_buffer.commit" and self._pending_commits:

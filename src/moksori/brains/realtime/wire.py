@@ -193,6 +193,17 @@ class ClientWire:
         item: dict[str, Any] = {"type": "message", "role": role, "content": [part]}
         return self._item(item, item_id, previous_item_id)
 
+    def user_item(self, content: list[tuple[str, str]]) -> dict[str, Any]:
+        """A user message item of several parts, in order: ("text", words) or ("audio", base64
+        audio in the session's input format)."""
+        parts = [{"type": "input_audio", "audio": value} if kind == "audio"
+                 else part_to_wire(ContentPart("input_text", text=value), self._fl) for kind, value in content]
+        return {"type": "message", "role": "user", "content": parts}
+
+    def user_message(self, content: list[tuple[str, str]], *, item_id: str | None = None,
+                     previous_item_id: str | None = None) -> dict[str, Any]:
+        return self._item(self.user_item(content), item_id, previous_item_id)
+
     def function_call(self, call_id: str, name: str, arguments: str, *, item_id: str | None = None,
                       previous_item_id: str | None = None) -> dict[str, Any]:
         return self._item({"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments},
