@@ -9,9 +9,11 @@
 The call ends on hang-up, when the peer closes, when it never connects (`connect_timeout_s`),
 or when a connected peer goes silent: no media for `idle_timeout_s` after media has flowed means
 it vanished without closing (a browser's mic track always sends frames, silence included). A
-call that never sent media (a mic not started yet) is ended by ICE consent freshness instead
-(aioice: about 30 s). It also ends when its connection can send no more, and when the peer stops
-taking the data channel's messages (MAX_CHANNEL_BUFFERED).
+call that never sent media (a mic not started yet) is ended by ICE consent freshness if the peer
+vanishes (aioice: about 30 s), and if it stays but sends neither media nor a data-channel message
+for `session_idle_timeout_s` (the WebSocket's MOKSORI_SERVER_SESSION_IDLE_TIMEOUT_S). It also
+ends when its connection can send no more, and when the peer stops taking the data channel's
+messages (MAX_CHANNEL_BUFFERED).
 
 Only the offer's first audio line is received; any other media (video, a second audio line) is
 answered inactive. A server event larger than the peer's data-channel message limit
@@ -116,15 +118,18 @@ def peer_configuration(peer: PeerIce) -> RTCConfiguration:
 class Call:
     def __init__(self, call_id: str, *, owner: str, connect_timeout_s: float, idle_timeout_s: float,
                  on_closed: Callable[["Call"], None], max_message_size: int | None = None,
-                 peer: PeerIce | None = None) -> None:
+                 peer: PeerIce | None = None, session_idle_timeout_s: float | None = None) -> None:
         """`max_message_size`: the largest data-channel message the peer takes (its offer's
         a=max-message-size, `sdp.Offer`); None: no limit. `peer`: STUN/TURN servers (none: host
-        candidates only)."""
+        candidates only). `session_idle_timeout_s`: a connected peer that sends neither media nor
+        a data-channel message for this long is hung up (the WebSocket's
+        MOKSORI_SERVER_SESSION_IDLE_TIMEOUT_S); None: no such limit."""
         self.id = call_id
         self.owner = owner
         self.max_message_size = max_message_size
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.session_idle_timeout_s = session_idle_timeout_s
         self._on_closed = on_closed
         self.peer = peer or PeerIce()
         self.pc = RTCPeerConnection(peer_configuration(self.peer))
@@ -144,6 +149,7 @@ class Call:
         self._tasks: set[asyncio.Task] = set()
         self.created = time.monotonic()
         self.last_media = self.created
+        self.last_heard = self.created  # the last media frame or data-channel message from the peer
         self.has_media = False
         self.connected = False
         self.closed = False
@@ -279,7 +285,7 @@ class Call:
             log.info("call %s: ignoring data channel %r", self.id, channel.label)
             return
         self.channel = channel
-        channel.on("message", self.deliver)
+        channel.on("message", self._from_peer)
         channel.on("close", lambda: self.end("the data channel closed"))
 
         def flush() -> None:
@@ -298,7 +304,7 @@ class Call:
 
         def on_frame(frame: Frame) -> None:
             self.has_media = True  # a sender with no track yet (text first, mic later) sends nothing
-            self.last_media = time.monotonic()
+            self.last_media = self.last_heard = time.monotonic()
             conn = self.conn
             if conn is None or conn.closed:
                 return
@@ -312,11 +318,17 @@ class Call:
     def _on_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
+            if not self.connected:  # the quiet clock starts once connected (connecting has its own timeout)
+                self.last_heard = max(self.last_heard, time.monotonic())
             self.connected = True
         elif state in ("failed", "closed"):
             self.end(f"the peer connection {state}")
 
     # ------------------------------------------------------------------ client events in
+
+    def _from_peer(self, message: str | bytes) -> None:
+        self.last_heard = time.monotonic()
+        self.deliver(message)
 
     def deliver(self, message: str | bytes) -> None:
         """A client event from the data channel or a sideband, handled in arrival order. Past
@@ -352,6 +364,13 @@ class Call:
                 continue
             if self.has_media and now - self.last_media > self.idle_timeout_s:
                 self.end(f"no media from the peer for {self.idle_timeout_s:g} s")
+                return
+            # connected, but silent both ways: no microphone (or a recvonly line) and no events. ICE
+            # consent keeps such a peer up for ever, holding its session slot; the WebSocket ends a
+            # client that sends nothing after the same time
+            quiet = self.session_idle_timeout_s
+            if quiet is not None and now - self.last_heard > quiet:
+                self.end(f"no media and no message from the peer for {quiet:g} s")
                 return
 
     def end(self, reason: str) -> None:

@@ -159,7 +159,7 @@ class WebRTC:
         from moksori.server.realtime_conn import RealtimeConnection
         from moksori.server.webrtc import ice
         from moksori.server.webrtc.call import Call, wire
-        from moksori.server.webrtc.sdp import OfferError, check_offer, keep_candidates, no_way_in
+        from moksori.server.webrtc.sdp import OfferError, check_offer, keep_candidates, mid_problem, no_way_in
 
         cfg = self.settings.webrtc
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -194,6 +194,9 @@ class WebRTC:
             offer = check_offer(offer_text)
         except OfferError as e:
             return error(400, str(e), "invalid_offer", param="sdp")
+        unbundled = mid_problem(offer.sdp)
+        if unbundled is not None:
+            return error(400, unbundled, "invalid_offer", param="sdp")
         addresses = ice.addresses_for(cfg.ice_addresses, (request.scope.get("server") or (None,))[0])
         offer_sdp = keep_candidates(offer.sdp, ice.remote_filter(addresses, relay_only=cfg.ice_transport_policy == "relay"))
         hopeless = no_way_in(offer.sdp, offer_sdp)
@@ -213,7 +216,8 @@ class WebRTC:
         peer = ice_servers.for_peer(cfg, user=label, now=time.time(), loopback_only=ice.loopback_only(addresses))
         call = Call(call_id, owner=label, connect_timeout_s=cfg.connect_timeout_s,
                     idle_timeout_s=cfg.idle_timeout_s, on_closed=self._closed,
-                    max_message_size=offer.max_message_size if offer.data_channel else None, peer=peer)
+                    max_message_size=offer.max_message_size if offer.data_channel else None, peer=peer,
+                    session_idle_timeout_s=self.settings.server.session_idle_timeout_s)
         self.peers.add(call.pc)
         query = request.query_params
         model = (session_part or {}).get("model") if isinstance(session_part, dict) else None
@@ -337,6 +341,9 @@ async def _multipart(request: Request, body: bytes) -> tuple[str, dict[str, Any]
         raise ProtocolError("the 'session' part is not valid JSON", code="invalid_json", param="session") from None
     if not isinstance(session, dict):
         raise ProtocolError("the 'session' part must be a JSON object", code="invalid_type", param="session")
+    if session.get("type", "realtime") not in ("realtime", "transcription"):  # as a minted key's session
+        raise ProtocolError("session.type must be 'realtime' or 'transcription'", code="invalid_value",
+                            param="session.type")
     return sdp, session
 
 

@@ -50,6 +50,27 @@ def check_offer(text: str) -> Offer:
     return Offer("\r\n".join(lines) + "\r\n", audio, data, max_message_size(lines))
 
 
+def mid_problem(sdp: str) -> str | None:
+    """Why the offer's media sections cannot be told apart, or None. Each needs one `a=mid:` of
+    one token (RFC 8843 bundles by it; every browser sends it). aiortc takes a section without
+    one, then cannot give it a transport: it raised on the answer, left that peer connection
+    unclosable (kept in memory for good) and logged a traceback from a task of its own. Checked
+    apart from `check_offer`, whose sanity checks do not need mids."""
+    section: str | None = None
+    mids: list[str] = []
+    for ln in [ln.rstrip("\r") for ln in sdp.split("\n")] + ["m="]:
+        if ln.startswith("m="):
+            if section is not None:
+                if len(mids) != 1:
+                    return f"the media section {section[:40]!r} needs one a=mid line (it has {len(mids)})"
+                if not mids[0] or any(ch.isspace() for ch in mids[0]):
+                    return f"malformed a=mid in the media section {section[:40]!r}: {mids[0][:40]!r}"
+            section, mids = ln, []
+        elif section is not None and ln.startswith("a=mid:"):
+            mids.append(ln[len("a=mid:"):])
+    return None
+
+
 def max_message_size(lines: list[str]) -> int | None:
     """The peer's `a=max-message-size` in its data-channel section (Chrome and aiortc say 262144,
     Firefox 1073741823): the largest server event its data channel takes. Absent: the RFC's
@@ -72,6 +93,19 @@ def candidate_address(line: str) -> str | None:
     return parts[4] if len(parts) >= 8 else None
 
 
+def candidate_port_ok(line: str) -> bool:
+    """Whether an `a=candidate:` line's port (the sixth field) is one a packet can go to. aioice
+    takes any integer, then its socket's `sendto` raised on 99999 or -1: asyncio logged a fatal
+    write error and aioice's retries raised on the closed transport, tracebacks in the log."""
+    parts = line.split()
+    if len(parts) < 8:
+        return False
+    try:
+        return 1 <= int(parts[5]) <= 65535
+    except ValueError:
+        return True  # not a number: aiortc's parser refuses it (400)
+
+
 def is_loopback_address(addr: str) -> bool:
     try:
         return ipaddress.ip_address(addr).is_loopback
@@ -80,12 +114,13 @@ def is_loopback_address(addr: str) -> bool:
 
 
 def keep_candidates(sdp: str, keep: Callable[[str], bool]) -> str:
-    """Drop `a=candidate` lines whose address `keep` refuses."""
+    """Drop `a=candidate` lines whose address `keep` refuses, and those with a port no packet
+    can go to."""
     out = []
     for ln in sdp.split("\r\n"):
         if ln.startswith("a=candidate:"):
             addr = candidate_address(ln)
-            if addr is None or not keep(addr):
+            if addr is None or not keep(addr) or not candidate_port_ok(ln):
                 continue
         out.append(ln)
     return "\r\n".join(out)
