@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import typer
 
@@ -59,10 +59,13 @@ def converse(
 
     stored = prepare_offline(settings, stack, config_from_settings(settings, output_rate=24000, output_lead_ms=0),
                              user, metadata={"command": "converse"})
+    timeline_file = _TimelineFile(timeline) if timeline is not None else None
     try:
-        rec = run_conversation(stack, settings, frame, fast=fast, max_tail_s=max_tail_s, timeline=timeline,
+        rec = run_conversation(stack, settings, frame, fast=fast, max_tail_s=max_tail_s, timeline=timeline_file,
                                stored=stored)
     finally:
+        if timeline_file is not None:
+            timeline_file.close()
         if stored is not None and not stored.close():
             err_console.print("[yellow]warning:[/] some turns were not saved: the store did not answer in time",
                               highlight=False)
@@ -72,12 +75,15 @@ def converse(
     if stored is not None and stored.recording is not None:
         who = f" (user {user})" if user else " (anonymous)"
         err_console.print(f"[green]✓[/] saved as conversation {stored.recording.conversation_id}{who}", highlight=False)
+    if timeline_file is not None and timeline_file.error is not None:
+        raise timeline_file.error  # names the file: one line, exit 2
 
 
-def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_tail_s: float = 30.0, timeline: Path | None = None,
-                     output_rate: int = 24000, stored: OfflineRecording | None = None) -> Any:
+def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_tail_s: float = 30.0,
+                     timeline: _TimelineFile | None = None, output_rate: int = 24000,
+                     stored: OfflineRecording | None = None) -> Any:
     """Feed `frame` into a new session at real-time pace (virtual time with fast=True), recorded
-    into `stored` when given."""
+    into `stored` when given, its timeline written to `timeline` (the caller closes it)."""
     from moksori.audio.frames import Frame
     from moksori.brains import open_session
     from moksori.engine.bus import TimelineWriter
@@ -101,9 +107,8 @@ def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_t
             stored.attach(session)
         rec = Recording(cfg.output_rate)
         session.bus.listen(rec)
-        fh = open(timeline, "w", encoding="utf-8") if timeline else None  # noqa: SIM115 - closed in finally
-        if fh:
-            session.bus.listen(TimelineWriter(fh))
+        if timeline is not None:
+            session.bus.listen(TimelineWriter(cast(IO[str], timeline)))  # it only writes
         try:
             await session.ready(timeout=30)  # the realtime brain: connected to its upstream before the caller speaks
             await play_into_session(session, frame, recording=rec)
@@ -116,11 +121,38 @@ def run_conversation(stack: Any, settings: Any, frame: Any, *, fast: bool, max_t
             await session.close()
         finally:
             await kit.close()
-            if fh:
-                fh.close()
         return rec
 
     return run_virtual(main()) if fast else asyncio.run(main())
+
+
+class _TimelineFile:
+    """The `--timeline` file. A write that fails (a full disk) stops the writing, not the
+    conversation: the reply is still written, then the error is told, naming the file. It raised
+    an OSError without a file name from inside the session (or at the last flush), which the CLI
+    could only show as a traceback, and the reply WAV was never written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: OSError | None = None
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def write(self, text: str) -> None:
+        if self.error is None:
+            try:
+                self._fh.write(text)
+            except OSError as e:
+                self._failed(e)
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        if self.error is None:
+            self.error = OSError(e.errno, e.strerror or str(e), str(self.path))
 
 
 def _summary(rec: Any, out: Path, seconds: float, fast: bool) -> None:

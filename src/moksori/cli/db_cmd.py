@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 
 from moksori.cli.main import app, friendly
-from moksori.cli.ui import err_console, out_console
+from moksori.cli.ui import checked_store_url, err_console, out_console
 from moksori.errors import ConfigError, MoksoriError
 from moksori.settings import load_settings, store_url
 
@@ -27,7 +27,7 @@ def _url() -> str:
     url = store_url(load_settings())
     if url is None:
         raise ConfigError("conversation storage is off (MOKSORI_STORE_URL=none)")
-    return url
+    return checked_store_url(url)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -76,6 +76,9 @@ def purge(days: int | None = typer.Option(None, "--older-than-days",
     from moksori.store import Store
 
     settings = load_settings()
+    if days is not None and days < 1:  # it said "retention is off (MOKSORI_STORE_RETENTION_DAYS=0)"
+        raise ConfigError(f"--older-than-days must be at least 1 (got {days})")
+    _url()
     store = Store.from_settings(settings)
     if store is None:
         raise ConfigError("conversation storage is off (MOKSORI_STORE_URL=none)")

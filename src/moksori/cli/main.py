@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -41,7 +42,16 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
         except OSError as e:
-            if os.environ.get("MOKSORI_DEBUG") or e.filename is None:
+            if os.environ.get("MOKSORI_DEBUG"):
+                raise
+            if e.filename is None and e.errno in (errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                # the output itself: `moksori models list > file` on a full disk, `| head` closed early
+                # (every file Moksori writes names itself in its errors)
+                _silence_stdout()
+                err_console.print(f"[bold red]error:[/] cannot write the output: {e.strerror or e}",
+                                  highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            if e.filename is None:
                 raise
             # a file the user named, or one in their data dir: unreadable, unwritable, disk full
             err_console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename}", highlight=False, soft_wrap=True)
@@ -54,6 +64,17 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null once it failed, so that Python's own flush at exit
+    does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 @app.callback(invoke_without_command=True)

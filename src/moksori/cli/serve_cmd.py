@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from moksori.cli.main import app, friendly
-from moksori.cli.ui import err_console, load_stack
+from moksori.cli.ui import checked_store_url, err_console, load_stack
 from moksori.errors import ConfigError, MoksoriError
 from moksori.settings import load_settings, store_url
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 class StartupError(MoksoriError):
@@ -40,6 +43,13 @@ def serve(
     from moksori.server.sockets import guarded_protocols
 
     settings = load_settings()
+    # checked before the models load: uvicorn took these after, and raised (a KeyError for a level
+    # it does not know, an OverflowError with its own tracebacks for a port past 65535)
+    log_level = log_level.strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"unknown --log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0-65535 (got {port})")
     host = (host if host is not None else settings.server.host).strip()
     if not host:
         raise ConfigError("the address to listen on is empty",
@@ -51,9 +61,7 @@ def serve(
     check_cluster_settings(settings)  # cluster mode (MOKSORI_REDIS_URL): one-line errors before the models load
     url = store_url(settings)
     if url is not None:  # a URL no supported driver takes is a typo, not an outage: refuse it now
-        from moksori.store.db import normalise_url
-
-        normalise_url(url)
+        checked_store_url(url)
     settings.server = settings.server.model_copy(update={"host": host, "port": port})  # the registry's address
     if not is_loopback(host) and not keys:
         raise ConfigError(f"refusing to listen on {host} without API keys",

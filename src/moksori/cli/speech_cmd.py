@@ -14,6 +14,7 @@ from moksori.cli.main import app, friendly
 from moksori.cli.ui import check_output_file, err_console, loading
 from moksori.errors import AudioFormatError, ConfigError
 from moksori.settings import load_settings
+from moksori.text.unencodable import encodable_text
 
 _LANGS = ("en", "ko")
 
@@ -83,6 +84,7 @@ def say(
     from moksori.text.korean_numbers import normalize_for_tts
     from moksori.text.speakable import speakable
 
+    text = encodable_text(text)  # bytes the terminal could not decode: U+FFFD, not a failed synthesis
     if not text.strip():
         raise ConfigError("nothing to say: the text is empty")
     language = _check_lang(lang) or guess_language(text)

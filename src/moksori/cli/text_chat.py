@@ -43,6 +43,7 @@ from moksori.errors import ProviderError
 from moksori.providers.base import LLM, ChatRequest, Message, TextDelta, ToolCall, ToolCallEvent, Usage
 from moksori.settings import Settings
 from moksori.text.chunker import ClauseChunker
+from moksori.text.unencodable import encodable_text
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a run stores
     from moksori.agent_kit import AgentKit
@@ -79,12 +80,23 @@ class _Lines:
     def _run(self) -> None:
         while True:
             try:
-                line = self._stream.readline()
+                line = self._readline()
             except (OSError, ValueError):
                 line = ""
             self._loop.call_soon_threadsafe(self.q.put_nowait, line.rstrip("\r\n") if line else None)
             if not line:
                 return
+
+    def _readline(self) -> str:
+        """One line, bytes that are not text in the terminal's encoding shown as U+FFFD. A
+        strict stream raised on them, which ended the chat as if at end of input (the lines after
+        were lost); Python's usual surrogateescape stdin let them through as lone surrogates, on
+        which the tokenizer raised (an internal error, the chat over)."""
+        buffer = getattr(self._stream, "buffer", None)
+        if buffer is not None:  # the real stdin: decode the bytes ourselves
+            raw = buffer.readline()
+            return encodable_text(raw.decode(getattr(self._stream, "encoding", None) or "utf-8", "replace"))
+        return encodable_text(self._stream.readline())
 
 
 def friendly_error(e: ProviderError) -> str:

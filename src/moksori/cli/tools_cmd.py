@@ -29,6 +29,8 @@ def tools_cmd(
         arguments = json.loads(args)
     except ValueError as e:
         raise ConfigError(f"--args is not JSON: {e}") from None
+    except RecursionError:  # was an "internal error"
+        raise ConfigError("--args is nested too deeply") from None
     if not isinstance(arguments, dict):
         raise ConfigError("--args must be a JSON object")
 

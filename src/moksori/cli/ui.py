@@ -18,6 +18,24 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
+def checked_store_url(url: str) -> str:
+    """`url` (MOKSORI_STORE_URL) once a driver could take it, else a one-line `ConfigError`.
+    SQLAlchemy's parser raises a bare ValueError for a port that is not a number
+    (`postgresql://u@host:abc/db`, `...@[::1/db`): `moksori db` and `moksori serve` called that
+    an internal error."""
+    from moksori.errors import MoksoriError
+    from moksori.store.db import normalise_url
+
+    try:
+        normalise_url(url)
+    except MoksoriError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"MOKSORI_STORE_URL is not a database URL ({' '.join(str(e).split())[:120]})",
+                          hint="e.g. sqlite+aiosqlite:///path/moksori.db or postgresql+asyncpg://user@host:5432/db") from None
+    return url
+
+
 def check_output_file(path: Path) -> None:
     """Refuse an output path that cannot be written, before any model loads."""
     if path.is_dir():
