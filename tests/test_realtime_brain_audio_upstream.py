@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -124,22 +125,30 @@ def clip(rate: int) -> np.ndarray:
     return resample(load_audio(utt(CLIP).path), rate).samples
 
 
-async def session(port: int, fmt: dict[str, Any], upstream: Upstream) -> tuple[Any, EventLog]:
+@asynccontextmanager
+async def session(served: ServerProcess, fmt: dict[str, Any], upstream: Upstream) -> AsyncIterator[tuple[Any, EventLog]]:
     """A text-only session with transcription, no turn detection, input audio in `fmt`; its
-    upstream connection is the stand-in's latest (`upstream.received`)."""
+    upstream connection is the stand-in's latest (`upstream.received`). On the way out the
+    stand-in transcribes again, and the server must have logged no traceback."""
     connections = len(upstream.fake.sessions)
-    conn = await ga_client(port).realtime.connect(model="gpt-realtime").enter()
+    conn = await ga_client(served.port).realtime.connect(model="gpt-realtime").enter()
     log = EventLog(conn.recv_bytes, adapter=GA_ADAPTER, parse=conn.parse_event)
-    await log.wait("session.created")
-    await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
-        "format": fmt, "transcription": {"model": "whisper-1"}, "turn_detection": None}}})
-    await log.wait("session.updated")
-    for _ in range(200):
-        if len(upstream.fake.sessions) > connections:
-            break
-        await asyncio.sleep(0.05)
-    assert len(upstream.fake.sessions) == connections + 1
-    return conn, log
+    try:
+        await log.wait("session.created")
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "audio": {"input": {
+            "format": fmt, "transcription": {"model": "whisper-1"}, "turn_detection": None}}})
+        await log.wait("session.updated")
+        for _ in range(200):
+            if len(upstream.fake.sessions) > connections:
+                break
+            await asyncio.sleep(0.05)
+        assert len(upstream.fake.sessions) == connections + 1
+        yield conn, log
+    finally:
+        upstream.fake.mode = "transcribe"
+        await log.close()
+        await conn.close()
+    assert "Traceback" not in served.log_text()
 
 
 async def sent_upstream(upstream: Upstream, item_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -158,6 +167,12 @@ async def retrieved(conn: Any, log: EventLog, item_id: str) -> dict[str, Any]:
     return (await log.wait("conversation.item.retrieved", start=n))["item"]
 
 
+async def add_audio_item(conn: Any, item_id: str, audio: bytes) -> None:
+    """A user item of one audio part, in the session's input format."""
+    await conn.conversation.item.create(item={"type": "message", "role": "user", "id": item_id, "content": [
+        {"type": "input_audio", "audio": base64.b64encode(audio).decode()}]})
+
+
 def audio_part(event: dict[str, Any]) -> bytes:
     parts = event["item"]["content"]
     assert [p["type"] for p in parts] == ["input_audio"], parts
@@ -166,12 +181,9 @@ def audio_part(event: dict[str, Any]) -> bytes:
 
 async def test_with_a_local_stt_the_upstream_hears_the_audio_and_the_words_are_local(local_stt, upstream) -> None:
     ulaw = ulaw_encode(clip(8000))
-    conn, log = await session(local_stt.port, {"type": "audio/pcmu"}, upstream)
-    try:
+    async with session(local_stt, {"type": "audio/pcmu"}, upstream) as (conn, log):
         n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_local_words",
-                                                  "content": [{"type": "input_audio",
-                                                               "audio": base64.b64encode(ulaw).decode()}]})
+        await add_audio_item(conn, "item_local_words", ulaw)
         await conn.response.create()
         sent = await sent_upstream(upstream, "item_local_words")
         # the upstream's input format followed the client's (G.711 μ-law), the bytes as they came
@@ -196,21 +208,14 @@ async def test_with_a_local_stt_the_upstream_hears_the_audio_and_the_words_are_l
         assert not log.of("error"), log.of("error")
         assert not log.problems, log.problems
         log.check_ids()
-    finally:
-        await log.close()
-        await conn.close()
-    assert "Traceback" not in local_stt.log_text()
 
 
 async def test_without_a_local_stt_the_upstream_hears_the_audio_and_its_words_are_the_item_s(no_stt, upstream) -> None:
     upstream.fake.mode = "transcribe"
     pcm = clip(24000).astype("<i2").tobytes()
-    conn, log = await session(no_stt.port, {"type": "audio/pcm", "rate": 24000}, upstream)
-    try:
+    async with session(no_stt, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
         n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_upstream_words",
-                                                  "content": [{"type": "input_audio",
-                                                               "audio": base64.b64encode(pcm).decode()}]})
+        await add_audio_item(conn, "item_upstream_words", pcm)
         sent = await sent_upstream(upstream, "item_upstream_words")
         assert audio_part(sent) == pcm  # the very bytes the client sent
         completed = await log.wait("conversation.item.input_audio_transcription.completed",
@@ -227,10 +232,6 @@ async def test_without_a_local_stt_the_upstream_hears_the_audio_and_its_words_ar
         assert not log.of("error"), log.of("error")
         assert not log.problems, log.problems
         log.check_ids()
-    finally:
-        await log.close()
-        await conn.close()
-    assert "Traceback" not in no_stt.log_text()
 
 
 @pytest.mark.parametrize("mode", ["fail", "silent"])
@@ -240,12 +241,9 @@ async def test_without_a_local_stt_a_failed_upstream_transcription_is_told(no_st
     upstream.fake.mode = mode
     pcm = clip(24000).astype("<i2").tobytes()
     item_id = f"item_unheard_{mode}"
-    conn, log = await session(no_stt.port, {"type": "audio/pcm", "rate": 24000}, upstream)
-    try:
+    async with session(no_stt, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
         n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": item_id,
-                                                  "content": [{"type": "input_audio",
-                                                               "audio": base64.b64encode(pcm).decode()}]})
+        await add_audio_item(conn, item_id, pcm)
         assert audio_part(await sent_upstream(upstream, item_id)) == pcm
         failed = await log.wait("conversation.item.input_audio_transcription.failed",
                                 lambda e: e["item_id"] == item_id, start=n, timeout=TRANSCRIPT_WAIT_S + 20)
@@ -262,16 +260,10 @@ async def test_without_a_local_stt_a_failed_upstream_transcription_is_told(no_st
         reply = await log.wait("response.done", start=n, timeout=60)
         assert reply["response"]["status"] == "completed", reply["response"]
         log.check_ids()
-    finally:
-        upstream.fake.mode = "transcribe"
-        await log.close()
-        await conn.close()
-    assert "Traceback" not in no_stt.log_text()
 
 
 async def test_bad_audio_items_are_a_clean_error_and_never_go_upstream(no_stt, upstream) -> None:
-    conn, log = await session(no_stt.port, {"type": "audio/pcm", "rate": 24000}, upstream)
-    try:
+    async with session(no_stt, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
         before = len(upstream.received("conversation.item.create"))
         n = len(log.events)
         await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_not_b64",
@@ -280,25 +272,17 @@ async def test_bad_audio_items_are_a_clean_error_and_never_go_upstream(no_stt, u
         assert bad["error"]["code"] == "invalid_value", bad
         long = np.zeros(24000 * 25, dtype="<i2").tobytes()  # 25 s: over MOKSORI_SERVER_MAX_INPUT_BUFFER_S=20
         n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_too_long",
-                                                  "content": [{"type": "input_audio",
-                                                               "audio": base64.b64encode(long).decode()}]})
+        await add_audio_item(conn, "item_too_long", long)
         too_long = await log.wait("error", start=n)
         assert too_long["error"]["code"] == "audio_too_long", too_long
         # the session goes on: a good item still goes up, as audio
         pcm = clip(24000).astype("<i2").tobytes()
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_after_bad",
-                                                  "content": [{"type": "input_audio",
-                                                               "audio": base64.b64encode(pcm).decode()}]})
+        await add_audio_item(conn, "item_after_bad", pcm)
         assert audio_part(await sent_upstream(upstream, "item_after_bad")) == pcm
         ids = [e["item"].get("id") for e in upstream.received("conversation.item.create")[before:]]
         assert ids == ["item_after_bad"], ids
         assert not log.of("conversation.item.added") or all(
             e["item"]["id"] == "item_after_bad" for e in log.of("conversation.item.added")), log.types()
-    finally:
-        await log.close()
-        await conn.close()
-    assert "Traceback" not in no_stt.log_text()
 
 
 @pytest.mark.parametrize("server", ["local_stt", "no_stt"])
@@ -316,8 +300,7 @@ async def test_a_response_s_own_input_audio_goes_upstream_as_audio(request, upst
     else:
         fmt = {"type": "audio/pcm", "rate": 24000}
         raw = expected = clip(24000).astype("<i2").tobytes()
-    conn, log = await session(served.port, fmt, upstream)
-    try:
+    async with session(served, fmt, upstream) as (conn, log):
         n = len(log.events)
         await conn.response.create(response={"conversation": "none", "output_modalities": ["text"], "input": [
             {"type": "message", "role": "user", "content": [
@@ -336,10 +319,6 @@ async def test_a_response_s_own_input_audio_goes_upstream_as_audio(request, upst
         assert not upstream.received("conversation.item.create")  # (out of band: not in the conversation)
         assert not log.of("error"), log.of("error")
         log.check_ids()
-    finally:
-        await log.close()
-        await conn.close()
-    assert "Traceback" not in served.log_text()
 
 
 @pytest.mark.parametrize("server", ["local_stt", "no_stt"])
@@ -348,12 +327,9 @@ async def test_an_upstream_that_refuses_the_audio_gets_the_words(request, upstre
     upstream.fake.mode = "refuse"
     pcm = clip(24000).astype("<i2").tobytes()
     item_id = f"item_refused_{server}"
-    conn, log = await session(served.port, {"type": "audio/pcm", "rate": 24000}, upstream)
-    try:
+    async with session(served, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
         n = len(log.events)
-        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": item_id,
-                                                  "content": [{"type": "input_audio",
-                                                               "audio": base64.b64encode(pcm).decode()}]})
+        await add_audio_item(conn, item_id, pcm)
         assert audio_part(await sent_upstream(upstream, item_id)) == pcm  # (tried as audio first)
         if server == "local_stt":
             done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == item_id, start=n, timeout=120)
@@ -375,8 +351,3 @@ async def test_an_upstream_that_refuses_the_audio_gets_the_words(request, upstre
             done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == item_id, start=n)
             assert done["item"]["content"][0]["transcript"] is None, done["item"]
         log.check_ids()
-    finally:
-        upstream.fake.mode = "transcribe"
-        await log.close()
-        await conn.close()
-    assert "Traceback" not in served.log_text()
