@@ -156,16 +156,18 @@ async def test_a_connected_peer_that_sends_nothing_is_hung_up_and_gives_its_slot
 # --------------------------------------------------------------------------- offers aiortc mishandles
 
 
-@pytest.mark.parametrize("change", ["no mid", "empty mid", "mid with a space"])
+@pytest.mark.parametrize("change", ["no mid", "empty mid", "mid with a space", "shared mid"])
 async def test_an_offer_without_a_usable_mid_is_refused_and_leaves_nothing(server, change):
     """Before: 400 from aiortc's AttributeError, but the peer connection could not be closed (it
-    stayed in memory, one per request) and a task's traceback went into the log."""
+    stayed in memory, one per request) and a task's traceback went into the log; two sections
+    with one mid (the audio's and the data channel's) were answered 201."""
     await wait_clean(server, 20)
     since = len(server.log_text())
     sdp = await an_offer()
     assert "a=mid:0\r\n" in sdp
     bad = {"no mid": sdp.replace("a=mid:0\r\n", "", 1), "empty mid": sdp.replace("a=mid:0\r\n", "a=mid:\r\n", 1),
-           "mid with a space": sdp.replace("a=mid:0\r\n", "a=mid:0 x\r\n", 1)}[change]
+           "mid with a space": sdp.replace("a=mid:0\r\n", "a=mid:0 x\r\n", 1),
+           "shared mid": sdp.replace("a=mid:1\r\n", "a=mid:0\r\n", 1)}[change]
     r = await post_offer(server, bad)
     assert r.status_code == 400, r.text
     err = r.json()["error"]

@@ -52,12 +52,13 @@ def check_offer(text: str) -> Offer:
 
 def mid_problem(sdp: str) -> str | None:
     """Why the offer's media sections cannot be told apart, or None. Each needs one `a=mid:` of
-    one token (RFC 8843 bundles by it; every browser sends it). aiortc takes a section without
+    one token, its own (RFC 8843 bundles by it; every browser sends it). aiortc takes a section without
     one, then cannot give it a transport: it raised on the answer, left that peer connection
     unclosable (kept in memory for good) and logged a traceback from a task of its own. Checked
     apart from `check_offer`, whose sanity checks do not need mids."""
     section: str | None = None
     mids: list[str] = []
+    seen: set[str] = set()
     for ln in [ln.rstrip("\r") for ln in sdp.split("\n")] + ["m="]:
         if ln.startswith("m="):
             if section is not None:
@@ -65,6 +66,9 @@ def mid_problem(sdp: str) -> str | None:
                     return f"the media section {section[:40]!r} needs one a=mid line (it has {len(mids)})"
                 if not mids[0] or any(ch.isspace() for ch in mids[0]):
                     return f"malformed a=mid in the media section {section[:40]!r}: {mids[0][:40]!r}"
+                if mids[0] in seen:  # (unique in a description: RFC 5888; aiortc took both)
+                    return f"two media sections share a=mid:{mids[0][:40]}"
+                seen.add(mids[0])
             section, mids = ln, []
         elif section is not None and ln.startswith("a=mid:"):
             mids.append(ln[len("a=mid:"):])
