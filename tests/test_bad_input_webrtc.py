@@ -208,3 +208,19 @@ async def test_a_multipart_session_of_unknown_type_is_refused(server):
     assert r.status_code == 201, r.text[:200]
     await hang_up(server, r)
     await wait_clean(server, 10)
+
+
+@pytest.mark.parametrize("filename", [None, "session.json"])
+async def test_a_session_part_that_is_not_utf8_is_named(server, filename):
+    """Sent as a file part it was told as "the SDP offer is not UTF-8 text"; it is the session's
+    fault, named as such (a plain field reaches us with U+FFFD, here in its type), and nothing is
+    left behind."""
+    await wait_clean(server, 20)
+    sdp = await an_offer()
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(server.url + "/v1/realtime/calls", headers=H,
+                            files={"sdp": (None, sdp), "session": (filename, b'{"type": "realtime\xff"}')})
+    assert r.status_code == 400, r.text[:200]
+    err = r.json()["error"]
+    assert err["param"].startswith("session") and "sdp" not in err["message"].lower(), err
+    assert await counts(server) == (0, 0, 0)

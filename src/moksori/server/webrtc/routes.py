@@ -330,7 +330,10 @@ async def _multipart(request: Request, body: bytes) -> tuple[str, dict[str, Any]
         sdp = await _part_text(form.get("sdp"))
         if sdp is None:
             raise ProtocolError("the multipart body has no 'sdp' part", code="missing_required_parameter", param="sdp")
-        raw = await _part_text(form.get("session"))
+        try:
+            raw = await _part_text(form.get("session"))
+        except UnicodeDecodeError:  # (it was told as the offer's fault)
+            raise ProtocolError("the 'session' part is not UTF-8 text", code="invalid_json", param="session") from None
     finally:
         await form.close()
     if raw is None:
