@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from moksori.audio.frames import Frame
 from moksori.engine import events as E
 from moksori.engine.item_words import Part, set_words
@@ -46,6 +48,7 @@ __all__ = ["AudioItems", "HeardMessage", "MAX_UPSTREAM_ID"]
 
 MAX_UPSTREAM_ID = 32  # an item id OpenAI accepts (a longer client id gets one of ours upstream)
 KEEP = 256  # audio items remembered (for the upstream's late transcript, or its refusal)
+_NO_AUDIO = np.zeros(0, dtype=np.float32)  # an audio part whose audio has been sent and let go
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class _AudioItem:
         frames = iter(self.frames)
         return [p if isinstance(p, str) else next(frames) for p in self.parts]
 
+    def drop_audio(self) -> None:
+        """Keep the parts' order and kinds (what the words are set by), not their audio."""
+        self.frames = []
+        self.parts = [p if isinstance(p, str) else _NO_AUDIO for p in self.parts]
+
 
 class AudioItems:
     def __init__(self, brain: RealtimeSession, ctx: SessionContext) -> None:
@@ -107,7 +115,9 @@ class AudioItems:
         brain = self._brain
         if a is None or brain.memory.get(item_id) is None:
             return  # deleted meanwhile
-        await brain.upstream.add_user_audio(a.content(), item_id=a.up_id,
+        content = a.content()
+        a.drop_audio()  # sent: up to KEEP items are remembered, and an item may hold minutes of audio
+        await brain.upstream.add_user_audio(content, item_id=a.up_id,
                                             previous_item_id=brain.upstream_previous(item_id))
         a.sent = True
         if a.local:
