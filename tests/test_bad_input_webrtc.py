@@ -33,7 +33,7 @@ import pytest
 from servers import ServerProcess, free_port
 
 aiortc = pytest.importorskip("aiortc")
-from moksori.testing.webrtc_client import LOOPBACK, RtcClient  # noqa: E402 - after the aiortc check
+from moksori.testing.webrtc_client import LOOPBACK, RtcClient, one_offer  # noqa: E402 - after the aiortc check
 
 HERE = Path(__file__).parent
 KEY = "sk-bad-webrtc"
@@ -88,14 +88,6 @@ async def wait_clean(server, timeout: float) -> float:
         assert time.monotonic() - t0 < timeout, now
         await asyncio.sleep(0.1)
     return time.monotonic() - t0
-
-
-async def an_offer() -> str:
-    client = RtcClient()
-    try:
-        return await client.offer()
-    finally:
-        await client.close()
 
 
 def assert_clean_log(server, since: int) -> None:
@@ -163,7 +155,7 @@ async def test_an_offer_without_a_usable_mid_is_refused_and_leaves_nothing(serve
     with one mid (the audio's and the data channel's) were answered 201."""
     await wait_clean(server, 20)
     since = len(server.log_text())
-    sdp = await an_offer()
+    sdp = await one_offer()
     assert "a=mid:0\r\n" in sdp
     bad = {"no mid": sdp.replace("a=mid:0\r\n", "", 1), "empty mid": sdp.replace("a=mid:0\r\n", "a=mid:\r\n", 1),
            "mid with a space": sdp.replace("a=mid:0\r\n", "a=mid:0 x\r\n", 1),
@@ -183,7 +175,7 @@ async def test_a_candidate_whose_port_no_packet_can_reach_is_dropped(server, por
     datagram transport" and then tracebacks from aioice's retries on the closed transport."""
     await wait_clean(server, 20)
     since = len(server.log_text())
-    sdp = await an_offer()
+    sdp = await one_offer()
     bad = re.sub(r"(a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 )\d+", rf"\g<1>{port}", sdp, count=1)
     assert bad != sdp
     r = await post_offer(server, bad)
@@ -198,7 +190,7 @@ async def test_a_multipart_session_of_unknown_type_is_refused(server):
     """Minting a key with such a session is a 400; the same session sent with the offer started
     a call (as a realtime session)."""
     await wait_clean(server, 20)
-    sdp = await an_offer()
+    sdp = await one_offer()
     for kind in ("video", 5, None):
         r = await post_offer(server, sdp, session={"type": kind, "instructions": "x"})
         assert r.status_code == 400, (kind, r.status_code, r.text[:200])
@@ -216,7 +208,7 @@ async def test_a_session_part_that_is_not_utf8_is_named(server, filename):
     fault, named as such (a plain field reaches us with U+FFFD, here in its type), and nothing is
     left behind."""
     await wait_clean(server, 20)
-    sdp = await an_offer()
+    sdp = await one_offer()
     async with httpx.AsyncClient(timeout=30) as http:
         r = await http.post(server.url + "/v1/realtime/calls", headers=H,
                             files={"sdp": (None, sdp), "session": (filename, b'{"type": "realtime\xff"}')})

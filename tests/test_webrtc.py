@@ -33,7 +33,7 @@ from speech import prepared_data_dir, requires_speech, utt
 
 aiortc = pytest.importorskip("aiortc")
 from moksori.server.webrtc.call import MAX_CHANNEL_BUFFERED  # noqa: E402 - needs aiortc
-from moksori.testing.webrtc_client import RtcClient  # noqa: E402 - needs aiortc
+from moksori.testing.webrtc_client import RtcClient, one_offer  # noqa: E402 - needs aiortc
 
 pytestmark = [pytest.mark.models, requires_speech]
 
@@ -397,7 +397,7 @@ async def test_session_limits_count_calls_and_the_keys_they_came_from(server):
     clients = [await open_call(server) for _ in range(PER_KEY - 1)]  # minted by KEY
     try:
         clients.append(await open_call(server, key=KEY))
-        sdp = await _one_offer()
+        sdp = await one_offer()
         got, body, _ = await asyncio.to_thread(http, server, "POST", "/v1/realtime/calls", raw=sdp.encode(),
                                                content_type="application/sdp")
         assert got == 503 and body["error"]["code"] == "too_many_sessions"  # a limit, as for WebSockets
@@ -472,7 +472,7 @@ async def test_non_json_on_the_data_channel_is_an_error_event(server):
 
 
 def test_calls_refuse_bad_input(server):
-    client_sdp = asyncio.run(_one_offer())
+    client_sdp = asyncio.run(one_offer())
     cases = [
         ("wrong content type", dict(raw=client_sdp.encode(), content_type="text/plain"), 415, "unsupported_content_type"),
         ("not SDP", dict(raw=b"hello", content_type="application/sdp"), 400, "invalid_offer"),
@@ -554,7 +554,7 @@ async def test_ephemeral_key_starts_a_websocket_session_too(server):
 
 async def test_wrong_and_expired_ephemeral_keys_are_refused(server, early_key):
     """Placed last: the module's 10 s key has expired by now (waits for the rest if not)."""
-    sdp = await _one_offer()
+    sdp = await one_offer()
     got, body, _ = await asyncio.to_thread(http, server, "POST", "/v1/realtime/calls", raw=sdp.encode(),
                                            content_type="application/sdp", key="ek_" + "x" * 32)
     assert got == 401 and "expired" in body["error"]["message"]
@@ -570,14 +570,6 @@ async def test_wrong_and_expired_ephemeral_keys_are_refused(server, early_key):
                            additional_headers={"Authorization": f"Bearer {early_key['value']}"}):
             pass
     assert (await asyncio.to_thread(stats, server))["calls"] == 0
-
-
-async def _one_offer() -> str:
-    client = RtcClient()
-    try:
-        return await client.offer()
-    finally:
-        await client.close()
 
 
 def _multipart(sdp: str, session: str) -> bytes:

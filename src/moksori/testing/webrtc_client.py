@@ -227,6 +227,15 @@ class RtcClient:
         await self.pc.close()
 
 
+async def one_offer() -> str:
+    """A fresh client's offer, the client closed: SDP to post, or to spoil, as a test needs."""
+    client = RtcClient()
+    try:
+        return await client.offer()
+    finally:
+        await client.close()
+
+
 async def _vanish_main(url: str, key: str) -> None:
     client = RtcClient()
     await client.connect_sdk(url, key)
