@@ -81,6 +81,15 @@ async def create_audio_item(conn: Any, log: EventLog, item_id: str, audio: str) 
     return n
 
 
+async def still_answers(conn: Any, log: EventLog, start: int) -> None:
+    """The session goes on: a text turn after `start` is answered."""
+    await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                              "content": [{"type": "input_text", "text": "Hello?"}]})
+    await conn.response.create()
+    reply = await log.wait("response.done", start=start, timeout=60)
+    assert reply["response"]["status"] == "completed", reply["response"]
+
+
 async def test_an_audio_item_is_transcribed_off_the_handler(front, upstream: Upstream) -> None:  # noqa: F811
     audio, seconds = item_ulaw()
     assert 60 < seconds < 90, seconds
@@ -148,11 +157,7 @@ async def test_without_a_local_stt_an_audio_item_is_a_failed_transcription(no_st
         sent = [e["item"] for e in upstream.received("conversation.item.create") if e["item"].get("id") == "item_unheard"]
         assert [[p["type"] for p in i["content"]] for i in sent] == [["input_audio"]], sent
         assert sent[0]["content"][0]["audio"] == audio
-        await conn.conversation.item.create(item={"type": "message", "role": "user",
-                                                  "content": [{"type": "input_text", "text": "Hello?"}]})
-        await conn.response.create()
-        reply = await log.wait("response.done", start=n, timeout=60)
-        assert reply["response"]["status"] == "completed", reply["response"]
+        await still_answers(conn, log, n)
         log.check_ids()
     finally:
         await log.close()
