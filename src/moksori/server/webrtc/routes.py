@@ -41,6 +41,7 @@ from moksori.server.cluster_routes import Refusal
 from moksori.server.ephemeral_keys import (EphemeralKey, StoreFull, check_session_size, is_ephemeral,
                                            new_key, parse_expires_after)
 from moksori.server.webrtc import ice_servers
+from moksori.server.webrtc.offer_body import multipart_offer, session_kind
 from moksori.server.realtime_config import initial_session
 from moksori.text.unencodable import surrogates_replaced
 from moksori.server.webhook_guard import read_body
@@ -128,10 +129,10 @@ class WebRTC:
             session = {}
         if not isinstance(session, dict):  # `[]`, `""`, `0`, `false` too: none of them is "no session"
             return error(400, "session must be an object", "invalid_type", param="session")
-        kind = session.get("type", "realtime")
-        if kind not in ("realtime", "transcription"):
-            return error(400, "session.type must be 'realtime' or 'transcription'", "invalid_value",
-                         param="session.type")
+        try:
+            kind = session_kind(session)
+        except ProtocolError as e:
+            return error(400, e.message, e.code, param=e.param)
         payload = {k: v for k, v in session.items() if k != "type"}
         try:
             check_session_size(payload)  # before validating it: the key would hold it for up to 2 h
@@ -185,7 +186,7 @@ class WebRTC:
             if ctype == "application/sdp":
                 offer_text = body.decode("utf-8")
             else:
-                offer_text, session_part = await _multipart(request, body)
+                offer_text, session_part = await multipart_offer(request, body)
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not UTF-8 text", "invalid_offer", param="sdp")
         except ProtocolError as e:
@@ -317,46 +318,6 @@ class WebRTC:
                 "tasks": len(asyncio.all_tasks()), "ephemeral_keys": len(self.state.ephemeral)
                 if hasattr(self.state.ephemeral, "__len__") else None,
                 "detail": [c.summary() for c in self.calls.values()]}
-
-
-async def _multipart(request: Request, body: bytes) -> tuple[str, dict[str, Any] | None]:
-    """The `sdp` and `session` parts of a multipart body (already read, within the limit)."""
-    request._body = body  # noqa: SLF001 - Starlette reads a cached body instead of the (consumed) stream
-    try:
-        form = await request.form(max_files=4, max_fields=8)
-    except Exception as e:  # noqa: BLE001 - python-multipart's errors: the body's fault
-        raise ProtocolError(f"malformed multipart body: {e}"[:200], code="invalid_request_error") from None
-    try:
-        sdp = await _part_text(form.get("sdp"))
-        if sdp is None:
-            raise ProtocolError("the multipart body has no 'sdp' part", code="missing_required_parameter", param="sdp")
-        try:
-            raw = await _part_text(form.get("session"))
-        except UnicodeDecodeError:  # (it was told as the offer's fault)
-            raise ProtocolError("the 'session' part is not UTF-8 text", code="invalid_json", param="session") from None
-    finally:
-        await form.close()
-    if raw is None:
-        return sdp, None
-    try:
-        session = surrogates_replaced(json.loads(raw), raw)
-    except (ValueError, RecursionError):
-        raise ProtocolError("the 'session' part is not valid JSON", code="invalid_json", param="session") from None
-    if not isinstance(session, dict):
-        raise ProtocolError("the 'session' part must be a JSON object", code="invalid_type", param="session")
-    if session.get("type", "realtime") not in ("realtime", "transcription"):  # as a minted key's session
-        raise ProtocolError("session.type must be 'realtime' or 'transcription'", code="invalid_value",
-                            param="session.type")
-    return sdp, session
-
-
-async def _part_text(part: Any) -> str | None:
-    if part is None:
-        return None
-    if isinstance(part, str):
-        return part
-    data = await part.read()  # an UploadFile (a part sent with a filename)
-    return data.decode("utf-8")
 
 
 def install(app: FastAPI, state: Any) -> None:
