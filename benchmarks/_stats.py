@@ -11,3 +11,13 @@ def pct(xs: list[float], p: float) -> float:
     k = (len(xs) - 1) * p
     lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+async def cold_llm(llm: object, system: str) -> None:
+    """The LLM's KV cache set back to the system prompt alone, as after start-up: the batched
+    provider's other slots forget what they hold too (else a fresh session of an utterance
+    played before finds its whole prompt cached there)."""
+    forget = getattr(llm, "forget_cached_prompts", None)
+    if forget is not None:
+        forget()
+    await llm.warm(system)  # type: ignore[attr-defined]

@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _stats import pct
+from _stats import cold_llm, pct
 from server_latency import manifest
 
 HERE = Path(__file__).resolve().parent
@@ -246,9 +246,11 @@ async def run(args) -> dict:
             order = names[n % len(names):] + names[:n % len(names)]
             n += 1
             for name in order:
-                # the same KV cache state for both: the system prompt only (as after start-up), not
-                # the previous session's prompt for this very utterance
-                await stack.llm.warm(system_prompt(settings.agent.instructions, stack.llm.caps.languages))
+                # the same KV cache state for every variant: the system prompt only (as after
+                # start-up), not an earlier session's prompt for this very utterance, which the
+                # batched LLM's other slots would still hold
+                llm = stacks.get(name, stack).llm
+                await cold_llm(llm, system_prompt(settings.agent.instructions, llm.caps.languages))
                 row = await one(stacks.get(name, stack), variants[name][0], SPEECH / u)
                 row["rep"], row["variant"] = rep, name
                 rows[name].append(row)

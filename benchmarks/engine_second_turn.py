@@ -22,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _stats import pct
+from _stats import cold_llm, pct
 from engine_latency import SPEECH, UTTERANCES, overrides
 
 
@@ -81,7 +81,7 @@ async def run(args) -> dict:
             order = names[n % len(names):] + names[:n % len(names)]
             n += 1
             for name in order:
-                await stack.llm.warm(system)
+                await cold_llm(stack.llm, system)
                 row = await one(stack, variants[name], SPEECH / u, SPEECH / UTTERANCES[(i + 1) % len(UTTERANCES)],
                                 args.gap)
                 row["rep"], row["variant"] = rep, name

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _stats import pct
+from _stats import cold_llm, pct
 
 HERE = Path(__file__).resolve().parent
 SPEECH = HERE.parent.parent / "shared" / "speech"
@@ -65,7 +65,7 @@ async def run(args) -> dict:
     texts = [await stt(a) for a in audios]
 
     async def first_token(text: str) -> float:
-        await stack.llm.warm(system)  # the KV cache holds the system prompt only
+        await cold_llm(stack.llm, system)  # the KV cache holds the system prompt only
         req = ChatRequest(messages=(Message("system", system), Message("user", text)), temperature=0.0,
                           max_tokens=1)
         t0 = time.perf_counter()
@@ -104,12 +104,12 @@ async def run(args) -> dict:
         if name == "llm":
             return {"llm": await first_token(text)}
         if name == "llm+eot":
-            await stack.llm.warm(system)
+            await cold_llm(stack.llm, system)
             e = asyncio.ensure_future(timed(turn1.complete_probability(audio)))
             s = await first_token(text)
             return {"llm+eot": s, "eot|llm": await e}
         if name == "llm+vad":
-            await stack.llm.warm(system)
+            await cold_llm(stack.llm, system)
             stop = threading.Event()
             th = threading.Thread(target=vad_pacer, args=(stop, vad_frames), daemon=True)
             th.start()

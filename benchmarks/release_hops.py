@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _stats import pct
+from _stats import cold_llm, pct
 from engine_latency import SPEECH, UTTERANCES, one, overrides
 
 PROBES: list[tuple[str, float, str]] = []
@@ -147,7 +147,7 @@ async def run(args) -> dict:
             order = names[n % len(names):] + names[:n % len(names)]
             n += 1
             for name in order:
-                await stack.llm.warm(system)
+                await cold_llm(stack.llm, system)
                 PROBES.clear()
                 r = await one(stack, variants[name], SPEECH / u)
                 row = {"file": u, "rep": rep, "variant": name, "latency_ms": r.get("latency_ms"),

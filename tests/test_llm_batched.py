@@ -291,6 +291,18 @@ async def test_second_turn_reuses_its_slot_while_other_sessions_come_and_go(batc
     assert usage2.input_tokens - usage2.cached_tokens < 40  # only the new question, about
 
 
+async def test_forget_cached_prompts_makes_a_repeated_prompt_start_cold(batched):
+    req = request("What is the tallest mountain in Africa?", max_tokens=4)
+    await reply(batched, req)
+    _, again = await reply(batched, req)
+    assert again.cached_tokens >= again.input_tokens - 1  # premise: a slot holds the whole prompt
+    batched.forget_cached_prompts()
+    _, cold = await reply(batched, req)
+    assert cold.cached_tokens == 0
+    _, warm = await reply(batched, req)  # and the slot that evaluated it holds it again
+    assert warm.cached_tokens >= warm.input_tokens - 1
+
+
 async def test_prefill_history_goes_to_the_conversations_slot(batched):
     first = request("I am planning a trip to Norway in June. What should I pack?")
     text, _ = await reply(batched, first)

@@ -245,6 +245,14 @@ class _Batcher:
             while not reply.ended and not reply.stop.is_set():
                 self._cond.wait(0.05)
 
+    def forget(self) -> None:
+        """Every free slot forgets the tokens its KV cache holds (their cells are dropped when
+        the slot is next given a request): the next requests find nothing cached."""
+        with self._cond:
+            for s in self._slots:
+                if s.reply is None:
+                    s.cached = []
+
     def release(self, reply: _Reply) -> None:
         """The reader is gone: the decode thread ends the reply at its next step."""
         with self._cond:
@@ -565,6 +573,11 @@ class BatchedLlamaCppLLM(LlamaCppLLM):
         finally:
             self._batcher.release(reply)
         return max(0, reply.at - reply.cached)
+
+    def forget_cached_prompts(self) -> None:
+        """No free slot reuses what it evaluated before, as after start-up (a benchmark's fresh
+        sessions of one utterance would otherwise find each other's prompts cached)."""
+        self._batcher.forget()
 
     async def close(self) -> None:
         await run_blocking(self._batcher.close)
