@@ -303,6 +303,19 @@ async def test_forget_cached_prompts_makes_a_repeated_prompt_start_cold(batched)
     assert warm.cached_tokens >= warm.input_tokens - 1
 
 
+async def test_a_slot_still_replying_forgets_its_prompt_once_its_reply_ends(batched):
+    req = request("Tell me a long story about a dragon and a knight.", max_tokens=40)
+    stream = batched.chat(req)
+    async for ev in stream:
+        if isinstance(ev, TextDelta):
+            break  # the reply is generating in its slot
+    batched.forget_cached_prompts()
+    async for _ in stream:
+        pass
+    _, after = await reply(batched, req)
+    assert after.cached_tokens == 0
+
+
 async def test_prefill_history_goes_to_the_conversations_slot(batched):
     first = request("I am planning a trip to Norway in June. What should I pack?")
     text, _ = await reply(batched, first)

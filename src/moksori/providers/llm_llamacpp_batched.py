@@ -163,6 +163,7 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # the tokens its KV cache holds, from position 0
     used_at: float = 0.0
     reply: _Reply | None = None
+    forget: bool = False  # forget `cached` once its reply ends (`_Batcher.forget`)
 
 
 class _Batcher:
@@ -246,12 +247,15 @@ class _Batcher:
                 self._cond.wait(0.05)
 
     def forget(self) -> None:
-        """Every free slot forgets the tokens its KV cache holds (their cells are dropped when
-        the slot is next given a request): the next requests find nothing cached."""
+        """Every slot forgets the tokens its KV cache holds, a busy one once its reply ends
+        (their cells are dropped when the slot is next given a request): the requests after
+        that find nothing cached."""
         with self._cond:
             for s in self._slots:
                 if s.reply is None:
                     s.cached = []
+                else:
+                    s.forget = True
 
     def release(self, reply: _Reply) -> None:
         """The reader is gone: the decode thread ends the reply at its next step."""
@@ -413,6 +417,8 @@ class _Batcher:
         if r.slot is not None and r.slot.reply is r:
             r.slot.reply = None
             r.slot.used_at = time.monotonic()
+            if r.slot.forget:
+                r.slot.cached, r.slot.forget = [], False
         self._cond.notify_all()
 
     def _decode(self, call: list[_Work]) -> None:
@@ -575,8 +581,9 @@ class BatchedLlamaCppLLM(LlamaCppLLM):
         return max(0, reply.at - reply.cached)
 
     def forget_cached_prompts(self) -> None:
-        """No free slot reuses what it evaluated before, as after start-up (a benchmark's fresh
-        sessions of one utterance would otherwise find each other's prompts cached)."""
+        """No slot reuses what it evaluated before (one still replying, once its reply ends), as
+        after start-up: a benchmark's fresh sessions of one utterance would otherwise find each
+        other's prompts cached."""
         self._batcher.forget()
 
     async def close(self) -> None:
