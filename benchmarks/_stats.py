@@ -17,7 +17,8 @@ async def cold_llm(llm: object, system: str) -> None:
     """The LLM's KV cache set back to the system prompt alone, as after start-up: the batched
     provider's other slots forget what they hold too (else a fresh session of an utterance
     played before finds its whole prompt cached there)."""
-    forget = getattr(llm, "forget_cached_prompts", None)
-    if forget is not None:
-        forget()
+    for provider in getattr(llm, "providers", None) or [llm]:  # inside the stack's ResilientLLM
+        forget = getattr(provider, "forget_cached_prompts", None)
+        if forget is not None:
+            forget()
     await llm.warm(system)  # type: ignore[attr-defined]
