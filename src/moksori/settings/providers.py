@@ -86,9 +86,10 @@ class LLMSettings(BaseModel):
     # evaluate the user's words heard so far (incremental STT's commits when stt.incremental is
     # on, else live partials) into the local LLM's KV cache while they speak (engine/prefill.py);
     # only the embedded llama.cpp model has such a cache. On: the LLM's own step after the final
-    # transcript goes from p50 ~245 to ~183 ms, but the whole path's A/B runs disagree at p50 and
-    # without incremental STT every session decodes live partials for it, so it is off (README,
-    # latency section)
+    # transcript goes from p50 ~245 to ~183 ms; on AVX2-only CPUs a single caller's first audio
+    # came 37 ms sooner (paired), elsewhere the A/B runs disagree at p50; without incremental STT
+    # every session decodes live partials for it (an overlapping caller pays), so it is off
+    # (README, latency section)
     prefill: bool = False
     # when the user starts speaking, evaluate the history and the chat template's header before
     # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
