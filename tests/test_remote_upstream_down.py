@@ -15,6 +15,8 @@ The LLM of the running servers is `tests/scripted_llm_server.py`. Speech:
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from realtime_speech import b64, speech_pcm
@@ -57,7 +59,10 @@ async def test_remote_stt_down_at_start_then_back(data_dir, tmp_path_factory, sc
             failed = await log.wait("conversation.item.input_audio_transcription.failed", timeout=90)
             assert failed["item_id"] == "item_down" and failed["error"]["message"], failed
 
-            stt.start()  # the upstream is back: the same server, the same session, no restart
+            # the upstream is back: the same server, the same session, no restart (started off this
+            # loop: a start takes seconds, and a loop blocked that long answers no keepalive ping, so
+            # the server would rightly close this session)
+            await asyncio.to_thread(stt.start)
             await conn.conversation.item.create(item=audio_item("item_back"))
             done = await log.wait("conversation.item.input_audio_transcription.completed",
                                   lambda e: e["item_id"] == "item_back", timeout=90)
