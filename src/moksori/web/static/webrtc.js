@@ -13,6 +13,7 @@ import { serverEvent, utf8Length } from "./realtime.js";
 const GATHER_MS = 2000; // host candidates are ready at once, STUN/TURN ones in a round trip or two
 const MAX_ICE_ERRORS = 4; // STUN/TURN failures kept to explain a connection that fails
 const OPEN_MS = 10000; // offer posted -> data channel open
+const HANGUP_MS = 3000; // an unjoined call's peer connection is closed after its hangup, or this long
 
 export class WebRTCClient {
   /** handlers: {onEvent(ev), onClose({code, reason, wasOpen}), onRemoteStream(stream)} */
@@ -130,14 +131,16 @@ export class WebRTCClient {
     } catch (e) {
       if (pc) {
         // a call the server answered but this peer never joined: hang it up rather than leave it to
-        // the server's connect timeout (a connected one ends when the peer connection closes)
-        if (callId && pc.connectionState !== "connected") hangup(callId, key);
+        // the server's connect timeout (a connected one ends when the peer connection closes). The
+        // peer connection closes once the hangup is answered: closed first, it may end the call
+        // (DTLS got through) before the hangup arrives, which then finds no call (404). The
+        // microphone is taken off it at once, so the call hears nothing more.
+        const unjoined = callId && pc.connectionState !== "connected";
         if (this.pc === pc) this.drop();
-        try {
-          pc.close();
-        } catch {
-          /* already closed */
-        }
+        if (unjoined) {
+          mute(pc);
+          hangup(callId, key).finally(() => closePeer(pc));
+        } else closePeer(pc);
       }
       throw cancelled() ? abortError() : e;
     } finally {
@@ -186,18 +189,19 @@ export class WebRTCClient {
 
   close() {
     this.attempt++; // a connect() under way gives up at its next step
+    const connecting = this.cancelWait !== null;
     if (this.cancelWait) this.cancelWait();
     this.cancelWait = null;
     this.closing = true;
     const pc = this.pc;
     this.drop();
-    if (pc) {
-      try {
-        pc.close();
-      } catch {
-        /* already closed */
-      }
-    }
+    if (!pc) return;
+    if (connecting) {
+      // that connect() closes it, once it has hung up a call the server may have answered (see
+      // its catch); deaf from now on, and closed here anyway should it not have by then
+      mute(pc);
+      setTimeout(() => closePeer(pc), OPEN_MS + HANGUP_MS);
+    } else closePeer(pc);
   }
 }
 
@@ -214,11 +218,25 @@ function tooLarge(limit) {
   return e;
 }
 
-/** Best effort: POST /v1/realtime/calls/{id}/hangup (its answer does not matter). */
+/** Best effort: POST /v1/realtime/calls/{id}/hangup; settles (never rejects) once answered, or
+ *  after HANGUP_MS. Its answer does not matter. */
 function hangup(callId, key) {
-  fetch(`/v1/realtime/calls/${encodeURIComponent(callId)}/hangup`, {
+  return fetch(`/v1/realtime/calls/${encodeURIComponent(callId)}/hangup`, {
     method: "POST", keepalive: true, headers: key ? { Authorization: `Bearer ${key}` } : {},
+    signal: AbortSignal.timeout(HANGUP_MS),
   }).catch(() => {});
+}
+
+function mute(pc) {
+  for (const sender of pc.getSenders()) sender.replaceTrack(null).catch(() => {});
+}
+
+function closePeer(pc) {
+  try {
+    pc.close();
+  } catch {
+    /* already closed */
+  }
 }
 
 function gathered(pc) {
