@@ -32,7 +32,7 @@ from moksori.engine.turns import TurnConfig
 from moksori.protocols.realtime import Flavor
 from moksori.server.realtime_conn import RealtimeConnection
 from moksori.settings import Settings
-from moksori.testing.fakes import ScriptedSTT, fake_stack, quiet, tone
+from moksori.testing.fakes import ScriptedLLM, ScriptedSTT, fake_stack, quiet, tone
 from moksori.testing.harness import play_into_session
 from moksori.testing.virtual_time import run_virtual
 
@@ -146,15 +146,27 @@ def test_a_reader_that_appears_mid_turn_gets_the_next_partial() -> None:
     assert deltas and all(d.t >= joined for d in deltas)
 
 
+class CachingLLM(ScriptedLLM):
+    """A scripted LLM with a prompt cache to prefill (it counts the words): the prefill reads
+    partials only for an LLM that has one."""
+
+    async def prefill(self, request, upto: str) -> int:
+        return len(upto.split())
+
+
+CachelessLLM = ScriptedLLM  # a remote LLM's stand-in: no prompt cache
+
+
 def test_the_llm_prefill_reads_them() -> None:
-    async def main(cfg: SessionConfig) -> Session:
-        s = Session(fake_stack(stt=ScriptedSTT(["hello there, how are you."])), cfg)
+    async def main(cfg: SessionConfig, llm: ScriptedLLM | None = None) -> Session:
+        s = Session(fake_stack(stt=ScriptedSTT(["hello there, how are you."]), llm=llm or CachingLLM()), cfg)
         await play_into_session(s, [quiet(0.3), tone(SPEECH_S), quiet(1.5)])
         await s.close()
         return s
 
     assert run_virtual(main(AUTO.with_(llm_prefill=True))).partials.decodes >= 2
     assert run_virtual(main(AUTO)).partials.decodes == 0
+    assert run_virtual(main(AUTO.with_(llm_prefill=True), CachelessLLM())).partials.decodes == 0
 
 
 # --------------------------------------------------------------------------- a real server

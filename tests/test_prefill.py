@@ -139,15 +139,18 @@ def test_history_prefill_off_by_default_on_when_set(monkeypatch) -> None:
 
 
 def test_an_llm_without_a_prompt_cache_is_a_clean_no_op() -> None:
+    """A remote LLM has nothing to prefill: `on` then neither calls its `prefill` nor asks for
+    live partials (each would be a Whisper decode for nothing)."""
     async def main():
-        s = Session(fake_stack(stt=ScriptedSTT(by_duration=words_for), llm=ScriptedLLM()), CFG)
+        s = Session(fake_stack(stt=ScriptedSTT(by_duration=words_for), llm=ScriptedLLM()),  # no `prefill` of its own
+                    CFG.with_(partials="auto"))
         rec = await play_into_session(s, [quiet(0.5), tone(3.0), quiet(3.0)])
         await settle(s)
         await s.close()
         return rec, s
 
     rec, s = run_virtual(main())
-    assert s.prefill.calls >= 3 and s.prefill.evaluated == 0  # the base LLM's prefill does nothing
+    assert s.prefill.calls == 0 and s.partials.decodes == 0
     assert not rec.of(E.ErrorEvent)
     assert len([e for e in rec.of(E.AgentResponseDone) if e.status == "completed"]) == 1
 
@@ -257,14 +260,56 @@ async def test_llamacpp_prefill_never_waits_for_a_busy_model(llm) -> None:
 
 
 def test_setting_reaches_the_session_config(monkeypatch) -> None:
-    from moksori.engine.config import config_from_settings
+    from moksori.engine.config import config_from_settings, prefill_mode
+    from moksori.providers.cpu import detect
     from moksori.settings import load_settings
 
-    assert config_from_settings(load_settings()).llm_prefill is False  # the default
-    monkeypatch.setenv("MOKSORI_LLM_PREFILL", "on")
-    assert config_from_settings(load_settings()).llm_prefill is True
-    monkeypatch.setenv("MOKSORI_LLM_PREFILL", "off")
-    assert config_from_settings(load_settings()).llm_prefill is False
+    # the default, auto: alone on a CPU without an int8 dot product, else off
+    assert prefill_mode("auto", int8_dot=False) == "alone" and prefill_mode("auto", int8_dot=True) is False
+    monkeypatch.delenv("MOKSORI_LLM_PREFILL", raising=False)
+    assert config_from_settings(load_settings()).llm_prefill == (False if detect().has_int8_dot else "alone")
+    for env, mode in (("on", True), ("off", False), ("alone", "alone"), ("true", True)):
+        monkeypatch.setenv("MOKSORI_LLM_PREFILL", env)
+        assert config_from_settings(load_settings()).llm_prefill == mode, env
+    monkeypatch.setenv("MOKSORI_LLM_PREFILL", "sometimes")
+    with pytest.raises(Exception, match="prefill"):
+        load_settings()
+
+
+def test_alone_prefills_only_while_no_other_session_is_live() -> None:
+    """`alone`: a second live session on the same models (a second caller, even a silent one)
+    stops the first one's prefill, and the partials decoded only for it; closing it brings both back."""
+    llm = PrefillRecordingLLM()
+    stack = fake_stack(stt=ScriptedSTT(by_duration=words_for), llm=llm)
+    cfg = CFG.with_(llm_prefill="alone", partials="auto")  # partials only for a reader: the prefill
+    turn = [quiet(0.5), tone(3.0), quiet(3.0)]
+
+    async def main() -> list[tuple[int, int]]:
+        first = Session(stack, cfg)
+        counts = []
+
+        async def one_turn() -> None:
+            before = (len(llm.prefills), first.partials.decodes)
+            await play_into_session(first, turn)
+            await settle(first)
+            counts.append((len(llm.prefills) - before[0], first.partials.decodes - before[1]))
+
+        await one_turn()
+        other = Session(stack, cfg)
+        assert stack.live_sessions() == 2
+        await one_turn()
+        await other.close()
+        assert stack.live_sessions() == 1
+        await one_turn()
+        await first.close()
+        assert stack.live_sessions() == 0
+        return counts
+
+    alone, together, again = run_virtual(main())
+    assert alone[0] >= 3 and alone[1] >= 3, alone
+    assert together == (0, 0), "no prefill, and no partial decoded for it, while another session is live"
+    assert again[0] >= 3 and again[1] >= 3, again
+    assert len(llm.requests) == 3, "every turn was answered"
 
 
 @pytest.mark.models

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -33,7 +34,9 @@ class SessionConfig:
     # engine's default is on (a program that builds a Session reads its bus), the setting's auto
     partials: PartialsMode = "on"
     stt_incremental: bool = False  # decode the turn in pieces as it is heard (engine/incremental_stt.py)
-    llm_prefill: bool = False  # the LLM reads the user's words while they speak (engine/prefill.py; off: README)
+    # the LLM reads the user's words while they speak (engine/prefill.py; README); "alone": only
+    # while the stack serves no other live session. The setting's auto is resolved to one of these
+    llm_prefill: bool | Literal["alone"] = False
     llm_prefill_history: bool = False  # ... and the history and template header before them, as they start
     tools: tuple[ToolSpec, ...] = ()  # client tools (the client runs them)
     tool_choice: str = "auto"
@@ -52,6 +55,24 @@ class SessionConfig:
         return replace(self, **changes)
 
 
+def prefill_mode(setting: bool | Literal["auto", "alone"], int8_dot: bool | None = None) -> bool | Literal["alone"]:
+    """`llm.prefill` as a session runs it: auto is "alone" on a CPU without an int8 dot-product
+    instruction (there a single caller's first audio came 33-37 ms sooner, paired, on two AVX2-only
+    machines), else off (with one, the A/B runs disagreed at p50). README, latency section."""
+    if setting != "auto":
+        return setting
+    if int8_dot is None:
+        int8_dot = _cpu_int8_dot()
+    return False if int8_dot else "alone"
+
+
+@functools.cache
+def _cpu_int8_dot() -> bool:
+    from moksori.providers.cpu import detect
+
+    return detect().has_int8_dot
+
+
 def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
     t = s.turn
     turn = TurnConfig(
@@ -68,7 +89,7 @@ def config_from_settings(s: Settings, **overrides: Any) -> SessionConfig:
         instructions=s.agent.instructions, language=s.language, turn=turn, speed=s.tts.speed,
         partial_interval_ms=s.stt.partial_interval_ms, partial_yield=s.stt.partial_yield,
         partials=s.stt.partials,
-        stt_incremental=s.stt.incremental, llm_prefill=s.llm.prefill,
+        stt_incremental=s.stt.incremental, llm_prefill=prefill_mode(s.llm.prefill),
         llm_prefill_history=s.llm.prefill_history,
         temperature=s.llm.temperature,
         max_output_tokens=s.llm.max_tokens, max_history_messages=s.agent.max_history_messages,

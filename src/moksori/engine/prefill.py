@@ -2,7 +2,8 @@
 
 Without it, the reply's prompt (system prompt + history, cached by llama.cpp since the last
 reply, then the new user message) costs the evaluation of all of the user's words after the
-final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`, off by default:
+final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`; by default on CPUs
+without an int8 dot product while one session is live, else off: `engine/config.prefill_mode`,
 README, latency section), the words heard so far go to the LLM's `prefill`: the prompt the reply
 would have, up to those words, is evaluated into the KV cache as background work. The words
 come from
@@ -37,9 +38,16 @@ from collections.abc import Callable
 
 from moksori.engine.reply_request import offered_tools
 from moksori.engine.session_context import SessionContext
-from moksori.providers.base import ChatRequest, Message
+from moksori.providers.base import LLM, ChatRequest, Message
 
 log = logging.getLogger("moksori.session")
+
+
+def has_prompt_cache(llm: LLM) -> bool:
+    """The LLM (a fallback chain's first) keeps a prompt cache a prefill can fill: it has its own
+    `prefill` (the embedded llama.cpp models; a remote one has none)."""
+    first = getattr(llm, "providers", (llm,))[0]
+    return type(first).prefill is not LLM.prefill
 
 
 def stable_words(text: str) -> str:
@@ -62,7 +70,13 @@ class LlmPrefill:
     @property
     def enabled(self) -> bool:
         cfg = self._ctx.cfg
-        return cfg.llm_prefill and cfg.turn.create_response and cfg.turn.mode != "manual"
+        mode = cfg.llm_prefill
+        if not mode or not cfg.turn.create_response or cfg.turn.mode == "manual":
+            return False
+        stack = self._ctx.stack
+        if not has_prompt_cache(stack.llm):  # nothing to fill: no partials decoded for it either
+            return False
+        return mode != "alone" or stack.live_sessions() <= 1
 
     @property
     def wants_partials(self) -> bool:

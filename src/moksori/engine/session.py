@@ -64,6 +64,7 @@ class Session:
             if box.get(tool.spec.name) is None:  # a transport's own tool (the phone's end_call) wins
                 box.add(tool)
         ctx = self._ctx = SessionContext(stack, cfg, clock or LoopClock(), session_id or new_id("sess"), box, kit)
+        stack.sessions.add(self)  # counted while open (Stack.live_sessions)
         self.taker = T.TurnTaker(cfg.turn)
         self.speaker = ctx.speaker = Speaker(ctx.clock, ctx.publish, rate=cfg.output_rate,
                                              chunk_ms=cfg.output_chunk_ms, lead_ms=cfg.output_lead_ms,

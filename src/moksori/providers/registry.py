@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from moksori.errors import ConfigError, ProviderError
 from moksori.providers import cpu
@@ -36,6 +38,13 @@ class Stack:
     tts: TTS
     turn: TurnDetector | None = None
     settings: Settings = field(default_factory=Settings)
+    # the engine sessions built on this stack (engine/session.py adds each); weak, so a session
+    # dropped unclosed does not stay counted
+    sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, repr=False, compare=False)
+
+    def live_sessions(self) -> int:
+        """Sessions on these models not yet closed (the LLM prefill's `alone` mode reads it)."""
+        return sum(1 for s in list(self.sessions) if not s.closed)
 
     def describe(self) -> dict[str, str]:
         return {k: getattr(self, k).name for k in ("vad", "turn", "stt", "llm", "tts") if getattr(self, k)}

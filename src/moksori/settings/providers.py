@@ -85,12 +85,14 @@ class LLMSettings(BaseModel):
     max_retries: int = Field(2, ge=0, le=10)
     # evaluate the user's words heard so far (incremental STT's commits when stt.incremental is
     # on, else live partials) into the local LLM's KV cache while they speak (engine/prefill.py);
-    # only the embedded llama.cpp model has such a cache. On: the LLM's own step after the final
-    # transcript goes from p50 ~245 to ~183 ms; on AVX2-only CPUs a single caller's first audio
-    # came 37 ms sooner (paired), elsewhere the A/B runs disagree at p50; without incremental STT
-    # every session decodes live partials for it (an overlapping caller pays), so it is off
-    # (README, latency section)
-    prefill: bool = False
+    # only the embedded llama.cpp model has such a cache (with another LLM it does nothing, and
+    # asks for no partials). On: the LLM's own step after the final transcript goes from p50 ~245
+    # to ~183 ms; on AVX2-only CPUs a single caller's first audio came 33-37 ms sooner (paired,
+    # two machines); on CPUs with an int8 dot product the A/B runs disagree at p50; and without
+    # incremental STT every session decodes live partials for it, which an overlapping caller
+    # pays. alone: on while this process has no other live session. auto: alone on CPUs without
+    # an int8 dot product (AVX2 only), else off (README, latency section)
+    prefill: bool | Literal["auto", "alone"] = "auto"
     # when the user starts speaking, evaluate the history and the chat template's header before
     # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
     # (engine/prefill.py; the replies are token for token the same: benchmarks/turn_prefix.py;
