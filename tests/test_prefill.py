@@ -138,6 +138,26 @@ def test_history_prefill_off_by_default_on_when_set(monkeypatch) -> None:
     assert config_from_settings(load_settings()).llm_prefill_history is True
 
 
+def test_phone_calls_and_other_sessions_are_counted_together() -> None:
+    """The telephony routes' stack (the shared one with a phrase cache in front of its TTS) counts
+    its calls with the server's other sessions: a phone call and a WebSocket session are two."""
+    from moksori.telephony.phrases import stack_for_calls
+
+    stack = fake_stack(llm=PrefillRecordingLLM())
+    phone, _ = stack_for_calls(stack)
+
+    async def main() -> list[int]:
+        web = Session(stack, CFG.with_(llm_prefill="alone"))
+        call = Session(phone, CFG.with_(llm_prefill="alone"))
+        counts = [stack.live_sessions(), phone.live_sessions(), int(web.prefill.enabled), int(call.prefill.enabled)]
+        await web.close()
+        counts += [phone.live_sessions(), int(call.prefill.enabled)]
+        await call.close()
+        return counts
+
+    assert run_virtual(main()) == [2, 2, 0, 0, 1, 1]
+
+
 def test_an_llm_without_a_prompt_cache_is_a_clean_no_op() -> None:
     """A remote LLM has nothing to prefill: `on` then neither calls its `prefill` nor asks for
     live partials (each would be a Whisper decode for nothing)."""

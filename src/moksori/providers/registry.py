@@ -39,7 +39,8 @@ class Stack:
     turn: TurnDetector | None = None
     settings: Settings = field(default_factory=Settings)
     # the engine sessions built on this stack (engine/session.py adds each); weak, so a session
-    # dropped unclosed does not stay counted
+    # dropped unclosed does not stay counted. A stack made from it by `dataclasses.replace` (the
+    # telephony routes' phrase-cached one) shares it: the same models, counted together
     sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, repr=False, compare=False)
 
     def live_sessions(self) -> int:
