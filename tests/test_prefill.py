@@ -332,6 +332,53 @@ def test_alone_prefills_only_while_no_other_session_is_live() -> None:
     assert len(llm.requests) == 3, "every turn was answered"
 
 
+class SlowPrefillLLM(PrefillRecordingLLM):
+    """A stand-in whose prefill steps take 0.4 s (a step queued behind other work), and that
+    records the ones cancelled before they finished."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.cancelled: list[float] = []
+
+    async def prefill(self, request: ChatRequest, upto: str) -> int:
+        loop = asyncio.get_running_loop()
+        self.prefills.append((request, upto, loop.time()))
+        try:
+            await asyncio.sleep(0.4)
+        except asyncio.CancelledError:
+            self.cancelled.append(loop.time())
+            raise
+        return len(upto.split())
+
+
+def test_alone_stops_a_prefill_under_way_when_a_second_session_opens() -> None:
+    """`alone`: a second session opening mid-turn stops the first one's prefill at once, the
+    step under way included, and none starts after it while both are open."""
+    llm = SlowPrefillLLM()
+    stack = fake_stack(stt=ScriptedSTT(by_duration=words_for), llm=llm)
+    cfg = CFG.with_(llm_prefill="alone", partials="auto")
+    turn = [quiet(0.5), tone(4.0), quiet(3.0)]
+
+    async def main() -> tuple[float, Session]:
+        first = Session(stack, cfg)
+        playing = asyncio.create_task(play_into_session(first, turn))
+        loop = asyncio.get_running_loop()
+        while not llm.prefills or loop.time() - llm.prefills[-1][2] > 0.2:  # a step under way
+            await asyncio.sleep(0.05)
+        joined = loop.time()
+        other = Session(stack, cfg)
+        await playing
+        await settle(first)
+        await other.close()
+        await first.close()
+        return joined, first
+
+    joined, first = run_virtual(main())
+    assert llm.cancelled == [joined], "the step under way was stopped as the second session opened"
+    assert all(t < joined for _, _, t in llm.prefills), "no prefill started while both were open"
+    assert len(llm.requests) == 1, "the turn was answered"
+
+
 @pytest.mark.models
 async def test_llamacpp_prefill_stops_when_interactive_work_appears(llm, monkeypatch) -> None:
     """Between its 8-token steps the prefill checks for interactive jobs (a live STT, a reply or

@@ -114,6 +114,16 @@ class LlmPrefill:
         if self._task is None or self._task.done():
             self._task = self._ctx.spawn(self._run(), f"llm-prefill-{turn_id}")
 
+    def recheck(self) -> None:
+        """Another session opened on the same models: with `alone` the prefill stops now, the
+        step under way or queued behind the provider's other work included, not after it."""
+        if self.enabled:
+            return
+        self._pending = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
     def end_turn(self) -> None:
         """The turn ended (or was dropped): a prefill not yet started is not wanted any more."""
         self._turn_id, self._pending = None, None
@@ -146,7 +156,7 @@ class LlmPrefill:
         while self._pending is not None:
             turn_id, words = self._pending
             self._pending = None
-            if turn_id != self._turn_id:
+            if turn_id != self._turn_id or not self.enabled:
                 return
             try:
                 n = await self._ctx.stack.llm.prefill(self.request(words), words)

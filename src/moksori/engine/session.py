@@ -64,7 +64,6 @@ class Session:
             if box.get(tool.spec.name) is None:  # a transport's own tool (the phone's end_call) wins
                 box.add(tool)
         ctx = self._ctx = SessionContext(stack, cfg, clock or LoopClock(), session_id or new_id("sess"), box, kit)
-        stack.sessions.add(self)  # counted while open (Stack.live_sessions)
         self.taker = T.TurnTaker(cfg.turn)
         self.speaker = ctx.speaker = Speaker(ctx.clock, ctx.publish, rate=cfg.output_rate,
                                              chunk_ms=cfg.output_chunk_ms, lead_ms=cfg.output_lead_ms,
@@ -81,6 +80,10 @@ class Session:
         self._partials = PartialTranscripts(ctx, self.taker, self._input.between, self._specs.known_item_id,
                                             self._incremental.partial, self._prefill.offer)
         self._partials.readers.add("llm prefill", lambda: self._prefill.wants_partials)
+        stack.sessions.add(self)  # counted while open (Stack.live_sessions)
+        for other in list(stack.sessions):  # `alone`: their prefills stop while this one is open
+            if other is not self and not other.closed:
+                other.prefill.recheck()
         self._deadline = TurnDeadline(ctx.clock, self.taker, ctx.spawn, self._handle)
         self._idle = IdleTimer(ctx.clock, ctx.spawn, self._on_idle_timeout)
         self._state = "idle"
