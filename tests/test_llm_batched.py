@@ -239,7 +239,7 @@ async def test_a_reader_that_stops_taking_tokens_makes_its_reply_sit_out_while_a
     the first clause is synthesised, at most `iterate_blocking`'s max_pause_s) takes one item and
     stops: its reply makes AHEAD more and is stepped no further, while another reply generates
     all of its 40 tokens; read again, it goes on to its solo text."""
-    from moksori.providers.llm_llamacpp_batched import AHEAD
+    from moksori.providers.llama_batcher import AHEAD
 
     paused_q, other_q = QUESTIONS[2], QUESTIONS[3]
     stop = threading.Event()
@@ -386,18 +386,18 @@ async def test_close_while_generating_ends_the_stream_with_an_error():
 
 
 def test_text_holds_back_a_possible_stop_string_and_cuts_at_one():
-    from moksori.providers.llm_llamacpp_batched import _Text
+    from moksori.providers.llama_batcher import ReplyText
 
-    t = _Text(["<|im_end|>"])
+    t = ReplyText(["<|im_end|>"])
     assert t.feed(b"Hello <|im") == ("Hello ", False)
     assert t.feed(b"_e") == ("", False)
     assert t.feed(b"nd|> after") == ("", True)
-    t = _Text(["<|im_end|>"])
+    t = ReplyText(["<|im_end|>"])
     assert t.feed(b"a <") == ("a ", False)
     assert t.feed(b"b") == ("<b", False)
     assert t.feed(b" <|") == (" ", False)
     assert t.flush() == "<|"
-    t = _Text([])
+    t = ReplyText([])
     snow = "눈".encode()
     assert t.feed(snow[:2]) == ("", False)  # half a character waits for its other half
     assert t.feed(snow[2:] + b"!") == ("눈!", False)
