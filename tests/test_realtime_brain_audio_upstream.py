@@ -22,6 +22,12 @@ audio bytes the client sent, after format conversion), under the item's id. Chec
 * an out-of-band `response.create` whose own `input` has audio (with and without a local STT):
   the upstream's `response.create` carries that audio as an `input_audio` part (converted to its
   input format), not words, and the response is made.
+* one whose `input` names an audio item (`item_reference`, with and without a local STT): the
+  upstream's `response.create` names the upstream's own item (its id there, not the client's),
+  not a transcript of it, and the response is made; naming an assistant reply (the upstream's
+  item, under its own id) and an item an input guardrail had deleted upstream: the reply is named,
+  the deleted item goes as the words memory has of it, and the response is made (the stand-in
+  refuses a reference to an item it does not hold).
 
 Real components: `moksori serve` with the realtime brain (Silero, and Whisper base with the local
 STT), the official `openai` SDK's Realtime client (every event validated against its union), real
@@ -50,6 +56,7 @@ from moksori.audio.g711 import ulaw_decode, ulaw_encode
 from moksori.audio.resample import resample
 from moksori.audio.wav import load_audio
 from moksori.brains.realtime.words import TRANSCRIPT_WAIT_S
+from moksori.engine.memory import BLOCKED_TEXT
 from moksori.testing.fake_realtime import FakeRealtimeServer
 from speech import prepared_data_dir, requires_speech, utt
 
@@ -57,6 +64,7 @@ pytestmark = [pytest.mark.models, requires_speech]
 
 CLIP = "en_003"  # "unless to be rather cold hearted and rather selfish is to be ill disposed"
 HEARD = "The upstream heard a voice."  # what the stand-in's transcription of an audio item says
+BLOCKED_WORD = "zebrafish"  # the guarded server's input guardrail blocks a turn that says it
 
 
 class TranscribingUpstream(FakeRealtimeServer):
@@ -122,6 +130,14 @@ def no_stt(tmp_path_factory, upstream: Upstream) -> Iterator[ServerProcess]:
         yield srv
 
 
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, upstream: Upstream) -> Iterator[ServerProcess]:
+    """No local STT, and an input guardrail blocking a word (BLOCKED_WORD)."""
+    with _serve(tmp_path_factory, upstream, "serve-audio-up-guarded", MOKSORI_GUARDRAILS_BLOCK_TERMS_EN=BLOCKED_WORD) \
+            as srv:
+        yield srv
+
+
 def clip(rate: int) -> np.ndarray:
     return resample(load_audio(utt(CLIP).path), rate).samples
 
@@ -172,6 +188,17 @@ async def add_audio_item(conn: Any, item_id: str, audio: bytes) -> None:
     """A user item of one audio part, in the session's input format."""
     await conn.conversation.item.create(item={"type": "message", "role": "user", "id": item_id, "content": [
         {"type": "input_audio", "audio": base64.b64encode(audio).decode()}]})
+
+
+async def sent_as_audio(upstream: Upstream, audio: bytes, timeout: float = 10.0) -> dict[str, Any]:
+    """The `conversation.item.create` the upstream received with this audio (under whatever id)."""
+    for _ in range(int(timeout / 0.05)):
+        for e in upstream.received("conversation.item.create"):
+            parts = e["item"].get("content") or []
+            if any(p.get("type") == "input_audio" and base64.b64decode(p.get("audio") or "") == audio for p in parts):
+                return e
+        await asyncio.sleep(0.05)
+    raise AssertionError("the upstream never got the audio item")
 
 
 def audio_part(event: dict[str, Any]) -> bytes:
@@ -347,4 +374,63 @@ async def test_an_upstream_that_refuses_the_audio_gets_the_words(request, upstre
             assert "refused" in failed["error"]["message"], failed
             done = await log.wait("conversation.item.done", lambda e: e["item"]["id"] == item_id, start=n)
             assert done["item"]["content"][0]["transcript"] is None, done["item"]
+        log.check_ids()
+
+
+@pytest.mark.parametrize("server", ["local_stt", "no_stt"])
+async def test_an_item_reference_in_a_response_s_input_names_the_upstream_s_item(request, upstream, server) -> None:
+    """An out-of-band `response.create` whose `input` names an audio item of the conversation:
+    the upstream's `response.create` names the upstream's own item (the client's id is over the
+    32 characters OpenAI takes, so the upstream's id of it is another one), so the model hears the
+    audio, not a transcript of it; and the response is made."""
+    served = request.getfixturevalue(server)
+    upstream.fake.mode = "transcribe"
+    pcm = clip(24000).astype("<i2").tobytes()
+    item_id = f"item_referenced_{server}_{'x' * 30}"
+    async with session(served, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
+        n = len(log.events)
+        await add_audio_item(conn, item_id, pcm)
+        up_id = (await sent_as_audio(upstream, pcm))["item"]["id"]
+        assert up_id != item_id
+        await conn.response.create(response={"conversation": "none", "output_modalities": ["text"],
+                                             "input": [{"type": "item_reference", "id": item_id}]})
+        done = await log.wait("response.done", start=n, timeout=120)
+        assert done["response"]["status"] == "completed", done["response"]
+        assert upstream.fake.sessions[-1].response_inputs() == [[{"type": "item_reference", "id": up_id}]]
+        assert not log.of("error"), log.of("error")
+        log.check_ids()
+
+
+async def test_an_item_reference_to_an_item_the_upstream_does_not_have_goes_as_its_words(guarded, upstream) -> None:
+    """A reply of the upstream is named by the upstream's id of it; a user item the input
+    guardrail blocked (deleted upstream, `BLOCKED_TEXT` here) cannot be named there, so the words
+    memory has of it go instead; the response is made."""
+    upstream.fake.mode = "transcribe"
+    async with session(guarded, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
+        n = len(log.events)
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_hello", "content": [
+            {"type": "input_text", "text": "Hello there."}]})
+        await conn.response.create()
+        reply = (await log.wait("response.done", start=n, timeout=60))["response"]
+        assert reply["status"] == "completed", reply
+        reply_id = reply["output"][0]["id"]
+        up_reply = next(i["id"] for i in upstream.fake.sessions[-1].items if i.get("role") == "assistant")
+        assert up_reply != reply_id
+        n = len(log.events)
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "item_blocked", "content": [
+            {"type": "input_text", "text": f"Tell me about the {BLOCKED_WORD}."}]})
+        await conn.response.create()
+        safe = (await log.wait("response.done", start=n, timeout=60))["response"]
+        assert safe["status"] == "completed", safe
+        assert [e["item_id"] for e in upstream.received("conversation.item.delete")] == ["item_blocked"]
+        assert upstream.fake.sessions[-1].item("item_blocked") is None
+        n = len(log.events)
+        await conn.response.create(response={"conversation": "none", "output_modalities": ["text"], "input": [
+            {"type": "item_reference", "id": reply_id}, {"type": "item_reference", "id": "item_blocked"}]})
+        done = await log.wait("response.done", start=n, timeout=60)
+        assert done["response"]["status"] == "completed", done["response"]
+        assert upstream.fake.sessions[-1].response_inputs()[-1] == [
+            {"type": "item_reference", "id": up_reply},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": BLOCKED_TEXT}]}]
+        assert not log.of("error"), log.of("error")
         log.check_ids()

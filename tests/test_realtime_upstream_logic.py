@@ -23,6 +23,7 @@ from moksori.brains.realtime import (ClientWire, ReconnectPolicy, ReseedBudget, 
                                      Timeouts, UpstreamOptions, UpstreamProtocol, options_from_settings,
                                      resolve_endpoint, usage_from_wire)
 from moksori.brains.realtime import events as E
+from moksori.brains.realtime.protocol import InputRef
 from moksori.errors import ConfigError, ProviderError
 from moksori.protocols.realtime import PCMU
 from moksori.settings import load_settings
@@ -255,6 +256,43 @@ def test_reseed_plan_keeps_the_newest_items_within_budget_and_never_orphans_a_to
     assert texts[1] == "one two"  # a cut reply contributes only the share heard
     p3.conv.get("a1").heard_text = "one two three"
     assert p3.reseed().messages[1]["item"]["content"][0]["text"] == "one two three"
+
+
+@pytest.mark.parametrize("flavor", ["openai", "azure"])
+def test_a_response_s_input_names_the_items_the_upstream_holds_and_says_the_rest(flavor):
+    """`InputRef`: an item of the conversation a response's own `input` names. OpenAI's dialect
+    gets an `item_reference` to each of its upstream items the conversation holds when the
+    `response.create` goes (after a reconnect: those the re-seed gave the new connection); an item
+    it does not hold (deleted, left out of the re-seed, refused there) goes as its words, nothing
+    when it has none. Azure Voice Live has no `item_reference`: words."""
+    ep = resolve_endpoint("ws://127.0.0.1:8000/v1/realtime?model=gpt-realtime", flavor=flavor, api_key="K")
+    p = UpstreamProtocol(UpstreamOptions(ep, reseed=ReseedBudget(max_items=3)))
+    p.begin_connection(0.0)
+    p.add_message("user", "the oldest words", item_id="old")
+    p.add_message("user", "hello", item_id="u1")
+    p.add_function_call("call_1", "lookup", "{}", item_id="c1")  # an mcp_call here: a call and its output there
+    p.add_function_output("call_1", "found", item_id="o1")
+    p.add_message("user", "gone", item_id="u2")
+    p.delete("u2")
+    refs = [InputRef(("u1",), "user", "hello"), InputRef(("c1", "o1"), "assistant", ""),
+            InputRef(("u2",), "user", "gone"), InputRef(("nowhere",), "assistant", ""),
+            InputRef(("old",), "user", "the oldest words")]
+
+    def said(role: str, text: str) -> dict:
+        kind = "output_text" if role == "assistant" else "input_text"
+        return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+    sent = p.response_create(0.0, conversation="none", input=refs)["response"]["input"]
+    if flavor == "openai":
+        assert sent == [{"type": "item_reference", "id": i} for i in ("u1", "c1", "o1")] + [
+            said("user", "gone"), {"type": "item_reference", "id": "old"}]
+    else:
+        assert sent == [said("user", "hello"), said("user", "gone"), said("user", "the oldest words")]
+    p.begin_connection(1.0)  # a reconnect: the re-seed gives the new connection the newest three items
+    assert [m["item"]["id"] for m in p.reseed().messages] == ["u1", "c1", "o1"]
+    again = p.response_create(1.0, conversation="none", input=refs)["response"]["input"]
+    assert again[-1] == said("user", "the oldest words")  # left out of the re-seed: not upstream any more
+    assert again[:-1] == sent[:-1]
 
 
 def test_unreadable_or_odd_upstream_messages_are_skipped():

@@ -21,7 +21,9 @@ A `response.cancel` while the response prepares ends it the same way, `cancelled
 With the realtime brain (`hears_item_audio`) a user message of the input goes upstream with its
 audio (`brains/realtime/audio_items.HeardMessage`): the upstream hears it, so its local words
 (transcribed as above where there is a local STT) are not needed for the reply, and a response
-whose input audio has no local words is made all the same.
+whose input audio has no local words is made all the same; an item it names (`item_reference`)
+goes upstream as a reference to the upstream's copy of it (`ReferencedMessage`: its audio, a tool
+call), as its words where the upstream does not have it or cannot take references (Azure).
 
 A `response.cancel` with nothing to cancel is an error (`response_cancel_not_active`), except
 right after a `conversation.item.truncate` stopped the reply in progress (`realtime_items`): a
@@ -35,7 +37,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from moksori.brains.realtime.audio_items import HeardMessage
+from moksori.brains.realtime.audio_items import HeardMessage, ReferencedMessage
 from moksori.engine import events as E
 from moksori.engine.memory import Item as MemItem, new_id
 from moksori.errors import MoksoriError, ProtocolError
@@ -249,6 +251,10 @@ class ResponseRequests:
                 if _unheard(found):
                     raise InputUnheard(f"the audio of item {it.id} (response.input[{index}]) could not be "
                                        "transcribed, so the response cannot answer it")
+                if hears:  # the upstream is pointed at its own copy of the item; its words if it has none
+                    out.append(ReferencedMessage(found.role, found.text if found.type == "message" else "",
+                                                 item_id=found.id))
+                    continue
                 mem = found
             else:
                 try:

@@ -20,6 +20,9 @@ Faults: `drop()` (the connection vanishes), `stall()` (it stays open but says no
 A hostile upstream: `ignore_responses` (the next `response.create`s are never answered),
 `scripts` (the next responses are written by the test: `begin_response`, `audio_delta`,
 `send_raw` for what a real server would never send, such as a number `1e999`).
+A `response.create` whose `input` names (`item_reference`) an item the conversation does not
+hold is an `error` (`item_not_found`: there is nothing to read); `FakeSession.response_inputs()`
+is what each `response.create` gave the model to read.
 For real network faults against a real server use `moksori.testing.ws_fault_proxy`.
 """
 
@@ -67,6 +70,10 @@ class FakeSession:
 
     def item(self, item_id: str) -> dict[str, Any] | None:
         return next((i for i in self.items if i["id"] == item_id), None)
+
+    def response_inputs(self) -> list[list[dict[str, Any]] | None]:
+        """The `input` of each `response.create` received, in order (None: the conversation)."""
+        return [(e.get("response") or {}).get("input") for e in self.received if e.get("type") == "response.create"]
 
     def texts(self) -> list[tuple[str, str]]:
         """(role, text) of every message, in order."""
@@ -302,6 +309,11 @@ class FakeRealtimeServer:
             self._truncate(conn, e)
         elif kind == "response.create":
             r = e.get("response") or {}
+            missing = [i.get("id") for i in r.get("input") or [] if isinstance(i, dict)
+                       and i.get("type") == "item_reference" and sess.item(str(i.get("id"))) is None]
+            if missing:  # (nothing to read: refused, never answered)
+                self._error(conn, f"item {missing[0]} does not exist", "item_not_found", eid, "response.input")
+                return
             self._spawn_response(conn, r.get("instructions"), out_of_band=r.get("conversation") == "none")
         elif kind == "response.cancel":
             active = [t for t in self._responding.get(conn, set()) if not t.done()]

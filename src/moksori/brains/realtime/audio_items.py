@@ -17,6 +17,11 @@ server would. Its words (the item's transcript, memory, the store) come from:
 Where the upstream refuses the item (an `error` answering its `conversation.item.create`), the
 item goes the text path instead: upstream as words once the local STT's words have come, as
 before; without a local STT its words cannot be had (`user.transcription_failed`).
+
+A response's own `input` (out of band) is heard the same way: a user message of it with audio
+goes up with its audio (`HeardMessage`), and an item of the conversation it names
+(`item_reference`) is named upstream too, by the upstream's id of it (`ReferencedMessage`), so the
+model gets the item itself, not a transcript of it.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("moksori.brains.realtime")
 
-__all__ = ["AudioItems", "HeardMessage", "MAX_UPSTREAM_ID"]
+__all__ = ["AudioItems", "HeardMessage", "MAX_UPSTREAM_ID", "ReferencedMessage"]
 
 MAX_UPSTREAM_ID = 32  # an item id OpenAI accepts (a longer client id gets one of ours upstream)
 KEEP = 256  # audio items remembered (for the upstream's late transcript, or its refusal)
@@ -58,6 +63,16 @@ class HeardMessage(Message):
     far as they were had (the local STT's; none without one)."""
 
     parts: tuple[str | Frame, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
+class ReferencedMessage(Message):
+    """An item of the conversation that a response's own `input` names (`item_reference`):
+    `item_id` our id of it. The brain names the upstream's copy of it instead (its audio, a tool
+    call: what the model would have heard); `content` is its words (none for a tool item), what
+    goes up where the upstream does not have it (`protocol.InputRef`)."""
+
+    item_id: str = field(default="", compare=False)
 
 
 @dataclass

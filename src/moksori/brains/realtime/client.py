@@ -34,7 +34,7 @@ from moksori.errors import ProviderError
 from . import events as ev
 from .conversation import HistoryItem, InputRing
 from .options import SessionOptions, UpstreamOptions
-from .protocol import TruncateResult, UpstreamProtocol
+from .protocol import InputEntry, TruncateResult, UpstreamProtocol
 from .transport import Connection, Connector, TransportClosed, websocket_connector
 
 log = logging.getLogger("moksori.brains.realtime")
@@ -206,14 +206,14 @@ class RealtimeUpstream:
     async def create_response(self, *, instructions: str | None = None, modalities: tuple[str, ...] | None = None,
                               tools: tuple[dict[str, Any], ...] | None = None, tool_choice: Any = None,
                               metadata: dict[str, str] | None = None,
-                              input: Sequence[tuple[str, str | Sequence[str | Frame]]] | None = None) -> None:
-        """Ask for a response. `input` (role, text pairs; or role, parts: a user message whose
-        audio parts the upstream hears, `UpstreamProtocol.input_items`): out of band, reading only
-        those messages, its output kept out of the conversation."""
+                              input: Sequence[InputEntry] | None = None) -> None:
+        """Ask for a response. `input` (role, text pairs; role, parts: a user message whose audio
+        parts the upstream hears; `InputRef`: items it has, named; `UpstreamProtocol.input_items`):
+        out of band, reading only those messages, its output kept out of the conversation."""
         arg: dict[str, Any] = {"instructions": instructions, "modalities": modalities, "tools": tools,
                                "tool_choice": tool_choice, "metadata": metadata}
-        if input is not None:
-            arg.update(conversation="none", input=self.proto.input_items(input))
+        if input is not None:  # (encoded when it goes: after a drop, against the re-seeded conversation)
+            arg.update(conversation="none", input=list(input))
         await self._call("response", arg)
 
     async def cancel_response(self) -> bool:

@@ -97,15 +97,23 @@ class Conversation:
     def __init__(self) -> None:
         self.items: dict[str, ItemRecord] = {}
         self.order: list[str] = []
+        # items kept here that the current connection does not hold (a re-seed left them out, or
+        # the upstream refused them there)
+        self.absent: set[str] = set()
 
     def get(self, item_id: str | None) -> ItemRecord | None:
         return self.items.get(item_id) if item_id else None
+
+    def holds(self, item_id: str) -> bool:
+        """The upstream's conversation has this item now (as far as its events say)."""
+        return item_id in self.items and item_id not in self.absent
 
     def ensure(self, item_id: str, **fields: object) -> ItemRecord:
         rec = self.items.get(item_id)
         if rec is None:
             rec = self.items[item_id] = ItemRecord(item_id)
             self.order.append(item_id)
+            self.absent.discard(item_id)
             self._prune()
         for k, v in fields.items():
             if v is not None:
@@ -134,6 +142,7 @@ class Conversation:
         return self.order[-1] if self.order else None
 
     def delete(self, item_id: str) -> None:
+        self.absent.discard(item_id)
         if self.items.pop(item_id, None) is not None:
             self.order.remove(item_id)
 

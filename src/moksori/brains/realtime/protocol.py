@@ -34,7 +34,7 @@ from .wire import ClientWire, parse_server_event, usage_from_wire, wire_int
 
 log = logging.getLogger("moksori.brains.realtime")
 
-__all__ = ["UpstreamProtocol", "TruncateResult", "ReseedPlan"]
+__all__ = ["UpstreamProtocol", "TruncateResult", "ReseedPlan", "InputRef", "InputEntry"]
 
 _PENDING_MAX = 512
 _SESSION_EXPIRED = ("session_expired", "session_expired_error")
@@ -67,6 +67,22 @@ class TruncateResult:
     audio_end_ms: int
     sent: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputRef:
+    """An item of the upstream's conversation that a response's own `input` names: `ids` the
+    upstream's ids of it, in order (an `mcp_call` here is a call and its output there); `role`
+    and `words` what goes instead when it cannot be named (`UpstreamProtocol.input_items`)."""
+
+    ids: tuple[str, ...]
+    role: str
+    words: str
+
+
+# one message of a response's own `input`: (role, text); (role, parts) a user message whose audio
+# the upstream hears; or an item it has, named
+InputEntry = tuple[str, str | Sequence[str | Frame]] | InputRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +196,10 @@ class UpstreamProtocol:
         self.open_speech.clear()
         return self._track(self.wire.clear())
 
-    def response_create(self, now: float, **kw: Any) -> dict[str, Any]:
+    def response_create(self, now: float, *, input: Sequence[InputEntry] | None = None, **kw: Any) -> dict[str, Any]:
+        """`input` (its own, out of band) is encoded now, as the conversation is when it goes."""
+        if input is not None:
+            kw["input"] = self.input_items(input)
         if self.awaiting_response_since is None and not self.responses:
             self.progressed = False  # a new wait: what earlier replies did on this connection does not count
         self.awaiting_response_since = now
@@ -263,11 +282,22 @@ class UpstreamProtocol:
             parts.append(("audio", fmt.encode(next(it))) if isinstance(c, Frame) else ("text", c))
         return parts, frames
 
-    def input_items(self, messages: Sequence[tuple[str, str | Sequence[str | Frame]]]) -> list[dict[str, Any]]:
+    def input_items(self, messages: Sequence[InputEntry]) -> list[dict[str, Any]]:
         """A response's own `input`: (role, text) as a text message; (role, parts) a user message
-        whose audio the upstream hears (`_encode`)."""
+        whose audio the upstream hears (`_encode`); an `InputRef` as an `item_reference` to each
+        of its items the conversation holds now, so the model reads the item itself (its audio, a
+        call), or, when it holds none of them (deleted, left out of a re-seed, never sent) or the
+        dialect has no references (`ClientWire.item_references`), as its words (none: nothing)."""
         out: list[dict[str, Any]] = []
-        for role, content in messages:
+        for entry in messages:
+            if isinstance(entry, InputRef):
+                held = [i for i in entry.ids if self.conv.holds(i)] if self.wire.item_references else []
+                if held:
+                    out += [self.wire.item_reference(i) for i in held]
+                elif entry.words:
+                    out += self.wire.input_items([(entry.role, entry.words)])
+                continue
+            role, content = entry
             if isinstance(content, str):
                 out += self.wire.input_items([(role, content)])
             else:
@@ -301,7 +331,9 @@ class UpstreamProtocol:
         chars = 0
         self.reseeding = set()
         self.reseed_errors = 0
-        for r in self.conv.reseed_plan(self.opts.reseed):
+        plan = self.conv.reseed_plan(self.opts.reseed)
+        self.conv.absent = set(self.conv.items).difference(r.id for r in plan)
+        for r in plan:
             if r.kind == "function_call":
                 m = w.function_call(r.call_id or "", r.name or "", r.arguments, item_id=r.id)
                 chars += len(r.arguments)
@@ -421,6 +453,7 @@ class UpstreamProtocol:
         if info.get("reseed"):
             self.reseed_errors += 1
             self.reseeding.discard(str(info.get("item_id")))
+            self.conv.absent.add(str(info.get("item_id")))
         if kind == "response.cancel" or code == "response_cancel_not_active":
             log.debug("upstream: nothing to cancel (%s)", message)
             return []

@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,12 +63,12 @@ from moksori.engine.reply_parts import MessagePart, part_words
 from moksori.engine.reply_request import offered_tools
 from moksori.engine.response import Response
 from moksori.engine.tools import Tool, ToolRun
-from moksori.providers.base import ToolCall, Usage
+from moksori.providers.base import Message, ToolCall, Usage
 from moksori.text.chunker import ClauseChunker
 
 from . import events as ev
-from .audio_items import HeardMessage
-from .protocol import TEXT_LIMIT
+from .audio_items import HeardMessage, ReferencedMessage
+from .protocol import TEXT_LIMIT, InputEntry, InputRef
 
 if TYPE_CHECKING:
     from moksori.guardrails.events import GuardrailTripped
@@ -632,8 +632,20 @@ class UpstreamReply(Response):
         if o.metadata:
             kw["metadata"] = {str(k): str(v) for k, v in o.metadata.items()}
         if o.replace_input is not None or not o.in_conversation:
-            # (a message whose audio the upstream hears goes as its parts, audio and all)
-            kw["input"] = [(m.role if m.role in ("user", "assistant", "system") else "user",
-                            m.parts if isinstance(m, HeardMessage) and m.parts else m.content)
-                           for m in (o.replace_input or ()) if m.content or (isinstance(m, HeardMessage) and m.parts)]
+            kw["input"] = self._upstream_input(o.replace_input or ())
         return kw
+
+    def _upstream_input(self, messages: Sequence[Message]) -> list[InputEntry]:
+        """A response's own `input` for the upstream: a message whose audio it hears goes as its
+        parts, audio and all; an item named goes as the upstream's ids of it (its words where the
+        upstream does not have it: `UpstreamProtocol.input_items`); the rest as words."""
+        out: list[InputEntry] = []
+        for m in messages:
+            role = m.role if m.role in ("user", "assistant", "system") else "user"
+            if isinstance(m, ReferencedMessage) and self.brain is not None:
+                out.append(InputRef(self.brain.upstream_ids(m.item_id), role, m.content))
+            elif isinstance(m, HeardMessage) and m.parts:
+                out.append((role, m.parts))
+            elif m.content:
+                out.append((role, m.content))
+        return out

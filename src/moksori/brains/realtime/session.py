@@ -452,6 +452,11 @@ class RealtimeSession(Session):
             up = item_id  # an item we created upstream (typed text) has our id
         return up
 
+    def upstream_ids(self, item_id: str) -> tuple[str, ...]:
+        """Every upstream id our item may have (an `mcp_call` is a call and its output there), in
+        order; whether the upstream holds them now is the protocol's to say when they go."""
+        return tuple(self._ids.all_up(item_id))
+
     async def delete_upstream(self, upstream_id: str) -> None:
         await self.upstream.delete_item(upstream_id)
 

@@ -160,6 +160,16 @@ class ClientWire:
             r["input"] = list(input)
         return self._ev("response.create", response=r) if r else self._ev("response.create")
 
+    @property
+    def item_references(self) -> bool:
+        """`response.create`'s `input` may name an item of the conversation (`item_reference`):
+        OpenAI documents it (beta and GA); Azure Voice Live's request items have no such type."""
+        return self.flavor == "openai"
+
+    def item_reference(self, item_id: str) -> dict[str, Any]:
+        """An item of the upstream's conversation (its id there), named in a response's `input`."""
+        return {"type": "item_reference", "id": item_id}
+
     def input_items(self, messages: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """(role, text) pairs as message items for `response.create`'s `input`."""
         out = []
