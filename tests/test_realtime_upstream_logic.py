@@ -293,6 +293,17 @@ def test_a_response_s_input_names_the_items_the_upstream_holds_and_says_the_rest
     again = p.response_create(1.0, conversation="none", input=refs)["response"]["input"]
     assert again[-1] == said("user", "the oldest words")  # left out of the re-seed: not upstream any more
     assert again[:-1] == sent[:-1]
+    typed = p.add_message("user", "refused words", item_id="r1")
+    _feed(p, {"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
+                                         "message": "no", "event_id": typed["event_id"]}})
+    ref = [InputRef(("r1",), "user", "refused words")]
+    assert p.response_create(2.0, conversation="none", input=ref)["response"]["input"] == [
+        said("user", "refused words")], "an item the upstream refused goes as its words"
+    _feed(p, {"type": "conversation.item.added", "item": {"id": "r1", "type": "message", "role": "user",
+                                                         "content": [{"type": "input_text", "text": "refused words"}]}})
+    if flavor == "openai":  # (added after all, e.g. sent again as words)
+        assert p.response_create(3.0, conversation="none", input=ref)["response"]["input"] == [
+            {"type": "item_reference", "id": "r1"}]
 
 
 def test_unreadable_or_odd_upstream_messages_are_skipped():

@@ -464,6 +464,8 @@ class UpstreamProtocol:
             self.config_error = f"{code}: {message}"
         log.warning("upstream error %s (%s): %s", code, kind or "-", message)
         item = info.get("item_id") if kind == "conversation.item.create" else None
+        if item is not None:  # refused: not there to be named (until it is added after all)
+            self.conv.absent.add(str(item))
         return [ev.UpstreamError(t=now, conn=self.conn, code=code, message=message,
                                  param=param if isinstance(param, str) else None, client_event=kind,
                                  item_id=str(item) if item is not None else None)]
@@ -505,6 +507,7 @@ class UpstreamProtocol:
         item = o.get("item") or {}
         iid = str(item["id"])
         kind = str(item.get("type") or "message")
+        self.conv.absent.discard(iid)  # (it is there now, whatever an earlier attempt met)
         rec = self.conv.ensure(iid, kind=kind, role=item.get("role"), call_id=item.get("call_id"),
                                name=item.get("name"))
         if kind == "function_call_output" and rec.output is None:
