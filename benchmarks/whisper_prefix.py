@@ -33,7 +33,7 @@ prefix and its length.
 
     flock /work/bench.lock python benchmarks/whisper_prefix.py [--reps 3] [--json out.json]
 
-Result (2026-12-04, results/whisper_prefix.json; README, latency section): it does not pay.
+Result (2026-12-04, results/whisper_prefix.json; docs/LATENCY.md): it does not pay.
 CTranslate2 runs one decoder step per forced prefix token, as for a generated one.
 
 Uses MOKSORI_DATA_DIR if set, otherwise a temporary data dir (Whisper is joined there, ~1 s).

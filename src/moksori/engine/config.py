@@ -43,7 +43,7 @@ class SessionConfig:
     temperature: float = 0.5
     max_output_tokens: int = 160
     # the reply's first clause is cut at this many characters (the listener waits for it: shorter
-    # is sooner, too short is choppy; text/chunker.py, README latency section)
+    # is sooner, too short is choppy; text/chunker.py, docs/LATENCY.md)
     first_clause_max_chars: int = 50
     first_clause_ramp: bool = False  # the clauses after it: caps doubling from that one (ClauseChunker ramp)
     first_clause_pause: str = "max_ahead"  # "now": the LLM pauses for the first clause's TTS before its next token
@@ -58,7 +58,7 @@ class SessionConfig:
 def prefill_mode(setting: bool | Literal["auto", "alone"], int8_dot: bool | None = None) -> bool | Literal["alone"]:
     """`llm.prefill` as a session runs it: auto is "alone" on a CPU without an int8 dot-product
     instruction (there a single caller's first audio came 33-37 ms sooner, paired, on two AVX2-only
-    machines), else off (with one, the A/B runs disagreed at p50). README, latency section."""
+    machines), else off (with one, the A/B runs disagreed at p50). docs/LATENCY.md."""
     if setting != "auto":
         return setting
     if int8_dot is None:

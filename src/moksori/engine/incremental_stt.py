@@ -26,7 +26,7 @@ one step, not a whole try (it used to wait for the whole try: short turns got sl
 the LibriVox + telephone sets did not improve, 2026-12-03). No confirming decode starts while the
 user is in a pause: that pause's own decode hears past the cut (offered if they resume). A split
 try's decode of everything also serves as the confirmation of a pending pause candidate.
-Measured: README, latency section ("What incremental STT does"). `on_commit(turn_id, words)`
+Measured: docs/LATENCY.md ("What incremental STT does"). `on_commit(turn_id, words)`
 tells another stage (e.g. an LLM prefill) each time words are committed.
 The decodes are not thrown away when a pause's
 speculation is cancelled (the user resumed): they run in their own task and serve as candidates.

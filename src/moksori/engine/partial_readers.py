@@ -1,7 +1,7 @@
 """Who reads live partial transcripts: a partial is decoded only when someone does.
 
 A partial costs a Whisper decode every `stt.partial_interval_ms` of the user's speech, on the
-cores the turn's final decode and the reply need (README, latency section). Its readers:
+cores the turn's final decode and the reply need (docs/LATENCY.md). Its readers:
 
 * a Realtime connection that asked for the engine's events (`?moksori_timeline=1`: the browser
   app's captions, over the WebSocket or WebRTC; `server/realtime_conn.py`);

@@ -10,7 +10,7 @@ the user stops, the pause's decode (the final transcript) is queued ~70 ms later
 still running then is abandoned after the step it is in (CTranslate2 cannot stop its encoder or
 decoder midway), instead of being finished first (its result was stale anyway: a partial is
 published only while the user is speaking). Without it, the final decode waited for the whole
-partial (README, latency section). A caption is skipped, never wrong.
+partial (docs/LATENCY.md). A caption is skipped, never wrong.
 """
 
 from __future__ import annotations

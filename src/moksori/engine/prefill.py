@@ -4,7 +4,7 @@ Without it, the reply's prompt (system prompt + history, cached by llama.cpp sin
 reply, then the new user message) costs the evaluation of all of the user's words after the
 final transcript. With it (setting `llm.prefill`, env `MOKSORI_LLM_PREFILL`; by default on CPUs
 without an int8 dot product while one session is live, else off: `engine/config.prefill_mode`,
-README, latency section), the words heard so far go to the LLM's `prefill`: the prompt the reply
+docs/LATENCY.md), the words heard so far go to the LLM's `prefill`: the prompt the reply
 would have, up to those words, is evaluated into the KV cache as background work. The words
 come from
 

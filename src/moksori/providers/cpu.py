@@ -143,8 +143,8 @@ def whisper_threads(info: CpuInfo) -> int:
     With an int8 dot-product instruction a decoder step is ~5 ms and waking a second OpenMP thread
     for it costs more than it saves: 1 thread decoded a turn 28 ms sooner (paired median, AVX-512
     VNNI, 2 cores). Without one (AVX2 only) each step is about twice the arithmetic and the second
-    thread pays: 2 threads decoded 56 ms sooner (paired median, AVX2-only, 2 cores). README,
-    latency section. Never more than the cores there are. Not measured on AVX-VNNI, AMX or ARM CPUs
+    thread pays: 2 threads decoded 56 ms sooner (paired median, AVX2-only, 2 cores). See
+    docs/LATENCY.md. Never more than the cores there are. Not measured on AVX-VNNI, AMX or ARM CPUs
     (ARM falls under the 2-thread rule: none of its features are tracked here).
     """
     return 1 if info.has_int8_dot or info.cores < 2 else 2

@@ -32,7 +32,7 @@ class TurnSettings(BaseModel):
     # with_stt (beside the transcript's decode; it needs only the audio: first audio p50 -135 ms
     # paired), after_stt (after the transcript, beside the reply's LLM prompt evaluation: the old
     # order), after_first_token (once the reply's LLM has answered; can hold the reply's audio
-    # back). Same audio, same probabilities; engine/speculation.py, README latency section
+    # back). Same audio, same probabilities; engine/speculation.py, docs/LATENCY.md
     eot_start: Literal["after_stt", "with_stt", "after_first_token"] = "with_stt"
     # auto: a pause whose reply is expected only after the text rule's time (silence_duration_ms
     # + the eagerness' grace), by this process's own recent turns, runs the end-of-turn model only

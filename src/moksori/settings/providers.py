@@ -24,7 +24,7 @@ class STTSettings(BaseModel):
     api_key: SecretStr | None = None
     remote_model: str = "whisper-1"
     # Whisper's intra-op threads; auto: 1 on a CPU with VNNI/AMX (paired -28 ms there), 2 on an
-    # AVX2-only one (paired -56 ms there); see providers/cpu.whisper_threads, README latency section
+    # AVX2-only one (paired -56 ms there); see providers/cpu.whisper_threads, docs/LATENCY.md
     threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     beam_size: int = Field(1, ge=1, le=10)
     # int8: fast; CTranslate2's int8 kernels round differently per instruction set (same words,
@@ -39,11 +39,11 @@ class STTSettings(BaseModel):
     partial_yield: bool = True
     # a preemptible decode caught in its decoder step is abandoned, not waited for: CTranslate2
     # finishes it unread on a second model replica while the final decode starts on the first
-    # (providers/stt_whisper.py; README, latency section). Off: see the A/B there
+    # (providers/stt_whisper.py; docs/LATENCY.md). Off: see the A/B there
     partial_abandon: bool = False
     # decode the turn in pieces while the user speaks (committed once two decodes agree), so that
     # only the tail is decoded at its end (engine/incremental_stt.py). Off: on the 2-core VM it did
-    # not pay at p50 (benchmarks/incremental_stt.py; README, latency section)
+    # not pay at p50 (benchmarks/incremental_stt.py; docs/LATENCY.md)
     incremental: bool = False
     # provider=openai: one attempt's limit, retries, and extra base URLs tried in order
     timeout_s: float = Field(30.0, gt=0)
@@ -67,7 +67,7 @@ class LLMSettings(BaseModel):
     parallel: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     # the local GGUF's weights in another type, written once into data_dir/llm-weights
     # (providers/llm_weights.py): q8_0 lets llama.cpp's batched kernels evaluate the prompt
-    # (the packaged Q4_1 cannot); as_is loads the file as it is (README latency section)
+    # (the packaged Q4_1 cannot); as_is loads the file as it is (docs/LATENCY.md)
     weights: Literal["as_is", "q8_0", "f16"] = "as_is"
     # the window one reply's prompt is fitted to (the embedded model's KV cache holds `parallel`
     # of them; a remote model's own window)
@@ -91,7 +91,7 @@ class LLMSettings(BaseModel):
     # two machines); on CPUs with an int8 dot product the A/B runs disagree at p50; and without
     # incremental STT every session decodes live partials for it, which an overlapping caller
     # pays. alone: on while this process has no other live session. auto: alone on CPUs without
-    # an int8 dot product (AVX2 only), else off (README, latency section)
+    # an int8 dot product (AVX2 only), else off (docs/LATENCY.md)
     prefill: bool | Literal["auto", "alone"] = "auto"
     # when the user starts speaking, evaluate the history and the chat template's header before
     # their words (`<|im_end|>\n<|im_start|>user\n` after a reply) into the local LLM's KV cache
