@@ -286,6 +286,30 @@ async def test_without_a_local_stt_a_failed_upstream_transcription_is_told(no_st
         log.check_ids()
 
 
+async def test_an_item_reference_to_audio_without_words_still_names_it_upstream(no_stt, upstream) -> None:
+    """An audio item whose words could not be had (the upstream's transcription failed, and there
+    is no local STT) is still in the upstream's conversation: a response naming it names the
+    upstream's copy, the model hears it, and the response is made (the pipeline, which needs the
+    words, fails such a response: test_realtime_input_transcription_failures.py)."""
+    upstream.fake.mode = "fail"
+    pcm = clip(24000).astype("<i2").tobytes()
+    item_id = "item_unheard_named"
+    async with session(no_stt, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
+        n = len(log.events)
+        await add_audio_item(conn, item_id, pcm)
+        up_id = (await sent_as_audio(upstream, pcm))["item"]["id"]
+        await log.wait("conversation.item.input_audio_transcription.failed", lambda e: e["item_id"] == item_id,
+                       start=n, timeout=30)
+        n = len(log.events)
+        await conn.response.create(response={"conversation": "none", "output_modalities": ["text"],
+                                             "input": [{"type": "item_reference", "id": item_id}]})
+        done = await log.wait("response.done", start=n, timeout=60)
+        assert done["response"]["status"] == "completed", done["response"]
+        assert upstream.fake.sessions[-1].response_inputs()[-1] == [{"type": "item_reference", "id": up_id}]
+        assert not log.of("error"), log.of("error")
+        log.check_ids()
+
+
 async def test_bad_audio_items_are_a_clean_error_and_never_go_upstream(no_stt, upstream) -> None:
     async with session(no_stt, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
         before = len(upstream.received("conversation.item.create"))

@@ -23,7 +23,9 @@ audio (`brains/realtime/audio_items.HeardMessage`): the upstream hears it, so it
 (transcribed as above where there is a local STT) are not needed for the reply, and a response
 whose input audio has no local words is made all the same; an item it names (`item_reference`)
 goes upstream as a reference to the upstream's copy of it (`ReferencedMessage`: its audio, a tool
-call), as its words where the upstream does not have it or cannot take references (Azure).
+call), as its words where the upstream does not have it or cannot take references (Azure); an
+audio item whose words could not be had is named all the same where the upstream holds it (the
+model hears it), and fails the response only where it would have to go as words.
 
 A `response.cancel` with nothing to cancel is an error (`response_cancel_not_active`), except
 right after a `conversation.item.truncate` stopped the reply in progress (`realtime_items`): a
@@ -248,7 +250,8 @@ class ResponseRequests:
                 found = memory.get(it.id)
                 if found is None:  # (or deleted while its words came)
                     raise ProtocolError(f"item {it.id} does not exist", code="item_not_found", param="response.input")
-                if _unheard(found):
+                holds = getattr(self._host.session, "upstream_holds", None)  # (the realtime brain)
+                if _unheard(found) and not (hears and holds is not None and holds(found.id)):
                     raise InputUnheard(f"the audio of item {it.id} (response.input[{index}]) could not be "
                                        "transcribed, so the response cannot answer it")
                 if hears:  # the upstream is pointed at its own copy of the item; its words if it has none
