@@ -282,6 +282,11 @@ class UpstreamProtocol:
             parts.append(("audio", fmt.encode(next(it))) if isinstance(c, Frame) else ("text", c))
         return parts, frames
 
+    def nameable(self, ids: Sequence[str]) -> list[str]:
+        """Those of the upstream items `ids` a response's `input` can name now: the dialect has
+        references and the conversation holds them (not deleted, refused or left out of a re-seed)."""
+        return [i for i in ids if self.conv.holds(i)] if self.wire.item_references else []
+
     def input_items(self, messages: Sequence[InputEntry]) -> list[dict[str, Any]]:
         """A response's own `input`: (role, text) as a text message; (role, parts) a user message
         whose audio the upstream hears (`_encode`); an `InputRef` as an `item_reference` to each
@@ -291,7 +296,7 @@ class UpstreamProtocol:
         out: list[dict[str, Any]] = []
         for entry in messages:
             if isinstance(entry, InputRef):
-                held = [i for i in entry.ids if self.conv.holds(i)] if self.wire.item_references else []
+                held = self.nameable(entry.ids)
                 if held:
                     out += [self.wire.item_reference(i) for i in held]
                 elif entry.words:

@@ -458,10 +458,8 @@ class RealtimeSession(Session):
         return tuple(self._ids.all_up(item_id))
 
     def upstream_holds(self, item_id: str) -> bool:
-        """A response's `input` can name our item upstream now: the dialect has references and
-        the upstream's conversation holds one of its items there (`UpstreamProtocol.input_items`)."""
-        proto = self.upstream.proto
-        return proto.wire.item_references and any(proto.conv.holds(i) for i in self.upstream_ids(item_id))
+        """A response's `input` can name our item upstream now (`UpstreamProtocol.nameable`)."""
+        return bool(self.upstream.proto.nameable(self.upstream_ids(item_id)))
 
     async def delete_upstream(self, upstream_id: str) -> None:
         await self.upstream.delete_item(upstream_id)
