@@ -300,9 +300,12 @@ async def test_a_drop_mid_reply_is_a_short_apology_then_the_conversation_goes_on
         last = await log.wait("response.done", n=3, timeout=60)
         assert last["response"]["status"] == "completed"
         assert len(faults.connections) >= 2
-        # the upstream's model was given the earlier turn and told about the cut
-        said = " ".join(str(m.get("content") or "") for r in scripted_llm.requests[-3:] for m in r["messages"])
-        assert "cut off" in said
+        # the upstream's model was given the earlier turn and told about the cut. Not "one of the last
+        # few requests": the upstream speculates on the third turn's partial words, as many times as
+        # its pauses allow, so the resumed reply's request can be any number back
+        resumed_asks = [r["messages"] for r in scripted_llm.requests if "cut off" in str(r["messages"][0]["content"])]
+        assert len(resumed_asks) == 1
+        assert [m["role"] for m in resumed_asks[0]] == ["system", "user", "assistant"]
         assert not log.problems, log.problems[:5]
     finally:
         await log.close()
