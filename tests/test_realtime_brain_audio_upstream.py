@@ -425,6 +425,33 @@ async def test_an_item_reference_in_a_response_s_input_names_the_upstream_s_item
         log.check_ids()
 
 
+async def test_a_response_naming_an_item_the_upstream_holds_does_not_wait_for_its_local_words(
+        local_stt, upstream) -> None:
+    """With a local STT, an audio item's words take the STT's time (here 15 s of speech), but the
+    upstream holds the item and hears it: a response naming it is made at once, named upstream,
+    before the local words come (they still come, as the item's transcript)."""
+    upstream.fake.mode = "transcribe"
+    pcm = np.tile(clip(24000), 3).astype("<i2").tobytes()
+    item_id = "item_named_before_words"
+    async with session(local_stt, {"type": "audio/pcm", "rate": 24000}, upstream) as (conn, log):
+        n = len(log.events)
+        await add_audio_item(conn, item_id, pcm)
+        up_id = (await sent_as_audio(upstream, pcm))["item"]["id"]
+        await log.wait("conversation.item.added", lambda e: e["item"]["id"] == item_id, start=n)
+        await conn.response.create(response={"conversation": "none", "output_modalities": ["text"],
+                                             "input": [{"type": "item_reference", "id": item_id}]})
+        done = await log.wait("response.done", start=n, timeout=60)
+        assert done["response"]["status"] == "completed", done["response"]
+        assert upstream.fake.sessions[-1].response_inputs()[-1] == [{"type": "item_reference", "id": up_id}]
+        words = log.of("conversation.item.input_audio_transcription.completed")
+        assert not [e for e in words if e["item_id"] == item_id], "the response waited for the local words"
+        heard = await log.wait("conversation.item.input_audio_transcription.completed",
+                               lambda e: e["item_id"] == item_id, start=n, timeout=60)
+        assert "cold" in heard["transcript"].lower(), heard  # the local STT's words, not the stand-in's
+        assert not log.of("error"), log.of("error")
+        log.check_ids()
+
+
 async def test_an_item_reference_to_an_item_the_upstream_does_not_have_goes_as_its_words(guarded, upstream) -> None:
     """A reply of the upstream is named by the upstream's id of it; a user item the input
     guardrail blocked (deleted upstream, `BLOCKED_TEXT` here) cannot be named there, so the words

@@ -24,8 +24,9 @@ audio (`brains/realtime/audio_items.HeardMessage`): the upstream hears it, so it
 whose input audio has no local words is made all the same; an item it names (`item_reference`)
 goes upstream as a reference to the upstream's copy of it (`ReferencedMessage`: its audio, a tool
 call), as its words where the upstream does not have it or cannot take references (Azure); an
-audio item whose words could not be had is named all the same where the upstream holds it (the
-model hears it), and fails the response only where it would have to go as words.
+item the upstream holds is named without waiting for its local words (the model hears it), and
+an audio item whose words could not be had is named all the same there; it fails the response
+only where it would have to go as words.
 
 A `response.cancel` with nothing to cancel is an error (`response_cancel_not_active`), except
 right after a `conversation.item.truncate` stopped the reply in progress (`realtime_items`): a
@@ -193,12 +194,19 @@ class ResponseRequests:
         memory = self._host.session.memory
         for it in items:
             if isinstance(it, rt.ItemReference):
-                if memory.words_pending(it.id):
+                if memory.words_pending(it.id) and not self._upstream_hears(it.id):
                     return True
             elif isinstance(it, rt.MessageItem) and any(
                     p.type in ("input_audio", "output_audio") and p.audio and not p.transcript for p in it.content):
                 return True
         return False
+
+    def _upstream_hears(self, item_id: str) -> bool:
+        """The realtime brain's upstream holds item `item_id` and a response's input can name it
+        there: the model hears the item itself, so its local words are not waited for."""
+        session = self._host.session
+        holds = getattr(session, "upstream_holds", None)
+        return bool(getattr(session, "hears_item_audio", False) and holds is not None and holds(item_id))
 
     async def _prepare(self, p: _Preparing, ev: rt.ResponseCreate, o: rt.ResponseOverrides,
                        kw: dict[str, Any]) -> None:
@@ -245,13 +253,12 @@ class ResponseRequests:
         for index, it in enumerate(items):
             if isinstance(it, rt.ItemReference):
                 memory = self._host.session.memory
-                if memory.get(it.id) is not None:
+                if memory.get(it.id) is not None and not self._upstream_hears(it.id):
                     await memory.words_ready(it.id)  # an audio item still being transcribed
                 found = memory.get(it.id)
                 if found is None:  # (or deleted while its words came)
                     raise ProtocolError(f"item {it.id} does not exist", code="item_not_found", param="response.input")
-                holds = getattr(self._host.session, "upstream_holds", None)  # (the realtime brain)
-                if _unheard(found) and not (hears and holds is not None and holds(found.id)):
+                if _unheard(found) and not self._upstream_hears(found.id):
                     raise InputUnheard(f"the audio of item {it.id} (response.input[{index}]) could not be "
                                        "transcribed, so the response cannot answer it")
                 if hears:  # the upstream is pointed at its own copy of the item; its words if it has none

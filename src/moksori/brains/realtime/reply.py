@@ -643,7 +643,11 @@ class UpstreamReply(Response):
         for m in messages:
             role = m.role if m.role in ("user", "assistant", "system") else "user"
             if isinstance(m, ReferencedMessage) and self.brain is not None:
-                out.append(InputRef(self.brain.upstream_ids(m.item_id), role, m.content))
+                # its words as memory has them now, for where the upstream no longer holds it:
+                # an item it held was named before its local words came (realtime_responses)
+                now = self.brain.memory.get(m.item_id)
+                words = m.content or (now.text if now is not None and now.type == "message" else "")
+                out.append(InputRef(self.brain.upstream_ids(m.item_id), role, words))
             elif isinstance(m, HeardMessage) and m.parts:
                 out.append((role, m.parts))
             elif m.content:
