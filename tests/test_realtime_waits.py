@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.models, requires_speech]
 # ~108 s of real speech, the last clip's words checked at the end of the item's transcript
 ITEM_CLIPS = ("en_031", "en_025", "en_030", "en_022", "en_011")
 LIVE_TURN_LIMIT_S = 10.0  # the other session's transcript after its speech ended (24-54 s before)
+ITEM_BEFORE_SPEECH_END_S = 0.2  # the item is sent this long before the other session's speech ends
 
 
 @pytest.fixture(scope="module")
@@ -118,34 +119,38 @@ async def test_a_long_audio_item_holds_neither_another_sessions_turn_nor_its_own
         await blog.wait("session.updated")
         alone, _ = await live_turn_delay(b, blog)  # the same turn with nothing else going on
 
-        # A: a long reply in progress, then the item, then a cancel of the reply
+        # A: a long reply in progress, then the item, then a cancel of the reply; B meanwhile: a
+        # live turn whose speech ends just after the item is sent, so its end and final decode
+        # meet the item's transcription on any machine (was it still under way when B's words
+        # came? checked then). Sent before B spoke, the item was done before B's turn ended on a
+        # fast machine (108 s transcribed in under 3 s, with B's partial decodes beside it)
         await a.conversation.item.create(item={"type": "message", "role": "user",
                                                "content": [{"type": "input_text", "text": "Tell me a story."}]})
         await a.response.create()
         story = (await alog.wait("response.created", timeout=30))["response"]["id"]
-        await a.conversation.item.create(item={"type": "message", "role": "user", "id": "item_long_audio",
-                                               "content": [{"type": "input_audio", "audio": item_audio}]})
-        sent = time.monotonic()
-        await a.response.cancel()
-
-        async def cancelled() -> tuple[dict[str, Any], float]:
-            done = await alog.wait("response.done", lambda e: e["response"]["id"] == story, timeout=120)
-            return done, time.monotonic() - sent
-
-        # B meanwhile: a live turn while the item is transcribed (was it still, when B's words came?
-        # checked then, not after the turn's trailing audio: on a quiet machine the item's words
-        # came 6.6 s after it was sent, as the last of that audio was)
         was_pending: list[bool] = []
 
         def item_pending() -> None:
             was_pending.append(not [e for e in alog.of("conversation.item.done") if e["item"]["id"] == "item_long_audio"])
 
-        (done, cancel_s), (busy, words) = await asyncio.gather(cancelled(), live_turn_delay(b, blog, item_pending))
-        pending = was_pending == [True]
+        b_turn = asyncio.create_task(live_turn_delay(b, blog, item_pending))
+        await asyncio.sleep(speech_end_ms() / 1000 - ITEM_BEFORE_SPEECH_END_S)
+        await a.conversation.item.create(item={"type": "message", "role": "user", "id": "item_long_audio",
+                                               "content": [{"type": "input_audio", "audio": item_audio}]})
+        sent = time.monotonic()
 
-        item_done = await alog.wait("conversation.item.done", lambda e: e["item"]["id"] == "item_long_audio",
-                                    timeout=300)
-        item_words_s = time.monotonic() - sent
+        async def item_words() -> tuple[dict[str, Any], float]:
+            done = await alog.wait("conversation.item.done", lambda e: e["item"]["id"] == "item_long_audio",
+                                   timeout=300)
+            return done, time.monotonic() - sent
+
+        words_came = asyncio.create_task(item_words())
+        await a.response.cancel()
+        done = await alog.wait("response.done", lambda e: e["response"]["id"] == story, timeout=120)
+        cancel_s = time.monotonic() - sent
+        busy, words = await b_turn
+        pending = was_pending == [True]
+        item_done, item_words_s = await words_came
         print(f"\nlive turn alone {alone:.2f} s, beside the {item_s:.0f} s item {busy:.2f} s; cancel {cancel_s:.2f} s "
               f"({done['response']['status']}); the item's words after {item_words_s:.1f} s")
         added = alog.of("conversation.item.added")
