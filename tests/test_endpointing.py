@@ -19,6 +19,10 @@ from moksori.engine.endpointing import text_cue
     "I went to the,",
     "um",
     "비가 오는데",
+    "비가 오니까",      # 니까, a connective, though 까 alone ends a question
+    "어디 가는지",      # 는지, though 지 alone ends a sentence
+    "뭘 먹든지",
+    "그러니까",
 ])
 def test_unfinished(text: str) -> None:
     assert text_cue(text, None) == "incomplete"
@@ -34,6 +38,9 @@ def test_unfinished(text: str) -> None:
     "Unless to be rather cold hearted and rather selfish is to be ill disposed.",  # LibriVox en_003
     "Come quickly.",
     "비가 옵니다.",
+    "내일 갈까?",
+    "지금 가시겠습니까.",  # 습니까 (a question), though it ends in 니까 too
+    "그건 좋지.",
 ])
 def test_finished(text: str) -> None:
     assert text_cue(text, None) == "complete"

@@ -53,11 +53,9 @@ def text_cue(text: str, language: str | None = None) -> TextCue:
     last = words[-1]
     ends_sentence = t[-1] in ".!?。？！"
     if re.fullmatch(r"[가-힣]+", last):
-        if any(last.endswith(e) for e in _KO_CONTINUATION) and not any(last.endswith(f) for f in _KO_FINAL):
+        if _ko_ending(last, _KO_CONTINUATION) > _ko_ending(last, _KO_FINAL):
             return "incomplete"
-        if ends_sentence or any(last.endswith(f) for f in _KO_FINAL):
-            return "complete" if ends_sentence else "unknown"
-        return "unknown"
+        return "complete" if ends_sentence else "unknown"
     if last.lower() in _EN_FILLERS:
         return "incomplete"
     if t[-1] in "?!":  # a question or exclamation is finished whatever its last word
@@ -67,6 +65,13 @@ def text_cue(text: str, language: str | None = None) -> TextCue:
     if _dependent_clause_only(t):
         return "incomplete"
     return "complete" if ends_sentence else "unknown"
+
+
+def _ko_ending(word: str, endings: tuple[str, ...]) -> int:
+    """The length of the longest of `endings` that `word` ends with (0: none). The longer match
+    decides between the two lists: 오니까 ends in the connective 니까, not the question ending 까;
+    하시겠습니까 in 습니까, not 니까."""
+    return max((len(e) for e in endings if word.endswith(e)), default=0)
 
 
 def _dependent_clause_only(t: str) -> bool:
