@@ -93,6 +93,27 @@ def test_lone_surrogates_are_not_storable_ids() -> None:
     assert not encodable("conv\x00") and not encodable("conv\ud800")
 
 
+@pytest.mark.parametrize("source, expected", [
+    ('{"a": "\\ud800x"}', {"a": "\ufffdx"}),            # ASCII text with the escape
+    ('{"a": "\\uD83D"}', {"a": "\ufffd"}),              # upper-case hex
+    ('{"a": "\ud800", "b": "지하철"}', {"a": "\ufffd", "b": "지하철"}),  # a surrogate in the text itself
+    ('{"\\udc00": ["\\ud83d\\ude00"]}', {"\ufffd": ["\U0001f600"]}),  # a key; a pair is no lone surrogate
+])
+def test_a_client_s_json_has_its_lone_surrogates_replaced(source: str, expected: object) -> None:
+    from moksori.text.unencodable import surrogates_replaced
+
+    assert surrogates_replaced(json.loads(source), source) == expected
+
+
+def test_clean_json_is_returned_as_parsed() -> None:
+    """The common case (every audio append) skips the walk: the very object comes back."""
+    from moksori.text.unencodable import surrogates_replaced
+
+    for source in ('{"audio": "AAAA//8="}', '{"text": "\\uc548\\ub155"}', '{"text": "안녕"}'):
+        value = json.loads(source)
+        assert surrogates_replaced(value, source) is value
+
+
 def test_a_user_whose_id_holds_a_slash_can_be_erased(server) -> None:
     assert httpx.get(server.url + "/v1/conversations", params={"user": "team/alice"}, headers=H).status_code == 200
     erased = httpx.delete(server.url + "/v1/users/team/alice", headers=H)
