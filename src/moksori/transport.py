@@ -123,7 +123,8 @@ class Inbox(Generic[T]):
         while True:
             await handle(await queue.get())
             self._overflow_reported = False
-            await asyncio.sleep(0)  # a backlog is handled one message a loop turn (as in `receive_loop`)
+            if not queue.empty():  # a backlog is handled one message a loop turn (as in `receive_loop`);
+                await asyncio.sleep(0)  # with none, the next `get()` waits anyway: no extra turn
 
 
 class Outbox(Generic[T]):
