@@ -94,7 +94,11 @@ def serve(port: int) -> None:
                                  "max_ms": max(xs) if xs else None, "cpu_s": ru.ru_utime + ru.ru_stime,
                                  "sessions": app.state.moksori.sessions,
                                  "gc_count": len(gcs), "gc_max_ms": max((ms for _, ms in gcs), default=0.0),
-                                 "gc_gen2_count": sum(1 for g, _ in gcs if g == 2)})
+                                 "gc_gen2_count": sum(1 for g, _ in gcs if g == 2),
+                                 "gc_by_generation": {g: {"count": sum(1 for x, _ in gcs if x == g),
+                                                          "max_ms": round(max((ms for x, ms in gcs if x == g),
+                                                                              default=0.0), 2)}
+                                                      for g in (0, 1, 2)}})
 
         app.add_api_route("/bench/lag", lag, methods=["GET"])
 
@@ -227,6 +231,7 @@ async def ramp(args, port: int, server_pid: int) -> dict:
                    "client_tick_late_p99_ms": round(pct(clients.tick_late, 0.99), 2),
                    "appends_per_s": round(n * 1000 / CHUNK_MS), "connect_s": round(connect_s, 2),
                    "gc_max_ms": round(stats["gc_max_ms"], 2), "gc_gen2": stats["gc_gen2_count"],
+                   "gc_by_generation": stats["gc_by_generation"],
                    "client_failures": clients.failed, "error_events": clients.errors,
                    "loadavg": [round(x, 2) for x in os.getloadavg()]}
             rows.append(row)
